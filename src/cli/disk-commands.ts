@@ -1,0 +1,125 @@
+import { SlipwayError } from '../errors.js';
+import { describeDisk, openDiskArtifact, type DiskArtifact } from '../disk/artifact.js';
+import { pushDisk } from '../disk/push.js';
+import { pullDisk } from '../disk/pull.js';
+import { copyImage } from '../oci/copy.js';
+import { Targets } from '../oci/open.js';
+import { DEFAULT_TAG, formatRef, parseRef, refReference } from '../oci/ref.js';
+import { createProgress, type ProgressMode } from '../util/progress.js';
+import { WorkerPool } from '../workers/pool.js';
+import { parseCommand, parseNonNegativeInt, parseSize, STORE_OPTIONS } from './args.js';
+
+export interface CommandIO {
+  stdout: NodeJS.WriteStream;
+  stderr: NodeJS.WriteStream;
+}
+
+function progressMode(value: string | undefined): ProgressMode {
+  const mode = value ?? 'auto';
+  if (!['auto', 'json', 'tty', 'none'].includes(mode)) throw new SlipwayError('USAGE', `--progress must be auto, json, tty or none (got ${mode})`);
+  return mode as ProgressMode;
+}
+
+async function withTargets<T>(plainHttp: boolean | undefined, fn: (targets: Targets) => Promise<T>): Promise<T> {
+  const targets = new Targets({ plainHttp: plainHttp === true });
+  try {
+    return await fn(targets);
+  } finally {
+    await targets.close();
+  }
+}
+
+async function withPool<T>(fn: (pool: WorkerPool) => Promise<T>): Promise<T> {
+  const pool = new WorkerPool();
+  try {
+    return await fn(pool);
+  } finally {
+    await pool.close();
+  }
+}
+
+export async function pushCommand(argv: string[], io: CommandIO): Promise<number> {
+  const { values, positionals } = parseCommand('push', argv, {
+    ...STORE_OPTIONS,
+    'chunk-size': { type: 'string' },
+    'pack-size': { type: 'string' },
+    compression: { type: 'string' },
+    level: { type: 'string' },
+    'dedup-from': { type: 'string', multiple: true },
+  }, { min: 2, max: 2, usage: 'slipway push <image-file> <ref> [--chunk-size 512K] [--compression zstd|none] [--level N] [--pack-size 8M] [--dedup-from <ref>]...' });
+  const [file, refText] = positionals as [string, string];
+  const ref = parseRef(refText);
+  if (ref.digest) throw new SlipwayError('INVALID_REFERENCE', `push needs a tag, not a digest: ${refText}`);
+  const compression = values.compression ?? 'zstd';
+  if (compression !== 'zstd' && compression !== 'none') throw new SlipwayError('INVALID_ARGUMENT', `--compression must be zstd or none (got ${compression})`);
+  const chunkSizeBytes = values['chunk-size'] ? parseSize(values['chunk-size'], '--chunk-size') : undefined;
+  const packSizeBytes = values['pack-size'] ? parseSize(values['pack-size'], '--pack-size') : undefined;
+  const zstdLevel = values.level ? parseNonNegativeInt(values.level, '--level') : undefined;
+  const progress = createProgress(progressMode(values.progress), io.stderr);
+  const result = await withTargets(values['plain-http'], async (targets) => {
+    const target = await targets.open(ref, { createLayout: true });
+    const dedupFrom: DiskArtifact[] = [];
+    for (const d of values['dedup-from'] ?? []) {
+      const dref = parseRef(d);
+      dedupFrom.push(await openDiskArtifact(await targets.open(dref), refReference(dref)));
+    }
+    return withPool((pool) => pushDisk({
+      file, target, tag: ref.tag ?? DEFAULT_TAG, pool, compression, dedupFrom,
+      ...(chunkSizeBytes !== undefined ? { chunkSizeBytes } : {}),
+      ...(packSizeBytes !== undefined ? { packSizeBytes } : {}),
+      ...(zstdLevel !== undefined ? { zstdLevel } : {}),
+      ...(progress.onProgress ? { onProgress: progress.onProgress } : {}),
+    }));
+  });
+  progress.finish();
+  io.stdout.write(`${JSON.stringify({
+    reference: formatRef({ ...ref, tag: ref.tag ?? DEFAULT_TAG }), digest: result.manifest.digest, sizeBytes: result.config.sizeBytes,
+    chunks: result.config.chunkCount, zeroChunks: result.config.stats.zeroChunks, newChunks: result.newChunks, reusedChunks: result.reusedChunks,
+    uploadedPacks: result.uploadedPacks, uploadedBytes: result.uploadedBytes, storedBytes: result.config.stats.storedBytes,
+  })}\n`);
+  return 0;
+}
+
+export async function pullCommand(argv: string[], io: CommandIO): Promise<number> {
+  const { values, positionals } = parseCommand('pull', argv, { ...STORE_OPTIONS }, { min: 2, max: 2, usage: 'slipway pull <ref> <out-file>' });
+  const [refText, outFile] = positionals as [string, string];
+  const ref = parseRef(refText);
+  const progress = createProgress(progressMode(values.progress), io.stderr);
+  const result = await withTargets(values['plain-http'], async (targets) => {
+    const target = await targets.open(ref);
+    const disk = await openDiskArtifact(target, refReference(ref));
+    return withPool((pool) => pullDisk({ target, disk, outFile, pool, ...(progress.onProgress ? { onProgress: progress.onProgress } : {}) }));
+  });
+  progress.finish();
+  io.stdout.write(`${JSON.stringify({ file: outFile, ...result })}\n`);
+  return 0;
+}
+
+export async function inspectCommand(argv: string[], io: CommandIO): Promise<number> {
+  const { values, positionals } = parseCommand('inspect', argv, { 'plain-http': { type: 'boolean' } }, { min: 1, max: 1, usage: 'slipway inspect <ref>' });
+  const ref = parseRef(positionals[0] as string);
+  const summary = await withTargets(values['plain-http'], async (targets) => describeDisk(await openDiskArtifact(await targets.open(ref), refReference(ref))));
+  io.stdout.write(`${JSON.stringify({ ...summary, reference: formatRef(ref) }, null, 2)}\n`);
+  return 0;
+}
+
+export async function copyCommand(argv: string[], io: CommandIO): Promise<number> {
+  const { values, positionals } = parseCommand('copy', argv, { ...STORE_OPTIONS }, { min: 2, max: 2, usage: 'slipway copy <src-ref> <dst-ref>' });
+  const src = parseRef(positionals[0] as string);
+  const dst = parseRef(positionals[1] as string);
+  if (dst.digest && !dst.tag && src.digest !== dst.digest && src.digest) throw new SlipwayError('INVALID_REFERENCE', 'destination digest differs from the source digest');
+  const progress = createProgress(progressMode(values.progress), io.stderr);
+  const result = await withTargets(values['plain-http'], async (targets) => {
+    const srcTarget = await targets.open(src);
+    const dstTarget = await targets.open(dst, { createLayout: true });
+    const dstTag = dst.tag ?? (dst.digest ? undefined : (src.tag ?? DEFAULT_TAG));
+    return copyImage({
+      src: srcTarget, srcReference: refReference(src), dst: dstTarget,
+      ...(dstTag !== undefined ? { dstTag } : {}),
+      ...(progress.onProgress ? { onProgress: progress.onProgress } : {}),
+    });
+  });
+  progress.finish();
+  io.stdout.write(`${JSON.stringify({ digest: result.descriptor.digest, copiedBlobs: result.copiedBlobs, mountedBlobs: result.mountedBlobs, skippedBlobs: result.skippedBlobs, copiedBytes: result.copiedBytes })}\n`);
+  return 0;
+}

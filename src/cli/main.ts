@@ -1,0 +1,46 @@
+import { SlipwayError } from '../errors.js';
+import { copyCommand, inspectCommand, pullCommand, pushCommand, type CommandIO } from './disk-commands.js';
+
+const USAGE = `slipway: OCI-backed disks for microVMs
+
+usage: slipway <command> [options]
+
+  push <image-file> <ref>   push a raw disk image as a chunked, compressed OCI artifact
+  pull <ref> <out-file>     pull a disk into a sparse raw file
+  inspect <ref>             describe a disk artifact (JSON)
+  copy <src-ref> <dst-ref>  copy an artifact between registries and layouts
+
+references: oci:<dir>[:tag|@digest] (an OCI image layout) or host[:port]/repo[:tag|@digest]
+common options: --plain-http, --progress=auto|json|tty|none
+`;
+
+type Command = (argv: string[], io: CommandIO) => Promise<number>;
+
+const COMMANDS: Record<string, Command> = {
+  push: pushCommand,
+  pull: pullCommand,
+  inspect: inspectCommand,
+  copy: copyCommand,
+};
+
+export async function main(argv: string[], io: CommandIO = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    io.stdout.write(USAGE);
+    return name ? 0 : 2;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    io.stderr.write(`slipway: unknown command ${JSON.stringify(name)}\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    return await command(rest, io);
+  } catch (err) {
+    if (err instanceof SlipwayError) {
+      io.stderr.write(`slipway ${name}: error ${err.code}: ${err.message}\n`);
+      return err.code === 'USAGE' ? 2 : 1;
+    }
+    throw err;
+  }
+}

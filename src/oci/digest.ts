@@ -1,0 +1,63 @@
+import { createHash } from 'node:crypto';
+import { Transform, type Readable } from 'node:stream';
+import { SlipwayError } from '../errors.js';
+
+const SHA256_RE = /^sha256:[a-f0-9]{64}$/;
+
+export function sha256Digest(data: Uint8Array): string {
+  return `sha256:${createHash('sha256').update(data).digest('hex')}`;
+}
+
+/** Validate a digest string; slipway only produces and accepts sha256. */
+export function parseDigest(digest: string): { algorithm: 'sha256'; hex: string } {
+  if (!SHA256_RE.test(digest)) {
+    throw new SlipwayError('INVALID_DIGEST', `malformed or unsupported digest ${JSON.stringify(digest)} (want sha256:<64 hex>)`);
+  }
+  return { algorithm: 'sha256', hex: digest.slice(7) };
+}
+
+export function isDigest(s: string): boolean {
+  return SHA256_RE.test(s);
+}
+
+/** Check bytes against an expected digest (and size, when known); throws DIGEST_MISMATCH naming `what`. */
+export function verifyContent(data: Uint8Array, expected: { digest: string; size?: number }, what: string): void {
+  if (expected.size !== undefined && data.byteLength !== expected.size) {
+    throw new SlipwayError('DIGEST_MISMATCH', `${what}: got ${data.byteLength} bytes, descriptor says ${expected.size} (${expected.digest})`, {
+      context: { digest: expected.digest },
+    });
+  }
+  const actual = sha256Digest(data);
+  if (actual !== expected.digest) {
+    throw new SlipwayError('DIGEST_MISMATCH', `${what}: content has digest ${actual}, expected ${expected.digest}`, {
+      context: { digest: expected.digest, actual },
+    });
+  }
+}
+
+/** Pass a stream through, failing it at its end when its bytes do not match `expected`. */
+export function verifyingStream(source: Readable, expected: { digest: string; size: number }, what: string): Readable {
+  const hash = createHash('sha256');
+  let size = 0;
+  const check = new Transform({
+    transform(piece: Buffer, _enc, done) {
+      size += piece.byteLength;
+      if (size > expected.size) {
+        done(new SlipwayError('DIGEST_MISMATCH', `${what}: more than the ${expected.size} bytes its descriptor says (${expected.digest})`));
+        return;
+      }
+      hash.update(piece);
+      done(null, piece);
+    },
+    flush(done) {
+      const actual = `sha256:${hash.digest('hex')}`;
+      if (size !== expected.size || actual !== expected.digest) {
+        done(new SlipwayError('DIGEST_MISMATCH', `${what}: received ${size} bytes with digest ${actual}, expected ${expected.size} bytes with ${expected.digest}`));
+        return;
+      }
+      done();
+    },
+  });
+  source.on('error', (err) => check.destroy(err));
+  return source.pipe(check);
+}

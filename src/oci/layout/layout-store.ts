@@ -1,0 +1,231 @@
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { SlipwayError, fromFsError } from '../../errors.js';
+import { parseDigest, sha256Digest, verifyContent, verifyingStream, isDigest } from '../digest.js';
+import type { FetchedManifest, Target } from '../store.js';
+import { ANNOTATION_REF_NAME, MEDIA_TYPE_OCI_INDEX, type Descriptor, type ImageIndex } from '../types.js';
+import { writeFileAtomic, writeStreamAtomicVerified } from '../../util/atomic-file.js';
+import { withDirLock } from '../../util/dir-lock.js';
+
+const LAYOUT_VERSION = '1.0.0';
+
+/**
+ * An OCI image-layout directory (image-spec `image-layout.md`): `oci-layout`, `index.json`,
+ * `blobs/sha256/<hex>`. Tags are `org.opencontainers.image.ref.name` annotations in index.json,
+ * as skopeo and oras write them. Blob writes are crash-safe; index.json updates are serialised
+ * with a lock directory and replaced atomically, so concurrent pushes do not lose tags.
+ */
+export class OciLayoutStore implements Target {
+  readonly name: string;
+
+  constructor(readonly dir: string) {
+    this.name = `oci:${dir}`;
+  }
+
+  private blobPath(digest: string): string {
+    const { algorithm, hex } = parseDigest(digest);
+    return join(this.dir, 'blobs', algorithm, hex);
+  }
+
+  /** Create the layout files when the directory is new; check them when it is not. */
+  async init(): Promise<void> {
+    await mkdir(join(this.dir, 'blobs', 'sha256'), { recursive: true });
+    let layoutText: string | undefined;
+    try {
+      layoutText = await readFile(join(this.dir, 'oci-layout'), 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fromFsError(err, join(this.dir, 'oci-layout'), 'reading layout');
+    }
+    if (layoutText === undefined) {
+      await writeFileAtomic(join(this.dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: LAYOUT_VERSION }));
+    } else {
+      this.checkLayoutFile(layoutText);
+    }
+    try {
+      await stat(join(this.dir, 'index.json'));
+    } catch {
+      await writeFileAtomic(join(this.dir, 'index.json'), JSON.stringify(emptyIndex()));
+    }
+  }
+
+  private checkLayoutFile(text: string): void {
+    let version: unknown;
+    try {
+      version = (JSON.parse(text) as { imageLayoutVersion?: unknown }).imageLayoutVersion;
+    } catch {
+      version = undefined;
+    }
+    if (typeof version !== 'string' || !version.startsWith('1.')) {
+      throw new SlipwayError('LAYOUT_INVALID', `${this.dir}/oci-layout does not declare imageLayoutVersion 1.x`);
+    }
+  }
+
+  private async readIndex(): Promise<ImageIndex> {
+    const path = join(this.dir, 'index.json');
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new SlipwayError('LAYOUT_INVALID', `${this.dir} is not an OCI image layout (no index.json)`, { context: { dir: this.dir } });
+      }
+      throw fromFsError(err, path, 'reading layout index');
+    }
+    try {
+      const index = JSON.parse(text) as ImageIndex;
+      if (!Array.isArray(index.manifests)) throw new Error('no manifests array');
+      return index;
+    } catch (err) {
+      throw new SlipwayError('LAYOUT_INVALID', `${path} is not a valid image index: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async blobExists(digest: string): Promise<boolean> {
+    try {
+      await stat(this.blobPath(digest));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private async readBlobFile(digest: string): Promise<Buffer> {
+    try {
+      return await readFile(this.blobPath(digest));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new SlipwayError('BLOB_UNKNOWN', `blob ${digest} is not in ${this.name}`, { context: { digest } });
+      }
+      throw fromFsError(err, this.blobPath(digest), 'reading blob');
+    }
+  }
+
+  async fetchBlob(desc: Descriptor): Promise<Buffer> {
+    const data = await this.readBlobFile(desc.digest);
+    verifyContent(data, desc, `blob ${desc.digest} in ${this.name}`);
+    return data;
+  }
+
+  async fetchBlobStream(desc: Descriptor): Promise<Readable> {
+    const path = this.blobPath(desc.digest);
+    if (!(await this.blobExists(desc.digest))) {
+      throw new SlipwayError('BLOB_UNKNOWN', `blob ${desc.digest} is not in ${this.name}`, { context: { digest: desc.digest } });
+    }
+    return verifyingStream(createReadStream(path, { highWaterMark: 1 << 20 }), desc, `blob ${desc.digest} in ${this.name}`);
+  }
+
+  async fetchBlobRange(desc: Descriptor, offset: number, length: number): Promise<Buffer> {
+    if (offset < 0 || length < 0 || offset + length > desc.size) {
+      throw new SlipwayError('INVALID_ARGUMENT', `range ${offset}+${length} is outside blob ${desc.digest} of ${desc.size} bytes`);
+    }
+    let handle;
+    try {
+      handle = await open(this.blobPath(desc.digest), 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new SlipwayError('BLOB_UNKNOWN', `blob ${desc.digest} is not in ${this.name}`, { context: { digest: desc.digest } });
+      }
+      throw fromFsError(err, this.blobPath(desc.digest), 'opening blob');
+    }
+    try {
+      const buf = Buffer.allocUnsafe(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await handle.read(buf, done, length - done, offset + done);
+        if (bytesRead === 0) throw new SlipwayError('DIGEST_MISMATCH', `blob ${desc.digest} in ${this.name} is shorter than its descriptor says`);
+        done += bytesRead;
+      }
+      return buf;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async pushBlob(desc: Descriptor, data: Buffer): Promise<void> {
+    verifyContent(data, desc, `blob pushed to ${this.name}`);
+    if (await this.blobExists(desc.digest)) return;
+    await writeFileAtomic(this.blobPath(desc.digest), data);
+  }
+
+  async pushBlobStream(desc: Descriptor, data: Readable): Promise<void> {
+    if (await this.blobExists(desc.digest)) {
+      data.destroy();
+      return;
+    }
+    await writeStreamAtomicVerified(this.blobPath(desc.digest), data, desc, `blob pushed to ${this.name}`);
+  }
+
+  async resolve(reference: string): Promise<Descriptor | undefined> {
+    const index = await this.readIndex();
+    if (isDigest(reference)) {
+      const listed = index.manifests.find((m) => m.digest === reference);
+      if (listed) return stripRefName(listed);
+      return undefined;
+    }
+    const found = index.manifests.filter((m) => m.annotations?.[ANNOTATION_REF_NAME] === reference).at(-1);
+    return found ? stripRefName(found) : undefined;
+  }
+
+  async fetchManifest(reference: string): Promise<FetchedManifest> {
+    let descriptor = await this.resolve(reference);
+    if (!descriptor && isDigest(reference) && (await this.blobExists(reference))) {
+      // A manifest stored only as a blob (e.g. a child of an index): its media type is in the body.
+      const body = await this.fetchBlob({ mediaType: '', digest: reference, size: (await stat(this.blobPath(reference))).size });
+      const mediaType = (JSON.parse(body.toString('utf8')) as { mediaType?: string }).mediaType ?? '';
+      return { descriptor: { mediaType, digest: reference, size: body.byteLength }, body };
+    }
+    if (!descriptor) {
+      throw new SlipwayError(isDigest(reference) ? 'MANIFEST_UNKNOWN' : 'TAG_UNKNOWN', `${isDigest(reference) ? 'manifest' : 'tag'} ${reference} does not exist in ${this.name}`, {
+        context: { reference },
+      });
+    }
+    const body = await this.fetchBlob(descriptor);
+    return { descriptor, body };
+  }
+
+  async pushManifest(body: Buffer, mediaType: string, tag?: string): Promise<Descriptor> {
+    const descriptor: Descriptor = { mediaType, digest: sha256Digest(body), size: body.byteLength };
+    await this.pushBlob(descriptor, body);
+    await withDirLock(join(this.dir, 'index.json.lock'), async () => {
+      const index = await this.readIndex();
+      const kept = index.manifests.filter((m) => {
+        const name = m.annotations?.[ANNOTATION_REF_NAME];
+        if (tag !== undefined) return name !== tag;
+        // untagged push: do not list the same digest twice
+        return !(m.digest === descriptor.digest && name === undefined);
+      });
+      const entry: Descriptor = { ...descriptor };
+      if (tag !== undefined) entry.annotations = { [ANNOTATION_REF_NAME]: tag };
+      kept.push(entry);
+      index.manifests = kept;
+      await writeFileAtomic(join(this.dir, 'index.json'), JSON.stringify(index, null, 2));
+    });
+    return descriptor;
+  }
+
+  /** Remove a tag (not the blobs); used by tests and `gc`. */
+  async untag(tag: string): Promise<void> {
+    await withDirLock(join(this.dir, 'index.json.lock'), async () => {
+      const index = await this.readIndex();
+      index.manifests = index.manifests.filter((m) => m.annotations?.[ANNOTATION_REF_NAME] !== tag);
+      await writeFileAtomic(join(this.dir, 'index.json'), JSON.stringify(index, null, 2));
+    });
+  }
+
+  /** Delete a blob file (tests use it to simulate a store that lost content). */
+  async removeBlob(digest: string): Promise<void> {
+    await rm(this.blobPath(digest), { force: true });
+  }
+}
+
+function emptyIndex(): ImageIndex {
+  return { schemaVersion: 2, mediaType: MEDIA_TYPE_OCI_INDEX, manifests: [] };
+}
+
+function stripRefName(desc: Descriptor): Descriptor {
+  const out: Descriptor = { mediaType: desc.mediaType, digest: desc.digest, size: desc.size };
+  if (desc.artifactType) out.artifactType = desc.artifactType;
+  return out;
+}

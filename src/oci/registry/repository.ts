@@ -1,0 +1,226 @@
+import type { Readable } from 'node:stream';
+import { RegistryError, SlipwayError } from '../../errors.js';
+import { isDigest, sha256Digest, verifyContent, verifyingStream } from '../digest.js';
+import type { FetchedManifest, Target } from '../store.js';
+import { MANIFEST_MEDIA_TYPES, type Descriptor } from '../types.js';
+import { repositoryScope } from './auth.js';
+import type { RegistryClient } from './transport.js';
+
+/** Blobs above this size are uploaded in chunks (PATCH with Content-Range) rather than in one PUT. */
+export const CHUNKED_UPLOAD_THRESHOLD_BYTES = 64 << 20;
+const UPLOAD_CHUNK_BYTES = 16 << 20;
+
+function header(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
+  const v = headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/**
+ * One repository in a registry, through the OCI distribution API: HEAD/GET/PUT of manifests
+ * and blobs, monolithic and chunked uploads, cross-repository mounts and Range GETs.
+ */
+export class RegistryRepository implements Target {
+  readonly name: string;
+  private readonly pullScope: string[];
+  private readonly pushScope: string[];
+
+  constructor(readonly client: RegistryClient, readonly repository: string) {
+    this.name = `${client.registry}/${repository}`;
+    this.pullScope = [repositoryScope(repository, 'pull')];
+    this.pushScope = [repositoryScope(repository, 'pull,push')];
+  }
+
+  private path(kind: 'blobs' | 'manifests', reference: string): string {
+    return `/v2/${this.repository}/${kind}/${reference}`;
+  }
+
+  async blobExists(digest: string): Promise<boolean> {
+    const res = await this.client.send({
+      method: 'HEAD', url: this.path('blobs', digest), scopes: this.pullScope, expect: [200, 404], read: 'none',
+      followRedirects: true, what: `checking blob ${digest} in ${this.name}`,
+    });
+    return res.status === 200;
+  }
+
+  async fetchBlob(desc: Descriptor): Promise<Buffer> {
+    const res = await this.client.send({
+      method: 'GET', url: this.path('blobs', desc.digest), scopes: this.pullScope, expect: [200], read: 'buffer',
+      notFound: 'BLOB_UNKNOWN', followRedirects: true, what: `fetching blob ${desc.digest} from ${this.name}`,
+    });
+    const body = res.body ?? Buffer.alloc(0);
+    verifyContent(body, desc, `blob ${desc.digest} from ${this.name}`);
+    return body;
+  }
+
+  async fetchBlobStream(desc: Descriptor): Promise<Readable> {
+    const res = await this.client.send({
+      method: 'GET', url: this.path('blobs', desc.digest), scopes: this.pullScope, expect: [200], read: 'stream',
+      notFound: 'BLOB_UNKNOWN', followRedirects: true, what: `fetching blob ${desc.digest} from ${this.name}`,
+    });
+    if (!res.stream) throw new SlipwayError('REGISTRY_ERROR', `no body fetching ${desc.digest}`);
+    return verifyingStream(res.stream, desc, `blob ${desc.digest} from ${this.name}`);
+  }
+
+  /**
+   * One Range GET. A server that ignores Range answers 200 with the whole blob: the whole blob is
+   * then verified against its digest and the asked-for slice returned (`onWholeBlob` may keep the rest).
+   */
+  async fetchBlobRange(desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Promise<Buffer> {
+    if (offset < 0 || length <= 0 || offset + length > desc.size) {
+      throw new SlipwayError('INVALID_ARGUMENT', `range ${offset}+${length} is outside blob ${desc.digest} of ${desc.size} bytes`);
+    }
+    const res = await this.client.send({
+      method: 'GET', url: this.path('blobs', desc.digest), headers: { range: `bytes=${offset}-${offset + length - 1}` },
+      scopes: this.pullScope, expect: [200, 206], read: 'buffer', notFound: 'BLOB_UNKNOWN', followRedirects: true,
+      what: `fetching bytes ${offset}+${length} of blob ${desc.digest} from ${this.name}`,
+    });
+    const body = res.body ?? Buffer.alloc(0);
+    if (res.status === 200) {
+      verifyContent(body, desc, `blob ${desc.digest} from ${this.name} (sent whole, Range ignored)`);
+      onWholeBlob?.(body);
+      return body.subarray(offset, offset + length);
+    }
+    if (body.byteLength !== length) {
+      throw new RegistryError('SIZE_INVALID', `range response for ${desc.digest} has ${body.byteLength} bytes, asked for ${length}`, {
+        method: 'GET', url: res.url, status: res.status,
+      });
+    }
+    return body;
+  }
+
+  private async startUpload(what: string): Promise<string> {
+    const res = await this.client.send({
+      method: 'POST', url: `/v2/${this.repository}/blobs/uploads/`, scopes: this.pushScope, expect: [202], read: 'none', what,
+    });
+    const location = header(res.headers, 'location');
+    if (!location) throw new RegistryError('BLOB_UPLOAD_INVALID', `${what}: registry gave no upload location`, { method: 'POST', url: res.url, status: res.status });
+    return this.client.resolveUrl(location);
+  }
+
+  private withDigest(location: string, digest: string): string {
+    const url = new URL(location);
+    url.searchParams.set('digest', digest);
+    return url.toString();
+  }
+
+  async pushBlob(desc: Descriptor, data: Buffer): Promise<void> {
+    verifyContent(data, desc, `blob pushed to ${this.name}`);
+    if (data.byteLength > CHUNKED_UPLOAD_THRESHOLD_BYTES) {
+      const { Readable: ReadableCtor } = await import('node:stream');
+      await this.pushBlobStream(desc, ReadableCtor.from([data]));
+      return;
+    }
+    const what = `uploading blob ${desc.digest} to ${this.name}`;
+    const location = await this.startUpload(what);
+    await this.client.send({
+      method: 'PUT', url: this.withDigest(location, desc.digest), body: data,
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(data.byteLength) },
+      scopes: this.pushScope, expect: [201], read: 'none', what,
+    });
+  }
+
+  /** Chunked upload: POST, then PATCH with Content-Range per chunk, then PUT with the digest. */
+  async pushBlobStream(desc: Descriptor, data: Readable): Promise<void> {
+    const what = `uploading blob ${desc.digest} to ${this.name} in chunks`;
+    const verified = verifyingStream(data, desc, `blob pushed to ${this.name}`);
+    let location = await this.startUpload(what);
+    let offset = 0;
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    const flush = async (): Promise<void> => {
+      if (pendingBytes === 0) return;
+      const body = Buffer.concat(pending, pendingBytes);
+      pending = [];
+      pendingBytes = 0;
+      const res = await this.client.send({
+        method: 'PATCH', url: location, body,
+        headers: { 'content-type': 'application/octet-stream', 'content-range': `${offset}-${offset + body.byteLength - 1}`, 'content-length': String(body.byteLength) },
+        scopes: this.pushScope, expect: [202], read: 'none', what,
+      });
+      offset += body.byteLength;
+      const next = header(res.headers, 'location');
+      if (next) location = this.client.resolveUrl(next);
+    };
+    for await (const piece of verified) {
+      pending.push(piece as Buffer);
+      pendingBytes += (piece as Buffer).byteLength;
+      if (pendingBytes >= UPLOAD_CHUNK_BYTES) await flush();
+    }
+    await flush();
+    await this.client.send({
+      method: 'PUT', url: this.withDigest(location, desc.digest), headers: { 'content-length': '0' },
+      scopes: this.pushScope, expect: [201], read: 'none', what,
+    });
+  }
+
+  /** Cross-repository mount: POST /blobs/uploads/?mount=&from= answers 201 when the blob was linked. */
+  async mountBlob(desc: Descriptor, from: Target): Promise<boolean> {
+    if (!(from instanceof RegistryRepository) || from.client.registry !== this.client.registry || from.repository === this.repository) return false;
+    const res = await this.client.send({
+      method: 'POST', url: `/v2/${this.repository}/blobs/uploads/?mount=${encodeURIComponent(desc.digest)}&from=${encodeURIComponent(from.repository)}`,
+      scopes: [...this.pushScope, repositoryScope(from.repository, 'pull')], expect: [201, 202], read: 'none',
+      what: `mounting blob ${desc.digest} from ${from.name} into ${this.name}`,
+    });
+    if (res.status === 202) {
+      // The registry opened an ordinary upload instead; cancel it so it does not linger.
+      const location = header(res.headers, 'location');
+      if (location) {
+        await this.client.send({ method: 'DELETE', url: location, scopes: this.pushScope, expect: [204, 404], read: 'none', what: 'cancelling upload' }).catch(() => undefined);
+      }
+      return false;
+    }
+    return true;
+  }
+
+  async resolve(reference: string): Promise<Descriptor | undefined> {
+    const res = await this.client.send({
+      method: 'HEAD', url: this.path('manifests', reference), headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') },
+      scopes: this.pullScope, expect: [200, 404], read: 'none', what: `resolving ${reference} in ${this.name}`,
+    });
+    if (res.status === 404) return undefined;
+    const digest = header(res.headers, 'docker-content-digest');
+    const size = Number.parseInt(header(res.headers, 'content-length') ?? '', 10);
+    const mediaType = (header(res.headers, 'content-type') ?? '').split(';')[0]?.trim() ?? '';
+    if (digest && isDigest(digest) && Number.isFinite(size)) return { mediaType, digest, size };
+    // Registries that omit the digest on HEAD: fetch the manifest and hash it.
+    return (await this.fetchManifest(reference)).descriptor;
+  }
+
+  async fetchManifest(reference: string): Promise<FetchedManifest> {
+    const byDigest = isDigest(reference);
+    const res = await this.client.send({
+      method: 'GET', url: this.path('manifests', reference), headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') },
+      scopes: this.pullScope, expect: [200], read: 'buffer', notFound: byDigest ? 'MANIFEST_UNKNOWN' : 'TAG_UNKNOWN',
+      what: `fetching manifest ${reference} from ${this.name}`,
+    }).catch((err: unknown) => {
+      if (err instanceof RegistryError && err.status === 404 && !byDigest) {
+        throw new RegistryError('TAG_UNKNOWN', `tag ${reference} does not exist in ${this.name}`, { method: err.method, url: err.url, status: 404 });
+      }
+      throw err;
+    });
+    const body = res.body ?? Buffer.alloc(0);
+    const digest = sha256Digest(body);
+    const expected = byDigest ? reference : header(res.headers, 'docker-content-digest');
+    if (expected && expected.startsWith('sha256:') && expected !== digest) {
+      throw new SlipwayError('DIGEST_MISMATCH', `manifest ${reference} from ${this.name} has digest ${digest}, expected ${expected}`, { context: { digest: expected, actual: digest } });
+    }
+    let mediaType = (header(res.headers, 'content-type') ?? '').split(';')[0]?.trim() ?? '';
+    try {
+      const declared = (JSON.parse(body.toString('utf8')) as { mediaType?: string }).mediaType;
+      if (declared) mediaType = declared;
+    } catch {
+      throw new SlipwayError('MANIFEST_INVALID', `manifest ${reference} from ${this.name} is not JSON`);
+    }
+    return { descriptor: { mediaType, digest, size: body.byteLength }, body };
+  }
+
+  async pushManifest(body: Buffer, mediaType: string, tag?: string): Promise<Descriptor> {
+    const digest = sha256Digest(body);
+    await this.client.send({
+      method: 'PUT', url: this.path('manifests', tag ?? digest), body,
+      headers: { 'content-type': mediaType, 'content-length': String(body.byteLength) },
+      scopes: this.pushScope, expect: [201], read: 'none', what: `pushing manifest ${tag ?? digest} to ${this.name}`,
+    });
+    return { mediaType, digest, size: body.byteLength };
+  }
+}

@@ -1,0 +1,294 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Readable } from 'node:stream';
+import { Agent, request, type Dispatcher } from 'undici';
+import { RegistryError, SlipwayError, type ErrorCode, ERROR_CODES } from '../../errors.js';
+import { AuthState, basicAuthHeader, parseChallenge } from './auth.js';
+import { findCredentials, type Credentials } from './credentials.js';
+import { isLoopbackRegistry } from '../ref.js';
+
+export interface RetryPolicy {
+  /** attempts in all, the first included */
+  maxAttempts: number;
+  baseDelayMs: number;
+  maxDelayMs: number;
+}
+
+export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 5, baseDelayMs: 150, maxDelayMs: 4000 };
+
+export interface RegistryClientOptions {
+  /** Speak plain HTTP even to a non-loopback host (`--plain-http`). */
+  plainHttp?: boolean;
+  credentials?: Credentials;
+  retry?: Partial<RetryPolicy>;
+  /** Connections per registry host: bounds concurrent requests. */
+  connections?: number;
+  /** Overall time a single request (headers and body) may take. */
+  requestTimeoutMs?: number;
+  userAgent?: string;
+}
+
+export interface RegistryRequest {
+  method: 'GET' | 'HEAD' | 'PUT' | 'POST' | 'PATCH' | 'DELETE';
+  /** A path under the registry origin (`/v2/...`) or an absolute URL (upload locations, redirects). */
+  url: string;
+  headers?: Record<string, string>;
+  body?: Buffer;
+  /** Auth scopes the request needs (bearer tokens are asked for these). */
+  scopes: string[];
+  /** Statuses that are success for this request. */
+  expect: number[];
+  /** How a 404 is reported. */
+  notFound?: ErrorCode;
+  /** 'buffer' reads the body (retried as a whole on a dropped connection); 'stream' hands it over. */
+  read: 'buffer' | 'stream' | 'none';
+  /** Follow 3xx redirects (blob GETs to storage back-ends). */
+  followRedirects?: boolean;
+  what: string;
+}
+
+export interface RegistryResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body?: Buffer;
+  stream?: Readable;
+  url: string;
+}
+
+const RETRYABLE_NET_CODES = new Set([
+  'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH',
+  'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT',
+  'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH',
+]);
+
+function netCode(err: unknown): string | undefined {
+  const e = err as { code?: string; cause?: { code?: string } };
+  return e?.code ?? e?.cause?.code;
+}
+
+export function isRetryableNetworkError(err: unknown): boolean {
+  if (err instanceof SlipwayError) return false;
+  const code = netCode(err);
+  return code !== undefined ? RETRYABLE_NET_CODES.has(code) : (err as Error)?.name === 'SocketError';
+}
+
+function isRetryableStatus(status: number): boolean {
+  return status === 429 || status === 408 || (status >= 500 && status !== 501 && status !== 505);
+}
+
+function header(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
+  const v = headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/**
+ * HTTP to one registry host: connection pool, auth (anonymous, basic, bearer token with scopes),
+ * retries with exponential backoff and jitter on 5xx, 429 and dropped connections, and mapping of
+ * error responses to the distribution spec's error codes. The OCI operations live in
+ * repository.ts; nothing here knows about manifests or blobs.
+ */
+export class RegistryClient {
+  readonly origin: string;
+  private readonly dispatcher: Dispatcher;
+  private readonly auth = new AuthState();
+  private readonly credentials: Credentials | undefined;
+  private readonly retry: RetryPolicy;
+  private readonly userAgent: string;
+
+  constructor(readonly registry: string, options: RegistryClientOptions = {}) {
+    const scheme = options.plainHttp || isLoopbackRegistry(registry) ? 'http' : 'https';
+    const host = registry === 'docker.io' ? 'registry-1.docker.io' : registry;
+    this.origin = `${scheme}://${host}`;
+    this.credentials = options.credentials ?? findCredentials(registry);
+    this.retry = { ...DEFAULT_RETRY, ...options.retry };
+    this.userAgent = options.userAgent ?? 'slipway/0.1';
+    const timeout = options.requestTimeoutMs ?? 120_000;
+    this.dispatcher = new Agent({
+      connections: options.connections ?? 8,
+      keepAliveTimeout: 10_000,
+      headersTimeout: timeout,
+      bodyTimeout: timeout,
+      connect: { timeout: 10_000 },
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.close();
+  }
+
+  resolveUrl(url: string): string {
+    return new URL(url, this.origin).toString();
+  }
+
+  async send(req: RegistryRequest): Promise<RegistryResponse> {
+    let url = this.resolveUrl(req.url);
+    let authRetried = false;
+    let redirects = 0;
+    for (let attempt = 1; ; attempt++) {
+      const sameOrigin = new URL(url).origin === this.origin;
+      const headers: Record<string, string> = { 'user-agent': this.userAgent, ...req.headers };
+      if (sameOrigin) {
+        const authorization = await this.authorization(req.scopes);
+        if (authorization) headers.authorization = authorization;
+      }
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await request(url, { method: req.method, headers, body: req.body, dispatcher: this.dispatcher });
+      } catch (err) {
+        if (isRetryableNetworkError(err) && attempt < this.retry.maxAttempts) {
+          await this.backoff(attempt);
+          continue;
+        }
+        throw this.networkError(req, url, err, attempt);
+      }
+      const status = res.statusCode;
+      const resHeaders = res.headers;
+      if (status === 401 && sameOrigin && !authRetried) {
+        const challenge = parseChallenge(header(resHeaders, 'www-authenticate'));
+        await res.body.dump();
+        if (challenge) {
+          authRetried = true;
+          await this.answerChallenge(challenge, req.scopes, url);
+          attempt--;
+          continue;
+        }
+      }
+      if (req.followRedirects && [301, 302, 303, 307, 308].includes(status)) {
+        const location = header(resHeaders, 'location');
+        await res.body.dump();
+        if (!location || ++redirects > 5) throw new RegistryError('REGISTRY_ERROR', `${req.what}: bad redirect`, { method: req.method, url, status });
+        url = new URL(location, url).toString();
+        attempt--;
+        continue;
+      }
+      if (req.expect.includes(status)) {
+        if (req.read === 'stream') return { status, headers: resHeaders, stream: res.body, url };
+        if (req.read === 'none' || req.method === 'HEAD') {
+          await res.body.dump();
+          return { status, headers: resHeaders, url };
+        }
+        try {
+          const body = Buffer.from(await res.body.arrayBuffer());
+          return { status, headers: resHeaders, body, url };
+        } catch (err) {
+          if (isRetryableNetworkError(err) && attempt < this.retry.maxAttempts) {
+            await this.backoff(attempt);
+            continue;
+          }
+          throw this.networkError(req, url, err, attempt);
+        }
+      }
+      const text = req.method === 'HEAD' ? '' : await res.body.text().catch(() => '');
+      if (req.method === 'HEAD') await res.body.dump().catch(() => undefined);
+      if (isRetryableStatus(status) && attempt < this.retry.maxAttempts) {
+        await this.backoff(attempt, header(resHeaders, 'retry-after'));
+        continue;
+      }
+      throw this.statusError(req, url, status, text);
+    }
+  }
+
+  private async backoff(attempt: number, retryAfter?: string): Promise<void> {
+    const afterS = retryAfter ? Number.parseInt(retryAfter, 10) : Number.NaN;
+    const exp = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));
+    const delay = Number.isFinite(afterS) ? Math.min(afterS * 1000, this.retry.maxDelayMs) : exp / 2 + Math.random() * (exp / 2);
+    await sleep(delay);
+  }
+
+  private networkError(req: RegistryRequest, url: string, err: unknown, attempts: number): SlipwayError {
+    if (err instanceof SlipwayError) return err;
+    const code = netCode(err) ?? (err as Error)?.name;
+    return new SlipwayError('REGISTRY_UNREACHABLE', `${req.what}: registry ${this.registry} could not be reached (${req.method} ${url}: ${code ?? (err as Error)?.message}; ${attempts} attempt${attempts === 1 ? '' : 's'})`, {
+      context: { registry: this.registry, url, method: req.method },
+      cause: err,
+    });
+  }
+
+  private statusError(req: RegistryRequest, url: string, status: number, text: string): RegistryError {
+    let specCode: string | undefined;
+    let detail: string | undefined;
+    try {
+      const parsed = JSON.parse(text) as { errors?: { code?: string; message?: string; detail?: unknown }[] };
+      const first = parsed.errors?.[0];
+      specCode = first?.code;
+      detail = first?.message ?? undefined;
+    } catch {
+      detail = text.slice(0, 200) || undefined;
+    }
+    let code: ErrorCode;
+    if (specCode && specCode in ERROR_CODES) code = specCode as ErrorCode;
+    else if (status === 401) code = 'UNAUTHORIZED';
+    else if (status === 403) code = 'DENIED';
+    else if (status === 404) code = req.notFound ?? 'NAME_UNKNOWN';
+    else if (status === 429) code = 'TOOMANYREQUESTS';
+    else code = 'REGISTRY_ERROR';
+    if (status === 404 && req.notFound && code !== req.notFound && (code === 'NAME_UNKNOWN' || code === 'REGISTRY_ERROR')) code = req.notFound;
+    const what = code === 'UNAUTHORIZED' && this.credentials ? `${req.what}: credentials for ${this.registry} were refused` : code === 'UNAUTHORIZED' ? `${req.what}: ${this.registry} requires credentials (none found)` : `${req.what}: ${ERROR_CODES[code]}`;
+    return new RegistryError(code, what, { method: req.method, url, status, ...(detail ? { detail } : {}) });
+  }
+
+  private scopeKey(scopes: string[]): string {
+    return [...scopes].sort().join(' ');
+  }
+
+  private async authorization(scopes: string[]): Promise<string | undefined> {
+    if (this.auth.scheme === 'basic' && this.credentials) return basicAuthHeader(this.credentials);
+    if (this.auth.scheme === 'bearer') {
+      const key = this.scopeKey(scopes);
+      let token = this.auth.cachedToken(key);
+      if (!token) token = await this.fetchToken(scopes, this.origin);
+      return `Bearer ${token}`;
+    }
+    return undefined;
+  }
+
+  private async answerChallenge(challenge: { scheme: 'basic' | 'bearer'; params: Record<string, string> }, scopes: string[], url: string): Promise<void> {
+    if (challenge.scheme === 'basic') {
+      if (!this.credentials) {
+        throw new RegistryError('UNAUTHORIZED', `registry ${this.registry} requires credentials (none found: set SLIPWAY_REGISTRY_USERNAME/PASSWORD or docker login)`, { method: 'GET', url, status: 401 });
+      }
+      this.auth.scheme = 'basic';
+      return;
+    }
+    this.auth.scheme = 'bearer';
+    this.auth.bearerParams = challenge.params;
+    const wanted = new Set(scopes);
+    if (challenge.params.scope) for (const s of challenge.params.scope.split(' ')) wanted.add(s);
+    this.auth.forgetToken(this.scopeKey(scopes));
+    await this.fetchToken([...wanted], url, scopes);
+  }
+
+  /** Distribution token spec: GET realm?service=&scope= (basic-authenticated when we have credentials). */
+  private async fetchToken(scopes: string[], forUrl: string, cacheUnder: string[] = scopes): Promise<string> {
+    const realm = this.auth.bearerParams.realm;
+    if (!realm) throw new RegistryError('UNAUTHORIZED', `registry ${this.registry} sent a bearer challenge without a realm`, { method: 'GET', url: forUrl, status: 401 });
+    const tokenUrl = new URL(realm);
+    if (this.auth.bearerParams.service) tokenUrl.searchParams.set('service', this.auth.bearerParams.service);
+    for (const scope of scopes) tokenUrl.searchParams.append('scope', scope);
+    const headers: Record<string, string> = { 'user-agent': this.userAgent };
+    if (this.credentials?.username !== undefined) headers.authorization = basicAuthHeader(this.credentials);
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(tokenUrl, { method: 'GET', headers, dispatcher: this.dispatcher });
+    } catch (err) {
+      throw new SlipwayError('REGISTRY_UNREACHABLE', `token service ${tokenUrl.origin} for ${this.registry} could not be reached: ${netCode(err) ?? (err as Error).message}`, { cause: err });
+    }
+    const text = await res.body.text();
+    if (res.statusCode !== 200) {
+      throw new RegistryError('UNAUTHORIZED', this.credentials ? `credentials for ${this.registry} were refused by its token service` : `token service for ${this.registry} refused anonymous access`, {
+        method: 'GET', url: tokenUrl.toString(), status: res.statusCode, detail: text.slice(0, 200),
+      });
+    }
+    let token: string | undefined;
+    let expiresIn: number | undefined;
+    try {
+      const parsed = JSON.parse(text) as { token?: string; access_token?: string; expires_in?: number };
+      token = parsed.token ?? parsed.access_token;
+      expiresIn = parsed.expires_in;
+    } catch {
+      token = undefined;
+    }
+    if (!token) throw new RegistryError('UNAUTHORIZED', `token service for ${this.registry} answered without a token`, { method: 'GET', url: tokenUrl.toString(), status: 200 });
+    this.auth.storeToken(this.scopeKey(cacheUnder), token, expiresIn);
+    return token;
+  }
+}

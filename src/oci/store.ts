@@ -1,0 +1,47 @@
+import type { Readable } from 'node:stream';
+import type { Descriptor } from './types.js';
+
+/**
+ * The capability interfaces every OCI store implements: the OCI image-layout directory
+ * (src/oci/layout) and a registry repository (src/oci/registry). Reads are verified against
+ * their digest by the implementation; a byte range of a blob cannot be, so its caller checks
+ * what it reads out of it (slipway chunks carry their own digest).
+ */
+export interface BlobStore {
+  blobExists(digest: string): Promise<boolean>;
+  /** The whole blob, verified against `desc.digest` and `desc.size`. */
+  fetchBlob(desc: Descriptor): Promise<Buffer>;
+  /** A stream of the blob that fails with DIGEST_MISMATCH at its end if the content is wrong. */
+  fetchBlobStream(desc: Descriptor): Promise<Readable>;
+  /** `length` bytes at `offset` of a blob: one Range request on a registry. */
+  fetchBlobRange(desc: Descriptor, offset: number, length: number): Promise<Buffer>;
+  /** Store a blob; the store checks `data` against `desc` before it becomes visible. */
+  pushBlob(desc: Descriptor, data: Buffer): Promise<void>;
+  /** Store a blob from a stream of known descriptor (large blobs, copy). */
+  pushBlobStream(desc: Descriptor, data: Readable): Promise<void>;
+}
+
+export interface FetchedManifest {
+  descriptor: Descriptor;
+  body: Buffer;
+}
+
+export interface ManifestStore {
+  /** What a tag or digest points to now, or undefined when the tag does not exist. */
+  resolve(reference: string): Promise<Descriptor | undefined>;
+  /** A manifest by tag or digest; by digest it is verified, by tag its digest is computed. */
+  fetchManifest(reference: string): Promise<FetchedManifest>;
+  /** Store a manifest and, when `tag` is given, point the tag at it (the last step of a push). */
+  pushManifest(body: Buffer, mediaType: string, tag?: string): Promise<Descriptor>;
+}
+
+export interface Target extends BlobStore, ManifestStore {
+  /** Human-readable name, e.g. `oci:/var/lib/slipway/layout` or `127.0.0.1:5000/disks/ci` */
+  readonly name: string;
+  /**
+   * Make a blob from another repository of the same registry appear here without copying its
+   * bytes. Returns false when the store cannot (different registry, or mount refused).
+   */
+  mountBlob?(desc: Descriptor, from: Target): Promise<boolean>;
+  close?(): Promise<void>;
+}

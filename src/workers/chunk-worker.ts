@@ -1,0 +1,26 @@
+import { parentPort } from 'node:worker_threads';
+import { ChunkCodec } from './chunk-codec.js';
+import type { WorkerRequest, WorkerResponse } from './pool.js';
+
+const codec = new ChunkCodec();
+
+parentPort?.on('message', (req: WorkerRequest) => {
+  let res: WorkerResponse;
+  const transfer: ArrayBuffer[] = [];
+  try {
+    if (req.op === 'encode') {
+      const data = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
+      const enc = codec.encode(data, req.level);
+      res = { id: req.id, ok: true, digest: enc.digest, zero: enc.zero, stored: enc.stored, flags: enc.flags };
+      if (enc.stored.byteLength > 0) transfer.push(enc.stored.buffer as ArrayBuffer);
+    } else {
+      const out = codec.decode(req.stored, req.flags, req.length, Buffer.from(req.digest), req.what);
+      res = { id: req.id, ok: true, data: out };
+      if (out.byteLength > 0) transfer.push(out.buffer as ArrayBuffer);
+    }
+  } catch (err) {
+    const e = err as { code?: string; message?: string };
+    res = { id: req.id, ok: false, code: e.code ?? 'IO_ERROR', message: e.message ?? String(err) };
+  }
+  parentPort?.postMessage(res, transfer);
+});

@@ -1,0 +1,117 @@
+import { availableParallelism } from 'node:os';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { SlipwayError, type ErrorCode } from '../errors.js';
+
+export type WorkerRequest =
+  | { id: number; op: 'encode'; data: Uint8Array; level: number }
+  | { id: number; op: 'decode'; stored: Uint8Array; flags: number; length: number; digest: Uint8Array; what: string };
+
+export type WorkerResponse =
+  | { id: number; ok: true; digest: Uint8Array; zero: boolean; stored: Uint8Array; flags: number }
+  | { id: number; ok: true; data: Uint8Array }
+  | { id: number; ok: false; code: string; message: string };
+
+type DistributiveOmit<T, K extends keyof T> = T extends unknown ? Omit<T, K> : never;
+
+interface Pending {
+  resolve: (res: WorkerResponse) => void;
+  reject: (err: Error) => void;
+}
+
+/**
+ * The compiled worker script. Under vitest slipway runs from src/*.ts; workers need JavaScript,
+ * so they load the build in dist/ (the test command builds first).
+ */
+function workerUrl(): URL {
+  const here = new URL('./chunk-worker.js', import.meta.url);
+  if (existsSync(fileURLToPath(here))) return here;
+  const fromSource = new URL('../../dist/workers/chunk-worker.js', import.meta.url);
+  if (existsSync(fileURLToPath(fromSource))) return fromSource;
+  throw new SlipwayError('IO_ERROR', `worker script not found at ${fileURLToPath(here)}: run npm run build`);
+}
+
+/**
+ * A pool of worker threads for hashing and compression: one per core by default, so push and pull
+ * use every core while the main thread does I/O. Work is handed to the least-loaded worker.
+ */
+export class WorkerPool {
+  private readonly workers: { worker: Worker; inflight: number }[] = [];
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private closed = false;
+
+  constructor(size = Math.max(1, availableParallelism())) {
+    const url = workerUrl();
+    for (let i = 0; i < size; i++) {
+      const worker = new Worker(url);
+      const slot = { worker, inflight: 0 };
+      worker.on('message', (res: WorkerResponse) => {
+        slot.inflight--;
+        // an idle pool must not keep the process alive; a busy one must
+        if (slot.inflight === 0) worker.unref();
+        const p = this.pending.get(res.id);
+        if (!p) return;
+        this.pending.delete(res.id);
+        p.resolve(res);
+      });
+      worker.on('error', (err) => this.failAll(err));
+      worker.unref();
+      this.workers.push(slot);
+    }
+  }
+
+  get size(): number {
+    return this.workers.length;
+  }
+
+  private failAll(err: Error): void {
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+
+  run(req: DistributiveOmit<WorkerRequest, 'id'>, transfer: ArrayBuffer[] = []): Promise<WorkerResponse> {
+    if (this.closed) return Promise.reject(new SlipwayError('ABORTED', 'worker pool is closed'));
+    const id = this.nextId++;
+    let best = this.workers[0];
+    for (const w of this.workers) if (best === undefined || w.inflight < best.inflight) best = w;
+    if (!best) return Promise.reject(new SlipwayError('IO_ERROR', 'worker pool has no workers'));
+    if (best.inflight++ === 0) best.worker.ref();
+    const slot = best;
+    return new Promise<WorkerResponse>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      slot.worker.postMessage({ ...req, id }, transfer);
+    }).then((res) => {
+      if (!res.ok) throw new SlipwayError(res.code as ErrorCode, res.message);
+      return res;
+    });
+  }
+
+  async encode(data: Buffer, level: number): Promise<{ digest: Buffer; zero: boolean; stored: Buffer; flags: number }> {
+    const res = await this.run({ op: 'encode', data, level }, ownsBuffer(data) ? [data.buffer as ArrayBuffer] : []);
+    if (!('stored' in res)) throw new SlipwayError('IO_ERROR', 'worker answered encode with the wrong shape');
+    return { digest: toBuffer(res.digest), zero: res.zero, stored: toBuffer(res.stored), flags: res.flags };
+  }
+
+  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Buffer> {
+    const res = await this.run({ op: 'decode', stored, flags, length, digest, what });
+    if (!('data' in res)) throw new SlipwayError('IO_ERROR', 'worker answered decode with the wrong shape');
+    return toBuffer(res.data);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.failAll(new SlipwayError('ABORTED', 'worker pool closed'));
+    await Promise.all(this.workers.map((w) => w.worker.terminate()));
+  }
+}
+
+function toBuffer(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+/** A buffer may be transferred only when it alone spans its ArrayBuffer (not Node's shared pool). */
+function ownsBuffer(b: Buffer): boolean {
+  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.byteLength > 0;
+}

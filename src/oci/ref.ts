@@ -1,11 +1,15 @@
-import { resolve as resolvePath } from 'node:path';
+import { homedir } from 'node:os';
+import { join, resolve as resolvePath } from 'node:path';
 import { SlipwayError } from '../errors.js';
 import { isDigest } from './digest.js';
 
 /**
  * An image reference, in one of the two forms slipway stores disks in:
  * - `oci:<dir>[:tag|@digest]` an OCI image-layout directory (skopeo's `oci:` transport grammar);
- * - `[docker://]host[:port]/repo/name[:tag][@digest]` a repository in a registry.
+ * - `[docker://]host[:port]/repo/name[:tag][@digest]` a repository in a registry;
+ * - `name[/name...][:tag|@digest]` with no registry host: the embedded default store, one layout
+ *   directory per name under `$SLIPWAY_STORE` (default `$XDG_DATA_HOME/slipway/store`). Docker Hub
+ *   is reached only when named: `docker.io/library/debian`.
  */
 export type ImageRef = LayoutRef | RegistryRef;
 
@@ -41,10 +45,24 @@ function checkDigest(digest: string, input: string): string {
   return digest;
 }
 
-export function parseRef(input: string): ImageRef {
+/** The embedded default store's directory. */
+export function defaultStoreDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.SLIPWAY_STORE) return resolvePath(env.SLIPWAY_STORE);
+  return join(env.XDG_DATA_HOME ?? join(homedir(), '.local', 'share'), 'slipway', 'store');
+}
+
+export function parseRef(input: string, env: NodeJS.ProcessEnv = process.env): ImageRef {
   if (input.length === 0) throw new SlipwayError('INVALID_REFERENCE', 'empty image reference');
   if (input.startsWith('oci:')) return parseLayoutRef(input);
-  return parseRegistryRef(input);
+  const parsed = parseRegistryRef(input);
+  if (parsed.implicitRegistry && !input.startsWith('docker://')) {
+    const ref: LayoutRef = { kind: 'layout', dir: join(defaultStoreDir(env), ...parsed.repository.replace(/^library\//, '').split('/')) };
+    if (parsed.tag !== undefined) ref.tag = parsed.tag;
+    if (parsed.digest !== undefined) ref.digest = parsed.digest;
+    return ref;
+  }
+  const { implicitRegistry: _implicit, ...ref } = parsed;
+  return ref;
 }
 
 function parseLayoutRef(input: string): LayoutRef {
@@ -70,7 +88,7 @@ function parseLayoutRef(input: string): LayoutRef {
   return ref;
 }
 
-function parseRegistryRef(input: string): RegistryRef {
+function parseRegistryRef(input: string): RegistryRef & { implicitRegistry: boolean } {
   let rest = input.startsWith('docker://') ? input.slice(9) : input;
   let digest: string | undefined;
   const at = rest.indexOf('@');
@@ -87,16 +105,18 @@ function parseRegistryRef(input: string): RegistryRef {
   }
   const parts = rest.split('/');
   let registry = DOCKER_HUB;
+  let implicitRegistry = true;
   const first = parts[0] ?? '';
   if (parts.length > 1 && (first.includes('.') || first.includes(':') || first === 'localhost' || /^\[.*\]/.test(first))) {
     registry = first;
+    implicitRegistry = false;
     parts.shift();
   }
   if (parts.length === 0 || parts.some((p) => !REPO_COMPONENT_RE.test(p))) {
     throw new SlipwayError('INVALID_REFERENCE', `invalid repository name in reference ${JSON.stringify(input)} (lower-case letters, digits and separators; a layout is written oci:<dir>)`);
   }
   if (registry === DOCKER_HUB && parts.length === 1) parts.unshift('library');
-  const ref: RegistryRef = { kind: 'registry', registry, repository: parts.join('/') };
+  const ref: RegistryRef & { implicitRegistry: boolean } = { kind: 'registry', registry, repository: parts.join('/'), implicitRegistry };
   if (tag !== undefined) ref.tag = tag;
   if (digest !== undefined) ref.digest = digest;
   return ref;

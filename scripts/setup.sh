@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything slipway needs on a fresh Debian 12 machine with Node 20, then builds it.
+# Idempotent and quick when nothing changed: Debian packages only when missing, npm ci only when
+# package-lock.json changed since the last install, the TypeScript build every time (seconds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+DEB_PACKAGES=(docker-registry skopeo zstd e2fsprogs curl apache2-utils python3 make g++)
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then say "Node.js >= 20 is required (found $(node --version))"; exit 1; fi
+
+stamp=node_modules/.slipway-lock-sha256
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  say "npm ci (native modules better-sqlite3 and zstd-napi build from source: about 2 minutes)"
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$want" > "$stamp"
+fi
+
+say "building TypeScript"
+npx tsc -p tsconfig.json

@@ -1,0 +1,95 @@
+/**
+ * A fault-injecting HTTP proxy in front of a real registry. Everything is forwarded unchanged
+ * (the Host header too, so the registry's upload Locations point back at the proxy), except
+ * blob-upload PUTs (`PUT /v2/<name>/blobs/uploads/<id>?digest=...`, the request that commits a
+ * blob) after the first `passBlobPuts`: those are answered 500 or have their connection dropped.
+ */
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+
+export type FaultMode = '500' | 'drop';
+
+export interface FaultProxyOptions {
+  /** host:port of the registry to forward to */
+  target: string;
+  mode: FaultMode;
+  /** blob-upload PUTs let through before the faults start */
+  passBlobPuts: number;
+}
+
+export interface ProxiedRequest {
+  method: string;
+  path: string;
+  /** 'forwarded' or the fault injected */
+  outcome: 'forwarded' | FaultMode;
+  status?: number;
+}
+
+export interface FaultProxy {
+  host: string;
+  port: number;
+  requests: ProxiedRequest[];
+  /** blob-upload PUTs that were answered with a fault */
+  faultedBlobPuts(): number;
+  /** blob-upload PUTs that reached the registry */
+  passedBlobPuts(): number;
+  stop(): Promise<void>;
+}
+
+const BLOB_UPLOAD_PUT = /^\/v2\/.+\/blobs\/uploads\/[^/?]+/;
+
+export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultProxy> {
+  const [targetHost, targetPort] = opts.target.split(':') as [string, string];
+  const requests: ProxiedRequest[] = [];
+  let blobPuts = 0;
+
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const path = req.url ?? '/';
+    const method = req.method ?? 'GET';
+    if (method === 'PUT' && BLOB_UPLOAD_PUT.test(path)) {
+      blobPuts++;
+      if (blobPuts > opts.passBlobPuts) {
+        requests.push({ method, path, outcome: opts.mode, ...(opts.mode === '500' ? { status: 500 } : {}) });
+        if (opts.mode === 'drop') {
+          req.socket.destroy();
+          return;
+        }
+        req.resume();
+        const body = JSON.stringify({ errors: [{ code: 'UNKNOWN', message: 'injected fault: blob upload refused by test proxy' }] });
+        res.writeHead(500, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), connection: 'close' });
+        res.end(body);
+        return;
+      }
+    }
+    const record: ProxiedRequest = { method, path, outcome: 'forwarded' };
+    requests.push(record);
+    const upstream = request({ host: targetHost, port: Number(targetPort), method, path, headers: req.headers }, (up) => {
+      record.status = up.statusCode;
+      res.writeHead(up.statusCode ?? 502, up.headers);
+      up.pipe(res);
+    });
+    upstream.on('error', () => {
+      if (!res.headersSent) res.writeHead(502);
+      res.end();
+    });
+    req.pipe(upstream);
+  };
+
+  const server: Server = createServer(handle);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : 0;
+  return {
+    host: `127.0.0.1:${port}`,
+    port,
+    requests,
+    faultedBlobPuts: () => requests.filter((r) => r.outcome !== 'forwarded' && r.method === 'PUT').length,
+    passedBlobPuts: () => requests.filter((r) => r.outcome === 'forwarded' && r.method === 'PUT' && BLOB_UPLOAD_PUT.test(r.path) && r.status === 201).length,
+    async stop() {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}

@@ -1,0 +1,100 @@
+/**
+ * A real OCI registry for tests: Debian's `docker-registry` (distribution 2.8) on 127.0.0.1 on a
+ * free port, with its own storage directory, optionally behind htpasswd basic auth or in
+ * pull-through proxy mode. Fails loudly when the binary is missing.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+const REGISTRY_BIN = '/usr/bin/docker-registry';
+
+export interface RegistryOptions {
+  htpasswd?: { username: string; password: string };
+  proxyRemoteUrl?: string;
+}
+
+export interface TestRegistry {
+  host: string;
+  port: number;
+  storageDir: string;
+  stop(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export async function startRegistry(opts: RegistryOptions = {}): Promise<TestRegistry> {
+  if (!existsSync(REGISTRY_BIN)) {
+    throw new Error(`${REGISTRY_BIN} not found: install Debian's docker-registry package (the README's test command does)`);
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'slipway-registry-'));
+  const storageDir = join(dir, 'storage');
+  const port = await freePort();
+  const lines = [
+    'version: 0.1',
+    'log:',
+    '  level: error',
+    '  accesslog:',
+    '    disabled: true',
+    'storage:',
+    '  filesystem:',
+    `    rootdirectory: ${storageDir}`,
+    '  delete:',
+    '    enabled: true',
+    'http:',
+    `  addr: 127.0.0.1:${port}`,
+  ];
+  if (opts.htpasswd) {
+    const file = join(dir, 'htpasswd');
+    execFileSync('htpasswd', ['-Bbc', file, opts.htpasswd.username, opts.htpasswd.password], { stdio: 'ignore' });
+    lines.push('auth:', '  htpasswd:', '    realm: slipway-test', `    path: ${file}`);
+  }
+  if (opts.proxyRemoteUrl) lines.push('proxy:', `  remoteurl: ${opts.proxyRemoteUrl}`);
+  const configPath = join(dir, 'config.yml');
+  writeFileSync(configPath, `${lines.join('\n')}\n`);
+  const child: ChildProcess = spawn(REGISTRY_BIN, ['serve', configPath], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`docker-registry exited (${child.exitCode}): ${stderr}`);
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/v2/`);
+      if (res.status === 200 || res.status === 401) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`docker-registry did not start on port ${port}: ${stderr}`);
+    }
+    await sleep(50);
+  }
+  return {
+    host: `127.0.0.1:${port}`,
+    port,
+    storageDir,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((r) => child.once('exit', r));
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

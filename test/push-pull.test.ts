@@ -1,0 +1,120 @@
+/**
+ * Round trips through a real registry and an OCI layout: byte-for-byte equality, holes kept as
+ * holes, odd sizes, both compression modes, and dedup counts on repeated and changed pushes.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { copyFileSync, openSync, statSync, writeSync, closeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { openDiskArtifact } from '../src/disk/artifact.js';
+import { pushDisk } from '../src/disk/push.js';
+import { pullDisk } from '../src/disk/pull.js';
+import { Targets } from '../src/oci/open.js';
+import { parseRef, refReference } from '../src/oci/ref.js';
+import { WorkerPool } from '../src/workers/pool.js';
+import { startRegistry, type TestRegistry } from './helpers/registry.js';
+import { makeExt4, makeSparse, sha256File, tempDir } from './helpers/images.js';
+
+let registry: TestRegistry;
+let pool: WorkerPool;
+const targets = new Targets();
+const work = tempDir();
+
+beforeAll(async () => {
+  registry = await startRegistry();
+  pool = new WorkerPool(2);
+});
+afterAll(async () => {
+  await pool?.close();
+  await targets.close();
+  await registry?.stop();
+});
+
+async function roundTrip(file: string, refText: string, opts: { chunkSizeBytes?: number; compression?: 'zstd' | 'none'; packSizeBytes?: number } = {}) {
+  const ref = parseRef(refText);
+  const target = await targets.open(ref, { createLayout: true });
+  const pushed = await pushDisk({ file, target, tag: ref.tag ?? 'latest', pool, ...opts });
+  const disk = await openDiskArtifact(target, refReference(ref));
+  const out = join(work, `out-${randomBytes(4).toString('hex')}.img`);
+  const pulled = await pullDisk({ target, disk, outFile: out, pool });
+  return { pushed, pulled, out, disk };
+}
+
+const where = (kind: 'layout' | 'registry', name: string) => kind === 'layout' ? `oci:${join(work, 'layout')}:${name}` : `${registry.host}/disks/${name}:v1`;
+
+describe.each(['layout', 'registry'] as const)('round trip via %s', (kind) => {
+  it('an ext4 image of real files comes back byte for byte, holes as holes', async () => {
+    const img = makeExt4(join(work, `ext4-${kind}.img`), 48, join(process.cwd(), 'src'));
+    const { out, pushed, pulled } = await roundTrip(img, where(kind, `ext4-${kind}`));
+    expect(sha256File(out)).toBe(sha256File(img));
+    expect(pushed.config.stats.zeroChunks).toBeGreaterThan(0);
+    // the pulled file is sparse: it allocates little more than the non-zero chunks
+    const allocated = statSync(out).blocks * 512;
+    expect(allocated).toBeLessThanOrEqual((pushed.config.chunkCount - pushed.config.stats.zeroChunks) * pushed.config.chunkSizeBytes + (64 << 10));
+    expect(pulled.fetchedBytes).toBe(pushed.config.stats.storedBytes);
+  });
+
+  it('an odd-sized sparse image (whole sectors, not whole chunks), uncompressed', async () => {
+    const size = 3 * 1024 * 1024 + 7 * 512;
+    const img = makeSparse(join(work, `odd-${kind}.img`), size, [{ offset: 0, length: 4096 }, { offset: size - 1000, length: 1000 }, { offset: 1 << 20, length: 300_000 }]);
+    const { out, disk } = await roundTrip(img, where(kind, `odd-${kind}`), { chunkSizeBytes: 64 << 10, compression: 'none' });
+    expect(statSync(out).size).toBe(size);
+    expect(sha256File(out)).toBe(sha256File(img));
+    expect(disk.index.entries.every((e) => e.flags === 0)).toBe(true);
+  });
+
+  it('an all-zero image stores no chunk at all', async () => {
+    const img = makeSparse(join(work, `zero-${kind}.img`), 8 << 20, []);
+    const { out, pushed } = await roundTrip(img, where(kind, `zero-${kind}`));
+    expect(pushed.config.stats.uniqueChunks).toBe(0);
+    expect(pushed.config.stats.packs).toBe(0);
+    expect(sha256File(out)).toBe(sha256File(img));
+  });
+
+  it('repeated chunks inside one image are stored once', async () => {
+    const block = randomBytes(64 << 10);
+    const img = makeSparse(join(work, `rep-${kind}.img`), 2 << 20, []);
+    const fd = openSync(img, 'r+');
+    for (let i = 0; i < 8; i++) writeSync(fd, block, 0, block.length, i * (128 << 10));
+    closeSync(fd);
+    const { out, pushed } = await roundTrip(img, where(kind, `rep-${kind}`), { chunkSizeBytes: 64 << 10 });
+    expect(pushed.config.stats.uniqueChunks).toBe(1);
+    expect(sha256File(out)).toBe(sha256File(img));
+  });
+});
+
+describe('dedup against what the target holds', () => {
+  it('pushing the same image twice uploads no pack the second time', async () => {
+    const img = makeSparse(join(work, 'dedup.img'), 4 << 20, [{ offset: 0, length: 1 << 20 }, { offset: 3 << 20, length: 500_000 }]);
+    const ref = parseRef(`${registry.host}/dedup/same:v1`);
+    const target = await targets.open(ref);
+    const first = await pushDisk({ file: img, target, tag: 'v1', pool, packSizeBytes: 256 << 10, chunkSizeBytes: 64 << 10 });
+    expect(first.uploadedPacks).toBeGreaterThan(1);
+    const second = await pushDisk({ file: img, target, tag: 'v1', pool, packSizeBytes: 256 << 10, chunkSizeBytes: 64 << 10 });
+    expect(second.uploadedPacks).toBe(0);
+    expect(second.uploadedBytes).toBe(0);
+    expect(second.manifest.digest).toBe(first.manifest.digest);
+  });
+
+  it('an image differing in k chunks uploads about k chunks', async () => {
+    const chunk = 64 << 10;
+    const base = makeSparse(join(work, 'k-base.img'), 8 << 20, Array.from({ length: 100 }, (_, i) => ({ offset: i * chunk, length: chunk })));
+    const changed = join(work, 'k-changed.img');
+    copyFileSync(base, changed);
+    const k = 5;
+    const fd = openSync(changed, 'r+');
+    for (let i = 0; i < k; i++) writeSync(fd, randomBytes(100), 0, 100, (10 + i * 17) * chunk + 5);
+    closeSync(fd);
+    const ref = parseRef(`${registry.host}/dedup/k:v1`);
+    const target = await targets.open(ref);
+    await pushDisk({ file: base, target, tag: 'v1', pool, chunkSizeBytes: chunk, compression: 'none' });
+    const second = await pushDisk({ file: changed, target, tag: 'v1', pool, chunkSizeBytes: chunk, compression: 'none' });
+    expect(second.newChunks).toBe(k);
+    expect(second.reusedChunks).toBe(100 - k);
+    expect(second.uploadedBytes).toBe(k * chunk);
+    const disk = await openDiskArtifact(target, 'v1');
+    const out = join(work, 'k-out.img');
+    await pullDisk({ target, disk, outFile: out, pool });
+    expect(sha256File(out)).toBe(sha256File(changed));
+  });
+});

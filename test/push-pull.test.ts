@@ -118,3 +118,21 @@ describe('dedup against what the target holds', () => {
     expect(sha256File(out)).toBe(sha256File(changed));
   });
 });
+
+describe('copy', () => {
+  it('between two repositories of one registry mounts blobs instead of sending them', async () => {
+    const img = makeSparse(join(work, 'mount.img'), 2 << 20, [{ offset: 0, length: 600_000 }]);
+    const src = await targets.open(parseRef(`${registry.host}/mount/src:v1`));
+    await pushDisk({ file: img, target: src, tag: 'v1', pool });
+    const dst = await targets.open(parseRef(`${registry.host}/mount/dst:v1`));
+    const { copyImage } = await import('../src/oci/copy.js');
+    const result = await copyImage({ src, srcReference: 'v1', dst, dstTag: 'v1' });
+    expect(result.mountedBlobs).toBeGreaterThanOrEqual(3); // config, index, pack
+    expect(result.copiedBlobs).toBe(0);
+    const out = join(work, 'mount-out.img');
+    await pullDisk({ target: dst, disk: await openDiskArtifact(dst, 'v1'), outFile: out, pool });
+    expect(sha256File(out)).toBe(sha256File(img));
+    const again = await copyImage({ src, srcReference: 'v1', dst, dstTag: 'v1' });
+    expect(again.skippedBlobs).toBe(result.mountedBlobs);
+  });
+});

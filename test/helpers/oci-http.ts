@@ -31,7 +31,7 @@ export async function putBlob(host: string, repo: string, data: Buffer, authoriz
   location.searchParams.set('digest', digest);
   const put = await fetch(location, {
     method: 'PUT', body: data,
-    headers: headers({ 'content-type': 'application/octet-stream', 'content-length': String(data.byteLength) }, authorization),
+    headers: headers({ 'content-type': 'application/octet-stream' }, authorization),
   });
   if (put.status !== 201) throw new Error(`PUT blob to ${host}/${repo}: ${put.status} ${await put.text()}`);
   return digest;

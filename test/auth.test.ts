@@ -13,7 +13,7 @@ import { startRegistry, type TestRegistry } from './helpers/registry.js';
 import { makeSparse, sha256File, tempDir } from './helpers/images.js';
 import { isolatedCredentialEnv, jsonOut, runCli, type CliResult } from './helpers/run-cli.js';
 import { basic, manifestDigest } from './helpers/oci-http.js';
-import { startTokenServer, type TokenServer } from './helpers/token-server.js';
+import { startTokenServer, type TokenServer, type TokenServerControl } from './helpers/token-server.js';
 import { startTokenRegistry, type TokenRegistry } from './helpers/token-registry.js';
 
 const execFileAsync = promisify(execFile);
@@ -142,7 +142,7 @@ describe('HTTP basic auth (htpasswd)', () => {
 describe('bearer token auth (distribution token spec)', () => {
   const TOKEN_USER = 'token-user';
   const TOKEN_PASS = 'token-pass-42';
-  let tokens: TokenServer;
+  let tokens: TokenServer & TokenServerControl;
   let registry: TokenRegistry;
   let image: string;
   const creds = (user = TOKEN_USER, pass = TOKEN_PASS) => isolatedCredentialEnv(noDockerConfig, { SLIPWAY_REGISTRY_USERNAME: user, SLIPWAY_REGISTRY_PASSWORD: pass });
@@ -202,6 +202,29 @@ describe('bearer token auth (distribution token spec)', () => {
     expect(r.stderr).toMatch(/refused by its token service/);
     expect(tokens.requests.slice(before).some((q) => q.status === 401 && q.username === TOKEN_USER)).toBe(true);
     expect(await manifestDigest(registry.host, 'bearer/wrong', 'v1', await bearerFor('repository:bearer/wrong:pull'))).toBeUndefined();
+  });
+
+  it('rides out a token service that is briefly unavailable (503), like any other 5xx', async () => {
+    tokens.failNext(2, 503);
+    const ref = `${registry.host}/bearer/flaky:v1`;
+    const r = await runCli(['push', image, ref], creds());
+    expect(r.code, r.stderr).toBe(0);
+    expect(tokens.requests.filter((q) => q.status === 503)).toHaveLength(2);
+    const { digest } = jsonOut<{ digest: string }>(r);
+    expect(await manifestDigest(registry.host, 'bearer/flaky', 'v1', await bearerFor('repository:bearer/flaky:pull'))).toBe(digest);
+  });
+
+  it('does not call a token service that keeps failing (503) a refusal of the credentials', async () => {
+    tokens.failNext(1000, 503);
+    try {
+      const r = await runCli(['push', image, `${registry.host}/bearer/down:v1`], creds());
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/503/);
+      expect(r.stderr).not.toMatch(/refused/);
+      expect(r.stderr).not.toMatch(/error UNAUTHORIZED/);
+    } finally {
+      tokens.failNext(0, 503);
+    }
   });
 
   it('reports a token service that refuses anonymous access as UNAUTHORIZED', async () => {

@@ -95,7 +95,10 @@ export class WorkerPool {
   }
 
   async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Buffer> {
-    const res = await this.run({ op: 'decode', stored, flags, length, digest, what });
+    // Structured clone of a view copies its whole ArrayBuffer (a slice of an 8 MiB pack would
+    // copy the pack): give the worker a buffer of its own, transferred, not cloned.
+    const own = ownsBuffer(stored) ? stored : Buffer.from(stored.buffer.slice(stored.byteOffset, stored.byteOffset + stored.byteLength));
+    const res = await this.run({ op: 'decode', stored: own, flags, length, digest: Uint8Array.from(digest), what }, own.byteLength > 0 ? [own.buffer as ArrayBuffer] : []);
     if (!('data' in res)) throw new SlipwayError('IO_ERROR', 'worker answered decode with the wrong shape');
     return toBuffer(res.data);
   }

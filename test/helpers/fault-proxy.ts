@@ -3,6 +3,9 @@
  * (the Host header too, so the registry's upload Locations point back at the proxy), except
  * blob-upload PUTs (`PUT /v2/<name>/blobs/uploads/<id>?digest=...`, the request that commits a
  * blob) after the first `passBlobPuts`: those are answered 500 or have their connection dropped.
+ * With `only: 'one-blob'` just the first blob to be faulted keeps failing (every retry of it) and
+ * the uploads of all other blobs go through, so a client that went on regardless would get as far
+ * as pushing its manifest.
  */
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 
@@ -14,6 +17,8 @@ export interface FaultProxyOptions {
   mode: FaultMode;
   /** blob-upload PUTs let through before the faults start */
   passBlobPuts: number;
+  /** fault every blob-upload PUT after the first `passBlobPuts` (default), or only those of one blob */
+  only?: 'all' | 'one-blob';
 }
 
 export interface ProxiedRequest {
@@ -22,12 +27,16 @@ export interface ProxiedRequest {
   /** 'forwarded' or the fault injected */
   outcome: 'forwarded' | FaultMode;
   status?: number;
+  /** the blob a blob-upload PUT commits (its ?digest=) */
+  digest?: string;
 }
 
 export interface FaultProxy {
   host: string;
   port: number;
   requests: ProxiedRequest[];
+  /** the digest of the first blob whose upload was faulted */
+  doomedDigest(): string | undefined;
   /** blob-upload PUTs that were answered with a fault */
   faultedBlobPuts(): number;
   /** blob-upload PUTs that reached the registry */
@@ -41,14 +50,19 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
   const [targetHost, targetPort] = opts.target.split(':') as [string, string];
   const requests: ProxiedRequest[] = [];
   let blobPuts = 0;
+  let doomedDigest: string | undefined;
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const path = req.url ?? '/';
     const method = req.method ?? 'GET';
-    if (method === 'PUT' && BLOB_UPLOAD_PUT.test(path)) {
+    const isBlobPut = method === 'PUT' && BLOB_UPLOAD_PUT.test(path);
+    const digest = isBlobPut ? (new URL(path, 'http://proxy.invalid').searchParams.get('digest') ?? '') : undefined;
+    if (isBlobPut && digest !== undefined) {
       blobPuts++;
-      if (blobPuts > opts.passBlobPuts) {
-        requests.push({ method, path, outcome: opts.mode, ...(opts.mode === '500' ? { status: 500 } : {}) });
+      if (blobPuts > opts.passBlobPuts && doomedDigest === undefined) doomedDigest = digest;
+      const fault = opts.only === 'one-blob' ? digest === doomedDigest : blobPuts > opts.passBlobPuts;
+      if (fault) {
+        requests.push({ method, path, digest, outcome: opts.mode, ...(opts.mode === '500' ? { status: 500 } : {}) });
         if (opts.mode === 'drop') {
           req.socket.destroy();
           return;
@@ -60,7 +74,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
         return;
       }
     }
-    const record: ProxiedRequest = { method, path, outcome: 'forwarded' };
+    const record: ProxiedRequest = { method, path, outcome: 'forwarded', ...(digest !== undefined ? { digest } : {}) };
     requests.push(record);
     const upstream = request({ host: targetHost, port: Number(targetPort), method, path, headers: req.headers }, (up) => {
       record.status = up.statusCode;
@@ -85,8 +99,9 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     host: `127.0.0.1:${port}`,
     port,
     requests,
+    doomedDigest: () => doomedDigest,
     faultedBlobPuts: () => requests.filter((r) => r.outcome !== 'forwarded' && r.method === 'PUT').length,
-    passedBlobPuts: () => requests.filter((r) => r.outcome === 'forwarded' && r.method === 'PUT' && BLOB_UPLOAD_PUT.test(r.path) && r.status === 201).length,
+    passedBlobPuts: () => requests.filter((r) => r.outcome === 'forwarded' && r.digest !== undefined && r.status === 201).length,
     async stop() {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -51,6 +51,11 @@ export interface TokenServerOptions {
   expiresInS?: number;
 }
 
+export interface TokenServerControl {
+  /** answer the next `count` token requests with `status` (a token service having a bad moment) */
+  failNext(count: number, status: number): void;
+}
+
 function b64url(data: Buffer | string): string {
   return Buffer.from(data).toString('base64url');
 }
@@ -80,7 +85,7 @@ function parseBasic(header: string | undefined): { username: string; password: s
   return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
 }
 
-export async function startTokenServer(opts: TokenServerOptions): Promise<TokenServer> {
+export async function startTokenServer(opts: TokenServerOptions): Promise<TokenServer & TokenServerControl> {
   const dir = mkdtempSync(join(tmpdir(), 'slipway-token-'));
   const keyPath = join(dir, 'key.pem');
   const certPath = join(dir, 'cert.pem');
@@ -94,6 +99,7 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
   const issuer = opts.issuer ?? 'slipway-test-issuer';
   const expiresIn = opts.expiresInS ?? 300;
   const requests: TokenRequestRecord[] = [];
+  let failures = { count: 0, status: 503 };
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const url = new URL(req.url ?? '/', 'http://token.invalid');
@@ -107,6 +113,12 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
     const serviceParam = url.searchParams.get('service');
     const creds = parseBasic(req.headers.authorization);
     const base = { service: serviceParam, scopes, username: creds?.username ?? null };
+    if (failures.count > 0) {
+      failures.count--;
+      res.setHeader('retry-after', '0');
+      reply(failures.status, { errors: [{ code: 'UNAVAILABLE', message: 'injected fault: token service unavailable' }] }, { ...base, granted: [] });
+      return;
+    }
     if (req.method !== 'GET' || url.pathname !== '/token') {
       reply(404, { errors: [{ code: 'NOT_FOUND', message: 'no such endpoint' }] }, { ...base, granted: [] });
       return;
@@ -155,6 +167,9 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
     issuer,
     certPath,
     requests,
+    failNext(count: number, status: number) {
+      failures = { count, status };
+    },
     async stop() {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
@@ -23,6 +23,11 @@ const PASS = 'correct horse battery staple';
 const work = tempDir('slipway-auth-');
 /** a DOCKER_CONFIG with no config.json: no credentials from files */
 const noDockerConfig = tempDir('slipway-auth-nodocker-');
+
+afterAll(() => {
+  rmSync(work, { recursive: true, force: true });
+  rmSync(noDockerConfig, { recursive: true, force: true });
+});
 
 function diskImage(name: string): string {
   return makeSparse(join(work, name), 4 << 20, [
@@ -83,7 +88,8 @@ describe('HTTP basic auth (htpasswd)', () => {
   });
 
   it('uses credentials from a docker config.json named by DOCKER_CONFIG', async () => {
-    const dockerDir = tempDir('slipway-auth-docker-');
+    const dockerDir = join(work, 'docker-good');
+    mkdirSync(dockerDir);
     writeFileSync(join(dockerDir, 'config.json'), JSON.stringify({
       auths: {
         'other.example:5000': { auth: Buffer.from('someone:else').toString('base64') },
@@ -99,7 +105,8 @@ describe('HTTP basic auth (htpasswd)', () => {
   });
 
   it('reports wrong credentials in a docker config.json as refused', async () => {
-    const dockerDir = tempDir('slipway-auth-docker-bad-');
+    const dockerDir = join(work, 'docker-bad');
+    mkdirSync(dockerDir);
     writeFileSync(join(dockerDir, 'config.json'), JSON.stringify({ auths: { [registry.host]: { auth: Buffer.from(`${USER}:nope`).toString('base64') } } }));
     const r = await runCli(['push', image, `${registry.host}/auth/docker-bad:v1`], isolatedCredentialEnv(dockerDir));
     expectFailure(r, 'UNAUTHORIZED');

@@ -242,6 +242,14 @@ describe('bad remote state', () => {
     expectError(r, 'DIGEST_MISMATCH');
     expect(r.stderr).toContain(pack.digest);
     expectNoOutput(out);
+
+    // a file already at the output path is left exactly as it was
+    const existing = join(work, 'mismatch-existing.img');
+    const before = randomBytes(10_000);
+    writeFileSync(existing, before);
+    expectError(await runCli(['pull', `oci:${layout}:v1`, existing]), 'DIGEST_MISMATCH');
+    expect(readFileSync(existing).equals(before)).toBe(true);
+    expect(readdirSync(work).filter((f) => f.includes('mismatch-existing.img'))).toEqual(['mismatch-existing.img']);
   });
 
   it('a pack read by Range with a corrupted chunk: DIGEST_MISMATCH from the chunk check, no output file', async () => {

@@ -1,6 +1,7 @@
 import { SlipwayError } from '../errors.js';
 import { describeDisk, openDiskArtifact, type DiskArtifact } from '../disk/artifact.js';
-import { pushDisk } from '../disk/push.js';
+import { checkImageFile, pushDisk } from '../disk/push.js';
+import { checkChunkSize } from '../disk/format.js';
 import { pullDisk } from '../disk/pull.js';
 import { copyImage } from '../oci/copy.js';
 import { Targets } from '../oci/open.js';
@@ -55,6 +56,10 @@ export async function pushCommand(argv: string[], io: CommandIO): Promise<number
   const chunkSizeBytes = values['chunk-size'] ? parseSize(values['chunk-size'], '--chunk-size') : undefined;
   const packSizeBytes = values['pack-size'] ? parseSize(values['pack-size'], '--pack-size') : undefined;
   const zstdLevel = values.level ? parseNonNegativeInt(values.level, '--level') : undefined;
+  if (zstdLevel !== undefined && (zstdLevel < 1 || zstdLevel > 22)) throw new SlipwayError('INVALID_ARGUMENT', `--level must be a zstd level from 1 to 22 (got ${zstdLevel})`);
+  // Refuse bad input before anything is created at the destination (an oci: layout directory).
+  if (chunkSizeBytes !== undefined) checkChunkSize(chunkSizeBytes);
+  await checkImageFile(file);
   const progress = createProgress(progressMode(values.progress), io.stderr);
   const result = await withTargets(values['plain-http'], async (targets) => {
     const target = await targets.open(ref, { createLayout: true });

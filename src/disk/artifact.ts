@@ -41,8 +41,11 @@ export function decompressIndex(blob: Buffer, bound: number): Buffer {
   return out.subarray(0, n);
 }
 
+/** What opening a disk needs of a store: blob reads (a cache may stand in front of the store). */
+export type BlobReader = Pick<Target, 'name' | 'fetchBlob'>;
+
 /** Read and check the index blob a config names, against the manifest's layers. */
-export async function loadIndex(target: Target, manifest: ImageManifest, config: DiskConfig, reference: string): Promise<ChunkIndex> {
+export async function loadIndex(target: BlobReader, manifest: ImageManifest, config: DiskConfig, reference: string): Promise<ChunkIndex> {
   const indexLayer = manifest.layers[0] as Descriptor;
   if (indexLayer.mediaType !== MEDIA_TYPE_DISK_INDEX) throw new SlipwayError('NOT_A_SLIPWAY_DISK', `${reference}: first layer is not a chunk index`);
   const blob = await target.fetchBlob(indexLayer);
@@ -64,7 +67,7 @@ export async function openDiskArtifact(target: Target, reference: string): Promi
   return openDiskFromManifest(target, reference, descriptor, body);
 }
 
-export async function openDiskFromManifest(target: Target, reference: string, descriptor: Descriptor, body: Buffer): Promise<DiskArtifact> {
+export async function openDiskFromManifest(target: BlobReader, reference: string, descriptor: Descriptor, body: Buffer): Promise<DiskArtifact> {
   const manifest = parseDiskManifest(body, `${target.name}:${reference}`);
   const configBlob = await target.fetchBlob(manifest.config);
   const config = parseDiskConfig(configBlob, manifest, `${target.name}:${reference}`);

@@ -13,8 +13,11 @@ export interface BlobStore {
   fetchBlob(desc: Descriptor): Promise<Buffer>;
   /** A stream of the blob that fails with DIGEST_MISMATCH at its end if the content is wrong. */
   fetchBlobStream(desc: Descriptor): Promise<Readable>;
-  /** `length` bytes at `offset` of a blob: one Range request on a registry. */
-  fetchBlobRange(desc: Descriptor, offset: number, length: number): Promise<Buffer>;
+  /**
+   * `length` bytes at `offset` of a blob: one Range request on a registry. A server that ignores
+   * Range sends the whole blob: it is verified, handed to `onWholeBlob`, and sliced.
+   */
+  fetchBlobRange(desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Promise<Buffer>;
   /** Store a blob; the store checks `data` against `desc` before it becomes visible. */
   pushBlob(desc: Descriptor, data: Buffer): Promise<void>;
   /** Store a blob from a stream of known descriptor (large blobs, copy). */

@@ -147,7 +147,7 @@ export class RegistryClient {
         await res.body.dump();
         if (challenge) {
           authRetried = true;
-          await this.answerChallenge(challenge, req.scopes, url);
+          await this.answerChallenge(challenge, req, url);
           attempt--;
           continue;
         }
@@ -241,10 +241,11 @@ export class RegistryClient {
     return undefined;
   }
 
-  private async answerChallenge(challenge: { scheme: 'basic' | 'bearer'; params: Record<string, string> }, scopes: string[], url: string): Promise<void> {
+  private async answerChallenge(challenge: { scheme: 'basic' | 'bearer'; params: Record<string, string> }, req: RegistryRequest, url: string): Promise<void> {
+    const scopes = req.scopes;
     if (challenge.scheme === 'basic') {
       if (!this.credentials) {
-        throw new RegistryError('UNAUTHORIZED', `registry ${this.registry} requires credentials (none found: set SLIPWAY_REGISTRY_USERNAME/PASSWORD or docker login)`, { method: 'GET', url, status: 401 });
+        throw new RegistryError('UNAUTHORIZED', `${req.what}: registry ${this.registry} requires credentials (none found: set SLIPWAY_REGISTRY_USERNAME/PASSWORD or docker login)`, { method: req.method, url, status: 401 });
       }
       this.auth.scheme = 'basic';
       return;
@@ -266,16 +267,35 @@ export class RegistryClient {
     for (const scope of scopes) tokenUrl.searchParams.append('scope', scope);
     const headers: Record<string, string> = { 'user-agent': this.userAgent };
     if (this.credentials?.username !== undefined) headers.authorization = basicAuthHeader(this.credentials);
-    let res: Dispatcher.ResponseData;
-    try {
-      res = await request(tokenUrl, { method: 'GET', headers, dispatcher: this.dispatcher });
-    } catch (err) {
-      throw new SlipwayError('REGISTRY_UNREACHABLE', `token service ${tokenUrl.origin} for ${this.registry} could not be reached: ${netCode(err) ?? (err as Error).message}`, { cause: err });
+    let status = 0;
+    let text = '';
+    for (let attempt = 1; ; attempt++) {
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await request(tokenUrl, { method: 'GET', headers, dispatcher: this.dispatcher });
+        text = await res.body.text();
+      } catch (err) {
+        if (isRetryableNetworkError(err) && attempt < this.retry.maxAttempts) {
+          await this.backoff(attempt);
+          continue;
+        }
+        throw new SlipwayError('REGISTRY_UNREACHABLE', `token service ${tokenUrl.origin} for ${this.registry} could not be reached: ${netCode(err) ?? (err as Error).message}`, { cause: err });
+      }
+      status = res.statusCode;
+      if (isRetryableStatus(status) && attempt < this.retry.maxAttempts) {
+        await this.backoff(attempt, header(res.headers, 'retry-after'));
+        continue;
+      }
+      break;
     }
-    const text = await res.body.text();
-    if (res.statusCode !== 200) {
+    if (status === 401 || status === 403) {
       throw new RegistryError('UNAUTHORIZED', this.credentials ? `credentials for ${this.registry} were refused by its token service` : `token service for ${this.registry} refused anonymous access`, {
-        method: 'GET', url: tokenUrl.toString(), status: res.statusCode, detail: text.slice(0, 200),
+        method: 'GET', url: tokenUrl.toString(), status, detail: text.slice(0, 200),
+      });
+    }
+    if (status !== 200) {
+      throw new RegistryError(isRetryableStatus(status) ? 'REGISTRY_ERROR' : 'UNAUTHORIZED', `token service for ${this.registry} answered ${status}`, {
+        method: 'GET', url: tokenUrl.toString(), status, detail: text.slice(0, 200),
       });
     }
     let token: string | undefined;

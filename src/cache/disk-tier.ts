@@ -1,0 +1,333 @@
+/**
+ * Tier 1: a content-addressed store of decompressed chunks on local disk, indexed in SQLite (WAL).
+ *
+ * Files: `<cacheDir>/chunks/<first two hex>/<sha256 hex>`, the chunk's bytes uncompressed, so
+ * that a backend can read them straight into guest memory. Rows: digest, size, last access. A row
+ * is written only after its file is renamed into place, so a row without a file means the file
+ * was lost, and a read then reports a miss (the row is dropped) and the chunk is fetched again.
+ * A file's bytes are checked against its name before they are served.
+ *
+ * Several processes share one cache directory: SQLite serialises the index (busy timeout), file
+ * writes are atomic and idempotent (same name, same bytes), and an eviction racing a reader only
+ * ever produces a miss. Pins name a holder (a process and a disk); pins of holders whose process
+ * has died are ignored and cleared.
+ */
+import Database from 'better-sqlite3';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, renameSync, rmSync, unlinkSync, openSync, writeSync, fsyncSync, closeSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { SlipwayError } from '../errors.js';
+import type { Logger } from '../util/log.js';
+
+export interface DiskTierOptions {
+  cacheDir: string;
+  budgetBytes: number;
+  lowWatermark: number;
+  logger: Logger;
+}
+
+export interface DiskTierStats {
+  chunks: number;
+  bytes: number;
+  budgetBytes: number;
+  pinnedChunks: number;
+  holders: number;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS chunks (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_lru ON chunks(last_access);
+CREATE TABLE IF NOT EXISTS holders (holder TEXT PRIMARY KEY, pid INTEGER NOT NULL, label TEXT NOT NULL, since INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pins (holder TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (holder, digest)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pins_digest ON pins(digest);
+CREATE TABLE IF NOT EXISTS tags (ref TEXT PRIMARY KEY, digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, seen INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 1), bytes INTEGER NOT NULL, chunks INTEGER NOT NULL);
+INSERT OR IGNORE INTO totals (id, bytes, chunks) VALUES (1, 0, 0);
+CREATE TRIGGER IF NOT EXISTS chunks_ins AFTER INSERT ON chunks BEGIN UPDATE totals SET bytes = bytes + NEW.size, chunks = chunks + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS chunks_del AFTER DELETE ON chunks BEGIN UPDATE totals SET bytes = bytes - OLD.size, chunks = chunks - 1 WHERE id = 1; END;
+`;
+
+export class DiskTier {
+  readonly chunkDir: string;
+  private readonly tmpDir: string;
+  private readonly db: Database.Database;
+  private readonly pendingAccess = new Map<string, number>();
+  private flushTimer: NodeJS.Timeout | undefined;
+  private readonly stmts;
+  readonly holder: string;
+
+  constructor(private readonly opts: DiskTierOptions) {
+    this.chunkDir = join(opts.cacheDir, 'chunks');
+    this.tmpDir = join(opts.cacheDir, 'tmp');
+    mkdirSync(this.chunkDir, { recursive: true });
+    mkdirSync(this.tmpDir, { recursive: true });
+    try {
+      this.db = new Database(join(opts.cacheDir, 'index.db'), { timeout: 10_000 });
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.exec(SCHEMA);
+    } catch (err) {
+      throw new SlipwayError('IO_ERROR', `cache index ${join(opts.cacheDir, 'index.db')}: ${(err as Error).message}`, { cause: err });
+    }
+    this.stmts = {
+      get: this.db.prepare<[string], { size: number }>('SELECT size FROM chunks WHERE digest = ?'),
+      upsert: this.db.prepare<[string, number, number]>('INSERT INTO chunks (digest, size, last_access) VALUES (?, ?, ?) ON CONFLICT(digest) DO UPDATE SET last_access = excluded.last_access'),
+      del: this.db.prepare<[string]>('DELETE FROM chunks WHERE digest = ?'),
+      touch: this.db.prepare<[number, string]>('UPDATE chunks SET last_access = ? WHERE digest = ?'),
+      totals: this.db.prepare<[], { bytes: number; chunks: number }>('SELECT bytes, chunks FROM totals WHERE id = 1'),
+      lru: this.db.prepare<[number], { digest: string; size: number }>('SELECT digest, size FROM chunks WHERE NOT EXISTS (SELECT 1 FROM pins WHERE pins.digest = chunks.digest) ORDER BY last_access LIMIT ?'),
+      holders: this.db.prepare<[], { holder: string; pid: number }>('SELECT holder, pid FROM holders'),
+      addHolder: this.db.prepare<[string, number, string, number]>('INSERT OR REPLACE INTO holders (holder, pid, label, since) VALUES (?, ?, ?, ?)'),
+      dropHolder: this.db.prepare<[string]>('DELETE FROM holders WHERE holder = ?'),
+      dropPinsOf: this.db.prepare<[string]>('DELETE FROM pins WHERE holder = ?'),
+      pin: this.db.prepare<[string, string]>('INSERT OR IGNORE INTO pins (holder, digest) VALUES (?, ?)'),
+      pinned: this.db.prepare<[], { n: number }>('SELECT COUNT(DISTINCT digest) AS n FROM pins'),
+      holderCount: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM holders'),
+      getTag: this.db.prepare<[string], { digest: string; media_type: string; size: number; seen: number }>('SELECT digest, media_type, size, seen FROM tags WHERE ref = ?'),
+      setTag: this.db.prepare<[string, string, string, number, number]>('INSERT OR REPLACE INTO tags (ref, digest, media_type, size, seen) VALUES (?, ?, ?, ?, ?)'),
+    };
+    this.holder = `${process.pid}-${randomBytes(4).toString('hex')}`;
+    this.clearDeadHolders();
+  }
+
+  chunkPath(digestHex: string): string {
+    return join(this.chunkDir, digestHex.slice(0, 2), digestHex);
+  }
+
+  /** Drop holders (and their pins) whose process is gone. */
+  clearDeadHolders(): void {
+    const dead = this.stmts.holders.all().filter((h) => !processAlive(h.pid));
+    if (dead.length === 0) return;
+    this.db.transaction(() => {
+      for (const h of dead) {
+        this.stmts.dropPinsOf.run(h.holder);
+        this.stmts.dropHolder.run(h.holder);
+      }
+    })();
+  }
+
+  has(digestHex: string): boolean {
+    return this.stmts.get.get(digestHex) !== undefined;
+  }
+
+  /**
+   * The chunk's bytes, checked against its digest; undefined on a miss. A missing or corrupted
+   * file is a miss too: its row (and file) are dropped so the caller fetches it again.
+   */
+  get(digestHex: string): { data: Buffer } | { miss: 'absent' | 'lost' | 'corrupt' } {
+    const row = this.stmts.get.get(digestHex);
+    if (!row) return { miss: 'absent' };
+    let data: Buffer;
+    try {
+      data = readFileSync(this.chunkPath(digestHex));
+    } catch {
+      this.stmts.del.run(digestHex);
+      this.opts.logger.warn('cache chunk file missing; fetching it again', { digest: digestHex });
+      return { miss: 'lost' };
+    }
+    if (data.byteLength !== row.size || createHash('sha256').update(data).digest('hex') !== digestHex) {
+      this.stmts.del.run(digestHex);
+      rmSync(this.chunkPath(digestHex), { force: true });
+      this.opts.logger.warn('cache chunk file corrupted; dropped, fetching it again', { digest: digestHex, path: this.chunkPath(digestHex) });
+      return { miss: 'corrupt' };
+    }
+    this.noteAccess(digestHex);
+    return { data };
+  }
+
+  private noteAccess(digestHex: string): void {
+    this.pendingAccess.set(digestHex, Date.now());
+    if (!this.flushTimer) {
+      this.flushTimer = setTimeout(() => this.flushAccess(), 1000);
+      this.flushTimer.unref();
+    }
+  }
+
+  /** Last-access times are batched: one transaction a second, not one write a read. */
+  flushAccess(): void {
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    if (this.pendingAccess.size === 0) return;
+    const batch = [...this.pendingAccess];
+    this.pendingAccess.clear();
+    this.db.transaction(() => {
+      for (const [d, t] of batch) this.stmts.touch.run(t, d);
+    })();
+  }
+
+  /**
+   * Store a verified chunk: temp file, fsync, rename, then the row. On a full disk, evict and try
+   * once more; if that fails too the chunk is simply not cached (the read is still served).
+   */
+  put(digestHex: string, data: Buffer): boolean {
+    if (this.has(digestHex)) {
+      this.noteAccess(digestHex);
+      return true;
+    }
+    try {
+      this.writeFile(digestHex, data);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw new SlipwayError('IO_ERROR', `writing cache chunk ${digestHex}: ${(err as Error).message}`, { cause: err });
+      const { bytes } = this.totals();
+      this.opts.logger.warn('cache disk full; evicting', { usedBytes: bytes });
+      this.evictTo(Math.floor(bytes * this.opts.lowWatermark));
+      try {
+        this.writeFile(digestHex, data);
+      } catch (err2) {
+        this.opts.logger.warn('cache disk still full; serving without caching', { digest: digestHex, error: (err2 as Error).message });
+        return false;
+      }
+    }
+    this.stmts.upsert.run(digestHex, data.byteLength, Date.now());
+    if (this.totals().bytes > this.opts.budgetBytes) this.evictTo(Math.floor(this.opts.budgetBytes * this.opts.lowWatermark));
+    return true;
+  }
+
+  private writeFile(digestHex: string, data: Buffer): void {
+    const tmp = join(this.tmpDir, `${digestHex}.${process.pid}.${randomBytes(4).toString('hex')}`);
+    const finalPath = this.chunkPath(digestHex);
+    try {
+      const fd = openSync(tmp, 'wx', 0o644);
+      try {
+        let off = 0;
+        while (off < data.byteLength) off += writeSync(fd, data, off, data.byteLength - off);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      mkdirSync(join(this.chunkDir, digestHex.slice(0, 2)), { recursive: true });
+      renameSync(tmp, finalPath);
+    } finally {
+      rmSync(tmp, { force: true });
+    }
+  }
+
+  totals(): { bytes: number; chunks: number } {
+    return this.stmts.totals.get() ?? { bytes: 0, chunks: 0 };
+  }
+
+  /** Evict least-recently-used, unpinned chunks until at most `targetBytes` remain. */
+  evictTo(targetBytes: number): { evictedChunks: number; evictedBytes: number } {
+    this.flushAccess();
+    this.clearDeadHolders();
+    let evictedChunks = 0;
+    let evictedBytes = 0;
+    for (;;) {
+      const { bytes } = this.totals();
+      if (bytes <= targetBytes) break;
+      const victims = this.stmts.lru.all(256);
+      if (victims.length === 0) break;
+      let need = bytes - targetBytes;
+      const chosen: { digest: string; size: number }[] = [];
+      for (const v of victims) {
+        if (need <= 0) break;
+        chosen.push(v);
+        need -= v.size;
+      }
+      this.db.transaction(() => {
+        for (const v of chosen) this.stmts.del.run(v.digest);
+      })();
+      for (const v of chosen) {
+        try {
+          unlinkSync(this.chunkPath(v.digest));
+        } catch {
+          // already gone: another process evicted it too
+        }
+        evictedChunks++;
+        evictedBytes += v.size;
+      }
+    }
+    if (evictedChunks > 0) this.opts.logger.info('cache evicted chunks', { evictedChunks, evictedBytes });
+    return { evictedChunks, evictedBytes };
+  }
+
+  /** Register this process as a holder of a disk's chunks: they are not evicted while it lives. */
+  pin(label: string, digestsHex: Iterable<string>): void {
+    this.db.transaction(() => {
+      this.stmts.addHolder.run(this.holder, process.pid, label, Date.now());
+      for (const d of digestsHex) this.stmts.pin.run(this.holder, d);
+    })();
+  }
+
+  unpinAll(): void {
+    this.db.transaction(() => {
+      this.stmts.dropPinsOf.run(this.holder);
+      this.stmts.dropHolder.run(this.holder);
+    })();
+  }
+
+  lastSeenTag(ref: string): { digest: string; mediaType: string; size: number; seen: number } | undefined {
+    const row = this.stmts.getTag.get(ref);
+    return row ? { digest: row.digest, mediaType: row.media_type, size: row.size, seen: row.seen } : undefined;
+  }
+
+  recordTag(ref: string, desc: { digest: string; mediaType: string; size: number }): void {
+    this.stmts.setTag.run(ref, desc.digest, desc.mediaType, desc.size, Date.now());
+  }
+
+  stats(): DiskTierStats {
+    const t = this.totals();
+    return { chunks: t.chunks, bytes: t.bytes, budgetBytes: this.opts.budgetBytes, pinnedChunks: this.stmts.pinned.get()?.n ?? 0, holders: this.stmts.holderCount.get()?.n ?? 0 };
+  }
+
+  /**
+   * Reconcile files and rows after a crash: temp files are removed, files without a row are
+   * removed (they were never committed), rows without a file are dropped.
+   */
+  fsck(): { strayFiles: number; lostRows: number } {
+    let strayFiles = 0;
+    let lostRows = 0;
+    // Another process may be writing right now: only temp files of dead processes, and chunk
+    // files without a row that are older than a minute (a writer adds the row right after its
+    // rename), are strays.
+    for (const f of readdirSync(this.tmpDir)) {
+      const pid = Number(f.split('.')[1]);
+      if (!Number.isInteger(pid) || !processAlive(pid)) rmSync(join(this.tmpDir, f), { force: true });
+    }
+    const settledBefore = Date.now() - 60_000;
+    const rows = new Set((this.db.prepare('SELECT digest FROM chunks').all() as { digest: string }[]).map((r) => r.digest));
+    const seen = new Set<string>();
+    for (const sub of readdirSync(this.chunkDir)) {
+      for (const f of readdirSync(join(this.chunkDir, sub))) {
+        if (rows.has(f)) seen.add(f);
+        else if (statSync(join(this.chunkDir, sub, f)).mtimeMs < settledBefore) {
+          rmSync(join(this.chunkDir, sub, f), { force: true });
+          strayFiles++;
+        }
+      }
+    }
+    this.db.transaction(() => {
+      for (const d of rows) {
+        if (!seen.has(d)) {
+          this.stmts.del.run(d);
+          lostRows++;
+        }
+      }
+    })();
+    return { strayFiles, lostRows };
+  }
+
+  /** Size of a chunk file as stored (for tests and stats). */
+  fileSize(digestHex: string): number | undefined {
+    try {
+      return statSync(this.chunkPath(digestHex)).size;
+    } catch {
+      return undefined;
+    }
+  }
+
+  close(): void {
+    this.flushAccess();
+    this.unpinAll();
+    this.db.close();
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * Tier 2: chunks from registries. Wanted chunks of one pack that lie close together are coalesced
+ * into one Range request; sources (mirrors in order, then the origin) are tried in turn; every
+ * chunk is decompressed into a buffer of exactly its length and checked against its sha256 in
+ * the worker pool before it is returned. A source that sends wrong bytes or lacks the blob is
+ * dropped for that request; transient failures are retried with backoff until a deadline.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { SlipwayError, isSlipwayError } from '../errors.js';
+import { chunkLength, type ChunkIndex, type IndexEntry } from '../disk/format.js';
+import type { Target } from '../oci/store.js';
+import type { Descriptor } from '../oci/types.js';
+import type { Logger } from '../util/log.js';
+import type { PrioritySemaphore, Priority } from '../util/semaphore.js';
+import type { WorkerPool } from '../workers/pool.js';
+
+/** Two wanted chunks this close in a pack are fetched in one request (the gap is read and dropped). */
+export const MAX_COALESCE_GAP_BYTES = 64 << 10;
+/** Upper bound on one coalesced request. */
+export const MAX_RUN_BYTES = 8 << 20;
+
+export interface WantedChunk {
+  /** entry ordinal in the index */
+  entry: number;
+  /** a chunk number using this entry (for its uncompressed length) */
+  chunk: number;
+}
+
+export interface Run {
+  pack: Descriptor;
+  start: number;
+  length: number;
+  chunks: WantedChunk[];
+}
+
+/** Group wanted chunks by pack, sort by offset, and merge neighbours into runs. */
+export function planRuns(index: ChunkIndex, wanted: WantedChunk[]): Run[] {
+  const byPack = new Map<number, WantedChunk[]>();
+  for (const w of wanted) {
+    const e = index.entries[w.entry] as IndexEntry;
+    const list = byPack.get(e.pack);
+    if (list) list.push(w);
+    else byPack.set(e.pack, [w]);
+  }
+  const runs: Run[] = [];
+  for (const [pack, list] of byPack) {
+    list.sort((a, b) => (index.entries[a.entry] as IndexEntry).offset - (index.entries[b.entry] as IndexEntry).offset);
+    let run: Run | undefined;
+    for (const w of list) {
+      const e = index.entries[w.entry] as IndexEntry;
+      const end = e.offset + e.storedLength;
+      if (run && e.offset >= run.start && e.offset - (run.start + run.length) <= MAX_COALESCE_GAP_BYTES && end - run.start <= MAX_RUN_BYTES) {
+        run.length = Math.max(run.length, end - run.start);
+        run.chunks.push(w);
+      } else {
+        run = { pack: index.packs[pack] as Descriptor, start: e.offset, length: e.storedLength, chunks: [w] };
+        runs.push(run);
+      }
+    }
+  }
+  return runs;
+}
+
+export interface RemoteStats {
+  requests: number;
+  bytes: number;
+  chunks: number;
+  retries: number;
+  badSources: number;
+  wholeBlobResponses: number;
+}
+
+export interface Source {
+  target: Target;
+  /** host used for the per-host concurrency bound */
+  host: string;
+}
+
+export interface RemoteTierDeps {
+  pool: WorkerPool;
+  logger: Logger;
+  deadlineMs: number;
+  hostLimit: (host: string) => PrioritySemaphore;
+}
+
+function isTransient(err: unknown): boolean {
+  if (!isSlipwayError(err)) return true;
+  return ['REGISTRY_UNREACHABLE', 'REGISTRY_ERROR', 'TOOMANYREQUESTS', 'SIZE_INVALID'].includes(err.code);
+}
+
+export class RemoteTier {
+  readonly stats: RemoteStats = { requests: 0, bytes: 0, chunks: 0, retries: 0, badSources: 0, wholeBlobResponses: 0 };
+
+  constructor(private readonly deps: RemoteTierDeps) {}
+
+  /**
+   * Fetch one run and return each wanted chunk's verified bytes. `onWholeBlob` receives a pack a
+   * server sent whole (Range ignored), already verified against its digest.
+   */
+  async fetchRun(index: ChunkIndex, run: Run, sources: Source[], priority: Priority, what: string, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Buffer>> {
+    const deadline = Date.now() + this.deps.deadlineMs;
+    const bad = new Set<number>();
+    let lastError: unknown;
+    for (let round = 0; ; round++) {
+      for (let s = 0; s < sources.length; s++) {
+        if (bad.has(s)) continue;
+        const source = sources[s] as Source;
+        try {
+          return await this.tryOnce(index, run, source, priority, what, onWholeBlob);
+        } catch (err) {
+          lastError = err;
+          if (!isTransient(err)) {
+            bad.add(s);
+            this.stats.badSources++;
+            this.deps.logger.warn('chunk source failed; trying the next', { source: source.target.name, pack: run.pack.digest, code: (err as SlipwayError).code, error: (err as Error).message });
+          }
+        }
+      }
+      if (bad.size === sources.length) {
+        throw new SlipwayError(isSlipwayError(lastError) ? lastError.code : 'REGISTRY_ERROR', `${what}: no source has pack ${run.pack.digest} bytes ${run.start}+${run.length} right (${sources.map((s) => s.target.name).join(', ')}): ${(lastError as Error)?.message}`, { cause: lastError });
+      }
+      if (Date.now() >= deadline) {
+        throw new SlipwayError('REGISTRY_UNREACHABLE', `${what}: gave up after ${this.deps.deadlineMs} ms of retries (${sources.map((s) => s.target.name).join(', ')}): ${(lastError as Error)?.message}`, { cause: lastError });
+      }
+      this.stats.retries++;
+      await sleep(Math.min(2000, 100 * 2 ** round, Math.max(0, deadline - Date.now())));
+    }
+  }
+
+  private async tryOnce(index: ChunkIndex, run: Run, source: Source, priority: Priority, what: string, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Buffer>> {
+    const release = await this.deps.hostLimit(source.host).acquire(priority);
+    let bytes: Buffer;
+    try {
+      this.stats.requests++;
+      let whole: Buffer | undefined;
+      bytes = await source.target.fetchBlobRange(run.pack, run.start, run.length, (b) => {
+        whole = b;
+      });
+      if (whole) {
+        this.stats.wholeBlobResponses++;
+        this.stats.bytes += (whole as Buffer).byteLength;
+        onWholeBlob?.(run.pack, whole);
+      } else {
+        this.stats.bytes += bytes.byteLength;
+      }
+    } finally {
+      release();
+    }
+    const out = new Map<number, Buffer>();
+    await Promise.all(run.chunks.map(async (w) => {
+      const e = index.entries[w.entry] as IndexEntry;
+      const stored = bytes.subarray(e.offset - run.start, e.offset - run.start + e.storedLength);
+      out.set(w.entry, await this.deps.pool.decode(stored, e.flags, chunkLength(index, w.chunk), e.digest, `${what} chunk ${w.chunk} from ${source.target.name}`));
+    }));
+    this.stats.chunks += run.chunks.length;
+    return out;
+  }
+}

@@ -63,7 +63,7 @@ export class DiskTier {
   private readonly pendingAccess = new Map<string, number>();
   private flushTimer: NodeJS.Timeout | undefined;
   private readonly stmts;
-  readonly holder: string;
+  private readonly holders = new Set<string>();
 
   constructor(private readonly opts: DiskTierOptions) {
     this.chunkDir = join(opts.cacheDir, 'chunks');
@@ -95,7 +95,6 @@ export class DiskTier {
       getTag: this.db.prepare<[string], { digest: string; media_type: string; size: number; seen: number }>('SELECT digest, media_type, size, seen FROM tags WHERE ref = ?'),
       setTag: this.db.prepare<[string, string, string, number, number]>('INSERT OR REPLACE INTO tags (ref, digest, media_type, size, seen) VALUES (?, ?, ?, ?, ?)'),
     };
-    this.holder = `${process.pid}-${randomBytes(4).toString('hex')}`;
     this.clearDeadHolders();
   }
 
@@ -250,19 +249,26 @@ export class DiskTier {
     return { evictedChunks, evictedBytes };
   }
 
-  /** Register this process as a holder of a disk's chunks: they are not evicted while it lives. */
-  pin(label: string, digestsHex: Iterable<string>): void {
+  /**
+   * Pin a disk's chunks for as long as this process lives (or until `unpin`): eviction skips
+   * them. Returns the holder id to unpin with.
+   */
+  pin(label: string, digestsHex: Iterable<string>): string {
+    const holder = `${process.pid}-${randomBytes(6).toString('hex')}`;
     this.db.transaction(() => {
-      this.stmts.addHolder.run(this.holder, process.pid, label, Date.now());
-      for (const d of digestsHex) this.stmts.pin.run(this.holder, d);
+      this.stmts.addHolder.run(holder, process.pid, label, Date.now());
+      for (const d of digestsHex) this.stmts.pin.run(holder, d);
     })();
+    this.holders.add(holder);
+    return holder;
   }
 
-  unpinAll(): void {
+  unpin(holder: string): void {
     this.db.transaction(() => {
-      this.stmts.dropPinsOf.run(this.holder);
-      this.stmts.dropHolder.run(this.holder);
+      this.stmts.dropPinsOf.run(holder);
+      this.stmts.dropHolder.run(holder);
     })();
+    this.holders.delete(holder);
   }
 
   lastSeenTag(ref: string): { digest: string; mediaType: string; size: number; seen: number } | undefined {
@@ -327,7 +333,7 @@ export class DiskTier {
 
   close(): void {
     this.flushAccess();
-    this.unpinAll();
+    for (const h of [...this.holders]) this.unpin(h);
     this.db.close();
   }
 }

@@ -15,7 +15,7 @@ export interface CommandIO {
   stderr: NodeJS.WriteStream;
 }
 
-function progressMode(value: string | undefined): ProgressMode {
+export function progressMode(value: string | undefined): ProgressMode {
   const mode = value ?? 'auto';
   if (!['auto', 'json', 'tty', 'none'].includes(mode)) throw new SlipwayError('USAGE', `--progress must be auto, json, tty or none (got ${mode})`);
   return mode as ProgressMode;

@@ -1,4 +1,5 @@
 import { SlipwayError } from '../errors.js';
+import { cacheCommand, readCommand } from './cache-commands.js';
 import { copyCommand, inspectCommand, pullCommand, pushCommand, type CommandIO } from './disk-commands.js';
 
 const USAGE = `slipway: OCI-backed disks for microVMs
@@ -9,9 +10,14 @@ usage: slipway <command> [options]
   pull <ref> <out-file>     pull a disk into a sparse raw file
   inspect <ref>             describe a disk artifact (JSON)
   copy <src-ref> <dst-ref>  copy an artifact between registries and layouts
+  read <ref> --offset N --length N
+                            bytes of a disk to stdout, fetched lazily through the chunk cache
+  cache stats               what the host chunk cache holds
+  cache prefetch <ref>      fill the cache with a whole disk (low priority)
+  cache gc [--max-size S]   evict least-recently-used chunks, reconcile the cache directory
 
 references: oci:<dir>[:tag|@digest] (an OCI image layout) or host[:port]/repo[:tag|@digest]
-common options: --plain-http, --progress=auto|json|tty|none
+common options: --plain-http, --progress=auto|json|tty|none, --cache-dir DIR (or SLIPWAY_CACHE_DIR)
 `;
 
 type Command = (argv: string[], io: CommandIO) => Promise<number>;
@@ -21,6 +27,8 @@ const COMMANDS: Record<string, Command> = {
   pull: pullCommand,
   inspect: inspectCommand,
   copy: copyCommand,
+  read: readCommand,
+  cache: cacheCommand,
 };
 
 export async function main(argv: string[], io: CommandIO = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {

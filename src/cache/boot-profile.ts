@@ -1,0 +1,70 @@
+/**
+ * Boot profiles: the ordered chunks a disk's first boot read, stored in the registry next to the
+ * disk as an OCI artifact whose `subject` is the disk's manifest. Registries without the referrers
+ * API (distribution 2.8) find it by a tag derived from the disk digest, the same shape as the
+ * referrers tag schema: `sha256-<hex>.boot-profile`.
+ */
+import { SlipwayError, isSlipwayError } from '../errors.js';
+import type { DiskArtifact } from '../disk/artifact.js';
+import { sha256Digest } from '../oci/digest.js';
+import type { Target } from '../oci/store.js';
+import { ANNOTATION_TITLE, MEDIA_TYPE_OCI_EMPTY, MEDIA_TYPE_OCI_MANIFEST, type Descriptor, type ImageManifest } from '../oci/types.js';
+
+export const ARTIFACT_TYPE_BOOT_PROFILE = 'application/vnd.slipway.boot-profile.v1';
+export const MEDIA_TYPE_BOOT_PROFILE = 'application/vnd.slipway.boot-profile.v1+json';
+/** A profile listing more chunks than this is refused (it would be a whole-disk prefetch anyway). */
+export const MAX_PROFILE_CHUNKS = 1 << 20;
+
+export interface BootProfile {
+  formatVersion: 1;
+  /** the disk manifest digest the profile was recorded on */
+  disk: string;
+  chunkSizeBytes: number;
+  /** chunk numbers in first-read order */
+  chunks: number[];
+}
+
+export function profileTag(diskDigest: string): string {
+  return `${diskDigest.replace(':', '-')}.boot-profile`;
+}
+
+export async function pushBootProfile(target: Target, disk: Descriptor, profile: BootProfile): Promise<Descriptor> {
+  const body = Buffer.from(JSON.stringify(profile));
+  const layer: Descriptor = { mediaType: MEDIA_TYPE_BOOT_PROFILE, digest: sha256Digest(body), size: body.byteLength, annotations: { [ANNOTATION_TITLE]: 'boot-profile.json' } };
+  const empty = Buffer.from('{}');
+  const config: Descriptor = { mediaType: MEDIA_TYPE_OCI_EMPTY, digest: sha256Digest(empty), size: empty.byteLength };
+  await target.pushBlob(layer, body);
+  if (!(await target.blobExists(config.digest))) await target.pushBlob(config, empty);
+  const manifest: ImageManifest = {
+    schemaVersion: 2,
+    mediaType: MEDIA_TYPE_OCI_MANIFEST,
+    artifactType: ARTIFACT_TYPE_BOOT_PROFILE,
+    config,
+    layers: [layer],
+    subject: { mediaType: disk.mediaType || MEDIA_TYPE_OCI_MANIFEST, digest: disk.digest, size: disk.size },
+  };
+  return target.pushManifest(Buffer.from(JSON.stringify(manifest)), MEDIA_TYPE_OCI_MANIFEST, profileTag(disk.digest));
+}
+
+/** The disk's boot profile, checked against the disk, or undefined when it has none. */
+export async function loadBootProfile(target: Target, disk: DiskArtifact): Promise<BootProfile | undefined> {
+  let fetched;
+  try {
+    fetched = await target.fetchManifest(profileTag(disk.manifestDescriptor.digest));
+  } catch (err) {
+    if (isSlipwayError(err, 'TAG_UNKNOWN') || isSlipwayError(err, 'MANIFEST_UNKNOWN') || isSlipwayError(err, 'NAME_UNKNOWN')) return undefined;
+    throw err;
+  }
+  const manifest = JSON.parse(fetched.body.toString('utf8')) as ImageManifest;
+  const layer = manifest.layers?.[0];
+  if (manifest.artifactType !== ARTIFACT_TYPE_BOOT_PROFILE || manifest.subject?.digest !== disk.manifestDescriptor.digest || !layer || layer.size > 16 << 20) {
+    throw new SlipwayError('INVALID_ARGUMENT', `boot profile for ${disk.manifestDescriptor.digest} is not a slipway boot profile of this disk`);
+  }
+  const profile = JSON.parse((await target.fetchBlob(layer)).toString('utf8')) as BootProfile;
+  const count = disk.index.chunkCount;
+  if (profile.formatVersion !== 1 || profile.disk !== disk.manifestDescriptor.digest || !Array.isArray(profile.chunks) || profile.chunks.length > MAX_PROFILE_CHUNKS
+    || !profile.chunks.every((n) => Number.isSafeInteger(n) && n >= 0 && n < count)) {
+    throw new SlipwayError('INVALID_ARGUMENT', `boot profile for ${disk.manifestDescriptor.digest} is malformed`);
+  }
+  return profile;
+}

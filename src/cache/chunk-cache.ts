@@ -1,0 +1,146 @@
+/**
+ * The host chunk cache: tier 0 (memory, LRU bounded in bytes), tier 1 (local disk, SQLite
+ * index), tier 2 (registries: mirrors, then the origin). One `ChunkCache` per process serves
+ * every disk it opens, so two disks (or two readers of one disk) share chunks, and exactly one
+ * fetch is in flight per chunk however many readers wait for it.
+ */
+import { LRUCache } from 'lru-cache';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { SlipwayConfig } from '../config.js';
+import { SlipwayError } from '../errors.js';
+import { OciLayoutStore } from '../oci/layout/layout-store.js';
+import { Targets } from '../oci/open.js';
+import type { Logger } from '../util/log.js';
+import { PrioritySemaphore } from '../util/semaphore.js';
+import { WorkerPool } from '../workers/pool.js';
+import { DiskTier, type DiskTierStats } from './disk-tier.js';
+import { RemoteTier, type RemoteStats } from './remote-tier.js';
+import { openLazyDisk, type LazyDisk, type OpenDiskOptions } from './lazy-disk.js';
+
+export interface CacheStats {
+  memory: { chunks: number; bytes: number; budgetBytes: number; hits: number };
+  disk: DiskTierStats & { hits: number; corruptions: number };
+  remote: RemoteStats;
+  inflightJoins: number;
+}
+
+export interface ChunkCacheOptions {
+  config: SlipwayConfig;
+  logger: Logger;
+  /** shared with the caller when given; otherwise the cache owns one */
+  pool?: WorkerPool;
+  targets?: Targets;
+}
+
+export class ChunkCache {
+  readonly config: SlipwayConfig;
+  readonly logger: Logger;
+  readonly pool: WorkerPool;
+  readonly targets: Targets;
+  readonly memory: LRUCache<string, Buffer>;
+  readonly disk: DiskTier;
+  readonly remote: RemoteTier;
+  /** manifests, configs and indexes, by digest: disks already seen open without a registry */
+  readonly meta: OciLayoutStore;
+  /** one promise per chunk digest being fetched */
+  readonly inflight = new Map<string, Promise<Buffer>>();
+  readonly counters = { memoryHits: 0, diskHits: 0, corruptions: 0, inflightJoins: 0 };
+  private readonly hostLimits = new Map<string, PrioritySemaphore>();
+  private readonly ownsPool: boolean;
+  private readonly ownsTargets: boolean;
+  private readonly openDisks = new Set<LazyDisk>();
+
+  private constructor(opts: ChunkCacheOptions) {
+    this.config = opts.config;
+    this.logger = opts.logger;
+    this.ownsPool = !opts.pool;
+    this.ownsTargets = !opts.targets;
+    this.pool = opts.pool ?? new WorkerPool();
+    this.targets = opts.targets ?? new Targets({ connections: opts.config.connectionsPerHost });
+    mkdirSync(opts.config.cacheDir, { recursive: true });
+    this.memory = new LRUCache<string, Buffer>({ maxSize: Math.max(1, opts.config.memoryBudgetBytes), sizeCalculation: (b) => Math.max(1, b.byteLength) });
+    this.disk = new DiskTier({ cacheDir: opts.config.cacheDir, budgetBytes: opts.config.diskBudgetBytes, lowWatermark: opts.config.diskLowWatermark, logger: opts.logger });
+    this.meta = new OciLayoutStore(join(opts.config.cacheDir, 'meta'));
+    this.remote = new RemoteTier({
+      pool: this.pool,
+      logger: opts.logger,
+      deadlineMs: opts.config.fetchDeadlineMs,
+      hostLimit: (host) => this.hostLimit(host),
+    });
+  }
+
+  static async open(opts: ChunkCacheOptions): Promise<ChunkCache> {
+    const cache = new ChunkCache(opts);
+    try {
+      await cache.meta.init();
+    } catch (err) {
+      cache.disk.close();
+      throw new SlipwayError('IO_ERROR', `cache directory ${opts.config.cacheDir}: ${(err as Error).message}`, { cause: err });
+    }
+    return cache;
+  }
+
+  hostLimit(host: string): PrioritySemaphore {
+    let sem = this.hostLimits.get(host);
+    if (!sem) {
+      sem = new PrioritySemaphore(this.config.connectionsPerHost);
+      this.hostLimits.set(host, sem);
+    }
+    return sem;
+  }
+
+  /** Open a disk by reference for lazy reads through the tiers. */
+  async openDisk(refText: string, opts: OpenDiskOptions = {}): Promise<LazyDisk> {
+    const disk = await openLazyDisk(this, refText, opts);
+    this.openDisks.add(disk);
+    disk.onClose(() => this.openDisks.delete(disk));
+    return disk;
+  }
+
+  /** A chunk from tier 0 or tier 1, or undefined. Tier-1 hits are verified and promoted. */
+  lookupLocal(digestHex: string, promote: boolean): { data: Buffer; tier: 0 | 1 } | undefined {
+    const mem = this.memory.get(digestHex);
+    if (mem) {
+      this.counters.memoryHits++;
+      return { data: mem, tier: 0 };
+    }
+    const got = this.disk.get(digestHex);
+    if ('data' in got) {
+      this.counters.diskHits++;
+      if (promote) this.memory.set(digestHex, got.data);
+      return { data: got.data, tier: 1 };
+    }
+    if (got.miss === 'corrupt') this.counters.corruptions++;
+    return undefined;
+  }
+
+  /** Keep a verified chunk in tier 1 (and tier 0 when it was asked for, not prefetched). */
+  store(digestHex: string, data: Buffer, intoMemory: boolean): void {
+    this.disk.put(digestHex, data);
+    if (intoMemory) this.memory.set(digestHex, data);
+  }
+
+  stats(): CacheStats {
+    return {
+      memory: { chunks: this.memory.size, bytes: this.memory.calculatedSize, budgetBytes: this.config.memoryBudgetBytes, hits: this.counters.memoryHits },
+      disk: { ...this.disk.stats(), hits: this.counters.diskHits, corruptions: this.counters.corruptions },
+      remote: { ...this.remote.stats },
+      inflightJoins: this.counters.inflightJoins,
+    };
+  }
+
+  /** Evict tier 1 down to `maxBytes` (default: the low watermark of the budget) and reconcile files and rows. */
+  gc(maxBytes?: number): { evictedChunks: number; evictedBytes: number; strayFiles: number; lostRows: number } {
+    const fsck = this.disk.fsck();
+    const ev = this.disk.evictTo(maxBytes ?? Math.floor(this.config.diskBudgetBytes * this.config.diskLowWatermark));
+    return { ...ev, ...fsck };
+  }
+
+  async close(): Promise<void> {
+    for (const d of [...this.openDisks]) await d.close();
+    this.disk.close();
+    if (this.ownsTargets) await this.targets.close();
+    if (this.ownsPool) await this.pool.close();
+  }
+}

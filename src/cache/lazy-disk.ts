@@ -1,0 +1,394 @@
+/**
+ * A lazily fetched disk: `openLazyDisk` resolves the manifest, config and index once (cached by
+ * digest, so a disk already seen opens without its registry), then `read(offset, length)` fetches
+ * only the chunks it touches, through the cache's tiers.
+ */
+import { SlipwayError, isSlipwayError } from '../errors.js';
+import { openDiskFromManifest, type BlobReader, type DiskArtifact } from '../disk/artifact.js';
+import { chunkLength, HOLE, type IndexEntry } from '../disk/format.js';
+import { isDigest } from '../oci/digest.js';
+import { formatRef, parseRef, refReference, type ImageRef } from '../oci/ref.js';
+import type { FetchedManifest, Target } from '../oci/store.js';
+import type { Descriptor } from '../oci/types.js';
+import type { ProgressFn } from '../util/progress.js';
+import type { Priority } from '../util/semaphore.js';
+import { forEachBounded } from '../util/concurrency.js';
+import type { ChunkCache } from './chunk-cache.js';
+import { planRuns, type Source, type WantedChunk } from './remote-tier.js';
+import { loadBootProfile, pushBootProfile, type BootProfile } from './boot-profile.js';
+
+export interface OpenDiskOptions {
+  /** Pin the disk's chunks in tier 1 while it is open (default true). */
+  pin?: boolean;
+  /** Fetch the chunks of the disk's boot profile, if the registry has one, ahead of demand (default true). */
+  useProfile?: boolean;
+  /** Record the order in which chunks are first read, for `saveProfile()`. */
+  recordProfile?: boolean;
+}
+
+export interface DiskReadStats {
+  reads: number;
+  bytesRead: number;
+  /** chunk look-ups served by each tier */
+  tier0Chunks: number;
+  tier1Chunks: number;
+  tier2Chunks: number;
+  zeroChunks: number;
+  /** look-ups that waited on a fetch another reader had started */
+  inflightJoins: number;
+  profileChunks: number;
+}
+
+/** Errors worth falling back to a cached tag for: the registry is away, not saying no. */
+function registryAway(err: unknown): boolean {
+  return isSlipwayError(err) && ['REGISTRY_UNREACHABLE', 'REGISTRY_ERROR', 'TOOMANYREQUESTS'].includes(err.code);
+}
+
+interface Deferred {
+  promise: Promise<Buffer>;
+  resolve: (b: Buffer) => void;
+  reject: (e: unknown) => void;
+}
+
+function deferred(): Deferred {
+  let resolve!: (b: Buffer) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<Buffer>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => undefined); // a fetch nobody else waits for must not be an unhandled rejection
+  return { promise, resolve, reject };
+}
+
+export class LazyDisk {
+  readonly stats: DiskReadStats = { reads: 0, bytesRead: 0, tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, zeroChunks: 0, inflightJoins: 0, profileChunks: 0 };
+  readonly sizeBytes: number;
+  readonly chunkSizeBytes: number;
+  readonly digest: string;
+  private readonly zero: Buffer;
+  private readonly background = new Set<Promise<unknown>>();
+  private readonly closeHooks: (() => void)[] = [];
+  private entriesByPack: Map<string, number[]> | undefined;
+  private firstChunkOfEntry: Int32Array | undefined;
+  private profileOrder: number[] | undefined;
+  private profileSeen: Set<number> | undefined;
+  private pinHolder: string | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly cache: ChunkCache,
+    readonly reference: string,
+    readonly artifact: DiskArtifact,
+    readonly origin: Target,
+    readonly sources: Source[],
+    readonly resolvedOffline: boolean,
+  ) {
+    this.sizeBytes = artifact.config.sizeBytes;
+    this.chunkSizeBytes = artifact.config.chunkSizeBytes;
+    this.digest = artifact.manifestDescriptor.digest;
+    this.zero = Buffer.alloc(this.chunkSizeBytes);
+  }
+
+  onClose(fn: () => void): void {
+    this.closeHooks.push(fn);
+  }
+
+  pin(): void {
+    const digests = new Set(this.artifact.index.entries.map((e) => e.digest.toString('hex')));
+    this.pinHolder = this.cache.disk.pin(`${this.reference}@${this.digest}`, digests);
+  }
+
+  startProfile(): void {
+    this.profileOrder = [];
+    this.profileSeen = new Set();
+  }
+
+  /** Chunk numbers first read since `startProfile`, in order. */
+  profile(): number[] {
+    return [...(this.profileOrder ?? [])];
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.background.add(p);
+    void p.finally(() => this.background.delete(p)).catch(() => undefined);
+    return p;
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.sizeBytes) {
+      throw new SlipwayError('INVALID_ARGUMENT', `read of ${length} bytes at ${offset} is outside the ${this.sizeBytes}-byte disk ${this.reference}`);
+    }
+  }
+
+  /** `length` bytes at `offset`, fetching only the chunks they lie in. */
+  async read(offset: number, length: number, priority: Priority = 'demand'): Promise<Buffer> {
+    this.checkRange(offset, length);
+    const out = Buffer.allocUnsafe(length);
+    if (length === 0) return out;
+    const cs = this.chunkSizeBytes;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + length - 1) / cs);
+    const numbers = Array.from({ length: last - first + 1 }, (_, i) => first + i);
+    const chunks = await this.getChunks(numbers, priority, true);
+    for (let i = 0; i < numbers.length; i++) {
+      const n = numbers[i] as number;
+      const chunkStart = n * cs;
+      const from = Math.max(offset, chunkStart);
+      const to = Math.min(offset + length, chunkStart + cs);
+      (chunks[i] as Buffer).copy(out, from - offset, from - chunkStart, to - chunkStart);
+    }
+    this.stats.reads++;
+    this.stats.bytesRead += length;
+    return out;
+  }
+
+  /** One whole chunk's bytes (zeros for a hole), verified. */
+  async readChunk(n: number, priority: Priority = 'demand'): Promise<Buffer> {
+    if (!Number.isSafeInteger(n) || n < 0 || n >= this.artifact.index.chunkCount) throw new SlipwayError('INVALID_ARGUMENT', `chunk ${n} is outside disk ${this.reference}`);
+    const [data] = await this.getChunks([n], priority, true);
+    return data === this.zero ? Buffer.alloc(chunkLength(this.artifact.index, n)) : (data as Buffer);
+  }
+
+  /**
+   * The chunks' bytes, each from the nearest tier. Chunks nobody is fetching yet are fetched
+   * together: grouped by pack into coalesced Range requests, one in-flight promise per chunk.
+   */
+  async getChunks(numbers: number[], priority: Priority, intoMemory: boolean): Promise<Buffer[]> {
+    if (this.closed) throw new SlipwayError('ABORTED', `disk ${this.reference} is closed`);
+    const { index } = this.artifact;
+    const results: (Buffer | undefined)[] = new Array(numbers.length);
+    const waits: Promise<void>[] = [];
+    const mine = new Map<number, { wanted: WantedChunk; hex: string; d: Deferred }>();
+    for (let i = 0; i < numbers.length; i++) {
+      const n = numbers[i] as number;
+      const e = index.map[n] as number;
+      if (e === HOLE) {
+        results[i] = this.zero;
+        this.stats.zeroChunks++;
+        continue;
+      }
+      if (this.profileSeen && priority === 'demand' && !this.profileSeen.has(n)) {
+        this.profileSeen.add(n);
+        this.profileOrder?.push(n);
+      }
+      const hex = (index.entries[e] as IndexEntry).digest.toString('hex');
+      const own = mine.get(e);
+      if (own) {
+        waits.push(own.d.promise.then((b) => void (results[i] = b)));
+        continue;
+      }
+      const local = this.cache.lookupLocal(hex, intoMemory);
+      if (local) {
+        results[i] = local.data;
+        if (local.tier === 0) this.stats.tier0Chunks++;
+        else this.stats.tier1Chunks++;
+        continue;
+      }
+      const pending = this.cache.inflight.get(hex);
+      if (pending) {
+        this.stats.inflightJoins++;
+        this.cache.counters.inflightJoins++;
+        waits.push(pending.then((b) => void (results[i] = b)));
+        continue;
+      }
+      const d = deferred();
+      this.cache.inflight.set(hex, d.promise);
+      mine.set(e, { wanted: { entry: e, chunk: n }, hex, d });
+      waits.push(d.promise.then((b) => void (results[i] = b)));
+    }
+    if (mine.size > 0) this.fetchOwned([...mine.values()], priority, intoMemory);
+    await Promise.all(waits);
+    return results as Buffer[];
+  }
+
+  /** Fetch chunks this reader registered as in flight; settle each one's promise, whatever happens. */
+  private fetchOwned(owned: { wanted: WantedChunk; hex: string; d: Deferred }[], priority: Priority, intoMemory: boolean): void {
+    const { index } = this.artifact;
+    const byEntry = new Map(owned.map((o) => [o.wanted.entry, o] as const));
+    for (const run of planRuns(index, owned.map((o) => o.wanted))) {
+      const p = this.cache.remote.fetchRun(index, run, this.sources, priority, `disk ${this.reference}`, (pack, blob) => this.keepWholePack(pack, blob))
+        .then((got) => {
+          for (const w of run.chunks) {
+            const o = byEntry.get(w.entry) as { hex: string; d: Deferred };
+            const data = got.get(w.entry) as Buffer;
+            try {
+              this.cache.store(o.hex, data, intoMemory);
+            } finally {
+              this.cache.inflight.delete(o.hex);
+              this.stats.tier2Chunks++;
+              o.d.resolve(data);
+            }
+          }
+        }, (err: unknown) => {
+          for (const w of run.chunks) {
+            const o = byEntry.get(w.entry) as { hex: string; d: Deferred };
+            this.cache.inflight.delete(o.hex);
+            o.d.reject(err);
+          }
+        });
+      this.track(p);
+    }
+  }
+
+  /** A server ignored Range and sent a whole pack (already verified): keep the disk's other chunks in it. */
+  private keepWholePack(pack: Descriptor, blob: Buffer): void {
+    const { index } = this.artifact;
+    if (!this.entriesByPack || !this.firstChunkOfEntry) {
+      const byPack = new Map<string, number[]>();
+      index.entries.forEach((e, i) => {
+        const digest = (index.packs[e.pack] as Descriptor).digest;
+        const list = byPack.get(digest);
+        if (list) list.push(i);
+        else byPack.set(digest, [i]);
+      });
+      const first = new Int32Array(index.entries.length).fill(-1);
+      for (let n = index.chunkCount - 1; n >= 0; n--) if (index.map[n] !== HOLE) first[index.map[n] as number] = n;
+      this.entriesByPack = byPack;
+      this.firstChunkOfEntry = first;
+    }
+    const firstChunkOf = this.firstChunkOfEntry;
+    const work = (this.entriesByPack.get(pack.digest) ?? []).filter((e) => {
+      const hex = (index.entries[e] as IndexEntry).digest.toString('hex');
+      return !this.cache.disk.has(hex) && !this.cache.inflight.has(hex) && (firstChunkOf[e] as number) >= 0;
+    });
+    this.track(forEachBounded(work, this.cache.pool.size * 2, async (e) => {
+      const entry = index.entries[e] as IndexEntry;
+      const data = await this.cache.pool.decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `disk ${this.reference} pack ${pack.digest}`);
+      this.cache.store(entry.digest.toString('hex'), data, false);
+    }).catch((err: unknown) => this.cache.logger.warn('could not keep a whole pack a server sent', { pack: pack.digest, error: (err as Error).message })));
+  }
+
+  /**
+   * Fill tier 1 with every chunk of the disk not already there, at low priority by default, a
+   * few coalesced requests at a time. Resolves when the whole disk is local.
+   */
+  async prefetch(opts: { priority?: Priority; onProgress?: ProgressFn; concurrency?: number; chunks?: number[] } = {}): Promise<{ chunks: number; fetchedChunks: number }> {
+    const { index } = this.artifact;
+    const priority = opts.priority ?? 'background';
+    const numbers = opts.chunks ?? [...index.map.keys()];
+    const firstOfEntry = new Map<number, number>();
+    for (const n of numbers) {
+      const e = index.map[n];
+      if (e === undefined || e === HOLE || firstOfEntry.has(e)) continue;
+      if (this.cache.disk.has((index.entries[e] as IndexEntry).digest.toString('hex'))) continue;
+      firstOfEntry.set(e, n);
+    }
+    const runs = planRuns(index, [...firstOfEntry].map(([entry, chunk]) => ({ entry, chunk })));
+    const totalBytes = firstOfEntry.size * this.chunkSizeBytes;
+    let doneBytes = 0;
+    let fetchedChunks = 0;
+    opts.onProgress?.({ op: 'prefetch', phase: 'start', doneBytes, totalBytes, chunks: firstOfEntry.size });
+    await forEachBounded(runs, opts.concurrency ?? 4, async (run) => {
+      const numbersOfRun = run.chunks.map((w) => w.chunk);
+      await this.getChunks(numbersOfRun, priority, priority !== 'background');
+      fetchedChunks += run.chunks.length;
+      doneBytes += run.chunks.length * this.chunkSizeBytes;
+      opts.onProgress?.({ op: 'prefetch', phase: 'run', doneBytes, totalBytes });
+    });
+    opts.onProgress?.({ op: 'prefetch', phase: 'done', doneBytes: totalBytes, totalBytes });
+    return { chunks: firstOfEntry.size, fetchedChunks };
+  }
+
+  /** Start fetching a boot profile's chunks, ahead of demand; returns the promise of that work. */
+  prefetchProfile(profile: BootProfile): Promise<unknown> {
+    this.stats.profileChunks = profile.chunks.length;
+    return this.track(this.prefetch({ priority: 'prefetch', chunks: profile.chunks, concurrency: 64 }).catch((err: unknown) => {
+      this.cache.logger.warn('boot-profile prefetch failed; reads go on on demand', { disk: this.reference, error: (err as Error).message });
+    }));
+  }
+
+  /** Push the recorded profile to the disk's repository as an artifact whose subject is the disk. */
+  async saveProfile(): Promise<Descriptor> {
+    if (!this.profileOrder) throw new SlipwayError('INVALID_ARGUMENT', `no boot profile is being recorded for ${this.reference}`);
+    return pushBootProfile(this.origin, this.artifact.manifestDescriptor, { formatVersion: 1, disk: this.digest, chunkSizeBytes: this.chunkSizeBytes, chunks: this.profile() });
+  }
+
+  /** Wait for background work (profile prefetch, keeping whole packs) to settle. */
+  async settle(): Promise<void> {
+    while (this.background.size > 0) await Promise.allSettled([...this.background]);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.settle();
+    this.closed = true;
+    if (this.pinHolder) this.cache.disk.unpin(this.pinHolder);
+    for (const fn of this.closeHooks) fn();
+  }
+}
+
+/** Manifests by tag come from the origin (then mirrors); when all are away, from the last digest seen. */
+async function resolveManifest(cache: ChunkCache, ref: ImageRef, sources: Source[]): Promise<{ fetched: FetchedManifest; offline: boolean }> {
+  const reference = refReference(ref);
+  if (isDigest(reference) && (await cache.meta.blobExists(reference))) {
+    return { fetched: await cache.meta.fetchManifest(reference), offline: false };
+  }
+  const ordered = [sources[sources.length - 1] as Source, ...sources.slice(0, -1)];
+  let firstError: unknown;
+  for (const s of ordered) {
+    try {
+      const fetched = await s.target.fetchManifest(reference);
+      await cache.meta.pushBlob(fetched.descriptor, fetched.body);
+      if (!isDigest(reference)) cache.disk.recordTag(formatRef(ref), fetched.descriptor);
+      return { fetched, offline: false };
+    } catch (err) {
+      firstError ??= err;
+      if (!registryAway(err)) throw err;
+    }
+  }
+  const seen = isDigest(reference) ? undefined : cache.disk.lastSeenTag(formatRef(ref));
+  if (seen && (await cache.meta.blobExists(seen.digest))) {
+    cache.logger.warn('registry unreachable; using the digest last seen for this tag', {
+      reference: formatRef(ref), digest: seen.digest, seenAt: new Date(seen.seen).toISOString(), error: (firstError as Error).message,
+    });
+    return { fetched: await cache.meta.fetchManifest(seen.digest), offline: true };
+  }
+  throw firstError;
+}
+
+/** Blob reads for opening a disk: the metadata cache first, then each source; what is fetched is kept. */
+function cachingBlobReader(cache: ChunkCache, sources: Source[], name: string): BlobReader {
+  return {
+    name,
+    async fetchBlob(desc: Descriptor): Promise<Buffer> {
+      if (await cache.meta.blobExists(desc.digest)) return cache.meta.fetchBlob(desc);
+      let lastError: unknown;
+      for (const s of [sources[sources.length - 1] as Source, ...sources.slice(0, -1)]) {
+        try {
+          const data = await s.target.fetchBlob(desc);
+          await cache.meta.pushBlob(desc, data);
+          return data;
+        } catch (err) {
+          lastError = err;
+        }
+      }
+      throw lastError;
+    },
+  };
+}
+
+export async function openLazyDisk(cache: ChunkCache, refText: string, opts: OpenDiskOptions): Promise<LazyDisk> {
+  const ref = parseRef(refText);
+  const origin = await cache.targets.open(ref);
+  const sources: Source[] = [];
+  if (ref.kind === 'registry') {
+    for (const mirror of cache.config.mirrors[ref.registry] ?? []) {
+      sources.push({ target: await cache.targets.open({ kind: 'registry', registry: mirror, repository: ref.repository }), host: mirror });
+    }
+  }
+  sources.push({ target: origin, host: ref.kind === 'registry' ? ref.registry : 'local' });
+  const { fetched, offline } = await resolveManifest(cache, ref, sources);
+  const artifact = await openDiskFromManifest(cachingBlobReader(cache, sources, origin.name), refReference(ref), fetched.descriptor, fetched.body);
+  const disk = new LazyDisk(cache, formatRef(ref), artifact, origin, sources, offline);
+  if (opts.pin !== false) disk.pin();
+  if (opts.recordProfile) disk.startProfile();
+  if (opts.useProfile !== false && !offline) {
+    const profile = await loadBootProfile(origin, artifact).catch((err: unknown) => {
+      cache.logger.warn('could not read the boot profile; opening without it', { disk: formatRef(ref), error: (err as Error).message });
+      return undefined;
+    });
+    if (profile) void disk.prefetchProfile(profile);
+  }
+  return disk;
+}

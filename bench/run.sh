@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-all=(chunk-size push-pull)
+all=(chunk-size push-pull cache)
 for b in "${@:-${all[@]}}"; do
   npx tsx "bench/$b.ts"
 done

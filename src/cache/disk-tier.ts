@@ -14,7 +14,7 @@
  */
 import Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, rmSync, unlinkSync, openSync, writeSync, fsyncSync, closeSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, readSync, renameSync, rmSync, unlinkSync, openSync, writeSync, fsyncSync, closeSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SlipwayError } from '../errors.js';
 import type { Logger } from '../util/log.js';
@@ -64,6 +64,8 @@ export class DiskTier {
   private flushTimer: NodeJS.Timeout | undefined;
   private readonly stmts;
   private readonly holders = new Set<string>();
+  /** chunk files whose bytes this process has checked: later partial reads trust them */
+  private readonly verified = new Set<string>();
 
   constructor(private readonly opts: DiskTierOptions) {
     this.chunkDir = join(opts.cacheDir, 'chunks');
@@ -139,8 +141,37 @@ export class DiskTier {
       this.opts.logger.warn('cache chunk file corrupted; dropped, fetching it again', { digest: digestHex, path: this.chunkPath(digestHex) });
       return { miss: 'corrupt' };
     }
+    this.verified.add(digestHex);
     this.noteAccess(digestHex);
     return { data };
+  }
+
+  /**
+   * `length` bytes at `offset` of a chunk file this process has already verified whole (one
+   * pread, no hashing); undefined when it has not, or the file is gone.
+   */
+  readRange(digestHex: string, offset: number, length: number): Buffer | undefined {
+    if (!this.verified.has(digestHex)) return undefined;
+    let fd: number;
+    try {
+      fd = openSync(this.chunkPath(digestHex), 'r');
+    } catch {
+      this.verified.delete(digestHex);
+      this.stmts.del.run(digestHex);
+      return undefined;
+    }
+    try {
+      const out = Buffer.allocUnsafe(length);
+      const n = readSync(fd, out, 0, length, offset);
+      if (n !== length) {
+        this.verified.delete(digestHex);
+        return undefined;
+      }
+      this.noteAccess(digestHex);
+      return out;
+    } finally {
+      closeSync(fd);
+    }
   }
 
   private noteAccess(digestHex: string): void {
@@ -235,6 +266,7 @@ export class DiskTier {
       this.db.transaction(() => {
         for (const v of chosen) this.stmts.del.run(v.digest);
       })();
+      for (const v of chosen) this.verified.delete(v.digest);
       for (const v of chosen) {
         try {
           unlinkSync(this.chunkPath(v.digest));

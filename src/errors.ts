@@ -36,8 +36,11 @@ export const ERROR_CODES = {
   REGISTRY_ERROR: 'the registry answered with an unexpected status',
   TAG_UNKNOWN: 'the tag does not exist',
   LAYOUT_INVALID: 'the directory is not a valid OCI image layout',
+  // guests and builds
+  BUILD_FAILED: 'building the kernel, init, agent or a root disk failed',
+  VM_BOOT_FAILED: 'the virtual machine did not boot to its agent',
+  VMM_ERROR: 'the virtual machine monitor failed',
   // local resources
-  CACHE_LOCKED: 'the cache directory is in use by another process',
   IO_ERROR: 'a local file operation failed',
   ABORTED: 'the operation was cancelled',
 } as const;

@@ -1,0 +1,919 @@
+/*
+ * slipway-init: PID 1 of a slipway guest, in the initramfs.
+ *
+ * Mounts the API filesystems, reads the boot config from fw_cfg (falling back to the kernel
+ * command line), mounts the root disk and any extra disks, switches into the root disk while
+ * staying PID 1 (and so the reaper of every orphan), sets the hostname, configures network
+ * interfaces, applies sysctls, starts the agent and then the configured services in parallel,
+ * reaps zombies, and powers off on request (SIGUSR2 from the agent) or on a fatal error.
+ * It never hangs: anything it needs and cannot have is said on the console, then it powers off.
+ *
+ * Boot phases are recorded as CLOCK_BOOTTIME nanoseconds in /run/slipway/boot-times for the agent
+ * to report. The config format is documented in docs/guest.md.
+ *
+ * Signals to PID 1: SIGUSR2 power off, SIGTERM reboot, SIGCHLD reap (the agent is restarted if it
+ * dies), SIGINT (Ctrl-Alt-Del) reboot.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FW_CFG_PATH "/sys/firmware/qemu_fw_cfg/by_name/opt/slipway/config/raw"
+#define CONFIG_MAX_BYTES (64 * 1024)
+#define MAX_DISKS 16
+#define MAX_IFACES 8
+#define MAX_DNS 4
+#define MAX_SYSCTLS 64
+#define MAX_SERVICES 32
+#define MAX_ENV 64
+#define MAX_PHASES 16
+#define NEWROOT "/newroot"
+#define AGENT_IN_INITRAMFS "/slipway/agent"
+#define AGENT_PATH "/run/slipway/agent"
+#define BOOT_TIMES_PATH "/run/slipway/boot-times"
+#define ROOT_WAIT_MS 5000
+#define IFACE_WAIT_MS 2000
+
+struct disk {
+	char device[128];
+	char mountpoint[128];
+	char fstype[32];
+	char options[128];
+};
+
+struct iface {
+	char name[IFNAMSIZ];
+	struct in_addr addr;
+	int prefix;
+	struct in_addr gateway;
+	int has_gateway;
+};
+
+struct config {
+	char hostname[65];
+	struct disk root;
+	struct disk disks[MAX_DISKS];
+	int ndisks;
+	struct iface ifaces[MAX_IFACES];
+	int nifaces;
+	char dns[MAX_DNS][64];
+	int ndns;
+	char sysctls[MAX_SYSCTLS][256];
+	int nsysctls;
+	char services[MAX_SERVICES][512];
+	int nservices;
+	char env[MAX_ENV][256];
+	int nenv;
+	int verbose;
+	char source[16]; /* "fw_cfg", "cmdline" or "defaults" */
+};
+
+struct phase {
+	const char *name;
+	uint64_t ns;
+};
+
+struct init_state {
+	struct config cfg;
+	struct phase phases[MAX_PHASES];
+	int nphases;
+	pid_t agent_pid;
+	int agent_restarts;
+	sigset_t handled;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	size_t len = (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1;
+	/* the console is stdout/stderr as the kernel gave them; kmsg keeps it in dmesg too */
+	if (write(STDERR_FILENO, "slipway-init: ", 14) < 0 || write(STDERR_FILENO, buf, len) < 0 || write(STDERR_FILENO, "\n", 1) < 0) {
+		/* no console: nothing else to say it on */
+	}
+	int kmsg = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+	if (kmsg >= 0) {
+		char line[600];
+		int m = snprintf(line, sizeof line, "slipway-init: %s\n", buf);
+		if (m > 0 && write(kmsg, line, (size_t)m < sizeof line ? (size_t)m : sizeof line - 1) < 0) {
+			/* best effort */
+		}
+		close(kmsg);
+	}
+}
+
+static void power_off(int reboot_instead) __attribute__((noreturn));
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	say("fatal: %s; powering off", buf);
+	power_off(0);
+}
+
+static void mark(struct init_state *st, const char *name)
+{
+	if (st->nphases < MAX_PHASES) {
+		st->phases[st->nphases].name = name;
+		st->phases[st->nphases].ns = now_ns();
+		st->nphases++;
+	}
+}
+
+static void write_phases(const struct init_state *st)
+{
+	char buf[2048];
+	size_t off = 0;
+	for (int i = 0; i < st->nphases && off < sizeof buf; i++) {
+		int n = snprintf(buf + off, sizeof buf - off, "phase.%s %llu\n", st->phases[i].name, (unsigned long long)st->phases[i].ns);
+		if (n < 0 || (size_t)n >= sizeof buf - off)
+			break;
+		off += (size_t)n;
+	}
+	int fd = open(BOOT_TIMES_PATH ".tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		say("cannot write %s: %s", BOOT_TIMES_PATH, strerror(errno));
+		return;
+	}
+	if (write(fd, buf, off) != (ssize_t)off)
+		say("short write to %s", BOOT_TIMES_PATH);
+	close(fd);
+	if (rename(BOOT_TIMES_PATH ".tmp", BOOT_TIMES_PATH) < 0)
+		say("rename %s: %s", BOOT_TIMES_PATH, strerror(errno));
+}
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+	char tmp[PATH_MAX];
+	if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp)
+		return -1;
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p == '/') {
+			*p = '\0';
+			if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+				return -1;
+			*p = '/';
+		}
+	}
+	if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+		return -1;
+	return 0;
+}
+
+static void mount_or_die(const char *src, const char *target, const char *type, unsigned long flags, const char *data)
+{
+	if (mkdir_p(target, 0755) < 0 && errno != EEXIST)
+		die("mkdir %s: %s", target, strerror(errno));
+	if (mount(src, target, type, flags, data) < 0 && errno != EBUSY)
+		die("mount %s on %s (%s): %s", src, target, type, strerror(errno));
+}
+
+/* ---------- config ---------- */
+
+static void copy_field(char *dst, size_t cap, const char *src, size_t len, const char *what)
+{
+	if (len >= cap) {
+		say("config: %s too long (%zu bytes, at most %zu); ignored", what, len, cap - 1);
+		dst[0] = '\0';
+		return;
+	}
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+}
+
+/* "dev:mountpoint[:fstype[:options]]" */
+static int parse_disk(struct disk *d, const char *v)
+{
+	memset(d, 0, sizeof *d);
+	const char *fields[4] = { v, NULL, NULL, NULL };
+	size_t lens[4] = { 0, 0, 0, 0 };
+	int n = 0;
+	const char *p = v;
+	for (;;) {
+		const char *colon = (n < 3) ? strchr(p, ':') : NULL;
+		if (!colon) {
+			lens[n] = strlen(p);
+			break;
+		}
+		lens[n] = (size_t)(colon - p);
+		p = colon + 1;
+		fields[++n] = p;
+	}
+	if (n < 1 || lens[0] == 0 || lens[1] == 0 || fields[1][0] != '/')
+		return -1;
+	copy_field(d->device, sizeof d->device, fields[0], lens[0], "disk device");
+	copy_field(d->mountpoint, sizeof d->mountpoint, fields[1], lens[1], "disk mount point");
+	if (n >= 2)
+		copy_field(d->fstype, sizeof d->fstype, fields[2], lens[2], "disk fstype");
+	if (n >= 3)
+		copy_field(d->options, sizeof d->options, fields[3], lens[3], "disk options");
+	return d->device[0] && d->mountpoint[0] ? 0 : -1;
+}
+
+/* "name addr/prefix [gateway]", separated by spaces or commas */
+static int parse_iface(struct iface *ifc, const char *v)
+{
+	char buf[256];
+	if (snprintf(buf, sizeof buf, "%s", v) >= (int)sizeof buf)
+		return -1;
+	for (char *p = buf; *p; p++)
+		if (*p == ',')
+			*p = ' ';
+	char *save = NULL;
+	char *name = strtok_r(buf, " ", &save);
+	char *cidr = strtok_r(NULL, " ", &save);
+	char *gw = strtok_r(NULL, " ", &save);
+	if (!name || !cidr || strlen(name) >= IFNAMSIZ)
+		return -1;
+	memset(ifc, 0, sizeof *ifc);
+	memcpy(ifc->name, name, strlen(name) + 1);
+	char *slash = strchr(cidr, '/');
+	ifc->prefix = 24;
+	if (slash) {
+		*slash = '\0';
+		char *end = NULL;
+		long prefix = strtol(slash + 1, &end, 10);
+		if (!end || *end != '\0' || prefix < 0 || prefix > 32)
+			return -1;
+		ifc->prefix = (int)prefix;
+	}
+	if (inet_pton(AF_INET, cidr, &ifc->addr) != 1)
+		return -1;
+	if (gw) {
+		if (inet_pton(AF_INET, gw, &ifc->gateway) != 1)
+			return -1;
+		ifc->has_gateway = 1;
+	}
+	return 0;
+}
+
+static void config_line(struct config *c, const char *line, size_t len)
+{
+	char buf[1024];
+	if (len == 0)
+		return;
+	if (len >= sizeof buf) {
+		say("config: a line of %zu bytes is too long; ignored", len);
+		return;
+	}
+	memcpy(buf, line, len);
+	buf[len] = '\0';
+	if (buf[0] == '#')
+		return;
+	char *eq = strchr(buf, '=');
+	if (!eq) {
+		say("config: line without '=' ignored: %.60s", buf);
+		return;
+	}
+	*eq = '\0';
+	const char *key = buf;
+	const char *v = eq + 1;
+	size_t vlen = strlen(v);
+	if (strcmp(key, "version") == 0) {
+		if (strcmp(v, "1") != 0)
+			die("config: version %s is not supported (this init reads version 1)", v);
+	} else if (strcmp(key, "hostname") == 0) {
+		copy_field(c->hostname, sizeof c->hostname, v, vlen, "hostname");
+	} else if (strcmp(key, "root") == 0) {
+		copy_field(c->root.device, sizeof c->root.device, v, vlen, "root");
+	} else if (strcmp(key, "rootfstype") == 0) {
+		copy_field(c->root.fstype, sizeof c->root.fstype, v, vlen, "rootfstype");
+	} else if (strcmp(key, "rootflags") == 0) {
+		copy_field(c->root.options, sizeof c->root.options, v, vlen, "rootflags");
+	} else if (strcmp(key, "disk") == 0) {
+		if (c->ndisks >= MAX_DISKS || parse_disk(&c->disks[c->ndisks], v) < 0)
+			die("config: bad or too many disk entries (%s)", v);
+		c->ndisks++;
+	} else if (strcmp(key, "net") == 0) {
+		if (c->nifaces >= MAX_IFACES || parse_iface(&c->ifaces[c->nifaces], v) < 0)
+			die("config: bad net entry '%s' (want: name address/prefix [gateway])", v);
+		c->nifaces++;
+	} else if (strcmp(key, "dns") == 0) {
+		if (c->ndns < MAX_DNS)
+			copy_field(c->dns[c->ndns++], sizeof c->dns[0], v, vlen, "dns");
+	} else if (strcmp(key, "sysctl") == 0) {
+		if (c->nsysctls < MAX_SYSCTLS)
+			copy_field(c->sysctls[c->nsysctls++], sizeof c->sysctls[0], v, vlen, "sysctl");
+	} else if (strcmp(key, "service") == 0) {
+		if (c->nservices < MAX_SERVICES)
+			copy_field(c->services[c->nservices++], sizeof c->services[0], v, vlen, "service");
+	} else if (strcmp(key, "env") == 0) {
+		if (c->nenv < MAX_ENV && strchr(v, '='))
+			copy_field(c->env[c->nenv++], sizeof c->env[0], v, vlen, "env");
+	} else if (strcmp(key, "verbose") == 0) {
+		c->verbose = strcmp(v, "1") == 0;
+	} else {
+		say("config: unknown key '%s' ignored", key);
+	}
+}
+
+static void config_parse(struct config *c, const char *text, size_t len)
+{
+	size_t start = 0;
+	for (size_t i = 0; i <= len; i++) {
+		if (i == len || text[i] == '\n') {
+			size_t end = i;
+			if (end > start && text[end - 1] == '\r')
+				end--;
+			config_line(c, text + start, end - start);
+			start = i + 1;
+		}
+	}
+}
+
+static int b64_value(int ch)
+{
+	if (ch >= 'A' && ch <= 'Z')
+		return ch - 'A';
+	if (ch >= 'a' && ch <= 'z')
+		return ch - 'a' + 26;
+	if (ch >= '0' && ch <= '9')
+		return ch - '0' + 52;
+	if (ch == '+' || ch == '-')
+		return 62;
+	if (ch == '/' || ch == '_')
+		return 63;
+	return -1;
+}
+
+static ssize_t b64_decode(const char *in, size_t len, char *out, size_t cap)
+{
+	size_t o = 0;
+	uint32_t acc = 0;
+	int bits = 0;
+	for (size_t i = 0; i < len; i++) {
+		if (in[i] == '=')
+			break;
+		int v = b64_value((unsigned char)in[i]);
+		if (v < 0)
+			return -1;
+		acc = (acc << 6) | (uint32_t)v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			if (o >= cap)
+				return -1;
+			out[o++] = (char)((acc >> bits) & 0xff);
+		}
+	}
+	return (ssize_t)o;
+}
+
+static ssize_t read_file(const char *path, char *buf, size_t cap)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	size_t off = 0;
+	for (;;) {
+		if (off == cap) {
+			close(fd);
+			errno = EFBIG;
+			return -1;
+		}
+		ssize_t n = read(fd, buf + off, cap - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int e = errno;
+			close(fd);
+			errno = e;
+			return -1;
+		}
+		if (n == 0)
+			break;
+		off += (size_t)n;
+	}
+	close(fd);
+	return (ssize_t)off;
+}
+
+/* slipway.config=<base64 of the config file> or slipway.<key>=<value> tokens */
+static int config_from_cmdline(struct config *c)
+{
+	static char cmdline[4096];
+	ssize_t n = read_file("/proc/cmdline", cmdline, sizeof cmdline - 1);
+	if (n < 0)
+		return 0;
+	cmdline[n] = '\0';
+	int found = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(cmdline, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save)) {
+		if (strncmp(tok, "slipway.", 8) != 0)
+			continue;
+		const char *kv = tok + 8;
+		if (strncmp(kv, "config=", 7) == 0) {
+			static char decoded[4096];
+			ssize_t m = b64_decode(kv + 7, strlen(kv + 7), decoded, sizeof decoded);
+			if (m < 0)
+				die("kernel command line: slipway.config is not valid base64");
+			config_parse(c, decoded, (size_t)m);
+		} else {
+			config_line(c, kv, strlen(kv));
+		}
+		found = 1;
+	}
+	return found;
+}
+
+static void load_config(struct config *c)
+{
+	memset(c, 0, sizeof *c);
+	snprintf(c->hostname, sizeof c->hostname, "slipway");
+	snprintf(c->root.device, sizeof c->root.device, "/dev/vda");
+	snprintf(c->root.mountpoint, sizeof c->root.mountpoint, "/");
+	static char text[CONFIG_MAX_BYTES];
+	ssize_t n = read_file(FW_CFG_PATH, text, sizeof text);
+	if (n >= 0) {
+		config_parse(c, text, (size_t)n);
+		snprintf(c->source, sizeof c->source, "fw_cfg");
+	} else if (errno == EFBIG) {
+		die("boot config in fw_cfg is larger than %d bytes", CONFIG_MAX_BYTES);
+	} else if (config_from_cmdline(c)) {
+		snprintf(c->source, sizeof c->source, "cmdline");
+	} else {
+		snprintf(c->source, sizeof c->source, "defaults");
+	}
+}
+
+/* ---------- disks ---------- */
+
+static int wait_for_device(const char *dev, int timeout_ms)
+{
+	struct stat sb;
+	for (int waited = 0;; waited += 10) {
+		if (stat(dev, &sb) == 0)
+			return 0;
+		if (waited >= timeout_ms)
+			return -1;
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
+static void mount_disk(const struct disk *d, const char *target, int is_root)
+{
+	if (wait_for_device(d->device, is_root ? ROOT_WAIT_MS : ROOT_WAIT_MS / 2) < 0)
+		die("%s disk %s not found (is the disk attached?)", is_root ? "root" : "extra", d->device);
+	if (mkdir_p(target, 0755) < 0)
+		die("mkdir %s: %s", target, strerror(errno));
+	const char *types[3] = { d->fstype[0] ? d->fstype : "ext4", d->fstype[0] ? NULL : "erofs", NULL };
+	unsigned long flags = 0;
+	char data[128] = "";
+	/* "ro" and "rw" are flags, everything else goes to the filesystem */
+	if (d->options[0]) {
+		char opts[128];
+		snprintf(opts, sizeof opts, "%s", d->options);
+		char *save = NULL;
+		for (char *o = strtok_r(opts, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+			if (strcmp(o, "ro") == 0)
+				flags |= MS_RDONLY;
+			else if (strcmp(o, "rw") == 0)
+				flags &= ~(unsigned long)MS_RDONLY;
+			else if (strcmp(o, "noatime") == 0)
+				flags |= MS_NOATIME;
+			else {
+				size_t used = strlen(data);
+				snprintf(data + used, sizeof data - used, "%s%s", used ? "," : "", o);
+			}
+		}
+	}
+	int last = 0;
+	for (int i = 0; types[i]; i++) {
+		if (mount(d->device, target, types[i], flags, data[0] ? data : NULL) == 0)
+			return;
+		last = errno;
+		/* erofs is read-only: a second try of the default types mounts it so */
+		if (last == EROFS || (last == EACCES && !(flags & MS_RDONLY))) {
+			if (mount(d->device, target, types[i], flags | MS_RDONLY, data[0] ? data : NULL) == 0)
+				return;
+		}
+	}
+	die("cannot mount %s disk %s on %s: %s", is_root ? "root" : "extra", d->device, target, strerror(last));
+}
+
+static void move_into_root(const char *from, const char *to)
+{
+	if (mkdir_p(to, 0755) < 0 && errno != EEXIST)
+		die("root disk lacks %s and it cannot be created: %s", to, strerror(errno));
+	if (mount(from, to, NULL, MS_MOVE, NULL) < 0)
+		die("move mount %s to %s: %s", from, to, strerror(errno));
+}
+
+static void copy_file(const char *from, const char *to, mode_t mode)
+{
+	int in = open(from, O_RDONLY | O_CLOEXEC);
+	if (in < 0)
+		die("open %s: %s", from, strerror(errno));
+	int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	if (out < 0)
+		die("create %s: %s", to, strerror(errno));
+	char buf[65536];
+	for (;;) {
+		ssize_t n = read(in, buf, sizeof buf);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			die("read %s: %s", from, strerror(errno));
+		if (n == 0)
+			break;
+		for (ssize_t w = 0; w < n;) {
+			ssize_t m = write(out, buf + w, (size_t)(n - w));
+			if (m < 0)
+				die("write %s: %s", to, strerror(errno));
+			w += m;
+		}
+	}
+	close(in);
+	close(out);
+}
+
+/*
+ * Mount the root disk, move /dev, /proc, /sys, /run and /tmp into it, and make it `/`. The
+ * initramfs stays in memory (it is a few hundred KiB); init keeps PID 1 throughout.
+ */
+static void switch_root(struct init_state *st)
+{
+	mount_disk(&st->cfg.root, NEWROOT, 1);
+	mark(st, "root_mounted");
+	char target[PATH_MAX];
+	for (int i = 0; i < st->cfg.ndisks; i++) {
+		if (snprintf(target, sizeof target, "%s%s", NEWROOT, st->cfg.disks[i].mountpoint) >= (int)sizeof target)
+			die("mount point %s too long", st->cfg.disks[i].mountpoint);
+		mount_disk(&st->cfg.disks[i], target, 0);
+	}
+	/* the agent must outlive the initramfs view: it runs from /run, a tmpfs moved into the root */
+	copy_file(AGENT_IN_INITRAMFS, AGENT_PATH, 0755);
+	static const char *const moves[] = { "/dev", "/proc", "/sys", "/run", "/tmp" };
+	for (size_t i = 0; i < sizeof moves / sizeof moves[0]; i++) {
+		snprintf(target, sizeof target, "%s%s", NEWROOT, moves[i]);
+		move_into_root(moves[i], target);
+	}
+	if (chdir(NEWROOT) < 0)
+		die("chdir %s: %s", NEWROOT, strerror(errno));
+	if (mount(".", "/", NULL, MS_MOVE, NULL) < 0)
+		die("move %s to /: %s", NEWROOT, strerror(errno));
+	if (chroot(".") < 0 || chdir("/") < 0)
+		die("chroot into the root disk: %s", strerror(errno));
+	mark(st, "switch_root");
+}
+
+/* ---------- system settings ---------- */
+
+static void set_hostname(const struct config *c)
+{
+	if (sethostname(c->hostname, strlen(c->hostname)) < 0)
+		say("sethostname %s: %s", c->hostname, strerror(errno));
+}
+
+static void apply_sysctls(const struct config *c)
+{
+	for (int i = 0; i < c->nsysctls; i++) {
+		char key[256];
+		snprintf(key, sizeof key, "%s", c->sysctls[i]);
+		char *eq = strchr(key, '=');
+		if (!eq || strstr(key, "..")) {
+			say("sysctl '%s' ignored (want key=value)", c->sysctls[i]);
+			continue;
+		}
+		*eq = '\0';
+		char path[PATH_MAX];
+		int n = snprintf(path, sizeof path, "/proc/sys/%s", key);
+		if (n < 0 || n >= (int)sizeof path)
+			continue;
+		for (char *p = path + 10; *p; p++)
+			if (*p == '.')
+				*p = '/';
+		int fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write(fd, eq + 1, strlen(eq + 1)) < 0)
+			say("sysctl %s: %s", key, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+}
+
+static int iface_up(int sock, const char *name)
+{
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", name);
+	if (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0)
+		return -1;
+	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+	return ioctl(sock, SIOCSIFFLAGS, &ifr);
+}
+
+static void set_inet(struct ifreq *ifr, struct in_addr a)
+{
+	struct sockaddr_in *sin = (struct sockaddr_in *)(void *)&ifr->ifr_addr;
+	memset(sin, 0, sizeof *sin);
+	sin->sin_family = AF_INET;
+	sin->sin_addr = a;
+}
+
+static void configure_network(const struct config *c)
+{
+	int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (sock < 0) {
+		say("socket(AF_INET): %s; no network", strerror(errno));
+		return;
+	}
+	if (iface_up(sock, "lo") < 0)
+		say("bringing up lo: %s", strerror(errno));
+	for (int i = 0; i < c->nifaces; i++) {
+		const struct iface *ifc = &c->ifaces[i];
+		for (int waited = 0; if_nametoindex(ifc->name) == 0; waited += 10) {
+			if (waited >= IFACE_WAIT_MS) {
+				say("network interface %s not found; not configured", ifc->name);
+				goto next;
+			}
+			struct timespec ts = { 0, 10 * 1000 * 1000 };
+			nanosleep(&ts, NULL);
+		}
+		{
+			struct ifreq ifr;
+			memset(&ifr, 0, sizeof ifr);
+			snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifc->name);
+			set_inet(&ifr, ifc->addr);
+			if (ioctl(sock, SIOCSIFADDR, &ifr) < 0)
+				say("%s: set address: %s", ifc->name, strerror(errno));
+			struct in_addr mask;
+			mask.s_addr = ifc->prefix == 0 ? 0 : htonl(0xffffffffu << (32 - ifc->prefix));
+			set_inet(&ifr, mask);
+			if (ioctl(sock, SIOCSIFNETMASK, &ifr) < 0)
+				say("%s: set netmask: %s", ifc->name, strerror(errno));
+			if (iface_up(sock, ifc->name) < 0)
+				say("%s: up: %s", ifc->name, strerror(errno));
+			if (ifc->has_gateway) {
+				struct rtentry rt;
+				memset(&rt, 0, sizeof rt);
+				struct sockaddr_in *dst = (struct sockaddr_in *)(void *)&rt.rt_dst;
+				struct sockaddr_in *gw = (struct sockaddr_in *)(void *)&rt.rt_gateway;
+				struct sockaddr_in *msk = (struct sockaddr_in *)(void *)&rt.rt_genmask;
+				dst->sin_family = gw->sin_family = msk->sin_family = AF_INET;
+				gw->sin_addr = ifc->gateway;
+				rt.rt_flags = RTF_UP | RTF_GATEWAY;
+				if (ioctl(sock, SIOCADDRT, &rt) < 0 && errno != EEXIST)
+					say("%s: default route via %s: %s", ifc->name, inet_ntoa(ifc->gateway), strerror(errno));
+			}
+		}
+next:;
+	}
+	close(sock);
+	if (c->ndns > 0) {
+		char buf[512];
+		size_t off = 0;
+		for (int i = 0; i < c->ndns; i++) {
+			int n = snprintf(buf + off, sizeof buf - off, "nameserver %s\n", c->dns[i]);
+			if (n < 0 || (size_t)n >= sizeof buf - off)
+				break;
+			off += (size_t)n;
+		}
+		int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (fd < 0) {
+			/* a read-only root: bind a file from /run over it */
+			fd = open("/run/slipway/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+			if (fd >= 0 && mount("/run/slipway/resolv.conf", "/etc/resolv.conf", NULL, MS_BIND, NULL) < 0)
+				say("resolv.conf: %s", strerror(errno));
+		}
+		if (fd >= 0) {
+			if (write(fd, buf, off) < 0)
+				say("resolv.conf: %s", strerror(errno));
+			close(fd);
+		}
+	}
+}
+
+/* ---------- processes ---------- */
+
+static char *const *child_env(const struct config *c)
+{
+	static char *envp[MAX_ENV + 4];
+	static char path[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+	static char home[] = "HOME=/root";
+	static char term[] = "TERM=linux";
+	int n = 0;
+	envp[n++] = path;
+	envp[n++] = home;
+	envp[n++] = term;
+	for (int i = 0; i < c->nenv && n < MAX_ENV + 3; i++)
+		envp[n++] = (char *)c->env[i];
+	envp[n] = NULL;
+	return envp;
+}
+
+static pid_t spawn(struct init_state *st, char *const argv[], int quiet)
+{
+	pid_t pid = fork();
+	if (pid < 0) {
+		say("fork: %s", strerror(errno));
+		return -1;
+	}
+	if (pid == 0) {
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		setsid();
+		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (null >= 0) {
+			dup2(null, STDIN_FILENO);
+			if (quiet) {
+				dup2(null, STDOUT_FILENO);
+				dup2(null, STDERR_FILENO);
+			}
+		}
+		execve(argv[0], argv, child_env(&st->cfg));
+		say("exec %s: %s", argv[0], strerror(errno));
+		_exit(127);
+	}
+	return pid;
+}
+
+static void start_agent(struct init_state *st)
+{
+	char *argv[] = { (char *)AGENT_PATH, NULL };
+	st->agent_pid = spawn(st, argv, 0);
+}
+
+static void start_services(struct init_state *st)
+{
+	struct stat sb;
+	int have_sh = stat("/bin/sh", &sb) == 0;
+	for (int i = 0; i < st->cfg.nservices; i++) {
+		if (have_sh) {
+			char *argv[] = { (char *)"/bin/sh", (char *)"-c", st->cfg.services[i], NULL };
+			spawn(st, argv, !st->cfg.verbose);
+		} else {
+			char copy[512];
+			snprintf(copy, sizeof copy, "%s", st->cfg.services[i]);
+			char *argv[32];
+			int n = 0;
+			char *save = NULL;
+			for (char *w = strtok_r(copy, " ", &save); w && n < 31; w = strtok_r(NULL, " ", &save))
+				argv[n++] = w;
+			argv[n] = NULL;
+			if (n > 0)
+				spawn(st, argv, !st->cfg.verbose);
+		}
+	}
+}
+
+static void reap(struct init_state *st, int shutting_down)
+{
+	for (;;) {
+		int status;
+		pid_t pid = waitpid(-1, &status, WNOHANG);
+		if (pid <= 0)
+			return;
+		if (pid == st->agent_pid && !shutting_down) {
+			st->agent_pid = -1;
+			if (st->agent_restarts++ < 20) {
+				say("agent exited (status %d); restarting it", status);
+				struct timespec ts = { 0, 100 * 1000 * 1000 };
+				nanosleep(&ts, NULL);
+				start_agent(st);
+			} else {
+				say("agent keeps exiting; not restarting it again");
+			}
+		}
+	}
+}
+
+static void power_off(int reboot_instead)
+{
+	sync();
+	kill(-1, SIGTERM);
+	for (int i = 0; i < 100; i++) { /* up to 1 s for processes to leave */
+		while (waitpid(-1, NULL, WNOHANG) > 0) {
+		}
+		if (kill(-1, 0) < 0 && errno == ESRCH)
+			break;
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	kill(-1, SIGKILL);
+	while (waitpid(-1, NULL, WNOHANG) > 0) {
+	}
+	sync();
+	if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0 && errno != EINVAL) {
+		/* busy or already read-only: the sync above is what matters */
+	}
+	reboot(reboot_instead ? RB_AUTOBOOT : RB_POWER_OFF);
+	/* reboot(2) only returns on failure; PID 1 must not exit */
+	for (;;)
+		pause();
+}
+
+int main(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	struct init_state *st = calloc(1, sizeof *st);
+	if (!st)
+		return 1;
+	if (getpid() != 1) {
+		fprintf(stderr, "slipway-init must run as PID 1\n");
+		return 2;
+	}
+	mark(st, "init_start");
+	sigemptyset(&st->handled);
+	sigaddset(&st->handled, SIGCHLD);
+	sigaddset(&st->handled, SIGTERM);
+	sigaddset(&st->handled, SIGUSR2);
+	sigaddset(&st->handled, SIGINT);
+	sigprocmask(SIG_BLOCK, &st->handled, NULL);
+	/* Ctrl-Alt-Del is delivered as SIGINT instead of an immediate reboot */
+	reboot(RB_DISABLE_CAD);
+
+	mount_or_die("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mount_or_die("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mount_or_die("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+	mount_or_die("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	mkdir_p("/dev/pts", 0755);
+	mkdir_p("/dev/shm", 0755);
+	if (mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666") < 0)
+		say("mount devpts: %s", strerror(errno));
+	if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
+		say("mount /dev/shm: %s", strerror(errno));
+	if (mkdir_p("/run/slipway", 0755) < 0)
+		die("mkdir /run/slipway: %s", strerror(errno));
+	mark(st, "mounts");
+
+	load_config(&st->cfg);
+	if (st->cfg.verbose)
+		say("config from %s; root %s", st->cfg.source, st->cfg.root.device);
+	mark(st, "config");
+
+	switch_root(st);
+	set_hostname(&st->cfg);
+	apply_sysctls(&st->cfg);
+	configure_network(&st->cfg);
+	mark(st, "network");
+	start_agent(st);
+	mark(st, "agent_started");
+	write_phases(st);
+	start_services(st);
+	if (st->cfg.nservices > 0) {
+		mark(st, "services_started");
+		write_phases(st);
+	}
+
+	for (;;) {
+		siginfo_t info;
+		int sig = sigwaitinfo(&st->handled, &info);
+		if (sig < 0)
+			continue;
+		switch (sig) {
+		case SIGCHLD:
+			reap(st, 0);
+			break;
+		case SIGUSR2:
+			say("power off requested");
+			power_off(0);
+		case SIGTERM:
+		case SIGINT:
+			say("reboot requested");
+			power_off(1);
+		default:
+			break;
+		}
+	}
+}

@@ -1,0 +1,107 @@
+/**
+ * Builds what boots inside a VM: the guest kernel (kernel/build.sh), the static init and agent
+ * (guest/Makefile), and the initramfs holding them. Every output is cached outside the repository
+ * under a key of its inputs, so a second build is instant.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SlipwayError } from '../errors.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
+import { buildCpio, S_IFCHR, S_IFDIR, S_IFREG, type CpioEntry } from './cpio.js';
+
+/** The repository (or installed package) root: kernel/ and guest/ live there. */
+export const PROJECT_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+export function buildCacheRoot(env: NodeJS.ProcessEnv = process.env): string {
+  return env.SLIPWAY_BUILD_CACHE ?? join(env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'slipway', 'build');
+}
+
+export interface KernelArtifacts {
+  vmlinux: string;
+  bzImage: string;
+  config: string;
+}
+
+export interface GuestArtifacts {
+  initramfs: string;
+  init: string;
+  agent: string;
+}
+
+/** Run a command, passing each stderr line to `onLine`; resolve with stdout. */
+function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; onLine?: (line: string) => void; what: string }): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderrTail = '';
+    let partial = '';
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      const text = partial + d.toString();
+      const lines = text.split('\n');
+      partial = lines.pop() ?? '';
+      for (const l of lines) {
+        stderrTail = `${stderrTail}${l}\n`.slice(-4000);
+        opts.onLine?.(l);
+      }
+    });
+    child.on('error', (err) => reject(new SlipwayError('IO_ERROR', `${opts.what}: cannot run ${cmd}: ${err.message}`, { cause: err })));
+    child.on('close', (code) => {
+      if (partial) opts.onLine?.(partial);
+      if (code === 0) resolve(stdout);
+      else reject(new SlipwayError('BUILD_FAILED', `${opts.what} failed (exit ${code}):\n${stderrTail}${partial}`));
+    });
+  });
+}
+
+/** Build (or find cached) the guest kernel; progress lines go to `onLine`. */
+export async function buildKernel(opts: { onLine?: (line: string) => void } = {}): Promise<KernelArtifacts> {
+  const out = await run('bash', [join(PROJECT_ROOT, 'kernel', 'build.sh')], { what: 'kernel build', ...(opts.onLine ? { onLine: opts.onLine } : {}) });
+  const last = out.trim().split('\n').at(-1) ?? '';
+  try {
+    const parsed = JSON.parse(last) as KernelArtifacts;
+    return { vmlinux: parsed.vmlinux, bzImage: parsed.bzImage, config: parsed.config };
+  } catch {
+    throw new SlipwayError('BUILD_FAILED', `kernel build printed no result: ${last}`);
+  }
+}
+
+function guestSourcesKey(): string {
+  const dir = join(PROJECT_ROOT, 'guest');
+  const hash = createHash('sha256');
+  for (const f of readdirSync(dir).filter((n) => n.endsWith('.c') || n.endsWith('.h') || n === 'Makefile').sort()) {
+    hash.update(f).update(readFileSync(join(dir, f)));
+  }
+  return hash.digest('hex').slice(0, 16);
+}
+
+/** Build (or find cached) the static init and agent, and the initramfs holding them. */
+export async function buildGuest(opts: { onLine?: (line: string) => void } = {}): Promise<GuestArtifacts> {
+  const dir = join(buildCacheRoot(), 'guest', guestSourcesKey());
+  const init = join(dir, 'slipway-init');
+  const agent = join(dir, 'slipway-agent');
+  const initramfs = join(dir, 'initramfs.cpio');
+  if (existsSync(initramfs) && existsSync(init) && existsSync(agent)) return { initramfs, init, agent };
+  await mkdir(dir, { recursive: true });
+  opts.onLine?.(`guest: building init and agent into ${dir}`);
+  await run('make', ['-s', '-C', join(PROJECT_ROOT, 'guest'), `OUT=${dir}`, `${dir}/slipway-init`, `${dir}/slipway-agent`], { what: 'guest build', ...(opts.onLine ? { onLine: opts.onLine } : {}) });
+  const dirEntry = (path: string): CpioEntry => ({ path, mode: S_IFDIR | 0o755 });
+  const entries: CpioEntry[] = [
+    ...['dev', 'proc', 'sys', 'run', 'tmp', 'newroot', 'slipway'].map(dirEntry),
+    // the kernel opens /dev/console before init runs; devtmpfs is mounted over /dev afterwards
+    { path: 'dev/console', mode: S_IFCHR | 0o600, rdevMajor: 5, rdevMinor: 1 },
+    { path: 'dev/null', mode: S_IFCHR | 0o666, rdevMajor: 1, rdevMinor: 3 },
+    { path: 'init', mode: S_IFREG | 0o755, data: readFileSync(init) },
+    { path: 'slipway/agent', mode: S_IFREG | 0o755, data: readFileSync(agent) },
+  ];
+  await writeFileAtomic(initramfs, buildCpio(entries));
+  opts.onLine?.(`guest: initramfs ${initramfs}`);
+  return { initramfs, init, agent };
+}

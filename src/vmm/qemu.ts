@@ -1,0 +1,177 @@
+/**
+ * The QEMU driver: q35 with shared memfd memory (vhost-user needs guest memory it can map), direct
+ * kernel boot through qboot, KVM when /dev/kvm is usable and TCG otherwise, the boot config as
+ * fw_cfg item `opt/slipway/config`, and the agent over a virtio-serial port on a Unix socket.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, openSync, readSync, closeSync, statSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { SlipwayError } from '../errors.js';
+import { FW_CFG_NAME } from '../guest/boot-config.js';
+import type { RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+
+export const QEMU_BINARY = process.env.SLIPWAY_QEMU ?? 'qemu-system-x86_64';
+/** qboot: a minimal firmware that jumps straight to the kernel (SeaBIOS spends far longer). */
+const QBOOT = '/usr/share/qemu/qboot.rom';
+export const AGENT_PORT_NAME = 'org.slipway.agent';
+
+let kvmProbe: 'kvm' | 'tcg' | undefined;
+
+/**
+ * Whether QEMU can use KVM here: /dev/kvm must open read-write and QEMU must be able to create a
+ * VM with it (a device node can exist on a host without virtualisation). SLIPWAY_ACCEL forces one.
+ */
+export function detectAccel(): 'kvm' | 'tcg' {
+  const forced = process.env.SLIPWAY_ACCEL;
+  if (forced === 'kvm' || forced === 'tcg') return forced;
+  if (kvmProbe) return kvmProbe;
+  kvmProbe = 'tcg';
+  try {
+    closeSync(openSync('/dev/kvm', 'r+'));
+    const probe = spawnSync(QEMU_BINARY, ['-accel', 'kvm', '-machine', 'none', '-nodefaults', '-display', 'none', '-monitor', 'stdio', '-S'], { input: 'quit\n', timeout: 10_000, stdio: ['pipe', 'ignore', 'ignore'] });
+    if (probe.status === 0) kvmProbe = 'kvm';
+  } catch {
+    // no /dev/kvm, or not ours to open
+  }
+  return kvmProbe;
+}
+
+/** The kernel command line: the seed's quiet line, with the KVM clock hints only under KVM. */
+export function kernelCmdline(accel: 'kvm' | 'tcg', extra?: string): string {
+  const parts = ['console=ttyS0', 'quiet', 'loglevel=0', 'panic=-1', 'reboot=t'];
+  if (accel === 'kvm') parts.push('no_timer_check', 'tsc=reliable', 'clocksource=kvm-clock');
+  if (extra) parts.push(extra);
+  return parts.join(' ');
+}
+
+export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg'): string[] {
+  const mem = `${spec.memoryMiB}M`;
+  const backend = spec.hugepages
+    ? `memory-backend-file,id=mem,size=${mem},mem-path=/dev/hugepages,share=on,prealloc=off`
+    : `memory-backend-memfd,id=mem,size=${mem},share=on`;
+  const args = [
+    '-name', `slipway-${spec.id}`,
+    '-machine', `q35,accel=${accel},memory-backend=mem`,
+    '-cpu', accel === 'kvm' ? 'host' : 'max',
+    '-smp', String(spec.cpus),
+    '-m', mem,
+    '-object', backend,
+    '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
+    '-kernel', spec.kernel.bzImage,
+    '-initrd', spec.initramfs,
+    '-append', kernelCmdline(accel, spec.cmdline),
+    '-fw_cfg', `name=${FW_CFG_NAME},file=${join(spec.workDir, 'boot-config')}`,
+    '-serial', spec.console === false ? 'none' : `file:${join(spec.workDir, 'console.log')}`,
+    '-qmp', `unix:${join(spec.workDir, 'qmp.sock')},server=on,wait=off`,
+    '-device', 'virtio-serial-pci,id=vser',
+    '-chardev', `socket,id=agent,path=${join(spec.workDir, 'agent.sock')},server=on,wait=off`,
+    '-device', `virtserialport,bus=vser.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+  ];
+  if (existsSync(QBOOT)) args.push('-bios', QBOOT);
+  spec.disks.forEach((d, i) => {
+    if (d.kind === 'file') {
+      args.push('-drive', `file=${d.path},if=none,id=disk${i},format=raw,cache=writeback,discard=unmap${d.readOnly ? ',readonly=on' : ''}`);
+      args.push('-device', `virtio-blk-pci,drive=disk${i},num-queues=${Math.min(spec.cpus, 4)}`);
+    } else {
+      args.push('-chardev', `socket,id=vu${i},path=${d.socket},reconnect=1`);
+      args.push('-device', `vhost-user-blk-pci,chardev=vu${i},num-queues=${Math.min(spec.cpus, 4)}`);
+    }
+  });
+  if (spec.net.mode === 'user') {
+    const fwd = (spec.net.hostForwards ?? []).map((f) => `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`).join('');
+    args.push('-netdev', `user,id=net0${fwd}`, '-device', 'virtio-net-pci,netdev=net0');
+  } else if (spec.net.mode === 'tap') {
+    args.push('-netdev', `tap,id=net0,ifname=${spec.net.ifname},script=no,downscript=no,vhost=on`, '-device', 'virtio-net-pci,netdev=net0');
+  }
+  return args;
+}
+
+class QemuVm implements RunningVm {
+  readonly exited: Promise<VmExit>;
+  private exitInfo: VmExit | undefined;
+
+  constructor(private readonly child: ChildProcess, private readonly spec: VmSpec, readonly accel: 'kvm' | 'tcg', private readonly stderr: () => string) {
+    this.exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => {
+        this.exitInfo = { code, signal };
+        resolve(this.exitInfo);
+      });
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  connectAgent(): Promise<Duplex> {
+    return new Promise((resolve, reject) => {
+      const sock = connect(join(this.spec.workDir, 'agent.sock'));
+      sock.once('connect', () => {
+        sock.removeListener('error', reject);
+        resolve(sock);
+      });
+      sock.once('error', reject);
+    });
+  }
+
+  consoleTail(bytes = 4000): string {
+    const path = join(this.spec.workDir, 'console.log');
+    let text = '';
+    try {
+      const size = statSync(path).size;
+      const fd = openSync(path, 'r');
+      const buf = Buffer.alloc(Math.min(bytes, size));
+      readSync(fd, buf, 0, buf.length, size - buf.length);
+      closeSync(fd);
+      text = buf.toString('utf8');
+    } catch {
+      // no console file
+    }
+    const err = this.stderr().trim();
+    return err ? `${text}\n[qemu] ${err}` : text;
+  }
+
+  async kill(graceMs = 2000): Promise<VmExit> {
+    if (this.exitInfo) return this.exitInfo;
+    this.child.kill('SIGTERM');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+    const exit = await this.exited;
+    clearTimeout(timer);
+    return exit;
+  }
+}
+
+export class QemuDriver implements VmmDriver {
+  readonly name = 'qemu' as const;
+
+  async start(spec: VmSpec): Promise<RunningVm> {
+    const accel = detectAccel();
+    await writeFile(join(spec.workDir, 'boot-config'), spec.bootConfig);
+    const args = qemuArgs(spec, accel);
+    await writeFile(join(spec.workDir, 'qemu.args'), `${QEMU_BINARY} ${args.map((a) => JSON.stringify(a)).join(' ')}\n`);
+    const child = spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: false });
+    let stderr = '';
+    child.stderr?.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-4000);
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', () => resolve());
+      child.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot start ${QEMU_BINARY}: ${err.message} (install qemu-system-x86)`, { cause: err })));
+    });
+    const vm = new QemuVm(child, spec, accel, () => stderr);
+    // QEMU creates the agent socket while it starts; wait for it (or for QEMU to give up).
+    const deadline = Date.now() + 10_000;
+    while (!existsSync(join(spec.workDir, 'agent.sock'))) {
+      const exited = await Promise.race([vm.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 20))]);
+      if (exited) throw new SlipwayError('VMM_ERROR', `qemu exited at start (code ${exited.code}, signal ${exited.signal}): ${stderr.trim()}`);
+      if (Date.now() > deadline) {
+        await vm.kill();
+        throw new SlipwayError('VMM_ERROR', `qemu did not create its sockets within 10 s: ${stderr.trim()}`);
+      }
+    }
+    return vm;
+  }
+}

@@ -1,5 +1,6 @@
 import { SlipwayError } from '../errors.js';
 import { cacheCommand, readCommand } from './cache-commands.js';
+import { guestCommand, kernelCommand, rootfsCommand } from './guest-commands.js';
 import { copyCommand, inspectCommand, pullCommand, pushCommand, type CommandIO } from './disk-commands.js';
 
 const USAGE = `slipway: OCI-backed disks for microVMs
@@ -15,6 +16,10 @@ usage: slipway <command> [options]
   cache stats               what the host chunk cache holds
   cache prefetch <ref>      fill the cache with a whole disk (low priority)
   cache gc [--max-size S]   evict least-recently-used chunks, reconcile the cache directory
+  kernel build [--json]     build (or find cached) the guest kernel
+  guest build [--json]      build the initramfs holding slipway's init and agent
+  rootfs build --from busybox|debian|<image> -o <file>
+                            make a root disk image
 
 references: oci:<dir>[:tag|@digest] (an OCI image layout) or host[:port]/repo[:tag|@digest]
 common options: --plain-http, --progress=auto|json|tty|none, --cache-dir DIR (or SLIPWAY_CACHE_DIR)
@@ -29,6 +34,9 @@ const COMMANDS: Record<string, Command> = {
   copy: copyCommand,
   read: readCommand,
   cache: cacheCommand,
+  kernel: kernelCommand,
+  guest: guestCommand,
+  rootfs: rootfsCommand,
 };
 
 export async function main(argv: string[], io: CommandIO = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {

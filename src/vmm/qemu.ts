@@ -21,8 +21,11 @@ export const AGENT_PORT_NAME = 'org.slipway.agent';
 let kvmProbe: 'kvm' | 'tcg' | undefined;
 
 /**
- * Whether QEMU can use KVM here: /dev/kvm must open read-write and QEMU must be able to create a
- * VM with it (a device node can exist on a host without virtualisation). SLIPWAY_ACCEL forces one.
+ * Whether QEMU can use KVM here: /dev/kvm must open read-write and QEMU must be able to create
+ * and reset a vCPU with it. A device node can exist where virtualisation does not work (seen on
+ * this project's build machine: KVM_CREATE_VM succeeds, setting the vCPU's MSRs aborts QEMU), so
+ * the probe is a real q35 machine with a `-cpu host` vCPU, stopped before it runs. SLIPWAY_ACCEL
+ * forces one.
  */
 export function detectAccel(): 'kvm' | 'tcg' {
   const forced = process.env.SLIPWAY_ACCEL;
@@ -31,7 +34,7 @@ export function detectAccel(): 'kvm' | 'tcg' {
   kvmProbe = 'tcg';
   try {
     closeSync(openSync('/dev/kvm', 'r+'));
-    const probe = spawnSync(QEMU_BINARY, ['-accel', 'kvm', '-machine', 'none', '-nodefaults', '-display', 'none', '-monitor', 'stdio', '-S'], { input: 'quit\n', timeout: 10_000, stdio: ['pipe', 'ignore', 'ignore'] });
+    const probe = spawnSync(QEMU_BINARY, ['-machine', 'q35,accel=kvm', '-cpu', 'host', '-m', '64', '-nodefaults', '-display', 'none', '-monitor', 'stdio', '-S'], { input: 'quit\n', timeout: 10_000, stdio: ['pipe', 'ignore', 'ignore'] });
     if (probe.status === 0) kvmProbe = 'kvm';
   } catch {
     // no /dev/kvm, or not ours to open

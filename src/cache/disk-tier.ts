@@ -34,6 +34,12 @@ export interface DiskTierStats {
   holders: number;
 }
 
+/** The file system (or SQLite's WAL on it) has no room left. */
+function isDiskFull(err: unknown): boolean {
+  const code = (err as { code?: string } | undefined)?.code;
+  return code === 'ENOSPC' || code === 'SQLITE_FULL';
+}
+
 function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -177,7 +183,14 @@ export class DiskTier {
   private noteAccess(digestHex: string): void {
     this.pendingAccess.set(digestHex, Date.now());
     if (!this.flushTimer) {
-      this.flushTimer = setTimeout(() => this.flushAccess(), 1000);
+      this.flushTimer = setTimeout(() => {
+        try {
+          this.flushAccess();
+        } catch (err) {
+          // access times are a hint for eviction; a full or busy index must not crash the process from a timer
+          this.opts.logger.warn('could not record cache access times', { error: (err as Error).message });
+        }
+      }, 1000);
       this.flushTimer.unref();
     }
   }
@@ -206,10 +219,14 @@ export class DiskTier {
     try {
       this.writeFile(digestHex, data);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw new SlipwayError('IO_ERROR', `writing cache chunk ${digestHex}: ${(err as Error).message}`, { cause: err });
+      if (!isDiskFull(err)) throw new SlipwayError('IO_ERROR', `writing cache chunk ${digestHex}: ${(err as Error).message}`, { cause: err });
       const { bytes } = this.totals();
       this.opts.logger.warn('cache disk full; evicting', { usedBytes: bytes });
-      this.evictTo(Math.floor(bytes * this.opts.lowWatermark));
+      try {
+        this.evictTo(Math.floor(bytes * this.opts.lowWatermark));
+      } catch (evictErr) {
+        if (!isDiskFull(evictErr)) throw evictErr;
+      }
       try {
         this.writeFile(digestHex, data);
       } catch (err2) {
@@ -217,7 +234,15 @@ export class DiskTier {
         return false;
       }
     }
-    this.stmts.upsert.run(digestHex, data.byteLength, Date.now());
+    try {
+      this.stmts.upsert.run(digestHex, data.byteLength, Date.now());
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+      // no room for the row: drop the file too (a file without a row is a stray) and serve uncached
+      rmSync(this.chunkPath(digestHex), { force: true });
+      this.opts.logger.warn('cache index full; serving without caching', { digest: digestHex, error: (err as Error).message });
+      return false;
+    }
     if (this.totals().bytes > this.opts.budgetBytes) this.evictTo(Math.floor(this.opts.budgetBytes * this.opts.lowWatermark));
     return true;
   }
@@ -247,7 +272,11 @@ export class DiskTier {
 
   /** Evict least-recently-used, unpinned chunks until at most `targetBytes` remain. */
   evictTo(targetBytes: number): { evictedChunks: number; evictedBytes: number } {
-    this.flushAccess();
+    try {
+      this.flushAccess();
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+    }
     this.clearDeadHolders();
     let evictedChunks = 0;
     let evictedBytes = 0;
@@ -263,16 +292,20 @@ export class DiskTier {
         chosen.push(v);
         need -= v.size;
       }
-      this.db.transaction(() => {
-        for (const v of chosen) this.stmts.del.run(v.digest);
-      })();
-      for (const v of chosen) this.verified.delete(v.digest);
+      // Files first, then rows: on a full file system the row deletions need room in the WAL,
+      // which the unlinked files give back (a row without its file is only ever a miss).
       for (const v of chosen) {
+        this.verified.delete(v.digest);
         try {
           unlinkSync(this.chunkPath(v.digest));
         } catch {
           // already gone: another process evicted it too
         }
+      }
+      this.db.transaction(() => {
+        for (const v of chosen) this.stmts.del.run(v.digest);
+      })();
+      for (const v of chosen) {
         evictedChunks++;
         evictedBytes += v.size;
       }

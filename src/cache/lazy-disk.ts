@@ -283,6 +283,9 @@ export class LazyDisk {
             const data = got.get(w.entry) as Buffer;
             try {
               this.cache.store(o.hex, data, intoMemory);
+            } catch (err) {
+              // A chunk that cannot be kept is still served: the read must not fail or hang for it.
+              this.cache.logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
             } finally {
               this.cache.inflight.delete(o.hex);
               this.stats.tier2Chunks++;

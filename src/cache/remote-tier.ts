@@ -106,7 +106,7 @@ export class RemoteTier {
         if (bad.has(s)) continue;
         const source = sources[s] as Source;
         try {
-          return await this.tryOnce(index, run, source, priority, what, onWholeBlob);
+          return await this.withinDeadline(this.tryOnce(index, run, source, priority, what, onWholeBlob), deadline, source, what);
         } catch (err) {
           lastError = err;
           if (!isTransient(err)) {
@@ -125,6 +125,20 @@ export class RemoteTier {
       this.stats.retries++;
       await sleep(Math.min(2000, 100 * 2 ** round, Math.max(0, deadline - Date.now())));
     }
+  }
+
+  /**
+   * A request that has not answered by the deadline counts as failed (transient): a registry that
+   * accepts connections and then hangs must not hold a read past `deadlineMs`. The request itself
+   * is left to the transport's own timeout; its late result is dropped.
+   */
+  private withinDeadline<T>(attempt: Promise<T>, deadline: number, source: Source, what: string): Promise<T> {
+    attempt.catch(() => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new SlipwayError('REGISTRY_UNREACHABLE', `${what}: ${source.target.name} did not answer within the ${this.deps.deadlineMs} ms fetch deadline`)), Math.max(0, deadline - Date.now()));
+    });
+    return Promise.race([attempt, expired]).finally(() => clearTimeout(timer));
   }
 
   private async tryOnce(index: ChunkIndex, run: Run, source: Source, priority: Priority, what: string, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Buffer>> {

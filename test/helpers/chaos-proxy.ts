@@ -14,6 +14,8 @@
  *   blob (what Debian's docker-registry does in pull-through proxy mode);
  * - `corrupt()`: flip bytes of blob bodies (every `stride`-th byte, XOR 0xff), keeping their length;
  * - `delay(ms)`: hold every matching answer back for `ms`;
+ * - `stall(count)`: accept the next `count` matching requests (or all) and never answer them (the
+ *   connection stays open until `stop()` or `refuse()`): a registry that hangs;
  * - `refuse()` / `accept()`: stop listening (connections are refused: the registry is down) and
  *   listen again on the same port.
  *
@@ -23,7 +25,7 @@
 import { createServer, request as httpRequest, Agent, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 
-export type ChaosFault = 'status' | 'drop' | 'ignore-range' | 'corrupt';
+export type ChaosFault = 'status' | 'drop' | 'ignore-range' | 'corrupt' | 'stall';
 /** Which requests a fault applies to. */
 export type ChaosMatch = 'blobs' | 'manifests' | 'any';
 
@@ -56,6 +58,8 @@ export interface ChaosProxy {
   corrupt(on?: boolean, opts?: { stride?: number }): void;
   /** Hold matching answers back for `ms` (0 turns it off). */
   delay(ms: number, match?: ChaosMatch): void;
+  /** Never answer the next `count` matching requests (or all): the connection just hangs. */
+  stall(count: number | 'all', match?: ChaosMatch): void;
   /** Stop listening and cut every open connection: new connections are refused. */
   refuse(): Promise<void>;
   /** Listen again on the same port. */
@@ -104,6 +108,7 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
   let rangeIgnored = false;
   let corruption: { stride: number } | undefined;
   let delayed: { ms: number; match: ChaosMatch } | undefined;
+  let stalling: Counted | undefined;
   let port = 0;
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
@@ -118,6 +123,12 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
     });
 
     if (delayed && delayed.ms > 0 && matches(delayed.match, kind)) await new Promise((r) => setTimeout(r, delayed?.ms ?? 0));
+
+    if (take(stalling, kind)) {
+      record.faults.push('stall');
+      req.resume();
+      return; // no answer, ever: the socket stays open until the proxy refuses or stops
+    }
 
     if (take(failing, kind)) {
       const f = failing as NonNullable<typeof failing>;
@@ -171,7 +182,7 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
           return;
         }
         res.writeHead(up.statusCode ?? 502, outHeaders);
-        res.end(method === 'HEAD' ? undefined : body);
+        res.end(body); // only GETs are buffered
       });
     });
     upstream.on('error', () => {
@@ -222,6 +233,7 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
       rangeIgnored = false;
       corruption = undefined;
       delayed = undefined;
+      stalling = undefined;
     },
     fail(count, o = {}) {
       failing = { left: count, match: o.match ?? 'any', status: o.status ?? 503, ...(o.retryAfter !== undefined ? { retryAfter: o.retryAfter } : {}) };
@@ -237,6 +249,9 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
     },
     delay(ms, match = 'blobs') {
       delayed = ms > 0 ? { ms, match } : undefined;
+    },
+    stall(count, match = 'blobs') {
+      stalling = { left: count, match };
     },
     refuse: closeServer,
     async accept() {

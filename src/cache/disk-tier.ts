@@ -222,11 +222,7 @@ export class DiskTier {
       if (!isDiskFull(err)) throw new SlipwayError('IO_ERROR', `writing cache chunk ${digestHex}: ${(err as Error).message}`, { cause: err });
       const { bytes } = this.totals();
       this.opts.logger.warn('cache disk full; evicting', { usedBytes: bytes });
-      try {
-        this.evictTo(Math.floor(bytes * this.opts.lowWatermark));
-      } catch (evictErr) {
-        if (!isDiskFull(evictErr)) throw evictErr;
-      }
+      this.makeRoom(bytes);
       try {
         this.writeFile(digestHex, data);
       } catch (err2) {
@@ -235,7 +231,14 @@ export class DiskTier {
       }
     }
     try {
-      this.stmts.upsert.run(digestHex, data.byteLength, Date.now());
+      try {
+        this.stmts.upsert.run(digestHex, data.byteLength, Date.now());
+      } catch (err) {
+        if (!isDiskFull(err)) throw err;
+        // the WAL is what filled the disk: make room, fold the WAL back, try the row once more
+        this.makeRoom(this.totals().bytes);
+        this.stmts.upsert.run(digestHex, data.byteLength, Date.now());
+      }
     } catch (err) {
       if (!isDiskFull(err)) throw err;
       // no room for the row: drop the file too (a file without a row is a stray) and serve uncached
@@ -245,6 +248,23 @@ export class DiskTier {
     }
     if (this.totals().bytes > this.opts.budgetBytes) this.evictTo(Math.floor(this.opts.budgetBytes * this.opts.lowWatermark));
     return true;
+  }
+
+  /**
+   * On a full file system: evict to the low watermark of what is used, then checkpoint the WAL
+   * with TRUNCATE (on a small disk an unchecked WAL is what eats the room eviction gave back).
+   */
+  private makeRoom(usedBytes: number): void {
+    try {
+      this.evictTo(Math.floor(usedBytes * this.opts.lowWatermark));
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+    }
+    try {
+      this.db.pragma('wal_checkpoint(TRUNCATE)');
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+    }
   }
 
   private writeFile(digestHex: string, data: Buffer): void {

@@ -34,6 +34,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -766,6 +767,45 @@ static pid_t spawn(struct init_state *st, char *const argv[], int quiet)
 	return pid;
 }
 
+/*
+ * udev's job, done here because there is no udev: /dev/virtio-ports/<name> links to the
+ * /dev/vportNpM node of each named virtio-serial port (the agent opens its port by name).
+ */
+static void link_virtio_ports(void)
+{
+	DIR *dir = opendir("/sys/class/virtio-ports");
+	if (!dir)
+		return;
+	if (mkdir_p("/dev/virtio-ports", 0755) < 0) {
+		say("mkdir /dev/virtio-ports: %s", strerror(errno));
+		closedir(dir);
+		return;
+	}
+	struct dirent *de;
+	while ((de = readdir(dir)) != NULL) {
+		if (de->d_name[0] == '.' || strlen(de->d_name) > 64)
+			continue;
+		char path[PATH_MAX];
+		char name[128];
+		snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", de->d_name);
+		ssize_t n = read_file(path, name, sizeof name - 1);
+		if (n <= 0)
+			continue;
+		while (n > 0 && (name[n - 1] == '\n' || name[n - 1] == '\0'))
+			n--;
+		name[n] = '\0';
+		if (n == 0 || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+			continue;
+		char link[PATH_MAX];
+		char target[PATH_MAX];
+		snprintf(link, sizeof link, "/dev/virtio-ports/%s", name);
+		snprintf(target, sizeof target, "../%s", de->d_name);
+		if (symlink(target, link) < 0 && errno != EEXIST)
+			say("symlink %s: %s", link, strerror(errno));
+	}
+	closedir(dir);
+}
+
 static void start_agent(struct init_state *st)
 {
 	char *argv[] = { (char *)AGENT_PATH, NULL };
@@ -820,10 +860,15 @@ static void power_off(int reboot_instead)
 {
 	sync();
 	kill(-1, SIGTERM);
-	for (int i = 0; i < 100; i++) { /* up to 1 s for processes to leave */
-		while (waitpid(-1, NULL, WNOHANG) > 0) {
+	/*
+	 * Up to 1 s for processes to leave. Every user process is init's descendant (orphans are
+	 * reparented to it), so ECHILD means none is left; kill(-1, 0) would count kernel threads.
+	 */
+	for (int i = 0; i < 100; i++) {
+		pid_t r;
+		while ((r = waitpid(-1, NULL, WNOHANG)) > 0) {
 		}
-		if (kill(-1, 0) < 0 && errno == ESRCH)
+		if (r < 0 && errno == ECHILD)
 			break;
 		struct timespec ts = { 0, 10 * 1000 * 1000 };
 		nanosleep(&ts, NULL);
@@ -887,6 +932,7 @@ int main(int argc, char **argv)
 	apply_sysctls(&st->cfg);
 	configure_network(&st->cfg);
 	mark(st, "network");
+	link_virtio_ports();
 	start_agent(st);
 	mark(st, "agent_started");
 	write_phases(st);

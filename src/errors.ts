@@ -40,6 +40,8 @@ export const ERROR_CODES = {
   BUILD_FAILED: 'building the kernel, init, agent or a root disk failed',
   VM_BOOT_FAILED: 'the virtual machine did not boot to its agent',
   VMM_ERROR: 'the virtual machine monitor failed',
+  AGENT_ERROR: 'the guest agent reported an error',
+  AGENT_PROTOCOL: 'the guest agent sent a malformed frame',
   // local resources
   IO_ERROR: 'a local file operation failed',
   ABORTED: 'the operation was cancelled',

@@ -1,6 +1,7 @@
 import { SlipwayError } from '../errors.js';
 import { cacheCommand, readCommand } from './cache-commands.js';
 import { guestCommand, kernelCommand, rootfsCommand } from './guest-commands.js';
+import { runCommand } from './run-command.js';
 import { copyCommand, inspectCommand, pullCommand, pushCommand, type CommandIO } from './disk-commands.js';
 
 const USAGE = `slipway: OCI-backed disks for microVMs
@@ -20,6 +21,8 @@ usage: slipway <command> [options]
   guest build [--json]      build the initramfs holding slipway's init and agent
   rootfs build --from busybox|debian|<image> -o <file>
                             make a root disk image
+  run --disk <raw-file> [--hostname H] [--env K=V] [--cpus N] [--memory M] [--net none|user] -- <cmd...>
+                            boot a VM from a disk, run a command in it, exit with its status
 
 references: oci:<dir>[:tag|@digest] (an OCI image layout) or host[:port]/repo[:tag|@digest]
 common options: --plain-http, --progress=auto|json|tty|none, --cache-dir DIR (or SLIPWAY_CACHE_DIR)
@@ -37,6 +40,7 @@ const COMMANDS: Record<string, Command> = {
   kernel: kernelCommand,
   guest: guestCommand,
   rootfs: rootfsCommand,
+  run: runCommand,
 };
 
 export async function main(argv: string[], io: CommandIO = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {

@@ -1,0 +1,126 @@
+/**
+ * Run one command in a fresh VM and tear everything down: the engine behind `slipway run`.
+ * Phases are timed (`--timings`); the VM, its sockets and its work directory are removed on every
+ * path out, including a failed boot and SIGINT.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { SlipwayError } from '../errors.js';
+import { AgentClient, waitForAgent } from '../guest/agent-client.js';
+import { renderBootConfig, type BootConfig } from '../guest/boot-config.js';
+import { buildGuest, buildKernel } from '../guest/build.js';
+import type { DiskSpec, NetSpec, RunningVm, VmmDriver } from './driver.js';
+import { QemuDriver } from './qemu.js';
+
+export interface RunOptions {
+  disks: DiskSpec[];
+  argv: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  hostname?: string;
+  cpus?: number;
+  memoryMiB?: number;
+  net?: NetSpec;
+  driver?: VmmDriver;
+  /** seconds the guest has to reach its agent (TCG is slow) */
+  bootTimeoutMs?: number;
+  keep?: boolean;
+  stdout?: (data: Buffer) => void;
+  stderr?: (data: Buffer) => void;
+  stdin?: NodeJS.ReadableStream;
+  signal?: AbortSignal;
+  /** extra boot config (disks, services, sysctls) */
+  bootConfig?: Partial<BootConfig>;
+  onPhase?: (name: string, ms: number) => void;
+  /** kept for `--keep`: called with the running VM and its work directory before teardown is skipped */
+  onKept?: (info: { workDir: string; pid: number }) => void;
+}
+
+export interface RunResult {
+  exitCode: number;
+  signal: number;
+  phasesMs: Record<string, number>;
+  guestPhasesMs: Record<string, number>;
+  accel: 'kvm' | 'tcg';
+}
+
+const USER_NET: BootConfig['net'] = [{ name: 'eth0', address: '10.0.2.15/24', gateway: '10.0.2.2' }];
+
+export async function runInVm(opts: RunOptions): Promise<RunResult> {
+  const phases: Record<string, number> = {};
+  let last = Date.now();
+  const phase = (name: string): void => {
+    const now = Date.now();
+    phases[name] = now - last;
+    opts.onPhase?.(name, now - last);
+    last = now;
+  };
+  const kernel = await buildKernel();
+  const guest = await buildGuest();
+  phase('artifacts');
+  const workDir = await mkdtemp(join(tmpdir(), 'slipway-vm-'));
+  const id = randomBytes(4).toString('hex');
+  const net = opts.net ?? { mode: 'none' };
+  const bootConfig = renderBootConfig({
+    hostname: opts.hostname ?? `vm-${id}`,
+    ...(net.mode === 'user' ? { net: USER_NET, dns: ['10.0.2.3'] } : {}),
+    ...(opts.env ? { env: opts.env } : {}),
+    ...opts.bootConfig,
+  });
+  const driver = opts.driver ?? new QemuDriver();
+  let vm: RunningVm | undefined;
+  let client: AgentClient | undefined;
+  let kept = false;
+  const abort = (): void => {
+    void vm?.kill(500);
+  };
+  opts.signal?.addEventListener('abort', abort, { once: true });
+  try {
+    vm = await driver.start({
+      id, workDir, cpus: opts.cpus ?? 1, memoryMiB: opts.memoryMiB ?? 512, kernel, initramfs: guest.initramfs,
+      disks: opts.disks, bootConfig, net, console: true,
+    });
+    phase('vmm_started');
+    const running = vm;
+    const booted = waitForAgent(async () => new AgentClient(await running.connectAgent()), opts.bootTimeoutMs ?? 180_000);
+    const outcome = await Promise.race([booted.then((c) => ({ client: c })), vm.exited.then((e) => ({ exit: e }))]);
+    if ('exit' in outcome) {
+      booted.catch(() => undefined);
+      if (opts.signal?.aborted) throw new SlipwayError('ABORTED', 'run interrupted');
+      throw new SlipwayError('VM_BOOT_FAILED', `the VM stopped before its agent answered (qemu exit ${outcome.exit.code ?? outcome.exit.signal}); console:\n${vm.consoleTail(3000).trim()}`);
+    }
+    client = outcome.client;
+    const pong = await client.ping();
+    phase('agent_ready');
+    const guestPhasesMs = Object.fromEntries(Object.entries(pong.phases).map(([k, ns]) => [k, ns / 1e6]));
+    const result = await client.exec(opts.argv, {
+      ...(opts.env ? { env: Object.entries({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...opts.env }).map(([k, v]) => `${k}=${v}`) } : {}),
+      ...(opts.cwd ? { cwd: opts.cwd } : {}),
+      ...(opts.stdin ? { stdin: opts.stdin as unknown as import('node:stream').Readable } : {}),
+      ...(opts.stdout ? { onStdout: opts.stdout } : {}),
+      ...(opts.stderr ? { onStderr: opts.stderr } : {}),
+    });
+    phase('exec');
+    if (opts.keep) {
+      kept = true;
+      opts.onKept?.({ workDir, pid: vm.pid });
+    }
+    return { exitCode: result.exitCode, signal: result.signal, phasesMs: phases, guestPhasesMs, accel: vm.accel };
+  } finally {
+    opts.signal?.removeEventListener('abort', abort);
+    if (!kept) {
+      if (client && vm) {
+        await client.shutdown(false).catch(() => undefined);
+        const exited = await Promise.race([vm.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000))]);
+        if (!exited) await vm.kill();
+      } else if (vm) {
+        await vm.kill(500);
+      }
+      client?.close();
+      await rm(workDir, { recursive: true, force: true });
+      phase('teardown');
+    }
+  }
+}

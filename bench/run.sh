@@ -4,7 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-all=(chunk-size push-pull cache)
+# peers the benchmarks measure against (not needed by the tests)
+for p in linux-image-cloud-amd64 fio; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null; }
+done
+all=(chunk-size push-pull cache boot)
 for b in "${@:-${all[@]}}"; do
   npx tsx "bench/$b.ts"
 done

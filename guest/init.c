@@ -32,6 +32,7 @@
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <dirent.h>
@@ -204,6 +205,31 @@ static void mount_or_die(const char *src, const char *target, const char *type, 
 		die("mkdir %s: %s", target, strerror(errno));
 	if (mount(src, target, type, flags, data) < 0 && errno != EBUSY)
 		die("mount %s on %s (%s): %s", src, target, type, strerror(errno));
+}
+
+/*
+ * Kernel modules shipped in the initramfs under /slipway/modules, loaded in name order (the
+ * builder numbers them in dependency order). slipway's own kernel has everything built in and
+ * ships none; a distribution kernel (Debian's cloud kernel) needs its virtio drivers this way.
+ */
+static void load_modules(void)
+{
+	struct dirent **names = NULL;
+	int n = scandir("/slipway/modules", &names, NULL, alphasort);
+	if (n < 0)
+		return;
+	for (int i = 0; i < n; i++) {
+		char path[PATH_MAX];
+		if (names[i]->d_name[0] != '.' && snprintf(path, sizeof path, "/slipway/modules/%s", names[i]->d_name) < (int)sizeof path) {
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0 || (syscall(SYS_finit_module, fd, "", 0) < 0 && errno != EEXIST))
+				say("loading module %s: %s", names[i]->d_name, strerror(errno));
+			if (fd >= 0)
+				close(fd);
+		}
+		free(names[i]);
+	}
+	free(names);
 }
 
 /* ---------- config ---------- */
@@ -920,6 +946,7 @@ int main(int argc, char **argv)
 		say("mount /dev/shm: %s", strerror(errno));
 	if (mkdir_p("/run/slipway", 0755) < 0)
 		die("mkdir /run/slipway: %s", strerror(errno));
+	load_modules();
 	mark(st, "mounts");
 
 	load_config(&st->cfg);

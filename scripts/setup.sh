@@ -7,7 +7,16 @@ cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
-DEB_PACKAGES=(docker-registry skopeo zstd e2fsprogs curl apache2-utils python3 make g++)
+DEB_PACKAGES=(
+  # registries and OCI tools for tests
+  docker-registry skopeo apache2-utils curl
+  # native builds: node addons, the static guest init and agent, sanitizer builds of C for tests
+  python3 make g++ gcc libc6-dev clang libclang-rt-14-dev
+  # the guest kernel from Debian's source package
+  linux-source-6.1 bc bison flex libelf-dev libssl-dev xz-utils cpio
+  # images and guests
+  zstd e2fsprogs erofs-utils busybox-static qemu-system-x86 qemu-utils debootstrap util-linux
+)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -32,3 +41,8 @@ fi
 
 say "building TypeScript"
 npx tsc -p tsconfig.json
+
+# The guest kernel (cached in ~/.cache/slipway/kernel: minutes the first time, instant after),
+# then slipway-init and the agent in their initramfs.
+node bin/slipway.js kernel build --json >/dev/null
+node bin/slipway.js guest build --json >/dev/null

@@ -92,16 +92,29 @@ export async function buildGuest(opts: { onLine?: (line: string) => void } = {})
   await mkdir(dir, { recursive: true });
   opts.onLine?.(`guest: building init and agent into ${dir}`);
   await run('make', ['-s', '-C', join(PROJECT_ROOT, 'guest'), `OUT=${dir}`, `${dir}/slipway-init`, `${dir}/slipway-agent`], { what: 'guest build', ...(opts.onLine ? { onLine: opts.onLine } : {}) });
+  await writeFileAtomic(initramfs, initramfsImage(init, agent, []));
+  opts.onLine?.(`guest: initramfs ${initramfs}`);
+  return { initramfs, init, agent };
+}
+
+/**
+ * The initramfs: init, the agent, the directories init mounts on, /dev/console (the kernel opens
+ * it before init runs; devtmpfs is mounted over /dev afterwards), and optional kernel modules that
+ * init loads in order (for distribution kernels; slipway's kernel needs none).
+ */
+export function initramfsImage(init: string, agent: string, modules: string[]): Buffer {
   const dirEntry = (path: string): CpioEntry => ({ path, mode: S_IFDIR | 0o755 });
   const entries: CpioEntry[] = [
     ...['dev', 'proc', 'sys', 'run', 'tmp', 'newroot', 'slipway'].map(dirEntry),
-    // the kernel opens /dev/console before init runs; devtmpfs is mounted over /dev afterwards
     { path: 'dev/console', mode: S_IFCHR | 0o600, rdevMajor: 5, rdevMinor: 1 },
     { path: 'dev/null', mode: S_IFCHR | 0o666, rdevMajor: 1, rdevMinor: 3 },
     { path: 'init', mode: S_IFREG | 0o755, data: readFileSync(init) },
     { path: 'slipway/agent', mode: S_IFREG | 0o755, data: readFileSync(agent) },
   ];
-  await writeFileAtomic(initramfs, buildCpio(entries));
-  opts.onLine?.(`guest: initramfs ${initramfs}`);
-  return { initramfs, init, agent };
+  if (modules.length > 0) entries.push(dirEntry('slipway/modules'));
+  modules.forEach((m, i) => {
+    const name = m.split('/').at(-1) ?? m;
+    entries.push({ path: `slipway/modules/${String(i).padStart(3, '0')}-${name}`, mode: S_IFREG | 0o644, data: readFileSync(m) });
+  });
+  return buildCpio(entries);
 }

@@ -1,0 +1,122 @@
+/**
+ * Boot to agent-ready under QEMU (TCG here, KVM where it works), medians of several runs:
+ *  A. slipway's minimal kernel + slipway-init + a busybox root;
+ *  B. Debian's cloud kernel + the same init (its virtio drivers loaded from the initramfs) + the same root;
+ *  C. Debian's cloud kernel + Debian's initrd + a debootstrap root booting systemd, with the agent
+ *     as a systemd service (the seed article's starting point).
+ * "Ready" is the agent answering a PING on its virtio-serial port; the clock starts before QEMU is spawned.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
+import { renderBootConfig } from '../src/guest/boot-config.js';
+import { buildGuest, buildKernel, initramfsImage } from '../src/guest/build.js';
+import { buildRootfs, makeExt4 } from '../src/guest/rootfs.js';
+import { QemuDriver } from '../src/vmm/qemu.js';
+import { BENCH_DIR, median, report, timed, type Row } from './lib.js';
+
+const RUNS = Number(process.env.SLIPWAY_BENCH_RUNS ?? 5);
+const SYSTEMD_RUNS = Number(process.env.SLIPWAY_BENCH_SYSTEMD_RUNS ?? 3);
+
+function debianCloudKernel(): { version: string; vmlinuz: string; initrd: string } {
+  const v = readdirSync('/boot').find((f) => /^vmlinuz-.*-cloud-amd64$/.test(f));
+  if (!v) throw new Error('Debian cloud kernel not installed: apt-get install linux-image-cloud-amd64');
+  const version = v.slice('vmlinuz-'.length);
+  return { version, vmlinuz: join('/boot', v), initrd: join('/boot', `initrd.img-${version}`) };
+}
+
+function moduleFiles(version: string, names: string[]): string[] {
+  return names.map((n) => execFileSync('modinfo', ['-k', version, '-F', 'filename', n], { encoding: 'utf8' }).trim());
+}
+
+async function systemdRoot(agent: string): Promise<string> {
+  const img = join(BENCH_DIR, 'debian-systemd.img');
+  if (existsSync(img)) return img;
+  const root = join(BENCH_DIR, 'debian-systemd-root');
+  rmSync(root, { recursive: true, force: true });
+  console.error('boot bench: debootstrap bookworm with systemd (a few minutes, once)');
+  execFileSync('debootstrap', ['--variant=minbase', '--include=systemd,systemd-sysv,udev,iproute2', 'bookworm', root, 'http://deb.debian.org/debian'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  execFileSync('cp', [agent, join(root, 'usr/local/bin/slipway-agent')]);
+  writeFileSync(join(root, 'etc/systemd/system/slipway-agent.service'), '[Unit]\nDescription=slipway agent\n\n[Service]\nExecStart=/usr/local/bin/slipway-agent\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n');
+  mkdirSync(join(root, 'etc/systemd/system/multi-user.target.wants'), { recursive: true });
+  execFileSync('ln', ['-sf', '/etc/systemd/system/slipway-agent.service', join(root, 'etc/systemd/system/multi-user.target.wants/slipway-agent.service')]);
+  writeFileSync(join(root, 'etc/fstab'), '/dev/vda / ext4 rw,relatime 0 1\n');
+  writeFileSync(join(root, 'etc/hostname'), 'debian\n');
+  await makeExt4(root, img, 1 << 30);
+  rmSync(root, { recursive: true, force: true });
+  return img;
+}
+
+interface Boot {
+  readyMs: number;
+  phasesMs: Record<string, number>;
+}
+
+async function bootOnce(spec: { bzImage: string; initramfs: string; disk: string; cmdline?: string }): Promise<Boot> {
+  const workDir = mkdtempSync(join(tmpdir(), 'slipway-bootbench-'));
+  const driver = new QemuDriver();
+  const t0 = Date.now();
+  const vm = await driver.start({
+    id: 'bench', workDir, cpus: 1, memoryMiB: 1024, kernel: { bzImage: spec.bzImage, vmlinux: spec.bzImage }, initramfs: spec.initramfs,
+    disks: [{ kind: 'file', path: spec.disk, readOnly: false }], bootConfig: renderBootConfig({ hostname: 'bench' }), net: { mode: 'none' }, console: true,
+    ...(spec.cmdline ? { cmdline: spec.cmdline } : {}),
+  });
+  try {
+    const client = await waitForAgent(async () => new AgentClient(await vm.connectAgent()), 300_000);
+    const readyMs = Date.now() - t0;
+    const pong = await client.ping();
+    client.close();
+    return { readyMs, phasesMs: Object.fromEntries(Object.entries(pong.phases).map(([k, ns]) => [k, ns / 1e6])) };
+  } finally {
+    await vm.kill(200);
+    rmSync(workDir, { recursive: true, force: true });
+  }
+}
+
+async function series(name: string, runs: number, spec: Parameters<typeof bootOnce>[0]): Promise<Row & { readyMs: number }> {
+  const boots: Boot[] = [];
+  for (let i = 0; i < runs; i++) boots.push(await bootOnce(spec));
+  const ready = median(boots.map((b) => b.readyMs));
+  const phase = (k: string) => {
+    const xs = boots.map((b) => b.phasesMs[k]).filter((x): x is number => x !== undefined);
+    return xs.length ? median(xs) : undefined;
+  };
+  const initStart = phase('init_start');
+  const agentStarted = phase('agent_started');
+  return {
+    name,
+    readyMs: Math.round(ready),
+    kernelToInitMs: initStart !== undefined ? Math.round(initStart) : 'n/a',
+    initToAgentMs: initStart !== undefined && agentStarted !== undefined ? Math.round(agentStarted - initStart) : 'n/a',
+    rootMountedMs: phase('root_mounted') !== undefined ? Math.round((phase('root_mounted') as number) - (initStart as number)) : 'n/a',
+    runs,
+  };
+}
+
+async function main(): Promise<void> {
+  mkdirSync(BENCH_DIR, { recursive: true });
+  const kernel = await buildKernel();
+  const guest = await buildGuest();
+  const busybox = join(BENCH_DIR, 'busybox-root.img');
+  if (!existsSync(busybox)) await buildRootfs({ from: 'busybox', output: busybox });
+  const debian = debianCloudKernel();
+  const mods = moduleFiles(debian.version, ['virtio', 'virtio_ring', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_blk', 'virtio_console', 'qemu_fw_cfg']);
+  const modInitramfs = join(BENCH_DIR, 'initramfs-debian-modules.cpio');
+  writeFileSync(modInitramfs, initramfsImage(guest.init, guest.agent, mods));
+  const systemdImg = await systemdRoot(guest.agent);
+  const { ms: warmMs } = await timed(() => bootOnce({ bzImage: kernel.bzImage, initramfs: guest.initramfs, disk: busybox })); // warm page cache
+  console.error(`boot bench: warm-up boot ${Math.round(warmMs)} ms`);
+  const a = await series('A: slipway kernel + slipway-init (busybox root)', RUNS, { bzImage: kernel.bzImage, initramfs: guest.initramfs, disk: busybox });
+  const b = await series('B: Debian cloud kernel + slipway-init (same root)', RUNS, { bzImage: debian.vmlinuz, initramfs: modInitramfs, disk: busybox });
+  const c = await series('C: Debian cloud kernel + initrd + systemd (debootstrap root)', SYSTEMD_RUNS, { bzImage: debian.vmlinuz, initramfs: debian.initrd, disk: systemdImg, cmdline: 'root=/dev/vda rw' });
+  const accel = (await import('../src/vmm/qemu.js')).detectAccel();
+  report(`boot to agent-ready under QEMU ${accel.toUpperCase()} (q35, qboot, 1 vCPU, 1 GiB), medians`, [
+    { ...a, ratioToA: '1.00' },
+    { ...b, ratioToA: (b.readyMs / a.readyMs).toFixed(2) },
+    { ...c, ratioToA: (c.readyMs / a.readyMs).toFixed(2) },
+  ], 'boot');
+}
+
+await main();

@@ -1,0 +1,91 @@
+/**
+ * The daemon side of the miss protocol (docs/vhost-user-blk.md): slipway-blk sends FETCH n for a
+ * chunk that is not in tier 1; we get it there through the cache's tiers (verified) and answer.
+ * Requests from a connection are served concurrently; replies carry the chunk number.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { rm } from 'node:fs/promises';
+import { HOLE, type IndexEntry } from '../disk/format.js';
+import type { LazyDisk } from '../cache/lazy-disk.js';
+import type { Logger } from '../util/log.js';
+
+const REQ_MAGIC = 0x534c4651;
+const REP_MAGIC = 0x534c4652;
+const OP_FETCH = 1;
+const EIO = 5;
+const EINVAL = 22;
+const ENOSPC = 28;
+
+export interface MissServerStats {
+  requests: number;
+  failures: number;
+}
+
+export interface MissServer {
+  readonly stats: MissServerStats;
+  close(): Promise<void>;
+}
+
+function reply(sock: Socket, status: number, chunk: bigint): void {
+  const b = Buffer.alloc(16);
+  b.writeUInt32LE(REP_MAGIC, 0);
+  b.writeInt32LE(status, 4);
+  b.writeBigUInt64LE(chunk, 8);
+  if (!sock.destroyed) sock.write(b);
+}
+
+export async function startMissServer(path: string, disk: LazyDisk, logger: Logger, cacheHas: (hex: string) => boolean, cachePut: (hex: string, data: Buffer) => boolean): Promise<MissServer> {
+  const stats: MissServerStats = { requests: 0, failures: 0 };
+  const sockets = new Set<Socket>();
+  const { index } = disk.artifact;
+  const fetchChunk = async (n: number): Promise<number> => {
+    const e = index.map[n];
+    if (e === undefined || e === HOLE) return -EINVAL;
+    const hex = (index.entries[e] as IndexEntry).digest.toString('hex');
+    const data = await disk.readChunk(n);
+    // a chunk that came from memory may have no file (tier 1 was full): the backend reads files
+    if (!cacheHas(hex) && !cachePut(hex, data)) return -ENOSPC;
+    return 0;
+  };
+  const server: Server = createServer((sock) => {
+    sockets.add(sock);
+    let pending = Buffer.alloc(0);
+    sock.on('data', (d: Buffer) => {
+      pending = Buffer.concat([pending, d]);
+      while (pending.length >= 16) {
+        const msg = pending.subarray(0, 16);
+        pending = pending.subarray(16);
+        const chunk = msg.readBigUInt64LE(8);
+        if (msg.readUInt32LE(0) !== REQ_MAGIC || msg.readUInt32LE(4) !== OP_FETCH || chunk >= BigInt(index.chunkCount)) {
+          logger.warn('malformed miss request from the backend; closing its connection');
+          sock.destroy();
+          return;
+        }
+        stats.requests++;
+        fetchChunk(Number(chunk)).then(
+          (status) => reply(sock, status, chunk),
+          (err: unknown) => {
+            stats.failures++;
+            logger.warn('chunk fetch for the backend failed', { disk: disk.reference, chunk: Number(chunk), error: (err as Error).message });
+            reply(sock, -EIO, chunk);
+          },
+        );
+      }
+    });
+    sock.on('error', () => undefined);
+    sock.on('close', () => sockets.delete(sock));
+  });
+  await rm(path, { force: true });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve());
+  });
+  return {
+    stats,
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await rm(path, { force: true });
+    },
+  };
+}

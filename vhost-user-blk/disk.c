@@ -1,0 +1,456 @@
+#include "disk.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "virtq.h"
+
+#define MAP_MAGIC "SLWYMAP1"
+#define MAP_HEADER 32
+#define MAP_ENTRY 33
+#define DIRTY_MAGIC "SLWYDRT1"
+#define DIRTY_HEADER 32
+
+static int fail(char *err, size_t errlen, const char *fmt, const char *a, int e)
+{
+	snprintf(err, errlen, fmt, a, e ? strerror(e) : "");
+	return -1;
+}
+
+static uint64_t chunk_len(const struct vub_disk *d, uint64_t n)
+{
+	uint64_t start = n << d->chunk_log2;
+	return d->size - start < d->chunk_size ? d->size - start : d->chunk_size;
+}
+
+bool vub_disk_is_dirty(const struct vub_disk *d, uint64_t chunk)
+{
+	if (!d->has_overlay || chunk >= d->nchunks)
+		return false;
+	return (__atomic_load_n(&d->dirty[chunk / 8], __ATOMIC_ACQUIRE) >> (chunk % 8)) & 1;
+}
+
+static void set_dirty(struct vub_disk *d, uint64_t chunk)
+{
+	__atomic_fetch_or(&d->dirty[chunk / 8], (uint8_t)(1u << (chunk % 8)), __ATOMIC_RELEASE);
+	d->dirty_changed = true;
+}
+
+static int load_map(struct vub_disk *d, const char *path, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return fail(err, errlen, "disk map %s: %s", path, errno);
+	struct stat sb;
+	if (fstat(fd, &sb) < 0 || sb.st_size < MAP_HEADER) {
+		close(fd);
+		return fail(err, errlen, "disk map %s: too short%s", path, 0);
+	}
+	void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED)
+		return fail(err, errlen, "disk map %s: mmap: %s", path, errno);
+	const uint8_t *p = m;
+	uint32_t version, log2;
+	uint64_t size, count;
+	memcpy(&version, p + 8, 4);
+	memcpy(&log2, p + 12, 4);
+	memcpy(&size, p + 16, 8);
+	memcpy(&count, p + 24, 8);
+	d->map_mmap = m;
+	d->map_len = (size_t)sb.st_size;
+	if (memcmp(p, MAP_MAGIC, 8) != 0 || version != 1)
+		return fail(err, errlen, "disk map %s: bad magic or version%s", path, 0);
+	if (log2 < 12 || log2 > 26 || size == 0 || size % 512 != 0 || size > (1ull << 50))
+		return fail(err, errlen, "disk map %s: bad chunk size or disk size%s", path, 0);
+	uint64_t want = (size + (1ull << log2) - 1) >> log2;
+	if (count != want || (uint64_t)sb.st_size != MAP_HEADER + count * MAP_ENTRY)
+		return fail(err, errlen, "disk map %s: chunk count or length does not match its header%s", path, 0);
+	for (uint64_t i = 0; i < count; i++)
+		if (p[MAP_HEADER + i * MAP_ENTRY] > 1)
+			return fail(err, errlen, "disk map %s: bad chunk flags%s", path, 0);
+	d->size = size;
+	d->chunk_log2 = log2;
+	d->chunk_size = 1ull << log2;
+	d->nchunks = count;
+	d->map = p + MAP_HEADER;
+	return 0;
+}
+
+static int open_overlay(struct vub_disk *d, const char *dir, char *err, size_t errlen)
+{
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return fail(err, errlen, "overlay %s: %s", dir, errno);
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/data", dir);
+	d->ov_data_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (d->ov_data_fd < 0)
+		return fail(err, errlen, "overlay data %s: %s", path, errno);
+	struct stat sb;
+	if (fstat(d->ov_data_fd, &sb) < 0 || ((uint64_t)sb.st_size != d->size && ftruncate(d->ov_data_fd, (off_t)d->size) < 0))
+		return fail(err, errlen, "overlay data %s: %s", path, errno);
+	snprintf(path, sizeof path, "%s/dirty", dir);
+	d->ov_dirty_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (d->ov_dirty_fd < 0)
+		return fail(err, errlen, "overlay bitmap %s: %s", path, errno);
+	d->dirty_bytes = (size_t)((d->nchunks + 7) / 8);
+	d->dirty = calloc(1, d->dirty_bytes ? d->dirty_bytes : 1);
+	if (!d->dirty)
+		return fail(err, errlen, "overlay bitmap %s: %s", path, ENOMEM);
+	uint8_t header[DIRTY_HEADER] = { 0 };
+	ssize_t got = pread(d->ov_dirty_fd, header, sizeof header, 0);
+	if (got == DIRTY_HEADER) {
+		uint32_t version, log2;
+		uint64_t size, count;
+		memcpy(&version, header + 8, 4);
+		memcpy(&log2, header + 12, 4);
+		memcpy(&size, header + 16, 8);
+		memcpy(&count, header + 24, 8);
+		if (memcmp(header, DIRTY_MAGIC, 8) != 0 || version != 1 || log2 != d->chunk_log2 || size != d->size || count != d->nchunks)
+			return fail(err, errlen, "overlay bitmap %s belongs to another disk%s", path, 0);
+		if (pread(d->ov_dirty_fd, d->dirty, d->dirty_bytes, DIRTY_HEADER) != (ssize_t)d->dirty_bytes)
+			return fail(err, errlen, "overlay bitmap %s is truncated%s", path, 0);
+	} else {
+		memcpy(header, DIRTY_MAGIC, 8);
+		uint32_t version = 1;
+		memcpy(header + 8, &version, 4);
+		memcpy(header + 12, &d->chunk_log2, 4);
+		memcpy(header + 16, &d->size, 8);
+		memcpy(header + 24, &d->nchunks, 8);
+		if (pwrite(d->ov_dirty_fd, header, sizeof header, 0) != DIRTY_HEADER || pwrite(d->ov_dirty_fd, d->dirty, d->dirty_bytes, DIRTY_HEADER) != (ssize_t)d->dirty_bytes ||
+		    fdatasync(d->ov_dirty_fd) < 0)
+			return fail(err, errlen, "overlay bitmap %s: %s", path, errno);
+	}
+	d->has_overlay = true;
+	return 0;
+}
+
+int vub_disk_open(struct vub_disk *d, const char *map_path, const char *chunk_dir, const char *overlay_dir, bool read_only, const char *serial, char *err, size_t errlen)
+{
+	memset(d, 0, sizeof *d);
+	d->chunk_dir_fd = d->ov_data_fd = d->ov_dirty_fd = -1;
+	pthread_mutex_init(&d->ov_lock, NULL);
+	d->read_only = read_only;
+	snprintf(d->serial, sizeof d->serial, "%s", serial ? serial : "slipway");
+	if (load_map(d, map_path, err, errlen) < 0)
+		return -1;
+	d->chunk_dir_fd = open(chunk_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (d->chunk_dir_fd < 0)
+		return fail(err, errlen, "chunk directory %s: %s", chunk_dir, errno);
+	d->fds = malloc(sizeof(int) * (size_t)d->nchunks);
+	if (!d->fds)
+		return fail(err, errlen, "chunk table: %s%s", "", ENOMEM);
+	for (uint64_t i = 0; i < d->nchunks; i++)
+		d->fds[i] = -1;
+	if (overlay_dir && !read_only && open_overlay(d, overlay_dir, err, errlen) < 0)
+		return -1;
+	return 0;
+}
+
+void vub_disk_close(struct vub_disk *d)
+{
+	if (d->has_overlay)
+		vub_disk_flush(d);
+	if (d->fds) {
+		for (uint64_t i = 0; i < d->nchunks; i++)
+			if (d->fds[i] >= 0)
+				close(d->fds[i]);
+		free(d->fds);
+	}
+	if (d->chunk_dir_fd >= 0)
+		close(d->chunk_dir_fd);
+	if (d->ov_data_fd >= 0)
+		close(d->ov_data_fd);
+	if (d->ov_dirty_fd >= 0)
+		close(d->ov_dirty_fd);
+	free(d->dirty);
+	if (d->map_mmap)
+		munmap(d->map_mmap, d->map_len);
+	pthread_mutex_destroy(&d->ov_lock);
+	memset(d, 0, sizeof *d);
+}
+
+static void close_all_cached(struct vub_disk *d)
+{
+	for (uint64_t i = 0; i < d->nchunks; i++) {
+		int fd = __atomic_exchange_n(&d->fds[i], -1, __ATOMIC_ACQ_REL);
+		if (fd >= 0)
+			close(fd);
+	}
+}
+
+/* The open chunk file of chunk n, or -ENOENT when it is not local. */
+static int chunk_fd(struct vub_disk *d, uint64_t n)
+{
+	int fd = __atomic_load_n(&d->fds[n], __ATOMIC_ACQUIRE);
+	if (fd >= 0)
+		return fd;
+	static const char hex[] = "0123456789abcdef";
+	const uint8_t *digest = d->map + n * MAP_ENTRY + 1;
+	char name[3 + 64 + 1];
+	name[0] = hex[digest[0] >> 4];
+	name[1] = hex[digest[0] & 15];
+	name[2] = '/';
+	for (int i = 0; i < 32; i++) {
+		name[3 + 2 * i] = hex[digest[i] >> 4];
+		name[3 + 2 * i + 1] = hex[digest[i] & 15];
+	}
+	name[67] = '\0';
+	fd = openat(d->chunk_dir_fd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 && errno == EMFILE) {
+		close_all_cached(d);
+		fd = openat(d->chunk_dir_fd, name, O_RDONLY | O_CLOEXEC);
+	}
+	if (fd < 0)
+		return -errno;
+	int expected = -1;
+	if (!__atomic_compare_exchange_n(&d->fds[n], &expected, fd, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+		close(fd); /* another queue thread opened it first */
+		return expected;
+	}
+	return fd;
+}
+
+void vub_disk_chunk_arrived(struct vub_disk *d, uint64_t chunk)
+{
+	(void)d;
+	(void)chunk; /* absent chunks are never cached as absent; the next open finds the file */
+}
+
+/* preadv/pwritev until every byte is done; a short read past a file's end fills zeros. */
+static int full_io(int fd, const struct iovec *iov, unsigned n, uint64_t off, uint64_t len, bool write, bool zero_past_eof)
+{
+	struct iovec local[VUB_CHAIN_IOV_MAX];
+	uint64_t done = 0;
+	while (done < len) {
+		int k = vub_iov_slice(iov, n, (size_t)done, (size_t)(len - done), local, VUB_CHAIN_IOV_MAX);
+		if (k < 0)
+			return -EINVAL;
+		ssize_t r = write ? pwritev(fd, local, k, (off_t)(off + done)) : preadv(fd, local, k, (off_t)(off + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0) {
+			if (write || !zero_past_eof)
+				return -EIO;
+			for (int i = 0; i < k; i++)
+				memset(local[i].iov_base, 0, local[i].iov_len);
+			return 0;
+		}
+		done += (uint64_t)r;
+	}
+	return 0;
+}
+
+static void zero_iov(const struct iovec *iov, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		memset(iov[i].iov_base, 0, iov[i].iov_len);
+}
+
+static int check_range(const struct vub_disk *d, uint64_t off, uint64_t len)
+{
+	if (off > d->size || len > d->size - off)
+		return -ERANGE;
+	return 0;
+}
+
+int vub_disk_readv(struct vub_disk *d, uint64_t off, const struct iovec *iov, unsigned n, uint64_t len, uint64_t *missing)
+{
+	int rc = check_range(d, off, len);
+	if (rc < 0)
+		return rc;
+	struct iovec piece[VUB_CHAIN_IOV_MAX];
+	uint64_t done = 0;
+	while (done < len) {
+		uint64_t pos = off + done;
+		uint64_t c = pos >> d->chunk_log2;
+		uint64_t in = pos - (c << d->chunk_log2);
+		uint64_t take = chunk_len(d, c) - in;
+		if (take > len - done)
+			take = len - done;
+		int k = vub_iov_slice(iov, n, (size_t)done, (size_t)take, piece, VUB_CHAIN_IOV_MAX);
+		if (k < 0)
+			return -EINVAL;
+		if (vub_disk_is_dirty(d, c)) {
+			rc = full_io(d->ov_data_fd, piece, (unsigned)k, pos, take, false, true);
+		} else if (d->map[c * MAP_ENTRY] == 0) {
+			zero_iov(piece, (unsigned)k);
+			rc = 0;
+		} else {
+			int fd = chunk_fd(d, c);
+			if (fd == -ENOENT) {
+				*missing = c;
+				return VUB_MISS;
+			}
+			rc = fd < 0 ? fd : full_io(fd, piece, (unsigned)k, in, take, false, false);
+		}
+		if (rc < 0)
+			return rc;
+		done += take;
+	}
+	return 0;
+}
+
+/* Make chunk c dirty with its current bytes in the overlay (caller holds ov_lock). */
+static int copy_up(struct vub_disk *d, uint64_t c, uint64_t *missing)
+{
+	uint64_t start = c << d->chunk_log2;
+	uint64_t len = chunk_len(d, c);
+	if (d->map[c * MAP_ENTRY] == 0) {
+		/* a hole: clear whatever an interrupted earlier copy-up left there */
+		if (fallocate(d->ov_data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)start, (off_t)len) < 0 && errno != EOPNOTSUPP)
+			return -errno;
+		return 0;
+	}
+	int fd = chunk_fd(d, c);
+	if (fd == -ENOENT) {
+		*missing = c;
+		return VUB_MISS;
+	}
+	if (fd < 0)
+		return fd;
+	uint64_t done = 0;
+	while (done < len) {
+		loff_t in = (loff_t)done;
+		loff_t out = (loff_t)(start + done);
+		ssize_t r = copy_file_range(fd, &in, d->ov_data_fd, &out, (size_t)(len - done), 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			/* no copy_file_range across these filesystems: copy through a buffer */
+			uint8_t buf[65536];
+			ssize_t got = pread(fd, buf, sizeof buf < len - done ? sizeof buf : (size_t)(len - done), (off_t)done);
+			if (got <= 0 || pwrite(d->ov_data_fd, buf, (size_t)got, (off_t)(start + done)) != got)
+				return got < 0 ? -errno : -EIO;
+			r = got;
+		}
+		done += (uint64_t)r;
+	}
+	return 0;
+}
+
+static int prepare_chunk_for_write(struct vub_disk *d, uint64_t c, uint64_t in, uint64_t take, uint64_t *missing)
+{
+	if (vub_disk_is_dirty(d, c))
+		return 0;
+	int rc = 0;
+	pthread_mutex_lock(&d->ov_lock);
+	if (!vub_disk_is_dirty(d, c)) {
+		bool whole = in == 0 && take == chunk_len(d, c);
+		if (!whole)
+			rc = copy_up(d, c, missing);
+		if (rc == 0)
+			set_dirty(d, c);
+	}
+	pthread_mutex_unlock(&d->ov_lock);
+	return rc;
+}
+
+int vub_disk_writev(struct vub_disk *d, uint64_t off, const struct iovec *iov, unsigned n, uint64_t len, uint64_t *missing)
+{
+	if (d->read_only || !d->has_overlay)
+		return -EROFS;
+	int rc = check_range(d, off, len);
+	if (rc < 0)
+		return rc;
+	struct iovec piece[VUB_CHAIN_IOV_MAX];
+	uint64_t done = 0;
+	while (done < len) {
+		uint64_t pos = off + done;
+		uint64_t c = pos >> d->chunk_log2;
+		uint64_t in = pos - (c << d->chunk_log2);
+		uint64_t take = chunk_len(d, c) - in;
+		if (take > len - done)
+			take = len - done;
+		int k = vub_iov_slice(iov, n, (size_t)done, (size_t)take, piece, VUB_CHAIN_IOV_MAX);
+		if (k < 0)
+			return -EINVAL;
+		/* write first, then mark: a whole-chunk write needs no copy-up, and a crash before the
+		 * flush leaves the chunk clean, as if the write never happened */
+		bool whole = in == 0 && take == chunk_len(d, c);
+		if (!whole) {
+			rc = prepare_chunk_for_write(d, c, in, take, missing);
+			if (rc != 0)
+				return rc;
+		}
+		rc = full_io(d->ov_data_fd, piece, (unsigned)k, pos, take, true, false);
+		if (rc < 0)
+			return rc;
+		if (whole && !vub_disk_is_dirty(d, c)) {
+			pthread_mutex_lock(&d->ov_lock);
+			set_dirty(d, c);
+			pthread_mutex_unlock(&d->ov_lock);
+		}
+		done += take;
+	}
+	return 0;
+}
+
+int vub_disk_zero(struct vub_disk *d, uint64_t off, uint64_t len, uint64_t *missing)
+{
+	if (d->read_only || !d->has_overlay)
+		return -EROFS;
+	int rc = check_range(d, off, len);
+	if (rc < 0)
+		return rc;
+	uint64_t done = 0;
+	while (done < len) {
+		uint64_t pos = off + done;
+		uint64_t c = pos >> d->chunk_log2;
+		uint64_t in = pos - (c << d->chunk_log2);
+		uint64_t take = chunk_len(d, c) - in;
+		if (take > len - done)
+			take = len - done;
+		bool whole = in == 0 && take == chunk_len(d, c);
+		if (!whole) {
+			rc = prepare_chunk_for_write(d, c, in, take, missing);
+			if (rc != 0)
+				return rc;
+		}
+		if (fallocate(d->ov_data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)pos, (off_t)take) < 0) {
+			if (errno != EOPNOTSUPP)
+				return -errno;
+			static const uint8_t zeros[65536];
+			for (uint64_t z = 0; z < take;) {
+				size_t w = take - z < sizeof zeros ? (size_t)(take - z) : sizeof zeros;
+				if (pwrite(d->ov_data_fd, zeros, w, (off_t)(pos + z)) != (ssize_t)w)
+					return -EIO;
+				z += w;
+			}
+		}
+		if (whole && !vub_disk_is_dirty(d, c)) {
+			pthread_mutex_lock(&d->ov_lock);
+			set_dirty(d, c);
+			pthread_mutex_unlock(&d->ov_lock);
+		}
+		done += take;
+	}
+	return 0;
+}
+
+int vub_disk_flush(struct vub_disk *d)
+{
+	if (!d->has_overlay)
+		return 0;
+	if (fdatasync(d->ov_data_fd) < 0)
+		return -errno;
+	pthread_mutex_lock(&d->ov_lock);
+	int rc = 0;
+	if (d->dirty_changed) {
+		d->dirty_changed = false;
+		if (pwrite(d->ov_dirty_fd, d->dirty, d->dirty_bytes, DIRTY_HEADER) != (ssize_t)d->dirty_bytes || fdatasync(d->ov_dirty_fd) < 0) {
+			rc = -EIO;
+			d->dirty_changed = true;
+		}
+	}
+	pthread_mutex_unlock(&d->ov_lock);
+	return rc;
+}

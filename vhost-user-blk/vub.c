@@ -1,0 +1,802 @@
+#include "vub.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include "blk.h"
+
+#define MISS_MAGIC_REQ 0x534C4651u
+#define MISS_MAGIC_REP 0x534C4652u
+#define MISS_OP_FETCH 1u
+/* how long GET_VRING_BASE waits for requests parked on misses before it fails them */
+#define STOP_DRAIN_MS 5000
+
+struct vub_parked {
+	struct vub_parked *next;
+	uint64_t chunk;
+	struct vub_chain chain;
+};
+
+int vub_log_min = 1; /* 0 debug, 1 info, 2 warn */
+
+void vub_log(const char *level, const char *fmt, ...)
+{
+	int rank = level[0] == 'd' ? 0 : level[0] == 'i' ? 1 : 2;
+	if (rank < vub_log_min)
+		return;
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	char escaped[1100];
+	size_t o = 0;
+	for (const char *p = msg; *p && o + 7 < sizeof escaped; p++) {
+		if (*p == '"' || *p == '\\') {
+			escaped[o++] = '\\';
+			escaped[o++] = *p;
+		} else if ((unsigned char)*p < 0x20) {
+			o += (size_t)snprintf(escaped + o, sizeof escaped - o, "\\u%04x", (unsigned char)*p);
+		} else {
+			escaped[o++] = *p;
+		}
+	}
+	escaped[o] = '\0';
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	fprintf(stderr, "{\"time\":%lld.%03ld,\"level\":\"%s\",\"component\":\"slipway-blk\",\"msg\":\"%s\"}\n", (long long)ts.tv_sec, ts.tv_nsec / 1000000, level, escaped);
+}
+
+static void close_fds(int *fds, unsigned nfds)
+{
+	for (unsigned i = 0; i < nfds; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
+uint64_t vub_offered_features(const struct vub_dev *dev)
+{
+	uint64_t f = (1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_RING_F_EVENT_IDX) | (1ull << VIRTIO_RING_F_INDIRECT_DESC) |
+		     (1ull << VHOST_USER_F_PROTOCOL_FEATURES) | (1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_BLK_SIZE) |
+		     (1ull << VIRTIO_BLK_F_FLUSH) | (1ull << VIRTIO_BLK_F_MQ);
+	if (dev->disk->read_only)
+		f |= 1ull << VIRTIO_BLK_F_RO;
+	else
+		f |= (1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES);
+	return f;
+}
+
+uint64_t vub_offered_protocol_features(void)
+{
+	return (1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) | (1ull << VHOST_USER_PROTOCOL_F_CONFIG);
+}
+
+void vub_dev_init(struct vub_dev *dev, struct vub_disk *disk, unsigned nqueues, const char *daemon_socket)
+{
+	memset(dev, 0, sizeof *dev);
+	dev->sock = -1;
+	dev->disk = disk;
+	dev->nqueues = nqueues;
+	dev->daemon_socket = daemon_socket;
+	for (unsigned i = 0; i < VUB_MAX_QUEUES; i++) {
+		struct vub_queue *q = &dev->q[i];
+		q->dev = dev;
+		q->index = i;
+		q->kick_fd = q->call_fd = q->err_fd = q->stop_fd = q->daemon_fd = -1;
+	}
+}
+
+/* ---------------- miss client ---------------- */
+
+static int daemon_connect(struct vub_queue *q)
+{
+	if (q->daemon_fd >= 0)
+		return 0;
+	if (!q->dev->daemon_socket)
+		return -1;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	if (strlen(q->dev->daemon_socket) >= sizeof addr.sun_path) {
+		close(fd);
+		return -1;
+	}
+	strcpy(addr.sun_path, q->dev->daemon_socket);
+	if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+		vub_log("warn", "queue %u: cannot reach the daemon at %s: %s", q->index, q->dev->daemon_socket, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	q->daemon_fd = fd;
+	q->reply_have = 0;
+	return 1;
+}
+
+static int send_fetch(struct vub_queue *q, uint64_t chunk)
+{
+	uint8_t msg[16];
+	uint32_t magic = MISS_MAGIC_REQ, op = MISS_OP_FETCH;
+	memcpy(msg, &magic, 4);
+	memcpy(msg + 4, &op, 4);
+	memcpy(msg + 8, &chunk, 8);
+	for (size_t sent = 0; sent < sizeof msg;) {
+		ssize_t n = send(q->daemon_fd, msg + sent, sizeof msg - sent, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		sent += (size_t)n;
+	}
+	return 0;
+}
+
+/* ---------------- queue processing ---------------- */
+
+static void notify(struct vub_queue *q, uint16_t old_used)
+{
+	if (q->ring.used_idx != old_used && q->call_fd >= 0 && vub_ring_need_notify(&q->ring, old_used)) {
+		if (eventfd_write(q->call_fd, 1) < 0)
+			vub_log("warn", "queue %u: call eventfd: %s", q->index, strerror(errno));
+	}
+}
+
+static bool chunk_requested(const struct vub_queue *q, uint64_t chunk)
+{
+	for (const struct vub_parked *p = q->parked; p; p = p->next)
+		if (p->chunk == chunk)
+			return true;
+	return false;
+}
+
+/* Run a request; park it when it needs a chunk; complete it otherwise. */
+static void run_request(struct vub_queue *q, const struct vub_chain *c)
+{
+	uint32_t used_len = 0;
+	uint64_t missing = 0;
+	int rc = vub_blk_execute(q->dev->disk, c, &used_len, &missing);
+	if (rc == VUB_MISS) {
+		q->misses++;
+		__atomic_fetch_add(&q->dev->stats.misses, 1, __ATOMIC_RELAXED);
+		bool already = chunk_requested(q, missing);
+		if (!already && (daemon_connect(q) < 0 || send_fetch(q, missing) < 0)) {
+			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
+			vub_ring_push(&q->ring, c->head, used_len);
+			return;
+		}
+		struct vub_parked *p = malloc(sizeof *p);
+		if (!p) {
+			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
+			vub_ring_push(&q->ring, c->head, used_len);
+			return;
+		}
+		p->chunk = missing;
+		p->chain = *c;
+		p->next = q->parked;
+		q->parked = p;
+		q->parked_count++;
+		return;
+	}
+	vub_ring_push(&q->ring, c->head, used_len);
+}
+
+static void process_ring(struct vub_queue *q)
+{
+	uint16_t old_used = q->ring.used_idx;
+	struct vub_chain *c = malloc(sizeof *c);
+	if (!c)
+		return;
+	for (;;) {
+		enum vub_pop r = vub_ring_pop(&q->ring, &q->dev->mem, c);
+		if (r == VUB_POP_EMPTY) {
+			vub_ring_set_avail_event(&q->ring);
+			if (vub_ring_has_work(&q->ring))
+				continue;
+			break;
+		}
+		if (r == VUB_POP_BROKEN) {
+			__atomic_fetch_add(&q->dev->stats.broken_rings, 1, __ATOMIC_RELAXED);
+			vub_log("warn", "queue %u: the driver broke the ring (bad avail index or head); queue stopped", q->index);
+			if (q->err_fd >= 0 && eventfd_write(q->err_fd, 1) < 0)
+				vub_log("warn", "queue %u: err eventfd: %s", q->index, strerror(errno));
+			break;
+		}
+		q->requests++;
+		__atomic_fetch_add(&q->dev->stats.requests, 1, __ATOMIC_RELAXED);
+		if (r == VUB_POP_BAD_CHAIN) {
+			__atomic_fetch_add(&q->dev->stats.bad_chains, 1, __ATOMIC_RELAXED);
+			uint32_t used_len = 0;
+			/* the chain walk stopped at the bad descriptor; what it mapped may lack a status byte */
+			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
+			vub_ring_push(&q->ring, c->head, used_len);
+			continue;
+		}
+		run_request(q, c);
+	}
+	free(c);
+	notify(q, old_used);
+}
+
+/* Requests parked on `chunk` run again (status < 0: the daemon could not get it: they fail). */
+static void resume_parked(struct vub_queue *q, uint64_t chunk, int status)
+{
+	uint16_t old_used = q->ring.used_idx;
+	struct vub_parked **pp = &q->parked;
+	struct vub_parked *ready = NULL;
+	while (*pp) {
+		struct vub_parked *p = *pp;
+		if (p->chunk == chunk || status == -ECONNRESET) {
+			*pp = p->next;
+			p->next = ready;
+			ready = p;
+			q->parked_count--;
+		} else {
+			pp = &p->next;
+		}
+	}
+	while (ready) {
+		struct vub_parked *p = ready;
+		ready = p->next;
+		if (status == 0) {
+			vub_disk_chunk_arrived(q->dev->disk, chunk);
+			run_request(q, &p->chain);
+		} else {
+			uint32_t used_len = 0;
+			vub_blk_fail(&p->chain, VIRTIO_BLK_S_IOERR, &used_len);
+			vub_ring_push(&q->ring, p->chain.head, used_len);
+		}
+		free(p);
+	}
+	notify(q, old_used);
+}
+
+static void read_replies(struct vub_queue *q)
+{
+	for (;;) {
+		ssize_t n = recv(q->daemon_fd, q->reply_buf + q->reply_have, sizeof q->reply_buf - q->reply_have, MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n <= 0) {
+			vub_log("warn", "queue %u: the daemon closed the miss connection; failing %u waiting requests", q->index, q->parked_count);
+			close(q->daemon_fd);
+			q->daemon_fd = -1;
+			resume_parked(q, 0, -ECONNRESET);
+			return;
+		}
+		q->reply_have += (unsigned)n;
+		if (q->reply_have < sizeof q->reply_buf)
+			continue;
+		q->reply_have = 0;
+		uint32_t magic;
+		int32_t status;
+		uint64_t chunk;
+		memcpy(&magic, q->reply_buf, 4);
+		memcpy(&status, q->reply_buf + 4, 4);
+		memcpy(&chunk, q->reply_buf + 8, 8);
+		if (magic != MISS_MAGIC_REP || chunk >= q->dev->disk->nchunks) {
+			vub_log("warn", "queue %u: malformed reply from the daemon; dropping the connection", q->index);
+			close(q->daemon_fd);
+			q->daemon_fd = -1;
+			resume_parked(q, 0, -ECONNRESET);
+			return;
+		}
+		resume_parked(q, chunk, status == 0 ? 0 : -EIO);
+	}
+}
+
+static void *queue_thread(void *arg)
+{
+	struct vub_queue *q = arg;
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	if (ep < 0) {
+		vub_log("warn", "queue %u: epoll_create1: %s", q->index, strerror(errno));
+		return NULL;
+	}
+	struct epoll_event ev = { .events = EPOLLIN, .data.fd = q->kick_fd };
+	epoll_ctl(ep, EPOLL_CTL_ADD, q->kick_fd, &ev);
+	ev.data.fd = q->stop_fd;
+	epoll_ctl(ep, EPOLL_CTL_ADD, q->stop_fd, &ev);
+	int watched_daemon = -1;
+	bool stopping = false;
+	uint64_t stop_deadline = 0;
+	process_ring(q); /* the driver may have queued requests before the kick fd arrived */
+	for (;;) {
+		if (q->daemon_fd != watched_daemon) {
+			if (watched_daemon >= 0)
+				epoll_ctl(ep, EPOLL_CTL_DEL, watched_daemon, NULL);
+			if (q->daemon_fd >= 0) {
+				ev.data.fd = q->daemon_fd;
+				epoll_ctl(ep, EPOLL_CTL_ADD, q->daemon_fd, &ev);
+			}
+			watched_daemon = q->daemon_fd;
+		}
+		if (stopping) {
+			struct timespec ts;
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+			if (q->parked_count == 0 || now >= stop_deadline) {
+				if (q->parked_count > 0) {
+					vub_log("warn", "queue %u: stopping with %u requests still waiting for chunks; failing them", q->index, q->parked_count);
+					resume_parked(q, 0, -ECONNRESET);
+				}
+				break;
+			}
+		}
+		struct epoll_event events[4];
+		int n = epoll_wait(ep, events, 4, stopping ? 50 : -1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			vub_log("warn", "queue %u: epoll_wait: %s", q->index, strerror(errno));
+			break;
+		}
+		for (int i = 0; i < n; i++) {
+			int fd = events[i].data.fd;
+			eventfd_t v;
+			if (fd == q->stop_fd) {
+				if (eventfd_read(q->stop_fd, &v) == 0 && !stopping) {
+					stopping = true;
+					struct timespec ts;
+					clock_gettime(CLOCK_MONOTONIC, &ts);
+					stop_deadline = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + STOP_DRAIN_MS;
+				}
+			} else if (fd == q->kick_fd) {
+				if (eventfd_read(q->kick_fd, &v) == 0 && !stopping)
+					process_ring(q);
+			} else if (fd == q->daemon_fd) {
+				read_replies(q);
+			}
+		}
+	}
+	close(ep);
+	return NULL;
+}
+
+static int start_queue(struct vub_dev *dev, struct vub_queue *q)
+{
+	if (q->started || q->kick_fd < 0 || !q->addr_set || q->num == 0 || dev->mem.n == 0)
+		return 0;
+	bool needs_enable = (dev->features >> VHOST_USER_F_PROTOCOL_FEATURES) & 1;
+	if (needs_enable && !q->enabled)
+		return 0;
+	uint16_t base = q->ring.last_avail;
+	if (vub_ring_map(&q->ring, &dev->mem, q->num, q->desc_uva, q->avail_uva, q->used_uva) < 0) {
+		vub_log("warn", "queue %u: ring addresses are not in guest memory", q->index);
+		return -1;
+	}
+	q->ring.last_avail = base;
+	q->ring.used_idx = __atomic_load_n(&q->ring.used->idx, __ATOMIC_ACQUIRE);
+	q->ring.event_idx = (dev->features >> VIRTIO_RING_F_EVENT_IDX) & 1;
+	q->ring.indirect = (dev->features >> VIRTIO_RING_F_INDIRECT_DESC) & 1;
+	q->stop_fd = eventfd(0, EFD_CLOEXEC);
+	if (q->stop_fd < 0)
+		return -1;
+	int rc = pthread_create(&q->thread, NULL, queue_thread, q);
+	if (rc != 0) {
+		vub_log("warn", "queue %u: pthread_create: %s", q->index, strerror(rc));
+		close(q->stop_fd);
+		q->stop_fd = -1;
+		return -1;
+	}
+	q->started = true;
+	vub_log("debug", "queue %u started (size %u, base %u)", q->index, q->num, base);
+	return 0;
+}
+
+static void stop_queue(struct vub_queue *q)
+{
+	if (!q->started)
+		return;
+	if (eventfd_write(q->stop_fd, 1) < 0)
+		vub_log("warn", "queue %u: stop eventfd: %s", q->index, strerror(errno));
+	pthread_join(q->thread, NULL);
+	close(q->stop_fd);
+	q->stop_fd = -1;
+	q->started = false;
+	if (q->daemon_fd >= 0) {
+		close(q->daemon_fd);
+		q->daemon_fd = -1;
+	}
+}
+
+static void replace_fd(int *slot, int fd)
+{
+	if (*slot >= 0)
+		close(*slot);
+	*slot = fd;
+}
+
+static void unmap_memory(struct vub_mem *m)
+{
+	for (unsigned i = 0; i < m->n; i++)
+		if (m->r[i].mmap_base)
+			munmap(m->r[i].mmap_base, m->r[i].mmap_len);
+	memset(m, 0, sizeof *m);
+}
+
+void vub_dev_reset(struct vub_dev *dev)
+{
+	for (unsigned i = 0; i < VUB_MAX_QUEUES; i++) {
+		struct vub_queue *q = &dev->q[i];
+		stop_queue(q);
+		replace_fd(&q->kick_fd, -1);
+		replace_fd(&q->call_fd, -1);
+		replace_fd(&q->err_fd, -1);
+		memset(&q->ring, 0, sizeof q->ring);
+		q->num = 0;
+		q->addr_set = q->enabled = false;
+	}
+	unmap_memory(&dev->mem);
+	dev->features = dev->protocol_features = 0;
+	dev->features_set = dev->owner = false;
+	vub_disk_flush(dev->disk);
+}
+
+/* ---------------- messages ---------------- */
+
+int vub_read_message(int sock, struct vhost_user_header *hdr, uint8_t *payload, int *fds, unsigned *nfds)
+{
+	char control[CMSG_SPACE(sizeof(int) * VUB_MAX_FDS)];
+	struct iovec iov = { .iov_base = hdr, .iov_len = sizeof *hdr };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control };
+	*nfds = 0;
+	ssize_t n;
+	do {
+		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+	} while (n < 0 && errno == EINTR);
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		int *got = (int *)(void *)CMSG_DATA(cm);
+		for (size_t i = 0; i < count; i++) {
+			if (*nfds < VUB_MAX_FDS)
+				fds[(*nfds)++] = got[i];
+			else
+				close(got[i]);
+		}
+	}
+	if (n == 0)
+		goto eof;
+	if (n < 0 || (size_t)n != sizeof *hdr || (msg.msg_flags & MSG_CTRUNC)) {
+		vub_log("warn", "short or truncated vhost-user message header (%zd bytes)", n);
+		goto bad;
+	}
+	if ((hdr->flags & VHOST_USER_VERSION_MASK) != VHOST_USER_VERSION || hdr->size > VUB_PAYLOAD_MAX) {
+		vub_log("warn", "vhost-user message %u: bad version or payload size %u", hdr->request, hdr->size);
+		goto bad;
+	}
+	for (size_t got = 0; got < hdr->size;) {
+		ssize_t m = recv(sock, payload + got, hdr->size - got, 0);
+		if (m < 0 && errno == EINTR)
+			continue;
+		if (m <= 0) {
+			vub_log("warn", "vhost-user message %u: payload cut short", hdr->request);
+			goto bad;
+		}
+		got += (size_t)m;
+	}
+	return 1;
+eof:
+	close_fds(fds, *nfds);
+	*nfds = 0;
+	return 0;
+bad:
+	close_fds(fds, *nfds);
+	*nfds = 0;
+	return -1;
+}
+
+static int send_reply(struct vub_dev *dev, const struct vhost_user_header *req, const void *payload, uint32_t size)
+{
+	struct vhost_user_header h = { .request = req->request, .flags = VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, .size = size };
+	struct iovec iov[2] = { { &h, sizeof h }, { (void *)payload, size } };
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = size ? 2 : 1 };
+	ssize_t n;
+	do {
+		n = sendmsg(dev->sock, &msg, MSG_NOSIGNAL);
+	} while (n < 0 && errno == EINTR);
+	if (n != (ssize_t)(sizeof h + size)) {
+		vub_log("warn", "replying to message %u: %s", req->request, n < 0 ? strerror(errno) : "short write");
+		return -1;
+	}
+	return 0;
+}
+
+static int reply_u64(struct vub_dev *dev, const struct vhost_user_header *req, uint64_t v)
+{
+	return send_reply(dev, req, &v, sizeof v);
+}
+
+/* payload size exactly as the request needs, or the message is malformed */
+static bool payload_is(const struct vhost_user_header *h, size_t want)
+{
+	if (h->size != want) {
+		vub_log("warn", "vhost-user message %u: payload of %u bytes, expected %zu", h->request, h->size, want);
+		return false;
+	}
+	return true;
+}
+
+static bool fd_count_is(const struct vhost_user_header *h, unsigned nfds, unsigned want)
+{
+	if (nfds != want) {
+		vub_log("warn", "vhost-user message %u: %u file descriptors, expected %u", h->request, nfds, want);
+		return false;
+	}
+	return true;
+}
+
+static struct vub_queue *queue_at(struct vub_dev *dev, uint32_t index, const struct vhost_user_header *h)
+{
+	if (index >= dev->nqueues) {
+		vub_log("warn", "vhost-user message %u: queue %u of %u", h->request, index, dev->nqueues);
+		return NULL;
+	}
+	return &dev->q[index];
+}
+
+static int handle_set_mem_table(struct vub_dev *dev, const struct vhost_user_header *h, const uint8_t *payload, int *fds, unsigned nfds)
+{
+	struct vhost_memory mem;
+	if (h->size < 8)
+		return -1;
+	memcpy(&mem, payload, 8);
+	if (mem.nregions == 0 || mem.nregions > VUB_MAX_REGIONS || h->size != 8 + mem.nregions * sizeof(struct vhost_memory_region) || nfds != mem.nregions) {
+		vub_log("warn", "SET_MEM_TABLE: %u regions with %u descriptors in %u bytes", mem.nregions, nfds, h->size);
+		return -1;
+	}
+	memcpy(mem.regions, payload + 8, mem.nregions * sizeof(struct vhost_memory_region));
+	struct vub_mem next = { 0 };
+	for (unsigned i = 0; i < mem.nregions; i++) {
+		const struct vhost_memory_region *r = &mem.regions[i];
+		uint64_t end;
+		if (r->memory_size == 0 || __builtin_add_overflow(r->mmap_offset, r->memory_size, &end) || end > SIZE_MAX ||
+		    r->guest_phys_addr + r->memory_size < r->guest_phys_addr || r->userspace_addr + r->memory_size < r->userspace_addr) {
+			vub_log("warn", "SET_MEM_TABLE: region %u has an impossible size or offset", i);
+			unmap_memory(&next);
+			return -1;
+		}
+		for (unsigned j = 0; j < i; j++) {
+			const struct vhost_memory_region *o = &mem.regions[j];
+			if (r->guest_phys_addr < o->guest_phys_addr + o->memory_size && o->guest_phys_addr < r->guest_phys_addr + r->memory_size) {
+				vub_log("warn", "SET_MEM_TABLE: regions %u and %u overlap", j, i);
+				unmap_memory(&next);
+				return -1;
+			}
+		}
+		void *base = mmap(NULL, (size_t)end, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fds[i], 0);
+		if (base == MAP_FAILED) {
+			vub_log("warn", "SET_MEM_TABLE: mmap of region %u (%llu bytes): %s", i, (unsigned long long)end, strerror(errno));
+			unmap_memory(&next);
+			return -1;
+		}
+		next.r[i] = (struct vub_region){ .gpa = r->guest_phys_addr, .size = r->memory_size, .uva = r->userspace_addr,
+						 .host = (uint8_t *)base + r->mmap_offset, .mmap_base = base, .mmap_len = (size_t)end };
+		next.n = i + 1;
+	}
+	close_fds(fds, nfds);
+	/* queue threads translate through the table: stop them while it changes */
+	bool was[VUB_MAX_QUEUES];
+	for (unsigned i = 0; i < dev->nqueues; i++) {
+		was[i] = dev->q[i].started;
+		stop_queue(&dev->q[i]);
+	}
+	unmap_memory(&dev->mem);
+	dev->mem = next;
+	for (unsigned i = 0; i < dev->nqueues; i++)
+		if (was[i] && start_queue(dev, &dev->q[i]) < 0)
+			return -1;
+	return 0;
+}
+
+static int handle_get_config(struct vub_dev *dev, const struct vhost_user_header *h, const uint8_t *payload)
+{
+	struct vhost_user_config req;
+	if (h->size < 12 || h->size > sizeof req)
+		return -1;
+	memset(&req, 0, sizeof req);
+	memcpy(&req, payload, h->size);
+	if (req.size > VUB_CONFIG_SPACE || req.offset > VUB_CONFIG_SPACE - req.size || h->size != 12 + req.size) {
+		vub_log("warn", "GET_CONFIG: offset %u size %u out of range", req.offset, req.size);
+		return -1;
+	}
+	uint8_t space[VUB_CONFIG_SPACE] = { 0 };
+	struct virtio_blk_config cfg;
+	vub_blk_config(dev->disk, dev->nqueues, &cfg);
+	memcpy(space, &cfg, sizeof cfg);
+	memcpy(req.region, space + req.offset, req.size);
+	return send_reply(dev, h, &req, 12 + req.size);
+}
+
+int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, const uint8_t *payload, int *fds, unsigned nfds)
+{
+	int rc = 0;
+	bool replied = false;
+	uint64_t u64 = 0;
+	struct vhost_vring_state state;
+	struct vhost_vring_addr addr;
+	struct vub_queue *q;
+
+	switch (h->request) {
+	case VHOST_USER_GET_FEATURES:
+		if (!fd_count_is(h, nfds, 0))
+			goto malformed;
+		rc = reply_u64(dev, h, vub_offered_features(dev));
+		replied = true;
+		break;
+	case VHOST_USER_SET_FEATURES:
+		if (!payload_is(h, 8) || !fd_count_is(h, nfds, 0))
+			goto malformed;
+		memcpy(&u64, payload, 8);
+		if (u64 & ~vub_offered_features(dev)) {
+			vub_log("warn", "SET_FEATURES: 0x%llx asks for features not offered", (unsigned long long)u64);
+			goto malformed;
+		}
+		dev->features = u64;
+		dev->features_set = true;
+		break;
+	case VHOST_USER_GET_PROTOCOL_FEATURES:
+		if (!fd_count_is(h, nfds, 0))
+			goto malformed;
+		rc = reply_u64(dev, h, vub_offered_protocol_features());
+		replied = true;
+		break;
+	case VHOST_USER_SET_PROTOCOL_FEATURES:
+		if (!payload_is(h, 8) || !fd_count_is(h, nfds, 0))
+			goto malformed;
+		memcpy(&u64, payload, 8);
+		if (u64 & ~vub_offered_protocol_features())
+			goto malformed;
+		dev->protocol_features = u64;
+		break;
+	case VHOST_USER_SET_OWNER:
+		if (!fd_count_is(h, nfds, 0))
+			goto malformed;
+		dev->owner = true;
+		break;
+	case VHOST_USER_RESET_OWNER:
+		if (!fd_count_is(h, nfds, 0))
+			goto malformed;
+		vub_dev_reset(dev);
+		break;
+	case VHOST_USER_GET_QUEUE_NUM:
+		if (!fd_count_is(h, nfds, 0))
+			goto malformed;
+		rc = reply_u64(dev, h, dev->nqueues);
+		replied = true;
+		break;
+	case VHOST_USER_SET_MEM_TABLE:
+		if (handle_set_mem_table(dev, h, payload, fds, nfds) < 0)
+			goto malformed;
+		nfds = 0; /* consumed */
+		break;
+	case VHOST_USER_SET_VRING_NUM:
+		if (!payload_is(h, sizeof state) || !fd_count_is(h, nfds, 0))
+			goto malformed;
+		memcpy(&state, payload, sizeof state);
+		if (!(q = queue_at(dev, state.index, h)) || q->started || state.num == 0 || state.num > VUB_MAX_RING || (state.num & (state.num - 1))) {
+			vub_log("warn", "SET_VRING_NUM: size %u for queue %u refused", state.num, state.index);
+			goto malformed;
+		}
+		q->num = state.num;
+		break;
+	case VHOST_USER_SET_VRING_ADDR:
+		if (!payload_is(h, sizeof addr) || !fd_count_is(h, nfds, 0))
+			goto malformed;
+		memcpy(&addr, payload, sizeof addr);
+		if (!(q = queue_at(dev, addr.index, h)) || q->started)
+			goto malformed;
+		q->desc_uva = addr.desc_user_addr;
+		q->avail_uva = addr.avail_user_addr;
+		q->used_uva = addr.used_user_addr;
+		q->addr_set = true;
+		break;
+	case VHOST_USER_SET_VRING_BASE:
+		if (!payload_is(h, sizeof state) || !fd_count_is(h, nfds, 0))
+			goto malformed;
+		memcpy(&state, payload, sizeof state);
+		if (!(q = queue_at(dev, state.index, h)) || q->started || state.num > 0xffff)
+			goto malformed;
+		q->ring.last_avail = (uint16_t)state.num;
+		break;
+	case VHOST_USER_GET_VRING_BASE:
+		if (!payload_is(h, sizeof state) || !fd_count_is(h, nfds, 0))
+			goto malformed;
+		memcpy(&state, payload, sizeof state);
+		if (!(q = queue_at(dev, state.index, h)))
+			goto malformed;
+		stop_queue(q);
+		q->enabled = false;
+		replace_fd(&q->kick_fd, -1);
+		state.num = q->ring.last_avail;
+		rc = send_reply(dev, h, &state, sizeof state);
+		replied = true;
+		break;
+	case VHOST_USER_SET_VRING_KICK:
+	case VHOST_USER_SET_VRING_CALL:
+	case VHOST_USER_SET_VRING_ERR: {
+		if (!payload_is(h, 8))
+			goto malformed;
+		memcpy(&u64, payload, 8);
+		bool nofd = (u64 >> 8) & 1;
+		if ((u64 & ~0x1ffull) || !fd_count_is(h, nfds, nofd ? 0 : 1) || !(q = queue_at(dev, (uint32_t)(u64 & 0xff), h)))
+			goto malformed;
+		if (h->request == VHOST_USER_SET_VRING_KICK) {
+			if (nofd) {
+				vub_log("warn", "SET_VRING_KICK without a descriptor (polling) is not supported");
+				goto malformed;
+			}
+			bool was = q->started;
+			stop_queue(q);
+			replace_fd(&q->kick_fd, fds[0]);
+			nfds = 0;
+			(void)was;
+			if (start_queue(dev, q) < 0)
+				goto malformed;
+		} else {
+			bool was = q->started;
+			if (was)
+				stop_queue(q);
+			replace_fd(h->request == VHOST_USER_SET_VRING_CALL ? &q->call_fd : &q->err_fd, nofd ? -1 : fds[0]);
+			nfds = 0;
+			if (was && start_queue(dev, q) < 0)
+				goto malformed;
+		}
+		break;
+	}
+	case VHOST_USER_SET_VRING_ENABLE:
+		if (!payload_is(h, sizeof state) || !fd_count_is(h, nfds, 0))
+			goto malformed;
+		memcpy(&state, payload, sizeof state);
+		if (!(q = queue_at(dev, state.index, h)) || state.num > 1)
+			goto malformed;
+		q->enabled = state.num == 1;
+		if (q->enabled) {
+			if (start_queue(dev, q) < 0)
+				goto malformed;
+		} else {
+			stop_queue(q);
+		}
+		break;
+	case VHOST_USER_GET_CONFIG:
+		if (!fd_count_is(h, nfds, 0) || handle_get_config(dev, h, payload) < 0)
+			goto malformed;
+		replied = true;
+		break;
+	case VHOST_USER_SET_CONFIG:
+		/* virtio-blk's writable config field (writeback) is not offered: accept and ignore */
+		if (!fd_count_is(h, nfds, 0) || h->size < 12)
+			goto malformed;
+		break;
+	default:
+		vub_log("warn", "vhost-user message %u is not supported", h->request);
+		close_fds(fds, nfds);
+		if ((h->flags & VHOST_USER_NEED_REPLY_MASK) && (dev->protocol_features >> VHOST_USER_PROTOCOL_F_REPLY_ACK) & 1)
+			return reply_u64(dev, h, 1) < 0 ? -1 : 0;
+		return -1;
+	}
+	close_fds(fds, nfds);
+	if (rc < 0)
+		return -1;
+	if (!replied && (h->flags & VHOST_USER_NEED_REPLY_MASK) && (dev->protocol_features >> VHOST_USER_PROTOCOL_F_REPLY_ACK) & 1)
+		return reply_u64(dev, h, 0) < 0 ? -1 : 0;
+	return 0;
+
+malformed:
+	close_fds(fds, nfds);
+	if ((h->flags & VHOST_USER_NEED_REPLY_MASK) && (dev->protocol_features >> VHOST_USER_PROTOCOL_F_REPLY_ACK) & 1)
+		reply_u64(dev, h, 1);
+	return -1;
+}

@@ -2,6 +2,7 @@ import { SlipwayError } from '../errors.js';
 import { cacheCommand, readCommand } from './cache-commands.js';
 import { guestCommand, kernelCommand, rootfsCommand } from './guest-commands.js';
 import { runCommand } from './run-command.js';
+import { serveCommand } from './serve-command.js';
 import { copyCommand, inspectCommand, pullCommand, pushCommand, type CommandIO } from './disk-commands.js';
 
 const USAGE = `slipway: OCI-backed disks for microVMs
@@ -23,6 +24,8 @@ usage: slipway <command> [options]
                             make a root disk image
   run --disk <raw-file> [--hostname H] [--env K=V] [--cpus N] [--memory M] [--net none|user] -- <cmd...>
                             boot a VM from a disk, run a command in it, exit with its status
+  serve <ref> --socket <path> [--rw] [--overlay <dir>]
+                            serve a disk to a VMM over vhost-user-blk, fetching chunks on demand
 
 references: oci:<dir>[:tag|@digest] (an OCI image layout) or host[:port]/repo[:tag|@digest]
 common options: --plain-http, --progress=auto|json|tty|none, --cache-dir DIR (or SLIPWAY_CACHE_DIR)
@@ -41,6 +44,7 @@ const COMMANDS: Record<string, Command> = {
   guest: guestCommand,
   rootfs: rootfsCommand,
   run: runCommand,
+  serve: serveCommand,
 };
 
 export async function main(argv: string[], io: CommandIO = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {

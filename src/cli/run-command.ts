@@ -1,10 +1,17 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { SlipwayError } from '../errors.js';
+import { ChunkCache } from '../cache/chunk-cache.js';
+import { loadConfig } from '../config.js';
+import { serveDisk, type ServedDisk } from '../serve/backend.js';
+import { createLogger } from '../util/log.js';
 import { runInVm } from '../vmm/run.js';
-import type { NetSpec } from '../vmm/driver.js';
+import type { DiskSpec, NetSpec } from '../vmm/driver.js';
 import { parseCommand, parseNonNegativeInt, parseSize } from './args.js';
 import type { CommandIO } from './disk-commands.js';
 
-const USAGE = 'slipway run --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--timings] [--keep] -- <cmd...>';
+const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--timings] [--keep] [--cache-dir DIR] -- <cmd...>';
 
 export function parseNet(text: string | undefined): NetSpec {
   if (text === undefined || text === 'none') return { mode: 'none' };
@@ -26,27 +33,49 @@ export function parseEnv(list: string[] | undefined): Record<string, string> | u
 
 /** slipway run: boot a VM, run one command through the agent, print its output, exit with its status. */
 export async function runCommand(argv: string[], io: CommandIO): Promise<number> {
-  const { values, positionals } = parseCommand('run', argv, {
+  const dd = argv.indexOf('--');
+  if (dd < 0 || dd === argv.length - 1) throw new SlipwayError('USAGE', `run: give the command after --\nusage: ${USAGE}`);
+  const command = argv.slice(dd + 1);
+  const { values, positionals } = parseCommand('run', argv.slice(0, dd), {
     disk: { type: 'string' }, hostname: { type: 'string' }, env: { type: 'string', multiple: true }, cpus: { type: 'string' },
     memory: { type: 'string' }, net: { type: 'string' }, timings: { type: 'boolean' }, keep: { type: 'boolean' }, cwd: { type: 'string' },
-  }, { min: 1, max: 10_000, usage: USAGE });
-  if (!values.disk) throw new SlipwayError('USAGE', `run: --disk is required until OCI references are supported here\nusage: ${USAGE}`);
+    'cache-dir': { type: 'string' }, queues: { type: 'string' },
+  }, { min: 0, max: 1, usage: USAGE });
+  const ref = positionals[0];
+  if (!ref === !values.disk) throw new SlipwayError('USAGE', `run: name either an image reference or --disk <raw-file>\nusage: ${USAGE}`);
   const cpus = values.cpus ? parseNonNegativeInt(values.cpus, '--cpus') : 1;
   if (cpus < 1 || cpus > 64) throw new SlipwayError('INVALID_ARGUMENT', `--cpus must be 1 to 64 (got ${cpus})`);
   const memoryMiB = values.memory ? Math.floor(parseSize(/^\d+$/.test(values.memory) ? `${values.memory}M` : values.memory, '--memory') / (1 << 20)) : 512;
   if (memoryMiB < 64) throw new SlipwayError('INVALID_ARGUMENT', `--memory must be at least 64M (got ${values.memory})`);
+  const env = parseEnv(values.env);
+  const net = parseNet(values.net);
   const controller = new AbortController();
   const onSigint = (): void => controller.abort();
   process.once('SIGINT', onSigint);
   process.once('SIGTERM', onSigint);
+  const hostPhases: Record<string, number> = {};
+  let cache: ChunkCache | undefined;
+  let served: ServedDisk | undefined;
+  let serveDir: string | undefined;
+  let kept = false;
   try {
-    const env = parseEnv(values.env);
+    let disks: DiskSpec[];
+    if (ref) {
+      const t0 = Date.now();
+      cache = await ChunkCache.open({ config: loadConfig(process.env, values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {}), logger: createLogger({ out: io.stderr }) });
+      serveDir = await mkdtemp(join(tmpdir(), 'slipway-run-'));
+      served = await serveDisk({ cache, ref, socket: join(serveDir, 'blk.sock'), workDir: serveDir, readWrite: true, queues: Math.min(cpus, 4) });
+      hostPhases.resolve_and_backend = Date.now() - t0;
+      disks = [{ kind: 'vhost-user', socket: served.socket }];
+    } else {
+      disks = [{ kind: 'file', path: values.disk as string }];
+    }
     const result = await runInVm({
-      disks: [{ kind: 'file', path: values.disk }],
-      argv: positionals,
+      disks,
+      argv: command,
       cpus,
       memoryMiB,
-      net: parseNet(values.net),
+      net,
       signal: controller.signal,
       keep: values.keep === true,
       stdout: (d) => io.stdout.write(d),
@@ -54,10 +83,14 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
       ...(env ? { env } : {}),
       ...(values.hostname ? { hostname: values.hostname } : {}),
       ...(values.cwd ? { cwd: values.cwd } : {}),
-      onKept: (k) => io.stderr.write(`slipway: VM kept running: pid ${k.pid}, work directory ${k.workDir}\n`),
+      onKept: (k) => {
+        kept = true;
+        io.stderr.write(`slipway: VM kept running: pid ${k.pid}, work directory ${k.workDir}${serveDir ? `, disk backend in ${serveDir}` : ''}\n`);
+      },
     });
     if (values.timings) {
-      io.stderr.write(`${JSON.stringify({ accel: result.accel, hostMs: result.phasesMs, guestMs: result.guestPhasesMs })}\n`);
+      const tiers = served ? { disk: served.disk.stats, remote: cache?.stats().remote, misses: served.miss.stats } : undefined;
+      io.stderr.write(`${JSON.stringify({ accel: result.accel, hostMs: { ...hostPhases, ...result.phasesMs }, guestMs: result.guestPhasesMs, ...(tiers ? { chunks: tiers } : {}) })}\n`);
     }
     return result.signal ? 128 + result.signal : result.exitCode;
   } catch (err) {
@@ -69,5 +102,10 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   } finally {
     process.removeListener('SIGINT', onSigint);
     process.removeListener('SIGTERM', onSigint);
+    if (!kept) {
+      await served?.close();
+      await cache?.close();
+      if (serveDir) await rm(serveDir, { recursive: true, force: true });
+    }
   }
 }

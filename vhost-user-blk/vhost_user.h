@@ -120,29 +120,30 @@ struct vhost_user_config {
 	uint8_t region[VUB_CONFIG_SPACE];
 } __attribute__((packed));
 
+/* ring layouts are naturally aligned (no padding); vub_ring_map checks the alignment */
 struct vring_desc {
 	uint64_t addr;
 	uint32_t len;
 	uint16_t flags;
 	uint16_t next;
-} __attribute__((packed));
+};
 
 struct vring_avail {
 	uint16_t flags;
 	uint16_t idx;
 	uint16_t ring[];
-} __attribute__((packed));
+};
 
 struct vring_used_elem {
 	uint32_t id;
 	uint32_t len;
-} __attribute__((packed));
+};
 
 struct vring_used {
 	uint16_t flags;
 	uint16_t idx;
 	struct vring_used_elem ring[];
-} __attribute__((packed));
+};
 
 struct virtio_blk_outhdr {
 	uint32_t type;

@@ -57,6 +57,9 @@ int vub_ring_map(struct vub_ring *r, const struct vub_mem *m, unsigned num, uint
 {
 	if (num == 0 || num > VUB_MAX_RING || (num & (num - 1)) != 0)
 		return -1;
+	/* the alignments the virtio spec requires of split rings */
+	if ((desc_uva & 15) || (avail_uva & 1) || (used_uva & 3))
+		return -1;
 	/* the trailing u16 of avail and used rings is used_event / avail_event (EVENT_IDX) */
 	struct vring_desc *desc = vub_uva_to_host(m, desc_uva, 16ull * num);
 	struct vring_avail *avail = vub_uva_to_host(m, avail_uva, 4ull + 2ull * num + 2);

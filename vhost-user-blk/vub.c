@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -575,6 +576,13 @@ static int handle_set_mem_table(struct vub_dev *dev, const struct vhost_user_hea
 				unmap_memory(&next);
 				return -1;
 			}
+		}
+		/* a file shorter than the region would turn guest accesses into SIGBUS */
+		struct stat sb;
+		if (fstat(fds[i], &sb) < 0 || (S_ISREG(sb.st_mode) && (uint64_t)sb.st_size < end)) {
+			vub_log("warn", "SET_MEM_TABLE: region %u needs %llu bytes of its file, which is shorter", i, (unsigned long long)end);
+			unmap_memory(&next);
+			return -1;
 		}
 		void *base = mmap(NULL, (size_t)end, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fds[i], 0);
 		if (base == MAP_FAILED) {

@@ -64,7 +64,9 @@ int vub_ring_map(struct vub_ring *r, const struct vub_mem *m, unsigned num, uint
 	struct vring_desc *desc = vub_uva_to_host(m, desc_uva, 16ull * num);
 	struct vring_avail *avail = vub_uva_to_host(m, avail_uva, 4ull + 2ull * num + 2);
 	struct vring_used *used = vub_uva_to_host(m, used_uva, 4ull + 8ull * num + 2);
-	if (!desc || !avail || !used)
+	/* the host view must be aligned too: a region whose addresses are skewed against its mapping
+	 * (an odd userspace_addr or mmap_offset) would make these misaligned */
+	if (!desc || !avail || !used || ((uintptr_t)desc & 15) || ((uintptr_t)avail & 1) || ((uintptr_t)used & 3))
 		return -1;
 	r->num = num;
 	r->desc = desc;

@@ -46,3 +46,5 @@ npx tsc -p tsconfig.json
 # then slipway-init and the agent in their initramfs.
 node bin/slipway.js kernel build --json >/dev/null
 node bin/slipway.js guest build --json >/dev/null
+# the vhost-user-blk backend
+make -s -C vhost-user-blk

@@ -27,18 +27,31 @@ function debianCloudKernel(): { version: string; vmlinuz: string; initrd: string
   return { version, vmlinuz: join('/boot', v), initrd: join('/boot', `initrd.img-${version}`) };
 }
 
+/** The modules' files with their dependencies first, as modprobe would load them. */
 function moduleFiles(version: string, names: string[]): string[] {
-  return names.map((n) => execFileSync('modinfo', ['-k', version, '-F', 'filename', n], { encoding: 'utf8' }).trim());
+  const out: string[] = [];
+  for (const n of names) {
+    const lines = execFileSync('modprobe', ['-S', version, '--show-depends', n], { encoding: 'utf8' }).split('\n');
+    for (const l of lines) {
+      const m = /^insmod (\S+)/.exec(l);
+      if (m?.[1] && !out.includes(m[1])) out.push(m[1]);
+    }
+  }
+  return out;
 }
 
 async function systemdRoot(agent: string): Promise<string> {
-  const img = join(BENCH_DIR, 'debian-systemd.img');
+  const img = join(BENCH_DIR, 'debian-systemd-v2.img');
   if (existsSync(img)) return img;
   const root = join(BENCH_DIR, 'debian-systemd-root');
   rmSync(root, { recursive: true, force: true });
   console.error('boot bench: debootstrap bookworm with systemd (a few minutes, once)');
   execFileSync('debootstrap', ['--variant=minbase', '--include=systemd,systemd-sysv,udev,iproute2', 'bookworm', root, 'http://deb.debian.org/debian'], { stdio: ['ignore', 'ignore', 'inherit'] });
   execFileSync('cp', [agent, join(root, 'usr/local/bin/slipway-agent')]);
+  // the kernel's modules, as its Debian package would install them (udev loads virtio_console from here)
+  const { version } = debianCloudKernel();
+  mkdirSync(join(root, 'lib/modules'), { recursive: true });
+  execFileSync('cp', ['-a', `/lib/modules/${version}`, join(root, 'lib/modules/')]);
   writeFileSync(join(root, 'etc/systemd/system/slipway-agent.service'), '[Unit]\nDescription=slipway agent\n\n[Service]\nExecStart=/usr/local/bin/slipway-agent\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n');
   mkdirSync(join(root, 'etc/systemd/system/multi-user.target.wants'), { recursive: true });
   execFileSync('ln', ['-sf', '/etc/systemd/system/slipway-agent.service', join(root, 'etc/systemd/system/multi-user.target.wants/slipway-agent.service')]);
@@ -64,7 +77,10 @@ async function bootOnce(spec: { bzImage: string; initramfs: string; disk: string
     ...(spec.cmdline ? { cmdline: spec.cmdline } : {}),
   });
   try {
-    const client = await waitForAgent(async () => new AgentClient(await vm.connectAgent()), 300_000);
+    const client = await Promise.race([
+      waitForAgent(async () => new AgentClient(await vm.connectAgent()), 300_000),
+      vm.exited.then(() => { throw new Error(`VM exited before its agent answered:\n${vm.consoleTail()}`); }),
+    ]);
     const readyMs = Date.now() - t0;
     const pong = await client.ping();
     client.close();
@@ -102,7 +118,7 @@ async function main(): Promise<void> {
   const busybox = join(BENCH_DIR, 'busybox-root.img');
   if (!existsSync(busybox)) await buildRootfs({ from: 'busybox', output: busybox });
   const debian = debianCloudKernel();
-  const mods = moduleFiles(debian.version, ['virtio', 'virtio_ring', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_blk', 'virtio_console', 'qemu_fw_cfg']);
+  const mods = moduleFiles(debian.version, ['virtio_pci', 'virtio_blk', 'virtio_console', 'qemu_fw_cfg']);
   const modInitramfs = join(BENCH_DIR, 'initramfs-debian-modules.cpio');
   writeFileSync(modInitramfs, initramfsImage(guest.init, guest.agent, mods));
   const systemdImg = await systemdRoot(guest.agent);

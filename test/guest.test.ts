@@ -134,3 +134,24 @@ describe('booting slipway guests under QEMU', () => {
     expect(io2.out).toBe('persisted\n');
   });
 });
+
+describe('boot config features', () => {
+  it('reads the config from the kernel command line without fw_cfg; mounts extra disks, applies sysctls, starts services', async () => {
+    const extra = join(work, 'extra.img');
+    const dir = join(work, 'extra-tree');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'hello.txt'), 'from the extra disk\n');
+    await makeExt4(dir, extra, 16 << 20, 'extra');
+    const chunks: Buffer[] = [];
+    const result = await runInVm({
+      disks: [{ kind: 'file', path: disk }, { kind: 'file', path: extra, readOnly: true }],
+      argv: ['sh', '-c', 'sleep 0.5; hostname; cat /mnt/extra/hello.txt; cat /proc/sys/vm/swappiness; cat /tmp/service-ran; test -e /sys/firmware/qemu_fw_cfg/by_name/opt/slipway/config && echo fwcfg-present || echo no-fwcfg'],
+      hostname: 'cmdline-host',
+      bootConfigVia: 'cmdline',
+      bootConfig: { disks: [{ device: '/dev/vdb', mountpoint: '/mnt/extra', fstype: 'ext4', options: 'ro' }], sysctls: { 'vm.swappiness': '7' }, services: ['echo started > /tmp/service-ran'] },
+      stdout: (d) => chunks.push(d),
+    });
+    expect(result.exitCode).toBe(0);
+    expect(Buffer.concat(chunks).toString().split('\n')).toEqual(['cmdline-host', 'from the extra disk', '7', 'started', 'no-fwcfg', '']);
+  });
+});

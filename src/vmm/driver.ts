@@ -25,6 +25,8 @@ export interface VmSpec {
   disks: DiskSpec[];
   /** the boot config text for slipway-init */
   bootConfig: string;
+  /** how the config reaches init: fw_cfg (default) or base64 on the kernel command line */
+  bootConfigVia?: 'fw_cfg' | 'cmdline';
   net: NetSpec;
   /** keep the guest's serial console in workDir/console.log (off unless asked, as in the seed) */
   console?: boolean;

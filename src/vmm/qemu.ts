@@ -65,14 +65,14 @@ export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg'): string[] {
     '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
     '-kernel', spec.kernel.bzImage,
     '-initrd', spec.initramfs,
-    '-append', kernelCmdline(accel, spec.cmdline),
-    '-fw_cfg', `name=${FW_CFG_NAME},file=${join(spec.workDir, 'boot-config')}`,
+    '-append', kernelCmdline(accel, [spec.cmdline, spec.bootConfigVia === 'cmdline' ? `slipway.config=${Buffer.from(spec.bootConfig).toString('base64')}` : undefined].filter(Boolean).join(' ') || undefined),
     '-serial', spec.console === false ? 'none' : `file:${join(spec.workDir, 'console.log')}`,
     '-qmp', `unix:${join(spec.workDir, 'qmp.sock')},server=on,wait=off`,
     '-device', 'virtio-serial-pci,id=vser',
     '-chardev', `socket,id=agent,path=${join(spec.workDir, 'agent.sock')},server=on,wait=off`,
     '-device', `virtserialport,bus=vser.0,chardev=agent,name=${AGENT_PORT_NAME}`,
   ];
+  if (spec.bootConfigVia !== 'cmdline') args.push('-fw_cfg', `name=${FW_CFG_NAME},file=${join(spec.workDir, 'boot-config')}`);
   if (existsSync(QBOOT)) args.push('-bios', QBOOT);
   spec.disks.forEach((d, i) => {
     if (d.kind === 'file') {

@@ -33,6 +33,7 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** extra boot config (disks, services, sysctls) */
   bootConfig?: Partial<BootConfig>;
+  bootConfigVia?: 'fw_cfg' | 'cmdline';
   onPhase?: (name: string, ms: number) => void;
   /** kept for `--keep`: called with the running VM and its work directory before teardown is skipped */
   onKept?: (info: { workDir: string; pid: number }) => void;
@@ -81,6 +82,7 @@ export async function runInVm(opts: RunOptions): Promise<RunResult> {
     vm = await driver.start({
       id, workDir, cpus: opts.cpus ?? 1, memoryMiB: opts.memoryMiB ?? 512, kernel, initramfs: guest.initramfs,
       disks: opts.disks, bootConfig, net, console: true,
+      ...(opts.bootConfigVia ? { bootConfigVia: opts.bootConfigVia } : {}),
     });
     phase('vmm_started');
     const running = vm;

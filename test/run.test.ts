@@ -1,0 +1,128 @@
+/**
+ * `slipway run <ref>` end to end under QEMU: the disk comes from the local registry through the
+ * cache and slipway-blk, with an empty cache each time unless said otherwise.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { createServer, type Server } from 'node:http';
+import { readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { main } from '../src/cli/main.js';
+import { buildGuest, buildKernel } from '../src/guest/build.js';
+import { captureIO } from './helpers/cli.js';
+import { startRegistry, type TestRegistry } from './helpers/registry.js';
+import { tempDir } from './helpers/images.js';
+
+const work = tempDir('slipway-runtest-');
+let registry: TestRegistry;
+let ref: string;
+let osRelease: string;
+
+function slipwayTempDirs(): string[] {
+  return readdirSync(tmpdir()).filter((n) => n.startsWith('slipway-run-') || n.startsWith('slipway-vm-'));
+}
+
+async function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number; out: string; err: string }> {
+  const saved = { ...process.env };
+  Object.assign(process.env, { SLIPWAY_CACHE_DIR: tempDir('slipway-runcache-'), ...env });
+  try {
+    const io = captureIO();
+    const code = await main(['run', ...args], io);
+    return { code, out: io.out, err: io.err };
+  } finally {
+    process.env = saved;
+  }
+}
+
+beforeAll(async () => {
+  await buildKernel();
+  await buildGuest();
+  const disk = join(work, 'root.img');
+  expect(await main(['rootfs', 'build', '--from', 'busybox', '-o', disk], captureIO())).toBe(0);
+  osRelease = 'NAME="slipway busybox"\nID=slipway-busybox\nPRETTY_NAME="slipway busybox root"\nVERSION_ID=1\n';
+  registry = await startRegistry();
+  ref = `${registry.host}/run/root:v1`;
+  expect(await main(['push', disk, ref, '--progress=none'], captureIO())).toBe(0);
+  const broken = join(work, 'broken.img');
+  writeFileSync(broken, Buffer.alloc(8 << 20, 0x5a));
+  expect(await main(['push', broken, `${registry.host}/run/broken:v1`, '--progress=none'], captureIO())).toBe(0);
+}, 1_800_000);
+afterAll(async () => registry?.stop());
+
+describe('slipway run <ref>', () => {
+  it('from the local registry with an empty cache, prints the disk\'s /etc/os-release and exits 0, with timings', async () => {
+    const before = slipwayTempDirs();
+    const r = await run([ref, '--timings', '--', 'cat', '/etc/os-release']);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toBe(osRelease);
+    const timings = JSON.parse(r.err.trim().split('\n').at(-1) as string) as { hostMs: Record<string, number>; chunks: { remote: { chunks: number } } };
+    for (const phase of ['resolve_and_backend', 'vmm_started', 'agent_ready', 'exec', 'teardown']) expect(timings.hostMs[phase]).toBeGreaterThanOrEqual(0);
+    expect(timings.chunks.remote.chunks).toBeGreaterThan(0);
+    expect(slipwayTempDirs()).toEqual(before);
+  });
+
+  it('passes the command\'s exit status through', async () => {
+    const r = await run([ref, '--', 'sh', '-c', 'exit 42']);
+    expect(r.code).toBe(42);
+  });
+
+  it('with --net user the guest fetches a page from an HTTP server on the host\'s loopback', async () => {
+    const server: Server = createServer((_req, res) => res.end('hello from the host\n'));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const r = await run([ref, '--net', 'user', '--', 'wget', '-qO-', `http://10.0.2.2:${port}/`]);
+      expect(r.code, r.err).toBe(0);
+      expect(r.out).toBe('hello from the host\n');
+    } finally {
+      server.close();
+    }
+  });
+
+  it('four concurrent runs of one image all succeed', async () => {
+    const results = await Promise.all([0, 1, 2, 3].map((i) => run([ref, '--hostname', `vm${i}`, '--', 'sh', '-c', 'hostname; md5sum /bin/busybox'])));
+    const md5s = new Set<string>();
+    results.forEach((r, i) => {
+      expect(r.code, r.err).toBe(0);
+      const [host, sum] = r.out.split('\n');
+      expect(host).toBe(`vm${i}`);
+      md5s.add((sum ?? '').split(' ')[0] ?? '');
+    });
+    expect(md5s.size).toBe(1);
+  });
+
+  it('a VM that fails to boot reports why and leaves nothing behind', async () => {
+    const before = slipwayTempDirs();
+    const r = await run([`${registry.host}/run/broken:v1`, '--', 'true']);
+    expect(r.code).toBe(1);
+    expect(r.err).toContain('VM_BOOT_FAILED');
+    expect(r.err).toContain('cannot mount root disk /dev/vda');
+    expect(slipwayTempDirs()).toEqual(before);
+  });
+
+  it('SIGINT during a run stops the VM and removes everything', async () => {
+    const before = slipwayTempDirs();
+    const child = spawn(process.execPath, ['bin/slipway.js', 'run', ref, '--', 'sh', '-c', 'echo started; sleep 60'], {
+      env: { ...process.env, SLIPWAY_CACHE_DIR: tempDir('slipway-runcache-') }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('started')) resolve();
+      });
+      child.once('exit', () => reject(new Error(`run exited early: ${err}`)));
+    });
+    const t0 = Date.now();
+    child.kill('SIGINT');
+    const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    expect(code, err).toBe(130);
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    expect(slipwayTempDirs()).toEqual(before);
+  });
+});

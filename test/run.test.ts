@@ -126,3 +126,20 @@ describe('slipway run <ref>', () => {
     expect(slipwayTempDirs()).toEqual(before);
   });
 });
+
+describe('concurrent runs sharing a cache directory', () => {
+  it('fetch each chunk once between them', async () => {
+    const shared = tempDir('slipway-sharedcache-');
+    const results = await Promise.all([0, 1, 2, 3].map(() => run([ref, '--timings', '--', 'md5sum', '/bin/busybox'], { SLIPWAY_CACHE_DIR: shared })));
+    let fetched = 0;
+    for (const r of results) {
+      expect(r.code, r.err).toBe(0);
+      fetched += (JSON.parse(r.err.trim().split('\n').at(-1) as string) as { chunks: { remote: { chunks: number } } }).chunks.remote.chunks;
+    }
+    const stats = captureIO();
+    expect(await main(['cache', 'stats', '--cache-dir', shared], stats)).toBe(0);
+    const tier1 = (JSON.parse(stats.out) as { disk: { chunks: number } }).disk.chunks;
+    expect(tier1).toBeGreaterThan(0);
+    expect(fetched).toBe(tier1);
+  });
+});

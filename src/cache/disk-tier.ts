@@ -73,11 +73,17 @@ export class DiskTier {
   /** chunk files whose bytes this process has checked: later partial reads trust them */
   private readonly verified = new Set<string>();
 
+  private readonly inflightDir: string;
+  /** who this tier is in fetch claims: the pid (for liveness) and an id per instance */
+  private readonly claimer = `${process.pid}:${randomBytes(4).toString('hex')}`;
+
   constructor(private readonly opts: DiskTierOptions) {
     this.chunkDir = join(opts.cacheDir, 'chunks');
     this.tmpDir = join(opts.cacheDir, 'tmp');
+    this.inflightDir = join(opts.cacheDir, 'inflight');
     mkdirSync(this.chunkDir, { recursive: true });
     mkdirSync(this.tmpDir, { recursive: true });
+    mkdirSync(this.inflightDir, { recursive: true });
     try {
       this.db = new Database(join(opts.cacheDir, 'index.db'), { timeout: 10_000 });
       this.db.pragma('journal_mode = WAL');
@@ -405,6 +411,53 @@ export class DiskTier {
       }
     })();
     return { strayFiles, lostRows };
+  }
+
+  /**
+   * Cross-process single flight: claim the fetch of a chunk with an O_EXCL marker file holding our
+   * pid. False when a live process holds the claim (wait for its file instead); a claim left by a
+   * dead process is taken over.
+   */
+  claimFetch(digestHex: string): boolean {
+    const marker = join(this.inflightDir, digestHex);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const fd = openSync(marker, 'wx', 0o600);
+        writeSync(fd, this.claimer);
+        closeSync(fd);
+        return true;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return true; // cannot coordinate: fetch anyway
+        const holder = this.claimHolder(marker);
+        if (holder === this.claimer) return true;
+        if (holder !== undefined) return false;
+        rmSync(marker, { force: true });
+      }
+    }
+    return true;
+  }
+
+  /** The live claimer named in a marker, or undefined (no marker, or its process is gone). */
+  private claimHolder(marker: string): string | undefined {
+    let text: string;
+    try {
+      text = readFileSync(marker, 'utf8');
+    } catch {
+      return undefined;
+    }
+    const pid = Number.parseInt(text.split(':')[0] ?? '', 10);
+    return Number.isInteger(pid) && processAlive(pid) ? text : undefined;
+  }
+
+  releaseFetch(digestHex: string): void {
+    const marker = join(this.inflightDir, digestHex);
+    if (this.claimHolder(marker) === this.claimer) rmSync(marker, { force: true });
+  }
+
+  /** Whether another live claimer (another process, or another cache in this one) fetches this chunk. */
+  fetchClaimedElsewhere(digestHex: string): boolean {
+    const holder = this.claimHolder(join(this.inflightDir, digestHex));
+    return holder !== undefined && holder !== this.claimer;
   }
 
   /** Size of a chunk file as stored (for tests and stats). */

@@ -272,8 +272,14 @@ export class LazyDisk {
   }
 
   /** Fetch chunks this reader registered as in flight; settle each one's promise, whatever happens. */
-  private fetchOwned(owned: { wanted: WantedChunk; hex: string; d: Deferred }[], priority: Priority, intoMemory: boolean): void {
+  private fetchOwned(all: { wanted: WantedChunk; hex: string; d: Deferred }[], priority: Priority, intoMemory: boolean): void {
     const { index } = this.artifact;
+    // another process sharing the cache directory may be fetching some of these: wait for its files
+    const owned = all.filter((o) => {
+      if (this.cache.disk.claimFetch(o.hex)) return true;
+      this.track(this.waitForOtherProcess(o, priority, intoMemory));
+      return false;
+    });
     const byEntry = new Map(owned.map((o) => [o.wanted.entry, o] as const));
     for (const run of planRuns(index, owned.map((o) => o.wanted))) {
       const p = this.cache.remote.fetchRun(index, run, this.sources, priority, `disk ${this.reference}`, (pack, blob) => this.keepWholePack(pack, blob))
@@ -283,6 +289,7 @@ export class LazyDisk {
             const data = got.get(w.entry) as Buffer;
             try {
               this.cache.store(o.hex, data, intoMemory);
+              this.cache.disk.releaseFetch(o.hex);
             } catch (err) {
               // A chunk that cannot be kept is still served: the read must not fail or hang for it.
               this.cache.logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
@@ -296,10 +303,33 @@ export class LazyDisk {
           for (const w of run.chunks) {
             const o = byEntry.get(w.entry) as { hex: string; d: Deferred };
             this.cache.inflight.delete(o.hex);
+            this.cache.disk.releaseFetch(o.hex);
             o.d.reject(err);
           }
         });
       this.track(p);
+    }
+  }
+
+  /**
+   * Another process claimed this chunk: poll tier 1 for its file; if the claim goes away without a
+   * file (that process failed or died), fetch the chunk ourselves.
+   */
+  private async waitForOtherProcess(o: { wanted: WantedChunk; hex: string; d: Deferred }, priority: Priority, intoMemory: boolean): Promise<void> {
+    const deadline = Date.now() + this.cache.config.fetchDeadlineMs;
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 10));
+      const local = this.cache.lookupLocal(o.hex, intoMemory);
+      if (local) {
+        this.cache.inflight.delete(o.hex);
+        this.stats.tier1Chunks++;
+        o.d.resolve(local.data);
+        return;
+      }
+      if (!this.cache.disk.fetchClaimedElsewhere(o.hex) || Date.now() > deadline) {
+        this.fetchOwned([o], priority, intoMemory);
+        return;
+      }
     }
   }
 

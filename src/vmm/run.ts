@@ -115,7 +115,7 @@ export async function runInVm(opts: RunOptions): Promise<RunResult> {
     if (!kept) {
       if (client && vm) {
         await client.shutdown(false).catch(() => undefined);
-        const exited = await Promise.race([vm.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000))]);
+        const exited = await Promise.race([vm.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000).unref())]);
         if (!exited) await vm.kill();
       } else if (vm) {
         await vm.kill(500);

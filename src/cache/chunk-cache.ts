@@ -36,7 +36,7 @@ export interface ChunkCacheOptions {
 export class ChunkCache {
   readonly config: SlipwayConfig;
   readonly logger: Logger;
-  readonly pool: WorkerPool;
+  private poolInstance: WorkerPool | undefined;
   readonly targets: Targets;
   readonly memory: LRUCache<string, Buffer>;
   readonly disk: DiskTier;
@@ -56,18 +56,24 @@ export class ChunkCache {
     this.logger = opts.logger;
     this.ownsPool = !opts.pool;
     this.ownsTargets = !opts.targets;
-    this.pool = opts.pool ?? new WorkerPool();
+    this.poolInstance = opts.pool;
     this.targets = opts.targets ?? new Targets({ connections: opts.config.connectionsPerHost, requestTimeoutMs: opts.config.fetchDeadlineMs });
     mkdirSync(opts.config.cacheDir, { recursive: true });
     this.memory = new LRUCache<string, Buffer>({ maxSize: Math.max(1, opts.config.memoryBudgetBytes), sizeCalculation: (b) => Math.max(1, b.byteLength) });
     this.disk = new DiskTier({ cacheDir: opts.config.cacheDir, budgetBytes: opts.config.diskBudgetBytes, lowWatermark: opts.config.diskLowWatermark, logger: opts.logger });
     this.meta = new OciLayoutStore(join(opts.config.cacheDir, 'meta'));
     this.remote = new RemoteTier({
-      pool: this.pool,
+      pool: () => this.pool,
       logger: opts.logger,
       deadlineMs: opts.config.fetchDeadlineMs,
       hostLimit: (host) => this.hostLimit(host),
     });
+  }
+
+  /** Hashing and decompression threads, started on first use (a warm disk never needs them). */
+  get pool(): WorkerPool {
+    this.poolInstance ??= new WorkerPool();
+    return this.poolInstance;
   }
 
   static async open(opts: ChunkCacheOptions): Promise<ChunkCache> {
@@ -141,6 +147,6 @@ export class ChunkCache {
     for (const d of [...this.openDisks]) await d.close();
     this.disk.close();
     if (this.ownsTargets) await this.targets.close();
-    if (this.ownsPool) await this.pool.close();
+    if (this.ownsPool) await this.poolInstance?.close();
   }
 }

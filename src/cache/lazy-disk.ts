@@ -28,6 +28,8 @@ export interface OpenDiskOptions {
   useProfile?: boolean;
   /** Record the order in which chunks are first read, for `saveProfile()`. */
   recordProfile?: boolean;
+  /** Record only when the registry has no profile for this disk yet. */
+  recordProfileIfMissing?: boolean;
 }
 
 export interface DiskReadStats {
@@ -111,6 +113,10 @@ export class LazyDisk {
   startProfile(): void {
     this.profileOrder = [];
     this.profileSeen = new Set();
+  }
+
+  get recordingProfile(): boolean {
+    return this.profileOrder !== undefined;
   }
 
   /** Chunk numbers first read since `startProfile`, in order. */
@@ -276,9 +282,20 @@ export class LazyDisk {
     const { index } = this.artifact;
     // another process sharing the cache directory may be fetching some of these: wait for its files
     const owned = all.filter((o) => {
-      if (this.cache.disk.claimFetch(o.hex)) return true;
-      this.track(this.waitForOtherProcess(o, priority, intoMemory));
-      return false;
+      if (!this.cache.disk.claimFetch(o.hex)) {
+        this.track(this.waitForOtherProcess(o, priority, intoMemory));
+        return false;
+      }
+      // the claim may have been released by a process that has just stored the chunk
+      const local = this.cache.disk.has(o.hex) ? this.cache.lookupLocal(o.hex, intoMemory) : undefined;
+      if (local) {
+        this.cache.disk.releaseFetch(o.hex);
+        this.cache.inflight.delete(o.hex);
+        this.stats.tier1Chunks++;
+        o.d.resolve(local.data);
+        return false;
+      }
+      return true;
     });
     const byEntry = new Map(owned.map((o) => [o.wanted.entry, o] as const));
     for (const run of planRuns(index, owned.map((o) => o.wanted))) {
@@ -485,12 +502,13 @@ export async function openLazyDisk(cache: ChunkCache, refText: string, opts: Ope
   const disk = new LazyDisk(cache, formatRef(ref), artifact, origin, sources, offline);
   if (opts.pin !== false) disk.pin();
   if (opts.recordProfile) disk.startProfile();
-  if (opts.useProfile !== false && !offline) {
+  if ((opts.useProfile !== false || opts.recordProfileIfMissing) && !offline) {
     const profile = await loadBootProfile(origin, artifact).catch((err: unknown) => {
       cache.logger.warn('could not read the boot profile; opening without it', { disk: formatRef(ref), error: (err as Error).message });
-      return undefined;
+      return null;
     });
-    if (profile) void disk.prefetchProfile(profile);
+    if (profile && opts.useProfile !== false) void disk.prefetchProfile(profile);
+    if (profile === undefined && opts.recordProfileIfMissing) disk.startProfile();
   }
   return disk;
 }

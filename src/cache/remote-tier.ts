@@ -77,7 +77,7 @@ export interface Source {
 }
 
 export interface RemoteTierDeps {
-  pool: WorkerPool;
+  pool: () => WorkerPool;
   logger: Logger;
   deadlineMs: number;
   hostLimit: (host: string) => PrioritySemaphore;
@@ -164,7 +164,7 @@ export class RemoteTier {
     await Promise.all(run.chunks.map(async (w) => {
       const e = index.entries[w.entry] as IndexEntry;
       const stored = bytes.subarray(e.offset - run.start, e.offset - run.start + e.storedLength);
-      out.set(w.entry, await this.deps.pool.decode(stored, e.flags, chunkLength(index, w.chunk), e.digest, `${what} chunk ${w.chunk} from ${source.target.name}`));
+      out.set(w.entry, await this.deps.pool().decode(stored, e.flags, chunkLength(index, w.chunk), e.digest, `${what} chunk ${w.chunk} from ${source.target.name}`));
     }));
     this.stats.chunks += run.chunks.length;
     return out;

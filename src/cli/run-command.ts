@@ -7,11 +7,14 @@ import { loadConfig } from '../config.js';
 import { serveDisk, type ServedDisk } from '../serve/backend.js';
 import { createLogger } from '../util/log.js';
 import { runInVm } from '../vmm/run.js';
+import { QemuDriver } from '../vmm/qemu.js';
+import { CloudHypervisorDriver } from '../vmm/cloud-hypervisor.js';
+import type { VmmDriver } from '../vmm/driver.js';
 import type { DiskSpec, NetSpec } from '../vmm/driver.js';
 import { parseCommand, parseNonNegativeInt, parseSize } from './args.js';
 import type { CommandIO } from './disk-commands.js';
 
-const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--timings] [--keep] [--cache-dir DIR] -- <cmd...>';
+const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--timings] [--keep] [--cache-dir DIR] -- <cmd...>';
 
 export function parseNet(text: string | undefined): NetSpec {
   if (text === undefined || text === 'none') return { mode: 'none' };
@@ -39,8 +42,11 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   const { values, positionals } = parseCommand('run', argv.slice(0, dd), {
     disk: { type: 'string' }, hostname: { type: 'string' }, env: { type: 'string', multiple: true }, cpus: { type: 'string' },
     memory: { type: 'string' }, net: { type: 'string' }, timings: { type: 'boolean' }, keep: { type: 'boolean' }, cwd: { type: 'string' },
-    'cache-dir': { type: 'string' }, queues: { type: 'string' },
+    'cache-dir': { type: 'string' }, queues: { type: 'string' }, vmm: { type: 'string' },
   }, { min: 0, max: 1, usage: USAGE });
+  const vmm = values.vmm ?? 'qemu';
+  if (vmm !== 'qemu' && vmm !== 'cloud-hypervisor') throw new SlipwayError('INVALID_ARGUMENT', `--vmm must be qemu or cloud-hypervisor (got ${vmm})`);
+  const driver: VmmDriver = vmm === 'qemu' ? new QemuDriver() : new CloudHypervisorDriver();
   const ref = positionals[0];
   if (!ref === !values.disk) throw new SlipwayError('USAGE', `run: name either an image reference or --disk <raw-file>\nusage: ${USAGE}`);
   const cpus = values.cpus ? parseNonNegativeInt(values.cpus, '--cpus') : 1;
@@ -58,13 +64,16 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   let served: ServedDisk | undefined;
   let serveDir: string | undefined;
   let kept = false;
+  let profileSaved: Promise<unknown> | undefined;
   try {
     let disks: DiskSpec[];
     if (ref) {
       const t0 = Date.now();
       cache = await ChunkCache.open({ config: loadConfig(process.env, values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {}), logger: createLogger({ out: io.stderr }) });
       serveDir = await mkdtemp(join(tmpdir(), 'slipway-run-'));
-      served = await serveDisk({ cache, ref, socket: join(serveDir, 'blk.sock'), workDir: serveDir, readWrite: true, queues: Math.min(cpus, 4) });
+      // the first boot of a disk records the chunks it reads and stores that boot profile next to
+      // the disk, so later cold boots (on any host) fetch them ahead of demand
+      served = await serveDisk({ cache, ref, socket: join(serveDir, 'blk.sock'), workDir: serveDir, readWrite: true, queues: Math.min(cpus, 4), openOptions: { recordProfileIfMissing: true } });
       hostPhases.resolve_and_backend = Date.now() - t0;
       disks = [{ kind: 'vhost-user', socket: served.socket }];
     } else {
@@ -72,6 +81,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
     }
     const result = await runInVm({
       disks,
+      driver,
       argv: command,
       cpus,
       memoryMiB,
@@ -83,6 +93,15 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
       ...(env ? { env } : {}),
       ...(values.hostname ? { hostname: values.hostname } : {}),
       ...(values.cwd ? { cwd: values.cwd } : {}),
+      onAgentReady: () => {
+        const disk = served?.disk;
+        if (disk?.recordingProfile) {
+          profileSaved = disk.saveProfile().catch((err: unknown) => {
+            io.stderr.write(`slipway run: warning: could not store the boot profile: ${(err as Error).message}\n`);
+            return undefined;
+          });
+        }
+      },
       onKept: (k) => {
         kept = true;
         io.stderr.write(`slipway: VM kept running: pid ${k.pid}, work directory ${k.workDir}${serveDir ? `, disk backend in ${serveDir}` : ''}\n`);
@@ -102,6 +121,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   } finally {
     process.removeListener('SIGINT', onSigint);
     process.removeListener('SIGTERM', onSigint);
+    await profileSaved;
     if (!kept) {
       await served?.close();
       await cache?.close();

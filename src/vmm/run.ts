@@ -35,6 +35,8 @@ export interface RunOptions {
   bootConfig?: Partial<BootConfig>;
   bootConfigVia?: 'fw_cfg' | 'cmdline';
   onPhase?: (name: string, ms: number) => void;
+  /** called once the agent answers, before the command runs */
+  onAgentReady?: () => void;
   /** kept for `--keep`: called with the running VM and its work directory before teardown is skipped */
   onKept?: (info: { workDir: string; pid: number }) => void;
 }
@@ -96,6 +98,7 @@ export async function runInVm(opts: RunOptions): Promise<RunResult> {
     client = outcome.client;
     const pong = await client.ping();
     phase('agent_ready');
+    opts.onAgentReady?.();
     const guestPhasesMs = Object.fromEntries(Object.entries(pong.phases).map(([k, ns]) => [k, ns / 1e6]));
     const result = await client.exec(opts.argv, {
       ...(opts.env ? { env: Object.entries({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...opts.env }).map(([k, v]) => `${k}=${v}`) } : {}),

@@ -1,0 +1,428 @@
+/**
+ * The Cloud Hypervisor driver. CH is started bare (`--api-socket` only) and configured over its
+ * REST API (HTTP/1.1 on that Unix socket, base path /api/v1; the OpenAPI description is
+ * shared/reference/cloud-hypervisor/cloud-hypervisor.yaml):
+ *
+ *   GET  vmm.ping       version and compiled-in features ("fw_cfg" decides how the config travels)
+ *   PUT  vm.create      the whole VmConfig (buildVmConfig)
+ *   PUT  vm.boot
+ *   ...
+ *   PUT  vm.shutdown, PUT vmm.shutdown   (kill), then signals if CH does not leave
+ *
+ * The guest boots its PVH entry point (vmlinux) directly, with shared memory (vhost-user backends
+ * map it), virtio-blk disks (files, or vhost-user sockets), an optional TAP, virtio-rng, and a
+ * virtio-vsock device whose host side is CH's "hybrid vsock": a Unix socket on which the host
+ * writes `CONNECT <port>\n` and CH answers `OK <host port>\n` once the guest accepted; the agent
+ * listens on vsock port 1024 (docs/agent-protocol.md).
+ *
+ * The boot config goes in the fw_cfg item `opt/slipway/config` (`payload.fw_cfg_config`, present
+ * only in CH builds with the `fw_cfg` cargo feature and not described in the OpenAPI file), else
+ * as `slipway.config=<base64>` on the kernel command line.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { SlipwayError } from '../errors.js';
+import { FW_CFG_NAME } from '../guest/boot-config.js';
+import type { RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import { kernelCmdline } from './qemu.js';
+
+export const CH_API_BASE = '/api/v1';
+/** The vsock port slipway-agent listens on (docs/agent-protocol.md). */
+export const AGENT_VSOCK_PORT = 1024;
+/** The guest's vsock context id: 3 is the first one free for guests (0-2 are reserved). */
+export const GUEST_CID = 3;
+
+export function defaultCloudHypervisorBinary(env: NodeJS.ProcessEnv = process.env): string {
+  return env.SLIPWAY_CLOUD_HYPERVISOR || 'cloud-hypervisor';
+}
+
+/** Where the driver keeps its files inside the VM's work directory. */
+export function chPaths(workDir: string): { apiSocket: string; vsockSocket: string; console: string; bootConfig: string; vmConfig: string } {
+  return {
+    apiSocket: join(workDir, 'ch-api.sock'),
+    vsockSocket: join(workDir, 'vsock.sock'),
+    console: join(workDir, 'console.log'),
+    bootConfig: join(workDir, 'boot-config'),
+    vmConfig: join(workDir, 'ch-vm-config.json'),
+  };
+}
+
+export function cloudHypervisorArgs(spec: VmSpec): string[] {
+  return ['--api-socket', `path=${chPaths(spec.workDir).apiSocket}`];
+}
+
+/** Refuse what CH cannot do before anything is started. */
+export function checkSpec(spec: VmSpec): void {
+  if (spec.net.mode === 'user') {
+    throw new SlipwayError('INVALID_ARGUMENT', "network mode 'user' (user-mode networking, QEMU's slirp) is not supported by Cloud Hypervisor: use --net tap:<ifname> or --net none, or the qemu driver", { context: { net: 'user', vmm: 'cloud-hypervisor' } });
+  }
+  if (!Number.isInteger(spec.cpus) || spec.cpus < 1 || spec.cpus > 254) throw new SlipwayError('INVALID_ARGUMENT', `cpus must be 1 to 254 for Cloud Hypervisor (got ${spec.cpus})`);
+  if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 1) throw new SlipwayError('INVALID_ARGUMENT', `memory must be a positive number of MiB (got ${spec.memoryMiB})`);
+}
+
+/**
+ * `payload.fw_cfg_config`, as CH's serde struct `FwCfgConfig` spells it (vmm/src/vm_config.rs, and
+ * the API type in newer versions): five booleans and `items: { item_list: [{ name, file }] }`.
+ * Every boolean is sent: in the versions that have `#[serde(default)]` a missing one means true,
+ * in the older ones a missing one is an error. The kernel, command line and initramfs are loaded
+ * by CH itself (PVH direct boot), so they are not copied into fw_cfg too; no e820 or ACPI tables
+ * are added to it either (those are for firmware; the kernel gets its own from CH).
+ */
+export function fwCfgConfig(bootConfigPath: string): { e820: boolean; kernel: boolean; cmdline: boolean; initramfs: boolean; acpi_tables: boolean; items: { item_list: { name: string; file: string }[] } } {
+  return {
+    e820: false,
+    kernel: false,
+    cmdline: false,
+    initramfs: false,
+    acpi_tables: false,
+    items: { item_list: [{ name: FW_CFG_NAME, file: bootConfigPath }] },
+  };
+}
+
+/** The kernel command line: the shared quiet line with KVM hints, plus the config when not in fw_cfg. */
+export function chKernelCmdline(spec: VmSpec, opts: { fwCfg: boolean }): string {
+  const extra = [spec.cmdline, opts.fwCfg ? undefined : `slipway.config=${Buffer.from(spec.bootConfig).toString('base64')}`].filter(Boolean).join(' ');
+  return kernelCmdline('kvm', extra || undefined);
+}
+
+/** Whether the boot config goes through fw_cfg: asked for (the default) and compiled into this CH. */
+export function useFwCfg(spec: VmSpec, features: readonly string[]): boolean {
+  return spec.bootConfigVia !== 'cmdline' && features.includes('fw_cfg');
+}
+
+/**
+ * The body of `PUT /api/v1/vm.create` (components.schemas.VmConfig, plus `payload.fw_cfg_config`
+ * when `fwCfg`). Pure: it reads no file and starts nothing.
+ */
+export function buildVmConfig(spec: VmSpec, opts: { fwCfg: boolean }): Record<string, unknown> {
+  checkSpec(spec);
+  const paths = chPaths(spec.workDir);
+  const queues = Math.min(spec.cpus, 4);
+  const payload: Record<string, unknown> = {
+    kernel: spec.kernel.vmlinux,
+    initramfs: spec.initramfs,
+    cmdline: chKernelCmdline(spec, opts),
+  };
+  if (opts.fwCfg) payload.fw_cfg_config = fwCfgConfig(paths.bootConfig);
+  const memory: Record<string, unknown> = { size: spec.memoryMiB * 1024 * 1024, shared: true };
+  if (spec.hugepages) memory.hugepages = true;
+  const disks = spec.disks.map((d) => {
+    const disk: Record<string, unknown> =
+      d.kind === 'file'
+        ? { path: d.path, num_queues: queues }
+        : { vhost_user: true, vhost_socket: d.socket, num_queues: queues, queue_size: 128 };
+    if (d.readOnly) disk.readonly = true;
+    return disk;
+  });
+  const config: Record<string, unknown> = {
+    cpus: { boot_vcpus: spec.cpus, max_vcpus: spec.cpus },
+    memory,
+    payload,
+    rng: { src: '/dev/urandom' },
+    vsock: { cid: GUEST_CID, socket: paths.vsockSocket },
+    serial: spec.console ? { mode: 'File', file: paths.console } : { mode: 'Off' },
+    console: { mode: 'Off' },
+  };
+  if (disks.length > 0) config.disks = disks;
+  if (spec.net.mode === 'tap') config.net = [{ tap: spec.net.ifname }];
+  return config;
+}
+
+// ---- the REST API over the Unix socket ----
+
+export interface ChResponse {
+  status: number;
+  body: string;
+}
+
+/**
+ * One request to CH's API. CH's HTTP server (micro_http) wants a Content-Length and no chunked
+ * encoding, so the body is always sent whole with its length (0 when there is none).
+ */
+export function chApiRequest(socketPath: string, method: 'GET' | 'PUT', endpoint: string, body?: unknown, timeoutMs = 10_000): Promise<ChResponse> {
+  const data = body === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(body));
+  const path = `${CH_API_BASE}/${endpoint}`;
+  return new Promise((resolve, reject) => {
+    const headers: Record<string, string | number> = { Accept: 'application/json', 'Content-Length': data.length };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const req = httpRequest({ socketPath, path, method, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        clearTimeout(timer);
+        resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') });
+      });
+      res.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
+    const timer = setTimeout(() => req.destroy(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+    req.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    req.end(data);
+  });
+}
+
+function vmmError(method: string, endpoint: string, detail: string, context: Record<string, string | number> = {}, cause?: unknown): SlipwayError {
+  const request = `${method} ${CH_API_BASE}/${endpoint}`;
+  return new SlipwayError('VMM_ERROR', `cloud-hypervisor ${request} ${detail}`, { context: { request, ...context }, ...(cause === undefined ? {} : { cause }) });
+}
+
+/** A request that must succeed with 2xx; anything else is a VMM_ERROR naming the request, status and CH's answer. */
+export async function chApi(socketPath: string, method: 'GET' | 'PUT', endpoint: string, body?: unknown, timeoutMs?: number): Promise<string> {
+  let res: ChResponse;
+  try {
+    res = await chApiRequest(socketPath, method, endpoint, body, timeoutMs);
+  } catch (err) {
+    throw vmmError(method, endpoint, `failed: ${(err as Error).message}`, {}, err);
+  }
+  if (res.status < 200 || res.status > 299) {
+    const text = res.body.trim();
+    throw vmmError(method, endpoint, `-> ${res.status}${text ? `: ${text}` : ' (no error body)'}`, { status: res.status });
+  }
+  return res.body;
+}
+
+export interface VmmPing {
+  version: string;
+  build_version?: string;
+  pid?: number;
+  features: string[];
+}
+
+export async function chPing(socketPath: string, timeoutMs?: number): Promise<VmmPing> {
+  const text = await chApi(socketPath, 'GET', 'vmm.ping', undefined, timeoutMs);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw vmmError('GET', 'vmm.ping', `-> 200 but the answer is not JSON: ${text.slice(0, 200)}`);
+  }
+  const p = parsed as Partial<VmmPing> | null;
+  if (!p || typeof p !== 'object' || typeof p.version !== 'string') throw vmmError('GET', 'vmm.ping', `-> 200 but the answer has no version: ${text.slice(0, 200)}`);
+  const features = Array.isArray(p.features) ? p.features.filter((f): f is string => typeof f === 'string') : [];
+  return { ...p, version: p.version, features };
+}
+
+// ---- hybrid vsock ----
+
+/**
+ * The host side of CH's hybrid vsock: connect to the device's Unix socket, ask for a guest port,
+ * wait for `OK <n>`, and hand back the socket with any bytes that came after that line pushed back
+ * in front of the stream. CH closes the connection when nothing in the guest listens on the port
+ * (yet): that rejects, and the caller tries again.
+ */
+export function hybridVsockConnect(socketPath: string, port: number, timeoutMs = 5000): Promise<Duplex> {
+  return new Promise((resolve, reject) => {
+    const sock = connect(socketPath);
+    let buf = Buffer.alloc(0);
+    let done = false;
+    const fail = (message: string, cause?: unknown): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      sock.destroy();
+      reject(new SlipwayError('VMM_ERROR', `hybrid vsock ${socketPath} port ${port}: ${message}`, { context: { socket: socketPath, port }, ...(cause === undefined ? {} : { cause }) }));
+    };
+    const timer = setTimeout(() => fail(`no answer to CONNECT within ${timeoutMs} ms`), timeoutMs);
+    const onReadable = (): void => {
+      let chunk: Buffer | null;
+      while (!done && (chunk = sock.read() as Buffer | null) !== null) {
+        buf = Buffer.concat([buf, chunk]);
+        const nl = buf.indexOf(0x0a);
+        if (nl < 0) {
+          if (buf.length > 64) fail(`the answer to CONNECT is not a line: ${JSON.stringify(buf.subarray(0, 64).toString('latin1'))}`);
+          continue;
+        }
+        const line = buf.subarray(0, nl).toString('latin1').replace(/\r$/, '');
+        if (!/^OK \d+$/.test(line)) {
+          fail(`unexpected answer to CONNECT: ${JSON.stringify(line)}`);
+          return;
+        }
+        done = true;
+        clearTimeout(timer);
+        cleanup();
+        // Removing the last 'readable' listener returns the stream to its initial mode, so the
+        // caller's 'data' listener starts the flow, beginning with the bytes pushed back here.
+        const rest = buf.subarray(nl + 1);
+        if (rest.length > 0) sock.unshift(rest);
+        resolve(sock);
+        return;
+      }
+    };
+    const onEnd = (): void => fail('the connection closed before OK (is the guest agent listening yet?)');
+    const onError = (err: Error): void => fail(err.message, err);
+    const cleanup = (): void => {
+      sock.removeListener('readable', onReadable);
+      sock.removeListener('end', onEnd);
+      sock.removeListener('close', onEnd);
+      sock.removeListener('error', onError);
+    };
+    sock.on('readable', onReadable);
+    sock.once('end', onEnd);
+    sock.once('close', onEnd);
+    sock.once('error', onError);
+    sock.once('connect', () => sock.write(`CONNECT ${port}\n`));
+  });
+}
+
+// ---- the running VM ----
+
+class CloudHypervisorVm implements RunningVm {
+  readonly accel = 'kvm' as const;
+  readonly exited: Promise<VmExit>;
+  private exitInfo: VmExit | undefined;
+  private killing: Promise<VmExit> | undefined;
+
+  constructor(private readonly child: ChildProcess, private readonly spec: VmSpec, private readonly output: () => string) {
+    this.exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => {
+        this.exitInfo = { code, signal };
+        resolve(this.exitInfo);
+      });
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  get hasExited(): VmExit | undefined {
+    return this.exitInfo;
+  }
+
+  connectAgent(): Promise<Duplex> {
+    return hybridVsockConnect(chPaths(this.spec.workDir).vsockSocket, AGENT_VSOCK_PORT);
+  }
+
+  consoleTail(bytes = 4000): string {
+    let text = '';
+    if (this.spec.console) {
+      try {
+        const path = chPaths(this.spec.workDir).console;
+        const size = statSync(path).size;
+        const fd = openSync(path, 'r');
+        try {
+          const buf = Buffer.alloc(Math.min(bytes, size));
+          readSync(fd, buf, 0, buf.length, size - buf.length);
+          text = buf.toString('utf8');
+        } finally {
+          closeSync(fd);
+        }
+      } catch {
+        // no console file (yet)
+      }
+    }
+    const out = this.output().trim();
+    return out ? `${text}\n[cloud-hypervisor] ${out}` : text;
+  }
+
+  /** Ask CH to stop the VM and itself; then SIGTERM, then SIGKILL, `graceMs` apart. */
+  kill(graceMs = 2000): Promise<VmExit> {
+    if (this.exitInfo) return Promise.resolve(this.exitInfo);
+    this.killing ??= this.stop(graceMs);
+    return this.killing;
+  }
+
+  private async stop(graceMs: number): Promise<VmExit> {
+    const api = chPaths(this.spec.workDir).apiSocket;
+    const waitExit = (ms: number): Promise<VmExit | undefined> => Promise.race([this.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), ms).unref())]);
+    const apiMs = Math.max(200, Math.min(graceMs, 2000));
+    if (existsSync(api)) {
+      // vm.shutdown answers an error when no VM was booted: that is fine, vmm.shutdown follows.
+      await chApiRequest(api, 'PUT', 'vm.shutdown', undefined, apiMs).catch(() => undefined);
+      if (!this.exitInfo) await chApiRequest(api, 'PUT', 'vmm.shutdown', undefined, apiMs).catch(() => undefined);
+      const exit = await waitExit(graceMs);
+      if (exit) return exit;
+    }
+    if (this.exitInfo) return this.exitInfo;
+    this.child.kill('SIGTERM');
+    const exit = await waitExit(graceMs);
+    if (exit) return exit;
+    this.child.kill('SIGKILL');
+    return this.exited;
+  }
+}
+
+export interface CloudHypervisorDriverOptions {
+  /** the cloud-hypervisor binary (default: $SLIPWAY_CLOUD_HYPERVISOR, else `cloud-hypervisor` on PATH) */
+  binary?: string;
+  /** how long to wait for the API socket to answer (default 10 s) */
+  apiTimeoutMs?: number;
+}
+
+export class CloudHypervisorDriver implements VmmDriver {
+  readonly name = 'cloud-hypervisor' as const;
+  readonly binary: string;
+  private readonly apiTimeoutMs: number;
+
+  constructor(opts: CloudHypervisorDriverOptions = {}) {
+    this.binary = opts.binary ?? defaultCloudHypervisorBinary();
+    this.apiTimeoutMs = opts.apiTimeoutMs ?? 10_000;
+  }
+
+  async start(spec: VmSpec): Promise<RunningVm> {
+    checkSpec(spec);
+    const paths = chPaths(spec.workDir);
+    await writeFile(paths.bootConfig, spec.bootConfig);
+    const args = cloudHypervisorArgs(spec);
+    const child = spawn(this.binary, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: false });
+    let output = '';
+    const keep = (d: Buffer): void => {
+      output = (output + d.toString()).slice(-4000);
+    };
+    child.stdout?.on('data', keep);
+    child.stderr?.on('data', keep);
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', () => resolve());
+      child.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot start ${this.binary}: ${err.message} (install Cloud Hypervisor, or set SLIPWAY_CLOUD_HYPERVISOR to its binary)`, { context: { binary: this.binary }, cause: err })));
+    });
+    const vm = new CloudHypervisorVm(child, spec, () => output);
+    try {
+      const ping = await this.waitForApi(vm, paths.apiSocket, () => output);
+      const fwCfg = useFwCfg(spec, ping.features);
+      const config = buildVmConfig(spec, { fwCfg });
+      await writeFile(paths.vmConfig, `${JSON.stringify(config, null, 2)}\n`);
+      await chApi(paths.apiSocket, 'PUT', 'vm.create', config);
+      await chApi(paths.apiSocket, 'PUT', 'vm.boot');
+    } catch (err) {
+      await vm.kill(500);
+      if (err instanceof SlipwayError && output.trim() && !err.message.includes(output.trim())) {
+        throw new SlipwayError(err.code, `${err.message}\n[cloud-hypervisor] ${output.trim()}`, { context: err.context, cause: err });
+      }
+      throw err;
+    }
+    return vm;
+  }
+
+  /** Wait for CH to serve its API socket (or to exit trying); resolves with its ping. */
+  private async waitForApi(vm: CloudHypervisorVm, socket: string, output: () => string): Promise<VmmPing> {
+    const deadline = Date.now() + this.apiTimeoutMs;
+    let last: unknown;
+    for (;;) {
+      const exited = vm.hasExited;
+      if (exited) throw new SlipwayError('VMM_ERROR', `${this.binary} exited at start (code ${exited.code}, signal ${exited.signal}): ${output().trim()}`, { context: { binary: this.binary } });
+      if (existsSync(socket)) {
+        try {
+          return await chPing(socket, 2000);
+        } catch (err) {
+          last = err;
+          // a 4xx/5xx answer or a malformed ping will not get better by waiting
+          if (err instanceof SlipwayError && (typeof err.context.status === 'number' || /not JSON|no version/.test(err.message))) throw err;
+        }
+      }
+      if (Date.now() > deadline) {
+        throw new SlipwayError('VMM_ERROR', `${this.binary} did not answer on its API socket ${socket} within ${this.apiTimeoutMs} ms${last instanceof Error ? ` (last: ${last.message})` : ''}: ${output().trim()}`, { context: { binary: this.binary }, ...(last === undefined ? {} : { cause: last }) });
+      }
+      await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 20))]);
+    }
+  }
+}

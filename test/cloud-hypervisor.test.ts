@@ -452,7 +452,8 @@ describe('the driver against a FAKE Cloud Hypervisor (test/helpers/fake-cloud-hy
     expect(readFileSync(item.file, 'utf8')).toBe(BOOT_CONFIG);
     expect(JSON.parse(readFileSync(join(workDir, 'ch-vm-config.json'), 'utf8'))).toEqual(create);
     const agentPid = entries.find((e) => e.event === 'agent')?.pid ?? 0;
-    await new Promise((r) => setTimeout(r, 200));
+    // the fake stops its agent when it exits; allow a loaded machine a few seconds for that
+    for (let waited = 0; pidAlive(agentPid) && waited < 5000; waited += 50) await new Promise((r) => setTimeout(r, 50));
     expect(pidAlive(agentPid)).toBe(false);
     expect(FAKE_HOST_PORT).toBe(1073741824);
   });

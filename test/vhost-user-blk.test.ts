@@ -143,7 +143,7 @@ describe('fuzzing slipway-blk', () => {
     execFileSync('make', ['-s', '-C', VUB, 'fuzz'], { stdio: 'inherit' });
     const corpus = mkdtempSync(join(tmpdir(), `slipway-${target}-`));
     const seeds = join(VUB, 'fuzz', 'corpus', target === 'fuzz_message' ? 'message' : 'virtq');
-    const out = execFileSync(join(VUB, 'build', 'fuzz', target), ['-max_total_time=15', '-print_final_stats=1', corpus, seeds], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+    const out = execFileSync(join(VUB, 'build', 'fuzz', target), ['-max_total_time=15', '-print_final_stats=1', `-artifact_prefix=${corpus}/`, corpus, seeds], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).toString();
     expect(out).not.toMatch(/ERROR:|runtime error/);
   }, 120_000);
 });

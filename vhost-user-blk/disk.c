@@ -337,21 +337,60 @@ static int copy_up(struct vub_disk *d, uint64_t c, uint64_t *missing)
 	return 0;
 }
 
-static int prepare_chunk_for_write(struct vub_disk *d, uint64_t c, uint64_t in, uint64_t take, uint64_t *missing)
+/*
+ * Run `io` on chunk c of the overlay. A dirty chunk is written directly. A clean one is made
+ * dirty under ov_lock: copy-up (unless the piece covers the whole chunk), the write itself, then
+ * the dirty bit, all before another queue may touch that chunk's copy-up. (Writing a whole clean
+ * chunk outside the lock let a concurrent partial write copy the old chunk over it.)
+ */
+struct piece_io {
+	int (*fn)(struct vub_disk *d, const struct piece_io *p);
+	const struct iovec *iov;
+	unsigned n;
+	uint64_t pos;
+	uint64_t len;
+};
+
+static int overlay_piece(struct vub_disk *d, uint64_t c, uint64_t in, const struct piece_io *io, uint64_t *missing)
 {
 	if (vub_disk_is_dirty(d, c))
-		return 0;
-	int rc = 0;
+		return io->fn(d, io);
 	pthread_mutex_lock(&d->ov_lock);
-	if (!vub_disk_is_dirty(d, c)) {
-		bool whole = in == 0 && take == chunk_len(d, c);
+	int rc = 0;
+	if (vub_disk_is_dirty(d, c)) {
+		rc = io->fn(d, io);
+	} else {
+		bool whole = in == 0 && io->len == chunk_len(d, c);
 		if (!whole)
 			rc = copy_up(d, c, missing);
+		if (rc == 0)
+			rc = io->fn(d, io);
 		if (rc == 0)
 			set_dirty(d, c);
 	}
 	pthread_mutex_unlock(&d->ov_lock);
 	return rc;
+}
+
+static int write_piece(struct vub_disk *d, const struct piece_io *p)
+{
+	return full_io(d->ov_data_fd, p->iov, p->n, p->pos, p->len, true, false);
+}
+
+static int zero_piece(struct vub_disk *d, const struct piece_io *p)
+{
+	if (fallocate(d->ov_data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)p->pos, (off_t)p->len) == 0)
+		return 0;
+	if (errno != EOPNOTSUPP)
+		return -errno;
+	static const uint8_t zeros[65536];
+	for (uint64_t z = 0; z < p->len;) {
+		size_t w = p->len - z < sizeof zeros ? (size_t)(p->len - z) : sizeof zeros;
+		if (pwrite(d->ov_data_fd, zeros, w, (off_t)(p->pos + z)) != (ssize_t)w)
+			return -EIO;
+		z += w;
+	}
+	return 0;
 }
 
 int vub_disk_writev(struct vub_disk *d, uint64_t off, const struct iovec *iov, unsigned n, uint64_t len, uint64_t *missing)
@@ -373,22 +412,10 @@ int vub_disk_writev(struct vub_disk *d, uint64_t off, const struct iovec *iov, u
 		int k = vub_iov_slice(iov, n, (size_t)done, (size_t)take, piece, VUB_CHAIN_IOV_MAX);
 		if (k < 0)
 			return -EINVAL;
-		/* write first, then mark: a whole-chunk write needs no copy-up, and a crash before the
-		 * flush leaves the chunk clean, as if the write never happened */
-		bool whole = in == 0 && take == chunk_len(d, c);
-		if (!whole) {
-			rc = prepare_chunk_for_write(d, c, in, take, missing);
-			if (rc != 0)
-				return rc;
-		}
-		rc = full_io(d->ov_data_fd, piece, (unsigned)k, pos, take, true, false);
-		if (rc < 0)
+		struct piece_io io = { write_piece, piece, (unsigned)k, pos, take };
+		rc = overlay_piece(d, c, in, &io, missing);
+		if (rc != 0)
 			return rc;
-		if (whole && !vub_disk_is_dirty(d, c)) {
-			pthread_mutex_lock(&d->ov_lock);
-			set_dirty(d, c);
-			pthread_mutex_unlock(&d->ov_lock);
-		}
 		done += take;
 	}
 	return 0;
@@ -409,28 +436,10 @@ int vub_disk_zero(struct vub_disk *d, uint64_t off, uint64_t len, uint64_t *miss
 		uint64_t take = chunk_len(d, c) - in;
 		if (take > len - done)
 			take = len - done;
-		bool whole = in == 0 && take == chunk_len(d, c);
-		if (!whole) {
-			rc = prepare_chunk_for_write(d, c, in, take, missing);
-			if (rc != 0)
-				return rc;
-		}
-		if (fallocate(d->ov_data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)pos, (off_t)take) < 0) {
-			if (errno != EOPNOTSUPP)
-				return -errno;
-			static const uint8_t zeros[65536];
-			for (uint64_t z = 0; z < take;) {
-				size_t w = take - z < sizeof zeros ? (size_t)(take - z) : sizeof zeros;
-				if (pwrite(d->ov_data_fd, zeros, w, (off_t)(pos + z)) != (ssize_t)w)
-					return -EIO;
-				z += w;
-			}
-		}
-		if (whole && !vub_disk_is_dirty(d, c)) {
-			pthread_mutex_lock(&d->ov_lock);
-			set_dirty(d, c);
-			pthread_mutex_unlock(&d->ov_lock);
-		}
+		struct piece_io io = { zero_piece, NULL, 0, pos, take };
+		rc = overlay_piece(d, c, in, &io, missing);
+		if (rc != 0)
+			return rc;
 		done += take;
 	}
 	return 0;

@@ -223,8 +223,9 @@ struct virtio_blk_discard_write_zeroes {
 };
 
 /* The config space up to write_zeroes_may_unmap and its padding (60 bytes): what a virtio 1.1
- * device has, and what GET_CONFIG asks for by default. */
-struct virtio_blk_config {
+ * device has, and what GET_CONFIG asks for by default. Packed: the 64-bit capacity would otherwise
+ * round the size up to 64. */
+struct __attribute__((packed)) virtio_blk_config {
 	uint64_t capacity; /* 512-byte sectors */
 	uint32_t size_max;
 	uint32_t seg_max;

@@ -1,0 +1,150 @@
+/**
+ * slipway-blk driven by the C test frontend (vhost-user-blk/test): memfd guest memory, its own
+ * virtqueues. Data checks against the raw image (the disk fetched lazily from an empty cache),
+ * every malformed case, reconnect, and overlapping writes on two queues. The backend is the
+ * AddressSanitizer + UndefinedBehaviorSanitizer build and must report nothing.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ChunkCache } from '../src/cache/chunk-cache.js';
+import { loadConfig } from '../src/config.js';
+import { main } from '../src/cli/main.js';
+import { PROJECT_ROOT } from '../src/guest/build.js';
+import { serveDisk, type ServedDisk } from '../src/serve/backend.js';
+import { silentLogger } from '../src/util/log.js';
+import { captureIO } from './helpers/cli.js';
+import { makeExt4, tempDir } from './helpers/images.js';
+
+const VUB = join(PROJECT_ROOT, 'vhost-user-blk');
+const FRONTEND = join(VUB, 'build', 'vub-frontend');
+const ASAN_BACKEND = join(VUB, 'build', 'asan', 'slipway-blk');
+const ASAN_ENV = { ASAN_OPTIONS: 'detect_leaks=1:halt_on_error=1', UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' };
+const work = tempDir('slipway-vubfe-');
+const image = join(work, 'disk.img');
+const layoutRef = `oci:${join(work, 'layout')}:v1`;
+const served: ServedDisk[] = [];
+const caches: ChunkCache[] = [];
+
+/** Run the frontend without blocking: the miss server answering the backend lives in this process. */
+async function frontend(args: string[]): Promise<{ code: number; json: Record<string, unknown>; stderr: string }> {
+  const child = spawn(FRONTEND, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const code = await new Promise<number>((resolve) => child.once('close', (c) => resolve(c ?? -1)));
+  let json: Record<string, unknown> = {};
+  try {
+    json = JSON.parse(stdout.trim().split('\n').at(-1) ?? '{}') as Record<string, unknown>;
+  } catch {
+    json = { unparsed: stdout };
+  }
+  return { code, json, stderr };
+}
+
+async function serve(name: string, opts: { readWrite: boolean; queues: number }): Promise<ServedDisk> {
+  const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-vubfe-cache-') }), logger: silentLogger });
+  caches.push(cache);
+  const s = await serveDisk({ cache, ref: layoutRef, socket: join(work, `${name}.sock`), workDir: join(work, name), readWrite: opts.readWrite, queues: opts.queues, binary: ASAN_BACKEND, env: ASAN_ENV });
+  served.push(s);
+  return s;
+}
+
+beforeAll(async () => {
+  execFileSync('make', ['-s', '-C', VUB, 'all', 'asan', 'test-frontend'], { stdio: 'inherit' });
+  makeExt4(image, 24, join(PROJECT_ROOT, 'node_modules', 'undici'));
+  const io = captureIO();
+  expect(await main(['push', image, layoutRef, '--chunk-size', '64K', '--progress=none'], io), io.err).toBe(0);
+}, 300_000);
+
+afterAll(async () => {
+  for (const s of served) await s.close();
+  for (const c of caches) await c.close();
+  for (const s of served) expect(s.log()).not.toMatch(/ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer/);
+});
+
+describe('slipway-blk through the test frontend', () => {
+  it('reads the whole disk right from an empty cache (several queues, indirect descriptors, two memory regions)', async () => {
+    const s = await serve('verify', { readWrite: true, queues: 2 });
+    const info = await frontend(['info', s.socket]);
+    expect(info.code, info.stderr).toBe(0);
+    expect(info.json.capacity).toBe(readFileSync(image).length / 512);
+    for (const extra of [[], ['--queues', '2', '--indirect'], ['--regions', '2']]) {
+      const r = await frontend(['verify', s.socket, image, ...extra]);
+      expect(r.code, `${extra.join(' ')}: ${r.stderr}`).toBe(0);
+      expect(r.json.mismatches).toBe(0);
+    }
+    expect(s.miss.stats.requests).toBeGreaterThan(0);
+  });
+
+  it('writes, flushes, discards and zeroes; reads back what was written; GET_ID answers the serial', async () => {
+    const s = await serve('rw', { readWrite: true, queues: 1 });
+    const data = randomBytes(64 << 10);
+    const inFile = join(work, 'in.bin');
+    const outFile = join(work, 'out.bin');
+    writeFileSync(inFile, data);
+    expect((await frontend(['write', s.socket, String(3 * 65536 + 4096), inFile])).json.status).toBe(0);
+    expect((await frontend(['flush', s.socket])).json.status).toBe(0);
+    expect((await frontend(['read', s.socket, String(3 * 65536 + 4096), String(data.length), outFile])).json.status).toBe(0);
+    expect(readFileSync(outFile).equals(data)).toBe(true);
+    expect((await frontend(['zeroes', s.socket, String(3 * 65536 + 4096), '8192'])).json.status).toBe(0);
+    expect((await frontend(['discard', s.socket, String(5 * 65536), String(65536)])).json.status).toBe(0);
+    expect((await frontend(['read', s.socket, String(3 * 65536 + 4096), String(data.length), outFile])).json.status).toBe(0);
+    const back = readFileSync(outFile);
+    expect(back.subarray(0, 8192).equals(Buffer.alloc(8192))).toBe(true);
+    expect(back.subarray(8192).equals(data.subarray(8192))).toBe(true);
+    expect((await frontend(['read', s.socket, String(5 * 65536), '65536', outFile])).json.status).toBe(0);
+    expect(readFileSync(outFile).equals(Buffer.alloc(65536))).toBe(true);
+    const id = await frontend(['getid', s.socket]);
+    expect(id.code, id.stderr).toBe(0);
+    expect(String(id.json.id)).toBe(s.disk.digest.slice(7, 27));
+  });
+
+  it('keeps written data across a frontend disconnect and reconnect', async () => {
+    const s = await serve('reconnect', { readWrite: true, queues: 1 });
+    const r = await frontend(['reconnect', s.socket]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.json.survived).toBe(true);
+  });
+
+  it('loses no write when overlapping writes race on two queues', async () => {
+    const s = await serve('race', { readWrite: true, queues: 2 });
+    const r = await frontend(['race', s.socket, '--chunk', '65536', '--iterations', '64']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.json.lost_writes).toBe(0);
+    expect(r.json.bad_status).toBe(0);
+  });
+
+  it('a read-only disk fails writes with IOERR', async () => {
+    const s = await serve('ro', { readWrite: false, queues: 1 });
+    const inFile = join(work, 'ro.bin');
+    writeFileSync(inFile, Buffer.alloc(4096, 1));
+    expect((await frontend(['write', s.socket, '0', inFile])).json.status).toBe(1);
+    expect((await frontend(['info', s.socket])).json.features).toBeDefined();
+  });
+
+  it('survives every malformed request and message, and keeps serving', async () => {
+    const s = await serve('malformed', { readWrite: true, queues: 1 });
+    const cases = ['desc-loop', 'desc-loop-empty', 'chain-too-long', 'index-out-of-range', 'avail-idx-jump', 'addr-outside-memory', 'addr-straddles-end',
+      'indirect-bad-len', 'indirect-nested', 'too-many-segments', 'sector-out-of-range', 'len-not-512', 'header-short', 'status-not-writable',
+      'msg-short', 'msg-oversize', 'msg-bad-fd-count', 'mem-table-fd-mismatch', 'queue-index-out-of-range', 'ring-size-not-pow2', 'mem-region-overflow', 'unknown-request'];
+    expect(cases.length).toBeGreaterThanOrEqual(20);
+    const messageLevel = new Set(['msg-short', 'msg-oversize', 'msg-bad-fd-count', 'mem-table-fd-mismatch', 'queue-index-out-of-range', 'ring-size-not-pow2', 'mem-region-overflow', 'unknown-request']);
+    for (const c of cases) {
+      const r = await frontend(['malformed', s.socket, c]);
+      expect(r.json.alive, `${c}: ${JSON.stringify(r.json)} ${r.stderr}`).toBe(true);
+      if (messageLevel.has(c)) expect(['connection-closed', 'reply-nack'], `${c}: ${JSON.stringify(r.json)}`).toContain(r.json.outcome);
+      else expect(['status-ioerr', 'status-unsupp', 'no-status'], `${c}: ${JSON.stringify(r.json)}`).toContain(r.json.outcome);
+    }
+    expect(s.backend.exitCode).toBeNull();
+    const v = await frontend(['verify', s.socket, image]);
+    expect(v.json.mismatches).toBe(0);
+  });
+});

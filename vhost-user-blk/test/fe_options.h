@@ -46,6 +46,7 @@ static void usage(void)
 	      "  malformed SOCK CASE   (CASE 'list' prints the cases)\n"
 	      "  reconnect SOCK\n"
 	      "  race SOCK [--chunk BYTES] [--iterations N]   (needs 2 queues; overlapping writes on two queues)\n"
+	      "  replay SOCK TRACEFILE   (reads \"offset bytes\" lines in order at queue depth 1)\n"
 	      "options for all: --regions 1|2, --mem BYTES, --ring N (power of two), --indirect,\n"
 	      "  --timeout-ms MS (requests and replies, default 10000), --case-timeout-ms MS (malformed, default 1000),\n"
 	      "  --seed N\n"

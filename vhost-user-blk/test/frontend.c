@@ -821,6 +821,56 @@ static int cmd_race(int argc, char **argv)
 	return 0;
 }
 
+/*
+ * Replay a recorded read trace ("offset bytes" per line, e.g. a boot's blk_co_preadv events) at
+ * queue depth 1, in order, as the guest issued it; prints the reads, bytes and elapsed time.
+ */
+static int cmd_replay(int argc, char **argv)
+{
+	const char *path = socket_arg(argc, argv, 4);
+	const char *trace = argv[3];
+	struct opts o;
+	parse_opts(argc, argv, 4, &o);
+	FILE *f = fopen(trace, "r");
+	if (!f)
+		die("open %s: %s", trace, strerror(errno));
+	struct dev d;
+	struct layout l = { .nq = 1, .nslots = 1, .slot_data = SLOT_DATA_BYTES };
+	dev_open_or_die(&d, path, &o, &l);
+	uint64_t reads = 0, bytes = 0;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	char line[256];
+	while (fgets(line, sizeof line, f)) {
+		char *end = NULL;
+		errno = 0;
+		unsigned long long off = strtoull(line, &end, 10);
+		if (errno || end == line)
+			continue;
+		unsigned long long len = strtoull(end, NULL, 10);
+		if (off % SECTOR_BYTES || len == 0 || len % SECTOR_BYTES)
+			die("%s: bad trace line: %s", trace, line);
+		for (uint64_t done = 0; done < len;) {
+			uint32_t n = len - done < SLOT_DATA_BYTES ? (uint32_t)(len - done) : SLOT_DATA_BYTES;
+			struct shape sh = shape_for(&d, n, o.indirect);
+			struct sync_result res;
+			if (blk_sync(&d, 0, 0, VIRTIO_BLK_T_IN, (off + done) / SECTOR_BYTES, n, &sh, o.timeout_ms, &res) != VU_OK)
+				die("%s: read at %" PRIu64 ": %s", path, (uint64_t)(off + done), d.vu.err);
+			if (res.status != VIRTIO_BLK_S_OK)
+				die("%s: read at %" PRIu64 " failed with status %u", path, (uint64_t)(off + done), res.status);
+			done += n;
+		}
+		reads++;
+		bytes += len;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	fclose(f);
+	dev_close_or_die(&d, path);
+	double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+	printf("{\"reads\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"ms\":%.3f}\n", reads, bytes, ms);
+	return 0;
+}
+
 /* ======================================================================================== */
 
 int main(int argc, char **argv)
@@ -857,6 +907,8 @@ int main(int argc, char **argv)
 		return cmd_reconnect(argc, argv);
 	if (strcmp(cmd, "race") == 0)
 		return cmd_race(argc, argv);
+	if (strcmp(cmd, "replay") == 0)
+		return cmd_replay(argc, argv);
 	usage();
 	die("unknown command '%s'", cmd);
 }

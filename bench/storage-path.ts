@@ -1,0 +1,195 @@
+/**
+ * The storage path of a boot alone, free of TCG's slow CPU. The reads a Debian 12 systemd boot
+ * makes of its root disk are recorded once (qemu-storage-daemon's blk_co_preadv trace event, the
+ * guest booting under QEMU from that export until its agent answers), then replayed in order at
+ * queue depth 1 by the C test frontend against:
+ *  - slipway-blk with an empty cache, the disk in the local registry (with and without its boot profile);
+ *  - the lazy set-up users build by hand: qemu-storage-daemon's http driver reading the same image
+ *    as one raw blob from the same registry, copy-on-read into a local qcow2 overlay, exported as
+ *    vhost-user-blk;
+ * each with 0 and 20 ms added to every registry request (a delaying proxy); and warm: slipway-blk
+ * with every chunk cached against qemu-storage-daemon on a local copy of the file.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ChunkCache } from '../src/cache/chunk-cache.js';
+import { pushBootProfile } from '../src/cache/boot-profile.js';
+import { loadConfig } from '../src/config.js';
+import { openDiskArtifact } from '../src/disk/artifact.js';
+import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
+import { renderBootConfig } from '../src/guest/boot-config.js';
+import { buildGuest, PROJECT_ROOT } from '../src/guest/build.js';
+import { Targets } from '../src/oci/open.js';
+import { parseRef } from '../src/oci/ref.js';
+import { serveDisk } from '../src/serve/backend.js';
+import { silentLogger } from '../src/util/log.js';
+import { QemuDriver } from '../src/vmm/qemu.js';
+import { startChaosProxy } from '../test/helpers/chaos-proxy.js';
+import { startRegistry } from '../test/helpers/registry.js';
+import { BENCH_DIR, report, type Row } from './lib.js';
+
+const FRONTEND = join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'vub-frontend');
+const SYSTEMD_IMAGE = join(BENCH_DIR, 'debian-systemd-v2.img');
+const TRACE = join(BENCH_DIR, 'debian-boot-reads.txt');
+
+function frontend(args: string[]): Promise<Record<string, number>> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(FRONTEND, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.once('close', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').at(-1) as string) as Record<string, number>) : reject(new Error(`vub-frontend ${args.join(' ')} exited ${code}`))));
+  });
+}
+
+async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
+  for (let i = 0; i < 400 && !existsSync(path); i++) {
+    if (child.exitCode !== null) throw new Error(`qemu-storage-daemon exited (${child.exitCode})`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+function qsd(args: string[], sock: string): ChildProcess {
+  return spawn('qemu-storage-daemon', [...args, '--export', `type=vhost-user-blk,id=e,node-name=top,addr.type=unix,addr.path=${sock},writable=off,num-queues=1`], { stdio: ['ignore', 'ignore', 'inherit'] });
+}
+
+/** Record the reads of one systemd boot (cached in BENCH_DIR). */
+async function recordTrace(work: string): Promise<string> {
+  if (existsSync(TRACE)) return TRACE;
+  if (!existsSync(SYSTEMD_IMAGE)) throw new Error(`${SYSTEMD_IMAGE} missing: run bench/boot.ts first (it builds the debootstrap systemd root)`);
+  const disk = join(work, 'trace-disk.img');
+  execFileSync('cp', ['--sparse=always', SYSTEMD_IMAGE, disk]);
+  const sock = join(work, 'trace.sock');
+  const log = join(work, 'trace.log');
+  const daemon = spawn('qemu-storage-daemon', ['--blockdev', `driver=file,node-name=top,filename=${disk}`, '--trace', `enable=blk_co_preadv,file=${log}`,
+    '--export', `type=vhost-user-blk,id=e,node-name=top,addr.type=unix,addr.path=${sock},writable=on,num-queues=1`], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitForSocket(sock, daemon);
+  const kernelVersion = execFileSync('sh', ['-c', 'ls /boot | sed -n "s/^vmlinuz-\\(.*-cloud-amd64\\)$/\\1/p" | head -1'], { encoding: 'utf8' }).trim();
+  const guest = await buildGuest();
+  const vmDir = mkdtempSync(join(tmpdir(), 'slipway-trace-vm-'));
+  const vm = await new QemuDriver().start({
+    id: 'trace', workDir: vmDir, cpus: 1, memoryMiB: 1024, kernel: { bzImage: `/boot/vmlinuz-${kernelVersion}`, vmlinux: '' }, initramfs: `/boot/initrd.img-${kernelVersion}`,
+    cmdline: 'root=/dev/vda rw', disks: [{ kind: 'vhost-user', socket: sock }], bootConfig: renderBootConfig({}), net: { mode: 'none' }, console: true,
+  });
+  void guest;
+  try {
+    const client = await waitForAgent(async () => new AgentClient(await vm.connectAgent()), 300_000);
+    client.close();
+  } finally {
+    await vm.kill(200);
+    daemon.kill();
+    rmSync(vmDir, { recursive: true, force: true });
+  }
+  const reads = readFileSync(log, 'utf8').split('\n').map((l) => /blk_co_preadv .*offset (\d+) bytes (\d+)/.exec(l)).filter((m): m is RegExpExecArray => m !== null).map((m) => `${m[1]} ${m[2]}`);
+  writeFileSync(TRACE, `${reads.join('\n')}\n`);
+  return TRACE;
+}
+
+async function main(): Promise<void> {
+  execFileSync('make', ['-s', '-C', join(PROJECT_ROOT, 'vhost-user-blk'), 'all', 'test-frontend']);
+  const work = mkdtempSync(join(tmpdir(), 'slipway-storagebench-'));
+  const trace = await recordTrace(work);
+  const lines = readFileSync(trace, 'utf8').trim().split('\n').map((l) => l.split(' ').map(Number) as [number, number]);
+  const bootBytes = lines.reduce((s, [, b]) => s + b, 0);
+  const registry = await startRegistry();
+  const targets = new Targets();
+  const rows: Row[] = [];
+  try {
+    // the disk as a slipway artifact, and as one raw blob
+    const ref = `${registry.host}/bench/debian:v1`;
+    execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'push', SYSTEMD_IMAGE, ref, '--progress=none']);
+    const digest = `sha256:${execFileSync('sha256sum', [SYSTEMD_IMAGE], { encoding: 'utf8' }).split(' ')[0]}`;
+    const loc = execFileSync('curl', ['-sS', '-D', '-', '-o', '/dev/null', '-X', 'POST', `http://${registry.host}/v2/bench/raw/blobs/uploads/`], { encoding: 'utf8' })
+      .split('\r\n').find((l) => l.toLowerCase().startsWith('location:'))?.slice(9).trim() ?? '';
+    const up = new URL(loc, `http://${registry.host}`);
+    up.searchParams.set('digest', digest);
+    execFileSync('curl', ['-sS', '-f', '-X', 'PUT', '-H', 'content-type: application/octet-stream', '-T', SYSTEMD_IMAGE, up.toString()]);
+    // the boot profile of this disk, from the trace: chunks in first-read order
+    const origin = await targets.open(parseRef(ref));
+    const artifact = await openDiskArtifact(origin, 'v1');
+    const cs = artifact.config.chunkSizeBytes;
+    const order: number[] = [];
+    for (const [off, len] of lines) for (let n = Math.floor(off / cs); n <= Math.floor((off + len - 1) / cs); n++) if (!order.includes(n)) order.push(n);
+    const profiled = `${registry.host}/bench/debian-profiled:v1`;
+    execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'copy', ref, profiled, '--progress=none']);
+    const profiledTarget = await targets.open(parseRef(profiled));
+    await pushBootProfile(profiledTarget, (await openDiskArtifact(profiledTarget, 'v1')).manifestDescriptor, { formatVersion: 1, disk: artifact.manifestDescriptor.digest, chunkSizeBytes: cs, chunks: order });
+
+    const slipwayCold = async (host: string, repo: string, useProfile: boolean): Promise<{ ms: number; fetched: number }> => {
+      const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'cache-')) }), logger: silentLogger });
+      const served = await serveDisk({ cache, ref: `${host}/bench/${repo}:v1`, socket: join(work, `s-${Date.now()}.sock`), workDir: mkdtempSync(join(work, 'serve-')), readWrite: false, openOptions: { useProfile } });
+      try {
+        const r = await frontend(['replay', served.socket, trace]);
+        await served.disk.settle();
+        return { ms: r.ms as number, fetched: cache.stats().remote.bytes };
+      } finally {
+        await served.close();
+        await cache.close();
+      }
+    };
+    const peerCold = async (host: string): Promise<number> => {
+      const ovl = join(work, `ovl-${Date.now()}.qcow2`);
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', ovl, String(statSync(SYSTEMD_IMAGE).size)]);
+      const sock = join(work, `p-${Date.now()}.sock`);
+      const d = qsd(['--blockdev', `driver=http,node-name=web,url=http://${host}/v2/bench/raw/blobs/${digest}`,
+        '--blockdev', `driver=file,node-name=ovlfile,filename=${ovl}`, '--blockdev', 'driver=qcow2,node-name=ovl,file=ovlfile,backing=web',
+        '--blockdev', 'driver=copy-on-read,node-name=top,file=ovl'], sock);
+      try {
+        await waitForSocket(sock, d);
+        return (await frontend(['replay', sock, trace])).ms as number;
+      } finally {
+        d.kill();
+      }
+    };
+    for (const delayMs of [0, 20]) {
+      const proxy = await startChaosProxy({ target: registry.host });
+      if (delayMs) proxy.delay(delayMs, 'any');
+      try {
+        const peer = await peerCold(proxy.host);
+        const plain = await slipwayCold(proxy.host, 'debian', false);
+        const prof = await slipwayCold(proxy.host, 'debian-profiled', true);
+        rows.push(
+          { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '' },
+          { name: `${delayMs} ms: slipway-blk, empty cache`, ms: Math.round(plain.ms), ratio: (plain.ms / peer).toFixed(3), fetchedBytes: plain.fetched },
+          { name: `${delayMs} ms: slipway-blk, empty cache, boot profile`, ms: Math.round(prof.ms), ratio: (prof.ms / peer).toFixed(3), fetchedBytes: prof.fetched },
+        );
+      } finally {
+        await proxy.stop();
+      }
+    }
+    // warm: every chunk local, against a local file
+    const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'warm-')) }), logger: silentLogger });
+    const pre = await cache.openDisk(ref, { useProfile: false });
+    await pre.prefetch();
+    await pre.close();
+    const served = await serveDisk({ cache, ref, socket: join(work, 'warm.sock'), workDir: mkdtempSync(join(work, 'serve-')), readWrite: false });
+    const local = join(work, 'local.img');
+    copyFileSync(SYSTEMD_IMAGE, local);
+    const lsock = join(work, 'local.sock');
+    const ld = qsd(['--blockdev', `driver=file,node-name=top,filename=${local},cache.direct=off`], lsock);
+    try {
+      await waitForSocket(lsock, ld);
+      await frontend(['replay', lsock, trace]);
+      const localMs = (await frontend(['replay', lsock, trace])).ms as number;
+      const warmMs = (await frontend(['replay', served.socket, trace])).ms as number;
+      rows.push(
+        { name: 'warm: qemu-storage-daemon on a local file', ms: Math.round(localMs), ratio: '1.00', fetchedBytes: '' },
+        { name: 'warm: slipway-blk, every chunk in tier 1', ms: Math.round(warmMs), ratio: (warmMs / localMs).toFixed(2), fetchedBytes: 0 },
+      );
+    } finally {
+      ld.kill();
+      await served.close();
+      await cache.close();
+    }
+  } finally {
+    await targets.close();
+    await registry.stop();
+    rmSync(work, { recursive: true, force: true });
+  }
+  report(`replay of a Debian 12 systemd boot's root-disk reads (${lines.length} reads, ${bootBytes} bytes) at queue depth 1`, rows, 'storage-path');
+}
+
+await main();

@@ -134,7 +134,7 @@ async function main(): Promise<void> {
       const ovl = join(work, `ovl-${Date.now()}.qcow2`);
       execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', ovl, String(statSync(SYSTEMD_IMAGE).size)]);
       const sock = join(work, `p-${Date.now()}.sock`);
-      const d = qsd(['--blockdev', `driver=http,node-name=web,url=http://${host}/v2/bench/raw/blobs/${digest}`,
+      const d = qsd(['--blockdev', `driver=http,node-name=web,read-only=on,url=http://${host}/v2/bench/raw/blobs/${digest}`,
         '--blockdev', `driver=file,node-name=ovlfile,filename=${ovl}`, '--blockdev', 'driver=qcow2,node-name=ovl,file=ovlfile,backing=web',
         '--blockdev', 'driver=copy-on-read,node-name=top,file=ovl'], sock);
       try {

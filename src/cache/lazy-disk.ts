@@ -19,6 +19,8 @@ import { loadBootProfile, pushBootProfile, type BootProfile } from './boot-profi
 
 /** Chunks fetched ahead of a sequential reader: the window starts at 16 (8 MiB at the default chunk size) and doubles while reads stay sequential. */
 const READAHEAD_MIN_CHUNKS = 16;
+/** Coalesced requests of a boot-profile prefetch stay small so the first chunks come back first. */
+const PROFILE_RUN_BYTES = 1 << 20;
 const READAHEAD_MAX_CHUNKS = 128;
 
 export interface OpenDiskOptions {
@@ -393,7 +395,14 @@ export class LazyDisk {
       if (this.cache.disk.has((index.entries[e] as IndexEntry).digest.toString('hex'))) continue;
       firstOfEntry.set(e, n);
     }
-    const runs = planRuns(index, [...firstOfEntry].map(([entry, chunk]) => ({ entry, chunk })));
+    let runs = planRuns(index, [...firstOfEntry].map(([entry, chunk]) => ({ entry, chunk })), opts.chunks ? PROFILE_RUN_BYTES : undefined);
+    if (opts.chunks) {
+      // a boot profile is an order: fetch in that order, in small runs, so that the chunks the
+      // boot needs first arrive first (a demand read that joins a queued prefetch waits for it)
+      const position = new Map(opts.chunks.map((n, i) => [n, i] as const));
+      const key = (r: (typeof runs)[number]) => Math.min(...r.chunks.map((w) => position.get(w.chunk) ?? Number.MAX_SAFE_INTEGER));
+      runs = runs.map((r) => ({ r, k: key(r) })).sort((a, b) => a.k - b.k).map((x) => x.r);
+    }
     const totalBytes = firstOfEntry.size * this.chunkSizeBytes;
     let doneBytes = 0;
     let fetchedChunks = 0;
@@ -500,6 +509,8 @@ export async function openLazyDisk(cache: ChunkCache, refText: string, opts: Ope
   const { fetched, offline } = await resolveManifest(cache, ref, sources);
   const artifact = await openDiskFromManifest(cachingBlobReader(cache, sources, origin.name), refReference(ref), fetched.descriptor, fetched.body);
   const disk = new LazyDisk(cache, formatRef(ref), artifact, origin, sources, offline);
+  // start the decode threads now (they boot in the background) so the first miss does not wait for them
+  void cache.pool;
   if (opts.pin !== false) disk.pin();
   if (opts.recordProfile) disk.startProfile();
   if ((opts.useProfile !== false || opts.recordProfileIfMissing) && !offline) {

@@ -34,7 +34,7 @@ export interface Run {
 }
 
 /** Group wanted chunks by pack, sort by offset, and merge neighbours into runs. */
-export function planRuns(index: ChunkIndex, wanted: WantedChunk[]): Run[] {
+export function planRuns(index: ChunkIndex, wanted: WantedChunk[], maxRunBytes = MAX_RUN_BYTES): Run[] {
   const byPack = new Map<number, WantedChunk[]>();
   for (const w of wanted) {
     const e = index.entries[w.entry] as IndexEntry;
@@ -49,7 +49,7 @@ export function planRuns(index: ChunkIndex, wanted: WantedChunk[]): Run[] {
     for (const w of list) {
       const e = index.entries[w.entry] as IndexEntry;
       const end = e.offset + e.storedLength;
-      if (run && e.offset >= run.start && e.offset - (run.start + run.length) <= MAX_COALESCE_GAP_BYTES && end - run.start <= MAX_RUN_BYTES) {
+      if (run && e.offset >= run.start && e.offset - (run.start + run.length) <= MAX_COALESCE_GAP_BYTES && end - run.start <= maxRunBytes) {
         run.length = Math.max(run.length, end - run.start);
         run.chunks.push(w);
       } else {

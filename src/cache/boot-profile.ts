@@ -46,25 +46,36 @@ export async function pushBootProfile(target: Target, disk: Descriptor, profile:
   return target.pushManifest(Buffer.from(JSON.stringify(manifest)), MEDIA_TYPE_OCI_MANIFEST, profileTag(disk.digest));
 }
 
-/** The disk's boot profile, checked against the disk, or undefined when it has none. */
-export async function loadBootProfile(target: Target, disk: DiskArtifact): Promise<BootProfile | undefined> {
+/** The boot profile stored for a disk digest, unchecked, or undefined when there is none. */
+export async function fetchBootProfile(target: Target, diskDigest: string): Promise<unknown> {
   let fetched;
   try {
-    fetched = await target.fetchManifest(profileTag(disk.manifestDescriptor.digest));
+    fetched = await target.fetchManifest(profileTag(diskDigest));
   } catch (err) {
     if (isSlipwayError(err, 'TAG_UNKNOWN') || isSlipwayError(err, 'MANIFEST_UNKNOWN') || isSlipwayError(err, 'NAME_UNKNOWN')) return undefined;
     throw err;
   }
   const manifest = JSON.parse(fetched.body.toString('utf8')) as ImageManifest;
   const layer = manifest.layers?.[0];
-  if (manifest.artifactType !== ARTIFACT_TYPE_BOOT_PROFILE || manifest.subject?.digest !== disk.manifestDescriptor.digest || !layer || layer.size > 16 << 20) {
-    throw new SlipwayError('INVALID_ARGUMENT', `boot profile for ${disk.manifestDescriptor.digest} is not a slipway boot profile of this disk`);
+  if (manifest.artifactType !== ARTIFACT_TYPE_BOOT_PROFILE || manifest.subject?.digest !== diskDigest || !layer || layer.size > 16 << 20) {
+    throw new SlipwayError('INVALID_ARGUMENT', `boot profile for ${diskDigest} is not a slipway boot profile of this disk`);
   }
-  const profile = JSON.parse((await target.fetchBlob(layer)).toString('utf8')) as BootProfile;
+  return JSON.parse((await target.fetchBlob(layer)).toString('utf8')) as unknown;
+}
+
+/** Check a fetched profile against the disk it is for. */
+export function checkBootProfile(raw: unknown, disk: DiskArtifact): BootProfile {
+  const profile = raw as BootProfile;
   const count = disk.index.chunkCount;
-  if (profile.formatVersion !== 1 || profile.disk !== disk.manifestDescriptor.digest || !Array.isArray(profile.chunks) || profile.chunks.length > MAX_PROFILE_CHUNKS
+  if (profile?.formatVersion !== 1 || profile.disk !== disk.manifestDescriptor.digest || !Array.isArray(profile.chunks) || profile.chunks.length > MAX_PROFILE_CHUNKS
     || !profile.chunks.every((n) => Number.isSafeInteger(n) && n >= 0 && n < count)) {
     throw new SlipwayError('INVALID_ARGUMENT', `boot profile for ${disk.manifestDescriptor.digest} is malformed`);
   }
   return profile;
+}
+
+/** The disk's boot profile, checked against the disk, or undefined when it has none. */
+export async function loadBootProfile(target: Target, disk: DiskArtifact): Promise<BootProfile | undefined> {
+  const raw = await fetchBootProfile(target, disk.manifestDescriptor.digest);
+  return raw === undefined ? undefined : checkBootProfile(raw, disk);
 }

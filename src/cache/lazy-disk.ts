@@ -15,7 +15,7 @@ import type { Priority } from '../util/semaphore.js';
 import { forEachBounded } from '../util/concurrency.js';
 import type { ChunkCache } from './chunk-cache.js';
 import { planRuns, type Source, type WantedChunk } from './remote-tier.js';
-import { loadBootProfile, pushBootProfile, type BootProfile } from './boot-profile.js';
+import { checkBootProfile, fetchBootProfile, pushBootProfile, type BootProfile } from './boot-profile.js';
 
 /** Chunks fetched ahead of a sequential reader: the window starts at 16 (8 MiB at the default chunk size) and doubles while reads stay sequential. */
 const READAHEAD_MIN_CHUNKS = 16;
@@ -447,19 +447,20 @@ export class LazyDisk {
 }
 
 /** Manifests by tag come from the origin (then mirrors); when all are away, from the last digest seen. */
-async function resolveManifest(cache: ChunkCache, ref: ImageRef, sources: Source[]): Promise<{ fetched: FetchedManifest; offline: boolean }> {
+async function resolveManifest(cache: ChunkCache, ref: ImageRef, sources: Source[]): Promise<{ fetched: FetchedManifest; offline: boolean; fromCache: boolean }> {
   const reference = refReference(ref);
   if (isDigest(reference) && (await cache.meta.blobExists(reference))) {
-    return { fetched: await cache.meta.fetchManifest(reference), offline: false };
+    return { fetched: await cache.meta.fetchManifest(reference), offline: false, fromCache: true };
   }
   const ordered = [sources[sources.length - 1] as Source, ...sources.slice(0, -1)];
   let firstError: unknown;
   for (const s of ordered) {
     try {
       const fetched = await s.target.fetchManifest(reference);
-      await cache.meta.pushBlob(fetched.descriptor, fetched.body);
+      const fromCache = await cache.meta.blobExists(fetched.descriptor.digest);
+      if (!fromCache) await cache.meta.pushBlob(fetched.descriptor, fetched.body);
       if (!isDigest(reference)) cache.disk.recordTag(formatRef(ref), fetched.descriptor);
-      return { fetched, offline: false };
+      return { fetched, offline: false, fromCache };
     } catch (err) {
       firstError ??= err;
       if (!registryAway(err)) throw err;
@@ -470,7 +471,7 @@ async function resolveManifest(cache: ChunkCache, ref: ImageRef, sources: Source
     cache.logger.warn('registry unreachable; using the digest last seen for this tag', {
       reference: formatRef(ref), digest: seen.digest, seenAt: new Date(seen.seen).toISOString(), error: (firstError as Error).message,
     });
-    return { fetched: await cache.meta.fetchManifest(seen.digest), offline: true };
+    return { fetched: await cache.meta.fetchManifest(seen.digest), offline: true, fromCache: true };
   }
   throw firstError;
 }
@@ -506,15 +507,19 @@ export async function openLazyDisk(cache: ChunkCache, refText: string, opts: Ope
     }
   }
   sources.push({ target: origin, host: ref.kind === 'registry' ? ref.registry : 'local' });
-  const { fetched, offline } = await resolveManifest(cache, ref, sources);
+  const { fetched, offline, fromCache } = await resolveManifest(cache, ref, sources);
+  // a disk this host has not seen will need decoding: start the threads while the rest arrives
+  if (!fromCache) void cache.pool;
+  // the boot profile (a registry round trip or two) is fetched while the config and index are
+  const wantProfile = (opts.useProfile !== false || opts.recordProfileIfMissing === true) && !offline;
+  const profileFetch = wantProfile ? fetchBootProfile(origin, fetched.descriptor.digest) : Promise.resolve(undefined);
+  profileFetch.catch(() => undefined);
   const artifact = await openDiskFromManifest(cachingBlobReader(cache, sources, origin.name), refReference(ref), fetched.descriptor, fetched.body);
   const disk = new LazyDisk(cache, formatRef(ref), artifact, origin, sources, offline);
-  // start the decode threads now (they boot in the background) so the first miss does not wait for them
-  void cache.pool;
   if (opts.pin !== false) disk.pin();
   if (opts.recordProfile) disk.startProfile();
-  if ((opts.useProfile !== false || opts.recordProfileIfMissing) && !offline) {
-    const profile = await loadBootProfile(origin, artifact).catch((err: unknown) => {
+  if (wantProfile) {
+    const profile = await profileFetch.then((raw) => (raw === undefined ? undefined : checkBootProfile(raw, artifact))).catch((err: unknown) => {
       cache.logger.warn('could not read the boot profile; opening without it', { disk: formatRef(ref), error: (err as Error).message });
       return null;
     });

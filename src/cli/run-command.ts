@@ -7,6 +7,7 @@ import { loadConfig } from '../config.js';
 import { serveDisk, type ServedDisk } from '../serve/backend.js';
 import { createLogger } from '../util/log.js';
 import { runInVm } from '../vmm/run.js';
+import { guestArtifacts } from '../guest/build.js';
 import { QemuDriver } from '../vmm/qemu.js';
 import { CloudHypervisorDriver } from '../vmm/cloud-hypervisor.js';
 import type { VmmDriver } from '../vmm/driver.js';
@@ -67,6 +68,9 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   let profileSaved: Promise<unknown> | undefined;
   try {
     let disks: DiskSpec[];
+    // find (or build) the kernel and initramfs while the disk is being opened
+    const artifacts = guestArtifacts();
+    artifacts.catch(() => undefined);
     if (ref) {
       const t0 = Date.now();
       cache = await ChunkCache.open({ config: loadConfig(process.env, values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {}), logger: createLogger({ out: io.stderr }) });

@@ -45,10 +45,10 @@ export function decompressIndex(blob: Buffer, bound: number): Buffer {
 export type BlobReader = Pick<Target, 'name' | 'fetchBlob'>;
 
 /** Read and check the index blob a config names, against the manifest's layers. */
-export async function loadIndex(target: BlobReader, manifest: ImageManifest, config: DiskConfig, reference: string): Promise<ChunkIndex> {
+export async function loadIndex(target: BlobReader, manifest: ImageManifest, config: DiskConfig, reference: string, fetched?: Promise<Buffer>): Promise<ChunkIndex> {
   const indexLayer = manifest.layers[0] as Descriptor;
   if (indexLayer.mediaType !== MEDIA_TYPE_DISK_INDEX) throw new SlipwayError('NOT_A_SLIPWAY_DISK', `${reference}: first layer is not a chunk index`);
-  const blob = await target.fetchBlob(indexLayer);
+  const blob = await (fetched ?? target.fetchBlob(indexLayer));
   const index = decodeIndex(decompressIndex(blob, maxIndexBytes(config, manifest.layers.length)), maxStoredChunkBytes);
   if (index.sizeBytes !== config.sizeBytes || index.chunkSizeBytes !== config.chunkSizeBytes) {
     throw new SlipwayError('CORRUPT_INDEX', `${reference}: index describes a ${index.sizeBytes}-byte disk in ${index.chunkSizeBytes}-byte chunks, config says ${config.sizeBytes} in ${config.chunkSizeBytes}`);
@@ -69,9 +69,12 @@ export async function openDiskArtifact(target: Target, reference: string): Promi
 
 export async function openDiskFromManifest(target: BlobReader, reference: string, descriptor: Descriptor, body: Buffer): Promise<DiskArtifact> {
   const manifest = parseDiskManifest(body, `${target.name}:${reference}`);
+  // config and index in parallel (the index is checked against the config once both are here)
+  const indexBlob = target.fetchBlob(manifest.layers[0] as Descriptor);
+  indexBlob.catch(() => undefined);
   const configBlob = await target.fetchBlob(manifest.config);
   const config = parseDiskConfig(configBlob, manifest, `${target.name}:${reference}`);
-  const index = await loadIndex(target, manifest, config, `${target.name}:${reference}`);
+  const index = await loadIndex(target, manifest, config, `${target.name}:${reference}`, indexBlob);
   return { reference, manifestDescriptor: descriptor, manifest, config, index };
 }
 

@@ -61,6 +61,21 @@ function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.Pro
   });
 }
 
+let kernelOnce: Promise<KernelArtifacts> | undefined;
+let guestOnce: Promise<GuestArtifacts> | undefined;
+
+/** The kernel and initramfs, found or built once per process (a run asks for them on its hot path). */
+export function guestArtifacts(): Promise<{ kernel: KernelArtifacts; guest: GuestArtifacts }> {
+  kernelOnce ??= buildKernel();
+  guestOnce ??= buildGuest();
+  const both = Promise.all([kernelOnce, guestOnce]).then(([kernel, guest]) => ({ kernel, guest }));
+  both.catch(() => {
+    kernelOnce = undefined;
+    guestOnce = undefined;
+  });
+  return both;
+}
+
 /** Build (or find cached) the guest kernel; progress lines go to `onLine`. */
 export async function buildKernel(opts: { onLine?: (line: string) => void } = {}): Promise<KernelArtifacts> {
   const out = await run('bash', [join(PROJECT_ROOT, 'kernel', 'build.sh')], { what: 'kernel build', ...(opts.onLine ? { onLine: opts.onLine } : {}) });

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { SlipwayError } from '../errors.js';
 import { AgentClient, waitForAgent } from '../guest/agent-client.js';
 import { renderBootConfig, type BootConfig } from '../guest/boot-config.js';
-import { buildGuest, buildKernel } from '../guest/build.js';
+import { guestArtifacts } from '../guest/build.js';
 import type { DiskSpec, NetSpec, RunningVm, VmmDriver } from './driver.js';
 import { QemuDriver } from './qemu.js';
 
@@ -60,8 +60,7 @@ export async function runInVm(opts: RunOptions): Promise<RunResult> {
     opts.onPhase?.(name, now - last);
     last = now;
   };
-  const kernel = await buildKernel();
-  const guest = await buildGuest();
+  const { kernel, guest } = await guestArtifacts();
   phase('artifacts');
   const workDir = await mkdtemp(join(tmpdir(), 'slipway-vm-'));
   const id = randomBytes(4).toString('hex');

@@ -1,5 +1,5 @@
 /** Shared pieces of the benchmarks: timing, medians, the 1 GiB test image, a JSON+table report. */
-import { execFileSync, execSync } from 'node:child_process';
+import { execFileSync, execSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -65,4 +65,16 @@ export function report(title: string, rows: Row[], outName: string): void {
   console.log(`| ${cols.join(' | ')} |`);
   console.log(`|${cols.map(() => '---').join('|')}|`);
   for (const r of rows) console.log(`| ${cols.map((c) => String(r[c] ?? '')).join(' | ')} |`);
+}
+
+/** Run the C test frontend (vhost-user-blk/test) and parse the JSON object it prints. */
+export function vubFrontend(binary: string, args: string[]): Promise<Record<string, number>> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.once('close', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').at(-1) as string) as Record<string, number>) : reject(new Error(`${binary} ${args.join(' ')} exited ${code}`))));
+  });
 }

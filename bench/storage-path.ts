@@ -28,22 +28,13 @@ import { silentLogger } from '../src/util/log.js';
 import { QemuDriver } from '../src/vmm/qemu.js';
 import { startChaosProxy } from '../test/helpers/chaos-proxy.js';
 import { startRegistry } from '../test/helpers/registry.js';
-import { BENCH_DIR, report, type Row } from './lib.js';
+import { BENCH_DIR, report, type Row, vubFrontend } from './lib.js';
 
 const FRONTEND = join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'vub-frontend');
 const SYSTEMD_IMAGE = join(BENCH_DIR, 'debian-systemd-v2.img');
 const TRACE = join(BENCH_DIR, 'debian-boot-reads.txt');
 
-function frontend(args: string[]): Promise<Record<string, number>> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(FRONTEND, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-    });
-    child.once('close', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').at(-1) as string) as Record<string, number>) : reject(new Error(`vub-frontend ${args.join(' ')} exited ${code}`))));
-  });
-}
+const frontend = (args: string[]): Promise<Record<string, number>> => vubFrontend(FRONTEND, args);
 
 async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
   for (let i = 0; i < 400 && !existsSync(path); i++) {

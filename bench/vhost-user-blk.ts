@@ -15,22 +15,13 @@ import { PROJECT_ROOT } from '../src/guest/build.js';
 import { serveDisk } from '../src/serve/backend.js';
 import { silentLogger } from '../src/util/log.js';
 import { startRegistry } from '../test/helpers/registry.js';
-import { halfFullImage, median, report, timed, type Row } from './lib.js';
+import { halfFullImage, median, report, timed, type Row, vubFrontend } from './lib.js';
 
 const FRONTEND = join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'vub-frontend');
 const SECONDS = Number(process.env.SLIPWAY_BENCH_SECONDS ?? 5);
 const REPEATS = Number(process.env.SLIPWAY_BENCH_RUNS ?? 3);
 
-function frontend(args: string[]): Promise<Record<string, number>> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(FRONTEND, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-    });
-    child.once('close', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').at(-1) as string) as Record<string, number>) : reject(new Error(`vub-frontend ${args.join(' ')} exited ${code}`))));
-  });
-}
+const frontend = (args: string[]): Promise<Record<string, number>> => vubFrontend(FRONTEND, args);
 
 const WORKLOADS = [
   { name: '4 KiB random reads, qd 1', args: ['--mode', 'randread', '--bs', '4096', '--qd', '1'] },

@@ -29,6 +29,26 @@ static uint64_t chunk_len(const struct vub_disk *d, uint64_t n)
 	return d->size - start < d->chunk_size ? d->size - start : d->chunk_size;
 }
 
+/* The part of [off, off+len) that lies in one chunk, `done` bytes in. */
+struct piece {
+	uint64_t pos;  /* disk offset */
+	uint64_t c;    /* chunk number */
+	uint64_t in;   /* offset inside the chunk */
+	uint64_t take; /* bytes in this chunk */
+};
+
+static struct piece piece_at(const struct vub_disk *d, uint64_t off, uint64_t len, uint64_t done)
+{
+	struct piece p;
+	p.pos = off + done;
+	p.c = p.pos >> d->chunk_log2;
+	p.in = p.pos - (p.c << d->chunk_log2);
+	p.take = chunk_len(d, p.c) - p.in;
+	if (p.take > len - done)
+		p.take = len - done;
+	return p;
+}
+
 bool vub_disk_is_dirty(const struct vub_disk *d, uint64_t chunk)
 {
 	if (!d->has_overlay || chunk >= d->nchunks)
@@ -270,12 +290,8 @@ int vub_disk_readv(struct vub_disk *d, uint64_t off, const struct iovec *iov, un
 	struct iovec piece[VUB_CHAIN_IOV_MAX];
 	uint64_t done = 0;
 	while (done < len) {
-		uint64_t pos = off + done;
-		uint64_t c = pos >> d->chunk_log2;
-		uint64_t in = pos - (c << d->chunk_log2);
-		uint64_t take = chunk_len(d, c) - in;
-		if (take > len - done)
-			take = len - done;
+		struct piece pc = piece_at(d, off, len, done);
+		uint64_t pos = pc.pos, c = pc.c, in = pc.in, take = pc.take;
 		int k = vub_iov_slice(iov, n, (size_t)done, (size_t)take, piece, VUB_CHAIN_IOV_MAX);
 		if (k < 0)
 			return -EINVAL;
@@ -403,12 +419,8 @@ int vub_disk_writev(struct vub_disk *d, uint64_t off, const struct iovec *iov, u
 	struct iovec piece[VUB_CHAIN_IOV_MAX];
 	uint64_t done = 0;
 	while (done < len) {
-		uint64_t pos = off + done;
-		uint64_t c = pos >> d->chunk_log2;
-		uint64_t in = pos - (c << d->chunk_log2);
-		uint64_t take = chunk_len(d, c) - in;
-		if (take > len - done)
-			take = len - done;
+		struct piece pc = piece_at(d, off, len, done);
+		uint64_t pos = pc.pos, c = pc.c, in = pc.in, take = pc.take;
 		int k = vub_iov_slice(iov, n, (size_t)done, (size_t)take, piece, VUB_CHAIN_IOV_MAX);
 		if (k < 0)
 			return -EINVAL;
@@ -430,12 +442,8 @@ int vub_disk_zero(struct vub_disk *d, uint64_t off, uint64_t len, uint64_t *miss
 		return rc;
 	uint64_t done = 0;
 	while (done < len) {
-		uint64_t pos = off + done;
-		uint64_t c = pos >> d->chunk_log2;
-		uint64_t in = pos - (c << d->chunk_log2);
-		uint64_t take = chunk_len(d, c) - in;
-		if (take > len - done)
-			take = len - done;
+		struct piece pc = piece_at(d, off, len, done);
+		uint64_t pos = pc.pos, c = pc.c, in = pc.in, take = pc.take;
 		struct piece_io io = { zero_piece, NULL, 0, pos, take };
 		rc = overlay_piece(d, c, in, &io, missing);
 		if (rc != 0)

@@ -136,3 +136,24 @@ describe('copy', () => {
     expect(again.skippedBlobs).toBe(result.mountedBlobs);
   });
 });
+
+describe('progress', () => {
+  it('--progress=json prints JSON lines for push and pull; quiet by default off a terminal', async () => {
+    const { main } = await import('../src/cli/main.js');
+    const { captureIO } = await import('./helpers/cli.js');
+    const img = makeSparse(join(work, 'progress.img'), 4 << 20, [{ offset: 0, length: 2 << 20 }]);
+    const ref = `oci:${join(work, 'progress-layout')}:v1`;
+    const io = captureIO();
+    expect(await main(['push', img, ref, '--progress=json'], io), io.err).toBe(0);
+    const events = io.err.trim().split('\n').map((l) => JSON.parse(l) as { op: string; phase: string; doneBytes: number; totalBytes: number });
+    expect(events.length).toBeGreaterThan(1);
+    expect(events.every((e) => e.op === 'push' && e.totalBytes === 4 << 20)).toBe(true);
+    expect(events.at(-1)?.phase).toBe('done');
+    const io2 = captureIO();
+    expect(await main(['pull', ref, join(work, 'progress-out.img'), '--progress=json'], io2), io2.err).toBe(0);
+    expect(io2.err.trim().split('\n').map((l) => (JSON.parse(l) as { op: string }).op).every((op) => op === 'pull')).toBe(true);
+    const quiet = captureIO();
+    expect(await main(['pull', ref, join(work, 'progress-out2.img')], quiet)).toBe(0);
+    expect(quiet.err).toBe('');
+  });
+});

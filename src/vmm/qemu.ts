@@ -50,14 +50,21 @@ export function kernelCmdline(accel: 'kvm' | 'tcg', extra?: string): string {
   return parts.join(' ');
 }
 
-export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg'): string[] {
+export interface QemuOptions {
+  /** q35 (default) or pc (i440fx); microvm fails at SET_MEM_TABLE with vhost-user on QEMU 7.2 */
+  machine?: 'q35' | 'pc';
+  /** qboot (default, when installed) or QEMU's default SeaBIOS */
+  firmware?: 'qboot' | 'seabios';
+}
+
+export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg', opts: QemuOptions = {}): string[] {
   const mem = `${spec.memoryMiB}M`;
   const backend = spec.hugepages
     ? `memory-backend-file,id=mem,size=${mem},mem-path=/dev/hugepages,share=on,prealloc=off`
     : `memory-backend-memfd,id=mem,size=${mem},share=on`;
   const args = [
     '-name', `slipway-${spec.id}`,
-    '-machine', `q35,accel=${accel},memory-backend=mem`,
+    '-machine', `${opts.machine ?? 'q35'},accel=${accel},memory-backend=mem`,
     '-cpu', accel === 'kvm' ? 'host' : 'max',
     '-smp', String(spec.cpus),
     '-m', mem,
@@ -73,7 +80,7 @@ export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg'): string[] {
     '-device', `virtserialport,bus=vser.0,chardev=agent,name=${AGENT_PORT_NAME}`,
   ];
   if (spec.bootConfigVia !== 'cmdline') args.push('-fw_cfg', `name=${FW_CFG_NAME},file=${join(spec.workDir, 'boot-config')}`);
-  if (existsSync(QBOOT)) args.push('-bios', QBOOT);
+  if ((opts.firmware ?? 'qboot') === 'qboot' && existsSync(QBOOT)) args.push('-bios', QBOOT);
   spec.disks.forEach((d, i) => {
     if (d.kind === 'file') {
       args.push('-drive', `file=${d.path},if=none,id=disk${i},format=raw,cache=writeback,discard=unmap${d.readOnly ? ',readonly=on' : ''}`);
@@ -150,10 +157,12 @@ class QemuVm implements RunningVm {
 export class QemuDriver implements VmmDriver {
   readonly name = 'qemu' as const;
 
+  constructor(private readonly options: QemuOptions = {}) {}
+
   async start(spec: VmSpec): Promise<RunningVm> {
     const accel = detectAccel();
     await writeFile(join(spec.workDir, 'boot-config'), spec.bootConfig);
-    const args = qemuArgs(spec, accel);
+    const args = qemuArgs(spec, accel, this.options);
     await writeFile(join(spec.workDir, 'qemu.args'), `${QEMU_BINARY} ${args.map((a) => JSON.stringify(a)).join(' ')}\n`);
     const child = spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: false });
     let stderr = '';

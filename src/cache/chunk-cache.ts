@@ -14,6 +14,14 @@ import { Targets } from '../oci/open.js';
 import type { Logger } from '../util/log.js';
 import { PrioritySemaphore } from '../util/semaphore.js';
 import { WorkerPool } from '../workers/pool.js';
+import { ChunkCodec } from '../workers/chunk-codec.js';
+
+/**
+ * The first chunks a process decodes are decoded on its own thread: a boot needs a handful, and
+ * starting the worker threads (each loads zstd) costs more than decoding them. Past this many,
+ * the threads take over.
+ */
+const INLINE_DECODES = 32;
 import { DiskTier, type DiskTierStats } from './disk-tier.js';
 import { RemoteTier, type RemoteStats } from './remote-tier.js';
 import { openLazyDisk, type LazyDisk, type OpenDiskOptions } from './lazy-disk.js';
@@ -37,6 +45,8 @@ export class ChunkCache {
   readonly config: SlipwayConfig;
   readonly logger: Logger;
   private poolInstance: WorkerPool | undefined;
+  private inlineCodec: ChunkCodec | undefined;
+  private inlineDecodes = 0;
   readonly targets: Targets;
   readonly memory: LRUCache<string, Buffer>;
   readonly disk: DiskTier;
@@ -63,7 +73,7 @@ export class ChunkCache {
     this.disk = new DiskTier({ cacheDir: opts.config.cacheDir, budgetBytes: opts.config.diskBudgetBytes, lowWatermark: opts.config.diskLowWatermark, logger: opts.logger });
     this.meta = new OciLayoutStore(join(opts.config.cacheDir, 'meta'));
     this.remote = new RemoteTier({
-      pool: () => this.pool,
+      decode: (stored, flags, length, digest, what) => this.decode(stored, flags, length, digest, what),
       logger: opts.logger,
       deadlineMs: opts.config.fetchDeadlineMs,
       hostLimit: (host) => this.hostLimit(host),
@@ -74,6 +84,16 @@ export class ChunkCache {
   get pool(): WorkerPool {
     this.poolInstance ??= new WorkerPool();
     return this.poolInstance;
+  }
+
+  /** Decompress and verify a chunk: inline for the first few, then on the worker threads. */
+  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Buffer> {
+    if (!this.poolInstance && this.inlineDecodes < INLINE_DECODES) {
+      this.inlineDecodes++;
+      this.inlineCodec ??= new ChunkCodec();
+      return this.inlineCodec.decode(stored, flags, length, digest, what);
+    }
+    return this.pool.decode(stored, flags, length, digest, what);
   }
 
   static async open(opts: ChunkCacheOptions): Promise<ChunkCache> {

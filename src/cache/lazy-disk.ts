@@ -373,9 +373,9 @@ export class LazyDisk {
       const hex = (index.entries[e] as IndexEntry).digest.toString('hex');
       return !this.cache.disk.has(hex) && !this.cache.inflight.has(hex) && (firstChunkOf[e] as number) >= 0;
     });
-    this.track(forEachBounded(work, this.cache.pool.size * 2, async (e) => {
+    this.track(forEachBounded(work, 4, async (e) => {
       const entry = index.entries[e] as IndexEntry;
-      const data = await this.cache.pool.decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `disk ${this.reference} pack ${pack.digest}`);
+      const data = await this.cache.decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `disk ${this.reference} pack ${pack.digest}`);
       this.cache.store(entry.digest.toString('hex'), data, false);
     }).catch((err: unknown) => this.cache.logger.warn('could not keep a whole pack a server sent', { pack: pack.digest, error: (err as Error).message })));
   }
@@ -447,20 +447,19 @@ export class LazyDisk {
 }
 
 /** Manifests by tag come from the origin (then mirrors); when all are away, from the last digest seen. */
-async function resolveManifest(cache: ChunkCache, ref: ImageRef, sources: Source[]): Promise<{ fetched: FetchedManifest; offline: boolean; fromCache: boolean }> {
+async function resolveManifest(cache: ChunkCache, ref: ImageRef, sources: Source[]): Promise<{ fetched: FetchedManifest; offline: boolean }> {
   const reference = refReference(ref);
   if (isDigest(reference) && (await cache.meta.blobExists(reference))) {
-    return { fetched: await cache.meta.fetchManifest(reference), offline: false, fromCache: true };
+    return { fetched: await cache.meta.fetchManifest(reference), offline: false };
   }
   const ordered = [sources[sources.length - 1] as Source, ...sources.slice(0, -1)];
   let firstError: unknown;
   for (const s of ordered) {
     try {
       const fetched = await s.target.fetchManifest(reference);
-      const fromCache = await cache.meta.blobExists(fetched.descriptor.digest);
-      if (!fromCache) await cache.meta.pushBlob(fetched.descriptor, fetched.body);
+      if (!(await cache.meta.blobExists(fetched.descriptor.digest))) await cache.meta.pushBlob(fetched.descriptor, fetched.body);
       if (!isDigest(reference)) cache.disk.recordTag(formatRef(ref), fetched.descriptor);
-      return { fetched, offline: false, fromCache };
+      return { fetched, offline: false };
     } catch (err) {
       firstError ??= err;
       if (!registryAway(err)) throw err;
@@ -471,7 +470,7 @@ async function resolveManifest(cache: ChunkCache, ref: ImageRef, sources: Source
     cache.logger.warn('registry unreachable; using the digest last seen for this tag', {
       reference: formatRef(ref), digest: seen.digest, seenAt: new Date(seen.seen).toISOString(), error: (firstError as Error).message,
     });
-    return { fetched: await cache.meta.fetchManifest(seen.digest), offline: true, fromCache: true };
+    return { fetched: await cache.meta.fetchManifest(seen.digest), offline: true };
   }
   throw firstError;
 }
@@ -507,9 +506,7 @@ export async function openLazyDisk(cache: ChunkCache, refText: string, opts: Ope
     }
   }
   sources.push({ target: origin, host: ref.kind === 'registry' ? ref.registry : 'local' });
-  const { fetched, offline, fromCache } = await resolveManifest(cache, ref, sources);
-  // a disk this host has not seen will need decoding: start the threads while the rest arrives
-  if (!fromCache) void cache.pool;
+  const { fetched, offline } = await resolveManifest(cache, ref, sources);
   // the boot profile (a registry round trip or two) is fetched while the config and index are
   const wantProfile = (opts.useProfile !== false || opts.recordProfileIfMissing === true) && !offline;
   const profileFetch = wantProfile ? fetchBootProfile(origin, fetched.descriptor.digest) : Promise.resolve(undefined);

@@ -12,7 +12,6 @@ import type { Target } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 import type { Logger } from '../util/log.js';
 import type { PrioritySemaphore, Priority } from '../util/semaphore.js';
-import type { WorkerPool } from '../workers/pool.js';
 
 /** Two wanted chunks this close in a pack are fetched in one request (the gap is read and dropped). */
 export const MAX_COALESCE_GAP_BYTES = 64 << 10;
@@ -77,7 +76,7 @@ export interface Source {
 }
 
 export interface RemoteTierDeps {
-  pool: () => WorkerPool;
+  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string) => Promise<Buffer>;
   logger: Logger;
   deadlineMs: number;
   hostLimit: (host: string) => PrioritySemaphore;
@@ -164,7 +163,7 @@ export class RemoteTier {
     await Promise.all(run.chunks.map(async (w) => {
       const e = index.entries[w.entry] as IndexEntry;
       const stored = bytes.subarray(e.offset - run.start, e.offset - run.start + e.storedLength);
-      out.set(w.entry, await this.deps.pool().decode(stored, e.flags, chunkLength(index, w.chunk), e.digest, `${what} chunk ${w.chunk} from ${source.target.name}`));
+      out.set(w.entry, await this.deps.decode(stored, e.flags, chunkLength(index, w.chunk), e.digest, `${what} chunk ${w.chunk} from ${source.target.name}`));
     }));
     this.stats.chunks += run.chunks.length;
     return out;

@@ -142,9 +142,9 @@ export class ChunkCache {
   }
 
   /** Keep a verified chunk in tier 1 (and tier 0 when it was asked for, not prefetched). */
-  store(digestHex: string, data: Buffer, intoMemory: boolean): void {
-    this.disk.put(digestHex, data);
+  async store(digestHex: string, data: Buffer, intoMemory: boolean): Promise<void> {
     if (intoMemory) this.memory.set(digestHex, data);
+    await this.disk.put(digestHex, data);
   }
 
   stats(): CacheStats {

@@ -14,8 +14,9 @@
  */
 import Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, readSync, renameSync, rmSync, unlinkSync, openSync, writeSync, fsyncSync, closeSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, readSync, rmSync, unlinkSync, openSync, writeSync, closeSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { SlipwayError } from '../errors.js';
 import type { Logger } from '../util/log.js';
 
@@ -217,20 +218,20 @@ export class DiskTier {
    * Store a verified chunk: temp file, fsync, rename, then the row. On a full disk, evict and try
    * once more; if that fails too the chunk is simply not cached (the read is still served).
    */
-  put(digestHex: string, data: Buffer): boolean {
+  async put(digestHex: string, data: Buffer): Promise<boolean> {
     if (this.has(digestHex)) {
       this.noteAccess(digestHex);
       return true;
     }
     try {
-      this.writeFile(digestHex, data);
+      await this.writeFile(digestHex, data);
     } catch (err) {
       if (!isDiskFull(err)) throw new SlipwayError('IO_ERROR', `writing cache chunk ${digestHex}: ${(err as Error).message}`, { cause: err });
       const { bytes } = this.totals();
       this.opts.logger.warn('cache disk full; evicting', { usedBytes: bytes });
       this.makeRoom(bytes);
       try {
-        this.writeFile(digestHex, data);
+        await this.writeFile(digestHex, data);
       } catch (err2) {
         this.opts.logger.warn('cache disk still full; serving without caching', { digest: digestHex, error: (err2 as Error).message });
         return false;
@@ -273,22 +274,25 @@ export class DiskTier {
     }
   }
 
-  private writeFile(digestHex: string, data: Buffer): void {
+  /**
+   * Write, fsync and rename in libuv's thread pool: the fsync is the slow part, and several chunks
+   * arriving at once are written in parallel while the event loop goes on serving.
+   */
+  private async writeFile(digestHex: string, data: Buffer): Promise<void> {
     const tmp = join(this.tmpDir, `${digestHex}.${process.pid}.${randomBytes(4).toString('hex')}`);
     const finalPath = this.chunkPath(digestHex);
     try {
-      const fd = openSync(tmp, 'wx', 0o644);
+      const handle = await open(tmp, 'wx', 0o644);
       try {
-        let off = 0;
-        while (off < data.byteLength) off += writeSync(fd, data, off, data.byteLength - off);
-        fsyncSync(fd);
+        await handle.writeFile(data);
+        await handle.datasync();
       } finally {
-        closeSync(fd);
+        await handle.close();
       }
-      mkdirSync(join(this.chunkDir, digestHex.slice(0, 2)), { recursive: true });
-      renameSync(tmp, finalPath);
+      await mkdir(join(this.chunkDir, digestHex.slice(0, 2)), { recursive: true });
+      await rename(tmp, finalPath);
     } finally {
-      rmSync(tmp, { force: true });
+      await rm(tmp, { force: true });
     }
   }
 

@@ -302,22 +302,22 @@ export class LazyDisk {
     const byEntry = new Map(owned.map((o) => [o.wanted.entry, o] as const));
     for (const run of planRuns(index, owned.map((o) => o.wanted))) {
       const p = this.cache.remote.fetchRun(index, run, this.sources, priority, `disk ${this.reference}`, (pack, blob) => this.keepWholePack(pack, blob))
-        .then((got) => {
-          for (const w of run.chunks) {
+        .then(async (got) => {
+          await Promise.all(run.chunks.map(async (w) => {
             const o = byEntry.get(w.entry) as { hex: string; d: Deferred };
             const data = got.get(w.entry) as Buffer;
             try {
-              this.cache.store(o.hex, data, intoMemory);
-              this.cache.disk.releaseFetch(o.hex);
+              await this.cache.store(o.hex, data, intoMemory);
             } catch (err) {
               // A chunk that cannot be kept is still served: the read must not fail or hang for it.
               this.cache.logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
             } finally {
+              this.cache.disk.releaseFetch(o.hex);
               this.cache.inflight.delete(o.hex);
               this.stats.tier2Chunks++;
               o.d.resolve(data);
             }
-          }
+          }));
         }, (err: unknown) => {
           for (const w of run.chunks) {
             const o = byEntry.get(w.entry) as { hex: string; d: Deferred };
@@ -376,7 +376,7 @@ export class LazyDisk {
     this.track(forEachBounded(work, 4, async (e) => {
       const entry = index.entries[e] as IndexEntry;
       const data = await this.cache.decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `disk ${this.reference} pack ${pack.digest}`);
-      this.cache.store(entry.digest.toString('hex'), data, false);
+      await this.cache.store(entry.digest.toString('hex'), data, false);
     }).catch((err: unknown) => this.cache.logger.warn('could not keep a whole pack a server sent', { pack: pack.digest, error: (err as Error).message })));
   }
 

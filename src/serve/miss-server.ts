@@ -34,7 +34,7 @@ function reply(sock: Socket, status: number, chunk: bigint): void {
   if (!sock.destroyed) sock.write(b);
 }
 
-export async function startMissServer(path: string, disk: LazyDisk, logger: Logger, cacheHas: (hex: string) => boolean, cachePut: (hex: string, data: Buffer) => boolean): Promise<MissServer> {
+export async function startMissServer(path: string, disk: LazyDisk, logger: Logger, cacheHas: (hex: string) => boolean, cachePut: (hex: string, data: Buffer) => Promise<boolean>): Promise<MissServer> {
   const stats: MissServerStats = { requests: 0, failures: 0 };
   const sockets = new Set<Socket>();
   const { index } = disk.artifact;
@@ -44,7 +44,7 @@ export async function startMissServer(path: string, disk: LazyDisk, logger: Logg
     const hex = (index.entries[e] as IndexEntry).digest.toString('hex');
     const data = await disk.readChunk(n);
     // a chunk that came from memory may have no file (tier 1 was full): the backend reads files
-    if (!cacheHas(hex) && !cachePut(hex, data)) return -ENOSPC;
+    if (!cacheHas(hex) && !(await cachePut(hex, data))) return -ENOSPC;
     return 0;
   };
   const server: Server = createServer((sock) => {

@@ -449,6 +449,14 @@ export class DiskTier {
     } catch {
       return undefined;
     }
+    if (text === '') {
+      // created but not yet written by its claimer (O_EXCL create, then write): held, unless stale
+      try {
+        return Date.now() - statSync(marker).mtimeMs < 5000 ? 'being-written' : undefined;
+      } catch {
+        return undefined;
+      }
+    }
     const pid = Number.parseInt(text.split(':')[0] ?? '', 10);
     return Number.isInteger(pid) && processAlive(pid) ? text : undefined;
   }

@@ -143,3 +143,31 @@ describe('concurrent runs sharing a cache directory', () => {
     expect(fetched).toBe(tier1);
   });
 });
+
+describe('hugepage-backed guest memory', () => {
+  it('boots with --hugepages: the guest runs and its memory comes from hugetlbfs', async () => {
+    // as root (CI and the set-up run as root): reserve 2 MiB pages and mount hugetlbfs if needed
+    const { readFileSync, writeFileSync, existsSync, mkdirSync } = await import('node:fs');
+    const { execFileSync } = await import('node:child_process');
+    const meminfo = () => Object.fromEntries(readFileSync('/proc/meminfo', 'utf8').split('\n').map((l) => l.split(':')).filter((p) => p.length === 2).map(([k, v]) => [k, Number.parseInt(v ?? '', 10)])) as Record<string, number>;
+    const before = meminfo().HugePages_Total ?? 0;
+    writeFileSync('/proc/sys/vm/nr_hugepages', String(before + 160));
+    if (!existsSync('/dev/hugepages')) mkdirSync('/dev/hugepages');
+    if (!readFileSync('/proc/mounts', 'utf8').includes(' /dev/hugepages ')) execFileSync('mount', ['-t', 'hugetlbfs', 'hugetlbfs', '/dev/hugepages']);
+    try {
+      expect(meminfo().HugePages_Total).toBeGreaterThanOrEqual(before + 128);
+      let minFree = Number.POSITIVE_INFINITY;
+      const poll = setInterval(() => {
+        minFree = Math.min(minFree, meminfo().HugePages_Free ?? Number.POSITIVE_INFINITY);
+      }, 50);
+      const r = await run([ref, '--hugepages', '--memory', '256M', '--', 'sh', '-c', 'cat /proc/meminfo | head -1; sleep 1']);
+      clearInterval(poll);
+      expect(r.code, r.err).toBe(0);
+      expect(r.out).toMatch(/^MemTotal:/);
+      // the guest touched its memory: free hugepages dropped while it ran
+      expect(minFree).toBeLessThan(meminfo().HugePages_Total as number);
+    } finally {
+      writeFileSync('/proc/sys/vm/nr_hugepages', String(before));
+    }
+  });
+});

@@ -15,7 +15,7 @@ import type { DiskSpec, NetSpec } from '../vmm/driver.js';
 import { parseCommand, parseNonNegativeInt, parseSize } from './args.js';
 import type { CommandIO } from './disk-commands.js';
 
-const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--timings] [--keep] [--cache-dir DIR] -- <cmd...>';
+const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--hugepages] [--timings] [--keep] [--cache-dir DIR] -- <cmd...>';
 
 export function parseNet(text: string | undefined): NetSpec {
   if (text === undefined || text === 'none') return { mode: 'none' };
@@ -43,7 +43,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   const { values, positionals } = parseCommand('run', argv.slice(0, dd), {
     disk: { type: 'string' }, hostname: { type: 'string' }, env: { type: 'string', multiple: true }, cpus: { type: 'string' },
     memory: { type: 'string' }, net: { type: 'string' }, timings: { type: 'boolean' }, keep: { type: 'boolean' }, cwd: { type: 'string' },
-    'cache-dir': { type: 'string' }, queues: { type: 'string' }, vmm: { type: 'string' },
+    'cache-dir': { type: 'string' }, queues: { type: 'string' }, vmm: { type: 'string' }, hugepages: { type: 'boolean' },
   }, { min: 0, max: 1, usage: USAGE });
   const vmm = values.vmm ?? 'qemu';
   if (vmm !== 'qemu' && vmm !== 'cloud-hypervisor') throw new SlipwayError('INVALID_ARGUMENT', `--vmm must be qemu or cloud-hypervisor (got ${vmm})`);
@@ -89,6 +89,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
       argv: command,
       cpus,
       memoryMiB,
+      hugepages: values.hugepages === true,
       net,
       signal: controller.signal,
       keep: values.keep === true,

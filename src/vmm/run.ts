@@ -22,6 +22,8 @@ export interface RunOptions {
   hostname?: string;
   cpus?: number;
   memoryMiB?: number;
+  /** guest memory from hugetlbfs (/dev/hugepages) */
+  hugepages?: boolean;
   net?: NetSpec;
   driver?: VmmDriver;
   /** seconds the guest has to reach its agent (TCG is slow) */
@@ -82,7 +84,7 @@ export async function runInVm(opts: RunOptions): Promise<RunResult> {
   try {
     vm = await driver.start({
       id, workDir, cpus: opts.cpus ?? 1, memoryMiB: opts.memoryMiB ?? 512, kernel, initramfs: guest.initramfs,
-      disks: opts.disks, bootConfig, net, console: true,
+      disks: opts.disks, bootConfig, net, console: true, hugepages: opts.hugepages === true,
       ...(opts.bootConfigVia ? { bootConfigVia: opts.bootConfigVia } : {}),
     });
     phase('vmm_started');

@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { SlipwayError } from '../errors.js';
 import type { Logger } from '../util/log.js';
+import { processAlive } from '../util/process.js';
 
 export interface DiskTierOptions {
   cacheDir: string;
@@ -41,14 +42,6 @@ function isDiskFull(err: unknown): boolean {
   return code === 'ENOSPC' || code === 'SQLITE_FULL';
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS chunks (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access INTEGER NOT NULL) WITHOUT ROWID;

@@ -4,16 +4,12 @@ import { isDigest, sha256Digest, verifyContent, verifyingStream } from '../diges
 import type { FetchedManifest, Target } from '../store.js';
 import { MANIFEST_MEDIA_TYPES, type Descriptor } from '../types.js';
 import { repositoryScope } from './auth.js';
-import type { RegistryClient } from './transport.js';
+import { header, type RegistryClient } from './transport.js';
 
 /** Blobs above this size are uploaded in chunks (PATCH with Content-Range) rather than in one PUT. */
 export const CHUNKED_UPLOAD_THRESHOLD_BYTES = 64 << 20;
 const UPLOAD_CHUNK_BYTES = 16 << 20;
 
-function header(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
-  const v = headers[name];
-  return Array.isArray(v) ? v[0] : v;
-}
 
 /**
  * One repository in a registry, through the OCI distribution API: HEAD/GET/PUT of manifests

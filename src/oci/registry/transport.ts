@@ -75,7 +75,8 @@ function isRetryableStatus(status: number): boolean {
   return status === 429 || status === 408 || (status >= 500 && status !== 501 && status !== 505);
 }
 
-function header(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
+/** One value of a response header (the first, when it repeats). */
+export function header(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
   const v = headers[name];
   return Array.isArray(v) ? v[0] : v;
 }

@@ -12,15 +12,27 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 const REGISTRY_BIN = '/usr/bin/docker-registry';
 
+export interface TokenAuthConfig {
+  realm: string;
+  service: string;
+  issuer: string;
+  rootCertBundle: string;
+}
+
 export interface RegistryOptions {
   htpasswd?: { username: string; password: string };
+  /** bearer-token auth (distribution's `auth: token:`), see token-server.ts */
+  token?: TokenAuthConfig;
   proxyRemoteUrl?: string;
+  logLevel?: 'debug' | 'info' | 'error';
 }
 
 export interface TestRegistry {
   host: string;
   port: number;
   storageDir: string;
+  /** everything the registry wrote to stderr (its log) */
+  log(): string;
   stop(): Promise<void>;
 }
 
@@ -46,7 +58,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<TestReg
   const lines = [
     'version: 0.1',
     'log:',
-    '  level: error',
+    `  level: ${opts.logLevel ?? 'error'}`,
     '  accesslog:',
     '    disabled: true',
     'storage:',
@@ -62,6 +74,9 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<TestReg
     execFileSync('htpasswd', ['-Bbc', file, opts.htpasswd.username, opts.htpasswd.password], { stdio: 'ignore' });
     lines.push('auth:', '  htpasswd:', '    realm: slipway-test', `    path: ${file}`);
   }
+  if (opts.token) {
+    lines.push('auth:', '  token:', `    realm: ${opts.token.realm}`, `    service: ${opts.token.service}`, `    issuer: ${opts.token.issuer}`, `    rootcertbundle: ${opts.token.rootCertBundle}`);
+  }
   if (opts.proxyRemoteUrl) lines.push('proxy:', `  remoteurl: ${opts.proxyRemoteUrl}`);
   const configPath = join(dir, 'config.yml');
   writeFileSync(configPath, `${lines.join('\n')}\n`);
@@ -75,8 +90,10 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<TestReg
     if (child.exitCode !== null) throw new Error(`docker-registry exited (${child.exitCode}): ${stderr}`);
     try {
       const res = await fetch(`http://127.0.0.1:${port}/v2/`);
+      if (res.status === 200 && opts.token) throw new Error('docker-registry answered /v2/ without asking for a token: auth is not configured');
       if (res.status === 200 || res.status === 401) break;
-    } catch {
+    } catch (err) {
+      if (err instanceof Error && err.message.includes('without asking')) throw err;
       // not listening yet
     }
     if (Date.now() > deadline) {
@@ -89,6 +106,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<TestReg
     host: `127.0.0.1:${port}`,
     port,
     storageDir,
+    log: () => stderr,
     async stop() {
       if (child.exitCode === null) {
         child.kill('SIGTERM');

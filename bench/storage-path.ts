@@ -135,10 +135,17 @@ async function main(): Promise<void> {
         d.kill();
       }
     };
-    for (const delayMs of [0, 20]) {
+    // SLIPWAY_BENCH_ONLY=profile runs just the profiled cold replay at 0 ms (for profiling the daemon)
+    const only = process.env.SLIPWAY_BENCH_ONLY;
+    for (const delayMs of only === 'profile' ? [0] : [0, 20]) {
       const proxy = await startChaosProxy({ target: registry.host });
       if (delayMs) proxy.delay(delayMs, 'any');
       try {
+        if (only === 'profile') {
+          const prof = await slipwayCold(proxy.host, 'debian-profiled', true);
+          rows.push({ name: 'slipway-blk, empty cache, boot profile', ms: Math.round(prof.ms), ratio: '', fetchedBytes: prof.fetched });
+          continue;
+        }
         const peer = await peerCold(proxy.host);
         const plain = await slipwayCold(proxy.host, 'debian', false);
         const prof = await slipwayCold(proxy.host, 'debian-profiled', true);
@@ -151,6 +158,7 @@ async function main(): Promise<void> {
         await proxy.stop();
       }
     }
+    if (only === 'profile') return report('profiled cold replay only', rows, 'storage-path-profile');
     // warm: every chunk local, against a local file
     const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'warm-')) }), logger: silentLogger });
     const pre = await cache.openDisk(ref, { useProfile: false });

@@ -6,7 +6,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import { readdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { main } from '../src/cli/main.js';
 import { buildGuest, buildKernel } from '../src/guest/build.js';
@@ -19,13 +18,16 @@ let registry: TestRegistry;
 let ref: string;
 let osRelease: string;
 
+/** Runs in this file put their work directories here (TMPDIR), so other test files running at the same time cannot disturb the leftovers check. */
+const runTmp = tempDir('slipway-runtmp-');
+
 function slipwayTempDirs(): string[] {
-  return readdirSync(tmpdir()).filter((n) => n.startsWith('slipway-run-') || n.startsWith('slipway-vm-'));
+  return readdirSync(runTmp).filter((n) => n.startsWith('slipway-run-') || n.startsWith('slipway-vm-'));
 }
 
 async function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number; out: string; err: string }> {
   const saved = { ...process.env };
-  Object.assign(process.env, { SLIPWAY_CACHE_DIR: tempDir('slipway-runcache-'), ...env });
+  Object.assign(process.env, { SLIPWAY_CACHE_DIR: tempDir('slipway-runcache-'), TMPDIR: runTmp, ...env });
   try {
     const io = captureIO();
     const code = await main(['run', ...args], io);
@@ -104,7 +106,7 @@ describe('slipway run <ref>', () => {
   it('SIGINT during a run stops the VM and removes everything', async () => {
     const before = slipwayTempDirs();
     const child = spawn(process.execPath, ['bin/slipway.js', 'run', ref, '--', 'sh', '-c', 'echo started; sleep 60'], {
-      env: { ...process.env, SLIPWAY_CACHE_DIR: tempDir('slipway-runcache-') }, stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, SLIPWAY_CACHE_DIR: tempDir('slipway-runcache-'), TMPDIR: runTmp }, stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
     let err = '';

@@ -237,12 +237,6 @@ static int chunk_fd(struct vub_disk *d, uint64_t n)
 	return fd;
 }
 
-void vub_disk_chunk_arrived(struct vub_disk *d, uint64_t chunk)
-{
-	(void)d;
-	(void)chunk; /* absent chunks are never cached as absent; the next open finds the file */
-}
-
 /* preadv/pwritev until every byte is done; a short read past a file's end fills zeros. */
 static int full_io(int fd, const struct iovec *iov, unsigned n, uint64_t off, uint64_t len, bool write, bool zero_past_eof)
 {

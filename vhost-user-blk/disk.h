@@ -44,7 +44,5 @@ int vub_disk_writev(struct vub_disk *d, uint64_t off, const struct iovec *iov, u
 int vub_disk_zero(struct vub_disk *d, uint64_t off, uint64_t len, uint64_t *missing);
 int vub_disk_flush(struct vub_disk *d);
 bool vub_disk_is_dirty(const struct vub_disk *d, uint64_t chunk);
-/* The chunk file is local now (after a daemon fetch): forget a cached "absent". */
-void vub_disk_chunk_arrived(struct vub_disk *d, uint64_t chunk);
 
 #endif

@@ -248,8 +248,7 @@ static void resume_parked(struct vub_queue *q, uint64_t chunk, int status)
 		struct vub_parked *p = ready;
 		ready = p->next;
 		if (status == 0) {
-			vub_disk_chunk_arrived(q->dev->disk, chunk);
-			run_request(q, &p->chain);
+			run_request(q, &p->chain); /* absent chunks are never cached as absent: the retry opens the new file */
 		} else {
 			uint32_t used_len = 0;
 			vub_blk_fail(&p->chain, VIRTIO_BLK_S_IOERR, &used_len);
@@ -746,11 +745,9 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 				vub_log("warn", "SET_VRING_KICK without a descriptor (polling) is not supported");
 				goto malformed;
 			}
-			bool was = q->started;
 			stop_queue(q);
 			replace_fd(&q->kick_fd, fds[0]);
 			nfds = 0;
-			(void)was;
 			if (start_queue(dev, q) < 0)
 				goto malformed;
 		} else {

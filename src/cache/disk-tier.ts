@@ -465,15 +465,6 @@ export class DiskTier {
     return holder !== undefined && holder !== this.claimer;
   }
 
-  /** Size of a chunk file as stored (for tests and stats). */
-  fileSize(digestHex: string): number | undefined {
-    try {
-      return statSync(this.chunkPath(digestHex)).size;
-    } catch {
-      return undefined;
-    }
-  }
-
   close(): void {
     this.flushAccess();
     for (const h of [...this.holders]) this.unpin(h);

@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { RegistryError, SlipwayError } from '../../errors.js';
 import { isDigest, sha256Digest, verifyContent, verifyingStream } from '../digest.js';
 import type { FetchedManifest, Target } from '../store.js';
@@ -102,8 +102,7 @@ export class RegistryRepository implements Target {
   async pushBlob(desc: Descriptor, data: Buffer): Promise<void> {
     verifyContent(data, desc, `blob pushed to ${this.name}`);
     if (data.byteLength > CHUNKED_UPLOAD_THRESHOLD_BYTES) {
-      const { Readable: ReadableCtor } = await import('node:stream');
-      await this.pushBlobStream(desc, ReadableCtor.from([data]));
+      await this.pushBlobStream(desc, Readable.from([data]));
       return;
     }
     const what = `uploading blob ${desc.digest} to ${this.name}`;

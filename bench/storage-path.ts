@@ -26,7 +26,6 @@ import { parseRef } from '../src/oci/ref.js';
 import { serveDisk } from '../src/serve/backend.js';
 import { silentLogger } from '../src/util/log.js';
 import { QemuDriver } from '../src/vmm/qemu.js';
-import { startChaosProxy } from '../test/helpers/chaos-proxy.js';
 import { startRegistry } from '../test/helpers/registry.js';
 import { BENCH_DIR, report, type Row, vubFrontend } from './lib.js';
 
@@ -45,6 +44,16 @@ async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
 
 function qsd(args: string[], sock: string): ChildProcess {
   return spawn('qemu-storage-daemon', [...args, '--export', `type=vhost-user-blk,id=e,node-name=top,addr.type=unix,addr.path=${sock},writable=off,num-queues=1`], { stdio: ['ignore', 'ignore', 'inherit'] });
+}
+
+/** The registry behind a delaying proxy in its own process (the network is not the daemon's CPU). */
+async function startDelayProxy(target: string, delayMs: number): Promise<{ host: string; stop(): void }> {
+  const child = spawn('node', [join(PROJECT_ROOT, 'bench', 'delay-proxy.mjs'), target, String(delayMs)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<string>((resolve, reject) => {
+    child.stdout?.once('data', (d: Buffer) => resolve(d.toString().trim()));
+    child.once('exit', (code) => reject(new Error(`delay proxy exited (${code})`)));
+  });
+  return { host: `127.0.0.1:${port}`, stop: () => child.kill() };
 }
 
 /** Record the reads of one systemd boot (cached in BENCH_DIR). */
@@ -111,10 +120,16 @@ async function main(): Promise<void> {
 
     const slipwayCold = async (host: string, repo: string, useProfile: boolean): Promise<{ ms: number; fetched: number }> => {
       const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'cache-')) }), logger: silentLogger });
+      // the daemon starts its decode threads when it starts, not when the first disk opens
+      await cache.warmUp();
       const served = await serveDisk({ cache, ref: `${host}/bench/${repo}:v1`, socket: join(work, `s-${Date.now()}.sock`), workDir: mkdtempSync(join(work, 'serve-')), readWrite: false, openOptions: { useProfile } });
       try {
+        const t0 = performance.now();
+        let settled = 0;
+        void served.disk.settle().then(() => { settled = performance.now() - t0; });
         const r = await frontend(['replay', served.socket, trace]);
         await served.disk.settle();
+        if (process.env.XDEBUG) console.error('replay', r.ms, 'prefetch settled at', settled, 'misses', served.miss.stats.requests, JSON.stringify(served.disk.stats));
         return { ms: r.ms as number, fetched: cache.stats().remote.bytes };
       } finally {
         await served.close();
@@ -138,8 +153,7 @@ async function main(): Promise<void> {
     // SLIPWAY_BENCH_ONLY=profile runs just the profiled cold replay at 0 ms (for profiling the daemon)
     const only = process.env.SLIPWAY_BENCH_ONLY;
     for (const delayMs of only === 'profile' ? [0] : [0, 20]) {
-      const proxy = await startChaosProxy({ target: registry.host });
-      if (delayMs) proxy.delay(delayMs, 'any');
+      const proxy = await startDelayProxy(registry.host, delayMs);
       try {
         if (only === 'profile') {
           const prof = await slipwayCold(proxy.host, 'debian-profiled', true);
@@ -155,7 +169,7 @@ async function main(): Promise<void> {
           { name: `${delayMs} ms: slipway-blk, empty cache, boot profile`, ms: Math.round(prof.ms), ratio: (prof.ms / peer).toFixed(3), fetchedBytes: prof.fetched },
         );
       } finally {
-        await proxy.stop();
+        proxy.stop();
       }
     }
     if (only === 'profile') return report('profiled cold replay only', rows, 'storage-path-profile');

@@ -13,7 +13,7 @@ import { OciLayoutStore } from '../oci/layout/layout-store.js';
 import { Targets } from '../oci/open.js';
 import type { Logger } from '../util/log.js';
 import { PrioritySemaphore } from '../util/semaphore.js';
-import { WorkerPool } from '../workers/pool.js';
+import { WorkerPool, type Decoded } from '../workers/pool.js';
 import { ChunkCodec } from '../workers/chunk-codec.js';
 
 /**
@@ -21,7 +21,6 @@ import { ChunkCodec } from '../workers/chunk-codec.js';
  * starting the worker threads (each loads zstd) costs more than decoding them. Past this many,
  * the threads take over.
  */
-const INLINE_DECODES = 32;
 import { DiskTier, type DiskTierStats } from './disk-tier.js';
 import { RemoteTier, type RemoteStats } from './remote-tier.js';
 import { openLazyDisk, type LazyDisk, type OpenDiskOptions } from './lazy-disk.js';
@@ -46,7 +45,8 @@ export class ChunkCache {
   readonly logger: Logger;
   private poolInstance: WorkerPool | undefined;
   private inlineCodec: ChunkCodec | undefined;
-  private inlineDecodes = 0;
+  private poolWarm: Promise<void> | undefined;
+  private poolReady = false;
   readonly targets: Targets;
   readonly memory: LRUCache<string, Buffer>;
   readonly disk: DiskTier;
@@ -82,18 +82,39 @@ export class ChunkCache {
 
   /** Hashing and decompression threads, started on first use (a warm disk never needs them). */
   get pool(): WorkerPool {
-    this.poolInstance ??= new WorkerPool();
+    if (!this.poolInstance) {
+      this.poolInstance = new WorkerPool();
+      this.poolWarm = this.poolInstance.warm().then(() => {
+        this.poolReady = true;
+      });
+      this.poolWarm.catch(() => undefined);
+    }
     return this.poolInstance;
   }
 
-  /** Decompress and verify a chunk: inline for the first few, then on the worker threads. */
-  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Buffer> {
-    if (!this.poolInstance && this.inlineDecodes < INLINE_DECODES) {
-      this.inlineDecodes++;
+  /**
+   * Start the worker threads now and wait until they answer: a long-running daemon does this at
+   * start, so that the first cold disk does not wait for threads to boot.
+   */
+  async warmUp(): Promise<void> {
+    void this.pool;
+    await this.poolWarm;
+  }
+
+  /**
+   * Decompress and verify a chunk. The worker threads start on the first decode; until they have
+   * booted (~100 ms of module loading each), decodes run inline, so the first chunks of a cold
+   * disk never wait for threads.
+   */
+  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Decoded> {
+    const pool = this.pool;
+    if (!this.poolReady) {
       this.inlineCodec ??= new ChunkCodec();
-      return this.inlineCodec.decode(stored, flags, length, digest, what);
+      return { data: this.inlineCodec.decode(stored, flags, length, digest, what), persisted: false };
     }
-    return this.pool.decode(stored, flags, length, digest, what);
+    // the worker also writes the chunk's tier-1 file, so the event loop does no file I/O for it
+    const hex = digest.toString('hex');
+    return pool.decode(stored, flags, length, digest, what, { tmpPath: this.disk.tempPath(hex), finalPath: this.disk.chunkPath(hex) });
   }
 
   static async open(opts: ChunkCacheOptions): Promise<ChunkCache> {
@@ -141,10 +162,15 @@ export class ChunkCache {
     return undefined;
   }
 
-  /** Keep a verified chunk in tier 1 (and tier 0 when it was asked for, not prefetched). */
-  async store(digestHex: string, data: Buffer, intoMemory: boolean): Promise<void> {
-    if (intoMemory) this.memory.set(digestHex, data);
-    await this.disk.put(digestHex, data);
+  /**
+   * Keep a verified chunk in tier 1 (and tier 0 when it was asked for, not prefetched). A chunk
+   * whose file a worker already wrote is only indexed; otherwise (decoded inline, or the worker's
+   * write failed, a full disk included) it is written here, evicting to make room.
+   */
+  async store(digestHex: string, chunk: Decoded, intoMemory: boolean): Promise<void> {
+    if (intoMemory) this.memory.set(digestHex, chunk.data);
+    if (chunk.persisted) this.disk.adopt(digestHex, chunk.data.byteLength);
+    else await this.disk.put(digestHex, chunk.data);
   }
 
   stats(): CacheStats {

@@ -76,6 +76,11 @@ export class DiskTier {
     this.tmpDir = join(opts.cacheDir, 'tmp');
     this.inflightDir = join(opts.cacheDir, 'inflight');
     mkdirSync(this.chunkDir, { recursive: true });
+    const present = new Set(readdirSync(this.chunkDir));
+    for (let i = 0; i < 256; i++) {
+      const prefix = i.toString(16).padStart(2, '0');
+      if (!present.has(prefix)) mkdirSync(join(this.chunkDir, prefix));
+    }
     mkdirSync(this.tmpDir, { recursive: true });
     mkdirSync(this.inflightDir, { recursive: true });
     try {
@@ -230,14 +235,27 @@ export class DiskTier {
         return false;
       }
     }
+    return this.adopt(digestHex, data.byteLength);
+  }
+
+  /** A temp path in this cache's tmp directory for a chunk file written elsewhere (a worker thread). */
+  tempPath(digestHex: string): string {
+    return join(this.tmpDir, `${digestHex}.${process.pid}.${randomBytes(4).toString('hex')}`);
+  }
+
+  /**
+   * Index a chunk file already in place at `chunkPath(digestHex)` (written, synced and renamed by
+   * `put` or by a worker thread). Returns false, dropping the file, when the index has no room.
+   */
+  adopt(digestHex: string, size: number): boolean {
     try {
       try {
-        this.stmts.upsert.run(digestHex, data.byteLength, Date.now());
+        this.stmts.upsert.run(digestHex, size, Date.now());
       } catch (err) {
         if (!isDiskFull(err)) throw err;
         // the WAL is what filled the disk: make room, fold the WAL back, try the row once more
         this.makeRoom(this.totals().bytes);
-        this.stmts.upsert.run(digestHex, data.byteLength, Date.now());
+        this.stmts.upsert.run(digestHex, size, Date.now());
       }
     } catch (err) {
       if (!isDiskFull(err)) throw err;
@@ -272,7 +290,7 @@ export class DiskTier {
    * arriving at once are written in parallel while the event loop goes on serving.
    */
   private async writeFile(digestHex: string, data: Buffer): Promise<void> {
-    const tmp = join(this.tmpDir, `${digestHex}.${process.pid}.${randomBytes(4).toString('hex')}`);
+    const tmp = this.tempPath(digestHex);
     const finalPath = this.chunkPath(digestHex);
     try {
       const handle = await open(tmp, 'wx', 0o644);
@@ -282,12 +300,20 @@ export class DiskTier {
       } finally {
         await handle.close();
       }
-      await mkdir(join(this.chunkDir, digestHex.slice(0, 2)), { recursive: true });
-      await rename(tmp, finalPath);
-    } finally {
+      try {
+        await rename(tmp, finalPath);
+      } catch (err) {
+        // the 256 prefix directories are made at open; one removed since is made again
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        await mkdir(join(this.chunkDir, digestHex.slice(0, 2)), { recursive: true });
+        await rename(tmp, finalPath);
+      }
+    } catch (err) {
       await rm(tmp, { force: true });
+      throw err;
     }
   }
+
 
   totals(): { bytes: number; chunks: number } {
     return this.stmts.totals.get() ?? { bytes: 0, chunks: 0 };

@@ -15,6 +15,7 @@ import type { Priority } from '../util/semaphore.js';
 import { forEachBounded } from '../util/concurrency.js';
 import type { ChunkCache } from './chunk-cache.js';
 import { planRuns, type Source, type WantedChunk } from './remote-tier.js';
+import type { Decoded } from '../workers/pool.js';
 import { checkBootProfile, fetchBootProfile, pushBootProfile, type BootProfile } from './boot-profile.js';
 
 /** Chunks fetched ahead of a sequential reader: the window starts at 16 (8 MiB at the default chunk size) and doubles while reads stay sequential. */
@@ -305,9 +306,10 @@ export class LazyDisk {
         .then(async (got) => {
           await Promise.all(run.chunks.map(async (w) => {
             const o = byEntry.get(w.entry) as { hex: string; d: Deferred };
-            const data = got.get(w.entry) as Buffer;
+            const chunk = got.get(w.entry) as Decoded;
+            const data = chunk.data;
             try {
-              await this.cache.store(o.hex, data, intoMemory);
+              await this.cache.store(o.hex, chunk, intoMemory);
             } catch (err) {
               // A chunk that cannot be kept is still served: the read must not fail or hang for it.
               this.cache.logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
@@ -375,8 +377,8 @@ export class LazyDisk {
     });
     this.track(forEachBounded(work, 4, async (e) => {
       const entry = index.entries[e] as IndexEntry;
-      const data = await this.cache.decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `disk ${this.reference} pack ${pack.digest}`);
-      await this.cache.store(entry.digest.toString('hex'), data, false);
+      const chunk = await this.cache.decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `disk ${this.reference} pack ${pack.digest}`);
+      await this.cache.store(entry.digest.toString('hex'), chunk, false);
     }).catch((err: unknown) => this.cache.logger.warn('could not keep a whole pack a server sent', { pack: pack.digest, error: (err as Error).message })));
   }
 

@@ -12,6 +12,7 @@ import type { Target } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 import type { Logger } from '../util/log.js';
 import type { PrioritySemaphore, Priority } from '../util/semaphore.js';
+import type { Decoded } from '../workers/pool.js';
 
 /** Two wanted chunks this close in a pack are fetched in one request (the gap is read and dropped). */
 export const MAX_COALESCE_GAP_BYTES = 64 << 10;
@@ -76,7 +77,7 @@ export interface Source {
 }
 
 export interface RemoteTierDeps {
-  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string) => Promise<Buffer>;
+  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string) => Promise<Decoded>;
   logger: Logger;
   deadlineMs: number;
   hostLimit: (host: string) => PrioritySemaphore;
@@ -96,7 +97,7 @@ export class RemoteTier {
    * Fetch one run and return each wanted chunk's verified bytes. `onWholeBlob` receives a pack a
    * server sent whole (Range ignored), already verified against its digest.
    */
-  async fetchRun(index: ChunkIndex, run: Run, sources: Source[], priority: Priority, what: string, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Buffer>> {
+  async fetchRun(index: ChunkIndex, run: Run, sources: Source[], priority: Priority, what: string, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Decoded>> {
     const deadline = Date.now() + this.deps.deadlineMs;
     const bad = new Set<number>();
     let lastError: unknown;
@@ -140,7 +141,7 @@ export class RemoteTier {
     return Promise.race([attempt, expired]).finally(() => clearTimeout(timer));
   }
 
-  private async tryOnce(index: ChunkIndex, run: Run, source: Source, priority: Priority, what: string, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Buffer>> {
+  private async tryOnce(index: ChunkIndex, run: Run, source: Source, priority: Priority, what: string, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Decoded>> {
     const release = await this.deps.hostLimit(source.host).acquire(priority);
     let bytes: Buffer;
     try {
@@ -159,7 +160,7 @@ export class RemoteTier {
     } finally {
       release();
     }
-    const out = new Map<number, Buffer>();
+    const out = new Map<number, Decoded>();
     await Promise.all(run.chunks.map(async (w) => {
       const e = index.entries[w.entry] as IndexEntry;
       const stored = bytes.subarray(e.offset - run.start, e.offset - run.start + e.storedLength);

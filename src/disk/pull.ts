@@ -85,7 +85,7 @@ export async function pullDisk(opts: PullOptions): Promise<PullResult> {
     const writeEntry = async (entry: IndexEntry, chunks: number[], stored: Buffer): Promise<void> => {
       const first = chunks[0] as number;
       const len = chunkLength(index, first);
-      const data = await pool.decode(stored, entry.flags, len, entry.digest, `chunk ${first} of ${disk.reference}`);
+      const { data } = await pool.decode(stored, entry.flags, len, entry.digest, `chunk ${first} of ${disk.reference}`);
       for (const n of chunks) {
         await file.write(data, 0, len, n * index.chunkSizeBytes);
         writtenBytes += len;

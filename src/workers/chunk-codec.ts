@@ -3,6 +3,8 @@
  * zstd. Runs inside worker threads (chunk-worker.ts) and, for small jobs, on the caller's thread.
  */
 import { createHash } from 'node:crypto';
+import { closeSync, fdatasyncSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { createRequire } from 'node:module';
 import { SlipwayError } from '../errors.js';
 import { FLAG_ZSTD } from '../disk/format.js';
@@ -82,5 +84,33 @@ export class ChunkCodec {
       throw new SlipwayError('DIGEST_MISMATCH', `${what}: content has sha256:${actual.toString('hex')}, index says sha256:${digest.toString('hex')}`);
     }
     return out;
+  }
+}
+
+/**
+ * Write a verified chunk to its cache file crash-safely (temp file, fdatasync, rename), on the
+ * calling thread: the worker that decoded it, so the daemon's event loop does no file I/O for it.
+ * Returns the errno code on failure (ENOSPC is the caller's to handle), or undefined.
+ */
+export function persistChunk(data: Uint8Array, tmpPath: string, finalPath: string): string | undefined {
+  try {
+    const fd = openSync(tmpPath, 'wx', 0o644);
+    try {
+      for (let off = 0; off < data.byteLength; ) off += writeSync(fd, data, off, data.byteLength - off);
+      fdatasyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    try {
+      renameSync(tmpPath, finalPath);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      mkdirSync(dirname(finalPath), { recursive: true });
+      renameSync(tmpPath, finalPath);
+    }
+    return undefined;
+  } catch (err) {
+    rmSync(tmpPath, { force: true });
+    return (err as NodeJS.ErrnoException).code ?? 'EIO';
   }
 }

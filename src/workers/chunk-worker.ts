@@ -1,5 +1,5 @@
 import { parentPort } from 'node:worker_threads';
-import { ChunkCodec } from './chunk-codec.js';
+import { ChunkCodec, persistChunk } from './chunk-codec.js';
 import type { WorkerRequest, WorkerResponse } from './pool.js';
 
 const codec = new ChunkCodec();
@@ -8,14 +8,17 @@ parentPort?.on('message', (req: WorkerRequest) => {
   let res: WorkerResponse;
   const transfer: ArrayBuffer[] = [];
   try {
-    if (req.op === 'encode') {
+    if (req.op === 'ping') {
+      res = { id: req.id, ok: true, pong: true };
+    } else if (req.op === 'encode') {
       const data = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
       const enc = codec.encode(data, req.level);
       res = { id: req.id, ok: true, digest: enc.digest, zero: enc.zero, stored: enc.stored, flags: enc.flags };
       if (enc.stored.byteLength > 0) transfer.push(enc.stored.buffer as ArrayBuffer);
     } else {
       const out = codec.decode(req.stored, req.flags, req.length, Buffer.from(req.digest), req.what);
-      res = { id: req.id, ok: true, data: out };
+      const persistError = req.persist ? persistChunk(out, req.persist.tmpPath, req.persist.finalPath) : undefined;
+      res = { id: req.id, ok: true, data: out, ...(persistError ? { persistError } : {}) };
       if (out.byteLength > 0) transfer.push(out.buffer as ArrayBuffer);
     }
   } catch (err) {

@@ -6,12 +6,27 @@ import { SlipwayError, type ErrorCode } from '../errors.js';
 
 export type WorkerRequest =
   | { id: number; op: 'encode'; data: Uint8Array; level: number }
-  | { id: number; op: 'decode'; stored: Uint8Array; flags: number; length: number; digest: Uint8Array; what: string };
+  | { id: number; op: 'decode'; stored: Uint8Array; flags: number; length: number; digest: Uint8Array; what: string; persist?: PersistTo }
+  | { id: number; op: 'ping' };
 
 export type WorkerResponse =
   | { id: number; ok: true; digest: Uint8Array; zero: boolean; stored: Uint8Array; flags: number }
-  | { id: number; ok: true; data: Uint8Array }
+  | { id: number; ok: true; data: Uint8Array; persistError?: string }
+  | { id: number; ok: true; pong: true }
   | { id: number; ok: false; code: string; message: string };
+
+/** Where a decoded chunk's cache file goes: written by the worker, temp file then rename. */
+export interface PersistTo {
+  tmpPath: string;
+  finalPath: string;
+}
+
+/** A decoded chunk; `persisted` when the worker wrote its cache file, `persistError` (an errno code) when that failed. */
+export interface Decoded {
+  data: Buffer;
+  persisted: boolean;
+  persistError?: string;
+}
 
 type DistributiveOmit<T, K extends keyof T> = T extends unknown ? Omit<T, K> : never;
 
@@ -88,20 +103,26 @@ export class WorkerPool {
     });
   }
 
+  /** Resolves once every worker has loaded its code and answered (workers take ~100 ms to start). */
+  async warm(): Promise<void> {
+    await Promise.all(this.workers.map(() => this.run({ op: 'ping' })));
+  }
+
   async encode(data: Buffer, level: number): Promise<{ digest: Buffer; zero: boolean; stored: Buffer; flags: number }> {
     const res = await this.run({ op: 'encode', data, level }, ownsBuffer(data) ? [data.buffer as ArrayBuffer] : []);
     if (!('stored' in res)) throw new SlipwayError('IO_ERROR', 'worker answered encode with the wrong shape');
     return { digest: toBuffer(res.digest), zero: res.zero, stored: toBuffer(res.stored), flags: res.flags };
   }
 
-  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Buffer> {
+  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string, persist?: PersistTo): Promise<Decoded> {
     // Structured clone of a view copies its whole ArrayBuffer (a slice of an 8 MiB pack would
     // copy the pack): give the worker a buffer of its own, transferred, not cloned.
     const own = ownsBuffer(stored) ? stored : Buffer.from(stored.buffer.slice(stored.byteOffset, stored.byteOffset + stored.byteLength));
-    const res = await this.run({ op: 'decode', stored: own, flags, length, digest: Uint8Array.from(digest), what }, own.byteLength > 0 ? [own.buffer as ArrayBuffer] : []);
+    const res = await this.run({ op: 'decode', stored: own, flags, length, digest: Uint8Array.from(digest), what, ...(persist ? { persist } : {}) }, own.byteLength > 0 ? [own.buffer as ArrayBuffer] : []);
     if (!('data' in res)) throw new SlipwayError('IO_ERROR', 'worker answered decode with the wrong shape');
-    return toBuffer(res.data);
+    return { data: toBuffer(res.data), persisted: persist !== undefined && res.persistError === undefined, ...(res.persistError ? { persistError: res.persistError } : {}) };
   }
+
 
   async close(): Promise<void> {
     this.closed = true;

@@ -31,6 +31,8 @@ export interface GuestArtifacts {
   initramfs: string;
   init: string;
   agent: string;
+  /** runs on the host: the host end of the agent's vsock transport under QEMU's vhost-vsock */
+  vsockConnect: string;
 }
 
 /** Run a command, passing each stderr line to `onLine`; resolve with stdout. */
@@ -102,14 +104,15 @@ export async function buildGuest(opts: { onLine?: (line: string) => void } = {})
   const dir = join(buildCacheRoot(), 'guest', guestSourcesKey());
   const init = join(dir, 'slipway-init');
   const agent = join(dir, 'slipway-agent');
+  const vsockConnect = join(dir, 'slipway-vsock-connect');
   const initramfs = join(dir, 'initramfs.cpio');
-  if (existsSync(initramfs) && existsSync(init) && existsSync(agent)) return { initramfs, init, agent };
+  if (existsSync(initramfs) && existsSync(init) && existsSync(agent) && existsSync(vsockConnect)) return { initramfs, init, agent, vsockConnect };
   await mkdir(dir, { recursive: true });
   opts.onLine?.(`guest: building init and agent into ${dir}`);
-  await run('make', ['-s', '-C', join(PROJECT_ROOT, 'guest'), `OUT=${dir}`, `${dir}/slipway-init`, `${dir}/slipway-agent`], { what: 'guest build', ...(opts.onLine ? { onLine: opts.onLine } : {}) });
+  await run('make', ['-s', '-C', join(PROJECT_ROOT, 'guest'), `OUT=${dir}`, `${dir}/slipway-init`, `${dir}/slipway-agent`, vsockConnect], { what: 'guest build', ...(opts.onLine ? { onLine: opts.onLine } : {}) });
   await writeFileAtomic(initramfs, initramfsImage(init, agent, []));
   opts.onLine?.(`guest: initramfs ${initramfs}`);
-  return { initramfs, init, agent };
+  return { initramfs, init, agent, vsockConnect };
 }
 
 /**

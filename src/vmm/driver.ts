@@ -32,6 +32,8 @@ export interface VmSpec {
   console?: boolean;
   /** hugetlbfs-backed memory (vhost-user needs shared memory either way) */
   hugepages?: boolean;
+  /** the host helper that connects to a guest's vsock port (guest/vsock-connect.c), for QEMU's vhost-vsock */
+  vsockConnect?: string;
 }
 
 export interface VmExit {

@@ -1,14 +1,17 @@
 /**
  * The QEMU driver: q35 with shared memfd memory (vhost-user needs guest memory it can map), direct
  * kernel boot through qboot, KVM when /dev/kvm is usable and TCG otherwise, the boot config as
- * fw_cfg item `opt/slipway/config`, and the agent over a virtio-serial port on a Unix socket.
+ * fw_cfg item `opt/slipway/config`, and the agent over vhost-vsock where the host has it (through
+ * the slipway-vsock-connect helper, Node having no AF_VSOCK) or a virtio-serial port on a Unix
+ * socket otherwise.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, openSync, readSync, closeSync, statSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import type { Duplex } from 'node:stream';
+import { Duplex } from 'node:stream';
+import { randomBytes } from 'node:crypto';
 import { SlipwayError } from '../errors.js';
 import { FW_CFG_NAME } from '../guest/boot-config.js';
 import type { RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
@@ -50,14 +53,41 @@ export function kernelCmdline(accel: 'kvm' | 'tcg', extra?: string): string {
   return parts.join(' ');
 }
 
+/** The vsock port slipway-agent listens on (docs/agent-protocol.md). */
+const AGENT_VSOCK_PORT = 1024;
+
+export type AgentTransport = 'vsock' | 'virtio-serial';
+
+/**
+ * vhost-vsock when /dev/vhost-vsock opens read-write (the vhost_vsock module is loaded and ours to
+ * use), virtio-serial otherwise. SLIPWAY_AGENT_TRANSPORT=vsock|virtio-serial forces one.
+ */
+export function detectAgentTransport(): AgentTransport {
+  const forced = process.env.SLIPWAY_AGENT_TRANSPORT;
+  if (forced === 'vsock' || forced === 'virtio-serial') return forced;
+  try {
+    closeSync(openSync('/dev/vhost-vsock', 'r+'));
+    return 'vsock';
+  } catch {
+    return 'virtio-serial';
+  }
+}
+
+/** A guest context id for vhost-vsock: unique on the host, so random in [3, 2^32 - 2). */
+export function randomGuestCid(): number {
+  return 3 + randomBytes(4).readUInt32LE(0) % (0xffff_fffe - 3);
+}
+
 export interface QemuOptions {
   /** q35 (default) or pc (i440fx); microvm fails at SET_MEM_TABLE with vhost-user on QEMU 7.2 */
   machine?: 'q35' | 'pc';
   /** qboot (default, when installed) or QEMU's default SeaBIOS */
   firmware?: 'qboot' | 'seabios';
+  /** how the host reaches the agent (default: detectAgentTransport()) */
+  agentTransport?: AgentTransport;
 }
 
-export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg', opts: QemuOptions = {}): string[] {
+export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg', opts: QemuOptions & { guestCid?: number } = {}): string[] {
   const mem = `${spec.memoryMiB}M`;
   const backend = spec.hugepages
     ? `memory-backend-file,id=mem,size=${mem},mem-path=/dev/hugepages,share=on,prealloc=off`
@@ -75,10 +105,17 @@ export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg', opts: QemuOptions =
     '-append', kernelCmdline(accel, [spec.cmdline, spec.bootConfigVia === 'cmdline' ? `slipway.config=${Buffer.from(spec.bootConfig).toString('base64')}` : undefined].filter(Boolean).join(' ') || undefined),
     '-serial', spec.console === false ? 'none' : `file:${join(spec.workDir, 'console.log')}`,
     '-qmp', `unix:${join(spec.workDir, 'qmp.sock')},server=on,wait=off`,
-    '-device', 'virtio-serial-pci,id=vser',
-    '-chardev', `socket,id=agent,path=${join(spec.workDir, 'agent.sock')},server=on,wait=off`,
-    '-device', `virtserialport,bus=vser.0,chardev=agent,name=${AGENT_PORT_NAME}`,
   ];
+  if ((opts.agentTransport ?? 'virtio-serial') === 'vsock') {
+    if (opts.guestCid === undefined) throw new SlipwayError('INVALID_ARGUMENT', 'the vsock agent transport needs a guest CID');
+    args.push('-device', `vhost-vsock-pci,guest-cid=${opts.guestCid}`);
+  } else {
+    args.push(
+      '-device', 'virtio-serial-pci,id=vser',
+      '-chardev', `socket,id=agent,path=${join(spec.workDir, 'agent.sock')},server=on,wait=off`,
+      '-device', `virtserialport,bus=vser.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+    );
+  }
   if (spec.bootConfigVia !== 'cmdline') args.push('-fw_cfg', `name=${FW_CFG_NAME},file=${join(spec.workDir, 'boot-config')}`);
   if ((opts.firmware ?? 'qboot') === 'qboot' && existsSync(QBOOT)) args.push('-bios', QBOOT);
   spec.disks.forEach((d, i) => {
@@ -103,7 +140,7 @@ class QemuVm implements RunningVm {
   readonly exited: Promise<VmExit>;
   private exitInfo: VmExit | undefined;
 
-  constructor(private readonly child: ChildProcess, private readonly spec: VmSpec, readonly accel: 'kvm' | 'tcg', private readonly stderr: () => string) {
+  constructor(private readonly child: ChildProcess, private readonly spec: VmSpec, readonly accel: 'kvm' | 'tcg', private readonly stderr: () => string, private readonly guestCid?: number) {
     this.exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
         this.exitInfo = { code, signal };
@@ -117,6 +154,7 @@ class QemuVm implements RunningVm {
   }
 
   connectAgent(): Promise<Duplex> {
+    if (this.guestCid !== undefined) return this.connectVsock(this.guestCid);
     return new Promise((resolve, reject) => {
       const sock = connect(join(this.spec.workDir, 'agent.sock'));
       sock.once('connect', () => {
@@ -124,6 +162,26 @@ class QemuVm implements RunningVm {
         resolve(sock);
       });
       sock.once('error', reject);
+    });
+  }
+
+  /**
+   * The agent over vhost-vsock: slipway-vsock-connect relays the guest's port to its stdio. While
+   * the guest is not listening yet the helper's connect fails and it exits; the stream then ends,
+   * and the caller connects again (waitForAgent).
+   */
+  private connectVsock(cid: number): Promise<Duplex> {
+    const helper = this.spec.vsockConnect;
+    if (!helper) return Promise.reject(new SlipwayError('VMM_ERROR', 'no slipway-vsock-connect helper given for the vsock agent transport'));
+    return new Promise((resolve, reject) => {
+      const child = spawn(helper, [String(cid), String(AGENT_VSOCK_PORT)], { stdio: ['pipe', 'pipe', 'ignore'] });
+      child.once('error', (e) => reject(new SlipwayError('VMM_ERROR', `cannot run ${helper}: ${e.message}`, { cause: e })));
+      child.once('spawn', () => {
+        const stream = Duplex.from({ readable: child.stdout, writable: child.stdin });
+        // when the helper exits its stdout ends, and so does the stream
+        stream.on('close', () => child.kill());
+        resolve(stream);
+      });
     });
   }
 
@@ -162,7 +220,9 @@ export class QemuDriver implements VmmDriver {
   async start(spec: VmSpec): Promise<RunningVm> {
     const accel = detectAccel();
     await writeFile(join(spec.workDir, 'boot-config'), spec.bootConfig);
-    const args = qemuArgs(spec, accel, this.options);
+    const transport = this.options.agentTransport ?? detectAgentTransport();
+    const guestCid = transport === 'vsock' ? randomGuestCid() : undefined;
+    const args = qemuArgs(spec, accel, { ...this.options, agentTransport: transport, ...(guestCid !== undefined ? { guestCid } : {}) });
     await writeFile(join(spec.workDir, 'qemu.args'), `${QEMU_BINARY} ${args.map((a) => JSON.stringify(a)).join(' ')}\n`);
     const child = spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: false });
     let stderr = '';
@@ -173,10 +233,10 @@ export class QemuDriver implements VmmDriver {
       child.once('spawn', () => resolve());
       child.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot start ${QEMU_BINARY}: ${err.message} (install qemu-system-x86)`, { cause: err })));
     });
-    const vm = new QemuVm(child, spec, accel, () => stderr);
-    // QEMU creates the agent socket while it starts; wait for it (or for QEMU to give up).
+    const vm = new QemuVm(child, spec, accel, () => stderr, guestCid);
+    // QEMU creates its QMP socket while it starts; wait for it, or for QEMU to give up.
     const deadline = Date.now() + 10_000;
-    while (!existsSync(join(spec.workDir, 'agent.sock'))) {
+    while (!existsSync(join(spec.workDir, 'qmp.sock'))) {
       const exited = await Promise.race([vm.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 20))]);
       if (exited) throw new SlipwayError('VMM_ERROR', `qemu exited at start (code ${exited.code}, signal ${exited.signal}): ${stderr.trim()}`);
       if (Date.now() > deadline) {

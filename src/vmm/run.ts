@@ -84,7 +84,7 @@ export async function runInVm(opts: RunOptions): Promise<RunResult> {
   try {
     vm = await driver.start({
       id, workDir, cpus: opts.cpus ?? 1, memoryMiB: opts.memoryMiB ?? 512, kernel, initramfs: guest.initramfs,
-      disks: opts.disks, bootConfig, net, console: true, hugepages: opts.hugepages === true,
+      disks: opts.disks, bootConfig, net, console: true, hugepages: opts.hugepages === true, vsockConnect: guest.vsockConnect,
       ...(opts.bootConfigVia ? { bootConfigVia: opts.bootConfigVia } : {}),
     });
     phase('vmm_started');

@@ -42,6 +42,12 @@ export const ERROR_CODES = {
   VMM_ERROR: 'the virtual machine monitor failed',
   AGENT_ERROR: 'the guest agent reported an error',
   AGENT_PROTOCOL: 'the guest agent sent a malformed frame',
+  // the daemon and its VMs
+  OVERLAY_INVALID: 'a copy-on-write overlay file is malformed',
+  VM_NOT_FOUND: 'no VM has that id',
+  CONFLICT: 'the VM is not in a state that allows the operation',
+  LIMIT_EXCEEDED: 'a request is over a size or concurrency limit',
+  DAEMON_UNREACHABLE: 'the slipway daemon could not be reached',
   // local resources
   IO_ERROR: 'a local file operation failed',
   ABORTED: 'the operation was cancelled',

@@ -45,11 +45,12 @@ describe('agent transport', () => {
     expect(args).not.toContain('vhost-vsock');
   });
 
-  it('is vsock exactly when /dev/vhost-vsock opens read-write, and can be forced', () => {
+  it('is vsock exactly when /dev/vhost-vsock is a character device that opens read-write, and can be forced', () => {
     const saved = process.env.SLIPWAY_AGENT_TRANSPORT;
     try {
       delete process.env.SLIPWAY_AGENT_TRANSPORT;
-      const opens = spawnSync('sh', ['-c', 'exec 3<>/dev/vhost-vsock']).status === 0;
+      // `test -c` first: a plain `<>` redirection would create a regular file where the device is missing
+      const opens = spawnSync('sh', ['-c', 'test -c /dev/vhost-vsock && exec 3<>/dev/vhost-vsock']).status === 0;
       expect(detectAgentTransport()).toBe(opens ? 'vsock' : 'virtio-serial');
       process.env.SLIPWAY_AGENT_TRANSPORT = 'virtio-serial';
       expect(detectAgentTransport()).toBe('virtio-serial');

@@ -3,6 +3,7 @@ import { cacheCommand, readCommand } from './cache-commands.js';
 import { guestCommand, kernelCommand, rootfsCommand } from './guest-commands.js';
 import { runCommand } from './run-command.js';
 import { serveCommand } from './serve-command.js';
+import { daemonCommand, vmCommand } from './daemon-commands.js';
 import { copyCommand, inspectCommand, pullCommand, pushCommand, type CommandIO } from './disk-commands.js';
 
 const USAGE = `slipway: OCI-backed disks for microVMs
@@ -26,6 +27,10 @@ usage: slipway <command> [options]
                             boot a VM from a disk, run a command in it, exit with its status
   serve <ref> --socket <path> [--rw] [--overlay <dir>]
                             serve a disk to a VMM over vhost-user-blk, fetching chunks on demand
+  daemon [--socket PATH] [--listen HOST:PORT --token-file F] [--state-dir DIR]
+                            the host daemon: an HTTP API for schedulers (docs/api.md)
+  vm create <image> | ls | show <id> | exec <id> -- <cmd...> | snapshot <id> <ref> | rm <id>
+                            drive VMs through the daemon (--daemon <socket|url>, or SLIPWAY_DAEMON)
 
 references: oci:<dir>[:tag|@digest] (an OCI image layout) or host[:port]/repo[:tag|@digest]
 common options: --plain-http, --progress=auto|json|tty|none, --cache-dir DIR (or SLIPWAY_CACHE_DIR)
@@ -45,6 +50,8 @@ const COMMANDS: Record<string, Command> = {
   rootfs: rootfsCommand,
   run: runCommand,
   serve: serveCommand,
+  daemon: daemonCommand,
+  vm: vmCommand,
 };
 
 export async function main(argv: string[], io: CommandIO = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {

@@ -34,6 +34,12 @@ export interface PushOptions {
   dedupFrom?: DiskArtifact[];
   /** Set `subject` and `config.base` (snapshots). */
   base?: DiskArtifact;
+  /**
+   * A delta against `base` (snapshots): only chunks for which `changed(n)` is true are read from
+   * `file` (a sparse file of the base's size); every other chunk is the base's, referred to in
+   * the base's packs without being read, hashed or sent.
+   */
+  changed?: (chunk: number) => boolean;
   annotations?: Record<string, string>;
   onProgress?: ProgressFn;
 }
@@ -48,6 +54,8 @@ export interface PushResult {
   reusedChunks: number;
   newChunks: number;
 }
+
+const EMPTY = Buffer.alloc(0);
 
 interface KnownChunk {
   pack: Descriptor;
@@ -117,6 +125,13 @@ export async function pushDisk(opts: PushOptions): Promise<PushResult> {
   const sizeBytes = await checkImageFile(opts.file);
   const chunkCount = chunkCountFor(sizeBytes, chunkSizeBytes);
   const { target, pool } = opts;
+  const baseIndex = opts.changed ? opts.base?.index : undefined;
+  if (opts.changed) {
+    if (!baseIndex) throw new SlipwayError('INVALID_ARGUMENT', 'a delta push needs its base disk');
+    if (baseIndex.sizeBytes !== sizeBytes || baseIndex.chunkSizeBytes !== chunkSizeBytes) {
+      throw new SlipwayError('INVALID_ARGUMENT', `a delta must have its base's geometry: ${sizeBytes} bytes in ${chunkSizeBytes}-byte chunks against the base's ${baseIndex.sizeBytes} in ${baseIndex.chunkSizeBytes}`);
+    }
+  }
 
   const previous = await currentDiskAt(target, opts.tag);
   const known = knownChunksOf([...(opts.base ? [opts.base] : []), ...(opts.dedupFrom ?? []), ...(previous ? [previous] : [])], chunkSizeBytes);
@@ -221,6 +236,15 @@ export async function pushDisk(opts: PushOptions): Promise<PushResult> {
     report('start');
     while (consumed < chunkCount) {
       while (next < chunkCount && inflight.length < window) {
+        if (baseIndex && !(opts.changed as (n: number) => boolean)(next)) {
+          // the base's chunk: its index entry stands (a hole stays a hole)
+          const e = baseIndex.map[next] as number;
+          const be = e === HOLE ? undefined : (baseIndex.entries[e] as IndexEntry);
+          inflight.push(Promise.resolve(be ? { digest: be.digest, zero: false, stored: EMPTY, flags: be.flags } : { digest: EMPTY, zero: true, stored: EMPTY, flags: 0 }));
+          readBytes += Math.min(chunkSizeBytes, sizeBytes - next * chunkSizeBytes);
+          next++;
+          continue;
+        }
         const len = Math.min(chunkSizeBytes, sizeBytes - next * chunkSizeBytes);
         const buf = Buffer.allocUnsafeSlow(len);
         let got = 0;

@@ -2,8 +2,9 @@
  * Starting slipway-blk (vhost-user-blk/, built by `make`) for a disk, and serving its misses.
  * `serveDisk` is what `slipway serve` and `slipway run <ref>` use.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { processHasArgument, processRunning, whenProcessGone } from '../util/process.js';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -28,6 +29,8 @@ export interface ServeOptions {
   overlayDir?: string;
   queues?: number;
   openOptions?: OpenDiskOptions;
+  /** run the backend in its own session with its output in workDir, so it outlives this process */
+  detached?: boolean;
   /** extra environment for the backend (e.g. ASAN_OPTIONS in tests) */
   env?: NodeJS.ProcessEnv;
   binary?: string;
@@ -37,7 +40,10 @@ export interface ServedDisk {
   disk: LazyDisk;
   socket: string;
   overlayDir: string | undefined;
-  backend: ChildProcess;
+  /** the backend's process id */
+  pid: number;
+  /** whether the backend is still running */
+  running(): boolean;
   miss: MissServer;
   /** the backend's JSON log lines so far */
   log(): string;
@@ -60,6 +66,16 @@ export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<
   return BACKEND_BINARY;
 }
 
+/** The last `bytes` of a file ('' when there is none). */
+function tail(path: string, bytes: number): string {
+  try {
+    const text = readFileSync(path, 'utf8');
+    return text.slice(-bytes);
+  } catch {
+    return '';
+  }
+}
+
 export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   const binary = opts.binary ?? (await ensureBackendBuilt());
   await mkdir(opts.workDir, { recursive: true });
@@ -72,40 +88,90 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   const args = ['--socket', opts.socket, '--map', mapPath, '--chunk-dir', opts.cache.disk.chunkDir, '--daemon-socket', missPath, '--queues', String(opts.queues ?? 1), '--serial', disk.digest.slice(7, 27)];
   if (overlayDir) args.push('--overlay', overlayDir);
   else args.push('--read-only');
-  const backend = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  // detached: its own session, output in files, so that it keeps serving when the daemon is away
+  const outPath = join(opts.workDir, 'backend.out');
+  const logPath = join(opts.workDir, 'backend.log');
+  const fds = opts.detached ? [openSync(outPath, 'w', 0o600), openSync(logPath, 'a', 0o600)] : undefined;
+  const backend = spawn(binary, args, { stdio: ['ignore', fds?.[0] ?? 'pipe', fds?.[1] ?? 'pipe'], env: { ...process.env, ...opts.env }, detached: opts.detached === true });
+  if (fds) {
+    for (const fd of fds) closeSync(fd);
+    backend.unref();
+  }
   let log = '';
   backend.stderr?.on('data', (d: Buffer) => {
     log = (log + d.toString()).slice(-64_000);
   });
+  const readLog = (): string => (fds ? tail(logPath, 64_000) : log);
   const exited = new Promise<number | null>((resolve) => backend.once('exit', (code) => resolve(code)));
   try {
     await new Promise<void>((resolve, reject) => {
-      const lines = createInterface({ input: backend.stdout as NodeJS.ReadableStream });
-      lines.once('line', () => resolve());
       backend.once('error', (err) => reject(new SlipwayError('IO_ERROR', `cannot start ${binary}: ${err.message}`)));
-      void exited.then((code) => reject(new SlipwayError('IO_ERROR', `slipway-blk exited at start (${code}): ${log.trim()}`)));
+      void exited.then((code) => reject(new SlipwayError('IO_ERROR', `slipway-blk exited at start (${code}): ${readLog().trim()}`)));
+      if (fds) {
+        // the ready line lands in backend.out
+        const poll = setInterval(() => {
+          if (tail(outPath, 4096).includes('\n')) {
+            clearInterval(poll);
+            resolve();
+          }
+        }, 10);
+        void exited.then(() => clearInterval(poll));
+      } else {
+        const lines = createInterface({ input: backend.stdout as NodeJS.ReadableStream });
+        lines.once('line', () => resolve());
+      }
     });
   } catch (err) {
     await miss.close();
     await disk.close();
     throw err;
   }
+  return servedDisk({ disk, socket: opts.socket, overlayDir, miss, mapPath, pid: backend.pid ?? -1, exited, log: readLog, kill: (sig) => backend.kill(sig), running: () => backend.exitCode === null && backend.signalCode === null });
+}
+
+/**
+ * A backend started detached by an earlier daemon, found running again: the disk is opened again
+ * and its miss server listens again on the same socket, where the backend reconnects on its next
+ * miss (misses failed while no daemon answered; cached chunks were served throughout).
+ */
+export async function adoptDisk(opts: { cache: ChunkCache; ref: string; socket: string; workDir: string; pid: number; overlayDir?: string; openOptions?: OpenDiskOptions }): Promise<ServedDisk | undefined> {
+  if (!processRunning(opts.pid) || !processHasArgument(opts.pid, opts.workDir)) return undefined;
+  const disk = await opts.cache.openDisk(opts.ref, { useProfile: false, ...opts.openOptions });
+  const missPath = join(opts.workDir, 'miss.sock');
+  const miss = await startMissServer(missPath, disk, opts.cache.logger, (hex) => opts.cache.disk.has(hex), (hex, data) => opts.cache.disk.put(hex, data));
+  const pid = opts.pid;
+  return servedDisk({
+    disk, socket: opts.socket, overlayDir: opts.overlayDir, miss, mapPath: join(opts.workDir, 'disk.map'), pid,
+    exited: whenProcessGone(pid).then(() => null), log: () => tail(join(opts.workDir, 'backend.log'), 64_000),
+    kill: (sig) => {
+      try {
+        process.kill(pid, sig);
+      } catch {
+        // gone already
+      }
+    },
+    running: () => processRunning(pid),
+  });
+}
+
+function servedDisk(p: { disk: LazyDisk; socket: string; overlayDir: string | undefined; miss: MissServer; mapPath: string; pid: number; exited: Promise<number | null>; log: () => string; kill: (sig: NodeJS.Signals) => void; running: () => boolean }): ServedDisk {
   let closed = false;
   return {
-    disk, socket: opts.socket, overlayDir, backend, miss, exited,
-    log: () => log,
+    disk: p.disk, socket: p.socket, overlayDir: p.overlayDir, miss: p.miss, exited: p.exited, pid: p.pid,
+    log: p.log,
+    running: p.running,
     async close() {
       if (closed) return;
       closed = true;
-      if (backend.exitCode === null) {
-        backend.kill('SIGTERM');
-        const timer = setTimeout(() => backend.kill('SIGKILL'), 5000);
-        await exited;
+      if (p.running()) {
+        p.kill('SIGTERM');
+        const timer = setTimeout(() => p.kill('SIGKILL'), 5000);
+        await p.exited;
         clearTimeout(timer);
       }
-      await miss.close();
-      await disk.close();
-      await rm(mapPath, { force: true });
+      await p.miss.close();
+      await p.disk.close();
+      await rm(p.mapPath, { force: true });
     },
   };
 }

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 /** Whether a process exists (EPERM means it does, owned by someone else). */
 export function processAlive(pid: number): boolean {
   try {
@@ -5,5 +7,61 @@ export function processAlive(pid: number): boolean {
     return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Whether a process runs: exists and is not a zombie waiting to be reaped. */
+export function processRunning(pid: number): boolean {
+  if (!processAlive(pid)) return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether `pid` is still the process started with `marker` among its arguments (a VM's work
+ * directory): after a restart a recorded pid may have been reused by something else.
+ */
+export function processHasArgument(pid: number, marker: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0').some((a) => a.includes(marker));
+  } catch {
+    return false;
+  }
+}
+
+/** Resolves when a process that is not our child has gone (polled). */
+export function whenProcessGone(pid: number, intervalMs = 200): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setInterval(() => {
+      if (!processRunning(pid)) {
+        clearInterval(timer);
+        resolve();
+      }
+    }, intervalMs);
+    timer.unref();
+  });
+}
+
+/** SIGTERM, then SIGKILL after `graceMs`, for a process that is not our child. */
+export async function terminateProcess(pid: number, graceMs = 2000): Promise<void> {
+  if (!processRunning(pid)) return;
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + graceMs;
+  while (processRunning(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+  if (processRunning(pid)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      return;
+    }
+    while (processRunning(pid)) await new Promise((r) => setTimeout(r, 25));
   }
 }

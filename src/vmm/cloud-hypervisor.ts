@@ -28,7 +28,7 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { SlipwayError } from '../errors.js';
 import { FW_CFG_NAME } from '../guest/boot-config.js';
-import type { RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import type { AgentEndpoint, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { kernelCmdline } from './qemu.js';
 
 export const CH_API_BASE = '/api/v1';
@@ -281,8 +281,10 @@ class CloudHypervisorVm implements RunningVm {
   readonly exited: Promise<VmExit>;
   private exitInfo: VmExit | undefined;
   private killing: Promise<VmExit> | undefined;
+  readonly agentEndpoint: AgentEndpoint;
 
   constructor(private readonly child: ChildProcess, private readonly spec: VmSpec, private readonly output: () => string) {
+    this.agentEndpoint = { transport: 'hybrid-vsock', socket: chPaths(spec.workDir).vsockSocket };
     this.exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
         this.exitInfo = { code, signal };

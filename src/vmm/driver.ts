@@ -34,7 +34,15 @@ export interface VmSpec {
   hugepages?: boolean;
   /** the host helper that connects to a guest's vsock port (guest/vsock-connect.c), for QEMU's vhost-vsock */
   vsockConnect?: string;
+  /**
+   * Run the VMM in its own session with its output in files of workDir, so that it outlives the
+   * process that started it (the daemon adopts it again after a restart).
+   */
+  detached?: boolean;
 }
+
+/** How the host reaches a VM's agent: recorded by the daemon so that a VM can be adopted again. */
+export type AgentEndpoint = { transport: 'virtio-serial'; socket: string } | { transport: 'vsock'; cid: number } | { transport: 'hybrid-vsock'; socket: string };
 
 export interface VmExit {
   code: number | null;
@@ -44,6 +52,7 @@ export interface VmExit {
 export interface RunningVm {
   readonly pid: number;
   readonly accel: 'kvm' | 'tcg';
+  readonly agentEndpoint: AgentEndpoint;
   /** Open a byte stream to the guest agent (it may not answer until the guest has booted). */
   connectAgent(): Promise<Duplex>;
   /** Resolves when the VMM process exits. */

@@ -14,7 +14,8 @@ import { Duplex } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { SlipwayError } from '../errors.js';
 import { FW_CFG_NAME } from '../guest/boot-config.js';
-import type { RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import type { AgentEndpoint, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import { processHasArgument, processRunning, terminateProcess, whenProcessGone } from '../util/process.js';
 
 export const QEMU_BINARY = process.env.SLIPWAY_QEMU ?? 'qemu-system-x86_64';
 /** qboot: a minimal firmware that jumps straight to the kernel (SeaBIOS spends far longer). */
@@ -59,13 +60,14 @@ const AGENT_VSOCK_PORT = 1024;
 export type AgentTransport = 'vsock' | 'virtio-serial';
 
 /**
- * vhost-vsock when /dev/vhost-vsock opens read-write (the vhost_vsock module is loaded and ours to
- * use), virtio-serial otherwise. SLIPWAY_AGENT_TRANSPORT=vsock|virtio-serial forces one.
+ * vhost-vsock when /dev/vhost-vsock is a character device that opens read-write (the vhost_vsock
+ * module is loaded and ours to use), virtio-serial otherwise. SLIPWAY_AGENT_TRANSPORT=vsock|virtio-serial forces one.
  */
 export function detectAgentTransport(): AgentTransport {
   const forced = process.env.SLIPWAY_AGENT_TRANSPORT;
   if (forced === 'vsock' || forced === 'virtio-serial') return forced;
   try {
+    if (!statSync('/dev/vhost-vsock').isCharacterDevice()) return 'virtio-serial';
     closeSync(openSync('/dev/vhost-vsock', 'r+'));
     return 'vsock';
   } catch {
@@ -136,21 +138,45 @@ export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg', opts: QemuOptions &
   return args;
 }
 
+/** The last `bytes` of a file, or '' when it cannot be read. */
+function fileTail(path: string, bytes: number): string {
+  try {
+    const size = statSync(path).size;
+    const fd = openSync(path, 'r');
+    try {
+      const buf = Buffer.alloc(Math.min(bytes, size));
+      readSync(fd, buf, 0, buf.length, size - buf.length);
+      return buf.toString('utf8');
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return '';
+  }
+}
+
 class QemuVm implements RunningVm {
   readonly exited: Promise<VmExit>;
   private exitInfo: VmExit | undefined;
+  readonly agentEndpoint: AgentEndpoint;
 
-  constructor(private readonly child: ChildProcess, private readonly spec: VmSpec, readonly accel: 'kvm' | 'tcg', private readonly stderr: () => string, private readonly guestCid?: number) {
-    this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
-        this.exitInfo = { code, signal };
-        resolve(this.exitInfo);
+  /** `child` is the QEMU we started; a pid alone is one adopted after a daemon restart. */
+  constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, readonly accel: 'kvm' | 'tcg', private readonly stderr: () => string, private readonly guestCid?: number) {
+    this.agentEndpoint = guestCid !== undefined ? { transport: 'vsock', cid: guestCid } : { transport: 'virtio-serial', socket: join(spec.workDir, 'agent.sock') };
+    if (typeof child === 'number') {
+      this.exited = whenProcessGone(child).then(() => (this.exitInfo = { code: null, signal: null }));
+    } else {
+      this.exited = new Promise((resolve) => {
+        child.once('exit', (code, signal) => {
+          this.exitInfo = { code, signal };
+          resolve(this.exitInfo);
+        });
       });
-    });
+    }
   }
 
   get pid(): number {
-    return this.child.pid ?? -1;
+    return typeof this.child === 'number' ? this.child : (this.child.pid ?? -1);
   }
 
   connectAgent(): Promise<Duplex> {
@@ -186,26 +212,20 @@ class QemuVm implements RunningVm {
   }
 
   consoleTail(bytes = 4000): string {
-    const path = join(this.spec.workDir, 'console.log');
-    let text = '';
-    try {
-      const size = statSync(path).size;
-      const fd = openSync(path, 'r');
-      const buf = Buffer.alloc(Math.min(bytes, size));
-      readSync(fd, buf, 0, buf.length, size - buf.length);
-      closeSync(fd);
-      text = buf.toString('utf8');
-    } catch {
-      // no console file
-    }
+    const text = fileTail(join(this.spec.workDir, 'console.log'), bytes);
     const err = this.stderr().trim();
     return err ? `${text}\n[qemu] ${err}` : text;
   }
 
   async kill(graceMs = 2000): Promise<VmExit> {
     if (this.exitInfo) return this.exitInfo;
-    this.child.kill('SIGTERM');
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+    if (typeof this.child === 'number') {
+      await terminateProcess(this.child, graceMs);
+      return this.exited;
+    }
+    const child = this.child;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
     const exit = await this.exited;
     clearTimeout(timer);
     return exit;
@@ -224,26 +244,43 @@ export class QemuDriver implements VmmDriver {
     const guestCid = transport === 'vsock' ? randomGuestCid() : undefined;
     const args = qemuArgs(spec, accel, { ...this.options, agentTransport: transport, ...(guestCid !== undefined ? { guestCid } : {}) });
     await writeFile(join(spec.workDir, 'qemu.args'), `${QEMU_BINARY} ${args.map((a) => JSON.stringify(a)).join(' ')}\n`);
-    const child = spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: false });
-    let stderr = '';
+    // detached: its own session, stderr in a file, so that it outlives this process
+    const stderrPath = join(spec.workDir, 'qemu.stderr');
+    const errFd = spec.detached ? openSync(stderrPath, 'a', 0o600) : undefined;
+    const child = spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', errFd ?? 'pipe'], detached: spec.detached === true });
+    if (errFd !== undefined) {
+      closeSync(errFd);
+      child.unref();
+    }
+    let stderrText = '';
     child.stderr?.on('data', (d: Buffer) => {
-      stderr = (stderr + d.toString()).slice(-4000);
+      stderrText = (stderrText + d.toString()).slice(-4000);
     });
+    const stderr = (): string => (errFd !== undefined ? fileTail(stderrPath, 4000) : stderrText);
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', () => resolve());
       child.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot start ${QEMU_BINARY}: ${err.message} (install qemu-system-x86)`, { cause: err })));
     });
-    const vm = new QemuVm(child, spec, accel, () => stderr, guestCid);
+    const vm = new QemuVm(child, spec, accel, stderr, guestCid);
     // QEMU creates its QMP socket while it starts; wait for it, or for QEMU to give up.
     const deadline = Date.now() + 10_000;
     while (!existsSync(join(spec.workDir, 'qmp.sock'))) {
       const exited = await Promise.race([vm.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 20))]);
-      if (exited) throw new SlipwayError('VMM_ERROR', `qemu exited at start (code ${exited.code}, signal ${exited.signal}): ${stderr.trim()}`);
+      if (exited) throw new SlipwayError('VMM_ERROR', `qemu exited at start (code ${exited.code}, signal ${exited.signal}): ${stderr().trim()}`);
       if (Date.now() > deadline) {
         await vm.kill();
-        throw new SlipwayError('VMM_ERROR', `qemu did not create its sockets within 10 s: ${stderr.trim()}`);
+        throw new SlipwayError('VMM_ERROR', `qemu did not create its sockets within 10 s: ${stderr().trim()}`);
       }
     }
     return vm;
+  }
+
+  /**
+   * A QEMU started detached by an earlier daemon, found running again: `pid` must still be a
+   * QEMU with `spec.workDir` in its arguments (else it is someone else's, after pid reuse).
+   */
+  adopt(pid: number, spec: VmSpec, accel: 'kvm' | 'tcg', endpoint: AgentEndpoint): RunningVm | undefined {
+    if (!processRunning(pid) || !processHasArgument(pid, spec.workDir)) return undefined;
+    return new QemuVm(pid, spec, accel, () => fileTail(join(spec.workDir, 'qemu.stderr'), 4000), endpoint.transport === 'vsock' ? endpoint.cid : undefined);
   }
 }

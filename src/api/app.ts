@@ -1,0 +1,167 @@
+/**
+ * The HTTP API (hono): validation, errors and streaming here; what the requests do lives in
+ * VmManager (vms.ts) and the chunk cache. Every body is parsed by a strict zod schema; every
+ * error is `{"error": {"code", "message", "field"?}}` with a stable code (docs/errors.md).
+ */
+import { Hono, type Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import type { ChunkCache } from '../cache/chunk-cache.js';
+import { ERROR_CODES, SlipwayError, isSlipwayError, type ErrorCode } from '../errors.js';
+import type { Logger } from '../util/log.js';
+import { PROMETHEUS_CONTENT_TYPE, type Registry } from './metrics.js';
+import { openApiDocument } from './openapi.js';
+import { CreateVmBody, ExecBody, MAX_BODY_BYTES, MAX_EXEC_BODY_BYTES, PrefetchBody, SnapshotBody, VmId, describeIssue, type z } from './schemas.js';
+import { checkRequestRef, type VmManager } from './vms.js';
+
+const STATUS: Partial<Record<ErrorCode, number>> = {
+  INVALID_ARGUMENT: 400, INVALID_REFERENCE: 400, USAGE: 400, NAME_INVALID: 400,
+  UNAUTHORIZED: 401, DENIED: 403,
+  VM_NOT_FOUND: 404, MANIFEST_UNKNOWN: 404, NAME_UNKNOWN: 404, TAG_UNKNOWN: 404, BLOB_UNKNOWN: 404,
+  CONFLICT: 409,
+  NOT_A_SLIPWAY_DISK: 422, UNSUPPORTED_FORMAT_VERSION: 422,
+  LIMIT_EXCEEDED: 429, TOOMANYREQUESTS: 429,
+  REGISTRY_UNREACHABLE: 502, REGISTRY_ERROR: 502, DIGEST_MISMATCH: 502,
+};
+
+export function errorBody(code: ErrorCode, message: string, field?: string): { error: { code: ErrorCode; message: string; field?: string } } {
+  return { error: { code, message, ...(field !== undefined ? { field } : {}) } };
+}
+
+function fail(c: Context, err: unknown): Response {
+  if (isSlipwayError(err)) {
+    const field = typeof err.context.field === 'string' ? err.context.field : undefined;
+    return c.json(errorBody(err.code, err.message, field), (STATUS[err.code] ?? 500) as 400);
+  }
+  return c.json(errorBody('IO_ERROR', (err as Error)?.message ?? String(err)), 500);
+}
+
+/** Parse a JSON body with a schema; a problem is a 400 naming the field. */
+async function parseBody<T extends z.ZodType>(c: Context, schema: T): Promise<z.infer<T>> {
+  let raw: unknown;
+  try {
+    raw = await c.req.json();
+  } catch {
+    throw new SlipwayError('INVALID_ARGUMENT', 'the body is not JSON (send Content-Type: application/json and a JSON object)');
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const { field, message } = describeIssue(parsed.error);
+    throw new SlipwayError('INVALID_ARGUMENT', message, { context: { field } });
+  }
+  return parsed.data;
+}
+
+function vmId(c: Context): string {
+  const id = c.req.param('id') ?? '';
+  if (!VmId.safeParse(id).success) throw new SlipwayError('INVALID_ARGUMENT', `id: ${JSON.stringify(id.slice(0, 64))} is not a VM id (12 hex digits)`, { context: { field: 'id' } });
+  return id;
+}
+
+const limit = (maxSize: number) =>
+  bodyLimit({ maxSize, onError: (c) => c.json(errorBody('LIMIT_EXCEEDED', `the body is over ${maxSize} bytes`), 413) });
+
+/** One NDJSON line of exec output: text when it is UTF-8, base64 otherwise. */
+function outputLine(stream: 'stdout' | 'stderr', data: Buffer): string {
+  const text = data.toString('utf8');
+  const exact = Buffer.from(text, 'utf8').equals(data);
+  return `${JSON.stringify(exact ? { stream, text } : { stream, base64: data.toString('base64') })}\n`;
+}
+
+export interface AppDeps {
+  vms: VmManager;
+  cache: ChunkCache;
+  metrics: Registry;
+  logger: Logger;
+  version: string;
+}
+
+export function buildApp(deps: AppDeps): Hono {
+  const { vms, cache } = deps;
+  const app = new Hono();
+
+  app.use('*', async (c, next) => {
+    const t0 = performance.now();
+    await next();
+    deps.logger.info('request', { method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - t0) });
+  });
+  app.onError((err, c) => fail(c, err));
+  app.notFound((c) => c.json(errorBody('INVALID_ARGUMENT', `no route ${c.req.method} ${c.req.path}`), 404));
+
+  app.get('/openapi.json', (c) => c.json(openApiDocument(deps.version)));
+  app.get('/metrics', (c) => c.body(deps.metrics.render(), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE }));
+  app.get('/v1/health', (c) => c.json({ ok: true, version: deps.version, vms: vms.counts }));
+
+  app.post('/v1/vms', limit(MAX_BODY_BYTES), async (c) => {
+    const body = await parseBody(c, CreateVmBody);
+    checkRequestRef(body.image, 'image');
+    const info = await vms.create(body as Parameters<VmManager['create']>[0]);
+    return c.json(info, 201);
+  });
+  app.get('/v1/vms', (c) => c.json({ vms: vms.list() }));
+  app.get('/v1/vms/:id', (c) => c.json(vms.get(vmId(c))));
+  app.delete('/v1/vms/:id', async (c) => {
+    await vms.delete(vmId(c));
+    return c.body(null, 204);
+  });
+
+  app.post('/v1/vms/:id/exec', limit(MAX_EXEC_BODY_BYTES), async (c) => {
+    const id = vmId(c);
+    const body = await parseBody(c, ExecBody);
+    vms.get(id); // 404 before the stream starts
+    const abort = new AbortController();
+    const signal = c.req.raw.signal;
+    const encoder = new TextEncoder();
+    const stream = new ReadableStream<Uint8Array>({
+      start(ctrl) {
+        const write = (line: string): void => {
+          try {
+            ctrl.enqueue(encoder.encode(line));
+          } catch {
+            abort.abort();
+          }
+        };
+        signal?.addEventListener('abort', () => abort.abort(), { once: true });
+        vms.exec(id, body as Parameters<VmManager['exec']>[1], { stdout: (d) => write(outputLine('stdout', d)), stderr: (d) => write(outputLine('stderr', d)) }, abort.signal).then(
+          (r) => {
+            write(`${JSON.stringify({ exit: r })}\n`);
+            ctrl.close();
+          },
+          (err: unknown) => {
+            const e = isSlipwayError(err) ? err : new SlipwayError('IO_ERROR', (err as Error)?.message ?? String(err));
+            write(`${JSON.stringify(errorBody(e.code, e.message))}\n`);
+            ctrl.close();
+          },
+        );
+      },
+      cancel() {
+        abort.abort();
+      },
+    });
+    return c.body(stream, 200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+  });
+
+  app.post('/v1/vms/:id/snapshot', limit(MAX_BODY_BYTES), async (c) => {
+    const id = vmId(c);
+    const body = await parseBody(c, SnapshotBody);
+    return c.json(await vms.snapshot(id, body.ref), 201);
+  });
+
+  app.post('/v1/images/prefetch', limit(MAX_BODY_BYTES), async (c) => {
+    const body = await parseBody(c, PrefetchBody);
+    const ref = checkRequestRef(body.image, 'image');
+    const t0 = performance.now();
+    const disk = await cache.openDisk(ref, { useProfile: false });
+    try {
+      const r = await disk.prefetch({ priority: 'background' });
+      return c.json({ image: ref, digest: disk.digest, chunks: r.chunks, fetchedChunks: r.fetchedChunks, ms: Math.round(performance.now() - t0) });
+    } finally {
+      await disk.close();
+    }
+  });
+
+  app.get('/v1/cache', (c) => c.json(cache.stats()));
+
+  return app;
+}
+
+export { ERROR_CODES };

@@ -1,0 +1,182 @@
+/**
+ * `slipway daemon`: the long-running host process schedulers talk to. It owns the chunk cache
+ * (decode threads started up front), the VM state database, the metrics, and the HTTP API on a
+ * Unix socket (mode 0600: whoever may open it is trusted) and, when asked, on TCP, where every
+ * request must carry the bearer token. Stopping it leaves VMs and their backends running; the
+ * next daemon adopts them (vms.ts).
+ */
+import { timingSafeEqual } from 'node:crypto';
+import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { dirname, join } from 'node:path';
+import { getRequestListener } from '@hono/node-server';
+import { ChunkCache } from '../cache/chunk-cache.js';
+import type { SlipwayConfig } from '../config.js';
+import { SlipwayError } from '../errors.js';
+import { buildGuest, buildKernel, guestArtifacts } from '../guest/build.js';
+import { ensureBackendBuilt } from '../serve/backend.js';
+import type { Logger } from '../util/log.js';
+import { buildApp, errorBody } from './app.js';
+import { Counter, Gauge, Histogram, Registry } from './metrics.js';
+import { StateStore } from './state.js';
+import { DEFAULT_LIMITS, VmManager, type VmLimits } from './vms.js';
+
+export interface DaemonOptions {
+  config: SlipwayConfig;
+  logger: Logger;
+  /** the Unix socket (mode 0600) */
+  socketPath: string;
+  /** also listen on TCP (host:port); a token is then required */
+  tcp?: { host: string; port: number };
+  /** the bearer token for TCP */
+  token?: string;
+  /** the VM state database and VM work directories */
+  stateDir: string;
+  limits?: Partial<VmLimits>;
+  version?: string;
+}
+
+export interface RunningDaemon {
+  readonly socketPath: string;
+  /** the TCP address actually bound (port 0 picks one) */
+  readonly tcpAddress: { host: string; port: number } | undefined;
+  readonly vms: VmManager;
+  /** Stop listening; VMs keep running unless `stopVms`. */
+  close(opts?: { stopVms?: boolean }): Promise<void>;
+}
+
+export function readTokenFile(path: string): string {
+  let token: string;
+  try {
+    token = readFileSync(path, 'utf8').trim();
+  } catch (err) {
+    throw new SlipwayError('FILE_NOT_FOUND', `token file ${path}: ${(err as Error).message}`);
+  }
+  if (token.length < 16) throw new SlipwayError('INVALID_ARGUMENT', `token file ${path}: the token must be at least 16 characters`);
+  return token;
+}
+
+function bearerMatches(header: string | null, token: string): boolean {
+  const m = /^Bearer (\S+)$/.exec(header ?? '');
+  if (!m) return false;
+  const given = Buffer.from(m[1] as string);
+  const want = Buffer.from(token);
+  return given.length === want.length && timingSafeEqual(given, want);
+}
+
+function listen(server: Server, where: string | { host: string; port: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    if (typeof where === 'string') server.listen(where, () => resolve());
+    else server.listen(where.port, where.host, () => resolve());
+  });
+}
+
+export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
+  const { logger } = opts;
+  if (opts.tcp && !opts.token) throw new SlipwayError('INVALID_ARGUMENT', 'listening on TCP needs a bearer token (--token-file or SLIPWAY_API_TOKEN)');
+  const limits: VmLimits = { ...DEFAULT_LIMITS, ...opts.limits };
+  const version = opts.version ?? '0.1.0';
+
+  // what every boot needs, built (or found cached) before the first request
+  await buildKernel({ onLine: (l) => logger.info('kernel build', { line: l }) });
+  await buildGuest({ onLine: (l) => logger.info('guest build', { line: l }) });
+  await guestArtifacts();
+  await ensureBackendBuilt((l) => logger.info('backend build', { line: l }));
+
+  const cache = await ChunkCache.open({ config: opts.config, logger });
+  await cache.warmUp();
+  const state = new StateStore(opts.stateDir);
+
+  const registry = new Registry();
+  const metrics = {
+    boots: registry.register(new Counter('slipway_vm_boots_total', 'VM boots by result')),
+    bootPhases: registry.register(new Histogram('slipway_vm_boot_phase_seconds', 'time spent in each boot phase', [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60])),
+    snapshots: registry.register(new Counter('slipway_snapshots_total', 'disk snapshots by result')),
+    snapshotBytes: registry.register(new Counter('slipway_snapshot_uploaded_bytes_total', 'bytes uploaded by snapshots')),
+    backendErrors: registry.register(new Counter('slipway_backend_errors_total', 'disk backend failures: exits, failed chunk fetches')),
+  };
+  const vms = new VmManager({ cache, state, logger, metrics, limits, stateDir: opts.stateDir });
+  registry.register(new Gauge('slipway_vms', 'VMs by state', () => {
+    const c = vms.counts;
+    return [{ labels: { state: 'running' }, value: c.running }, { labels: { state: 'booting' }, value: c.booting }, { labels: { state: 'queued' }, value: c.queued }];
+  }));
+  registry.register(new Gauge('slipway_cache_hits_total', 'chunk reads answered by each cache tier (remote: chunks fetched)', () => {
+    const s = cache.stats();
+    return [{ labels: { tier: 'memory' }, value: s.memory.hits }, { labels: { tier: 'disk' }, value: s.disk.hits }, { labels: { tier: 'remote' }, value: s.remote.chunks }];
+  }));
+  registry.register(new Gauge('slipway_remote_fetched_bytes_total', 'bytes fetched from registries and mirrors', () => [{ value: cache.stats().remote.bytes }]));
+  registry.register(new Gauge('slipway_remote_requests_total', 'requests made to registries and mirrors', () => [{ value: cache.stats().remote.requests }]));
+  registry.register(new Gauge('slipway_cache_disk_bytes', 'bytes of chunk files in tier 1', () => [{ value: cache.stats().disk.bytes }]));
+  registry.register(new Gauge('slipway_cache_corruptions_total', 'tier-1 chunk files found corrupt and dropped', () => [{ value: cache.stats().disk.corruptions }]));
+
+  const adoption = await vms.adoptAll();
+  logger.info('daemon state loaded', { adopted: adoption.adopted, removed: adoption.removed });
+
+  const app = buildApp({ vms, cache, metrics: registry, logger, version });
+  const unixServer = createServer(getRequestListener(app.fetch));
+  mkdirSync(dirname(opts.socketPath), { recursive: true, mode: 0o700 });
+  rmSync(opts.socketPath, { force: true });
+  // the socket is created 0600 (umask), never world-connectable even for a moment
+  const oldMask = process.umask(0o177);
+  try {
+    await listen(unixServer, opts.socketPath);
+  } finally {
+    process.umask(oldMask);
+  }
+  chmodSync(opts.socketPath, 0o600);
+
+  let tcpServer: Server | undefined;
+  let tcpAddress: { host: string; port: number } | undefined;
+  if (opts.tcp) {
+    const token = opts.token as string;
+    tcpServer = createServer(getRequestListener((req) => {
+      if (!bearerMatches(req.headers.get('authorization'), token)) {
+        return new Response(JSON.stringify(errorBody('UNAUTHORIZED', 'this endpoint needs Authorization: Bearer <token>')), { status: 401, headers: { 'content-type': 'application/json', 'www-authenticate': 'Bearer realm="slipway"' } });
+      }
+      return app.fetch(req);
+    }));
+    await listen(tcpServer, opts.tcp);
+    const addr = tcpServer.address();
+    tcpAddress = addr && typeof addr === 'object' ? { host: addr.address, port: addr.port } : opts.tcp;
+  }
+  logger.info('daemon listening', { socket: opts.socketPath, tcp: tcpAddress, stateDir: opts.stateDir, cacheDir: opts.config.cacheDir });
+
+  let closing: Promise<void> | undefined;
+  return {
+    socketPath: opts.socketPath,
+    tcpAddress,
+    vms,
+    close(closeOpts = {}) {
+      closing ??= (async () => {
+        const stop = (s: Server | undefined) => new Promise<void>((resolve) => {
+          if (!s) return resolve();
+          s.close(() => resolve());
+          s.closeAllConnections();
+        });
+        await Promise.all([stop(unixServer), stop(tcpServer)]);
+        if (closeOpts.stopVms) await vms.deleteAll();
+        else await vms.detachAll();
+        await cache.close();
+        state.close();
+        rmSync(opts.socketPath, { force: true });
+        logger.info('daemon stopped', { vmsLeftRunning: !closeOpts.stopVms });
+      })();
+      return closing;
+    },
+  };
+}
+
+/** Where the daemon listens by default: $SLIPWAY_DAEMON_SOCKET, else in $XDG_RUNTIME_DIR, else /run/slipway (root) or the state directory. */
+export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.SLIPWAY_DAEMON_SOCKET) return env.SLIPWAY_DAEMON_SOCKET;
+  if (env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, 'slipway', 'slipway.sock');
+  if (process.getuid?.() === 0) return '/run/slipway/slipway.sock';
+  return join(defaultStateDir(env), 'slipway.sock');
+}
+
+export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.SLIPWAY_STATE_DIR) return env.SLIPWAY_STATE_DIR;
+  if (process.getuid?.() === 0) return '/var/lib/slipway';
+  return join(env.XDG_STATE_HOME ?? join(env.HOME ?? '/tmp', '.local', 'state'), 'slipway');
+}

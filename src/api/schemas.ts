@@ -1,0 +1,62 @@
+/**
+ * The API's request bodies, as zod schemas: strict (an unknown field is an error), bounded (every
+ * string, list and number has a limit), and the source of the OpenAPI document's schemas.
+ */
+import { z } from 'zod';
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
+
+export const MAX_BODY_BYTES = 64 * 1024;
+/** exec's stdin travels in the body, so exec may send more */
+export const MAX_EXEC_BODY_BYTES = 2 * 1024 * 1024;
+
+const envSchema = z
+  .record(z.string().regex(ENV_NAME, 'an environment variable name: letters, digits and _, not starting with a digit'), z.string().max(8192))
+  .refine((e) => Object.keys(e).length <= 128, 'at most 128 variables');
+
+const imageRef = z.string().min(1).max(512).describe('a registry reference (host/repo:tag or @sha256:...) or an embedded-store name (name:tag); never oci:<dir>');
+
+export const CreateVmBody = z
+  .object({
+    image: imageRef,
+    cpus: z.number().int().min(1).max(64).optional(),
+    memoryMiB: z.number().int().min(64).max(1024 * 1024).optional(),
+    env: envSchema.optional(),
+    vmm: z.enum(['qemu', 'cloud-hypervisor']).optional(),
+    net: z.enum(['none', 'user']).optional(),
+  })
+  .strict();
+
+export const ExecBody = z
+  .object({
+    argv: z.array(z.string().min(1).max(65536)).min(1).max(1024),
+    env: envSchema.optional(),
+    cwd: z.string().startsWith('/').max(4096).optional(),
+    stdin: z.string().max(1024 * 1024).optional().describe('sent to the command, then closed (UTF-8)'),
+    timeoutMs: z.number().int().min(1).max(24 * 3600 * 1000).optional().describe('the command is killed (SIGKILL) after this long'),
+  })
+  .strict();
+
+export const SnapshotBody = z.object({ ref: imageRef.describe('where to push the snapshot: a reference with a tag') }).strict();
+
+export const PrefetchBody = z.object({ image: imageRef }).strict();
+
+export const VmId = z.string().regex(/^[0-9a-f]{12}$/, 'a VM id: 12 hex digits');
+
+export type CreateVmBodyT = z.infer<typeof CreateVmBody>;
+export type ExecBodyT = z.infer<typeof ExecBody>;
+
+/** The first problem with a body, as `field: what is wrong` (the field path dotted). */
+export function describeIssue(error: z.ZodError): { field: string; message: string } {
+  const issue = error.issues[0];
+  if (!issue) return { field: '', message: 'invalid body' };
+  if (issue.code === 'unrecognized_keys') {
+    const key = issue.keys[0] ?? '';
+    const field = [...issue.path, key].join('.');
+    return { field, message: `${field}: unknown field` };
+  }
+  const field = issue.path.join('.') || '(body)';
+  return { field, message: `${field}: ${issue.message}` };
+}
+
+export { z };

@@ -1,0 +1,460 @@
+/**
+ * The daemon's VMs: boot one from an image (its disk served lazily by a detached slipway-blk,
+ * its VMM detached too), run commands through its agent, snapshot its disk into a registry,
+ * delete it; and after a daemon restart, adopt every VM an earlier daemon left running. The HTTP
+ * layer (app.ts) only validates and translates; everything a VM is lives here and in state.ts.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { ChunkCache } from '../cache/chunk-cache.js';
+import { pushSnapshot, readDirtyBitmap, removeStaging, stageDirtyChunks } from '../disk/snapshot.js';
+import { SlipwayError } from '../errors.js';
+import { AgentClient, waitForAgent } from '../guest/agent-client.js';
+import { renderBootConfig, type BootConfig } from '../guest/boot-config.js';
+import { guestArtifacts } from '../guest/build.js';
+import { formatRef, parseRef } from '../oci/ref.js';
+import { adoptDisk, serveDisk, type ServedDisk } from '../serve/backend.js';
+import type { Logger } from '../util/log.js';
+import { processRunning, terminateProcess } from '../util/process.js';
+import { CloudHypervisorDriver } from '../vmm/cloud-hypervisor.js';
+import type { AgentEndpoint, NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
+import { QemuDriver } from '../vmm/qemu.js';
+import type { Histogram, Counter } from './metrics.js';
+import type { StateStore, VmRecord } from './state.js';
+
+export interface VmLimits {
+  /** VMs booting at once; further boots wait */
+  maxConcurrentBoots: number;
+  /** boots waiting for a slot; beyond that a boot is refused (LIMIT_EXCEEDED) */
+  maxQueuedBoots: number;
+  /** VMs this daemon runs at most */
+  maxVms: number;
+  /** how long a guest has to reach its agent */
+  bootTimeoutMs: number;
+}
+
+export const DEFAULT_LIMITS: VmLimits = { maxConcurrentBoots: 4, maxQueuedBoots: 64, maxVms: 64, bootTimeoutMs: 180_000 };
+
+export interface CreateVmRequest {
+  image: string;
+  cpus?: number;
+  memoryMiB?: number;
+  env?: Record<string, string>;
+  vmm?: 'qemu' | 'cloud-hypervisor';
+  net?: 'none' | 'user';
+}
+
+export interface ExecRequest {
+  argv: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  stdin?: string;
+  timeoutMs?: number;
+}
+
+export interface VmInfo {
+  id: string;
+  image: string;
+  digest: string | null;
+  status: VmRecord['status'];
+  createdAt: string;
+  cpus: number;
+  memoryMiB: number;
+  vmm: VmRecord['vmm'];
+  accel: VmRecord['accel'];
+  timings: Record<string, number>;
+}
+
+export interface SnapshotResult {
+  ref: string;
+  digest: string;
+  base: string;
+  dirtyChunks: number;
+  newChunks: number;
+  uploadedBytes: number;
+  timings: { quiesceMs: number; stageMs: number; pushMs: number; totalMs: number };
+}
+
+export interface VmMetrics {
+  boots: Counter;
+  bootPhases: Histogram;
+  snapshots: Counter;
+  snapshotBytes: Counter;
+  backendErrors: Counter;
+}
+
+interface LiveVm {
+  record: VmRecord;
+  vm: RunningVm;
+  served: ServedDisk;
+  agent: AgentClient | undefined;
+  connecting: Promise<AgentClient> | undefined;
+  busy: 'snapshot' | 'delete' | undefined;
+}
+
+const GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+function toInfo(r: VmRecord): VmInfo {
+  return { id: r.id, image: r.image, digest: r.digest, status: r.status, createdAt: new Date(r.createdAt).toISOString(), cpus: r.cpus, memoryMiB: r.memoryMiB, vmm: r.vmm, accel: r.accel, timings: r.timings };
+}
+
+/** A reference from a request: registries and the embedded store's names, never a host path. */
+export function checkRequestRef(text: string, field: string): string {
+  if (text.startsWith('oci:')) throw new SlipwayError('INVALID_ARGUMENT', `${field}: oci:<dir> names a host directory, which a request may not; use a registry reference or an embedded-store name`);
+  try {
+    parseRef(text);
+  } catch (err) {
+    throw new SlipwayError('INVALID_ARGUMENT', `${field}: ${(err as Error).message}`);
+  }
+  return text;
+}
+
+export class VmManager {
+  private readonly live = new Map<string, LiveVm>();
+  private booting = 0;
+  private readonly bootQueue: (() => void)[] = [];
+
+  constructor(private readonly deps: { cache: ChunkCache; state: StateStore; logger: Logger; metrics: VmMetrics; limits: VmLimits; stateDir: string; drivers?: Partial<Record<VmRecord['vmm'], VmmDriver>> }) {}
+
+  private driver(name: VmRecord['vmm']): VmmDriver {
+    const given = this.deps.drivers?.[name];
+    if (given) return given;
+    return name === 'qemu' ? new QemuDriver() : new CloudHypervisorDriver();
+  }
+
+  get counts(): { running: number; booting: number; queued: number } {
+    return { running: [...this.live.values()].filter((l) => l.record.status === 'running').length, booting: this.booting, queued: this.bootQueue.length };
+  }
+
+  private async bootSlot(): Promise<() => void> {
+    if (this.booting >= this.deps.limits.maxConcurrentBoots) {
+      if (this.bootQueue.length >= this.deps.limits.maxQueuedBoots) throw new SlipwayError('LIMIT_EXCEEDED', `${this.booting} VMs are booting and ${this.bootQueue.length} wait: over the limit of ${this.deps.limits.maxQueuedBoots} queued boots`);
+      await new Promise<void>((resolve) => this.bootQueue.push(resolve));
+    }
+    this.booting++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.booting--;
+      this.bootQueue.shift()?.();
+    };
+  }
+
+  list(): VmInfo[] {
+    return this.deps.state.all().map(toInfo);
+  }
+
+  get(id: string): VmInfo {
+    const r = this.deps.state.get(id);
+    if (!r) throw new SlipwayError('VM_NOT_FOUND', `no VM ${JSON.stringify(id)}`);
+    return toInfo(r);
+  }
+
+  /** Boot a VM and answer when its agent is ready, with the phase timings. */
+  async create(req: CreateVmRequest): Promise<VmInfo> {
+    const image = checkRequestRef(req.image, 'image');
+    if (this.deps.state.all().length >= this.deps.limits.maxVms) throw new SlipwayError('LIMIT_EXCEEDED', `this daemon runs at most ${this.deps.limits.maxVms} VMs`);
+    const release = await this.bootSlot();
+    const id = randomBytes(6).toString('hex');
+    const workDir = join(this.deps.stateDir, 'vms', id);
+    const log = this.deps.logger.child({ vm: id });
+    const record: VmRecord = {
+      id, image, digest: null, status: 'booting', createdAt: Date.now(), cpus: req.cpus ?? 1, memoryMiB: req.memoryMiB ?? 512, vmm: req.vmm ?? 'qemu',
+      workDir, vmmPid: null, backendPid: null, accel: null, agent: null, timings: {},
+    };
+    const timings: Record<string, number> = {};
+    let last = performance.now();
+    const phase = (name: string): void => {
+      const now = performance.now();
+      timings[name] = Math.round(now - last);
+      this.deps.metrics.bootPhases.observe({ phase: name }, (now - last) / 1000);
+      last = now;
+    };
+    let served: ServedDisk | undefined;
+    let vm: RunningVm | undefined;
+    let agent: AgentClient | undefined;
+    try {
+      await mkdir(workDir, { recursive: true, mode: 0o700 });
+      this.deps.state.insert(record);
+      const { kernel, guest } = await guestArtifacts();
+      served = await serveDisk({ cache: this.deps.cache, ref: image, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4), openOptions: { recordProfileIfMissing: true } });
+      record.digest = served.disk.digest;
+      this.deps.state.update(id, { digest: record.digest, backendPid: served.pid });
+      phase('backend_up');
+      const net: NetSpec = req.net === 'user' ? { mode: 'user' } : { mode: 'none' };
+      const bootConfig: Partial<BootConfig> = { hostname: `vm-${id}`, ...(req.env ? { env: req.env } : {}), ...(req.net === 'user' ? { net: [{ name: 'eth0', address: '10.0.2.15/24', gateway: '10.0.2.2' }], dns: ['10.0.2.3'] } : {}) };
+      const spec: VmSpec = {
+        id, workDir, cpus: record.cpus, memoryMiB: record.memoryMiB, kernel, initramfs: guest.initramfs, disks: [{ kind: 'vhost-user', socket: served.socket }],
+        bootConfig: renderBootConfig(bootConfig as BootConfig), net, console: true, detached: true, vsockConnect: guest.vsockConnect,
+      };
+      vm = await this.driver(record.vmm).start(spec);
+      record.vmmPid = vm.pid;
+      record.accel = vm.accel;
+      record.agent = vm.agentEndpoint;
+      this.deps.state.update(id, { vmmPid: vm.pid, accel: vm.accel, agent: vm.agentEndpoint });
+      phase('vmm_started');
+      const running = vm;
+      const booted = waitForAgent(async () => new AgentClient(await running.connectAgent()), this.deps.limits.bootTimeoutMs);
+      const outcome = await Promise.race([booted.then((c) => ({ client: c })), vm.exited.then((e) => ({ exit: e }))]);
+      if ('exit' in outcome) {
+        booted.catch(() => undefined);
+        throw new SlipwayError('VM_BOOT_FAILED', `the VM stopped before its agent answered (exit ${outcome.exit.code ?? outcome.exit.signal}); console:\n${vm.consoleTail(3000).trim()}`);
+      }
+      agent = outcome.client;
+      phase('agent_ready');
+      // the first boot of a disk leaves its boot profile next to it, for every later cold boot
+      if (served.disk.recordingProfile) {
+        void served.disk.saveProfile().catch((err: unknown) => log.warn('could not store the boot profile', { error: (err as Error).message }));
+      }
+      record.status = 'running';
+      record.timings = timings;
+      this.deps.state.update(id, { status: 'running', timings });
+      const l: LiveVm = { record, vm, served, agent, connecting: undefined, busy: undefined };
+      this.live.set(id, l);
+      this.watch(l);
+      this.deps.metrics.boots.inc({ result: 'ok' });
+      log.info('vm booted', { image, digest: record.digest, timings });
+      return toInfo(record);
+    } catch (err) {
+      this.deps.metrics.boots.inc({ result: 'failed' });
+      log.warn('vm boot failed', { image, error: (err as Error).message });
+      agent?.close();
+      await vm?.kill(500).catch(() => undefined);
+      await served?.close().catch(() => undefined);
+      await rm(workDir, { recursive: true, force: true });
+      this.deps.state.delete(id);
+      throw err;
+    } finally {
+      release();
+    }
+  }
+
+  /** When a VM's VMM or backend exits on its own, the VM is gone: clean up after it. */
+  private watch(l: LiveVm): void {
+    const id = l.record.id;
+    void l.vm.exited.then(() => {
+      if (this.live.get(id) !== l || l.busy === 'delete') return;
+      this.deps.logger.warn('vm exited on its own; removing it', { vm: id });
+      void this.remove(l);
+    });
+    void l.served.exited.then(() => {
+      if (this.live.get(id) !== l || l.busy === 'delete') return;
+      this.deps.metrics.backendErrors.inc({ kind: 'backend_exit' });
+      this.deps.logger.warn('the disk backend of a vm exited; stopping the vm', { vm: id, log: l.served.log().slice(-2000) });
+      void this.remove(l);
+    });
+  }
+
+  private liveVm(id: string): LiveVm {
+    const l = this.live.get(id);
+    if (l) return l;
+    if (this.deps.state.get(id)) throw new SlipwayError('CONFLICT', `VM ${id} is not running (it is booting or being removed)`);
+    throw new SlipwayError('VM_NOT_FOUND', `no VM ${JSON.stringify(id)}`);
+  }
+
+  /** The VM's agent connection, made again when it failed (after a daemon restart, say). */
+  private async agentOf(l: LiveVm): Promise<AgentClient> {
+    if (l.agent && !l.agent.failure) return l.agent;
+    l.agent?.close();
+    l.agent = undefined;
+    l.connecting ??= waitForAgent(async () => new AgentClient(await l.vm.connectAgent()), 30_000).then((c) => {
+      l.agent = c;
+      return c;
+    }).finally(() => {
+      l.connecting = undefined;
+    });
+    return l.connecting;
+  }
+
+  /** Run a command; output arrives through the callbacks as it comes. */
+  async exec(id: string, req: ExecRequest, out: { stdout: (b: Buffer) => void; stderr: (b: Buffer) => void }, signal?: AbortSignal): Promise<{ exitCode: number; signal: number; timedOut: boolean }> {
+    const l = this.liveVm(id);
+    if (l.busy === 'delete') throw new SlipwayError('CONFLICT', `VM ${id} is being deleted`);
+    const agent = await this.agentOf(l);
+    const proc = await agent.spawn(req.argv, {
+      env: { PATH: GUEST_PATH, ...req.env },
+      ...(req.cwd ? { cwd: req.cwd } : {}),
+      ...(req.stdin !== undefined ? { stdin: req.stdin } : {}),
+      onStdout: out.stdout, onStderr: out.stderr, collectOutput: false,
+    });
+    let timedOut = false;
+    const timer = req.timeoutMs ? setTimeout(() => {
+      timedOut = true;
+      void proc.kill('SIGKILL').catch(() => undefined);
+    }, req.timeoutMs) : undefined;
+    const onAbort = (): void => void proc.kill('SIGKILL').catch(() => undefined);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const r = await proc.done;
+      return { exitCode: r.exitCode, signal: r.signal, timedOut };
+    } finally {
+      if (timer) clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /**
+   * Snapshot the VM's disk to `ref`: sync and freeze the guest's root file system, copy the dirty
+   * chunks aside, thaw (the guest is frozen only for the copy), then push them as a delta of the
+   * disk the VM booted from. A failed push leaves `ref` as it was and the VM running.
+   */
+  async snapshot(id: string, ref: string): Promise<SnapshotResult> {
+    checkRequestRef(ref, 'ref');
+    const l = this.liveVm(id);
+    if (l.busy) throw new SlipwayError('CONFLICT', `VM ${id} is busy (${l.busy} in progress)`);
+    l.busy = 'snapshot';
+    const log = this.deps.logger.child({ vm: id, snapshot: ref });
+    const t0 = performance.now();
+    const staging = join(l.record.workDir, `snapshot-${randomBytes(4).toString('hex')}.staging`);
+    try {
+      const overlayDir = l.served.overlayDir;
+      if (!overlayDir) throw new SlipwayError('CONFLICT', `VM ${id} has a read-only disk: nothing to snapshot`);
+      const agent = await this.agentOf(l);
+      const base = l.served.disk.artifact;
+      await agent.sync();
+      await agent.fsfreeze('/');
+      const tFrozen = performance.now();
+      let dirty;
+      try {
+        dirty = await readDirtyBitmap(join(overlayDir, 'dirty'), base.index);
+        await stageDirtyChunks(join(overlayDir, 'data'), dirty, staging);
+      } finally {
+        await agent.fsfreeze('/', true).catch((err: unknown) => log.error('could not thaw the guest file system', { error: (err as Error).message }));
+      }
+      const tThawed = performance.now();
+      log.info('snapshot staged', { dirtyChunks: dirty.chunks.length, frozenMs: Math.round(tThawed - tFrozen) });
+      const parsed = parseRef(ref);
+      if (parsed.digest || !parsed.tag) throw new SlipwayError('INVALID_ARGUMENT', `ref: a snapshot is pushed to a tag (${ref} names none)`);
+      const target = await this.deps.cache.targets.open(parsed);
+      const baseTarget = l.served.disk.origin;
+      const result = await pushSnapshot({
+        base, baseTarget, staging, dirty, target, tag: parsed.tag, pool: this.deps.cache.pool,
+        annotations: { 'org.opencontainers.image.created': new Date().toISOString() },
+      });
+      const tDone = performance.now();
+      this.deps.metrics.snapshots.inc({ result: 'ok' });
+      this.deps.metrics.snapshotBytes.inc({}, result.uploadedBytes);
+      const out: SnapshotResult = {
+        ref: formatRef(parsed), digest: result.manifest.digest, base: base.manifestDescriptor.digest, dirtyChunks: result.dirtyChunks, newChunks: result.newChunks, uploadedBytes: result.uploadedBytes,
+        timings: { quiesceMs: Math.round(tFrozen - t0), stageMs: Math.round(tThawed - tFrozen), pushMs: Math.round(tDone - tThawed), totalMs: Math.round(tDone - t0) },
+      };
+      log.info('snapshot pushed', { ...out });
+      return out;
+    } catch (err) {
+      this.deps.metrics.snapshots.inc({ result: 'failed' });
+      log.warn('snapshot failed', { error: (err as Error).message });
+      throw err;
+    } finally {
+      await removeStaging(staging);
+      l.busy = undefined;
+    }
+  }
+
+  async delete(id: string): Promise<void> {
+    const l = this.live.get(id);
+    if (!l) {
+      const r = this.deps.state.get(id);
+      if (!r) throw new SlipwayError('VM_NOT_FOUND', `no VM ${JSON.stringify(id)}`);
+      throw new SlipwayError('CONFLICT', `VM ${id} is still booting`);
+    }
+    if (l.busy === 'snapshot') throw new SlipwayError('CONFLICT', `VM ${id} is being snapshotted`);
+    await this.remove(l);
+  }
+
+  /** Power the guest off (or kill it), stop its backend, drop its files and its row. */
+  private async remove(l: LiveVm): Promise<void> {
+    if (l.busy === 'delete') return;
+    l.busy = 'delete';
+    const id = l.record.id;
+    this.deps.state.update(id, { status: 'stopping' });
+    try {
+      if (l.agent && !l.agent.failure) {
+        await l.agent.shutdown(false).catch(() => undefined);
+        const exited = await Promise.race([l.vm.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000).unref())]);
+        if (!exited) await l.vm.kill(500);
+      } else {
+        await l.vm.kill(500);
+      }
+    } finally {
+      l.agent?.close();
+      await l.served.close().catch(() => undefined);
+      await rm(l.record.workDir, { recursive: true, force: true });
+      this.live.delete(id);
+      this.deps.state.delete(id);
+      this.deps.logger.info('vm removed', { vm: id });
+    }
+  }
+
+  /**
+   * After a restart: every VM in the state whose VMM and backend still run is adopted again (its
+   * miss server listens again where the backend looks for it; the agent is reconnected on first
+   * use); anything half there (a boot the old daemon never finished, a VMM without its backend)
+   * is stopped and removed.
+   */
+  async adoptAll(): Promise<{ adopted: string[]; removed: string[] }> {
+    const adopted: string[] = [];
+    const removed: string[] = [];
+    const { guest } = await guestArtifacts();
+    for (const r of this.deps.state.all()) {
+      let served: ServedDisk | undefined;
+      let vm: RunningVm | undefined;
+      try {
+        if (r.status === 'running' && r.vmmPid && r.backendPid && r.agent && r.accel && r.digest) {
+          const ref = `${r.image.replace(/[@].*$/, '')}`;
+          served = await adoptDisk({ cache: this.deps.cache, ref: digestRef(ref, r.digest), socket: join(r.workDir, 'blk.sock'), workDir: r.workDir, pid: r.backendPid, overlayDir: join(r.workDir, 'overlay') });
+          if (served) vm = this.adoptVmm(r, r.agent, guest.vsockConnect);
+        }
+      } catch (err) {
+        this.deps.logger.warn('could not adopt a vm', { vm: r.id, error: (err as Error).message });
+      }
+      if (served && vm) {
+        const l: LiveVm = { record: r, vm, served, agent: undefined, connecting: undefined, busy: undefined };
+        this.live.set(r.id, l);
+        this.watch(l);
+        adopted.push(r.id);
+        this.deps.logger.info('vm adopted', { vm: r.id, vmmPid: r.vmmPid, backendPid: r.backendPid });
+        continue;
+      }
+      await served?.close().catch(() => undefined);
+      for (const pid of [r.vmmPid, r.backendPid]) if (pid && processRunning(pid)) await terminateProcess(pid, 1000);
+      await rm(r.workDir, { recursive: true, force: true });
+      this.deps.state.delete(r.id);
+      removed.push(r.id);
+      this.deps.logger.warn('vm left by an earlier daemon could not be adopted; removed', { vm: r.id, status: r.status });
+    }
+    return { adopted, removed };
+  }
+
+  private adoptVmm(r: VmRecord, endpoint: AgentEndpoint, vsockConnect: string): RunningVm | undefined {
+    const spec = { id: r.id, workDir: r.workDir, vsockConnect } as VmSpec;
+    if (r.vmm !== 'qemu') return undefined; // Cloud Hypervisor VMs are not adopted (yet): they are stopped
+    return new QemuDriver().adopt(r.vmmPid as number, spec, r.accel as 'kvm' | 'tcg', endpoint);
+  }
+
+  /** Stop serving (the daemon is going away): VMs and backends keep running, to be adopted again. */
+  async detachAll(): Promise<void> {
+    for (const l of this.live.values()) {
+      l.busy = 'delete'; // no clean-up from the watchers from here on
+      l.agent?.close();
+      await l.served.miss.close().catch(() => undefined);
+      await l.served.disk.close().catch(() => undefined);
+    }
+    this.live.clear();
+  }
+
+  /** Stop and remove every VM. */
+  async deleteAll(): Promise<void> {
+    for (const l of [...this.live.values()]) await this.remove(l);
+  }
+}
+
+/** `repo:tag` or `repo` with a digest pinned: an adopted VM's disk is the one it booted. */
+function digestRef(ref: string, digest: string): string {
+  const lastSlash = ref.lastIndexOf('/');
+  const colon = ref.lastIndexOf(':');
+  const repo = colon > lastSlash ? ref.slice(0, colon) : ref;
+  return `${repo}@${digest}`;
+}
+

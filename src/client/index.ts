@@ -1,0 +1,190 @@
+/**
+ * The typed client of the slipway daemon's API (docs/api.md): over its Unix socket, or over TCP
+ * with a bearer token. Errors come back as SlipwayError with the daemon's stable code, so a
+ * scheduler can tell "no such VM" from "over the limit" from "the registry is down".
+ */
+import { Agent, request, type Dispatcher } from 'undici';
+import { ERROR_CODES, SlipwayError, type ErrorCode } from '../errors.js';
+
+export interface Vm {
+  id: string;
+  image: string;
+  digest: string | null;
+  status: 'booting' | 'running' | 'stopping';
+  createdAt: string;
+  cpus: number;
+  memoryMiB: number;
+  vmm: 'qemu' | 'cloud-hypervisor';
+  accel: 'kvm' | 'tcg' | null;
+  /** boot phases, ms */
+  timings: Record<string, number>;
+}
+
+export interface CreateVm {
+  image: string;
+  cpus?: number;
+  memoryMiB?: number;
+  env?: Record<string, string>;
+  vmm?: 'qemu' | 'cloud-hypervisor';
+  net?: 'none' | 'user';
+}
+
+export interface Exec {
+  argv: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  stdin?: string;
+  timeoutMs?: number;
+}
+
+export interface ExecOutcome {
+  exitCode: number;
+  signal: number;
+  timedOut: boolean;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+export interface Snapshot {
+  ref: string;
+  digest: string;
+  base: string;
+  dirtyChunks: number;
+  newChunks: number;
+  uploadedBytes: number;
+  timings: { quiesceMs: number; stageMs: number; pushMs: number; totalMs: number };
+}
+
+export type ClientOptions = { socketPath: string } | { url: string; token: string };
+
+export class SlipwayClient {
+  private readonly dispatcher: Dispatcher;
+  private readonly origin: string;
+  private readonly headers: Record<string, string>;
+
+  constructor(opts: ClientOptions) {
+    if ('socketPath' in opts) {
+      this.dispatcher = new Agent({ connect: { socketPath: opts.socketPath } });
+      this.origin = 'http://localhost';
+      this.headers = {};
+    } else {
+      this.dispatcher = new Agent();
+      this.origin = opts.url.replace(/\/+$/, '');
+      this.headers = { authorization: `Bearer ${opts.token}` };
+    }
+  }
+
+  private async call<T>(method: Dispatcher.HttpMethod, path: string, body?: unknown): Promise<T> {
+    const res = await this.send(method, path, body);
+    const text = await res.body.text();
+    if (res.statusCode >= 400) throw toError(res.statusCode, text, `${method} ${path}`);
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+
+  private async send(method: Dispatcher.HttpMethod, path: string, body?: unknown): Promise<Dispatcher.ResponseData> {
+    try {
+      return await request(`${this.origin}${path}`, {
+        method, dispatcher: this.dispatcher,
+        headers: { ...this.headers, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      });
+    } catch (err) {
+      throw new SlipwayError('DAEMON_UNREACHABLE', `the slipway daemon at ${this.origin === 'http://localhost' ? 'its socket' : this.origin} did not answer: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  health(): Promise<{ ok: boolean; version: string; vms: { running: number; booting: number; queued: number } }> {
+    return this.call('GET', '/v1/health');
+  }
+
+  createVm(req: CreateVm): Promise<Vm> {
+    return this.call('POST', '/v1/vms', req);
+  }
+
+  async listVms(): Promise<Vm[]> {
+    return (await this.call<{ vms: Vm[] }>('GET', '/v1/vms')).vms;
+  }
+
+  getVm(id: string): Promise<Vm> {
+    return this.call('GET', `/v1/vms/${encodeURIComponent(id)}`);
+  }
+
+  async deleteVm(id: string): Promise<void> {
+    await this.call('DELETE', `/v1/vms/${encodeURIComponent(id)}`);
+  }
+
+  snapshot(id: string, ref: string): Promise<Snapshot> {
+    return this.call('POST', `/v1/vms/${encodeURIComponent(id)}/snapshot`, { ref });
+  }
+
+  prefetch(image: string): Promise<{ image: string; digest: string; chunks: number; fetchedChunks: number; ms: number }> {
+    return this.call('POST', '/v1/images/prefetch', { image });
+  }
+
+  cache(): Promise<Record<string, unknown>> {
+    return this.call('GET', '/v1/cache');
+  }
+
+  metrics(): Promise<string> {
+    return this.send('GET', '/metrics').then((r) => r.body.text());
+  }
+
+  /**
+   * Run a command in a VM; output is handed to the callbacks as it streams (and collected unless
+   * `collect: false`), the promise resolves with the exit.
+   */
+  async exec(id: string, req: Exec, opts: { onStdout?: (b: Buffer) => void; onStderr?: (b: Buffer) => void; collect?: boolean } = {}): Promise<ExecOutcome> {
+    const res = await this.send('POST', `/v1/vms/${encodeURIComponent(id)}/exec`, req);
+    if (res.statusCode >= 400) throw toError(res.statusCode, await res.body.text(), `exec in ${id}`);
+    const collect = opts.collect !== false;
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let pending = '';
+    let exit: { exitCode: number; signal: number; timedOut: boolean } | undefined;
+    const handle = (line: string): void => {
+      if (!line) return;
+      const msg = JSON.parse(line) as { stream?: 'stdout' | 'stderr'; text?: string; base64?: string; exit?: typeof exit; error?: { code: string; message: string } };
+      if (msg.error) throw toError(500, JSON.stringify({ error: msg.error }), `exec in ${id}`);
+      if (msg.exit) {
+        exit = msg.exit;
+        return;
+      }
+      const data = msg.text !== undefined ? Buffer.from(msg.text, 'utf8') : Buffer.from(msg.base64 ?? '', 'base64');
+      if (msg.stream === 'stdout') {
+        opts.onStdout?.(data);
+        if (collect) out.push(data);
+      } else {
+        opts.onStderr?.(data);
+        if (collect) err.push(data);
+      }
+    };
+    for await (const chunk of res.body) {
+      pending += (chunk as Buffer).toString('utf8');
+      let nl;
+      while ((nl = pending.indexOf('\n')) >= 0) {
+        handle(pending.slice(0, nl));
+        pending = pending.slice(nl + 1);
+      }
+    }
+    handle(pending);
+    if (!exit) throw new SlipwayError('DAEMON_UNREACHABLE', `exec in ${id}: the stream ended without an exit status`);
+    return { ...exit, stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.close();
+  }
+}
+
+function toError(status: number, text: string, what: string): SlipwayError {
+  try {
+    const body = JSON.parse(text) as { error?: { code?: string; message?: string; field?: string } };
+    const code = body.error?.code;
+    if (code && code in ERROR_CODES) {
+      return new SlipwayError(code as ErrorCode, body.error?.message ?? what, { context: { status, ...(body.error?.field ? { field: body.error.field } : {}) } });
+    }
+  } catch {
+    // not JSON
+  }
+  return new SlipwayError('IO_ERROR', `${what}: the daemon answered ${status}: ${text.slice(0, 500)}`, { context: { status } });
+}

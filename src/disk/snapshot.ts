@@ -36,11 +36,12 @@ export async function readDirtyBitmap(path: string, disk: { sizeBytes: number; c
   try {
     raw = await readFile(path);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { ...disk, chunks: [] };
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { sizeBytes: disk.sizeBytes, chunkSizeBytes: disk.chunkSizeBytes, chunkCount: disk.chunkCount, chunks: [] };
     throw fromFsError(err, path, 'dirty bitmap');
   }
   const bad = (why: string): SlipwayError => new SlipwayError('OVERLAY_INVALID', `${path}: ${why}`);
-  if (raw.byteLength < DIRTY_HEADER_BYTES || raw.subarray(0, 8).toString('latin1') !== DIRTY_MAGIC) throw bad(`not a dirty bitmap (magic ${DIRTY_MAGIC} missing)`);
+  if (raw.subarray(0, 8).toString('latin1') !== DIRTY_MAGIC) throw bad(`not a dirty bitmap (magic ${DIRTY_MAGIC} missing)`);
+  if (raw.byteLength < DIRTY_HEADER_BYTES) throw bad(`truncated: ${raw.byteLength} bytes, shorter than the ${DIRTY_HEADER_BYTES}-byte header`);
   const version = raw.readUInt32LE(8);
   if (version !== 1) throw bad(`dirty bitmap version ${version}, expected 1`);
   const shift = raw.readUInt32LE(12);

@@ -27,6 +27,8 @@ export interface VmRecord {
   agent: AgentEndpoint | null;
   /** boot phase timings, ms */
   timings: Record<string, number>;
+  /** the environment every command in the VM gets (exec's own env is laid over it) */
+  env: Record<string, string>;
 }
 
 interface Row {
@@ -44,13 +46,14 @@ interface Row {
   accel: 'kvm' | 'tcg' | null;
   agent: string | null;
   timings: string;
+  env: string;
 }
 
 function fromRow(r: Row): VmRecord {
   return {
     id: r.id, image: r.image, digest: r.digest, status: r.status, createdAt: r.created_at, cpus: r.cpus, memoryMiB: r.memory_mib, vmm: r.vmm,
     workDir: r.work_dir, vmmPid: r.vmm_pid, backendPid: r.backend_pid, accel: r.accel, agent: r.agent ? (JSON.parse(r.agent) as AgentEndpoint) : null,
-    timings: JSON.parse(r.timings) as Record<string, number>,
+    timings: JSON.parse(r.timings) as Record<string, number>, env: JSON.parse(r.env) as Record<string, string>,
   };
 }
 
@@ -65,13 +68,13 @@ export class StateStore {
     this.db.exec(`CREATE TABLE IF NOT EXISTS vms (
       id TEXT PRIMARY KEY, image TEXT NOT NULL, digest TEXT, status TEXT NOT NULL, created_at INTEGER NOT NULL,
       cpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL, vmm TEXT NOT NULL, work_dir TEXT NOT NULL,
-      vmm_pid INTEGER, backend_pid INTEGER, accel TEXT, agent TEXT, timings TEXT NOT NULL DEFAULT '{}')`);
+      vmm_pid INTEGER, backend_pid INTEGER, accel TEXT, agent TEXT, timings TEXT NOT NULL DEFAULT '{}', env TEXT NOT NULL DEFAULT '{}')`);
   }
 
   insert(r: VmRecord): void {
-    this.db.prepare(`INSERT INTO vms (id, image, digest, status, created_at, cpus, memory_mib, vmm, work_dir, vmm_pid, backend_pid, accel, agent, timings)
-      VALUES (@id, @image, @digest, @status, @createdAt, @cpus, @memoryMiB, @vmm, @workDir, @vmmPid, @backendPid, @accel, @agent, @timings)`)
-      .run({ ...r, agent: r.agent ? JSON.stringify(r.agent) : null, timings: JSON.stringify(r.timings) });
+    this.db.prepare(`INSERT INTO vms (id, image, digest, status, created_at, cpus, memory_mib, vmm, work_dir, vmm_pid, backend_pid, accel, agent, timings, env)
+      VALUES (@id, @image, @digest, @status, @createdAt, @cpus, @memoryMiB, @vmm, @workDir, @vmmPid, @backendPid, @accel, @agent, @timings, @env)`)
+      .run({ ...r, agent: r.agent ? JSON.stringify(r.agent) : null, timings: JSON.stringify(r.timings), env: JSON.stringify(r.env) });
   }
 
   update(id: string, patch: Partial<Omit<VmRecord, 'id'>>): void {

@@ -162,7 +162,7 @@ export class VmManager {
     const log = this.deps.logger.child({ vm: id });
     const record: VmRecord = {
       id, image, digest: null, status: 'booting', createdAt: Date.now(), cpus: req.cpus ?? 1, memoryMiB: req.memoryMiB ?? 512, vmm: req.vmm ?? 'qemu',
-      workDir, vmmPid: null, backendPid: null, accel: null, agent: null, timings: {},
+      workDir, vmmPid: null, backendPid: null, accel: null, agent: null, timings: {}, env: req.env ?? {},
     };
     const timings: Record<string, number> = {};
     let last = performance.now();
@@ -274,7 +274,7 @@ export class VmManager {
     if (l.busy === 'delete') throw new SlipwayError('CONFLICT', `VM ${id} is being deleted`);
     const agent = await this.agentOf(l);
     const proc = await agent.spawn(req.argv, {
-      env: { PATH: GUEST_PATH, ...req.env },
+      env: { PATH: GUEST_PATH, ...l.record.env, ...req.env },
       ...(req.cwd ? { cwd: req.cwd } : {}),
       ...(req.stdin !== undefined ? { stdin: req.stdin } : {}),
       onStdout: out.stdout, onStderr: out.stderr, collectOutput: false,

@@ -64,11 +64,12 @@ export class SlipwayClient {
 
   constructor(opts: ClientOptions) {
     if ('socketPath' in opts) {
-      this.dispatcher = new Agent({ connect: { socketPath: opts.socketPath } });
+      // no idle timeouts: a boot under TCG or a quiet command may take longer than undici's 300 s
+      this.dispatcher = new Agent({ connect: { socketPath: opts.socketPath }, headersTimeout: 0, bodyTimeout: 0 });
       this.origin = 'http://localhost';
       this.headers = {};
     } else {
-      this.dispatcher = new Agent();
+      this.dispatcher = new Agent({ headersTimeout: 0, bodyTimeout: 0 });
       this.origin = opts.url.replace(/\/+$/, '');
       this.headers = { authorization: `Bearer ${opts.token}` };
     }

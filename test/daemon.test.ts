@@ -1,0 +1,269 @@
+/**
+ * The host daemon end to end: a real `slipway daemon` process, a real docker-registry, QEMU TCG
+ * guests. Boot, exec, write a file, snapshot it into the registry, boot the snapshot on a second
+ * daemon with a fresh cache and find the file; a snapshot of that snapshot; three VMs at once; the
+ * daemon killed and restarted while a VM runs; a snapshot whose push fails; malformed and
+ * oversized requests; TCP without the token.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { SlipwayClient } from '../src/client/index.js';
+import { openDiskArtifact } from '../src/disk/artifact.js';
+import { main } from '../src/cli/main.js';
+import { buildGuest, buildKernel } from '../src/guest/build.js';
+import { Targets } from '../src/oci/open.js';
+import { parseRef } from '../src/oci/ref.js';
+import { captureIO } from './helpers/cli.js';
+import { startTestDaemon, processesWith, type TestDaemon } from './helpers/daemon.js';
+import { startFaultProxy } from './helpers/fault-proxy.js';
+import { tempDir } from './helpers/images.js';
+import { manifestDigest } from './helpers/oci-http.js';
+import { startRegistry, type TestRegistry } from './helpers/registry.js';
+
+const work = tempDir('slipway-daemontest-');
+let registry: TestRegistry;
+let image: string;
+let d1: TestDaemon;
+const daemons: TestDaemon[] = [];
+const targets = new Targets();
+
+async function daemon(name: string, opts: Parameters<typeof startTestDaemon>[0] extends infer O ? Partial<O> : never = {}): Promise<TestDaemon> {
+  const d = await startTestDaemon({ dir: tempDir(`slipway-daemon-${name}-`), ...opts });
+  daemons.push(d);
+  return d;
+}
+
+async function sh(client: SlipwayClient, id: string, script: string): Promise<{ code: number; out: string; err: string }> {
+  const r = await client.exec(id, { argv: ['sh', '-c', script] });
+  return { code: r.exitCode, out: r.stdout.toString(), err: r.stderr.toString() };
+}
+
+/** Raw HTTP over the daemon's Unix socket, for requests the typed client would never send. */
+async function raw(d: TestDaemon, method: 'GET' | 'POST' | 'DELETE', path: string, body?: string, headers: Record<string, string> = {}): Promise<{ status: number; json: { error?: { code: string; message: string; field?: string } } & Record<string, unknown> }> {
+  const { Agent } = await import('undici');
+  const agent = new Agent({ connect: { socketPath: d.socket } });
+  try {
+    const res = await request(`http://localhost${path}`, { method, dispatcher: agent, headers: { 'content-type': 'application/json', ...headers }, ...(body !== undefined ? { body } : {}) });
+    const text = await res.body.text();
+    return { status: res.statusCode, json: text ? (JSON.parse(text) as never) : ({} as never) };
+  } finally {
+    await agent.close();
+  }
+}
+
+beforeAll(async () => {
+  await buildKernel();
+  await buildGuest();
+  const disk = join(work, 'root.img');
+  expect(await main(['rootfs', 'build', '--from', 'busybox', '-o', disk], captureIO())).toBe(0);
+  registry = await startRegistry();
+  image = `${registry.host}/daemon/root:v1`;
+  expect(await main(['push', disk, image, '--progress=none'], captureIO())).toBe(0);
+  d1 = await daemon('one', { tcp: true });
+}, 1_800_000);
+
+afterAll(async () => {
+  for (const d of daemons) {
+    // clean up every VM a test left, then stop
+    for (const vm of await d.client.listVms().catch(() => [])) await d.client.deleteVm(vm.id).catch(() => undefined);
+    await d.stop().catch(() => undefined);
+  }
+  await targets.close();
+  await registry?.stop();
+});
+
+describe('the daemon', () => {
+  it('listens on a Unix socket only its owner may open (mode 0600)', () => {
+    expect(statSync(d1.socket).mode & 0o777).toBe(0o600);
+  });
+
+  it('boots, runs commands, snapshots a written file into the registry, and a second daemon with a fresh cache boots the snapshot and finds the file', async () => {
+    const vm = await d1.client.createVm({ image });
+    expect(vm.status).toBe('running');
+    expect(vm.digest).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(Object.keys(vm.timings)).toEqual(['backend_up', 'vmm_started', 'agent_ready']);
+    expect((await d1.client.getVm(vm.id)).id).toBe(vm.id);
+    // output streams back, the exit status passes through
+    const r = await sh(d1.client, vm.id, 'echo out; echo err >&2; exit 7');
+    expect(r).toEqual({ code: 7, out: 'out\n', err: 'err\n' });
+    const secret = `payload-${Date.now()}`;
+    expect((await sh(d1.client, vm.id, `echo ${secret} > /root/file.txt && sync && cat /root/file.txt`)).out).toBe(`${secret}\n`);
+
+    const s1 = `${registry.host}/daemon/root:s1`;
+    const snap = await d1.client.snapshot(vm.id, s1);
+    expect(snap.base).toBe(vm.digest);
+    expect(snap.dirtyChunks).toBeGreaterThan(0);
+    expect(snap.newChunks).toBeLessThanOrEqual(snap.dirtyChunks);
+    // the delta refers to its base: subject and config.base name the base manifest
+    const art = await openDiskArtifact(await targets.open(parseRef(s1)), 's1');
+    expect(art.manifest.subject?.digest).toBe(vm.digest);
+    expect(art.config.base?.digest).toBe(vm.digest);
+    expect(art.manifestDescriptor.digest).toBe(snap.digest);
+    // the VM goes on after the snapshot (thawed): it can still write
+    expect((await sh(d1.client, vm.id, 'echo more > /root/more.txt && cat /root/more.txt')).out).toBe('more\n');
+    await d1.client.deleteVm(vm.id);
+    await expect(d1.client.getVm(vm.id)).rejects.toMatchObject({ code: 'VM_NOT_FOUND' });
+    expect(processesWith(join('vms', vm.id))).toEqual([]);
+
+    // another host: its own daemon, an empty cache
+    const d2 = await daemon('two');
+    const vm2 = await d2.client.createVm({ image: s1 });
+    expect((await sh(d2.client, vm2.id, 'cat /root/file.txt')).out).toBe(`${secret}\n`);
+    const stats = (await d2.client.cache()) as { remote: { bytes: number } };
+    expect(stats.remote.bytes).toBeGreaterThan(0);
+
+    // a snapshot of that snapshot chains: its base is s1
+    await sh(d2.client, vm2.id, 'echo second > /root/second.txt && sync');
+    const s2 = `${registry.host}/daemon/root:s2`;
+    const snap2 = await d2.client.snapshot(vm2.id, s2);
+    expect(snap2.base).toBe(snap.digest);
+    const art2 = await openDiskArtifact(await targets.open(parseRef(s2)), 's2');
+    expect(art2.manifest.subject?.digest).toBe(snap.digest);
+    await d2.client.deleteVm(vm2.id);
+    const vm3 = await d1.client.createVm({ image: s2 });
+    expect((await sh(d1.client, vm3.id, 'cat /root/file.txt /root/second.txt')).out).toBe(`${secret}\nsecond\n`);
+    await d1.client.deleteVm(vm3.id);
+  });
+
+  it('boots three VMs at once, each its own machine', async () => {
+    const vms = await Promise.all([0, 1, 2].map(() => d1.client.createVm({ image, env: { ROLE: 'worker' } })));
+    expect(new Set(vms.map((v) => v.id)).size).toBe(3);
+    const listed = (await d1.client.listVms()).map((v) => v.id);
+    for (const v of vms) expect(listed).toContain(v.id);
+    const names = await Promise.all(vms.map(async (v) => (await sh(d1.client, v.id, 'echo $(hostname) $ROLE')).out.trim()));
+    expect(names).toEqual(vms.map((v) => `vm-${v.id} worker`));
+    await Promise.all(vms.map((v) => d1.client.deleteVm(v.id)));
+    expect(await d1.client.listVms()).toEqual([]);
+  });
+
+  it('killed (SIGKILL) while a VM runs: the VM and its backend run on, and the restarted daemon adopts them', async () => {
+    const d = await daemon('restart');
+    const vm = await d.client.createVm({ image });
+    await sh(d.client, vm.id, 'echo before > /root/before.txt && sync');
+    const procs = processesWith(join('vms', vm.id));
+    expect(procs.length).toBe(2); // QEMU and slipway-blk
+    await d.kill();
+    await new Promise((r) => setTimeout(r, 500));
+    expect(processesWith(join('vms', vm.id)).sort()).toEqual([...procs].sort());
+    const again = await daemon('restart2', { stateDir: d.stateDir, cacheDir: d.cacheDir, args: [] });
+    // same socket directory layout is not needed: state and cache are what carry over
+    const got = await again.client.getVm(vm.id);
+    expect(got.status).toBe('running');
+    expect((await sh(again.client, vm.id, 'cat /root/before.txt; echo after > /root/after.txt; cat /root/after.txt')).out).toBe('before\nafter\n');
+    await again.client.deleteVm(vm.id);
+    expect(processesWith(join('vms', vm.id))).toEqual([]);
+  });
+
+  it('a snapshot whose push fails leaves the target tag as it was and the VM running', async () => {
+    const vm = await d1.client.createVm({ image });
+    await sh(d1.client, vm.id, 'dd if=/dev/urandom of=/root/noise bs=64k count=16 2>/dev/null && sync');
+    const before = await manifestDigest(registry.host, 'daemon/root', 's1');
+    expect(before).toBeDefined();
+    // the same registry behind a proxy that fails every blob upload
+    const proxy = await startFaultProxy({ target: registry.host, mode: '500', passBlobPuts: 0 });
+    try {
+      await expect(d1.client.snapshot(vm.id, `${proxy.host}/daemon/root:s1`)).rejects.toMatchObject({ code: expect.stringMatching(/REGISTRY_ERROR|REGISTRY_UNREACHABLE/) });
+    } finally {
+      await proxy.stop();
+    }
+    expect(await manifestDigest(registry.host, 'daemon/root', 's1')).toBe(before);
+    expect((await sh(d1.client, vm.id, 'echo alive')).out).toBe('alive\n');
+    // and a snapshot goes through again afterwards
+    const ok = await d1.client.snapshot(vm.id, `${registry.host}/daemon/root:after-failure`);
+    expect(ok.dirtyChunks).toBeGreaterThan(0);
+    await d1.client.deleteVm(vm.id);
+  });
+
+  it('rejects malformed and oversized requests with a 4xx naming what was wrong, and stays up', async () => {
+    const cases: [string, 'GET' | 'POST' | 'DELETE', string, string | undefined, number, string, RegExp][] = [
+      ['not JSON', 'POST', '/v1/vms', '{"image":', 400, 'INVALID_ARGUMENT', /not JSON/],
+      ['no image', 'POST', '/v1/vms', '{}', 400, 'INVALID_ARGUMENT', /^image:/],
+      ['an unknown field', 'POST', '/v1/vms', JSON.stringify({ image, kernel: '/boot/vmlinuz' }), 400, 'INVALID_ARGUMENT', /^kernel: unknown field/],
+      ['cpus 0', 'POST', '/v1/vms', JSON.stringify({ image, cpus: 0 }), 400, 'INVALID_ARGUMENT', /^cpus:/],
+      ['cpus as text', 'POST', '/v1/vms', JSON.stringify({ image, cpus: 'two' }), 400, 'INVALID_ARGUMENT', /^cpus:/],
+      ['a host path as image', 'POST', '/v1/vms', JSON.stringify({ image: 'oci:/etc' }), 400, 'INVALID_ARGUMENT', /host directory/],
+      ['a bad reference', 'POST', '/v1/vms', JSON.stringify({ image: 'UPPER/Case::x' }), 400, 'INVALID_ARGUMENT', /^image:/],
+      ['a bad env name', 'POST', '/v1/vms', JSON.stringify({ image, env: { 'A-B': '1' } }), 400, 'INVALID_ARGUMENT', /^env\.A-B:/],
+      ['a bad VM id', 'GET', '/v1/vms/..%2F..%2Fetc', undefined, 400, 'INVALID_ARGUMENT', /^id:/],
+      ['an unknown VM', 'GET', '/v1/vms/0123456789ab', undefined, 404, 'VM_NOT_FOUND', /0123456789ab/],
+      ['delete of an unknown VM', 'DELETE', '/v1/vms/0123456789ab', undefined, 404, 'VM_NOT_FOUND', /0123456789ab/],
+      ['exec with an empty argv', 'POST', '/v1/vms/0123456789ab/exec', JSON.stringify({ argv: [] }), 400, 'INVALID_ARGUMENT', /^argv:/],
+      ['exec with a relative cwd', 'POST', '/v1/vms/0123456789ab/exec', JSON.stringify({ argv: ['ls'], cwd: 'tmp' }), 400, 'INVALID_ARGUMENT', /^cwd:/],
+      ['exec in an unknown VM', 'POST', '/v1/vms/0123456789ab/exec', JSON.stringify({ argv: ['ls'] }), 404, 'VM_NOT_FOUND', /0123456789ab/],
+      ['snapshot to a host path', 'POST', '/v1/vms/0123456789ab/snapshot', JSON.stringify({ ref: 'oci:/tmp/x:1' }), 400, 'INVALID_ARGUMENT', /host directory/],
+      ['a body over 64 KiB', 'POST', '/v1/vms', JSON.stringify({ image, pad: 'x'.repeat(70_000) }), 413, 'LIMIT_EXCEEDED', /over 65536 bytes/],
+      ['an unknown route', 'GET', '/v1/nothing', undefined, 404, 'INVALID_ARGUMENT', /no route/],
+    ];
+    for (const [what, method, path, body, status, code, message] of cases) {
+      const r = await raw(d1, method, path, body);
+      expect(r.status, what).toBe(status);
+      expect(r.json.error?.code, what).toBe(code);
+      expect(r.json.error?.message, what).toMatch(message);
+    }
+    // a snapshot without a tag, for a VM that exists
+    const vm = await d1.client.createVm({ image });
+    await expect(d1.client.snapshot(vm.id, `${registry.host}/daemon/root@sha256:${'0'.repeat(64)}`)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await d1.client.deleteVm(vm.id);
+    expect((await d1.client.health()).ok).toBe(true);
+  });
+
+  it('on TCP, answers 401 without the right bearer token and serves the API, metrics and OpenAPI with it', async () => {
+    const tcp = d1.tcp as { host: string; port: number };
+    expect(tcp.port).toBeGreaterThan(0);
+    const base = `http://${tcp.host}:${tcp.port}`;
+    for (const headers of [{}, { authorization: 'Bearer wrong-token-wrong-token' }, { authorization: `Basic ${Buffer.from(`x:${d1.token}`).toString('base64')}` }, { authorization: `Bearer ${d1.token}x` }]) {
+      for (const path of ['/v1/vms', '/metrics', '/openapi.json']) {
+        const r = await request(`${base}${path}`, { headers });
+        expect(r.statusCode, `${path} ${JSON.stringify(headers)}`).toBe(401);
+        expect(((await r.body.json()) as { error: { code: string } }).error.code).toBe('UNAUTHORIZED');
+      }
+    }
+    const post = await request(`${base}/v1/vms`, { method: 'POST', body: JSON.stringify({ image }), headers: { 'content-type': 'application/json' } });
+    expect(post.statusCode).toBe(401);
+    await post.body.dump();
+    expect(await d1.client.listVms()).toEqual([]); // nothing was booted by that request
+
+    const client = new SlipwayClient({ url: base, token: d1.token as string });
+    try {
+      expect((await client.health()).ok).toBe(true);
+      const metrics = await client.metrics();
+      expect(metrics).toMatch(/^# TYPE slipway_vm_boots_total counter$/m);
+      expect(metrics).toMatch(/^slipway_vm_boots_total\{result="ok"\} [1-9]\d*$/m);
+      expect(metrics).toMatch(/^slipway_vm_boot_phase_seconds_bucket\{phase="agent_ready",le="\+Inf"\} [1-9]\d*$/m);
+      expect(metrics).toMatch(/^slipway_cache_hits_total\{tier="remote"\} \d+$/m);
+      expect(metrics).toMatch(/^slipway_snapshots_total\{result="failed"\} [1-9]\d*$/m);
+      const doc = (await (await request(`${base}/openapi.json`, { headers: { authorization: `Bearer ${d1.token}` } })).body.json()) as { openapi: string; paths: Record<string, unknown>; components: { schemas: Record<string, { additionalProperties?: boolean }> } };
+      expect(doc.openapi).toBe('3.1.0');
+      expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(['/v1/vms', '/v1/vms/{id}', '/v1/vms/{id}/exec', '/v1/vms/{id}/snapshot', '/v1/images/prefetch', '/v1/cache', '/metrics']));
+      for (const s of ['CreateVm', 'Exec', 'Snapshot', 'Prefetch']) expect(doc.components.schemas[s]?.additionalProperties, s).toBe(false);
+      // prefetch fills the cache with the whole disk
+      const pf = await client.prefetch(image);
+      expect(pf.chunks).toBeGreaterThan(0);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('the slipway vm commands drive it through the client', async () => {
+    const io = captureIO();
+    const saved = process.env.SLIPWAY_DAEMON;
+    process.env.SLIPWAY_DAEMON = d1.socket;
+    try {
+      expect(await main(['vm', 'create', image, '--cpus', '1', '--memory', '256M'], io)).toBe(0);
+      const vm = JSON.parse(io.out) as { id: string; memoryMiB: number };
+      expect(vm.memoryMiB).toBe(256);
+      const io2 = captureIO();
+      expect(await main(['vm', 'exec', vm.id, '--', 'sh', '-c', 'echo hi; exit 3'], io2)).toBe(3);
+      expect(io2.out).toBe('hi\n');
+      expect(await main(['vm', 'rm', vm.id], captureIO())).toBe(0);
+      const io3 = captureIO();
+      expect(await main(['vm', 'show', vm.id], io3)).toBe(1);
+      expect(io3.err).toMatch(/error VM_NOT_FOUND: /);
+    } finally {
+      if (saved === undefined) delete process.env.SLIPWAY_DAEMON;
+      else process.env.SLIPWAY_DAEMON = saved;
+    }
+  });
+});

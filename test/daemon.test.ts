@@ -9,6 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { request } from 'undici';
+import { connect } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { waitForAgent } from '../src/guest/agent-client.js';
 import { SlipwayClient } from '../src/client/index.js';
 import { openDiskArtifact } from '../src/disk/artifact.js';
 import { main } from '../src/cli/main.js';
@@ -147,6 +150,19 @@ describe('the daemon', () => {
     await d.kill();
     await new Promise((r) => setTimeout(r, 500));
     expect(processesWith(join('vms', vm.id)).sort()).toEqual([...procs].sort());
+    // while no daemon runs, the guest and its disk go on: reach its agent directly and read files
+    const direct = await waitForAgent(() => new Promise<Duplex>((resolve, reject) => {
+      const sock = connect(join(d.stateDir, 'vms', vm.id, 'agent.sock'));
+      sock.once('connect', () => resolve(sock));
+      sock.once('error', reject);
+    }), 30_000);
+    try {
+      const r = await direct.exec(['sh', '-c', 'cat /root/before.txt && ls /bin | wc -l']);
+      expect(r.exitCode).toBe(0);
+      expect(r.stdout.toString()).toMatch(/^before\n\s*[1-9]\d*\n$/);
+    } finally {
+      await direct.close();
+    }
     const again = await daemon('restart2', { stateDir: d.stateDir, cacheDir: d.cacheDir, args: [] });
     // same socket directory layout is not needed: state and cache are what carry over
     const got = await again.client.getVm(vm.id);
@@ -244,6 +260,14 @@ describe('the daemon', () => {
     } finally {
       await client.close();
     }
+  });
+
+  it('slipway run <image> goes through the daemon when one is named, and leaves no VM behind', async () => {
+    const io = captureIO();
+    expect(await main(['run', image, '--daemon', d1.socket, '--', 'sh', '-c', 'hostname; exit 4'], io)).toBe(4);
+    // the daemon names its VMs vm-<12 hex digits> (a local run: vm-<8>)
+    expect(io.out).toMatch(/^vm-[0-9a-f]{12}\n$/);
+    expect(await d1.client.listVms()).toEqual([]);
   });
 
   it('the slipway vm commands drive it through the client', async () => {

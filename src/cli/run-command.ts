@@ -14,8 +14,10 @@ import type { VmmDriver } from '../vmm/driver.js';
 import type { DiskSpec, NetSpec } from '../vmm/driver.js';
 import { parseCommand, parseNonNegativeInt, parseSize } from './args.js';
 import type { CommandIO } from './disk-commands.js';
+import { daemonClient, daemonConfigured } from './daemon-commands.js';
+import type { CreateVm, SlipwayClient } from '../client/index.js';
 
-const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--hugepages] [--timings] [--keep] [--cache-dir DIR] -- <cmd...>';
+const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--hugepages] [--timings] [--keep] [--cache-dir DIR] [--local | --daemon <socket|url>] -- <cmd...>';
 
 export function parseNet(text: string | undefined): NetSpec {
   if (text === undefined || text === 'none') return { mode: 'none' };
@@ -35,6 +37,29 @@ export function parseEnv(list: string[] | undefined): Record<string, string> | u
   return env;
 }
 
+/** `slipway run <ref>` through a daemon: create the VM, run the command, delete the VM. */
+async function runThroughDaemon(client: SlipwayClient, req: CreateVm, argv: string[], cwd: string | undefined, timings: boolean, io: CommandIO): Promise<number> {
+  let vmId: string | undefined;
+  const stop = (): void => {
+    if (vmId) void client.deleteVm(vmId).catch(() => undefined);
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    const t0 = Date.now();
+    const vm = await client.createVm(req);
+    vmId = vm.id;
+    const r = await client.exec(vm.id, { argv, ...(cwd ? { cwd } : {}) }, { onStdout: (b) => io.stdout.write(b), onStderr: (b) => io.stderr.write(b), collect: false });
+    if (timings) io.stderr.write(`${JSON.stringify({ daemon: true, vm: vm.id, accel: vm.accel, hostMs: { ...vm.timings, create_and_exec: Date.now() - t0 } })}\n`);
+    return r.signal ? 128 + r.signal : r.exitCode;
+  } finally {
+    process.removeListener('SIGINT', stop);
+    process.removeListener('SIGTERM', stop);
+    if (vmId) await client.deleteVm(vmId).catch(() => undefined);
+    await client.close();
+  }
+}
+
 /** slipway run: boot a VM, run one command through the agent, print its output, exit with its status. */
 export async function runCommand(argv: string[], io: CommandIO): Promise<number> {
   const dd = argv.indexOf('--');
@@ -43,7 +68,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   const { values, positionals } = parseCommand('run', argv.slice(0, dd), {
     disk: { type: 'string' }, hostname: { type: 'string' }, env: { type: 'string', multiple: true }, cpus: { type: 'string' },
     memory: { type: 'string' }, net: { type: 'string' }, timings: { type: 'boolean' }, keep: { type: 'boolean' }, cwd: { type: 'string' },
-    'cache-dir': { type: 'string' }, queues: { type: 'string' }, vmm: { type: 'string' }, hugepages: { type: 'boolean' },
+    'cache-dir': { type: 'string' }, queues: { type: 'string' }, vmm: { type: 'string' }, hugepages: { type: 'boolean' }, local: { type: 'boolean' }, daemon: { type: 'string' },
   }, { min: 0, max: 1, usage: USAGE });
   const vmm = values.vmm ?? 'qemu';
   if (vmm !== 'qemu' && vmm !== 'cloud-hypervisor') throw new SlipwayError('INVALID_ARGUMENT', `--vmm must be qemu or cloud-hypervisor (got ${vmm})`);
@@ -56,6 +81,11 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   if (memoryMiB < 64) throw new SlipwayError('INVALID_ARGUMENT', `--memory must be at least 64M (got ${values.memory})`);
   const env = parseEnv(values.env);
   const net = parseNet(values.net);
+  // with a daemon running (or named), an image runs there: its cache is warm and shared
+  const daemonCan = ref && !values.local && !values.keep && !values.hugepages && !values.hostname && !values['cache-dir'] && net.mode !== 'tap';
+  if (daemonCan && (values.daemon !== undefined || daemonConfigured())) {
+    return runThroughDaemon(daemonClient(values.daemon, undefined), { image: ref, cpus, memoryMiB, vmm, net: net.mode === 'user' ? 'user' : 'none', ...(env ? { env } : {}) }, command, values.cwd, values.timings === true, io);
+  }
   const controller = new AbortController();
   const onSigint = (): void => controller.abort();
   process.once('SIGINT', onSigint);

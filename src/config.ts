@@ -22,7 +22,7 @@ export interface SlipwayConfig {
   diskLowWatermark: number;
   /** Per origin registry host, mirrors (pull-through caches) tried in order before it. */
   mirrors: Record<string, string[]>;
-  /** Registry hosts spoken to over plain HTTP besides loopback ones. */
+  /** Registry hosts spoken to over plain HTTP besides loopback ones (SLIPWAY_PLAIN_HTTP_REGISTRIES=a,b). */
   plainHttpRegistries: string[];
   /** Concurrent requests per registry host. */
   connectionsPerHost: number;
@@ -96,6 +96,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (env.SLIPWAY_MEMORY_BUDGET) config.memoryBudgetBytes = positiveNumber(env.SLIPWAY_MEMORY_BUDGET, 'SLIPWAY_MEMORY_BUDGET', 'environment');
   if (env.SLIPWAY_DISK_BUDGET) config.diskBudgetBytes = positiveNumber(env.SLIPWAY_DISK_BUDGET, 'SLIPWAY_DISK_BUDGET', 'environment');
   if (env.SLIPWAY_MIRRORS) config.mirrors = parseMirrors(env.SLIPWAY_MIRRORS);
+  if (env.SLIPWAY_PLAIN_HTTP_REGISTRIES) config.plainHttpRegistries = env.SLIPWAY_PLAIN_HTTP_REGISTRIES.split(',').map((h) => h.trim()).filter(Boolean);
   if (env.SLIPWAY_FETCH_DEADLINE_MS) config.fetchDeadlineMs = positiveNumber(env.SLIPWAY_FETCH_DEADLINE_MS, 'SLIPWAY_FETCH_DEADLINE_MS', 'environment');
   Object.assign(config, Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)));
   if (config.diskLowWatermark >= 1) throw new SlipwayError('INVALID_ARGUMENT', 'diskLowWatermark must be below 1');

@@ -6,7 +6,7 @@
  * oversized requests; TCP without the token.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { connect } from 'node:net';
@@ -20,6 +20,7 @@ import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import { captureIO } from './helpers/cli.js';
 import { startTestDaemon, processesWith, type TestDaemon } from './helpers/daemon.js';
+import { startChaosProxy } from './helpers/chaos-proxy.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { tempDir } from './helpers/images.js';
 import { manifestDigest } from './helpers/oci-http.js';
@@ -80,6 +81,11 @@ afterAll(async () => {
 describe('the daemon', () => {
   it('listens on a Unix socket only its owner may open (mode 0600)', () => {
     expect(statSync(d1.socket).mode & 0o777).toBe(0o600);
+  });
+
+  it('refuses to start a second daemon on the same state directory', async () => {
+    await expect(startTestDaemon({ dir: tempDir('slipway-daemon-second-'), stateDir: d1.stateDir })).rejects.toThrow(/error CONFLICT: another slipway daemon \(pid \d+\) uses the state directory/);
+    expect((await d1.client.health()).ok).toBe(true);
   });
 
   it('boots, runs commands, snapshots a written file into the registry, and a second daemon with a fresh cache boots the snapshot and finds the file', async () => {
@@ -172,6 +178,39 @@ describe('the daemon', () => {
     expect(processesWith(join('vms', vm.id))).toEqual([]);
   });
 
+  it('killed in the middle of a snapshot (or with the guest frozen): the tag stays as it was, and after a restart the VM runs and writes', async () => {
+    const d = await daemon('midsnap');
+    const vm = await d.client.createVm({ image });
+    await sh(d.client, vm.id, 'dd if=/dev/urandom of=/root/noise bs=64k count=32 2>/dev/null && sync');
+    const before = await manifestDigest(registry.host, 'daemon/root', 's1');
+    // a slow registry: every blob and manifest request held for a second, so the push is under way when the daemon dies
+    const proxy = await startChaosProxy({ target: registry.host });
+    proxy.delay(1000, 'any');
+    try {
+      const pending = d.client.snapshot(vm.id, `${proxy.host}/daemon/root:s1`).catch((err: unknown) => err);
+      for (let i = 0; i < 300 && !d.log().includes('"msg":"snapshot staged"'); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(d.log()).toContain('"msg":"snapshot staged"');
+      await d.kill();
+      expect(await pending).toMatchObject({ code: 'DAEMON_UNREACHABLE' });
+    } finally {
+      await proxy.stop();
+    }
+    expect(await manifestDigest(registry.host, 'daemon/root', 's1')).toBe(before);
+    // as if the daemon had died between freezing the guest's file system and thawing it
+    const direct = await waitForAgent(() => new Promise<Duplex>((resolve, reject) => {
+      const sock = connect(join(d.stateDir, 'vms', vm.id, 'agent.sock'));
+      sock.once('connect', () => resolve(sock));
+      sock.once('error', reject);
+    }), 30_000);
+    await direct.fsfreeze('/');
+    await direct.close();
+    const again = await daemon('midsnap2', { stateDir: d.stateDir, cacheDir: d.cacheDir });
+    const r = await again.client.exec(vm.id, { argv: ['sh', '-c', 'echo written > /root/after-crash && cat /root/after-crash'], timeoutMs: 30_000 });
+    expect({ code: r.exitCode, out: r.stdout.toString(), timedOut: r.timedOut }).toEqual({ code: 0, out: 'written\n', timedOut: false });
+    expect(readdirSync(join(d.stateDir, 'vms', vm.id)).filter((f) => f.endsWith('.staging'))).toEqual([]);
+    await again.client.deleteVm(vm.id);
+  });
+
   it('a snapshot whose push fails leaves the target tag as it was and the VM running', async () => {
     const vm = await d1.client.createVm({ image });
     await sh(d1.client, vm.id, 'dd if=/dev/urandom of=/root/noise bs=64k count=16 2>/dev/null && sync');
@@ -210,7 +249,7 @@ describe('the daemon', () => {
       ['exec in an unknown VM', 'POST', '/v1/vms/0123456789ab/exec', JSON.stringify({ argv: ['ls'] }), 404, 'VM_NOT_FOUND', /0123456789ab/],
       ['snapshot to a host path', 'POST', '/v1/vms/0123456789ab/snapshot', JSON.stringify({ ref: 'oci:/tmp/x:1' }), 400, 'INVALID_ARGUMENT', /host directory/],
       ['a body over 64 KiB', 'POST', '/v1/vms', JSON.stringify({ image, pad: 'x'.repeat(70_000) }), 413, 'LIMIT_EXCEEDED', /over 65536 bytes/],
-      ['an unknown route', 'GET', '/v1/nothing', undefined, 404, 'INVALID_ARGUMENT', /no route/],
+      ['an unknown route', 'GET', '/v1/nothing', undefined, 404, 'UNSUPPORTED', /no route/],
     ];
     for (const [what, method, path, body, status, code, message] of cases) {
       const r = await raw(d1, method, path, body);

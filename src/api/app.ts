@@ -15,7 +15,8 @@ import { checkRequestRef, type VmManager } from './vms.js';
 
 const STATUS: Partial<Record<ErrorCode, number>> = {
   INVALID_ARGUMENT: 400, INVALID_REFERENCE: 400, USAGE: 400, NAME_INVALID: 400,
-  UNAUTHORIZED: 401, DENIED: 403,
+  // a registry refusing the daemon's credentials is an upstream failure (the daemon's own 401 is the TCP token's)
+  UNAUTHORIZED: 502, DENIED: 502,
   VM_NOT_FOUND: 404, MANIFEST_UNKNOWN: 404, NAME_UNKNOWN: 404, TAG_UNKNOWN: 404, BLOB_UNKNOWN: 404,
   CONFLICT: 409,
   NOT_A_SLIPWAY_DISK: 422, UNSUPPORTED_FORMAT_VERSION: 422,
@@ -85,7 +86,7 @@ export function buildApp(deps: AppDeps): Hono {
     deps.logger.info('request', { method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - t0) });
   });
   app.onError((err, c) => fail(c, err));
-  app.notFound((c) => c.json(errorBody('INVALID_ARGUMENT', `no route ${c.req.method} ${c.req.path}`), 404));
+  app.notFound((c) => c.json(errorBody('UNSUPPORTED', `no route ${c.req.method} ${c.req.path}`), 404));
 
   app.get('/openapi.json', (c) => c.json(openApiDocument(deps.version)));
   app.get('/metrics', (c) => c.body(deps.metrics.render(), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE }));

@@ -6,7 +6,8 @@
  * next daemon adopts them (vms.ts).
  */
 import { timingSafeEqual } from 'node:crypto';
-import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { processHasArgument, processRunning } from '../util/process.js';
 import { createServer, type Server } from 'node:http';
 import { dirname, join } from 'node:path';
 import { getRequestListener } from '@hono/node-server';
@@ -75,6 +76,7 @@ function listen(server: Server, where: string | { host: string; port: number }):
 export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const { logger } = opts;
   if (opts.tcp && !opts.token) throw new SlipwayError('INVALID_ARGUMENT', 'listening on TCP needs a bearer token (--token-file or SLIPWAY_API_TOKEN)');
+  if (opts.token !== undefined && opts.token.length < 16) throw new SlipwayError('INVALID_ARGUMENT', 'the bearer token must be at least 16 characters');
   const limits: VmLimits = { ...DEFAULT_LIMITS, ...opts.limits };
   const version = opts.version ?? '0.1.0';
 
@@ -83,6 +85,21 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   await buildGuest({ onLine: (l) => logger.info('guest build', { line: l }) });
   await guestArtifacts();
   await ensureBackendBuilt((l) => logger.info('backend build', { line: l }));
+
+  // one daemon per state directory: a second would adopt (and fight over) the first one's VMs
+  const pidFile = join(opts.stateDir, 'daemon.pid');
+  mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
+  const holder = Number.parseInt((() => {
+    try {
+      return readFileSync(pidFile, 'utf8');
+    } catch {
+      return '';
+    }
+  })(), 10);
+  if (Number.isInteger(holder) && holder !== process.pid && processRunning(holder) && processHasArgument(holder, 'daemon')) {
+    throw new SlipwayError('CONFLICT', `another slipway daemon (pid ${holder}) uses the state directory ${opts.stateDir}`);
+  }
+  writeFileSync(pidFile, String(process.pid), { mode: 0o600 });
 
   const cache = await ChunkCache.open({ config: opts.config, logger });
   await cache.warmUp();
@@ -94,7 +111,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     bootPhases: registry.register(new Histogram('slipway_vm_boot_phase_seconds', 'time spent in each boot phase', [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60])),
     snapshots: registry.register(new Counter('slipway_snapshots_total', 'disk snapshots by result')),
     snapshotBytes: registry.register(new Counter('slipway_snapshot_uploaded_bytes_total', 'bytes uploaded by snapshots')),
-    backendErrors: registry.register(new Counter('slipway_backend_errors_total', 'disk backend failures: exits, failed chunk fetches')),
+    backendErrors: registry.register(new Counter('slipway_backend_errors_total', 'disk backends that exited under a running VM')),
   };
   const vms = new VmManager({ cache, state, logger, metrics, limits, stateDir: opts.stateDir });
   registry.register(new Gauge('slipway_vms', 'VMs by state', () => {
@@ -104,11 +121,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   registry.register(new Gauge('slipway_cache_hits_total', 'chunk reads answered by each cache tier (remote: chunks fetched)', () => {
     const s = cache.stats();
     return [{ labels: { tier: 'memory' }, value: s.memory.hits }, { labels: { tier: 'disk' }, value: s.disk.hits }, { labels: { tier: 'remote' }, value: s.remote.chunks }];
-  }));
-  registry.register(new Gauge('slipway_remote_fetched_bytes_total', 'bytes fetched from registries and mirrors', () => [{ value: cache.stats().remote.bytes }]));
-  registry.register(new Gauge('slipway_remote_requests_total', 'requests made to registries and mirrors', () => [{ value: cache.stats().remote.requests }]));
+  }, 'counter'));
+  registry.register(new Gauge('slipway_backend_miss_failures_total', 'chunk fetches for a backend that failed (the guest saw an I/O error)', () => [{ value: vms.missFailures() }], 'counter'));
+  registry.register(new Gauge('slipway_remote_fetched_bytes_total', 'bytes fetched from registries and mirrors', () => [{ value: cache.stats().remote.bytes }], 'counter'));
+  registry.register(new Gauge('slipway_remote_requests_total', 'requests made to registries and mirrors', () => [{ value: cache.stats().remote.requests }], 'counter'));
   registry.register(new Gauge('slipway_cache_disk_bytes', 'bytes of chunk files in tier 1', () => [{ value: cache.stats().disk.bytes }]));
-  registry.register(new Gauge('slipway_cache_corruptions_total', 'tier-1 chunk files found corrupt and dropped', () => [{ value: cache.stats().disk.corruptions }]));
+  registry.register(new Gauge('slipway_cache_corruptions_total', 'tier-1 chunk files found corrupt and dropped', () => [{ value: cache.stats().disk.corruptions }], 'counter'));
 
   const adoption = await vms.adoptAll();
   logger.info('daemon state loaded', { adopted: adoption.adopted, removed: adoption.removed });
@@ -160,6 +178,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
         await cache.close();
         state.close();
         rmSync(opts.socketPath, { force: true });
+        rmSync(pidFile, { force: true });
         logger.info('daemon stopped', { vmsLeftRunning: !closeOpts.stopVms });
       })();
       return closing;

@@ -13,7 +13,7 @@ function labelText(labels: Labels): string {
 interface Family {
   name: string;
   help: string;
-  type: 'counter' | 'gauge' | 'histogram';
+  readonly type: 'counter' | 'gauge' | 'histogram';
   render(): string[];
 }
 
@@ -32,10 +32,9 @@ export class Counter implements Family {
   }
 }
 
-/** A gauge whose values are read when scraped. */
+/** Values read when scraped: a gauge, or a counter kept elsewhere (`type: 'counter'`). */
 export class Gauge implements Family {
-  readonly type = 'gauge' as const;
-  constructor(readonly name: string, readonly help: string, private readonly read: () => { labels?: Labels; value: number }[]) {}
+  constructor(readonly name: string, readonly help: string, private readonly read: () => { labels?: Labels; value: number }[], readonly type: 'gauge' | 'counter' = 'gauge') {}
   render(): string[] {
     return this.read().map((v) => `${this.name}${labelText(v.labels ?? {})} ${v.value}`);
   }

@@ -5,7 +5,7 @@
  * layer (app.ts) only validates and translates; everything a VM is lives here and in state.ts.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import { pushSnapshot, readDirtyBitmap, removeStaging, stageDirtyChunks } from '../disk/snapshot.js';
@@ -16,7 +16,7 @@ import { guestArtifacts } from '../guest/build.js';
 import { formatRef, parseRef } from '../oci/ref.js';
 import { adoptDisk, serveDisk, type ServedDisk } from '../serve/backend.js';
 import type { Logger } from '../util/log.js';
-import { processRunning, terminateProcess } from '../util/process.js';
+import { processHasArgument, processRunning, terminateProcess } from '../util/process.js';
 import { CloudHypervisorDriver } from '../vmm/cloud-hypervisor.js';
 import type { AgentEndpoint, NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { QemuDriver } from '../vmm/qemu.js';
@@ -91,6 +91,8 @@ interface LiveVm {
   agent: AgentClient | undefined;
   connecting: Promise<AgentClient> | undefined;
   busy: 'snapshot' | 'delete' | undefined;
+  /** adopted: an earlier daemon may have died between freezing the guest's file system and thawing it */
+  thawOnConnect?: boolean;
 }
 
 const GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -113,6 +115,10 @@ export function checkRequestRef(text: string, field: string): string {
 export class VmManager {
   private readonly live = new Map<string, LiveVm>();
   private booting = 0;
+  /** creates past the VM-count check that have no row yet */
+  private reserved = 0;
+  /** failed backend chunk fetches of VMs already removed */
+  private missFailuresOfRemoved = 0;
   private readonly bootQueue: (() => void)[] = [];
 
   constructor(private readonly deps: { cache: ChunkCache; state: StateStore; logger: Logger; metrics: VmMetrics; limits: VmLimits; stateDir: string; drivers?: Partial<Record<VmRecord['vmm'], VmmDriver>> }) {}
@@ -142,6 +148,13 @@ export class VmManager {
     };
   }
 
+  /** Chunk fetches for backends that failed (each one an I/O error in a guest), over the daemon's life. */
+  missFailures(): number {
+    let n = this.missFailuresOfRemoved;
+    for (const l of this.live.values()) n += l.served.miss.stats.failures;
+    return n;
+  }
+
   list(): VmInfo[] {
     return this.deps.state.all().map(toInfo);
   }
@@ -155,8 +168,15 @@ export class VmManager {
   /** Boot a VM and answer when its agent is ready, with the phase timings. */
   async create(req: CreateVmRequest): Promise<VmInfo> {
     const image = checkRequestRef(req.image, 'image');
-    if (this.deps.state.all().length >= this.deps.limits.maxVms) throw new SlipwayError('LIMIT_EXCEEDED', `this daemon runs at most ${this.deps.limits.maxVms} VMs`);
-    const release = await this.bootSlot();
+    // counted and reserved at once, so concurrent creates cannot all slip under the limit
+    if (this.deps.state.all().length + this.reserved >= this.deps.limits.maxVms) throw new SlipwayError('LIMIT_EXCEEDED', `this daemon runs at most ${this.deps.limits.maxVms} VMs`);
+    this.reserved++;
+    let release: () => void;
+    try {
+      release = await this.bootSlot();
+    } finally {
+      this.reserved--;
+    }
     const id = randomBytes(6).toString('hex');
     const workDir = join(this.deps.stateDir, 'vms', id);
     const log = this.deps.logger.child({ vm: id });
@@ -196,7 +216,9 @@ export class VmManager {
       this.deps.state.update(id, { vmmPid: vm.pid, accel: vm.accel, agent: vm.agentEndpoint });
       phase('vmm_started');
       const running = vm;
-      const booted = waitForAgent(async () => new AgentClient(await running.connectAgent()), this.deps.limits.bootTimeoutMs);
+      const booted = waitForAgent(async () => new AgentClient(await running.connectAgent()), this.deps.limits.bootTimeoutMs).catch((err: unknown) => {
+        throw new SlipwayError('VM_BOOT_FAILED', `the guest agent did not answer within ${this.deps.limits.bootTimeoutMs} ms (${(err as Error).message}); console:\n${running.consoleTail(3000).trim()}`);
+      });
       const outcome = await Promise.race([booted.then((c) => ({ client: c })), vm.exited.then((e) => ({ exit: e }))]);
       if ('exit' in outcome) {
         booted.catch(() => undefined);
@@ -259,7 +281,12 @@ export class VmManager {
     if (l.agent && !l.agent.failure) return l.agent;
     l.agent?.close();
     l.agent = undefined;
-    l.connecting ??= waitForAgent(async () => new AgentClient(await l.vm.connectAgent()), 30_000).then((c) => {
+    l.connecting ??= waitForAgent(async () => new AgentClient(await l.vm.connectAgent()), 30_000).then(async (c) => {
+      if (l.thawOnConnect) {
+        // thawing a file system that is not frozen fails harmlessly (EINVAL)
+        await c.fsfreeze('/', true).then(() => this.deps.logger.warn('thawed a guest file system an earlier daemon left frozen', { vm: l.record.id }), () => undefined);
+        l.thawOnConnect = false;
+      }
       l.agent = c;
       return c;
     }).finally(() => {
@@ -302,6 +329,9 @@ export class VmManager {
    */
   async snapshot(id: string, ref: string): Promise<SnapshotResult> {
     checkRequestRef(ref, 'ref');
+    const parsed = parseRef(ref);
+    if (parsed.digest || !parsed.tag) throw new SlipwayError('INVALID_ARGUMENT', `ref: a snapshot is pushed to a tag (${ref} names none)`, { context: { field: 'ref' } });
+    const tag = parsed.tag;
     const l = this.liveVm(id);
     if (l.busy) throw new SlipwayError('CONFLICT', `VM ${id} is busy (${l.busy} in progress)`);
     l.busy = 'snapshot';
@@ -325,12 +355,10 @@ export class VmManager {
       }
       const tThawed = performance.now();
       log.info('snapshot staged', { dirtyChunks: dirty.chunks.length, frozenMs: Math.round(tThawed - tFrozen) });
-      const parsed = parseRef(ref);
-      if (parsed.digest || !parsed.tag) throw new SlipwayError('INVALID_ARGUMENT', `ref: a snapshot is pushed to a tag (${ref} names none)`);
       const target = await this.deps.cache.targets.open(parsed);
       const baseTarget = l.served.disk.origin;
       const result = await pushSnapshot({
-        base, baseTarget, staging, dirty, target, tag: parsed.tag, pool: this.deps.cache.pool,
+        base, baseTarget, staging, dirty, target, tag, pool: this.deps.cache.pool,
         annotations: { 'org.opencontainers.image.created': new Date().toISOString() },
       });
       const tDone = performance.now();
@@ -379,6 +407,7 @@ export class VmManager {
       }
     } finally {
       l.agent?.close();
+      this.missFailuresOfRemoved += l.served.miss.stats.failures;
       await l.served.close().catch(() => undefined);
       await rm(l.record.workDir, { recursive: true, force: true });
       this.live.delete(id);
@@ -410,15 +439,20 @@ export class VmManager {
         this.deps.logger.warn('could not adopt a vm', { vm: r.id, error: (err as Error).message });
       }
       if (served && vm) {
-        const l: LiveVm = { record: r, vm, served, agent: undefined, connecting: undefined, busy: undefined };
+        // a snapshot the earlier daemon did not finish left its staging copy
+        for (const f of await readdir(r.workDir).catch(() => [] as string[])) if (f.endsWith('.staging')) await rm(join(r.workDir, f), { force: true });
+        const l: LiveVm = { record: r, vm, served, agent: undefined, connecting: undefined, busy: undefined, thawOnConnect: true };
         this.live.set(r.id, l);
         this.watch(l);
         adopted.push(r.id);
+        void this.agentOf(l).catch((err: unknown) => this.deps.logger.warn('could not reach the agent of an adopted vm', { vm: r.id, error: (err as Error).message }));
         this.deps.logger.info('vm adopted', { vm: r.id, vmmPid: r.vmmPid, backendPid: r.backendPid });
         continue;
       }
       await served?.close().catch(() => undefined);
-      for (const pid of [r.vmmPid, r.backendPid]) if (pid && processRunning(pid)) await terminateProcess(pid, 1000);
+      // only processes that are still this VM's (their arguments name its work directory): after a
+      // reboot the recorded pids may be anyone's
+      for (const pid of [r.vmmPid, r.backendPid]) if (pid && processRunning(pid) && processHasArgument(pid, r.workDir)) await terminateProcess(pid, 1000);
       await rm(r.workDir, { recursive: true, force: true });
       this.deps.state.delete(r.id);
       removed.push(r.id);

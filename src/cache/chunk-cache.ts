@@ -67,7 +67,7 @@ export class ChunkCache {
     this.ownsPool = !opts.pool;
     this.ownsTargets = !opts.targets;
     this.poolInstance = opts.pool;
-    this.targets = opts.targets ?? new Targets({ connections: opts.config.connectionsPerHost, requestTimeoutMs: opts.config.fetchDeadlineMs });
+    this.targets = opts.targets ?? new Targets({ connections: opts.config.connectionsPerHost, requestTimeoutMs: opts.config.fetchDeadlineMs, plainHttpHosts: opts.config.plainHttpRegistries });
     mkdirSync(opts.config.cacheDir, { recursive: true });
     this.memory = new LRUCache<string, Buffer>({ maxSize: Math.max(1, opts.config.memoryBudgetBytes), sizeCalculation: (b) => Math.max(1, b.byteLength) });
     this.disk = new DiskTier({ cacheDir: opts.config.cacheDir, budgetBytes: opts.config.diskBudgetBytes, lowWatermark: opts.config.diskLowWatermark, logger: opts.logger });

@@ -75,9 +75,9 @@ export async function startTestDaemon(opts: DaemonStartOptions): Promise<TestDae
   return {
     proc, socket, stateDir, cacheDir, tcp: ready.tcp ?? undefined, token, client, log,
     async kill() {
-      await client.close().catch(() => undefined);
       if (proc.exitCode === null) proc.kill('SIGKILL');
       await exited;
+      await client.close().catch(() => undefined);
     },
     async stop() {
       await client.close().catch(() => undefined);

@@ -18,6 +18,8 @@ export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 5, baseDelayMs: 150, ma
 export interface RegistryClientOptions {
   /** Speak plain HTTP even to a non-loopback host (`--plain-http`). */
   plainHttp?: boolean;
+  /** Hosts (host[:port]) spoken to over plain HTTP (the `plainHttpRegistries` setting). */
+  plainHttpHosts?: readonly string[];
   credentials?: Credentials;
   retry?: Partial<RetryPolicy>;
   /** Connections per registry host: bounds concurrent requests. */
@@ -96,7 +98,7 @@ export class RegistryClient {
   private readonly userAgent: string;
 
   constructor(readonly registry: string, options: RegistryClientOptions = {}) {
-    const scheme = options.plainHttp || isLoopbackRegistry(registry) ? 'http' : 'https';
+    const scheme = options.plainHttp || options.plainHttpHosts?.includes(registry) || isLoopbackRegistry(registry) ? 'http' : 'https';
     const host = registry === 'docker.io' ? 'registry-1.docker.io' : registry;
     this.origin = `${scheme}://${host}`;
     this.credentials = options.credentials ?? findCredentials(registry);

@@ -79,7 +79,8 @@ export class DiskTier {
     const present = new Set(readdirSync(this.chunkDir));
     for (let i = 0; i < 256; i++) {
       const prefix = i.toString(16).padStart(2, '0');
-      if (!present.has(prefix)) mkdirSync(join(this.chunkDir, prefix));
+      // recursive: another process sharing the directory may be making the same ones
+      if (!present.has(prefix)) mkdirSync(join(this.chunkDir, prefix), { recursive: true });
     }
     mkdirSync(this.tmpDir, { recursive: true });
     mkdirSync(this.inflightDir, { recursive: true });

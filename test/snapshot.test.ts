@@ -26,7 +26,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs';
-import { createServer, request, type Server } from 'node:http';
 import { join } from 'node:path';
 import { openDiskArtifact, type DiskArtifact } from '../src/disk/artifact.js';
 import { HOLE, type IndexEntry } from '../src/disk/format.js';
@@ -493,14 +492,14 @@ describe('snapshots through a registry', () => {
 
     it('the manifest PUT failing: every blob is in, the tag still is s1', async () => {
       expect(s1Digest, 'needs s1').toBeDefined();
-      const proxy = await startManifestPutRefuser(registry.host);
+      const proxy = await startFaultProxy({ target: registry.host, mode: '500', passBlobPuts: Number.MAX_SAFE_INTEGER, failManifestPuts: true });
       const proxied = new Targets({ retry: { maxAttempts: 2, baseDelayMs: 5, maxDelayMs: 20 } });
       try {
         const target = await proxied.open(parseRef(`${proxy.host}/snap/base:s1`));
         const { bitmap, staging } = await stage('overlay-fault-manifest', new Map([[14, chunkData(CHUNK, 0.5)]]));
         const err = await rejection(pushSnapshot({ base, baseTarget: target, staging, dirty: bitmap, target, tag: 's1', pool }));
         expect(err.code).toBe('REGISTRY_ERROR');
-        expect(proxy.refused()).toBeGreaterThanOrEqual(1);
+        expect(proxy.faultedManifestPuts()).toBeGreaterThanOrEqual(1);
       } finally {
         await proxied.close();
         await proxy.stop();
@@ -510,47 +509,3 @@ describe('snapshots through a registry', () => {
     });
   });
 });
-
-/**
- * A proxy in front of the registry that answers 500 to every manifest PUT and forwards everything
- * else unchanged (Host header included, so upload Locations point back at the proxy). The fault
- * and chaos proxies of test/helpers fault blob uploads and reads, not manifest writes.
- */
-async function startManifestPutRefuser(targetHostPort: string): Promise<{ host: string; refused(): number; stop(): Promise<void> }> {
-  const [host, port] = targetHostPort.split(':') as [string, string];
-  let refused = 0;
-  const server: Server = createServer((req, res) => {
-    const path = req.url ?? '/';
-    if (req.method === 'PUT' && /^\/v2\/.+\/manifests\/[^/]+$/.test(path)) {
-      refused++;
-      req.resume();
-      const body = JSON.stringify({ errors: [{ code: 'UNKNOWN', message: 'injected fault: manifest PUT refused by test proxy' }] });
-      res.writeHead(500, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), connection: 'close' });
-      res.end(body);
-      return;
-    }
-    const upstream = request({ host, port: Number(port), method: req.method, path, headers: req.headers }, (up) => {
-      res.writeHead(up.statusCode ?? 502, up.headers);
-      up.pipe(res);
-    });
-    upstream.on('error', () => {
-      if (!res.headersSent) res.writeHead(502);
-      res.end();
-    });
-    req.pipe(upstream);
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const addr = server.address();
-  const listenPort = typeof addr === 'object' && addr ? addr.port : 0;
-  return {
-    host: `127.0.0.1:${listenPort}`,
-    refused: () => refused,
-    async stop() {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}

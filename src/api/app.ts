@@ -95,7 +95,7 @@ export function buildApp(deps: AppDeps): Hono {
   app.post('/v1/vms', limit(MAX_BODY_BYTES), async (c) => {
     const body = await parseBody(c, CreateVmBody);
     checkRequestRef(body.image, 'image');
-    const info = await vms.create(body as Parameters<VmManager['create']>[0]);
+    const info = await vms.create(body);
     return c.json(info, 201);
   });
   app.get('/v1/vms', (c) => c.json({ vms: vms.list() }));
@@ -122,7 +122,7 @@ export function buildApp(deps: AppDeps): Hono {
           }
         };
         signal?.addEventListener('abort', () => abort.abort(), { once: true });
-        vms.exec(id, body as Parameters<VmManager['exec']>[1], { stdout: (d) => write(outputLine('stdout', d)), stderr: (d) => write(outputLine('stderr', d)) }, abort.signal).then(
+        vms.exec(id, body, { stdout: (d) => write(outputLine('stdout', d)), stderr: (d) => write(outputLine('stderr', d)) }, abort.signal).then(
           (r) => {
             write(`${JSON.stringify({ exit: r })}\n`);
             ctrl.close();

@@ -43,8 +43,35 @@ export const PrefetchBody = z.object({ image: imageRef }).strict();
 
 export const VmId = z.string().regex(/^[0-9a-f]{12}$/, 'a VM id: 12 hex digits');
 
-export type CreateVmBodyT = z.infer<typeof CreateVmBody>;
-export type ExecBodyT = z.infer<typeof ExecBody>;
+/** The API's types, shared by the daemon (vms.ts) and the client (src/client). */
+export type CreateVmRequest = z.infer<typeof CreateVmBody>;
+export type ExecRequest = z.infer<typeof ExecBody>;
+
+export interface VmInfo {
+  id: string;
+  image: string;
+  /** the manifest digest the image resolved to */
+  digest: string | null;
+  status: 'booting' | 'running' | 'stopping';
+  createdAt: string;
+  cpus: number;
+  memoryMiB: number;
+  vmm: 'qemu' | 'cloud-hypervisor';
+  accel: 'kvm' | 'tcg' | null;
+  /** boot phases, ms */
+  timings: Record<string, number>;
+}
+
+export interface SnapshotResult {
+  ref: string;
+  digest: string;
+  base: string;
+  dirtyChunks: number;
+  newChunks: number;
+  uploadedBytes: number;
+  timings: { quiesceMs: number; stageMs: number; pushMs: number; totalMs: number };
+}
+
 
 /** The first problem with a body, as `field: what is wrong` (the field path dotted). */
 export function describeIssue(error: z.ZodError): { field: string; message: string } {

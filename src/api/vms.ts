@@ -21,6 +21,7 @@ import { CloudHypervisorDriver } from '../vmm/cloud-hypervisor.js';
 import type { AgentEndpoint, NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { QemuDriver } from '../vmm/qemu.js';
 import type { Histogram, Counter } from './metrics.js';
+import type { CreateVmRequest, ExecRequest, SnapshotResult, VmInfo } from './schemas.js';
 import type { StateStore, VmRecord } from './state.js';
 
 export interface VmLimits {
@@ -35,46 +36,6 @@ export interface VmLimits {
 }
 
 export const DEFAULT_LIMITS: VmLimits = { maxConcurrentBoots: 4, maxQueuedBoots: 64, maxVms: 64, bootTimeoutMs: 180_000 };
-
-export interface CreateVmRequest {
-  image: string;
-  cpus?: number;
-  memoryMiB?: number;
-  env?: Record<string, string>;
-  vmm?: 'qemu' | 'cloud-hypervisor';
-  net?: 'none' | 'user';
-}
-
-export interface ExecRequest {
-  argv: string[];
-  env?: Record<string, string>;
-  cwd?: string;
-  stdin?: string;
-  timeoutMs?: number;
-}
-
-export interface VmInfo {
-  id: string;
-  image: string;
-  digest: string | null;
-  status: VmRecord['status'];
-  createdAt: string;
-  cpus: number;
-  memoryMiB: number;
-  vmm: VmRecord['vmm'];
-  accel: VmRecord['accel'];
-  timings: Record<string, number>;
-}
-
-export interface SnapshotResult {
-  ref: string;
-  digest: string;
-  base: string;
-  dirtyChunks: number;
-  newChunks: number;
-  uploadedBytes: number;
-  timings: { quiesceMs: number; stageMs: number; pushMs: number; totalMs: number };
-}
 
 export interface VmMetrics {
   boots: Counter;

@@ -5,37 +5,14 @@
  */
 import { Agent, request, type Dispatcher } from 'undici';
 import { ERROR_CODES, SlipwayError, type ErrorCode } from '../errors.js';
+import type { CreateVmRequest, ExecRequest, SnapshotResult, VmInfo } from '../api/schemas.js';
 
-export interface Vm {
-  id: string;
-  image: string;
-  digest: string | null;
-  status: 'booting' | 'running' | 'stopping';
-  createdAt: string;
-  cpus: number;
-  memoryMiB: number;
-  vmm: 'qemu' | 'cloud-hypervisor';
-  accel: 'kvm' | 'tcg' | null;
-  /** boot phases, ms */
-  timings: Record<string, number>;
-}
-
-export interface CreateVm {
-  image: string;
-  cpus?: number;
-  memoryMiB?: number;
-  env?: Record<string, string>;
-  vmm?: 'qemu' | 'cloud-hypervisor';
-  net?: 'none' | 'user';
-}
-
-export interface Exec {
-  argv: string[];
-  env?: Record<string, string>;
-  cwd?: string;
-  stdin?: string;
-  timeoutMs?: number;
-}
+/** The API's types (defined with the daemon's request schemas, so the two cannot drift). */
+export type { CreateVmRequest as CreateVm, ExecRequest as Exec, SnapshotResult as Snapshot, VmInfo as Vm };
+type CreateVm = CreateVmRequest;
+type Exec = ExecRequest;
+type Snapshot = SnapshotResult;
+type Vm = VmInfo;
 
 export interface ExecOutcome {
   exitCode: number;
@@ -43,16 +20,6 @@ export interface ExecOutcome {
   timedOut: boolean;
   stdout: Buffer;
   stderr: Buffer;
-}
-
-export interface Snapshot {
-  ref: string;
-  digest: string;
-  base: string;
-  dirtyChunks: number;
-  newChunks: number;
-  uploadedBytes: number;
-  timings: { quiesceMs: number; stageMs: number; pushMs: number; totalMs: number };
 }
 
 export type ClientOptions = { socketPath: string } | { url: string; token: string };

@@ -19,6 +19,8 @@ export interface FaultProxyOptions {
   passBlobPuts: number;
   /** fault every blob-upload PUT after the first `passBlobPuts` (default), or only those of one blob */
   only?: 'all' | 'one-blob';
+  /** answer 500 to every manifest PUT as well (blob uploads are then faulted as the rest says) */
+  failManifestPuts?: boolean;
 }
 
 export interface ProxiedRequest {
@@ -37,6 +39,8 @@ export interface FaultProxy {
   requests: ProxiedRequest[];
   /** the digest of the first blob whose upload was faulted */
   doomedDigest(): string | undefined;
+  /** manifest PUTs that were answered with a fault */
+  faultedManifestPuts(): number;
   /** blob-upload PUTs that were answered with a fault */
   faultedBlobPuts(): number;
   /** blob-upload PUTs that reached the registry */
@@ -45,6 +49,7 @@ export interface FaultProxy {
 }
 
 const BLOB_UPLOAD_PUT = /^\/v2\/.+\/blobs\/uploads\/[^/?]+/;
+const MANIFEST_PUT = /^\/v2\/.+\/manifests\/[^/]+$/;
 
 export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultProxy> {
   const [targetHost, targetPort] = opts.target.split(':') as [string, string];
@@ -55,6 +60,14 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const path = req.url ?? '/';
     const method = req.method ?? 'GET';
+    if (opts.failManifestPuts && method === 'PUT' && MANIFEST_PUT.test(path)) {
+      requests.push({ method, path, outcome: '500', status: 500 });
+      req.resume();
+      const body = JSON.stringify({ errors: [{ code: 'UNKNOWN', message: 'injected fault: manifest PUT refused by test proxy' }] });
+      res.writeHead(500, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), connection: 'close' });
+      res.end(body);
+      return;
+    }
     const isBlobPut = method === 'PUT' && BLOB_UPLOAD_PUT.test(path);
     const digest = isBlobPut ? (new URL(path, 'http://proxy.invalid').searchParams.get('digest') ?? '') : undefined;
     if (isBlobPut && digest !== undefined) {
@@ -100,7 +113,8 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     port,
     requests,
     doomedDigest: () => doomedDigest,
-    faultedBlobPuts: () => requests.filter((r) => r.outcome !== 'forwarded' && r.method === 'PUT').length,
+    faultedBlobPuts: () => requests.filter((r) => r.outcome !== 'forwarded' && r.method === 'PUT' && r.digest !== undefined).length,
+    faultedManifestPuts: () => requests.filter((r) => r.outcome !== 'forwarded' && r.method === 'PUT' && MANIFEST_PUT.test(r.path)).length,
     passedBlobPuts: () => requests.filter((r) => r.outcome === 'forwarded' && r.digest !== undefined && r.status === 201).length,
     async stop() {
       server.closeAllConnections();

@@ -301,6 +301,23 @@ describe('the daemon', () => {
     }
   });
 
+  it('refuses boots over its VM limit with 429 LIMIT_EXCEEDED, counting boots still in flight', async () => {
+    const d = await daemon('limited', { args: ['--max-vms', '1'] });
+    // two creates at once: the second is refused even though the first has no row yet
+    const [first, second] = await Promise.allSettled([d.client.createVm({ image }), d.client.createVm({ image })]);
+    const results = [first, second];
+    const ok = results.filter((r) => r.status === 'fulfilled');
+    const refused = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+    expect(ok.length).toBe(1);
+    expect(refused.length).toBe(1);
+    expect(refused[0]?.reason).toMatchObject({ code: 'LIMIT_EXCEEDED', context: { status: 429 } });
+    expect((await d.client.listVms()).length).toBe(1);
+    await d.client.deleteVm((ok[0] as PromiseFulfilledResult<{ id: string }>).value.id);
+    // room again
+    const again = await d.client.createVm({ image });
+    await d.client.deleteVm(again.id);
+  });
+
   it('slipway run <image> goes through the daemon when one is named, and leaves no VM behind', async () => {
     const io = captureIO();
     expect(await main(['run', image, '--daemon', d1.socket, '--', 'sh', '-c', 'hostname; exit 4'], io)).toBe(4);

@@ -76,7 +76,7 @@ export function checkRequestRef(text: string, field: string): string {
 export class VmManager {
   private readonly live = new Map<string, LiveVm>();
   private booting = 0;
-  /** creates past the VM-count check that have no row yet */
+  /** creates past the VM-count check whose row is not written yet */
   private reserved = 0;
   /** failed backend chunk fetches of VMs already removed */
   private missFailuresOfRemoved = 0;
@@ -132,11 +132,17 @@ export class VmManager {
     // counted and reserved at once, so concurrent creates cannot all slip under the limit
     if (this.deps.state.all().length + this.reserved >= this.deps.limits.maxVms) throw new SlipwayError('LIMIT_EXCEEDED', `this daemon runs at most ${this.deps.limits.maxVms} VMs`);
     this.reserved++;
+    let reserved = true;
+    const unreserve = (): void => {
+      if (reserved) this.reserved--;
+      reserved = false;
+    };
     let release: () => void;
     try {
       release = await this.bootSlot();
-    } finally {
-      this.reserved--;
+    } catch (err) {
+      unreserve();
+      throw err;
     }
     const id = randomBytes(6).toString('hex');
     const workDir = join(this.deps.stateDir, 'vms', id);
@@ -159,6 +165,7 @@ export class VmManager {
     try {
       await mkdir(workDir, { recursive: true, mode: 0o700 });
       this.deps.state.insert(record);
+      unreserve(); // the row counts from here
       const { kernel, guest } = await guestArtifacts();
       served = await serveDisk({ cache: this.deps.cache, ref: image, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4), openOptions: { recordProfileIfMissing: true } });
       record.digest = served.disk.digest;
@@ -210,6 +217,7 @@ export class VmManager {
       this.deps.state.delete(id);
       throw err;
     } finally {
+      unreserve();
       release();
     }
   }

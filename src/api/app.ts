@@ -8,6 +8,7 @@ import { bodyLimit } from 'hono/body-limit';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import { ERROR_CODES, SlipwayError, isSlipwayError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../util/log.js';
+import { logProgress } from '../util/progress.js';
 import { PROMETHEUS_CONTENT_TYPE, type Registry } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { CreateVmBody, ExecBody, MAX_BODY_BYTES, MAX_EXEC_BODY_BYTES, PrefetchBody, SnapshotBody, VmId, describeIssue, type z } from './schemas.js';
@@ -153,7 +154,7 @@ export function buildApp(deps: AppDeps): Hono {
     const t0 = performance.now();
     const disk = await cache.openDisk(ref, { useProfile: false });
     try {
-      const r = await disk.prefetch({ priority: 'background' });
+      const r = await disk.prefetch({ priority: 'background', onProgress: logProgress((m, f) => deps.logger.info(m, f), { image: ref }) });
       return c.json({ image: ref, digest: disk.digest, chunks: r.chunks, fetchedChunks: r.fetchedChunks, ms: Math.round(performance.now() - t0) });
     } finally {
       await disk.close();

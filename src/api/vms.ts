@@ -16,6 +16,7 @@ import { guestArtifacts } from '../guest/build.js';
 import { formatRef, parseRef } from '../oci/ref.js';
 import { adoptDisk, serveDisk, type ServedDisk } from '../serve/backend.js';
 import type { Logger } from '../util/log.js';
+import { logProgress } from '../util/progress.js';
 import { processHasArgument, processRunning, terminateProcess } from '../util/process.js';
 import { CloudHypervisorDriver } from '../vmm/cloud-hypervisor.js';
 import type { AgentEndpoint, NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
@@ -329,6 +330,7 @@ export class VmManager {
       const result = await pushSnapshot({
         base, baseTarget, staging, dirty, target, tag, pool: this.deps.cache.pool,
         annotations: { 'org.opencontainers.image.created': new Date().toISOString() },
+        onProgress: logProgress((m, f) => log.info(m, f)),
       });
       const tDone = performance.now();
       this.deps.metrics.snapshots.inc({ result: 'ok' });

@@ -55,3 +55,17 @@ export function createProgress(mode: ProgressMode, out: NodeJS.WriteStream = pro
     },
   };
 }
+
+/**
+ * Progress as structured log lines (the daemon's way): start and done always, and in between at
+ * most one line per `everyMs`.
+ */
+export function logProgress(log: (msg: string, fields: Record<string, unknown>) => void, fields: Record<string, unknown> = {}, everyMs = 2000): ProgressFn {
+  let last = 0;
+  return (e) => {
+    const now = Date.now();
+    if (e.phase !== 'start' && e.phase !== 'done' && now - last < everyMs) return;
+    last = now;
+    log('progress', { ...fields, ...e, percent: e.totalBytes > 0 ? Math.round((100 * e.doneBytes) / e.totalBytes) : 100 });
+  };
+}

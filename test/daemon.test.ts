@@ -7,6 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readdirSync, statSync } from 'node:fs';
+import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { connect } from 'node:net';
@@ -15,7 +16,7 @@ import { waitForAgent } from '../src/guest/agent-client.js';
 import { SlipwayClient } from '../src/client/index.js';
 import { openDiskArtifact } from '../src/disk/artifact.js';
 import { main } from '../src/cli/main.js';
-import { buildGuest, buildKernel } from '../src/guest/build.js';
+import { buildGuest, buildKernel, PROJECT_ROOT } from '../src/guest/build.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import { captureIO } from './helpers/cli.js';
@@ -316,6 +317,21 @@ describe('the daemon', () => {
     // room again
     const again = await d.client.createVm({ image });
     await d.client.deleteVm(again.id);
+  });
+
+  it('runs the example scheduler of docs/api.md: ten VMs, a command in each, a snapshot, all deleted', async () => {
+    const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      execFile('npx', ['tsx', join(PROJECT_ROOT, 'docs', 'examples', 'scheduler.ts')], {
+        env: { ...process.env, SLIPWAY_DAEMON: d1.socket, IMAGE: image, SNAPSHOT_REF: `${registry.host}/daemon/root:worker-0` }, timeout: 600_000,
+      }, (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
+    });
+    expect(out.code, out.stderr).toBe(0);
+    expect(out.stderr).toBe('');
+    const workers = out.stdout.split('\n').filter((l) => /^[0-9a-f]{12}: exit 0: worker \d+ on vm-[0-9a-f]{12}$/.test(l));
+    expect(workers.length).toBe(10);
+    expect(out.stdout).toMatch(/^snapshot \S+:worker-0@sha256:[0-9a-f]{64} \(base sha256:[0-9a-f]{64}\): [1-9]\d* dirty chunks/m);
+    expect(out.stdout).toMatch(/^0 VM\(s\) left on this host$/m);
+    expect(await manifestDigest(registry.host, 'daemon/root', 'worker-0')).toMatch(/^sha256:/);
   });
 
   it('slipway run <image> goes through the daemon when one is named, and leaves no VM behind', async () => {

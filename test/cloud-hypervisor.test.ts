@@ -414,6 +414,27 @@ describe('the driver against a FAKE Cloud Hypervisor (test/helpers/fake-cloud-hy
     return waitForAgent(async () => new AgentClient(await vm.connectAgent()), 15_000);
   }
 
+  it('detached, it outlives its starter: another driver adopts it by pid, reaches its agent and stops it', async () => {
+    const { binary, workDir } = fakeBinary({ FAKE_CH_FEATURES: 'kvm' });
+    const s = fakeSpec(workDir, { detached: true });
+    const started = await new CloudHypervisorDriver({ binary }).start(s);
+    // its output goes to a file in the work directory, not to pipes of the process that started it
+    expect(existsSync(join(workDir, 'cloud-hypervisor.log'))).toBe(true);
+    const later = new CloudHypervisorDriver({ binary });
+    // a pid that is not this VM's (this test process) is refused
+    expect(later.adopt(process.pid, s)).toBeUndefined();
+    const adopted = later.adopt(started.pid, s);
+    expect(adopted?.pid).toBe(started.pid);
+    expect(adopted?.agentEndpoint).toEqual({ transport: 'hybrid-vsock', socket: join(workDir, 'vsock.sock') });
+    const agent = await agentOf(adopted as RunningVm);
+    expect((await agent.exec(['echo', 'adopted'])).stdout.toString()).toBe('adopted\n');
+    await agent.close();
+    await (adopted as RunningVm).kill(2000);
+    await adopted?.exited;
+    expect(pidAlive(started.pid)).toBe(false);
+    expect(later.adopt(started.pid, s)).toBeUndefined();
+  });
+
   it('boots (ping, create, boot), reaches the agent over hybrid vsock, runs echo hi, and stops', async () => {
     const { binary, log, workDir } = fakeBinary({ FAKE_CH_FEATURES: 'kvm,fw_cfg' });
     const s = fakeSpec(workDir, { console: true });

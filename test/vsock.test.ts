@@ -110,6 +110,7 @@ describe('a guest reached over vhost-vsock', () => {
         qemuCommand = readFileSync(join(s.workDir, 'qemu.args'), 'utf8');
         return vm;
       },
+      adopt: (...args) => qemu.adopt(...args),
     };
     let out = '';
     const r = await runInVm({ disks: [{ kind: 'file', path: disk }], argv: ['cat', '/etc/os-release'], driver, stdout: (d) => void (out += d.toString()) });

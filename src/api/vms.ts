@@ -433,9 +433,8 @@ export class VmManager {
   }
 
   private adoptVmm(r: VmRecord, endpoint: AgentEndpoint, vsockConnect: string): RunningVm | undefined {
-    const spec = { id: r.id, workDir: r.workDir, vsockConnect } as VmSpec;
-    if (r.vmm !== 'qemu') return undefined; // Cloud Hypervisor VMs are not adopted (yet): they are stopped
-    return new QemuDriver().adopt(r.vmmPid as number, spec, r.accel as 'kvm' | 'tcg', endpoint);
+    const spec = { id: r.id, workDir: r.workDir, vsockConnect, console: true } as VmSpec;
+    return this.driver(r.vmm).adopt(r.vmmPid as number, spec, r.accel as 'kvm' | 'tcg', endpoint);
   }
 
   /** Stop serving (the daemon is going away): VMs and backends keep running, to be adopted again. */

@@ -3,7 +3,8 @@
  * `serveDisk` is what `slipway serve` and `slipway run <ref>` use.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { fileTail } from '../util/file-tail.js';
 import { processHasArgument, processRunning, whenProcessGone } from '../util/process.js';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -66,16 +67,6 @@ export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<
   return BACKEND_BINARY;
 }
 
-/** The last `bytes` of a file ('' when there is none). */
-function tail(path: string, bytes: number): string {
-  try {
-    const text = readFileSync(path, 'utf8');
-    return text.slice(-bytes);
-  } catch {
-    return '';
-  }
-}
-
 export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   const binary = opts.binary ?? (await ensureBackendBuilt());
   await mkdir(opts.workDir, { recursive: true });
@@ -101,7 +92,7 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   backend.stderr?.on('data', (d: Buffer) => {
     log = (log + d.toString()).slice(-64_000);
   });
-  const readLog = (): string => (fds ? tail(logPath, 64_000) : log);
+  const readLog = (): string => (fds ? fileTail(logPath, 64_000) : log);
   const exited = new Promise<number | null>((resolve) => backend.once('exit', (code) => resolve(code)));
   try {
     await new Promise<void>((resolve, reject) => {
@@ -110,7 +101,7 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
       if (fds) {
         // the ready line lands in backend.out
         const poll = setInterval(() => {
-          if (tail(outPath, 4096).includes('\n')) {
+          if (fileTail(outPath, 4096).includes('\n')) {
             clearInterval(poll);
             resolve();
           }
@@ -142,7 +133,7 @@ export async function adoptDisk(opts: { cache: ChunkCache; ref: string; socket: 
   const pid = opts.pid;
   return servedDisk({
     disk, socket: opts.socket, overlayDir: opts.overlayDir, miss, mapPath: join(opts.workDir, 'disk.map'), pid,
-    exited: whenProcessGone(pid).then(() => null), log: () => tail(join(opts.workDir, 'backend.log'), 64_000),
+    exited: whenProcessGone(pid).then(() => null), log: () => fileTail(join(opts.workDir, 'backend.log'), 64_000),
     kill: (sig) => {
       try {
         process.kill(pid, sig);

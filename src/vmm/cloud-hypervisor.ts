@@ -30,6 +30,8 @@ import { SlipwayError } from '../errors.js';
 import { FW_CFG_NAME } from '../guest/boot-config.js';
 import type { AgentEndpoint, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { kernelCmdline } from './qemu.js';
+import { fileTail } from '../util/file-tail.js';
+import { processHasArgument, processRunning, whenProcessGone } from '../util/process.js';
 
 export const CH_API_BASE = '/api/v1';
 /** The vsock port slipway-agent listens on (docs/agent-protocol.md). */
@@ -42,8 +44,9 @@ export function defaultCloudHypervisorBinary(env: NodeJS.ProcessEnv = process.en
 }
 
 /** Where the driver keeps its files inside the VM's work directory. */
-export function chPaths(workDir: string): { apiSocket: string; vsockSocket: string; console: string; bootConfig: string; vmConfig: string } {
+export function chPaths(workDir: string): { apiSocket: string; vsockSocket: string; console: string; bootConfig: string; vmConfig: string; output: string } {
   return {
+    output: join(workDir, 'cloud-hypervisor.log'),
     apiSocket: join(workDir, 'ch-api.sock'),
     vsockSocket: join(workDir, 'vsock.sock'),
     console: join(workDir, 'console.log'),
@@ -283,18 +286,35 @@ class CloudHypervisorVm implements RunningVm {
   private killing: Promise<VmExit> | undefined;
   readonly agentEndpoint: AgentEndpoint;
 
-  constructor(private readonly child: ChildProcess, private readonly spec: VmSpec, private readonly output: () => string) {
+  /** `child` is the CH we started; a pid alone is one adopted after a daemon restart. */
+  constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, private readonly output: () => string) {
     this.agentEndpoint = { transport: 'hybrid-vsock', socket: chPaths(spec.workDir).vsockSocket };
-    this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
-        this.exitInfo = { code, signal };
-        resolve(this.exitInfo);
+    if (typeof child === 'number') {
+      this.exited = whenProcessGone(child).then(() => (this.exitInfo = { code: null, signal: null }));
+    } else {
+      this.exited = new Promise((resolve) => {
+        child.once('exit', (code, signal) => {
+          this.exitInfo = { code, signal };
+          resolve(this.exitInfo);
+        });
       });
-    });
+    }
   }
 
   get pid(): number {
-    return this.child.pid ?? -1;
+    return typeof this.child === 'number' ? this.child : (this.child.pid ?? -1);
+  }
+
+  private signal(sig: NodeJS.Signals): void {
+    if (typeof this.child !== 'number') {
+      this.child.kill(sig);
+      return;
+    }
+    try {
+      process.kill(this.child, sig);
+    } catch {
+      // gone already
+    }
   }
 
   get hasExited(): VmExit | undefined {
@@ -346,10 +366,10 @@ class CloudHypervisorVm implements RunningVm {
       if (exit) return exit;
     }
     if (this.exitInfo) return this.exitInfo;
-    this.child.kill('SIGTERM');
+    this.signal('SIGTERM');
     const exit = await waitExit(graceMs);
     if (exit) return exit;
-    this.child.kill('SIGKILL');
+    this.signal('SIGKILL');
     return this.exited;
   }
 }
@@ -376,20 +396,28 @@ export class CloudHypervisorDriver implements VmmDriver {
     const paths = chPaths(spec.workDir);
     await writeFile(paths.bootConfig, spec.bootConfig);
     const args = cloudHypervisorArgs(spec);
-    const child = spawn(this.binary, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: false });
-    let output = '';
+    // detached: its own session, its output in a file, so that it outlives this process
+    const outFd = spec.detached ? openSync(paths.output, 'a', 0o600) : undefined;
+    const child = spawn(this.binary, args, { stdio: ['ignore', outFd ?? 'pipe', outFd ?? 'pipe'], detached: spec.detached === true });
+    if (outFd !== undefined) {
+      closeSync(outFd);
+      child.unref();
+    }
+    let piped = '';
     const keep = (d: Buffer): void => {
-      output = (output + d.toString()).slice(-4000);
+      piped = (piped + d.toString()).slice(-4000);
     };
     child.stdout?.on('data', keep);
     child.stderr?.on('data', keep);
+    const outputOf = (): string => (outFd !== undefined ? fileTail(paths.output, 4000) : piped);
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', () => resolve());
       child.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot start ${this.binary}: ${err.message} (install Cloud Hypervisor, or set SLIPWAY_CLOUD_HYPERVISOR to its binary)`, { context: { binary: this.binary }, cause: err })));
     });
-    const vm = new CloudHypervisorVm(child, spec, () => output);
+    const vm = new CloudHypervisorVm(child, spec, outputOf);
+    const output = (): string => outputOf();
     try {
-      const ping = await this.waitForApi(vm, paths.apiSocket, () => output);
+      const ping = await this.waitForApi(vm, paths.apiSocket, output);
       const fwCfg = useFwCfg(spec, ping.features);
       const config = buildVmConfig(spec, { fwCfg });
       await writeFile(paths.vmConfig, `${JSON.stringify(config, null, 2)}\n`);
@@ -397,12 +425,22 @@ export class CloudHypervisorDriver implements VmmDriver {
       await chApi(paths.apiSocket, 'PUT', 'vm.boot');
     } catch (err) {
       await vm.kill(500);
-      if (err instanceof SlipwayError && output.trim() && !err.message.includes(output.trim())) {
-        throw new SlipwayError(err.code, `${err.message}\n[cloud-hypervisor] ${output.trim()}`, { context: err.context, cause: err });
+      const text = output().trim();
+      if (err instanceof SlipwayError && text && !err.message.includes(text)) {
+        throw new SlipwayError(err.code, `${err.message}\n[cloud-hypervisor] ${text}`, { context: err.context, cause: err });
       }
       throw err;
     }
     return vm;
+  }
+
+  /**
+   * A Cloud Hypervisor started detached by an earlier daemon, found running again: `pid` must still
+   * be a process with `spec.workDir` in its arguments (else it is someone else's, after pid reuse).
+   */
+  adopt(pid: number, spec: VmSpec): RunningVm | undefined {
+    if (!processRunning(pid) || !processHasArgument(pid, spec.workDir)) return undefined;
+    return new CloudHypervisorVm(pid, spec, () => fileTail(chPaths(spec.workDir).output, 4000));
   }
 
   /** Wait for CH to serve its API socket (or to exit trying); resolves with its ping. */

@@ -66,4 +66,9 @@ export interface RunningVm {
 export interface VmmDriver {
   readonly name: 'qemu' | 'cloud-hypervisor';
   start(spec: VmSpec): Promise<RunningVm>;
+  /**
+   * A VMM started detached by an earlier process, found running again; undefined when `pid` is
+   * gone or is no longer that VM's (its arguments do not name `spec.workDir`).
+   */
+  adopt(pid: number, spec: VmSpec, accel: 'kvm' | 'tcg', endpoint: AgentEndpoint): RunningVm | undefined;
 }

@@ -6,7 +6,7 @@
  * socket otherwise.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, readSync, closeSync, statSync } from 'node:fs';
+import { existsSync, openSync, closeSync, statSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -15,6 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { SlipwayError } from '../errors.js';
 import { FW_CFG_NAME } from '../guest/boot-config.js';
 import type { AgentEndpoint, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import { fileTail } from '../util/file-tail.js';
 import { processHasArgument, processRunning, terminateProcess, whenProcessGone } from '../util/process.js';
 
 export const QEMU_BINARY = process.env.SLIPWAY_QEMU ?? 'qemu-system-x86_64';
@@ -136,23 +137,6 @@ export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg', opts: QemuOptions &
     args.push('-netdev', `tap,id=net0,ifname=${spec.net.ifname},script=no,downscript=no,vhost=on`, '-device', 'virtio-net-pci,netdev=net0');
   }
   return args;
-}
-
-/** The last `bytes` of a file, or '' when it cannot be read. */
-function fileTail(path: string, bytes: number): string {
-  try {
-    const size = statSync(path).size;
-    const fd = openSync(path, 'r');
-    try {
-      const buf = Buffer.alloc(Math.min(bytes, size));
-      readSync(fd, buf, 0, buf.length, size - buf.length);
-      return buf.toString('utf8');
-    } finally {
-      closeSync(fd);
-    }
-  } catch {
-    return '';
-  }
 }
 
 class QemuVm implements RunningVm {

@@ -21,6 +21,7 @@ import { buildApp, errorBody } from './app.js';
 import { Counter, Gauge, Histogram, Registry } from './metrics.js';
 import { StateStore } from './state.js';
 import { DEFAULT_LIMITS, VmManager, type VmLimits } from './vms.js';
+export { defaultSocketPath, defaultStateDir, readTokenFile } from './location.js';
 
 export interface DaemonOptions {
   config: SlipwayConfig;
@@ -44,17 +45,6 @@ export interface RunningDaemon {
   readonly vms: VmManager;
   /** Stop listening; VMs keep running unless `stopVms`. */
   close(opts?: { stopVms?: boolean }): Promise<void>;
-}
-
-export function readTokenFile(path: string): string {
-  let token: string;
-  try {
-    token = readFileSync(path, 'utf8').trim();
-  } catch (err) {
-    throw new SlipwayError('FILE_NOT_FOUND', `token file ${path}: ${(err as Error).message}`);
-  }
-  if (token.length < 16) throw new SlipwayError('INVALID_ARGUMENT', `token file ${path}: the token must be at least 16 characters`);
-  return token;
 }
 
 function bearerMatches(header: string | null, token: string): boolean {
@@ -184,18 +174,4 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       return closing;
     },
   };
-}
-
-/** Where the daemon listens by default: $SLIPWAY_DAEMON_SOCKET, else in $XDG_RUNTIME_DIR, else /run/slipway (root) or the state directory. */
-export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.SLIPWAY_DAEMON_SOCKET) return env.SLIPWAY_DAEMON_SOCKET;
-  if (env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, 'slipway', 'slipway.sock');
-  if (process.getuid?.() === 0) return '/run/slipway/slipway.sock';
-  return join(defaultStateDir(env), 'slipway.sock');
-}
-
-export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.SLIPWAY_STATE_DIR) return env.SLIPWAY_STATE_DIR;
-  if (process.getuid?.() === 0) return '/var/lib/slipway';
-  return join(env.XDG_STATE_HOME ?? join(env.HOME ?? '/tmp', '.local', 'state'), 'slipway');
 }

@@ -25,6 +25,9 @@ import { DiskTier, type DiskTierStats } from './disk-tier.js';
 import { RemoteTier, type RemoteStats } from './remote-tier.js';
 import { openLazyDisk, type LazyDisk, type OpenDiskOptions } from './lazy-disk.js';
 
+/** Decodes done inline before the worker threads are started (a small boot needs no threads). */
+const INLINE_DECODES = 32;
+
 export interface CacheStats {
   memory: { chunks: number; bytes: number; budgetBytes: number; hits: number };
   disk: DiskTierStats & { hits: number; corruptions: number };
@@ -45,6 +48,7 @@ export class ChunkCache {
   readonly logger: Logger;
   private poolInstance: WorkerPool | undefined;
   private inlineCodec: ChunkCodec | undefined;
+  private inlineDecodes = 0;
   private poolWarm: Promise<void> | undefined;
   private poolReady = false;
   readonly targets: Targets;
@@ -102,16 +106,20 @@ export class ChunkCache {
   }
 
   /**
-   * Decompress and verify a chunk. The worker threads start on the first decode; until they have
-   * booted (~100 ms of module loading each), decodes run inline, so the first chunks of a cold
-   * disk never wait for threads.
+   * Decompress and verify a chunk. The worker threads start after the first INLINE_DECODES
+   * decodes (or at `warmUp`); until they have booted (~100 ms of module loading each), decodes run
+   * inline, so no chunk ever waits for threads.
    */
   async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Decoded> {
-    const pool = this.pool;
+    // a small cold boot needs a few chunks: decoded inline, without starting threads that would
+    // take CPU from the booting VM; past that the threads start, and until they answer decodes
+    // still run inline
+    if (!this.poolReady && (this.poolInstance || ++this.inlineDecodes > INLINE_DECODES)) void this.pool;
     if (!this.poolReady) {
       this.inlineCodec ??= new ChunkCodec();
       return { data: this.inlineCodec.decode(stored, flags, length, digest, what), persisted: false };
     }
+    const pool = this.pool;
     // the worker also writes the chunk's tier-1 file, so the event loop does no file I/O for it
     const hex = digest.toString('hex');
     return pool.decode(stored, flags, length, digest, what, { tmpPath: this.disk.tempPath(hex), finalPath: this.disk.chunkPath(hex) });

@@ -5,7 +5,7 @@
  * $SLIPWAY_API_TOKEN.
  */
 import { existsSync } from 'node:fs';
-import { defaultSocketPath, defaultStateDir, readTokenFile, startDaemon } from '../api/daemon.js';
+import { defaultSocketPath, defaultStateDir, readTokenFile } from '../api/location.js';
 import { SlipwayClient } from '../client/index.js';
 import { loadConfig } from '../config.js';
 import { SlipwayError } from '../errors.js';
@@ -40,6 +40,8 @@ export async function daemonCommand(argv: string[], io: CommandIO): Promise<numb
     ...(values['max-boots'] ? { maxConcurrentBoots: Math.max(1, parseNonNegativeInt(values['max-boots'], '--max-boots')) } : {}),
     ...(values['max-vms'] ? { maxVms: Math.max(1, parseNonNegativeInt(values['max-vms'], '--max-vms')) } : {}),
   };
+  // the server side (hono, zod, SQLite state) is loaded only by the daemon itself
+  const { startDaemon } = await import('../api/daemon.js');
   const daemon = await startDaemon({
     config: loadConfig(process.env, values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {}),
     logger,

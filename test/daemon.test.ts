@@ -74,6 +74,8 @@ afterAll(async () => {
     // clean up every VM a test left, then stop
     for (const vm of await d.client.listVms().catch(() => [])) await d.client.deleteVm(vm.id).catch(() => undefined);
     await d.stop().catch(() => undefined);
+    // and whatever a failed test left running with no daemon to own it (VMMs and backends run detached)
+    for (const pid of processesWith(d.stateDir)) process.kill(pid, 'SIGKILL');
   }
   await targets.close();
   await registry?.stop();

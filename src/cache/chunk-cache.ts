@@ -97,11 +97,13 @@ export class ChunkCache {
   }
 
   /**
-   * Start the worker threads now and wait until they answer: a long-running daemon does this at
-   * start, so that the first cold disk does not wait for threads to boot.
+   * Get ready for heavy work, as a long-running daemon does at start: start the worker threads and
+   * wait until they answer, and make tier 1's chunk directories, so that the first cold disk waits
+   * for neither.
    */
   async warmUp(): Promise<void> {
     void this.pool;
+    this.disk.makePrefixDirs();
     await this.poolWarm;
   }
 

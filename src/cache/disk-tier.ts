@@ -76,12 +76,6 @@ export class DiskTier {
     this.tmpDir = join(opts.cacheDir, 'tmp');
     this.inflightDir = join(opts.cacheDir, 'inflight');
     mkdirSync(this.chunkDir, { recursive: true });
-    const present = new Set(readdirSync(this.chunkDir));
-    for (let i = 0; i < 256; i++) {
-      const prefix = i.toString(16).padStart(2, '0');
-      // recursive: another process sharing the directory may be making the same ones
-      if (!present.has(prefix)) mkdirSync(join(this.chunkDir, prefix), { recursive: true });
-    }
     mkdirSync(this.tmpDir, { recursive: true });
     mkdirSync(this.inflightDir, { recursive: true });
     try {
@@ -239,6 +233,20 @@ export class DiskTier {
     return this.adopt(digestHex, data.byteLength);
   }
 
+  /**
+   * Make the 256 chunk prefix directories now (a long-running daemon does, at start): otherwise
+   * each is made by the first chunk that needs it, which a one-shot command prefers (256 mkdirs
+   * cost tens of milliseconds on some file systems).
+   */
+  makePrefixDirs(): void {
+    const present = new Set(readdirSync(this.chunkDir));
+    for (let i = 0; i < 256; i++) {
+      const prefix = i.toString(16).padStart(2, '0');
+      // recursive: another process sharing the directory may be making the same ones
+      if (!present.has(prefix)) mkdirSync(join(this.chunkDir, prefix), { recursive: true });
+    }
+  }
+
   /** A temp path in this cache's tmp directory for a chunk file written elsewhere (a worker thread). */
   tempPath(digestHex: string): string {
     return join(this.tmpDir, `${digestHex}.${process.pid}.${randomBytes(4).toString('hex')}`);
@@ -304,7 +312,7 @@ export class DiskTier {
       try {
         await rename(tmp, finalPath);
       } catch (err) {
-        // the 256 prefix directories are made at open; one removed since is made again
+        // a prefix directory is made by the first chunk that needs it
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
         await mkdir(join(this.chunkDir, digestHex.slice(0, 2)), { recursive: true });
         await rename(tmp, finalPath);

@@ -159,6 +159,16 @@ describe('the daemon', () => {
     await d.kill();
     await new Promise((r) => setTimeout(r, 500));
     expect(processesWith(join('vms', vm.id)).sort()).toEqual([...procs].sort());
+    // while no daemon runs, the backend's pins hold: evicting everything evictable from the cache
+    // directory (another slipway process) leaves the running VM's chunks in place
+    const gc = captureIO();
+    expect(await main(['cache', 'gc', '--max-size', '0', '--cache-dir', d.cacheDir], gc), gc.err).toBe(0);
+    const stats = captureIO();
+    expect(await main(['cache', 'stats', '--cache-dir', d.cacheDir], stats)).toBe(0);
+    const disk = (JSON.parse(stats.out) as { disk: { chunks: number; pinnedChunks: number; holders: number } }).disk;
+    expect(disk.holders).toBe(1);
+    expect(disk.pinnedChunks).toBeGreaterThan(0);
+    expect(disk.chunks).toBeGreaterThan(0);
     // while no daemon runs, the guest and its disk go on: reach its agent directly and read files
     const direct = await waitForAgent(() => new Promise<Duplex>((resolve, reject) => {
       const sock = connect(join(d.stateDir, 'vms', vm.id, 'agent.sock'));

@@ -373,16 +373,17 @@ export class DiskTier {
   }
 
   /**
-   * Pin a disk's chunks for as long as this process lives (or until `unpin`): eviction skips
-   * them. Returns the holder id to unpin with.
+   * Pin a disk's chunks for as long as process `pid` lives (this one by default) or until `unpin`:
+   * eviction skips them. Pins held for another process (a disk backend that outlives the daemon)
+   * are not dropped when this cache closes. Returns the holder id to unpin with.
    */
-  pin(label: string, digestsHex: Iterable<string>): string {
-    const holder = `${process.pid}-${randomBytes(6).toString('hex')}`;
+  pin(label: string, digestsHex: Iterable<string>, pid = process.pid): string {
+    const holder = `${pid}-${randomBytes(6).toString('hex')}`;
     this.db.transaction(() => {
-      this.stmts.addHolder.run(holder, process.pid, label, Date.now());
+      this.stmts.addHolder.run(holder, pid, label, Date.now());
       for (const d of digestsHex) this.stmts.pin.run(holder, d);
     })();
-    this.holders.add(holder);
+    if (pid === process.pid) this.holders.add(holder);
     return holder;
   }
 

@@ -109,8 +109,16 @@ export class LazyDisk {
   }
 
   pin(): void {
-    const digests = new Set(this.artifact.index.entries.map((e) => e.digest.toString('hex')));
-    this.pinHolder = this.cache.disk.pin(`${this.reference}@${this.digest}`, digests);
+    this.pinHolder = this.cache.disk.pin(`${this.reference}@${this.digest}`, this.chunkDigests());
+  }
+
+  /** Pin this disk's chunks for as long as process `pid` lives (its detached backend). */
+  pinFor(pid: number, label: string): string {
+    return this.cache.disk.pin(`${label} ${this.reference}@${this.digest}`, this.chunkDigests(), pid);
+  }
+
+  private chunkDigests(): Set<string> {
+    return new Set(this.artifact.index.entries.map((e) => e.digest.toString('hex')));
   }
 
   startProfile(): void {

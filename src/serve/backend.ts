@@ -117,7 +117,14 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
     await disk.close();
     throw err;
   }
-  return servedDisk({ disk, socket: opts.socket, overlayDir, miss, mapPath, pid: backend.pid ?? -1, exited, log: readLog, kill: (sig) => backend.kill(sig), running: () => backend.exitCode === null && backend.signalCode === null });
+  // a detached backend reads chunk files while no daemon holds the disk open: pin them in its name
+  const backendPin = opts.detached && backend.pid ? disk.pinFor(backend.pid, 'backend') : undefined;
+  const served = servedDisk({ disk, socket: opts.socket, overlayDir, miss, mapPath, pid: backend.pid ?? -1, exited, log: readLog, kill: (sig) => backend.kill(sig), running: () => backend.exitCode === null && backend.signalCode === null });
+  if (!backendPin) return served;
+  return { ...served, close: async () => {
+    await served.close();
+    opts.cache.disk.unpin(backendPin);
+  } };
 }
 
 /**

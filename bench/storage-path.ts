@@ -120,16 +120,13 @@ async function main(): Promise<void> {
 
     const slipwayCold = async (host: string, repo: string, useProfile: boolean): Promise<{ ms: number; fetched: number }> => {
       const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'cache-')) }), logger: silentLogger });
-      // the daemon starts its decode threads when it starts, not when the first disk opens
+      // the daemon starts its decode threads (and makes tier 1's directories) when it starts, not
+      // when the first disk opens
       await cache.warmUp();
       const served = await serveDisk({ cache, ref: `${host}/bench/${repo}:v1`, socket: join(work, `s-${Date.now()}.sock`), workDir: mkdtempSync(join(work, 'serve-')), readWrite: false, openOptions: { useProfile } });
       try {
-        const t0 = performance.now();
-        let settled = 0;
-        void served.disk.settle().then(() => { settled = performance.now() - t0; });
         const r = await frontend(['replay', served.socket, trace]);
         await served.disk.settle();
-        if (process.env.XDEBUG) console.error('replay', r.ms, 'prefetch settled at', settled, 'misses', served.miss.stats.requests, JSON.stringify(served.disk.stats));
         return { ms: r.ms as number, fetched: cache.stats().remote.bytes };
       } finally {
         await served.close();

@@ -123,8 +123,9 @@ describe('the daemon', () => {
     const d2 = await daemon('two');
     const vm2 = await d2.client.createVm({ image: s1 });
     expect((await sh(d2.client, vm2.id, 'cat /root/file.txt')).out).toBe(`${secret}\n`);
-    const stats = (await d2.client.cache()) as { remote: { bytes: number } };
+    const stats = (await d2.client.cache()) as { remote: { bytes: number; chunks: number } };
     expect(stats.remote.bytes).toBeGreaterThan(0);
+    const freshBootChunks = stats.remote.chunks;
 
     // a snapshot of that snapshot chains: its base is s1
     await sh(d2.client, vm2.id, 'echo second > /root/second.txt && sync');
@@ -134,7 +135,13 @@ describe('the daemon', () => {
     const art2 = await openDiskArtifact(await targets.open(parseRef(s2)), 's2');
     expect(art2.manifest.subject?.digest).toBe(snap.digest);
     await d2.client.deleteVm(vm2.id);
+    // this host has the base's chunks cached: booting s2 fetches only chunks the snapshots added
+    const before = ((await d1.client.cache()) as { remote: { chunks: number } }).remote.chunks;
     const vm3 = await d1.client.createVm({ image: s2 });
+    const fetchedForS2 = ((await d1.client.cache()) as { remote: { chunks: number } }).remote.chunks - before;
+    expect(fetchedForS2).toBeLessThanOrEqual(snap.newChunks + snap2.newChunks);
+    // ...fewer than the same kind of boot on an empty cache (host two's boot of s1)
+    expect(fetchedForS2).toBeLessThan(freshBootChunks);
     expect((await sh(d1.client, vm3.id, 'cat /root/file.txt /root/second.txt')).out).toBe(`${secret}\nsecond\n`);
     await d1.client.deleteVm(vm3.id);
   });

@@ -13,6 +13,7 @@ import { loadConfig } from '../src/config.js';
 import { HOLE } from '../src/disk/format.js';
 import { pushDisk } from '../src/disk/push.js';
 import { Targets } from '../src/oci/open.js';
+import { RegistryClient } from '../src/oci/registry/transport.js';
 import { parseRef } from '../src/oci/ref.js';
 import { silentLogger } from '../src/util/log.js';
 import { WorkerPool } from '../src/workers/pool.js';
@@ -174,5 +175,17 @@ describe('boot profiles', () => {
     for (const n of order) await again.read(n * CHUNK, 512);
     expect(cold.stats().remote.requests).toBe(requestsAfterPrefetch);
     await cold.close();
+  });
+});
+
+describe('plain HTTP registries', () => {
+  it('plainHttpRegistries (and SLIPWAY_PLAIN_HTTP_REGISTRIES) make those hosts plain HTTP, others keep TLS', () => {
+    const config = loadConfig({ SLIPWAY_PLAIN_HTTP_REGISTRIES: 'mirror.rack-a:5000, mirror.rack-b:5000', HOME: '/nonexistent' }, { cacheDir: tempDir('slipway-plain-') });
+    expect(config.plainHttpRegistries).toEqual(['mirror.rack-a:5000', 'mirror.rack-b:5000']);
+    const opts = { plainHttpHosts: config.plainHttpRegistries };
+    expect(new RegistryClient('mirror.rack-a:5000', opts).origin).toBe('http://mirror.rack-a:5000');
+    expect(new RegistryClient('registry.example.com', opts).origin).toBe('https://registry.example.com');
+    expect(new RegistryClient('mirror.rack-a:5001', opts).origin).toBe('https://mirror.rack-a:5001');
+    expect(new RegistryClient('127.0.0.1:5000', {}).origin).toBe('http://127.0.0.1:5000');
   });
 });

@@ -3,6 +3,7 @@
  * with a bearer token. Errors come back as SlipwayError with the daemon's stable code, so a
  * scheduler can tell "no such VM" from "over the limit" from "the registry is down".
  */
+import { StringDecoder } from 'node:string_decoder';
 import { Agent, request, type Dispatcher } from 'undici';
 import { ERROR_CODES, SlipwayError, type ErrorCode } from '../errors.js';
 import type { CreateVmRequest, ExecRequest, SnapshotResult, VmInfo } from '../api/schemas.js';
@@ -126,15 +127,17 @@ export class SlipwayClient {
         if (collect) err.push(data);
       }
     };
+    // a multi-byte character may be split between two network chunks: decode as a stream
+    const decoder = new StringDecoder('utf8');
     for await (const chunk of res.body) {
-      pending += (chunk as Buffer).toString('utf8');
+      pending += decoder.write(chunk as Buffer);
       let nl;
       while ((nl = pending.indexOf('\n')) >= 0) {
         handle(pending.slice(0, nl));
         pending = pending.slice(nl + 1);
       }
     }
-    handle(pending);
+    handle(pending + decoder.end());
     if (!exit) throw new SlipwayError('DAEMON_UNREACHABLE', `exec in ${id}: the stream ended without an exit status`);
     return { ...exit, stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
   }

@@ -5,10 +5,10 @@
  * layer (app.ts) only validates and translates; everything a VM is lives here and in state.ts.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChunkCache } from '../cache/chunk-cache.js';
-import { pushSnapshot, readDirtyBitmap, removeStaging, stageDirtyChunks } from '../disk/snapshot.js';
+import { pushSnapshot, readDirtyBitmap, removeStaging, seedChunks, stageDirtyChunks } from '../disk/snapshot.js';
 import { SlipwayError } from '../errors.js';
 import { AgentClient, waitForAgent } from '../guest/agent-client.js';
 import { renderBootConfig, type BootConfig } from '../guest/boot-config.js';
@@ -82,6 +82,10 @@ export class VmManager {
   /** failed backend chunk fetches of VMs already removed */
   private missFailuresOfRemoved = 0;
   private readonly bootQueue: (() => void)[] = [];
+
+  private get stagingDir(): string {
+    return join(this.deps.stateDir, 'staging');
+  }
 
   constructor(private readonly deps: { cache: ChunkCache; state: StateStore; logger: Logger; metrics: VmMetrics; limits: VmLimits; stateDir: string; drivers?: Partial<Record<VmRecord['vmm'], VmmDriver>> }) {}
 
@@ -307,7 +311,10 @@ export class VmManager {
     l.busy = 'snapshot';
     const log = this.deps.logger.child({ vm: id, snapshot: ref });
     const t0 = performance.now();
-    const staging = join(l.record.workDir, `snapshot-${randomBytes(4).toString('hex')}.staging`);
+    // outside the VM's work directory: the copy outlives a delete that follows the snapshot
+    const staging = join(this.stagingDir, `${id}-${randomBytes(4).toString('hex')}.staging`);
+    await mkdir(this.stagingDir, { recursive: true, mode: 0o700 });
+    let seeding: Promise<unknown> | undefined;
     try {
       const overlayDir = l.served.overlayDir;
       if (!overlayDir) throw new SlipwayError('CONFLICT', `VM ${id} has a read-only disk: nothing to snapshot`);
@@ -340,13 +347,19 @@ export class VmManager {
         timings: { quiesceMs: Math.round(tFrozen - t0), stageMs: Math.round(tThawed - tFrozen), pushMs: Math.round(tDone - tThawed), totalMs: Math.round(tDone - t0) },
       };
       log.info('snapshot pushed', { ...out });
+      // after the answer: the snapshot's own chunks go into this host's tier 1, so booting it here
+      // fetches nothing (the staging file goes when that is done)
+      const cache = this.deps.cache;
+      seeding = seedChunks(staging, dirty, cache.pool, (hex, data) => cache.disk.put(hex, data))
+        .then((n) => log.info('snapshot chunks kept in the host cache', { chunks: n }), (err: unknown) => log.warn('could not keep the snapshot chunks in the host cache', { error: (err as Error).message }))
+        .finally(() => removeStaging(staging));
       return out;
     } catch (err) {
       this.deps.metrics.snapshots.inc({ result: 'failed' });
       log.warn('snapshot failed', { error: (err as Error).message });
       throw err;
     } finally {
-      await removeStaging(staging);
+      if (!seeding) await removeStaging(staging);
       l.busy = undefined;
     }
   }
@@ -396,6 +409,8 @@ export class VmManager {
   async adoptAll(): Promise<{ adopted: string[]; removed: string[] }> {
     const adopted: string[] = [];
     const removed: string[] = [];
+    // copies of snapshots an earlier daemon did not finish
+    await rm(this.stagingDir, { recursive: true, force: true });
     const { guest } = await guestArtifacts();
     for (const r of this.deps.state.all()) {
       let served: ServedDisk | undefined;
@@ -410,8 +425,6 @@ export class VmManager {
         this.deps.logger.warn('could not adopt a vm', { vm: r.id, error: (err as Error).message });
       }
       if (served && vm) {
-        // a snapshot the earlier daemon did not finish left its staging copy
-        for (const f of await readdir(r.workDir).catch(() => [] as string[])) if (f.endsWith('.staging')) await rm(join(r.workDir, f), { force: true });
         const l: LiveVm = { record: r, vm, served, agent: undefined, connecting: undefined, busy: undefined, thawOnConnect: true };
         this.live.set(r.id, l);
         this.watch(l);

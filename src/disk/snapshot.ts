@@ -81,7 +81,7 @@ export async function stageDirtyChunks(overlayData: string, dirty: DirtyBitmap, 
       await dst.truncate(dirty.sizeBytes);
       const buf = Buffer.allocUnsafe(dirty.chunkSizeBytes);
       for (const n of dirty.chunks) {
-        const len = chunkLength(index as never, n);
+        const len = chunkLength(index, n);
         const at = n * dirty.chunkSizeBytes;
         let got = 0;
         while (got < len) {
@@ -141,4 +141,32 @@ export async function pushSnapshot(opts: PushSnapshotOptions): Promise<PushResul
 
 export async function removeStaging(path: string): Promise<void> {
   await rm(path, { force: true });
+}
+
+/**
+ * Put a staged snapshot's chunks into a local chunk store (the host's tier 1), so that booting the
+ * snapshot on the host that took it fetches nothing: each chunk is named by the sha256 the worker
+ * computes here, as any chunk is. Zero chunks are holes and are skipped. Returns the chunks put.
+ */
+export async function seedChunks(staging: string, dirty: DirtyBitmap, pool: WorkerPool, put: (digestHex: string, data: Buffer) => Promise<boolean>): Promise<number> {
+  const index = { sizeBytes: dirty.sizeBytes, chunkSizeBytes: dirty.chunkSizeBytes };
+  const file = await open(staging, 'r').catch((err: unknown) => {
+    throw fromFsError(err, staging, 'snapshot staging file');
+  });
+  let seeded = 0;
+  try {
+    for (const n of dirty.chunks) {
+      const len = chunkLength(index, n);
+      // a buffer of its own: it is transferred to the worker and back
+      const buf = Buffer.allocUnsafeSlow(len);
+      const { bytesRead } = await file.read(buf, 0, len, n * dirty.chunkSizeBytes);
+      buf.fill(0, bytesRead);
+      const enc = await pool.encode(buf, 0);
+      if (enc.zero) continue;
+      if (await put(enc.digest.toString('hex'), enc.stored)) seeded++;
+    }
+  } finally {
+    await file.close();
+  }
+  return seeded;
 }

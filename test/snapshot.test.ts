@@ -31,7 +31,7 @@ import { openDiskArtifact, type DiskArtifact } from '../src/disk/artifact.js';
 import { HOLE, type IndexEntry } from '../src/disk/format.js';
 import { pullDisk } from '../src/disk/pull.js';
 import { pushDisk } from '../src/disk/push.js';
-import { pushSnapshot, readDirtyBitmap, stageDirtyChunks, DIRTY_MAGIC } from '../src/disk/snapshot.js';
+import { pushSnapshot, readDirtyBitmap, seedChunks, stageDirtyChunks, DIRTY_MAGIC } from '../src/disk/snapshot.js';
 import { SlipwayError } from '../src/errors.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
@@ -241,6 +241,26 @@ describe('stageDirtyChunks', () => {
     const expected2 = Buffer.alloc(g.sizeBytes);
     expected2.write('tail', 9 * (64 << 10), 'latin1');
     expect(staged2.equals(expected2)).toBe(true);
+  });
+});
+
+describe('seedChunks', () => {
+  it('puts each staged non-zero chunk under the sha256 of its bytes, skipping zero chunks', async () => {
+    const g: Geometry = { sizeBytes: 10 * (64 << 10) - 4096, chunkSizeBytes: 64 << 10, chunkCount: 10 };
+    const written = new Map<number, Buffer | null>([[1, chunkData(64 << 10, 0.5)], [4, null], [9, chunkData((64 << 10) - 4096, 1)]]);
+    const { data, dirty } = makeOverlay(join(work, 'seed'), g, written);
+    const bitmap = await readDirtyBitmap(dirty, g);
+    const staging = join(work, 'seed', 'staging');
+    await stageDirtyChunks(data, bitmap, staging);
+    const put = new Map<string, Buffer>();
+    const n = await seedChunks(staging, bitmap, pool, async (hex, bytes) => {
+      put.set(hex, Buffer.from(bytes));
+      return true;
+    });
+    expect(n).toBe(2);
+    const want = [written.get(1) as Buffer, written.get(9) as Buffer];
+    expect([...put.keys()].sort()).toEqual(want.map((b) => sha256(b).toString('hex')).sort());
+    for (const [hex, bytes] of put) expect(sha256(bytes).toString('hex')).toBe(hex);
   });
 });
 

@@ -259,6 +259,48 @@ describe('the daemon', () => {
     await d1.client.deleteVm(vm.id);
   });
 
+  it('survives exec clients that go away mid-stream, and one that stops reading has its command killed', async () => {
+    const vm = await d1.client.createVm({ image });
+    const request = (argv: string[]): string => {
+      const body = JSON.stringify({ argv });
+      return `POST /v1/vms/${vm.id}/exec HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+    };
+    // 1. a client that hangs up once the output has started
+    await new Promise<void>((resolve, reject) => {
+      const sock = connect(d1.socket, () => sock.write(request(['sh', '-c', 'echo started; exec sleep 30'])));
+      sock.on('data', (d: Buffer) => {
+        if (d.toString().includes('started')) {
+          sock.destroy();
+          resolve();
+        }
+      });
+      sock.on('error', reject);
+    });
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(d1.proc.exitCode).toBeNull();
+    expect((await d1.client.health()).ok).toBe(true);
+    // its command was killed with the stream
+    expect((await sh(d1.client, vm.id, 'ps | grep -c "[s]leep 30" || true')).out.trim()).toBe('0');
+
+    // 2. a client that stops reading while the guest writes without end: the daemon holds at most
+    // MAX_QUEUED_OUTPUT_BYTES for it, then kills the command and ends the stream with an error line
+    const text = await new Promise<string>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      const sock = connect(d1.socket, () => {
+        sock.write(request(['sh', '-c', 'yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef']));
+        sock.pause();
+        setTimeout(() => sock.resume(), 15_000);
+      });
+      sock.on('data', (d: Buffer) => chunks.push(d));
+      sock.on('end', () => resolve(Buffer.concat(chunks).toString()));
+      sock.on('error', reject);
+    });
+    // (the body is chunked: the error line is the last line of NDJSON before the final chunk)
+    expect(text).toMatch(/"code":"LIMIT_EXCEEDED"[^\n]*the command was killed[^\n]*\n(\r\n)?0\r\n\r\n$/);
+    expect((await sh(d1.client, vm.id, 'ps | grep -c "[y]es 0123" || true')).out.trim()).toBe('0');
+    await d1.client.deleteVm(vm.id);
+  });
+
   it('rejects malformed and oversized requests with a 4xx naming what was wrong, and stays up', async () => {
     const cases: [string, 'GET' | 'POST' | 'DELETE', string, string | undefined, number, string, RegExp][] = [
       ['not JSON', 'POST', '/v1/vms', '{"image":', 400, 'INVALID_ARGUMENT', /not JSON/],

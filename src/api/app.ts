@@ -59,6 +59,9 @@ function vmId(c: Context): string {
   return id;
 }
 
+/** Exec output queued for a client that does not read it, before the command is killed. */
+export const MAX_QUEUED_OUTPUT_BYTES = 16 << 20;
+
 const limit = (maxSize: number) =>
   bodyLimit({ maxSize, onError: (c) => c.json(errorBody('LIMIT_EXCEEDED', `the body is over ${maxSize} bytes`), 413) });
 
@@ -96,7 +99,7 @@ export function buildApp(deps: AppDeps): Hono {
   app.post('/v1/vms', limit(MAX_BODY_BYTES), async (c) => {
     const body = await parseBody(c, CreateVmBody);
     checkRequestRef(body.image, 'image');
-    const info = await vms.create(body);
+    const info = await vms.create(body, c.req.raw.signal);
     return c.json(info, 201);
   });
   app.get('/v1/vms', (c) => c.json({ vms: vms.list() }));
@@ -113,32 +116,59 @@ export function buildApp(deps: AppDeps): Hono {
     const abort = new AbortController();
     const signal = c.req.raw.signal;
     const encoder = new TextEncoder();
+    let closed = false;
     const stream = new ReadableStream<Uint8Array>({
       start(ctrl) {
         const write = (line: string): void => {
+          if (closed) return;
           try {
             ctrl.enqueue(encoder.encode(line));
           } catch {
+            closed = true;
             abort.abort();
+            return;
+          }
+          // a reader that does not keep up (or stopped reading) must not make the daemon hold a
+          // guest's output without bound: past the cap the command is killed, with an error line
+          if ((ctrl.desiredSize ?? 0) < -MAX_QUEUED_OUTPUT_BYTES) {
+            abort.abort();
+            const e = errorBody('LIMIT_EXCEEDED', `more than ${MAX_QUEUED_OUTPUT_BYTES} bytes of output waited for the client to read them; the command was killed`);
+            try {
+              ctrl.enqueue(encoder.encode(`${JSON.stringify(e)}\n`));
+              ctrl.close();
+            } catch {
+              // the client is gone
+            }
+            closed = true;
+          }
+        };
+        const end = (): void => {
+          if (closed) return;
+          closed = true;
+          try {
+            ctrl.close();
+          } catch {
+            // cancelled meanwhile
           }
         };
         signal?.addEventListener('abort', () => abort.abort(), { once: true });
         vms.exec(id, body, { stdout: (d) => write(outputLine('stdout', d)), stderr: (d) => write(outputLine('stderr', d)) }, abort.signal).then(
           (r) => {
             write(`${JSON.stringify({ exit: r })}\n`);
-            ctrl.close();
+            end();
           },
           (err: unknown) => {
             const e = isSlipwayError(err) ? err : new SlipwayError('IO_ERROR', (err as Error)?.message ?? String(err));
             write(`${JSON.stringify(errorBody(e.code, e.message))}\n`);
-            ctrl.close();
+            end();
           },
-        );
+        ).catch((err: unknown) => deps.logger.warn('exec stream', { vm: id, error: (err as Error)?.message }));
       },
       cancel() {
+        closed = true;
         abort.abort();
       },
-    });
+    }, new ByteLengthQueuingStrategy({ highWaterMark: 1 << 20 }));
     return c.body(stream, 200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
   });
 

@@ -86,7 +86,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       return '';
     }
   })(), 10);
-  if (Number.isInteger(holder) && holder !== process.pid && processRunning(holder) && processHasArgument(holder, 'daemon')) {
+  if (Number.isInteger(holder) && holder !== process.pid && processRunning(holder) && processHasArgument(holder, 'slipway') && processHasArgument(holder, 'daemon')) {
     throw new SlipwayError('CONFLICT', `another slipway daemon (pid ${holder}) uses the state directory ${opts.stateDir}`);
   }
   writeFileSync(pidFile, String(process.pid), { mode: 0o600 });
@@ -123,30 +123,41 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
 
   const app = buildApp({ vms, cache, metrics: registry, logger, version });
   const unixServer = createServer(getRequestListener(app.fetch));
-  mkdirSync(dirname(opts.socketPath), { recursive: true, mode: 0o700 });
-  rmSync(opts.socketPath, { force: true });
-  // the socket is created 0600 (umask), never world-connectable even for a moment
-  const oldMask = process.umask(0o177);
-  try {
-    await listen(unixServer, opts.socketPath);
-  } finally {
-    process.umask(oldMask);
-  }
-  chmodSync(opts.socketPath, 0o600);
-
   let tcpServer: Server | undefined;
   let tcpAddress: { host: string; port: number } | undefined;
-  if (opts.tcp) {
-    const token = opts.token as string;
-    tcpServer = createServer(getRequestListener((req) => {
-      if (!bearerMatches(req.headers.get('authorization'), token)) {
-        return new Response(JSON.stringify(errorBody('UNAUTHORIZED', 'this endpoint needs Authorization: Bearer <token>')), { status: 401, headers: { 'content-type': 'application/json', 'www-authenticate': 'Bearer realm="slipway"' } });
-      }
-      return app.fetch(req);
-    }));
-    await listen(tcpServer, opts.tcp);
-    const addr = tcpServer.address();
-    tcpAddress = addr && typeof addr === 'object' ? { host: addr.address, port: addr.port } : opts.tcp;
+  try {
+    mkdirSync(dirname(opts.socketPath), { recursive: true, mode: 0o700 });
+    rmSync(opts.socketPath, { force: true });
+    // the socket is created 0600 (umask), never world-connectable even for a moment
+    const oldMask = process.umask(0o177);
+    try {
+      await listen(unixServer, opts.socketPath);
+    } finally {
+      process.umask(oldMask);
+    }
+    chmodSync(opts.socketPath, 0o600);
+
+    if (opts.tcp) {
+      const token = opts.token as string;
+      tcpServer = createServer(getRequestListener((req) => {
+        if (!bearerMatches(req.headers.get('authorization'), token)) {
+          return new Response(JSON.stringify(errorBody('UNAUTHORIZED', 'this endpoint needs Authorization: Bearer <token>')), { status: 401, headers: { 'content-type': 'application/json', 'www-authenticate': 'Bearer realm="slipway"' } });
+        }
+        return app.fetch(req);
+      }));
+      await listen(tcpServer, opts.tcp);
+      const addr = tcpServer.address();
+      tcpAddress = addr && typeof addr === 'object' ? { host: addr.address, port: addr.port } : opts.tcp;
+    }
+  } catch (err) {
+    // could not listen (a socket path too long, a TCP port taken): leave nothing behind, VMs running
+    unixServer.close();
+    tcpServer?.close();
+    await vms.detachAll();
+    await cache.close();
+    state.close();
+    rmSync(pidFile, { force: true });
+    throw err;
   }
   logger.info('daemon listening', { socket: opts.socketPath, tcp: tcpAddress, stateDir: opts.stateDir, cacheDir: opts.config.cacheDir });
 

@@ -17,7 +17,7 @@ import { formatRef, parseRef } from '../oci/ref.js';
 import { adoptDisk, serveDisk, type ServedDisk } from '../serve/backend.js';
 import type { Logger } from '../util/log.js';
 import { logProgress } from '../util/progress.js';
-import { processHasArgument, processRunning, terminateProcess } from '../util/process.js';
+import { processesWithArgument, terminateProcess } from '../util/process.js';
 import { CloudHypervisorDriver } from '../vmm/cloud-hypervisor.js';
 import type { AgentEndpoint, NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { QemuDriver } from '../vmm/qemu.js';
@@ -53,11 +53,27 @@ interface LiveVm {
   agent: AgentClient | undefined;
   connecting: Promise<AgentClient> | undefined;
   busy: 'snapshot' | 'delete' | undefined;
+  /** the removal in progress, which a second delete waits for */
+  removing?: Promise<void>;
   /** adopted: an earlier daemon may have died between freezing the guest's file system and thawing it */
   thawOnConnect?: boolean;
 }
 
 const GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+/**
+ * How long the agent may take to answer: the guest is not trusted to answer at all, and nothing
+ * the daemon does may hang on it (a sync of a large dirty page cache is the slow one).
+ */
+const AGENT_TIMEOUTS = { spawnMs: 30_000, syncMs: 120_000, freezeMs: 60_000, shutdownMs: 5_000 };
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new SlipwayError('AGENT_PROTOCOL', `the guest agent did not answer ${what} within ${ms} ms`, { context: { reason: 'timeout' } })), ms);
+  });
+  return Promise.race([p, expired]).finally(() => clearTimeout(timer));
+}
 
 function toInfo(r: VmRecord): VmInfo {
   return { id: r.id, image: r.image, digest: r.digest, status: r.status, createdAt: new Date(r.createdAt).toISOString(), cpus: r.cpus, memoryMiB: r.memoryMiB, vmm: r.vmm, accel: r.accel, timings: r.timings };
@@ -76,6 +92,8 @@ export function checkRequestRef(text: string, field: string): string {
 
 export class VmManager {
   private readonly live = new Map<string, LiveVm>();
+  /** VMs left running by an earlier daemon that this one could not adopt */
+  private readonly unadopted = new Set<string>();
   private booting = 0;
   /** creates past the VM-count check whose row is not written yet */
   private reserved = 0;
@@ -99,18 +117,36 @@ export class VmManager {
     return { running: [...this.live.values()].filter((l) => l.record.status === 'running').length, booting: this.booting, queued: this.bootQueue.length };
   }
 
-  private async bootSlot(): Promise<() => void> {
+  /**
+   * A boot slot: at most maxConcurrentBoots at once, first come first served. A released slot is
+   * handed straight to the next waiter (never free for a moment, for a newcomer to take).
+   */
+  private async bootSlot(signal?: AbortSignal): Promise<() => void> {
     if (this.booting >= this.deps.limits.maxConcurrentBoots) {
       if (this.bootQueue.length >= this.deps.limits.maxQueuedBoots) throw new SlipwayError('LIMIT_EXCEEDED', `${this.booting} VMs are booting and ${this.bootQueue.length} wait: over the limit of ${this.deps.limits.maxQueuedBoots} queued boots`);
-      await new Promise<void>((resolve) => this.bootQueue.push(resolve));
+      await new Promise<void>((resolve, reject) => {
+        const waiter = (): void => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        const onAbort = (): void => {
+          const i = this.bootQueue.indexOf(waiter);
+          if (i >= 0) this.bootQueue.splice(i, 1);
+          reject(new SlipwayError('ABORTED', 'the client went away while its boot waited'));
+        };
+        signal?.addEventListener('abort', onAbort, { once: true });
+        this.bootQueue.push(waiter);
+      });
+    } else {
+      this.booting++;
     }
-    this.booting++;
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      this.booting--;
-      this.bootQueue.shift()?.();
+      const next = this.bootQueue.shift();
+      if (next) next();
+      else this.booting--;
     };
   }
 
@@ -132,7 +168,7 @@ export class VmManager {
   }
 
   /** Boot a VM and answer when its agent is ready, with the phase timings. */
-  async create(req: CreateVmRequest): Promise<VmInfo> {
+  async create(req: CreateVmRequest, signal?: AbortSignal): Promise<VmInfo> {
     const image = checkRequestRef(req.image, 'image');
     // counted and reserved at once, so concurrent creates cannot all slip under the limit
     if (this.deps.state.all().length + this.reserved >= this.deps.limits.maxVms) throw new SlipwayError('LIMIT_EXCEEDED', `this daemon runs at most ${this.deps.limits.maxVms} VMs`);
@@ -144,7 +180,7 @@ export class VmManager {
     };
     let release: () => void;
     try {
-      release = await this.bootSlot();
+      release = await this.bootSlot(signal);
     } catch (err) {
       unreserve();
       throw err;
@@ -211,6 +247,12 @@ export class VmManager {
       this.watch(l);
       this.deps.metrics.boots.inc({ result: 'ok' });
       log.info('vm booted', { image, digest: record.digest, timings });
+      if (signal?.aborted) {
+        // nobody is left to learn this VM's id: it would only count against the limit
+        log.warn('the client went away during the boot; removing the vm', {});
+        await this.remove(l);
+        throw new SlipwayError('ABORTED', 'the client went away during the boot');
+      }
       return toInfo(record);
     } catch (err) {
       this.deps.metrics.boots.inc({ result: 'failed' });
@@ -230,17 +272,18 @@ export class VmManager {
   /** When a VM's VMM or backend exits on its own, the VM is gone: clean up after it. */
   private watch(l: LiveVm): void {
     const id = l.record.id;
+    const failed = (err: unknown): void => this.deps.logger.error('removing a vm', { vm: id, error: (err as Error).message });
     void l.vm.exited.then(() => {
       if (this.live.get(id) !== l || l.busy === 'delete') return;
       this.deps.logger.warn('vm exited on its own; removing it', { vm: id });
-      void this.remove(l);
-    });
+      return this.remove(l);
+    }).catch(failed);
     void l.served.exited.then(() => {
       if (this.live.get(id) !== l || l.busy === 'delete') return;
       this.deps.metrics.backendErrors.inc({ kind: 'backend_exit' });
       this.deps.logger.warn('the disk backend of a vm exited; stopping the vm', { vm: id, log: l.served.log().slice(-2000) });
-      void this.remove(l);
-    });
+      return this.remove(l);
+    }).catch(failed);
   }
 
   private liveVm(id: string): LiveVm {
@@ -274,12 +317,12 @@ export class VmManager {
     const l = this.liveVm(id);
     if (l.busy === 'delete') throw new SlipwayError('CONFLICT', `VM ${id} is being deleted`);
     const agent = await this.agentOf(l);
-    const proc = await agent.spawn(req.argv, {
+    const proc = await withTimeout(agent.spawn(req.argv, {
       env: { PATH: GUEST_PATH, ...l.record.env, ...req.env },
       ...(req.cwd ? { cwd: req.cwd } : {}),
       ...(req.stdin !== undefined ? { stdin: req.stdin } : {}),
       onStdout: out.stdout, onStderr: out.stderr, collectOutput: false,
-    });
+    }), AGENT_TIMEOUTS.spawnMs, 'EXEC');
     let timedOut = false;
     const timer = req.timeoutMs ? setTimeout(() => {
       timedOut = true;
@@ -313,22 +356,30 @@ export class VmManager {
     const t0 = performance.now();
     // outside the VM's work directory: the copy outlives a delete that follows the snapshot
     const staging = join(this.stagingDir, `${id}-${randomBytes(4).toString('hex')}.staging`);
-    await mkdir(this.stagingDir, { recursive: true, mode: 0o700 });
     let seeding: Promise<unknown> | undefined;
     try {
+      await mkdir(this.stagingDir, { recursive: true, mode: 0o700 });
       const overlayDir = l.served.overlayDir;
       if (!overlayDir) throw new SlipwayError('CONFLICT', `VM ${id} has a read-only disk: nothing to snapshot`);
       const agent = await this.agentOf(l);
       const base = l.served.disk.artifact;
-      await agent.sync();
-      await agent.fsfreeze('/');
-      const tFrozen = performance.now();
+      await agent.sync({ timeoutMs: AGENT_TIMEOUTS.syncMs });
+      let tFrozen = performance.now();
       let dirty;
       try {
+        // inside the try: a freeze whose answer is lost may still have frozen the guest
+        await agent.fsfreeze('/', false, { timeoutMs: AGENT_TIMEOUTS.freezeMs });
+        tFrozen = performance.now();
         dirty = await readDirtyBitmap(join(overlayDir, 'dirty'), base.index);
         await stageDirtyChunks(join(overlayDir, 'data'), dirty, staging);
       } finally {
-        await agent.fsfreeze('/', true).catch((err: unknown) => log.error('could not thaw the guest file system', { error: (err as Error).message }));
+        await agent.fsfreeze('/', true, { timeoutMs: AGENT_TIMEOUTS.freezeMs }).catch((err: unknown) => {
+          // thawing something not frozen fails harmlessly; anything else: thaw on the next connection
+          log.error('could not thaw the guest file system; will again on the next agent connection', { error: (err as Error).message });
+          l.thawOnConnect = true;
+          l.agent?.close();
+          l.agent = undefined;
+        });
       }
       const tThawed = performance.now();
       log.info('snapshot staged', { dirtyChunks: dirty.chunks.length, frozenMs: Math.round(tThawed - tFrozen) });
@@ -360,7 +411,7 @@ export class VmManager {
       throw err;
     } finally {
       if (!seeding) await removeStaging(staging);
-      l.busy = undefined;
+      if (l.busy === 'snapshot') l.busy = undefined;
     }
   }
 
@@ -369,21 +420,29 @@ export class VmManager {
     if (!l) {
       const r = this.deps.state.get(id);
       if (!r) throw new SlipwayError('VM_NOT_FOUND', `no VM ${JSON.stringify(id)}`);
+      if (this.unadopted.has(id)) return this.removeUnadopted(r);
       throw new SlipwayError('CONFLICT', `VM ${id} is still booting`);
     }
     if (l.busy === 'snapshot') throw new SlipwayError('CONFLICT', `VM ${id} is being snapshotted`);
     await this.remove(l);
   }
 
-  /** Power the guest off (or kill it), stop its backend, drop its files and its row. */
-  private async remove(l: LiveVm): Promise<void> {
-    if (l.busy === 'delete') return;
+  /**
+   * Power the guest off (or kill it), stop its backend, drop its files and its row. A second call
+   * waits for the first one's work; nothing here waits on the guest for long.
+   */
+  private remove(l: LiveVm): Promise<void> {
+    l.removing ??= this.removeNow(l);
+    return l.removing;
+  }
+
+  private async removeNow(l: LiveVm): Promise<void> {
     l.busy = 'delete';
     const id = l.record.id;
-    this.deps.state.update(id, { status: 'stopping' });
     try {
+      this.deps.state.update(id, { status: 'stopping' });
       if (l.agent && !l.agent.failure) {
-        await l.agent.shutdown(false).catch(() => undefined);
+        await l.agent.shutdown(false, { timeoutMs: AGENT_TIMEOUTS.shutdownMs }).catch(() => undefined);
         const exited = await Promise.race([l.vm.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000).unref())]);
         if (!exited) await l.vm.kill(500);
       } else {
@@ -392,12 +451,25 @@ export class VmManager {
     } finally {
       l.agent?.close();
       this.missFailuresOfRemoved += l.served.miss.stats.failures;
-      await l.served.close().catch(() => undefined);
-      await rm(l.record.workDir, { recursive: true, force: true });
+      await l.served.close().catch((err: unknown) => this.deps.logger.warn('stopping a disk backend', { vm: id, error: (err as Error).message }));
+      await rm(l.record.workDir, { recursive: true, force: true }).catch((err: unknown) => this.deps.logger.warn('removing a vm work directory', { vm: id, error: (err as Error).message }));
       this.live.delete(id);
-      this.deps.state.delete(id);
+      try {
+        this.deps.state.delete(id);
+      } catch (err) {
+        this.deps.logger.error('could not delete a vm row; the next daemon will clean it up', { vm: id, error: (err as Error).message });
+      }
       this.deps.logger.info('vm removed', { vm: id });
     }
+  }
+
+  /** A VM an earlier daemon left that this one could not adopt: its own processes stopped, its files and row removed. */
+  private async removeUnadopted(r: VmRecord): Promise<void> {
+    for (const pid of processesWithArgument(r.workDir)) await terminateProcess(pid, 1000);
+    await rm(r.workDir, { recursive: true, force: true });
+    this.deps.state.delete(r.id);
+    this.unadopted.delete(r.id);
+    this.deps.logger.info('vm removed', { vm: r.id, unadopted: true });
   }
 
   /**
@@ -434,9 +506,18 @@ export class VmManager {
         continue;
       }
       await served?.close().catch(() => undefined);
-      // only processes that are still this VM's (their arguments name its work directory): after a
-      // reboot the recorded pids may be anyone's
-      for (const pid of [r.vmmPid, r.backendPid]) if (pid && processRunning(pid) && processHasArgument(pid, r.workDir)) await terminateProcess(pid, 1000);
+      // this VM's processes are found by their arguments (they name its work directory), not by
+      // recorded pids: a daemon that died mid-boot had not recorded them yet, and after a reboot
+      // a recorded pid may be anyone's
+      const own = processesWithArgument(r.workDir);
+      if (r.status === 'running' && own.length === 2) {
+        // both still run, but adopting them failed (the disk could not be reopened, say): the
+        // guest and its overlay are kept; a DELETE stops them, a later daemon may adopt them
+        this.unadopted.add(r.id);
+        this.deps.logger.error('a running vm could not be adopted; left running (DELETE removes it)', { vm: r.id });
+        continue;
+      }
+      for (const pid of own) await terminateProcess(pid, 1000);
       await rm(r.workDir, { recursive: true, force: true });
       this.deps.state.delete(r.id);
       removed.push(r.id);

@@ -51,6 +51,9 @@ export async function daemonCommand(argv: string[], io: CommandIO): Promise<numb
     ...(token ? { token } : {}),
     limits,
   });
+  // a daemon must outlive a bug in one request's handling: log it rather than die with every VM's
+  // miss server (the VMs themselves would run on, but their misses would fail until a restart)
+  process.on('unhandledRejection', (err) => logger.error('unhandled rejection', { error: (err as Error)?.stack ?? String(err) }));
   // one line on stdout when ready, for supervisors and tests: where it listens
   io.stdout.write(`${JSON.stringify({ ready: true, socket: daemon.socketPath, tcp: daemon.tcpAddress ?? null, pid: process.pid })}\n`);
   const why = await new Promise<string>((resolve) => {

@@ -554,18 +554,18 @@ export class AgentClient {
     }
   }
 
-  async sync(): Promise<void> {
-    expectType(await this.request(MessageType.SYNC, 0, Buffer.alloc(0)), MessageType.OK, 'SYNC');
+  async sync(opts: RequestOptions = {}): Promise<void> {
+    expectType(await this.request(MessageType.SYNC, 0, Buffer.alloc(0), opts), MessageType.OK, 'SYNC');
   }
 
   /** Freeze (or thaw) the filesystem mounted at `mountpoint` in the guest. */
-  async fsfreeze(mountpoint: string, thaw = false): Promise<void> {
-    expectType(await this.request(MessageType.FSFREEZE, thaw ? 1 : 0, encodeString(mountpoint, 'mount point')), MessageType.OK, 'FSFREEZE');
+  async fsfreeze(mountpoint: string, thaw = false, opts: RequestOptions = {}): Promise<void> {
+    expectType(await this.request(MessageType.FSFREEZE, thaw ? 1 : 0, encodeString(mountpoint, 'mount point'), opts), MessageType.OK, 'FSFREEZE');
   }
 
   /** Ask the guest to power off (or reboot); resolves when the agent has accepted. */
-  async shutdown(reboot = false): Promise<void> {
-    expectType(await this.request(MessageType.SHUTDOWN, reboot ? 1 : 0, Buffer.alloc(0)), MessageType.OK, 'SHUTDOWN');
+  async shutdown(reboot = false, opts: RequestOptions = {}): Promise<void> {
+    expectType(await this.request(MessageType.SHUTDOWN, reboot ? 1 : 0, Buffer.alloc(0), opts), MessageType.OK, 'SHUTDOWN');
   }
 
   /**

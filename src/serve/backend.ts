@@ -16,6 +16,9 @@ import { PROJECT_ROOT } from '../guest/build.js';
 import { writeDiskMap } from './disk-map.js';
 import { startMissServer, type MissServer } from './miss-server.js';
 
+/** How long slipway-blk may take to listen on its socket (it takes milliseconds). */
+const READY_TIMEOUT_MS = 30_000;
+
 export const BACKEND_BINARY = process.env.SLIPWAY_BLK ?? join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'slipway-blk');
 
 export interface ServeOptions {
@@ -94,19 +97,21 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   });
   const readLog = (): string => (fds ? fileTail(logPath, 64_000) : log);
   const exited = new Promise<number | null>((resolve) => backend.once('exit', (code) => resolve(code)));
+  let poll: NodeJS.Timeout | undefined;
+  let timer: NodeJS.Timeout | undefined;
   try {
     await new Promise<void>((resolve, reject) => {
       backend.once('error', (err) => reject(new SlipwayError('IO_ERROR', `cannot start ${binary}: ${err.message}`)));
       void exited.then((code) => reject(new SlipwayError('IO_ERROR', `slipway-blk exited at start (${code}): ${readLog().trim()}`)));
+      timer = setTimeout(() => {
+        backend.kill('SIGKILL');
+        reject(new SlipwayError('IO_ERROR', `slipway-blk did not get ready within ${READY_TIMEOUT_MS} ms: ${readLog().trim()}`));
+      }, READY_TIMEOUT_MS);
       if (fds) {
         // the ready line lands in backend.out
-        const poll = setInterval(() => {
-          if (fileTail(outPath, 4096).includes('\n')) {
-            clearInterval(poll);
-            resolve();
-          }
+        poll = setInterval(() => {
+          if (fileTail(outPath, 4096).includes('\n')) resolve();
         }, 10);
-        void exited.then(() => clearInterval(poll));
       } else {
         const lines = createInterface({ input: backend.stdout as NodeJS.ReadableStream });
         lines.once('line', () => resolve());
@@ -116,6 +121,9 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
     await miss.close();
     await disk.close();
     throw err;
+  } finally {
+    clearInterval(poll);
+    clearTimeout(timer);
   }
   // a detached backend reads chunk files while no daemon holds the disk open: pin them in its name
   const backendPin = opts.detached && backend.pid ? disk.pinFor(backend.pid, 'backend') : undefined;
@@ -140,15 +148,17 @@ export async function adoptDisk(opts: { cache: ChunkCache; ref: string; socket: 
   const pid = opts.pid;
   return servedDisk({
     disk, socket: opts.socket, overlayDir: opts.overlayDir, miss, mapPath: join(opts.workDir, 'disk.map'), pid,
-    exited: whenProcessGone(pid).then(() => null), log: () => fileTail(join(opts.workDir, 'backend.log'), 64_000),
+    exited: whenProcessGone(pid, opts.workDir).then(() => null), log: () => fileTail(join(opts.workDir, 'backend.log'), 64_000),
     kill: (sig) => {
+      // the pid is signalled only while it still is this VM's backend (after exit it may be reused)
+      if (!processHasArgument(pid, opts.workDir)) return;
       try {
         process.kill(pid, sig);
       } catch {
         // gone already
       }
     },
-    running: () => processRunning(pid),
+    running: () => processRunning(pid) && processHasArgument(pid, opts.workDir),
   });
 }
 

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 /** Whether a process exists (EPERM means it does, owned by someone else). */
 export function processAlive(pid: number): boolean {
@@ -33,11 +33,14 @@ export function processHasArgument(pid: number, marker: string): boolean {
   }
 }
 
-/** Resolves when a process that is not our child has gone (polled). */
-export function whenProcessGone(pid: number, intervalMs = 200): Promise<void> {
+/**
+ * Resolves when a process that is not our child has gone (polled); with `marker`, also when the
+ * pid no longer has it among its arguments (it was reused by another process).
+ */
+export function whenProcessGone(pid: number, marker?: string, intervalMs = 200): Promise<void> {
   return new Promise((resolve) => {
     const timer = setInterval(() => {
-      if (!processRunning(pid)) {
+      if (!processRunning(pid) || (marker !== undefined && !processHasArgument(pid, marker))) {
         clearInterval(timer);
         resolve();
       }
@@ -64,4 +67,15 @@ export async function terminateProcess(pid: number, graceMs = 2000): Promise<voi
     }
     while (processRunning(pid)) await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/** Running processes (zombies aside) with `marker` in one of their arguments (a VM's work directory). */
+export function processesWithArgument(marker: string): number[] {
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return [];
+  }
+  return entries.filter((e) => /^\d+$/.test(e)).map(Number).filter((pid) => pid !== process.pid && processHasArgument(pid, marker) && processRunning(pid));
 }

@@ -290,7 +290,7 @@ class CloudHypervisorVm implements RunningVm {
   constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, private readonly output: () => string) {
     this.agentEndpoint = { transport: 'hybrid-vsock', socket: chPaths(spec.workDir).vsockSocket };
     if (typeof child === 'number') {
-      this.exited = whenProcessGone(child).then(() => (this.exitInfo = { code: null, signal: null }));
+      this.exited = whenProcessGone(child, spec.workDir).then(() => (this.exitInfo = { code: null, signal: null }));
     } else {
       this.exited = new Promise((resolve) => {
         child.once('exit', (code, signal) => {
@@ -310,6 +310,8 @@ class CloudHypervisorVm implements RunningVm {
       this.child.kill(sig);
       return;
     }
+    // an adopted pid is signalled only while it still is this VM's (it may be reused)
+    if (!processHasArgument(this.child, this.spec.workDir)) return;
     try {
       process.kill(this.child, sig);
     } catch {

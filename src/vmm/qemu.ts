@@ -148,7 +148,7 @@ class QemuVm implements RunningVm {
   constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, readonly accel: 'kvm' | 'tcg', private readonly stderr: () => string, private readonly guestCid?: number) {
     this.agentEndpoint = guestCid !== undefined ? { transport: 'vsock', cid: guestCid } : { transport: 'virtio-serial', socket: join(spec.workDir, 'agent.sock') };
     if (typeof child === 'number') {
-      this.exited = whenProcessGone(child).then(() => (this.exitInfo = { code: null, signal: null }));
+      this.exited = whenProcessGone(child, spec.workDir).then(() => (this.exitInfo = { code: null, signal: null }));
     } else {
       this.exited = new Promise((resolve) => {
         child.once('exit', (code, signal) => {
@@ -204,7 +204,8 @@ class QemuVm implements RunningVm {
   async kill(graceMs = 2000): Promise<VmExit> {
     if (this.exitInfo) return this.exitInfo;
     if (typeof this.child === 'number') {
-      await terminateProcess(this.child, graceMs);
+      // an adopted pid is signalled only while it still is this VM's QEMU (it may be reused)
+      if (processHasArgument(this.child, this.spec.workDir)) await terminateProcess(this.child, graceMs);
       return this.exited;
     }
     const child = this.child;

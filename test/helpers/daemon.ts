@@ -4,10 +4,11 @@
  * prints one JSON line on stdout when it listens; its JSON logs go to a file kept for failures.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { openSync, closeSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { SlipwayClient } from '../../src/client/index.js';
+import { processesWithArgument } from '../../src/util/process.js';
 import { PROJECT_ROOT } from '../../src/guest/build.js';
 
 export interface TestDaemon {
@@ -88,26 +89,4 @@ export async function startTestDaemon(opts: DaemonStartOptions): Promise<TestDae
 }
 
 /** Processes whose command line mentions `marker` (a VM's work directory): its VMM and backend. */
-export function processesWith(marker: string): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSafe('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmd = readFileSync(`/proc/${entry}/cmdline`, 'latin1');
-      const stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
-      if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z') continue;
-      if (cmd.includes(marker)) out.push(Number(entry));
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
-
-function readdirSafe(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
-}
+export const processesWith = processesWithArgument;

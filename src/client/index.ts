@@ -94,8 +94,11 @@ export class SlipwayClient {
     return this.call('GET', '/v1/cache');
   }
 
-  metrics(): Promise<string> {
-    return this.send('GET', '/metrics').then((r) => r.body.text());
+  async metrics(): Promise<string> {
+    const res = await this.send('GET', '/metrics');
+    const text = await res.body.text();
+    if (res.statusCode >= 400) throw toError(res.statusCode, text, 'GET /metrics');
+    return text;
   }
 
   /**
@@ -129,13 +132,18 @@ export class SlipwayClient {
     };
     // a multi-byte character may be split between two network chunks: decode as a stream
     const decoder = new StringDecoder('utf8');
-    for await (const chunk of res.body) {
-      pending += decoder.write(chunk as Buffer);
-      let nl;
-      while ((nl = pending.indexOf('\n')) >= 0) {
-        handle(pending.slice(0, nl));
-        pending = pending.slice(nl + 1);
+    try {
+      for await (const chunk of res.body) {
+        pending += decoder.write(chunk as Buffer);
+        let nl;
+        while ((nl = pending.indexOf('\n')) >= 0) {
+          handle(pending.slice(0, nl));
+          pending = pending.slice(nl + 1);
+        }
       }
+    } catch (err) {
+      if (err instanceof SlipwayError) throw err;
+      throw new SlipwayError('DAEMON_UNREACHABLE', `exec in ${id}: the stream broke before the exit status: ${(err as Error).message}`, { cause: err });
     }
     handle(pending + decoder.end());
     if (!exit) throw new SlipwayError('DAEMON_UNREACHABLE', `exec in ${id}: the stream ended without an exit status`);

@@ -13,7 +13,7 @@ import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import { startChaosProxy, type ChaosProxy } from './helpers/chaos-proxy.js';
 import { captureIO } from './helpers/cli.js';
-import { processesWith, startTestDaemon, type TestDaemon } from './helpers/daemon.js';
+import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { tempDir } from './helpers/images.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
 
@@ -46,11 +46,7 @@ beforeAll(async () => {
 }, 1_800_000);
 
 afterAll(async () => {
-  for (const d of daemons) {
-    for (const vm of await d.client.listVms().catch(() => [])) await d.client.deleteVm(vm.id).catch(() => undefined);
-    await d.stop().catch(() => undefined);
-    for (const pid of processesWith(d.stateDir)) process.kill(pid, 'SIGKILL');
-  }
+  for (const d of daemons) await d.dispose();
   await mirror?.stop();
   await originFront?.stop();
   await origin?.stop();

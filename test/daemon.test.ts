@@ -70,13 +70,7 @@ beforeAll(async () => {
 }, 1_800_000);
 
 afterAll(async () => {
-  for (const d of daemons) {
-    // clean up every VM a test left, then stop
-    for (const vm of await d.client.listVms().catch(() => [])) await d.client.deleteVm(vm.id).catch(() => undefined);
-    await d.stop().catch(() => undefined);
-    // and whatever a failed test left running with no daemon to own it (VMMs and backends run detached)
-    for (const pid of processesWith(d.stateDir)) process.kill(pid, 'SIGKILL');
-  }
+  for (const d of daemons) await d.dispose();
   await targets.close();
   await registry?.stop();
 });

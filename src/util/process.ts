@@ -1,3 +1,4 @@
+import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 
 /** Whether a process exists (EPERM means it does, owned by someone else). */
@@ -78,4 +79,13 @@ export function processesWithArgument(marker: string): number[] {
     return [];
   }
   return entries.filter((e) => /^\d+$/.test(e)).map(Number).filter((pid) => pid !== process.pid && processHasArgument(pid, marker) && processRunning(pid));
+}
+
+/**
+ * How a process ends: a child's exit code and signal, or, for a pid adopted from an earlier
+ * process (not our child), nulls once it is gone or no longer has `marker` among its arguments.
+ */
+export function processExit(child: ChildProcess | number, marker: string): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  if (typeof child === 'number') return whenProcessGone(child, marker).then(() => ({ code: null, signal: null }));
+  return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
 }

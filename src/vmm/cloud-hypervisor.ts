@@ -31,7 +31,7 @@ import { FW_CFG_NAME } from '../guest/boot-config.js';
 import type { AgentEndpoint, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { kernelCmdline } from './qemu.js';
 import { fileTail } from '../util/file-tail.js';
-import { processHasArgument, processRunning, whenProcessGone } from '../util/process.js';
+import { processExit, processHasArgument, processRunning } from '../util/process.js';
 
 export const CH_API_BASE = '/api/v1';
 /** The vsock port slipway-agent listens on (docs/agent-protocol.md). */
@@ -289,16 +289,7 @@ class CloudHypervisorVm implements RunningVm {
   /** `child` is the CH we started; a pid alone is one adopted after a daemon restart. */
   constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, private readonly output: () => string) {
     this.agentEndpoint = { transport: 'hybrid-vsock', socket: chPaths(spec.workDir).vsockSocket };
-    if (typeof child === 'number') {
-      this.exited = whenProcessGone(child, spec.workDir).then(() => (this.exitInfo = { code: null, signal: null }));
-    } else {
-      this.exited = new Promise((resolve) => {
-        child.once('exit', (code, signal) => {
-          this.exitInfo = { code, signal };
-          resolve(this.exitInfo);
-        });
-      });
-    }
+    this.exited = processExit(child, spec.workDir).then((e) => (this.exitInfo = e));
   }
 
   get pid(): number {

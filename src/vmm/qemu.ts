@@ -16,7 +16,7 @@ import { SlipwayError } from '../errors.js';
 import { FW_CFG_NAME } from '../guest/boot-config.js';
 import type { AgentEndpoint, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { fileTail } from '../util/file-tail.js';
-import { processHasArgument, processRunning, terminateProcess, whenProcessGone } from '../util/process.js';
+import { processExit, processHasArgument, processRunning, terminateProcess } from '../util/process.js';
 
 export const QEMU_BINARY = process.env.SLIPWAY_QEMU ?? 'qemu-system-x86_64';
 /** qboot: a minimal firmware that jumps straight to the kernel (SeaBIOS spends far longer). */
@@ -147,16 +147,7 @@ class QemuVm implements RunningVm {
   /** `child` is the QEMU we started; a pid alone is one adopted after a daemon restart. */
   constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, readonly accel: 'kvm' | 'tcg', private readonly stderr: () => string, private readonly guestCid?: number) {
     this.agentEndpoint = guestCid !== undefined ? { transport: 'vsock', cid: guestCid } : { transport: 'virtio-serial', socket: join(spec.workDir, 'agent.sock') };
-    if (typeof child === 'number') {
-      this.exited = whenProcessGone(child, spec.workDir).then(() => (this.exitInfo = { code: null, signal: null }));
-    } else {
-      this.exited = new Promise((resolve) => {
-        child.once('exit', (code, signal) => {
-          this.exitInfo = { code, signal };
-          resolve(this.exitInfo);
-        });
-      });
-    }
+    this.exited = processExit(child, spec.workDir).then((e) => (this.exitInfo = e));
   }
 
   get pid(): number {

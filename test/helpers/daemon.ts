@@ -25,6 +25,8 @@ export interface TestDaemon {
   kill(): Promise<void>;
   /** SIGTERM: a clean stop (VMs stay running unless the daemon was told otherwise) */
   stop(): Promise<void>;
+  /** For afterAll: delete every VM, stop, and kill whatever a failed test left running detached. */
+  dispose(): Promise<void>;
 }
 
 export interface DaemonStartOptions {
@@ -84,6 +86,14 @@ export async function startTestDaemon(opts: DaemonStartOptions): Promise<TestDae
       await client.close().catch(() => undefined);
       if (proc.exitCode === null) proc.kill('SIGTERM');
       await exited;
+    },
+    async dispose() {
+      if (proc.exitCode === null) {
+        for (const vm of await client.listVms().catch(() => [])) await client.deleteVm(vm.id).catch(() => undefined);
+      }
+      await this.stop().catch(() => undefined);
+      // VMMs and backends run detached: a failed test may leave some with no daemon to own them
+      for (const pid of processesWithArgument(stateDir)) process.kill(pid, 'SIGKILL');
     },
   };
 }

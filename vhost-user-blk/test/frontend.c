@@ -336,6 +336,55 @@ static void verify_check(struct verify_worker *w, struct slot *s, uint32_t used_
 	w->bytes += s->len;
 }
 
+/*
+ * The two halves of a queue worker's round, shared by verify and bench: kick the queue with what
+ * was queued, then wait for completions and hand each used slot to `done` before it is freed.
+ * Both return false with `err` filled when the queue failed; queue_reap also when `done` does.
+ */
+typedef bool (*reap_fn)(void *ctx, struct slot *s, uint32_t used_len, uint64_t now);
+
+static bool queue_kick(struct vq *q, char *err, size_t errlen)
+{
+	if (vq_publish(q, false) == 0)
+		return true;
+	snprintf(err, errlen, "kick eventfd: %s", strerror(errno));
+	return false;
+}
+
+static bool queue_reap(struct dev *d, unsigned qi, unsigned *inflight, char *err, size_t errlen, reap_fn done, void *ctx)
+{
+	struct vq *q = &d->q[qi];
+	int r = vq_wait(q, d->o->timeout_ms);
+	if (r != 1) {
+		snprintf(err, errlen, "queue %u: %s with %u requests in flight", qi,
+			 r == 0 ? "no completion within the timeout" : r == 2 ? "the backend signalled the error eventfd" : strerror(errno), *inflight);
+		return false;
+	}
+	uint64_t now = now_ns();
+	for (;;) {
+		void *cookie;
+		uint32_t used_len;
+		int g = vq_get_used(q, &cookie, &used_len, err, errlen);
+		if (g <= 0)
+			return g == 0;
+		struct slot *s = cookie;
+		s->busy = false;
+		(*inflight)--;
+		bool ok = done(ctx, s, used_len, now);
+		q->free_slots[q->nfree_slots++] = (unsigned)(s - q->slots);
+		if (!ok)
+			return false;
+	}
+}
+
+static bool verify_done(void *ctx, struct slot *s, uint32_t used_len, uint64_t now)
+{
+	(void)now;
+	struct verify_worker *w = ctx;
+	verify_check(w, s, used_len);
+	return !w->failed;
+}
+
 static void *verify_thread(void *arg)
 {
 	struct verify_worker *w = arg;
@@ -361,35 +410,9 @@ static void *verify_thread(void *arg)
 			next += w->stride;
 			inflight++;
 		}
-		if (vq_publish(q, false) < 0) {
-			snprintf(w->err, sizeof w->err, "kick eventfd: %s", strerror(errno));
+		if (!queue_kick(q, w->err, sizeof w->err) || !queue_reap(d, w->qi, &inflight, w->err, sizeof w->err, verify_done, w)) {
 			w->failed = true;
 			return NULL;
-		}
-		int r = vq_wait(q, d->o->timeout_ms);
-		if (r != 1) {
-			snprintf(w->err, sizeof w->err, "queue %u: %s with %u requests in flight", w->qi,
-				 r == 0 ? "no completion within the timeout" : r == 2 ? "the backend signalled the error eventfd" : strerror(errno), inflight);
-			w->failed = true;
-			return NULL;
-		}
-		for (;;) {
-			void *cookie;
-			uint32_t used_len;
-			int g = vq_get_used(q, &cookie, &used_len, w->err, sizeof w->err);
-			if (g < 0) {
-				w->failed = true;
-				return NULL;
-			}
-			if (g == 0)
-				break;
-			struct slot *s = cookie;
-			s->busy = false;
-			inflight--;
-			verify_check(w, s, used_len);
-			if (w->failed)
-				return NULL;
-			q->free_slots[q->nfree_slots++] = (unsigned)(s - q->slots);
 		}
 	}
 	return NULL;
@@ -514,6 +537,24 @@ static uint64_t bench_next_offset(struct bench_worker *w)
 	return off;
 }
 
+static bool bench_done(void *ctx, struct slot *s, uint32_t used_len, uint64_t now)
+{
+	(void)used_len;
+	struct bench_worker *w = ctx;
+	w->requests++;
+	if (slot_status(s) != VIRTIO_BLK_S_OK)
+		w->errors++;
+	if (w->nlat == w->cap) {
+		w->cap = w->cap ? w->cap * 2 : 65536;
+		w->lat_ns = realloc(w->lat_ns, w->cap * sizeof *w->lat_ns);
+		if (!w->lat_ns)
+			die("out of memory");
+	}
+	uint64_t lat = now - s->submit_ns;
+	w->lat_ns[w->nlat++] = lat > UINT32_MAX ? UINT32_MAX : (uint32_t)lat;
+	return true;
+}
+
 static void *bench_thread(void *arg)
 {
 	struct bench_worker *w = arg;
@@ -533,46 +574,15 @@ static void *bench_thread(void *arg)
 			}
 			inflight++;
 		}
-		if (vq_publish(q, false) < 0) {
-			snprintf(w->err, sizeof w->err, "kick eventfd: %s", strerror(errno));
+		if (!queue_kick(q, w->err, sizeof w->err)) {
 			w->failed = true;
 			return NULL;
 		}
 		if (inflight == 0)
 			break;
-		int r = vq_wait(q, d->o->timeout_ms);
-		if (r != 1) {
-			snprintf(w->err, sizeof w->err, "queue %u: %s with %u requests in flight", w->qi,
-				 r == 0 ? "no completion within the timeout" : r == 2 ? "the backend signalled the error eventfd" : strerror(errno), inflight);
+		if (!queue_reap(d, w->qi, &inflight, w->err, sizeof w->err, bench_done, w)) {
 			w->failed = true;
 			return NULL;
-		}
-		uint64_t now = now_ns();
-		for (;;) {
-			void *cookie;
-			uint32_t used_len;
-			int g = vq_get_used(q, &cookie, &used_len, w->err, sizeof w->err);
-			if (g < 0) {
-				w->failed = true;
-				return NULL;
-			}
-			if (g == 0)
-				break;
-			struct slot *s = cookie;
-			s->busy = false;
-			inflight--;
-			w->requests++;
-			if (slot_status(s) != VIRTIO_BLK_S_OK)
-				w->errors++;
-			if (w->nlat == w->cap) {
-				w->cap = w->cap ? w->cap * 2 : 65536;
-				w->lat_ns = realloc(w->lat_ns, w->cap * sizeof *w->lat_ns);
-				if (!w->lat_ns)
-					die("out of memory");
-			}
-			uint64_t lat = now - s->submit_ns;
-			w->lat_ns[w->nlat++] = lat > UINT32_MAX ? UINT32_MAX : (uint32_t)lat;
-			q->free_slots[q->nfree_slots++] = (unsigned)(s - q->slots);
 		}
 	}
 	w->end_ns = now_ns();

@@ -191,7 +191,8 @@ void vub_ring_set_avail_event(struct vub_ring *r)
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
-size_t vub_iov_copy_from(const struct iovec *iov, unsigned n, size_t skip, void *dst, size_t len)
+/* Copy between a buffer and the bytes of an iovec list from `skip` on, in either direction. */
+static size_t iov_copy(const struct iovec *iov, unsigned n, size_t skip, uint8_t *buf, size_t len, bool to_iov)
 {
 	size_t done = 0;
 	for (unsigned i = 0; i < n && done < len; i++) {
@@ -202,29 +203,26 @@ size_t vub_iov_copy_from(const struct iovec *iov, unsigned n, size_t skip, void 
 		size_t take = iov[i].iov_len - skip;
 		if (take > len - done)
 			take = len - done;
-		memcpy((uint8_t *)dst + done, (uint8_t *)iov[i].iov_base + skip, take);
+		uint8_t *at = (uint8_t *)iov[i].iov_base + skip;
+		if (to_iov)
+			memcpy(at, buf + done, take);
+		else
+			memcpy(buf + done, at, take);
 		done += take;
 		skip = 0;
 	}
 	return done;
 }
 
+size_t vub_iov_copy_from(const struct iovec *iov, unsigned n, size_t skip, void *dst, size_t len)
+{
+	return iov_copy(iov, n, skip, dst, len, false);
+}
+
 size_t vub_iov_copy_to(const struct iovec *iov, unsigned n, size_t skip, const void *src, size_t len)
 {
-	size_t done = 0;
-	for (unsigned i = 0; i < n && done < len; i++) {
-		if (skip >= iov[i].iov_len) {
-			skip -= iov[i].iov_len;
-			continue;
-		}
-		size_t take = iov[i].iov_len - skip;
-		if (take > len - done)
-			take = len - done;
-		memcpy((uint8_t *)iov[i].iov_base + skip, (const uint8_t *)src + done, take);
-		done += take;
-		skip = 0;
-	}
-	return done;
+	/* the buffer is only read in this direction */
+	return iov_copy(iov, n, skip, (uint8_t *)(uintptr_t)src, len, true);
 }
 
 int vub_iov_slice(const struct iovec *iov, unsigned n, size_t skip, size_t len, struct iovec *out, unsigned max)

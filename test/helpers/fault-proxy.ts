@@ -8,6 +8,7 @@
  * as pushing its manifest.
  */
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { listenOnLoopback } from './listen.js';
 
 export type FaultMode = '500' | 'drop';
 
@@ -102,12 +103,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
   };
 
   const server: Server = createServer(handle);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const addr = server.address();
-  const port = typeof addr === 'object' && addr ? addr.port : 0;
+  const port = await listenOnLoopback(server);
   return {
     host: `127.0.0.1:${port}`,
     port,

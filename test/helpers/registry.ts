@@ -6,6 +6,7 @@
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { listenOnLoopback } from './listen.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -37,15 +38,10 @@ export interface TestRegistry {
 }
 
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
+  const srv = createServer();
+  const port = await listenOnLoopback(srv);
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
 }
 
 export async function startRegistry(opts: RegistryOptions = {}): Promise<TestRegistry> {

@@ -3,7 +3,7 @@
  * environment variables set for the duration of the call (registry credentials are read from
  * process.env when a RegistryClient is constructed, so they must be in place before `main()`).
  */
-import { Writable } from 'node:stream';
+import { Capture } from './cli.js';
 import { main } from '../../src/cli/main.js';
 
 export interface CliResult {
@@ -13,14 +13,6 @@ export interface CliResult {
   ms: number;
 }
 
-class Capture extends Writable {
-  text = '';
-  isTTY = false;
-  override _write(chunk: Buffer | string, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
-    this.text += chunk.toString();
-    done();
-  }
-}
 
 /** Environment variables that point slipway at credentials; cleared by `isolatedCredentialEnv`. */
 export const CREDENTIAL_ENV = ['SLIPWAY_REGISTRY_USERNAME', 'SLIPWAY_REGISTRY_PASSWORD', 'SLIPWAY_REGISTRY_HOST', 'REGISTRY_AUTH_FILE', 'XDG_RUNTIME_DIR', 'DOCKER_CONFIG'] as const;

@@ -12,6 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { createPrivateKey, randomBytes, sign, X509Certificate, type KeyObject } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { listenOnLoopback } from './listen.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -155,12 +156,7 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
   };
 
   const server: Server = createServer(handle);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const addr = server.address();
-  const port = typeof addr === 'object' && addr ? addr.port : 0;
+  const port = await listenOnLoopback(server);
   return {
     realm: `http://127.0.0.1:${port}/token`,
     service,

@@ -6,7 +6,7 @@
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { ChunkCache } from '../cache/chunk-cache.js';
-import { ERROR_CODES, SlipwayError, isSlipwayError, type ErrorCode } from '../errors.js';
+import { SlipwayError, isSlipwayError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import { logProgress } from '../util/progress.js';
 import { PROMETHEUS_CONTENT_TYPE, type Registry } from './metrics.js';
@@ -195,5 +195,3 @@ export function buildApp(deps: AppDeps): Hono {
 
   return app;
 }
-
-export { ERROR_CODES };

@@ -21,7 +21,6 @@ import { buildApp, errorBody } from './app.js';
 import { Counter, Gauge, Histogram, Registry } from './metrics.js';
 import { StateStore } from './state.js';
 import { DEFAULT_LIMITS, VmManager, type VmLimits } from './vms.js';
-export { defaultSocketPath, defaultStateDir, readTokenFile } from './location.js';
 
 export interface DaemonOptions {
   config: SlipwayConfig;

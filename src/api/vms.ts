@@ -489,8 +489,7 @@ export class VmManager {
       let vm: RunningVm | undefined;
       try {
         if (r.status === 'running' && r.vmmPid && r.backendPid && r.agent && r.accel && r.digest) {
-          const ref = `${r.image.replace(/[@].*$/, '')}`;
-          served = await adoptDisk({ cache: this.deps.cache, ref: digestRef(ref, r.digest), socket: join(r.workDir, 'blk.sock'), workDir: r.workDir, pid: r.backendPid, overlayDir: join(r.workDir, 'overlay') });
+          served = await adoptDisk({ cache: this.deps.cache, ref: digestRef(r.image, r.digest), socket: join(r.workDir, 'blk.sock'), workDir: r.workDir, pid: r.backendPid, overlayDir: join(r.workDir, 'overlay') });
           if (served) vm = this.adoptVmm(r, r.agent, guest.vsockConnect);
         }
       } catch (err) {
@@ -548,11 +547,9 @@ export class VmManager {
   }
 }
 
-/** `repo:tag` or `repo` with a digest pinned: an adopted VM's disk is the one it booted. */
-function digestRef(ref: string, digest: string): string {
-  const lastSlash = ref.lastIndexOf('/');
-  const colon = ref.lastIndexOf(':');
-  const repo = colon > lastSlash ? ref.slice(0, colon) : ref;
-  return `${repo}@${digest}`;
+/** The image with its tag replaced by the digest it resolved to: an adopted VM's disk is the one it booted. */
+function digestRef(image: string, digest: string): string {
+  const { tag: _tag, ...ref } = parseRef(image);
+  return formatRef({ ...ref, digest });
 }
 

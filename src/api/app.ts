@@ -98,7 +98,6 @@ export function buildApp(deps: AppDeps): Hono {
 
   app.post('/v1/vms', limit(MAX_BODY_BYTES), async (c) => {
     const body = await parseBody(c, CreateVmBody);
-    checkRequestRef(body.image, 'image');
     const info = await vms.create(body, c.req.raw.signal);
     return c.json(info, 201);
   });

@@ -14,7 +14,9 @@ import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
 import { renderBootConfig } from '../src/guest/boot-config.js';
 import { buildGuest, buildKernel, initramfsImage } from '../src/guest/build.js';
 import { buildRootfs, makeExt4 } from '../src/guest/rootfs.js';
-import { QemuDriver } from '../src/vmm/qemu.js';
+import { qemuBinary, QemuDriver } from '../src/vmm/qemu.js';
+import { chooseAccel, type Accel } from '../src/vmm/accel.js';
+import { loadConfig } from '../src/config.js';
 import { BENCH_DIR, median, report, timed, type Row } from './lib.js';
 
 const RUNS = Number(process.env.SLIPWAY_BENCH_RUNS ?? 5);
@@ -67,19 +69,22 @@ interface Boot {
   phasesMs: Record<string, number>;
 }
 
+/** One accelerator for every kernel in the series: the host's verdict for slipway's kernel. */
+let ACCEL: Accel = 'tcg';
+
 async function bootOnce(spec: { bzImage: string; initramfs: string; disk: string; cmdline?: string }): Promise<Boot> {
   const workDir = mkdtempSync(join(tmpdir(), 'slipway-bootbench-'));
   const driver = new QemuDriver();
   const t0 = Date.now();
   const vm = await driver.start({
     id: 'bench', workDir, cpus: 1, memoryMiB: 1024, kernel: { bzImage: spec.bzImage, vmlinux: spec.bzImage }, initramfs: spec.initramfs,
-    disks: [{ kind: 'file', path: spec.disk, readOnly: false }], bootConfig: renderBootConfig({ hostname: 'bench' }), net: { mode: 'none' }, console: true,
+    disks: [{ kind: 'file', path: spec.disk, readOnly: false }], bootConfig: renderBootConfig({ hostname: 'bench' }), net: { mode: 'none' }, console: true, accel: ACCEL,
     ...(spec.cmdline ? { cmdline: spec.cmdline } : {}),
   });
   try {
     const client = await Promise.race([
       waitForAgent(async () => new AgentClient(await vm.connectAgent()), 300_000),
-      vm.exited.then(() => { throw new Error(`VM exited before its agent answered:\n${vm.consoleTail()}`); }),
+      vm.failure.then((f) => { throw new Error(`VM failed before its agent answered (${f.code}: ${f.detail}):\n${vm.consoleTail()}`); }),
     ]);
     const readyMs = Date.now() - t0;
     const pong = await client.ping();
@@ -115,6 +120,9 @@ async function main(): Promise<void> {
   mkdirSync(BENCH_DIR, { recursive: true });
   const kernel = await buildKernel();
   const guest = await buildGuest();
+  const verdict = await chooseAccel({ cacheDir: loadConfig().cacheDir, qemuBinary: qemuBinary(), bzImage: kernel.bzImage });
+  ACCEL = verdict.accel;
+  console.error(`boot bench: accel ${verdict.accel} (${verdict.reason}; ${verdict.source}, ${verdict.decideMs} ms)`);
   const busybox = join(BENCH_DIR, 'busybox-root.img');
   if (!existsSync(busybox)) await buildRootfs({ from: 'busybox', output: busybox });
   const debian = debianCloudKernel();
@@ -127,7 +135,7 @@ async function main(): Promise<void> {
   const a = await series('A: slipway kernel + slipway-init (busybox root)', RUNS, { bzImage: kernel.bzImage, initramfs: guest.initramfs, disk: busybox });
   const b = await series('B: Debian cloud kernel + slipway-init (same root)', RUNS, { bzImage: debian.vmlinuz, initramfs: modInitramfs, disk: busybox });
   const c = await series('C: Debian cloud kernel + initrd + systemd (debootstrap root)', SYSTEMD_RUNS, { bzImage: debian.vmlinuz, initramfs: debian.initrd, disk: systemdImg, cmdline: 'root=/dev/vda rw' });
-  const accel = (await import('../src/vmm/qemu.js')).detectAccel();
+  const accel = ACCEL;
   report(`boot to agent-ready under QEMU ${accel.toUpperCase()} (q35, qboot, 1 vCPU, 1 GiB), medians`, [
     { ...a, ratioToA: '1.00' },
     { ...b, ratioToA: (b.readyMs / a.readyMs).toFixed(2) },

@@ -40,6 +40,11 @@ export const ERROR_CODES = {
   BUILD_FAILED: 'building the kernel, init, agent or a root disk failed',
   VM_BOOT_FAILED: 'the virtual machine did not boot to its agent',
   VMM_ERROR: 'the virtual machine monitor failed',
+  VMM_EXITED: 'the virtual machine monitor exited before the guest agent answered',
+  VMM_INTERNAL_ERROR: 'the virtual machine monitor stopped the VM with an internal error (KVM could not run the guest)',
+  GUEST_PANICKED: 'the guest kernel panicked while booting',
+  GUEST_POWERED_OFF: 'the guest powered off before its agent answered',
+  GUEST_RESET: 'the guest reset (a triple fault or a reboot) before its agent answered',
   AGENT_ERROR: 'the guest agent reported an error',
   AGENT_PROTOCOL: 'the guest agent sent a malformed frame',
   // the daemon and its VMs

@@ -13,13 +13,13 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { SlipwayError } from '../src/errors.js';
+import { SlipwayError, isSlipwayError } from '../src/errors.js';
 import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
 import { FW_CFG_NAME, renderBootConfig } from '../src/guest/boot-config.js';
 import {
@@ -32,6 +32,9 @@ import {
   useFwCfg,
 } from '../src/vmm/cloud-hypervisor.js';
 import type { RunningVm, VmSpec } from '../src/vmm/driver.js';
+import { bootVm } from '../src/vmm/boot.js';
+import { inspectKvm, kvmDeviceUsable, loadedKvmModules } from '../src/vmm/accel.js';
+import { processesWithArgument } from '../src/util/process.js';
 import {
   CH_OPENAPI_PATH,
   FAKE_HOST_PORT,
@@ -414,6 +417,18 @@ describe('the driver against a FAKE Cloud Hypervisor (test/helpers/fake-cloud-hy
     return waitForAgent(async () => new AgentClient(await vm.connectAgent()), 15_000);
   }
 
+  for (const [guest, code, words] of [['panic', 'GUEST_PANICKED', 'Kernel panic - not syncing: FAKE stand-in panic'], ['poweroff', 'GUEST_POWERED_OFF', 'the guest powered off']] as const) {
+    it(`a guest that ${guest === 'panic' ? 'panics' : 'powers off'} while booting is ${code} within 2 s, and nothing is left running`, async () => {
+      const { binary, workDir } = fakeBinary({ FAKE_CH_FEATURES: 'kvm', FAKE_CH_GUEST: guest });
+      let started = 0;
+      const err = await bootVm(new CloudHypervisorDriver({ binary }), fakeSpec(workDir, { console: true }), { agentDeadlineMs: 120_000, onStarted: () => (started = Date.now()) }).catch((e: unknown) => e);
+      expect(isSlipwayError(err, code), `${String((err as { code?: string }).code)}: ${(err as Error).message}`).toBe(true);
+      expect((err as Error).message).toContain(words);
+      expect(Date.now() - started).toBeLessThan(2_000);
+      expect(processesWithArgument(workDir)).toEqual([]);
+    });
+  }
+
   it('detached, it outlives its starter: another driver adopts it by pid, reaches its agent and stops it', async () => {
     const { binary, workDir } = fakeBinary({ FAKE_CH_FEATURES: 'kvm' });
     const s = fakeSpec(workDir, { detached: true });
@@ -528,11 +543,11 @@ describe('the driver against a FAKE Cloud Hypervisor (test/helpers/fake-cloud-hy
     expect((err as Error).message).toMatch(/PUT \/api\/v1\/vm\.boot -> 500: .*missing\.cpio/);
   });
 
-  it('reports a CH that exits at start, with its output', async () => {
+  it('reports a CH that exits at start as VMM_EXITED, with its output', async () => {
     const { binary, workDir } = fakeBinary({ FAKE_CH_EXIT_AT_START: '3' });
-    const err = await new CloudHypervisorDriver({ binary }).start(fakeSpec(workDir)).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: 'VMM_ERROR' });
-    expect((err as Error).message).toMatch(/exited at start \(code 3.*FAKE_CH_EXIT_AT_START/s);
+    const err = await bootVm(new CloudHypervisorDriver({ binary }), fakeSpec(workDir), { agentDeadlineMs: 120_000 }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'VMM_EXITED' });
+    expect((err as Error).message).toMatch(/exited at start \(exit code 3\).*FAKE_CH_EXIT_AT_START/s);
   });
 
   it('reports a missing binary, and refuses user networking before starting anything', async () => {
@@ -567,20 +582,16 @@ function findCloudHypervisor(): string | undefined {
   return undefined;
 }
 
-function kvmUsable(): boolean {
-  try {
-    closeSync(openSync('/dev/kvm', 'r+'));
-    return true;
-  } catch {
-    return false;
-  }
+/** Why KVM cannot run an ordinary guest here (no usable /dev/kvm, or kvm_pvm), or '' */
+function kvmUnfit(): string {
+  return inspectKvm(loadedKvmModules(), kvmDeviceUsable()) ?? '';
 }
 
 const realCh = findCloudHypervisor();
 const realSkip = !realCh
   ? 'no cloud-hypervisor binary (on PATH or in SLIPWAY_CLOUD_HYPERVISOR)'
-  : !kvmUsable()
-    ? '/dev/kvm cannot be opened read-write'
+  : kvmUnfit() !== ''
+    ? `KVM cannot run guests here: ${kvmUnfit()}`
     : '';
 if (realSkip) process.stderr.write(`[cloud-hypervisor.test] real Cloud Hypervisor test skipped: ${realSkip}\n`);
 

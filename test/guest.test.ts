@@ -75,7 +75,7 @@ describe('booting slipway guests under QEMU', () => {
   it('without a root disk, init says so on the console and powers off (the run fails with why)', async () => {
     const started = Date.now();
     const err = await runInVm({ disks: [], argv: ['true'], bootTimeoutMs: 120_000 }).catch((e: unknown) => e);
-    expect((err as { code?: string }).code).toBe('VM_BOOT_FAILED');
+    expect((err as { code?: string }).code).toBe('GUEST_POWERED_OFF');
     expect((err as Error).message).toContain('root disk /dev/vda not found');
     expect((err as Error).message).toContain('powering off');
     expect(Date.now() - started).toBeLessThan(60_000);

@@ -98,7 +98,7 @@ describe('slipway run <ref>', () => {
     const before = slipwayTempDirs();
     const r = await run([`${registry.host}/run/broken:v1`, '--', 'true']);
     expect(r.code).toBe(1);
-    expect(r.err).toContain('VM_BOOT_FAILED');
+    expect(r.err).toContain('GUEST_POWERED_OFF');
     expect(r.err).toContain('cannot mount root disk /dev/vda');
     expect(slipwayTempDirs()).toEqual(before);
   });

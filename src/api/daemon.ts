@@ -102,7 +102,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     snapshotBytes: registry.register(new Counter('slipway_snapshot_uploaded_bytes_total', 'bytes uploaded by snapshots')),
     backendErrors: registry.register(new Counter('slipway_backend_errors_total', 'disk backends that exited under a running VM')),
   };
-  const vms = new VmManager({ cache, state, logger, metrics, limits, stateDir: opts.stateDir });
+  const vms = new VmManager({ cache, state, logger, metrics, limits, stateDir: opts.stateDir, cacheDir: opts.config.cacheDir });
   registry.register(new Gauge('slipway_vms', 'VMs by state', () => {
     const c = vms.counts;
     return [{ labels: { state: 'running' }, value: c.running }, { labels: { state: 'booting' }, value: c.booting }, { labels: { state: 'queued' }, value: c.queued }];

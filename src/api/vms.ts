@@ -11,6 +11,7 @@ import type { ChunkCache } from '../cache/chunk-cache.js';
 import { pushSnapshot, readDirtyBitmap, removeStaging, seedChunks, stageDirtyChunks } from '../disk/snapshot.js';
 import { SlipwayError } from '../errors.js';
 import { AgentClient, waitForAgent } from '../guest/agent-client.js';
+import { bootVm } from '../vmm/boot.js';
 import { renderBootConfig, type BootConfig } from '../guest/boot-config.js';
 import { guestArtifacts } from '../guest/build.js';
 import { formatRef, parseRef } from '../oci/ref.js';
@@ -18,9 +19,8 @@ import { adoptDisk, serveDisk, type ServedDisk } from '../serve/backend.js';
 import type { Logger } from '../util/log.js';
 import { logProgress } from '../util/progress.js';
 import { processesWithArgument, terminateProcess } from '../util/process.js';
-import { CloudHypervisorDriver } from '../vmm/cloud-hypervisor.js';
 import type { AgentEndpoint, NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
-import { QemuDriver } from '../vmm/qemu.js';
+import { driverFor } from '../vmm/drivers.js';
 import type { Histogram, Counter } from './metrics.js';
 import type { CreateVmRequest, ExecRequest, SnapshotResult, VmInfo } from './schemas.js';
 import type { StateStore, VmRecord } from './state.js';
@@ -105,12 +105,19 @@ export class VmManager {
     return join(this.deps.stateDir, 'staging');
   }
 
-  constructor(private readonly deps: { cache: ChunkCache; state: StateStore; logger: Logger; metrics: VmMetrics; limits: VmLimits; stateDir: string; drivers?: Partial<Record<VmRecord['vmm'], VmmDriver>> }) {}
+  constructor(private readonly deps: { cache: ChunkCache; state: StateStore; logger: Logger; metrics: VmMetrics; limits: VmLimits; stateDir: string; cacheDir: string; drivers?: Partial<Record<VmRecord['vmm'], VmmDriver>> }) {}
+
+  private readonly drivers = new Map<VmRecord['vmm'], VmmDriver>();
 
   private driver(name: VmRecord['vmm']): VmmDriver {
     const given = this.deps.drivers?.[name];
     if (given) return given;
-    return name === 'qemu' ? new QemuDriver() : new CloudHypervisorDriver();
+    let d = this.drivers.get(name);
+    if (!d) {
+      d = driverFor(name, { cacheDir: this.deps.cacheDir, onAccelDecided: (v) => this.deps.logger.info(`accel: ${v.accel} (${v.reason})`, { accel: v.accel, reason: v.reason, source: v.source, decideMs: v.decideMs }) });
+      this.drivers.set(name, d);
+    }
+    return d;
   }
 
   get counts(): { running: number; booting: number; queued: number } {
@@ -218,22 +225,20 @@ export class VmManager {
         id, workDir, cpus: record.cpus, memoryMiB: record.memoryMiB, kernel, initramfs: guest.initramfs, disks: [{ kind: 'vhost-user', socket: served.socket }],
         bootConfig: renderBootConfig(bootConfig as BootConfig), net, console: true, detached: true, vsockConnect: guest.vsockConnect,
       };
-      vm = await this.driver(record.vmm).start(spec);
-      record.vmmPid = vm.pid;
-      record.accel = vm.accel;
-      record.agent = vm.agentEndpoint;
-      this.deps.state.update(id, { vmmPid: vm.pid, accel: vm.accel, agent: vm.agentEndpoint });
-      phase('vmm_started');
-      const running = vm;
-      const booted = waitForAgent(async () => new AgentClient(await running.connectAgent()), this.deps.limits.bootTimeoutMs).catch((err: unknown) => {
-        throw new SlipwayError('VM_BOOT_FAILED', `the guest agent did not answer within ${this.deps.limits.bootTimeoutMs} ms (${(err as Error).message}); console:\n${running.consoleTail(3000).trim()}`);
+      const booted = await bootVm(this.driver(record.vmm), spec, {
+        agentDeadlineMs: this.deps.limits.bootTimeoutMs,
+        onStarted: (started) => {
+          vm = started;
+          record.vmmPid = started.pid;
+          record.accel = started.accel;
+          record.agent = started.agentEndpoint;
+          this.deps.state.update(id, { vmmPid: started.pid, accel: started.accel, agent: started.agentEndpoint });
+          if (!('vmm_started' in timings)) phase('vmm_started');
+        },
+        notice: (message) => log.warn(message, {}),
       });
-      const outcome = await Promise.race([booted.then((c) => ({ client: c })), vm.exited.then((e) => ({ exit: e }))]);
-      if ('exit' in outcome) {
-        booted.catch(() => undefined);
-        throw new SlipwayError('VM_BOOT_FAILED', `the VM stopped before its agent answered (exit ${outcome.exit.code ?? outcome.exit.signal}); console:\n${vm.consoleTail(3000).trim()}`);
-      }
-      agent = outcome.client;
+      vm = booted.vm;
+      agent = booted.client;
       phase('agent_ready');
       // the first boot of a disk leaves its boot profile next to it, for every later cold boot
       if (served.disk.recordingProfile) {

@@ -8,8 +8,7 @@ import { serveDisk, type ServedDisk } from '../serve/backend.js';
 import { createLogger } from '../util/log.js';
 import { runInVm } from '../vmm/run.js';
 import { guestArtifacts } from '../guest/build.js';
-import { QemuDriver } from '../vmm/qemu.js';
-import { CloudHypervisorDriver } from '../vmm/cloud-hypervisor.js';
+import { driverFor, parseVmmName } from '../vmm/drivers.js';
 import type { VmmDriver } from '../vmm/driver.js';
 import type { DiskSpec, NetSpec } from '../vmm/driver.js';
 import { parseCommand, parseNonNegativeInt, parseSize } from './args.js';
@@ -17,7 +16,7 @@ import type { CommandIO } from './disk-commands.js';
 import { daemonClient, daemonConfigured } from './daemon-commands.js';
 import type { CreateVm, SlipwayClient } from '../client/index.js';
 
-const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--hugepages] [--timings] [--keep] [--cache-dir DIR] [--local | --daemon <socket|url>] -- <cmd...>';
+const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--hugepages] [--timings] [--keep] [--kernel-args ARGS] [--cache-dir DIR] [--local | --daemon <socket|url>] -- <cmd...>';
 
 export function parseNet(text: string | undefined): NetSpec {
   if (text === undefined || text === 'none') return { mode: 'none' };
@@ -69,10 +68,13 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
     disk: { type: 'string' }, hostname: { type: 'string' }, env: { type: 'string', multiple: true }, cpus: { type: 'string' },
     memory: { type: 'string' }, net: { type: 'string' }, timings: { type: 'boolean' }, keep: { type: 'boolean' }, cwd: { type: 'string' },
     'cache-dir': { type: 'string' }, queues: { type: 'string' }, vmm: { type: 'string' }, hugepages: { type: 'boolean' }, local: { type: 'boolean' }, daemon: { type: 'string' },
+    'kernel-args': { type: 'string' },
   }, { min: 0, max: 1, usage: USAGE });
-  const vmm = values.vmm ?? 'qemu';
-  if (vmm !== 'qemu' && vmm !== 'cloud-hypervisor') throw new SlipwayError('INVALID_ARGUMENT', `--vmm must be qemu or cloud-hypervisor (got ${vmm})`);
-  const driver: VmmDriver = vmm === 'qemu' ? new QemuDriver() : new CloudHypervisorDriver();
+  const vmm = parseVmmName(values.vmm ?? 'qemu');
+  if (!vmm) throw new SlipwayError('INVALID_ARGUMENT', `--vmm must be qemu or cloud-hypervisor (got ${values.vmm})`);
+  const config = loadConfig(process.env, values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {});
+  // the accelerator's verdict is said once, when it is decided (later runs read it from the cache)
+  const driver: VmmDriver = driverFor(vmm, { cacheDir: config.cacheDir, onAccelDecided: (v) => io.stderr.write(`slipway run: accel: ${v.accel} (${v.reason})\n`) });
   const ref = positionals[0];
   if (!ref === !values.disk) throw new SlipwayError('USAGE', `run: name either an image reference or --disk <raw-file>\nusage: ${USAGE}`);
   const cpus = values.cpus ? parseNonNegativeInt(values.cpus, '--cpus') : 1;
@@ -82,7 +84,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   const env = parseEnv(values.env);
   const net = parseNet(values.net);
   // with a daemon running (or named), an image runs there: its cache is warm and shared
-  const daemonCan = ref && !values.local && !values.keep && !values.hugepages && !values.hostname && !values['cache-dir'] && net.mode !== 'tap';
+  const daemonCan = ref && !values.local && !values.keep && !values.hugepages && !values.hostname && !values['cache-dir'] && !values['kernel-args'] && net.mode !== 'tap';
   if (daemonCan && (values.daemon !== undefined || daemonConfigured())) {
     return runThroughDaemon(daemonClient(values.daemon, undefined), { image: ref, cpus, memoryMiB, vmm, net: net.mode === 'user' ? 'user' : 'none', ...(env ? { env } : {}) }, command, values.cwd, values.timings === true, io);
   }
@@ -103,7 +105,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
     artifacts.catch(() => undefined);
     if (ref) {
       const t0 = Date.now();
-      cache = await ChunkCache.open({ config: loadConfig(process.env, values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {}), logger: createLogger({ out: io.stderr }) });
+      cache = await ChunkCache.open({ config, logger: createLogger({ out: io.stderr }) });
       serveDir = await mkdtemp(join(tmpdir(), 'slipway-run-'));
       // the first boot of a disk records the chunks it reads and stores that boot profile next to
       // the disk, so later cold boots (on any host) fetch them ahead of demand
@@ -123,11 +125,13 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
       net,
       signal: controller.signal,
       keep: values.keep === true,
+      notice: (message) => io.stderr.write(`slipway run: ${message}\n`),
       stdout: (d) => io.stdout.write(d),
       stderr: (d) => io.stderr.write(d),
       ...(env ? { env } : {}),
       ...(values.hostname ? { hostname: values.hostname } : {}),
       ...(values.cwd ? { cwd: values.cwd } : {}),
+      ...(values['kernel-args'] ? { kernelArgs: values['kernel-args'] } : {}),
       onAgentReady: () => {
         const disk = served?.disk;
         if (disk?.recordingProfile) {

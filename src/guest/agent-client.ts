@@ -661,6 +661,8 @@ export interface WaitOptions {
   pingTimeoutMs?: number;
   /** pause between failed connection attempts (default 100) */
   retryDelayMs?: number;
+  /** stop trying (the VM is known to be dead): rejects with ABORTED */
+  signal?: AbortSignal;
 }
 
 /**
@@ -674,7 +676,8 @@ export async function waitForAgent(connectFn: () => Promise<Duplex | AgentClient
   const retryDelayMs = opts.retryDelayMs ?? 100;
   const deadline = Date.now() + deadlineMs;
   let lastError: unknown;
-  while (Date.now() < deadline) {
+  const aborted = (): boolean => opts.signal?.aborted === true;
+  while (Date.now() < deadline && !aborted()) {
     let client: AgentClient | undefined;
     try {
       const conn = await connectFn();
@@ -684,7 +687,7 @@ export async function waitForAgent(connectFn: () => Promise<Duplex | AgentClient
       await new Promise((r) => setTimeout(r, Math.max(0, Math.min(retryDelayMs, deadline - Date.now()))));
       continue;
     }
-    while (Date.now() < deadline && !client.failure) {
+    while (Date.now() < deadline && !client.failure && !aborted()) {
       try {
         await client.ping({ timeoutMs: Math.max(1, Math.min(pingTimeoutMs, deadline - Date.now())) });
         return client;
@@ -696,5 +699,6 @@ export async function waitForAgent(connectFn: () => Promise<Duplex | AgentClient
     await client.close().catch(() => {});
     await new Promise((r) => setTimeout(r, Math.max(0, Math.min(retryDelayMs, deadline - Date.now()))));
   }
+  if (aborted()) throw new SlipwayError('ABORTED', 'stopped waiting for the guest agent');
   throw protocolError('timeout', `the guest agent did not answer within ${deadlineMs} ms${lastError instanceof Error ? ` (last: ${lastError.message})` : ''}`, lastError);
 }

@@ -87,5 +87,6 @@ export function processesWithArgument(marker: string): number[] {
  */
 export function processExit(child: ChildProcess | number, marker: string): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   if (typeof child === 'number') return whenProcessGone(child, marker).then(() => ({ code: null, signal: null }));
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
   return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
 }

@@ -28,8 +28,9 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { SlipwayError } from '../errors.js';
 import { FW_CFG_NAME } from '../guest/boot-config.js';
-import type { AgentEndpoint, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import type { AgentEndpoint, BootFailure, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { kernelCmdline } from './qemu.js';
+import { classifyEnd } from './boot-failure.js';
 import { fileTail } from '../util/file-tail.js';
 import { processExit, processHasArgument, processRunning } from '../util/process.js';
 
@@ -279,17 +280,68 @@ export function hybridVsockConnect(socketPath: string, port: number, timeoutMs =
 
 // ---- the running VM ----
 
+/** `state` of a vm.info answer (VmInfo in CH's OpenAPI document), undefined when malformed. */
+function vmState(body: string): string | undefined {
+  try {
+    const state = (JSON.parse(body) as { state?: unknown }).state;
+    return typeof state === 'string' ? state : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** How often a booting VM's state and console are looked at (CH has no event stream on its API). */
+const BOOT_POLL_MS = 100;
+
 class CloudHypervisorVm implements RunningVm {
   readonly accel = 'kvm' as const;
   readonly exited: Promise<VmExit>;
+  private failureWatch: Promise<BootFailure> | undefined;
   private exitInfo: VmExit | undefined;
   private killing: Promise<VmExit> | undefined;
+  private watching = true;
   readonly agentEndpoint: AgentEndpoint;
 
   /** `child` is the CH we started; a pid alone is one adopted after a daemon restart. */
   constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, private readonly output: () => string) {
     this.agentEndpoint = { transport: 'hybrid-vsock', socket: chPaths(spec.workDir).vsockSocket };
     this.exited = processExit(child, spec.workDir).then((e) => (this.exitInfo = e));
+  }
+
+  /** Watched from the first time it is asked for (a boot asks; an adopted VM seldom does). */
+  get failure(): Promise<BootFailure> {
+    this.failureWatch ??= this.watch();
+    return this.failureWatch;
+  }
+
+  /**
+   * Until the agent answers (bootDone): `vm.info`'s state (Shutdown: the guest powered off) and
+   * the console (a panic line: CH reboots a panicking guest, so it would panic in a loop); at any
+   * time, the process's exit, read with the console (CH exits when its guest powers off).
+   */
+  private watch(): Promise<BootFailure> {
+    return new Promise<BootFailure>((resolve) => {
+      void this.exited.then((exit) => {
+        const end = classifyEnd({ console: this.consoleTail(), exit });
+        resolve(end.code === 'VMM_EXITED' && exit.code === 0 ? { code: 'GUEST_POWERED_OFF', detail: 'cloud-hypervisor ended as it does when its guest powers off' } : end);
+      });
+      const poll = async (): Promise<void> => {
+        while (this.watching && !this.exitInfo) {
+          await new Promise((r) => setTimeout(r, BOOT_POLL_MS).unref());
+          const console = this.consoleTail();
+          const panic = classifyEnd({ console });
+          if (panic.code === 'GUEST_PANICKED') return resolve(panic);
+          const api = chPaths(this.spec.workDir).apiSocket;
+          const info = await chApiRequest(api, 'GET', 'vm.info', undefined, 1000).catch(() => undefined);
+          if (info?.status === 200 && vmState(info.body) === 'Shutdown') return resolve({ code: 'GUEST_POWERED_OFF', detail: 'vm.info state Shutdown' });
+        }
+      };
+      if (typeof this.child !== 'number') void poll();
+    });
+  }
+
+  bootDone(): void {
+    this.watching = false;
   }
 
   get pid(): number {
@@ -342,6 +394,7 @@ class CloudHypervisorVm implements RunningVm {
 
   /** Ask CH to stop the VM and itself; then SIGTERM, then SIGKILL, `graceMs` apart. */
   kill(graceMs = 2000): Promise<VmExit> {
+    this.watching = false;
     if (this.exitInfo) return Promise.resolve(this.exitInfo);
     this.killing ??= this.stop(graceMs);
     return this.killing;
@@ -442,7 +495,7 @@ export class CloudHypervisorDriver implements VmmDriver {
     let last: unknown;
     for (;;) {
       const exited = vm.hasExited;
-      if (exited) throw new SlipwayError('VMM_ERROR', `${this.binary} exited at start (code ${exited.code}, signal ${exited.signal}): ${output().trim()}`, { context: { binary: this.binary } });
+      if (exited) throw new SlipwayError('VMM_EXITED', `${this.binary} exited at start (${exited.signal ? `signal ${exited.signal}` : `exit code ${exited.code}`}): ${output().trim() || 'it said nothing'}`, { context: { binary: this.binary } });
       if (existsSync(socket)) {
         try {
           return await chPing(socket, 2000);

@@ -4,6 +4,7 @@
  * the guest agent; everything else (config, agent protocol, teardown) is shared.
  */
 import type { Duplex } from 'node:stream';
+import type { Accel, AccelVerdict } from './accel.js';
 
 export type DiskSpec =
   | { kind: 'file'; path: string; readOnly?: boolean; format?: 'raw' }
@@ -39,6 +40,8 @@ export interface VmSpec {
    * process that started it (the daemon adopts it again after a restart).
    */
   detached?: boolean;
+  /** the accelerator to use, deciding nothing (a boot again under TCG after a KVM internal error) */
+  accel?: Accel;
 }
 
 /** How the host reaches a VM's agent: recorded by the daemon so that a VM can be adopted again. */
@@ -49,15 +52,40 @@ export interface VmExit {
   signal: NodeJS.Signals | null;
 }
 
+/**
+ * Why a VM will never reach its agent, seen by the VMM driver while it boots (docs/errors.md):
+ * - VMM_INTERNAL_ERROR: the VMM stopped the VM (QMP status internal-error: KVM could not run it);
+ * - GUEST_PANICKED: the guest kernel panicked (pvpanic, or its console says so);
+ * - GUEST_POWERED_OFF: the guest powered itself off (slipway-init does on a fatal error);
+ * - GUEST_RESET: the guest reset itself (a triple fault, or a reboot) and the VMM ended;
+ * - VMM_EXITED: the VMM process ended without any of the above.
+ */
+export type BootFailureCode = 'VMM_INTERNAL_ERROR' | 'GUEST_PANICKED' | 'GUEST_POWERED_OFF' | 'GUEST_RESET' | 'VMM_EXITED';
+
+export interface BootFailure {
+  code: BootFailureCode;
+  /** what the VMM said, in words: "QMP status internal-error", "exit code 1" */
+  detail: string;
+}
+
 export interface RunningVm {
   readonly pid: number;
-  readonly accel: 'kvm' | 'tcg';
+  readonly accel: Accel;
+  /** how the accelerator was chosen (absent for an adopted VM) */
+  readonly accelVerdict?: AccelVerdict;
   readonly agentEndpoint: AgentEndpoint;
   /** Open a byte stream to the guest agent (it may not answer until the guest has booted). */
   connectAgent(): Promise<Duplex>;
   /** Resolves when the VMM process exits. */
   readonly exited: Promise<VmExit>;
-  /** The guest console so far (empty when the console is off). */
+  /**
+   * Resolves (never rejects) as soon as the VM is seen to have failed for good: stopped with an
+   * internal error, panicked, powered off, reset, or its VMM gone. Pending while it runs.
+   */
+  readonly failure: Promise<BootFailure>;
+  /** The agent answered: watching that only a boot needs (polling) may stop. */
+  bootDone?(): void;
+  /** The guest console so far (empty when the console is off), then the VMM's stderr. */
   consoleTail(bytes?: number): string;
   /** Stop the VMM process: SIGTERM, then SIGKILL after `graceMs`. */
   kill(graceMs?: number): Promise<VmExit>;
@@ -70,5 +98,10 @@ export interface VmmDriver {
    * A VMM started detached by an earlier process, found running again; undefined when `pid` is
    * gone or is no longer that VM's (its arguments do not name `spec.workDir`).
    */
-  adopt(pid: number, spec: VmSpec, accel: 'kvm' | 'tcg', endpoint: AgentEndpoint): RunningVm | undefined;
+  adopt(pid: number, spec: VmSpec, accel: Accel, endpoint: AgentEndpoint): RunningVm | undefined;
+  /**
+   * A VM started with an automatically chosen accelerator died of it (VMM_INTERNAL_ERROR):
+   * remember not to choose it again on this host. Drivers without a choice leave this out.
+   */
+  accelFailed?(spec: VmSpec, detail: string): Promise<void>;
 }

@@ -1,54 +1,38 @@
 /**
  * The QEMU driver: q35 with shared memfd memory (vhost-user needs guest memory it can map), direct
- * kernel boot through qboot, KVM when /dev/kvm is usable and TCG otherwise, the boot config as
+ * kernel boot through qboot, KVM where slipway's guest kernel is known to run under it and TCG
+ * otherwise (src/vmm/accel.ts), the VM watched over QMP while it boots, the boot config as
  * fw_cfg item `opt/slipway/config`, and the agent over vhost-vsock where the host has it (through
  * the slipway-vsock-connect helper, Node having no AF_VSOCK) or a virtio-serial port on a Unix
  * socket otherwise.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, openSync, closeSync, statSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { SlipwayError } from '../errors.js';
 import { FW_CFG_NAME } from '../guest/boot-config.js';
-import type { AgentEndpoint, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import type { AgentEndpoint, BootFailure, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { fileTail } from '../util/file-tail.js';
 import { processExit, processHasArgument, processRunning, terminateProcess } from '../util/process.js';
+import { loadConfig } from '../config.js';
+import { chooseAccel, recordFallback, type Accel, type AccelVerdict } from './accel.js';
+import { classifyEnd } from './boot-failure.js';
+import { QmpClient } from './qmp.js';
 
-export const QEMU_BINARY = process.env.SLIPWAY_QEMU ?? 'qemu-system-x86_64';
+/** The QEMU binary: $SLIPWAY_QEMU, else qemu-system-x86_64 on PATH (read when asked, not at import). */
+export function qemuBinary(env: NodeJS.ProcessEnv = process.env): string {
+  return env.SLIPWAY_QEMU || 'qemu-system-x86_64';
+}
 /** qboot: a minimal firmware that jumps straight to the kernel (SeaBIOS spends far longer). */
 const QBOOT = '/usr/share/qemu/qboot.rom';
 export const AGENT_PORT_NAME = 'org.slipway.agent';
 
-let kvmProbe: 'kvm' | 'tcg' | undefined;
-
-/**
- * Whether QEMU can use KVM here: /dev/kvm must open read-write and QEMU must be able to create
- * and reset a vCPU with it. A device node can exist where virtualisation does not work (seen on
- * this project's build machine: KVM_CREATE_VM succeeds, setting the vCPU's MSRs aborts QEMU), so
- * the probe is a real q35 machine with a `-cpu host` vCPU, stopped before it runs. SLIPWAY_ACCEL
- * forces one.
- */
-export function detectAccel(): 'kvm' | 'tcg' {
-  const forced = process.env.SLIPWAY_ACCEL;
-  if (forced === 'kvm' || forced === 'tcg') return forced;
-  if (kvmProbe) return kvmProbe;
-  kvmProbe = 'tcg';
-  try {
-    closeSync(openSync('/dev/kvm', 'r+'));
-    const probe = spawnSync(QEMU_BINARY, ['-machine', 'q35,accel=kvm', '-cpu', 'host', '-m', '64', '-nodefaults', '-display', 'none', '-monitor', 'stdio', '-S'], { input: 'quit\n', timeout: 10_000, stdio: ['pipe', 'ignore', 'ignore'] });
-    if (probe.status === 0) kvmProbe = 'kvm';
-  } catch {
-    // no /dev/kvm, or not ours to open
-  }
-  return kvmProbe;
-}
-
 /** The kernel command line: the seed's quiet line, with the KVM clock hints only under KVM. */
-export function kernelCmdline(accel: 'kvm' | 'tcg', extra?: string): string {
+export function kernelCmdline(accel: Accel, extra?: string): string {
   const parts = ['console=ttyS0', 'quiet', 'loglevel=0', 'panic=-1', 'reboot=t'];
   if (accel === 'kvm') parts.push('no_timer_check', 'tsc=reliable', 'clocksource=kvm-clock');
   if (extra) parts.push(extra);
@@ -90,7 +74,7 @@ export interface QemuOptions {
   agentTransport?: AgentTransport;
 }
 
-export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg', opts: QemuOptions & { guestCid?: number } = {}): string[] {
+export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guestCid?: number } = {}): string[] {
   const mem = `${spec.memoryMiB}M`;
   const backend = spec.hugepages
     ? `memory-backend-file,id=mem,size=${mem},mem-path=/dev/hugepages,share=on,prealloc=off`
@@ -139,15 +123,62 @@ export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg', opts: QemuOptions &
   return args;
 }
 
+/** QMP run states that a VM does not leave by itself (qapi/run-state.json). */
+const DEAD_STATES: Record<string, BootFailure['code']> = { 'internal-error': 'VMM_INTERNAL_ERROR', 'guest-panicked': 'GUEST_PANICKED', shutdown: 'GUEST_POWERED_OFF' };
+
 class QemuVm implements RunningVm {
   readonly exited: Promise<VmExit>;
+  readonly failure: Promise<BootFailure>;
   private exitInfo: VmExit | undefined;
   readonly agentEndpoint: AgentEndpoint;
+  private qmp: QmpClient | undefined;
 
   /** `child` is the QEMU we started; a pid alone is one adopted after a daemon restart. */
-  constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, readonly accel: 'kvm' | 'tcg', private readonly stderr: () => string, private readonly guestCid?: number) {
+  constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, readonly accel: Accel, private readonly stderr: () => string, private readonly guestCid?: number, readonly accelVerdict?: AccelVerdict) {
     this.agentEndpoint = guestCid !== undefined ? { transport: 'vsock', cid: guestCid } : { transport: 'virtio-serial', socket: join(spec.workDir, 'agent.sock') };
     this.exited = processExit(child, spec.workDir).then((e) => (this.exitInfo = e));
+    this.failure = typeof child === 'number' ? this.exited.then((exit) => classifyEnd({ console: this.consoleTail(), exit })) : this.watch();
+  }
+
+  /**
+   * Watch a VM we started: over QMP, a STOP into a state it cannot leave (internal-error,
+   * guest-panicked), GUEST_PANICKED, and the SHUTDOWN reason; then the process's exit, read
+   * together with the last SHUTDOWN reason and the console. The state is queried once after
+   * connecting, since events sent before the connection are lost.
+   */
+  private watch(): Promise<BootFailure> {
+    return new Promise<BootFailure>((resolve) => {
+      let shutdownReason: string | undefined;
+      const qmpPath = join(this.spec.workDir, 'qmp.sock');
+      const check = async (qmp: QmpClient): Promise<void> => {
+        const s = await qmp.execute<{ status: string }>('query-status');
+        const code = DEAD_STATES[s.status];
+        if (code === 'VMM_INTERNAL_ERROR') resolve({ code, detail: `QMP status internal-error${this.kvmErrorLine()}` });
+        else if (code === 'GUEST_PANICKED') resolve(classifyEnd({ console: this.consoleTail(), shutdownReason: 'guest-panic' }));
+      };
+      const attached = QmpClient.connect(qmpPath).then(async (qmp) => {
+        this.qmp = qmp;
+        qmp.onEvent((e) => {
+          if (e.event === 'SHUTDOWN' && typeof e.data.reason === 'string') shutdownReason = e.data.reason;
+          else if (e.event === 'GUEST_PANICKED') resolve(classifyEnd({ console: this.consoleTail(), shutdownReason: 'guest-panic' }));
+          else if (e.event === 'STOP') void check(qmp).catch(() => undefined);
+        });
+        await check(qmp);
+        return qmp;
+      }).catch(() => undefined);
+      void this.exited.then(async (exit) => {
+        // the SHUTDOWN event may still be in flight when the exit is seen: wait for QMP to close
+        const qmp = await attached;
+        if (qmp) await Promise.race([qmp.closed, new Promise((r) => setTimeout(r, 500).unref())]);
+        resolve(classifyEnd({ console: this.consoleTail(), shutdownReason, exit }));
+      });
+    });
+  }
+
+  /** QEMU's first stderr line about a KVM failure ("KVM internal error. Suberror: 1"), if any. */
+  private kvmErrorLine(): string {
+    const line = this.stderr().split('\n').find((l) => /KVM/i.test(l));
+    return line ? ` (${line.trim()})` : '';
   }
 
   get pid(): number {
@@ -193,6 +224,7 @@ class QemuVm implements RunningVm {
   }
 
   async kill(graceMs = 2000): Promise<VmExit> {
+    this.qmp?.close();
     if (this.exitInfo) return this.exitInfo;
     if (typeof this.child === 'number') {
       // an adopted pid is signalled only while it still is this VM's QEMU (it may be reused)
@@ -208,22 +240,54 @@ class QemuVm implements RunningVm {
   }
 }
 
+export interface QemuDriverOptions extends QemuOptions {
+  /** the QEMU binary (default: $SLIPWAY_QEMU, else qemu-system-x86_64 on PATH) */
+  binary?: string;
+  /** where the accelerator verdict is kept (default: the chunk cache's directory) */
+  cacheDir?: string;
+  /** called once per process with a verdict that was decided rather than read from the cache */
+  onAccelDecided?: (verdict: AccelVerdict) => void;
+}
+
 export class QemuDriver implements VmmDriver {
   readonly name = 'qemu' as const;
 
-  constructor(private readonly options: QemuOptions = {}) {}
+  readonly binary: string;
+
+  constructor(private readonly options: QemuDriverOptions = {}) {
+    this.binary = options.binary ?? qemuBinary();
+  }
+
+  private accelOptions(spec: VmSpec): { cacheDir: string; qemuBinary: string; bzImage: string } {
+    return { cacheDir: this.options.cacheDir ?? loadConfig().cacheDir, qemuBinary: this.binary, bzImage: spec.kernel.bzImage };
+  }
+
+  /** The accelerator for this VM: the spec's, else this host's verdict (src/vmm/accel.ts). */
+  async accelFor(spec: VmSpec): Promise<AccelVerdict> {
+    if (spec.accel) return { accel: spec.accel, reason: 'chosen by the caller', source: 'forced', decideMs: 0 };
+    const verdict = await chooseAccel(this.accelOptions(spec));
+    if (verdict.source === 'inspection' || verdict.source === 'probe') this.options.onAccelDecided?.(verdict);
+    return verdict;
+  }
+
+  async accelFailed(spec: VmSpec, detail: string): Promise<void> {
+    await recordFallback(this.accelOptions(spec), detail);
+  }
 
   async start(spec: VmSpec): Promise<RunningVm> {
-    const accel = detectAccel();
+    const verdict = await this.accelFor(spec);
+    const accel = verdict.accel;
     await writeFile(join(spec.workDir, 'boot-config'), spec.bootConfig);
+    // a socket left by an earlier QEMU in this directory (a boot again under TCG) is not ours
+    await rm(join(spec.workDir, 'qmp.sock'), { force: true });
     const transport = this.options.agentTransport ?? detectAgentTransport();
     const guestCid = transport === 'vsock' ? randomGuestCid() : undefined;
     const args = qemuArgs(spec, accel, { ...this.options, agentTransport: transport, ...(guestCid !== undefined ? { guestCid } : {}) });
-    await writeFile(join(spec.workDir, 'qemu.args'), `${QEMU_BINARY} ${args.map((a) => JSON.stringify(a)).join(' ')}\n`);
+    await writeFile(join(spec.workDir, 'qemu.args'), `${this.binary} ${args.map((a) => JSON.stringify(a)).join(' ')}\n`);
     // detached: its own session, stderr in a file, so that it outlives this process
     const stderrPath = join(spec.workDir, 'qemu.stderr');
     const errFd = spec.detached ? openSync(stderrPath, 'a', 0o600) : undefined;
-    const child = spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', errFd ?? 'pipe'], detached: spec.detached === true });
+    const child = spawn(this.binary, args, { stdio: ['ignore', 'ignore', errFd ?? 'pipe'], detached: spec.detached === true });
     if (errFd !== undefined) {
       closeSync(errFd);
       child.unref();
@@ -235,27 +299,33 @@ export class QemuDriver implements VmmDriver {
     const stderr = (): string => (errFd !== undefined ? fileTail(stderrPath, 4000) : stderrText);
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', () => resolve());
-      child.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot start ${QEMU_BINARY}: ${err.message} (install qemu-system-x86)`, { cause: err })));
+      child.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot start ${this.binary}: ${err.message} (install qemu-system-x86)`, { cause: err })));
     });
-    const vm = new QemuVm(child, spec, accel, stderr, guestCid);
     // QEMU creates its QMP socket while it starts; wait for it, or for QEMU to give up.
     const deadline = Date.now() + 10_000;
+    const exitedEarly = processExit(child, spec.workDir);
     while (!existsSync(join(spec.workDir, 'qmp.sock'))) {
-      const exited = await Promise.race([vm.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 20))]);
-      if (exited) throw new SlipwayError('VMM_ERROR', `qemu exited at start (code ${exited.code}, signal ${exited.signal}): ${stderr().trim()}`);
+      const exited = await Promise.race([exitedEarly, new Promise<undefined>((r) => setTimeout(() => r(undefined), 20))]);
+      if (exited) {
+        const said = stderr().trim();
+        // QEMU could not use KVM at all ("Could not access KVM kernel module", "failed to initialize kvm")
+        const kvmUnusable = accel === 'kvm' && /KVM kernel module|initiali[sz]e kvm|kvm.*(not supported|permission denied)/i.test(said);
+        throw new SlipwayError('VMM_EXITED', `qemu exited at start (${exited.signal ? `signal ${exited.signal}` : `exit code ${exited.code}`}): ${said || 'it said nothing'}`, { context: { accel, accelSource: verdict.source, kvmUnusable } });
+      }
       if (Date.now() > deadline) {
-        await vm.kill();
+        child.kill('SIGKILL');
+        await exitedEarly;
         throw new SlipwayError('VMM_ERROR', `qemu did not create its sockets within 10 s: ${stderr().trim()}`);
       }
     }
-    return vm;
+    return new QemuVm(child, spec, accel, stderr, guestCid, verdict);
   }
 
   /**
    * A QEMU started detached by an earlier daemon, found running again: `pid` must still be a
    * QEMU with `spec.workDir` in its arguments (else it is someone else's, after pid reuse).
    */
-  adopt(pid: number, spec: VmSpec, accel: 'kvm' | 'tcg', endpoint: AgentEndpoint): RunningVm | undefined {
+  adopt(pid: number, spec: VmSpec, accel: Accel, endpoint: AgentEndpoint): RunningVm | undefined {
     if (!processRunning(pid) || !processHasArgument(pid, spec.workDir)) return undefined;
     return new QemuVm(pid, spec, accel, () => fileTail(join(spec.workDir, 'qemu.stderr'), 4000), endpoint.transport === 'vsock' ? endpoint.cid : undefined);
   }

@@ -7,12 +7,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { SlipwayError } from '../errors.js';
-import { AgentClient, waitForAgent } from '../guest/agent-client.js';
+import type { AgentClient } from '../guest/agent-client.js';
 import { renderBootConfig, type BootConfig } from '../guest/boot-config.js';
 import { guestArtifacts } from '../guest/build.js';
 import type { DiskSpec, NetSpec, RunningVm, VmmDriver } from './driver.js';
 import { QemuDriver } from './qemu.js';
+import { bootVm } from './boot.js';
 
 export interface RunOptions {
   disks: DiskSpec[];
@@ -37,6 +37,10 @@ export interface RunOptions {
   bootConfig?: Partial<BootConfig>;
   bootConfigVia?: 'fw_cfg' | 'cmdline';
   onPhase?: (name: string, ms: number) => void;
+  /** one line for people: the accelerator's fallback ("accel: kvm ... failed; booting again under tcg") */
+  notice?: (message: string) => void;
+  /** extra kernel command line for the guest */
+  kernelArgs?: string;
   /** called once the agent answers, before the command runs */
   onAgentReady?: () => void;
   /** kept for `--keep`: called with the running VM and its work directory before teardown is skipped */
@@ -49,6 +53,8 @@ export interface RunResult {
   phasesMs: Record<string, number>;
   guestPhasesMs: Record<string, number>;
   accel: 'kvm' | 'tcg';
+  /** why that accelerator (src/vmm/accel.ts) */
+  accelReason?: string;
 }
 
 const USER_NET: BootConfig['net'] = [{ name: 'eth0', address: '10.0.2.15/24', gateway: '10.0.2.2' }];
@@ -82,21 +88,22 @@ export async function runInVm(opts: RunOptions): Promise<RunResult> {
   };
   opts.signal?.addEventListener('abort', abort, { once: true });
   try {
-    vm = await driver.start({
+    const booted = await bootVm(driver, {
       id, workDir, cpus: opts.cpus ?? 1, memoryMiB: opts.memoryMiB ?? 512, kernel, initramfs: guest.initramfs,
       disks: opts.disks, bootConfig, net, console: true, hugepages: opts.hugepages === true, vsockConnect: guest.vsockConnect,
       ...(opts.bootConfigVia ? { bootConfigVia: opts.bootConfigVia } : {}),
+      ...(opts.kernelArgs ? { cmdline: opts.kernelArgs } : {}),
+    }, {
+      agentDeadlineMs: opts.bootTimeoutMs ?? 180_000,
+      onStarted: (started) => {
+        vm = started;
+        if (!('vmm_started' in phases)) phase('vmm_started');
+      },
+      ...(opts.notice ? { notice: opts.notice } : {}),
+      ...(opts.signal ? { signal: opts.signal } : {}),
     });
-    phase('vmm_started');
-    const running = vm;
-    const booted = waitForAgent(async () => new AgentClient(await running.connectAgent()), opts.bootTimeoutMs ?? 180_000);
-    const outcome = await Promise.race([booted.then((c) => ({ client: c })), vm.exited.then((e) => ({ exit: e }))]);
-    if ('exit' in outcome) {
-      booted.catch(() => undefined);
-      if (opts.signal?.aborted) throw new SlipwayError('ABORTED', 'run interrupted');
-      throw new SlipwayError('VM_BOOT_FAILED', `the VM stopped before its agent answered (qemu exit ${outcome.exit.code ?? outcome.exit.signal}); console:\n${vm.consoleTail(3000).trim()}`);
-    }
-    client = outcome.client;
+    vm = booted.vm;
+    client = booted.client;
     const pong = await client.ping();
     phase('agent_ready');
     opts.onAgentReady?.();
@@ -113,7 +120,7 @@ export async function runInVm(opts: RunOptions): Promise<RunResult> {
       kept = true;
       opts.onKept?.({ workDir, pid: vm.pid });
     }
-    return { exitCode: result.exitCode, signal: result.signal, phasesMs: phases, guestPhasesMs, accel: vm.accel };
+    return { exitCode: result.exitCode, signal: result.signal, phasesMs: phases, guestPhasesMs, accel: vm.accel, ...(vm.accelVerdict ? { accelReason: vm.accelVerdict.reason } : {}) };
   } finally {
     opts.signal?.removeEventListener('abort', abort);
     if (!kept) {

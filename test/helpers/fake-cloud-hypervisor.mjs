@@ -23,6 +23,9 @@
  *   FAKE_CH_REJECT         an endpoint (e.g. "vm.boot") to answer 500 with a fake error body
  *   FAKE_CH_API_DELAY_MS   wait this long before serving the API socket
  *   FAKE_CH_EXIT_AT_START  exit at once with this code, after a message on stderr
+ *   FAKE_CH_GUEST          what the "guest" does once booted: `panic` (a panic line on the serial
+ *                          console, and the VM stays Running, as CH reboots a panicking guest) or
+ *                          `poweroff` (state Shutdown, then the process exits 0, as CH does)
  */
 import { spawn } from 'node:child_process';
 import { appendFileSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -553,7 +556,8 @@ function main() {
     if (config.serial?.mode === 'File') writeFileSync(config.serial.file, 'fake-cloud-hypervisor: this is a FAKE serial console; no guest kernel runs\n');
     const vsockPath = config.vsock?.socket;
     const agentSocket = join(dirname(apiSocket), 'fake-ch-guest-agent.sock');
-    if (env.FAKE_CH_AGENT) {
+    // a guest that panics or powers off while booting never starts its agent
+    if (env.FAKE_CH_AGENT && !env.FAKE_CH_GUEST) {
       rmSync(agentSocket, { force: true });
       agent = spawn(env.FAKE_CH_AGENT, ['--listen-unix', agentSocket, '--no-vsock', '--no-serial', '--no-shutdown-signal'], { stdio: ['ignore', 'ignore', 'inherit'] });
       log({ event: 'agent', pid: agent.pid, socket: agentSocket });
@@ -656,6 +660,16 @@ function main() {
           const failure = boot();
           if (failure) return answer(500, failure);
           state = 'Running';
+          if (env.FAKE_CH_GUEST === 'panic' && config.serial?.mode === 'File') {
+            setTimeout(() => appendFileSync(config.serial.file, 'Kernel panic - not syncing: FAKE stand-in panic\n'), 50);
+          } else if (env.FAKE_CH_GUEST === 'poweroff') {
+            setTimeout(() => {
+              stopGuest();
+              state = 'Shutdown';
+              log({ event: 'guest-poweroff' });
+              setTimeout(() => exit(0), 300);
+            }, 50);
+          }
           return answer(204);
         }
         case 'vm.shutdown':

@@ -1,0 +1,276 @@
+/**
+ * Which accelerator QEMU uses on this host, decided once and kept: KVM only where slipway's own
+ * guest kernel has been seen to run under it, TCG otherwise.
+ *
+ * A /dev/kvm that opens, and even a vCPU that QEMU can create, do not prove that a guest runs:
+ * `kvm_pvm` (a hypervisor for guests built as PVM guests) passes both, then stops an ordinary
+ * kernel in its first instructions with a KVM internal error. So the choice is, in order:
+ * 1. `SLIPWAY_ACCEL=kvm|tcg` forces one (source `forced`);
+ * 2. a verdict cached in `<cacheDir>/accel.json` for this host's identity (source `cache`);
+ * 3. inspection: no usable /dev/kvm, or a KVM module known not to run ordinary guests (source
+ *    `inspection`);
+ * 4. a probe boot: the guest kernel under KVM with no root disk must reach its "cannot mount root"
+ *    panic (source `probe`).
+ * A boot that dies with an internal error under an automatic KVM choice records `tcg` (source
+ * `fallback`, see recordFallback), so the next boot goes straight to TCG.
+ *
+ * The host identity is the host kernel release, the loaded KVM modules, the QEMU binary (path,
+ * size, mtime) and the guest kernel's sha256: a change of any of them decides again.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SlipwayError } from '../errors.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
+import { fileTail } from '../util/file-tail.js';
+import { QmpClient } from './qmp.js';
+
+export type Accel = 'kvm' | 'tcg';
+export type AccelSource = 'forced' | 'cache' | 'inspection' | 'probe' | 'fallback';
+
+export interface HostIdentity {
+  hostKernel: string;
+  /** KVM modules loaded (kvm_intel, kvm_amd, kvm_pvm), sorted; empty without KVM */
+  kvmModules: string[];
+  qemu: { path: string; size: number; mtimeMs: number };
+  /** sha256 of the guest kernel's bzImage */
+  guestKernel: string;
+}
+
+export interface AccelVerdict {
+  accel: Accel;
+  /** why, in words: "kvm_pvm cannot run this guest kernel" */
+  reason: string;
+  source: AccelSource;
+  /** milliseconds spent deciding in this process (0 when forced or cached) */
+  decideMs: number;
+}
+
+interface StoredVerdict {
+  version: 1;
+  host: HostIdentity;
+  accel: Accel;
+  reason: string;
+  source: Exclude<AccelSource, 'forced' | 'cache'>;
+  decidedAt: string;
+}
+
+/** KVM modules whose guests must be built for them: they do not run slipway's ordinary kernel. */
+const KVM_MODULES_WITHOUT_ORDINARY_GUESTS: Record<string, string> = {
+  kvm_pvm: 'kvm_pvm runs only PVM guest kernels, not this ordinary guest kernel',
+};
+
+const KNOWN_KVM_MODULES = ['kvm_intel', 'kvm_amd', 'kvm_pvm'];
+
+/** The KVM modules this host has loaded, from /sys/module (`sysRoot` for tests). */
+export function loadedKvmModules(sysRoot = '/sys'): string[] {
+  return KNOWN_KVM_MODULES.filter((m) => existsSync(join(sysRoot, 'module', m))).sort();
+}
+
+/** Whether /dev/kvm is a character device this process can open read-write. */
+export function kvmDeviceUsable(path = '/dev/kvm'): { ok: true } | { ok: false; why: string } {
+  try {
+    if (!statSync(path).isCharacterDevice()) return { ok: false, why: `${path} is not a character device` };
+    closeSync(openSync(path, 'r+'));
+    return { ok: true };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return { ok: false, why: code === 'ENOENT' ? `${path} does not exist (no KVM module loaded, or nested virtualisation off)` : `${path} cannot be opened read-write (${code ?? (err as Error).message})` };
+  }
+}
+
+const kernelDigests = new Map<string, string>();
+
+/** sha256 of a guest kernel image, computed once per process and path+mtime. */
+export async function guestKernelDigest(bzImage: string): Promise<string> {
+  const st = statSync(bzImage);
+  const key = `${bzImage}:${st.size}:${st.mtimeMs}`;
+  let d = kernelDigests.get(key);
+  if (!d) {
+    d = `sha256:${createHash('sha256').update(await readFile(bzImage)).digest('hex')}`;
+    kernelDigests.set(key, d);
+  }
+  return d;
+}
+
+/** Find an executable on PATH (or a path given as is); undefined when there is none. */
+export function whichBinary(name: string): string | undefined {
+  if (name.includes('/')) return existsSync(name) ? name : undefined;
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
+    const p = join(dir || '.', name);
+    try {
+      if (statSync(p).isFile()) return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+export async function hostIdentity(qemuBinary: string, bzImage: string, sysRoot = '/sys'): Promise<HostIdentity> {
+  const path = whichBinary(qemuBinary);
+  if (!path) throw new SlipwayError('VMM_ERROR', `cannot find ${qemuBinary} (install qemu-system-x86)`);
+  const st = statSync(path);
+  return { hostKernel: release(), kvmModules: loadedKvmModules(sysRoot), qemu: { path, size: st.size, mtimeMs: st.mtimeMs }, guestKernel: await guestKernelDigest(bzImage) };
+}
+
+function sameHost(a: HostIdentity, b: HostIdentity): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+export function verdictPath(cacheDir: string): string {
+  return join(cacheDir, 'accel.json');
+}
+
+/** The cached verdict for this host, if any (a malformed or other host's file counts as none). */
+export function readVerdict(cacheDir: string, host: HostIdentity): StoredVerdict | undefined {
+  try {
+    const v = JSON.parse(readFileSync(verdictPath(cacheDir), 'utf8')) as Partial<StoredVerdict>;
+    if (v.version !== 1 || (v.accel !== 'kvm' && v.accel !== 'tcg') || typeof v.reason !== 'string' || !v.host || !sameHost(v.host, host)) return undefined;
+    return v as StoredVerdict;
+  } catch {
+    return undefined;
+  }
+}
+
+async function storeVerdict(cacheDir: string, host: HostIdentity, accel: Accel, reason: string, source: StoredVerdict['source']): Promise<void> {
+  const v: StoredVerdict = { version: 1, host, accel, reason, source, decidedAt: new Date().toISOString() };
+  await writeFileAtomic(verdictPath(cacheDir), `${JSON.stringify(v, null, 2)}\n`);
+}
+
+/** What inspection alone says: a reason to use TCG, or undefined when KVM may work (probe it). */
+export function inspectKvm(modules: string[], device: ReturnType<typeof kvmDeviceUsable>): string | undefined {
+  const unfit = modules.map((m) => KVM_MODULES_WITHOUT_ORDINARY_GUESTS[m]).find((why) => why !== undefined);
+  if (!device.ok) return unfit ? `${device.why}; and ${unfit}` : device.why;
+  return unfit;
+}
+
+export interface ProbeResult {
+  ok: boolean;
+  /** what was seen: "reached the kernel's root-mount panic in 412 ms", "QMP status internal-error" */
+  detail: string;
+  ms: number;
+}
+
+/**
+ * Boot the guest kernel under `accel` with no initramfs and no disk: a kernel that runs reaches
+ * its "VFS: Unable to mount root fs" panic and, with panic=-1 and -no-reboot, QEMU exits. A VM
+ * that stops (QMP status internal-error, say), or does not get there within `timeoutMs`, fails.
+ * Nothing is left running.
+ */
+export async function probeBoot(qemuBinary: string, bzImage: string, accel: Accel, timeoutMs = 20_000): Promise<ProbeResult> {
+  const t0 = performance.now();
+  const dir = await mkdtemp(join(tmpdir(), 'slipway-accel-probe-'));
+  const consolePath = join(dir, 'console.log');
+  const qmpPath = join(dir, 'qmp.sock');
+  const child = spawn(qemuBinary, [
+    '-machine', `q35,accel=${accel}`, '-cpu', accel === 'kvm' ? 'host' : 'max', '-m', '128', '-smp', '1',
+    '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
+    '-kernel', bzImage, '-append', 'console=ttyS0 panic=-1 loglevel=3',
+    '-serial', `file:${consolePath}`, '-qmp', `unix:${qmpPath},server=on,wait=off`,
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-2000);
+  });
+  const exited = new Promise<number | null>((resolve) => {
+    child.once('exit', (code) => resolve(code));
+    child.once('error', () => resolve(-1));
+  });
+  let qmp: QmpClient | undefined;
+  const stopped = new Promise<string>((resolve) => {
+    const attach = async (): Promise<void> => {
+      while (!existsSync(qmpPath)) {
+        if (await Promise.race([exited.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 10))])) return;
+      }
+      qmp = await QmpClient.connect(qmpPath);
+      const check = async (): Promise<void> => {
+        const s = await qmp?.execute<{ status: string }>('query-status');
+        if (s && ['internal-error', 'guest-panicked', 'io-error'].includes(s.status)) resolve(`QMP status ${s.status}`);
+      };
+      qmp.onEvent((e) => {
+        if (e.event === 'STOP') void check().catch(() => undefined);
+      });
+      await check();
+    };
+    attach().catch(() => undefined);
+  });
+  const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), timeoutMs).unref());
+  try {
+    const outcome = await Promise.race([exited.then((code) => ({ code })), stopped.then((why) => ({ why })), timer]);
+    const ms = Math.round(performance.now() - t0);
+    const console = fileTail(consolePath, 4000);
+    if (typeof outcome === 'object' && 'code' in outcome) {
+      if (/Kernel panic - not syncing/.test(console)) return { ok: true, detail: `the guest kernel reached its root-mount panic in ${ms} ms`, ms };
+      return { ok: false, detail: `qemu exited (code ${outcome.code}) before the guest kernel reached its root-mount panic: ${(stderr.trim() || console.trim()).slice(-300)}`, ms };
+    }
+    if (outcome === 'timeout') return { ok: false, detail: `the guest kernel did not reach its root-mount panic within ${timeoutMs} ms`, ms };
+    return { ok: false, detail: `${outcome.why}: ${stderr.trim().split('\n')[0] ?? ''}`.trim(), ms };
+  } finally {
+    qmp?.close();
+    child.kill('SIGKILL');
+    await exited;
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+export interface ChooseOptions {
+  cacheDir: string;
+  qemuBinary: string;
+  bzImage: string;
+  env?: NodeJS.ProcessEnv;
+  /** tests: another /sys and /dev/kvm */
+  sysRoot?: string;
+  kvmDevice?: string;
+}
+
+/** One decision at a time per process (two boots at once must not probe twice). */
+let deciding: Promise<AccelVerdict> | undefined;
+
+/**
+ * The accelerator for QEMU on this host (see the module comment for the order). Errors:
+ * INVALID_ARGUMENT for a SLIPWAY_ACCEL other than kvm, tcg or auto; VMM_ERROR when QEMU is missing.
+ */
+export async function chooseAccel(opts: ChooseOptions): Promise<AccelVerdict> {
+  const forced = (opts.env ?? process.env).SLIPWAY_ACCEL;
+  if (forced === 'kvm' || forced === 'tcg') return { accel: forced, reason: 'SLIPWAY_ACCEL', source: 'forced', decideMs: 0 };
+  if (forced !== undefined && forced !== '' && forced !== 'auto') throw new SlipwayError('INVALID_ARGUMENT', `SLIPWAY_ACCEL must be kvm, tcg or auto (got ${JSON.stringify(forced)})`);
+  while (deciding) await deciding.catch(() => undefined);
+  const run = decide(opts);
+  deciding = run;
+  try {
+    return await run;
+  } finally {
+    if (deciding === run) deciding = undefined;
+  }
+}
+
+async function decide(opts: ChooseOptions): Promise<AccelVerdict> {
+  const t0 = performance.now();
+  const host = await hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot);
+  const cached = readVerdict(opts.cacheDir, host);
+  if (cached) return { accel: cached.accel, reason: cached.reason, source: 'cache', decideMs: Math.round(performance.now() - t0) };
+  const rejected = inspectKvm(host.kvmModules, kvmDeviceUsable(opts.kvmDevice));
+  let verdict: Omit<AccelVerdict, 'decideMs'>;
+  if (rejected) verdict = { accel: 'tcg', reason: rejected, source: 'inspection' };
+  else {
+    const probe = await probeBoot(host.qemu.path, opts.bzImage, 'kvm');
+    verdict = probe.ok ? { accel: 'kvm', reason: probe.detail, source: 'probe' } : { accel: 'tcg', reason: `kvm probe failed: ${probe.detail}`, source: 'probe' };
+  }
+  await storeVerdict(opts.cacheDir, host, verdict.accel, verdict.reason, verdict.source as StoredVerdict['source']);
+  return { ...verdict, decideMs: Math.round(performance.now() - t0) };
+}
+
+/**
+ * A boot under an automatically chosen KVM died with an internal error: record TCG for this host
+ * so that later boots go straight to it.
+ */
+export async function recordFallback(opts: ChooseOptions, detail: string): Promise<AccelVerdict> {
+  const host = await hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot);
+  const reason = `a guest died under kvm (${detail})`;
+  await storeVerdict(opts.cacheDir, host, 'tcg', reason, 'fallback');
+  return { accel: 'tcg', reason, source: 'fallback', decideMs: 0 };
+}

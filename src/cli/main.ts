@@ -4,6 +4,7 @@ import { guestCommand, kernelCommand, rootfsCommand } from './guest-commands.js'
 import { runCommand } from './run-command.js';
 import { serveCommand } from './serve-command.js';
 import { daemonCommand, vmCommand } from './daemon-commands.js';
+import { doctorCommand } from './doctor-command.js';
 import { copyCommand, inspectCommand, pullCommand, pushCommand, type CommandIO } from './disk-commands.js';
 
 const USAGE = `slipway: OCI-backed disks for microVMs
@@ -23,7 +24,8 @@ usage: slipway <command> [options]
   guest build [--json]      build the initramfs holding slipway's init and agent
   rootfs build --from busybox|debian|<image> -o <file>
                             make a root disk image
-  run --disk <raw-file> [--hostname H] [--env K=V] [--cpus N] [--memory M] [--net none|user] -- <cmd...>
+  doctor [--json]           what this host offers (KVM, QEMU features, vsock, hugepages, ...) and what slipway will use
+  run <ref> | --disk <raw-file> [--hostname H] [--env K=V] [--cpus N] [--memory M] [--net none|user] -- <cmd...>
                             boot a VM from a disk, run a command in it, exit with its status
   serve <ref> --socket <path> [--rw] [--overlay <dir>]
                             serve a disk to a VMM over vhost-user-blk, fetching chunks on demand
@@ -52,6 +54,7 @@ const COMMANDS: Record<string, Command> = {
   serve: serveCommand,
   daemon: daemonCommand,
   vm: vmCommand,
+  doctor: doctorCommand,
 };
 
 export async function main(argv: string[], io: CommandIO = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {

@@ -130,6 +130,38 @@ describe('slipway-blk through the test frontend', () => {
     expect((await frontend(['info', s.socket])).json.features).toBeDefined();
   });
 
+  it('takes a request of exactly seg_max data segments however they lie (indirect table, ring, across two adjacent regions), refuses seg_max + 1', async () => {
+    const s = await serve('segmax', { readWrite: true, queues: 1 });
+    const segMax = Number((await frontend(['info', s.socket])).json.seg_max);
+    expect(segMax).toBe(126);
+    const outFile = join(work, 'segmax.bin');
+    const want = readFileSync(image).subarray(0, segMax * 4096);
+    // 126 4 KiB segments behind an indirect table (the header and status beside them), then in the ring itself
+    for (const shape of [['--indirect'], ['--seg', '4096']]) {
+      const r = await frontend(['read', s.socket, '0', String(segMax * 4096), outFile, ...shape]);
+      expect(r.code, `${shape.join(' ')}: ${r.stderr}`).toBe(0);
+      expect(readFileSync(outFile).equals(want), shape.join(' ')).toBe(true);
+    }
+    // each segment spans two regions (two pieces of host memory): still 126 segments
+    const span = await frontend(['malformed', s.socket, 'segments-span-regions', '--regions', '2', '--adjacent']);
+    expect(span.json.outcome, JSON.stringify(span.json)).toBe('ok');
+    // seg_max + 1 in the ring, and behind an indirect table (a ring of 128 cannot hold them)
+    for (const ring of ['256', '128']) {
+      const r = await frontend(['malformed', s.socket, 'too-many-segments', '--ring', ring]);
+      expect(r.json.outcome, JSON.stringify(r.json)).toBe('status-ioerr');
+    }
+  });
+
+  it('refuses a chain that loops through its whole table back to its head, in the ring and behind an indirect table', async () => {
+    const s = await serve('loops', { readWrite: true, queues: 1 });
+    // a ring of 16: the loop is within seg_max, so only the loop bound can refuse it
+    for (const c of ['loop-whole-table', 'indirect-loop-whole-table']) {
+      const r = await frontend(['malformed', s.socket, c, '--ring', '16']);
+      expect(r.json.alive, `${c}: ${JSON.stringify(r.json)} ${r.stderr}`).toBe(true);
+      expect(['status-ioerr', 'no-status'], `${c}: ${JSON.stringify(r.json)}`).toContain(r.json.outcome);
+    }
+  });
+
   it('survives every malformed request and message, and keeps serving', async () => {
     const s = await serve('malformed', { readWrite: true, queues: 1 });
     const cases = ['desc-loop', 'desc-loop-empty', 'chain-too-long', 'index-out-of-range', 'avail-idx-jump', 'addr-outside-memory', 'addr-straddles-end',

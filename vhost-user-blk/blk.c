@@ -52,6 +52,26 @@ static int zero_segments(struct vub_disk *d, const struct vub_chain *c, size_t b
 	return 0;
 }
 
+/*
+ * The data segments seg_max counts: buffers holding any byte besides the 16-byte header and the
+ * status byte. A header or status in a descriptor of its own is none (the driver adds those two to
+ * its seg_max segments); one that shares a descriptor with data counts once, as data.
+ */
+static unsigned data_segments(const struct vub_chain *c)
+{
+	unsigned segs = 0;
+	size_t at = 0;
+	for (unsigned i = 0; i < c->nbufs_out; i++) {
+		at += c->buf_len[i];
+		if (at > sizeof(struct virtio_blk_outhdr))
+			segs++;
+	}
+	for (unsigned i = c->nbufs_out; i < c->nbufs; i++)
+		if (i + 1 < c->nbufs || c->buf_len[i] > 1)
+			segs++;
+	return segs;
+}
+
 int vub_blk_execute(struct vub_disk *d, const struct vub_chain *c, uint32_t *used_len, uint64_t *missing)
 {
 	struct virtio_blk_outhdr hdr;
@@ -59,7 +79,7 @@ int vub_blk_execute(struct vub_disk *d, const struct vub_chain *c, uint32_t *use
 		*used_len = 0; /* nowhere to put a status: nothing can be answered */
 		return 0;
 	}
-	if (c->out_bytes < sizeof hdr || c->descriptors > VUB_SEG_MAX + 2) {
+	if (c->out_bytes < sizeof hdr || data_segments(c) > VUB_SEG_MAX) {
 		vub_blk_fail(c, VIRTIO_BLK_S_IOERR, used_len);
 		return 0;
 	}

@@ -246,7 +246,8 @@ static int full_io(int fd, const struct iovec *iov, unsigned n, uint64_t off, ui
 		int k = vub_iov_slice(iov, n, (size_t)done, (size_t)(len - done), local, VUB_CHAIN_IOV_MAX);
 		if (k < 0)
 			return -EINVAL;
-		ssize_t r = write ? pwritev(fd, local, k, (off_t)(off + done)) : preadv(fd, local, k, (off_t)(off + done));
+		int batch = k < IOV_MAX ? k : IOV_MAX; /* the rest in the next round */
+		ssize_t r = write ? pwritev(fd, local, batch, (off_t)(off + done)) : preadv(fd, local, batch, (off_t)(off + done));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)

@@ -89,6 +89,8 @@ static int add_buffer(struct vub_chain *c, const struct vub_mem *m, const struct
 		return -1; /* device-readable buffers must come before device-writable ones */
 	if (d->len == 0)
 		return 0;
+	if (c->nbufs >= VUB_CHAIN_BUF_MAX)
+		return -1;
 	unsigned n = c->n_out + c->n_in;
 	unsigned before = n;
 	if (vub_gpa_to_iov(m, d->addr, d->len, c->iov, VUB_CHAIN_IOV_MAX, &n) < 0)
@@ -99,7 +101,9 @@ static int add_buffer(struct vub_chain *c, const struct vub_mem *m, const struct
 	} else {
 		c->n_out += n - before;
 		c->out_bytes += d->len;
+		c->nbufs_out++;
 	}
+	c->buf_len[c->nbufs++] = d->len;
 	return 0;
 }
 
@@ -127,12 +131,10 @@ static int walk_chain(struct vub_ring *r, const struct vub_mem *m, uint16_t head
 			idx = 0;
 			steps = 0;
 			in_indirect = true;
-			c->descriptors++;
 			continue;
 		}
 		if (add_buffer(c, m, &d) < 0)
 			return -1;
-		c->descriptors++;
 		if (!(d.flags & VRING_DESC_F_NEXT))
 			return 0;
 		idx = d.next;

@@ -32,7 +32,15 @@ void *vub_uva_to_host(const struct vub_mem *m, uint64_t uva, uint64_t len);
 /* Map [gpa, gpa+len) to iovecs, split where it crosses regions; -1 if any byte is unmapped or `max` is exceeded. */
 int vub_gpa_to_iov(const struct vub_mem *m, uint64_t gpa, uint64_t len, struct iovec *iov, unsigned max, unsigned *n);
 
-#define VUB_CHAIN_IOV_MAX (VUB_SEG_MAX + 8)
+/*
+ * Buffers (non-empty descriptors; a descriptor that points at an indirect table is none) one chain
+ * may hold: seg_max data segments, the header and the status byte, and a few more for a driver that
+ * splits its header. A buffer may span several memory regions, at most each of them once, so the
+ * iovecs are sized for every buffer spanning every region: a request within the advertised limits is
+ * never refused for where its buffers lie.
+ */
+#define VUB_CHAIN_BUF_MAX (VUB_SEG_MAX + 8)
+#define VUB_CHAIN_IOV_MAX (VUB_CHAIN_BUF_MAX * VUB_MAX_REGIONS)
 
 struct vub_chain {
 	uint16_t head;
@@ -40,7 +48,9 @@ struct vub_chain {
 	unsigned n_in;  /* device-writable iovecs: iov[n_out .. n_out + n_in) */
 	size_t out_bytes;
 	size_t in_bytes;
-	unsigned descriptors;
+	unsigned nbufs;     /* buffers in chain order: buf_len[0 .. nbufs) */
+	unsigned nbufs_out; /* the device-readable ones, which come first */
+	uint32_t buf_len[VUB_CHAIN_BUF_MAX];
 	struct iovec iov[VUB_CHAIN_IOV_MAX];
 };
 

@@ -218,7 +218,7 @@ static int dev_open(struct dev *d, const char *path, const struct opts *o, const
 		mem = need > DEFAULT_MEM_BYTES ? need : DEFAULT_MEM_BYTES;
 		mem = (mem + (2ull << 20) - 1) & ~((2ull << 20) - 1);
 	}
-	gmem_init(&d->mem, mem, o->regions);
+	gmem_init(&d->mem, mem, o->regions, o->adjacent);
 	d->nq = l->nq;
 	for (unsigned i = 0; i < l->nq; i++)
 		vq_init(d, &d->q[i], i, l);
@@ -289,13 +289,16 @@ static unsigned seg_count(uint32_t len, uint32_t seg)
 
 /*
  * How a request of len bytes is cut: one descriptor unless size_max forces more; with --indirect,
- * 4 KiB descriptors behind an indirect table, in reverse order. Never more than seg_max segments.
+ * 4 KiB descriptors behind an indirect table, in reverse order; --seg BYTES cuts direct chains too.
+ * Never more than seg_max segments.
  */
 static struct shape shape_for(const struct dev *d, uint32_t len, bool indirect)
 {
 	struct shape s = { .indirect = indirect, .seg_bytes = len ? len : SECTOR_BYTES, .reverse = indirect };
 	if (indirect)
 		s.seg_bytes = 4096;
+	if (d->o->seg_bytes && len > d->o->seg_bytes)
+		s.seg_bytes = (uint32_t)d->o->seg_bytes;
 	if (d->size_max && s.seg_bytes > d->size_max)
 		s.seg_bytes = d->size_max >= SECTOR_BYTES ? d->size_max & ~(SECTOR_BYTES - 1) : d->size_max;
 	unsigned limit = d->seg_max < MAX_DATA_SEGS ? d->seg_max : MAX_DATA_SEGS;

@@ -29,6 +29,8 @@ struct opts {
 	bool qd_given;
 	double seconds;
 	bool unmap;
+	bool adjacent;
+	uint64_t seg_bytes;
 	uint64_t chunk_bytes;
 	uint64_t iterations;
 };
@@ -47,7 +49,8 @@ static void usage(void)
 	      "  reconnect SOCK\n"
 	      "  race SOCK [--chunk BYTES] [--iterations N]   (needs 2 queues; overlapping writes on two queues)\n"
 	      "  replay SOCK TRACEFILE   (reads \"offset bytes\" lines in order at queue depth 1)\n"
-	      "options for all: --regions 1|2, --mem BYTES, --ring N (power of two), --indirect,\n"
+	      "options for all: --regions 1|2 [--adjacent], --mem BYTES, --ring N (power of two), --indirect,\n"
+	      "  --seg BYTES (data segments of at most BYTES, direct chains too),\n"
 	      "  --timeout-ms MS (requests and replies, default 10000), --case-timeout-ms MS (malformed, default 1000),\n"
 	      "  --seed N\n"
 	      "sizes take k, m, g suffixes (binary). Output: one JSON object on stdout.\n",
@@ -84,7 +87,7 @@ static void parse_opts(int argc, char **argv, int first, struct opts *o)
 			name = namebuf;
 			value = eq + 1;
 		}
-		bool is_flag = strcmp(name, "--indirect") == 0 || strcmp(name, "--unmap") == 0;
+		bool is_flag = strcmp(name, "--indirect") == 0 || strcmp(name, "--unmap") == 0 || strcmp(name, "--adjacent") == 0;
 		if (!is_flag && !value) {
 			if (i + 1 >= argc)
 				die("option %s needs a value", name);
@@ -94,6 +97,13 @@ static void parse_opts(int argc, char **argv, int first, struct opts *o)
 			o->indirect = true;
 		else if (strcmp(name, "--unmap") == 0)
 			o->unmap = true;
+		else if (strcmp(name, "--adjacent") == 0)
+			o->adjacent = true;
+		else if (strcmp(name, "--seg") == 0) {
+			o->seg_bytes = arg_u64("--seg", value, SECTOR_BYTES, SLOT_DATA_BYTES);
+			if (o->seg_bytes % SECTOR_BYTES)
+				die("--seg must be a multiple of 512");
+		}
 		else if (strcmp(name, "--queues") == 0)
 			o->queues = (unsigned)arg_u64("--queues", value, 1, MAX_QUEUES);
 		else if (strcmp(name, "--regions") == 0)

@@ -35,7 +35,9 @@ struct gmem {
 	struct gregion r[MAX_REGIONS];
 };
 
-static void gmem_init(struct gmem *m, uint64_t size, unsigned nregions)
+/* adjacent: the second region starts where the first ends in guest-physical space (as two memory
+ * backends side by side do), so one buffer may span both; its first page is kept free. */
+static void gmem_init(struct gmem *m, uint64_t size, unsigned nregions, bool adjacent)
 {
 	memset(m, 0, sizeof *m);
 	m->fd = memfd_create("vub-frontend-guest", MFD_CLOEXEC);
@@ -51,11 +53,11 @@ static void gmem_init(struct gmem *m, uint64_t size, unsigned nregions)
 	m->n = nregions;
 	uint64_t part = size / nregions;
 	for (unsigned i = 0; i < nregions; i++) {
-		m->r[i].gpa = i == 0 ? 0 : REGION1_GPA;
+		m->r[i].gpa = i == 0 ? 0 : adjacent ? i * part : REGION1_GPA;
 		m->r[i].size = part;
 		m->r[i].mmap_offset = i * part;
 		m->r[i].host = m->base + i * part;
-		m->r[i].used = 0;
+		m->r[i].used = i > 0 && adjacent ? 4096 : 0;
 	}
 }
 

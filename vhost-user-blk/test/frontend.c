@@ -14,7 +14,8 @@
  *
  * Parts: vub_proto.h (wire formats), fe_util.h (limits, helpers), fe_options.h (command line),
  * fe_vhost_user.h (messages, handshake), fe_virtq.h (guest memory, the driver's split virtqueue),
- * fe_device.h (a negotiated device and virtio-blk requests), fe_malformed.h (the malformed cases);
+ * fe_device.h (a negotiated device and virtio-blk requests), fe_ring_cases.h (hand-written chains),
+ * fe_malformed.h (the malformed cases);
  * this file holds the other subcommands.
  */
 #include <errno.h>

@@ -162,6 +162,15 @@ describe('slipway-blk through the test frontend', () => {
     }
   });
 
+  it('closes each SET_MEM_TABLE descriptor once when the new table no longer maps a started ring (and keeps serving)', async () => {
+    const s = await serve('memtable', { readWrite: true, queues: 3 });
+    const r = await frontend(['malformed', s.socket, 'mem-table-unmaps-ring', '--queues', '3', '--regions', '2']);
+    expect(r.json.alive, `${JSON.stringify(r.json)} ${r.stderr}`).toBe(true);
+    expect(['connection-closed', 'reply-nack']).toContain(r.json.outcome);
+    expect(s.log()).not.toMatch(/stop eventfd: Bad file descriptor/);
+    expect(s.running()).toBe(true);
+  });
+
   it('survives every malformed request and message, and keeps serving', async () => {
     const s = await serve('malformed', { readWrite: true, queues: 1 });
     const cases = ['desc-loop', 'desc-loop-empty', 'chain-too-long', 'index-out-of-range', 'avail-idx-jump', 'addr-outside-memory', 'addr-straddles-end',

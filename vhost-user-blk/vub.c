@@ -547,7 +547,21 @@ static struct vub_queue *queue_at(struct vub_dev *dev, uint32_t index, const str
 	return &dev->q[index];
 }
 
+/*
+ * Map the new table, then swap it in with the queues stopped. The region descriptors are this
+ * function's alone: it closes them on every path, once, when it is done (a second close would hit
+ * whatever the backend opened next under the same number, such as a restarted queue's stop eventfd).
+ */
+static int set_mem_table(struct vub_dev *dev, const struct vhost_user_header *h, const uint8_t *payload, const int *fds, unsigned nfds);
+
 static int handle_set_mem_table(struct vub_dev *dev, const struct vhost_user_header *h, const uint8_t *payload, int *fds, unsigned nfds)
+{
+	int rc = set_mem_table(dev, h, payload, fds, nfds);
+	close_fds(fds, nfds);
+	return rc;
+}
+
+static int set_mem_table(struct vub_dev *dev, const struct vhost_user_header *h, const uint8_t *payload, const int *fds, unsigned nfds)
 {
 	struct vhost_memory mem;
 	if (h->size < 8)
@@ -593,7 +607,6 @@ static int handle_set_mem_table(struct vub_dev *dev, const struct vhost_user_hea
 						 .host = (uint8_t *)base + r->mmap_offset, .mmap_base = base, .mmap_len = (size_t)end };
 		next.n = i + 1;
 	}
-	close_fds(fds, nfds);
 	/* queue threads translate through the table: stop them while it changes */
 	bool was[VUB_MAX_QUEUES];
 	for (unsigned i = 0; i < dev->nqueues; i++) {
@@ -684,11 +697,13 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 		rc = reply_u64(dev, h, dev->nqueues);
 		replied = true;
 		break;
-	case VHOST_USER_SET_MEM_TABLE:
-		if (handle_set_mem_table(dev, h, payload, fds, nfds) < 0)
+	case VHOST_USER_SET_MEM_TABLE: {
+		int r = handle_set_mem_table(dev, h, payload, fds, nfds);
+		nfds = 0; /* closed there, whatever the outcome */
+		if (r < 0)
 			goto malformed;
-		nfds = 0; /* consumed */
 		break;
+	}
 	case VHOST_USER_SET_VRING_NUM:
 		if (!payload_is(h, sizeof state) || !fd_count_is(h, nfds, 0))
 			goto malformed;

@@ -34,6 +34,7 @@ enum stage {
 	STAGE_BEFORE_MEM_TABLE,
 	STAGE_BEFORE_VRINGS,
 	STAGE_BEFORE_KICK, /* queue 0's NUM, ADDR and BASE are set, its KICK not yet */
+	STAGE_STARTED,     /* every queue started */
 };
 
 /* Something a malformed case does at a stage of the setup; a non-zero return stops the setup there. */
@@ -236,7 +237,7 @@ static int dev_open(struct dev *d, const char *path, const struct opts *o, const
 		if ((rc = dev_queue_start(d, &d->q[i])) != VU_OK)
 			return rc;
 	}
-	return VU_OK;
+	return run_hook(d, hook, STAGE_STARTED);
 }
 
 /* Stop the rings the way a VMM does (GET_VRING_BASE) when `stop`, then let go of everything. */

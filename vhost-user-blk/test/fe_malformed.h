@@ -128,6 +128,27 @@ static int msg_case_hook(struct dev *d, void *arg)
 		struct vhost_user_vring_state st = { .index = 0, .num = 100 };
 		return msg_send_bad(d, m, VHOST_USER_SET_VRING_NUM, sizeof st, &st, sizeof st, NULL, 0);
 	}
+	if (strcmp(c, "mem-table-unmaps-ring") == 0) {
+		/* a new table without region 0, where queue 2's ring lies: the backend stops every queue,
+		 * restarts queue 1 (region 1) and cannot restart queue 2. Queue 0 is stopped first
+		 * (GET_VRING_BASE) so that its kick and stop descriptors leave the lowest free numbers: the
+		 * table's descriptor takes one, and queue 1's new stop eventfd gets it once the backend has
+		 * closed the table's descriptor; a backend that closes it a second time on the way out
+		 * closes queue 1's stop eventfd and can never stop that queue. */
+		if (d->nq < 3 || d->mem.n != 2)
+			die("mem-table-unmaps-ring needs --queues 3 --regions 2");
+		struct vhost_user_vring_state st = { .index = 0, .num = 0 }, reply;
+		if (vu_get(&d->vu, VHOST_USER_GET_VRING_BASE, &st, sizeof st, &reply, sizeof reply) != VU_OK)
+			die("GET_VRING_BASE before the case: %s", d->vu.err);
+		struct vhost_user_memory mt;
+		memset(&mt, 0, sizeof mt);
+		mt.nregions = 1;
+		const struct gregion *r1 = &d->mem.r[1];
+		mt.regions[0] = (struct vhost_user_mem_region){ .guest_phys_addr = r1->gpa, .memory_size = r1->size,
+								.userspace_addr = uva_of(r1->host), .mmap_offset = r1->mmap_offset };
+		uint32_t size = 8 + sizeof(struct vhost_user_mem_region);
+		return msg_send_bad(d, m, VHOST_USER_SET_MEM_TABLE, size, &mt, size, &d->mem.fd, 1);
+	}
 	if (strcmp(c, "unknown-request") == 0)
 		return msg_send_bad(d, m, 99, 0, NULL, 0, NULL, 0);
 	die("internal error: message case %s", c);
@@ -165,6 +186,7 @@ static const struct mcase {
 	{ "ring-size-not-pow2", CASE_MSG, STAGE_BEFORE_VRINGS },
 	{ "mem-region-overflow", CASE_MSG, STAGE_BEFORE_MEM_TABLE },
 	{ "unknown-request", CASE_MSG, STAGE_BEFORE_VRINGS },
+	{ "mem-table-unmaps-ring", CASE_MSG, STAGE_STARTED },
 };
 
 /* A good 4 KiB read at sector 0 in slot `slot` of queue 0: true when OK (its data in *out). */
@@ -229,7 +251,7 @@ static int cmd_malformed(int argc, char **argv)
 			mc = &cases[i];
 	if (!mc)
 		die("unknown case '%s' (vub-frontend malformed list)", name);
-	struct layout l = { .nq = 1, .nslots = 2, .slot_data = SLOT_DATA_BYTES };
+	struct layout l = { .nq = o.queues, .nslots = 2, .slot_data = SLOT_DATA_BYTES };
 	struct mctx m = { .name = name, .o = &o, .status = STATUS_UNSET, .stray_offset = -1 };
 	uint8_t baseline[4096], again[4096];
 	char why[512] = "";

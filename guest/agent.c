@@ -188,6 +188,7 @@ struct proc {
 	pid_t pid;
 	bool reaped;
 	bool dead;
+	bool killed; /* SIGKILL sent by the host: once the leader is reaped, output is not waited for */
 	int32_t exit_status; /* -1 when killed */
 	int32_t exit_signal; /* 0 when it exited */
 	struct output_pipe out;
@@ -733,6 +734,23 @@ static void proc_close_output(struct proc *p, struct output_pipe *pipe)
 	pipe_set_registered(p->agent, pipe, false);
 	close_fd(&pipe->fd, "process output pipe");
 	proc_maybe_finish(p);
+}
+
+static void proc_read_output(struct proc *p, struct output_pipe *pipe);
+
+/* A killed command whose leader is reaped: take what its pipes hold now, then stop waiting for
+ * the rest (a process that left its group may hold them open for ever) and finish. */
+static void proc_abandon_output(struct proc *p)
+{
+	if (!p->killed || !p->reaped)
+		return;
+	struct output_pipe *pipes[] = { &p->out, &p->err };
+	for (size_t i = 0; i < sizeof pipes / sizeof pipes[0] && !p->dead; i++) {
+		if (pipes[i]->fd >= 0 && pipes[i]->registered)
+			proc_read_output(p, pipes[i]);
+		if (!p->dead && pipes[i]->fd >= 0)
+			proc_close_output(p, pipes[i]);
+	}
 }
 
 static void proc_read_output(struct proc *p, struct output_pipe *pipe)
@@ -1377,21 +1395,27 @@ static void handle_signal(struct conn *c, const struct frame *f)
 		send_error(c, f->id, ESRCH, "SIGNAL: no process with id %u", f->id);
 		return;
 	}
-	/* once reaped, the pid may already belong to someone else */
-	if (p->reaped) {
-		send_error(c, f->id, ESRCH, "SIGNAL: process %u has exited", f->id);
-		return;
-	}
 	if (sig < 0 || sig >= NSIG) {
 		send_error(c, f->id, EINVAL, "SIGNAL: %d is not a signal number", sig);
 		return;
 	}
-	if (kill(p->pid, sig) < 0) {
+	/* The command runs in its own session (setsid in child_exec), so its process group is its
+	 * pid: signal the whole group (a shell's children too), also after the leader was reaped.
+	 * Linux does not reuse a pid while it still names a live process group, so -pid reaches only
+	 * this command's processes; once the group is empty, kill says ESRCH. */
+	if (kill(-p->pid, sig) < 0) {
 		int err = errno;
-		send_error(c, f->id, err, "SIGNAL: kill %d: %s", (int)p->pid, strerror(err));
+		if (err == ESRCH && p->reaped)
+			send_error(c, f->id, ESRCH, "SIGNAL: process %u and its process group have exited", f->id);
+		else
+			send_error(c, f->id, err, "SIGNAL: kill -%d: %s", (int)p->pid, strerror(err));
 		return;
 	}
 	send_ok(c, f->id);
+	if (sig == SIGKILL) {
+		p->killed = true;
+		proc_abandon_output(p);
+	}
 }
 
 static bool check_path(struct conn *c, const struct frame *f, const char *path, const char *name)
@@ -1655,6 +1679,7 @@ static void reap_children(struct agent *a)
 			p->exit_status = WEXITSTATUS(status);
 			p->exit_signal = 0;
 		}
+		proc_abandon_output(p);
 		proc_maybe_finish(p);
 	}
 }

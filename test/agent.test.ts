@@ -242,6 +242,39 @@ describe('slipway-agent over a Unix socket', () => {
     expect(await other.done).toMatchObject({ exitCode: -1, signal: 9 });
   });
 
+  it('a kill reaches the whole command: a shell\'s child dies with it, and EXIT does not wait for the rest of the output', async () => {
+    const t0 = Date.now();
+    const shell = await client.spawn(['sh', '-c', 'sleep 30; echo done'], { collectOutput: true });
+    await sleep(300);
+    await shell.kill('SIGKILL');
+    const r = await shell.done;
+    expect(r).toMatchObject({ exitCode: -1, signal: 9 });
+    expect(r.stdout.toString()).not.toContain('done');
+    // SIGTERM to the group: the shell and its sleep both end
+    const termed = await client.spawn(['sh', '-c', 'sleep 30; echo done']);
+    await sleep(300);
+    await termed.kill('SIGTERM');
+    expect(await termed.done).toMatchObject({ exitCode: -1, signal: 15 });
+    // the leader has exited while its child holds stdout: a kill still reaches the child
+    const seen: string[] = [];
+    const orphaned = await client.spawn(['sh', '-c', 'sleep 30 & echo started'], { onStdout: (b) => seen.push(b.toString()) });
+    while (!seen.join('').includes('started')) await sleep(20);
+    await sleep(200); // the shell has exited by now; its sleep holds the pipe
+    await orphaned.kill('SIGKILL');
+    expect((await orphaned.done).exitCode).toBe(0);
+    // a process that left the group (its own session) and holds stdout: after a SIGKILL, EXIT comes anyway
+    const pidFile = join(work, 'escaped.pid');
+    const escaped = await client.spawn(['sh', '-c', `setsid sh -c 'echo $$ > ${pidFile}; exec sleep 30' & sleep 30`]);
+    while (!existsSync(pidFile) || readFileSync(pidFile, 'utf8').trim() === '') await sleep(20);
+    await escaped.kill('SIGKILL');
+    expect(await escaped.done).toMatchObject({ exitCode: -1, signal: 9 });
+    expect(Date.now() - t0).toBeLessThan(20_000);
+    // the escaped sleep (its own session) is still running, and ours to clean up
+    const escapedPid = Number(readFileSync(pidFile, 'utf8').trim());
+    expect(procState(escapedPid)).toBeDefined();
+    process.kill(escapedPid, 'SIGKILL');
+  });
+
   it('returns 10 MiB of output intact and before EXIT', async () => {
     const data = randomBytes(10 << 20);
     const file = join(work, 'ten-mib');

@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChunkCache } from '../src/cache/chunk-cache.js';
 import { loadConfig } from '../src/config.js';
@@ -168,6 +168,22 @@ describe('slipway-blk through the test frontend', () => {
     expect(r.json.alive, `${JSON.stringify(r.json)} ${r.stderr}`).toBe(true);
     expect(['connection-closed', 'reply-nack']).toContain(r.json.outcome);
     expect(s.log()).not.toMatch(/stop eventfd: Bad file descriptor/);
+    expect(s.running()).toBe(true);
+  });
+
+  it('never closes a chunk file another queue is reading: 8 queues verify the whole disk with room for one chunk file', async () => {
+    const s = await serve('fdlimit', { readWrite: true, queues: 8 });
+    // room for the connection, each queue's six descriptors (kick, call, err, stop, epoll set, miss
+    // connection) and one chunk file: every queue thread that opens one runs out while the others
+    // read theirs (before the fix, the one that ran out closed them all: IOERR or wrong bytes)
+    const limit = readdirSync(`/proc/${s.pid}/fd`).length + 1 + 8 * 6 + 1;
+    execFileSync('prlimit', ['--pid', String(s.pid), `--nofile=${limit}:${limit}`]);
+    for (let run = 0; run < 10; run++) {
+      const r = await frontend(['verify', s.socket, image, '--queues', '8', '--qd', '8', '--timeout-ms', '20000']);
+      expect(r.code, `run ${run}: ${JSON.stringify(r.json)} ${r.stderr}`).toBe(0);
+      expect(r.json.mismatches).toBe(0);
+      expect(r.json.bad_status).toBe(0);
+    }
     expect(s.running()).toBe(true);
   });
 

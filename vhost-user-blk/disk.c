@@ -156,6 +156,12 @@ int vub_disk_open(struct vub_disk *d, const char *map_path, const char *chunk_di
 	memset(d, 0, sizeof *d);
 	d->chunk_dir_fd = d->ov_data_fd = d->ov_dirty_fd = -1;
 	pthread_mutex_init(&d->ov_lock, NULL);
+	/* writers first: a close of the cached descriptors is not starved by a stream of reads */
+	pthread_rwlockattr_t attr;
+	pthread_rwlockattr_init(&attr);
+	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&d->fd_lock, &attr);
+	pthread_rwlockattr_destroy(&attr);
 	d->read_only = read_only;
 	snprintf(d->serial, sizeof d->serial, "%s", serial ? serial : "slipway");
 	if (load_map(d, map_path, err, errlen) < 0)
@@ -168,6 +174,7 @@ int vub_disk_open(struct vub_disk *d, const char *map_path, const char *chunk_di
 		return fail(err, errlen, "chunk table: %s%s", "", ENOMEM);
 	for (uint64_t i = 0; i < d->nchunks; i++)
 		d->fds[i] = -1;
+	d->cache_cap = ULONG_MAX;
 	if (overlay_dir && !read_only && open_overlay(d, overlay_dir, err, errlen) < 0)
 		return -1;
 	return 0;
@@ -193,6 +200,7 @@ void vub_disk_close(struct vub_disk *d)
 	if (d->map_mmap)
 		munmap(d->map_mmap, d->map_len);
 	pthread_mutex_destroy(&d->ov_lock);
+	pthread_rwlock_destroy(&d->fd_lock);
 	memset(d, 0, sizeof *d);
 }
 
@@ -200,14 +208,33 @@ static void close_all_cached(struct vub_disk *d)
 {
 	for (uint64_t i = 0; i < d->nchunks; i++) {
 		int fd = __atomic_exchange_n(&d->fds[i], -1, __ATOMIC_ACQ_REL);
-		if (fd >= 0)
+		if (fd >= 0) {
 			close(fd);
+			__atomic_sub_fetch(&d->cached, 1, __ATOMIC_RELAXED);
+		}
 	}
 }
 
-/* The open chunk file of chunk n, or -ENOENT when it is not local. */
-static int chunk_fd(struct vub_disk *d, uint64_t n)
+void vub_disk_limit_cache(struct vub_disk *d, unsigned long cap)
 {
+	d->cache_cap = cap;
+}
+
+void vub_disk_drop_cache(struct vub_disk *d)
+{
+	pthread_rwlock_wrlock(&d->fd_lock);
+	close_all_cached(d);
+	pthread_rwlock_unlock(&d->fd_lock);
+}
+
+/*
+ * The open chunk file of chunk n (caller holds fd_lock), -ENOENT when it is not local, or another
+ * negative errno. *own says the caller got a descriptor of its own, not in the cache (the cache is
+ * full), and closes it after its I/O.
+ */
+static int chunk_fd(struct vub_disk *d, uint64_t n, bool *own)
+{
+	*own = false;
 	int fd = __atomic_load_n(&d->fds[n], __ATOMIC_ACQUIRE);
 	if (fd >= 0)
 		return fd;
@@ -223,18 +250,53 @@ static int chunk_fd(struct vub_disk *d, uint64_t n)
 	}
 	name[67] = '\0';
 	fd = openat(d->chunk_dir_fd, name, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 && errno == EMFILE) {
-		close_all_cached(d);
-		fd = openat(d->chunk_dir_fd, name, O_RDONLY | O_CLOEXEC);
-	}
 	if (fd < 0)
 		return -errno;
+	if (__atomic_add_fetch(&d->cached, 1, __ATOMIC_RELAXED) > d->cache_cap) {
+		__atomic_sub_fetch(&d->cached, 1, __ATOMIC_RELAXED);
+		*own = true;
+		return fd;
+	}
 	int expected = -1;
 	if (!__atomic_compare_exchange_n(&d->fds[n], &expected, fd, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-		close(fd); /* another queue thread opened it first */
+		__atomic_sub_fetch(&d->cached, 1, __ATOMIC_RELAXED);
+		close(fd); /* another queue thread opened it first: this one was never shared */
 		return expected;
 	}
 	return fd;
+}
+
+static int chunk_io(struct vub_disk *d, uint64_t n, int (*io)(int fd, void *arg), void *arg)
+{
+	bool own;
+	int fd = chunk_fd(d, n, &own);
+	if (fd < 0)
+		return fd;
+	int rc = io(fd, arg);
+	if (own)
+		close(fd);
+	return rc;
+}
+
+/*
+ * Run `io` on chunk n's file: -ENOENT when it is not local, else what `io` returns. A cached
+ * descriptor is used under fd_lock's read side only, and closed only under its write side, so no
+ * queue thread closes a descriptor another one is reading. Out of descriptors (EMFILE), the cached
+ * ones are closed and this one I/O runs under the write side, so that no other thread takes the
+ * numbers just freed first. Lock order: ov_lock, then fd_lock.
+ */
+static int with_chunk_fd(struct vub_disk *d, uint64_t n, int (*io)(int fd, void *arg), void *arg)
+{
+	pthread_rwlock_rdlock(&d->fd_lock);
+	int rc = chunk_io(d, n, io, arg);
+	pthread_rwlock_unlock(&d->fd_lock);
+	if (rc != -EMFILE)
+		return rc;
+	pthread_rwlock_wrlock(&d->fd_lock);
+	close_all_cached(d);
+	rc = chunk_io(d, n, io, arg);
+	pthread_rwlock_unlock(&d->fd_lock);
+	return rc;
 }
 
 /* preadv/pwritev until every byte is done; a short read past a file's end fills zeros. */
@@ -277,6 +339,19 @@ static int check_range(const struct vub_disk *d, uint64_t off, uint64_t len)
 	return 0;
 }
 
+struct chunk_read {
+	const struct iovec *iov;
+	unsigned n;
+	uint64_t in;
+	uint64_t len;
+};
+
+static int read_chunk(int fd, void *arg)
+{
+	const struct chunk_read *cr = arg;
+	return full_io(fd, cr->iov, cr->n, cr->in, cr->len, false, false);
+}
+
 int vub_disk_readv(struct vub_disk *d, uint64_t off, const struct iovec *iov, unsigned n, uint64_t len, uint64_t *missing)
 {
 	int rc = check_range(d, off, len);
@@ -296,16 +371,45 @@ int vub_disk_readv(struct vub_disk *d, uint64_t off, const struct iovec *iov, un
 			zero_iov(piece, (unsigned)k);
 			rc = 0;
 		} else {
-			int fd = chunk_fd(d, c);
-			if (fd == -ENOENT) {
+			struct chunk_read cr = { piece, (unsigned)k, in, take };
+			rc = with_chunk_fd(d, c, read_chunk, &cr);
+			if (rc == -ENOENT) {
 				*missing = c;
 				return VUB_MISS;
 			}
-			rc = fd < 0 ? fd : full_io(fd, piece, (unsigned)k, in, take, false, false);
 		}
 		if (rc < 0)
 			return rc;
 		done += take;
+	}
+	return 0;
+}
+
+struct chunk_copy {
+	struct vub_disk *d;
+	uint64_t start;
+	uint64_t len;
+};
+
+static int copy_chunk(int fd, void *arg)
+{
+	const struct chunk_copy *cc = arg;
+	uint64_t done = 0;
+	while (done < cc->len) {
+		loff_t in = (loff_t)done;
+		loff_t out = (loff_t)(cc->start + done);
+		ssize_t r = copy_file_range(fd, &in, cc->d->ov_data_fd, &out, (size_t)(cc->len - done), 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			/* no copy_file_range across these filesystems: copy through a buffer */
+			uint8_t buf[65536];
+			ssize_t got = pread(fd, buf, sizeof buf < cc->len - done ? sizeof buf : (size_t)(cc->len - done), (off_t)done);
+			if (got <= 0 || pwrite(cc->d->ov_data_fd, buf, (size_t)got, (off_t)(cc->start + done)) != got)
+				return got < 0 ? -errno : -EIO;
+			r = got;
+		}
+		done += (uint64_t)r;
 	}
 	return 0;
 }
@@ -321,31 +425,13 @@ static int copy_up(struct vub_disk *d, uint64_t c, uint64_t *missing)
 			return -errno;
 		return 0;
 	}
-	int fd = chunk_fd(d, c);
-	if (fd == -ENOENT) {
+	struct chunk_copy cc = { d, start, len };
+	int rc = with_chunk_fd(d, c, copy_chunk, &cc);
+	if (rc == -ENOENT) {
 		*missing = c;
 		return VUB_MISS;
 	}
-	if (fd < 0)
-		return fd;
-	uint64_t done = 0;
-	while (done < len) {
-		loff_t in = (loff_t)done;
-		loff_t out = (loff_t)(start + done);
-		ssize_t r = copy_file_range(fd, &in, d->ov_data_fd, &out, (size_t)(len - done), 0);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0) {
-			/* no copy_file_range across these filesystems: copy through a buffer */
-			uint8_t buf[65536];
-			ssize_t got = pread(fd, buf, sizeof buf < len - done ? sizeof buf : (size_t)(len - done), (off_t)done);
-			if (got <= 0 || pwrite(d->ov_data_fd, buf, (size_t)got, (off_t)(start + done)) != got)
-				return got < 0 ? -errno : -EIO;
-			r = got;
-		}
-		done += (uint64_t)r;
-	}
-	return 0;
+	return rc;
 }
 
 /*

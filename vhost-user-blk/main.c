@@ -152,6 +152,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "slipway-blk: %s\n", err);
 		return 1;
 	}
+	/* cached chunk files leave room for what the device itself needs: stdio, the listening socket,
+	 * the signalfd, the VMM's connection, the disk's own files, a message's descriptors, and per
+	 * queue its kick, call, err and stop eventfds, epoll set and miss connection */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+		rlim_t reserve = 32 + 2 * VUB_MAX_FDS + 8 * (rlim_t)o.queues;
+		vub_disk_limit_cache(&disk, rl.rlim_cur > reserve ? (unsigned long)(rl.rlim_cur - reserve) : 0);
+	}
 	if (!o.read_only && !o.overlay_dir)
 		vub_log("warn", "no --overlay and not --read-only: guest writes will fail");
 	sigset_t mask;
@@ -182,6 +189,10 @@ int main(int argc, char **argv)
 		if (p[1].revents & POLLIN)
 			break;
 		int conn = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (conn < 0 && errno == EMFILE) {
+			vub_disk_drop_cache(&disk);
+			conn = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		}
 		if (conn < 0) {
 			if (errno != EINTR && errno != ECONNABORTED)
 				vub_log("warn", "accept: %s", strerror(errno));

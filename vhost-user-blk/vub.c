@@ -1,61 +1,18 @@
+/*
+ * The vhost-user protocol: reading messages and one handler per message type. Queue threads are in
+ * vub_queue.c, the miss client in vub_miss.c, the log in vub_log.c.
+ */
 #include "vub.h"
 
 #include <errno.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 #include "blk.h"
-
-#define MISS_MAGIC_REQ 0x534C4651u
-#define MISS_MAGIC_REP 0x534C4652u
-#define MISS_OP_FETCH 1u
-/* how long GET_VRING_BASE waits for requests parked on misses before it fails them */
-#define STOP_DRAIN_MS 5000
-
-struct vub_parked {
-	struct vub_parked *next;
-	uint64_t chunk;
-	struct vub_chain chain;
-};
-
-int vub_log_min = 1; /* 0 debug, 1 info, 2 warn */
-
-void vub_log(const char *level, const char *fmt, ...)
-{
-	int rank = level[0] == 'd' ? 0 : level[0] == 'i' ? 1 : 2;
-	if (rank < vub_log_min)
-		return;
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	char escaped[1100];
-	size_t o = 0;
-	for (const char *p = msg; *p && o + 7 < sizeof escaped; p++) {
-		if (*p == '"' || *p == '\\') {
-			escaped[o++] = '\\';
-			escaped[o++] = *p;
-		} else if ((unsigned char)*p < 0x20) {
-			o += (size_t)snprintf(escaped + o, sizeof escaped - o, "\\u%04x", (unsigned char)*p);
-		} else {
-			escaped[o++] = *p;
-		}
-	}
-	escaped[o] = '\0';
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	fprintf(stderr, "{\"time\":%lld.%03ld,\"level\":\"%s\",\"component\":\"slipway-blk\",\"msg\":\"%s\"}\n", (long long)ts.tv_sec, ts.tv_nsec / 1000000, level, escaped);
-}
+#include "vub_queue.h"
 
 static void close_fds(int *fds, unsigned nfds)
 {
@@ -92,321 +49,7 @@ void vub_dev_init(struct vub_dev *dev, struct vub_disk *disk, unsigned nqueues, 
 		struct vub_queue *q = &dev->q[i];
 		q->dev = dev;
 		q->index = i;
-		q->kick_fd = q->call_fd = q->err_fd = q->stop_fd = q->daemon_fd = -1;
-	}
-}
-
-/* ---------------- miss client ---------------- */
-
-static int daemon_connect(struct vub_queue *q)
-{
-	if (q->daemon_fd >= 0)
-		return 0;
-	if (!q->dev->daemon_socket)
-		return -1;
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -1;
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	if (strlen(q->dev->daemon_socket) >= sizeof addr.sun_path) {
-		close(fd);
-		return -1;
-	}
-	strcpy(addr.sun_path, q->dev->daemon_socket);
-	if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
-		vub_log("warn", "queue %u: cannot reach the daemon at %s: %s", q->index, q->dev->daemon_socket, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	q->daemon_fd = fd;
-	q->reply_have = 0;
-	return 1;
-}
-
-static int send_fetch(struct vub_queue *q, uint64_t chunk)
-{
-	uint8_t msg[16];
-	uint32_t magic = MISS_MAGIC_REQ, op = MISS_OP_FETCH;
-	memcpy(msg, &magic, 4);
-	memcpy(msg + 4, &op, 4);
-	memcpy(msg + 8, &chunk, 8);
-	for (size_t sent = 0; sent < sizeof msg;) {
-		ssize_t n = send(q->daemon_fd, msg + sent, sizeof msg - sent, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		sent += (size_t)n;
-	}
-	return 0;
-}
-
-/* ---------------- queue processing ---------------- */
-
-static void notify(struct vub_queue *q, uint16_t old_used)
-{
-	if (q->ring.used_idx != old_used && q->call_fd >= 0 && vub_ring_need_notify(&q->ring, old_used)) {
-		if (eventfd_write(q->call_fd, 1) < 0)
-			vub_log("warn", "queue %u: call eventfd: %s", q->index, strerror(errno));
-	}
-}
-
-static bool chunk_requested(const struct vub_queue *q, uint64_t chunk)
-{
-	for (const struct vub_parked *p = q->parked; p; p = p->next)
-		if (p->chunk == chunk)
-			return true;
-	return false;
-}
-
-/* Run a request; park it when it needs a chunk; complete it otherwise. */
-static void run_request(struct vub_queue *q, const struct vub_chain *c)
-{
-	uint32_t used_len = 0;
-	uint64_t missing = 0;
-	int rc = vub_blk_execute(q->dev->disk, c, &used_len, &missing);
-	if (rc == VUB_MISS) {
-		q->misses++;
-		__atomic_fetch_add(&q->dev->stats.misses, 1, __ATOMIC_RELAXED);
-		bool already = chunk_requested(q, missing);
-		if (!already && (daemon_connect(q) < 0 || send_fetch(q, missing) < 0)) {
-			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_ring_push(&q->ring, c->head, used_len);
-			return;
-		}
-		struct vub_parked *p = malloc(sizeof *p);
-		if (!p) {
-			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_ring_push(&q->ring, c->head, used_len);
-			return;
-		}
-		p->chunk = missing;
-		p->chain = *c;
-		p->next = q->parked;
-		q->parked = p;
-		q->parked_count++;
-		return;
-	}
-	vub_ring_push(&q->ring, c->head, used_len);
-}
-
-static void process_ring(struct vub_queue *q)
-{
-	uint16_t old_used = q->ring.used_idx;
-	struct vub_chain *c = malloc(sizeof *c);
-	if (!c)
-		return;
-	for (;;) {
-		enum vub_pop r = vub_ring_pop(&q->ring, &q->dev->mem, c);
-		if (r == VUB_POP_EMPTY) {
-			vub_ring_set_avail_event(&q->ring);
-			if (vub_ring_has_work(&q->ring))
-				continue;
-			break;
-		}
-		if (r == VUB_POP_BROKEN) {
-			__atomic_fetch_add(&q->dev->stats.broken_rings, 1, __ATOMIC_RELAXED);
-			vub_log("warn", "queue %u: the driver broke the ring (bad avail index or head); queue stopped", q->index);
-			if (q->err_fd >= 0 && eventfd_write(q->err_fd, 1) < 0)
-				vub_log("warn", "queue %u: err eventfd: %s", q->index, strerror(errno));
-			break;
-		}
-		q->requests++;
-		__atomic_fetch_add(&q->dev->stats.requests, 1, __ATOMIC_RELAXED);
-		if (r == VUB_POP_BAD_CHAIN) {
-			__atomic_fetch_add(&q->dev->stats.bad_chains, 1, __ATOMIC_RELAXED);
-			uint32_t used_len = 0;
-			/* the chain walk stopped at the bad descriptor; what it mapped may lack a status byte */
-			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_ring_push(&q->ring, c->head, used_len);
-			continue;
-		}
-		run_request(q, c);
-	}
-	free(c);
-	notify(q, old_used);
-}
-
-/* Requests parked on `chunk` run again (status < 0: the daemon could not get it: they fail). */
-static void resume_parked(struct vub_queue *q, uint64_t chunk, int status)
-{
-	uint16_t old_used = q->ring.used_idx;
-	struct vub_parked **pp = &q->parked;
-	struct vub_parked *ready = NULL;
-	while (*pp) {
-		struct vub_parked *p = *pp;
-		if (p->chunk == chunk || status == -ECONNRESET) {
-			*pp = p->next;
-			p->next = ready;
-			ready = p;
-			q->parked_count--;
-		} else {
-			pp = &p->next;
-		}
-	}
-	while (ready) {
-		struct vub_parked *p = ready;
-		ready = p->next;
-		if (status == 0) {
-			run_request(q, &p->chain); /* absent chunks are never cached as absent: the retry opens the new file */
-		} else {
-			uint32_t used_len = 0;
-			vub_blk_fail(&p->chain, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_ring_push(&q->ring, p->chain.head, used_len);
-		}
-		free(p);
-	}
-	notify(q, old_used);
-}
-
-static void read_replies(struct vub_queue *q)
-{
-	for (;;) {
-		ssize_t n = recv(q->daemon_fd, q->reply_buf + q->reply_have, sizeof q->reply_buf - q->reply_have, MSG_DONTWAIT);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			return;
-		if (n <= 0) {
-			vub_log("warn", "queue %u: the daemon closed the miss connection; failing %u waiting requests", q->index, q->parked_count);
-			close(q->daemon_fd);
-			q->daemon_fd = -1;
-			resume_parked(q, 0, -ECONNRESET);
-			return;
-		}
-		q->reply_have += (unsigned)n;
-		if (q->reply_have < sizeof q->reply_buf)
-			continue;
-		q->reply_have = 0;
-		uint32_t magic;
-		int32_t status;
-		uint64_t chunk;
-		memcpy(&magic, q->reply_buf, 4);
-		memcpy(&status, q->reply_buf + 4, 4);
-		memcpy(&chunk, q->reply_buf + 8, 8);
-		if (magic != MISS_MAGIC_REP || chunk >= q->dev->disk->nchunks) {
-			vub_log("warn", "queue %u: malformed reply from the daemon; dropping the connection", q->index);
-			close(q->daemon_fd);
-			q->daemon_fd = -1;
-			resume_parked(q, 0, -ECONNRESET);
-			return;
-		}
-		resume_parked(q, chunk, status == 0 ? 0 : -EIO);
-	}
-}
-
-static void *queue_thread(void *arg)
-{
-	struct vub_queue *q = arg;
-	int ep = epoll_create1(EPOLL_CLOEXEC);
-	if (ep < 0) {
-		vub_log("warn", "queue %u: epoll_create1: %s", q->index, strerror(errno));
-		return NULL;
-	}
-	struct epoll_event ev = { .events = EPOLLIN, .data.fd = q->kick_fd };
-	epoll_ctl(ep, EPOLL_CTL_ADD, q->kick_fd, &ev);
-	ev.data.fd = q->stop_fd;
-	epoll_ctl(ep, EPOLL_CTL_ADD, q->stop_fd, &ev);
-	int watched_daemon = -1;
-	bool stopping = false;
-	uint64_t stop_deadline = 0;
-	process_ring(q); /* the driver may have queued requests before the kick fd arrived */
-	for (;;) {
-		if (q->daemon_fd != watched_daemon) {
-			if (watched_daemon >= 0)
-				epoll_ctl(ep, EPOLL_CTL_DEL, watched_daemon, NULL);
-			if (q->daemon_fd >= 0) {
-				ev.data.fd = q->daemon_fd;
-				epoll_ctl(ep, EPOLL_CTL_ADD, q->daemon_fd, &ev);
-			}
-			watched_daemon = q->daemon_fd;
-		}
-		if (stopping) {
-			struct timespec ts;
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-			if (q->parked_count == 0 || now >= stop_deadline) {
-				if (q->parked_count > 0) {
-					vub_log("warn", "queue %u: stopping with %u requests still waiting for chunks; failing them", q->index, q->parked_count);
-					resume_parked(q, 0, -ECONNRESET);
-				}
-				break;
-			}
-		}
-		struct epoll_event events[4];
-		int n = epoll_wait(ep, events, 4, stopping ? 50 : -1);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			vub_log("warn", "queue %u: epoll_wait: %s", q->index, strerror(errno));
-			break;
-		}
-		for (int i = 0; i < n; i++) {
-			int fd = events[i].data.fd;
-			eventfd_t v;
-			if (fd == q->stop_fd) {
-				if (eventfd_read(q->stop_fd, &v) == 0 && !stopping) {
-					stopping = true;
-					struct timespec ts;
-					clock_gettime(CLOCK_MONOTONIC, &ts);
-					stop_deadline = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + STOP_DRAIN_MS;
-				}
-			} else if (fd == q->kick_fd) {
-				if (eventfd_read(q->kick_fd, &v) == 0 && !stopping)
-					process_ring(q);
-			} else if (fd == q->daemon_fd) {
-				read_replies(q);
-			}
-		}
-	}
-	close(ep);
-	return NULL;
-}
-
-static int start_queue(struct vub_dev *dev, struct vub_queue *q)
-{
-	if (q->started || q->kick_fd < 0 || !q->addr_set || q->num == 0 || dev->mem.n == 0)
-		return 0;
-	bool needs_enable = (dev->features >> VHOST_USER_F_PROTOCOL_FEATURES) & 1;
-	if (needs_enable && !q->enabled)
-		return 0;
-	uint16_t base = q->ring.last_avail;
-	if (vub_ring_map(&q->ring, &dev->mem, q->num, q->desc_uva, q->avail_uva, q->used_uva) < 0) {
-		vub_log("warn", "queue %u: ring addresses are not in guest memory", q->index);
-		return -1;
-	}
-	q->ring.last_avail = base;
-	q->ring.used_idx = __atomic_load_n(&q->ring.used->idx, __ATOMIC_ACQUIRE);
-	q->ring.event_idx = (dev->features >> VIRTIO_RING_F_EVENT_IDX) & 1;
-	q->ring.indirect = (dev->features >> VIRTIO_RING_F_INDIRECT_DESC) & 1;
-	q->stop_fd = eventfd(0, EFD_CLOEXEC);
-	if (q->stop_fd < 0)
-		return -1;
-	int rc = pthread_create(&q->thread, NULL, queue_thread, q);
-	if (rc != 0) {
-		vub_log("warn", "queue %u: pthread_create: %s", q->index, strerror(rc));
-		close(q->stop_fd);
-		q->stop_fd = -1;
-		return -1;
-	}
-	q->started = true;
-	vub_log("debug", "queue %u started (size %u, base %u)", q->index, q->num, base);
-	return 0;
-}
-
-static void stop_queue(struct vub_queue *q)
-{
-	if (!q->started)
-		return;
-	if (eventfd_write(q->stop_fd, 1) < 0)
-		vub_log("warn", "queue %u: stop eventfd: %s", q->index, strerror(errno));
-	pthread_join(q->thread, NULL);
-	close(q->stop_fd);
-	q->stop_fd = -1;
-	q->started = false;
-	if (q->daemon_fd >= 0) {
-		close(q->daemon_fd);
-		q->daemon_fd = -1;
+		q->kick_fd = q->call_fd = q->err_fd = q->stop_fd = q->ep = q->daemon_fd = -1;
 	}
 }
 
@@ -429,7 +72,7 @@ void vub_dev_reset(struct vub_dev *dev)
 {
 	for (unsigned i = 0; i < VUB_MAX_QUEUES; i++) {
 		struct vub_queue *q = &dev->q[i];
-		stop_queue(q);
+		vub_queue_stop(q);
 		replace_fd(&q->kick_fd, -1);
 		replace_fd(&q->call_fd, -1);
 		replace_fd(&q->err_fd, -1);
@@ -611,12 +254,12 @@ static int set_mem_table(struct vub_dev *dev, const struct vhost_user_header *h,
 	bool was[VUB_MAX_QUEUES];
 	for (unsigned i = 0; i < dev->nqueues; i++) {
 		was[i] = dev->q[i].started;
-		stop_queue(&dev->q[i]);
+		vub_queue_stop(&dev->q[i]);
 	}
 	unmap_memory(&dev->mem);
 	dev->mem = next;
 	for (unsigned i = 0; i < dev->nqueues; i++)
-		if (was[i] && start_queue(dev, &dev->q[i]) < 0)
+		if (was[i] && vub_queue_start(dev, &dev->q[i]) < 0)
 			return -1;
 	return 0;
 }
@@ -739,7 +382,7 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 		memcpy(&state, payload, sizeof state);
 		if (!(q = queue_at(dev, state.index, h)))
 			goto malformed;
-		stop_queue(q);
+		vub_queue_stop(q);
 		q->enabled = false;
 		replace_fd(&q->kick_fd, -1);
 		state.num = q->ring.last_avail;
@@ -760,18 +403,18 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 				vub_log("warn", "SET_VRING_KICK without a descriptor (polling) is not supported");
 				goto malformed;
 			}
-			stop_queue(q);
+			vub_queue_stop(q);
 			replace_fd(&q->kick_fd, fds[0]);
 			nfds = 0;
-			if (start_queue(dev, q) < 0)
+			if (vub_queue_start(dev, q) < 0)
 				goto malformed;
 		} else {
 			bool was = q->started;
 			if (was)
-				stop_queue(q);
+				vub_queue_stop(q);
 			replace_fd(h->request == VHOST_USER_SET_VRING_CALL ? &q->call_fd : &q->err_fd, nofd ? -1 : fds[0]);
 			nfds = 0;
-			if (was && start_queue(dev, q) < 0)
+			if (was && vub_queue_start(dev, q) < 0)
 				goto malformed;
 		}
 		break;
@@ -784,10 +427,10 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 			goto malformed;
 		q->enabled = state.num == 1;
 		if (q->enabled) {
-			if (start_queue(dev, q) < 0)
+			if (vub_queue_start(dev, q) < 0)
 				goto malformed;
 		} else {
-			stop_queue(q);
+			vub_queue_stop(q);
 		}
 		break;
 	case VHOST_USER_GET_CONFIG:

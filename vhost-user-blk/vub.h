@@ -27,6 +27,7 @@ struct vub_queue {
 	int call_fd;
 	int err_fd;
 	int stop_fd;
+	int ep; /* the queue thread's epoll set */
 	pthread_t thread;
 	/* miss client (queue thread only) */
 	int daemon_fd;

@@ -1,0 +1,118 @@
+/*
+ * The miss client: each queue thread's own connection to the slipway daemon, which gets missing
+ * chunks into the chunk directory (the protocol in docs/vhost-user-blk.md). The connection is
+ * registered in its queue thread's epoll set for as long as it is open, and only that thread
+ * opens, reads and closes it (stop_queue closes it once the thread has ended).
+ */
+#include "vub_queue.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MISS_MAGIC_REQ 0x534C4651u
+#define MISS_MAGIC_REP 0x534C4652u
+#define MISS_OP_FETCH 1u
+
+/* Take the connection out of the epoll set, then close it: a number closed while still registered
+ * could come back as a new connection that the set never reports. */
+void vub_miss_close(struct vub_queue *q)
+{
+	if (q->daemon_fd < 0)
+		return;
+	if (q->ep >= 0 && epoll_ctl(q->ep, EPOLL_CTL_DEL, q->daemon_fd, NULL) < 0)
+		vub_log("warn", "queue %u: epoll_ctl DEL of the miss connection: %s", q->index, strerror(errno));
+	close(q->daemon_fd);
+	q->daemon_fd = -1;
+	q->reply_have = 0;
+}
+
+static int daemon_connect(struct vub_queue *q)
+{
+	if (q->daemon_fd >= 0)
+		return 0;
+	if (!q->dev->daemon_socket)
+		return -1;
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	if (strlen(q->dev->daemon_socket) >= sizeof addr.sun_path)
+		return -1;
+	strcpy(addr.sun_path, q->dev->daemon_socket);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 && vub_fd_room(q->dev))
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		vub_log("warn", "queue %u: socket for the miss connection: %s", q->index, strerror(errno));
+		return -1;
+	}
+	if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+		vub_log("warn", "queue %u: cannot reach the daemon at %s: %s", q->index, q->dev->daemon_socket, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+	if (epoll_ctl(q->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		vub_log("warn", "queue %u: epoll_ctl ADD of the miss connection: %s", q->index, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	q->daemon_fd = fd;
+	q->reply_have = 0;
+	return 1;
+}
+
+int vub_miss_fetch(struct vub_queue *q, uint64_t chunk)
+{
+	if (daemon_connect(q) < 0)
+		return -1;
+	uint8_t msg[16];
+	uint32_t magic = MISS_MAGIC_REQ, op = MISS_OP_FETCH;
+	memcpy(msg, &magic, 4);
+	memcpy(msg + 4, &op, 4);
+	memcpy(msg + 8, &chunk, 8);
+	for (size_t sent = 0; sent < sizeof msg;) {
+		ssize_t n = send(q->daemon_fd, msg + sent, sizeof msg - sent, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		sent += (size_t)n;
+	}
+	return 0;
+}
+
+void vub_miss_read(struct vub_queue *q)
+{
+	while (q->daemon_fd >= 0) {
+		ssize_t n = recv(q->daemon_fd, q->reply_buf + q->reply_have, sizeof q->reply_buf - q->reply_have, MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n <= 0) {
+			vub_log("warn", "queue %u: the daemon closed the miss connection; failing %u waiting requests", q->index, q->parked_count);
+			vub_miss_close(q);
+			vub_queue_resume(q, 0, -ECONNRESET);
+			return;
+		}
+		q->reply_have += (unsigned)n;
+		if (q->reply_have < sizeof q->reply_buf)
+			continue;
+		q->reply_have = 0;
+		uint32_t magic;
+		int32_t status;
+		uint64_t chunk;
+		memcpy(&magic, q->reply_buf, 4);
+		memcpy(&status, q->reply_buf + 4, 4);
+		memcpy(&chunk, q->reply_buf + 8, 8);
+		if (magic != MISS_MAGIC_REP || chunk >= q->dev->disk->nchunks) {
+			vub_log("warn", "queue %u: malformed reply from the daemon; dropping the connection", q->index);
+			vub_miss_close(q);
+			vub_queue_resume(q, 0, -ECONNRESET);
+			return;
+		}
+		vub_queue_resume(q, chunk, status == 0 ? 0 : -EIO);
+	}
+}

@@ -7,22 +7,21 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFile, execFileSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { ChunkCache } from '../src/cache/chunk-cache.js';
 import type { LazyDisk } from '../src/cache/lazy-disk.js';
 import { loadConfig, type SlipwayConfig } from '../src/config.js';
 import { HOLE, type IndexEntry } from '../src/disk/format.js';
 import { pushDisk } from '../src/disk/push.js';
 import type { PushResult } from '../src/disk/push.js';
-import { isSlipwayError, type SlipwayError } from '../src/errors.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import { createLogger } from '../src/util/log.js';
 import { WorkerPool } from '../src/workers/pool.js';
 import { startChaosProxy, type ChaosProxy } from './helpers/chaos-proxy.js';
+import { chunkFiles, expectTier1Consistent, LogCapture, rejection, tmpFiles, within } from './helpers/cache-checks.js';
 import { makeSparse, tempDir } from './helpers/images.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
 
@@ -79,28 +78,6 @@ afterAll(async () => {
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-interface LogLine {
-  level: string;
-  msg: string;
-  [k: string]: unknown;
-}
-
-class LogCapture extends Writable {
-  text = '';
-  override _write(chunk: Buffer | string, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
-    this.text += chunk.toString();
-    done();
-  }
-
-  lines(): LogLine[] {
-    return this.text.split('\n').filter((l) => l.trim().length > 0).map((l) => JSON.parse(l) as LogLine);
-  }
-
-  has(level: string, msg: string): LogLine | undefined {
-    return this.lines().find((l) => l.level === level && l.msg === msg);
-  }
-}
-
 async function openCache(overrides: Partial<SlipwayConfig>): Promise<{ cache: ChunkCache; logs: LogCapture; config: SlipwayConfig }> {
   const logs = new LogCapture();
   const config = loadConfig({ XDG_CONFIG_HOME: join(work, 'no-config'), XDG_CACHE_HOME: join(work, 'xdg-cache') }, overrides);
@@ -151,59 +128,6 @@ function expectImage(got: Buffer, offset: number, length: number): void {
   let i = 0;
   while (i < length && got[i] === want[i]) i++;
   expect.fail(`bytes ${offset}+${length} differ from the image, first at ${offset + i}`);
-}
-
-/** Every chunk file under cacheDir/chunks, with its size and whether its bytes hash to its name. */
-function chunkFiles(cacheDir: string): { name: string; size: number; intact: boolean }[] {
-  const root = join(cacheDir, 'chunks');
-  if (!existsSync(root)) return [];
-  const out: { name: string; size: number; intact: boolean }[] = [];
-  for (const sub of readdirSync(root)) {
-    for (const f of readdirSync(join(root, sub))) {
-      const data = readFileSync(join(root, sub, f));
-      out.push({ name: f, size: data.byteLength, intact: f.startsWith(sub) && createHash('sha256').update(data).digest('hex') === f });
-    }
-  }
-  return out;
-}
-
-function tmpFiles(cacheDir: string): string[] {
-  const dir = join(cacheDir, 'tmp');
-  return existsSync(dir) ? readdirSync(dir) : [];
-}
-
-/** Tier 1 as the index sees it agrees with the files: same count, same bytes, every file intact. */
-function expectTier1Consistent(cache: ChunkCache): { chunks: number; bytes: number } {
-  const files = chunkFiles(cache.config.cacheDir);
-  const stats = cache.stats().disk;
-  expect(files.filter((f) => !f.intact)).toEqual([]);
-  expect(stats.chunks).toBe(files.length);
-  expect(stats.bytes).toBe(files.reduce((s, f) => s + f.size, 0));
-  expect(tmpFiles(cache.config.cacheDir)).toEqual([]);
-  return { chunks: stats.chunks, bytes: stats.bytes };
-}
-
-async function rejection(p: Promise<unknown>): Promise<SlipwayError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(isSlipwayError(err), `expected a SlipwayError, got ${String(err)}`).toBe(true);
-    return err as SlipwayError;
-  }
-  throw new Error('expected the promise to reject, but it resolved');
-}
-
-/** Fail (instead of hanging the file) when a promise does not settle in time. */
-async function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -83,6 +83,12 @@ export interface RemoteTierDeps {
   hostLimit: (host: string) => PrioritySemaphore;
 }
 
+/**
+ * Whether a failed attempt is worth another try of the same source: it could not be reached, it
+ * answered 5xx or 429, or it sent less than was asked for (SIZE_INVALID: a cut connection or any
+ * other short read, see `shortRead` in the transport). Only what is left, a complete answer that
+ * fails verification (DIGEST_MISMATCH) or a source without the blob, counts against the source.
+ */
 function isTransient(err: unknown): boolean {
   if (!isSlipwayError(err)) return true;
   return ['REGISTRY_UNREACHABLE', 'REGISTRY_ERROR', 'TOOMANYREQUESTS', 'SIZE_INVALID'].includes(err.code);

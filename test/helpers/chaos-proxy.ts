@@ -10,6 +10,12 @@
  *   or to all of them with `'all'`;
  * - `dropMidBody(count)`: forward, then send the headers (with the full Content-Length) and part of
  *   the body, and destroy the socket;
+ * - `cutEvery(n)`: a cut body on every `n`-th matching GET (the 3rd, 6th, ...) for as long as it is
+ *   on: a flaky link under a long read, not a burst. `framing` says how the client sees the cut:
+ *   `'cut'` (default) is the cut above (full Content-Length, socket destroyed mid-body);
+ *   `'close'` sends no Content-Length and `Connection: close`, then ends the socket after the part
+ *   (a close-delimited body: HTTP cannot tell it was cut); `'short'` announces the part's length
+ *   as Content-Length and completes the response normally (a response shorter than asked for);
  * - `ignoreRange()`: forward without the Range header, so the registry answers 200 with the whole
  *   blob (what Debian's docker-registry does in pull-through proxy mode);
  * - `corrupt()`: flip bytes of blob bodies (every `stride`-th byte, XOR 0xff), keeping their length;
@@ -26,6 +32,8 @@ import { createServer, request as httpRequest, Agent, type IncomingMessage, type
 import type { Socket } from 'node:net';
 
 export type ChaosFault = 'status' | 'drop' | 'ignore-range' | 'corrupt' | 'stall';
+/** How a cut body is framed: see `cutEvery`. */
+export type CutFraming = 'cut' | 'close' | 'short';
 /** Which requests a fault applies to. */
 export type ChaosMatch = 'blobs' | 'manifests' | 'any';
 
@@ -52,6 +60,8 @@ export interface ChaosProxy {
   fail(count: number | 'all', opts?: { status?: number; match?: ChaosMatch; retryAfter?: string }): void;
   /** Send the next `count` matching GETs' headers and `fraction` of their body, then destroy the socket. */
   dropMidBody(count: number | 'all', opts?: { match?: ChaosMatch; fraction?: number }): void;
+  /** Cut every `n`-th matching GET to `fraction` of its body, framed as `framing` says (see above), until `passThrough()`. */
+  cutEvery(n: number, opts?: { match?: ChaosMatch; fraction?: number; framing?: CutFraming }): void;
   /** Forward blob GETs without their Range header: the registry answers 200 with the whole blob. */
   ignoreRange(on?: boolean): void;
   /** Flip every `stride`-th byte (from the first) of blob GET bodies, keeping the length. */
@@ -85,6 +95,12 @@ function matches(match: ChaosMatch, kind: ChaosRequest['kind']): boolean {
   return match === 'any' || (match === 'blobs' ? kind === 'blob' : kind === 'manifest');
 }
 
+/** A response head written straight to the socket (Node's ServerResponse always frames its body). */
+function rawHead(status: number, message: string, headers: Record<string, string | string[] | undefined>): string {
+  const lines = Object.entries(headers).flatMap(([k, v]) => (v === undefined ? [] : (Array.isArray(v) ? v : [v]).map((x) => `${k}: ${x}`)));
+  return `HTTP/1.1 ${status} ${message}\r\n${lines.join('\r\n')}\r\n\r\n`;
+}
+
 interface Counted {
   left: number | 'all';
   match: ChaosMatch;
@@ -105,6 +121,7 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
   const sockets = new Set<Socket>();
   let failing: (Counted & { status: number; retryAfter?: string }) | undefined;
   let dropping: (Counted & { fraction: number }) | undefined;
+  let cutting: { every: number; seen: number; match: ChaosMatch; fraction: number; framing: CutFraming } | undefined;
   let rangeIgnored = false;
   let corruption: { stride: number } | undefined;
   let delayed: { ms: number; match: ChaosMatch } | undefined;
@@ -148,7 +165,10 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
       delete headers['if-range'];
       record.faults.push('ignore-range');
     }
-    const drop = method === 'GET' && take(dropping, kind);
+    const cutNow = method === 'GET' && cutting !== undefined && matches(cutting.match, kind) && ++cutting.seen % cutting.every === 0;
+    const drop = cutNow || (method === 'GET' && take(dropping, kind));
+    const fraction = (cutNow ? cutting?.fraction : dropping?.fraction) ?? 0.5;
+    const framing: CutFraming = (cutNow ? cutting?.framing : undefined) ?? 'cut';
     const corruptBody = method === 'GET' && kind === 'blob' && corruption !== undefined;
     const mustBuffer = drop || corruptBody;
 
@@ -170,10 +190,21 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
         }
         const outHeaders = { ...up.headers, 'content-length': String(body.byteLength) };
         if (drop && ok && body.byteLength > 1) {
-          const fraction = dropping?.fraction ?? 0.5;
           const cut = Math.max(1, Math.min(body.byteLength - 1, Math.floor(body.byteLength * fraction)));
           record.faults.push('drop');
           record.status = up.statusCode;
+          if (framing === 'short') {
+            res.writeHead(up.statusCode ?? 502, { ...outHeaders, 'content-length': String(cut) });
+            res.end(body.subarray(0, cut));
+            return;
+          }
+          if (framing === 'close') {
+            const { 'content-length': _length, ...rest } = outHeaders;
+            // a close-delimited body: its end is the end of the connection
+            req.socket.write(rawHead(up.statusCode ?? 502, up.statusMessage ?? '', { ...rest, connection: 'close' }));
+            req.socket.end(body.subarray(0, cut));
+            return;
+          }
           res.writeHead(up.statusCode ?? 502, outHeaders);
           res.write(body.subarray(0, cut), () => {
             // give the bytes a moment to leave, then cut the connection mid-body
@@ -230,6 +261,7 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
     passThrough() {
       failing = undefined;
       dropping = undefined;
+      cutting = undefined;
       rangeIgnored = false;
       corruption = undefined;
       delayed = undefined;
@@ -240,6 +272,10 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
     },
     dropMidBody(count, o = {}) {
       dropping = { left: count, match: o.match ?? 'blobs', fraction: o.fraction ?? 0.5 };
+    },
+    cutEvery(n, o = {}) {
+      if (!Number.isSafeInteger(n) || n < 1) throw new Error(`cutEvery: n must be a positive integer, got ${n}`);
+      cutting = { every: n, seen: 0, match: o.match ?? 'blobs', fraction: o.fraction ?? 0.5, framing: o.framing ?? 'cut' };
     },
     ignoreRange(on = true) {
       rangeIgnored = on;

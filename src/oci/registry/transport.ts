@@ -45,6 +45,12 @@ export interface RegistryRequest {
   read: 'buffer' | 'stream' | 'none';
   /** Follow 3xx redirects (blob GETs to storage back-ends). */
   followRedirects?: boolean;
+  /**
+   * With `read: 'buffer'`: the size in bytes a complete body has, by status (a Range GET of
+   * `length` bytes of an `n`-byte blob: `{ 206: length, 200: n }`). A shorter body is a short read
+   * (see `shortRead`), retried like a dropped connection.
+   */
+  expectBytes?: Partial<Record<number, number>>;
   what: string;
 }
 
@@ -71,6 +77,29 @@ export function isRetryableNetworkError(err: unknown): boolean {
   if (err instanceof SlipwayError) return false;
   const code = netCode(err);
   return code !== undefined ? RETRYABLE_NET_CODES.has(code) : (err as Error)?.name === 'SocketError';
+}
+
+/**
+ * Why a buffered body is not the whole answer, or undefined when it is: a size other than its
+ * Content-Length announced, or fewer bytes than its Content-Range announced or than `expected`
+ * says a complete answer with its status has (bytes, by status). A cut connection whose body was
+ * delimited by the close itself, a proxy that rewrote the length, or a range answer shorter than
+ * asked for all look like this; none of them is the content being wrong, so the transport retries
+ * them (as it does a dropped connection) and reports the last one as SIZE_INVALID, which callers
+ * treat as transient. A body at least as long as expected is complete: what is wrong with it is
+ * for verification to find, and counts against its source.
+ */
+export function shortRead(status: number, headers: Record<string, string | string[] | undefined>, bodyBytes: number, expected?: Partial<Record<number, number>>): string | undefined {
+  const announced = Number(header(headers, 'content-length') ?? Number.NaN);
+  if (Number.isSafeInteger(announced) && announced !== bodyBytes) return `got ${bodyBytes} bytes of the ${announced} its Content-Length announced`;
+  const range = /^bytes (\d+)-(\d+)\//.exec(header(headers, 'content-range') ?? '');
+  if (status === 206 && range) {
+    const rangeBytes = Number(range[2]) - Number(range[1]) + 1;
+    if (bodyBytes < rangeBytes) return `got ${bodyBytes} bytes of the ${rangeBytes} its Content-Range announced`;
+  }
+  const want = expected?.[status];
+  if (want !== undefined && bodyBytes < want) return `got ${bodyBytes} bytes, a complete ${status} answer has ${want}`;
+  return undefined;
 }
 
 function isRetryableStatus(status: number): boolean {
@@ -169,9 +198,9 @@ export class RegistryClient {
           await res.body.dump();
           return { status, headers: resHeaders, url };
         }
+        let body: Buffer;
         try {
-          const body = Buffer.from(await res.body.arrayBuffer());
-          return { status, headers: resHeaders, body, url };
+          body = Buffer.from(await res.body.arrayBuffer());
         } catch (err) {
           if (isRetryableNetworkError(err) && attempt < this.retry.maxAttempts) {
             await this.backoff(attempt);
@@ -179,6 +208,13 @@ export class RegistryClient {
           }
           throw this.networkError(req, url, err, attempt);
         }
+        const short = shortRead(status, resHeaders, body.byteLength, req.expectBytes);
+        if (short === undefined) return { status, headers: resHeaders, body, url };
+        if (attempt < this.retry.maxAttempts) {
+          await this.backoff(attempt);
+          continue;
+        }
+        throw new RegistryError('SIZE_INVALID', `${req.what}: short read: ${short} (${attempt} attempt${attempt === 1 ? '' : 's'})`, { method: req.method, url, status });
       }
       const text = req.method === 'HEAD' ? '' : await res.body.text().catch(() => '');
       if (req.method === 'HEAD') await res.body.dump().catch(() => undefined);

@@ -1,0 +1,143 @@
+/**
+ * The chunk cache on a bad wire, through the real docker-registry behind the chaos proxy: a link
+ * that cuts blob answers short (however the cut is framed, with Range honoured or ignored) is a
+ * retry, never corruption; and the fetch deadline counts time on the wire, not time queued behind
+ * other requests to the same host.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ChunkCache } from '../src/cache/chunk-cache.js';
+import { loadConfig, type SlipwayConfig } from '../src/config.js';
+import { pushDisk } from '../src/disk/push.js';
+import { Targets } from '../src/oci/open.js';
+import { parseRef } from '../src/oci/ref.js';
+import { createLogger } from '../src/util/log.js';
+import { WorkerPool } from '../src/workers/pool.js';
+import { chunkFiles, expectTier1Consistent, LogCapture, within } from './helpers/cache-checks.js';
+import { startChaosProxy, type ChaosProxy, type CutFraming } from './helpers/chaos-proxy.js';
+import { tempDir } from './helpers/images.js';
+import { startRegistry, type TestRegistry } from './helpers/registry.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const REPO = 'wire/disk';
+const TAG = 'v1';
+/** a disk that looks like one: zstd halves it, so chunks are compressed and a cut one is not a valid frame */
+const DISK_BYTES = 32 * MiB;
+
+let registry: TestRegistry;
+let pool: WorkerPool;
+const targets = new Targets();
+const work = tempDir('slipway-cache-wire-');
+let image: Buffer;
+let chunkCount = 0;
+
+let dirs = 0;
+const freshDir = (): string => join(work, `cache-${++dirs}`);
+
+const cleanups: (() => Promise<unknown> | unknown)[] = [];
+afterEach(async () => {
+  while (cleanups.length > 0) await within(10_000, Promise.resolve(cleanups.pop()?.()), 'cleanup').catch(() => undefined);
+});
+
+/** Half random, half repeated text in every 64 KiB: compressible about 2:1, like a real root disk. */
+function diskLikeImage(bytes: number): Buffer {
+  const out = Buffer.alloc(bytes);
+  for (let off = 0; off < bytes; off += 64 * KiB) {
+    randomBytes(32 * KiB).copy(out, off);
+    out.fill(`block at ${off}; `, off + 32 * KiB, Math.min(bytes, off + 64 * KiB));
+  }
+  return out;
+}
+
+beforeAll(async () => {
+  registry = await startRegistry();
+  pool = new WorkerPool(2);
+  image = diskLikeImage(DISK_BYTES);
+  const file = join(work, 'disk.img');
+  writeFileSync(file, image);
+  const target = await targets.open(parseRef(`${registry.host}/${REPO}:${TAG}`));
+  // default chunk (512 KiB) and pack (8 MiB) sizes: a whole-disk read is a few 8 MiB Range GETs
+  const pushed = await pushDisk({ file, target, tag: TAG, pool });
+  chunkCount = pushed.config.stats.uniqueChunks;
+  expect(chunkCount).toBe(DISK_BYTES / (512 * KiB));
+  expect(pushed.config.stats.packs).toBeGreaterThanOrEqual(2);
+});
+
+afterAll(async () => {
+  await pool?.close();
+  await targets.close();
+  await registry?.stop();
+  rmSync(work, { recursive: true, force: true });
+});
+
+async function openCache(overrides: Partial<SlipwayConfig>): Promise<{ cache: ChunkCache; logs: LogCapture }> {
+  const logs = new LogCapture();
+  const config = loadConfig({ XDG_CONFIG_HOME: join(work, 'no-config'), XDG_CACHE_HOME: join(work, 'xdg-cache') }, overrides);
+  const cache = await ChunkCache.open({ config, logger: createLogger({ out: logs, level: 'info' }), pool });
+  cleanups.push(() => cache.close());
+  return { cache, logs };
+}
+
+async function chaos(): Promise<ChaosProxy> {
+  const proxy = await startChaosProxy({ target: registry.host });
+  cleanups.push(() => proxy.stop());
+  return proxy;
+}
+
+const refVia = (host: string): string => `${host}/${REPO}:${TAG}`;
+
+/** The bytes equal the image's at offset (Buffer.equals: vitest's deep equality is slow on buffers). */
+function expectImage(got: Buffer, offset: number, length: number): void {
+  expect(got.byteLength).toBe(length);
+  const want = image.subarray(offset, offset + length);
+  if (got.equals(want)) return;
+  let i = 0;
+  while (i < length && got[i] === want[i]) i++;
+  expect.fail(`bytes ${offset}+${length} differ from the image, first at ${offset + i}`);
+}
+
+describe('a network cut is a retry, never corruption', () => {
+  const cases: { framing: CutFraming; range: 'honoured' | 'ignored' }[] = [];
+  for (const framing of ['cut', 'close', 'short'] as const) for (const range of ['honoured', 'ignored'] as const) cases.push({ framing, range });
+
+  it.each(cases)('every third blob answer cut halfway (framing $framing, Range $range): the whole disk reads right, no source is marked bad', async ({ framing, range }) => {
+    const proxy = await chaos();
+    const { cache, logs } = await openCache({ cacheDir: freshDir(), fetchDeadlineMs: 15_000 });
+    const disk = await cache.openDisk(refVia(proxy.host));
+    proxy.clearLog();
+    proxy.cutEvery(3, { framing });
+    if (range === 'ignored') proxy.ignoreRange();
+    const data = await within(60_000, disk.read(0, DISK_BYTES), `whole-disk read through cuts (${framing}, Range ${range})`);
+    expectImage(data, 0, DISK_BYTES);
+    await disk.settle();
+    expect(proxy.count({ fault: 'drop' })).toBeGreaterThanOrEqual(1);
+    expect(cache.stats().remote.badSources).toBe(0);
+    expect(logs.has('warn', 'chunk source failed; trying the next'), logs.text).toBeUndefined();
+    expect(expectTier1Consistent(cache).chunks).toBe(chunkCount);
+  });
+
+  it('`slipway read` of the whole disk through a mirror-like server that ignores Range and cuts every third answer (close-delimited)', async () => {
+    const proxy = await chaos();
+    proxy.cutEvery(3, { framing: 'close' });
+    proxy.ignoreRange();
+    const cacheDir = freshDir();
+    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: work, XDG_CONFIG_HOME: join(work, 'no-config'), DOCKER_CONFIG: join(work, 'no-docker'), SLIPWAY_LOG_LEVEL: 'warn', SLIPWAY_FETCH_DEADLINE_MS: '15000' };
+    const child = await new Promise<{ code: number; stdout: Buffer; stderr: string }>((resolve) => {
+      execFile(process.execPath, [join(process.cwd(), 'bin', 'slipway.js'), 'read', refVia(proxy.host), '--offset', '0', '--length', String(DISK_BYTES), '--cache-dir', cacheDir, '--stats'], { env, encoding: 'buffer', maxBuffer: 2 * DISK_BYTES, timeout: 60_000 }, (err, stdout, stderr) => {
+        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr: stderr.toString() });
+      });
+    });
+    expect(child.code, child.stderr).toBe(0);
+    expectImage(child.stdout, 0, DISK_BYTES);
+    expect(proxy.count({ fault: 'drop' })).toBeGreaterThanOrEqual(1);
+    const stats = JSON.parse(child.stderr.split('\n').reverse().find((l) => l.startsWith('{"disk"')) ?? '{}') as { cache?: { remote?: { badSources: number } } };
+    expect(stats.cache?.remote?.badSources).toBe(0);
+    const files = chunkFiles(cacheDir);
+    expect(files.filter((f) => !f.intact)).toEqual([]);
+    expect(files.length).toBe(chunkCount);
+  });
+});

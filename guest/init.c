@@ -46,7 +46,13 @@
 #define MAX_DNS 4
 #define MAX_SYSCTLS 64
 #define MAX_SERVICES 32
-#define MAX_ENV 64
+#define MAX_ENV 128
+/* the longest value of one entry; src/guest/boot-config.ts holds the host's copy of every limit */
+#define ENV_BYTES 4096
+#define SERVICE_BYTES 4096
+#define SYSCTL_BYTES 256
+#define LINE_BYTES 8192
+#define SERVICE_WORDS 31
 #define MAX_PHASES 16
 #define NEWROOT "/newroot"
 #define AGENT_IN_INITRAMFS "/slipway/agent"
@@ -79,12 +85,14 @@ struct config {
 	int nifaces;
 	char dns[MAX_DNS][64];
 	int ndns;
-	char sysctls[MAX_SYSCTLS][256];
+	char sysctls[MAX_SYSCTLS][SYSCTL_BYTES];
 	int nsysctls;
-	char services[MAX_SERVICES][512];
+	char services[MAX_SERVICES][SERVICE_BYTES];
 	int nservices;
-	char env[MAX_ENV][256];
+	char env[MAX_ENV][ENV_BYTES];
 	int nenv;
+	int nlines; /* entries read, for the end=<n> check */
+	int end_seen;
 	int verbose;
 	char source[16]; /* "fw_cfg", "cmdline" or "defaults" */
 };
@@ -234,13 +242,11 @@ static void load_modules(void)
 
 /* ---------- config ---------- */
 
+/* Nothing in a boot config is cut or dropped: what does not fit stops the boot, saying why. */
 static void copy_field(char *dst, size_t cap, const char *src, size_t len, const char *what)
 {
-	if (len >= cap) {
-		say("config: %s too long (%zu bytes, at most %zu); ignored", what, len, cap - 1);
-		dst[0] = '\0';
-		return;
-	}
+	if (len >= cap)
+		die("config: %s too long (%zu bytes, at most %zu)", what, len, cap - 1);
 	memcpy(dst, src, len);
 	dst[len] = '\0';
 }
@@ -313,13 +319,13 @@ static int parse_iface(struct iface *ifc, const char *v)
 
 static void config_line(struct config *c, const char *line, size_t len)
 {
-	char buf[1024];
+	static char buf[LINE_BYTES];
 	if (len == 0)
 		return;
-	if (len >= sizeof buf) {
-		say("config: a line of %zu bytes is too long; ignored", len);
-		return;
-	}
+	if (len >= sizeof buf)
+		die("config: a line of %zu bytes is too long (at most %zu)", len, sizeof buf - 1);
+	if (c->end_seen)
+		die("config: a line after end=");
 	memcpy(buf, line, len);
 	buf[len] = '\0';
 	if (buf[0] == '#')
@@ -333,6 +339,16 @@ static void config_line(struct config *c, const char *line, size_t len)
 	const char *key = buf;
 	const char *v = eq + 1;
 	size_t vlen = strlen(v);
+	if (strcmp(key, "end") == 0) {
+		/* the host's count of the entries before this line: a config cut short is refused */
+		char *endp = NULL;
+		long want = strtol(v, &endp, 10);
+		if (!endp || *endp != '\0' || want != c->nlines)
+			die("config: end=%s but %d entries were read (the config was cut short)", v, c->nlines);
+		c->end_seen = 1;
+		return;
+	}
+	c->nlines++;
 	if (strcmp(key, "version") == 0) {
 		if (strcmp(v, "1") != 0)
 			die("config: version %s is not supported (this init reads version 1)", v);
@@ -353,17 +369,23 @@ static void config_line(struct config *c, const char *line, size_t len)
 			die("config: bad net entry '%s' (want: name address/prefix [gateway])", v);
 		c->nifaces++;
 	} else if (strcmp(key, "dns") == 0) {
-		if (c->ndns < MAX_DNS)
-			copy_field(c->dns[c->ndns++], sizeof c->dns[0], v, vlen, "dns");
+		if (c->ndns >= MAX_DNS)
+			die("config: more than %d dns entries", MAX_DNS);
+		copy_field(c->dns[c->ndns++], sizeof c->dns[0], v, vlen, "dns");
 	} else if (strcmp(key, "sysctl") == 0) {
-		if (c->nsysctls < MAX_SYSCTLS)
-			copy_field(c->sysctls[c->nsysctls++], sizeof c->sysctls[0], v, vlen, "sysctl");
+		if (c->nsysctls >= MAX_SYSCTLS)
+			die("config: more than %d sysctl entries", MAX_SYSCTLS);
+		copy_field(c->sysctls[c->nsysctls++], sizeof c->sysctls[0], v, vlen, "sysctl");
 	} else if (strcmp(key, "service") == 0) {
-		if (c->nservices < MAX_SERVICES)
-			copy_field(c->services[c->nservices++], sizeof c->services[0], v, vlen, "service");
+		if (c->nservices >= MAX_SERVICES)
+			die("config: more than %d service entries", MAX_SERVICES);
+		copy_field(c->services[c->nservices++], sizeof c->services[0], v, vlen, "service");
 	} else if (strcmp(key, "env") == 0) {
-		if (c->nenv < MAX_ENV && strchr(v, '='))
-			copy_field(c->env[c->nenv++], sizeof c->env[0], v, vlen, "env");
+		if (c->nenv >= MAX_ENV)
+			die("config: more than %d env entries", MAX_ENV);
+		if (!strchr(v, '='))
+			die("config: env entry '%.60s' is not NAME=value", v);
+		copy_field(c->env[c->nenv++], sizeof c->env[0], v, vlen, "env");
 	} else if (strcmp(key, "verbose") == 0) {
 		c->verbose = strcmp(v, "1") == 0;
 	} else {
@@ -472,6 +494,10 @@ static int config_from_cmdline(struct config *c)
 			if (m < 0)
 				die("kernel command line: slipway.config is not valid base64");
 			config_parse(c, decoded, (size_t)m);
+			/* the kernel cuts a long command line without a word: the host ends the config
+			 * with end=<entries>, and a config without it is taken as cut */
+			if (!c->end_seen)
+				die("kernel command line: slipway.config has no end= line (cut short by the kernel's command line limit?)");
 		} else {
 			config_line(c, kv, strlen(kv));
 		}
@@ -847,13 +873,16 @@ static void start_services(struct init_state *st)
 			char *argv[] = { (char *)"/bin/sh", (char *)"-c", st->cfg.services[i], NULL };
 			spawn(st, argv, !st->cfg.verbose);
 		} else {
-			char copy[512];
+			static char copy[SERVICE_BYTES];
 			snprintf(copy, sizeof copy, "%s", st->cfg.services[i]);
-			char *argv[32];
+			char *argv[SERVICE_WORDS + 1];
 			int n = 0;
 			char *save = NULL;
-			for (char *w = strtok_r(copy, " ", &save); w && n < 31; w = strtok_r(NULL, " ", &save))
+			for (char *w = strtok_r(copy, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
+				if (n == SERVICE_WORDS)
+					die("service '%.60s...' has more than %d words and the root disk has no /bin/sh to run it", st->cfg.services[i], SERVICE_WORDS);
 				argv[n++] = w;
+			}
 			argv[n] = NULL;
 			if (n > 0)
 				spawn(st, argv, !st->cfg.verbose);

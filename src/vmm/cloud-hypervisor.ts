@@ -27,7 +27,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { SlipwayError } from '../errors.js';
-import { FW_CFG_NAME } from '../guest/boot-config.js';
+import { FW_CFG_NAME, checkKernelCmdline } from '../guest/boot-config.js';
 import type { AgentEndpoint, BootFailure, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { kernelCmdline } from './qemu.js';
 import { classifyEnd } from './boot-failure.js';
@@ -91,7 +91,9 @@ export function fwCfgConfig(bootConfigPath: string): { e820: boolean; kernel: bo
 /** The kernel command line: the shared quiet line with KVM hints, plus the config when not in fw_cfg. */
 export function chKernelCmdline(spec: VmSpec, opts: { fwCfg: boolean }): string {
   const extra = [spec.cmdline, opts.fwCfg ? undefined : `slipway.config=${Buffer.from(spec.bootConfig).toString('base64')}`].filter(Boolean).join(' ');
-  return kernelCmdline('kvm', extra || undefined);
+  const line = kernelCmdline('kvm', extra || undefined);
+  checkKernelCmdline(line);
+  return line;
 }
 
 /** Whether the boot config goes through fw_cfg: asked for (the default) and compiled into this CH. */

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { SlipwayError } from '../errors.js';
-import { FW_CFG_NAME } from '../guest/boot-config.js';
+import { FW_CFG_NAME, checkKernelCmdline } from '../guest/boot-config.js';
 import type { AgentEndpoint, BootFailure, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { fileTail } from '../util/file-tail.js';
 import { processExit, processHasArgument, processRunning, terminateProcess } from '../util/process.js';
@@ -31,9 +31,14 @@ export function qemuBinary(env: NodeJS.ProcessEnv = process.env): string {
 const QBOOT = '/usr/share/qemu/qboot.rom';
 export const AGENT_PORT_NAME = 'org.slipway.agent';
 
-/** The kernel command line: the seed's quiet line, with the KVM clock hints only under KVM. */
+/**
+ * The kernel command line: the seed's quiet line, with the KVM clock hints only under KVM.
+ * `loglevel=1`, not the seed's 0: the console then shows only KERN_EMERG lines, which a normal
+ * boot has none of, but a panic can raise the level to print itself (console_verbose() leaves a
+ * level of 0 at 0, so under loglevel=0 a panic is silent and looks like a bare reset).
+ */
 export function kernelCmdline(accel: Accel, extra?: string): string {
-  const parts = ['console=ttyS0', 'quiet', 'loglevel=0', 'panic=-1', 'reboot=t'];
+  const parts = ['console=ttyS0', 'quiet', 'loglevel=1', 'panic=-1', 'reboot=t'];
   if (accel === 'kvm') parts.push('no_timer_check', 'tsc=reliable', 'clocksource=kvm-clock');
   if (extra) parts.push(extra);
   return parts.join(' ');
@@ -76,6 +81,8 @@ export interface QemuOptions {
 
 export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guestCid?: number } = {}): string[] {
   const mem = `${spec.memoryMiB}M`;
+  const cmdline = kernelCmdline(accel, [spec.cmdline, spec.bootConfigVia === 'cmdline' ? `slipway.config=${Buffer.from(spec.bootConfig).toString('base64')}` : undefined].filter(Boolean).join(' ') || undefined);
+  checkKernelCmdline(cmdline);
   const backend = spec.hugepages
     ? `memory-backend-file,id=mem,size=${mem},mem-path=/dev/hugepages,share=on,prealloc=off`
     : `memory-backend-memfd,id=mem,size=${mem},share=on`;
@@ -89,7 +96,7 @@ export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guest
     '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
     '-kernel', spec.kernel.bzImage,
     '-initrd', spec.initramfs,
-    '-append', kernelCmdline(accel, [spec.cmdline, spec.bootConfigVia === 'cmdline' ? `slipway.config=${Buffer.from(spec.bootConfig).toString('base64')}` : undefined].filter(Boolean).join(' ') || undefined),
+    '-append', cmdline,
     '-serial', spec.console === false ? 'none' : `file:${join(spec.workDir, 'console.log')}`,
     '-qmp', `unix:${join(spec.workDir, 'qmp.sock')},server=on,wait=off`,
   ];
@@ -123,6 +130,11 @@ export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guest
   return args;
 }
 
+/** Whether QEMU's words say it could not use KVM at all ("Could not access KVM kernel module", "failed to initialize kvm"). */
+function kvmUnusable(stderr: string): boolean {
+  return /KVM kernel module|initiali[sz]e kvm|kvm.*(not supported|permission denied)/i.test(stderr);
+}
+
 /** QMP run states that a VM does not leave by itself (qapi/run-state.json). */
 const DEAD_STATES: Record<string, BootFailure['code']> = { 'internal-error': 'VMM_INTERNAL_ERROR', 'guest-panicked': 'GUEST_PANICKED', shutdown: 'GUEST_POWERED_OFF' };
 
@@ -153,16 +165,19 @@ class QemuVm implements RunningVm {
       const check = async (qmp: QmpClient): Promise<void> => {
         const s = await qmp.execute<{ status: string }>('query-status');
         const code = DEAD_STATES[s.status];
-        if (code === 'VMM_INTERNAL_ERROR') resolve({ code, detail: `QMP status internal-error${this.kvmErrorLine()}` });
+        if (code === 'VMM_INTERNAL_ERROR') resolve({ code, detail: `QMP status internal-error${this.kvmErrorLine()}`, accelFault: this.accel === 'kvm' });
         else if (code === 'GUEST_PANICKED') resolve(classifyEnd({ console: this.consoleTail(), shutdownReason: 'guest-panic' }));
       };
-      const attached = QmpClient.connect(qmpPath).then(async (qmp) => {
-        this.qmp = qmp;
-        qmp.onEvent((e) => {
+      let client: QmpClient | undefined;
+      const attached = QmpClient.connect(qmpPath, {
+        onEvent: (e) => {
           if (e.event === 'SHUTDOWN' && typeof e.data.reason === 'string') shutdownReason = e.data.reason;
           else if (e.event === 'GUEST_PANICKED') resolve(classifyEnd({ console: this.consoleTail(), shutdownReason: 'guest-panic' }));
-          else if (e.event === 'STOP') void check(qmp).catch(() => undefined);
-        });
+          else if (e.event === 'STOP' && client) void check(client).catch(() => undefined);
+        },
+      }).then(async (qmp) => {
+        client = qmp;
+        this.qmp = qmp;
         await check(qmp);
         return qmp;
       }).catch(() => undefined);
@@ -170,7 +185,9 @@ class QemuVm implements RunningVm {
         // the SHUTDOWN event may still be in flight when the exit is seen: wait for QMP to close
         const qmp = await attached;
         if (qmp) await Promise.race([qmp.closed, new Promise((r) => setTimeout(r, 500).unref())]);
-        resolve(classifyEnd({ console: this.consoleTail(), shutdownReason, exit }));
+        const end = classifyEnd({ console: this.consoleTail(), shutdownReason, exit });
+        // QEMU that could not use KVM at all ("Could not access KVM kernel module")
+        resolve(end.code === 'VMM_EXITED' && this.accel === 'kvm' && kvmUnusable(this.stderr()) ? { ...end, accelFault: true, detail: `${end.detail}: ${this.stderr().trim().split('\n').at(-1) ?? ''}` } : end);
       });
     });
   }
@@ -308,9 +325,7 @@ export class QemuDriver implements VmmDriver {
       const exited = await Promise.race([exitedEarly, new Promise<undefined>((r) => setTimeout(() => r(undefined), 20))]);
       if (exited) {
         const said = stderr().trim();
-        // QEMU could not use KVM at all ("Could not access KVM kernel module", "failed to initialize kvm")
-        const kvmUnusable = accel === 'kvm' && /KVM kernel module|initiali[sz]e kvm|kvm.*(not supported|permission denied)/i.test(said);
-        throw new SlipwayError('VMM_EXITED', `qemu exited at start (${exited.signal ? `signal ${exited.signal}` : `exit code ${exited.code}`}): ${said || 'it said nothing'}`, { context: { accel, accelSource: verdict.source, kvmUnusable } });
+        throw new SlipwayError('VMM_EXITED', `qemu exited at start (${exited.signal ? `signal ${exited.signal}` : `exit code ${exited.code}`}): ${said || 'it said nothing'}`, { context: { accel, accelSource: verdict.source, accelFault: accel === 'kvm' && kvmUnusable(said) } });
       }
       if (Date.now() > deadline) {
         child.kill('SIGKILL');

@@ -33,5 +33,5 @@ export function classifyEnd(info: { console: string; shutdownReason?: string | u
 /** The error for a failed boot: its code, what happened, then the console's and VMM's last words. */
 export function bootFailureError(vm: RunningVm, failure: BootFailure): SlipwayError {
   const tail = vm.consoleTail(3000).trim();
-  return new SlipwayError(failure.code, `${WHAT[failure.code]}: ${failure.detail}${tail ? `\nconsole and VMM output:\n${tail}` : ' (no console output)'}`, { context: { accel: vm.accel } });
+  return new SlipwayError(failure.code, `${WHAT[failure.code]}: ${failure.detail}${tail ? `\nconsole and VMM output:\n${tail}` : ' (no console output)'}`, { context: { accel: vm.accel, accelSource: vm.accelVerdict?.source ?? null, accelFault: failure.accelFault === true } });
 }

@@ -51,10 +51,10 @@ async function agentOrFailure(vm: RunningVm, opts: BootOptions): Promise<AgentCl
  * Whether a failed boot is KVM's fault under an automatic choice: the guest stopped with an
  * internal error, or QEMU could not use KVM at all. Then TCG is worth one more try.
  */
-function kvmFailedAutomatically(err: unknown, vm: RunningVm | undefined): boolean {
+function kvmFailedAutomatically(err: unknown): boolean {
   if (!isSlipwayError(err)) return false;
-  if (vm) return err.code === 'VMM_INTERNAL_ERROR' && vm.accel === 'kvm' && vm.accelVerdict !== undefined && vm.accelVerdict.source !== 'forced';
-  return err.code === 'VMM_EXITED' && err.context.kvmUnusable === true && err.context.accelSource !== 'forced';
+  const c = err.context;
+  return c.accelFault === true && c.accel === 'kvm' && c.accelSource !== 'forced' && c.accelSource !== null && c.accelSource !== undefined;
 }
 
 /**
@@ -72,7 +72,7 @@ export async function bootVm(driver: VmmDriver, spec: VmSpec, opts: BootOptions)
     opts.onStarted?.(vm);
     return { vm, client: await agentOrFailure(vm, opts) };
   } catch (err) {
-    if (!kvmFailedAutomatically(err, vm) || !driver.accelFailed) throw err;
+    if (!kvmFailedAutomatically(err) || !driver.accelFailed) throw err;
     const detail = (err as Error).message.split('\n')[0] ?? '';
     await driver.accelFailed(spec, detail);
     opts.notice?.(`accel: kvm${vm?.accelVerdict ? ` (${vm.accelVerdict.reason})` : ''} failed: ${detail}; booting again under tcg, and tcg from now on for this host`);

@@ -66,6 +66,8 @@ export interface BootFailure {
   code: BootFailureCode;
   /** what the VMM said, in words: "QMP status internal-error", "exit code 1" */
   detail: string;
+  /** the accelerator itself failed the guest (a KVM internal error, a KVM QEMU could not open) */
+  accelFault?: boolean;
 }
 
 export interface RunningVm {

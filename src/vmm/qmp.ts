@@ -76,10 +76,11 @@ export class QmpClient {
   }
 
   /**
-   * Connect to a QMP socket, read the greeting and leave capabilities negotiation mode.
+   * Connect to a QMP socket, read the greeting and leave capabilities negotiation mode; `onEvent`
+ * hears every event from the start.
    * Errors: VMM_ERROR when the socket cannot be reached or closes first.
    */
-  static async connect(path: string): Promise<QmpClient> {
+  static async connect(path: string, opts: { onEvent?: (e: QmpEvent) => void } = {}): Promise<QmpClient> {
     const socket = connect(path);
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', () => {
@@ -89,6 +90,8 @@ export class QmpClient {
       socket.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot reach QMP at ${path}: ${err.message}`, { cause: err })));
     });
     const client = new QmpClient(socket);
+    // listening from the first byte: an event may come in the same read as the negotiation's answer
+    if (opts.onEvent) client.onEvent(opts.onEvent);
     await client.greeted;
     await client.execute('qmp_capabilities');
     return client;

@@ -49,10 +49,15 @@ async function frontend(args: string[]): Promise<{ code: number; json: Record<st
   return { code, json, stderr };
 }
 
-async function serve(name: string, opts: { readWrite: boolean; queues: number }): Promise<ServedDisk> {
+async function newCache(): Promise<ChunkCache> {
   const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-vubfe-cache-') }), logger: silentLogger });
   caches.push(cache);
-  const s = await serveDisk({ cache, ref: layoutRef, socket: join(work, `${name}.sock`), workDir: join(work, name), readWrite: opts.readWrite, queues: opts.queues, binary: ASAN_BACKEND, env: ASAN_ENV });
+  return cache;
+}
+
+async function serve(name: string, opts: { readWrite: boolean; queues: number; cache?: ChunkCache; ref?: string }): Promise<ServedDisk> {
+  const cache = opts.cache ?? (await newCache());
+  const s = await serveDisk({ cache, ref: opts.ref ?? layoutRef, socket: join(work, `${name}.sock`), workDir: join(work, name), readWrite: opts.readWrite, queues: opts.queues, binary: ASAN_BACKEND, env: ASAN_ENV });
   served.push(s);
   return s;
 }
@@ -172,14 +177,24 @@ describe('slipway-blk through the test frontend', () => {
   });
 
   it('never closes a chunk file another queue is reading: 8 queues verify the whole disk with room for one chunk file', async () => {
-    const s = await serve('fdlimit', { readWrite: true, queues: 8 });
-    // room for the connection, each queue's six descriptors (kick, call, err, stop, epoll set, miss
-    // connection) and one chunk file: every queue thread that opens one runs out while the others
-    // read theirs (before the fix, the one that ran out closed them all: IOERR or wrong bytes)
-    const limit = readdirSync(`/proc/${s.pid}/fd`).length + 1 + 8 * 6 + 1;
+    // a disk of random bytes (every chunk a file, no holes), every chunk local first (a backend on
+    // the same cache fetches them), so that no queue needs a miss connection
+    const random = join(work, 'random.img');
+    writeFileSync(random, randomBytes(8 << 20));
+    const ref = `oci:${join(work, 'layout-random')}:v1`;
+    const io = captureIO();
+    expect(await main(['push', random, ref, '--chunk-size', '64K', '--progress=none'], io), io.err).toBe(0);
+    const cache = await newCache();
+    const warm = await serve('fdwarm', { readWrite: false, queues: 1, cache, ref });
+    expect((await frontend(['verify', warm.socket, random])).json.mismatches).toBe(0);
+    const s = await serve('fdlimit', { readWrite: true, queues: 8, cache, ref });
+    // room for the connection, each queue's five descriptors (kick, call, err, stop, epoll set) and
+    // one chunk file: every queue thread that opens one runs out while the others read theirs
+    // (before the fix, the one that ran out closed them all under the readers: IOERR or wrong bytes)
+    const limit = readdirSync(`/proc/${s.pid}/fd`).length + 1 + 8 * 5 + 1;
     execFileSync('prlimit', ['--pid', String(s.pid), `--nofile=${limit}:${limit}`]);
     for (let run = 0; run < 10; run++) {
-      const r = await frontend(['verify', s.socket, image, '--queues', '8', '--qd', '8', '--timeout-ms', '20000']);
+      const r = await frontend(['verify', s.socket, random, '--queues', '8', '--qd', '8', '--timeout-ms', '20000']);
       expect(r.code, `run ${run}: ${JSON.stringify(r.json)} ${r.stderr}`).toBe(0);
       expect(r.json.mismatches).toBe(0);
       expect(r.json.bad_status).toBe(0);

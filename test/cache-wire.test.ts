@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChunkCache } from '../src/cache/chunk-cache.js';
+import type { IndexEntry } from '../src/disk/format.js';
 import { loadConfig, type SlipwayConfig } from '../src/config.js';
 import { pushDisk } from '../src/disk/push.js';
 import { Targets } from '../src/oci/open.js';
@@ -34,6 +35,10 @@ const targets = new Targets();
 const work = tempDir('slipway-cache-wire-');
 let image: Buffer;
 let chunkCount = 0;
+/** a second disk of random 64 KiB chunks in 512 KiB packs: 128 chunks, every third one its own request */
+const QUEUE_REPO = 'wire/queue';
+const QUEUE_CHUNK = 64 * KiB;
+let queueImage: Buffer;
 
 let dirs = 0;
 const freshDir = (): string => join(work, `cache-${++dirs}`);
@@ -65,6 +70,13 @@ beforeAll(async () => {
   chunkCount = pushed.config.stats.uniqueChunks;
   expect(chunkCount).toBe(DISK_BYTES / (512 * KiB));
   expect(pushed.config.stats.packs).toBeGreaterThanOrEqual(2);
+
+  queueImage = randomBytes(128 * QUEUE_CHUNK);
+  const queueFile = join(work, 'queue.img');
+  writeFileSync(queueFile, queueImage);
+  const queueTarget = await targets.open(parseRef(`${registry.host}/${QUEUE_REPO}:${TAG}`));
+  const queued = await pushDisk({ file: queueFile, target: queueTarget, tag: TAG, pool, chunkSizeBytes: QUEUE_CHUNK, packSizeBytes: 512 * KiB });
+  expect(queued.config.stats.uniqueChunks).toBe(128);
 });
 
 afterAll(async () => {
@@ -139,5 +151,40 @@ describe('a network cut is a retry, never corruption', () => {
     const files = chunkFiles(cacheDir);
     expect(files.filter((f) => !f.intact)).toEqual([]);
     expect(files.length).toBe(chunkCount);
+  });
+});
+
+describe('the fetch deadline counts time on the wire, not time in a queue', () => {
+  it('a demand read that joins a queued prefetch is raised to demand and served; the queued prefetch does not time out', async () => {
+    const proxy = await chaos();
+    const deadline = 3000;
+    const { cache } = await openCache({ cacheDir: freshDir(), fetchDeadlineMs: deadline, connectionsPerHost: 2 });
+    const disk = await cache.openDisk(`${proxy.host}/${QUEUE_REPO}:${TAG}`, { useProfile: false });
+    // a registry that answers every blob request in 1.5 s, half the deadline
+    proxy.delay(1500, 'blobs');
+    proxy.clearLog();
+    // 40 chunks two apart (128 KiB gaps: never coalesced), 40 requests in the host's queue of 2
+    const prefetched = Array.from({ length: 40 }, (_, i) => i * 3);
+    const prefetch = disk.prefetch({ priority: 'prefetch', chunks: prefetched, concurrency: 64 });
+    prefetch.catch(() => undefined);
+    expect(cache.hostLimit(proxy.host).queued).toBe(38);
+    // the last one queued is the one a demand read now needs
+    const wanted = prefetched[prefetched.length - 1] as number;
+    const entry = disk.artifact.index.entries[disk.artifact.index.map[wanted] as number] as IndexEntry;
+    const data = await within(60_000, disk.read(wanted * QUEUE_CHUNK + 100, 1000), 'demand read joining a queued prefetch');
+    expect(data.equals(queueImage.subarray(wanted * QUEUE_CHUNK + 100, wanted * QUEUE_CHUNK + 1100))).toBe(true);
+    expect(disk.stats.inflightJoins).toBe(1);
+    // it went out with the first free connection: after the two requests already on the wire
+    const blobGets = proxy.requests.filter((r) => r.kind === 'blob' && r.method === 'GET');
+    const position = blobGets.findIndex((r) => r.range?.startsWith(`bytes=${entry.offset}-`));
+    expect(position, JSON.stringify(blobGets.map((r) => r.range))).toBeGreaterThanOrEqual(2);
+    expect(position).toBeLessThan(4);
+    // the rest of the queue drains; each request's deadline started when it was sent, so none of
+    // them failed for having queued longer than the deadline
+    proxy.passThrough();
+    const result = await within(60_000, prefetch, 'the queued prefetch');
+    expect(result.fetchedChunks).toBe(40);
+    expect(cache.stats().remote.retries).toBe(0);
+    expect(expectTier1Consistent(cache).chunks).toBe(40);
   });
 });

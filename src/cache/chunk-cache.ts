@@ -12,7 +12,7 @@ import { SlipwayError } from '../errors.js';
 import { OciLayoutStore } from '../oci/layout/layout-store.js';
 import { Targets } from '../oci/open.js';
 import type { Logger } from '../util/log.js';
-import { PrioritySemaphore } from '../util/semaphore.js';
+import { PrioritySemaphore, type Urgency } from '../util/semaphore.js';
 import { WorkerPool, type Decoded } from '../workers/pool.js';
 import { ChunkCodec } from '../workers/chunk-codec.js';
 
@@ -27,6 +27,16 @@ import { openLazyDisk, type LazyDisk, type OpenDiskOptions } from './lazy-disk.j
 
 /** Decodes done inline before the worker threads are started (a small boot needs no threads). */
 const INLINE_DECODES = 32;
+
+/**
+ * A chunk being fetched by a reader in this process: its bytes when they come (or the fetch's
+ * error), and the urgency of the request that fetches it, which a more urgent reader that joins
+ * raises (one `Urgency` per coalesced request, shared by its chunks).
+ */
+export interface InflightChunk {
+  promise: Promise<Buffer>;
+  urgency: Urgency;
+}
 
 export interface CacheStats {
   memory: { chunks: number; bytes: number; budgetBytes: number; hits: number };
@@ -57,8 +67,8 @@ export class ChunkCache {
   readonly remote: RemoteTier;
   /** manifests, configs and indexes, by digest: disks already seen open without a registry */
   readonly meta: OciLayoutStore;
-  /** one promise per chunk digest being fetched */
-  readonly inflight = new Map<string, Promise<Buffer>>();
+  /** one entry per chunk digest being fetched */
+  readonly inflight = new Map<string, InflightChunk>();
   readonly counters = { memoryHits: 0, diskHits: 0, corruptions: 0, inflightJoins: 0 };
   private readonly hostLimits = new Map<string, PrioritySemaphore>();
   private readonly ownsPool: boolean;

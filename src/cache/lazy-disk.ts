@@ -11,9 +11,9 @@ import { formatRef, parseRef, refReference, type ImageRef } from '../oci/ref.js'
 import type { FetchedManifest, Target } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 import type { ProgressFn } from '../util/progress.js';
-import type { Priority } from '../util/semaphore.js';
+import { Urgency, type Priority } from '../util/semaphore.js';
 import { forEachBounded } from '../util/concurrency.js';
-import type { ChunkCache } from './chunk-cache.js';
+import type { ChunkCache, InflightChunk } from './chunk-cache.js';
 import { planRuns, type Source, type WantedChunk } from './remote-tier.js';
 import type { Decoded } from '../workers/pool.js';
 import { checkBootProfile, fetchBootProfile, pushBootProfile, type BootProfile } from './boot-profile.js';
@@ -57,6 +57,14 @@ interface Deferred {
   promise: Promise<Buffer>;
   resolve: (b: Buffer) => void;
   reject: (e: unknown) => void;
+}
+
+/** A chunk this reader fetches: what it is, its promise to settle, and its entry in the cache's in-flight map. */
+interface Owned {
+  wanted: WantedChunk;
+  hex: string;
+  d: Deferred;
+  flight: InflightChunk;
 }
 
 function deferred(): Deferred {
@@ -238,14 +246,16 @@ export class LazyDisk {
 
   /**
    * The chunks' bytes, each from the nearest tier. Chunks nobody is fetching yet are fetched
-   * together: grouped by pack into coalesced Range requests, one in-flight promise per chunk.
+   * together: grouped by pack into coalesced Range requests, one in-flight promise per chunk. A
+   * chunk already being fetched at a lower priority (a queued prefetch) is waited for, and its
+   * fetch raised to `priority`.
    */
   async getChunks(numbers: number[], priority: Priority, intoMemory: boolean): Promise<Buffer[]> {
     if (this.closed) throw new SlipwayError('ABORTED', `disk ${this.reference} is closed`);
     const { index } = this.artifact;
     const results: (Buffer | undefined)[] = new Array(numbers.length);
     const waits: Promise<void>[] = [];
-    const mine = new Map<number, { wanted: WantedChunk; hex: string; d: Deferred }>();
+    const mine = new Map<number, Owned>();
     for (let i = 0; i < numbers.length; i++) {
       const n = numbers[i] as number;
       const e = index.map[n] as number;
@@ -275,26 +285,32 @@ export class LazyDisk {
       if (pending) {
         this.stats.inflightJoins++;
         this.cache.counters.inflightJoins++;
-        waits.push(pending.then((b) => void (results[i] = b)));
+        pending.urgency.raise(priority);
+        waits.push(pending.promise.then((b) => void (results[i] = b)));
         continue;
       }
       const d = deferred();
-      this.cache.inflight.set(hex, d.promise);
-      mine.set(e, { wanted: { entry: e, chunk: n }, hex, d });
+      const flight: InflightChunk = { promise: d.promise, urgency: new Urgency(priority) };
+      this.cache.inflight.set(hex, flight);
+      mine.set(e, { wanted: { entry: e, chunk: n }, hex, d, flight });
       waits.push(d.promise.then((b) => void (results[i] = b)));
     }
-    if (mine.size > 0) this.fetchOwned([...mine.values()], priority, intoMemory);
+    if (mine.size > 0) this.fetchOwned([...mine.values()], intoMemory);
     await Promise.all(waits);
     return results as Buffer[];
   }
 
-  /** Fetch chunks this reader registered as in flight; settle each one's promise, whatever happens. */
-  private fetchOwned(all: { wanted: WantedChunk; hex: string; d: Deferred }[], priority: Priority, intoMemory: boolean): void {
+  /**
+   * Fetch chunks this reader registered as in flight; settle each one's promise, whatever happens.
+   * Each coalesced run gets one `Urgency`, shared by its chunks' in-flight entries: whoever joins
+   * any of them raises the whole request.
+   */
+  private fetchOwned(all: Owned[], intoMemory: boolean): void {
     const { index } = this.artifact;
     // another process sharing the cache directory may be fetching some of these: wait for its files
     const owned = all.filter((o) => {
       if (!this.cache.disk.claimFetch(o.hex)) {
-        this.track(this.waitForOtherProcess(o, priority, intoMemory));
+        this.track(this.waitForOtherProcess(o, intoMemory));
         return false;
       }
       // the claim may have been released by a process that has just stored the chunk
@@ -310,10 +326,16 @@ export class LazyDisk {
     });
     const byEntry = new Map(owned.map((o) => [o.wanted.entry, o] as const));
     for (const run of planRuns(index, owned.map((o) => o.wanted))) {
-      const p = this.cache.remote.fetchRun(index, run, this.sources, priority, `disk ${this.reference}`, (pack, blob) => this.keepWholePack(pack, blob))
+      const urgency = new Urgency('background');
+      for (const w of run.chunks) {
+        const o = byEntry.get(w.entry) as Owned;
+        urgency.raise(o.flight.urgency.priority);
+        o.flight.urgency = urgency;
+      }
+      const p = this.cache.remote.fetchRun(index, run, this.sources, urgency, `disk ${this.reference}`, (pack, blob) => this.keepWholePack(pack, blob))
         .then(async (got) => {
           await Promise.all(run.chunks.map(async (w) => {
-            const o = byEntry.get(w.entry) as { hex: string; d: Deferred };
+            const o = byEntry.get(w.entry) as Owned;
             const chunk = got.get(w.entry) as Decoded;
             const data = chunk.data;
             try {
@@ -330,7 +352,7 @@ export class LazyDisk {
           }));
         }, (err: unknown) => {
           for (const w of run.chunks) {
-            const o = byEntry.get(w.entry) as { hex: string; d: Deferred };
+            const o = byEntry.get(w.entry) as Owned;
             this.cache.inflight.delete(o.hex);
             this.cache.disk.releaseFetch(o.hex);
             o.d.reject(err);
@@ -344,7 +366,7 @@ export class LazyDisk {
    * Another process claimed this chunk: poll tier 1 for its file; if the claim goes away without a
    * file (that process failed or died), fetch the chunk ourselves.
    */
-  private async waitForOtherProcess(o: { wanted: WantedChunk; hex: string; d: Deferred }, priority: Priority, intoMemory: boolean): Promise<void> {
+  private async waitForOtherProcess(o: Owned, intoMemory: boolean): Promise<void> {
     const deadline = Date.now() + this.cache.config.fetchDeadlineMs;
     for (;;) {
       await new Promise((r) => setTimeout(r, 10));
@@ -356,7 +378,7 @@ export class LazyDisk {
         return;
       }
       if (!this.cache.disk.fetchClaimedElsewhere(o.hex) || Date.now() > deadline) {
-        this.fetchOwned([o], priority, intoMemory);
+        this.fetchOwned([o], intoMemory);
         return;
       }
     }

@@ -11,7 +11,7 @@ import { chunkLength, type ChunkIndex, type IndexEntry } from '../disk/format.js
 import type { Target } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 import type { Logger } from '../util/log.js';
-import type { PrioritySemaphore, Priority } from '../util/semaphore.js';
+import type { PrioritySemaphore, Priority, Urgency } from '../util/semaphore.js';
 import type { Decoded } from '../workers/pool.js';
 
 /** Two wanted chunks this close in a pack are fetched in one request (the gap is read and dropped). */
@@ -94,17 +94,30 @@ function isTransient(err: unknown): boolean {
   return ['REGISTRY_UNREACHABLE', 'REGISTRY_ERROR', 'TOOMANYREQUESTS', 'SIZE_INVALID'].includes(err.code);
 }
 
+/** When a run's fetch deadline passes: unset until its first request is sent. */
+interface WireClock {
+  deadline: number | undefined;
+}
+
 export class RemoteTier {
   readonly stats: RemoteStats = { requests: 0, bytes: 0, chunks: 0, retries: 0, badSources: 0, wholeBlobResponses: 0 };
 
   constructor(private readonly deps: RemoteTierDeps) {}
 
   /**
-   * Fetch one run and return each wanted chunk's verified bytes. `onWholeBlob` receives a pack a
-   * server sent whole (Range ignored), already verified against its digest.
+   * Fetch one run and return each wanted chunk's verified bytes (by entry ordinal). `onWholeBlob`
+   * receives a pack a server sent whole (Range ignored), already verified against its digest.
+   *
+   * `priority` orders the run's requests in the per-host queue; an `Urgency` may be raised while
+   * the run waits there (a demand read joining a queued prefetch). The fetch deadline
+   * (`deadlineMs`) counts from the moment the run's first request is sent: time queued behind
+   * other requests to the host before that is not time on the wire and does not count, however
+   * long the queue. Throws REGISTRY_UNREACHABLE once the deadline has passed with transient
+   * failures only, and the last source's error (DIGEST_MISMATCH, BLOB_UNKNOWN, ...) when every
+   * source has failed for good.
    */
-  async fetchRun(index: ChunkIndex, run: Run, sources: Source[], priority: Priority, what: string, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Decoded>> {
-    const deadline = Date.now() + this.deps.deadlineMs;
+  async fetchRun(index: ChunkIndex, run: Run, sources: Source[], priority: Priority | Urgency, what: string, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Decoded>> {
+    const clock: WireClock = { deadline: undefined };
     const bad = new Set<number>();
     let lastError: unknown;
     for (let round = 0; ; round++) {
@@ -112,7 +125,7 @@ export class RemoteTier {
         if (bad.has(s)) continue;
         const source = sources[s] as Source;
         try {
-          return await this.withinDeadline(this.tryOnce(index, run, source, priority, what, onWholeBlob), deadline, source, what);
+          return await this.tryOnce(index, run, source, priority, what, clock, onWholeBlob);
         } catch (err) {
           lastError = err;
           if (!isTransient(err)) {
@@ -125,6 +138,7 @@ export class RemoteTier {
       if (bad.size === sources.length) {
         throw new SlipwayError(isSlipwayError(lastError) ? lastError.code : 'REGISTRY_ERROR', `${what}: no source has pack ${run.pack.digest} bytes ${run.start}+${run.length} right (${sources.map((s) => s.target.name).join(', ')}): ${(lastError as Error)?.message}`, { cause: lastError });
       }
+      const deadline = clock.deadline ?? Number.POSITIVE_INFINITY;
       if (Date.now() >= deadline) {
         throw new SlipwayError('REGISTRY_UNREACHABLE', `${what}: gave up after ${this.deps.deadlineMs} ms of retries (${sources.map((s) => s.target.name).join(', ')}): ${(lastError as Error)?.message}`, { cause: lastError });
       }
@@ -136,7 +150,8 @@ export class RemoteTier {
   /**
    * A request that has not answered by the deadline counts as failed (transient): a registry that
    * accepts connections and then hangs must not hold a read past `deadlineMs`. The request itself
-   * is left to the transport's own timeout; its late result is dropped.
+   * is left to the transport's own timeout (it keeps its host slot until then); its late result is
+   * dropped.
    */
   private withinDeadline<T>(attempt: Promise<T>, deadline: number, source: Source, what: string): Promise<T> {
     attempt.catch(() => undefined);
@@ -147,24 +162,28 @@ export class RemoteTier {
     return Promise.race([attempt, expired]).finally(() => clearTimeout(timer));
   }
 
-  private async tryOnce(index: ChunkIndex, run: Run, source: Source, priority: Priority, what: string, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Decoded>> {
+  private async tryOnce(index: ChunkIndex, run: Run, source: Source, priority: Priority | Urgency, what: string, clock: WireClock, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Decoded>> {
     const release = await this.deps.hostLimit(source.host).acquire(priority);
-    let bytes: Buffer;
-    try {
-      this.stats.requests++;
-      let whole: Buffer | undefined;
-      bytes = await source.target.fetchBlobRange(run.pack, run.start, run.length, (b) => {
-        whole = b;
-      });
-      if (whole) {
-        this.stats.wholeBlobResponses++;
-        this.stats.bytes += (whole as Buffer).byteLength;
-        onWholeBlob?.(run.pack, whole);
-      } else {
-        this.stats.bytes += bytes.byteLength;
-      }
-    } finally {
+    // the deadline starts with the run's first request on the wire, not while it queued for a slot
+    clock.deadline ??= Date.now() + this.deps.deadlineMs;
+    if (Date.now() >= clock.deadline) {
       release();
+      throw new SlipwayError('REGISTRY_UNREACHABLE', `${what}: the ${this.deps.deadlineMs} ms fetch deadline passed while a retry waited for a connection to ${source.host}`);
+    }
+    this.stats.requests++;
+    let whole: Buffer | undefined;
+    const request = source.target.fetchBlobRange(run.pack, run.start, run.length, (b) => {
+      whole = b;
+    });
+    // the host slot is held for as long as the request is on the wire, even past the deadline
+    request.then(release, release);
+    const bytes = await this.withinDeadline(request, clock.deadline, source, what);
+    if (whole) {
+      this.stats.wholeBlobResponses++;
+      this.stats.bytes += (whole as Buffer).byteLength;
+      onWholeBlob?.(run.pack, whole);
+    } else {
+      this.stats.bytes += bytes.byteLength;
     }
     const out = new Map<number, Decoded>();
     await Promise.all(run.chunks.map(async (w) => {

@@ -2,8 +2,11 @@
  * Fuzz the virtqueue walker and the virtio-blk request parser: the input is guest memory (rings,
  * descriptors, indirect tables, request headers) and the avail index; every request the ring
  * yields is executed against a small disk. Nothing the guest writes may crash the backend or make
- * it touch memory outside the guest's.
+ * it touch memory outside the guest's. The first byte: bit 0 INDIRECT_DESC, bit 1 EVENT_IDX, bits
+ * 2-5 the ring's starting index, bit 6 no chunk-file cache (every I/O opens and closes its own
+ * descriptor, and the cache is dropped between requests), bit 7 a read-only disk.
  */
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #include "blk.h"
@@ -35,8 +38,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	r.indirect = opts & 1;
 	r.event_idx = (opts >> 1) & 1;
-	r.last_avail = (uint16_t)(opts >> 2);
+	r.last_avail = (uint16_t)((opts >> 2) & 15);
 	struct vub_disk *d = fuzz_disk((opts >> 7) & 1);
+	bool no_cache = (opts >> 6) & 1;
+	vub_disk_limit_cache(d, no_cache ? 0 : ULONG_MAX);
 	static struct vub_chain c;
 	for (int i = 0; i < 64; i++) {
 		enum vub_pop p = vub_ring_pop(&r, &m, &c);
@@ -48,6 +53,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			__builtin_trap(); /* a miss must name a chunk of the disk */
 		vub_ring_push(&r, c.head, used_len);
 		vub_ring_need_notify(&r, (uint16_t)(r.used_idx - 1));
+		if (no_cache)
+			vub_disk_drop_cache(d);
 	}
 	return 0;
 }

@@ -115,6 +115,12 @@ describe('failed boots through the daemon', () => {
     const ok = daemons[0] as TestDaemon;
     const vm = await ok.client.createVm({ image: `${registry.host}/bootfail/root:v1` });
     expect(vm.status).toBe('running');
+    // an exec timeout ends the whole command (the shell and its sleep), not only its leader
+    const t0 = Date.now();
+    const r = await ok.client.exec(vm.id, { argv: ['sh', '-c', 'sleep 30; echo done'], timeoutMs: 2000 });
+    expect(r).toMatchObject({ timedOut: true, signal: 9 });
+    expect(r.stdout.toString()).not.toContain('done');
+    expect(Date.now() - t0).toBeLessThan(20_000);
     await ok.client.deleteVm(vm.id);
     expect(ok.log().match(/"msg":"accel: (kvm|tcg) \(/g)?.length).toBe(1);
   }, 180_000);

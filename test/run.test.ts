@@ -12,6 +12,8 @@ import { buildGuest, buildKernel } from '../src/guest/build.js';
 import { captureIO } from './helpers/cli.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
 import { tempDir } from './helpers/images.js';
+import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
+import { processesWithArgument } from '../src/util/process.js';
 
 const work = tempDir('slipway-runtest-');
 let registry: TestRegistry;
@@ -126,6 +128,61 @@ describe('slipway run <ref>', () => {
     expect(code, err).toBe(130);
     expect(Date.now() - t0).toBeLessThan(15_000);
     expect(slipwayTempDirs()).toEqual(before);
+  });
+});
+
+describe('slipway run --keep', () => {
+  /** run --keep in a child process; resolves once it says the VM is kept, with the agent socket it named */
+  async function keepRun(argv: string[]): Promise<{ child: ReturnType<typeof spawn>; socket: string; out: () => string; err: () => string; exit: Promise<number | null> }> {
+    const child = spawn(process.execPath, ['bin/slipway.js', 'run', ref, '--keep', '--', ...argv], {
+      env: { ...process.env, SLIPWAY_CACHE_DIR: tempDir('slipway-runcache-'), TMPDIR: runTmp, SLIPWAY_AGENT_TRANSPORT: 'virtio-serial' }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    const exit = new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    const socket = await new Promise<string>((resolve, reject) => {
+      child.stderr?.on('data', (d: Buffer) => {
+        err += d.toString();
+        const m = /VM kept running: .*agent socket (\S+);/.exec(err);
+        if (m?.[1]) resolve(m[1]);
+      });
+      void exit.then((c) => reject(new Error(`run --keep exited (${c}) before keeping the VM: ${err}`)));
+    });
+    return { child, socket, out: () => out, err: () => err, exit };
+  }
+
+  it('returns when the kept VM powers off, with the command\'s status, and removes everything', async () => {
+    const before = slipwayTempDirs();
+    const k = await keepRun(['sh', '-c', 'echo kept; exit 3']);
+    try {
+      // the VM still runs and answers on the socket run printed
+      const client = await waitForAgent(() => AgentClient.connectUnix(k.socket, { timeoutMs: 2000 }), 30_000);
+      expect((await client.exec(['cat', '/etc/os-release'])).stdout.toString()).toBe(osRelease);
+      await client.shutdown(false);
+      await client.close();
+      expect(await k.exit, k.err()).toBe(3);
+      expect(k.out()).toBe('kept\n');
+      expect(k.err()).toContain('kept VM powered off');
+      expect(slipwayTempDirs()).toEqual(before);
+      expect(processesWithArgument(runTmp)).toEqual([]);
+    } finally {
+      k.child.kill('SIGKILL');
+    }
+  });
+
+  it('SIGTERM stops a kept VM and removes everything (exit 130)', async () => {
+    const before = slipwayTempDirs();
+    const k = await keepRun(['true']);
+    try {
+      k.child.kill('SIGTERM');
+      expect(await k.exit, k.err()).toBe(130);
+      expect(k.err()).toContain('kept VM stopped');
+      expect(slipwayTempDirs()).toEqual(before);
+      expect(processesWithArgument(runTmp)).toEqual([]);
+    } finally {
+      k.child.kill('SIGKILL');
+    }
   });
 });
 

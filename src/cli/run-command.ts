@@ -96,7 +96,6 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   let cache: ChunkCache | undefined;
   let served: ServedDisk | undefined;
   let serveDir: string | undefined;
-  let kept = false;
   let profileSaved: Promise<unknown> | undefined;
   try {
     let disks: DiskSpec[];
@@ -141,11 +140,17 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
           });
         }
       },
-      onKept: (k) => {
-        kept = true;
-        io.stderr.write(`slipway: VM kept running: pid ${k.pid}, work directory ${k.workDir}${serveDir ? `, disk backend in ${serveDir}` : ''}\n`);
-      },
     });
+    if (result.kept) {
+      // --keep: the VM runs on, served from here, until it powers off or we are told to stop
+      const k = result.kept;
+      const agent = k.agentEndpoint.transport === 'vsock' ? `vsock cid ${k.agentEndpoint.cid}` : `socket ${k.agentEndpoint.socket}`;
+      io.stderr.write(`slipway run: VM kept running: pid ${k.pid}, work directory ${k.workDir}, agent ${agent}; Ctrl-C or SIGTERM stops it\n`);
+      const stopped = await Promise.race([k.exited.then(() => 'exited' as const), new Promise<'signal'>((r) => controller.signal.addEventListener('abort', () => r('signal'), { once: true }))]);
+      await k.stop();
+      io.stderr.write(`slipway run: kept VM ${stopped === 'exited' ? 'powered off' : 'stopped'}; its directories were removed\n`);
+      if (stopped === 'signal') return 130;
+    }
     if (values.timings) {
       const tiers = served ? { disk: served.disk.stats, remote: cache?.stats().remote, misses: served.miss.stats } : undefined;
       io.stderr.write(`${JSON.stringify({ accel: result.accel, hostMs: { ...hostPhases, ...result.phasesMs }, guestMs: result.guestPhasesMs, ...(tiers ? { chunks: tiers } : {}) })}\n`);
@@ -161,10 +166,8 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
     process.removeListener('SIGINT', onSigint);
     process.removeListener('SIGTERM', onSigint);
     await profileSaved;
-    if (!kept) {
-      await served?.close();
-      await cache?.close();
-      if (serveDir) await rm(serveDir, { recursive: true, force: true });
-    }
+    await served?.close();
+    await cache?.close();
+    if (serveDir) await rm(serveDir, { recursive: true, force: true });
   }
 }

@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { AgentClient } from '../guest/agent-client.js';
+import { AgentClient } from '../guest/agent-client.js';
 import { renderBootConfig, type BootConfig } from '../guest/boot-config.js';
 import { guestArtifacts } from '../guest/build.js';
 import type { DiskSpec, NetSpec, RunningVm, VmmDriver } from './driver.js';
@@ -28,6 +28,7 @@ export interface RunOptions {
   driver?: VmmDriver;
   /** seconds the guest has to reach its agent (TCG is slow) */
   bootTimeoutMs?: number;
+  /** leave the VM running after the command: the result's `kept` stops it */
   keep?: boolean;
   stdout?: (data: Buffer) => void;
   stderr?: (data: Buffer) => void;
@@ -43,8 +44,16 @@ export interface RunOptions {
   kernelArgs?: string;
   /** called once the agent answers, before the command runs */
   onAgentReady?: () => void;
-  /** kept for `--keep`: called with the running VM and its work directory before teardown is skipped */
-  onKept?: (info: { workDir: string; pid: number }) => void;
+}
+
+/** A VM left running after its command (`keep`): stop() shuts it down and removes its work directory. */
+export interface KeptVm {
+  pid: number;
+  workDir: string;
+  agentEndpoint: RunningVm['agentEndpoint'];
+  /** resolves when the VMM exits (the guest powered off, or it was stopped) */
+  exited: Promise<unknown>;
+  stop(): Promise<void>;
 }
 
 export interface RunResult {
@@ -55,6 +64,21 @@ export interface RunResult {
   accel: 'kvm' | 'tcg';
   /** why that accelerator (src/vmm/accel.ts) */
   accelReason?: string;
+  /** with `keep`: the VM, still running */
+  kept?: KeptVm;
+}
+
+/** Shut a VM down through its agent (then kill it after 5 s), close the agent, remove its work directory. */
+async function teardown(vm: RunningVm | undefined, client: AgentClient | undefined, workDir: string): Promise<void> {
+  if (client && vm) {
+    await client.shutdown(false).catch(() => undefined);
+    const exited = await Promise.race([vm.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000).unref())]);
+    if (!exited) await vm.kill();
+  } else if (vm) {
+    await vm.kill(500);
+  }
+  client?.close();
+  await rm(workDir, { recursive: true, force: true });
 }
 
 const USER_NET: BootConfig['net'] = [{ name: 'eth0', address: '10.0.2.15/24', gateway: '10.0.2.2' }];
@@ -116,23 +140,25 @@ export async function runInVm(opts: RunOptions): Promise<RunResult> {
       ...(opts.stderr ? { onStderr: opts.stderr } : {}),
     });
     phase('exec');
-    if (opts.keep) {
-      kept = true;
-      opts.onKept?.({ workDir, pid: vm.pid });
-    }
-    return { exitCode: result.exitCode, signal: result.signal, phasesMs: phases, guestPhasesMs, accel: vm.accel, ...(vm.accelVerdict ? { accelReason: vm.accelVerdict.reason } : {}) };
+    const base = { exitCode: result.exitCode, signal: result.signal, phasesMs: phases, guestPhasesMs, accel: vm.accel, ...(vm.accelVerdict ? { accelReason: vm.accelVerdict.reason } : {}) };
+    if (!opts.keep) return base;
+    kept = true;
+    const keptVm = vm;
+    // a virtio-serial agent port takes one connection at a time: leave it free for the user
+    client.close();
+    const stop = async (): Promise<void> => {
+      const again = await Promise.race([
+        keptVm.connectAgent().then((d) => new AgentClient(d), () => undefined),
+        new Promise<undefined>((r) => setTimeout(() => r(undefined), 2000).unref()),
+      ]);
+      await teardown(keptVm, again, workDir);
+    };
+    let stopping: Promise<void> | undefined;
+    return { ...base, kept: { pid: keptVm.pid, workDir, agentEndpoint: keptVm.agentEndpoint, exited: keptVm.exited, stop: () => (stopping ??= stop()) } };
   } finally {
     opts.signal?.removeEventListener('abort', abort);
     if (!kept) {
-      if (client && vm) {
-        await client.shutdown(false).catch(() => undefined);
-        const exited = await Promise.race([vm.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000).unref())]);
-        if (!exited) await vm.kill();
-      } else if (vm) {
-        await vm.kill(500);
-      }
-      client?.close();
-      await rm(workDir, { recursive: true, force: true });
+      await teardown(vm, client, workDir);
       phase('teardown');
     }
   }

@@ -71,18 +71,19 @@ describe('the accelerator choice', () => {
     const first = await chooseAccel(opts);
     expect(first).toMatchObject({ accel: 'tcg', source: 'inspection' });
     expect(first.reason).toContain('kvm_pvm');
-    const stored = JSON.parse(readFileSync(verdictPath(cacheDir), 'utf8')) as { accel: string; host: { kvmModules: string[]; guestKernel: string } };
+    const stored = JSON.parse(readFileSync(verdictPath(cacheDir), 'utf8')) as { accel: string; host: { kvmModules: string[]; guestKernel: { path: string } }; guestKernelSha256: string };
     expect(stored.accel).toBe('tcg');
     expect(stored.host.kvmModules).toContain('kvm_pvm');
-    expect(stored.host.guestKernel).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(stored.host.guestKernel.path).toBe(kernel.bzImage);
+    expect(stored.guestKernelSha256).toMatch(/^sha256:[0-9a-f]{64}$/);
     const second = await chooseAccel(opts);
     expect(second).toMatchObject({ accel: 'tcg', source: 'cache', reason: first.reason });
   });
 
   it('decides again when the host changed (another guest kernel), and SLIPWAY_ACCEL forces or is refused', async () => {
     const cacheDir = tempDir('slipway-accel-');
-    const host = await hostIdentity(qemuBinary(), kernel.bzImage);
-    writeFileSync(verdictPath(cacheDir), JSON.stringify({ version: 1, host: { ...host, guestKernel: 'sha256:' + '0'.repeat(64) }, accel: 'kvm', reason: 'another kernel', source: 'probe', decidedAt: '' }));
+    const host = hostIdentity(qemuBinary(), kernel.bzImage);
+    writeFileSync(verdictPath(cacheDir), JSON.stringify({ version: 1, host: { ...host, guestKernel: { ...host.guestKernel, size: host.guestKernel.size + 1 } }, guestKernelSha256: 'sha256:' + '0'.repeat(64), accel: 'kvm', reason: 'another kernel', source: 'probe', decidedAt: '' }));
     const v = await chooseAccel({ cacheDir, qemuBinary: qemuBinary(), bzImage: kernel.bzImage, env: {} });
     expect(v.source).not.toBe('cache');
     expect(await chooseAccel({ cacheDir, qemuBinary: qemuBinary(), bzImage: kernel.bzImage, env: { SLIPWAY_ACCEL: 'tcg' } })).toMatchObject({ accel: 'tcg', source: 'forced' });
@@ -124,8 +125,8 @@ describe('failed boots through slipway run (real QEMU)', () => {
 
   it.skipIf(KVM_RUNS)(`a stale kvm verdict: KVM fails the guest, run boots it again under tcg once, says so, and records tcg${NO_KVM_SKIP}`, async () => {
     const cacheDir = tempDir('slipway-bf-cache-');
-    const host = await hostIdentity(qemuBinary(), kernel.bzImage);
-    writeFileSync(verdictPath(cacheDir), JSON.stringify({ version: 1, host, accel: 'kvm', reason: 'a stale verdict written by this test', source: 'probe', decidedAt: '' }));
+    const host = hostIdentity(qemuBinary(), kernel.bzImage);
+    writeFileSync(verdictPath(cacheDir), JSON.stringify({ version: 1, host, guestKernelSha256: 'sha256:' + '0'.repeat(64), accel: 'kvm', reason: 'a stale verdict written by this test', source: 'probe', decidedAt: '' }));
     const r = await run(['--disk', disk, '--', 'echo', 'ran'], { SLIPWAY_CACHE_DIR: cacheDir });
     expect(r.code, r.err).toBe(0);
     expect(r.out).toBe('ran\n');

@@ -14,8 +14,9 @@
  * A boot that dies with an internal error under an automatic KVM choice records `tcg` (source
  * `fallback`, see recordFallback), so the next boot goes straight to TCG.
  *
- * The host identity is the host kernel release, the loaded KVM modules, the QEMU binary (path,
- * size, mtime) and the guest kernel's sha256: a change of any of them decides again.
+ * The host identity is the host kernel release, the loaded KVM modules, the QEMU binary and the
+ * guest kernel (each by path, size and mtime): a change of any of them decides again. The guest
+ * kernel's sha256 is recorded with a decision (hashing 10 MB on every boot would cost ~25 ms).
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -35,9 +36,14 @@ export interface HostIdentity {
   hostKernel: string;
   /** KVM modules loaded (kvm_intel, kvm_amd, kvm_pvm), sorted; empty without KVM */
   kvmModules: string[];
-  qemu: { path: string; size: number; mtimeMs: number };
-  /** sha256 of the guest kernel's bzImage */
-  guestKernel: string;
+  qemu: FileIdentity;
+  guestKernel: FileIdentity;
+}
+
+export interface FileIdentity {
+  path: string;
+  size: number;
+  mtimeMs: number;
 }
 
 export interface AccelVerdict {
@@ -52,6 +58,8 @@ export interface AccelVerdict {
 interface StoredVerdict {
   version: 1;
   host: HostIdentity;
+  /** sha256 of the guest kernel the verdict was decided with */
+  guestKernelSha256: string;
   accel: Accel;
   reason: string;
   source: Exclude<AccelSource, 'forced' | 'cache'>;
@@ -110,11 +118,16 @@ export function whichBinary(name: string): string | undefined {
   return undefined;
 }
 
-export async function hostIdentity(qemuBinary: string, bzImage: string, sysRoot = '/sys'): Promise<HostIdentity> {
+function fileIdentity(path: string): FileIdentity {
+  const st = statSync(path);
+  return { path, size: st.size, mtimeMs: st.mtimeMs };
+}
+
+/** This host as the verdict is keyed. Errors: VMM_ERROR when QEMU is missing; IO_ERROR-like fs errors for a missing kernel. */
+export function hostIdentity(qemuBinary: string, bzImage: string, sysRoot = '/sys'): HostIdentity {
   const path = whichBinary(qemuBinary);
   if (!path) throw new SlipwayError('VMM_ERROR', `cannot find ${qemuBinary} (install qemu-system-x86)`);
-  const st = statSync(path);
-  return { hostKernel: release(), kvmModules: loadedKvmModules(sysRoot), qemu: { path, size: st.size, mtimeMs: st.mtimeMs }, guestKernel: await guestKernelDigest(bzImage) };
+  return { hostKernel: release(), kvmModules: loadedKvmModules(sysRoot), qemu: fileIdentity(path), guestKernel: fileIdentity(bzImage) };
 }
 
 function sameHost(a: HostIdentity, b: HostIdentity): boolean {
@@ -137,7 +150,7 @@ export function readVerdict(cacheDir: string, host: HostIdentity): StoredVerdict
 }
 
 async function storeVerdict(cacheDir: string, host: HostIdentity, accel: Accel, reason: string, source: StoredVerdict['source']): Promise<void> {
-  const v: StoredVerdict = { version: 1, host, accel, reason, source, decidedAt: new Date().toISOString() };
+  const v: StoredVerdict = { version: 1, host, guestKernelSha256: await guestKernelDigest(host.guestKernel.path), accel, reason, source, decidedAt: new Date().toISOString() };
   await writeFileAtomic(verdictPath(cacheDir), `${JSON.stringify(v, null, 2)}\n`);
 }
 
@@ -250,7 +263,7 @@ export async function chooseAccel(opts: ChooseOptions): Promise<AccelVerdict> {
 
 async function decide(opts: ChooseOptions): Promise<AccelVerdict> {
   const t0 = performance.now();
-  const host = await hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot);
+  const host = hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot);
   const cached = readVerdict(opts.cacheDir, host);
   if (cached) return { accel: cached.accel, reason: cached.reason, source: 'cache', decideMs: Math.round(performance.now() - t0) };
   const rejected = inspectKvm(host.kvmModules, kvmDeviceUsable(opts.kvmDevice));
@@ -269,7 +282,7 @@ async function decide(opts: ChooseOptions): Promise<AccelVerdict> {
  * so that later boots go straight to it.
  */
 export async function recordFallback(opts: ChooseOptions, detail: string): Promise<AccelVerdict> {
-  const host = await hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot);
+  const host = hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot);
   const reason = `a guest died under kvm (${detail})`;
   await storeVerdict(opts.cacheDir, host, 'tcg', reason, 'fallback');
   return { accel: 'tcg', reason, source: 'fallback', decideMs: 0 };

@@ -2,7 +2,7 @@
  * The Cloud Hypervisor driver (src/vmm/cloud-hypervisor.ts).
  *
  * 1. Every VmConfig the driver builds is validated against the OpenAPI description CH ships
- *    (shared/reference/cloud-hypervisor/cloud-hypervisor.yaml), with a purpose-built YAML parser
+ *    (vendor/cloud-hypervisor/cloud-hypervisor.yaml, vendored from upstream), with a purpose-built YAML parser
  *    and schema validator (test/helpers/fake-cloud-hypervisor.mjs) that are shown to reject bad
  *    bodies; `payload.fw_cfg_config`, absent from the YAML, is checked against CH's serde struct.
  * 2. The driver end to end against a FAKE Cloud Hypervisor (test/helpers/fake-cloud-hypervisor.mjs,

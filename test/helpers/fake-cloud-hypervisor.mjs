@@ -9,7 +9,7 @@
  * `OK 1073741824` and proxied to it, so the driver and AgentClient talk to a real agent.
  *
  * Everything it accepts is checked the way CH would, as far as a test can: vm.create bodies are
- * validated against the OpenAPI description CH ships (shared/reference/cloud-hypervisor/
+ * validated against the OpenAPI description CH ships (vendor/cloud-hypervisor/
  * cloud-hypervisor.yaml, components.schemas.VmConfig), strictly (a property the schema does not
  * name is refused, where CH would silently ignore it: that catches misspelt fields), then
  * `payload.fw_cfg_config` against CH's serde struct, then a subset of CH's ValidationError checks.
@@ -35,10 +35,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const REL = ['shared', 'reference', 'cloud-hypervisor', 'cloud-hypervisor.yaml'];
-/** The spec: $CH_OPENAPI_PATH, else shared/ beside the checkout (or inside it). */
-export const CH_OPENAPI_PATH =
-  process.env.CH_OPENAPI_PATH ?? [join(HERE, '..', '..', '..', ...REL), join(HERE, '..', '..', ...REL)].find((p) => existsSync(p)) ?? join(HERE, '..', '..', '..', ...REL);
+/** The spec: $CH_OPENAPI_PATH, else the copy vendored in this repository (vendor/cloud-hypervisor/). */
+export const CH_OPENAPI_PATH = process.env.CH_OPENAPI_PATH ?? join(HERE, '..', '..', 'vendor', 'cloud-hypervisor', 'cloud-hypervisor.yaml');
 export const FAKE_VERSION = 'v0.0.0-fake';
 /** What a real CH answers after `OK `: the host-side port it assigned. */
 export const FAKE_HOST_PORT = 1073741824;

@@ -14,12 +14,13 @@
  */
 import Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, readSync, rmSync, unlinkSync, openSync, writeSync, closeSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, readSync, renameSync, rmSync, unlinkSync, openSync, writeFileSync, writeSync, closeSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { SlipwayError } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import { processAlive } from '../util/process.js';
+import { processStartTime } from '../util/process-identity.js';
 
 export interface DiskTierOptions {
   cacheDir: string;
@@ -42,6 +43,16 @@ function isDiskFull(err: unknown): boolean {
   return code === 'ENOSPC' || code === 'SQLITE_FULL';
 }
 
+
+/**
+ * Fetch claimers (DiskTier instances) open in this process. A claim naming this process (same pid
+ * and start time) is live only while the tier that made it is open: a claim left by a tier that
+ * has closed, or by an earlier process that ran under this pid, never blocks us.
+ */
+const openClaimers = new Set<string>();
+
+/** This process's start time (ticks since boot), or '-' where /proc cannot tell. */
+const OWN_START = processStartTime(process.pid) ?? '-';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS chunks (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access INTEGER NOT NULL) WITHOUT ROWID;
@@ -68,8 +79,11 @@ export class DiskTier {
   private readonly verified = new Set<string>();
 
   private readonly inflightDir: string;
-  /** who this tier is in fetch claims: the pid (for liveness) and an id per instance */
-  private readonly claimer = `${process.pid}:${randomBytes(4).toString('hex')}`;
+  /**
+   * Who this tier is in fetch claims: `<pid>:<start time>:<id>`, the pid and its start time from
+   * /proc (so a reused pid is told apart) and an id per instance (so one process's tiers are).
+   */
+  private readonly claimer = `${process.pid}:${OWN_START}:${randomBytes(4).toString('hex')}`;
 
   constructor(private readonly opts: DiskTierOptions) {
     this.chunkDir = join(opts.cacheDir, 'chunks');
@@ -104,6 +118,7 @@ export class DiskTier {
       setTag: this.db.prepare<[string, string, string, number, number]>('INSERT OR REPLACE INTO tags (ref, digest, media_type, size, seen) VALUES (?, ?, ?, ?, ?)'),
     };
     this.clearDeadHolders();
+    openClaimers.add(this.claimer);
   }
 
   chunkPath(digestHex: string): string {
@@ -447,9 +462,10 @@ export class DiskTier {
   }
 
   /**
-   * Cross-process single flight: claim the fetch of a chunk with an O_EXCL marker file holding our
-   * pid. False when a live process holds the claim (wait for its file instead); a claim left by a
-   * dead process is taken over.
+   * Cross-process single flight: claim the fetch of a chunk with an O_EXCL marker file naming us
+   * (`<pid>:<start time>:<id>`). False when a live claimer holds it (wait for its file instead, up
+   * to the fetch deadline, then `takeOverFetch`); a claim whose claimer is gone (see `claimHolder`)
+   * is taken over at once.
    */
   claimFetch(digestHex: string): boolean {
     const marker = join(this.inflightDir, digestHex);
@@ -470,7 +486,14 @@ export class DiskTier {
     return true;
   }
 
-  /** The live claimer named in a marker, or undefined (no marker, or its process is gone). */
+  /**
+   * The live claimer named in a marker, or undefined: no marker, or a claimer that is gone. A
+   * claimer is live when its pid runs with the start time the claim recorded (a reused pid, such
+   * as PID 1 in a restarted container, has another) and, when that is this very process, when the
+   * tier that claimed is still open. A claim that does not say its start time (an older slipway)
+   * is not trusted: the cost of that is at most one fetch done twice. Where /proc cannot tell
+   * start times, a running pid is taken at its word.
+   */
   private claimHolder(marker: string): string | undefined {
     let text: string;
     try {
@@ -486,8 +509,31 @@ export class DiskTier {
         return undefined;
       }
     }
-    const pid = Number.parseInt(text.split(':')[0] ?? '', 10);
-    return Number.isInteger(pid) && processAlive(pid) ? text : undefined;
+    const [pidText, start, id] = text.split(':');
+    const pid = Number(pidText);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || start === undefined || id === undefined || !processAlive(pid)) return undefined;
+    const actual = processStartTime(pid);
+    if (actual !== undefined && actual !== start) return undefined;
+    if (pid === process.pid && start === OWN_START && !openClaimers.has(text)) return undefined;
+    return text;
+  }
+
+  /**
+   * Claim the fetch of a chunk whoever holds the claim now: a claimer that has not stored the
+   * chunk within the fetch deadline may be alive and not fetching at all. The marker is replaced
+   * atomically (rename), so other waiters then wait on us; the old claimer, if it ever finishes,
+   * finds the claim is no longer its own and leaves it.
+   */
+  takeOverFetch(digestHex: string): void {
+    const marker = join(this.inflightDir, digestHex);
+    const tmp = `${marker}.${process.pid}.${randomBytes(4).toString('hex')}`;
+    try {
+      writeFileSync(tmp, this.claimer, { mode: 0o600 });
+      renameSync(tmp, marker);
+    } catch {
+      // cannot coordinate (a full disk): fetch anyway, as claimFetch does
+      rmSync(tmp, { force: true });
+    }
   }
 
   releaseFetch(digestHex: string): void {
@@ -502,6 +548,7 @@ export class DiskTier {
   }
 
   close(): void {
+    openClaimers.delete(this.claimer);
     this.flushAccess();
     for (const h of [...this.holders]) this.unpin(h);
     this.db.close();

@@ -305,11 +305,12 @@ export class LazyDisk {
    * Each coalesced run gets one `Urgency`, shared by its chunks' in-flight entries: whoever joins
    * any of them raises the whole request.
    */
-  private fetchOwned(all: Owned[], intoMemory: boolean): void {
+  private fetchOwned(all: Owned[], intoMemory: boolean, takeOver = false): void {
     const { index } = this.artifact;
     // another process sharing the cache directory may be fetching some of these: wait for its files
     const owned = all.filter((o) => {
-      if (!this.cache.disk.claimFetch(o.hex)) {
+      if (takeOver) this.cache.disk.takeOverFetch(o.hex);
+      else if (!this.cache.disk.claimFetch(o.hex)) {
         this.track(this.waitForOtherProcess(o, intoMemory));
         return false;
       }
@@ -363,8 +364,10 @@ export class LazyDisk {
   }
 
   /**
-   * Another process claimed this chunk: poll tier 1 for its file; if the claim goes away without a
-   * file (that process failed or died), fetch the chunk ourselves.
+   * Another live claimer (see DiskTier.claimHolder) claimed this chunk: poll tier 1 for its file.
+   * If the claim goes away without a file (that process failed or died), fetch the chunk; if the
+   * claim is still there after `fetchDeadlineMs`, its claimer is not getting the chunk to us in
+   * time (it may not be fetching at all): take the claim over and fetch regardless.
    */
   private async waitForOtherProcess(o: Owned, intoMemory: boolean): Promise<void> {
     const deadline = Date.now() + this.cache.config.fetchDeadlineMs;
@@ -377,8 +380,13 @@ export class LazyDisk {
         o.d.resolve(local.data);
         return;
       }
-      if (!this.cache.disk.fetchClaimedElsewhere(o.hex) || Date.now() > deadline) {
+      if (!this.cache.disk.fetchClaimedElsewhere(o.hex)) {
         this.fetchOwned([o], intoMemory);
+        return;
+      }
+      if (Date.now() > deadline) {
+        this.cache.logger.warn('a fetch claimed by another process did not finish within the fetch deadline; fetching regardless', { digest: o.hex, deadlineMs: this.cache.config.fetchDeadlineMs });
+        this.fetchOwned([o], intoMemory, true);
         return;
       }
     }

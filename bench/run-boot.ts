@@ -5,7 +5,7 @@
  * on virtio-blk (`slipway run --disk`: the same kernel, init and agent, without the OCI disk path).
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildRootfs } from '../src/guest/rootfs.js';
@@ -19,6 +19,7 @@ function slipway(args: string[], env: Record<string, string>): string {
 }
 
 async function main(): Promise<void> {
+  mkdirSync(BENCH_DIR, { recursive: true });
   const img = join(BENCH_DIR, 'busybox-root.img');
   if (!existsSync(img)) await buildRootfs({ from: 'busybox', output: img });
   const registry = await startRegistry();

@@ -9,6 +9,7 @@ import { createLogger } from '../util/log.js';
 import { runInVm } from '../vmm/run.js';
 import { guestArtifacts } from '../guest/build.js';
 import { driverFor, parseVmmName } from '../vmm/drivers.js';
+import { renderWaterfall, type TimingRecord } from './waterfall.js';
 import type { VmmDriver } from '../vmm/driver.js';
 import type { DiskSpec, NetSpec } from '../vmm/driver.js';
 import { parseCommand, parseNonNegativeInt, parseSize } from './args.js';
@@ -16,7 +17,7 @@ import type { CommandIO } from './disk-commands.js';
 import { daemonClient, daemonConfigured } from './daemon-commands.js';
 import type { CreateVm, SlipwayClient } from '../client/index.js';
 
-const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--hugepages] [--timings] [--keep] [--kernel-args ARGS] [--cache-dir DIR] [--local | --daemon <socket|url>] -- <cmd...>';
+const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--hugepages] [--timings[=json|waterfall]] [--keep] [--kernel-args ARGS] [--cache-dir DIR] [--local | --daemon <socket|url>] -- <cmd...>';
 
 export function parseNet(text: string | undefined): NetSpec {
   if (text === undefined || text === 'none') return { mode: 'none' };
@@ -37,7 +38,28 @@ export function parseEnv(list: string[] | undefined): Record<string, string> | u
 }
 
 /** `slipway run <ref>` through a daemon: create the VM, run the command, delete the VM. */
-async function runThroughDaemon(client: SlipwayClient, req: CreateVm, argv: string[], cwd: string | undefined, timings: boolean, io: CommandIO): Promise<number> {
+type TimingsMode = 'none' | 'waterfall' | 'json';
+
+/** `--timings` is a waterfall on a terminal and JSON otherwise; `--timings=json|waterfall` chooses. */
+function takeTimingsFlag(argv: string[], io: CommandIO): { argv: string[]; mode: TimingsMode } {
+  let mode: TimingsMode = 'none';
+  const rest = argv.filter((a) => {
+    if (a === '--timings') mode = io.stderr.isTTY ? 'waterfall' : 'json';
+    else if (a === '--timings=json') mode = 'json';
+    else if (a === '--timings=waterfall') mode = 'waterfall';
+    else if (a.startsWith('--timings=')) throw new SlipwayError('INVALID_ARGUMENT', `--timings takes json or waterfall (got ${a.slice(10)})`);
+    else return true;
+    return false;
+  });
+  return { argv: rest, mode };
+}
+
+function printTimings(record: TimingRecord, mode: TimingsMode, io: CommandIO): void {
+  if (mode === 'json') io.stderr.write(`${JSON.stringify(record)}\n`);
+  else if (mode === 'waterfall') io.stderr.write(renderWaterfall(record, Math.max(20, Math.min(60, (io.stderr.columns ?? 100) - 40))));
+}
+
+async function runThroughDaemon(client: SlipwayClient, req: CreateVm, argv: string[], cwd: string | undefined, timings: TimingsMode, io: CommandIO): Promise<number> {
   let vmId: string | undefined;
   const stop = (): void => {
     if (vmId) void client.deleteVm(vmId).catch(() => undefined);
@@ -49,7 +71,8 @@ async function runThroughDaemon(client: SlipwayClient, req: CreateVm, argv: stri
     const vm = await client.createVm(req);
     vmId = vm.id;
     const r = await client.exec(vm.id, { argv, ...(cwd ? { cwd } : {}) }, { onStdout: (b) => io.stdout.write(b), onStderr: (b) => io.stderr.write(b), collect: false });
-    if (timings) io.stderr.write(`${JSON.stringify({ daemon: true, vm: vm.id, accel: vm.accel, hostMs: { ...vm.timings, create_and_exec: Date.now() - t0 } })}\n`);
+    if (timings === 'json') io.stderr.write(`${JSON.stringify({ daemon: true, vm: vm.id, accel: vm.accel, hostMs: { ...vm.timings, create_and_exec: Date.now() - t0 } })}\n`);
+    else printTimings({ accel: vm.accel ?? '?', hostMs: { ...vm.timings, exec: Date.now() - t0 - Object.values(vm.timings).reduce((a, b) => a + b, 0) }, guestMs: {} }, timings, io);
     return r.signal ? 128 + r.signal : r.exitCode;
   } finally {
     process.removeListener('SIGINT', stop);
@@ -64,9 +87,10 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   const dd = argv.indexOf('--');
   if (dd < 0 || dd === argv.length - 1) throw new SlipwayError('USAGE', `run: give the command after --\nusage: ${USAGE}`);
   const command = argv.slice(dd + 1);
-  const { values, positionals } = parseCommand('run', argv.slice(0, dd), {
+  const timings = takeTimingsFlag(argv.slice(0, dd), io);
+  const { values, positionals } = parseCommand('run', timings.argv, {
     disk: { type: 'string' }, hostname: { type: 'string' }, env: { type: 'string', multiple: true }, cpus: { type: 'string' },
-    memory: { type: 'string' }, net: { type: 'string' }, timings: { type: 'boolean' }, keep: { type: 'boolean' }, cwd: { type: 'string' },
+    memory: { type: 'string' }, net: { type: 'string' }, keep: { type: 'boolean' }, cwd: { type: 'string' },
     'cache-dir': { type: 'string' }, queues: { type: 'string' }, vmm: { type: 'string' }, hugepages: { type: 'boolean' }, local: { type: 'boolean' }, daemon: { type: 'string' },
     'kernel-args': { type: 'string' },
   }, { min: 0, max: 1, usage: USAGE });
@@ -86,7 +110,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   // with a daemon running (or named), an image runs there: its cache is warm and shared
   const daemonCan = ref && !values.local && !values.keep && !values.hugepages && !values.hostname && !values['cache-dir'] && !values['kernel-args'] && net.mode !== 'tap';
   if (daemonCan && (values.daemon !== undefined || daemonConfigured())) {
-    return runThroughDaemon(daemonClient(values.daemon, undefined), { image: ref, cpus, memoryMiB, vmm, net: net.mode === 'user' ? 'user' : 'none', ...(env ? { env } : {}) }, command, values.cwd, values.timings === true, io);
+    return runThroughDaemon(daemonClient(values.daemon, undefined), { image: ref, cpus, memoryMiB, vmm, net: net.mode === 'user' ? 'user' : 'none', ...(env ? { env } : {}) }, command, values.cwd, timings.mode, io);
   }
   const controller = new AbortController();
   const onSigint = (): void => controller.abort();
@@ -151,9 +175,9 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
       io.stderr.write(`slipway run: kept VM ${stopped === 'exited' ? 'powered off' : 'stopped'}; its directories were removed\n`);
       if (stopped === 'signal') return 130;
     }
-    if (values.timings) {
-      const tiers = served ? { disk: served.disk.stats, remote: cache?.stats().remote, misses: served.miss.stats } : undefined;
-      io.stderr.write(`${JSON.stringify({ accel: result.accel, hostMs: { ...hostPhases, ...result.phasesMs }, guestMs: result.guestPhasesMs, ...(tiers ? { chunks: tiers } : {}) })}\n`);
+    if (timings.mode !== 'none') {
+      const tiers = served ? { disk: { ...served.disk.stats }, remote: { ...cache?.stats().remote }, misses: { ...served.miss.stats } } : undefined;
+      printTimings({ accel: result.accel, hostMs: { ...hostPhases, ...result.phasesMs }, guestMs: result.guestPhasesMs, ...(tiers ? { chunks: tiers } : {}) }, timings.mode, io);
     }
     return result.signal ? 128 + result.signal : result.exitCode;
   } catch (err) {

@@ -5,9 +5,11 @@
  * AddressSanitizer + UndefinedBehaviorSanitizer build and must report nothing.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { ChunkCache } from '../src/cache/chunk-cache.js';
 import { loadConfig } from '../src/config.js';
@@ -60,6 +62,31 @@ async function serve(name: string, opts: { readWrite: boolean; queues: number; c
   const s = await serveDisk({ cache, ref: opts.ref ?? layoutRef, socket: join(work, `${name}.sock`), workDir: join(work, name), readWrite: opts.readWrite, queues: opts.queues, binary: ASAN_BACKEND, env: ASAN_ENV });
   served.push(s);
   return s;
+}
+
+/** An 8 MiB disk of random bytes (every chunk a file, no holes) pushed to its own layout. */
+async function randomDisk(name: string): Promise<{ file: string; ref: string }> {
+  const file = join(work, `${name}.img`);
+  writeFileSync(file, randomBytes(8 << 20));
+  const ref = `oci:${join(work, `layout-${name}`)}:v1`;
+  const io = captureIO();
+  expect(await main(['push', file, ref, '--chunk-size', '64K', '--progress=none'], io), io.err).toBe(0);
+  return { file, ref };
+}
+
+/** slipway-blk (the sanitizer build) started directly: its process, its log, and its exit. */
+async function startBackend(args: string[]): Promise<{ child: ChildProcess; log: () => string; exited: Promise<number | null> }> {
+  const child = spawn(ASAN_BACKEND, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...ASAN_ENV } });
+  let log = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    log += d.toString();
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).once('line', () => resolve());
+    void exited.then((code) => reject(new Error(`slipway-blk exited at start (${code}): ${log}`)));
+  });
+  return { child, log: () => log, exited };
 }
 
 beforeAll(async () => {
@@ -177,13 +204,9 @@ describe('slipway-blk through the test frontend', () => {
   });
 
   it('never closes a chunk file another queue is reading: 8 queues verify the whole disk with room for one chunk file', async () => {
-    // a disk of random bytes (every chunk a file, no holes), every chunk local first (a backend on
-    // the same cache fetches them), so that no queue needs a miss connection
-    const random = join(work, 'random.img');
-    writeFileSync(random, randomBytes(8 << 20));
-    const ref = `oci:${join(work, 'layout-random')}:v1`;
-    const io = captureIO();
-    expect(await main(['push', random, ref, '--chunk-size', '64K', '--progress=none'], io), io.err).toBe(0);
+    // a disk of random bytes, every chunk local first (a backend on the same cache fetches them),
+    // so that no queue needs a miss connection
+    const { file: random, ref } = await randomDisk('fdlimit');
     const cache = await newCache();
     const warm = await serve('fdwarm', { readWrite: false, queues: 1, cache, ref });
     expect((await frontend(['verify', warm.socket, random])).json.mismatches).toBe(0);
@@ -200,6 +223,59 @@ describe('slipway-blk through the test frontend', () => {
       expect(r.json.bad_status).toBe(0);
     }
     expect(s.running()).toBe(true);
+  });
+
+  it('completes every request exactly once across a backend restart (SIGKILL with one read parked on a missing chunk)', async () => {
+    const { file, ref } = await randomDisk('restart');
+    const cache = await newCache();
+    const warm = await serve('restart-warm', { readWrite: false, queues: 1, cache, ref });
+    expect((await frontend(['verify', warm.socket, file])).json.mismatches).toBe(0);
+    // chunk 5 goes missing until the backend is restarted, and the daemon takes its FETCH and never answers
+    const map = join(work, 'restart-warm', 'disk.map');
+    const digest = readFileSync(map).subarray(32 + 5 * 33 + 1, 32 + 6 * 33).toString('hex');
+    const chunkFile = join(cache.disk.chunkDir, digest.slice(0, 2), digest);
+    const aside = join(work, 'restart-chunk5');
+    renameSync(chunkFile, aside);
+    const missSocket = join(work, 'restart-miss.sock');
+    const held: Socket[] = [];
+    const silent = createServer((c) => held.push(c.on('data', () => undefined)));
+    await new Promise<void>((resolve) => silent.listen(missSocket, resolve));
+    const socket = join(work, 'restart.sock');
+    const args = ['--socket', socket, '--map', map, '--chunk-dir', cache.disk.chunkDir, '--daemon-socket', missSocket, '--overlay', join(work, 'restart-overlay')];
+    const first = await startBackend(args);
+    // the read of chunk 5 parks; two reads behind it complete first
+    const fe = spawn(FRONTEND, ['restart', socket, file, String(5 * 65536), '--inflight'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stderr = '';
+    fe.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const lines = createInterface({ input: fe.stdout });
+    const outcome = new Promise<Record<string, unknown>>((resolve) => lines.on('line', (l) => {
+      const j = JSON.parse(l) as Record<string, unknown>;
+      if (j.phase === 'done') resolve(j);
+    }));
+    const parked = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      lines.once('line', (l) => resolve(JSON.parse(l) as Record<string, unknown>));
+      fe.once('exit', () => reject(new Error(`vub-frontend restart ended early: ${stderr}`)));
+    });
+    first.child.kill('SIGKILL');
+    await first.exited;
+    renameSync(aside, chunkFile);
+    const second = await startBackend(args);
+    fe.stdin.end('restarted\n');
+    const done = await outcome;
+    const code = await new Promise<number | null>((resolve) => (fe.exitCode !== null ? resolve(fe.exitCode) : fe.once('exit', resolve)));
+    second.child.kill('SIGTERM');
+    await second.exited;
+    for (const c of held) c.destroy();
+    silent.close();
+    // before in-flight tracking: the ring restarted at its used index, so a read that had completed
+    // completed again ('not the head of a request in flight') and the parked one never did
+    expect(done, `${JSON.stringify(done)} ${stderr}`).toMatchObject({ ok: true, parked_status: 0, parked_data_matches: true, next_read_ok: true });
+    expect(parked).toEqual({ phase: 'parked', inflight: true });
+    expect(code).toBe(0);
+    expect(second.log()).toMatch(/1 requests were in flight/);
+    expect(first.log() + second.log()).not.toMatch(/ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer/);
   });
 
   it('survives every malformed request and message, and keeps serving', async () => {

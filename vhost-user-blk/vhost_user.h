@@ -28,6 +28,8 @@ enum vhost_user_request {
 	VHOST_USER_SET_VRING_ENABLE = 18,
 	VHOST_USER_GET_CONFIG = 24,
 	VHOST_USER_SET_CONFIG = 25,
+	VHOST_USER_GET_INFLIGHT_FD = 31,
+	VHOST_USER_SET_INFLIGHT_FD = 32,
 };
 
 #define VHOST_USER_VERSION 0x1u
@@ -38,6 +40,7 @@ enum vhost_user_request {
 #define VHOST_USER_PROTOCOL_F_MQ 0
 #define VHOST_USER_PROTOCOL_F_REPLY_ACK 3
 #define VHOST_USER_PROTOCOL_F_CONFIG 9
+#define VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD 12
 
 #define VHOST_USER_F_PROTOCOL_FEATURES 30
 #define VIRTIO_RING_F_INDIRECT_DESC 28
@@ -112,6 +115,15 @@ struct vhost_memory {
 	uint32_t padding;
 	struct vhost_memory_region regions[VUB_MAX_REGIONS];
 } __attribute__((packed));
+
+/* GET_INFLIGHT_FD and SET_INFLIGHT_FD (24 bytes, as QEMU sends it) */
+struct vhost_user_inflight {
+	uint64_t mmap_size;
+	uint64_t mmap_offset;
+	uint16_t num_queues;
+	uint16_t queue_size;
+	uint32_t padding;
+};
 
 struct vhost_user_config {
 	uint32_t offset;

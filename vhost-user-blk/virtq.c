@@ -158,6 +158,15 @@ enum vub_pop vub_ring_pop(struct vub_ring *r, const struct vub_mem *m, struct vu
 		return VUB_POP_BROKEN;
 	}
 	r->last_avail++;
+	return vub_ring_chain(r, m, head, c);
+}
+
+enum vub_pop vub_ring_chain(struct vub_ring *r, const struct vub_mem *m, uint16_t head, struct vub_chain *c)
+{
+	if (head >= r->num) {
+		r->broken = true;
+		return VUB_POP_BROKEN;
+	}
 	memset(c, 0, offsetof(struct vub_chain, iov));
 	c->head = head;
 	if (walk_chain(r, m, head, c) < 0)

@@ -76,6 +76,8 @@ enum vub_pop {
 /* Translate and check the three ring areas; 0 or -1. */
 int vub_ring_map(struct vub_ring *r, const struct vub_mem *m, unsigned num, uint64_t desc_uva, uint64_t avail_uva, uint64_t used_uva);
 enum vub_pop vub_ring_pop(struct vub_ring *r, const struct vub_mem *m, struct vub_chain *c);
+/* The chain at `head` (one popped earlier, run again after a restart). */
+enum vub_pop vub_ring_chain(struct vub_ring *r, const struct vub_mem *m, uint16_t head, struct vub_chain *c);
 void vub_ring_push(struct vub_ring *r, uint16_t head, uint32_t len);
 /* After pushing: whether the driver wants an interrupt for entries old_used .. used_idx. */
 bool vub_ring_need_notify(struct vub_ring *r, uint16_t old_used);

@@ -35,7 +35,8 @@ uint64_t vub_offered_features(const struct vub_dev *dev)
 
 uint64_t vub_offered_protocol_features(void)
 {
-	return (1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) | (1ull << VHOST_USER_PROTOCOL_F_CONFIG);
+	return (1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) | (1ull << VHOST_USER_PROTOCOL_F_CONFIG) |
+	       (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD);
 }
 
 void vub_dev_init(struct vub_dev *dev, struct vub_disk *disk, unsigned nqueues, const char *daemon_socket)
@@ -81,6 +82,7 @@ void vub_dev_reset(struct vub_dev *dev)
 		q->addr_set = q->enabled = false;
 	}
 	unmap_memory(&dev->mem);
+	vub_inflight_unmap(dev);
 	dev->features = dev->protocol_features = 0;
 	dev->features_set = dev->owner = false;
 	vub_disk_flush(dev->disk);
@@ -438,6 +440,15 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 			goto malformed;
 		replied = true;
 		break;
+	case VHOST_USER_GET_INFLIGHT_FD:
+		if (!fd_count_is(h, nfds, 0) || vub_inflight_get_fd(dev, h, payload) < 0)
+			goto malformed;
+		replied = true;
+		break;
+	case VHOST_USER_SET_INFLIGHT_FD:
+		if (!fd_count_is(h, nfds, 1) || vub_inflight_set_fd(dev, h, payload, fds[0]) < 0)
+			goto malformed;
+		break; /* the mapping stays; the descriptor is closed below */
 	case VHOST_USER_SET_CONFIG:
 		/* virtio-blk's writable config field (writeback) is not offered: accept and ignore */
 		if (!fd_count_is(h, nfds, 0) || h->size < 12)

@@ -13,6 +13,7 @@
 #include "virtq.h"
 
 struct vub_parked;
+struct vub_inflight_queue;
 
 struct vub_queue {
 	struct vub_dev *dev;
@@ -35,6 +36,12 @@ struct vub_queue {
 	unsigned reply_have;
 	struct vub_parked *parked;
 	unsigned parked_count;
+	/* in-flight tracking (vub_inflight.c): this queue's part of the VMM's shared region */
+	struct vub_inflight_queue *inflight;
+	bool tracking; /* inflight is in use on the running ring */
+	uint64_t inflight_counter;
+	uint16_t *resubmit; /* heads to run again after a restart, oldest first */
+	unsigned resubmit_n, resubmit_next;
 	/* statistics */
 	uint64_t requests;
 	uint64_t misses;
@@ -59,6 +66,11 @@ struct vub_dev {
 	struct vub_disk *disk;
 	const char *daemon_socket;
 	struct vub_stats stats;
+	/* the in-flight region SET_INFLIGHT_FD mapped: inflight_queues regions for rings of up to inflight_ring */
+	void *inflight_map;
+	size_t inflight_len;
+	unsigned inflight_queues;
+	unsigned inflight_ring;
 };
 
 void vub_dev_init(struct vub_dev *dev, struct vub_disk *disk, unsigned nqueues, const char *daemon_socket);

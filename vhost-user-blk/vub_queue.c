@@ -54,13 +54,13 @@ static void run_request(struct vub_queue *q, const struct vub_chain *c)
 		bool already = chunk_requested(q, missing);
 		if (!already && vub_miss_fetch(q, missing) < 0) {
 			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_ring_push(&q->ring, c->head, used_len);
+			vub_inflight_complete(q, c->head, used_len);
 			return;
 		}
 		struct vub_parked *p = malloc(sizeof *p);
 		if (!p) {
 			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_ring_push(&q->ring, c->head, used_len);
+			vub_inflight_complete(q, c->head, used_len);
 			return;
 		}
 		p->chunk = missing;
@@ -70,7 +70,7 @@ static void run_request(struct vub_queue *q, const struct vub_chain *c)
 		q->parked_count++;
 		return;
 	}
-	vub_ring_push(&q->ring, c->head, used_len);
+	vub_inflight_complete(q, c->head, used_len);
 }
 
 static void process_ring(struct vub_queue *q)
@@ -80,7 +80,15 @@ static void process_ring(struct vub_queue *q)
 	if (!c)
 		return;
 	for (;;) {
-		enum vub_pop r = vub_ring_pop(&q->ring, &q->dev->mem, c);
+		uint16_t again;
+		enum vub_pop r;
+		if (vub_inflight_next(q, &again)) {
+			r = vub_ring_chain(&q->ring, &q->dev->mem, again, c);
+		} else {
+			r = vub_ring_pop(&q->ring, &q->dev->mem, c);
+			if (r == VUB_POP_OK || r == VUB_POP_BAD_CHAIN)
+				vub_inflight_popped(q, c->head);
+		}
 		if (r == VUB_POP_EMPTY) {
 			vub_ring_set_avail_event(&q->ring);
 			if (vub_ring_has_work(&q->ring))
@@ -101,7 +109,7 @@ static void process_ring(struct vub_queue *q)
 			uint32_t used_len = 0;
 			/* the chain walk stopped at the bad descriptor; what it mapped may lack a status byte */
 			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_ring_push(&q->ring, c->head, used_len);
+			vub_inflight_complete(q, c->head, used_len);
 			continue;
 		}
 		run_request(q, c);
@@ -134,7 +142,7 @@ void vub_queue_resume(struct vub_queue *q, uint64_t chunk, int status)
 		} else {
 			uint32_t used_len = 0;
 			vub_blk_fail(&p->chain, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_ring_push(&q->ring, p->chain.head, used_len);
+			vub_inflight_complete(q, p->chain.head, used_len);
 		}
 		free(p);
 	}
@@ -254,6 +262,8 @@ int vub_queue_start(struct vub_dev *dev, struct vub_queue *q)
 	q->ring.used_idx = __atomic_load_n(&q->ring.used->idx, __ATOMIC_ACQUIRE);
 	q->ring.event_idx = (dev->features >> VIRTIO_RING_F_EVENT_IDX) & 1;
 	q->ring.indirect = (dev->features >> VIRTIO_RING_F_INDIRECT_DESC) & 1;
+	if (vub_inflight_resume(dev, q) < 0)
+		return -1;
 	if (make_thread_fds(dev, q) < 0) {
 		close_thread_fds(q);
 		return -1;

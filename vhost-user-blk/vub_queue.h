@@ -21,6 +21,20 @@ void vub_miss_read(struct vub_queue *q);
 /* Close the miss connection (out of the epoll set first). */
 void vub_miss_close(struct vub_queue *q);
 
+/* In-flight tracking (vub_inflight.c). The two messages: 0, or -1 for a refused one. */
+int vub_inflight_get_fd(struct vub_dev *dev, const struct vhost_user_header *h, const uint8_t *payload);
+int vub_inflight_set_fd(struct vub_dev *dev, const struct vhost_user_header *h, const uint8_t *payload, int fd);
+void vub_inflight_unmap(struct vub_dev *dev);
+/* At queue start, ring mapped: what the last backend left in flight runs again (and the ring
+ * resumes after what it popped); -1 when the region cannot serve this ring. */
+int vub_inflight_resume(struct vub_dev *dev, struct vub_queue *q);
+/* The next head to run again, oldest first; false when none is left. */
+bool vub_inflight_next(struct vub_queue *q, uint16_t *head);
+/* A head was popped from the avail ring. */
+void vub_inflight_popped(struct vub_queue *q, uint16_t head);
+/* Complete a request: the used ring and its in-flight state, in an order a crash cannot tear. */
+void vub_inflight_complete(struct vub_queue *q, uint16_t head, uint32_t len);
+
 /* After a call that makes a descriptor failed: true when it was EMFILE and the disk's cached chunk
  * files have been closed to make room (try once more). */
 bool vub_fd_room(struct vub_dev *dev);

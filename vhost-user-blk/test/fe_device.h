@@ -27,6 +27,9 @@ struct dev {
 	uint32_t size_max;  /* bytes per segment, 0 for no limit */
 	bool indirect;      /* negotiated */
 	bool read_only;
+	/* --inflight: the region GET_INFLIGHT_FD gave, handed back with SET_INFLIGHT_FD on every connection */
+	int inflight_fd;
+	struct vhost_user_inflight inflight;
 };
 
 enum stage {
@@ -178,6 +181,20 @@ static int dev_queue_start(struct dev *d, struct vq *q)
 	return rc;
 }
 
+/* With --inflight and a backend that offers it: the region (asked for once, as QEMU does), handed over. */
+static int dev_inflight(struct dev *d)
+{
+	if (!d->o->inflight || !((d->vu.acked_protocol >> VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) & 1))
+		return VU_OK;
+	if (d->inflight_fd < 0) {
+		struct vhost_user_inflight req = { .num_queues = (uint16_t)d->nq, .queue_size = (uint16_t)d->o->ring_size };
+		int rc = vu_get_fd(&d->vu, VHOST_USER_GET_INFLIGHT_FD, &req, sizeof req, &d->inflight, sizeof d->inflight, &d->inflight_fd);
+		if (rc != VU_OK)
+			return rc;
+	}
+	return vu_msg(&d->vu, VHOST_USER_SET_INFLIGHT_FD, &d->inflight, sizeof d->inflight, &d->inflight_fd, 1);
+}
+
 static int run_hook(struct dev *d, const struct hook *h, enum stage at)
 {
 	if (!h || h->at != at)
@@ -194,11 +211,13 @@ static int dev_open(struct dev *d, const char *path, const struct opts *o, const
 	memset(d, 0, sizeof *d);
 	d->o = o;
 	d->mem.fd = -1;
+	d->inflight_fd = -1;
 	for (unsigned i = 0; i < MAX_QUEUES; i++)
 		d->q[i].kick_fd = d->q[i].call_fd = d->q[i].err_fd = -1;
 	int rc = vu_connect(&d->vu, path, o->timeout_ms);
 	if (rc != VU_OK)
 		return rc;
+	d->vu.want_inflight = o->inflight;
 	rc = vu_handshake(&d->vu);
 	if (rc != VU_OK)
 		return rc;
@@ -223,6 +242,8 @@ static int dev_open(struct dev *d, const char *path, const struct opts *o, const
 	d->nq = l->nq;
 	for (unsigned i = 0; i < l->nq; i++)
 		vq_init(d, &d->q[i], i, l);
+	if ((rc = dev_inflight(d)) != VU_OK)
+		return rc;
 	if ((rc = run_hook(d, hook, STAGE_BEFORE_MEM_TABLE)) != VU_OK)
 		return rc;
 	if ((rc = dev_set_mem_table(d)) != VU_OK)
@@ -258,6 +279,9 @@ static int dev_close(struct dev *d, bool stop)
 			vq_destroy(&d->q[i]);
 	if (d->mem.base)
 		gmem_free(&d->mem);
+	if (d->inflight_fd >= 0 && close(d->inflight_fd) < 0)
+		die("close of the in-flight region: %s", strerror(errno));
+	d->inflight_fd = -1;
 	return rc;
 }
 

@@ -30,6 +30,7 @@ struct opts {
 	double seconds;
 	bool unmap;
 	bool adjacent;
+	bool inflight;
 	uint64_t seg_bytes;
 	uint64_t chunk_bytes;
 	uint64_t iterations;
@@ -49,8 +50,9 @@ static void usage(void)
 	      "  reconnect SOCK\n"
 	      "  race SOCK [--chunk BYTES] [--iterations N]   (needs 2 queues; overlapping writes on two queues)\n"
 	      "  replay SOCK TRACEFILE   (reads \"offset bytes\" lines in order at queue depth 1)\n"
+	      "  restart SOCK IMAGEFILE SLOW_OFFSET   (a read parked across a backend restart; see fe_restart.h)\n"
 	      "options for all: --regions 1|2 [--adjacent], --mem BYTES, --ring N (power of two), --indirect,\n"
-	      "  --seg BYTES (data segments of at most BYTES, direct chains too),\n"
+	      "  --seg BYTES (data segments of at most BYTES, direct chains too), --inflight (INFLIGHT_SHMFD when offered),\n"
 	      "  --timeout-ms MS (requests and replies, default 10000), --case-timeout-ms MS (malformed, default 1000),\n"
 	      "  --seed N\n"
 	      "sizes take k, m, g suffixes (binary). Output: one JSON object on stdout.\n",
@@ -87,7 +89,7 @@ static void parse_opts(int argc, char **argv, int first, struct opts *o)
 			name = namebuf;
 			value = eq + 1;
 		}
-		bool is_flag = strcmp(name, "--indirect") == 0 || strcmp(name, "--unmap") == 0 || strcmp(name, "--adjacent") == 0;
+		bool is_flag = strcmp(name, "--indirect") == 0 || strcmp(name, "--unmap") == 0 || strcmp(name, "--adjacent") == 0 || strcmp(name, "--inflight") == 0;
 		if (!is_flag && !value) {
 			if (i + 1 >= argc)
 				die("option %s needs a value", name);
@@ -99,6 +101,8 @@ static void parse_opts(int argc, char **argv, int first, struct opts *o)
 			o->unmap = true;
 		else if (strcmp(name, "--adjacent") == 0)
 			o->adjacent = true;
+		else if (strcmp(name, "--inflight") == 0)
+			o->inflight = true;
 		else if (strcmp(name, "--seg") == 0) {
 			o->seg_bytes = arg_u64("--seg", value, SECTOR_BYTES, SLOT_DATA_BYTES);
 			if (o->seg_bytes % SECTOR_BYTES)

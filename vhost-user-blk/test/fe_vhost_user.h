@@ -38,6 +38,7 @@ enum vu_rc {
 
 struct vu_conn {
 	int sock;
+	bool want_inflight; /* ask for VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD too (set after vu_connect) */
 	int timeout_ms;
 	uint64_t features; /* offered by the backend */
 	uint64_t acked_features;
@@ -51,6 +52,8 @@ struct vu_conn {
 static const char *request_name(uint32_t request)
 {
 	switch (request) {
+	case VHOST_USER_GET_INFLIGHT_FD: return "GET_INFLIGHT_FD";
+	case VHOST_USER_SET_INFLIGHT_FD: return "SET_INFLIGHT_FD";
 	case VHOST_USER_GET_FEATURES: return "GET_FEATURES";
 	case VHOST_USER_SET_FEATURES: return "SET_FEATURES";
 	case VHOST_USER_SET_OWNER: return "SET_OWNER";
@@ -268,6 +271,43 @@ static int vu_get(struct vu_conn *c, uint32_t request, const void *payload, uint
 	return VU_OK;
 }
 
+/* A message whose reply carries one descriptor (GET_INFLIGHT_FD): the reply of exactly reply_size bytes and *fd. */
+static int vu_get_fd(struct vu_conn *c, uint32_t request, const void *payload, uint32_t size, void *reply, uint32_t reply_size, int *fd)
+{
+	struct vhost_user_hdr h = { .request = request, .flags = VHOST_USER_VERSION, .size = size };
+	int rc = vu_send_raw(c, &h, payload, size, NULL, 0);
+	if (rc != VU_OK)
+		return rc;
+	/* the descriptor comes with the first byte of the reply */
+	struct pollfd p = { .fd = c->sock, .events = POLLIN };
+	int r;
+	do {
+		r = poll(&p, 1, c->timeout_ms);
+	} while (r < 0 && errno == EINTR);
+	if (r <= 0)
+		return vu_fail(c, r == 0 ? VU_TIMEOUT : VU_FAIL, "no reply to %s within %d ms", request_name(request), c->timeout_ms);
+	struct vhost_user_hdr rh;
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} control;
+	struct iovec iov = { &rh, sizeof rh };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
+	ssize_t n = recvmsg(c->sock, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+	if (n == 0)
+		return vu_fail(c, VU_CLOSED, "waiting for the reply to %s: the backend closed the connection", request_name(request));
+	if (n != (ssize_t)sizeof rh)
+		return vu_fail(c, VU_FAIL, "the reply to %s: a short header", request_name(request));
+	*fd = -1;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS && cm->cmsg_len == CMSG_LEN(sizeof(int)))
+			memcpy(fd, CMSG_DATA(cm), sizeof(int));
+	if (*fd < 0 || rh.request != request || !(rh.flags & VHOST_USER_REPLY_MASK) || rh.size != reply_size)
+		return vu_fail(c, VU_FAIL, "the reply to %s: request %u, %u bytes, %s", request_name(request), rh.request, rh.size,
+			       *fd < 0 ? "no descriptor" : "one descriptor");
+	return vu_recv_exact(c, reply, reply_size, now_ns() + (uint64_t)c->timeout_ms * 1000000ull, request_name(request));
+}
+
 static int vu_get_u64(struct vu_conn *c, uint32_t request, uint64_t *out)
 {
 	return vu_get(c, request, NULL, 0, out, sizeof *out);
@@ -283,7 +323,7 @@ static int vu_handshake(struct vu_conn *c)
 		rc = vu_get_u64(c, VHOST_USER_GET_PROTOCOL_FEATURES, &c->protocol_features);
 		if (rc != VU_OK)
 			return rc;
-		uint64_t want = c->protocol_features & WANTED_PROTOCOL_FEATURES;
+		uint64_t want = c->protocol_features & (WANTED_PROTOCOL_FEATURES | (c->want_inflight ? 1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD : 0));
 		/* sent before REPLY_ACK is in force: no ack asked */
 		rc = vu_msg(c, VHOST_USER_SET_PROTOCOL_FEATURES, &want, sizeof want, NULL, 0);
 		if (rc != VU_OK)

@@ -15,7 +15,7 @@
  * Parts: vub_proto.h (wire formats), fe_util.h (limits, helpers), fe_options.h (command line),
  * fe_vhost_user.h (messages, handshake), fe_virtq.h (guest memory, the driver's split virtqueue),
  * fe_device.h (a negotiated device and virtio-blk requests), fe_ring_cases.h (hand-written chains),
- * fe_malformed.h (the malformed cases);
+ * fe_malformed.h (the malformed cases), fe_restart.h (a backend restart with a request in flight);
  * this file holds the other subcommands.
  */
 #include <errno.h>
@@ -27,6 +27,7 @@
 #include <unistd.h>
 #include "fe_device.h"
 #include "fe_malformed.h"
+#include "fe_restart.h"
 
 /* ======================================================================================== */
 /* info, read, write, flush, getid, discard, zeroes                                         */
@@ -920,6 +921,8 @@ int main(int argc, char **argv)
 		return cmd_race(argc, argv);
 	if (strcmp(cmd, "replay") == 0)
 		return cmd_replay(argc, argv);
+	if (strcmp(cmd, "restart") == 0)
+		return cmd_restart(argc, argv);
 	usage();
 	die("unknown command '%s'", cmd);
 }

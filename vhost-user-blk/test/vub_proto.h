@@ -37,6 +37,8 @@ enum vhost_user_request {
 	VHOST_USER_SET_VRING_ENABLE = 18,
 	VHOST_USER_GET_CONFIG = 24,
 	VHOST_USER_SET_CONFIG = 25,
+	VHOST_USER_GET_INFLIGHT_FD = 31,
+	VHOST_USER_SET_INFLIGHT_FD = 32,
 };
 
 #define VHOST_USER_VERSION 0x1u
@@ -111,6 +113,14 @@ struct vhost_user_config {
 };
 
 #define VHOST_USER_CONFIG_HDR_SIZE offsetof(struct vhost_user_config, region)
+
+/* GET_INFLIGHT_FD / SET_INFLIGHT_FD: the region the backend tracks requests in, kept by the VMM */
+struct vhost_user_inflight {
+	uint64_t mmap_size;
+	uint64_t mmap_offset;
+	uint16_t num_queues;
+	uint16_t queue_size;
+};
 
 /* The payload follows the 12-byte header directly; it is kept apart from the header here so that
  * no packed struct is needed. Its size is the protocol's payload bound (QEMU's

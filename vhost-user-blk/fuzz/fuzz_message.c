@@ -86,7 +86,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		unsigned nfds = 0;
 		for (unsigned i = 0; i < nfd_wanted; i++) {
 			int fd;
-			if (h.request == 5 /* SET_MEM_TABLE */) {
+			if (h.request == VHOST_USER_SET_INFLIGHT_FD) {
+				/* an in-flight region as GET_INFLIGHT_FD makes them: sealed against shrinking */
+				fd = memfd_create("fuzz-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+				if (fd >= 0 && (ftruncate(fd, 1 << 20) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)) {
+					close(fd);
+					fd = -1;
+				}
+			} else if (h.request == 5 /* SET_MEM_TABLE */) {
 				fd = memfd_create("fuzz-mem", MFD_CLOEXEC);
 				if (fd >= 0 && ftruncate(fd, 1 << 20) < 0) {
 					close(fd);

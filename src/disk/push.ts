@@ -7,6 +7,8 @@ import type { Descriptor } from '../oci/types.js';
 import type { ProgressFn } from '../util/progress.js';
 import type { WorkerPool } from '../workers/pool.js';
 import { openDiskArtifact, type DiskArtifact } from './artifact.js';
+import { DEFAULT_REPOSITORY_DEDUP, recentRepositoryDisks, type RepositoryDedupLimits } from './dedup.js';
+import { forEachBounded } from '../util/concurrency.js';
 import {
   buildDiskManifest, checkChunkSize, chunkCountFor, encodeIndex, FORMAT_VERSION, HOLE,
   MEDIA_TYPE_DISK_CONFIG, MEDIA_TYPE_DISK_INDEX, MEDIA_TYPE_DISK_PACK, SECTOR_BYTES,
@@ -30,8 +32,18 @@ export interface PushOptions {
   packSizeBytes?: number;
   compression?: Compression;
   zstdLevel?: number;
-  /** Disks whose chunks may be referenced instead of uploaded again (the target tag's current disk is always tried). */
+  /**
+   * More disks whose chunks may be referenced instead of uploaded again (the target tag's current
+   * disk is always tried). A chunk is taken from one of these only if its pack is already in the
+   * target (one HEAD per pack, before reading starts); otherwise it is stored anew.
+   */
   dedupFrom?: DiskArtifact[];
+  /**
+   * Dedup against other disks of the target repository (`recentRepositoryDisks`: newest-looking
+   * tags first, bounded by these limits). On by default for whole-image pushes, off for deltas
+   * (`changed`), which reuse their base already; `false` turns it off.
+   */
+  repositoryDedup?: boolean | RepositoryDedupLimits;
   /** Set `subject` and `config.base` (snapshots). */
   base?: DiskArtifact;
   /**
@@ -92,6 +104,23 @@ function knownChunksOf(disks: DiskArtifact[], chunkSizeBytes: number): Map<strin
   return known;
 }
 
+/**
+ * `disks` with their index cut down to the packs `target` already holds (one HEAD per distinct
+ * pack, 8 at once): a `--dedup-from` disk of another repository or store may only lend chunks
+ * whose pack the pushed manifest can list as a layer of its own repository.
+ */
+async function packsInTarget(target: Target, disks: DiskArtifact[]): Promise<DiskArtifact[]> {
+  const digests = [...new Set(disks.flatMap((d) => d.index.packs.map((p) => p.digest)))];
+  const present = new Set<string>();
+  await forEachBounded(digests, 8, async (digest) => {
+    if (await target.blobExists(digest)) present.add(digest);
+  });
+  return disks.map((d) => ({
+    ...d,
+    index: { ...d.index, entries: d.index.entries.filter((e) => present.has((d.index.packs[e.pack] as Descriptor).digest)) },
+  }));
+}
+
 /** The slipway disk the tag points to now, if any: its chunks need not be sent again. */
 async function currentDiskAt(target: Target, tag: string): Promise<DiskArtifact | undefined> {
   const current = await target.resolve(tag).catch((err: unknown) => {
@@ -134,7 +163,10 @@ export async function pushDisk(opts: PushOptions): Promise<PushResult> {
   }
 
   const previous = await currentDiskAt(target, opts.tag);
-  const known = knownChunksOf([...(opts.base ? [opts.base] : []), ...(opts.dedupFrom ?? []), ...(previous ? [previous] : [])], chunkSizeBytes);
+  const repoDedup = opts.repositoryDedup ?? !opts.changed;
+  const repositoryDisks = repoDedup === false ? [] : await recentRepositoryDisks(target, chunkSizeBytes, new Set(previous ? [previous.manifestDescriptor.digest] : []), repoDedup === true ? DEFAULT_REPOSITORY_DEDUP : repoDedup);
+  // base and repository disks are in the target by construction; another store's disk only where the target has its packs
+  const known = knownChunksOf([...(opts.base ? [opts.base] : []), ...(previous ? [previous] : []), ...repositoryDisks, ...(await packsInTarget(target, opts.dedupFrom ?? []))], chunkSizeBytes);
 
   const packs: (Descriptor | undefined)[] = [];
   const packOrdinal = new Map<string, number>();

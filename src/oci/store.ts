@@ -46,5 +46,12 @@ export interface Target extends BlobStore, ManifestStore {
    * bytes. Returns false when the store cannot (different registry, or mount refused).
    */
   mountBlob?(desc: Descriptor, from: Target): Promise<boolean>;
+  /**
+   * The tags of this repository (distribution-spec "content discovery", `GET /v2/<name>/tags/list`
+   * with `Link` pagination; a layout's `org.opencontainers.image.ref.name` annotations), at most
+   * `limit` of them, in the store's order (lexical on distribution). An empty array when the
+   * repository does not exist yet.
+   */
+  listTags?(limit: number): Promise<string[]>;
   close?(): Promise<void>;
 }

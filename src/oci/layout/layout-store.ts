@@ -205,6 +205,16 @@ export class OciLayoutStore implements Target {
     return descriptor;
   }
 
+  /** The layout's tags (its `org.opencontainers.image.ref.name` annotations), at most `limit`, in index.json order. */
+  async listTags(limit: number): Promise<string[]> {
+    const index = await this.readIndex().catch((err: unknown) => {
+      if (err instanceof SlipwayError && err.code === 'LAYOUT_INVALID') return emptyIndex();
+      throw err;
+    });
+    const tags = index.manifests.map((m) => m.annotations?.[ANNOTATION_REF_NAME]).filter((t): t is string => t !== undefined);
+    return [...new Set(tags)].slice(0, limit);
+  }
+
   /** Remove a tag (not the blobs); used by tests and `gc`. */
   async untag(tag: string): Promise<void> {
     await withDirLock(join(this.dir, 'index.json.lock'), async () => {

@@ -167,6 +167,33 @@ export class RegistryRepository implements Target {
     return true;
   }
 
+  /**
+   * Tags by distribution-spec content discovery: `GET /v2/<name>/tags/list?n=<page>`, following
+   * `Link: <...>; rel="next"` pages until `limit` tags. Lexical order, as distribution lists them.
+   * A repository that does not exist yet (404 NAME_UNKNOWN) has no tags.
+   */
+  async listTags(limit: number): Promise<string[]> {
+    const tags: string[] = [];
+    let url: string | undefined = `/v2/${this.repository}/tags/list?n=${Math.min(limit, 1000)}`;
+    while (url && tags.length < limit) {
+      const res = await this.client.send({
+        method: 'GET', url, scopes: this.pullScope, expect: [200, 404], read: 'buffer', what: `listing the tags of ${this.name}`,
+      });
+      if (res.status === 404) break;
+      let page: string[];
+      try {
+        const parsed = JSON.parse((res.body ?? Buffer.alloc(0)).toString('utf8')) as { tags?: unknown };
+        page = Array.isArray(parsed.tags) ? parsed.tags.filter((t): t is string => typeof t === 'string') : [];
+      } catch {
+        throw new SlipwayError('REGISTRY_ERROR', `the tag list of ${this.name} is not JSON`);
+      }
+      tags.push(...page);
+      const next = /<([^>]+)>\s*;\s*rel="?next"?/.exec(header(res.headers, 'link') ?? '');
+      url = next && page.length > 0 ? new URL(next[1] as string, res.url).toString() : undefined;
+    }
+    return tags.slice(0, limit);
+  }
+
   async resolve(reference: string): Promise<Descriptor | undefined> {
     const res = await this.client.send({
       method: 'HEAD', url: this.path('manifests', reference), headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') },

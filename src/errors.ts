@@ -30,6 +30,7 @@ export const ERROR_CODES = {
   SIZE_INVALID: 'provided length did not match content length',
   UNAUTHORIZED: 'authentication required or credentials refused',
   DENIED: 'requested access to the resource is denied',
+  CREDENTIAL_HELPER_FAILED: 'a docker credential helper is missing, failed or timed out',
   UNSUPPORTED: 'the operation is unsupported',
   TOOMANYREQUESTS: 'too many requests',
   REGISTRY_UNREACHABLE: 'the registry could not be reached',

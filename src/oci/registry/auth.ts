@@ -57,4 +57,46 @@ export class AuthState {
   forgetToken(scopeKey: string): void {
     this.tokens.delete(scopeKey);
   }
+
+  /** Forget the scheme and every token (credentials changed). */
+  reset(): void {
+    this.scheme = 'none';
+    this.bearerParams = {};
+    this.tokens.clear();
+  }
+}
+
+/** The client id slipway names itself by in OAuth2 token requests. */
+export const OAUTH_CLIENT_ID = 'slipway';
+
+export interface TokenRequest {
+  method: 'GET' | 'POST';
+  url: URL;
+  headers: Record<string, string>;
+  body?: string;
+}
+
+/**
+ * The request for a bearer token from a challenge's `realm`, `service` and the scopes wanted:
+ *
+ * - with an identity token: `POST realm` with form body `grant_type=refresh_token`,
+ *   `refresh_token`, `service`, `scope` (space-separated), `client_id` — distribution's
+ *   docs/spec/auth/oauth.md, as `docker login` against ACR, Harbor OIDC and others expects;
+ * - otherwise `GET realm?service=&scope=...` (docs/spec/auth/token.md), with HTTP basic auth when
+ *   there is a user name, anonymous without.
+ */
+export function tokenRequest(params: Record<string, string>, scopes: readonly string[], creds: Credentials | undefined, userAgent: string): TokenRequest {
+  const url = new URL(params.realm ?? '');
+  const headers: Record<string, string> = { 'user-agent': userAgent };
+  if (creds?.identityToken) {
+    const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: creds.identityToken, client_id: OAUTH_CLIENT_ID });
+    if (params.service) form.set('service', params.service);
+    if (scopes.length > 0) form.set('scope', scopes.join(' '));
+    headers['content-type'] = 'application/x-www-form-urlencoded';
+    return { method: 'POST', url, headers, body: form.toString() };
+  }
+  if (params.service) url.searchParams.set('service', params.service);
+  for (const scope of scopes) url.searchParams.append('scope', scope);
+  if (creds?.username !== undefined) headers.authorization = basicAuthHeader(creds);
+  return { method: 'GET', url, headers };
 }

@@ -2,8 +2,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
 import { Agent, request, type Dispatcher } from 'undici';
 import { RegistryError, SlipwayError, type ErrorCode, ERROR_CODES } from '../../errors.js';
-import { AuthState, basicAuthHeader, parseChallenge } from './auth.js';
-import { findCredentials, type Credentials } from './credentials.js';
+import { AuthState, basicAuthHeader, parseChallenge, tokenRequest } from './auth.js';
+import { findCredentials, sameCredentials, type Credentials } from './credentials.js';
 import { isLoopbackRegistry } from '../ref.js';
 
 export interface RetryPolicy {
@@ -14,6 +14,19 @@ export interface RetryPolicy {
 }
 
 export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 5, baseDelayMs: 150, maxDelayMs: 4000 };
+/** The longest a `Retry-After` (seconds or an HTTP-date, RFC 9110 10.2.3) is waited out before a retry. */
+export const MAX_RETRY_AFTER_MS = 60_000;
+/** After re-reading credentials on a 401 found nothing new, they are not read again for this long. */
+const CREDENTIAL_REREAD_QUIET_MS = 10_000;
+
+/** ms to wait that a `Retry-After` value asks for (delay-seconds or an HTTP-date), or undefined when it is neither. */
+export function retryAfterMs(value: string | undefined, nowMs = Date.now()): number | undefined {
+  if (value === undefined) return undefined;
+  const v = value.trim();
+  if (/^\d+$/.test(v)) return Number(v) * 1000;
+  const at = Date.parse(v);
+  return Number.isFinite(at) ? Math.max(0, at - nowMs) : undefined;
+}
 
 export interface RegistryClientOptions {
   /** Speak plain HTTP even to a non-loopback host (`--plain-http`). */
@@ -122,7 +135,11 @@ export class RegistryClient {
   readonly origin: string;
   private readonly dispatcher: Dispatcher;
   private readonly auth = new AuthState();
-  private readonly credentials: Credentials | undefined;
+  private credentials: Credentials | undefined;
+  /** credentials given by the caller: never re-read */
+  private readonly fixedCredentials: boolean;
+  private credentialsRead: Promise<void> | undefined;
+  private quietUntilMs = 0;
   private readonly retry: RetryPolicy;
   private readonly userAgent: string;
 
@@ -130,7 +147,8 @@ export class RegistryClient {
     const scheme = options.plainHttp || options.plainHttpHosts?.includes(registry) || isLoopbackRegistry(registry) ? 'http' : 'https';
     const host = registry === 'docker.io' ? 'registry-1.docker.io' : registry;
     this.origin = `${scheme}://${host}`;
-    this.credentials = options.credentials ?? findCredentials(registry);
+    this.credentials = options.credentials;
+    this.fixedCredentials = options.credentials !== undefined;
     this.retry = { ...DEFAULT_RETRY, ...options.retry };
     this.userAgent = options.userAgent ?? 'slipway/0.1';
     const timeout = options.requestTimeoutMs ?? 120_000;
@@ -151,7 +169,47 @@ export class RegistryClient {
     return new URL(url, this.origin).toString();
   }
 
+  /**
+   * Send one request with retries and auth. Credentials are looked up (findCredentials) before
+   * the first request; when the registry or its token service still refuses them (UNAUTHORIZED),
+   * they are looked up again, and when they changed (rotated by a helper or a new `docker login`)
+   * the request is made once more with them before the refusal is reported.
+   */
   async send(req: RegistryRequest): Promise<RegistryResponse> {
+    await this.readCredentials();
+    try {
+      return await this.sendOnce(req);
+    } catch (err) {
+      if (!(err instanceof RegistryError && err.code === 'UNAUTHORIZED') || !(await this.rereadCredentials())) throw err;
+      return await this.sendOnce(req);
+    }
+  }
+
+  private readCredentials(): Promise<void> {
+    this.credentialsRead ??= this.fixedCredentials ? Promise.resolve() : findCredentials(this.registry).then((c) => {
+      this.credentials = c;
+    }, (err: unknown) => {
+      this.credentialsRead = undefined; // a helper that failed is asked again by the next request
+      throw err;
+    });
+    return this.credentialsRead;
+  }
+
+  /** Look the credentials up again; true when they changed (auth state is then started afresh). */
+  private async rereadCredentials(): Promise<boolean> {
+    if (this.fixedCredentials || Date.now() < this.quietUntilMs) return false;
+    const fresh = await findCredentials(this.registry);
+    if (sameCredentials(fresh, this.credentials)) {
+      this.quietUntilMs = Date.now() + CREDENTIAL_REREAD_QUIET_MS;
+      return false;
+    }
+    this.credentials = fresh;
+    this.credentialsRead = Promise.resolve();
+    this.auth.reset();
+    return true;
+  }
+
+  private async sendOnce(req: RegistryRequest): Promise<RegistryResponse> {
     let url = this.resolveUrl(req.url);
     let authRetried = false;
     let redirects = 0;
@@ -227,9 +285,9 @@ export class RegistryClient {
   }
 
   private async backoff(attempt: number, retryAfter?: string): Promise<void> {
-    const afterS = retryAfter ? Number.parseInt(retryAfter, 10) : Number.NaN;
+    const after = retryAfterMs(retryAfter);
     const exp = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));
-    const delay = Number.isFinite(afterS) ? Math.min(afterS * 1000, this.retry.maxDelayMs) : exp / 2 + Math.random() * (exp / 2);
+    const delay = after !== undefined ? Math.min(after, MAX_RETRY_AFTER_MS) : exp / 2 + Math.random() * (exp / 2);
     await sleep(delay);
   }
 
@@ -297,21 +355,17 @@ export class RegistryClient {
     await this.fetchToken([...wanted], url, scopes);
   }
 
-  /** Distribution token spec: GET realm?service=&scope= (basic-authenticated when we have credentials). */
+  /** Distribution token spec: GET realm?service=&scope= (basic-authenticated when we have credentials), or the OAuth2 refresh-token grant (auth.ts `tokenRequest`). */
   private async fetchToken(scopes: string[], forUrl: string, cacheUnder: string[] = scopes): Promise<string> {
     const realm = this.auth.bearerParams.realm;
     if (!realm) throw new RegistryError('UNAUTHORIZED', `registry ${this.registry} sent a bearer challenge without a realm`, { method: 'GET', url: forUrl, status: 401 });
-    const tokenUrl = new URL(realm);
-    if (this.auth.bearerParams.service) tokenUrl.searchParams.set('service', this.auth.bearerParams.service);
-    for (const scope of scopes) tokenUrl.searchParams.append('scope', scope);
-    const headers: Record<string, string> = { 'user-agent': this.userAgent };
-    if (this.credentials?.username !== undefined) headers.authorization = basicAuthHeader(this.credentials);
+    const { method, url: tokenUrl, headers, body } = tokenRequest(this.auth.bearerParams, scopes, this.credentials, this.userAgent);
     let status = 0;
     let text = '';
     for (let attempt = 1; ; attempt++) {
       let res: Dispatcher.ResponseData;
       try {
-        res = await request(tokenUrl, { method: 'GET', headers, dispatcher: this.dispatcher });
+        res = await request(tokenUrl, { method, headers, body, dispatcher: this.dispatcher });
         text = await res.body.text();
       } catch (err) {
         if (isRetryableNetworkError(err) && attempt < this.retry.maxAttempts) {
@@ -329,12 +383,12 @@ export class RegistryClient {
     }
     if (status === 401 || status === 403) {
       throw new RegistryError('UNAUTHORIZED', this.credentials ? `credentials for ${this.registry} were refused by its token service` : `token service for ${this.registry} refused anonymous access`, {
-        method: 'GET', url: tokenUrl.toString(), status, detail: text.slice(0, 200),
+        method, url: tokenUrl.toString(), status, detail: text.slice(0, 200),
       });
     }
     if (status !== 200) {
       throw new RegistryError(isRetryableStatus(status) ? 'REGISTRY_ERROR' : 'UNAUTHORIZED', `token service for ${this.registry} answered ${status}`, {
-        method: 'GET', url: tokenUrl.toString(), status, detail: text.slice(0, 200),
+        method, url: tokenUrl.toString(), status, detail: text.slice(0, 200),
       });
     }
     let token: string | undefined;
@@ -346,7 +400,7 @@ export class RegistryClient {
     } catch {
       token = undefined;
     }
-    if (!token) throw new RegistryError('UNAUTHORIZED', `token service for ${this.registry} answered without a token`, { method: 'GET', url: tokenUrl.toString(), status: 200 });
+    if (!token) throw new RegistryError('UNAUTHORIZED', `token service for ${this.registry} answered without a token`, { method, url: tokenUrl.toString(), status: 200 });
     this.auth.storeToken(this.scopeKey(cacheUnder), token, expiresIn);
     return token;
   }

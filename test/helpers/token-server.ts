@@ -30,6 +30,8 @@ export interface TokenRequestRecord {
   status: number;
   /** the access granted in the issued token (empty when refused) */
   granted: TokenAccess[];
+  /** `refresh_token` for an OAuth2 POST (docs/spec/auth/oauth.md), `basic` for the GET of token.md */
+  grant?: 'refresh_token' | 'basic';
 }
 
 export interface TokenServer {
@@ -50,11 +52,15 @@ export interface TokenServerOptions {
   issuer?: string;
   /** lifetime of issued tokens in seconds (expires_in) */
   expiresInS?: number;
+  /** refresh tokens accepted by `POST /token` with `grant_type=refresh_token` (identity tokens) */
+  refreshTokens?: string[];
 }
 
 export interface TokenServerControl {
   /** answer the next `count` token requests with `status` (a token service having a bad moment) */
   failNext(count: number, status: number): void;
+  /** rotate the user's password: the old one is refused from now on */
+  setPassword(password: string): void;
 }
 
 function b64url(data: Buffer | string): string {
@@ -101,8 +107,20 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
   const expiresIn = opts.expiresInS ?? 300;
   const requests: TokenRequestRecord[] = [];
   let failures = { count: 0, status: 503 };
+  let password = opts.password;
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    if (req.method === 'POST') {
+      let form = '';
+      req.setEncoding('utf8').on('data', (d: string) => {
+        form += d;
+      }).on('end', () => handleRequest(req, res, new URLSearchParams(form)));
+      return;
+    }
+    handleRequest(req, res, undefined);
+  };
+
+  const handleRequest = (req: IncomingMessage, res: ServerResponse, form: URLSearchParams | undefined): void => {
     const url = new URL(req.url ?? '/', 'http://token.invalid');
     const reply = (status: number, body: unknown, record: Omit<TokenRequestRecord, 'status'>): void => {
       requests.push({ ...record, status });
@@ -110,21 +128,23 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
       res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
       res.end(text);
     };
-    const scopes = url.searchParams.getAll('scope').flatMap((s) => s.split(' ')).filter((s) => s.length > 0);
-    const serviceParam = url.searchParams.get('service');
+    const params = form ?? url.searchParams;
+    const scopes = params.getAll('scope').flatMap((s) => s.split(' ')).filter((s) => s.length > 0);
+    const serviceParam = params.get('service');
     const creds = parseBasic(req.headers.authorization);
-    const base = { service: serviceParam, scopes, username: creds?.username ?? null };
+    const refresh = form?.get('grant_type') === 'refresh_token' ? (form.get('refresh_token') ?? '') : undefined;
+    const base = { service: serviceParam, scopes, username: creds?.username ?? null, grant: refresh !== undefined ? 'refresh_token' as const : 'basic' as const };
     if (failures.count > 0) {
       failures.count--;
       res.setHeader('retry-after', '0');
       reply(failures.status, { errors: [{ code: 'UNAVAILABLE', message: 'injected fault: token service unavailable' }] }, { ...base, granted: [] });
       return;
     }
-    if (req.method !== 'GET' || url.pathname !== '/token') {
+    if ((req.method !== 'GET' && refresh === undefined) || url.pathname !== '/token') {
       reply(404, { errors: [{ code: 'NOT_FOUND', message: 'no such endpoint' }] }, { ...base, granted: [] });
       return;
     }
-    if (!creds || creds.username !== opts.username || creds.password !== opts.password) {
+    if (refresh !== undefined ? !(opts.refreshTokens ?? []).includes(refresh) : (!creds || creds.username !== opts.username || creds.password !== password)) {
       res.setHeader('www-authenticate', 'Basic realm="slipway-test-token"');
       reply(401, { errors: [{ code: 'UNAUTHORIZED', message: creds ? 'wrong user name or password' : 'authentication required' }] }, { ...base, granted: [] });
       return;
@@ -144,7 +164,7 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
     const now = Math.floor(Date.now() / 1000);
     const token = makeJwt(key, certDerB64, {
       iss: issuer,
-      sub: creds.username,
+      sub: creds?.username ?? opts.username,
       aud: service,
       exp: now + expiresIn,
       nbf: now - 10,
@@ -165,6 +185,9 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
     requests,
     failNext(count: number, status: number) {
       failures = { count, status };
+    },
+    setPassword(next: string) {
+      password = next;
     },
     async stop() {
       server.closeAllConnections();

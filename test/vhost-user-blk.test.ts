@@ -2,12 +2,17 @@
  * slipway-blk with QEMU as a real frontend: a guest running slipway's kernel boots from a busybox
  * disk served from the local registry with an empty cache (the backend built with ASan and UBSan),
  * reads files whose checksums match the image, writes files that survive a guest restart and a
- * backend restart (QEMU reconnects). Also a short run of each libFuzzer target.
+ * backend restart (QEMU reconnects). 1 MiB O_DIRECT reads (scattered pages: requests of seg_max
+ * segments behind indirect tables) read right. A read parked on a missing chunk completes exactly
+ * once across a backend killed with SIGKILL (in-flight tracking). Also a short run of each
+ * libFuzzer target.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, renameSync, statSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChunkCache } from '../src/cache/chunk-cache.js';
@@ -114,6 +119,105 @@ describe('slipway-blk under QEMU', () => {
     } finally {
       await served.close();
       logs.push(served.log());
+      await cache.close();
+    }
+    for (const l of logs) noSanitizerReports(l);
+  });
+
+  it('1 MiB O_DIRECT reads of the whole disk (requests of up to seg_max scattered pages) read what the image holds', async () => {
+    const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-vub-cache-') }), logger: silentLogger });
+    const socket = join(work, 'segmax.sock');
+    const served = await serveDisk({ cache, ref, socket, workDir: join(work, 'serve-segmax'), readWrite: false, binary: ASAN_BACKEND, env: ASAN_ENV });
+    try {
+      const { vm, client } = await bootOn(socket);
+      const size = statSync(join(work, 'root.img')).size;
+      // scatter the guest's free pages (8192 one-page tmpfs files, every other one removed), so that
+      // dd's 1 MiB buffer is scattered pages: the guest cuts each read into requests of seg_max (126)
+      // segments, which it puts behind indirect tables
+      await sh(client, 'mkdir -p /dev/shm/frag && cd /dev/shm/frag && i=0; while [ $i -lt 8192 ]; do echo > $i; i=$((i+1)); done; rm -f *[02468]');
+      const got = await sh(client, `dd if=/dev/vda bs=1M count=${Math.ceil(size / (1 << 20))} iflag=direct 2>/dev/null | md5sum; dmesg | grep -c 'I/O error' || true`);
+      const want = createHash('md5').update(readFileSync(join(work, 'root.img'))).digest('hex');
+      expect(got).toBe(`${want}  -\n0\n`);
+      await stop(vm, client);
+    } finally {
+      await served.close();
+      await cache.close();
+    }
+    noSanitizerReports(served.log());
+  });
+
+  it('a read parked on a missing chunk completes exactly once across a backend killed with SIGKILL (QEMU reconnects)', async () => {
+    // the root disk plus 1 MiB of random bytes behind the filesystem, which boot never reads; 64 KiB chunks
+    const file = join(work, 'root-tail.img');
+    copyFileSync(join(work, 'root.img'), file);
+    appendFileSync(file, randomBytes((1 << 20) + (65536 - (statSync(file).size % 65536)) % 65536));
+    const tailRef = `oci:${join(work, 'layout-tail')}:v1`;
+    const io = captureIO();
+    expect(await main(['push', file, tailRef, '--chunk-size', '64K', '--progress=none'], io), io.err).toBe(0);
+    const chunk = statSync(file).size / 65536 - 4; // in the random tail
+    const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-vub-cache-') }), logger: silentLogger });
+    const serveDir = join(work, 'serve-tail');
+    // every chunk local (the test frontend reads the disk through a first backend), then one goes missing
+    const warm = await serveDisk({ cache, ref: tailRef, socket: join(work, 'tail-warm.sock'), workDir: serveDir, readWrite: false, binary: ASAN_BACKEND, env: ASAN_ENV });
+    execFileSync('make', ['-s', '-C', VUB, 'test-frontend'], { stdio: 'inherit' });
+    const verify = spawn(join(VUB, 'build', 'vub-frontend'), ['verify', warm.socket, file], { stdio: 'ignore' });
+    expect(await new Promise((resolve) => verify.once('exit', resolve))).toBe(0);
+    const map = join(serveDir, 'disk.map');
+    const digest = readFileSync(map).subarray(32 + chunk * 33 + 1, 32 + (chunk + 1) * 33).toString('hex');
+    const chunkFile = join(cache.disk.chunkDir, digest.slice(0, 2), digest);
+    const aside = join(work, 'tail-chunk');
+    renameSync(chunkFile, aside);
+    // a daemon that takes FETCH requests and never answers; it says when the one for our chunk came
+    const held: Socket[] = [];
+    let fetched: () => void = () => undefined;
+    const fetchedChunk = new Promise<void>((resolve) => (fetched = resolve));
+    const silent = createServer((c) => {
+      held.push(c);
+      c.on('data', (d: Buffer) => {
+        if (d.length >= 16 && Number(d.readBigUInt64LE(8)) === chunk) fetched();
+      });
+    });
+    const missSocket = join(work, 'tail-miss.sock');
+    await new Promise<void>((resolve) => silent.listen(missSocket, resolve));
+    const socket = join(work, 'tail.sock');
+    const args = ['--socket', socket, '--map', map, '--chunk-dir', cache.disk.chunkDir, '--daemon-socket', missSocket, '--overlay', join(work, 'tail-overlay')];
+    const logs: string[] = [];
+    const start = async (): Promise<{ kill: (sig: NodeJS.Signals) => void; exited: Promise<unknown>; log: () => string }> => {
+      const child = spawn(ASAN_BACKEND, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...ASAN_ENV } });
+      let log = '';
+      child.stderr.on('data', (d: Buffer) => {
+        log += d.toString();
+      });
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      await new Promise<void>((resolve) => createInterface({ input: child.stdout }).once('line', () => resolve()));
+      return { kill: (sig) => child.kill(sig), exited, log: () => log };
+    };
+    let backend = await start();
+    try {
+      const { vm, client } = await bootOn(socket);
+      const skip = (chunk * 65536) / 4096;
+      // the parked read, in the background; then reads that complete while it waits
+      await sh(client, `(dd if=/dev/vda of=/root/parked bs=4096 skip=${skip} count=1 iflag=direct 2>/dev/null; echo $? > /root/parked.rc) >/dev/null 2>&1 &`);
+      await fetchedChunk;
+      await sh(client, 'dd if=/dev/vda of=/dev/null bs=4096 count=64 iflag=direct 2>/dev/null');
+      backend.kill('SIGKILL');
+      await backend.exited;
+      logs.push(backend.log());
+      renameSync(aside, chunkFile);
+      backend = await start();
+      // QEMU reconnects and hands the in-flight region back: the parked read runs again, once
+      const out = await sh(client, 'while [ ! -s /root/parked.rc ]; do sleep 0.1; done; cat /root/parked.rc; md5sum < /root/parked; dmesg | grep -c "is not a head" || true');
+      const want = createHash('md5').update(readFileSync(file).subarray(chunk * 65536, chunk * 65536 + 4096)).digest('hex');
+      expect(out).toBe(`0\n${want}  -\n0\n`);
+      expect(backend.log()).toMatch(/1 requests were in flight/);
+      await stop(vm, client);
+    } finally {
+      backend.kill('SIGTERM');
+      await backend.exited;
+      logs.push(backend.log());
+      for (const c of held) c.destroy();
+      silent.close();
+      await warm.close();
       await cache.close();
     }
     for (const l of logs) noSanitizerReports(l);

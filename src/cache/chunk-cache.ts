@@ -25,6 +25,9 @@ import { DiskTier, type DiskTierStats } from './disk-tier.js';
 import { RemoteTier, type RemoteStats } from './remote-tier.js';
 import { openLazyDisk, type LazyDisk, type OpenDiskOptions } from './lazy-disk.js';
 
+/** Of each registry host's connections, how many only demand reads may use. */
+const DEMAND_RESERVED_SLOTS = 2;
+
 /** Decodes done inline before the worker threads are started (a small boot needs no threads). */
 const INLINE_DECODES = 32;
 
@@ -148,10 +151,16 @@ export class ChunkCache {
     return cache;
   }
 
+  /**
+   * The bound on requests in flight to one registry host: `connectionsPerHost`, of which
+   * DEMAND_RESERVED_SLOTS (fewer when the bound is small) are kept for demand reads, so that a
+   * guest's miss never waits behind prefetch or speculation already on the wire.
+   */
   hostLimit(host: string): PrioritySemaphore {
     let sem = this.hostLimits.get(host);
     if (!sem) {
-      sem = new PrioritySemaphore(this.config.connectionsPerHost);
+      const limit = this.config.connectionsPerHost;
+      sem = new PrioritySemaphore(limit, Math.min(DEMAND_RESERVED_SLOTS, limit - 1));
       this.hostLimits.set(host, sem);
     }
     return sem;

@@ -1,0 +1,96 @@
+/**
+ * Speculative fetch and the per-host request bound: a demand miss is never queued behind
+ * speculation or prefetch. A real docker-registry behind a gate that holds blob GETs (received,
+ * not answered) until the test opens it: the test sees which requests a disk has on the wire at
+ * one moment, with no timing at all.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ChunkCache } from '../src/cache/chunk-cache.js';
+import type { LazyDisk } from '../src/cache/lazy-disk.js';
+import { main } from '../src/cli/main.js';
+import { loadConfig } from '../src/config.js';
+import type { IndexEntry } from '../src/disk/format.js';
+import { silentLogger } from '../src/util/log.js';
+import { captureIO } from './helpers/cli.js';
+import { within } from './helpers/cache-checks.js';
+import { startGateProxy, type GatedRequest, type GateProxy } from './helpers/gate-proxy.js';
+import { tempDir } from './helpers/images.js';
+import { startRegistry, type TestRegistry } from './helpers/registry.js';
+
+const work = tempDir('slipway-spec-');
+let registry: TestRegistry;
+const CHUNK = 64 << 10;
+/** 16 MiB of random bytes in 64 KiB chunks: 256 chunks, each stored as its own bytes (incompressible) */
+const DISK_BYTES = 16 << 20;
+const cleanups: (() => Promise<void>)[] = [];
+
+beforeAll(async () => {
+  registry = await startRegistry();
+  const file = join(work, 'disk.img');
+  writeFileSync(file, randomBytes(DISK_BYTES));
+  const io = captureIO();
+  expect(await main(['push', file, `${registry.host}/spec/disk:v1`, '--chunk-size', '64K', '--progress=none'], io), io.err).toBe(0);
+}, 60_000);
+
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c();
+  await registry?.stop();
+});
+
+/** The Range header of the request that fetches chunk `n` alone (its stored bytes in its pack). */
+function rangeOf(disk: LazyDisk, n: number): { pack: string; range: string } {
+  const { index } = disk.artifact;
+  const e = index.entries[index.map[n] as number] as IndexEntry;
+  return { pack: (index.packs[e.pack] as { digest: string }).digest, range: `bytes=${e.offset}-${e.offset + e.storedLength - 1}` };
+}
+
+/** A cache on a fresh directory and the disk opened through a gate that holds everything but chunk `a`'s request. */
+async function gatedDisk(a: number): Promise<{ cache: ChunkCache; disk: LazyDisk; gate: GateProxy; isA: (r: GatedRequest) => boolean }> {
+  // the chunk's place in its pack is known once the disk is open: open it directly first
+  const probeCache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-probe-') }), logger: silentLogger });
+  const probe = await probeCache.openDisk(`${registry.host}/spec/disk:v1`, { useProfile: false, pin: false });
+  const want = rangeOf(probe, a);
+  await probeCache.close();
+  const isA = (r: GatedRequest): boolean => r.path.endsWith(want.pack) && r.range === want.range;
+  const gate = await startGateProxy(registry.host, isA);
+  const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-cache-') }), logger: silentLogger });
+  const disk = await cache.openDisk(`${gate.host}/spec/disk:v1`, { useProfile: false });
+  cleanups.push(async () => {
+    gate.open();
+    await cache.close();
+    await gate.stop();
+  });
+  return { cache, disk, gate, isA };
+}
+
+/** Resolves once `count` requests are held at the gate. */
+async function heldRequests(gate: GateProxy, count: number): Promise<void> {
+  await gate.arrived(() => gate.requests.filter((r) => r.held).length >= count);
+}
+
+describe('a demand miss is never queued behind speculation or prefetch', () => {
+  it('a read of chunk A goes out while a prefetch of many other chunks holds every connection it may', async () => {
+    const a = 200;
+    const { cache, disk, gate, isA } = await gatedDisk(a);
+    const limit = cache.config.connectionsPerHost;
+    // B..Z: every chunk but A, in 1 MiB requests, 64 at a time: far more than the host's bound
+    const others = [...Array(DISK_BYTES / CHUNK).keys()].filter((n) => n !== a);
+    const prefetch = disk.prefetch({ priority: 'prefetch', chunks: others, concurrency: 64 });
+    // the prefetch's requests on the wire (held) and the rest queued for a connection
+    await heldRequests(gate, limit - 2);
+    const sem = cache.hostLimit(gate.host);
+    expect(sem.queued).toBeGreaterThan(0);
+    const read = disk.readChunk(a);
+    // A's request reaches the registry while every prefetch request is still unanswered: its
+    // latency is one request's time, not one plus the prefetch's
+    const got = await within(10_000, gate.arrived(isA), "chunk A's request");
+    expect(got.held).toBe(false);
+    expect(gate.requests.filter((r) => r.held).length).toBeGreaterThanOrEqual(limit - 2);
+    expect((await within(10_000, read, 'the read of chunk A')).byteLength).toBe(CHUNK);
+    gate.open();
+    await prefetch;
+  }, 60_000);
+});

@@ -128,8 +128,10 @@ describe('slipway-blk under QEMU', () => {
     const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-vub-cache-') }), logger: silentLogger });
     const socket = join(work, 'segmax.sock');
     const served = await serveDisk({ cache, ref, socket, workDir: join(work, 'serve-segmax'), readWrite: false, binary: ASAN_BACKEND, env: ASAN_ENV });
+    let booted: { vm: RunningVm; client: AgentClient } | undefined;
     try {
-      const { vm, client } = await bootOn(socket);
+      booted = await bootOn(socket);
+      const { client } = booted;
       const size = statSync(join(work, 'root.img')).size;
       // scatter the guest's free pages (8192 one-page tmpfs files, every other one removed), so that
       // dd's 1 MiB buffer is scattered pages: the guest cuts each read into requests of seg_max (126)
@@ -138,8 +140,8 @@ describe('slipway-blk under QEMU', () => {
       const got = await sh(client, `dd if=/dev/vda bs=1M count=${Math.ceil(size / (1 << 20))} iflag=direct 2>/dev/null | md5sum; dmesg | grep -c 'I/O error' || true`);
       const want = createHash('md5').update(readFileSync(join(work, 'root.img'))).digest('hex');
       expect(got).toBe(`${want}  -\n0\n`);
-      await stop(vm, client);
     } finally {
+      if (booted) await stop(booted.vm, booted.client);
       await served.close();
       await cache.close();
     }
@@ -193,8 +195,10 @@ describe('slipway-blk under QEMU', () => {
       return { kill: (sig) => child.kill(sig), exited, log: () => log };
     };
     let backend = await start();
+    let booted: { vm: RunningVm; client: AgentClient } | undefined;
     try {
-      const { vm, client } = await bootOn(socket);
+      booted = await bootOn(socket);
+      const { client } = booted;
       const skip = (chunk * 65536) / 4096;
       // the parked read, in the background; then reads that complete while it waits
       await sh(client, `(dd if=/dev/vda of=/root/parked bs=4096 skip=${skip} count=1 iflag=direct 2>/dev/null; echo $? > /root/parked.rc) >/dev/null 2>&1 &`);
@@ -206,12 +210,12 @@ describe('slipway-blk under QEMU', () => {
       renameSync(aside, chunkFile);
       backend = await start();
       // QEMU reconnects and hands the in-flight region back: the parked read runs again, once
-      const out = await sh(client, 'while [ ! -s /root/parked.rc ]; do sleep 0.1; done; cat /root/parked.rc; md5sum < /root/parked; dmesg | grep -c "is not a head" || true');
+      const out = await sh(client, 'i=0; while [ ! -s /root/parked.rc ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; cat /root/parked.rc && md5sum < /root/parked; dmesg | grep -c "is not a head" || true');
       const want = createHash('md5').update(readFileSync(file).subarray(chunk * 65536, chunk * 65536 + 4096)).digest('hex');
       expect(out).toBe(`0\n${want}  -\n0\n`);
       expect(backend.log()).toMatch(/1 requests were in flight/);
-      await stop(vm, client);
     } finally {
+      if (booted) await stop(booted.vm, booted.client);
       backend.kill('SIGTERM');
       await backend.exited;
       logs.push(backend.log());

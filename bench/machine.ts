@@ -16,7 +16,7 @@ import { buildRootfs } from '../src/guest/rootfs.js';
 import { serveDisk } from '../src/serve/backend.js';
 import { silentLogger } from '../src/util/log.js';
 import { QemuDriver, type QemuOptions } from '../src/vmm/qemu.js';
-import { BENCH_DIR, median, report, type Row } from './lib.js';
+import { median, report, type Row } from './lib.js';
 
 const RUNS = Number(process.env.SLIPWAY_BENCH_RUNS ?? 5);
 

@@ -4,7 +4,7 @@ import { ERROR_CODES, RegistryError, SlipwayError } from '../src/errors.js';
 
 describe('error codes', () => {
   const doc = readFileSync(new URL('../docs/errors.md', import.meta.url), 'utf8');
-  const documented = new Map([...doc.matchAll(/^\| `([A-Z_]+)` \| (.+) \|$/gm)].map((m) => [m[1], m[2]]));
+  const documented = new Map([...doc.matchAll(/^\| `([A-Z_]+)` \| (.+) \|$/gm)].map((m) => [m[1] as string, m[2] as string]));
 
   it.each(Object.entries(ERROR_CODES))('%s is documented with its meaning', (code, meaning) => {
     expect(documented.get(code)).toBe(meaning);

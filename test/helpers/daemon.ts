@@ -75,7 +75,7 @@ export async function startTestDaemon(opts: DaemonStartOptions): Promise<TestDae
     });
   });
   const client = new SlipwayClient({ socketPath: socket });
-  return {
+  const daemon: TestDaemon = {
     proc, socket, stateDir, cacheDir, tcp: ready.tcp ?? undefined, token, client, log,
     async kill() {
       if (proc.exitCode === null) proc.kill('SIGKILL');
@@ -91,11 +91,12 @@ export async function startTestDaemon(opts: DaemonStartOptions): Promise<TestDae
       if (proc.exitCode === null) {
         for (const vm of await client.listVms().catch(() => [])) await client.deleteVm(vm.id).catch(() => undefined);
       }
-      await this.stop().catch(() => undefined);
+      await daemon.stop().catch(() => undefined);
       // VMMs and backends run detached: a failed test may leave some with no daemon to own them
       for (const pid of processesWithArgument(stateDir)) process.kill(pid, 'SIGKILL');
     },
   };
+  return daemon;
 }
 
 /** Processes whose command line mentions `marker` (a VM's work directory): its VMM and backend. */

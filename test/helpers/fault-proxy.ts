@@ -10,7 +10,8 @@
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { listenOnLoopback } from './listen.js';
 
-export type FaultMode = '500' | 'drop';
+/** '500': answered 500; 'drop': connection cut before the registry sees it; 'lose-answer': the registry commits it, then the connection is cut before its answer */
+export type FaultMode = '500' | 'drop' | 'lose-answer';
 
 export interface FaultProxyOptions {
   /** host:port of the registry to forward to */
@@ -22,13 +23,20 @@ export interface FaultProxyOptions {
   only?: 'all' | 'one-blob';
   /** answer 500 to every manifest PUT as well (blob uploads are then faulted as the rest says) */
   failManifestPuts?: boolean;
+  /** fault at most this many blob-upload PUTs in all (default: no limit) */
+  maxFaults?: number;
+  /**
+   * Refuse cross-repository mounts (`POST .../blobs/uploads/?mount=&from=`): answer 401 or 403, or
+   * ('202') forward them without mount and from, so the registry opens an ordinary upload session.
+   */
+  refuseMounts?: '401' | '403' | '202';
 }
 
 export interface ProxiedRequest {
   method: string;
   path: string;
   /** 'forwarded' or the fault injected */
-  outcome: 'forwarded' | FaultMode;
+  outcome: 'forwarded' | FaultMode | 'mount-refused';
   status?: number;
   /** the blob a blob-upload PUT commits (its ?digest=) */
   digest?: string;
@@ -57,10 +65,25 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
   const requests: ProxiedRequest[] = [];
   let blobPuts = 0;
   let doomedDigest: string | undefined;
+  let faults = 0;
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
-    const path = req.url ?? '/';
+    let path = req.url ?? '/';
     const method = req.method ?? 'GET';
+    if (opts.refuseMounts && method === 'POST' && /\/blobs\/uploads\/\?.*mount=/.test(path)) {
+      if (opts.refuseMounts === '202') {
+        requests.push({ method, path, outcome: 'mount-refused', status: 202 });
+        path = path.slice(0, path.indexOf('?'));
+      } else {
+        const status = Number(opts.refuseMounts);
+        requests.push({ method, path, outcome: 'mount-refused', status });
+        req.resume();
+        const body = JSON.stringify({ errors: [{ code: status === 401 ? 'UNAUTHORIZED' : 'DENIED', message: 'injected fault: cross-repository mount refused by test proxy' }] });
+        res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+        return;
+      }
+    }
     if (opts.failManifestPuts && method === 'PUT' && MANIFEST_PUT.test(path)) {
       requests.push({ method, path, outcome: '500', status: 500 });
       req.resume();
@@ -74,8 +97,22 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     if (isBlobPut && digest !== undefined) {
       blobPuts++;
       if (blobPuts > opts.passBlobPuts && doomedDigest === undefined) doomedDigest = digest;
-      const fault = opts.only === 'one-blob' ? digest === doomedDigest : blobPuts > opts.passBlobPuts;
+      const fault = (opts.only === 'one-blob' ? digest === doomedDigest : blobPuts > opts.passBlobPuts) && faults < (opts.maxFaults ?? Number.POSITIVE_INFINITY);
+      if (fault && opts.mode === 'lose-answer') {
+        faults++;
+        const record: ProxiedRequest = { method, path, digest, outcome: 'lose-answer' };
+        requests.push(record);
+        const upstream = request({ host: targetHost, port: Number(targetPort), method, path, headers: req.headers }, (up) => {
+          record.status = up.statusCode;
+          up.resume();
+          up.on('end', () => req.socket.destroy());
+        });
+        upstream.on('error', () => req.socket.destroy());
+        req.pipe(upstream);
+        return;
+      }
       if (fault) {
+        faults++;
         requests.push({ method, path, digest, outcome: opts.mode, ...(opts.mode === '500' ? { status: 500 } : {}) });
         if (opts.mode === 'drop') {
           req.socket.destroy();

@@ -9,6 +9,20 @@ import { header, type RegistryClient } from './transport.js';
 /** Blobs above this size are uploaded in chunks (PATCH with Content-Range) rather than in one PUT. */
 export const CHUNKED_UPLOAD_THRESHOLD_BYTES = 64 << 20;
 const UPLOAD_CHUNK_BYTES = 16 << 20;
+/** Upload sessions one monolithic blob push may open when answers are lost. */
+const UPLOAD_SESSIONS = 3;
+/** Redirect statuses: a registry sends blob and manifest requests to a storage back-end with these. */
+const REDIRECTS = [301, 302, 303, 307, 308];
+
+/**
+ * Whether a failed commit of an upload may have reached the registry after all: the connection
+ * dropped after the request went out (its answer lost), or the transport's replay of the same
+ * request found the session already finished (BLOB_UPLOAD_UNKNOWN), or the registry failed after
+ * the bytes were in (5xx after retries). The blob may exist; the session can not be reused.
+ */
+function mayHaveCommitted(err: unknown): boolean {
+  return err instanceof SlipwayError && (err.code === 'REGISTRY_UNREACHABLE' || err.code === 'BLOB_UPLOAD_UNKNOWN' || err.code === 'REGISTRY_ERROR' || err.code === 'SIZE_INVALID');
+}
 
 
 /**
@@ -30,12 +44,17 @@ export class RegistryRepository implements Target {
     return `/v2/${this.repository}/${kind}/${reference}`;
   }
 
+  /**
+   * HEAD of the blob (distribution-spec "checking if content exists"). A redirect to a storage
+   * back-end means the registry has it: the redirect is not followed, because a URL signed for
+   * GET (S3, GCS) refuses a HEAD.
+   */
   async blobExists(digest: string): Promise<boolean> {
     const res = await this.client.send({
-      method: 'HEAD', url: this.path('blobs', digest), scopes: this.pullScope, expect: [200, 404], read: 'none',
-      followRedirects: true, what: `checking blob ${digest} in ${this.name}`,
+      method: 'HEAD', url: this.path('blobs', digest), scopes: this.pullScope, expect: [200, 404, ...REDIRECTS], read: 'none',
+      what: `checking blob ${digest} in ${this.name}`,
     });
-    return res.status === 200;
+    return res.status !== 404;
   }
 
   async fetchBlob(desc: Descriptor): Promise<Buffer> {
@@ -99,6 +118,12 @@ export class RegistryRepository implements Target {
     return url.toString();
   }
 
+  /**
+   * Monolithic upload (distribution-spec: POST, then PUT `?digest=` with the bytes). When the PUT's
+   * answer is lost (see `mayHaveCommitted`), the blob is checked for (HEAD): there, the push is
+   * done; absent and the session unknown (BLOB_UPLOAD_UNKNOWN), it is pushed again in a new session,
+   * never by replaying the finished one (at most UPLOAD_SESSIONS sessions); else the error stands.
+   */
   async pushBlob(desc: Descriptor, data: Buffer): Promise<void> {
     verifyContent(data, desc, `blob pushed to ${this.name}`);
     if (data.byteLength > CHUNKED_UPLOAD_THRESHOLD_BYTES) {
@@ -106,12 +131,22 @@ export class RegistryRepository implements Target {
       return;
     }
     const what = `uploading blob ${desc.digest} to ${this.name}`;
-    const location = await this.startUpload(what);
-    await this.client.send({
-      method: 'PUT', url: this.withDigest(location, desc.digest), body: data,
-      headers: { 'content-type': 'application/octet-stream', 'content-length': String(data.byteLength) },
-      scopes: this.pushScope, expect: [201], read: 'none', what,
-    });
+    for (let session = 1; ; session++) {
+      const location = await this.startUpload(what);
+      try {
+        await this.client.send({
+          method: 'PUT', url: this.withDigest(location, desc.digest), body: data,
+          headers: { 'content-type': 'application/octet-stream', 'content-length': String(data.byteLength) },
+          scopes: this.pushScope, expect: [201], read: 'none', what,
+        });
+        return;
+      } catch (err) {
+        if (!mayHaveCommitted(err)) throw err;
+        if (await this.blobExists(desc.digest).catch(() => false)) return;
+        // a session the registry no longer knows cannot be replayed: open a new one
+        if (!(err instanceof SlipwayError && err.code === 'BLOB_UPLOAD_UNKNOWN') || session >= UPLOAD_SESSIONS) throw err;
+      }
+    }
   }
 
   /** Chunked upload: POST, then PATCH with Content-Range per chunk, then PUT with the digest. */
@@ -142,20 +177,36 @@ export class RegistryRepository implements Target {
       if (pendingBytes >= UPLOAD_CHUNK_BYTES) await flush();
     }
     await flush();
-    await this.client.send({
-      method: 'PUT', url: this.withDigest(location, desc.digest), headers: { 'content-length': '0' },
-      scopes: this.pushScope, expect: [201], read: 'none', what,
-    });
+    try {
+      await this.client.send({
+        method: 'PUT', url: this.withDigest(location, desc.digest), headers: { 'content-length': '0' },
+        scopes: this.pushScope, expect: [201], read: 'none', what,
+      });
+    } catch (err) {
+      // the closing PUT's answer lost: the blob may be in (the stream is spent, so no new session here)
+      if (!mayHaveCommitted(err) || !(await this.blobExists(desc.digest).catch(() => false))) throw err;
+    }
   }
 
-  /** Cross-repository mount: POST /blobs/uploads/?mount=&from= answers 201 when the blob was linked. */
+  /**
+   * Cross-repository mount (distribution-spec: POST /blobs/uploads/?mount=&from=): true when the
+   * registry answered 201 (the blob is linked). False when the stores are not one registry, or the
+   * registry declined: 202 with an upload session (cancelled here), or 401/403 (no pull right on
+   * the source, or mounting not allowed), so the caller uploads the blob instead.
+   */
   async mountBlob(desc: Descriptor, from: Target): Promise<boolean> {
     if (!(from instanceof RegistryRepository) || from.client.registry !== this.client.registry || from.repository === this.repository) return false;
-    const res = await this.client.send({
-      method: 'POST', url: `/v2/${this.repository}/blobs/uploads/?mount=${encodeURIComponent(desc.digest)}&from=${encodeURIComponent(from.repository)}`,
-      scopes: [...this.pushScope, repositoryScope(from.repository, 'pull')], expect: [201, 202], read: 'none',
-      what: `mounting blob ${desc.digest} from ${from.name} into ${this.name}`,
-    });
+    let res;
+    try {
+      res = await this.client.send({
+        method: 'POST', url: `/v2/${this.repository}/blobs/uploads/?mount=${encodeURIComponent(desc.digest)}&from=${encodeURIComponent(from.repository)}`,
+        scopes: [...this.pushScope, repositoryScope(from.repository, 'pull')], expect: [201, 202], read: 'none',
+        what: `mounting blob ${desc.digest} from ${from.name} into ${this.name}`,
+      });
+    } catch (err) {
+      if (err instanceof RegistryError && (err.status === 401 || err.status === 403)) return false;
+      throw err;
+    }
     if (res.status === 202) {
       // The registry opened an ordinary upload instead; cancel it so it does not linger.
       const location = header(res.headers, 'location');
@@ -197,9 +248,11 @@ export class RegistryRepository implements Target {
   async resolve(reference: string): Promise<Descriptor | undefined> {
     const res = await this.client.send({
       method: 'HEAD', url: this.path('manifests', reference), headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') },
-      scopes: this.pullScope, expect: [200, 404], read: 'none', what: `resolving ${reference} in ${this.name}`,
+      scopes: this.pullScope, expect: [200, 404, ...REDIRECTS], read: 'none', what: `resolving ${reference} in ${this.name}`,
     });
     if (res.status === 404) return undefined;
+    // redirected to a storage back-end (whose GET-signed URL refuses a HEAD): GET it and hash it
+    if (REDIRECTS.includes(res.status)) return (await this.fetchManifest(reference)).descriptor;
     const digest = header(res.headers, 'docker-content-digest');
     const size = Number.parseInt(header(res.headers, 'content-length') ?? '', 10);
     const mediaType = (header(res.headers, 'content-type') ?? '').split(';')[0]?.trim() ?? '';
@@ -212,7 +265,7 @@ export class RegistryRepository implements Target {
     const byDigest = isDigest(reference);
     const res = await this.client.send({
       method: 'GET', url: this.path('manifests', reference), headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') },
-      scopes: this.pullScope, expect: [200], read: 'buffer', notFound: byDigest ? 'MANIFEST_UNKNOWN' : 'TAG_UNKNOWN',
+      scopes: this.pullScope, expect: [200], read: 'buffer', notFound: byDigest ? 'MANIFEST_UNKNOWN' : 'TAG_UNKNOWN', followRedirects: true,
       what: `fetching manifest ${reference} from ${this.name}`,
     }).catch((err: unknown) => {
       if (err instanceof RegistryError && err.status === 404 && !byDigest) {

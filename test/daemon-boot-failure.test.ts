@@ -115,6 +115,9 @@ describe('failed boots through the daemon', () => {
     const ok = daemons[0] as TestDaemon;
     const vm = await ok.client.createVm({ image: `${registry.host}/bootfail/root:v1` });
     expect(vm.status).toBe('running');
+    // the create answer carries the guest's own marks with the host's phases
+    expect(Object.keys(vm.timings)).toEqual(['backend_up', 'vmm_started', 'agent_ready']);
+    expect(vm.guestTimings.agent_started).toBeGreaterThan(vm.guestTimings.init_start ?? Infinity);
     // an exec timeout ends the whole command (the shell and its sleep), not only its leader
     const t0 = Date.now();
     const r = await ok.client.exec(vm.id, { argv: ['sh', '-c', 'sleep 30; echo done'], timeoutMs: 2000 });

@@ -37,6 +37,7 @@ export function openApiDocument(version: string): Record<string, unknown> {
             id: { type: 'string' }, image: { type: 'string' }, digest: { type: ['string', 'null'] }, status: { enum: ['booting', 'running', 'stopping'] },
             createdAt: { type: 'string', format: 'date-time' }, cpus: { type: 'integer' }, memoryMiB: { type: 'integer' }, vmm: { enum: ['qemu', 'cloud-hypervisor'] },
             accel: { enum: ['kvm', 'tcg', null] }, timings: { type: 'object', additionalProperties: { type: 'number' }, description: 'boot phases in ms: backend_up, vmm_started, agent_ready' },
+            guestTimings: { type: 'object', additionalProperties: { type: 'number' }, description: 'the guest\'s marks from slipway-init, ms since its kernel started: init_start, root_mounted, agent_started, ...' },
           },
         },
         SnapshotResult: {

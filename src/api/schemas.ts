@@ -58,8 +58,10 @@ export interface VmInfo {
   memoryMiB: number;
   vmm: 'qemu' | 'cloud-hypervisor';
   accel: 'kvm' | 'tcg' | null;
-  /** boot phases, ms */
+  /** host boot phases, ms each, in the order they ran */
   timings: Record<string, number>;
+  /** the guest's marks from slipway-init, ms since its kernel started (init_start, root_mounted, agent_started, ...) */
+  guestTimings: Record<string, number>;
 }
 
 export interface SnapshotResult {

@@ -75,8 +75,17 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, expired]).finally(() => clearTimeout(timer));
 }
 
+/** Guest marks are kept with the host phases under this prefix (one JSON column in the state database). */
+const GUEST_MARK = 'guest:';
+
 function toInfo(r: VmRecord): VmInfo {
-  return { id: r.id, image: r.image, digest: r.digest, status: r.status, createdAt: new Date(r.createdAt).toISOString(), cpus: r.cpus, memoryMiB: r.memoryMiB, vmm: r.vmm, accel: r.accel, timings: r.timings };
+  const timings: Record<string, number> = {};
+  const guestTimings: Record<string, number> = {};
+  for (const [k, v] of Object.entries(r.timings)) {
+    if (k.startsWith(GUEST_MARK)) guestTimings[k.slice(GUEST_MARK.length)] = v;
+    else timings[k] = v;
+  }
+  return { id: r.id, image: r.image, digest: r.digest, status: r.status, createdAt: new Date(r.createdAt).toISOString(), cpus: r.cpus, memoryMiB: r.memoryMiB, vmm: r.vmm, accel: r.accel, timings, guestTimings };
 }
 
 /** A reference from a request: registries and the embedded store's names, never a host path. */
@@ -240,6 +249,9 @@ export class VmManager {
       vm = booted.vm;
       agent = booted.client;
       phase('agent_ready');
+      // the guest's own marks (ms since its kernel started), as `slipway run --timings` shows them
+      const pong = await withTimeout(agent.ping(), AGENT_TIMEOUTS.spawnMs, 'PING').catch(() => undefined);
+      for (const [k, ns] of Object.entries(pong?.phases ?? {})) timings[`${GUEST_MARK}${k}`] = Math.round(ns / 1e4) / 100;
       // the first boot of a disk leaves its boot profile next to it, for every later cold boot
       if (served.disk.recordingProfile) {
         void served.disk.saveProfile().catch((err: unknown) => log.warn('could not store the boot profile', { error: (err as Error).message }));

@@ -72,7 +72,7 @@ async function runThroughDaemon(client: SlipwayClient, req: CreateVm, argv: stri
     vmId = vm.id;
     const r = await client.exec(vm.id, { argv, ...(cwd ? { cwd } : {}) }, { onStdout: (b) => io.stdout.write(b), onStderr: (b) => io.stderr.write(b), collect: false });
     if (timings === 'json') io.stderr.write(`${JSON.stringify({ daemon: true, vm: vm.id, accel: vm.accel, hostMs: { ...vm.timings, create_and_exec: Date.now() - t0 } })}\n`);
-    else printTimings({ accel: vm.accel ?? '?', hostMs: { ...vm.timings, exec: Date.now() - t0 - Object.values(vm.timings).reduce((a, b) => a + b, 0) }, guestMs: {} }, timings, io);
+    else printTimings({ accel: vm.accel ?? '?', hostMs: { ...vm.timings, exec: Date.now() - t0 - Object.values(vm.timings).reduce((a, b) => a + b, 0) }, guestMs: vm.guestTimings ?? {} }, timings, io);
     return r.signal ? 128 + r.signal : r.exitCode;
   } finally {
     process.removeListener('SIGINT', stop);

@@ -15,17 +15,8 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import {
-  AgentClient,
-  MAX_PAYLOAD,
-  MessageType,
-  encodeFrame,
-  encodeString,
-  encodeStringList,
-  u32,
-  u64,
-  waitForAgent,
-} from '../src/guest/agent-client.js';
+import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
+import { MAX_PAYLOAD, MessageType, encodeFrame, encodeString, encodeStringList, u32, u64 } from '../src/guest/agent-protocol.js';
 import { SlipwayError } from '../src/errors.js';
 
 const GUEST_DIR = fileURLToPath(new URL('../guest/', import.meta.url));

@@ -4,7 +4,10 @@
  * API (distribution 2.8) find it by a tag derived from the disk digest, the same shape as the
  * referrers tag schema: `sha256-<hex>.boot-profile`.
  */
+import { mkdir, readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { SlipwayError, isSlipwayError } from '../errors.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
 import type { DiskArtifact } from '../disk/artifact.js';
 import { sha256Digest } from '../oci/digest.js';
 import type { Target } from '../oci/store.js';
@@ -78,4 +81,55 @@ export function checkBootProfile(raw: unknown, disk: DiskArtifact): BootProfile 
 export async function loadBootProfile(target: Target, disk: DiskArtifact): Promise<BootProfile | undefined> {
   const raw = await fetchBootProfile(target, disk.manifestDescriptor.digest);
   return raw === undefined ? undefined : checkBootProfile(raw, disk);
+}
+
+/**
+ * Where a host keeps the profiles it could not push (read-only credentials, a registry refusing
+ * artifacts): `<cacheDir>/profiles/<hex of the disk digest>.json`, the same JSON as the registry's.
+ */
+export function localProfilePath(cacheDir: string, diskDigest: string): string {
+  return join(cacheDir, 'profiles', `${diskDigest.replace(/^sha256:/, '')}.json`);
+}
+
+/** The profile this host kept for a disk digest, unchecked, or undefined when it has none. */
+export async function readLocalProfile(cacheDir: string, diskDigest: string): Promise<unknown> {
+  try {
+    return JSON.parse(await readFile(localProfilePath(cacheDir, diskDigest), 'utf8')) as unknown;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+export async function writeLocalProfile(cacheDir: string, profile: BootProfile): Promise<string> {
+  const path = localProfilePath(cacheDir, profile.disk);
+  await mkdir(dirname(path), { recursive: true });
+  await writeFileAtomic(path, Buffer.from(JSON.stringify(profile)));
+  return path;
+}
+
+/**
+ * A profile refined by a boot that used it: `extra` are the chunks that boot still had to fetch
+ * (demand misses, and the neighbours fetched with them), each with `after`, the number of the
+ * profile's chunks (in profile order) that had arrived when it was fetched. Each extra chunk is
+ * inserted at that position, so a later boot asks for it no later than this one needed it.
+ * Chunks already in the profile are not added twice.
+ */
+export function refineProfile(profile: BootProfile, extra: { chunk: number; after: number }[]): BootProfile {
+  const have = new Set(profile.chunks);
+  const inserts = new Map<number, number[]>();
+  for (const { chunk, after } of extra) {
+    if (have.has(chunk)) continue;
+    have.add(chunk);
+    const at = Math.max(0, Math.min(after, profile.chunks.length));
+    const list = inserts.get(at);
+    if (list) list.push(chunk);
+    else inserts.set(at, [chunk]);
+  }
+  const chunks: number[] = [];
+  for (let i = 0; i <= profile.chunks.length; i++) {
+    chunks.push(...(inserts.get(i) ?? []));
+    if (i < profile.chunks.length) chunks.push(profile.chunks[i] as number);
+  }
+  return { ...profile, chunks };
 }

@@ -16,13 +16,30 @@ import { forEachBounded } from '../util/concurrency.js';
 import type { ChunkCache, InflightChunk } from './chunk-cache.js';
 import { planRuns, type Source, type WantedChunk } from './remote-tier.js';
 import type { Decoded } from '../workers/pool.js';
-import { checkBootProfile, fetchBootProfile, pushBootProfile, type BootProfile } from './boot-profile.js';
+import { checkBootProfile, fetchBootProfile, pushBootProfile, readLocalProfile, refineProfile, writeLocalProfile, type BootProfile } from './boot-profile.js';
 
 /** Chunks fetched ahead of a sequential reader: the window starts at 16 (8 MiB at the default chunk size) and doubles while reads stay sequential. */
 const READAHEAD_MIN_CHUNKS = 16;
 /** Coalesced requests of a boot-profile prefetch stay small so the first chunks come back first. */
 const PROFILE_RUN_BYTES = 1 << 20;
 const READAHEAD_MAX_CHUNKS = 128;
+/**
+ * Speculation on a demand miss (`speculate`): the chunks after the missed one in the same pack are
+ * fetched at prefetch priority. A miss starts a stream with a window of SPECULATE_MIN_CHUNKS (2 MiB
+ * at the default 512 KiB chunk); a miss at or just past where a stream's speculation ended (the
+ * guest read on through it) doubles that stream's window, up to SPECULATE_MAX_CHUNKS.
+ */
+const SPECULATE_MIN_CHUNKS = 4;
+const SPECULATE_MAX_CHUNKS = 32;
+/** Streams of speculation followed at once (a boot reads several files in turn); the oldest is forgotten. */
+const SPECULATE_STREAMS = 8;
+
+/** One run of speculation: chunks [from, until] have been asked for; `window` is its next step, in chunks. */
+interface SpeculationStream {
+  from: number;
+  until: number;
+  window: number;
+}
 
 export interface OpenDiskOptions {
   /** Pin the disk's chunks in tier 1 while it is open (default true). */
@@ -31,9 +48,24 @@ export interface OpenDiskOptions {
   useProfile?: boolean;
   /** Record the order in which chunks are first read, for `saveProfile()`. */
   recordProfile?: boolean;
-  /** Record only when the registry has no profile for this disk yet. */
+  /**
+   * Record only when there is no profile for this disk yet (in the registry, or kept on this
+   * host); when there is one, note the chunks this boot still had to fetch outside it, so that
+   * `saveProfile()` can store the profile refined with them (see `refineProfile`).
+   */
   recordProfileIfMissing?: boolean;
+  /**
+   * On a demand miss, fetch the following chunks of the same pack at prefetch priority (default
+   * false; the backend path, `serveDisk`, turns it on): what a disk's first boot needs without a
+   * profile. See SPECULATE_MIN_CHUNKS.
+   */
+  speculate?: boolean;
+  /** Once open, fill tier 1 with the rest of the disk at background priority (`--prefetch all`); stops when the disk closes. */
+  fill?: boolean;
 }
+
+/** Where a saved boot profile went. */
+export type SavedProfile = { where: 'registry'; descriptor: Descriptor; chunks: number } | { where: 'local'; path: string; chunks: number };
 
 export interface DiskReadStats {
   reads: number;
@@ -45,7 +77,10 @@ export interface DiskReadStats {
   zeroChunks: number;
   /** look-ups that waited on a fetch another reader had started */
   inflightJoins: number;
+  /** chunks of the boot profile this disk opened with (0 without one) */
   profileChunks: number;
+  /** chunks fetched by speculation (`speculate`) */
+  speculatedChunks: number;
 }
 
 /** Errors worth falling back to a cached tag for: the registry is away, not saying no. */
@@ -79,7 +114,7 @@ function deferred(): Deferred {
 }
 
 export class LazyDisk {
-  readonly stats: DiskReadStats = { reads: 0, bytesRead: 0, tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, zeroChunks: 0, inflightJoins: 0, profileChunks: 0 };
+  readonly stats: DiskReadStats = { reads: 0, bytesRead: 0, tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, zeroChunks: 0, inflightJoins: 0, profileChunks: 0, speculatedChunks: 0 };
   readonly sizeBytes: number;
   readonly chunkSizeBytes: number;
   readonly digest: string;
@@ -97,6 +132,19 @@ export class LazyDisk {
   private readaheadWindow = READAHEAD_MIN_CHUNKS;
   private hexByEntry: (string | undefined)[] = [];
   private closed = false;
+  /** set when close starts: background fills stop taking new work */
+  private stopping = false;
+  private speculation = false;
+  private streams: SpeculationStream[] = [];
+  /** the profile this disk opened with, and where it came from */
+  private baseProfile: { profile: BootProfile; from: 'registry' | 'local' } | undefined;
+  /** refining `baseProfile`: chunk -> its position in the profile, which positions have arrived, and how many from the start have */
+  private refine: { position: Map<number, number>; arrived: Uint8Array; arrivedPrefix: number; extra: { chunk: number; after: number }[] } | undefined;
+  private baseChunks: Set<number> | undefined;
+  /** the boot-profile prefetch started at open, if any: resolves with its time (ms) and chunks fetched, undefined if it failed */
+  profilePrefetch: Promise<{ ms: number; fetchedChunks: number } | undefined> | undefined;
+  /** whether saveProfile has run (recording stops then) */
+  private profileStored = false;
 
   constructor(
     private readonly cache: ChunkCache,
@@ -134,8 +182,74 @@ export class LazyDisk {
     this.profileSeen = new Set();
   }
 
+  private inBaseProfile(n: number): boolean {
+    if (!this.baseProfile) return false;
+    if (this.refine) return (this.refine.position.get(n) ?? -1) >= 0;
+    this.baseChunks ??= new Set(this.baseProfile.profile.chunks);
+    return this.baseChunks.has(n);
+  }
+
+  /** Turn speculation on demand misses on or off (see OpenDiskOptions.speculate). */
+  setSpeculation(on: boolean): void {
+    this.speculation = on;
+  }
+
+  /** The boot profile this disk opened with, if any, and where it came from. */
+  get openedWithProfile(): { chunks: number; from: 'registry' | 'local' } | undefined {
+    return this.baseProfile ? { chunks: this.baseProfile.profile.chunks.length, from: this.baseProfile.from } : undefined;
+  }
+
+  /**
+   * Note `profile` as the one this disk opened with. `refine`: also note the chunks this boot
+   * fetches outside it, for `saveProfile()`.
+   */
+  useBaseProfile(profile: BootProfile, from: 'registry' | 'local', refine: boolean): void {
+    this.baseProfile = { profile, from };
+    if (refine) {
+      const position = new Map<number, number>();
+      profile.chunks.forEach((n, i) => {
+        if (!position.has(n)) position.set(n, i);
+      });
+      this.refine = { position, arrived: new Uint8Array(profile.chunks.length), arrivedPrefix: 0, extra: [] };
+    }
+  }
+
+  /** Whether `saveProfile()` has something to do: a profile being recorded, or a profile being refined, not yet saved. */
   get recordingProfile(): boolean {
-    return this.profileOrder !== undefined;
+    return !this.profileStored && (this.profileOrder !== undefined || this.refine !== undefined);
+  }
+
+  /** Chunks this boot fetched outside the profile it opened with (when refining), in order. */
+  profileExtras(): number[] {
+    return (this.refine?.extra ?? []).map((x) => x.chunk);
+  }
+
+  /**
+   * A chunk fetched from a registry for this boot (a demand miss, or speculation): recorded when
+   * recording a profile, noted as an extra when refining one.
+   */
+  private noteFetched(n: number): void {
+    if (this.profileStored) return;
+    if (this.profileSeen && !this.profileSeen.has(n)) {
+      this.profileSeen.add(n);
+      this.profileOrder?.push(n);
+    }
+    const r = this.refine;
+    if (r && !r.position.has(n)) {
+      r.position.set(n, -1);
+      r.extra.push({ chunk: n, after: r.arrivedPrefix });
+    }
+  }
+
+  /** Profile chunks at these positions have arrived (when refining). */
+  private profileArrived(chunks: number[]): void {
+    const r = this.refine;
+    if (!r) return;
+    for (const n of chunks) {
+      const at = r.position.get(n);
+      if (at !== undefined && at >= 0) r.arrived[at] = 1;
+    }
+    while (r.arrivedPrefix < r.arrived.length && r.arrived[r.arrivedPrefix] === 1) r.arrivedPrefix++;
   }
 
   /** Chunk numbers first read since `startProfile`, in order. */
@@ -204,6 +318,50 @@ export class LazyDisk {
     this.track(this.getChunks(numbers, 'prefetch', true).catch(() => undefined));
   }
 
+  /**
+   * A demand read had to go to a registry for chunk `n` (a miss, or a join on a fetch in flight):
+   * fetch the next chunks of the same pack, at prefetch priority (under the per-host bound that
+   * keeps connections for demand, so this never delays a demand miss). Packs are in disk order,
+   * so a pack's next chunks are the disk's next chunks, in the same blob, where one Range request
+   * gets several. The window per stream grows while the guest keeps reading on through it.
+   */
+  private speculate(n: number): void {
+    if (this.stopping) return;
+    const { index } = this.artifact;
+    const e0 = index.map[n] as number;
+    if (e0 === HOLE) return;
+    const pack = (index.entries[e0] as IndexEntry).pack;
+    // a miss inside a stream's speculation or just past it: the guest reads on through it
+    let stream = this.streams.find((s) => n >= s.from && n <= s.until + s.window);
+    if (stream) {
+      this.streams.splice(this.streams.indexOf(stream), 1);
+      stream.window = Math.min(SPECULATE_MAX_CHUNKS, stream.window * 2);
+    } else {
+      stream = { from: n, until: n, window: SPECULATE_MIN_CHUNKS };
+    }
+    this.streams.unshift(stream);
+    this.streams.length = Math.min(this.streams.length, SPECULATE_STREAMS);
+    const start = Math.max(n + 1, stream.until + 1);
+    const end = Math.min(index.chunkCount, n + 1 + stream.window);
+    if (start >= end) return;
+    stream.until = end - 1;
+    const wanted: number[] = [];
+    for (let m = start; m < end; m++) {
+      const e = index.map[m] as number;
+      if (e === HOLE || (index.entries[e] as IndexEntry).pack !== pack) continue;
+      const hex = this.hexOf(e);
+      if (this.cache.inflight.has(hex) || this.cache.memory.has(hex) || this.cache.disk.has(hex)) continue;
+      wanted.push(m);
+    }
+    if (wanted.length === 0) return;
+    this.stats.speculatedChunks += wanted.length;
+    // the backend reads these from tier 1 without asking us: whether the boot used them cannot be
+    // seen, so a profile recorded now lists them too (they were fetched for this boot)
+    for (const m of wanted) this.noteFetched(m);
+    // small requests (as for a profile): a demand read that joins one waits for little
+    this.track(this.getChunks(wanted, 'prefetch', false, PROFILE_RUN_BYTES).catch(() => undefined));
+  }
+
   /** Hex digest of an entry, computed once (it keys tier 0 and tier 1). */
   private hexOf(e: number): string {
     let hex = this.hexByEntry[e];
@@ -250,12 +408,14 @@ export class LazyDisk {
    * chunk already being fetched at a lower priority (a queued prefetch) is waited for, and its
    * fetch raised to `priority`.
    */
-  async getChunks(numbers: number[], priority: Priority, intoMemory: boolean): Promise<Buffer[]> {
+  async getChunks(numbers: number[], priority: Priority, intoMemory: boolean, maxRunBytes?: number): Promise<Buffer[]> {
     if (this.closed) throw new SlipwayError('ABORTED', `disk ${this.reference} is closed`);
     const { index } = this.artifact;
     const results: (Buffer | undefined)[] = new Array(numbers.length);
     const waits: Promise<void>[] = [];
     const mine = new Map<number, Owned>();
+    /** the last chunk of this demand read that had to come from a registry (-1: none) */
+    let missed = -1;
     for (let i = 0; i < numbers.length; i++) {
       const n = numbers[i] as number;
       const e = index.map[n] as number;
@@ -264,7 +424,7 @@ export class LazyDisk {
         this.stats.zeroChunks++;
         continue;
       }
-      if (this.profileSeen && priority === 'demand' && !this.profileSeen.has(n)) {
+      if (this.profileSeen && priority === 'demand' && !this.profileStored && !this.profileSeen.has(n)) {
         this.profileSeen.add(n);
         this.profileOrder?.push(n);
       }
@@ -281,6 +441,11 @@ export class LazyDisk {
         else this.stats.tier1Chunks++;
         continue;
       }
+      if (priority === 'demand') {
+        this.noteFetched(n);
+        // a chunk of the profile this disk opened with is on its way already: no speculation for it
+        if (this.speculation && !this.inBaseProfile(n)) missed = Math.max(missed, n);
+      }
       const pending = this.cache.inflight.get(hex);
       if (pending) {
         this.stats.inflightJoins++;
@@ -295,7 +460,9 @@ export class LazyDisk {
       mine.set(e, { wanted: { entry: e, chunk: n }, hex, d, flight });
       waits.push(d.promise.then((b) => void (results[i] = b)));
     }
-    if (mine.size > 0) this.fetchOwned([...mine.values()], intoMemory);
+    if (mine.size > 0) this.fetchOwned([...mine.values()], intoMemory, false, maxRunBytes);
+    // the demand fetch goes first (it holds its connection before speculation asks for one)
+    if (missed >= 0) this.speculate(missed);
     await Promise.all(waits);
     return results as Buffer[];
   }
@@ -305,7 +472,7 @@ export class LazyDisk {
    * Each coalesced run gets one `Urgency`, shared by its chunks' in-flight entries: whoever joins
    * any of them raises the whole request.
    */
-  private fetchOwned(all: Owned[], intoMemory: boolean, takeOver = false): void {
+  private fetchOwned(all: Owned[], intoMemory: boolean, takeOver = false, maxRunBytes?: number): void {
     const { index } = this.artifact;
     // another process sharing the cache directory may be fetching some of these: wait for its files
     const owned = all.filter((o) => {
@@ -326,7 +493,7 @@ export class LazyDisk {
       return true;
     });
     const byEntry = new Map(owned.map((o) => [o.wanted.entry, o] as const));
-    for (const run of planRuns(index, owned.map((o) => o.wanted))) {
+    for (const run of planRuns(index, owned.map((o) => o.wanted), maxRunBytes)) {
       const urgency = new Urgency('background');
       for (const w of run.chunks) {
         const o = byEntry.get(w.entry) as Owned;
@@ -424,7 +591,7 @@ export class LazyDisk {
    * Fill tier 1 with every chunk of the disk not already there, at low priority by default, a
    * few coalesced requests at a time. Resolves when the whole disk is local.
    */
-  async prefetch(opts: { priority?: Priority; onProgress?: ProgressFn; concurrency?: number; chunks?: number[] } = {}): Promise<{ chunks: number; fetchedChunks: number }> {
+  async prefetch(opts: { priority?: Priority; onProgress?: ProgressFn; concurrency?: number; chunks?: number[]; onRunDone?: (chunks: number[]) => void } = {}): Promise<{ chunks: number; fetchedChunks: number }> {
     const { index } = this.artifact;
     const priority = opts.priority ?? 'background';
     const numbers = opts.chunks ?? [...index.map.keys()];
@@ -448,8 +615,11 @@ export class LazyDisk {
     let fetchedChunks = 0;
     opts.onProgress?.({ op: 'prefetch', phase: 'start', doneBytes, totalBytes, chunks: firstOfEntry.size });
     await forEachBounded(runs, opts.concurrency ?? 4, async (run) => {
+      // a disk being closed takes no new work (a whole-disk fill must not hold its close up)
+      if (this.stopping) return;
       const numbersOfRun = run.chunks.map((w) => w.chunk);
       await this.getChunks(numbersOfRun, priority, priority !== 'background');
+      opts.onRunDone?.(numbersOfRun);
       fetchedChunks += run.chunks.length;
       doneBytes += run.chunks.length * this.chunkSizeBytes;
       opts.onProgress?.({ op: 'prefetch', phase: 'run', doneBytes, totalBytes });
@@ -458,18 +628,74 @@ export class LazyDisk {
     return { chunks: firstOfEntry.size, fetchedChunks };
   }
 
-  /** Start fetching a boot profile's chunks, ahead of demand; returns the promise of that work. */
-  prefetchProfile(profile: BootProfile): Promise<unknown> {
+  /**
+   * Start fetching a boot profile's chunks, ahead of demand, in profile order; returns the promise
+   * of that work, which resolves with how long it took (ms) and how many chunks it fetched.
+   */
+  prefetchProfile(profile: BootProfile): Promise<{ ms: number; fetchedChunks: number } | undefined> {
     this.stats.profileChunks = profile.chunks.length;
-    return this.track(this.prefetch({ priority: 'prefetch', chunks: profile.chunks, concurrency: 64 }).catch((err: unknown) => {
-      this.cache.logger.warn('boot-profile prefetch failed; reads go on on demand', { disk: this.reference, error: (err as Error).message });
+    this.profilePrefetch = this.runProfilePrefetch(profile);
+    return this.profilePrefetch;
+  }
+
+  private runProfilePrefetch(profile: BootProfile): Promise<{ ms: number; fetchedChunks: number } | undefined> {
+    const t0 = performance.now();
+    // chunks already local count as arrived
+    this.profileArrived(profile.chunks.filter((n) => {
+      const e = this.artifact.index.map[n] as number;
+      return e === HOLE || this.cache.disk.has(this.hexOf(e));
+    }));
+    return this.track(this.prefetch({ priority: 'prefetch', chunks: profile.chunks, concurrency: 64, onRunDone: (chunks) => this.profileArrived(chunks) }).then(
+      (r) => ({ ms: performance.now() - t0, fetchedChunks: r.fetchedChunks }),
+      (err: unknown) => {
+        this.cache.logger.warn('boot-profile prefetch failed; reads go on on demand', { disk: this.reference, error: (err as Error).message });
+        return undefined;
+      },
+    ));
+  }
+
+  /**
+   * Fill tier 1 with the rest of the disk at background priority while the VM runs (`--prefetch
+   * all`), after its boot profile's chunks; stops taking new work when the disk closes.
+   */
+  fillInBackground(): Promise<unknown> {
+    return this.track(this.prefetch({ priority: 'background' }).catch((err: unknown) => {
+      if (!this.stopping) this.cache.logger.warn('background fill of the disk failed; reads go on on demand', { disk: this.reference, error: (err as Error).message });
     }));
   }
 
-  /** Push the recorded profile to the disk's repository as an artifact whose subject is the disk. */
-  async saveProfile(): Promise<Descriptor> {
-    if (!this.profileOrder) throw new SlipwayError('INVALID_ARGUMENT', `no boot profile is being recorded for ${this.reference}`);
-    return pushBootProfile(this.origin, this.artifact.manifestDescriptor, { formatVersion: 1, disk: this.digest, chunkSizeBytes: this.chunkSizeBytes, chunks: this.profile() });
+  /**
+   * Store the boot profile this boot recorded (or the one it opened with, refined by the chunks
+   * this boot still had to fetch) next to the disk in its repository, as an artifact whose subject
+   * is the disk; recording stops. A host that cannot push it (read-only credentials, a registry
+   * refusing artifacts, an outage) keeps it in `<cacheDir>/profiles/` and says so once, in the log:
+   * later boots on this host find it there and have nothing more to record. Resolves with where it
+   * went, or undefined when there was nothing to store (nothing read, or a profile that already
+   * covered the boot).
+   */
+  async saveProfile(): Promise<SavedProfile | undefined> {
+    if (!this.recordingProfile) throw new SlipwayError('INVALID_ARGUMENT', `no boot profile is being recorded for ${this.reference}`);
+    this.profileStored = true;
+    let profile: BootProfile;
+    if (this.profileOrder) {
+      profile = { formatVersion: 1, disk: this.digest, chunkSizeBytes: this.chunkSizeBytes, chunks: this.profile() };
+    } else {
+      const base = this.baseProfile as { profile: BootProfile };
+      const extra = this.refine?.extra ?? [];
+      if (extra.length === 0) return undefined;
+      profile = refineProfile(base.profile, extra);
+    }
+    if (profile.chunks.length === 0) return undefined;
+    if (this.baseProfile?.from !== 'local') {
+      try {
+        return { where: 'registry', descriptor: await pushBootProfile(this.origin, this.artifact.manifestDescriptor, profile), chunks: profile.chunks.length };
+      } catch (err) {
+        const path = await writeLocalProfile(this.cache.config.cacheDir, profile);
+        this.cache.logger.warn('could not store the boot profile in the registry; keeping it on this host, where later boots of this disk use it', { disk: this.reference, digest: this.digest, path, error: (err as Error).message });
+        return { where: 'local', path, chunks: profile.chunks.length };
+      }
+    }
+    return { where: 'local', path: await writeLocalProfile(this.cache.config.cacheDir, profile), chunks: profile.chunks.length };
   }
 
   /** Wait for background work (profile prefetch, keeping whole packs) to settle. */
@@ -479,6 +705,7 @@ export class LazyDisk {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    this.stopping = true;
     await this.settle();
     this.closed = true;
     if (this.pinHolder) this.cache.disk.unpin(this.pinHolder);
@@ -555,13 +782,23 @@ export async function openLazyDisk(cache: ChunkCache, refText: string, opts: Ope
   const disk = new LazyDisk(cache, formatRef(ref), artifact, origin, sources, offline);
   if (opts.pin !== false) disk.pin();
   if (opts.recordProfile) disk.startProfile();
-  if (wantProfile) {
-    const profile = await profileFetch.then((raw) => (raw === undefined ? undefined : checkBootProfile(raw, artifact))).catch((err: unknown) => {
+  disk.setSpeculation(opts.speculate === true);
+  if (opts.useProfile !== false || opts.recordProfileIfMissing === true) {
+    // the registry's profile, else one this host kept because it could not push it
+    let from: 'registry' | 'local' = 'registry';
+    const raw = await profileFetch.then(async (r) => {
+      if (r !== undefined) return r;
+      from = 'local';
+      return readLocalProfile(cache.config.cacheDir, fetched.descriptor.digest);
+    });
+    const profile = await Promise.resolve(raw).then((r) => (r === undefined ? undefined : checkBootProfile(r, artifact))).catch((err: unknown) => {
       cache.logger.warn('could not read the boot profile; opening without it', { disk: formatRef(ref), error: (err as Error).message });
       return null;
     });
+    if (profile) disk.useBaseProfile(profile, from, opts.recordProfileIfMissing === true && !opts.recordProfile);
     if (profile && opts.useProfile !== false) void disk.prefetchProfile(profile);
     if (profile === undefined && opts.recordProfileIfMissing) disk.startProfile();
   }
+  if (opts.fill) void disk.fillInBackground();
   return disk;
 }

@@ -4,32 +4,62 @@ import { join } from 'node:path';
 import { SlipwayError } from '../errors.js';
 import { ChunkCache } from '../cache/chunk-cache.js';
 import { loadConfig } from '../config.js';
-import { serveDisk } from '../serve/backend.js';
+import { DEFAULT_PREFETCH, PREFETCH_MODES, serveDisk, type PrefetchMode } from '../serve/backend.js';
 import { createLogger } from '../util/log.js';
 import { parseCommand, parseNonNegativeInt } from './args.js';
 import type { CommandIO } from './disk-commands.js';
 
-const USAGE = 'slipway serve <ref> --socket <path> [--rw] [--overlay <dir>] [--queues N] [--cache-dir DIR]';
+const USAGE = 'slipway serve <ref> --socket <path> [--rw] [--overlay <dir>] [--queues N] [--prefetch all|profile|none] [--profile-quiet-ms MS] [--cache-dir DIR]';
 
-/** slipway serve: run slipway-blk for a disk until SIGINT/SIGTERM, answering its misses. */
+/**
+ * How long the guest must send no miss before the boot profile being recorded is stored (ms). A
+ * boot's misses come in a stream; a pause this long means it has settled. A pause inside a boot
+ * (a long CPU-bound stretch under TCG) ends the profile early, and the next boot, finding chunks
+ * it lacked, refines it (see LazyDisk.saveProfile).
+ */
+const DEFAULT_PROFILE_QUIET_MS = 10_000;
+
+/**
+ * slipway serve: run slipway-blk for a disk until SIGINT/SIGTERM, answering its misses. The first
+ * boot of a disk records its boot profile and stores it beside the disk once the guest has been
+ * quiet for --profile-quiet-ms, or when the export closes.
+ */
 export async function serveCommand(argv: string[], io: CommandIO): Promise<number> {
   const { values, positionals } = parseCommand('serve', argv, {
     socket: { type: 'string' }, rw: { type: 'boolean' }, overlay: { type: 'string' }, queues: { type: 'string' }, 'cache-dir': { type: 'string' },
+    prefetch: { type: 'string' }, 'profile-quiet-ms': { type: 'string' },
   }, { min: 1, max: 1, usage: USAGE });
   if (!values.socket) throw new SlipwayError('USAGE', `serve: --socket is required\nusage: ${USAGE}`);
   if (values.overlay && !values.rw) throw new SlipwayError('USAGE', 'serve: --overlay needs --rw');
   const queues = values.queues ? parseNonNegativeInt(values.queues, '--queues') : 1;
   if (queues < 1 || queues > 16) throw new SlipwayError('INVALID_ARGUMENT', `--queues must be 1 to 16 (got ${queues})`);
+  const prefetch = (values.prefetch ?? DEFAULT_PREFETCH) as PrefetchMode;
+  if (!PREFETCH_MODES.includes(prefetch)) throw new SlipwayError('USAGE', `serve: --prefetch must be one of ${PREFETCH_MODES.join(', ')} (got ${JSON.stringify(values.prefetch)})`);
+  const quietMs = values['profile-quiet-ms'] ? parseNonNegativeInt(values['profile-quiet-ms'], '--profile-quiet-ms') : DEFAULT_PROFILE_QUIET_MS;
   const logger = createLogger({ out: io.stderr, level: 'info' });
   const config = loadConfig(process.env, values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {});
   const cache = await ChunkCache.open({ config, logger });
   const workDir = await mkdtemp(join(tmpdir(), 'slipway-serve-'));
   try {
+    // a long-running server: decode threads and tier 1's directories ready before the guest's first miss
+    await cache.warmUp();
     const served = await serveDisk({
-      cache, ref: positionals[0] as string, socket: values.socket, workDir, readWrite: values.rw === true, queues,
+      cache, ref: positionals[0] as string, socket: values.socket, workDir, readWrite: values.rw === true, queues, prefetch,
       ...(values.overlay ? { overlayDir: values.overlay } : {}),
+      ...(prefetch === 'none' ? {} : { openOptions: { recordProfileIfMissing: true }, saveProfileWhenQuietMs: quietMs }),
+      onProfileSaved: (saved, err) => {
+        if (err) logger.warn('could not store the boot profile', { error: (err as Error).message });
+        else if (saved) logger.info('boot profile stored', { ...saved });
+      },
     });
-    logger.info('serving', { disk: served.disk.reference, digest: served.disk.digest, socket: values.socket, overlay: served.overlayDir ?? null, queues });
+    const disk = served.disk;
+    logger.info('serving', {
+      disk: disk.reference, digest: disk.digest, socket: values.socket, overlay: served.overlayDir ?? null, queues, prefetch,
+      profile: disk.openedWithProfile ?? null, recordingProfile: disk.recordingProfile,
+    });
+    void disk.profilePrefetch?.then((r) => {
+      if (r) logger.info('boot profile prefetched', { chunks: disk.stats.profileChunks, fetchedChunks: r.fetchedChunks, ms: Math.round(r.ms) });
+    });
     const stop = new Promise<string>((resolve) => {
       process.once('SIGINT', () => resolve('SIGINT'));
       process.once('SIGTERM', () => resolve('SIGTERM'));

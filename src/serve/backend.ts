@@ -11,10 +11,28 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { SlipwayError } from '../errors.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
-import type { LazyDisk, OpenDiskOptions } from '../cache/lazy-disk.js';
+import type { LazyDisk, OpenDiskOptions, SavedProfile } from '../cache/lazy-disk.js';
 import { PROJECT_ROOT } from '../guest/build.js';
 import { writeDiskMap } from './disk-map.js';
 import { startMissServer, type MissServer } from './miss-server.js';
+
+/**
+ * What is fetched besides the guest's own misses (`slipway serve --prefetch`):
+ * - `profile` (the default): the disk's boot profile, if it has one, at once and in order; and
+ *   speculation on every miss (the next chunks of the same pack), so a disk never booted before
+ *   boots fast too;
+ * - `all`: that, then the rest of the disk at background priority while the VM runs;
+ * - `none`: only what the guest reads (and no profile is recorded).
+ */
+export type PrefetchMode = 'all' | 'profile' | 'none';
+export const PREFETCH_MODES: readonly PrefetchMode[] = ['all', 'profile', 'none'];
+export const DEFAULT_PREFETCH: PrefetchMode = 'profile';
+
+/** The open options a prefetch mode stands for. */
+export function prefetchOpenOptions(mode: PrefetchMode): OpenDiskOptions {
+  if (mode === 'none') return { useProfile: false, speculate: false };
+  return { useProfile: true, speculate: true, fill: mode === 'all' };
+}
 
 /** How long slipway-blk may take to listen on its socket (it takes milliseconds). */
 const READY_TIMEOUT_MS = 30_000;
@@ -32,7 +50,18 @@ export interface ServeOptions {
   /** the copy-on-write overlay (default: workDir/overlay when read-write) */
   overlayDir?: string;
   queues?: number;
+  /** what to fetch besides the guest's misses (default DEFAULT_PREFETCH); `openOptions` override it */
+  prefetch?: PrefetchMode;
   openOptions?: OpenDiskOptions;
+  /**
+   * Store the boot profile being recorded (see OpenDiskOptions.recordProfileIfMissing) once the
+   * backend has sent no miss for this many milliseconds after its first (the guest has settled),
+   * and at close if it has not been stored by then (`slipway serve`; `run` and the daemon store it
+   * when the agent answers instead).
+   */
+  saveProfileWhenQuietMs?: number;
+  /** called with where the profile went (undefined: nothing to store) or the error */
+  onProfileSaved?: (saved: SavedProfile | undefined, err?: unknown) => void;
   /** run the backend in its own session with its output in workDir, so it outlives this process */
   detached?: boolean;
   /** extra environment for the backend (e.g. ASAN_OPTIONS in tests) */
@@ -73,11 +102,26 @@ export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<
 export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   const binary = opts.binary ?? (await ensureBackendBuilt());
   await mkdir(opts.workDir, { recursive: true });
-  const disk = await opts.cache.openDisk(opts.ref, opts.openOptions ?? {});
+  const disk = await opts.cache.openDisk(opts.ref, { ...prefetchOpenOptions(opts.prefetch ?? DEFAULT_PREFETCH), ...opts.openOptions });
   const mapPath = join(opts.workDir, 'disk.map');
   const missPath = join(opts.workDir, 'miss.sock');
   await writeDiskMap(disk.artifact, mapPath);
-  const miss = await startMissServer(missPath, disk, opts.cache.logger, (hex) => opts.cache.disk.has(hex), (hex, data) => opts.cache.disk.put(hex, data));
+  // the profile is stored once the guest has been quiet (no miss) for saveProfileWhenQuietMs
+  let saving: Promise<void> | undefined;
+  const saveProfile = (): Promise<void> => {
+    if (saving || !disk.recordingProfile) return saving ?? Promise.resolve();
+    clearTimeout(quiet);
+    saving = disk.saveProfile().then((saved) => opts.onProfileSaved?.(saved), (err: unknown) => opts.onProfileSaved?.(undefined, err));
+    return saving;
+  };
+  let quiet: NodeJS.Timeout | undefined;
+  const quietMs = opts.saveProfileWhenQuietMs;
+  const onMiss = quietMs === undefined ? undefined : (): void => {
+    if (saving || !disk.recordingProfile) return;
+    clearTimeout(quiet);
+    quiet = setTimeout(() => void saveProfile(), quietMs);
+  };
+  const miss = await startMissServer(missPath, disk, opts.cache.logger, (hex) => opts.cache.disk.has(hex), (hex, data) => opts.cache.disk.put(hex, data), onMiss);
   const overlayDir = opts.readWrite ? (opts.overlayDir ?? join(opts.workDir, 'overlay')) : undefined;
   const args = ['--socket', opts.socket, '--map', mapPath, '--chunk-dir', opts.cache.disk.chunkDir, '--daemon-socket', missPath, '--queues', String(opts.queues ?? 1), '--serial', disk.digest.slice(7, 27)];
   if (overlayDir) args.push('--overlay', overlayDir);
@@ -118,6 +162,7 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
       }
     });
   } catch (err) {
+    clearTimeout(quiet);
     await miss.close();
     await disk.close();
     throw err;
@@ -127,7 +172,13 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   }
   // a detached backend reads chunk files while no daemon holds the disk open: pin them in its name
   const backendPin = opts.detached && backend.pid ? disk.pinFor(backend.pid, 'backend') : undefined;
-  const served = servedDisk({ disk, socket: opts.socket, overlayDir, miss, mapPath, pid: backend.pid ?? -1, exited, log: readLog, kill: (sig) => backend.kill(sig), running: () => backend.exitCode === null && backend.signalCode === null });
+  const plain = servedDisk({ disk, socket: opts.socket, overlayDir, miss, mapPath, pid: backend.pid ?? -1, exited, log: readLog, kill: (sig) => backend.kill(sig), running: () => backend.exitCode === null && backend.signalCode === null });
+  // with saveProfileWhenQuietMs, the export's close stores a profile not stored yet
+  const served: ServedDisk = quietMs === undefined ? plain : { ...plain, close: async () => {
+    clearTimeout(quiet);
+    await saveProfile();
+    await plain.close();
+  } };
   if (!backendPin) return served;
   return { ...served, close: async () => {
     await served.close();

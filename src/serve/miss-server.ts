@@ -19,6 +19,8 @@ const ENOSPC = 28;
 export interface MissServerStats {
   requests: number;
   failures: number;
+  /** when the last request came (performance.now() ms; 0 before the first) */
+  lastRequestAt: number;
 }
 
 export interface MissServer {
@@ -34,8 +36,9 @@ function reply(sock: Socket, status: number, chunk: bigint): void {
   if (!sock.destroyed) sock.write(b);
 }
 
-export async function startMissServer(path: string, disk: LazyDisk, logger: Logger, cacheHas: (hex: string) => boolean, cachePut: (hex: string, data: Buffer) => Promise<boolean>): Promise<MissServer> {
-  const stats: MissServerStats = { requests: 0, failures: 0 };
+/** `onRequest` is called with the chunk number of every well-formed FETCH, as it arrives. */
+export async function startMissServer(path: string, disk: LazyDisk, logger: Logger, cacheHas: (hex: string) => boolean, cachePut: (hex: string, data: Buffer) => Promise<boolean>, onRequest?: (chunk: number) => void): Promise<MissServer> {
+  const stats: MissServerStats = { requests: 0, failures: 0, lastRequestAt: 0 };
   const sockets = new Set<Socket>();
   const { index } = disk.artifact;
   const fetchChunk = async (n: number): Promise<number> => {
@@ -62,6 +65,8 @@ export async function startMissServer(path: string, disk: LazyDisk, logger: Logg
           return;
         }
         stats.requests++;
+        stats.lastRequestAt = performance.now();
+        onRequest?.(Number(chunk));
         fetchChunk(Number(chunk)).then(
           (status) => reply(sock, status, chunk),
           (err: unknown) => {

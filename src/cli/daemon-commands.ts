@@ -18,7 +18,7 @@ const DAEMON_USAGE = 'slipway daemon [--socket PATH] [--listen HOST:PORT --token
 const VM_USAGE = `slipway vm create <image> [--cpus N] [--memory 512M] [--env K=V]... [--net none|user] [--vmm qemu|cloud-hypervisor]
        slipway vm ls | show <id> | rm <id>
        slipway vm exec <id> [--env K=V]... [--cwd DIR] [--timeout SECONDS] -- <cmd...>
-       slipway vm snapshot <id> <ref>
+       slipway vm snapshot <id> <ref> [--memory]
 common: --daemon <socket|http://host:port> (or SLIPWAY_DAEMON), --token-file FILE (or SLIPWAY_API_TOKEN)`;
 
 function parseListen(text: string): { host: string; port: number } {
@@ -87,7 +87,10 @@ const json = (io: CommandIO, v: unknown): void => void io.stdout.write(`${JSON.s
 export async function vmCommand(argv: string[], io: CommandIO): Promise<number> {
   const [sub, ...rest] = argv;
   const dd = rest.indexOf('--');
-  const head = dd >= 0 ? rest.slice(0, dd) : rest;
+  let head = dd >= 0 ? rest.slice(0, dd) : rest;
+  // `vm snapshot ID REF --memory` is a flag (for create, --memory SIZE is the VM's RAM)
+  const withMemory = sub === 'snapshot' && head.includes('--memory');
+  if (withMemory) head = head.filter((a) => a !== '--memory');
   const { values, positionals } = parseCommand(`vm ${sub ?? ''}`.trim(), head, {
     daemon: { type: 'string' }, 'token-file': { type: 'string' }, cpus: { type: 'string' }, memory: { type: 'string' }, env: { type: 'string', multiple: true },
     net: { type: 'string' }, vmm: { type: 'string' }, cwd: { type: 'string' }, timeout: { type: 'string' },
@@ -125,7 +128,7 @@ export async function vmCommand(argv: string[], io: CommandIO): Promise<number> 
         return 0;
       case 'snapshot': {
         const [id, ref] = need(2);
-        json(io, await client.snapshot(id as string, ref as string));
+        json(io, withMemory ? await client.snapshot(id as string, ref as string, { memory: true }) : await client.snapshot(id as string, ref as string));
         return 0;
       }
       case 'exec': {

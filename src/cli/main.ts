@@ -31,7 +31,7 @@ usage: slipway <command> [options]
                             serve a disk to a VMM over vhost-user-blk, fetching chunks on demand
   daemon [--socket PATH] [--listen HOST:PORT --token-file F] [--state-dir DIR]
                             the host daemon: an HTTP API for schedulers (docs/api.md)
-  vm create <image> | ls | show <id> | exec <id> -- <cmd...> | snapshot <id> <ref> | rm <id>
+  vm create <image> | ls | show <id> | exec <id> -- <cmd...> | snapshot <id> <ref> [--memory] | rm <id>
                             drive VMs through the daemon (--daemon <socket|url>, or SLIPWAY_DAEMON)
 
 references: oci:<dir>[:tag|@digest] (an OCI image layout) or host[:port]/repo[:tag|@digest]

@@ -1,65 +1,127 @@
 /**
- * One error base class for all of slipway. Every error has a stable `code` (documented in
- * docs/errors.md and kept in step by test/errors.test.ts), a message that names what was wrong,
- * optional context fields and an optional `cause`.
+ * One error base class for all of slipway, and one table of its codes. Every error has a stable
+ * `code` (documented in docs/errors.md and kept in step by test/errors.test.ts), a message that
+ * names what was wrong, optional context fields and an optional `cause`. The table says, per code,
+ * what it means, the HTTP status the daemon answers it with, whether another try can help
+ * (`transient`), and whether it is one of the distribution spec's codes (`spec`: the only codes
+ * taken from a registry's error body).
  */
 
-export const ERROR_CODES = {
-  // input and usage
-  USAGE: 'bad command-line usage',
-  INVALID_REFERENCE: 'an image reference could not be parsed',
-  INVALID_ARGUMENT: 'an argument has an invalid value',
-  FILE_NOT_FOUND: 'a named file does not exist',
-  INVALID_DISK_IMAGE: 'a disk image file cannot be pushed as it is',
-  // format
-  NOT_A_SLIPWAY_DISK: 'the manifest is not a slipway disk artifact',
-  UNSUPPORTED_FORMAT_VERSION: 'the disk artifact uses a format version this slipway does not read',
-  CORRUPT_INDEX: 'the chunk index blob is malformed',
-  DIGEST_MISMATCH: 'content did not match its digest',
-  INVALID_DIGEST: 'a digest string is malformed',
-  // registries and stores (the distribution spec's error codes, plus transport failures)
-  BLOB_UNKNOWN: 'blob unknown to registry',
-  BLOB_UPLOAD_INVALID: 'blob upload invalid',
-  BLOB_UPLOAD_UNKNOWN: 'blob upload unknown to registry',
-  DIGEST_INVALID: 'provided digest did not match uploaded content',
-  MANIFEST_BLOB_UNKNOWN: 'manifest references a manifest or blob unknown to registry',
-  MANIFEST_INVALID: 'manifest invalid',
-  MANIFEST_UNKNOWN: 'manifest unknown to registry',
-  NAME_INVALID: 'invalid repository name',
-  NAME_UNKNOWN: 'repository name not known to registry',
-  SIZE_INVALID: 'provided length did not match content length',
-  UNAUTHORIZED: 'authentication required or credentials refused',
-  DENIED: 'requested access to the resource is denied',
-  CREDENTIAL_HELPER_FAILED: 'a docker credential helper is missing, failed or timed out',
-  UNSUPPORTED: 'the operation is unsupported',
-  TOOMANYREQUESTS: 'too many requests',
-  REGISTRY_UNREACHABLE: 'the registry could not be reached',
-  REGISTRY_ERROR: 'the registry answered with an unexpected status',
-  TAG_UNKNOWN: 'the tag does not exist',
-  LAYOUT_INVALID: 'the directory is not a valid OCI image layout',
-  // guests and builds
-  BUILD_FAILED: 'building the kernel, init, agent or a root disk failed',
-  VM_BOOT_FAILED: 'the virtual machine did not boot to its agent',
-  VMM_ERROR: 'the virtual machine monitor failed',
-  VMM_EXITED: 'the virtual machine monitor exited before the guest agent answered',
-  VMM_INTERNAL_ERROR: 'the virtual machine monitor stopped the VM with an internal error (KVM could not run the guest)',
-  GUEST_PANICKED: 'the guest kernel panicked while booting',
-  GUEST_POWERED_OFF: 'the guest powered off before its agent answered',
-  GUEST_RESET: 'the guest reset (a triple fault or a reboot) before its agent answered',
-  AGENT_ERROR: 'the guest agent reported an error',
-  AGENT_PROTOCOL: 'the guest agent sent a malformed frame',
-  // the daemon and its VMs
-  OVERLAY_INVALID: 'a copy-on-write overlay file is malformed',
-  VM_NOT_FOUND: 'no VM has that id',
-  CONFLICT: 'the VM is not in a state that allows the operation',
-  LIMIT_EXCEEDED: 'a request is over a size or concurrency limit',
-  DAEMON_UNREACHABLE: 'the slipway daemon could not be reached',
-  // local resources
-  IO_ERROR: 'a local file operation failed',
-  ABORTED: 'the operation was cancelled',
-} as const;
+export interface ErrorInfo {
+  meaning: string;
+  /** the daemon's HTTP status for it (src/api/app.ts) */
+  httpStatus: number;
+  /** the same request may succeed later: retries (transport, chunk fetches) and fall-backs key on this */
+  transient?: true;
+  /** a code of the OCI distribution spec, taken as such from a registry's `errors[]` */
+  spec?: true;
+}
 
-export type ErrorCode = keyof typeof ERROR_CODES;
+
+export const ERROR_TABLE = {
+  // input and usage
+  USAGE: { meaning: 'bad command-line usage', httpStatus: 400 },
+  INVALID_REFERENCE: { meaning: 'an image reference could not be parsed', httpStatus: 400 },
+  INVALID_ARGUMENT: { meaning: 'an argument has an invalid value', httpStatus: 400 },
+  FILE_NOT_FOUND: { meaning: 'a named file does not exist', httpStatus: 500 },
+  INVALID_DISK_IMAGE: { meaning: 'a disk image file cannot be pushed as it is', httpStatus: 500 },
+  // format
+  NOT_A_SLIPWAY_DISK: { meaning: 'the manifest is not a slipway disk artifact', httpStatus: 422 },
+  UNSUPPORTED_FORMAT_VERSION: { meaning: 'the disk artifact uses a format version this slipway does not read', httpStatus: 422 },
+  CORRUPT_INDEX: { meaning: 'the chunk index blob is malformed', httpStatus: 500 },
+  DIGEST_MISMATCH: { meaning: 'content did not match its digest', httpStatus: 502 },
+  INVALID_DIGEST: { meaning: 'a digest string is malformed', httpStatus: 500 },
+  // registries and stores (the distribution spec's error codes, plus transport failures); a registry's
+  // refusal of the daemon's credentials is an upstream failure (502: the daemon's own 401 is its token's)
+  BLOB_UNKNOWN: { meaning: 'blob unknown to registry', httpStatus: 404, spec: true },
+  BLOB_UPLOAD_INVALID: { meaning: 'blob upload invalid', httpStatus: 500, spec: true },
+  BLOB_UPLOAD_UNKNOWN: { meaning: 'blob upload unknown to registry', httpStatus: 500, spec: true },
+  DIGEST_INVALID: { meaning: 'provided digest did not match uploaded content', httpStatus: 500, spec: true },
+  MANIFEST_BLOB_UNKNOWN: { meaning: 'manifest references a manifest or blob unknown to registry', httpStatus: 500, spec: true },
+  MANIFEST_INVALID: { meaning: 'manifest invalid', httpStatus: 500, spec: true },
+  MANIFEST_UNKNOWN: { meaning: 'manifest unknown to registry', httpStatus: 404, spec: true },
+  NAME_INVALID: { meaning: 'invalid repository name', httpStatus: 400, spec: true },
+  NAME_UNKNOWN: { meaning: 'repository name not known to registry', httpStatus: 404, spec: true },
+  // transient: the transport reports a short read (a cut connection, a rewritten length) with it
+  SIZE_INVALID: { meaning: 'provided length did not match content length', httpStatus: 500, transient: true, spec: true },
+  UNAUTHORIZED: { meaning: 'authentication required or credentials refused', httpStatus: 502, spec: true },
+  DENIED: { meaning: 'requested access to the resource is denied', httpStatus: 502, spec: true },
+  CREDENTIAL_HELPER_FAILED: { meaning: 'a docker credential helper is missing, failed or timed out', httpStatus: 500 },
+  UNSUPPORTED: { meaning: 'the operation is unsupported', httpStatus: 500, spec: true },
+  TOOMANYREQUESTS: { meaning: 'too many requests', httpStatus: 429, transient: true, spec: true },
+  REGISTRY_UNREACHABLE: { meaning: 'the registry could not be reached', httpStatus: 502, transient: true },
+  REGISTRY_ERROR: { meaning: 'the registry answered with an unexpected status', httpStatus: 502, transient: true },
+  TAG_UNKNOWN: { meaning: 'the tag does not exist', httpStatus: 404 },
+  LAYOUT_INVALID: { meaning: 'the directory is not a valid OCI image layout', httpStatus: 500 },
+  // guests and builds
+  BUILD_FAILED: { meaning: 'building the kernel, init, agent or a root disk failed', httpStatus: 500 },
+  VM_BOOT_FAILED: { meaning: 'the virtual machine did not boot to its agent', httpStatus: 500 },
+  VMM_ERROR: { meaning: 'the virtual machine monitor failed', httpStatus: 500 },
+  VMM_EXITED: { meaning: 'the virtual machine monitor exited before the guest agent answered', httpStatus: 500 },
+  VMM_INTERNAL_ERROR: { meaning: 'the virtual machine monitor stopped the VM with an internal error (KVM could not run the guest)', httpStatus: 500 },
+  GUEST_PANICKED: { meaning: 'the guest kernel panicked while booting', httpStatus: 500 },
+  GUEST_POWERED_OFF: { meaning: 'the guest powered off before its agent answered', httpStatus: 500 },
+  GUEST_RESET: { meaning: 'the guest reset (a triple fault or a reboot) before its agent answered', httpStatus: 500 },
+  AGENT_ERROR: { meaning: 'the guest agent reported an error', httpStatus: 500 },
+  AGENT_PROTOCOL: { meaning: 'the guest agent sent a malformed frame', httpStatus: 500 },
+  // the daemon and its VMs
+  OVERLAY_INVALID: { meaning: 'a copy-on-write overlay file is malformed', httpStatus: 500 },
+  VM_NOT_FOUND: { meaning: 'no VM has that id', httpStatus: 404 },
+  CONFLICT: { meaning: 'the VM is not in a state that allows the operation', httpStatus: 409 },
+  LIMIT_EXCEEDED: { meaning: 'a request is over a size or concurrency limit', httpStatus: 429 },
+  DAEMON_UNREACHABLE: { meaning: 'the slipway daemon could not be reached', httpStatus: 500 },
+  // local resources
+  IO_ERROR: { meaning: 'a local file operation failed', httpStatus: 500 },
+  ABORTED: { meaning: 'the operation was cancelled', httpStatus: 500 },
+} as const satisfies Record<string, ErrorInfo>;
+
+export type ErrorCode = keyof typeof ERROR_TABLE;
+
+/** Each code's meaning (the default message). */
+export const ERROR_CODES = Object.fromEntries(Object.entries(ERROR_TABLE).map(([code, info]) => [code, info.meaning])) as { readonly [C in ErrorCode]: (typeof ERROR_TABLE)[C]['meaning'] };
+
+/** Whether `name` is one of slipway's codes (an own key: `toString` is not). */
+export function isErrorCode(name: unknown): name is ErrorCode {
+  return typeof name === 'string' && Object.hasOwn(ERROR_TABLE, name);
+}
+
+/** Whether `name` is one of the distribution spec's error codes. */
+export function isSpecErrorCode(name: unknown): name is ErrorCode {
+  return isErrorCode(name) && (ERROR_TABLE[name] as ErrorInfo).spec === true;
+}
+
+export function httpStatusOf(code: ErrorCode): number {
+  return ERROR_TABLE[code].httpStatus;
+}
+
+/** Node and undici codes of a connection that dropped, was refused or timed out: worth another try. */
+const TRANSIENT_NET_CODES = new Set([
+  'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH',
+  'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT',
+  'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH',
+]);
+
+/** The system or undici code of a low-level error (or of its cause). */
+export function netErrorCode(err: unknown): string | undefined {
+  const e = err as { code?: string; cause?: { code?: string } } | undefined;
+  return e?.code ?? e?.cause?.code;
+}
+
+/**
+ * The one notion of "transient": the same request may succeed if made again. A SlipwayError is
+ * transient when its code is (the table); any other error when it is a dropped, refused or timed
+ * out connection.
+ */
+export function isTransient(err: unknown): boolean {
+  if (err instanceof SlipwayError) return (ERROR_TABLE[err.code] as ErrorInfo).transient === true;
+  const code = netErrorCode(err);
+  return code !== undefined ? TRANSIENT_NET_CODES.has(code) : (err as Error | undefined)?.name === 'SocketError';
+}
+
+/** An HTTP status that a retry may turn into a success: 408, 429 and 5xx but 501 and 505. */
+export function isTransientStatus(status: number): boolean {
+  return status === 429 || status === 408 || (status >= 500 && status !== 501 && status !== 505);
+}
 
 export interface ErrorContext {
   [key: string]: string | number | boolean | undefined | null;
@@ -81,13 +143,25 @@ export class SlipwayError extends Error {
   }
 }
 
-/** An error that came from a registry response: method, URL and status are always known. */
+/** One entry of a registry's `{"errors": [...]}` body, as the registry sent it. */
+export interface RegistryErrorEntry {
+  code: string;
+  message?: string;
+  detail?: unknown;
+}
+
+/**
+ * An error that came from a registry response: method, URL and status are always known; `errors`
+ * holds every entry of the response's `errors[]` (the code is taken from the first that is one of
+ * the spec's codes).
+ */
 export class RegistryError extends SlipwayError {
   readonly method: string;
   readonly url: string;
   readonly status: number;
+  readonly errors: readonly RegistryErrorEntry[];
 
-  constructor(code: ErrorCode, message: string, info: { method: string; url: string; status: number; detail?: string; cause?: unknown }) {
+  constructor(code: ErrorCode, message: string, info: { method: string; url: string; status: number; detail?: string; errors?: readonly RegistryErrorEntry[]; cause?: unknown }) {
     super(code, `${message} (${info.method} ${info.url} -> ${info.status}${info.detail ? `: ${info.detail}` : ''})`, {
       context: { method: info.method, url: info.url, status: info.status },
       cause: info.cause,
@@ -95,6 +169,7 @@ export class RegistryError extends SlipwayError {
     this.method = info.method;
     this.url = info.url;
     this.status = info.status;
+    this.errors = info.errors ?? [];
   }
 }
 

@@ -7,14 +7,17 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { openDiskArtifact } from '../src/disk/artifact.js';
 import { pullDisk } from '../src/disk/pull.js';
 import { pushDisk } from '../src/disk/push.js';
 import { pushSnapshot } from '../src/disk/snapshot.js';
+import { RegistryError } from '../src/errors.js';
 import { copyImage } from '../src/oci/copy.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
+import { RegistryClient } from '../src/oci/registry/transport.js';
 import { WorkerPool } from '../src/workers/pool.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { makeSparse, sha256File, tempDir } from './helpers/images.js';
@@ -189,4 +192,28 @@ describe('429 Too Many Requests with Retry-After', () => {
       await proxy.stop();
     }
   }, 60_000);
+});
+
+describe('a registry error body', () => {
+  it('is read for the spec\'s codes only, and every entry of errors[] is kept', async () => {
+    const errors = [{ code: 'toString', message: 'not a spec code' }, { code: 'MANIFEST_INVALID', message: 'bad layer' }, { code: 'DENIED', message: 'and no' }];
+    const server = createServer((_req, res) => {
+      res.writeHead(400, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ errors }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as { port: number };
+    const client = new RegistryClient(`127.0.0.1:${port}`);
+    try {
+      const err = await client.send({ method: 'GET', url: '/v2/x/manifests/y', scopes: [], expect: [200], read: 'buffer', what: 'manifest x:y' }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(RegistryError);
+      const reg = err as RegistryError;
+      expect(reg.code).toBe('MANIFEST_INVALID');
+      expect(reg.errors).toEqual(errors);
+      expect(reg.message).toContain('not a spec code; MANIFEST_INVALID: bad layer; DENIED: and no');
+    } finally {
+      await client.close();
+      server.close();
+    }
+  });
 });

@@ -6,24 +6,13 @@
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { ChunkCache } from '../cache/chunk-cache.js';
-import { SlipwayError, isSlipwayError, type ErrorCode } from '../errors.js';
+import { SlipwayError, httpStatusOf, isSlipwayError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import { logProgress } from '../util/progress.js';
 import { PROMETHEUS_CONTENT_TYPE, type Registry } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { CreateVmBody, ExecBody, MAX_BODY_BYTES, MAX_EXEC_BODY_BYTES, PrefetchBody, SnapshotBody, VmId, describeIssue, type z } from './schemas.js';
 import { checkRequestRef, type VmManager } from './vms.js';
-
-const STATUS: Partial<Record<ErrorCode, number>> = {
-  INVALID_ARGUMENT: 400, INVALID_REFERENCE: 400, USAGE: 400, NAME_INVALID: 400,
-  // a registry refusing the daemon's credentials is an upstream failure (the daemon's own 401 is the TCP token's)
-  UNAUTHORIZED: 502, DENIED: 502,
-  VM_NOT_FOUND: 404, MANIFEST_UNKNOWN: 404, NAME_UNKNOWN: 404, TAG_UNKNOWN: 404, BLOB_UNKNOWN: 404,
-  CONFLICT: 409,
-  NOT_A_SLIPWAY_DISK: 422, UNSUPPORTED_FORMAT_VERSION: 422,
-  LIMIT_EXCEEDED: 429, TOOMANYREQUESTS: 429,
-  REGISTRY_UNREACHABLE: 502, REGISTRY_ERROR: 502, DIGEST_MISMATCH: 502,
-};
 
 export function errorBody(code: ErrorCode, message: string, field?: string): { error: { code: ErrorCode; message: string; field?: string } } {
   return { error: { code, message, ...(field !== undefined ? { field } : {}) } };
@@ -32,7 +21,7 @@ export function errorBody(code: ErrorCode, message: string, field?: string): { e
 function fail(c: Context, err: unknown): Response {
   if (isSlipwayError(err)) {
     const field = typeof err.context.field === 'string' ? err.context.field : undefined;
-    return c.json(errorBody(err.code, err.message, field), (STATUS[err.code] ?? 500) as 400);
+    return c.json(errorBody(err.code, err.message, field), httpStatusOf(err.code) as 400);
   }
   return c.json(errorBody('IO_ERROR', (err as Error)?.message ?? String(err)), 500);
 }
@@ -174,7 +163,7 @@ export function buildApp(deps: AppDeps): Hono {
   app.post('/v1/vms/:id/snapshot', limit(MAX_BODY_BYTES), async (c) => {
     const id = vmId(c);
     const body = await parseBody(c, SnapshotBody);
-    return c.json(await vms.snapshot(id, body.ref), 201);
+    return c.json(await vms.snapshot(id, body.ref, { memory: body.memory === true }), 201);
   });
 
   app.post('/v1/images/prefetch', limit(MAX_BODY_BYTES), async (c) => {

@@ -6,12 +6,13 @@
  * dropped for that request; transient failures are retried with backoff until a deadline.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { SlipwayError, isSlipwayError } from '../errors.js';
+import { SlipwayError, isSlipwayError, isTransient } from '../errors.js';
 import { chunkLength, type ChunkIndex, type IndexEntry } from '../disk/format.js';
 import type { Target } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 import type { Logger } from '../util/log.js';
 import type { PrioritySemaphore, Priority, Urgency } from '../util/semaphore.js';
+import { backoffDelayMs, type RetryPolicy } from '../util/retry.js';
 import type { Decoded } from '../workers/pool.js';
 
 /** Two wanted chunks this close in a pack are fetched in one request (the gap is read and dropped). */
@@ -84,14 +85,19 @@ export interface RemoteTierDeps {
 }
 
 /**
- * Whether a failed attempt is worth another try of the same source: it could not be reached, it
- * answered 5xx or 429, or it sent less than was asked for (SIZE_INVALID: a cut connection or any
- * other short read, see `shortRead` in the transport). Only what is left, a complete answer that
- * fails verification (DIGEST_MISMATCH) or a source without the blob, counts against the source.
+ * Rounds over the sources: 100 ms doubling to 2 s, without jitter; bounded by the fetch deadline,
+ * not by a count of attempts.
  */
-function isTransient(err: unknown): boolean {
-  if (!isSlipwayError(err)) return true;
-  return ['REGISTRY_UNREACHABLE', 'REGISTRY_ERROR', 'TOOMANYREQUESTS', 'SIZE_INVALID'].includes(err.code);
+const ROUND_BACKOFF: RetryPolicy = { maxAttempts: Number.POSITIVE_INFINITY, baseDelayMs: 100, maxDelayMs: 2000, jitter: false };
+
+/**
+ * Whether a failed attempt is worth another try of the same source: a transient error (errors.ts:
+ * it could not be reached, it answered 5xx or 429, or it sent less than was asked for, SIZE_INVALID)
+ * or one slipway did not classify. Only what is left, a complete answer that fails verification
+ * (DIGEST_MISMATCH) or a source without the blob, counts against the source.
+ */
+function worthRetrying(err: unknown): boolean {
+  return !isSlipwayError(err) || isTransient(err);
 }
 
 /** When a run's fetch deadline passes: unset until its first request is sent. */
@@ -128,7 +134,7 @@ export class RemoteTier {
           return await this.tryOnce(index, run, source, priority, what, clock, onWholeBlob);
         } catch (err) {
           lastError = err;
-          if (!isTransient(err)) {
+          if (!worthRetrying(err)) {
             bad.add(s);
             this.stats.badSources++;
             this.deps.logger.warn('chunk source failed; trying the next', { source: source.target.name, pack: run.pack.digest, code: (err as SlipwayError).code, error: (err as Error).message });
@@ -143,7 +149,7 @@ export class RemoteTier {
         throw new SlipwayError('REGISTRY_UNREACHABLE', `${what}: gave up after ${this.deps.deadlineMs} ms of retries (${sources.map((s) => s.target.name).join(', ')}): ${(lastError as Error)?.message}`, { cause: lastError });
       }
       this.stats.retries++;
-      await sleep(Math.min(2000, 100 * 2 ** round, Math.max(0, deadline - Date.now())));
+      await sleep(Math.min(backoffDelayMs(ROUND_BACKOFF, round + 1), Math.max(0, deadline - Date.now())));
     }
   }
 

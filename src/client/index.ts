@@ -5,14 +5,15 @@
  */
 import { StringDecoder } from 'node:string_decoder';
 import { Agent, request, type Dispatcher } from 'undici';
-import { ERROR_CODES, SlipwayError, type ErrorCode } from '../errors.js';
-import type { CreateVmRequest, ExecRequest, SnapshotResult, VmInfo } from '../api/schemas.js';
+import { SlipwayError, isErrorCode } from '../errors.js';
+import type { CreateVmRequest, ExecRequest, MemorySnapshotResult, SnapshotResult, VmInfo } from '../api/schemas.js';
 
 /** The API's types (defined with the daemon's request schemas, so the two cannot drift). */
-export type { CreateVmRequest as CreateVm, ExecRequest as Exec, SnapshotResult as Snapshot, VmInfo as Vm };
+export type { CreateVmRequest as CreateVm, ExecRequest as Exec, MemorySnapshotResult as MemorySnapshot, SnapshotResult as Snapshot, VmInfo as Vm };
 type CreateVm = CreateVmRequest;
 type Exec = ExecRequest;
 type Snapshot = SnapshotResult;
+type MemorySnapshot = MemorySnapshotResult;
 type Vm = VmInfo;
 
 export interface ExecOutcome {
@@ -82,8 +83,11 @@ export class SlipwayClient {
     await this.call('DELETE', `/v1/vms/${encodeURIComponent(id)}`);
   }
 
-  snapshot(id: string, ref: string): Promise<Snapshot> {
-    return this.call('POST', `/v1/vms/${encodeURIComponent(id)}/snapshot`, { ref });
+  /** Snapshot a VM's disk to `ref`; with `{ memory: true }` its memory and device state too (a memory snapshot). */
+  snapshot(id: string, ref: string): Promise<Snapshot>;
+  snapshot(id: string, ref: string, opts: { memory: true }): Promise<MemorySnapshot>;
+  snapshot(id: string, ref: string, opts: { memory?: boolean } = {}): Promise<Snapshot | MemorySnapshot> {
+    return this.call('POST', `/v1/vms/${encodeURIComponent(id)}/snapshot`, { ref, ...(opts.memory ? { memory: true } : {}) });
   }
 
   prefetch(image: string): Promise<{ image: string; digest: string; chunks: number; fetchedChunks: number; ms: number }> {
@@ -159,8 +163,8 @@ function toError(status: number, text: string, what: string): SlipwayError {
   try {
     const body = JSON.parse(text) as { error?: { code?: string; message?: string; field?: string } };
     const code = body.error?.code;
-    if (code && code in ERROR_CODES) {
-      return new SlipwayError(code as ErrorCode, body.error?.message ?? what, { context: { status, ...(body.error?.field ? { field: body.error.field } : {}) } });
+    if (isErrorCode(code)) {
+      return new SlipwayError(code, body.error?.message ?? what, { context: { status, ...(body.error?.field ? { field: body.error.field } : {}) } });
     }
   } catch {
     // not JSON

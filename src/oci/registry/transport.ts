@@ -1,32 +1,13 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
 import { Agent, request, type Dispatcher } from 'undici';
-import { RegistryError, SlipwayError, type ErrorCode, ERROR_CODES } from '../../errors.js';
+import { ERROR_CODES, RegistryError, SlipwayError, isSpecErrorCode, isTransient, isTransientStatus, netErrorCode, type ErrorCode, type RegistryErrorEntry } from '../../errors.js';
+import { DEFAULT_RETRY, RetryLater, withRetries, type RetryPolicy } from '../../util/retry.js';
 import { AuthState, basicAuthHeader, parseChallenge, tokenRequest } from './auth.js';
 import { findCredentials, sameCredentials, type Credentials } from './credentials.js';
 import { isLoopbackRegistry } from '../ref.js';
 
-export interface RetryPolicy {
-  /** attempts in all, the first included */
-  maxAttempts: number;
-  baseDelayMs: number;
-  maxDelayMs: number;
-}
-
-export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 5, baseDelayMs: 150, maxDelayMs: 4000 };
-/** The longest a `Retry-After` (seconds or an HTTP-date, RFC 9110 10.2.3) is waited out before a retry. */
-export const MAX_RETRY_AFTER_MS = 60_000;
 /** After re-reading credentials on a 401 found nothing new, they are not read again for this long. */
 const CREDENTIAL_REREAD_QUIET_MS = 10_000;
-
-/** ms to wait that a `Retry-After` value asks for (delay-seconds or an HTTP-date), or undefined when it is neither. */
-export function retryAfterMs(value: string | undefined, nowMs = Date.now()): number | undefined {
-  if (value === undefined) return undefined;
-  const v = value.trim();
-  if (/^\d+$/.test(v)) return Number(v) * 1000;
-  const at = Date.parse(v);
-  return Number.isFinite(at) ? Math.max(0, at - nowMs) : undefined;
-}
 
 export interface RegistryClientOptions {
   /** Speak plain HTTP even to a non-loopback host (`--plain-http`). */
@@ -75,23 +56,6 @@ export interface RegistryResponse {
   url: string;
 }
 
-const RETRYABLE_NET_CODES = new Set([
-  'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH',
-  'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT',
-  'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH',
-]);
-
-function netCode(err: unknown): string | undefined {
-  const e = err as { code?: string; cause?: { code?: string } };
-  return e?.code ?? e?.cause?.code;
-}
-
-export function isRetryableNetworkError(err: unknown): boolean {
-  if (err instanceof SlipwayError) return false;
-  const code = netCode(err);
-  return code !== undefined ? RETRYABLE_NET_CODES.has(code) : (err as Error)?.name === 'SocketError';
-}
-
 /**
  * Why a buffered body is not the whole answer, or undefined when it is: a size other than its
  * Content-Length announced, or fewer bytes than its Content-Range announced or than `expected`
@@ -113,10 +77,6 @@ export function shortRead(status: number, headers: Record<string, string | strin
   const want = expected?.[status];
   if (want !== undefined && bodyBytes < want) return `got ${bodyBytes} bytes, a complete ${status} answer has ${want}`;
   return undefined;
-}
-
-function isRetryableStatus(status: number): boolean {
-  return status === 429 || status === 408 || (status >= 500 && status !== 501 && status !== 505);
 }
 
 /** One value of a response header (the first, when it repeats). */
@@ -209,11 +169,19 @@ export class RegistryClient {
     return true;
   }
 
-  private async sendOnce(req: RegistryRequest): Promise<RegistryResponse> {
-    let url = this.resolveUrl(req.url);
-    let authRetried = false;
-    let redirects = 0;
-    for (let attempt = 1; ; attempt++) {
+  /** One request, its retries (util/retry.ts) around `attempt`. */
+  private sendOnce(req: RegistryRequest): Promise<RegistryResponse> {
+    const state: RequestState = { url: this.resolveUrl(req.url), authRetried: false, redirects: 0 };
+    return withRetries(this.retry, (attempt) => this.attempt(req, state, attempt));
+  }
+
+  /**
+   * One attempt: answering an auth challenge and following redirects are part of it (they do not
+   * count as attempts). Throws RetryLater on a dropped connection, a short read or a transient status.
+   */
+  private async attempt(req: RegistryRequest, state: RequestState, attempt: number): Promise<RegistryResponse> {
+    for (;;) {
+      const url = state.url;
       const sameOrigin = new URL(url).origin === this.origin;
       const headers: Record<string, string> = { 'user-agent': this.userAgent, ...req.headers };
       if (sameOrigin) {
@@ -224,30 +192,24 @@ export class RegistryClient {
       try {
         res = await request(url, { method: req.method, headers, body: req.body, dispatcher: this.dispatcher });
       } catch (err) {
-        if (isRetryableNetworkError(err) && attempt < this.retry.maxAttempts) {
-          await this.backoff(attempt);
-          continue;
-        }
-        throw this.networkError(req, url, err, attempt);
+        throw this.unreachable(req, url, err, attempt);
       }
       const status = res.statusCode;
       const resHeaders = res.headers;
-      if (status === 401 && sameOrigin && !authRetried) {
+      if (status === 401 && sameOrigin && !state.authRetried) {
         const challenge = parseChallenge(header(resHeaders, 'www-authenticate'));
         await res.body.dump();
         if (challenge) {
-          authRetried = true;
+          state.authRetried = true;
           await this.answerChallenge(challenge, req, url);
-          attempt--;
           continue;
         }
       }
       if (req.followRedirects && [301, 302, 303, 307, 308].includes(status)) {
         const location = header(resHeaders, 'location');
         await res.body.dump();
-        if (!location || ++redirects > 5) throw new RegistryError('REGISTRY_ERROR', `${req.what}: bad redirect`, { method: req.method, url, status });
-        url = new URL(location, url).toString();
-        attempt--;
+        if (!location || ++state.redirects > 5) throw new RegistryError('REGISTRY_ERROR', `${req.what}: bad redirect`, { method: req.method, url, status });
+        state.url = new URL(location, url).toString();
         continue;
       }
       if (req.expect.includes(status)) {
@@ -260,40 +222,28 @@ export class RegistryClient {
         try {
           body = Buffer.from(await res.body.arrayBuffer());
         } catch (err) {
-          if (isRetryableNetworkError(err) && attempt < this.retry.maxAttempts) {
-            await this.backoff(attempt);
-            continue;
-          }
-          throw this.networkError(req, url, err, attempt);
+          throw this.unreachable(req, url, err, attempt);
         }
         const short = shortRead(status, resHeaders, body.byteLength, req.expectBytes);
         if (short === undefined) return { status, headers: resHeaders, body, url };
-        if (attempt < this.retry.maxAttempts) {
-          await this.backoff(attempt);
-          continue;
-        }
-        throw new RegistryError('SIZE_INVALID', `${req.what}: short read: ${short} (${attempt} attempt${attempt === 1 ? '' : 's'})`, { method: req.method, url, status });
+        throw new RetryLater((n) => new RegistryError('SIZE_INVALID', `${req.what}: short read: ${short} (${n} attempt${n === 1 ? '' : 's'})`, { method: req.method, url, status }));
       }
       const text = req.method === 'HEAD' ? '' : await res.body.text().catch(() => '');
       if (req.method === 'HEAD') await res.body.dump().catch(() => undefined);
-      if (isRetryableStatus(status) && attempt < this.retry.maxAttempts) {
-        await this.backoff(attempt, header(resHeaders, 'retry-after'));
-        continue;
-      }
+      if (isTransientStatus(status)) throw new RetryLater(() => this.statusError(req, url, status, text), header(resHeaders, 'retry-after'));
       throw this.statusError(req, url, status, text);
     }
   }
 
-  private async backoff(attempt: number, retryAfter?: string): Promise<void> {
-    const after = retryAfterMs(retryAfter);
-    const exp = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));
-    const delay = after !== undefined ? Math.min(after, MAX_RETRY_AFTER_MS) : exp / 2 + Math.random() * (exp / 2);
-    await sleep(delay);
+  /** A request that failed below HTTP: RetryLater when the connection dropped or was refused, REGISTRY_UNREACHABLE otherwise. */
+  private unreachable(req: RegistryRequest, url: string, err: unknown, attempt: number): unknown {
+    if (!(err instanceof SlipwayError) && isTransient(err)) return new RetryLater((n) => this.networkError(req, url, err, n));
+    return this.networkError(req, url, err, attempt);
   }
 
   private networkError(req: RegistryRequest, url: string, err: unknown, attempts: number): SlipwayError {
     if (err instanceof SlipwayError) return err;
-    const code = netCode(err) ?? (err as Error)?.name;
+    const code = netErrorCode(err) ?? (err as Error)?.name;
     return new SlipwayError('REGISTRY_UNREACHABLE', `${req.what}: registry ${this.registry} could not be reached (${req.method} ${url}: ${code ?? (err as Error)?.message}; ${attempts} attempt${attempts === 1 ? '' : 's'})`, {
       context: { registry: this.registry, url, method: req.method },
       cause: err,
@@ -301,18 +251,11 @@ export class RegistryClient {
   }
 
   private statusError(req: RegistryRequest, url: string, status: number, text: string): RegistryError {
-    let specCode: string | undefined;
-    let detail: string | undefined;
-    try {
-      const parsed = JSON.parse(text) as { errors?: { code?: string; message?: string; detail?: unknown }[] };
-      const first = parsed.errors?.[0];
-      specCode = first?.code;
-      detail = first?.message ?? undefined;
-    } catch {
-      detail = text.slice(0, 200) || undefined;
-    }
+    const errors = registryErrors(text);
+    const specCode = errors?.find((e) => isSpecErrorCode(e.code))?.code;
+    const detail = errors ? describeRegistryErrors(errors) : text.slice(0, 200) || undefined;
     let code: ErrorCode;
-    if (specCode && specCode in ERROR_CODES) code = specCode as ErrorCode;
+    if (isSpecErrorCode(specCode)) code = specCode;
     else if (status === 401) code = 'UNAUTHORIZED';
     else if (status === 403) code = 'DENIED';
     else if (status === 404) code = req.notFound ?? 'NAME_UNKNOWN';
@@ -320,7 +263,7 @@ export class RegistryClient {
     else code = 'REGISTRY_ERROR';
     if (status === 404 && req.notFound && code !== req.notFound && (code === 'NAME_UNKNOWN' || code === 'REGISTRY_ERROR')) code = req.notFound;
     const what = code === 'UNAUTHORIZED' && this.credentials ? `${req.what}: credentials for ${this.registry} were refused` : code === 'UNAUTHORIZED' ? `${req.what}: ${this.registry} requires credentials (none found)` : `${req.what}: ${ERROR_CODES[code]}`;
-    return new RegistryError(code, what, { method: req.method, url, status, ...(detail ? { detail } : {}) });
+    return new RegistryError(code, what, { method: req.method, url, status, ...(detail ? { detail } : {}), ...(errors ? { errors } : {}) });
   }
 
   private scopeKey(scopes: string[]): string {
@@ -360,37 +303,21 @@ export class RegistryClient {
     const realm = this.auth.bearerParams.realm;
     if (!realm) throw new RegistryError('UNAUTHORIZED', `registry ${this.registry} sent a bearer challenge without a realm`, { method: 'GET', url: forUrl, status: 401 });
     const { method, url: tokenUrl, headers, body } = tokenRequest(this.auth.bearerParams, scopes, this.credentials, this.userAgent);
-    let status = 0;
-    let text = '';
-    for (let attempt = 1; ; attempt++) {
+    const { status, text } = await withRetries(this.retry, async () => {
       let res: Dispatcher.ResponseData;
+      let answerText: string;
       try {
         res = await request(tokenUrl, { method, headers, body, dispatcher: this.dispatcher });
-        text = await res.body.text();
+        answerText = await res.body.text();
       } catch (err) {
-        if (isRetryableNetworkError(err) && attempt < this.retry.maxAttempts) {
-          await this.backoff(attempt);
-          continue;
-        }
-        throw new SlipwayError('REGISTRY_UNREACHABLE', `token service ${tokenUrl.origin} for ${this.registry} could not be reached: ${netCode(err) ?? (err as Error).message}`, { cause: err });
+        const unreachable = new SlipwayError('REGISTRY_UNREACHABLE', `token service ${tokenUrl.origin} for ${this.registry} could not be reached: ${netErrorCode(err) ?? (err as Error).message}`, { cause: err });
+        throw !(err instanceof SlipwayError) && isTransient(err) ? new RetryLater(() => unreachable) : unreachable;
       }
-      status = res.statusCode;
-      if (isRetryableStatus(status) && attempt < this.retry.maxAttempts) {
-        await this.backoff(attempt, header(res.headers, 'retry-after'));
-        continue;
-      }
-      break;
-    }
-    if (status === 401 || status === 403) {
-      throw new RegistryError('UNAUTHORIZED', this.credentials ? `credentials for ${this.registry} were refused by its token service` : `token service for ${this.registry} refused anonymous access`, {
-        method, url: tokenUrl.toString(), status, detail: text.slice(0, 200),
-      });
-    }
-    if (status !== 200) {
-      throw new RegistryError(isRetryableStatus(status) ? 'REGISTRY_ERROR' : 'UNAUTHORIZED', `token service for ${this.registry} answered ${status}`, {
-        method, url: tokenUrl.toString(), status, detail: text.slice(0, 200),
-      });
-    }
+      const answer = { status: res.statusCode, text: answerText };
+      if (isTransientStatus(answer.status)) throw new RetryLater(() => this.tokenRefusal(method, tokenUrl, answer.status, answer.text), header(res.headers, 'retry-after'));
+      return answer;
+    });
+    if (status !== 200) throw this.tokenRefusal(method, tokenUrl, status, text);
     let token: string | undefined;
     let expiresIn: number | undefined;
     try {
@@ -404,4 +331,43 @@ export class RegistryClient {
     this.auth.storeToken(this.scopeKey(cacheUnder), token, expiresIn);
     return token;
   }
+
+  /** The error for a token service's answer other than 200. */
+  private tokenRefusal(method: string, tokenUrl: URL, status: number, text: string): RegistryError {
+    if (status === 401 || status === 403) {
+      return new RegistryError('UNAUTHORIZED', this.credentials ? `credentials for ${this.registry} were refused by its token service` : `token service for ${this.registry} refused anonymous access`, {
+        method, url: tokenUrl.toString(), status, detail: text.slice(0, 200),
+      });
+    }
+    return new RegistryError(isTransientStatus(status) ? 'REGISTRY_ERROR' : 'UNAUTHORIZED', `token service for ${this.registry} answered ${status}`, {
+      method, url: tokenUrl.toString(), status, detail: text.slice(0, 200),
+    });
+  }
+}
+
+/** Where one request stands across its attempts: redirects followed and whether a challenge was answered. */
+interface RequestState {
+  url: string;
+  authRetried: boolean;
+  redirects: number;
+}
+
+/** The entries of a distribution-spec error body (`{"errors": [{code, message, detail}]}`), or undefined when it is not one. */
+function registryErrors(text: string): RegistryErrorEntry[] | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const list = (parsed as { errors?: unknown } | null)?.errors;
+  if (!Array.isArray(list)) return undefined;
+  return list.filter((e): e is RegistryErrorEntry => typeof e === 'object' && e !== null && typeof (e as { code?: unknown }).code === 'string');
+}
+
+/** The first entry's message, and the others' codes and messages after it. */
+function describeRegistryErrors(errors: RegistryErrorEntry[]): string | undefined {
+  const [first, ...rest] = errors;
+  const parts = [first?.message, ...rest.map((e) => `${e.code}${e.message ? `: ${e.message}` : ''}`)].filter((p): p is string => typeof p === 'string' && p !== '');
+  return parts.length > 0 ? parts.join('; ') : undefined;
 }

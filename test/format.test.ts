@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import { decodeIndex, encodeIndex, FLAG_ZSTD, HOLE, MEDIA_TYPE_DISK_PACK, type ChunkIndex } from '../src/disk/format.js';
-import { maxStoredChunkBytes } from '../src/workers/chunk-codec.js';
+import { maxStoredChunkBytes } from '../src/disk/chunk-codec.js';
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 

@@ -14,7 +14,7 @@ import { Targets } from '../oci/open.js';
 import type { Logger } from '../util/log.js';
 import { PrioritySemaphore, type Urgency } from '../util/semaphore.js';
 import { WorkerPool, type Decoded } from '../workers/pool.js';
-import { ChunkCodec } from '../workers/chunk-codec.js';
+import { ChunkCodec } from '../disk/chunk-codec.js';
 
 /**
  * The first chunks a process decodes are decoded on its own thread: a boot needs a handful, and
@@ -70,6 +70,12 @@ export class ChunkCache {
   readonly remote: RemoteTier;
   /** manifests, configs and indexes, by digest: disks already seen open without a registry */
   readonly meta: OciLayoutStore;
+  /**
+   * Chunks fetched by speculation while a boot profile is recorded: the worker writes each to the
+   * path here (in tier 1's tmp directory) instead of tier 1, so that the backend, which reads tier
+   * 1 on its own, has to ask for it and the profile sees what the boot used (LazyDisk.speculate).
+   */
+  readonly stagedPaths = new Map<string, string>();
   /** one entry per chunk digest being fetched */
   readonly inflight = new Map<string, InflightChunk>();
   readonly counters = { memoryHits: 0, diskHits: 0, corruptions: 0, inflightJoins: 0 };
@@ -137,7 +143,7 @@ export class ChunkCache {
     const pool = this.pool;
     // the worker also writes the chunk's tier-1 file, so the event loop does no file I/O for it
     const hex = digest.toString('hex');
-    return pool.decode(stored, flags, length, digest, what, { tmpPath: this.disk.tempPath(hex), finalPath: this.disk.chunkPath(hex) });
+    return pool.decode(stored, flags, length, digest, what, { tmpPath: this.disk.tempPath(hex), finalPath: this.stagedPaths.get(hex) ?? this.disk.chunkPath(hex) });
   }
 
   static async open(opts: ChunkCacheOptions): Promise<ChunkCache> {

@@ -16,8 +16,8 @@ import Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, readSync, renameSync, rmSync, unlinkSync, openSync, writeFileSync, writeSync, closeSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { SlipwayError } from '../errors.js';
+import { writeAtomic } from '../util/atomic-file.js';
 import type { Logger } from '../util/log.js';
 import { processAlive } from '../util/process.js';
 import { processStartTime } from '../util/process-identity.js';
@@ -310,34 +310,15 @@ export class DiskTier {
   }
 
   /**
-   * Write, fsync and rename in libuv's thread pool: the fsync is the slow part, and several chunks
-   * arriving at once are written in parallel while the event loop goes on serving.
+   * Write, fdatasync and rename (util/atomic-file.ts) in libuv's thread pool: the sync is the slow
+   * part, and several chunks arriving at once are written in parallel while the event loop goes on
+   * serving. The temporary file is in the cache's tmp directory (fsck clears a dead process's); a
+   * prefix directory is made by the first chunk that needs it. The directory is not fsynced: a
+   * rename lost in a crash leaves a row without its file, which is a miss, fetched again.
    */
-  private async writeFile(digestHex: string, data: Buffer): Promise<void> {
-    const tmp = this.tempPath(digestHex);
-    const finalPath = this.chunkPath(digestHex);
-    try {
-      const handle = await open(tmp, 'wx', 0o644);
-      try {
-        await handle.writeFile(data);
-        await handle.datasync();
-      } finally {
-        await handle.close();
-      }
-      try {
-        await rename(tmp, finalPath);
-      } catch (err) {
-        // a prefix directory is made by the first chunk that needs it
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-        await mkdir(join(this.chunkDir, digestHex.slice(0, 2)), { recursive: true });
-        await rename(tmp, finalPath);
-      }
-    } catch (err) {
-      await rm(tmp, { force: true });
-      throw err;
-    }
+  private writeFile(digestHex: string, data: Buffer): Promise<void> {
+    return writeAtomic(this.chunkPath(digestHex), (handle) => handle.writeFile(data), { tmpPath: this.tempPath(digestHex), dataOnly: true, syncDir: false });
   }
-
 
   totals(): { bytes: number; chunks: number } {
     return this.stmts.totals.get() ?? { bytes: 0, chunks: 0 };

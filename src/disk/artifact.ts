@@ -1,18 +1,11 @@
-import { createRequire } from 'node:module';
 import { SlipwayError } from '../errors.js';
 import type { Target } from '../oci/store.js';
 import type { Descriptor, ImageManifest } from '../oci/types.js';
-import { maxStoredChunkBytes } from '../workers/chunk-codec.js';
+import { decompressIndex, maxStoredChunkBytes } from './chunk-codec.js';
 import {
   decodeIndex, parseDiskConfig, parseDiskManifest, MEDIA_TYPE_DISK_INDEX,
   type ChunkIndex, type DiskConfig,
 } from './format.js';
-
-const require = createRequire(import.meta.url);
-const zstd = require('zstd-napi/binding') as {
-  decompress(dst: Uint8Array, src: Uint8Array): number;
-  getFrameContentSize(frame: Uint8Array): number | null;
-};
 
 /** A disk artifact resolved and checked: manifest, config and index, everything verified. */
 export interface DiskArtifact {
@@ -26,19 +19,6 @@ export interface DiskArtifact {
 /** The largest index a disk of this shape can have: bounds decompression of an untrusted blob. */
 export function maxIndexBytes(config: DiskConfig, layerCount: number): number {
   return 48 + layerCount * 40 + config.chunkCount * (48 + 4);
-}
-
-export function decompressIndex(blob: Buffer, bound: number): Buffer {
-  const declared = zstd.getFrameContentSize(blob);
-  if (declared !== null && declared > bound) throw new SlipwayError('CORRUPT_INDEX', `chunk index claims ${declared} bytes, more than the ${bound} its disk can need`);
-  const out = Buffer.allocUnsafe(declared ?? bound);
-  let n: number;
-  try {
-    n = zstd.decompress(out, blob);
-  } catch (err) {
-    throw new SlipwayError('CORRUPT_INDEX', `chunk index blob does not decompress: ${(err as Error).message}`);
-  }
-  return out.subarray(0, n);
 }
 
 /** What opening a disk needs of a store: blob reads (a cache may stand in front of the store). */

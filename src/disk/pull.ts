@@ -1,13 +1,12 @@
-import { randomBytes } from 'node:crypto';
-import { open, rename, rm, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import { fromFsError } from '../errors.js';
 import type { Target } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
+import { writeAtomic } from '../util/atomic-file.js';
 import { forEachBounded } from '../util/concurrency.js';
 import type { ProgressFn } from '../util/progress.js';
-import type { WorkerPool } from '../workers/pool.js';
 import type { DiskArtifact } from './artifact.js';
+import type { ChunkCoder } from './chunk-codec.js';
 import { chunkLength, HOLE, type IndexEntry } from './format.js';
 
 /** Packs fetched at once: each is bounded (8 MiB by default), so memory stays bounded too. */
@@ -19,7 +18,7 @@ export interface PullOptions {
   target: Target;
   disk: DiskArtifact;
   outFile: string;
-  pool: WorkerPool;
+  pool: ChunkCoder;
   onProgress?: ProgressFn;
 }
 
@@ -60,26 +59,17 @@ function planByPack(disk: DiskArtifact): PackWork[] {
  * Pull a disk into a sparse raw file: holes stay holes. Packs are fetched (whole, or by Range
  * when little of a pack is used), every chunk is decompressed and checked against its digest in
  * the workers, and written where the index says. The file appears under its name only when
- * complete (temporary file, fsync, rename).
+ * complete (util/atomic-file.ts: temporary file, fsync, rename, directory fsync).
  */
 export async function pullDisk(opts: PullOptions): Promise<PullResult> {
   const { disk, target, pool } = opts;
   const { index } = disk;
-  const tmp = join(dirname(opts.outFile), `.${basename(opts.outFile)}.slipway-${randomBytes(4).toString('hex')}`);
-  let handle: FileHandle | undefined;
-  try {
-    handle = await open(tmp, 'wx', 0o644);
-  } catch (err) {
-    throw fromFsError(err, dirname(opts.outFile), 'output directory');
-  }
   let fetchedBytes = 0;
   let writtenBytes = 0;
-  let done = false;
   const report = (phase: string): void => {
     opts.onProgress?.({ op: 'pull', phase, doneBytes: writtenBytes, totalBytes: index.sizeBytes, fetchedBytes });
   };
-  try {
-    const file = handle;
+  await writeAtomic(opts.outFile, async (file) => {
     await file.truncate(index.sizeBytes);
     const work = planByPack(disk);
     const writeEntry = async (entry: IndexEntry, chunks: number[], stored: Buffer): Promise<void> => {
@@ -107,15 +97,7 @@ export async function pullDisk(opts: PullOptions): Promise<PullResult> {
     };
     report('start');
     await forEachBounded(work, PACKS_IN_FLIGHT, doPack);
-    await file.sync();
-    await file.close();
-    handle = undefined;
-    await rename(tmp, opts.outFile);
-    done = true;
-    report('done');
-    return { sizeBytes: index.sizeBytes, fetchedBytes, writtenBytes };
-  } finally {
-    if (handle) await handle.close().catch(() => undefined);
-    if (!done) await rm(tmp, { force: true });
-  }
+  }, { openFailed: (err) => fromFsError(err, dirname(opts.outFile), 'output directory') });
+  report('done');
+  return { sizeBytes: index.sizeBytes, fetchedBytes, writtenBytes };
 }

@@ -1,11 +1,10 @@
 import { open, stat } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import { SlipwayError, fromFsError, isSlipwayError } from '../errors.js';
 import { sha256Digest } from '../oci/digest.js';
 import type { Target } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 import type { ProgressFn } from '../util/progress.js';
-import type { WorkerPool } from '../workers/pool.js';
+import { compressIndex, type ChunkCoder } from './chunk-codec.js';
 import { openDiskArtifact, type DiskArtifact } from './artifact.js';
 import { DEFAULT_REPOSITORY_DEDUP, recentRepositoryDisks, type RepositoryDedupLimits } from './dedup.js';
 import { forEachBounded } from '../util/concurrency.js';
@@ -16,9 +15,6 @@ import {
   type ChunkIndex, type Compression, type DiskConfig, type IndexEntry,
 } from './format.js';
 
-const require = createRequire(import.meta.url);
-const zstd = require('zstd-napi/binding') as { compress(dst: Uint8Array, src: Uint8Array, level: number): number; compressBound(n: number): number };
-
 export const DEFAULT_ZSTD_LEVEL = 3;
 /** Pack uploads in flight: enough to keep a link busy while the workers fill the next pack. */
 const UPLOADS_IN_FLIGHT = 3;
@@ -27,7 +23,7 @@ export interface PushOptions {
   file: string;
   target: Target;
   tag: string;
-  pool: WorkerPool;
+  pool: ChunkCoder;
   chunkSizeBytes?: number;
   packSizeBytes?: number;
   compression?: Compression;
@@ -305,8 +301,7 @@ export async function pushDisk(opts: PushOptions): Promise<PushResult> {
 
   const index: ChunkIndex = { sizeBytes, chunkSizeBytes, chunkCount, packs: packs as Descriptor[], entries, map };
   const rawIndex = encodeIndex(index);
-  const indexScratch = Buffer.allocUnsafe(zstd.compressBound(rawIndex.byteLength));
-  const indexBlob = Buffer.from(indexScratch.subarray(0, zstd.compress(indexScratch, rawIndex, 9)));
+  const indexBlob = compressIndex(rawIndex);
   const indexDesc: Descriptor = { mediaType: MEDIA_TYPE_DISK_INDEX, digest: sha256Digest(indexBlob), size: indexBlob.byteLength };
   if (!(await target.blobExists(indexDesc.digest))) await target.pushBlob(indexDesc, indexBlob);
 

@@ -1,12 +1,37 @@
-import { randomBytes } from 'node:crypto';
-import { createHash } from 'node:crypto';
-import { open, rename, rm, mkdir } from 'node:fs/promises';
-import { dirname, join, basename } from 'node:path';
+/**
+ * The one crash-safe write: the bytes go to a temporary file (beside the target unless told
+ * otherwise, always on its file system), are fsynced, and are renamed into place; the directory
+ * is then fsynced so that the rename survives a crash. A reader sees the old content or the new,
+ * never a part. The temporary file is removed on any failure. `writeAtomic` takes a function that
+ * fills the file; `writeAtomicSync` is the same for a worker thread's synchronous code.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, fdatasyncSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { SlipwayError } from '../errors.js';
 
+export interface AtomicWriteOptions {
+  /** the temporary file (default: a fresh name beside the target); it must be on the target's file system */
+  tmpPath?: string;
+  /** fdatasync (the content) instead of fsync (content and metadata) */
+  dataOnly?: boolean;
+  /**
+   * fsync the directory after the rename (default true). Only a store for which a lost rename is
+   * harmless (the chunk cache: a missing file is a miss, fetched again) may leave it out.
+   */
+  syncDir?: boolean;
+  /** what to throw when the temporary file cannot be created (default: the system error) */
+  openFailed?: (err: unknown) => unknown;
+}
+
 function tempPathFor(finalPath: string): string {
   return join(dirname(finalPath), `.tmp-${basename(finalPath)}-${process.pid}-${randomBytes(6).toString('hex')}`);
+}
+
+function isMissing(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
 }
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -18,29 +43,79 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/**
- * Crash-safe write: the bytes go to a temporary file beside the target, are fsynced, and are
- * renamed into place; the directory is fsynced so the rename survives a crash. A reader sees the
- * old content or the new, never a part. The temporary file is removed on any failure.
- */
-export async function writeFileAtomic(finalPath: string, data: Uint8Array | string): Promise<void> {
-  await mkdir(dirname(finalPath), { recursive: true });
-  const tmp = tempPathFor(finalPath);
+/** Rename into place; a target directory that does not exist yet is made (once) and the rename tried again. */
+async function renameIntoPlace(tmp: string, finalPath: string): Promise<void> {
+  try {
+    await rename(tmp, finalPath);
+  } catch (err) {
+    if (!isMissing(err)) throw err;
+    await mkdir(dirname(finalPath), { recursive: true });
+    await rename(tmp, finalPath);
+  }
+}
+
+/** Write `finalPath` crash-safely with what `fill` writes to the temporary file's handle. */
+export async function writeAtomic(finalPath: string, fill: (handle: FileHandle) => Promise<void>, opts: AtomicWriteOptions = {}): Promise<void> {
+  const tmp = opts.tmpPath ?? tempPathFor(finalPath);
   let renamed = false;
   try {
-    const handle = await open(tmp, 'wx', 0o644);
+    let handle: FileHandle;
     try {
-      await handle.writeFile(data);
-      await handle.sync();
+      handle = await open(tmp, 'wx', 0o644);
+    } catch (err) {
+      throw opts.openFailed ? opts.openFailed(err) : err;
+    }
+    try {
+      await fill(handle);
+      await (opts.dataOnly ? handle.datasync() : handle.sync());
     } finally {
       await handle.close();
     }
-    await rename(tmp, finalPath);
+    await renameIntoPlace(tmp, finalPath);
     renamed = true;
-    await fsyncDir(dirname(finalPath));
+    if (opts.syncDir !== false) await fsyncDir(dirname(finalPath));
   } finally {
     if (!renamed) await rm(tmp, { force: true });
   }
+}
+
+/** `writeAtomic` of a whole buffer on the calling thread (a worker's: it keeps file I/O off the event loop). */
+export function writeAtomicSync(finalPath: string, data: Uint8Array, opts: Omit<AtomicWriteOptions, 'openFailed'> = {}): void {
+  const tmp = opts.tmpPath ?? tempPathFor(finalPath);
+  let renamed = false;
+  try {
+    const fd = openSync(tmp, 'wx', 0o644);
+    try {
+      for (let off = 0; off < data.byteLength; ) off += writeSync(fd, data, off, data.byteLength - off);
+      (opts.dataOnly ? fdatasyncSync : fsyncSync)(fd);
+    } finally {
+      closeSync(fd);
+    }
+    try {
+      renameSync(tmp, finalPath);
+    } catch (err) {
+      if (!isMissing(err)) throw err;
+      mkdirSync(dirname(finalPath), { recursive: true });
+      renameSync(tmp, finalPath);
+    }
+    renamed = true;
+    if (opts.syncDir !== false) {
+      const dirFd = openSync(dirname(finalPath), 'r');
+      try {
+        fsyncSync(dirFd);
+      } finally {
+        closeSync(dirFd);
+      }
+    }
+  } finally {
+    if (!renamed) rmSync(tmp, { force: true });
+  }
+}
+
+/** A whole buffer or string written crash-safely; the directory is made when missing. */
+export async function writeFileAtomic(finalPath: string, data: Uint8Array | string): Promise<void> {
+  await mkdir(dirname(finalPath), { recursive: true });
+  await writeAtomic(finalPath, (handle) => handle.writeFile(data));
 }
 
 /**
@@ -54,13 +129,10 @@ export async function writeStreamAtomicVerified(
   what: string,
 ): Promise<void> {
   await mkdir(dirname(finalPath), { recursive: true });
-  const tmp = tempPathFor(finalPath);
-  let renamed = false;
   try {
-    const handle = await open(tmp, 'wx', 0o644);
-    const hash = createHash('sha256');
-    let size = 0;
-    try {
+    await writeAtomic(finalPath, async (handle) => {
+      const hash = createHash('sha256');
+      let size = 0;
       for await (const piece of source) {
         const buf = piece as Buffer;
         hash.update(buf);
@@ -68,21 +140,14 @@ export async function writeStreamAtomicVerified(
         if (size > expected.size) break;
         await handle.write(buf);
       }
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    const digest = `sha256:${hash.digest('hex')}`;
-    if (size !== expected.size || digest !== expected.digest) {
-      throw new SlipwayError('DIGEST_MISMATCH', `${what}: received ${size} bytes with digest ${digest}, expected ${expected.size} bytes with ${expected.digest}`, {
-        context: { digest: expected.digest },
-      });
-    }
-    await rename(tmp, finalPath);
-    renamed = true;
-    await fsyncDir(dirname(finalPath));
+      const digest = `sha256:${hash.digest('hex')}`;
+      if (size !== expected.size || digest !== expected.digest) {
+        throw new SlipwayError('DIGEST_MISMATCH', `${what}: received ${size} bytes with digest ${digest}, expected ${expected.size} bytes with ${expected.digest}`, {
+          context: { digest: expected.digest },
+        });
+      }
+    });
   } finally {
-    if (!renamed) await rm(tmp, { force: true });
     source.destroy();
   }
 }

@@ -1,8 +1,23 @@
 import { parentPort } from 'node:worker_threads';
-import { ChunkCodec, persistChunk } from './chunk-codec.js';
+import { ChunkCodec } from '../disk/chunk-codec.js';
+import { writeAtomicSync } from '../util/atomic-file.js';
 import type { WorkerRequest, WorkerResponse } from './pool.js';
 
 const codec = new ChunkCodec();
+
+/**
+ * Write a verified chunk to its cache file (util/atomic-file.ts, as the disk tier writes one) on
+ * this thread, so the daemon's event loop does no file I/O for it. Returns the errno code on
+ * failure (ENOSPC is the caller's to handle), or undefined.
+ */
+function persistChunk(data: Uint8Array, tmpPath: string, finalPath: string): string | undefined {
+  try {
+    writeAtomicSync(finalPath, data, { tmpPath, dataOnly: true, syncDir: false });
+    return undefined;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? 'EIO';
+  }
+}
 
 parentPort?.on('message', (req: WorkerRequest) => {
   let res: WorkerResponse;

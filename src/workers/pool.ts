@@ -2,6 +2,7 @@ import { availableParallelism } from 'node:os';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import type { ChunkCoder } from '../disk/chunk-codec.js';
 import { SlipwayError, type ErrorCode } from '../errors.js';
 
 export type WorkerRequest =
@@ -51,7 +52,7 @@ function workerUrl(): URL {
  * A pool of worker threads for hashing and compression: one per core by default, so push and pull
  * use every core while the main thread does I/O. Work is handed to the least-loaded worker.
  */
-export class WorkerPool {
+export class WorkerPool implements ChunkCoder {
   private readonly workers: { worker: Worker; inflight: number }[] = [];
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;

@@ -1,23 +1,49 @@
 /**
- * Chunk encoding and decoding, the CPU-heavy half of push and pull: sha256, zero detection,
- * zstd. Runs inside worker threads (chunk-worker.ts) and, for small jobs, on the caller's thread.
+ * The format's codec, and slipway's one zstd binding: chunk encoding and decoding (sha256, zero
+ * detection, zstd), the CPU-heavy half of push and pull, and the index blob's compression. Chunks
+ * are coded in worker threads (src/workers runs this code on every core) and, for small jobs, on
+ * the caller's thread; push and pull see only the `ChunkCoder` interface.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, fdatasyncSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { createRequire } from 'node:module';
 import { SlipwayError } from '../errors.js';
-import { FLAG_ZSTD } from '../disk/format.js';
+import { FLAG_ZSTD } from './format.js';
 
 const require = createRequire(import.meta.url);
 
 interface ZstdBinding {
   CCtx: new () => { compress(dst: Uint8Array, src: Uint8Array, level: number): number };
   DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
+  compress(dst: Uint8Array, src: Uint8Array, level: number): number;
+  decompress(dst: Uint8Array, src: Uint8Array): number;
   compressBound(size: number): number;
+  getFrameContentSize(frame: Uint8Array): number | null;
 }
 
 const zstd = require('zstd-napi/binding') as ZstdBinding;
+
+/** The zstd level of the index blob: it is small and read by every pull and boot. */
+const INDEX_ZSTD_LEVEL = 9;
+
+/** An encoded index blob of a serialised index (format.ts `encodeIndex`). */
+export function compressIndex(rawIndex: Buffer): Buffer {
+  const scratch = Buffer.allocUnsafe(zstd.compressBound(rawIndex.byteLength));
+  return Buffer.from(scratch.subarray(0, zstd.compress(scratch, rawIndex, INDEX_ZSTD_LEVEL)));
+}
+
+/** Decompress an untrusted index blob into at most `bound` bytes. */
+export function decompressIndex(blob: Buffer, bound: number): Buffer {
+  const declared = zstd.getFrameContentSize(blob);
+  if (declared !== null && declared > bound) throw new SlipwayError('CORRUPT_INDEX', `chunk index claims ${declared} bytes, more than the ${bound} its disk can need`);
+  const out = Buffer.allocUnsafe(declared ?? bound);
+  let n: number;
+  try {
+    n = zstd.decompress(out, blob);
+  } catch (err) {
+    throw new SlipwayError('CORRUPT_INDEX', `chunk index blob does not decompress: ${(err as Error).message}`);
+  }
+  return out.subarray(0, n);
+}
 
 export function maxStoredChunkBytes(chunkSizeBytes: number): number {
   return zstd.compressBound(chunkSizeBytes);
@@ -29,6 +55,16 @@ export interface EncodedChunk {
   zero: boolean;
   stored: Buffer;
   flags: number;
+}
+
+/**
+ * What push and pull need to code chunks: the worker pool (src/workers/pool.ts) is one, running
+ * `ChunkCodec` on every core. `size` is how many chunks it codes at once.
+ */
+export interface ChunkCoder {
+  readonly size: number;
+  encode(data: Buffer, level: number): Promise<EncodedChunk>;
+  decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<{ data: Buffer }>;
 }
 
 export class ChunkCodec {
@@ -84,33 +120,5 @@ export class ChunkCodec {
       throw new SlipwayError('DIGEST_MISMATCH', `${what}: content has sha256:${actual.toString('hex')}, index says sha256:${digest.toString('hex')}`);
     }
     return out;
-  }
-}
-
-/**
- * Write a verified chunk to its cache file crash-safely (temp file, fdatasync, rename), on the
- * calling thread: the worker that decoded it, so the daemon's event loop does no file I/O for it.
- * Returns the errno code on failure (ENOSPC is the caller's to handle), or undefined.
- */
-export function persistChunk(data: Uint8Array, tmpPath: string, finalPath: string): string | undefined {
-  try {
-    const fd = openSync(tmpPath, 'wx', 0o644);
-    try {
-      for (let off = 0; off < data.byteLength; ) off += writeSync(fd, data, off, data.byteLength - off);
-      fdatasyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    try {
-      renameSync(tmpPath, finalPath);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      mkdirSync(dirname(finalPath), { recursive: true });
-      renameSync(tmpPath, finalPath);
-    }
-    return undefined;
-  } catch (err) {
-    rmSync(tmpPath, { force: true });
-    return (err as NodeJS.ErrnoException).code ?? 'EIO';
   }
 }

@@ -2,13 +2,22 @@
  * The storage path of a boot alone, free of TCG's slow CPU. The reads a Debian 12 systemd boot
  * makes of its root disk are recorded once (qemu-storage-daemon's blk_co_preadv trace event, the
  * guest booting under QEMU from that export until its agent answers), then replayed in order at
- * queue depth 1 by the C test frontend against:
- *  - slipway-blk with an empty cache, the disk in the local registry (with and without its boot profile);
- *  - the lazy set-up users build by hand: qemu-storage-daemon's http driver reading the same image
- *    as one raw blob from the same registry, copy-on-read into a local qcow2 overlay, exported as
- *    vhost-user-blk;
- * each with 0 and 20 ms added to every registry request (a delaying proxy); and warm: slipway-blk
- * with every chunk cached against qemu-storage-daemon on a local copy of the file.
+ * queue depth 1 by the C test frontend against, at 0 and 20 ms added to every registry request
+ * (a delaying proxy in its own process), each slipway run on an empty cache (a host that has never
+ * seen the disk) of its own repository copy of the disk:
+ *  - the peer: the lazy set-up users build by hand, qemu-storage-daemon's http driver reading the
+ *    same image as one raw blob from the same registry, copy-on-read into a local qcow2 overlay,
+ *    exported as vhost-user-blk;
+ *  - slipway-blk, no profile, `--prefetch none`: demand misses only;
+ *  - slipway-blk, no profile, `--prefetch profile` (the default): speculation on misses. This is
+ *    host 1's first boot of the disk: it records the boot profile and stores it in the registry
+ *    when the export closes, exactly as `slipway serve` does;
+ *  - slipway-blk, no profile, `--prefetch all`: the same plus the whole disk at background priority;
+ *  - slipway-blk, the profile host 1 recorded, on host 2 (a fresh cache);
+ *  - an upper bound: a profile built from the trace itself (the chunks the boot reads, in order)
+ *    and pushed by hand; no user gets a profile that way;
+ * and warm: slipway-blk with every chunk cached against qemu-storage-daemon on a local copy of
+ * the file. Bytes fetched are the registry bytes of chunk requests, against the bytes the boot read.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -23,7 +32,7 @@ import { renderBootConfig } from '../src/guest/boot-config.js';
 import { buildGuest, PROJECT_ROOT } from '../src/guest/build.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
-import { serveDisk } from '../src/serve/backend.js';
+import { serveDisk, type PrefetchMode } from '../src/serve/backend.js';
 import { silentLogger } from '../src/util/log.js';
 import { QemuDriver } from '../src/vmm/qemu.js';
 import { startRegistry } from '../test/helpers/registry.js';
@@ -118,16 +127,30 @@ async function main(): Promise<void> {
     const profiledTarget = await targets.open(parseRef(profiled));
     await pushBootProfile(profiledTarget, (await openDiskArtifact(profiledTarget, 'v1')).manifestDescriptor, { formatVersion: 1, disk: artifact.manifestDescriptor.digest, chunkSizeBytes: cs, chunks: order });
 
-    const slipwayCold = async (host: string, repo: string, useProfile: boolean): Promise<{ ms: number; fetched: number }> => {
+    /**
+     * One boot on a host that has never seen the disk (an empty cache), served as `slipway serve`
+     * serves it: `record` records the boot profile and stores it in the registry when the export
+     * closes. Bytes fetched are counted once the replay is done and background work has settled
+     * (for `all`, only what was fetched by then: the fill is stopped by the close).
+     */
+    const slipwayCold = async (host: string, repo: string, prefetch: PrefetchMode, record: boolean): Promise<{ ms: number; fetched: number; profileChunks: number; speculated: number; stored: number }> => {
       const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'cache-')) }), logger: silentLogger });
-      // the daemon starts its decode threads (and makes tier 1's directories) when it starts, not
-      // when the first disk opens
+      // the daemon and `slipway serve` start their decode threads (and make tier 1's directories)
+      // when they start, not when the first disk opens
       await cache.warmUp();
-      const served = await serveDisk({ cache, ref: `${host}/bench/${repo}:v1`, socket: join(work, `s-${Date.now()}.sock`), workDir: mkdtempSync(join(work, 'serve-')), readWrite: false, openOptions: { useProfile } });
+      let stored = 0;
+      const served = await serveDisk({
+        cache, ref: `${host}/bench/${repo}:v1`, socket: join(work, `s-${Date.now()}.sock`), workDir: mkdtempSync(join(work, 'serve-')), readWrite: false, prefetch,
+        ...(record ? { openOptions: { recordProfileIfMissing: true }, saveProfileWhenQuietMs: 600_000 } : { openOptions: { recordProfileIfMissing: false } }),
+        onProfileSaved: (saved, err) => {
+          if (err) console.error(`storing the boot profile failed: ${(err as Error).message}`);
+          stored = saved?.chunks ?? 0;
+        },
+      });
       try {
         const r = await frontend(['replay', served.socket, trace]);
-        await served.disk.settle();
-        return { ms: r.ms as number, fetched: cache.stats().remote.bytes };
+        if (prefetch !== 'all') await served.disk.settle();
+        return { ms: r.ms as number, fetched: cache.stats().remote.bytes, profileChunks: served.disk.stats.profileChunks, speculated: served.disk.stats.speculatedChunks, get stored() { return stored; } };
       } finally {
         await served.close();
         await cache.close();
@@ -147,29 +170,45 @@ async function main(): Promise<void> {
         d.kill();
       }
     };
-    // SLIPWAY_BENCH_ONLY=profile runs just the profiled cold replay at 0 ms (for profiling the daemon)
+    // SLIPWAY_BENCH_ONLY=profile runs just the trace-profiled cold replay at 0 ms (for profiling the
+    // daemon); SLIPWAY_BENCH_ONLY=cold runs the cold rows without the warm ones
     const only = process.env.SLIPWAY_BENCH_ONLY;
+    const row = (name: string, r: { ms: number; fetched: number; speculated?: number }, peer: number): Row => ({
+      name, ms: Math.round(r.ms), ratio: (r.ms / peer).toFixed(3), fetchedBytes: r.fetched, fetchedPerRead: (r.fetched / bootBytes).toFixed(2), speculatedChunks: r.speculated ?? '',
+    });
     for (const delayMs of only === 'profile' ? [0] : [0, 20]) {
       const proxy = await startDelayProxy(registry.host, delayMs);
       try {
         if (only === 'profile') {
-          const prof = await slipwayCold(proxy.host, 'debian-profiled', true);
+          const prof = await slipwayCold(proxy.host, 'debian-profiled', 'profile', false);
           rows.push({ name: 'slipway-blk, empty cache, boot profile', ms: Math.round(prof.ms), ratio: '', fetchedBytes: prof.fetched });
           continue;
         }
+        // each delay has its own copy of the disk: host 1's first boot finds no profile there
+        const repo = `debian-${delayMs}`;
+        execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'copy', ref, `${registry.host}/bench/${repo}:v1`, '--progress=none']);
         const peer = await peerCold(proxy.host);
-        const plain = await slipwayCold(proxy.host, 'debian', false);
-        const prof = await slipwayCold(proxy.host, 'debian-profiled', true);
+        const none = await slipwayCold(proxy.host, repo, 'none', false);
+        const all = await slipwayCold(proxy.host, repo, 'all', false);
+        const first = await slipwayCold(proxy.host, repo, 'profile', true);
+        if (first.stored === 0) throw new Error('host 1 stored no boot profile');
+        const second = await slipwayCold(proxy.host, repo, 'profile', false);
+        if (second.profileChunks !== first.stored) throw new Error(`host 2 opened with ${second.profileChunks} profile chunks, host 1 stored ${first.stored}`);
+        const bound = await slipwayCold(proxy.host, 'debian-profiled', 'profile', false);
         rows.push(
-          { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '' },
-          { name: `${delayMs} ms: slipway-blk, empty cache`, ms: Math.round(plain.ms), ratio: (plain.ms / peer).toFixed(3), fetchedBytes: plain.fetched },
-          { name: `${delayMs} ms: slipway-blk, empty cache, boot profile`, ms: Math.round(prof.ms), ratio: (prof.ms / peer).toFixed(3), fetchedBytes: prof.fetched },
+          { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '', fetchedPerRead: '', speculatedChunks: '' },
+          row(`${delayMs} ms: slipway-blk, no profile, --prefetch none (demand only)`, none, peer),
+          row(`${delayMs} ms: slipway-blk, no profile, --prefetch profile (default; host 1, records the profile)`, first, peer),
+          row(`${delayMs} ms: slipway-blk, no profile, --prefetch all`, all, peer),
+          row(`${delayMs} ms: slipway-blk, profile recorded by host 1 (${first.stored} chunks), host 2`, second, peer),
+          row(`${delayMs} ms: upper bound: slipway-blk, profile built from the trace (${order.length} chunks)`, bound, peer),
         );
       } finally {
         proxy.stop();
       }
     }
     if (only === 'profile') return report('profiled cold replay only', rows, 'storage-path-profile');
+    if (only === 'cold') return report(`cold replays only (${lines.length} reads, ${bootBytes} bytes)`, rows, 'storage-path-cold');
     // warm: every chunk local, against a local file
     const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'warm-')) }), logger: silentLogger });
     const pre = await cache.openDisk(ref, { useProfile: false });

@@ -47,17 +47,21 @@ function rangeOf(disk: LazyDisk, n: number): { pack: string; range: string } {
   return { pack: (index.packs[e.pack] as { digest: string }).digest, range: `bytes=${e.offset}-${e.offset + e.storedLength - 1}` };
 }
 
-/** A cache on a fresh directory and the disk opened through a gate that holds everything but chunk `a`'s request. */
-async function gatedDisk(a: number): Promise<{ cache: ChunkCache; disk: LazyDisk; gate: GateProxy; isA: (r: GatedRequest) => boolean }> {
+/**
+ * A cache on a fresh directory and the disk opened through a gate that holds every chunk request
+ * but those that fetch chunk `a` alone, or one of `alsoPass` alone.
+ */
+async function gatedDisk(a: number, opts: { alsoPass?: number[]; speculate?: boolean } = {}): Promise<{ cache: ChunkCache; disk: LazyDisk; gate: GateProxy; isA: (r: GatedRequest) => boolean }> {
   // the chunk's place in its pack is known once the disk is open: open it directly first
   const probeCache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-probe-') }), logger: silentLogger });
   const probe = await probeCache.openDisk(`${registry.host}/spec/disk:v1`, { useProfile: false, pin: false });
   const want = rangeOf(probe, a);
+  const passing = new Set((opts.alsoPass ?? []).map((n) => JSON.stringify(rangeOf(probe, n))));
   await probeCache.close();
   const isA = (r: GatedRequest): boolean => r.path.endsWith(want.pack) && r.range === want.range;
-  const gate = await startGateProxy(registry.host, isA);
+  const gate = await startGateProxy(registry.host, (r) => isA(r) || passing.has(JSON.stringify({ pack: r.path.split('/').at(-1), range: r.range })));
   const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-cache-') }), logger: silentLogger });
-  const disk = await cache.openDisk(`${gate.host}/spec/disk:v1`, { useProfile: false });
+  const disk = await cache.openDisk(`${gate.host}/spec/disk:v1`, { useProfile: false, speculate: opts.speculate === true });
   cleanups.push(async () => {
     gate.open();
     await cache.close();
@@ -92,5 +96,51 @@ describe('a demand miss is never queued behind speculation or prefetch', () => {
     expect((await within(10_000, read, 'the read of chunk A')).byteLength).toBe(CHUNK);
     gate.open();
     await prefetch;
+  }, 60_000);
+});
+
+describe('speculative fetch', () => {
+  it('never delays a demand miss: chunk A is read while speculation of the chunks around ten earlier misses is on the wire and queued', async () => {
+    const a = 250;
+    const misses = Array.from({ length: 10 }, (_, i) => i * 20);
+    const { cache, disk, gate, isA } = await gatedDisk(a, { alsoPass: misses, speculate: true });
+    const limit = cache.config.connectionsPerHost;
+    // each miss is answered (its request fetches that chunk alone); the speculation each one
+    // starts (the chunks around it, in other requests) is held at the gate
+    for (const n of misses) expect((await within(10_000, disk.readChunk(n), `the read of chunk ${n}`)).byteLength).toBe(CHUNK);
+    expect(disk.stats.speculatedChunks).toBeGreaterThan(misses.length);
+    await heldRequests(gate, limit - 2);
+    expect(cache.hostLimit(gate.host).queued).toBeGreaterThan(0);
+    // A's request goes out at once: its latency is one request's time
+    const read = disk.readChunk(a);
+    expect((await within(10_000, gate.arrived(isA), "chunk A's request")).held).toBe(false);
+    expect(gate.requests.filter((r) => r.held).length).toBeGreaterThanOrEqual(limit - 2);
+    expect((await within(10_000, read, 'the read of chunk A')).byteLength).toBe(CHUNK);
+    gate.open();
+    await disk.settle();
+    // what was speculated is in tier 1 now: the next chunks after a miss read locally
+    const remote = cache.stats().remote.requests;
+    await disk.readChunk(misses[1] as number + 1);
+    expect(cache.stats().remote.requests).toBe(remote);
+  }, 60_000);
+
+  it('follows a sequential reader: while a profile is recorded, each speculated chunk the guest reads moves the window on, so only the first read misses', async () => {
+    const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-seq-') }), logger: silentLogger });
+    cleanups.push(() => cache.close());
+    const disk = await cache.openDisk(`${registry.host}/spec/disk:v1`, { useProfile: false, speculate: true, recordProfile: true });
+    // one chunk at a time, as a guest reads a file, speculation settled between reads
+    const missed: number[] = [];
+    for (let n = 0; n < 64; n++) {
+      const local = disk.stats.tier0Chunks + disk.stats.tier1Chunks;
+      await disk.readChunk(n);
+      if (disk.stats.tier0Chunks + disk.stats.tier1Chunks === local) missed.push(n);
+      await disk.settle();
+    }
+    expect(missed).toEqual([0]);
+    expect(disk.stats.stagedHits).toBe(63);
+    // what was fetched beyond the reads is at most one window
+    expect(cache.stats().remote.chunks).toBeLessThanOrEqual(64 + 16);
+    // the profile is what was read, in order: the guesses not read are not in it
+    expect(disk.profile()).toEqual([...Array(64).keys()]);
   }, 60_000);
 });

@@ -7,9 +7,9 @@ import { loadConfig } from '../config.js';
 import { DEFAULT_PREFETCH, PREFETCH_MODES, serveDisk, type PrefetchMode } from '../serve/backend.js';
 import { createLogger } from '../util/log.js';
 import { parseCommand, parseNonNegativeInt } from './args.js';
-import type { CommandIO } from './disk-commands.js';
+import type { CommandIO } from './args.js';
 
-const USAGE = 'slipway serve <ref> --socket <path> [--rw] [--overlay <dir>] [--queues N] [--prefetch all|profile|none] [--profile-quiet-ms MS] [--cache-dir DIR]';
+export const USAGE = 'slipway serve <ref> --socket <path> [--rw] [--overlay <dir>] [--queues N] [--prefetch all|profile|none] [--profile-quiet-ms MS] [--cache-dir DIR]';
 
 /**
  * How long the guest must send no miss before the boot profile being recorded is stored (ms). A

@@ -11,7 +11,7 @@ import { SlipwayError, fromFsError } from '../errors.js';
 import { copyImage } from '../oci/copy.js';
 import type { Target } from '../oci/store.js';
 import type { ProgressFn } from '../util/progress.js';
-import type { WorkerPool } from '../workers/pool.js';
+import type { ChunkCoder as WorkerPool } from './chunk-codec.js';
 import type { DiskArtifact } from './artifact.js';
 import { chunkLength } from './format.js';
 import { pushDisk, type PushResult } from './push.js';

@@ -1,5 +1,28 @@
+/**
+ * The CLI's shared plumbing: what a command is (`CommandSpec`, run by main.ts, which also makes
+ * `--help` from the specs), its I/O, and the parsers every command uses (flags, sizes, counts,
+ * `--env K=V`, `--net`, `--progress`).
+ */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { SlipwayError } from '../errors.js';
+import type { ProgressMode } from '../util/progress.js';
+import type { NetSpec } from '../vmm/driver.js';
+
+export interface CommandIO {
+  stdout: NodeJS.WriteStream;
+  stderr: NodeJS.WriteStream;
+}
+
+/**
+ * A command as main.ts dispatches it. `help` has one entry per form of the command: its usage
+ * (the very string its own usage errors print, so `slipway --help` cannot drift from it) and
+ * what it does.
+ */
+export interface CommandSpec {
+  name: string;
+  help: readonly { usage: string; summary: string }[];
+  run(argv: string[], io: CommandIO): Promise<number>;
+}
 
 /** Parse `4096`, `512K`, `512KiB`, `1M`, `2G` into bytes (binary units). */
 export function parseSize(text: string, what: string): number {
@@ -40,3 +63,43 @@ export const STORE_OPTIONS = {
   'plain-http': { type: 'boolean' },
   progress: { type: 'string' },
 } as const;
+
+/** `--memory`: a size, plain numbers in MiB (`512` is 512 MiB); the result in MiB. */
+export function parseMemoryMiB(text: string, what = '--memory'): number {
+  return Math.floor(parseSize(/^\d+$/.test(text) ? `${text}M` : text, what) / (1 << 20));
+}
+
+/** `--env K=V`, repeated; undefined when none is given. */
+export function parseEnv(list: string[] | undefined): Record<string, string> | undefined {
+  if (!list || list.length === 0) return undefined;
+  const env: Record<string, string> = {};
+  for (const kv of list) {
+    const eq = kv.indexOf('=');
+    if (eq <= 0) throw new SlipwayError('INVALID_ARGUMENT', `--env ${JSON.stringify(kv)} is not K=V`);
+    env[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return env;
+}
+
+/** `--net none|user|tap:<ifname>` (none when not given). */
+export function parseNet(text: string | undefined): NetSpec {
+  if (text === undefined || text === 'none') return { mode: 'none' };
+  if (text === 'user') return { mode: 'user' };
+  if (text.startsWith('tap:') && /^tap:[A-Za-z0-9._-]{1,15}$/.test(text)) return { mode: 'tap', ifname: text.slice(4) };
+  throw new SlipwayError('INVALID_ARGUMENT', `--net must be none, user or tap:<ifname> (got ${text})`);
+}
+
+/** `--progress auto|json|tty|none` (auto when not given). */
+export function progressMode(value: string | undefined): ProgressMode {
+  const mode = value ?? 'auto';
+  if (!['auto', 'json', 'tty', 'none'].includes(mode)) throw new SlipwayError('USAGE', `--progress must be auto, json, tty or none (got ${mode})`);
+  return mode as ProgressMode;
+}
+
+/** `--listen HOST:PORT` (an IPv6 host in brackets). */
+export function parseListen(text: string): { host: string; port: number } {
+  const m = /^(.*):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || !m[1] || port > 65535) throw new SlipwayError('INVALID_ARGUMENT', `--listen must be HOST:PORT (got ${text})`);
+  return { host: (m[1] as string).replace(/^\[(.*)\]$/, '$1'), port };
+}

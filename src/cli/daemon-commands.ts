@@ -10,9 +10,7 @@ import { SlipwayClient } from '../client/index.js';
 import { loadConfig } from '../config.js';
 import { SlipwayError } from '../errors.js';
 import { createLogger } from '../util/log.js';
-import { parseCommand, parseNonNegativeInt, parseSize } from './args.js';
-import type { CommandIO } from './disk-commands.js';
-import { parseEnv } from './run-command.js';
+import { parseCommand, parseEnv, parseListen, parseMemoryMiB, parseNonNegativeInt, type CommandIO, type CommandSpec } from './args.js';
 
 const DAEMON_USAGE = 'slipway daemon [--socket PATH] [--listen HOST:PORT --token-file FILE] [--state-dir DIR] [--cache-dir DIR] [--max-boots N] [--max-vms N] [--stop-vms-on-exit]';
 const VM_USAGE = `slipway vm create <image> [--cpus N] [--memory 512M] [--env K=V]... [--net none|user] [--vmm qemu|cloud-hypervisor]
@@ -20,13 +18,6 @@ const VM_USAGE = `slipway vm create <image> [--cpus N] [--memory 512M] [--env K=
        slipway vm exec <id> [--env K=V]... [--cwd DIR] [--timeout SECONDS] -- <cmd...>
        slipway vm snapshot <id> <ref> [--memory]
 common: --daemon <socket|http://host:port> (or SLIPWAY_DAEMON), --token-file FILE (or SLIPWAY_API_TOKEN)`;
-
-function parseListen(text: string): { host: string; port: number } {
-  const m = /^(.*):(\d{1,5})$/.exec(text);
-  const port = m ? Number(m[2]) : NaN;
-  if (!m || !m[1] || port > 65535) throw new SlipwayError('INVALID_ARGUMENT', `--listen must be HOST:PORT (got ${text})`);
-  return { host: (m[1] as string).replace(/^\[(.*)\]$/, '$1'), port };
-}
 
 /** slipway daemon: serve the API until SIGINT/SIGTERM. */
 export async function daemonCommand(argv: string[], io: CommandIO): Promise<number> {
@@ -108,7 +99,7 @@ export async function vmCommand(argv: string[], io: CommandIO): Promise<number> 
         const vm = await client.createVm({
           image: image as string,
           ...(values.cpus ? { cpus: parseNonNegativeInt(values.cpus, '--cpus') } : {}),
-          ...(values.memory ? { memoryMiB: Math.floor(parseSize(/^\d+$/.test(values.memory) ? `${values.memory}M` : values.memory, '--memory') / (1 << 20)) } : {}),
+          ...(values.memory ? { memoryMiB: parseMemoryMiB(values.memory) } : {}),
           ...(env ? { env } : {}),
           ...(values.net ? { net: values.net as 'none' | 'user' } : {}),
           ...(values.vmm ? { vmm: values.vmm as 'qemu' | 'cloud-hypervisor' } : {}),
@@ -150,3 +141,8 @@ export async function vmCommand(argv: string[], io: CommandIO): Promise<number> 
     await client.close();
   }
 }
+
+export const DAEMON_COMMANDS: CommandSpec[] = [
+  { name: 'daemon', help: [{ usage: DAEMON_USAGE, summary: 'the host daemon: an HTTP API for schedulers (docs/api.md)' }], run: daemonCommand },
+  { name: 'vm', help: [{ usage: VM_USAGE, summary: 'drive VMs through the daemon' }], run: vmCommand },
+];

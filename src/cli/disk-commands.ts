@@ -6,20 +6,16 @@ import { pullDisk } from '../disk/pull.js';
 import { copyImage } from '../oci/copy.js';
 import { Targets } from '../oci/open.js';
 import { DEFAULT_TAG, formatRef, parseRef, refReference } from '../oci/ref.js';
-import { createProgress, type ProgressMode } from '../util/progress.js';
+import { createProgress } from '../util/progress.js';
 import { WorkerPool } from '../workers/pool.js';
-import { parseCommand, parseNonNegativeInt, parseSize, STORE_OPTIONS } from './args.js';
+import { parseCommand, parseNonNegativeInt, parseSize, progressMode, STORE_OPTIONS, type CommandIO, type CommandSpec } from './args.js';
 
-export interface CommandIO {
-  stdout: NodeJS.WriteStream;
-  stderr: NodeJS.WriteStream;
-}
-
-export function progressMode(value: string | undefined): ProgressMode {
-  const mode = value ?? 'auto';
-  if (!['auto', 'json', 'tty', 'none'].includes(mode)) throw new SlipwayError('USAGE', `--progress must be auto, json, tty or none (got ${mode})`);
-  return mode as ProgressMode;
-}
+const USAGE = {
+  push: 'slipway push <image-file> <ref> [--chunk-size 512K] [--compression zstd|none] [--level N] [--pack-size 8M] [--dedup-from <ref>]... [--plain-http] [--progress MODE]',
+  pull: 'slipway pull <ref> <out-file> [--plain-http] [--progress MODE]',
+  inspect: 'slipway inspect <ref> [--plain-http]',
+  copy: 'slipway copy <src-ref> <dst-ref> [--plain-http] [--progress MODE]',
+} as const;
 
 async function withTargets<T>(plainHttp: boolean | undefined, fn: (targets: Targets) => Promise<T>): Promise<T> {
   const targets = new Targets({ plainHttp: plainHttp === true });
@@ -47,7 +43,7 @@ export async function pushCommand(argv: string[], io: CommandIO): Promise<number
     compression: { type: 'string' },
     level: { type: 'string' },
     'dedup-from': { type: 'string', multiple: true },
-  }, { min: 2, max: 2, usage: 'slipway push <image-file> <ref> [--chunk-size 512K] [--compression zstd|none] [--level N] [--pack-size 8M] [--dedup-from <ref>]...' });
+  }, { min: 2, max: 2, usage: USAGE.push });
   const [file, refText] = positionals as [string, string];
   const ref = parseRef(refText);
   if (ref.digest) throw new SlipwayError('INVALID_REFERENCE', `push needs a tag, not a digest: ${refText}`);
@@ -86,7 +82,7 @@ export async function pushCommand(argv: string[], io: CommandIO): Promise<number
 }
 
 export async function pullCommand(argv: string[], io: CommandIO): Promise<number> {
-  const { values, positionals } = parseCommand('pull', argv, { ...STORE_OPTIONS }, { min: 2, max: 2, usage: 'slipway pull <ref> <out-file>' });
+  const { values, positionals } = parseCommand('pull', argv, { ...STORE_OPTIONS }, { min: 2, max: 2, usage: USAGE.pull });
   const [refText, outFile] = positionals as [string, string];
   const ref = parseRef(refText);
   const progress = createProgress(progressMode(values.progress), io.stderr);
@@ -101,7 +97,7 @@ export async function pullCommand(argv: string[], io: CommandIO): Promise<number
 }
 
 export async function inspectCommand(argv: string[], io: CommandIO): Promise<number> {
-  const { values, positionals } = parseCommand('inspect', argv, { 'plain-http': { type: 'boolean' } }, { min: 1, max: 1, usage: 'slipway inspect <ref>' });
+  const { values, positionals } = parseCommand('inspect', argv, { 'plain-http': { type: 'boolean' } }, { min: 1, max: 1, usage: USAGE.inspect });
   const ref = parseRef(positionals[0] as string);
   const summary = await withTargets(values['plain-http'], async (targets) => describeDisk(await openDiskArtifact(await targets.open(ref), refReference(ref))));
   io.stdout.write(`${JSON.stringify({ ...summary, reference: formatRef(ref) }, null, 2)}\n`);
@@ -109,7 +105,7 @@ export async function inspectCommand(argv: string[], io: CommandIO): Promise<num
 }
 
 export async function copyCommand(argv: string[], io: CommandIO): Promise<number> {
-  const { values, positionals } = parseCommand('copy', argv, { ...STORE_OPTIONS }, { min: 2, max: 2, usage: 'slipway copy <src-ref> <dst-ref>' });
+  const { values, positionals } = parseCommand('copy', argv, { ...STORE_OPTIONS }, { min: 2, max: 2, usage: USAGE.copy });
   const src = parseRef(positionals[0] as string);
   const dst = parseRef(positionals[1] as string);
   if (dst.digest && !dst.tag && src.digest !== dst.digest && src.digest) throw new SlipwayError('INVALID_REFERENCE', 'destination digest differs from the source digest');
@@ -128,3 +124,10 @@ export async function copyCommand(argv: string[], io: CommandIO): Promise<number
   io.stdout.write(`${JSON.stringify({ digest: result.descriptor.digest, copiedBlobs: result.copiedBlobs, mountedBlobs: result.mountedBlobs, skippedBlobs: result.skippedBlobs, copiedBytes: result.copiedBytes })}\n`);
   return 0;
 }
+
+export const DISK_COMMANDS: CommandSpec[] = [
+  { name: 'push', help: [{ usage: USAGE.push, summary: 'push a raw disk image as a chunked, compressed OCI artifact' }], run: pushCommand },
+  { name: 'pull', help: [{ usage: USAGE.pull, summary: 'pull a disk into a sparse raw file' }], run: pullCommand },
+  { name: 'inspect', help: [{ usage: USAGE.inspect, summary: 'describe a disk artifact (JSON)' }], run: inspectCommand },
+  { name: 'copy', help: [{ usage: USAGE.copy, summary: 'copy an artifact between registries and layouts' }], run: copyCommand },
+];

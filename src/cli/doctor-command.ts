@@ -5,8 +5,7 @@
  */
 import { loadConfig } from '../config.js';
 import { runDoctor, type Check } from '../doctor/checks.js';
-import { parseCommand } from './args.js';
-import type { CommandIO } from './disk-commands.js';
+import { parseCommand, type CommandIO, type CommandSpec } from './args.js';
 
 const USAGE = 'slipway doctor [--json] [--cache-dir DIR]';
 
@@ -37,3 +36,9 @@ export async function doctorCommand(argv: string[], io: CommandIO): Promise<numb
   io.stdout.write(`\nslipway will use: qemu with ${report.accel.accel} (${report.accel.reason})\n`);
   return 0;
 }
+
+export const DOCTOR_COMMAND: CommandSpec = {
+  name: 'doctor',
+  help: [{ usage: USAGE, summary: 'what this host offers (KVM, QEMU features, vsock, hugepages, ...) and what slipway will use' }],
+  run: doctorCommand,
+};

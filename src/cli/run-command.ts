@@ -11,31 +11,12 @@ import { guestArtifacts } from '../guest/build.js';
 import { driverFor, parseVmmName } from '../vmm/drivers.js';
 import { renderWaterfall, type TimingRecord } from './waterfall.js';
 import type { VmmDriver } from '../vmm/driver.js';
-import type { DiskSpec, NetSpec } from '../vmm/driver.js';
-import { parseCommand, parseNonNegativeInt, parseSize } from './args.js';
-import type { CommandIO } from './disk-commands.js';
+import type { DiskSpec } from '../vmm/driver.js';
+import { parseCommand, parseEnv, parseMemoryMiB, parseNet, parseNonNegativeInt, type CommandIO, type CommandSpec } from './args.js';
 import { daemonClient, daemonConfigured } from './daemon-commands.js';
 import type { CreateVm, SlipwayClient } from '../client/index.js';
 
 const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--hugepages] [--timings[=json|waterfall]] [--keep] [--kernel-args ARGS] [--cache-dir DIR] [--local | --daemon <socket|url>] -- <cmd...>';
-
-export function parseNet(text: string | undefined): NetSpec {
-  if (text === undefined || text === 'none') return { mode: 'none' };
-  if (text === 'user') return { mode: 'user' };
-  if (text.startsWith('tap:') && /^tap:[A-Za-z0-9._-]{1,15}$/.test(text)) return { mode: 'tap', ifname: text.slice(4) };
-  throw new SlipwayError('INVALID_ARGUMENT', `--net must be none, user or tap:<ifname> (got ${text})`);
-}
-
-export function parseEnv(list: string[] | undefined): Record<string, string> | undefined {
-  if (!list || list.length === 0) return undefined;
-  const env: Record<string, string> = {};
-  for (const kv of list) {
-    const eq = kv.indexOf('=');
-    if (eq <= 0) throw new SlipwayError('INVALID_ARGUMENT', `--env ${JSON.stringify(kv)} is not K=V`);
-    env[kv.slice(0, eq)] = kv.slice(eq + 1);
-  }
-  return env;
-}
 
 /** `slipway run <ref>` through a daemon: create the VM, run the command, delete the VM. */
 type TimingsMode = 'none' | 'waterfall' | 'json';
@@ -103,7 +84,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   if (!ref === !values.disk) throw new SlipwayError('USAGE', `run: name either an image reference or --disk <raw-file>\nusage: ${USAGE}`);
   const cpus = values.cpus ? parseNonNegativeInt(values.cpus, '--cpus') : 1;
   if (cpus < 1 || cpus > 64) throw new SlipwayError('INVALID_ARGUMENT', `--cpus must be 1 to 64 (got ${cpus})`);
-  const memoryMiB = values.memory ? Math.floor(parseSize(/^\d+$/.test(values.memory) ? `${values.memory}M` : values.memory, '--memory') / (1 << 20)) : 512;
+  const memoryMiB = values.memory ? parseMemoryMiB(values.memory) : 512;
   if (memoryMiB < 64) throw new SlipwayError('INVALID_ARGUMENT', `--memory must be at least 64M (got ${values.memory})`);
   const env = parseEnv(values.env);
   const net = parseNet(values.net);
@@ -195,3 +176,9 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
     if (serveDir) await rm(serveDir, { recursive: true, force: true });
   }
 }
+
+export const RUN_COMMAND: CommandSpec = {
+  name: 'run',
+  help: [{ usage: USAGE, summary: 'boot a VM from a disk, run a command in it, exit with its status (through the daemon when one runs)' }],
+  run: runCommand,
+};

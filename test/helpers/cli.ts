@@ -1,6 +1,6 @@
 /** Captured stdout/stderr for calling the CLI's `main()` in-process: `main(argv, captureIO())`. */
 import { Writable } from 'node:stream';
-import type { CommandIO } from '../../src/cli/disk-commands.js';
+import type { CommandIO } from '../../src/cli/args.js';
 
 /** A writable that keeps everything written to it, as text. */
 export class Capture extends Writable {

@@ -128,23 +128,23 @@ static void vq_destroy(struct vq *q)
 
 static int dev_set_mem_table(struct dev *d)
 {
-	struct vhost_user_memory mt;
+	struct vhost_memory mt;
 	memset(&mt, 0, sizeof mt);
 	mt.nregions = d->mem.n;
 	int fds[MAX_REGIONS];
 	for (unsigned i = 0; i < d->mem.n; i++) {
 		const struct gregion *r = &d->mem.r[i];
-		mt.regions[i] = (struct vhost_user_mem_region){ .guest_phys_addr = r->gpa, .memory_size = r->size,
+		mt.regions[i] = (struct vhost_memory_region){ .guest_phys_addr = r->gpa, .memory_size = r->size,
 								.userspace_addr = uva_of(r->host), .mmap_offset = r->mmap_offset };
 		fds[i] = d->mem.fd;
 	}
-	uint32_t size = (uint32_t)(8 + d->mem.n * sizeof(struct vhost_user_mem_region));
+	uint32_t size = (uint32_t)(8 + d->mem.n * sizeof(struct vhost_memory_region));
 	return vu_msg(&d->vu, VHOST_USER_SET_MEM_TABLE, &mt, size, fds, d->mem.n);
 }
 
 static int vring_state_msg(struct dev *d, uint32_t request, unsigned index, unsigned num)
 {
-	struct vhost_user_vring_state st = { .index = index, .num = num };
+	struct vhost_vring_state st = { .index = index, .num = num };
 	return vu_msg(&d->vu, request, &st, sizeof st, NULL, 0);
 }
 
@@ -160,7 +160,7 @@ static int dev_queue_layout(struct dev *d, struct vq *q)
 	if (rc != VU_OK)
 		return rc;
 	/* ring addresses are this process's addresses (userspace_addr), as QEMU sends them */
-	struct vhost_user_vring_addr a = { .index = q->index, .flags = 0, .desc_user_addr = uva_of(q->desc),
+	struct vhost_vring_addr a = { .index = q->index, .flags = 0, .desc_user_addr = uva_of(q->desc),
 					   .used_user_addr = uva_of(q->used), .avail_user_addr = uva_of(q->avail), .log_guest_addr = 0 };
 	rc = vu_msg(&d->vu, VHOST_USER_SET_VRING_ADDR, &a, sizeof a, NULL, 0);
 	if (rc != VU_OK)
@@ -267,7 +267,7 @@ static int dev_close(struct dev *d, bool stop)
 	int rc = VU_OK;
 	if (stop && d->vu.sock >= 0) {
 		for (unsigned i = 0; i < d->nq && rc == VU_OK; i++) {
-			struct vhost_user_vring_state st = { .index = i, .num = 0 }, reply;
+			struct vhost_vring_state st = { .index = i, .num = 0 }, reply;
 			rc = vu_get(&d->vu, VHOST_USER_GET_VRING_BASE, &st, sizeof st, &reply, sizeof reply);
 			if (rc == VU_OK && reply.index != i)
 				rc = vu_fail(&d->vu, VU_FAIL, "GET_VRING_BASE for queue %u answered for queue %u", i, reply.index);

@@ -54,7 +54,7 @@ static void probe_connection(struct dev *d, struct mctx *m)
 
 static int msg_send_bad(struct dev *d, struct mctx *m, uint32_t request, uint32_t header_size, const void *payload, size_t len, const int *fds, unsigned nfds)
 {
-	struct vhost_user_hdr h = { .request = request, .flags = VHOST_USER_VERSION | VHOST_USER_NEED_REPLY_MASK, .size = header_size };
+	struct vhost_user_header h = { .request = request, .flags = VHOST_USER_VERSION | VHOST_USER_NEED_REPLY_MASK, .size = header_size };
 	int rc = vu_send_raw(&d->vu, &h, payload, len, fds, nfds);
 	if (rc == VU_CLOSED) {
 		m->closed = true;
@@ -101,31 +101,31 @@ static int msg_case_hook(struct dev *d, void *arg)
 	}
 	if (strcmp(c, "mem-table-fd-mismatch") == 0) {
 		/* two regions described (halves of the memory), one descriptor sent */
-		struct vhost_user_memory mt;
+		struct vhost_memory mt;
 		memset(&mt, 0, sizeof mt);
 		mt.nregions = 2;
 		uint64_t half = d->mem.size / 2;
 		for (unsigned i = 0; i < 2; i++)
-			mt.regions[i] = (struct vhost_user_mem_region){ .guest_phys_addr = i * half, .memory_size = half,
+			mt.regions[i] = (struct vhost_memory_region){ .guest_phys_addr = i * half, .memory_size = half,
 									.userspace_addr = uva_of(d->mem.base + i * half), .mmap_offset = i * half };
-		uint32_t size = 8 + 2 * sizeof(struct vhost_user_mem_region);
+		uint32_t size = 8 + 2 * sizeof(struct vhost_memory_region);
 		return msg_send_bad(d, m, VHOST_USER_SET_MEM_TABLE, size, &mt, size, &d->mem.fd, 1);
 	}
 	if (strcmp(c, "mem-region-overflow") == 0) {
-		struct vhost_user_memory mt;
+		struct vhost_memory mt;
 		memset(&mt, 0, sizeof mt);
 		mt.nregions = 1;
-		mt.regions[0] = (struct vhost_user_mem_region){ .guest_phys_addr = 0, .memory_size = d->mem.size,
+		mt.regions[0] = (struct vhost_memory_region){ .guest_phys_addr = 0, .memory_size = d->mem.size,
 								.userspace_addr = uva_of(d->mem.base), .mmap_offset = UINT64_MAX - 4095 };
-		uint32_t size = 8 + sizeof(struct vhost_user_mem_region);
+		uint32_t size = 8 + sizeof(struct vhost_memory_region);
 		return msg_send_bad(d, m, VHOST_USER_SET_MEM_TABLE, size, &mt, size, &d->mem.fd, 1);
 	}
 	if (strcmp(c, "queue-index-out-of-range") == 0) {
-		struct vhost_user_vring_state st = { .index = 99, .num = d->o->ring_size };
+		struct vhost_vring_state st = { .index = 99, .num = d->o->ring_size };
 		return msg_send_bad(d, m, VHOST_USER_SET_VRING_NUM, sizeof st, &st, sizeof st, NULL, 0);
 	}
 	if (strcmp(c, "ring-size-not-pow2") == 0) {
-		struct vhost_user_vring_state st = { .index = 0, .num = 100 };
+		struct vhost_vring_state st = { .index = 0, .num = 100 };
 		return msg_send_bad(d, m, VHOST_USER_SET_VRING_NUM, sizeof st, &st, sizeof st, NULL, 0);
 	}
 	if (strcmp(c, "mem-table-unmaps-ring") == 0) {
@@ -137,16 +137,16 @@ static int msg_case_hook(struct dev *d, void *arg)
 		 * closes queue 1's stop eventfd and can never stop that queue. */
 		if (d->nq < 3 || d->mem.n != 2)
 			die("mem-table-unmaps-ring needs --queues 3 --regions 2");
-		struct vhost_user_vring_state st = { .index = 0, .num = 0 }, reply;
+		struct vhost_vring_state st = { .index = 0, .num = 0 }, reply;
 		if (vu_get(&d->vu, VHOST_USER_GET_VRING_BASE, &st, sizeof st, &reply, sizeof reply) != VU_OK)
 			die("GET_VRING_BASE before the case: %s", d->vu.err);
-		struct vhost_user_memory mt;
+		struct vhost_memory mt;
 		memset(&mt, 0, sizeof mt);
 		mt.nregions = 1;
 		const struct gregion *r1 = &d->mem.r[1];
-		mt.regions[0] = (struct vhost_user_mem_region){ .guest_phys_addr = r1->gpa, .memory_size = r1->size,
+		mt.regions[0] = (struct vhost_memory_region){ .guest_phys_addr = r1->gpa, .memory_size = r1->size,
 								.userspace_addr = uva_of(r1->host), .mmap_offset = r1->mmap_offset };
-		uint32_t size = 8 + sizeof(struct vhost_user_mem_region);
+		uint32_t size = 8 + sizeof(struct vhost_memory_region);
 		return msg_send_bad(d, m, VHOST_USER_SET_MEM_TABLE, size, &mt, size, &d->mem.fd, 1);
 	}
 	if (strcmp(c, "unknown-request") == 0)

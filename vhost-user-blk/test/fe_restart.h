@@ -33,7 +33,7 @@ static int dev_reconnect(struct dev *d, const char *path)
 		uint16_t used = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
 		if ((rc = vring_state_msg(d, VHOST_USER_SET_VRING_NUM, i, q->num)) != VU_OK)
 			return rc;
-		struct vhost_user_vring_addr a = { .index = i, .flags = 0, .desc_user_addr = uva_of(q->desc), .used_user_addr = uva_of(q->used),
+		struct vhost_vring_addr a = { .index = i, .flags = 0, .desc_user_addr = uva_of(q->desc), .used_user_addr = uva_of(q->used),
 						   .avail_user_addr = uva_of(q->avail), .log_guest_addr = 0 };
 		if ((rc = vu_msg(&d->vu, VHOST_USER_SET_VRING_ADDR, &a, sizeof a, NULL, 0)) != VU_OK ||
 		    (rc = vring_state_msg(d, VHOST_USER_SET_VRING_BASE, i, used)) != VU_OK || (rc = dev_queue_start(d, q)) != VU_OK)

@@ -9,6 +9,7 @@
 #define VUB_FE_UTIL_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -16,8 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
-#include "vub_proto.h"
+#include "../vhost_user.h"
 
 #define EXIT_CHECK_FAILED 1
 #define EXIT_ERROR 2
@@ -53,6 +55,19 @@ static void die(const char *fmt, ...)
 	fputc('\n', stderr);
 	va_end(ap);
 	exit(EXIT_ERROR);
+}
+
+/* Open a file to read, and its size in bytes; dies saying why when it cannot. */
+static int open_input(const char *path, uint64_t *size_bytes)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		die("open %s: %s", path, strerror(errno));
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		die("fstat %s: %s", path, strerror(errno));
+	*size_bytes = (uint64_t)st.st_size;
+	return fd;
 }
 
 static void *xcalloc(size_t n, size_t size)

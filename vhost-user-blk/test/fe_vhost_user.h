@@ -130,7 +130,7 @@ static void vu_close(struct vu_conn *c)
 }
 
 /* Send one message as given (header, payload, descriptors): the malformed cases need headers that lie. */
-static int vu_send_raw(struct vu_conn *c, const struct vhost_user_hdr *h, const void *payload, size_t len, const int *fds, unsigned nfds)
+static int vu_send_raw(struct vu_conn *c, const struct vhost_user_header *h, const void *payload, size_t len, const int *fds, unsigned nfds)
 {
 	union {
 		char buf[CMSG_SPACE(sizeof(int) * VHOST_USER_MAX_FDS)];
@@ -213,7 +213,7 @@ static int vu_recv_exact(struct vu_conn *c, void *buf, size_t len, uint64_t dead
 /* Receive the reply to `request`: header checked, payload at most `max` bytes. */
 static int vu_recv_reply(struct vu_conn *c, uint32_t request, void *payload, size_t max, uint32_t *size, int timeout_ms)
 {
-	struct vhost_user_hdr h;
+	struct vhost_user_header h;
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
 	const char *what = request_name(request);
 	int rc = vu_recv_exact(c, &h, sizeof h, deadline, what);
@@ -239,7 +239,7 @@ static bool vu_reply_ack(const struct vu_conn *c)
 static int vu_msg(struct vu_conn *c, uint32_t request, const void *payload, uint32_t size, const int *fds, unsigned nfds)
 {
 	bool ack = vu_reply_ack(c);
-	struct vhost_user_hdr h = { .request = request, .flags = VHOST_USER_VERSION | (ack ? VHOST_USER_NEED_REPLY_MASK : 0), .size = size };
+	struct vhost_user_header h = { .request = request, .flags = VHOST_USER_VERSION | (ack ? VHOST_USER_NEED_REPLY_MASK : 0), .size = size };
 	int rc = vu_send_raw(c, &h, payload, size, fds, nfds);
 	if (rc != VU_OK || !ack)
 		return rc;
@@ -258,7 +258,7 @@ static int vu_msg(struct vu_conn *c, uint32_t request, const void *payload, uint
 /* A message with a reply of exactly reply_size bytes. */
 static int vu_get(struct vu_conn *c, uint32_t request, const void *payload, uint32_t size, void *reply, uint32_t reply_size)
 {
-	struct vhost_user_hdr h = { .request = request, .flags = VHOST_USER_VERSION, .size = size };
+	struct vhost_user_header h = { .request = request, .flags = VHOST_USER_VERSION, .size = size };
 	int rc = vu_send_raw(c, &h, payload, size, NULL, 0);
 	if (rc != VU_OK)
 		return rc;
@@ -274,7 +274,7 @@ static int vu_get(struct vu_conn *c, uint32_t request, const void *payload, uint
 /* A message whose reply carries one descriptor (GET_INFLIGHT_FD): the reply of exactly reply_size bytes and *fd. */
 static int vu_get_fd(struct vu_conn *c, uint32_t request, const void *payload, uint32_t size, void *reply, uint32_t reply_size, int *fd)
 {
-	struct vhost_user_hdr h = { .request = request, .flags = VHOST_USER_VERSION, .size = size };
+	struct vhost_user_header h = { .request = request, .flags = VHOST_USER_VERSION, .size = size };
 	int rc = vu_send_raw(c, &h, payload, size, NULL, 0);
 	if (rc != VU_OK)
 		return rc;
@@ -286,7 +286,7 @@ static int vu_get_fd(struct vu_conn *c, uint32_t request, const void *payload, u
 	} while (r < 0 && errno == EINTR);
 	if (r <= 0)
 		return vu_fail(c, r == 0 ? VU_TIMEOUT : VU_FAIL, "no reply to %s within %d ms", request_name(request), c->timeout_ms);
-	struct vhost_user_hdr rh;
+	struct vhost_user_header rh;
 	union {
 		char buf[CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;

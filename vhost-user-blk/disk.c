@@ -17,6 +17,40 @@
 #define DIRTY_MAGIC "SLWYDRT1"
 #define DIRTY_HEADER 32
 
+/*
+ * The 32-byte header the disk map and the overlay's dirty bitmap share (docs/vhost-user-blk.md;
+ * src/disk/snapshot.ts reads the bitmap, test/fixtures/overlay-dirty.bin pins it): magic,
+ * version 1, log2 of the chunk size, disk size in bytes, chunk count. Little-endian, as the host is.
+ */
+struct header {
+	char magic[8];
+	uint32_t version;
+	uint32_t chunk_log2;
+	uint64_t size;
+	uint64_t nchunks;
+};
+
+static struct header header_get(const uint8_t *p)
+{
+	struct header h;
+	memcpy(h.magic, p, 8);
+	memcpy(&h.version, p + 8, 4);
+	memcpy(&h.chunk_log2, p + 12, 4);
+	memcpy(&h.size, p + 16, 8);
+	memcpy(&h.nchunks, p + 24, 8);
+	return h;
+}
+
+static void header_put(uint8_t *p, const char *magic, const struct vub_disk *d)
+{
+	uint32_t version = 1;
+	memcpy(p, magic, 8);
+	memcpy(p + 8, &version, 4);
+	memcpy(p + 12, &d->chunk_log2, 4);
+	memcpy(p + 16, &d->size, 8);
+	memcpy(p + 24, &d->nchunks, 8);
+}
+
 static int fail(char *err, size_t errlen, const char *fmt, const char *a, int e)
 {
 	snprintf(err, errlen, fmt, a, e ? strerror(e) : "");
@@ -77,28 +111,23 @@ static int load_map(struct vub_disk *d, const char *path, char *err, size_t errl
 	if (m == MAP_FAILED)
 		return fail(err, errlen, "disk map %s: mmap: %s", path, errno);
 	const uint8_t *p = m;
-	uint32_t version, log2;
-	uint64_t size, count;
-	memcpy(&version, p + 8, 4);
-	memcpy(&log2, p + 12, 4);
-	memcpy(&size, p + 16, 8);
-	memcpy(&count, p + 24, 8);
+	struct header h = header_get(p);
 	d->map_mmap = m;
 	d->map_len = (size_t)sb.st_size;
-	if (memcmp(p, MAP_MAGIC, 8) != 0 || version != 1)
+	if (memcmp(h.magic, MAP_MAGIC, 8) != 0 || h.version != 1)
 		return fail(err, errlen, "disk map %s: bad magic or version%s", path, 0);
-	if (log2 < 12 || log2 > 26 || size == 0 || size % 512 != 0 || size > (1ull << 50))
+	if (h.chunk_log2 < 12 || h.chunk_log2 > 26 || h.size == 0 || h.size % 512 != 0 || h.size > (1ull << 50))
 		return fail(err, errlen, "disk map %s: bad chunk size or disk size%s", path, 0);
-	uint64_t want = (size + (1ull << log2) - 1) >> log2;
-	if (count != want || (uint64_t)sb.st_size != MAP_HEADER + count * MAP_ENTRY)
+	uint64_t want = (h.size + (1ull << h.chunk_log2) - 1) >> h.chunk_log2;
+	if (h.nchunks != want || (uint64_t)sb.st_size != MAP_HEADER + h.nchunks * MAP_ENTRY)
 		return fail(err, errlen, "disk map %s: chunk count or length does not match its header%s", path, 0);
-	for (uint64_t i = 0; i < count; i++)
+	for (uint64_t i = 0; i < h.nchunks; i++)
 		if (p[MAP_HEADER + i * MAP_ENTRY] > 1)
 			return fail(err, errlen, "disk map %s: bad chunk flags%s", path, 0);
-	d->size = size;
-	d->chunk_log2 = log2;
-	d->chunk_size = 1ull << log2;
-	d->nchunks = count;
+	d->size = h.size;
+	d->chunk_log2 = h.chunk_log2;
+	d->chunk_size = 1ull << h.chunk_log2;
+	d->nchunks = h.nchunks;
 	d->map = p + MAP_HEADER;
 	return 0;
 }
@@ -126,23 +155,13 @@ static int open_overlay(struct vub_disk *d, const char *dir, char *err, size_t e
 	uint8_t header[DIRTY_HEADER] = { 0 };
 	ssize_t got = pread(d->ov_dirty_fd, header, sizeof header, 0);
 	if (got == DIRTY_HEADER) {
-		uint32_t version, log2;
-		uint64_t size, count;
-		memcpy(&version, header + 8, 4);
-		memcpy(&log2, header + 12, 4);
-		memcpy(&size, header + 16, 8);
-		memcpy(&count, header + 24, 8);
-		if (memcmp(header, DIRTY_MAGIC, 8) != 0 || version != 1 || log2 != d->chunk_log2 || size != d->size || count != d->nchunks)
+		struct header h = header_get(header);
+		if (memcmp(h.magic, DIRTY_MAGIC, 8) != 0 || h.version != 1 || h.chunk_log2 != d->chunk_log2 || h.size != d->size || h.nchunks != d->nchunks)
 			return fail(err, errlen, "overlay bitmap %s belongs to another disk%s", path, 0);
 		if (pread(d->ov_dirty_fd, d->dirty, d->dirty_bytes, DIRTY_HEADER) != (ssize_t)d->dirty_bytes)
 			return fail(err, errlen, "overlay bitmap %s is truncated%s", path, 0);
 	} else {
-		memcpy(header, DIRTY_MAGIC, 8);
-		uint32_t version = 1;
-		memcpy(header + 8, &version, 4);
-		memcpy(header + 12, &d->chunk_log2, 4);
-		memcpy(header + 16, &d->size, 8);
-		memcpy(header + 24, &d->nchunks, 8);
+		header_put(header, DIRTY_MAGIC, d);
 		if (pwrite(d->ov_dirty_fd, header, sizeof header, 0) != DIRTY_HEADER || pwrite(d->ov_dirty_fd, d->dirty, d->dirty_bytes, DIRTY_HEADER) != (ssize_t)d->dirty_bytes ||
 		    fdatasync(d->ov_dirty_fd) < 0)
 			return fail(err, errlen, "overlay bitmap %s: %s", path, errno);
@@ -352,37 +371,52 @@ static int read_chunk(int fd, void *arg)
 	return full_io(fd, cr->iov, cr->n, cr->in, cr->len, false, false);
 }
 
-int vub_disk_readv(struct vub_disk *d, uint64_t off, const struct iovec *iov, unsigned n, uint64_t len, uint64_t *missing)
+/*
+ * Run `fn` on each piece of [off, off+len) that lies in one chunk, in order, with the part of `iov`
+ * that piece covers (none when iov is NULL). Stops at the first nonzero return (an error, or
+ * VUB_MISS with *missing set) and returns it.
+ */
+typedef int (*piece_fn)(struct vub_disk *d, const struct piece *pc, const struct iovec *iov, unsigned n, uint64_t *missing);
+
+static int for_each_piece(struct vub_disk *d, uint64_t off, uint64_t len, const struct iovec *iov, unsigned n, piece_fn fn, uint64_t *missing)
 {
 	int rc = check_range(d, off, len);
 	if (rc < 0)
 		return rc;
-	struct iovec piece[VUB_CHAIN_IOV_MAX];
-	uint64_t done = 0;
-	while (done < len) {
+	struct iovec slice[VUB_CHAIN_IOV_MAX];
+	for (uint64_t done = 0; done < len;) {
 		struct piece pc = piece_at(d, off, len, done);
-		uint64_t pos = pc.pos, c = pc.c, in = pc.in, take = pc.take;
-		int k = vub_iov_slice(iov, n, (size_t)done, (size_t)take, piece, VUB_CHAIN_IOV_MAX);
-		if (k < 0)
+		int k = 0;
+		if (iov && (k = vub_iov_slice(iov, n, (size_t)done, (size_t)pc.take, slice, VUB_CHAIN_IOV_MAX)) < 0)
 			return -EINVAL;
-		if (vub_disk_is_dirty(d, c)) {
-			rc = full_io(d->ov_data_fd, piece, (unsigned)k, pos, take, false, true);
-		} else if (d->map[c * MAP_ENTRY] == 0) {
-			zero_iov(piece, (unsigned)k);
-			rc = 0;
-		} else {
-			struct chunk_read cr = { piece, (unsigned)k, in, take };
-			rc = with_chunk_fd(d, c, read_chunk, &cr);
-			if (rc == -ENOENT) {
-				*missing = c;
-				return VUB_MISS;
-			}
-		}
-		if (rc < 0)
+		rc = fn(d, &pc, iov ? slice : NULL, (unsigned)k, missing);
+		if (rc != 0)
 			return rc;
-		done += take;
+		done += pc.take;
 	}
 	return 0;
+}
+
+static int read_piece(struct vub_disk *d, const struct piece *pc, const struct iovec *piece, unsigned k, uint64_t *missing)
+{
+	if (vub_disk_is_dirty(d, pc->c))
+		return full_io(d->ov_data_fd, piece, k, pc->pos, pc->take, false, true);
+	if (d->map[pc->c * MAP_ENTRY] == 0) {
+		zero_iov(piece, k);
+		return 0;
+	}
+	struct chunk_read cr = { piece, k, pc->in, pc->take };
+	int rc = with_chunk_fd(d, pc->c, read_chunk, &cr);
+	if (rc == -ENOENT) {
+		*missing = pc->c;
+		return VUB_MISS;
+	}
+	return rc;
+}
+
+int vub_disk_readv(struct vub_disk *d, uint64_t off, const struct iovec *iov, unsigned n, uint64_t len, uint64_t *missing)
+{
+	return for_each_piece(d, off, len, iov, n, read_piece, missing);
 }
 
 struct chunk_copy {
@@ -490,48 +524,32 @@ static int zero_piece(struct vub_disk *d, const struct piece_io *p)
 	return 0;
 }
 
+static int write_overlay_piece(struct vub_disk *d, const struct piece *pc, const struct iovec *piece, unsigned k, uint64_t *missing)
+{
+	struct piece_io io = { write_piece, piece, k, pc->pos, pc->take };
+	return overlay_piece(d, pc->c, pc->in, &io, missing);
+}
+
+static int zero_overlay_piece(struct vub_disk *d, const struct piece *pc, const struct iovec *piece, unsigned k, uint64_t *missing)
+{
+	(void)piece;
+	(void)k;
+	struct piece_io io = { zero_piece, NULL, 0, pc->pos, pc->take };
+	return overlay_piece(d, pc->c, pc->in, &io, missing);
+}
+
 int vub_disk_writev(struct vub_disk *d, uint64_t off, const struct iovec *iov, unsigned n, uint64_t len, uint64_t *missing)
 {
 	if (d->read_only || !d->has_overlay)
 		return -EROFS;
-	int rc = check_range(d, off, len);
-	if (rc < 0)
-		return rc;
-	struct iovec piece[VUB_CHAIN_IOV_MAX];
-	uint64_t done = 0;
-	while (done < len) {
-		struct piece pc = piece_at(d, off, len, done);
-		uint64_t pos = pc.pos, c = pc.c, in = pc.in, take = pc.take;
-		int k = vub_iov_slice(iov, n, (size_t)done, (size_t)take, piece, VUB_CHAIN_IOV_MAX);
-		if (k < 0)
-			return -EINVAL;
-		struct piece_io io = { write_piece, piece, (unsigned)k, pos, take };
-		rc = overlay_piece(d, c, in, &io, missing);
-		if (rc != 0)
-			return rc;
-		done += take;
-	}
-	return 0;
+	return for_each_piece(d, off, len, iov, n, write_overlay_piece, missing);
 }
 
 int vub_disk_zero(struct vub_disk *d, uint64_t off, uint64_t len, uint64_t *missing)
 {
 	if (d->read_only || !d->has_overlay)
 		return -EROFS;
-	int rc = check_range(d, off, len);
-	if (rc < 0)
-		return rc;
-	uint64_t done = 0;
-	while (done < len) {
-		struct piece pc = piece_at(d, off, len, done);
-		uint64_t pos = pc.pos, c = pc.c, in = pc.in, take = pc.take;
-		struct piece_io io = { zero_piece, NULL, 0, pos, take };
-		rc = overlay_piece(d, c, in, &io, missing);
-		if (rc != 0)
-			return rc;
-		done += take;
-	}
-	return 0;
+	return for_each_piece(d, off, len, NULL, 0, zero_overlay_piece, missing);
 }
 
 int vub_disk_flush(struct vub_disk *d)

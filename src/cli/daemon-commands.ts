@@ -5,9 +5,9 @@
  * $SLIPWAY_API_TOKEN.
  */
 import { existsSync } from 'node:fs';
-import { defaultSocketPath, defaultStateDir, readTokenFile } from '../api/location.js';
+import { readTokenFile } from '../api/location.js';
 import { SlipwayClient } from '../client/index.js';
-import { loadConfig } from '../config.js';
+import { defaultSocketPath, defaultStateDir, envVar, loadConfig } from '../config.js';
 import { SlipwayError } from '../errors.js';
 import { createLogger } from '../util/log.js';
 import { parseCommand, parseEnv, parseListen, parseMemoryMiB, parseNonNegativeInt, type CommandIO, type CommandSpec } from './args.js';
@@ -26,7 +26,7 @@ export async function daemonCommand(argv: string[], io: CommandIO): Promise<numb
     'max-boots': { type: 'string' }, 'max-vms': { type: 'string' }, 'stop-vms-on-exit': { type: 'boolean' },
   }, { min: 0, max: 0, usage: DAEMON_USAGE });
   const logger = createLogger({ out: io.stderr, level: 'info', base: { component: 'daemon' } });
-  const token = values['token-file'] ? readTokenFile(values['token-file']) : process.env.SLIPWAY_API_TOKEN;
+  const token = values['token-file'] ? readTokenFile(values['token-file']) : envVar('SLIPWAY_API_TOKEN');
   const limits = {
     ...(values['max-boots'] ? { maxConcurrentBoots: Math.max(1, parseNonNegativeInt(values['max-boots'], '--max-boots')) } : {}),
     ...(values['max-vms'] ? { maxVms: Math.max(1, parseNonNegativeInt(values['max-vms'], '--max-vms')) } : {}),
@@ -58,9 +58,9 @@ export async function daemonCommand(argv: string[], io: CommandIO): Promise<numb
 
 /** The client for the daemon named by --daemon, $SLIPWAY_DAEMON or the default socket. */
 export function daemonClient(daemon: string | undefined, tokenFile: string | undefined): SlipwayClient {
-  const where = daemon ?? process.env.SLIPWAY_DAEMON ?? defaultSocketPath();
+  const where = daemon ?? envVar('SLIPWAY_DAEMON') ?? defaultSocketPath();
   if (/^https?:\/\//.test(where)) {
-    const token = tokenFile ? readTokenFile(tokenFile) : process.env.SLIPWAY_API_TOKEN;
+    const token = tokenFile ? readTokenFile(tokenFile) : envVar('SLIPWAY_API_TOKEN');
     if (!token) throw new SlipwayError('USAGE', `the daemon at ${where} is over TCP: give --token-file or SLIPWAY_API_TOKEN`);
     return new SlipwayClient({ url: where, token });
   }
@@ -69,7 +69,7 @@ export function daemonClient(daemon: string | undefined, tokenFile: string | und
 
 /** Whether a daemon seems to run where the CLI would look (the socket exists, or SLIPWAY_DAEMON is set). */
 export function daemonConfigured(): boolean {
-  return process.env.SLIPWAY_DAEMON !== undefined || existsSync(defaultSocketPath());
+  return envVar('SLIPWAY_DAEMON') !== undefined || existsSync(defaultSocketPath());
 }
 
 const json = (io: CommandIO, v: unknown): void => void io.stdout.write(`${JSON.stringify(v, null, 2)}\n`);

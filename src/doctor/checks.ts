@@ -12,7 +12,7 @@ import { chooseAccel, inspectKvm, kvmDeviceUsable, loadedKvmModules, whichBinary
 import { detectAgentTransport, qemuBinary } from '../vmm/qemu.js';
 import { chPing, defaultCloudHypervisorBinary } from '../vmm/cloud-hypervisor.js';
 import { authFilePaths } from '../oci/registry/credentials.js';
-import { buildCacheRoot } from '../guest/build.js';
+import { buildCacheRoot, envVar, kernelCacheRoot } from '../config.js';
 
 export type CheckStatus = 'ok' | 'no' | 'info';
 
@@ -186,7 +186,7 @@ async function pingCloudHypervisor(binary: string): Promise<{ version: string; f
 
 /** The newest cached guest kernel (kernel/build.sh's cache), without building one. */
 export function cachedKernel(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const root = env.SLIPWAY_KERNEL_CACHE ?? join(env.XDG_CACHE_HOME ?? join(env.HOME ?? '/root', '.cache'), 'slipway', 'kernel');
+  const root = kernelCacheRoot(env);
   let best: { path: string; mtime: number } | undefined;
   try {
     for (const d of readdirSync(root)) {
@@ -230,7 +230,8 @@ function freeSpaceCheck(cacheDir: string): Check {
 /** Which credential sources exist (names and the hosts they cover, never secrets). */
 function credentialChecks(env: NodeJS.ProcessEnv): Check {
   const found: string[] = [];
-  if (env.SLIPWAY_REGISTRY_USERNAME !== undefined) found.push(`SLIPWAY_REGISTRY_USERNAME${env.SLIPWAY_REGISTRY_HOST ? ` (for ${env.SLIPWAY_REGISTRY_HOST})` : ''}`);
+  const host = envVar('SLIPWAY_REGISTRY_HOST', env);
+  if (envVar('SLIPWAY_REGISTRY_USERNAME', env) !== undefined) found.push(`SLIPWAY_REGISTRY_USERNAME${host ? ` (for ${host})` : ''}`);
   for (const p of authFilePaths(env)) {
     try {
       const cfg = JSON.parse(readFileSync(p, 'utf8')) as { auths?: Record<string, unknown>; credHelpers?: Record<string, string>; credsStore?: string };

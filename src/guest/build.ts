@@ -7,9 +7,9 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildCacheRoot } from '../config.js';
 import { SlipwayError } from '../errors.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { buildCpio, S_IFCHR, S_IFDIR, S_IFREG, type CpioEntry } from './cpio.js';
@@ -17,9 +17,6 @@ import { buildCpio, S_IFCHR, S_IFDIR, S_IFREG, type CpioEntry } from './cpio.js'
 /** The repository (or installed package) root: kernel/ and guest/ live there. */
 export const PROJECT_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
-export function buildCacheRoot(env: NodeJS.ProcessEnv = process.env): string {
-  return env.SLIPWAY_BUILD_CACHE ?? join(env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'slipway', 'build');
-}
 
 export interface KernelArtifacts {
   vmlinux: string;

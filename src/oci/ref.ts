@@ -1,5 +1,5 @@
-import { homedir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
+import { defaultStoreDir } from '../config.js';
 import { SlipwayError } from '../errors.js';
 import { isDigest } from './digest.js';
 
@@ -43,12 +43,6 @@ function checkTag(tag: string, input: string): string {
 function checkDigest(digest: string, input: string): string {
   if (!isDigest(digest)) throw new SlipwayError('INVALID_REFERENCE', `invalid digest ${JSON.stringify(digest)} in reference ${JSON.stringify(input)} (want sha256:<64 hex>)`);
   return digest;
-}
-
-/** The embedded default store's directory. */
-export function defaultStoreDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.SLIPWAY_STORE) return resolvePath(env.SLIPWAY_STORE);
-  return join(env.XDG_DATA_HOME ?? join(homedir(), '.local', 'share'), 'slipway', 'store');
 }
 
 export function parseRef(input: string, env: NodeJS.ProcessEnv = process.env): ImageRef {

@@ -2,6 +2,8 @@
  * Structured logs: one JSON object per line on stderr, `{"time","level","msg",...fields}`.
  * Levels below SLIPWAY_LOG_LEVEL (default `warn` for the CLI, `info` for the daemon) are dropped.
  */
+import { logLevelFromEnv } from '../config.js';
+
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
 const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
@@ -15,8 +17,7 @@ export interface Logger {
 }
 
 export function createLogger(opts: { level?: LogLevel; out?: NodeJS.WritableStream; base?: Record<string, unknown> } = {}): Logger {
-  const envLevel = process.env.SLIPWAY_LOG_LEVEL as LogLevel | undefined;
-  const min = ORDER[envLevel && envLevel in ORDER ? envLevel : (opts.level ?? 'warn')];
+  const min = ORDER[logLevelFromEnv() ?? opts.level ?? 'warn'];
   const out = opts.out ?? process.stderr;
   const base = opts.base ?? {};
   const write = (level: LogLevel, msg: string, fields?: Record<string, unknown>): void => {

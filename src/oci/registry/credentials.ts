@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { credentialHelperTimeoutMs, registryCredentialsFromEnv } from '../../config.js';
 import { SlipwayError } from '../../errors.js';
 
 export interface Credentials {
@@ -72,11 +73,9 @@ export interface FindCredentialsOptions {
  * error, prints something that is not its JSON answer, or runs past the timeout.
  */
 export async function findCredentials(registry: string, env: NodeJS.ProcessEnv = process.env, opts: FindCredentialsOptions = {}): Promise<Credentials | undefined> {
-  if (env.SLIPWAY_REGISTRY_USERNAME !== undefined && (!env.SLIPWAY_REGISTRY_HOST || env.SLIPWAY_REGISTRY_HOST === registry)) {
-    return { username: env.SLIPWAY_REGISTRY_USERNAME, password: env.SLIPWAY_REGISTRY_PASSWORD ?? '' };
-  }
-  const envTimeout = Number(env.SLIPWAY_CREDENTIAL_HELPER_TIMEOUT_MS);
-  const timeoutMs = opts.helperTimeoutMs ?? (Number.isFinite(envTimeout) && envTimeout > 0 ? envTimeout : DEFAULT_HELPER_TIMEOUT_MS);
+  const fromEnv = registryCredentialsFromEnv(registry, env);
+  if (fromEnv) return fromEnv;
+  const timeoutMs = opts.helperTimeoutMs ?? credentialHelperTimeoutMs(env) ?? DEFAULT_HELPER_TIMEOUT_MS;
   for (const path of authFilePaths(env)) {
     let config: DockerConfigFile;
     try {

@@ -13,29 +13,23 @@
  *
  * Signals to PID 1: SIGUSR2 power off, SIGTERM reboot, SIGCHLD reap (the agent is restarted if it
  * dies), SIGINT (Ctrl-Alt-Del) reboot.
+ *
+ * The parts of init, one job each, are listed in init.h.
  */
+#include "init.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
-#include <net/if.h>
-#include <net/route.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/types.h>
 #include <sys/wait.h>
-#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -54,27 +48,7 @@
 #define LINE_BYTES 8192
 #define SERVICE_WORDS 31
 #define MAX_PHASES 16
-#define NEWROOT "/newroot"
-#define AGENT_IN_INITRAMFS "/slipway/agent"
-#define AGENT_PATH "/run/slipway/agent"
 #define BOOT_TIMES_PATH "/run/slipway/boot-times"
-#define ROOT_WAIT_MS 5000
-#define IFACE_WAIT_MS 2000
-
-struct disk {
-	char device[128];
-	char mountpoint[128];
-	char fstype[32];
-	char options[128];
-};
-
-struct iface {
-	char name[IFNAMSIZ];
-	struct in_addr addr;
-	int prefix;
-	struct in_addr gateway;
-	int has_gateway;
-};
 
 struct config {
 	char hostname[65];
@@ -111,53 +85,6 @@ struct init_state {
 	sigset_t handled;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_BOOTTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	char buf[512];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof buf, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	size_t len = (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1;
-	/* the console is stdout/stderr as the kernel gave them; kmsg keeps it in dmesg too */
-	if (write(STDERR_FILENO, "slipway-init: ", 14) < 0 || write(STDERR_FILENO, buf, len) < 0 || write(STDERR_FILENO, "\n", 1) < 0) {
-		/* no console: nothing else to say it on */
-	}
-	int kmsg = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
-	if (kmsg >= 0) {
-		char line[600];
-		int m = snprintf(line, sizeof line, "slipway-init: %s\n", buf);
-		if (m > 0 && write(kmsg, line, (size_t)m < sizeof line ? (size_t)m : sizeof line - 1) < 0) {
-			/* best effort */
-		}
-		close(kmsg);
-	}
-}
-
-static void power_off(int reboot_instead) __attribute__((noreturn));
-
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...)
-{
-	char buf[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof buf, fmt, ap);
-	va_end(ap);
-	say("fatal: %s; powering off", buf);
-	power_off(0);
-}
-
 static void mark(struct init_state *st, const char *name)
 {
 	if (st->nphases < MAX_PHASES) {
@@ -187,57 +114,6 @@ static void write_phases(const struct init_state *st)
 	close(fd);
 	if (rename(BOOT_TIMES_PATH ".tmp", BOOT_TIMES_PATH) < 0)
 		say("rename %s: %s", BOOT_TIMES_PATH, strerror(errno));
-}
-
-static int mkdir_p(const char *path, mode_t mode)
-{
-	char tmp[PATH_MAX];
-	if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp)
-		return -1;
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p == '/') {
-			*p = '\0';
-			if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-				return -1;
-			*p = '/';
-		}
-	}
-	if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-		return -1;
-	return 0;
-}
-
-static void mount_or_die(const char *src, const char *target, const char *type, unsigned long flags, const char *data)
-{
-	if (mkdir_p(target, 0755) < 0 && errno != EEXIST)
-		die("mkdir %s: %s", target, strerror(errno));
-	if (mount(src, target, type, flags, data) < 0 && errno != EBUSY)
-		die("mount %s on %s (%s): %s", src, target, type, strerror(errno));
-}
-
-/*
- * Kernel modules shipped in the initramfs under /slipway/modules, loaded in name order (the
- * builder numbers them in dependency order). slipway's own kernel has everything built in and
- * ships none; a distribution kernel (Debian's cloud kernel) needs its virtio drivers this way.
- */
-static void load_modules(void)
-{
-	struct dirent **names = NULL;
-	int n = scandir("/slipway/modules", &names, NULL, alphasort);
-	if (n < 0)
-		return;
-	for (int i = 0; i < n; i++) {
-		char path[PATH_MAX];
-		if (names[i]->d_name[0] != '.' && snprintf(path, sizeof path, "/slipway/modules/%s", names[i]->d_name) < (int)sizeof path) {
-			int fd = open(path, O_RDONLY | O_CLOEXEC);
-			if (fd < 0 || (syscall(SYS_finit_module, fd, "", 0) < 0 && errno != EEXIST))
-				say("loading module %s: %s", names[i]->d_name, strerror(errno));
-			if (fd >= 0)
-				close(fd);
-		}
-		free(names[i]);
-	}
-	free(names);
 }
 
 /* ---------- config ---------- */
@@ -445,35 +321,6 @@ static ssize_t b64_decode(const char *in, size_t len, char *out, size_t cap)
 	return (ssize_t)o;
 }
 
-static ssize_t read_file(const char *path, char *buf, size_t cap)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	size_t off = 0;
-	for (;;) {
-		if (off == cap) {
-			close(fd);
-			errno = EFBIG;
-			return -1;
-		}
-		ssize_t n = read(fd, buf + off, cap - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int e = errno;
-			close(fd);
-			errno = e;
-			return -1;
-		}
-		if (n == 0)
-			break;
-		off += (size_t)n;
-	}
-	close(fd);
-	return (ssize_t)off;
-}
-
 /* slipway.config=<base64 of the config file> or slipway.<key>=<value> tokens */
 static int config_from_cmdline(struct config *c)
 {
@@ -526,98 +373,6 @@ static void load_config(struct config *c)
 	}
 }
 
-/* ---------- disks ---------- */
-
-static int wait_for_device(const char *dev, int timeout_ms)
-{
-	struct stat sb;
-	for (int waited = 0;; waited += 10) {
-		if (stat(dev, &sb) == 0)
-			return 0;
-		if (waited >= timeout_ms)
-			return -1;
-		struct timespec ts = { 0, 10 * 1000 * 1000 };
-		nanosleep(&ts, NULL);
-	}
-}
-
-static void mount_disk(const struct disk *d, const char *target, int is_root)
-{
-	if (wait_for_device(d->device, is_root ? ROOT_WAIT_MS : ROOT_WAIT_MS / 2) < 0)
-		die("%s disk %s not found (is the disk attached?)", is_root ? "root" : "extra", d->device);
-	if (mkdir_p(target, 0755) < 0)
-		die("mkdir %s: %s", target, strerror(errno));
-	const char *types[3] = { d->fstype[0] ? d->fstype : "ext4", d->fstype[0] ? NULL : "erofs", NULL };
-	unsigned long flags = 0;
-	char data[128] = "";
-	/* "ro" and "rw" are flags, everything else goes to the filesystem */
-	if (d->options[0]) {
-		char opts[128];
-		snprintf(opts, sizeof opts, "%s", d->options);
-		char *save = NULL;
-		for (char *o = strtok_r(opts, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
-			if (strcmp(o, "ro") == 0)
-				flags |= MS_RDONLY;
-			else if (strcmp(o, "rw") == 0)
-				flags &= ~(unsigned long)MS_RDONLY;
-			else if (strcmp(o, "noatime") == 0)
-				flags |= MS_NOATIME;
-			else {
-				size_t used = strlen(data);
-				snprintf(data + used, sizeof data - used, "%s%s", used ? "," : "", o);
-			}
-		}
-	}
-	int last = 0;
-	for (int i = 0; types[i]; i++) {
-		if (mount(d->device, target, types[i], flags, data[0] ? data : NULL) == 0)
-			return;
-		last = errno;
-		/* erofs is read-only: a second try of the default types mounts it so */
-		if (last == EROFS || (last == EACCES && !(flags & MS_RDONLY))) {
-			if (mount(d->device, target, types[i], flags | MS_RDONLY, data[0] ? data : NULL) == 0)
-				return;
-		}
-	}
-	die("cannot mount %s disk %s on %s: %s", is_root ? "root" : "extra", d->device, target, strerror(last));
-}
-
-static void move_into_root(const char *from, const char *to)
-{
-	if (mkdir_p(to, 0755) < 0 && errno != EEXIST)
-		die("root disk lacks %s and it cannot be created: %s", to, strerror(errno));
-	if (mount(from, to, NULL, MS_MOVE, NULL) < 0)
-		die("move mount %s to %s: %s", from, to, strerror(errno));
-}
-
-static void copy_file(const char *from, const char *to, mode_t mode)
-{
-	int in = open(from, O_RDONLY | O_CLOEXEC);
-	if (in < 0)
-		die("open %s: %s", from, strerror(errno));
-	int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-	if (out < 0)
-		die("create %s: %s", to, strerror(errno));
-	char buf[65536];
-	for (;;) {
-		ssize_t n = read(in, buf, sizeof buf);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			die("read %s: %s", from, strerror(errno));
-		if (n == 0)
-			break;
-		for (ssize_t w = 0; w < n;) {
-			ssize_t m = write(out, buf + w, (size_t)(n - w));
-			if (m < 0)
-				die("write %s: %s", to, strerror(errno));
-			w += m;
-		}
-	}
-	close(in);
-	close(out);
-}
-
 /*
  * Mount the root disk, move /dev, /proc, /sys, /run and /tmp into it, and make it `/`. The
  * initramfs stays in memory (it is a few hundred KiB); init keeps PID 1 throughout.
@@ -626,152 +381,8 @@ static void switch_root(struct init_state *st)
 {
 	mount_disk(&st->cfg.root, NEWROOT, 1);
 	mark(st, "root_mounted");
-	char target[PATH_MAX];
-	for (int i = 0; i < st->cfg.ndisks; i++) {
-		if (snprintf(target, sizeof target, "%s%s", NEWROOT, st->cfg.disks[i].mountpoint) >= (int)sizeof target)
-			die("mount point %s too long", st->cfg.disks[i].mountpoint);
-		mount_disk(&st->cfg.disks[i], target, 0);
-	}
-	/* the agent must outlive the initramfs view: it runs from /run, a tmpfs moved into the root */
-	copy_file(AGENT_IN_INITRAMFS, AGENT_PATH, 0755);
-	static const char *const moves[] = { "/dev", "/proc", "/sys", "/run", "/tmp" };
-	for (size_t i = 0; i < sizeof moves / sizeof moves[0]; i++) {
-		snprintf(target, sizeof target, "%s%s", NEWROOT, moves[i]);
-		move_into_root(moves[i], target);
-	}
-	if (chdir(NEWROOT) < 0)
-		die("chdir %s: %s", NEWROOT, strerror(errno));
-	if (mount(".", "/", NULL, MS_MOVE, NULL) < 0)
-		die("move %s to /: %s", NEWROOT, strerror(errno));
-	if (chroot(".") < 0 || chdir("/") < 0)
-		die("chroot into the root disk: %s", strerror(errno));
+	enter_root(st->cfg.disks, st->cfg.ndisks);
 	mark(st, "switch_root");
-}
-
-/* ---------- system settings ---------- */
-
-static void set_hostname(const struct config *c)
-{
-	if (sethostname(c->hostname, strlen(c->hostname)) < 0)
-		say("sethostname %s: %s", c->hostname, strerror(errno));
-}
-
-static void apply_sysctls(const struct config *c)
-{
-	for (int i = 0; i < c->nsysctls; i++) {
-		char key[256];
-		snprintf(key, sizeof key, "%s", c->sysctls[i]);
-		char *eq = strchr(key, '=');
-		if (!eq || strstr(key, "..")) {
-			say("sysctl '%s' ignored (want key=value)", c->sysctls[i]);
-			continue;
-		}
-		*eq = '\0';
-		char path[PATH_MAX];
-		int n = snprintf(path, sizeof path, "/proc/sys/%s", key);
-		if (n < 0 || n >= (int)sizeof path)
-			continue;
-		for (char *p = path + 10; *p; p++)
-			if (*p == '.')
-				*p = '/';
-		int fd = open(path, O_WRONLY | O_CLOEXEC);
-		if (fd < 0 || write(fd, eq + 1, strlen(eq + 1)) < 0)
-			say("sysctl %s: %s", key, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-	}
-}
-
-static int iface_up(int sock, const char *name)
-{
-	struct ifreq ifr;
-	memset(&ifr, 0, sizeof ifr);
-	snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", name);
-	if (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0)
-		return -1;
-	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-	return ioctl(sock, SIOCSIFFLAGS, &ifr);
-}
-
-static void set_inet(struct ifreq *ifr, struct in_addr a)
-{
-	struct sockaddr_in *sin = (struct sockaddr_in *)(void *)&ifr->ifr_addr;
-	memset(sin, 0, sizeof *sin);
-	sin->sin_family = AF_INET;
-	sin->sin_addr = a;
-}
-
-static void configure_network(const struct config *c)
-{
-	int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (sock < 0) {
-		say("socket(AF_INET): %s; no network", strerror(errno));
-		return;
-	}
-	if (iface_up(sock, "lo") < 0)
-		say("bringing up lo: %s", strerror(errno));
-	for (int i = 0; i < c->nifaces; i++) {
-		const struct iface *ifc = &c->ifaces[i];
-		for (int waited = 0; if_nametoindex(ifc->name) == 0; waited += 10) {
-			if (waited >= IFACE_WAIT_MS) {
-				say("network interface %s not found; not configured", ifc->name);
-				goto next;
-			}
-			struct timespec ts = { 0, 10 * 1000 * 1000 };
-			nanosleep(&ts, NULL);
-		}
-		{
-			struct ifreq ifr;
-			memset(&ifr, 0, sizeof ifr);
-			snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifc->name);
-			set_inet(&ifr, ifc->addr);
-			if (ioctl(sock, SIOCSIFADDR, &ifr) < 0)
-				say("%s: set address: %s", ifc->name, strerror(errno));
-			struct in_addr mask;
-			mask.s_addr = ifc->prefix == 0 ? 0 : htonl(0xffffffffu << (32 - ifc->prefix));
-			set_inet(&ifr, mask);
-			if (ioctl(sock, SIOCSIFNETMASK, &ifr) < 0)
-				say("%s: set netmask: %s", ifc->name, strerror(errno));
-			if (iface_up(sock, ifc->name) < 0)
-				say("%s: up: %s", ifc->name, strerror(errno));
-			if (ifc->has_gateway) {
-				struct rtentry rt;
-				memset(&rt, 0, sizeof rt);
-				struct sockaddr_in *dst = (struct sockaddr_in *)(void *)&rt.rt_dst;
-				struct sockaddr_in *gw = (struct sockaddr_in *)(void *)&rt.rt_gateway;
-				struct sockaddr_in *msk = (struct sockaddr_in *)(void *)&rt.rt_genmask;
-				dst->sin_family = gw->sin_family = msk->sin_family = AF_INET;
-				gw->sin_addr = ifc->gateway;
-				rt.rt_flags = RTF_UP | RTF_GATEWAY;
-				if (ioctl(sock, SIOCADDRT, &rt) < 0 && errno != EEXIST)
-					say("%s: default route via %s: %s", ifc->name, inet_ntoa(ifc->gateway), strerror(errno));
-			}
-		}
-next:;
-	}
-	close(sock);
-	if (c->ndns > 0) {
-		char buf[512];
-		size_t off = 0;
-		for (int i = 0; i < c->ndns; i++) {
-			int n = snprintf(buf + off, sizeof buf - off, "nameserver %s\n", c->dns[i]);
-			if (n < 0 || (size_t)n >= sizeof buf - off)
-				break;
-			off += (size_t)n;
-		}
-		int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		if (fd < 0) {
-			/* a read-only root: bind a file from /run over it */
-			fd = open("/run/slipway/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-			if (fd >= 0 && mount("/run/slipway/resolv.conf", "/etc/resolv.conf", NULL, MS_BIND, NULL) < 0)
-				say("resolv.conf: %s", strerror(errno));
-		}
-		if (fd >= 0) {
-			if (write(fd, buf, off) < 0)
-				say("resolv.conf: %s", strerror(errno));
-			close(fd);
-		}
-	}
 }
 
 /* ---------- processes ---------- */
@@ -817,45 +428,6 @@ static pid_t spawn(struct init_state *st, char *const argv[], int quiet)
 		_exit(127);
 	}
 	return pid;
-}
-
-/*
- * udev's job, done here because there is no udev: /dev/virtio-ports/<name> links to the
- * /dev/vportNpM node of each named virtio-serial port (the agent opens its port by name).
- */
-static void link_virtio_ports(void)
-{
-	DIR *dir = opendir("/sys/class/virtio-ports");
-	if (!dir)
-		return;
-	if (mkdir_p("/dev/virtio-ports", 0755) < 0) {
-		say("mkdir /dev/virtio-ports: %s", strerror(errno));
-		closedir(dir);
-		return;
-	}
-	struct dirent *de;
-	while ((de = readdir(dir)) != NULL) {
-		if (de->d_name[0] == '.' || strlen(de->d_name) > 64)
-			continue;
-		char path[PATH_MAX];
-		char name[128];
-		snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", de->d_name);
-		ssize_t n = read_file(path, name, sizeof name - 1);
-		if (n <= 0)
-			continue;
-		while (n > 0 && (name[n - 1] == '\n' || name[n - 1] == '\0'))
-			n--;
-		name[n] = '\0';
-		if (n == 0 || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-			continue;
-		char link[PATH_MAX];
-		char target[PATH_MAX];
-		snprintf(link, sizeof link, "/dev/virtio-ports/%s", name);
-		snprintf(target, sizeof target, "../%s", de->d_name);
-		if (symlink(target, link) < 0 && errno != EEXIST)
-			say("symlink %s: %s", link, strerror(errno));
-	}
-	closedir(dir);
 }
 
 static void start_agent(struct init_state *st)
@@ -911,36 +483,6 @@ static void reap(struct init_state *st, int shutting_down)
 	}
 }
 
-static void power_off(int reboot_instead)
-{
-	sync();
-	kill(-1, SIGTERM);
-	/*
-	 * Up to 1 s for processes to leave. Every user process is init's descendant (orphans are
-	 * reparented to it), so ECHILD means none is left; kill(-1, 0) would count kernel threads.
-	 */
-	for (int i = 0; i < 100; i++) {
-		pid_t r;
-		while ((r = waitpid(-1, NULL, WNOHANG)) > 0) {
-		}
-		if (r < 0 && errno == ECHILD)
-			break;
-		struct timespec ts = { 0, 10 * 1000 * 1000 };
-		nanosleep(&ts, NULL);
-	}
-	kill(-1, SIGKILL);
-	while (waitpid(-1, NULL, WNOHANG) > 0) {
-	}
-	sync();
-	if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0 && errno != EINVAL) {
-		/* busy or already read-only: the sync above is what matters */
-	}
-	reboot(reboot_instead ? RB_AUTOBOOT : RB_POWER_OFF);
-	/* reboot(2) only returns on failure; PID 1 must not exit */
-	for (;;)
-		pause();
-}
-
 int main(int argc, char **argv)
 {
 	(void)argc;
@@ -984,9 +526,11 @@ int main(int argc, char **argv)
 	mark(st, "config");
 
 	switch_root(st);
-	set_hostname(&st->cfg);
-	apply_sysctls(&st->cfg);
-	configure_network(&st->cfg);
+	set_hostname(st->cfg.hostname);
+	for (int i = 0; i < st->cfg.nsysctls; i++)
+		apply_sysctl(st->cfg.sysctls[i]);
+	configure_network(st->cfg.ifaces, st->cfg.nifaces);
+	write_resolv_conf(st->cfg.dns, st->cfg.ndns);
 	mark(st, "network");
 	link_virtio_ports();
 	start_agent(st);

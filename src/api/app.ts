@@ -4,6 +4,7 @@
  * error is `{"error": {"code", "message", "field"?}}` with a stable code (docs/errors.md).
  */
 import { Hono, type Context } from 'hono';
+import { bearerAuth } from 'hono/bearer-auth';
 import { bodyLimit } from 'hono/body-limit';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import { SlipwayError, httpStatusOf, isSlipwayError, type ErrorCode } from '../errors.js';
@@ -59,6 +60,23 @@ function outputLine(stream: 'stdout' | 'stderr', data: Buffer): string {
   const text = data.toString('utf8');
   const exact = Buffer.from(text, 'utf8').equals(data);
   return `${JSON.stringify(exact ? { stream, text } : { stream, base64: data.toString('base64') })}\n`;
+}
+
+/** RFC 6750's b64token: what a bearer token may be made of (and what hono's bearer-auth accepts). */
+const BEARER_TOKEN = /^[A-Za-z0-9._~+/-]+=*$/;
+
+/**
+ * `app` behind the daemon's TCP bearer token (hono's bearer-auth: constant-time comparison). A
+ * request without it, with another scheme or with a wrong token is answered 401 with the API's
+ * error body (UNAUTHORIZED) and a `WWW-Authenticate: Bearer realm="slipway"` challenge.
+ */
+export function requireBearerToken(app: Hono, token: string): Hono {
+  if (!BEARER_TOKEN.test(token)) throw new SlipwayError('INVALID_ARGUMENT', 'the bearer token may hold only letters, digits and -._~+/ (and = at its end)');
+  const refusal = { message: (c: Context) => c.json(errorBody('UNAUTHORIZED', 'this endpoint needs Authorization: Bearer <token>'), 401), wwwAuthenticateHeader: 'Bearer realm="slipway"' };
+  const guarded = new Hono();
+  guarded.use('*', bearerAuth({ token, realm: 'slipway', noAuthenticationHeader: refusal, invalidAuthenticationHeader: refusal, invalidToken: refusal }));
+  guarded.all('*', (c) => app.fetch(c.req.raw));
+  return guarded;
 }
 
 export interface AppDeps {

@@ -5,7 +5,6 @@
  * request must carry the bearer token. Stopping it leaves VMs and their backends running; the
  * next daemon adopts them (vms.ts).
  */
-import { timingSafeEqual } from 'node:crypto';
 import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { processHasArgument, processRunning } from '../util/process.js';
 import { createServer, type Server } from 'node:http';
@@ -17,7 +16,7 @@ import { SlipwayError } from '../errors.js';
 import { buildGuest, buildKernel, guestArtifacts } from '../guest/build.js';
 import { ensureBackendBuilt } from '../serve/backend.js';
 import type { Logger } from '../util/log.js';
-import { buildApp, errorBody } from './app.js';
+import { buildApp, requireBearerToken } from './app.js';
 import { Counter, Gauge, Histogram, Registry } from './metrics.js';
 import { StateStore } from './state.js';
 import { DEFAULT_LIMITS, VmManager, type VmLimits } from './vms.js';
@@ -44,14 +43,6 @@ export interface RunningDaemon {
   readonly vms: VmManager;
   /** Stop listening; VMs keep running unless `stopVms`. */
   close(opts?: { stopVms?: boolean }): Promise<void>;
-}
-
-function bearerMatches(header: string | null, token: string): boolean {
-  const m = /^Bearer (\S+)$/.exec(header ?? '');
-  if (!m) return false;
-  const given = Buffer.from(m[1] as string);
-  const want = Buffer.from(token);
-  return given.length === want.length && timingSafeEqual(given, want);
 }
 
 function listen(server: Server, where: string | { host: string; port: number }): Promise<void> {
@@ -138,12 +129,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
 
     if (opts.tcp) {
       const token = opts.token as string;
-      tcpServer = createServer(getRequestListener((req) => {
-        if (!bearerMatches(req.headers.get('authorization'), token)) {
-          return new Response(JSON.stringify(errorBody('UNAUTHORIZED', 'this endpoint needs Authorization: Bearer <token>')), { status: 401, headers: { 'content-type': 'application/json', 'www-authenticate': 'Bearer realm="slipway"' } });
-        }
-        return app.fetch(req);
-      }));
+      tcpServer = createServer(getRequestListener(requireBearerToken(app, token).fetch));
       await listen(tcpServer, opts.tcp);
       const addr = tcpServer.address();
       tcpAddress = addr && typeof addr === 'object' ? { host: addr.address, port: addr.port } : opts.tcp;

@@ -5,6 +5,7 @@
  * opens, reads and closes it (stop_queue closes it once the thread has ended).
  */
 #include "vub_queue.h"
+#include "miss_wire.h"
 
 #include <errno.h>
 #include <string.h>
@@ -12,10 +13,6 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-#define MISS_MAGIC_REQ 0x534C4651u
-#define MISS_MAGIC_REP 0x534C4652u
-#define MISS_OP_FETCH 1u
 
 /* Take the connection out of the epoll set, then close it: a number closed while still registered
  * could come back as a new connection that the set never reports. */
@@ -67,11 +64,8 @@ int vub_miss_fetch(struct vub_queue *q, uint64_t chunk)
 {
 	if (daemon_connect(q) < 0)
 		return -1;
-	uint8_t msg[16];
-	uint32_t magic = MISS_MAGIC_REQ, op = MISS_OP_FETCH;
-	memcpy(msg, &magic, 4);
-	memcpy(msg + 4, &op, 4);
-	memcpy(msg + 8, &chunk, 8);
+	uint8_t msg[MISS_MSG_BYTES];
+	miss_encode_fetch(msg, chunk);
 	for (size_t sent = 0; sent < sizeof msg;) {
 		ssize_t n = send(q->daemon_fd, msg + sent, sizeof msg - sent, MSG_NOSIGNAL);
 		if (n < 0 && errno == EINTR)
@@ -101,13 +95,9 @@ void vub_miss_read(struct vub_queue *q)
 		if (q->reply_have < sizeof q->reply_buf)
 			continue;
 		q->reply_have = 0;
-		uint32_t magic;
 		int32_t status;
 		uint64_t chunk;
-		memcpy(&magic, q->reply_buf, 4);
-		memcpy(&status, q->reply_buf + 4, 4);
-		memcpy(&chunk, q->reply_buf + 8, 8);
-		if (magic != MISS_MAGIC_REP || chunk >= q->dev->disk->nchunks) {
+		if (!miss_decode_reply(q->reply_buf, &status, &chunk) || chunk >= q->dev->disk->nchunks) {
 			vub_log("warn", "queue %u: malformed reply from the daemon; dropping the connection", q->index);
 			vub_miss_close(q);
 			vub_queue_resume(q, 0, -ECONNRESET);

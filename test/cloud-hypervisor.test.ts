@@ -2,9 +2,8 @@
  * The Cloud Hypervisor driver (src/vmm/cloud-hypervisor.ts).
  *
  * 1. Every VmConfig the driver builds is validated against the OpenAPI description CH ships
- *    (vendor/cloud-hypervisor/cloud-hypervisor.yaml, vendored from upstream), with a purpose-built YAML parser
- *    and schema validator (test/helpers/fake-cloud-hypervisor.mjs) that are shown to reject bad
- *    bodies; `payload.fw_cfg_config`, absent from the YAML, is checked against CH's serde struct.
+ *    (vendor/cloud-hypervisor/cloud-hypervisor.yaml, vendored from upstream), read with `yaml` and
+ *    enforced with Ajv (test/helpers/ch-openapi.mjs), shown to reject bad bodies; `payload.fw_cfg_config`, absent from the YAML, is checked against CH's serde struct.
  * 2. The driver end to end against a FAKE Cloud Hypervisor (test/helpers/fake-cloud-hypervisor.mjs,
  *    a Node script standing in for the binary, since CH cannot run here): REST API on the API
  *    socket, hybrid vsock proxied to a real slipway-agent running on the host.
@@ -35,15 +34,8 @@ import type { RunningVm, VmSpec } from '../src/vmm/driver.js';
 import { bootVm } from '../src/vmm/boot.js';
 import { inspectKvm, kvmDeviceUsable, loadedKvmModules } from '../src/vmm/accel.js';
 import { processesWithArgument } from '../src/util/process.js';
-import {
-  CH_OPENAPI_PATH,
-  FAKE_HOST_PORT,
-  loadChApiSpec,
-  parseYaml,
-  validateFwCfgConfig,
-  validateSchema,
-  validateVmConfigBody,
-} from './helpers/fake-cloud-hypervisor.mjs';
+import { CH_OPENAPI_PATH, loadChApiSpec, parseYaml, validateFwCfgConfig, validateSchema, validateVmConfigBody } from './helpers/ch-openapi.mjs';
+import { FAKE_HOST_PORT } from './helpers/fake-cloud-hypervisor.mjs';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const FAKE_CH = join(ROOT, 'test', 'helpers', 'fake-cloud-hypervisor.mjs');
@@ -90,7 +82,7 @@ describe('the OpenAPI description and the validator', () => {
   const doc: Doc = loadChApiSpec();
 
   const pyyaml = spawnSync('python3', ['-c', 'import yaml'], { stdio: 'ignore' }).status === 0;
-  it.skipIf(!pyyaml)(`the purpose-built YAML parser reads the spec exactly as PyYAML does${pyyaml ? '' : ' (skipped: python3 with PyYAML not installed)'}`, () => {
+  it.skipIf(!pyyaml)(`the YAML parser reads the spec exactly as PyYAML does${pyyaml ? '' : ' (skipped: python3 with PyYAML not installed)'}`, () => {
     const viaPython = JSON.parse(execFileSync('python3', ['-c', 'import sys, json, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1])), default=str))', CH_OPENAPI_PATH], { encoding: 'utf8' }));
     expect(parseYaml(readFileSync(CH_OPENAPI_PATH, 'utf8'))).toEqual(viaPython);
   });

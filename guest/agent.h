@@ -169,6 +169,33 @@ struct agent {
 	uint8_t scratch[MAX_OUTPUT_FRAME_BYTES];
 };
 
+/*
+ * The agent's live connections and processes are doubly linked lists (a->conns, a->procs). One
+ * taken out is pushed on a dead list (a->dead_conns, a->dead_procs, linked through next) and freed
+ * after the current batch of events, since another event in that batch may still point at it.
+ */
+#define LIST_PUSH(head, node)                     \
+	do {                                      \
+		(node)->prev = NULL;              \
+		(node)->next = (head);            \
+		if (head)                         \
+			(head)->prev = (node);    \
+		(head) = (node);                  \
+	} while (0)
+
+#define LIST_RETIRE(head, dead, node)                          \
+	do {                                                   \
+		if ((node)->prev)                              \
+			(node)->prev->next = (node)->next;     \
+		else                                           \
+			(head) = (node)->next;                 \
+		if ((node)->next)                              \
+			(node)->next->prev = (node)->prev;     \
+		(node)->prev = NULL;                           \
+		(node)->next = (dead);                         \
+		(dead) = (node);                               \
+	} while (0)
+
 /* ---- agent_sys.c ---- */
 
 void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -211,10 +211,7 @@ struct conn *conn_new(struct agent *a, int fd, bool is_serial)
 		return NULL;
 	}
 	c->registered_events = EPOLLIN;
-	c->next = a->conns;
-	if (a->conns)
-		a->conns->prev = c;
-	a->conns = c;
+	LIST_PUSH(a->conns, c);
 	return c;
 }
 
@@ -244,15 +241,7 @@ void conn_close(struct conn *c, const char *why)
 		request_shutdown(a, c->shutdown_signal);
 		c->shutdown_signal = 0;
 	}
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		a->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	c->prev = NULL;
-	c->next = a->dead_conns;
-	a->dead_conns = c;
+	LIST_RETIRE(a->conns, a->dead_conns, c);
 	if (c->is_serial && a->serial.conn == c) {
 		a->serial.conn = NULL;
 		if (c->saw_frame)

@@ -68,17 +68,9 @@ static void proc_maybe_finish(struct proc *p)
 		conn_send(p->conn, REP_EXIT, p->id, status, sizeof status);
 	}
 	struct agent *a = p->agent;
-	if (p->prev)
-		p->prev->next = p->next;
-	else
-		a->procs = p->next;
-	if (p->next)
-		p->next->prev = p->prev;
 	/* freed after this batch of events: another event in it may still point here */
 	p->dead = true;
-	p->prev = NULL;
-	p->next = a->dead_procs;
-	a->dead_procs = p;
+	LIST_RETIRE(a->procs, a->dead_procs, p);
 }
 
 static void proc_close_output(struct proc *p, struct output_pipe *pipe)
@@ -371,10 +363,7 @@ void handle_exec(struct conn *c, const struct frame *f)
 	set_nonblocking(p->err.fd, "stderr pipe");
 	if (p->stdin_fd >= 0)
 		set_nonblocking(p->stdin_fd, "stdin pipe");
-	p->next = a->procs;
-	if (a->procs)
-		a->procs->prev = p;
-	a->procs = p;
+	LIST_PUSH(a->procs, p);
 	uint8_t pid_le[4];
 	put_u32(pid_le, (uint32_t)pid);
 	conn_send(c, REP_STARTED, f->id, pid_le, sizeof pid_le);

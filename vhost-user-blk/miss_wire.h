@@ -12,8 +12,8 @@
 #include <stdint.h>
 
 #define MISS_MSG_BYTES 16
-#define MISS_MAGIC_REQ 0x534C4651u /* "QFLS" */
-#define MISS_MAGIC_REP 0x534C4652u /* "RFLS" */
+#define MISS_MAGIC_REQ 0x534C4651u /* 'SLFQ' */
+#define MISS_MAGIC_REP 0x534C4652u /* 'SLFR' */
 #define MISS_OP_FETCH 1u
 
 static inline void miss_put_le(uint8_t *p, uint64_t v, unsigned bytes)

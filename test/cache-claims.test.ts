@@ -5,73 +5,34 @@
  * by a live process that is not fetching is honoured only until the fetch deadline. Through the
  * real docker-registry, with `slipway read` in a child process where the issue saw it.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ChunkCache } from '../src/cache/chunk-cache.js';
-import type { LazyDisk } from '../src/cache/lazy-disk.js';
-import { loadConfig, type SlipwayConfig } from '../src/config.js';
-import type { IndexEntry } from '../src/disk/format.js';
 import { pushDisk } from '../src/disk/push.js';
-import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
-import { createLogger } from '../src/util/log.js';
 import { processStartTime } from '../src/util/process-identity.js';
-import { WorkerPool } from '../src/workers/pool.js';
-import { chunkFiles, expectTier1Consistent, LogCapture, within } from './helpers/cache-checks.js';
-import { tempDir } from './helpers/images.js';
-import { startRegistry, type TestRegistry } from './helpers/registry.js';
+import { chunkCacheBed, chunkHex } from './helpers/cache-bed.js';
+import { chunkFiles, expectTier1Consistent, within } from './helpers/cache-checks.js';
 
 const KiB = 1024;
 const CHUNK = 64 * KiB;
 const DISK_BYTES = 16 * CHUNK;
 const TAG = 'v1';
 
-let registry: TestRegistry;
-let pool: WorkerPool;
-const targets = new Targets();
-const work = tempDir('slipway-cache-claims-');
+const bed = chunkCacheBed('slipway-cache-claims-');
+const { targets, work, freshDir, cleanups, openCache } = bed;
 let image: Buffer;
 let ref: string;
 
-let dirs = 0;
-const freshDir = (): string => join(work, `cache-${++dirs}`);
-
-const cleanups: (() => Promise<unknown> | unknown)[] = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await within(10_000, Promise.resolve(cleanups.pop()?.()), 'cleanup').catch(() => undefined);
-});
-
 beforeAll(async () => {
-  registry = await startRegistry();
-  pool = new WorkerPool(2);
   image = randomBytes(DISK_BYTES);
   const file = join(work, 'disk.img');
   writeFileSync(file, image);
-  ref = `${registry.host}/claims/disk:${TAG}`;
-  await pushDisk({ file, target: await targets.open(parseRef(ref)), tag: TAG, pool, chunkSizeBytes: CHUNK, packSizeBytes: 4 * CHUNK });
+  ref = `${bed.registry.host}/claims/disk:${TAG}`;
+  await pushDisk({ file, target: await targets.open(parseRef(ref)), tag: TAG, pool: bed.pool, chunkSizeBytes: CHUNK, packSizeBytes: 4 * CHUNK });
 });
-
-afterAll(async () => {
-  await pool?.close();
-  await targets.close();
-  await registry?.stop();
-  rmSync(work, { recursive: true, force: true });
-});
-
-async function openCache(overrides: Partial<SlipwayConfig>): Promise<{ cache: ChunkCache; logs: LogCapture }> {
-  const logs = new LogCapture();
-  const config = loadConfig({ XDG_CONFIG_HOME: join(work, 'no-config'), XDG_CACHE_HOME: join(work, 'xdg-cache') }, overrides);
-  const cache = await ChunkCache.open({ config, logger: createLogger({ out: logs, level: 'info' }), pool });
-  cleanups.push(() => cache.close());
-  return { cache, logs };
-}
-
-function chunkHex(disk: LazyDisk, n: number): string {
-  return (disk.artifact.index.entries[disk.artifact.index.map[n] as number] as IndexEntry).digest.toString('hex');
-}
 
 /** Leave a fetch claim on chunk `n` of the disk in `cacheDir`, as a claimer would, naming `claimer`. */
 function leaveClaim(cacheDir: string, hex: string, claimer: string): string {

@@ -5,25 +5,20 @@
  * corrupted and lost chunk files, servers that ignore Range, a small disk budget, pins against
  * another cache's gc, a really full file system (tmpfs), and two processes sharing one cache dir.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ChunkCache } from '../src/cache/chunk-cache.js';
 import type { LazyDisk } from '../src/cache/lazy-disk.js';
-import { loadConfig, type SlipwayConfig } from '../src/config.js';
 import { HOLE, type IndexEntry } from '../src/disk/format.js';
 import { pushDisk } from '../src/disk/push.js';
 import type { PushResult } from '../src/disk/push.js';
-import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
-import { createLogger } from '../src/util/log.js';
-import { WorkerPool } from '../src/workers/pool.js';
-import { startChaosProxy, type ChaosProxy } from './helpers/chaos-proxy.js';
-import { chunkFiles, expectTier1Consistent, LogCapture, rejection, tmpFiles, within } from './helpers/cache-checks.js';
-import { makeSparse, tempDir } from './helpers/images.js';
-import { startRegistry, type TestRegistry } from './helpers/registry.js';
+import { chunkCacheBed, chunkHex } from './helpers/cache-bed.js';
+import type { ChaosProxy } from './helpers/chaos-proxy.js';
+import { chunkFiles, expectTier1Consistent, rejection, tmpFiles, within } from './helpers/cache-checks.js';
+import { makeSparse } from './helpers/images.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -33,71 +28,28 @@ const DISK_BYTES = 4 * MiB;
 const REPO = 'faults/disk';
 const TAG = 'v1';
 
-let registry: TestRegistry;
-let pool: WorkerPool;
-const targets = new Targets();
-const work = tempDir('slipway-cache-faults-');
+const bed = chunkCacheBed('slipway-cache-faults-', { cleanupBoundMs: 5000 });
+const { targets, work, freshDir, openCache, chaos } = bed;
 let imageFile: string;
 let image: Buffer;
 let pushed: PushResult;
 
-/** A cache dir of its own for every use. */
-let dirs = 0;
-const freshDir = (): string => join(work, `cache-${++dirs}`);
-
-/** Things to close after each test, newest first. */
-const cleanups: (() => Promise<unknown> | unknown)[] = [];
-afterEach(async () => {
-  // bounded: a cache wedged by a bug must fail its own test, not hang the file
-  while (cleanups.length > 0) await within(5000, Promise.resolve(cleanups.pop()?.()), 'cleanup').catch(() => undefined);
-});
-
 beforeAll(async () => {
-  registry = await startRegistry();
-  pool = new WorkerPool(2);
   // random (incompressible) data with holes: 52 distinct 64 KiB chunks, 12 holes, 512 KiB packs
   imageFile = makeSparse(join(work, 'disk.img'), DISK_BYTES, [
     { offset: 0, length: 1536 * KiB },
     { offset: 2 * MiB, length: 1792 * KiB },
   ]);
   image = readFileSync(imageFile);
-  const target = await targets.open(parseRef(`${registry.host}/${REPO}:${TAG}`));
-  pushed = await pushDisk({ file: imageFile, target, tag: TAG, pool, chunkSizeBytes: CHUNK, packSizeBytes: PACK });
+  const target = await targets.open(parseRef(`${bed.registry.host}/${REPO}:${TAG}`));
+  pushed = await pushDisk({ file: imageFile, target, tag: TAG, pool: bed.pool, chunkSizeBytes: CHUNK, packSizeBytes: PACK });
   expect(pushed.config.stats.uniqueChunks).toBe(52);
   expect(pushed.config.stats.zeroChunks).toBe(12);
   expect(pushed.config.stats.packs).toBeGreaterThan(4);
 });
 
-afterAll(async () => {
-  await pool?.close();
-  await targets.close();
-  await registry?.stop();
-  rmSync(work, { recursive: true, force: true });
-});
-
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-async function openCache(overrides: Partial<SlipwayConfig>): Promise<{ cache: ChunkCache; logs: LogCapture; config: SlipwayConfig }> {
-  const logs = new LogCapture();
-  const config = loadConfig({ XDG_CONFIG_HOME: join(work, 'no-config'), XDG_CACHE_HOME: join(work, 'xdg-cache') }, overrides);
-  const cache = await ChunkCache.open({ config, logger: createLogger({ out: logs, level: 'info' }), pool });
-  let closed = false;
-  const close = cache.close.bind(cache);
-  cache.close = async () => {
-    if (closed) return;
-    closed = true;
-    await close();
-  };
-  cleanups.push(() => cache.close());
-  return { cache, logs, config };
-}
-
-async function chaos(): Promise<ChaosProxy> {
-  const proxy = await startChaosProxy({ target: registry.host });
-  cleanups.push(() => proxy.stop());
-  return proxy;
-}
 
 const refVia = (host: string): string => `${host}/${REPO}:${TAG}`;
 
@@ -108,12 +60,6 @@ function dataChunks(disk: LazyDisk): number[] {
     if (e !== HOLE) out.push(n);
   });
   return out;
-}
-
-function chunkHex(disk: LazyDisk, n: number): string {
-  const e = disk.artifact.index.map[n] as number;
-  expect(e).not.toBe(HOLE);
-  return (disk.artifact.index.entries[e] as IndexEntry).digest.toString('hex');
 }
 
 function expected(offset: number, length: number): Buffer {
@@ -446,7 +392,7 @@ describe('the cache disk full', () => {
   it('a small disk budget: the whole disk reads right in pieces and tier 1 stays within the budget', async () => {
     const budget = 4 * CHUNK;
     const { cache, logs } = await openCache({ cacheDir: freshDir(), diskBudgetBytes: budget, memoryBudgetBytes: 2 * CHUNK });
-    const disk = await cache.openDisk(refVia(registry.host), { pin: false });
+    const disk = await cache.openDisk(refVia(bed.registry.host), { pin: false });
     const piece = 100 * KiB + 512;
     let maxBytes = 0;
     for (let off = 0; off < DISK_BYTES; off += piece) {
@@ -468,7 +414,7 @@ describe('the cache disk full', () => {
   it("an open disk's pinned chunks survive another cache's gc on the same dir, until it closes", async () => {
     const cacheDir = freshDir();
     const holder = await openCache({ cacheDir });
-    const disk = await holder.cache.openDisk(refVia(registry.host)); // pin is on by default
+    const disk = await holder.cache.openDisk(refVia(bed.registry.host)); // pin is on by default
     await disk.prefetch();
     expect(expectTier1Consistent(holder.cache).chunks).toBe(52);
     expect(holder.cache.stats().disk.pinnedChunks).toBe(52);
@@ -522,7 +468,7 @@ describe('the cache disk full', () => {
       }
       const cacheDir = join(mnt, 'cache');
       const { cache, logs } = await openCache({ cacheDir, memoryBudgetBytes: 2 * CHUNK });
-      const disk = await cache.openDisk(refVia(registry.host), { pin: false });
+      const disk = await cache.openDisk(refVia(bed.registry.host), { pin: false });
       const piece = 256 * KiB;
       for (let off = 0; off < DISK_BYTES; off += piece) {
         const got = await within(8000, disk.read(off, piece), `read at ${off} on a full disk`);

@@ -4,23 +4,17 @@
  * retry, never corruption; and the fetch deadline counts time on the wire, not time queued behind
  * other requests to the same host.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ChunkCache } from '../src/cache/chunk-cache.js';
 import type { IndexEntry } from '../src/disk/format.js';
-import { loadConfig, type SlipwayConfig } from '../src/config.js';
 import { pushDisk } from '../src/disk/push.js';
-import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
-import { createLogger } from '../src/util/log.js';
-import { WorkerPool } from '../src/workers/pool.js';
-import { chunkFiles, expectTier1Consistent, LogCapture, within } from './helpers/cache-checks.js';
-import { startChaosProxy, type ChaosProxy, type CutFraming } from './helpers/chaos-proxy.js';
-import { tempDir } from './helpers/images.js';
-import { startRegistry, type TestRegistry } from './helpers/registry.js';
+import { chunkCacheBed } from './helpers/cache-bed.js';
+import { chunkFiles, expectTier1Consistent, within } from './helpers/cache-checks.js';
+import type { CutFraming } from './helpers/chaos-proxy.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -29,24 +23,14 @@ const TAG = 'v1';
 /** a disk that looks like one: zstd halves it, so chunks are compressed and a cut one is not a valid frame */
 const DISK_BYTES = 32 * MiB;
 
-let registry: TestRegistry;
-let pool: WorkerPool;
-const targets = new Targets();
-const work = tempDir('slipway-cache-wire-');
+const bed = chunkCacheBed('slipway-cache-wire-');
+const { targets, work, freshDir, openCache, chaos } = bed;
 let image: Buffer;
 let chunkCount = 0;
 /** a second disk of random 64 KiB chunks in 512 KiB packs: 128 chunks, every third one its own request */
 const QUEUE_REPO = 'wire/queue';
 const QUEUE_CHUNK = 64 * KiB;
 let queueImage: Buffer;
-
-let dirs = 0;
-const freshDir = (): string => join(work, `cache-${++dirs}`);
-
-const cleanups: (() => Promise<unknown> | unknown)[] = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await within(10_000, Promise.resolve(cleanups.pop()?.()), 'cleanup').catch(() => undefined);
-});
 
 /** Half random, half repeated text in every 64 KiB: compressible about 2:1, like a real root disk. */
 function diskLikeImage(bytes: number): Buffer {
@@ -59,14 +43,12 @@ function diskLikeImage(bytes: number): Buffer {
 }
 
 beforeAll(async () => {
-  registry = await startRegistry();
-  pool = new WorkerPool(2);
   image = diskLikeImage(DISK_BYTES);
   const file = join(work, 'disk.img');
   writeFileSync(file, image);
-  const target = await targets.open(parseRef(`${registry.host}/${REPO}:${TAG}`));
+  const target = await targets.open(parseRef(`${bed.registry.host}/${REPO}:${TAG}`));
   // default chunk (512 KiB) and pack (8 MiB) sizes: a whole-disk read is a few 8 MiB Range GETs
-  const pushed = await pushDisk({ file, target, tag: TAG, pool });
+  const pushed = await pushDisk({ file, target, tag: TAG, pool: bed.pool });
   chunkCount = pushed.config.stats.uniqueChunks;
   expect(chunkCount).toBe(DISK_BYTES / (512 * KiB));
   expect(pushed.config.stats.packs).toBeGreaterThanOrEqual(2);
@@ -74,31 +56,10 @@ beforeAll(async () => {
   queueImage = randomBytes(128 * QUEUE_CHUNK);
   const queueFile = join(work, 'queue.img');
   writeFileSync(queueFile, queueImage);
-  const queueTarget = await targets.open(parseRef(`${registry.host}/${QUEUE_REPO}:${TAG}`));
-  const queued = await pushDisk({ file: queueFile, target: queueTarget, tag: TAG, pool, chunkSizeBytes: QUEUE_CHUNK, packSizeBytes: 512 * KiB });
+  const queueTarget = await targets.open(parseRef(`${bed.registry.host}/${QUEUE_REPO}:${TAG}`));
+  const queued = await pushDisk({ file: queueFile, target: queueTarget, tag: TAG, pool: bed.pool, chunkSizeBytes: QUEUE_CHUNK, packSizeBytes: 512 * KiB });
   expect(queued.config.stats.uniqueChunks).toBe(128);
 });
-
-afterAll(async () => {
-  await pool?.close();
-  await targets.close();
-  await registry?.stop();
-  rmSync(work, { recursive: true, force: true });
-});
-
-async function openCache(overrides: Partial<SlipwayConfig>): Promise<{ cache: ChunkCache; logs: LogCapture }> {
-  const logs = new LogCapture();
-  const config = loadConfig({ XDG_CONFIG_HOME: join(work, 'no-config'), XDG_CACHE_HOME: join(work, 'xdg-cache') }, overrides);
-  const cache = await ChunkCache.open({ config, logger: createLogger({ out: logs, level: 'info' }), pool });
-  cleanups.push(() => cache.close());
-  return { cache, logs };
-}
-
-async function chaos(): Promise<ChaosProxy> {
-  const proxy = await startChaosProxy({ target: registry.host });
-  cleanups.push(() => proxy.stop());
-  return proxy;
-}
 
 const refVia = (host: string): string => `${host}/${REPO}:${TAG}`;
 

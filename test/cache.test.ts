@@ -4,7 +4,7 @@
  * one request; tier 1 survives a restart; mirrors come before the origin (a real docker-registry
  * pull-through cache); boot profiles are stored beside the disk and fetched ahead of demand.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -12,39 +12,30 @@ import { ChunkCache } from '../src/cache/chunk-cache.js';
 import { loadConfig } from '../src/config.js';
 import { HOLE } from '../src/disk/format.js';
 import { pushDisk } from '../src/disk/push.js';
-import { Targets } from '../src/oci/open.js';
 import { RegistryClient } from '../src/oci/registry/transport.js';
 import { parseRef } from '../src/oci/ref.js';
 import { silentLogger } from '../src/util/log.js';
-import { WorkerPool } from '../src/workers/pool.js';
-import { startRegistry, type TestRegistry } from './helpers/registry.js';
+import { registryBed } from './helpers/registry-bed.js';
+import { startRegistry } from './helpers/registry.js';
 import { makeExt4, tempDir } from './helpers/images.js';
 
 const CHUNK = 64 << 10;
-let registry: TestRegistry;
-let pool: WorkerPool;
-const targets = new Targets();
+const bed = registryBed();
+const { targets } = bed;
 const work = tempDir();
 let image: Buffer;
 let imgPath: string;
-const ref = () => `${registry.host}/cache/disk:v1`;
+const ref = () => `${bed.registry.host}/cache/disk:v1`;
 
 async function newCache(dir = tempDir('slipway-cache-'), extra: Partial<ReturnType<typeof loadConfig>> = {}): Promise<ChunkCache> {
-  return ChunkCache.open({ config: loadConfig({}, { cacheDir: dir, ...extra }), logger: silentLogger, pool, targets });
+  return ChunkCache.open({ config: loadConfig({}, { cacheDir: dir, ...extra }), logger: silentLogger, pool: bed.pool, targets });
 }
 
 beforeAll(async () => {
-  registry = await startRegistry();
-  pool = new WorkerPool(2);
   imgPath = makeExt4(join(work, 'disk.img'), 16, join(process.cwd(), 'node_modules', 'undici'));
   image = readFileSync(imgPath);
-  await pushDisk({ file: imgPath, target: await targets.open(parseRef(ref())), tag: 'v1', pool, chunkSizeBytes: CHUNK, packSizeBytes: 1 << 20 });
+  await pushDisk({ file: imgPath, target: await targets.open(parseRef(ref())), tag: 'v1', pool: bed.pool, chunkSizeBytes: CHUNK, packSizeBytes: 1 << 20 });
   execFileSync('true');
-});
-afterAll(async () => {
-  await pool?.close();
-  await targets.close();
-  await registry?.stop();
 });
 
 describe('lazy disk reads', () => {
@@ -126,7 +117,7 @@ describe('lazy disk reads', () => {
 
   it('works the same on an OCI layout origin', async () => {
     const layout = `oci:${join(work, 'layout')}:v1`;
-    await pushDisk({ file: imgPath, target: await targets.open(parseRef(layout), { createLayout: true }), tag: 'v1', pool, chunkSizeBytes: CHUNK });
+    await pushDisk({ file: imgPath, target: await targets.open(parseRef(layout), { createLayout: true }), tag: 'v1', pool: bed.pool, chunkSizeBytes: CHUNK });
     const cache = await newCache();
     const disk = await cache.openDisk(layout);
     expect((await disk.read(12345, 300_000)).equals(image.subarray(12345, 312345))).toBe(true);
@@ -136,11 +127,11 @@ describe('lazy disk reads', () => {
 
 describe('mirrors', () => {
   it('a pull-through registry mirror serves the chunks before the origin (and its ignored Ranges are handled)', async () => {
-    const mirror = await startRegistry({ proxyRemoteUrl: `http://${registry.host}` });
+    const mirror = await startRegistry({ proxyRemoteUrl: `http://${bed.registry.host}` });
     try {
-      const cache = await newCache(tempDir('slipway-cache-'), { mirrors: { [registry.host]: [mirror.host] } });
+      const cache = await newCache(tempDir('slipway-cache-'), { mirrors: { [bed.registry.host]: [mirror.host] } });
       const disk = await cache.openDisk(ref(), { useProfile: false });
-      expect(disk.sources.map((s) => s.host)).toEqual([mirror.host, registry.host]);
+      expect(disk.sources.map((s) => s.host)).toEqual([mirror.host, bed.registry.host]);
       expect((await disk.read(0, image.length)).equals(image)).toBe(true);
       await disk.settle();
       // the mirror fetched the packs from the origin and stored them: it served them

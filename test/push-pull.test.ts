@@ -2,45 +2,33 @@
  * Round trips through a real registry and an OCI layout: byte-for-byte equality, holes kept as
  * holes, odd sizes, both compression modes, and dedup counts on repeated and changed pushes.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { copyFileSync, openSync, statSync, writeSync, closeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { openDiskArtifact } from '../src/disk/artifact.js';
 import { pushDisk } from '../src/disk/push.js';
 import { pullDisk } from '../src/disk/pull.js';
-import { Targets } from '../src/oci/open.js';
 import { parseRef, refReference } from '../src/oci/ref.js';
-import { WorkerPool } from '../src/workers/pool.js';
-import { startRegistry, type TestRegistry } from './helpers/registry.js';
+import { registryBed } from './helpers/registry-bed.js';
 import { makeExt4, makeSparse, sha256File, tempDir } from './helpers/images.js';
 
-let registry: TestRegistry;
-let pool: WorkerPool;
-const targets = new Targets();
+const bed = registryBed();
+const { targets } = bed;
 const work = tempDir();
 
-beforeAll(async () => {
-  registry = await startRegistry();
-  pool = new WorkerPool(2);
-});
-afterAll(async () => {
-  await pool?.close();
-  await targets.close();
-  await registry?.stop();
-});
 
 async function roundTrip(file: string, refText: string, opts: { chunkSizeBytes?: number; compression?: 'zstd' | 'none'; packSizeBytes?: number } = {}) {
   const ref = parseRef(refText);
   const target = await targets.open(ref, { createLayout: true });
-  const pushed = await pushDisk({ file, target, tag: ref.tag ?? 'latest', pool, ...opts });
+  const pushed = await pushDisk({ file, target, tag: ref.tag ?? 'latest', pool: bed.pool, ...opts });
   const disk = await openDiskArtifact(target, refReference(ref));
   const out = join(work, `out-${randomBytes(4).toString('hex')}.img`);
-  const pulled = await pullDisk({ target, disk, outFile: out, pool });
+  const pulled = await pullDisk({ target, disk, outFile: out, pool: bed.pool });
   return { pushed, pulled, out, disk };
 }
 
-const where = (kind: 'layout' | 'registry', name: string) => kind === 'layout' ? `oci:${join(work, 'layout')}:${name}` : `${registry.host}/disks/${name}:v1`;
+const where = (kind: 'layout' | 'registry', name: string) => kind === 'layout' ? `oci:${join(work, 'layout')}:${name}` : `${bed.registry.host}/disks/${name}:v1`;
 
 describe.each(['layout', 'registry'] as const)('round trip via %s', (kind) => {
   it('an ext4 image of real files comes back byte for byte, holes as holes', async () => {
@@ -86,11 +74,11 @@ describe.each(['layout', 'registry'] as const)('round trip via %s', (kind) => {
 describe('dedup against what the target holds', () => {
   it('pushing the same image twice uploads no pack the second time', async () => {
     const img = makeSparse(join(work, 'dedup.img'), 4 << 20, [{ offset: 0, length: 1 << 20 }, { offset: 3 << 20, length: 500_000 }]);
-    const ref = parseRef(`${registry.host}/dedup/same:v1`);
+    const ref = parseRef(`${bed.registry.host}/dedup/same:v1`);
     const target = await targets.open(ref);
-    const first = await pushDisk({ file: img, target, tag: 'v1', pool, packSizeBytes: 256 << 10, chunkSizeBytes: 64 << 10 });
+    const first = await pushDisk({ file: img, target, tag: 'v1', pool: bed.pool, packSizeBytes: 256 << 10, chunkSizeBytes: 64 << 10 });
     expect(first.uploadedPacks).toBeGreaterThan(1);
-    const second = await pushDisk({ file: img, target, tag: 'v1', pool, packSizeBytes: 256 << 10, chunkSizeBytes: 64 << 10 });
+    const second = await pushDisk({ file: img, target, tag: 'v1', pool: bed.pool, packSizeBytes: 256 << 10, chunkSizeBytes: 64 << 10 });
     expect(second.uploadedPacks).toBe(0);
     expect(second.uploadedBytes).toBe(0);
     expect(second.manifest.digest).toBe(first.manifest.digest);
@@ -105,16 +93,16 @@ describe('dedup against what the target holds', () => {
     const fd = openSync(changed, 'r+');
     for (let i = 0; i < k; i++) writeSync(fd, randomBytes(100), 0, 100, (10 + i * 17) * chunk + 5);
     closeSync(fd);
-    const ref = parseRef(`${registry.host}/dedup/k:v1`);
+    const ref = parseRef(`${bed.registry.host}/dedup/k:v1`);
     const target = await targets.open(ref);
-    await pushDisk({ file: base, target, tag: 'v1', pool, chunkSizeBytes: chunk, compression: 'none' });
-    const second = await pushDisk({ file: changed, target, tag: 'v1', pool, chunkSizeBytes: chunk, compression: 'none' });
+    await pushDisk({ file: base, target, tag: 'v1', pool: bed.pool, chunkSizeBytes: chunk, compression: 'none' });
+    const second = await pushDisk({ file: changed, target, tag: 'v1', pool: bed.pool, chunkSizeBytes: chunk, compression: 'none' });
     expect(second.newChunks).toBe(k);
     expect(second.reusedChunks).toBe(100 - k);
     expect(second.uploadedBytes).toBe(k * chunk);
     const disk = await openDiskArtifact(target, 'v1');
     const out = join(work, 'k-out.img');
-    await pullDisk({ target, disk, outFile: out, pool });
+    await pullDisk({ target, disk, outFile: out, pool: bed.pool });
     expect(sha256File(out)).toBe(sha256File(changed));
   });
 });
@@ -122,15 +110,15 @@ describe('dedup against what the target holds', () => {
 describe('copy', () => {
   it('between two repositories of one registry mounts blobs instead of sending them', async () => {
     const img = makeSparse(join(work, 'mount.img'), 2 << 20, [{ offset: 0, length: 600_000 }]);
-    const src = await targets.open(parseRef(`${registry.host}/mount/src:v1`));
-    await pushDisk({ file: img, target: src, tag: 'v1', pool });
-    const dst = await targets.open(parseRef(`${registry.host}/mount/dst:v1`));
+    const src = await targets.open(parseRef(`${bed.registry.host}/mount/src:v1`));
+    await pushDisk({ file: img, target: src, tag: 'v1', pool: bed.pool });
+    const dst = await targets.open(parseRef(`${bed.registry.host}/mount/dst:v1`));
     const { copyImage } = await import('../src/oci/copy.js');
     const result = await copyImage({ src, srcReference: 'v1', dst, dstTag: 'v1' });
     expect(result.mountedBlobs).toBeGreaterThanOrEqual(3); // config, index, pack
     expect(result.copiedBlobs).toBe(0);
     const out = join(work, 'mount-out.img');
-    await pullDisk({ target: dst, disk: await openDiskArtifact(dst, 'v1'), outFile: out, pool });
+    await pullDisk({ target: dst, disk: await openDiskArtifact(dst, 'v1'), outFile: out, pool: bed.pool });
     expect(sha256File(out)).toBe(sha256File(img));
     const again = await copyImage({ src, srcReference: 'v1', dst, dstTag: 'v1' });
     expect(again.skippedBlobs).toBe(result.mountedBlobs);

@@ -4,7 +4,7 @@
  * registry committed it, refused cross-repository mounts (401, 403, 202 with a session), storage
  * back-ends behind redirects signed for GET only, and 429 with Retry-After on every request kind.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -15,46 +15,27 @@ import { pushDisk } from '../src/disk/push.js';
 import { pushSnapshot } from '../src/disk/snapshot.js';
 import { RegistryError } from '../src/errors.js';
 import { copyImage } from '../src/oci/copy.js';
-import { Targets } from '../src/oci/open.js';
+import { Targets, withTargets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import { RegistryClient } from '../src/oci/registry/transport.js';
-import { WorkerPool } from '../src/workers/pool.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { makeSparse, sha256File, tempDir } from './helpers/images.js';
 import { startRedirectProxy } from './helpers/redirect-proxy.js';
-import { startRegistry, type TestRegistry } from './helpers/registry.js';
+import { registryBed } from './helpers/registry-bed.js';
 import { startThrottleProxy, type RequestKind } from './helpers/throttle-proxy.js';
 
-let registry: TestRegistry;
-let pool: WorkerPool;
+const bed = registryBed();
 const work = tempDir('slipway-edges-');
 const MiB = 1 << 20;
 let images = 0;
 const image = (mib = 3) => makeSparse(join(work, `img-${images++}.img`), mib * MiB, [{ offset: 0, length: MiB }, { offset: 2 * MiB, length: MiB }]);
 
-beforeAll(async () => {
-  registry = await startRegistry();
-  pool = new WorkerPool(2);
-});
-afterAll(async () => {
-  await pool?.close();
-  await registry?.stop();
-});
-
-async function withTargets<T>(fn: (t: Targets) => Promise<T>): Promise<T> {
-  const targets = new Targets();
-  try {
-    return await fn(targets);
-  } finally {
-    await targets.close();
-  }
-}
 
 async function pullsBack(targets: Targets, ref: string, file: string): Promise<void> {
   const r = parseRef(ref);
   const target = await targets.open(r);
   const out = join(work, `out-${randomBytes(4).toString('hex')}.img`);
-  await pullDisk({ target, disk: await openDiskArtifact(target, r.tag ?? 'latest'), outFile: out, pool });
+  await pullDisk({ target, disk: await openDiskArtifact(target, r.tag ?? 'latest'), outFile: out, pool: bed.pool });
   expect(sha256File(out)).toBe(sha256File(file));
 }
 
@@ -64,15 +45,15 @@ describe('a blob upload whose answer was lost', () => {
     ['every commit of one blob', Number.MAX_SAFE_INTEGER],
   ])('is not replayed into BLOB_UPLOAD_UNKNOWN: the push checks the blob and goes on (%s)', async (_what, maxFaults) => {
     const img = image();
-    const proxy = await startFaultProxy({ target: registry.host, mode: 'lose-answer', passBlobPuts: 1, only: 'one-blob', maxFaults });
+    const proxy = await startFaultProxy({ target: bed.registry.host, mode: 'lose-answer', passBlobPuts: 1, only: 'one-blob', maxFaults });
     try {
-      await withTargets(async (targets) => {
+      await withTargets({}, async (targets) => {
         const target = await targets.open(parseRef(`${proxy.host}/edges/lost:v1`));
-        await pushDisk({ file: img, target, tag: 'v1', pool, packSizeBytes: MiB });
+        await pushDisk({ file: img, target, tag: 'v1', pool: bed.pool, packSizeBytes: MiB });
         const lost = proxy.requests.filter((r) => r.outcome === 'lose-answer');
         expect(lost.length).toBeGreaterThanOrEqual(1);
         expect(lost[0]?.status).toBe(201); // the registry did commit it
-        await pullsBack(targets, `${registry.host}/edges/lost:v1`, img);
+        await pullsBack(targets, `${bed.registry.host}/edges/lost:v1`, img);
       });
     } finally {
       await proxy.stop();
@@ -83,17 +64,17 @@ describe('a blob upload whose answer was lost', () => {
 describe('a refused cross-repository mount falls back to an upload', () => {
   it.each(['401', '403', '202'] as const)('in copy (mount answered %s)', async (refusal) => {
     const img = image();
-    await withTargets(async (direct) => pushDisk({ file: img, target: await direct.open(parseRef(`${registry.host}/edges/src-${refusal}:v1`)), tag: 'v1', pool }));
-    const proxy = await startFaultProxy({ target: registry.host, mode: '500', passBlobPuts: Number.MAX_SAFE_INTEGER, refuseMounts: refusal });
+    await withTargets({}, async (direct) => pushDisk({ file: img, target: await direct.open(parseRef(`${bed.registry.host}/edges/src-${refusal}:v1`)), tag: 'v1', pool: bed.pool }));
+    const proxy = await startFaultProxy({ target: bed.registry.host, mode: '500', passBlobPuts: Number.MAX_SAFE_INTEGER, refuseMounts: refusal });
     try {
-      await withTargets(async (targets) => {
+      await withTargets({}, async (targets) => {
         const src = await targets.open(parseRef(`${proxy.host}/edges/src-${refusal}:v1`));
         const dst = await targets.open(parseRef(`${proxy.host}/edges/dst-${refusal}:v1`));
         const result = await copyImage({ src, srcReference: 'v1', dst, dstTag: 'v1' });
         expect(proxy.requests.filter((r) => r.outcome === 'mount-refused').length).toBeGreaterThanOrEqual(3);
         expect(result.mountedBlobs).toBe(0);
         expect(result.copiedBlobs).toBeGreaterThanOrEqual(3);
-        await pullsBack(targets, `${registry.host}/edges/dst-${refusal}:v1`, img);
+        await pullsBack(targets, `${bed.registry.host}/edges/dst-${refusal}:v1`, img);
       });
     } finally {
       await proxy.stop();
@@ -102,11 +83,11 @@ describe('a refused cross-repository mount falls back to an upload', () => {
 
   it('in a snapshot pushed into another repository (mount answered 403)', async () => {
     const img = image(4);
-    const proxy = await startFaultProxy({ target: registry.host, mode: '500', passBlobPuts: Number.MAX_SAFE_INTEGER, refuseMounts: '403' });
+    const proxy = await startFaultProxy({ target: bed.registry.host, mode: '500', passBlobPuts: Number.MAX_SAFE_INTEGER, refuseMounts: '403' });
     try {
-      await withTargets(async (targets) => {
+      await withTargets({}, async (targets) => {
         const baseTarget = await targets.open(parseRef(`${proxy.host}/edges/snap-base:v1`));
-        await pushDisk({ file: img, target: baseTarget, tag: 'v1', pool });
+        await pushDisk({ file: img, target: baseTarget, tag: 'v1', pool: bed.pool });
         const base = await openDiskArtifact(baseTarget, 'v1');
         // the guest wrote chunk 1: the staging file holds it, sparse elsewhere; the snapshot is the base with chunk 1 changed
         const chunk = base.index.chunkSizeBytes;
@@ -123,12 +104,12 @@ describe('a refused cross-repository mount falls back to an upload', () => {
         closeSync(efd);
         const target = await targets.open(parseRef(`${proxy.host}/edges/snap-other:s1`));
         const result = await pushSnapshot({
-          base, baseTarget, staging, target, tag: 's1', pool,
+          base, baseTarget, staging, target, tag: 's1', pool: bed.pool,
           dirty: { sizeBytes: 4 * MiB, chunkSizeBytes: chunk, chunkCount: base.index.chunkCount, chunks: [1] },
         });
         expect(result.baseBlobsCopied).toBeGreaterThanOrEqual(3);
         expect(proxy.requests.filter((r) => r.outcome === 'mount-refused').length).toBeGreaterThanOrEqual(3);
-        await pullsBack(targets, `${registry.host}/edges/snap-other:s1`, expected);
+        await pullsBack(targets, `${bed.registry.host}/edges/snap-other:s1`, expected);
       });
     } finally {
       await proxy.stop();
@@ -139,13 +120,13 @@ describe('a refused cross-repository mount falls back to an upload', () => {
 describe('a registry whose storage back-end is behind redirects (S3/GCS signed URLs)', () => {
   it('HEADs are not sent to URLs signed for GET, redirected manifests and blobs are read, no credentials go to storage', async () => {
     const img = image();
-    const proxy = await startRedirectProxy({ target: registry.host, manifests: true });
+    const proxy = await startRedirectProxy({ target: bed.registry.host, manifests: true });
     try {
-      await withTargets(async (targets) => {
+      await withTargets({}, async (targets) => {
         const target = await targets.open(parseRef(`${proxy.host}/edges/redirect:v1`));
-        await pushDisk({ file: img, target, tag: 'v1', pool, packSizeBytes: MiB });
+        await pushDisk({ file: img, target, tag: 'v1', pool: bed.pool, packSizeBytes: MiB });
         // a second push of the same image: every blob HEAD and the tag's manifest are redirected now
-        const again = await pushDisk({ file: img, target, tag: 'v1', pool, packSizeBytes: MiB });
+        const again = await pushDisk({ file: img, target, tag: 'v1', pool: bed.pool, packSizeBytes: MiB });
         expect(again.uploadedPacks).toBe(0);
         expect(await target.resolve('v1')).toMatchObject({ digest: again.manifest.digest });
         await pullsBack(targets, `${proxy.host}/edges/redirect:v1`, img);
@@ -172,12 +153,12 @@ describe('429 Too Many Requests with Retry-After', () => {
   it('is waited out on every request kind, pushes too, whether Retry-After is seconds or an HTTP-date', async () => {
     const img = image();
     const dates: RequestKind[] = ['blob-head', 'upload-put', 'manifest-put', 'blob-get'];
-    const proxy = await startThrottleProxy({ target: registry.host, windowS: (k) => (dates.includes(k) ? 3 : 1), form: (k) => (dates.includes(k) ? 'date' : 'seconds') });
+    const proxy = await startThrottleProxy({ target: bed.registry.host, windowS: (k) => (dates.includes(k) ? 3 : 1), form: (k) => (dates.includes(k) ? 'date' : 'seconds') });
     try {
-      await withTargets(async (targets) => {
+      await withTargets({}, async (targets) => {
         const ref = `${proxy.host}/edges/throttled:v1`;
         const target = await targets.open(parseRef(ref));
-        await pushDisk({ file: img, target, tag: 'v1', pool, packSizeBytes: MiB });
+        await pushDisk({ file: img, target, tag: 'v1', pool: bed.pool, packSizeBytes: MiB });
         await pullsBack(targets, ref, img);
       });
       const kinds: RequestKind[] = ['blob-head', 'blob-get', 'upload-post', 'upload-put', 'manifest-get', 'manifest-put', 'tags'];

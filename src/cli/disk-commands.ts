@@ -4,7 +4,7 @@ import { checkImageFile, pushDisk } from '../disk/push.js';
 import { checkChunkSize } from '../disk/format.js';
 import { pullDisk } from '../disk/pull.js';
 import { copyImage } from '../oci/copy.js';
-import { Targets } from '../oci/open.js';
+import { withTargets } from '../oci/open.js';
 import { DEFAULT_TAG, formatRef, parseRef, refReference } from '../oci/ref.js';
 import { createProgress } from '../util/progress.js';
 import { WorkerPool } from '../workers/pool.js';
@@ -16,15 +16,6 @@ const USAGE = {
   inspect: 'slipway inspect <ref> [--plain-http]',
   copy: 'slipway copy <src-ref> <dst-ref> [--plain-http] [--progress MODE]',
 } as const;
-
-async function withTargets<T>(plainHttp: boolean | undefined, fn: (targets: Targets) => Promise<T>): Promise<T> {
-  const targets = new Targets({ plainHttp: plainHttp === true });
-  try {
-    return await fn(targets);
-  } finally {
-    await targets.close();
-  }
-}
 
 async function withPool<T>(fn: (pool: WorkerPool) => Promise<T>): Promise<T> {
   const pool = new WorkerPool();
@@ -57,7 +48,7 @@ export async function pushCommand(argv: string[], io: CommandIO): Promise<number
   if (chunkSizeBytes !== undefined) checkChunkSize(chunkSizeBytes);
   await checkImageFile(file);
   const progress = createProgress(progressMode(values.progress), io.stderr);
-  const result = await withTargets(values['plain-http'], async (targets) => {
+  const result = await withTargets({ plainHttp: values['plain-http'] === true }, async (targets) => {
     const target = await targets.open(ref, { createLayout: true });
     const dedupFrom: DiskArtifact[] = [];
     for (const d of values['dedup-from'] ?? []) {
@@ -86,7 +77,7 @@ export async function pullCommand(argv: string[], io: CommandIO): Promise<number
   const [refText, outFile] = positionals as [string, string];
   const ref = parseRef(refText);
   const progress = createProgress(progressMode(values.progress), io.stderr);
-  const result = await withTargets(values['plain-http'], async (targets) => {
+  const result = await withTargets({ plainHttp: values['plain-http'] === true }, async (targets) => {
     const target = await targets.open(ref);
     const disk = await openDiskArtifact(target, refReference(ref));
     return withPool((pool) => pullDisk({ target, disk, outFile, pool, ...(progress.onProgress ? { onProgress: progress.onProgress } : {}) }));
@@ -99,7 +90,7 @@ export async function pullCommand(argv: string[], io: CommandIO): Promise<number
 export async function inspectCommand(argv: string[], io: CommandIO): Promise<number> {
   const { values, positionals } = parseCommand('inspect', argv, { 'plain-http': { type: 'boolean' } }, { min: 1, max: 1, usage: USAGE.inspect });
   const ref = parseRef(positionals[0] as string);
-  const summary = await withTargets(values['plain-http'], async (targets) => describeDisk(await openDiskArtifact(await targets.open(ref), refReference(ref))));
+  const summary = await withTargets({ plainHttp: values['plain-http'] === true }, async (targets) => describeDisk(await openDiskArtifact(await targets.open(ref), refReference(ref))));
   io.stdout.write(`${JSON.stringify({ ...summary, reference: formatRef(ref) }, null, 2)}\n`);
   return 0;
 }
@@ -110,7 +101,7 @@ export async function copyCommand(argv: string[], io: CommandIO): Promise<number
   const dst = parseRef(positionals[1] as string);
   if (dst.digest && !dst.tag && src.digest !== dst.digest && src.digest) throw new SlipwayError('INVALID_REFERENCE', 'destination digest differs from the source digest');
   const progress = createProgress(progressMode(values.progress), io.stderr);
-  const result = await withTargets(values['plain-http'], async (targets) => {
+  const result = await withTargets({ plainHttp: values['plain-http'] === true }, async (targets) => {
     const srcTarget = await targets.open(src);
     const dstTarget = await targets.open(dst, { createLayout: true });
     const dstTag = dst.tag ?? (dst.digest ? undefined : (src.tag ?? DEFAULT_TAG));

@@ -1,7 +1,7 @@
 import { SlipwayError } from '../errors.js';
 import { buildGuest, buildKernel } from '../guest/build.js';
 import { buildRootfs } from '../guest/rootfs.js';
-import { Targets } from '../oci/open.js';
+import { withTargets } from '../oci/open.js';
 import { parseCommand, parseSize, type CommandIO, type CommandSpec } from './args.js';
 
 const USAGE = {
@@ -42,19 +42,14 @@ export async function rootfsCommand(argv: string[], io: CommandIO): Promise<numb
     from: { type: 'string' }, output: { type: 'string', short: 'o' }, size: { type: 'string' }, 'plain-http': { type: 'boolean' }, suite: { type: 'string' }, mirror: { type: 'string' },
   }, { min: 0, max: 0, usage });
   if (!values.from || !values.output) throw new SlipwayError('USAGE', `rootfs build: --from and -o are required\nusage: ${usage}`);
-  const targets = new Targets({ plainHttp: values['plain-http'] === true });
-  try {
-    const result = await buildRootfs({
-      from: values.from, output: values.output, targets, onLine: (l) => io.stderr.write(`${l}\n`),
-      ...(values.size ? { sizeBytes: parseSize(values.size, '--size') } : {}),
-      ...(values.suite ? { suite: values.suite } : {}),
-      ...(values.mirror ? { mirror: values.mirror } : {}),
-    });
-    io.stdout.write(`${JSON.stringify(result)}\n`);
-    return 0;
-  } finally {
-    await targets.close();
-  }
+  const result = await withTargets({ plainHttp: values['plain-http'] === true }, (targets) => buildRootfs({
+    from: values.from as string, output: values.output as string, targets, onLine: (l) => io.stderr.write(`${l}\n`),
+    ...(values.size ? { sizeBytes: parseSize(values.size, '--size') } : {}),
+    ...(values.suite ? { suite: values.suite } : {}),
+    ...(values.mirror ? { mirror: values.mirror } : {}),
+  }));
+  io.stdout.write(`${JSON.stringify(result)}\n`);
+  return 0;
 }
 
 export const GUEST_COMMANDS: CommandSpec[] = [

@@ -37,3 +37,13 @@ export class Targets {
     this.clients.clear();
   }
 }
+
+/** `fn` with a `Targets` of its own, closed (its connections with it) however `fn` ends. */
+export async function withTargets<T>(options: RegistryClientOptions, fn: (targets: Targets) => Promise<T>): Promise<T> {
+  const targets = new Targets(options);
+  try {
+    return await fn(targets);
+  } finally {
+    await targets.close();
+  }
+}

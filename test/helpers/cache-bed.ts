@@ -1,29 +1,25 @@
 /**
  * The ground the chunk-cache tests stand on: a real docker-registry, a worker pool, targets, a
  * work directory, a fresh cache directory for every use, caches opened on it with a captured log,
- * the chaos proxy in front of the registry, and cleanups run (bounded) after each test. Calling
+ * the chaos proxy in front of the registry, and cleanups run (bounded) after each test (the
+ * registry, pool and targets are registry-bed.ts's). Calling
  * `chunkCacheBed` at a file's top level registers the hooks; the registry and pool are there from
  * the file's own beforeAll on.
  */
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, expect } from 'vitest';
+import { afterAll, afterEach, expect } from 'vitest';
 import { ChunkCache } from '../../src/cache/chunk-cache.js';
 import type { LazyDisk } from '../../src/cache/lazy-disk.js';
 import { loadConfig, type SlipwayConfig } from '../../src/config.js';
 import { HOLE, type IndexEntry } from '../../src/disk/format.js';
-import { Targets } from '../../src/oci/open.js';
 import { createLogger } from '../../src/util/log.js';
-import { WorkerPool } from '../../src/workers/pool.js';
 import { LogCapture, within } from './cache-checks.js';
 import { startChaosProxy, type ChaosProxy } from './chaos-proxy.js';
 import { tempDir } from './images.js';
-import { startRegistry, type TestRegistry } from './registry.js';
+import { registryBed, type RegistryBed } from './registry-bed.js';
 
-export interface ChunkCacheBed {
-  readonly registry: TestRegistry;
-  readonly pool: WorkerPool;
-  readonly targets: Targets;
+export interface ChunkCacheBed extends RegistryBed {
   readonly work: string;
   /** things to close after the current test, newest first */
   readonly cleanups: (() => Promise<unknown> | unknown)[];
@@ -36,38 +32,25 @@ export interface ChunkCacheBed {
 }
 
 export function chunkCacheBed(prefix: string, opts: { cleanupBoundMs?: number } = {}): ChunkCacheBed {
-  let registry: TestRegistry | undefined;
-  let pool: WorkerPool | undefined;
-  const targets = new Targets();
+  const base = registryBed();
   const work = tempDir(prefix);
   const cleanups: (() => Promise<unknown> | unknown)[] = [];
   let dirs = 0;
 
-  beforeAll(async () => {
-    registry = await startRegistry();
-    pool = new WorkerPool(2);
-  });
   afterEach(async () => {
     // bounded: a cache wedged by a bug must fail its own test, not hang the file
     while (cleanups.length > 0) await within(opts.cleanupBoundMs ?? 10_000, Promise.resolve(cleanups.pop()?.()), 'cleanup').catch(() => undefined);
   });
-  afterAll(async () => {
-    await pool?.close();
-    await targets.close();
-    await registry?.stop();
-    rmSync(work, { recursive: true, force: true });
-  });
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
 
   const bed: ChunkCacheBed = {
-    get registry(): TestRegistry {
-      if (!registry) throw new Error('the registry starts in beforeAll');
-      return registry;
+    get registry() {
+      return base.registry;
     },
-    get pool(): WorkerPool {
-      if (!pool) throw new Error('the worker pool starts in beforeAll');
-      return pool;
+    get pool() {
+      return base.pool;
     },
-    targets,
+    targets: base.targets,
     work,
     cleanups,
     freshDir: () => join(work, `cache-${++dirs}`),

@@ -25,7 +25,7 @@ uint64_t vub_offered_features(const struct vub_dev *dev)
 {
 	uint64_t f = (1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_RING_F_EVENT_IDX) | (1ull << VIRTIO_RING_F_INDIRECT_DESC) |
 		     (1ull << VHOST_USER_F_PROTOCOL_FEATURES) | (1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_BLK_SIZE) |
-		     (1ull << VIRTIO_BLK_F_FLUSH) | (1ull << VIRTIO_BLK_F_MQ);
+		     (1ull << VIRTIO_BLK_F_FLUSH) | (1ull << VIRTIO_BLK_F_MQ) | (1ull << VUB_F_LOG_ALL);
 	if (dev->disk->read_only)
 		f |= 1ull << VIRTIO_BLK_F_RO;
 	else
@@ -36,7 +36,7 @@ uint64_t vub_offered_features(const struct vub_dev *dev)
 uint64_t vub_offered_protocol_features(void)
 {
 	return (1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) | (1ull << VHOST_USER_PROTOCOL_F_CONFIG) |
-	       (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD);
+	       (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) | (1ull << VHOST_USER_PROTOCOL_F_LOG_SHMFD);
 }
 
 void vub_dev_init(struct vub_dev *dev, struct vub_disk *disk, unsigned nqueues, const char *daemon_socket)
@@ -46,6 +46,7 @@ void vub_dev_init(struct vub_dev *dev, struct vub_disk *disk, unsigned nqueues, 
 	dev->disk = disk;
 	dev->nqueues = nqueues;
 	dev->daemon_socket = daemon_socket;
+	vub_dirty_init(&dev->dirty);
 	for (unsigned i = 0; i < VUB_MAX_QUEUES; i++) {
 		struct vub_queue *q = &dev->q[i];
 		q->dev = dev;
@@ -83,6 +84,7 @@ void vub_dev_reset(struct vub_dev *dev)
 	}
 	unmap_memory(&dev->mem);
 	vub_inflight_unmap(dev);
+	vub_dirty_clear(&dev->dirty);
 	dev->features = dev->protocol_features = 0;
 	dev->features_set = dev->owner = false;
 	vub_disk_flush(dev->disk);
@@ -449,6 +451,25 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 		if (!fd_count_is(h, nfds, 1) || vub_inflight_set_fd(dev, h, payload, fds[0]) < 0)
 			goto malformed;
 		break; /* the mapping stays; the descriptor is closed below */
+	case VHOST_USER_SET_LOG_BASE: {
+		/* the VMM's dirty log (vub_dirty.h): a u64 reply follows, as libvhost-user sends */
+		struct vub_log_msg lm;
+		if (!((dev->protocol_features >> VHOST_USER_PROTOCOL_F_LOG_SHMFD) & 1) || !payload_is(h, sizeof lm) || !fd_count_is(h, nfds, 1))
+			goto malformed;
+		memcpy(&lm, payload, sizeof lm);
+		int r = vub_dirty_set(&dev->dirty, fds[0], &lm);
+		nfds = 0; /* closed there, whatever the outcome */
+		if (r < 0)
+			goto malformed;
+		rc = reply_u64(dev, h, 0);
+		replied = true;
+		break;
+	}
+	case VHOST_USER_SET_LOG_FD:
+		/* an eventfd to kick when the log fills: slipway's log never needs a sync, so it is closed */
+		if (!fd_count_is(h, nfds, 1))
+			goto malformed;
+		break;
 	case VHOST_USER_SET_CONFIG:
 		/* virtio-blk's writable config field (writeback) is not offered: accept and ignore */
 		if (!fd_count_is(h, nfds, 0) || h->size < 12)

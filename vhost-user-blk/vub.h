@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include "disk.h"
 #include "virtq.h"
+#include "vub_dirty.h"
 
 struct vub_parked;
 struct vub_inflight_queue;
@@ -71,6 +72,8 @@ struct vub_dev {
 	size_t inflight_len;
 	unsigned inflight_queues;
 	unsigned inflight_ring;
+	/* the VMM's dirty log while it migrates (vub_dirty.h) */
+	struct vub_dirty_log dirty;
 };
 
 void vub_dev_init(struct vub_dev *dev, struct vub_disk *disk, unsigned nqueues, const char *daemon_socket);

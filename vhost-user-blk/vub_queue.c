@@ -42,6 +42,15 @@ static bool chunk_requested(const struct vub_queue *q, uint64_t chunk)
 	return false;
 }
 
+/* Complete a request: the used ring entry, in-flight tracking, and while the VMM migrates, the dirty log. */
+static void complete(struct vub_queue *q, const struct vub_chain *c, uint32_t used_len)
+{
+	uint16_t slot = q->ring.used_idx;
+	vub_inflight_complete(q, c->head, used_len);
+	if ((__atomic_load_n(&q->dev->features, __ATOMIC_RELAXED) >> VUB_F_LOG_ALL) & 1)
+		vub_dirty_mark_completion(&q->dev->dirty, &q->dev->mem, c, &q->ring, slot);
+}
+
 /* Run a request; park it when it needs a chunk; complete it otherwise. */
 static void run_request(struct vub_queue *q, const struct vub_chain *c)
 {
@@ -54,13 +63,13 @@ static void run_request(struct vub_queue *q, const struct vub_chain *c)
 		bool already = chunk_requested(q, missing);
 		if (!already && vub_miss_fetch(q, missing) < 0) {
 			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_inflight_complete(q, c->head, used_len);
+			complete(q, c, used_len);
 			return;
 		}
 		struct vub_parked *p = malloc(sizeof *p);
 		if (!p) {
 			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_inflight_complete(q, c->head, used_len);
+			complete(q, c, used_len);
 			return;
 		}
 		p->chunk = missing;
@@ -70,7 +79,7 @@ static void run_request(struct vub_queue *q, const struct vub_chain *c)
 		q->parked_count++;
 		return;
 	}
-	vub_inflight_complete(q, c->head, used_len);
+	complete(q, c, used_len);
 }
 
 static void process_ring(struct vub_queue *q)
@@ -109,7 +118,7 @@ static void process_ring(struct vub_queue *q)
 			uint32_t used_len = 0;
 			/* the chain walk stopped at the bad descriptor; what it mapped may lack a status byte */
 			vub_blk_fail(c, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_inflight_complete(q, c->head, used_len);
+			complete(q, c, used_len);
 			continue;
 		}
 		run_request(q, c);
@@ -142,7 +151,7 @@ void vub_queue_resume(struct vub_queue *q, uint64_t chunk, int status)
 		} else {
 			uint32_t used_len = 0;
 			vub_blk_fail(&p->chain, VIRTIO_BLK_S_IOERR, &used_len);
-			vub_inflight_complete(q, p->chain.head, used_len);
+			complete(q, &p->chain, used_len);
 		}
 		free(p);
 	}

@@ -37,7 +37,10 @@ export const ExecBody = z
   })
   .strict();
 
-export const SnapshotBody = z.object({ ref: imageRef.describe('where to push the snapshot: a reference with a tag') }).strict();
+export const SnapshotBody = z.object({
+  ref: imageRef.describe('where to push the snapshot: a reference with a tag'),
+  memory: z.boolean().optional().describe('also the VM\'s memory and device state: a memory snapshot that resumes where the VM was (docs/snapshots.md)'),
+}).strict();
 
 export const PrefetchBody = z.object({ image: imageRef }).strict();
 
@@ -62,6 +65,20 @@ export interface VmInfo {
   timings: Record<string, number>;
   /** the guest's marks from slipway-init, ms since its kernel started (init_start, root_mounted, agent_started, ...) */
   guestTimings: Record<string, number>;
+}
+
+/** A memory snapshot: `<ref>` (device state), `<ref>.disk` and `<ref>.ram` (docs/snapshots.md). */
+export interface MemorySnapshotResult {
+  ref: string;
+  /** the memory snapshot manifest, and the disk and RAM manifests it names */
+  digest: string;
+  disk: string;
+  ram: string;
+  ramUploadedBytes: number;
+  diskUploadedBytes: number;
+  deviceStateBytes: number;
+  /** pausedMs: how long the vCPUs were stopped; pushMs: the uploads after they ran again */
+  timings: { pausedMs: number; pushMs: number; totalMs: number };
 }
 
 export interface SnapshotResult {

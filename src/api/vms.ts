@@ -21,8 +21,10 @@ import { logProgress } from '../util/progress.js';
 import { processesWithArgument, terminateProcess } from '../util/process.js';
 import type { AgentEndpoint, NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { driverFor } from '../vmm/drivers.js';
+import { checkShape } from '../disk/memory-snapshot.js';
+import { isMemorySnapshotRef, prepareRestore, ramFileOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
 import type { Histogram, Counter } from './metrics.js';
-import type { CreateVmRequest, ExecRequest, SnapshotResult, VmInfo } from './schemas.js';
+import type { CreateVmRequest, ExecRequest, MemorySnapshotResult, SnapshotResult, VmInfo } from './schemas.js';
 import type { StateStore, VmRecord } from './state.js';
 
 export interface VmLimits {
@@ -57,6 +59,10 @@ interface LiveVm {
   removing?: Promise<void>;
   /** adopted: an earlier daemon may have died between freezing the guest's file system and thawing it */
   thawOnConnect?: boolean;
+  /** the spec it was started with (not known for a VM adopted after a restart) */
+  spec?: VmSpec;
+  /** the memory snapshot it was restored from or last snapshotted into: the next one's RAM dedup base */
+  memoryParent?: SnapshotVm['parent'];
 }
 
 const GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -219,21 +225,39 @@ export class VmManager {
     let served: ServedDisk | undefined;
     let vm: RunningVm | undefined;
     let agent: AgentClient | undefined;
+    let restore: RestorePlan | undefined;
     try {
       await mkdir(workDir, { recursive: true, mode: 0o700 });
       this.deps.state.insert(record);
       unreserve(); // the row counts from here
       const { kernel, guest } = await guestArtifacts();
-      served = await serveDisk({ cache: this.deps.cache, ref: image, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4), openOptions: { recordProfileIfMissing: true } });
+      const parsedImage = parseRef(image);
+      restore = await isMemorySnapshotRef(this.deps.cache, parsedImage) ? await prepareRestore(this.deps.cache, parsedImage, id, workDir, log) : undefined;
+      const shape = restore?.snapshot.config.shape;
+      if (shape) {
+        record.cpus = req.cpus ?? shape.cpus;
+        record.memoryMiB = req.memoryMiB ?? shape.memoryMiB;
+        this.deps.state.update(id, { cpus: record.cpus, memoryMiB: record.memoryMiB });
+        phase('memory_fetched');
+      }
+      served = await serveDisk({ cache: this.deps.cache, ref: restore?.diskRef ?? image, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4), openOptions: { recordProfileIfMissing: !restore } });
       record.digest = served.disk.digest;
       this.deps.state.update(id, { digest: record.digest, backendPid: served.pid });
       phase('backend_up');
-      const net: NetSpec = req.net === 'user' ? { mode: 'user' } : { mode: 'none' };
-      const bootConfig: Partial<BootConfig> = { hostname: `vm-${id}`, ...(req.env ? { env: req.env } : {}), ...(req.net === 'user' ? { net: [{ name: 'eth0', address: '10.0.2.15/24', gateway: '10.0.2.2' }], dns: ['10.0.2.3'] } : {}) };
+      // a restored VM keeps the network it was snapshotted with (the device set must match)
+      const wantNet = shape ? (shape.devices.includes('virtio-net-pci') ? 'user' : 'none') : req.net;
+      const net: NetSpec = wantNet === 'user' ? { mode: 'user' } : { mode: 'none' };
+      const bootConfig: Partial<BootConfig> = { hostname: `vm-${id}`, ...(req.env ? { env: req.env } : {}), ...(wantNet === 'user' ? { net: [{ name: 'eth0', address: '10.0.2.15/24', gateway: '10.0.2.2' }], dns: ['10.0.2.3'] } : {}) };
       const spec: VmSpec = {
         id, workDir, cpus: record.cpus, memoryMiB: record.memoryMiB, kernel, initramfs: guest.initramfs, disks: [{ kind: 'vhost-user', socket: served.socket }],
         bootConfig: renderBootConfig(bootConfig as BootConfig), net, console: true, detached: true, vsockConnect: guest.vsockConnect,
+        memoryFile: ramFileOf(id), vmgenid: true, ...(restore ? { incoming: true } : {}),
       };
+      if (restore) {
+        if (record.vmm !== 'qemu') throw new SlipwayError('INVALID_ARGUMENT', 'vmm: memory snapshots restore on qemu (the VMM they were taken with)', { context: { field: 'vmm' } });
+        checkShape(restore.snapshot.config.shape, await vmShape(spec));
+      }
+      const plan = restore;
       const booted = await bootVm(this.driver(record.vmm), spec, {
         agentDeadlineMs: this.deps.limits.bootTimeoutMs,
         onStarted: (started) => {
@@ -245,10 +269,19 @@ export class VmManager {
           if (!('vmm_started' in timings)) phase('vmm_started');
         },
         notice: (message) => log.warn(message, {}),
+        ...(plan ? { afterStart: async (started: RunningVm) => {
+          if (!started.memory) throw new SlipwayError('VMM_ERROR', 'this VMM cannot load device state');
+          await started.memory.loadDeviceState(plan.stateFile);
+        } } : {}),
       });
       vm = booted.vm;
       agent = booted.client;
       phase('agent_ready');
+      if (plan) {
+        // a clone is its own VM: its own host name (vmgenid has already made its kernel reseed its RNG)
+        await withTimeout(agent.exec(['hostname', `vm-${id}`]), AGENT_TIMEOUTS.spawnMs, 'EXEC hostname');
+        phase('identity');
+      }
       // the guest's own marks (ms since its kernel started), as `slipway run --timings` shows them
       const pong = await withTimeout(agent.ping(), AGENT_TIMEOUTS.spawnMs, 'PING').catch(() => undefined);
       for (const [k, ns] of Object.entries(pong?.phases ?? {})) timings[`${GUEST_MARK}${k}`] = Math.round(ns / 1e4) / 100;
@@ -259,7 +292,7 @@ export class VmManager {
       record.status = 'running';
       record.timings = timings;
       this.deps.state.update(id, { status: 'running', timings });
-      const l: LiveVm = { record, vm, served, agent, connecting: undefined, busy: undefined };
+      const l: LiveVm = { record, vm, served, agent, connecting: undefined, busy: undefined, spec, ...(plan ? { memoryParent: { target: plan.target, config: plan.snapshot.config, digest: plan.snapshot.manifest.digest } } : {}) };
       this.live.set(id, l);
       this.watch(l);
       this.deps.metrics.boots.inc({ result: 'ok' });
@@ -278,6 +311,7 @@ export class VmManager {
       await vm?.kill(500).catch(() => undefined);
       await served?.close().catch(() => undefined);
       await rm(workDir, { recursive: true, force: true });
+      await rm(ramFileOf(id), { force: true });
       this.deps.state.delete(id);
       throw err;
     } finally {
@@ -361,13 +395,14 @@ export class VmManager {
    * chunks aside, thaw (the guest is frozen only for the copy), then push them as a delta of the
    * disk the VM booted from. A failed push leaves `ref` as it was and the VM running.
    */
-  async snapshot(id: string, ref: string): Promise<SnapshotResult> {
+  async snapshot(id: string, ref: string, opts: { memory?: boolean } = {}): Promise<SnapshotResult | MemorySnapshotResult> {
     checkRequestRef(ref, 'ref');
     const parsed = parseRef(ref);
     if (parsed.digest || !parsed.tag) throw new SlipwayError('INVALID_ARGUMENT', `ref: a snapshot is pushed to a tag (${ref} names none)`, { context: { field: 'ref' } });
     const tag = parsed.tag;
     const l = this.liveVm(id);
     if (l.busy) throw new SlipwayError('CONFLICT', `VM ${id} is busy (${l.busy} in progress)`);
+    if (opts.memory) return this.memorySnapshot(l, { ...parsed, tag });
     l.busy = 'snapshot';
     const log = this.deps.logger.child({ vm: id, snapshot: ref });
     const t0 = performance.now();
@@ -432,6 +467,28 @@ export class VmManager {
     }
   }
 
+  /** A memory snapshot (src/api/memory-snapshots.ts): the VM paused only while its state is copied aside. */
+  private async memorySnapshot(l: LiveVm, parsed: Parameters<typeof takeMemorySnapshot>[2]): Promise<MemorySnapshotResult> {
+    const id = l.record.id;
+    if (!l.spec) throw new SlipwayError('CONFLICT', `VM ${id} was adopted after a daemon restart: its memory cannot be snapshotted (its disk can)`);
+    l.busy = 'snapshot';
+    try {
+      await mkdir(this.stagingDir, { recursive: true, mode: 0o700 });
+      const v: SnapshotVm = { id, vm: l.vm, served: l.served, spec: l.spec, ...(l.memoryParent ? { parent: l.memoryParent } : {}) };
+      const { parent, ...out } = await takeMemorySnapshot({ cache: this.deps.cache, logger: this.deps.logger, stagingDir: this.stagingDir }, v, parsed);
+      l.memoryParent = parent;
+      this.deps.metrics.snapshots.inc({ result: 'ok' });
+      this.deps.metrics.snapshotBytes.inc({}, out.ramUploadedBytes + out.diskUploadedBytes);
+      return out;
+    } catch (err) {
+      this.deps.metrics.snapshots.inc({ result: 'failed' });
+      this.deps.logger.warn('memory snapshot failed', { vm: id, error: (err as Error).message });
+      throw err;
+    } finally {
+      if (l.busy === 'snapshot') l.busy = undefined;
+    }
+  }
+
   async delete(id: string): Promise<void> {
     const l = this.live.get(id);
     if (!l) {
@@ -470,6 +527,7 @@ export class VmManager {
       this.missFailuresOfRemoved += l.served.miss.stats.failures;
       await l.served.close().catch((err: unknown) => this.deps.logger.warn('stopping a disk backend', { vm: id, error: (err as Error).message }));
       await rm(l.record.workDir, { recursive: true, force: true }).catch((err: unknown) => this.deps.logger.warn('removing a vm work directory', { vm: id, error: (err as Error).message }));
+      await rm(ramFileOf(id), { force: true });
       this.live.delete(id);
       try {
         this.deps.state.delete(id);
@@ -484,6 +542,7 @@ export class VmManager {
   private async removeUnadopted(r: VmRecord): Promise<void> {
     for (const pid of processesWithArgument(r.workDir)) await terminateProcess(pid, 1000);
     await rm(r.workDir, { recursive: true, force: true });
+    await rm(ramFileOf(r.id), { force: true });
     this.deps.state.delete(r.id);
     this.unadopted.delete(r.id);
     this.deps.logger.info('vm removed', { vm: r.id, unadopted: true });

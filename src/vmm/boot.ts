@@ -15,6 +15,8 @@ export interface BootOptions {
   agentDeadlineMs: number;
   /** called with every VM started (a second one after a fallback), before its agent answers */
   onStarted?: (vm: RunningVm) => void;
+  /** work on a started VM before its agent is waited for (a restore loads its device state); its failure fails the boot */
+  afterStart?: (vm: RunningVm) => Promise<void>;
   /** one line for people or the log: "accel: kvm failed ...; booting again under tcg" */
   notice?: (message: string) => void;
   signal?: AbortSignal;
@@ -47,6 +49,18 @@ async function agentOrFailure(vm: RunningVm, opts: BootOptions): Promise<AgentCl
   }
 }
 
+/** Run `opts.afterStart` on a started VM; if it fails, the VM is killed (the boot watch's verdict wins when it has one). */
+async function afterStart(vm: RunningVm, opts: BootOptions): Promise<void> {
+  if (!opts.afterStart) return;
+  try {
+    await opts.afterStart(vm);
+  } catch (err) {
+    const failed = await Promise.race([vm.failure, new Promise<undefined>((r) => setTimeout(() => r(undefined), 500).unref())]);
+    await vm.kill(500).catch(() => undefined);
+    throw failed ? bootFailureError(vm, failed) : err;
+  }
+}
+
 /**
  * Whether a failed boot is KVM's fault under an automatic choice: the guest stopped with an
  * internal error, or QEMU could not use KVM at all. Then TCG is worth one more try.
@@ -70,6 +84,7 @@ export async function bootVm(driver: VmmDriver, spec: VmSpec, opts: BootOptions)
   try {
     vm = await driver.start(spec);
     opts.onStarted?.(vm);
+    await afterStart(vm, opts);
     return { vm, client: await agentOrFailure(vm, opts) };
   } catch (err) {
     if (!kvmFailedAutomatically(err) || !driver.accelFailed) throw err;
@@ -78,6 +93,7 @@ export async function bootVm(driver: VmmDriver, spec: VmSpec, opts: BootOptions)
     opts.notice?.(`accel: kvm${vm?.accelVerdict ? ` (${vm.accelVerdict.reason})` : ''} failed: ${detail}; booting again under tcg, and tcg from now on for this host`);
     const again = await driver.start({ ...spec, accel: 'tcg' });
     opts.onStarted?.(again);
+    await afterStart(again, opts);
     return { vm: again, client: await agentOrFailure(again, opts) };
   }
 }

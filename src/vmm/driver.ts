@@ -33,6 +33,15 @@ export interface VmSpec {
   console?: boolean;
   /** hugetlbfs-backed memory (vhost-user needs shared memory either way) */
   hugepages?: boolean;
+  /**
+   * Guest RAM in this file (on tmpfs), mapped shared: what a memory snapshot reads and a restore
+   * writes. Without it QEMU's RAM is an anonymous memfd.
+   */
+  memoryFile?: string;
+  /** a vmgenid device (the guest reseeds its RNG when the generation ID changes, as it does on a restore) */
+  vmgenid?: boolean;
+  /** start paused, waiting for device state (QEMU `-incoming defer`): a restore */
+  incoming?: boolean;
   /** the host helper that connects to a guest's vsock port (guest/vsock-connect.c), for QEMU's vhost-vsock */
   vsockConnect?: string;
   /**
@@ -70,6 +79,17 @@ export interface BootFailure {
   accelFault?: boolean;
 }
 
+/** What a VMM offers for memory snapshots (QEMU: src/vmm/qemu-migration.ts). */
+export interface MemorySnapshotOps {
+  /** stop the vCPUs; I/O in flight completes first */
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  /** a paused VM's device state (RAM left out: it is the memory file) into `file`; its size in bytes */
+  saveDeviceState(file: string): Promise<{ bytes: number }>;
+  /** load device state into a VM started with `incoming`, then run it */
+  loadDeviceState(file: string): Promise<void>;
+}
+
 export interface RunningVm {
   readonly pid: number;
   readonly accel: Accel;
@@ -85,6 +105,8 @@ export interface RunningVm {
    * internal error, panicked, powered off, reset, or its VMM gone. Pending while it runs.
    */
   readonly failure: Promise<BootFailure>;
+  /** memory snapshots, where the VMM and this VM's RAM (VmSpec.memoryFile) allow them */
+  readonly memory?: MemorySnapshotOps;
   /** The agent answered: watching that only a boot needs (polling) may stop. */
   bootDone?(): void;
   /** The guest console so far (empty when the console is off), then the VMM's stderr. */

@@ -15,13 +15,14 @@ import { Duplex } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { SlipwayError } from '../errors.js';
 import { FW_CFG_NAME, checkKernelCmdline } from '../guest/boot-config.js';
-import type { AgentEndpoint, BootFailure, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import type { AgentEndpoint, BootFailure, MemorySnapshotOps, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { fileTail } from '../util/file-tail.js';
 import { processExit, processHasArgument, processRunning, terminateProcess } from '../util/process.js';
 import { loadConfig } from '../config.js';
 import { chooseAccel, recordFallback, type Accel, type AccelVerdict } from './accel.js';
 import { classifyEnd } from './boot-failure.js';
 import { QmpClient } from './qmp.js';
+import { QemuMemoryOps } from './qemu-migration.js';
 
 /** The QEMU binary: $SLIPWAY_QEMU, else qemu-system-x86_64 on PATH (read when asked, not at import). */
 export function qemuBinary(env: NodeJS.ProcessEnv = process.env): string {
@@ -85,7 +86,9 @@ export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guest
   checkKernelCmdline(cmdline);
   const backend = spec.hugepages
     ? `memory-backend-file,id=mem,size=${mem},mem-path=/dev/hugepages,share=on,prealloc=off`
-    : `memory-backend-memfd,id=mem,size=${mem},share=on`;
+    : spec.memoryFile
+      ? `memory-backend-file,id=mem,size=${mem},mem-path=${spec.memoryFile},share=on,prealloc=off`
+      : `memory-backend-memfd,id=mem,size=${mem},share=on`;
   const args = [
     '-name', `slipway-${spec.id}`,
     '-machine', `${opts.machine ?? 'q35'},accel=${accel},memory-backend=mem`,
@@ -111,7 +114,12 @@ export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guest
     );
   }
   if (spec.bootConfigVia !== 'cmdline') args.push('-fw_cfg', `name=${FW_CFG_NAME},file=${join(spec.workDir, 'boot-config')}`);
-  if ((opts.firmware ?? 'qboot') === 'qboot' && existsSync(QBOOT)) args.push('-bios', QBOOT);
+  // qboot cannot run QEMU's ACPI table loader commands that vmgenid needs (the guest hangs before
+  // its kernel prints anything): a VM with vmgenid boots through SeaBIOS
+  if ((opts.firmware ?? 'qboot') === 'qboot' && !spec.vmgenid && existsSync(QBOOT)) args.push('-bios', QBOOT);
+  if (spec.vmgenid) args.push('-device', 'vmgenid,guid=auto');
+  // a restore: paused, device state loaded over QMP (migrate-incoming), then `cont`
+  if (spec.incoming) args.push('-S', '-incoming', 'defer');
   spec.disks.forEach((d, i) => {
     if (d.kind === 'file') {
       args.push('-drive', `file=${d.path},if=none,id=disk${i},format=raw,cache=writeback,discard=unmap${d.readOnly ? ',readonly=on' : ''}`);
@@ -144,12 +152,27 @@ class QemuVm implements RunningVm {
   private exitInfo: VmExit | undefined;
   readonly agentEndpoint: AgentEndpoint;
   private qmp: QmpClient | undefined;
+  private qmpConnecting: Promise<QmpClient> | undefined;
+  readonly memory: MemorySnapshotOps | undefined;
 
   /** `child` is the QEMU we started; a pid alone is one adopted after a daemon restart. */
   constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, readonly accel: Accel, private readonly stderr: () => string, private readonly guestCid?: number, readonly accelVerdict?: AccelVerdict) {
     this.agentEndpoint = guestCid !== undefined ? { transport: 'vsock', cid: guestCid } : { transport: 'virtio-serial', socket: join(spec.workDir, 'agent.sock') };
     this.exited = processExit(child, spec.workDir).then((e) => (this.exitInfo = e));
     this.failure = typeof child === 'number' ? this.exited.then((exit) => classifyEnd({ console: this.consoleTail(), exit })) : this.watch();
+    this.memory = spec.memoryFile ? new QemuMemoryOps(() => this.monitor()) : undefined;
+  }
+
+  /**
+   * The QMP connection: the boot watch's, or a new one (an adopted VM, or after it closed). QEMU's
+   * monitor serves one client at a time, so there is only ever one connection (or one attempt).
+   */
+  private async monitor(): Promise<QmpClient> {
+    const current = await this.qmpConnecting?.catch(() => undefined);
+    if (current && !current.isClosed) return current;
+    this.qmpConnecting = QmpClient.connect(join(this.spec.workDir, 'qmp.sock'));
+    this.qmp = await this.qmpConnecting;
+    return this.qmp;
   }
 
   /**
@@ -169,13 +192,14 @@ class QemuVm implements RunningVm {
         else if (code === 'GUEST_PANICKED') resolve(classifyEnd({ console: this.consoleTail(), shutdownReason: 'guest-panic' }));
       };
       let client: QmpClient | undefined;
-      const attached = QmpClient.connect(qmpPath, {
+      this.qmpConnecting = QmpClient.connect(qmpPath, {
         onEvent: (e) => {
           if (e.event === 'SHUTDOWN' && typeof e.data.reason === 'string') shutdownReason = e.data.reason;
           else if (e.event === 'GUEST_PANICKED') resolve(classifyEnd({ console: this.consoleTail(), shutdownReason: 'guest-panic' }));
           else if (e.event === 'STOP' && client) void check(client).catch(() => undefined);
         },
-      }).then(async (qmp) => {
+      });
+      const attached = this.qmpConnecting.then(async (qmp) => {
         client = qmp;
         this.qmp = qmp;
         await check(qmp);

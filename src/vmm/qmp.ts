@@ -121,6 +121,11 @@ export class QmpClient {
     });
   }
 
+  /** Whether the connection has closed (a new one must be made). */
+  get isClosed(): boolean {
+    return this.closedError !== undefined;
+  }
+
   /** Listen for events; returns a function that stops listening. */
   onEvent(listener: (e: QmpEvent) => void): () => void {
     this.listeners.add(listener);

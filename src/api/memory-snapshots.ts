@@ -1,0 +1,219 @@
+/**
+ * Memory snapshots in the daemon (docs/snapshots.md): pause a running VM into the registry, and
+ * restore one on any host.
+ *
+ * Taking one: stop the vCPUs; copy the disk's dirty chunks aside (the overlay is what the guest
+ * wrote, completed I/O included); save the device state (QEMU, RAM left out); copy the RAM file
+ * aside on tmpfs (sparse); resume. The VM is paused only for those copies. Then push the disk
+ * delta (`<tag>.disk`), the RAM image (`<tag>.ram`, chunked like a disk, deduplicated against the
+ * parent snapshot's RAM and the repository's) and last the snapshot's own manifest (`<tag>`). A
+ * failed push leaves `<tag>` as it was and the VM running.
+ *
+ * Restoring: check the VM shape, fetch the RAM chunks through the host chunk cache (verified,
+ * shared between VMs) into a fresh sparse RAM file, start QEMU paused with `-incoming defer` and
+ * the same machine, load the device state, continue. The disk is the snapshot's disk through
+ * slipway-blk as for any boot.
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { open, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import type { ChunkCache } from '../cache/chunk-cache.js';
+import type { DiskArtifact } from '../disk/artifact.js';
+import { HOLE } from '../disk/format.js';
+import {
+  checkMemorySnapshotTag, diskTag, loadMemorySnapshot, pushMemorySnapshot, ramTag,
+  type LoadedMemorySnapshot, type MemorySnapshotConfig, type VmShape,
+} from '../disk/memory-snapshot.js';
+import { pushDisk } from '../disk/push.js';
+import { pushSnapshot, readDirtyBitmap, removeStaging, stageDirtyChunks } from '../disk/snapshot.js';
+import { SlipwayError, fromFsError } from '../errors.js';
+import { formatRef, refReference, type ImageRef } from '../oci/ref.js';
+import type { Target } from '../oci/store.js';
+import type { ServedDisk } from '../serve/backend.js';
+import type { Logger } from '../util/log.js';
+import { logProgress } from '../util/progress.js';
+import { guestKernelDigest } from '../vmm/accel.js';
+import type { RunningVm, VmSpec } from '../vmm/driver.js';
+import type { MemorySnapshotResult } from './schemas.js';
+import { detectAgentTransport, qemuArgs, qemuBinary } from '../vmm/qemu.js';
+
+const run = promisify(execFile);
+
+/** RAM images are chunked finer than disks: an idle guest dirties pages all over its RAM. */
+export const RAM_CHUNK_BYTES = 64 << 10;
+
+/** Where a daemon VM's RAM lives: tmpfs, mapped shared by QEMU and the vhost-user backend. */
+export function ramFileOf(vmId: string): string {
+  return `/dev/shm/slipway-${vmId}.ram`;
+}
+
+let qemuVersion: Promise<string> | undefined;
+
+/** The VM's shape as a restore must match it: machine, vCPUs, RAM, devices in order, VMM, kernel, initramfs. */
+export async function vmShape(spec: VmSpec): Promise<VmShape> {
+  qemuVersion ??= run(qemuBinary(), ['--version']).then((r) => /version (\S+)/.exec(r.stdout)?.[1] ?? 'unknown');
+  const args = qemuArgs(spec, 'tcg', { agentTransport: detectAgentTransport(), guestCid: 3 });
+  const devices = args.flatMap((a, i) => (args[i - 1] === '-device' ? [a.split(',')[0] as string] : []));
+  const machine = args[args.indexOf('-machine') + 1]?.split(',')[0] ?? 'q35';
+  return {
+    vmm: 'qemu', vmmVersion: await qemuVersion, machine, cpus: spec.cpus, memoryMiB: spec.memoryMiB, devices,
+    kernel: await guestKernelDigest(spec.kernel.bzImage), initramfs: await guestKernelDigest(spec.initramfs),
+  };
+}
+
+export interface SnapshotVm {
+  id: string;
+  vm: RunningVm;
+  served: ServedDisk;
+  spec: VmSpec;
+  /** the memory snapshot this VM was restored from, or last snapshotted into (its RAM is the dedup base) */
+  parent?: { target: Target; config: MemorySnapshotConfig; digest: string };
+}
+
+/**
+ * Take a memory snapshot of a running VM into `ref` (a tag). Errors: CONFLICT when the VM's RAM
+ * is not a file (booted by an older daemon) or its disk is read-only; VMM_ERROR from QEMU; the
+ * registry's errors (the tag is then as it was, the VM running).
+ */
+export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logger; stagingDir: string }, v: SnapshotVm, parsed: ImageRef & { tag: string }): Promise<MemorySnapshotResult & { parent: NonNullable<SnapshotVm['parent']> }> {
+  checkMemorySnapshotTag(parsed.tag);
+  const ops = v.vm.memory;
+  const ramFile = v.spec.memoryFile;
+  if (!ops || !ramFile) throw new SlipwayError('CONFLICT', `VM ${v.id} keeps its RAM in anonymous memory (booted before memory snapshots): snapshot its disk only`);
+  const overlayDir = v.served.overlayDir;
+  if (!overlayDir) throw new SlipwayError('CONFLICT', `VM ${v.id} has a read-only disk`);
+  const log = deps.logger.child({ vm: v.id, snapshot: formatRef(parsed) });
+  const base = v.served.disk.artifact;
+  const shape = await vmShape(v.spec);
+  const stem = join(deps.stagingDir, `${v.id}-${randomBytes(4).toString('hex')}`);
+  const diskStaging = `${stem}.disk`;
+  const stateFile = `${stem}.state`;
+  const ramCopy = `/dev/shm/slipway-staging-${v.id}-${randomBytes(4).toString('hex')}.ram`;
+  const t0 = performance.now();
+  try {
+    await ops.pause();
+    let tResumed: number;
+    let dirty;
+    try {
+      dirty = await readDirtyBitmap(join(overlayDir, 'dirty'), base.index);
+      await stageDirtyChunks(join(overlayDir, 'data'), dirty, diskStaging);
+      await ops.saveDeviceState(stateFile);
+      // sparse: only the pages the guest has touched are copied (SEEK_DATA/SEEK_HOLE on tmpfs)
+      await run('cp', ['--sparse=always', '--reflink=never', ramFile, ramCopy]);
+    } finally {
+      await ops.resume();
+      tResumed = performance.now();
+    }
+    log.info('memory snapshot staged; vm running again', { pausedMs: Math.round(tResumed - t0), dirtyChunks: dirty.chunks.length });
+    const target = await deps.cache.targets.open(parsed);
+    const diskPush = await pushSnapshot({
+      base, baseTarget: v.served.disk.origin, staging: diskStaging, dirty, target, tag: diskTag(parsed.tag), pool: deps.cache.pool,
+      onProgress: logProgress((m, f) => log.info(m, f)),
+    });
+    const parentRam = v.parent ? await openRamArtifact(deps.cache, v.parent.target, v.parent.config).catch(() => undefined) : undefined;
+    const ramPush = await pushDisk({
+      file: ramCopy, target, tag: ramTag(parsed.tag), pool: deps.cache.pool, chunkSizeBytes: RAM_CHUNK_BYTES,
+      ...(parentRam ? { dedupFrom: [parentRam.artifact] } : {}),
+      onProgress: logProgress((m, f) => log.info(m, f)),
+    });
+    await parentRam?.close();
+    const deviceState = await readFile(stateFile);
+    const config: MemorySnapshotConfig = {
+      formatVersion: 1, shape, disk: diskPush.manifest, ram: ramPush.manifest, createdAt: new Date().toISOString(),
+      ...(v.parent ? { parent: v.parent.digest } : {}),
+    };
+    const manifest = await pushMemorySnapshot(target, parsed.tag, config, deviceState);
+    const tDone = performance.now();
+    const out = {
+      ref: formatRef(parsed), digest: manifest.digest, disk: diskPush.manifest.digest, ram: ramPush.manifest.digest,
+      ramUploadedBytes: ramPush.uploadedBytes, diskUploadedBytes: diskPush.uploadedBytes, deviceStateBytes: deviceState.byteLength,
+      timings: { pausedMs: Math.round(tResumed - t0), pushMs: Math.round(tDone - tResumed), totalMs: Math.round(tDone - t0) },
+      parent: { target, config, digest: manifest.digest },
+    };
+    log.info('memory snapshot pushed', { ...out, parent: undefined });
+    return out;
+  } finally {
+    await Promise.all([removeStaging(diskStaging), rm(stateFile, { force: true }), rm(ramCopy, { force: true })]);
+  }
+}
+
+/** The RAM image of a snapshot, opened through the chunk cache (by digest: it cannot move). */
+async function openRamArtifact(cache: ChunkCache, target: Target, config: MemorySnapshotConfig): Promise<{ artifact: DiskArtifact; close(): Promise<void> }> {
+  const disk = await cache.openDisk(`${target.name}@${config.ram.digest}`, { useProfile: false });
+  return { artifact: disk.artifact, close: () => disk.close() };
+}
+
+export interface RestorePlan {
+  snapshot: LoadedMemorySnapshot;
+  /** the disk to serve: the snapshot's disk manifest, by digest */
+  diskRef: string;
+  /** the device state, written to the VM's work directory */
+  stateFile: string;
+  ramFile: string;
+  target: Target;
+}
+
+/** Whether `ref` names a memory snapshot (one manifest fetch; false for disks and missing tags alike). */
+export async function isMemorySnapshotRef(cache: ChunkCache, parsed: ImageRef): Promise<boolean> {
+  const target = await cache.targets.open(parsed);
+  try {
+    await loadMemorySnapshot(target, refReference(parsed));
+    return true;
+  } catch (err) {
+    if (err instanceof SlipwayError && err.code === 'NOT_A_SLIPWAY_DISK') return false;
+    throw err;
+  }
+}
+
+/**
+ * Fetch what a restore needs: the snapshot (checked), its device state into `workDir`, and its RAM
+ * through the chunk cache into a fresh sparse RAM file (zero chunks are left as holes).
+ * Errors: NOT_A_SLIPWAY_DISK, CORRUPT_INDEX, DIGEST_MISMATCH (a corrupted RAM pack), the registry's.
+ * On an error nothing is left behind (the RAM file is removed).
+ */
+export async function prepareRestore(cache: ChunkCache, parsed: ImageRef, vmId: string, workDir: string, log: Logger): Promise<RestorePlan> {
+  const target = await cache.targets.open(parsed);
+  const snapshot = await loadMemorySnapshot(target, refReference(parsed));
+  const stateFile = join(workDir, 'device-state');
+  const ramFile = ramFileOf(vmId);
+  try {
+    await writeFile(stateFile, await target.fetchBlob(snapshot.deviceState));
+    const ram = await cache.openDisk(`${target.name}@${snapshot.config.ram.digest}`, { useProfile: false });
+    try {
+      const want = snapshot.config.shape.memoryMiB * (1 << 20);
+      if (ram.artifact.index.sizeBytes !== want) throw new SlipwayError('CORRUPT_INDEX', `memory snapshot ${snapshot.manifest.digest}: its RAM image is ${ram.artifact.index.sizeBytes} bytes, its shape says ${want}`);
+      const t0 = performance.now();
+      await ram.prefetch({ priority: 'demand', concurrency: 8 });
+      await writeRamFile(ram, ramFile);
+      log.info('restore: RAM image written', { ms: Math.round(performance.now() - t0), chunks: ram.artifact.index.chunkCount, fetched: ram.stats.tier2Chunks });
+    } finally {
+      await ram.close();
+    }
+  } catch (err) {
+    await rm(ramFile, { force: true });
+    throw err;
+  }
+  return { snapshot, diskRef: `${target.name}@${snapshot.config.disk.digest}`, stateFile, ramFile, target };
+}
+
+/** Write every non-zero chunk of a RAM image at its offset in a new sparse file (mode 0600). */
+async function writeRamFile(ram: Awaited<ReturnType<ChunkCache['openDisk']>>, path: string): Promise<void> {
+  const { index } = ram.artifact;
+  if (existsSync(path)) throw new SlipwayError('CONFLICT', `${path} exists: another VM's RAM`);
+  const fh = await open(path, 'wx', 0o600).catch((err: unknown) => {
+    throw fromFsError(err, path, 'RAM file');
+  });
+  try {
+    await fh.truncate(index.sizeBytes);
+    for (let n = 0; n < index.chunkCount; n++) {
+      if (index.map[n] === HOLE) continue;
+      const data = await ram.readChunk(n);
+      await fh.write(data, 0, data.byteLength, n * index.chunkSizeBytes);
+    }
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * Device state in and out of a QEMU VM over QMP, for memory snapshots (docs/snapshots.md).
+ *
+ * QEMU 7.2 has no `file:` migration target and no `mapped-ram`; what works with a vhost-user-blk
+ * disk is guest RAM in a shared file (`memory-backend-file,share=on` on tmpfs) plus the
+ * `x-ignore-shared` capability: the migration stream then carries only device state (a few
+ * hundred KB) and the RAM file is the memory image. Saving: `stop`, `migrate` to `exec:cat > F`,
+ * wait for `completed`. Loading: a QEMU started with `-S -incoming defer` and the same machine,
+ * devices and RAM size, `migrate-incoming` from `exec:cat F`, wait for `completed`, `cont`.
+ * (qemu/qemu docs/devel/migration; qapi/migration.json for the commands and states.)
+ */
+import { stat } from 'node:fs/promises';
+import { SlipwayError } from '../errors.js';
+import type { QmpClient } from './qmp.js';
+
+interface MigrationInfo {
+  status?: string;
+  'error-desc'?: string;
+}
+
+/** `exec:` runs through /bin/sh: only paths slipway made (no quotes, no shell metacharacters) go in. */
+function shellSafePath(path: string): string {
+  if (!/^[A-Za-z0-9_./-]+$/.test(path)) throw new SlipwayError('INVALID_ARGUMENT', `device state path ${JSON.stringify(path)} has characters a shell would read`);
+  return path;
+}
+
+async function enableIgnoreShared(qmp: QmpClient): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+}
+
+/** Poll `query-migrate` until it is completed (resolves) or failed/cancelled (VMM_ERROR), for at most `timeoutMs`. */
+async function waitForMigration(qmp: QmpClient, what: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await qmp.execute<MigrationInfo>('query-migrate');
+    if (info.status === 'completed') return;
+    if (info.status === 'failed' || info.status === 'cancelled') {
+      throw new SlipwayError('VMM_ERROR', `${what}: migration ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
+    }
+    if (Date.now() > deadline) throw new SlipwayError('VMM_ERROR', `${what}: migration still ${info.status ?? 'not started'} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+/** Memory-snapshot operations on one QEMU VM (its RAM must be a shared file: VmSpec.memoryFile). */
+export class QemuMemoryOps {
+  constructor(private readonly qmp: () => Promise<QmpClient>) {}
+
+  /** Stop the vCPUs (QMP `stop`); I/O in flight completes first (vhost-user GET_VRING_BASE). */
+  async pause(): Promise<void> {
+    await (await this.qmp()).execute('stop');
+  }
+
+  /** Run again after a pause or a save (`cont`). */
+  async resume(): Promise<void> {
+    await (await this.qmp()).execute('cont');
+  }
+
+  /**
+   * Write a paused VM's device state to `file` (RAM left out: x-ignore-shared). Resolves with its
+   * size in bytes. Errors: VMM_ERROR with QEMU's words when the migration fails.
+   */
+  async saveDeviceState(file: string, timeoutMs = 60_000): Promise<{ bytes: number }> {
+    const qmp = await this.qmp();
+    await enableIgnoreShared(qmp);
+    await qmp.execute('migrate', { uri: `exec:cat > ${shellSafePath(file)}` });
+    await waitForMigration(qmp, 'saving device state', timeoutMs);
+    return { bytes: (await stat(file)).size };
+  }
+
+  /**
+   * Load device state into a VM started with `incoming` (paused, `-incoming defer`), then run it.
+   * Errors: VMM_ERROR when QEMU refuses the state (another machine shape, a corrupt file).
+   */
+  async loadDeviceState(file: string, timeoutMs = 60_000): Promise<void> {
+    const qmp = await this.qmp();
+    await enableIgnoreShared(qmp);
+    await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellSafePath(file)}` });
+    // the destination is `inmigrate` until the state is in, then `paused` (it was started with -S);
+    // a state QEMU cannot load ends the process, which the boot watch reports
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const { status } = await qmp.execute<{ status: string }>('query-status');
+      if (status === 'paused' || status === 'prelaunch') break;
+      if (status !== 'inmigrate') throw new SlipwayError('VMM_ERROR', `loading device state: the VM is ${status}`);
+      if (Date.now() > deadline) throw new SlipwayError('VMM_ERROR', `loading device state: still in migration after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await qmp.execute('cont');
+  }
+}

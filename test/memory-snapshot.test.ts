@@ -1,0 +1,180 @@
+/**
+ * Memory snapshots end to end (real daemons, a real docker-registry, QEMU TCG guests): a VM paused
+ * into the registry resumes on another host with an empty cache where it was (a background
+ * process, a tmpfs file, a dirty page cache), clones of one snapshot are each their own VM, and
+ * what goes wrong (a corrupted RAM pack, another shape, a registry that refuses the push) is
+ * refused without leaving anything half done.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { main } from '../src/cli/main.js';
+import { buildGuest, buildKernel } from '../src/guest/build.js';
+import type { Vm } from '../src/client/index.js';
+import { captureIO } from './helpers/cli.js';
+import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
+import { startFaultProxy } from './helpers/fault-proxy.js';
+import { tempDir } from './helpers/images.js';
+import { startRegistry, type TestRegistry } from './helpers/registry.js';
+
+const work = tempDir('slipway-memsnap-');
+let registry: TestRegistry;
+const daemons: TestDaemon[] = [];
+let base: string;
+
+async function daemon(env: Record<string, string> = {}): Promise<TestDaemon> {
+  const d = await startTestDaemon({ dir: tempDir('slipway-memsnap-d-'), env });
+  daemons.push(d);
+  return d;
+}
+
+async function sh(d: TestDaemon, id: string, script: string): Promise<string> {
+  const r = await d.client.exec(id, { argv: ['sh', '-c', script] });
+  expect(r.exitCode, `${script}: ${r.stderr.toString()}`).toBe(0);
+  return r.stdout.toString();
+}
+
+/** RAM files this test's VMs left on /dev/shm */
+function ramFiles(vms: string[]): string[] {
+  return readdirSync('/dev/shm').filter((n) => vms.some((id) => n.includes(id)));
+}
+
+beforeAll(async () => {
+  await buildKernel();
+  await buildGuest();
+  registry = await startRegistry();
+  const root = join(work, 'root.img');
+  expect(await main(['rootfs', 'build', '--from', 'busybox', '-o', root], captureIO())).toBe(0);
+  base = `${registry.host}/mem/root:v1`;
+  expect(await main(['push', root, base, '--progress=none'], captureIO())).toBe(0);
+}, 1_800_000);
+
+afterAll(async () => {
+  for (const d of daemons) await d.dispose();
+  await registry?.stop();
+});
+
+describe('memory snapshots', () => {
+  let snapshotRef: string;
+  let dataSum: string;
+
+  it('a VM with a background process, a tmpfs file and unwritten page cache resumes on a second host with an empty cache', async () => {
+    const d1 = await daemon();
+    const vm = await d1.client.createVm({ image: base, memoryMiB: 256 });
+    dataSum = await sh(d1, vm.id, [
+      'mkdir -p /tmp/t && echo kept-in-tmpfs > /tmp/t/f',
+      'sleep 100000 </dev/null >/dev/null 2>&1 & echo $! > /tmp/t/pid',
+      // written but not synced: in the guest's page cache only, when the snapshot is taken
+      'dd if=/dev/urandom of=/root/data bs=64k count=64 2>/dev/null',
+      'md5sum /root/data | cut -d" " -f1',
+    ].join('; '));
+    snapshotRef = `${registry.host}/mem/snap:v1`;
+    const snap = await d1.client.snapshot(vm.id, snapshotRef, { memory: true });
+    expect(snap.ref).toBe(snapshotRef);
+    expect(snap.deviceStateBytes).toBeGreaterThan(0);
+    expect(snap.timings.pausedMs).toBeLessThan(snap.timings.totalMs);
+    // the VM runs on after the snapshot
+    expect(await sh(d1, vm.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
+
+    const d2 = await daemon();
+    const restored = await d2.client.createVm({ image: snapshotRef });
+    expect(restored.status).toBe('running');
+    expect(restored.memoryMiB).toBe(256);
+    expect(await sh(d2, restored.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
+    expect(await sh(d2, restored.id, 'kill -0 $(cat /tmp/t/pid) && echo alive')).toBe('alive\n');
+    expect(await sh(d2, restored.id, 'hostname')).toBe(`vm-${restored.id}\n`);
+    // the page cache written back after the restore lands on the disk intact, and a write after
+    // the restore persists into the next (chained) snapshot
+    await sh(d2, restored.id, 'sync; echo after-restore > /root/after; sync');
+    await d2.client.snapshot(restored.id, `${registry.host}/mem/snap:v1-disk2`);
+    const booted = await d2.client.createVm({ image: `${registry.host}/mem/snap:v1-disk2` });
+    expect(await sh(d2, booted.id, 'md5sum /root/data | cut -d" " -f1')).toBe(dataSum);
+    expect(await sh(d2, booted.id, 'cat /root/after')).toBe('after-restore\n');
+    for (const id of [vm.id]) await d1.client.deleteVm(id);
+    for (const id of [restored.id, booted.id]) await d2.client.deleteVm(id);
+    expect(ramFiles([vm.id, restored.id, booted.id])).toEqual([]);
+  }, 600_000);
+
+  it('four clones of one snapshot at once: each answers, has its own host name and its own random numbers; the RAM was fetched once', async () => {
+    const d3 = await daemon();
+    const clones: Vm[] = await Promise.all([0, 1, 2, 3].map(() => d3.client.createVm({ image: snapshotRef })));
+    const names = await Promise.all(clones.map((c) => sh(d3, c.id, 'hostname')));
+    expect(new Set(names).size).toBe(4);
+    names.forEach((n, i) => expect(n).toBe(`vm-${clones[i]?.id}\n`));
+    const randoms = await Promise.all(clones.map((c) => sh(d3, c.id, 'head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n"')));
+    expect(new Set(randoms).size).toBe(4);
+    // every clone resumed where the snapshot was
+    for (const c of clones) expect(await sh(d3, c.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
+    const stats = await d3.client.cache() as { remote?: { chunks?: number }; disk?: { chunks?: number } };
+    const cachedChunks = stats.disk?.chunks ?? 0;
+    // fetched once: the host's chunk count did not grow fourfold over what one restore needs
+    expect(stats.remote?.chunks ?? 0).toBeLessThanOrEqual(cachedChunks + 8);
+    await Promise.all(clones.map((c) => d3.client.deleteVm(c.id)));
+    expect(ramFiles(clones.map((c) => c.id))).toEqual([]);
+  }, 600_000);
+
+  it('a second memory snapshot of an idle VM uploads a small part of its RAM', async () => {
+    const d = daemons[1] as TestDaemon;
+    const vm = await d.client.createVm({ image: snapshotRef });
+    const first = await d.client.snapshot(vm.id, `${registry.host}/mem/idle:v1`, { memory: true });
+    const second = await d.client.snapshot(vm.id, `${registry.host}/mem/idle:v2`, { memory: true });
+    expect(second.ramUploadedBytes).toBeLessThan(first.ramUploadedBytes);
+    expect(second.ramUploadedBytes).toBeLessThan(0.05 * 256 * (1 << 20));
+    await d.client.deleteVm(vm.id);
+  }, 600_000);
+
+  it('another shape is refused: a restore asking for more memory fails with what differs, and nothing is left', async () => {
+    const d = daemons[1] as TestDaemon;
+    const err = await d.client.createVm({ image: snapshotRef, memoryMiB: 512 }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'INVALID_ARGUMENT' });
+    expect((err as Error).message).toContain('memoryMiB: the snapshot has 256, this VM would have 512');
+    expect(await d.client.listVms()).toEqual([]);
+  }, 120_000);
+
+  it('a corrupted RAM pack in the registry: the restore is refused, nothing half restored is left running', async () => {
+    const d = await daemon();
+    const ramFilesBefore = readdirSync('/dev/shm').filter((n) => n.startsWith('slipway-') && n.endsWith('.ram')).sort();
+    // flip a byte in the middle of every RAM pack blob of the snapshot
+    const manifest = JSON.parse(readFileSync(blobPath(await manifestDigestOf('mem/snap', 'v1.ram')), 'utf8')) as { layers: { digest: string; mediaType: string }[] };
+    const packs = manifest.layers.filter((l) => l.mediaType.includes('pack'));
+    expect(packs.length).toBeGreaterThan(0);
+    for (const p of packs) {
+      const path = blobPath(p.digest);
+      const bytes = readFileSync(path);
+      bytes[bytes.length >> 1] = (bytes[bytes.length >> 1] as number) ^ 0xff;
+      writeFileSync(path, bytes);
+    }
+    const err = await d.client.createVm({ image: snapshotRef }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: expect.stringMatching(/DIGEST_MISMATCH|CORRUPT_INDEX/) });
+    expect(await d.client.listVms()).toEqual([]);
+    expect(readdirSync('/dev/shm').filter((n) => n.startsWith('slipway-') && n.endsWith('.ram')).sort()).toEqual(ramFilesBefore);
+  }, 300_000);
+
+  it('a snapshot push the registry refuses leaves the tag as it was and the VM running', async () => {
+    const proxy = await startFaultProxy({ target: registry.host, mode: '500', passBlobPuts: 1_000_000, failManifestPuts: true });
+    try {
+      const d = daemons[1] as TestDaemon;
+      const vm = await d.client.createVm({ image: base, memoryMiB: 256 });
+      const err = await d.client.snapshot(vm.id, `${proxy.host}/mem/refused:v1`, { memory: true }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: expect.stringMatching(/REGISTRY_ERROR|REGISTRY_UNREACHABLE/) });
+      expect(await sh(d, vm.id, 'echo still-running')).toBe('still-running\n');
+      const tags = await fetch(`http://${registry.host}/v2/mem/refused/tags/list`).then((r) => r.json() as Promise<{ tags?: string[] | null }>).catch(() => ({ tags: null }));
+      expect(tags.tags ?? []).not.toContain('v1');
+      await d.client.deleteVm(vm.id);
+    } finally {
+      await proxy.stop();
+    }
+  }, 300_000);
+});
+
+function blobPath(digest: string): string {
+  const hex = digest.slice('sha256:'.length);
+  return join(registry.storageDir, 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
+}
+
+async function manifestDigestOf(repo: string, tag: string): Promise<string> {
+  const res = await fetch(`http://${registry.host}/v2/${repo}/manifests/${tag}`, { method: 'HEAD', headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+  const digest = res.headers.get('docker-content-digest');
+  if (!digest) throw new Error(`no digest for ${repo}:${tag}`);
+  return digest;
+}

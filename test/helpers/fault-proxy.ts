@@ -8,6 +8,7 @@
  * as pushing its manifest.
  */
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { forward } from './forward.js';
 import { listenOnLoopback } from './listen.js';
 
 /** '500': answered 500; 'drop': connection cut before the registry sees it; 'lose-answer': the registry commits it, then the connection is cut before its answer */
@@ -127,16 +128,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     }
     const record: ProxiedRequest = { method, path, outcome: 'forwarded', ...(digest !== undefined ? { digest } : {}) };
     requests.push(record);
-    const upstream = request({ host: targetHost, port: Number(targetPort), method, path, headers: req.headers }, (up) => {
-      record.status = up.statusCode;
-      res.writeHead(up.statusCode ?? 502, up.headers);
-      up.pipe(res);
-    });
-    upstream.on('error', () => {
-      if (!res.headersSent) res.writeHead(502);
-      res.end();
-    });
-    req.pipe(upstream);
+    forward(opts.target, req, res, { path, onStatus: (status) => (record.status = status) });
   };
 
   const server: Server = createServer(handle);

@@ -7,6 +7,7 @@
  * generic content type, without Docker-Content-Digest. Everything else is forwarded unchanged.
  */
 import { createServer, request, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import { forward } from './forward.js';
 import { listenOnLoopback } from './listen.js';
 
 export interface StorageRequest {
@@ -34,18 +35,8 @@ export async function startRedirectProxy(opts: { target: string; manifests?: boo
   const redirected: { method: string; path: string }[] = [];
   let storageOrigin = '';
 
-  const forward = (req: IncomingMessage, res: ServerResponse, path: string, headers: OutgoingHttpHeaders, rewrite?: (h: OutgoingHttpHeaders) => OutgoingHttpHeaders): void => {
-    const up = request({ host: targetHost, port: Number(targetPort), method: req.method, path, headers }, (answer) => {
-      const h: OutgoingHttpHeaders = { ...answer.headers };
-      res.writeHead(answer.statusCode ?? 502, rewrite ? rewrite(h) : h);
-      answer.pipe(res);
-    });
-    up.on('error', () => {
-      if (!res.headersSent) res.writeHead(502);
-      res.end();
-    });
-    req.pipe(up);
-  };
+  const toTarget = (req: IncomingMessage, res: ServerResponse, path: string, headers: OutgoingHttpHeaders, rewrite?: (h: OutgoingHttpHeaders) => OutgoingHttpHeaders): void =>
+    forward(opts.target, req, res, { path, headers, ...(rewrite ? { rewrite } : {}) });
 
   const storageServer: Server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://storage.invalid');
@@ -64,7 +55,7 @@ export async function startRedirectProxy(opts: { target: string; manifests?: boo
     if (req.headers.range) headers.range = req.headers.range;
     const accept = url.searchParams.get('accept');
     if (accept) headers.accept = accept;
-    forward(req, res, record.path, headers, (h) => {
+    toTarget(req, res, record.path, headers, (h) => {
       record.status = res.statusCode;
       const out: OutgoingHttpHeaders = { 'content-type': 'application/octet-stream' };
       for (const k of ['content-length', 'content-range', 'accept-ranges']) if (h[k] !== undefined) out[k] = h[k];
@@ -80,7 +71,7 @@ export async function startRedirectProxy(opts: { target: string; manifests?: boo
       const probe = request({ host: targetHost, port: Number(targetPort), method: 'HEAD', path, headers: req.headers }, (answer) => {
         answer.resume();
         if (answer.statusCode !== 200) {
-          forward(req, res, path, req.headers);
+          toTarget(req, res, path, req.headers);
           return;
         }
         redirected.push({ method, path });
@@ -99,7 +90,7 @@ export async function startRedirectProxy(opts: { target: string; manifests?: boo
       probe.end();
       return;
     }
-    forward(req, res, path, req.headers);
+    toTarget(req, res, path, req.headers);
   });
 
   const storagePort = await listenOnLoopback(storageServer);

@@ -6,7 +6,8 @@
  * as an HTTP-date (RFC 9110 10.2.3). Requests after the window are forwarded. Records, per kind,
  * when the window ended and when requests were forwarded, so a test can check nothing came early.
  */
-import { createServer, request, type Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
+import { forward } from './forward.js';
 import { listenOnLoopback } from './listen.js';
 
 export type RequestKind = 'blob-head' | 'blob-get' | 'upload-post' | 'upload-put' | 'upload-patch' | 'manifest-head' | 'manifest-get' | 'manifest-put' | 'tags' | 'other';
@@ -33,7 +34,6 @@ export interface ThrottleProxy {
  * HTTP-date `windowS(kind)` seconds on, rounded up to a whole second as HTTP-dates are).
  */
 export async function startThrottleProxy(opts: { target: string; windowS: (kind: RequestKind) => number; form: (kind: RequestKind) => 'seconds' | 'date' }): Promise<ThrottleProxy> {
-  const [targetHost, targetPort] = opts.target.split(':') as [string, string];
   const windows = new Map<RequestKind, { until: number; throttled: number; forwardedAt: number[] }>();
   const server: Server = createServer((req, res) => {
     const method = req.method ?? 'GET';
@@ -56,15 +56,7 @@ export async function startThrottleProxy(opts: { target: string; windowS: (kind:
       return;
     }
     w?.forwardedAt.push(now);
-    const up = request({ host: targetHost, port: Number(targetPort), method, path, headers: req.headers }, (answer) => {
-      res.writeHead(answer.statusCode ?? 502, answer.headers);
-      answer.pipe(res);
-    });
-    up.on('error', () => {
-      if (!res.headersSent) res.writeHead(502);
-      res.end();
-    });
-    req.pipe(up);
+    forward(opts.target, req, res);
   });
   const port = await listenOnLoopback(server);
   return {

@@ -133,7 +133,7 @@ async function main(): Promise<void> {
      * closes. Bytes fetched are counted once the replay is done and background work has settled
      * (for `all`, only what was fetched by then: the fill is stopped by the close).
      */
-    const slipwayCold = async (host: string, repo: string, prefetch: PrefetchMode, record: boolean): Promise<{ ms: number; fetched: number; profileChunks: number; speculated: number; stored: number }> => {
+    const slipwayCold = async (host: string, repo: string, prefetch: PrefetchMode, record: boolean): Promise<{ ms: number; fetched: number; profileChunks: number; speculated: number; speculatedRead: number | string; stored: number; cpuMs: number }> => {
       const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'cache-')) }), logger: silentLogger });
       // the daemon and `slipway serve` start their decode threads (and make tier 1's directories)
       // when they start, not when the first disk opens
@@ -148,9 +148,16 @@ async function main(): Promise<void> {
         },
       });
       try {
+        // CPU time of this process (its decode threads included) over the replay
+        const cpu0 = process.cpuUsage();
         const r = await frontend(['replay', served.socket, trace]);
+        const cpu = process.cpuUsage(cpu0);
         if (prefetch !== 'all') await served.disk.settle();
-        return { ms: r.ms as number, fetched: cache.stats().remote.bytes, profileChunks: served.disk.stats.profileChunks, speculated: served.disk.stats.speculatedChunks, get stored() { return stored; } };
+        const st = served.disk.stats;
+        const fetched = cache.stats().remote.bytes;
+        // storing the profile (at close) tells which guesses the boot read
+        if (record) await served.close();
+        return { ms: r.ms as number, fetched, profileChunks: st.profileChunks, speculated: st.speculatedChunks, speculatedRead: record ? st.speculatedRead : '', cpuMs: (cpu.user + cpu.system) / 1000, stored };
       } finally {
         await served.close();
         await cache.close();
@@ -173,10 +180,11 @@ async function main(): Promise<void> {
     // SLIPWAY_BENCH_ONLY=profile runs just the trace-profiled cold replay at 0 ms (for profiling the
     // daemon); SLIPWAY_BENCH_ONLY=cold runs the cold rows without the warm ones
     const only = process.env.SLIPWAY_BENCH_ONLY;
-    const row = (name: string, r: { ms: number; fetched: number; speculated?: number }, peer: number): Row => ({
-      name, ms: Math.round(r.ms), ratio: (r.ms / peer).toFixed(3), fetchedBytes: r.fetched, fetchedPerRead: (r.fetched / bootBytes).toFixed(2), speculatedChunks: r.speculated ?? '',
+    const row = (name: string, r: { ms: number; fetched: number; speculated: number; speculatedRead: number | string; cpuMs: number }, peer: number): Row => ({
+      name, ms: Math.round(r.ms), ratio: (r.ms / peer).toFixed(3), fetchedBytes: r.fetched, fetchedPerRead: (r.fetched / bootBytes).toFixed(2),
+      speculatedChunks: r.speculated, speculatedRead: r.speculatedRead, hostCpuMs: Math.round(r.cpuMs),
     });
-    for (const delayMs of only === 'profile' ? [0] : [0, 20]) {
+    for (const delayMs of only === 'profile' || only === 'recording' ? [0] : [0, 20]) {
       const proxy = await startDelayProxy(registry.host, delayMs);
       try {
         if (only === 'profile') {
@@ -187,6 +195,23 @@ async function main(): Promise<void> {
         // each delay has its own copy of the disk: host 1's first boot finds no profile there
         const repo = `debian-${delayMs}`;
         execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'copy', ref, `${registry.host}/bench/${repo}:v1`, '--progress=none']);
+        if (only === 'recording') {
+          const recording = await slipwayCold(proxy.host, repo, 'profile', true);
+          rows.push(row(`${delayMs} ms: speculation, recording`, recording, recording.ms));
+          continue;
+        }
+        if (only === 'speculation') {
+          // what speculation costs with and without staging (recording a profile), against none
+          for (let i = 0; i < 2; i++) {
+            const none = await slipwayCold(proxy.host, repo, 'none', false);
+            const bare = await slipwayCold(proxy.host, repo, 'profile', false);
+            const fresh = `${repo}-r${i}`;
+            execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'copy', ref, `${registry.host}/bench/${fresh}:v1`, '--progress=none']);
+            const recording = await slipwayCold(proxy.host, fresh, 'profile', true);
+            rows.push(row(`${delayMs} ms: none`, none, none.ms), row(`${delayMs} ms: speculation, not recording`, bare, none.ms), row(`${delayMs} ms: speculation, recording`, recording, none.ms));
+          }
+          continue;
+        }
         const peer = await peerCold(proxy.host);
         const none = await slipwayCold(proxy.host, repo, 'none', false);
         const all = await slipwayCold(proxy.host, repo, 'all', false);
@@ -196,7 +221,7 @@ async function main(): Promise<void> {
         if (second.profileChunks !== first.stored) throw new Error(`host 2 opened with ${second.profileChunks} profile chunks, host 1 stored ${first.stored}`);
         const bound = await slipwayCold(proxy.host, 'debian-profiled', 'profile', false);
         rows.push(
-          { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '', fetchedPerRead: '', speculatedChunks: '' },
+          { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '', fetchedPerRead: '', speculatedChunks: '', speculatedRead: '', hostCpuMs: '' },
           row(`${delayMs} ms: slipway-blk, no profile, --prefetch none (demand only)`, none, peer),
           row(`${delayMs} ms: slipway-blk, no profile, --prefetch profile (default; host 1, records the profile)`, first, peer),
           row(`${delayMs} ms: slipway-blk, no profile, --prefetch all`, all, peer),
@@ -208,6 +233,7 @@ async function main(): Promise<void> {
       }
     }
     if (only === 'profile') return report('profiled cold replay only', rows, 'storage-path-profile');
+    if (only === 'speculation' || only === 'recording') return report('speculation alone', rows, 'storage-path-speculation');
     if (only === 'cold') return report(`cold replays only (${lines.length} reads, ${bootBytes} bytes)`, rows, 'storage-path-cold');
     // warm: every chunk local, against a local file
     const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'warm-')) }), logger: silentLogger });

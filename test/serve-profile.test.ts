@@ -92,12 +92,14 @@ async function serve(name: string, ref: string, cacheDir: string, extra: string[
   });
   children.push(child);
   const lines: Record<string, unknown>[] = [];
+  let text = '';
   const watchers: { msg: string; resolve: (l: Record<string, unknown>) => void }[] = [];
-  createInterface({ input: child.stderr as NodeJS.ReadableStream }).on('line', (text) => {
+  createInterface({ input: child.stderr as NodeJS.ReadableStream }).on('line', (line) => {
     let l: Record<string, unknown>;
     try {
-      l = JSON.parse(text) as Record<string, unknown>;
+      l = JSON.parse(line) as Record<string, unknown>;
     } catch {
+      text = (text + line + '\n').slice(-4000);
       return;
     }
     lines.push(l);
@@ -118,7 +120,7 @@ async function serve(name: string, ref: string, cacheDir: string, extra: string[
       return within(30_000, exited, `slipway serve ${name} exit`);
     },
   };
-  await within(30_000, Promise.race([s.line('serving'), exited.then((code) => Promise.reject(new Error(`serve exited ${code}: ${JSON.stringify(lines)}`)))]), `slipway serve ${name}`);
+  await within(30_000, Promise.race([s.line('serving'), exited.then((code) => Promise.reject(new Error(`serve exited ${code}: ${JSON.stringify(lines)} ${text}`)))]), `slipway serve ${name}`);
   return s;
 }
 
@@ -167,15 +169,19 @@ describe('slipway serve: boot profiles', () => {
     const stored = first.lines.find((l) => l.msg === 'boot profile stored');
     expect(stored, JSON.stringify(first.lines)).toMatchObject({ where: 'registry' });
     // speculation fetched chunks around the misses, and the boot did read some of them
-    const firstStats = first.lines.find((l) => l.msg === 'stopped') as { disk: { speculatedChunks: number; stagedHits: number } };
+    const firstStats = first.lines.find((l) => l.msg === 'stopped') as { disk: { speculatedChunks: number; speculatedRead: number } };
     expect(firstStats.disk.speculatedChunks).toBeGreaterThan(0);
-    expect(firstStats.disk.stagedHits).toBeGreaterThan(0);
+    expect(firstStats.disk.speculatedRead).toBeGreaterThan(0);
+    expect(firstStats.disk.speculatedRead).toBeLessThan(firstStats.disk.speculatedChunks);
 
-    // the profile is beside the disk: exactly the chunks the boot read, in the order it first read
-    // them (the speculated chunks it never read are not in it)
+    // the profile is beside the disk: exactly the chunks the boot read (the speculated chunks it
+    // never read are not in it), the first one first; a guess the boot read is listed where it was
+    // guessed, which is no later than where it was read
     const profile = (await fetchBootProfile(origin, artifact.manifestDescriptor.digest)) as BootProfile;
     expect(profile.disk).toBe(artifact.manifestDescriptor.digest);
-    expect(profile.chunks).toEqual(traceChunks(artifact));
+    const read = traceChunks(artifact);
+    expect([...profile.chunks].sort((x, y) => x - y)).toEqual([...read].sort((x, y) => x - y));
+    expect(profile.chunks[0]).toBe(read[0]);
 
     // host 2: a fresh cache; the profile's chunks come before the guest asks for anything
     proxy.clearLog();

@@ -124,11 +124,11 @@ describe('speculative fetch', () => {
     expect(cache.stats().remote.requests).toBe(remote);
   }, 60_000);
 
-  it('follows a sequential reader: while a profile is recorded, each speculated chunk the guest reads moves the window on, so only the first read misses', async () => {
+  it('follows a sequential reader with a growing window; a recorded profile lists the guesses the reader read, not the others', async () => {
     const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-seq-') }), logger: silentLogger });
     cleanups.push(() => cache.close());
     const disk = await cache.openDisk(`${registry.host}/spec/disk:v1`, { useProfile: false, speculate: true, recordProfile: true });
-    // one chunk at a time, as a guest reads a file, speculation settled between reads
+    // chunks 0..63 one at a time, as a guest reads a file, speculation settled between reads
     const missed: number[] = [];
     for (let n = 0; n < 64; n++) {
       const local = disk.stats.tier0Chunks + disk.stats.tier1Chunks;
@@ -136,11 +136,15 @@ describe('speculative fetch', () => {
       if (disk.stats.tier0Chunks + disk.stats.tier1Chunks === local) missed.push(n);
       await disk.settle();
     }
-    expect(missed).toEqual([0]);
-    expect(disk.stats.stagedHits).toBe(63);
+    // each miss past a window doubles it (2, 4, 8, then 8 at most): far fewer misses than reads
+    expect(missed).toEqual([0, 3, 8, 17, 26, 35, 44, 53, 62]);
     // what was fetched beyond the reads is at most one window
-    expect(cache.stats().remote.chunks).toBeLessThanOrEqual(64 + 16);
-    // the profile is what was read, in order: the guesses not read are not in it
-    expect(disk.profile()).toEqual([...Array(64).keys()]);
+    const fetched = cache.stats().remote.chunks;
+    expect(fetched).toBeGreaterThan(64);
+    expect(fetched).toBeLessThanOrEqual(64 + 8);
+    // the profile is what was read, in order: the guesses past chunk 63, never read, are not in it
+    const saved = await disk.saveProfile();
+    expect(saved?.chunks).toBe(64);
+    expect(disk.stats.speculatedRead).toBe(64 - missed.length);
   }, 60_000);
 });

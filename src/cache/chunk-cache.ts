@@ -12,7 +12,7 @@ import { SlipwayError } from '../errors.js';
 import { OciLayoutStore } from '../oci/layout/layout-store.js';
 import { Targets } from '../oci/open.js';
 import type { Logger } from '../util/log.js';
-import { PrioritySemaphore, type Urgency } from '../util/semaphore.js';
+import { PrioritySemaphore, type Priority, type Urgency } from '../util/semaphore.js';
 import { WorkerPool, type Decoded } from '../workers/pool.js';
 import { ChunkCodec } from '../disk/chunk-codec.js';
 
@@ -70,16 +70,12 @@ export class ChunkCache {
   readonly remote: RemoteTier;
   /** manifests, configs and indexes, by digest: disks already seen open without a registry */
   readonly meta: OciLayoutStore;
-  /**
-   * Chunks fetched by speculation while a boot profile is recorded: the worker writes each to the
-   * path here (in tier 1's tmp directory) instead of tier 1, so that the backend, which reads tier
-   * 1 on its own, has to ask for it and the profile sees what the boot used (LazyDisk.speculate).
-   */
-  readonly stagedPaths = new Map<string, string>();
   /** one entry per chunk digest being fetched */
   readonly inflight = new Map<string, InflightChunk>();
   readonly counters = { memoryHits: 0, diskHits: 0, corruptions: 0, inflightJoins: 0 };
   private readonly hostLimits = new Map<string, PrioritySemaphore>();
+  /** decodes handed to the threads at once (the rest wait here, by priority) */
+  private decodeSlots: PrioritySemaphore | undefined;
   private readonly ownsPool: boolean;
   private readonly ownsTargets: boolean;
   private readonly openDisks = new Set<LazyDisk>();
@@ -96,7 +92,7 @@ export class ChunkCache {
     this.disk = new DiskTier({ cacheDir: opts.config.cacheDir, budgetBytes: opts.config.diskBudgetBytes, lowWatermark: opts.config.diskLowWatermark, logger: opts.logger });
     this.meta = new OciLayoutStore(join(opts.config.cacheDir, 'meta'));
     this.remote = new RemoteTier({
-      decode: (stored, flags, length, digest, what) => this.decode(stored, flags, length, digest, what),
+      decode: (stored, flags, length, digest, what, priority) => this.decode(stored, flags, length, digest, what, priority),
       logger: opts.logger,
       deadlineMs: opts.config.fetchDeadlineMs,
       hostLimit: (host) => this.hostLimit(host),
@@ -131,7 +127,7 @@ export class ChunkCache {
    * decodes (or at `warmUp`); until they have booted (~100 ms of module loading each), decodes run
    * inline, so no chunk ever waits for threads.
    */
-  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Decoded> {
+  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency = 'demand'): Promise<Decoded> {
     // a small cold boot needs a few chunks: decoded inline, without starting threads that would
     // take CPU from the booting VM; past that the threads start, and until they answer decodes
     // still run inline
@@ -141,9 +137,17 @@ export class ChunkCache {
       return { data: this.inlineCodec.decode(stored, flags, length, digest, what), persisted: false };
     }
     const pool = this.pool;
+    // the threads take decodes in turn, demand first: a guest's miss is never decoded after
+    // speculation or prefetch that arrived before it (each thread has one decode and one waiting)
+    this.decodeSlots ??= new PrioritySemaphore(pool.size * 2);
+    const release = await this.decodeSlots.acquire(priority);
     // the worker also writes the chunk's tier-1 file, so the event loop does no file I/O for it
     const hex = digest.toString('hex');
-    return pool.decode(stored, flags, length, digest, what, { tmpPath: this.disk.tempPath(hex), finalPath: this.stagedPaths.get(hex) ?? this.disk.chunkPath(hex) });
+    try {
+      return await pool.decode(stored, flags, length, digest, what, { tmpPath: this.disk.tempPath(hex), finalPath: this.disk.chunkPath(hex) });
+    } finally {
+      release();
+    }
   }
 
   static async open(opts: ChunkCacheOptions): Promise<ChunkCache> {

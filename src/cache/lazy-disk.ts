@@ -3,7 +3,7 @@
  * digest, so a disk already seen opens without its registry), then `read(offset, length)` fetches
  * only the chunks it touches, through the cache's tiers.
  */
-import { renameSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { SlipwayError, isSlipwayError } from '../errors.js';
 import { openDiskFromManifest, type BlobReader, type DiskArtifact } from '../disk/artifact.js';
 import { chunkLength, HOLE, type IndexEntry } from '../disk/format.js';
@@ -27,16 +27,18 @@ const READAHEAD_MAX_CHUNKS = 128;
 /**
  * Speculation on a demand miss (`speculate`): the chunks around the missed one in the same pack are
  * fetched at prefetch priority. A miss starts a stream: SPECULATE_BACK_CHUNKS before it and a
- * window of SPECULATE_MIN_CHUNKS after it (2 MiB at the default 512 KiB chunk); a miss at or just
+ * window of SPECULATE_MIN_CHUNKS after it (1 MiB at the default 512 KiB chunk); a miss at or just
  * past where a stream's speculation ended (the guest read on through it) doubles that stream's
- * window, up to SPECULATE_MAX_CHUNKS. Chosen on the Debian systemd boot trace (bench/storage-path.ts):
- * 129 chunks read, 55 of them misses in sequence instead of 129, about 2.5 chunks fetched per chunk
- * read at most (less: holes are never fetched), within the issue's 2x in bytes.
+ * window, up to SPECULATE_MAX_CHUNKS. Chosen on the Debian systemd boot trace (bench/storage-path.ts, 126 data
+ * chunks read) by simulation, then measured: 55 misses in sequence instead of 126 for about 220
+ * chunks speculated; (4, 16, 2 back) took 37 misses but speculated 360 chunks, 2.3x the bytes the
+ * boot read, and was slower on a loaded 2-core host, where every chunk decoded costs as much CPU as
+ * a miss costs waiting.
  */
-const SPECULATE_MIN_CHUNKS = 4;
-const SPECULATE_MAX_CHUNKS = 16;
+const SPECULATE_MIN_CHUNKS = 2;
+const SPECULATE_MAX_CHUNKS = 8;
 /** A new stream also fetches this many chunks before the missed one (a boot reads a region in no set order). */
-const SPECULATE_BACK_CHUNKS = 2;
+const SPECULATE_BACK_CHUNKS = 1;
 /** Streams of speculation followed at once (a boot reads several files in turn); the oldest is forgotten. */
 const SPECULATE_STREAMS = 8;
 
@@ -87,8 +89,8 @@ export interface DiskReadStats {
   profileChunks: number;
   /** chunks fetched by speculation (`speculate`) */
   speculatedChunks: number;
-  /** speculated chunks a reader then wanted, seen while a profile was recorded (see `speculate`) */
-  stagedHits: number;
+  /** speculated chunks the boot read, known when a recorded profile is saved (see `guessesRead`) */
+  speculatedRead: number;
 }
 
 /** Errors worth falling back to a cached tag for: the registry is away, not saying no. */
@@ -122,7 +124,7 @@ function deferred(): Deferred {
 }
 
 export class LazyDisk {
-  readonly stats: DiskReadStats = { reads: 0, bytesRead: 0, tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, zeroChunks: 0, inflightJoins: 0, profileChunks: 0, speculatedChunks: 0, stagedHits: 0 };
+  readonly stats: DiskReadStats = { reads: 0, bytesRead: 0, tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, zeroChunks: 0, inflightJoins: 0, profileChunks: 0, speculatedChunks: 0, speculatedRead: 0 };
   readonly sizeBytes: number;
   readonly chunkSizeBytes: number;
   readonly digest: string;
@@ -140,8 +142,8 @@ export class LazyDisk {
   private readaheadWindow = READAHEAD_MIN_CHUNKS;
   private hexByEntry: (string | undefined)[] = [];
   private closed = false;
-  /** speculated chunks kept out of tier 1 while a profile is recorded: digest -> file (undefined: in tier 0 only) and size */
-  private readonly staged = new Map<string, { path: string | undefined; size: number }>();
+  /** chunks speculated while a profile is recorded: digest -> chunk number and the profile position then */
+  private readonly guesses = new Map<string, { chunk: number; at: number }>();
   /** set when close starts: background fills stop taking new work */
   private stopping = false;
   private speculation = false;
@@ -363,55 +365,40 @@ export class LazyDisk {
       const e = index.map[m] as number;
       if (e === HOLE || (index.entries[e] as IndexEntry).pack !== pack) continue;
       const hex = this.hexOf(e);
-      if (this.staged.has(hex) || this.cache.inflight.has(hex) || this.cache.memory.has(hex) || this.cache.disk.has(hex)) continue;
+      if (this.cache.inflight.has(hex) || this.cache.memory.has(hex) || this.cache.disk.has(hex)) continue;
       wanted.push(m);
     }
     if (wanted.length === 0) return;
     this.stats.speculatedChunks += wanted.length;
-    // While a profile is recorded, speculated chunks are kept out of tier 1 (staged): the backend
-    // reads tier 1 without telling us, so it must ask for a staged chunk, which then moves into
-    // tier 1 at once (a rename) and into the profile. The profile lists what the boot read, not
-    // what was guessed for it.
+    // While a profile is recorded, each guess is noted with where the profile stood, so that
+    // saveProfile can tell from its file's access time which ones the backend (which reads tier 1
+    // without telling us) did read: the profile lists what the boot read, not what was guessed.
     if (this.recordingProfile) {
-      for (const m of wanted) {
-        const hex = this.hexOf(index.map[m] as number);
-        this.cache.stagedPaths.set(hex, this.cache.disk.tempPath(hex));
-      }
+      const at = this.profileOrder ? this.profileOrder.length : (this.refine?.arrivedPrefix ?? 0);
+      for (const m of wanted) this.guesses.set(this.hexOf(index.map[m] as number), { chunk: m, at });
     }
     // small requests (as for a profile): a demand read that joins one waits for little
     this.track(this.getChunks(wanted, 'prefetch', false, PROFILE_RUN_BYTES).catch(() => undefined));
   }
 
   /**
-   * A staged chunk (see `speculate`) that a reader wants: moved into tier 1 (the worker wrote,
-   * synced and verified its file; a rename and a row) and returned. Undefined when it is gone.
+   * Which guesses (speculated chunks) the boot read: those whose tier-1 file was read after it was
+   * written (access time after modification time: relatime, the default, and strictatime record
+   * the first read after a write); with `at`, the profile position they were guessed at. A read in
+   * the same clock tick as the write (a few ms) is not seen, and on a file system mounted noatime
+   * none is: the profile then lacks those chunks, and a later boot that misses them refines it.
    */
-  private promoteStaged(hex: string): Buffer | undefined {
-    const st = this.staged.get(hex);
-    if (!st) return undefined;
-    this.staged.delete(hex);
-    this.stats.stagedHits++;
-    if (st.path === undefined) {
-      // decoded inline, kept in memory: written now
-      const data = this.cache.memory.get(hex);
-      if (data) void this.cache.disk.put(hex, data).catch(() => undefined);
-      return data;
+  private guessesRead(): { chunk: number; after: number }[] {
+    const read: { chunk: number; after: number }[] = [];
+    for (const [hex, g] of this.guesses) {
+      try {
+        const st = statSync(this.cache.disk.chunkPath(hex));
+        if (st.atimeMs > st.mtimeMs) read.push({ chunk: g.chunk, after: g.at });
+      } catch {
+        // evicted, or never stored: not known to be read
+      }
     }
-    try {
-      renameSync(st.path, this.cache.disk.chunkPath(hex));
-    } catch {
-      return undefined;
-    }
-    this.cache.disk.adopt(hex, st.size);
-    return this.cache.memory.get(hex) ?? this.cache.lookupLocal(hex, false)?.data;
-  }
-
-  /** Every staged chunk into tier 1 (recording has stopped, or the disk closes): fetched bytes are not wasted. */
-  private promoteAllStaged(): void {
-    for (const hex of [...this.staged.keys()]) {
-      this.promoteStaged(hex);
-      this.stats.stagedHits--;
-    }
+    return read;
   }
 
   /** Hex digest of an entry, computed once (it keys tier 0 and tier 1). */
@@ -486,18 +473,6 @@ export class LazyDisk {
         waits.push(own.d.promise.then((b) => void (results[i] = b)));
         continue;
       }
-      if (priority === 'demand' && this.staged.has(hex)) {
-        const data = this.promoteStaged(hex);
-        if (data) {
-          // a guessed chunk the boot did read: the profile (or its refinement) gets it now, and
-          // the guest reads on through the stream: speculation moves on ahead of it
-          this.noteFetched(n);
-          if (this.speculation) missed = Math.max(missed, n);
-          results[i] = data;
-          this.stats.tier1Chunks++;
-          continue;
-        }
-      }
       const local = this.cache.lookupLocal(hex, intoMemory);
       if (local) {
         results[i] = local.data;
@@ -515,11 +490,7 @@ export class LazyDisk {
         this.stats.inflightJoins++;
         this.cache.counters.inflightJoins++;
         pending.urgency.raise(priority);
-        waits.push(pending.promise.then((b) => {
-          results[i] = b;
-          // a speculated chunk this demand read joined: into tier 1, where the backend reads it
-          if (priority === 'demand') this.promoteStaged(hex);
-        }));
+        waits.push(pending.promise.then((b) => void (results[i] = b)));
         continue;
       }
       const d = deferred();
@@ -574,16 +545,8 @@ export class LazyDisk {
             const o = byEntry.get(w.entry) as Owned;
             const chunk = got.get(w.entry) as Decoded;
             const data = chunk.data;
-            const stagedPath = this.cache.stagedPaths.get(o.hex);
             try {
-              if (stagedPath !== undefined) {
-                this.cache.stagedPaths.delete(o.hex);
-                // in tier 0 too (bounded by its budget): a staged hit then costs no read of the file
-                this.cache.memory.set(o.hex, data);
-                this.staged.set(o.hex, { path: chunk.persisted ? stagedPath : undefined, size: data.byteLength });
-                // recording stopped while it was on its way: nothing to see any more
-                if (!this.recordingProfile || this.stopping) this.promoteStaged(o.hex);
-              } else await this.cache.store(o.hex, chunk, intoMemory);
+              await this.cache.store(o.hex, chunk, intoMemory);
             } catch (err) {
               // A chunk that cannot be kept is still served: the read must not fail or hang for it.
               this.cache.logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
@@ -597,7 +560,6 @@ export class LazyDisk {
         }, (err: unknown) => {
           for (const w of run.chunks) {
             const o = byEntry.get(w.entry) as Owned;
-            this.cache.stagedPaths.delete(o.hex);
             this.cache.inflight.delete(o.hex);
             this.cache.disk.releaseFetch(o.hex);
             o.d.reject(err);
@@ -659,7 +621,7 @@ export class LazyDisk {
     });
     this.track(forEachBounded(work, 4, async (e) => {
       const entry = index.entries[e] as IndexEntry;
-      const chunk = await this.cache.decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `disk ${this.reference} pack ${pack.digest}`);
+      const chunk = await this.cache.decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `disk ${this.reference} pack ${pack.digest}`, 'background');
       await this.cache.store(entry.digest.toString('hex'), chunk, false);
     }).catch((err: unknown) => this.cache.logger.warn('could not keep a whole pack a server sent', { pack: pack.digest, error: (err as Error).message })));
   }
@@ -753,13 +715,15 @@ export class LazyDisk {
   async saveProfile(): Promise<SavedProfile | undefined> {
     if (!this.recordingProfile) throw new SlipwayError('INVALID_ARGUMENT', `no boot profile is being recorded for ${this.reference}`);
     this.profileStored = true;
-    this.promoteAllStaged();
+    // the guesses the backend read go in where they were guessed
+    const read = this.guessesRead();
+    this.stats.speculatedRead = read.length;
     let profile: BootProfile;
     if (this.profileOrder) {
-      profile = { formatVersion: 1, disk: this.digest, chunkSizeBytes: this.chunkSizeBytes, chunks: this.profile() };
+      profile = refineProfile({ formatVersion: 1, disk: this.digest, chunkSizeBytes: this.chunkSizeBytes, chunks: this.profile() }, read);
     } else {
       const base = this.baseProfile as { profile: BootProfile };
-      const extra = this.refine?.extra ?? [];
+      const extra = [...(this.refine?.extra ?? []), ...read.filter((g) => !base.profile.chunks.includes(g.chunk))];
       if (extra.length === 0) return undefined;
       profile = refineProfile(base.profile, extra);
     }
@@ -790,7 +754,6 @@ export class LazyDisk {
     if (this.closed) return;
     this.stopping = true;
     await this.settle();
-    this.promoteAllStaged();
     this.closed = true;
     if (this.pinHolder) this.cache.disk.unpin(this.pinHolder);
     for (const fn of this.closeHooks) fn();

@@ -78,7 +78,8 @@ export interface Source {
 }
 
 export interface RemoteTierDeps {
-  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string) => Promise<Decoded>;
+  /** `priority`: the run's, read when the decode would wait for a thread (demand first) */
+  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority?: Priority | Urgency) => Promise<Decoded>;
   logger: Logger;
   deadlineMs: number;
   hostLimit: (host: string) => PrioritySemaphore;
@@ -195,7 +196,7 @@ export class RemoteTier {
     await Promise.all(run.chunks.map(async (w) => {
       const e = index.entries[w.entry] as IndexEntry;
       const stored = bytes.subarray(e.offset - run.start, e.offset - run.start + e.storedLength);
-      out.set(w.entry, await this.deps.decode(stored, e.flags, chunkLength(index, w.chunk), e.digest, `${what} chunk ${w.chunk} from ${source.target.name}`));
+      out.set(w.entry, await this.deps.decode(stored, e.flags, chunkLength(index, w.chunk), e.digest, `${what} chunk ${w.chunk} from ${source.target.name}`, priority));
     }));
     this.stats.chunks += run.chunks.length;
     return out;

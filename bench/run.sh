@@ -9,7 +9,7 @@ for p in linux-image-cloud-amd64 fio qemu-block-extra; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null; }
 done
-all=(chunk-size push-pull repo-dedup cache boot run-boot vhost-user-blk storage-path machine snapshot)
+all=(chunk-size push-pull repo-dedup cache boot run-boot vhost-user-blk storage-path machine snapshot memory-snapshot)
 for b in "${@:-${all[@]}}"; do
   npx tsx "bench/$b.ts"
 done

@@ -80,6 +80,7 @@ describe('memory snapshots', () => {
     const restored = await d2.client.createVm({ image: snapshotRef });
     expect(restored.status).toBe('running');
     expect(restored.memoryMiB).toBe(256);
+    expect((await d2.client.getVm(restored.id)).memoryMiB).toBe(256);
     expect(await sh(d2, restored.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
     expect(await sh(d2, restored.id, 'kill -0 $(cat /tmp/t/pid) && echo alive')).toBe('alive\n');
     expect(await sh(d2, restored.id, 'hostname')).toBe(`vm-${restored.id}\n`);

@@ -156,18 +156,6 @@ export interface RestorePlan {
   target: Target;
 }
 
-/** Whether `ref` names a memory snapshot (one manifest fetch; false for disks and missing tags alike). */
-export async function isMemorySnapshotRef(cache: ChunkCache, parsed: ImageRef): Promise<boolean> {
-  const target = await cache.targets.open(parsed);
-  try {
-    await loadMemorySnapshot(target, refReference(parsed));
-    return true;
-  } catch (err) {
-    if (err instanceof SlipwayError && err.code === 'NOT_A_SLIPWAY_DISK') return false;
-    throw err;
-  }
-}
-
 /**
  * Fetch what a restore needs: the snapshot (checked), its device state into `workDir`, and its RAM
  * through the chunk cache into a fresh sparse RAM file (zero chunks are left as holes).

@@ -9,7 +9,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import { pushSnapshot, readDirtyBitmap, removeStaging, seedChunks, stageDirtyChunks } from '../disk/snapshot.js';
-import { SlipwayError } from '../errors.js';
+import { SlipwayError, isSlipwayError } from '../errors.js';
 import { AgentClient, waitForAgent } from '../guest/agent-client.js';
 import { bootVm } from '../vmm/boot.js';
 import { renderBootConfig, type BootConfig } from '../guest/boot-config.js';
@@ -22,7 +22,7 @@ import { processesWithArgument, terminateProcess } from '../util/process.js';
 import type { AgentEndpoint, NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { driverFor } from '../vmm/drivers.js';
 import { checkShape } from '../disk/memory-snapshot.js';
-import { isMemorySnapshotRef, prepareRestore, ramFileOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
+import { prepareRestore, ramFileOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
 import type { Histogram, Counter } from './metrics.js';
 import type { CreateVmRequest, ExecRequest, MemorySnapshotResult, SnapshotResult, VmInfo } from './schemas.js';
 import type { StateStore, VmRecord } from './state.js';
@@ -231,16 +231,23 @@ export class VmManager {
       this.deps.state.insert(record);
       unreserve(); // the row counts from here
       const { kernel, guest } = await guestArtifacts();
-      const parsedImage = parseRef(image);
-      restore = await isMemorySnapshotRef(this.deps.cache, parsedImage) ? await prepareRestore(this.deps.cache, parsedImage, id, workDir, log) : undefined;
-      const shape = restore?.snapshot.config.shape;
-      if (shape) {
+      const serve = (ref: string): Promise<ServedDisk> => serveDisk({ cache: this.deps.cache, ref, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4), openOptions: { recordProfileIfMissing: !restore } });
+      try {
+        served = await serve(image);
+      } catch (err) {
+        // not a disk: a memory snapshot (docs/snapshots.md) is restored; anything else fails as it did
+        if (!isSlipwayError(err, 'NOT_A_SLIPWAY_DISK')) throw err;
+        restore = await prepareRestore(this.deps.cache, parseRef(image), id, workDir, log).catch((again: unknown) => {
+          throw isSlipwayError(again, 'NOT_A_SLIPWAY_DISK') ? err : again;
+        });
+        const shape = restore.snapshot.config.shape;
         record.cpus = req.cpus ?? shape.cpus;
         record.memoryMiB = req.memoryMiB ?? shape.memoryMiB;
         this.deps.state.update(id, { cpus: record.cpus, memoryMiB: record.memoryMiB });
         phase('memory_fetched');
+        served = await serve(restore.diskRef);
       }
-      served = await serveDisk({ cache: this.deps.cache, ref: restore?.diskRef ?? image, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4), openOptions: { recordProfileIfMissing: !restore } });
+      const shape = restore?.snapshot.config.shape;
       record.digest = served.disk.digest;
       this.deps.state.update(id, { digest: record.digest, backendPid: served.pid });
       phase('backend_up');

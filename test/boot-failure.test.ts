@@ -190,17 +190,21 @@ describe('the QEMU boot watch against a stand-in QEMU (fake-qemu.mjs says it is 
     ['guest-reset', 'GUEST_RESET', 'the guest reset'],
     ['guest-shutdown', 'GUEST_POWERED_OFF', 'the guest powered off'],
   ] as const;
+  /** Boot through the driver with the stand-in acting out `scenario`; the error, ms from the VMM's start to it, and the work directory. */
+  async function bootFake(scenario: string, agentDeadlineMs: number): Promise<{ err: unknown; ms: number; workDir: string }> {
+    const workDir = tempDir('slipway-fakeqemu-');
+    let started = 0;
+    const err = await withEnv({ FAKE_QEMU_SCENARIO: scenario }, () => bootVm(new QemuDriver({ binary: FAKE_QEMU }), {
+      id: 'fake', workDir, cpus: 1, memoryMiB: 64, kernel, initramfs: '/nonexistent', disks: [], bootConfig: renderBootConfig({ hostname: 'fake' }),
+      net: { mode: 'none' }, console: true, accel: 'kvm',
+    }, { agentDeadlineMs, onStarted: () => (started = Date.now()) })).catch((e: unknown) => e);
+    return { err, ms: Date.now() - started, workDir };
+  }
+
   for (const [scenario, code, words] of cases) {
     it(`${scenario} is ${code} within 2 s, and the stand-in is gone`, async () => {
-      const workDir = tempDir('slipway-fakeqemu-');
-      const driver = new QemuDriver({ binary: FAKE_QEMU });
-      let started = 0;
-      const err = await withEnv({ FAKE_QEMU_SCENARIO: scenario }, () => bootVm(driver, {
-        id: 'fake', workDir, cpus: 1, memoryMiB: 64, kernel, initramfs: '/nonexistent', disks: [], bootConfig: renderBootConfig({ hostname: 'fake' }),
-        net: { mode: 'none' }, console: true, accel: 'kvm',
-      }, { agentDeadlineMs: 120_000, onStarted: () => (started = Date.now()) })).catch((e: unknown) => e);
       // from the VMM's start (its sockets up) to the error, the VM killed
-      const ms = Date.now() - started;
+      const { err, ms, workDir } = await bootFake(scenario, 120_000);
       expect(isSlipwayError(err, code), String(err)).toBe(true);
       expect((err as Error).message).toContain(words);
       expect(ms).toBeLessThan(2_000);
@@ -209,12 +213,7 @@ describe('the QEMU boot watch against a stand-in QEMU (fake-qemu.mjs says it is 
   }
 
   it('a VM that keeps running is no failure: the watch stays quiet until the agent deadline', async () => {
-    const workDir = tempDir('slipway-fakeqemu-');
-    const driver = new QemuDriver({ binary: FAKE_QEMU });
-    const err = await withEnv({ FAKE_QEMU_SCENARIO: 'running' }, () => bootVm(driver, {
-      id: 'fake', workDir, cpus: 1, memoryMiB: 64, kernel, initramfs: '/nonexistent', disks: [], bootConfig: renderBootConfig({ hostname: 'fake' }),
-      net: { mode: 'none' }, console: true, accel: 'kvm',
-    }, { agentDeadlineMs: 1_500 })).catch((e: unknown) => e);
+    const { err, workDir } = await bootFake('running', 1_500);
     expect(isSlipwayError(err, 'VM_BOOT_FAILED'), String(err)).toBe(true);
     expect((err as Error).message).toContain('did not answer within 1500 ms');
     expect(processesWithArgument(workDir)).toEqual([]);

@@ -178,7 +178,9 @@ async function main(): Promise<void> {
       }
     };
     // SLIPWAY_BENCH_ONLY=profile runs just the trace-profiled cold replay at 0 ms (for profiling the
-    // daemon); SLIPWAY_BENCH_ONLY=cold runs the cold rows without the warm ones
+    // daemon); =cold the cold rows without the warm ones; =speculation none / speculation / speculation
+    // while recording, twice at each delay (what speculation and recording cost); =recording one
+    // recording replay at 0 ms
     const only = process.env.SLIPWAY_BENCH_ONLY;
     const row = (name: string, r: { ms: number; fetched: number; speculated: number; speculatedRead: number | string; cpuMs: number }, peer: number): Row => ({
       name, ms: Math.round(r.ms), ratio: (r.ms / peer).toFixed(3), fetchedBytes: r.fetched, fetchedPerRead: (r.fetched / bootBytes).toFixed(2),
@@ -194,7 +196,7 @@ async function main(): Promise<void> {
         }
         // each delay has its own copy of the disk: host 1's first boot finds no profile there
         const repo = `debian-${delayMs}`;
-        execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'copy', ref, `${registry.host}/bench/${repo}:v1`, '--progress=none']);
+        for (const r of [repo, `${repo}-all`]) execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'copy', ref, `${registry.host}/bench/${r}:v1`, '--progress=none']);
         if (only === 'recording') {
           const recording = await slipwayCold(proxy.host, repo, 'profile', true);
           rows.push(row(`${delayMs} ms: speculation, recording`, recording, recording.ms));
@@ -214,12 +216,14 @@ async function main(): Promise<void> {
         }
         const peer = await peerCold(proxy.host);
         const none = await slipwayCold(proxy.host, repo, 'none', false);
-        const all = await slipwayCold(proxy.host, repo, 'all', false);
         const first = await slipwayCold(proxy.host, repo, 'profile', true);
         if (first.stored === 0) throw new Error('host 1 stored no boot profile');
         const second = await slipwayCold(proxy.host, repo, 'profile', false);
         if (second.profileChunks !== first.stored) throw new Error(`host 2 opened with ${second.profileChunks} profile chunks, host 1 stored ${first.stored}`);
         const bound = await slipwayCold(proxy.host, 'debian-profiled', 'profile', false);
+        // last: the whole-disk fill leaves 100+ MB of chunk files being written back, which slows
+        // whatever runs next (it ran second once and slowed host 1 by 1.5x)
+        const all = await slipwayCold(proxy.host, `${repo}-all`, 'all', false);
         rows.push(
           { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '', fetchedPerRead: '', speculatedChunks: '', speculatedRead: '', hostCpuMs: '' },
           row(`${delayMs} ms: slipway-blk, no profile, --prefetch none (demand only)`, none, peer),

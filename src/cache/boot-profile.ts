@@ -2,7 +2,9 @@
  * Boot profiles: the ordered chunks a disk's first boot read, stored in the registry next to the
  * disk as an OCI artifact whose `subject` is the disk's manifest. Registries without the referrers
  * API (distribution 2.8) find it by a tag derived from the disk digest, the same shape as the
- * referrers tag schema: `sha256-<hex>.boot-profile`.
+ * referrers tag schema: `sha256-<hex>.boot-profile`. A host that cannot push keeps it in
+ * `<cacheDir>/profiles/` (`writeLocalProfile`); a boot that still had to fetch chunks a profile
+ * lacks stores it refined with them (`refineProfile`). See docs/cache.md, "Boot profiles".
  */
 import { mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';

@@ -18,6 +18,7 @@
  * guest kernel (each by path, size and mtime): a change of any of them decides again. The guest
  * kernel's sha256 is recorded with a decision (hashing 10 MB on every boot would cost ~25 ms).
  */
+import { envVar } from '../config.js';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs';
@@ -248,7 +249,7 @@ let deciding: Promise<AccelVerdict> | undefined;
  * INVALID_ARGUMENT for a SLIPWAY_ACCEL other than kvm, tcg or auto; VMM_ERROR when QEMU is missing.
  */
 export async function chooseAccel(opts: ChooseOptions): Promise<AccelVerdict> {
-  const forced = (opts.env ?? process.env).SLIPWAY_ACCEL;
+  const forced = envVar('SLIPWAY_ACCEL', opts.env);
   if (forced === 'kvm' || forced === 'tcg') return { accel: forced, reason: 'SLIPWAY_ACCEL', source: 'forced', decideMs: 0 };
   if (forced !== undefined && forced !== '' && forced !== 'auto') throw new SlipwayError('INVALID_ARGUMENT', `SLIPWAY_ACCEL must be kvm, tcg or auto (got ${JSON.stringify(forced)})`);
   while (deciding) await deciding.catch(() => undefined);

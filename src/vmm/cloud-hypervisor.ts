@@ -19,6 +19,7 @@
  * only in CH builds with the `fw_cfg` cargo feature and not described in the OpenAPI file), else
  * as `slipway.config=<base64>` on the kernel command line.
  */
+import { envVar } from '../config.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -41,7 +42,7 @@ export const AGENT_VSOCK_PORT = 1024;
 export const GUEST_CID = 3;
 
 export function defaultCloudHypervisorBinary(env: NodeJS.ProcessEnv = process.env): string {
-  return env.SLIPWAY_CLOUD_HYPERVISOR || 'cloud-hypervisor';
+  return envVar('SLIPWAY_CLOUD_HYPERVISOR', env) || 'cloud-hypervisor';
 }
 
 /** Where the driver keeps its files inside the VM's work directory. */

@@ -18,7 +18,7 @@ import { FW_CFG_NAME, checkKernelCmdline } from '../guest/boot-config.js';
 import type { AgentEndpoint, BootFailure, MemorySnapshotOps, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { fileTail } from '../util/file-tail.js';
 import { processExit, processHasArgument, processRunning, terminateProcess } from '../util/process.js';
-import { loadConfig } from '../config.js';
+import { envVar, loadConfig } from '../config.js';
 import { chooseAccel, recordFallback, type Accel, type AccelVerdict } from './accel.js';
 import { classifyEnd } from './boot-failure.js';
 import { QmpClient } from './qmp.js';
@@ -26,7 +26,7 @@ import { QemuMemoryOps } from './qemu-migration.js';
 
 /** The QEMU binary: $SLIPWAY_QEMU, else qemu-system-x86_64 on PATH (read when asked, not at import). */
 export function qemuBinary(env: NodeJS.ProcessEnv = process.env): string {
-  return env.SLIPWAY_QEMU || 'qemu-system-x86_64';
+  return envVar('SLIPWAY_QEMU', env) || 'qemu-system-x86_64';
 }
 /** qboot: a minimal firmware that jumps straight to the kernel (SeaBIOS spends far longer). */
 const QBOOT = '/usr/share/qemu/qboot.rom';
@@ -55,7 +55,7 @@ export type AgentTransport = 'vsock' | 'virtio-serial';
  * module is loaded and ours to use), virtio-serial otherwise. SLIPWAY_AGENT_TRANSPORT=vsock|virtio-serial forces one.
  */
 export function detectAgentTransport(): AgentTransport {
-  const forced = process.env.SLIPWAY_AGENT_TRANSPORT;
+  const forced = envVar('SLIPWAY_AGENT_TRANSPORT');
   if (forced === 'vsock' || forced === 'virtio-serial') return forced;
   try {
     if (!statSync('/dev/vhost-vsock').isCharacterDevice()) return 'virtio-serial';

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fetchBootProfile, localProfilePath, type BootProfile } from '../src/cache/boot-profile.js';
+import { fetchBootProfile, localProfilePath, pushBootProfile, type BootProfile } from '../src/cache/boot-profile.js';
 import { planRuns } from '../src/cache/remote-tier.js';
 import { main } from '../src/cli/main.js';
 import { openDiskArtifact, type DiskArtifact } from '../src/disk/artifact.js';
@@ -238,5 +238,37 @@ describe('slipway serve: boot profiles', () => {
     expect(stored.where).toBe('registry');
     expect(s.child.exitCode).toBeNull();
     expect(await s.stop()).toBe(0);
+  }, 120_000);
+
+  it('a profile that lacks chunks the boot read is replaced by one with them; a profile that covers the boot is kept', async () => {
+    const direct = `${registry.host}/serve/refine:v1`;
+    const io = captureIO();
+    expect(await main(['copy', `${registry.host}/serve/disk:v1`, direct, '--progress=none'], io), io.err).toBe(0);
+    const origin = await targets.open(parseRef(direct));
+    const artifact = await openDiskArtifact(origin, 'v1');
+    const read = traceChunks(artifact);
+    // a worse profile: the first half of what the boot reads (a recording cut short)
+    const half = read.slice(0, Math.floor(read.length / 2));
+    await pushBootProfile(origin, artifact.manifestDescriptor, { formatVersion: 1, disk: artifact.manifestDescriptor.digest, chunkSizeBytes: CHUNK, chunks: half });
+
+    const a = await serve('refine-a', direct, tempDir('slipway-serveprof-ra-'), ['--profile-quiet-ms', '600000']);
+    expect((await a.line('serving')).profile).toMatchObject({ chunks: half.length, from: 'registry' });
+    await within(30_000, a.line('boot profile prefetched'), 'the profile prefetch');
+    await replay(a.socket);
+    expect(await a.stop()).toBe(0);
+    // the boot missed the chunks the profile lacks: the profile is stored again with them, the old
+    // ones first and in their order
+    expect(a.lines.find((l) => l.msg === 'boot profile stored'), JSON.stringify(a.lines)).toMatchObject({ where: 'registry' });
+    const refined = (await fetchBootProfile(origin, artifact.manifestDescriptor.digest)) as BootProfile;
+    expect(refined.chunks.slice(0, half.length)).toEqual(half);
+    for (const n of read) expect(refined.chunks).toContain(n);
+
+    // a boot the refined profile covers stores nothing
+    const b = await serve('refine-b', direct, tempDir('slipway-serveprof-rb-'), ['--profile-quiet-ms', '600000']);
+    await within(30_000, b.line('boot profile prefetched'), 'the profile prefetch');
+    await replay(b.socket);
+    expect(await b.stop()).toBe(0);
+    expect(b.lines.find((l) => l.msg === 'boot profile stored')).toBeUndefined();
+    expect((b.lines.find((l) => l.msg === 'stopped') as { misses: { requests: number } }).misses.requests).toBe(0);
   }, 120_000);
 });

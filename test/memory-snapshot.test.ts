@@ -16,6 +16,7 @@ import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { tempDir } from './helpers/images.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
+import { runCli } from './helpers/run-cli.js';
 
 const work = tempDir('slipway-memsnap-');
 let registry: TestRegistry;
@@ -95,6 +96,16 @@ describe('memory snapshots', () => {
     for (const id of [restored.id, booted.id]) await d2.client.deleteVm(id);
     expect(ramFiles([vm.id, restored.id, booted.id])).toEqual([]);
   }, 600_000);
+
+  it('slipway run <memory snapshot> resumes it through the daemon; without one it says so', async () => {
+    const d = daemons[1] as TestDaemon;
+    const through = await runCli(['run', snapshotRef, '--daemon', d.socket, '--', 'cat', '/tmp/t/f']);
+    expect(through.code, through.stderr).toBe(0);
+    expect(through.stdout).toBe('kept-in-tmpfs\n');
+    const local = await runCli(['run', snapshotRef, '--local', '--', 'true'], { SLIPWAY_CACHE_DIR: tempDir('slipway-memsnap-cache-') });
+    expect(local.code).toBe(1);
+    expect(local.stderr).toContain('is a memory snapshot: it resumes through the daemon');
+  }, 300_000);
 
   it('four clones of one snapshot at once: each answers, has its own host name and its own random numbers; the RAM was fetched once', async () => {
     const d3 = await daemon();

@@ -1,7 +1,9 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SlipwayError } from '../errors.js';
+import { SlipwayError, isSlipwayError } from '../errors.js';
+import { loadMemorySnapshot } from '../disk/memory-snapshot.js';
+import { parseRef, refReference } from '../oci/ref.js';
 import { ChunkCache } from '../cache/chunk-cache.js';
 import { loadConfig } from '../config.js';
 import { serveDisk, type ServedDisk } from '../serve/backend.js';
@@ -91,7 +93,10 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   // with a daemon running (or named), an image runs there: its cache is warm and shared
   const daemonCan = ref && !values.local && !values.keep && !values.hugepages && !values.hostname && !values['cache-dir'] && !values['kernel-args'] && net.mode !== 'tap';
   if (daemonCan && (values.daemon !== undefined || daemonConfigured())) {
-    return runThroughDaemon(daemonClient(values.daemon, undefined), { image: ref, cpus, memoryMiB, vmm, net: net.mode === 'user' ? 'user' : 'none', ...(env ? { env } : {}) }, command, values.cwd, timings.mode, io);
+    // cpus and memory only when given: the daemon's defaults are the same, and a memory snapshot brings its own
+    return runThroughDaemon(daemonClient(values.daemon, undefined), {
+      image: ref, vmm, net: net.mode === 'user' ? 'user' : 'none', ...(values.cpus ? { cpus } : {}), ...(values.memory ? { memoryMiB } : {}), ...(env ? { env } : {}),
+    }, command, values.cwd, timings.mode, io);
   }
   const controller = new AbortController();
   const onSigint = (): void => controller.abort();
@@ -113,7 +118,14 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
       serveDir = await mkdtemp(join(tmpdir(), 'slipway-run-'));
       // the first boot of a disk records the chunks it reads and stores that boot profile next to
       // the disk, so later cold boots (on any host) fetch them ahead of demand
-      served = await serveDisk({ cache, ref, socket: join(serveDir, 'blk.sock'), workDir: serveDir, readWrite: true, queues: Math.min(cpus, 4), openOptions: { recordProfileIfMissing: true } });
+      const openedCache = cache;
+      served = await serveDisk({ cache, ref, socket: join(serveDir, 'blk.sock'), workDir: serveDir, readWrite: true, queues: Math.min(cpus, 4), openOptions: { recordProfileIfMissing: true } }).catch(async (err: unknown) => {
+        // a memory snapshot is no disk: it resumes through the daemon, which keeps its VMs
+        if (isSlipwayError(err, 'NOT_A_SLIPWAY_DISK') && await loadMemorySnapshot(await openedCache.targets.open(parseRef(ref)), refReference(parseRef(ref))).then(() => true, () => false)) {
+          throw new SlipwayError('INVALID_ARGUMENT', `${ref} is a memory snapshot: it resumes through the daemon (start \`slipway daemon\`, then \`slipway run ${ref} -- ...\` or \`slipway vm create ${ref}\`)`);
+        }
+        throw err;
+      });
       hostPhases.resolve_and_backend = Date.now() - t0;
       disks = [{ kind: 'vhost-user', socket: served.socket }];
     } else {

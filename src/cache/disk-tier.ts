@@ -17,7 +17,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, readSync, renameSync, rmSync, unlinkSync, openSync, writeFileSync, writeSync, closeSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SlipwayError } from '../errors.js';
-import { writeAtomic } from '../util/atomic-file.js';
+import { CHUNK_FILE_BACKDATE_MS, writeAtomic } from '../util/atomic-file.js';
 import type { Logger } from '../util/log.js';
 import { processAlive } from '../util/process.js';
 import { processStartTime } from '../util/process-identity.js';
@@ -317,7 +317,7 @@ export class DiskTier {
    * rename lost in a crash leaves a row without its file, which is a miss, fetched again.
    */
   private writeFile(digestHex: string, data: Buffer): Promise<void> {
-    return writeAtomic(this.chunkPath(digestHex), (handle) => handle.writeFile(data), { tmpPath: this.tempPath(digestHex), dataOnly: true, syncDir: false });
+    return writeAtomic(this.chunkPath(digestHex), (handle) => handle.writeFile(data), { tmpPath: this.tempPath(digestHex), dataOnly: true, syncDir: false, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS });
   }
 
   totals(): { bytes: number; chunks: number } {

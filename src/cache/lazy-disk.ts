@@ -384,9 +384,10 @@ export class LazyDisk {
   /**
    * Which guesses (speculated chunks) the boot read: those whose tier-1 file was read after it was
    * written (access time after modification time: relatime, the default, and strictatime record
-   * the first read after a write); with `at`, the profile position they were guessed at. A read in
-   * the same clock tick as the write (a few ms) is not seen, and on a file system mounted noatime
-   * none is: the profile then lacks those chunks, and a later boot that misses them refines it.
+   * the first read after a write; chunk files are dated 2 s in the past when written, so a read in
+   * the same clock tick as the write is seen too); with `at`, the profile position they were
+   * guessed at. On a file system mounted noatime no read is seen: the profile then lacks those
+   * chunks, and a later boot that misses them refines it.
    */
   private guessesRead(): { chunk: number; after: number }[] {
     const read: { chunk: number; after: number }[] = [];

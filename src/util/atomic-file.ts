@@ -6,7 +6,7 @@
  * fills the file; `writeAtomicSync` is the same for a worker thread's synchronous code.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, fdatasyncSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, fsyncSync, futimesSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -24,7 +24,17 @@ export interface AtomicWriteOptions {
   syncDir?: boolean;
   /** what to throw when the temporary file cannot be created (default: the system error) */
   openFailed?: (err: unknown) => unknown;
+  /**
+   * Set the file's access and modification times to this (ms since the epoch) before it appears
+   * under its name: a time in the past makes any later read move the access time past the
+   * modification time (relatime), however soon after the write it comes (the chunk cache tells a
+   * speculated chunk the guest read from one it did not that way).
+   */
+  timesMs?: number;
 }
+
+/** How far in the past chunk-cache files are dated (see AtomicWriteOptions.timesMs); well under the stray-file age (60 s). */
+export const CHUNK_FILE_BACKDATE_MS = 2_000;
 
 function tempPathFor(finalPath: string): string {
   return join(dirname(finalPath), `.tmp-${basename(finalPath)}-${process.pid}-${randomBytes(6).toString('hex')}`);
@@ -67,6 +77,7 @@ export async function writeAtomic(finalPath: string, fill: (handle: FileHandle) 
     }
     try {
       await fill(handle);
+      if (opts.timesMs !== undefined) await handle.utimes(opts.timesMs / 1000, opts.timesMs / 1000);
       await (opts.dataOnly ? handle.datasync() : handle.sync());
     } finally {
       await handle.close();
@@ -87,6 +98,7 @@ export function writeAtomicSync(finalPath: string, data: Uint8Array, opts: Omit<
     const fd = openSync(tmp, 'wx', 0o644);
     try {
       for (let off = 0; off < data.byteLength; ) off += writeSync(fd, data, off, data.byteLength - off);
+      if (opts.timesMs !== undefined) futimesSync(fd, opts.timesMs / 1000, opts.timesMs / 1000);
       (opts.dataOnly ? fdatasyncSync : fsyncSync)(fd);
     } finally {
       closeSync(fd);

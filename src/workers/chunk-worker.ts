@@ -2,6 +2,7 @@ import { parentPort } from 'node:worker_threads';
 import { ChunkCodec } from '../disk/chunk-codec.js';
 import { writeAtomicSync } from '../util/atomic-file.js';
 import type { WorkerRequest, WorkerResponse } from './pool.js';
+import { CHUNK_FILE_BACKDATE_MS } from '../util/atomic-file.js';
 
 const codec = new ChunkCodec();
 
@@ -12,7 +13,7 @@ const codec = new ChunkCodec();
  */
 function persistChunk(data: Uint8Array, tmpPath: string, finalPath: string): string | undefined {
   try {
-    writeAtomicSync(finalPath, data, { tmpPath, dataOnly: true, syncDir: false });
+    writeAtomicSync(finalPath, data, { tmpPath, dataOnly: true, syncDir: false, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS });
     return undefined;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code ?? 'EIO';

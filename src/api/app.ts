@@ -13,7 +13,8 @@ import { logProgress } from '../util/progress.js';
 import { PROMETHEUS_CONTENT_TYPE, type Registry } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { CreateVmBody, ExecBody, MAX_BODY_BYTES, MAX_EXEC_BODY_BYTES, PrefetchBody, SnapshotBody, VmId, describeIssue, type z } from './schemas.js';
-import { checkRequestRef, type VmManager } from './vms.js';
+import type { VmManager } from './vms.js';
+import { checkRequestRef } from './vm-records.js';
 
 export function errorBody(code: ErrorCode, message: string, field?: string): { error: { code: ErrorCode; message: string; field?: string } } {
   return { error: { code, message, ...(field !== undefined ? { field } : {}) } };

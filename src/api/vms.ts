@@ -12,6 +12,7 @@ import { pushSnapshot, readDirtyBitmap, removeStaging, seedChunks, stageDirtyChu
 import { SlipwayError, isSlipwayError } from '../errors.js';
 import { AgentClient, waitForAgent } from '../guest/agent-client.js';
 import { bootVm } from '../vmm/boot.js';
+import { GUEST_MARK, checkRequestRef, digestRef, toInfo } from './vm-records.js';
 import { renderBootConfig, type BootConfig } from '../guest/boot-config.js';
 import { guestArtifacts } from '../guest/build.js';
 import { formatRef, parseRef } from '../oci/ref.js';
@@ -79,30 +80,6 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
     timer = setTimeout(() => reject(new SlipwayError('AGENT_PROTOCOL', `the guest agent did not answer ${what} within ${ms} ms`, { context: { reason: 'timeout' } })), ms);
   });
   return Promise.race([p, expired]).finally(() => clearTimeout(timer));
-}
-
-/** Guest marks are kept with the host phases under this prefix (one JSON column in the state database). */
-const GUEST_MARK = 'guest:';
-
-function toInfo(r: VmRecord): VmInfo {
-  const timings: Record<string, number> = {};
-  const guestTimings: Record<string, number> = {};
-  for (const [k, v] of Object.entries(r.timings)) {
-    if (k.startsWith(GUEST_MARK)) guestTimings[k.slice(GUEST_MARK.length)] = v;
-    else timings[k] = v;
-  }
-  return { id: r.id, image: r.image, digest: r.digest, status: r.status, createdAt: new Date(r.createdAt).toISOString(), cpus: r.cpus, memoryMiB: r.memoryMiB, vmm: r.vmm, accel: r.accel, timings, guestTimings };
-}
-
-/** A reference from a request: registries and the embedded store's names, never a host path. */
-export function checkRequestRef(text: string, field: string): string {
-  if (text.startsWith('oci:')) throw new SlipwayError('INVALID_ARGUMENT', `${field}: oci:<dir> names a host directory, which a request may not; use a registry reference or an embedded-store name`);
-  try {
-    parseRef(text);
-  } catch (err) {
-    throw new SlipwayError('INVALID_ARGUMENT', `${field}: ${(err as Error).message}`);
-  }
-  return text;
 }
 
 export class VmManager {
@@ -231,7 +208,7 @@ export class VmManager {
       this.deps.state.insert(record);
       unreserve(); // the row counts from here
       const { kernel, guest } = await guestArtifacts();
-      const serve = (ref: string): Promise<ServedDisk> => serveDisk({ cache: this.deps.cache, ref, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4), openOptions: { recordProfileIfMissing: !restore } });
+      const serve = (ref: string): Promise<ServedDisk> => serveDisk({ cache: this.deps.cache, ref, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4), openOptions: { recordProfileIfMissing: !restore }, ...(req.prefetch ? { prefetch: req.prefetch } : {}) });
       try {
         served = await serve(image);
       } catch (err) {
@@ -629,10 +606,3 @@ export class VmManager {
     for (const l of [...this.live.values()]) await this.remove(l);
   }
 }
-
-/** The image with its tag replaced by the digest it resolved to: an adopted VM's disk is the one it booted. */
-function digestRef(image: string, digest: string): string {
-  const { tag: _tag, ...ref } = parseRef(image);
-  return formatRef({ ...ref, digest });
-}
-

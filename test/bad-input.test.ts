@@ -162,6 +162,18 @@ describe('bad local input', () => {
     expectError(missing, 'USAGE', 2);
     expect(missing.stderr).toMatch(/expected 2 argument\(s\), got 1/);
   });
+
+  it('run: a bad --prefetch, --timings or SLIPWAY_ACCEL names the value and what it may be', async () => {
+    const prefetch = await runCli(['run', `${registry.host}/bad/x:v1`, '--local', '--prefetch', 'most', '--', 'true']);
+    expectError(prefetch, 'INVALID_ARGUMENT', 1);
+    expect(prefetch.stderr).toMatch(/--prefetch must be all, profile or none \(got most\)/);
+    const timings = await runCli(['run', `${registry.host}/bad/x:v1`, '--timings=xml', '--', 'true']);
+    expectError(timings, 'INVALID_ARGUMENT', 1);
+    expect(timings.stderr).toMatch(/--timings takes json or waterfall \(got xml\)/);
+    const accel = await runCli(['doctor', '--json'], { SLIPWAY_ACCEL: 'hvf', SLIPWAY_CACHE_DIR: tempDir('slipway-bad-accel-') });
+    expectError(accel, 'INVALID_ARGUMENT', 1);
+    expect(accel.stderr).toMatch(/SLIPWAY_ACCEL must be kvm, tcg or auto \(got "hvf"\)/);
+  });
 });
 
 describe('bad remote state', () => {

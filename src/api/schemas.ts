@@ -24,6 +24,7 @@ export const CreateVmBody = z
     env: envSchema.optional(),
     vmm: z.enum(['qemu', 'cloud-hypervisor']).optional(),
     net: z.enum(['none', 'user']).optional(),
+    prefetch: z.enum(['all', 'profile', 'none']).optional().describe('what the disk backend fetches besides the guest\'s misses: the boot profile (default), the whole disk at low priority, or nothing'),
   })
   .strict();
 

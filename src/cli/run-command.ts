@@ -18,7 +18,7 @@ import { parseCommand, parseEnv, parseMemoryMiB, parseNet, parseNonNegativeInt, 
 import { daemonClient, daemonConfigured } from './daemon-commands.js';
 import type { CreateVm, SlipwayClient } from '../client/index.js';
 
-const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--hugepages] [--timings[=json|waterfall]] [--keep] [--kernel-args ARGS] [--cache-dir DIR] [--local | --daemon <socket|url>] -- <cmd...>';
+const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--hugepages] [--timings[=json|waterfall]] [--keep] [--kernel-args ARGS] [--prefetch all|profile|none] [--cache-dir DIR] [--local | --daemon <socket|url>] -- <cmd...>';
 
 /** `slipway run <ref>` through a daemon: create the VM, run the command, delete the VM. */
 type TimingsMode = 'none' | 'waterfall' | 'json';
@@ -75,8 +75,10 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
     disk: { type: 'string' }, hostname: { type: 'string' }, env: { type: 'string', multiple: true }, cpus: { type: 'string' },
     memory: { type: 'string' }, net: { type: 'string' }, keep: { type: 'boolean' }, cwd: { type: 'string' },
     'cache-dir': { type: 'string' }, queues: { type: 'string' }, vmm: { type: 'string' }, hugepages: { type: 'boolean' }, local: { type: 'boolean' }, daemon: { type: 'string' },
-    'kernel-args': { type: 'string' },
+    'kernel-args': { type: 'string' }, prefetch: { type: 'string' },
   }, { min: 0, max: 1, usage: USAGE });
+  const prefetch = values.prefetch;
+  if (prefetch !== undefined && prefetch !== 'all' && prefetch !== 'profile' && prefetch !== 'none') throw new SlipwayError('INVALID_ARGUMENT', `--prefetch must be all, profile or none (got ${prefetch})`);
   const vmm = parseVmmName(values.vmm ?? 'qemu');
   if (!vmm) throw new SlipwayError('INVALID_ARGUMENT', `--vmm must be qemu or cloud-hypervisor (got ${values.vmm})`);
   const config = loadConfig(process.env, values['cache-dir'] ? { cacheDir: values['cache-dir'] } : {});
@@ -95,7 +97,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   if (daemonCan && (values.daemon !== undefined || daemonConfigured())) {
     // cpus and memory only when given: the daemon's defaults are the same, and a memory snapshot brings its own
     return runThroughDaemon(daemonClient(values.daemon, undefined), {
-      image: ref, vmm, net: net.mode === 'user' ? 'user' : 'none', ...(values.cpus ? { cpus } : {}), ...(values.memory ? { memoryMiB } : {}), ...(env ? { env } : {}),
+      image: ref, vmm, net: net.mode === 'user' ? 'user' : 'none', ...(values.cpus ? { cpus } : {}), ...(values.memory ? { memoryMiB } : {}), ...(env ? { env } : {}), ...(prefetch ? { prefetch } : {}),
     }, command, values.cwd, timings.mode, io);
   }
   const controller = new AbortController();
@@ -119,7 +121,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
       // the first boot of a disk records the chunks it reads and stores that boot profile next to
       // the disk, so later cold boots (on any host) fetch them ahead of demand
       const openedCache = cache;
-      served = await serveDisk({ cache, ref, socket: join(serveDir, 'blk.sock'), workDir: serveDir, readWrite: true, queues: Math.min(cpus, 4), openOptions: { recordProfileIfMissing: true } }).catch(async (err: unknown) => {
+      served = await serveDisk({ cache, ref, socket: join(serveDir, 'blk.sock'), workDir: serveDir, readWrite: true, queues: Math.min(cpus, 4), openOptions: { recordProfileIfMissing: true }, ...(prefetch ? { prefetch } : {}) }).catch(async (err: unknown) => {
         // a memory snapshot is no disk: it resumes through the daemon, which keeps its VMs
         if (isSlipwayError(err, 'NOT_A_SLIPWAY_DISK') && await loadMemorySnapshot(await openedCache.targets.open(parseRef(ref)), refReference(parseRef(ref))).then(() => true, () => false)) {
           throw new SlipwayError('INVALID_ARGUMENT', `${ref} is a memory snapshot: it resumes through the daemon (start \`slipway daemon\`, then \`slipway run ${ref} -- ...\` or \`slipway vm create ${ref}\`)`);

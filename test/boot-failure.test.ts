@@ -149,25 +149,21 @@ describe('failed boots through slipway run (real QEMU)', () => {
     expect(second.err).not.toContain('accel:');
   }, 240_000);
 
-  it('a guest kernel that panics is GUEST_PANICKED, with the panic line, long before the agent deadline', async () => {
-    const r = await run(['--disk', disk, '--kernel-args', 'rdinit=/nonexistent', '--', 'true'], { SLIPWAY_CACHE_DIR: tempDir('slipway-bf-cache-') });
-    expect(r.code).toBe(1);
-    expect(r.err).toContain('error GUEST_PANICKED');
-    expect(r.err).toContain('Kernel panic - not syncing');
-    expect(r.ms).toBeLessThan(60_000);
-    expect(leftovers()).toEqual({ dirs: [], pids: [] });
-  }, 120_000);
-
-  it('a root disk init cannot mount is GUEST_POWERED_OFF with init\'s last words', async () => {
-    const junk = join(work, 'junk.img');
-    writeFileSync(junk, Buffer.alloc(8 << 20, 0x5a));
-    const r = await run(['--disk', junk, '--', 'true'], { SLIPWAY_CACHE_DIR: tempDir('slipway-bf-cache-') });
-    expect(r.code).toBe(1);
-    expect(r.err).toContain('error GUEST_POWERED_OFF');
-    expect(r.err).toContain('cannot mount root disk /dev/vda');
-    expect(r.ms).toBeLessThan(60_000);
-    expect(leftovers()).toEqual({ dirs: [], pids: [] });
-  }, 120_000);
+  const junk = join(work, 'junk.img');
+  const deaths = [
+    ['a guest kernel that panics is GUEST_PANICKED, with the panic line', () => ['--disk', disk, '--kernel-args', 'rdinit=/nonexistent'], 'GUEST_PANICKED', 'Kernel panic - not syncing'],
+    ['a root disk init cannot mount is GUEST_POWERED_OFF with init\'s last words', () => (writeFileSync(junk, Buffer.alloc(8 << 20, 0x5a)), ['--disk', junk]), 'GUEST_POWERED_OFF', 'cannot mount root disk /dev/vda'],
+  ] as const;
+  for (const [title, args, code, words] of deaths) {
+    it(`${title}, long before the agent deadline`, async () => {
+      const r = await run([...args(), '--', 'true'], { SLIPWAY_CACHE_DIR: tempDir('slipway-bf-cache-') });
+      expect(r.code).toBe(1);
+      expect(r.err).toContain(`error ${code}`);
+      expect(r.err).toContain(words);
+      expect(r.ms).toBeLessThan(60_000);
+      expect(leftovers()).toEqual({ dirs: [], pids: [] });
+    }, 120_000);
+  }
 
   it('a VMM that exits at start is VMM_EXITED with its message', async () => {
     const wrapper = join(work, 'qemu-that-exits');

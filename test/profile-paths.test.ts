@@ -17,6 +17,7 @@ import { startChaosProxy, type ChaosProxy } from './helpers/chaos-proxy.js';
 import { captureIO } from './helpers/cli.js';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { tempDir } from './helpers/images.js';
+import { runCli } from './helpers/run-cli.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
 
 const work = tempDir('slipway-profpaths-');
@@ -28,15 +29,8 @@ const targets = new Targets();
 const daemons: TestDaemon[] = [];
 
 async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const saved = { ...process.env };
-  Object.assign(process.env, { SLIPWAY_CACHE_DIR: tempDir('slipway-profpaths-cache-'), TMPDIR: runTmp });
-  try {
-    const io = captureIO();
-    const code = await main(['run', ...args], io);
-    return { code, out: io.out, err: io.err };
-  } finally {
-    process.env = saved;
-  }
+  const r = await runCli(['run', ...args], { SLIPWAY_CACHE_DIR: tempDir('slipway-profpaths-cache-'), TMPDIR: runTmp });
+  return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
 /** Push the busybox root under a repository of its own (each test starts with no profile). */

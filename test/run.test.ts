@@ -12,6 +12,7 @@ import { buildGuest, buildKernel } from '../src/guest/build.js';
 import { captureIO } from './helpers/cli.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
 import { tempDir } from './helpers/images.js';
+import { runCli } from './helpers/run-cli.js';
 import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
 import { processesWithArgument } from '../src/util/process.js';
 
@@ -28,15 +29,8 @@ function slipwayTempDirs(): string[] {
 }
 
 async function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number; out: string; err: string }> {
-  const saved = { ...process.env };
-  Object.assign(process.env, { SLIPWAY_CACHE_DIR: tempDir('slipway-runcache-'), TMPDIR: runTmp, ...env });
-  try {
-    const io = captureIO();
-    const code = await main(['run', ...args], io);
-    return { code, out: io.out, err: io.err };
-  } finally {
-    process.env = saved;
-  }
+  const r = await runCli(['run', ...args], { SLIPWAY_CACHE_DIR: tempDir('slipway-runcache-'), TMPDIR: runTmp, ...env });
+  return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
 beforeAll(async () => {

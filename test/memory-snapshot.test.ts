@@ -6,7 +6,7 @@
  * refused without leaving anything half done.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { main } from '../src/cli/main.js';
 import { buildGuest, buildKernel } from '../src/guest/build.js';
@@ -62,6 +62,8 @@ describe('memory snapshots', () => {
   it('a VM with a background process, a tmpfs file and unwritten page cache resumes on a second host with an empty cache', async () => {
     const d1 = await daemon();
     const vm = await d1.client.createVm({ image: base, memoryMiB: 256 });
+    // guest memory is the daemon's alone
+    expect(statSync(`/dev/shm/slipway-${vm.id}.ram`).mode & 0o777).toBe(0o600);
     dataSum = await sh(d1, vm.id, [
       'mkdir -p /tmp/t && echo kept-in-tmpfs > /tmp/t/f',
       'sleep 100000 </dev/null >/dev/null 2>&1 & echo $! > /tmp/t/pid',

@@ -187,6 +187,17 @@ export async function prepareRestore(cache: ChunkCache, parsed: ImageRef, vmId: 
   return { snapshot, diskRef: `${target.name}@${snapshot.config.disk.digest}`, stateFile, ramFile, target };
 }
 
+/**
+ * A fresh VM's RAM file, made before QEMU opens it so that it is the daemon's alone (mode 0600:
+ * guest memory is no other local user's to read); QEMU sizes it.
+ */
+export async function createRamFile(path: string): Promise<void> {
+  const fh = await open(path, 'wx', 0o600).catch((err: unknown) => {
+    throw fromFsError(err, path, 'RAM file');
+  });
+  await fh.close();
+}
+
 /** Write every non-zero chunk of a RAM image at its offset in a new sparse file (mode 0600). */
 async function writeRamFile(ram: Awaited<ReturnType<ChunkCache['openDisk']>>, path: string): Promise<void> {
   const { index } = ram.artifact;

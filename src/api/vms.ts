@@ -23,7 +23,7 @@ import { processesWithArgument, terminateProcess } from '../util/process.js';
 import type { AgentEndpoint, NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { driverFor } from '../vmm/drivers.js';
 import { checkShape } from '../disk/memory-snapshot.js';
-import { prepareRestore, ramFileOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
+import { createRamFile, prepareRestore, ramFileOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
 import type { Histogram, Counter } from './metrics.js';
 import type { CreateVmRequest, ExecRequest, MemorySnapshotResult, SnapshotResult, VmInfo } from './schemas.js';
 import type { StateStore, VmRecord } from './state.js';
@@ -237,6 +237,7 @@ export class VmManager {
         bootConfig: renderBootConfig(bootConfig as BootConfig), net, console: true, detached: true, vsockConnect: guest.vsockConnect,
         memoryFile: ramFileOf(id), vmgenid: true, ...(restore ? { incoming: true } : {}),
       };
+      if (!restore) await createRamFile(ramFileOf(id));
       if (restore) {
         if (record.vmm !== 'qemu') throw new SlipwayError('INVALID_ARGUMENT', 'vmm: memory snapshots restore on qemu (the VMM they were taken with)', { context: { field: 'vmm' } });
         checkShape(restore.snapshot.config.shape, await vmShape(spec));

@@ -183,7 +183,7 @@ export async function probeBoot(qemuBinary: string, bzImage: string, accel: Acce
   const child = spawn(qemuBinary, [
     '-machine', `q35,accel=${accel}`, '-cpu', accel === 'kvm' ? 'host' : 'max', '-m', '128', '-smp', '1',
     '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
-    '-kernel', bzImage, '-append', 'console=ttyS0 panic=-1 loglevel=3',
+    '-kernel', bzImage, '-append', 'console=ttyS0 panic=-1 loglevel=3 no_timer_check',
     '-serial', `file:${consolePath}`, '-qmp', `unix:${qmpPath},server=on,wait=off`,
   ], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
@@ -218,7 +218,7 @@ export async function probeBoot(qemuBinary: string, bzImage: string, accel: Acce
     const ms = Math.round(performance.now() - t0);
     const console = fileTail(consolePath, 4000);
     if (typeof outcome === 'object' && 'code' in outcome) {
-      if (/Kernel panic - not syncing/.test(console)) return { ok: true, detail: `the guest kernel reached its root-mount panic in ${ms} ms`, ms };
+      if (/Kernel panic - not syncing: VFS: Unable to mount root fs/.test(console)) return { ok: true, detail: `the guest kernel reached its root-mount panic in ${ms} ms`, ms };
       return { ok: false, detail: `qemu exited (code ${outcome.code}) before the guest kernel reached its root-mount panic: ${(stderr.trim() || console.trim()).slice(-300)}`, ms };
     }
     if (outcome === 'timeout') return { ok: false, detail: `the guest kernel did not reach its root-mount panic within ${timeoutMs} ms`, ms };

@@ -2,6 +2,7 @@
  * Starting slipway-blk (vhost-user-blk/, built by `make`) for a disk, and serving its misses.
  * `serveDisk` is what `slipway serve` and `slipway run <ref>` use.
  */
+import { envVar } from '../config.js';
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { fileTail } from '../util/file-tail.js';
@@ -37,7 +38,10 @@ export function prefetchOpenOptions(mode: PrefetchMode): OpenDiskOptions {
 /** How long slipway-blk may take to listen on its socket (it takes milliseconds). */
 const READY_TIMEOUT_MS = 30_000;
 
-export const BACKEND_BINARY = process.env.SLIPWAY_BLK ?? join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'slipway-blk');
+/** The slipway-blk binary: $SLIPWAY_BLK, else the repository's build (read when asked, not at import). */
+export function backendBinary(env: NodeJS.ProcessEnv = process.env): string {
+  return envVar('SLIPWAY_BLK', env) ?? join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'slipway-blk');
+}
 
 export interface ServeOptions {
   cache: ChunkCache;
@@ -85,7 +89,8 @@ export interface ServedDisk {
 }
 
 export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<string> {
-  if (existsSync(BACKEND_BINARY)) return BACKEND_BINARY;
+  const binary = backendBinary();
+  if (existsSync(binary)) return binary;
   onLine?.('backend: building slipway-blk');
   await new Promise<void>((resolve, reject) => {
     const child = spawn('make', ['-s', '-C', join(PROJECT_ROOT, 'vhost-user-blk')], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -96,7 +101,7 @@ export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<
     child.on('error', reject);
     child.on('close', (code) => (code === 0 ? resolve() : reject(new SlipwayError('BUILD_FAILED', `building slipway-blk failed: ${err.slice(-2000)}`))));
   });
-  return BACKEND_BINARY;
+  return binary;
 }
 
 export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {

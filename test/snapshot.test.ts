@@ -39,24 +39,22 @@ import type { Target } from '../src/oci/store.js';
 import { WorkerPool } from '../src/workers/pool.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { manifestDigest } from './helpers/oci-http.js';
-import { startRegistry, type TestRegistry } from './helpers/registry.js';
+import { type TestRegistry } from './helpers/registry.js';
+import { registryBed } from './helpers/registry-bed.js';
 import { sha256File, tempDir } from './helpers/images.js';
 
 const work = tempDir('slipway-snapshot-');
+// the registry, worker pool and targets (started before this file's hooks, stopped after them)
+const bed = registryBed();
+const targets = bed.targets;
 let registry: TestRegistry;
 let pool: WorkerPool;
-const targets = new Targets();
 
-beforeAll(async () => {
-  registry = await startRegistry();
-  pool = new WorkerPool(2);
+beforeAll(() => {
+  registry = bed.registry;
+  pool = bed.pool;
 });
-afterAll(async () => {
-  await pool?.close();
-  await targets.close();
-  await registry?.stop();
-  rmSync(work, { recursive: true, force: true });
-});
+afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 // ---------------------------------------------------------------------------------------------
 // helpers

@@ -4,7 +4,8 @@
  */
 import { SlipwayError } from '../errors.js';
 
-export const FW_CFG_NAME = 'opt/slipway/config';
+/** the fw_cfg item's name: the guest ABI's (src/guest/abi.ts) */
+export { FW_CFG_NAME } from './abi.js';
 
 /**
  * What slipway-init holds (guest/init.c's #defines, checked by test/guest-abi.test.ts): a config

@@ -26,6 +26,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SlipwayError } from '../errors.js';
+import { GUEST_SERIAL_CONSOLE } from '../guest/abi.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { fileTail } from '../util/file-tail.js';
 import { QmpClient } from './qmp.js';
@@ -183,7 +184,7 @@ export async function probeBoot(qemuBinary: string, bzImage: string, accel: Acce
   const child = spawn(qemuBinary, [
     '-machine', `q35,accel=${accel}`, '-cpu', accel === 'kvm' ? 'host' : 'max', '-m', '128', '-smp', '1',
     '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
-    '-kernel', bzImage, '-append', 'console=ttyS0 panic=-1 loglevel=3 no_timer_check',
+    '-kernel', bzImage, '-append', `console=${GUEST_SERIAL_CONSOLE} panic=-1 loglevel=3 no_timer_check`,
     '-serial', `file:${consolePath}`, '-qmp', `unix:${qmpPath},server=on,wait=off`,
   ], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';

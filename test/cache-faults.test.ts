@@ -198,12 +198,12 @@ describe('5xx in the middle of reads', () => {
     expect(elapsed).toBeLessThan(deadline + 4000);
     expect(proxy.count({ fault: 'status' })).toBeGreaterThan(5);
 
-    for (const n of wanted) expect(existsSync(cache.disk.chunkPath(chunkHex(disk, n)))).toBe(false);
+    for (const n of wanted) expect(existsSync(cache.chunkPath(chunkHex(disk, n)))).toBe(false);
     expect(chunkFiles(cache.config.cacheDir)).toEqual([]);
     expect(tmpFiles(cache.config.cacheDir)).toEqual([]);
     expect(cache.stats().disk.chunks).toBe(0);
     expect(cache.stats().disk.bytes).toBe(0);
-    expect(cache.inflight.size).toBe(0);
+    expect(cache.chunksInFlight()).toBe(0);
 
     // the failure is not remembered: once the registry is back the same read works
     proxy.passThrough();
@@ -226,7 +226,7 @@ describe('5xx in the middle of reads', () => {
       expect(Date.now() - t0).toBeLessThan(deadline + 3000);
       expect(proxy.count({ fault: 'stall' })).toBeGreaterThanOrEqual(1);
       expect(chunkFiles(cache.config.cacheDir)).toEqual([]);
-      expect(cache.inflight.size).toBe(0);
+      expect(cache.chunksInFlight()).toBe(0);
     } finally {
       await proxy.refuse(); // cut the hung connections so that the cache can close
     }
@@ -251,7 +251,7 @@ describe('connection dropped mid-body', () => {
     proxy.dropMidBody('all');
     const err = await rejection(within(20_000, disk.read(m * CHUNK, 2 * CHUNK), 'read against endless drops'));
     expect(err.code).toBe('REGISTRY_UNREACHABLE');
-    expect(existsSync(cache.disk.chunkPath(chunkHex(disk, m)))).toBe(false);
+    expect(existsSync(cache.chunkPath(chunkHex(disk, m)))).toBe(false);
     expect(expectTier1Consistent(cache).chunks).toBe(3);
   });
 });
@@ -478,7 +478,7 @@ describe('the cache disk full', () => {
       // eviction really made room: the last chunks read were kept, not just served
       const data = dataChunks(disk);
       const lastData = data[data.length - 1] as number;
-      expect(cache.disk.has(chunkHex(disk, lastData)), logs.text).toBe(true);
+      expect(cache.has(chunkHex(disk, lastData)), logs.text).toBe(true);
       const { chunks } = expectTier1Consistent(cache);
       expect(chunks).toBeGreaterThan(0);
       expect(chunks).toBeLessThan(52);

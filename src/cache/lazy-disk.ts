@@ -8,15 +8,16 @@ import { SlipwayError, isSlipwayError } from '../errors.js';
 import { openDiskFromManifest, type BlobReader, type DiskArtifact } from '../disk/artifact.js';
 import { chunkLength, HOLE, type IndexEntry } from '../disk/format.js';
 import { isDigest } from '../oci/digest.js';
+import type { OciLayoutStore } from '../oci/layout/layout-store.js';
+import type { Targets } from '../oci/open.js';
 import { formatRef, parseRef, refReference, type ImageRef } from '../oci/ref.js';
 import type { FetchedManifest, Target } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 import type { ProgressFn } from '../util/progress.js';
-import { Urgency, type Priority } from '../util/semaphore.js';
+import type { Priority } from '../util/semaphore.js';
 import { forEachBounded } from '../util/concurrency.js';
-import type { ChunkCache, InflightChunk } from './chunk-cache.js';
-import { planRuns, type Source, type WantedChunk } from './remote-tier.js';
-import type { Decoded } from '../workers/pool.js';
+import type { ChunkWant, DiskChunkCache, TagRecords } from './cache-types.js';
+import { planRuns, type Source } from './remote-tier.js';
 import { checkBootProfile, fetchBootProfile, pushBootProfile, readLocalProfile, refineProfile, writeLocalProfile, type BootProfile } from './boot-profile.js';
 
 /** Chunks fetched ahead of a sequential reader: the window starts at 16 (8 MiB at the default chunk size) and doubles while reads stay sequential. */
@@ -98,31 +99,6 @@ function registryAway(err: unknown): boolean {
   return isSlipwayError(err) && ['REGISTRY_UNREACHABLE', 'REGISTRY_ERROR', 'TOOMANYREQUESTS'].includes(err.code);
 }
 
-interface Deferred {
-  promise: Promise<Buffer>;
-  resolve: (b: Buffer) => void;
-  reject: (e: unknown) => void;
-}
-
-/** A chunk this reader fetches: what it is, its promise to settle, and its entry in the cache's in-flight map. */
-interface Owned {
-  wanted: WantedChunk;
-  hex: string;
-  d: Deferred;
-  flight: InflightChunk;
-}
-
-function deferred(): Deferred {
-  let resolve!: (b: Buffer) => void;
-  let reject!: (e: unknown) => void;
-  const promise = new Promise<Buffer>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  promise.catch(() => undefined); // a fetch nobody else waits for must not be an unhandled rejection
-  return { promise, resolve, reject };
-}
-
 export class LazyDisk {
   readonly stats: DiskReadStats = { reads: 0, bytesRead: 0, tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, zeroChunks: 0, inflightJoins: 0, profileChunks: 0, speculatedChunks: 0, speculatedRead: 0 };
   readonly sizeBytes: number;
@@ -131,8 +107,6 @@ export class LazyDisk {
   private readonly zero: Buffer;
   private readonly background = new Set<Promise<unknown>>();
   private readonly closeHooks: (() => void)[] = [];
-  private entriesByPack: Map<string, number[]> | undefined;
-  private firstChunkOfEntry: Int32Array | undefined;
   private profileOrder: number[] | undefined;
   private profileSeen: Set<number> | undefined;
   private pinHolder: string | undefined;
@@ -159,7 +133,7 @@ export class LazyDisk {
   private profileStored = false;
 
   constructor(
-    private readonly cache: ChunkCache,
+    private readonly cache: DiskChunkCache,
     readonly reference: string,
     readonly artifact: DiskArtifact,
     readonly origin: Target,
@@ -177,12 +151,12 @@ export class LazyDisk {
   }
 
   pin(): void {
-    this.pinHolder = this.cache.disk.pin(`${this.reference}@${this.digest}`, this.chunkDigests());
+    this.pinHolder = this.cache.pin(`${this.reference}@${this.digest}`, this.chunkDigests());
   }
 
   /** Pin this disk's chunks for as long as process `pid` lives (its detached backend). */
   pinFor(pid: number, label: string): string {
-    return this.cache.disk.pin(`${label} ${this.reference}@${this.digest}`, this.chunkDigests(), pid);
+    return this.cache.pin(`${label} ${this.reference}@${this.digest}`, this.chunkDigests(), pid);
   }
 
   private chunkDigests(): Set<string> {
@@ -365,7 +339,7 @@ export class LazyDisk {
       const e = index.map[m] as number;
       if (e === HOLE || (index.entries[e] as IndexEntry).pack !== pack) continue;
       const hex = this.hexOf(e);
-      if (this.cache.inflight.has(hex) || this.cache.memory.has(hex) || this.cache.disk.has(hex)) continue;
+      if (this.cache.isLocalOrFetching(hex)) continue;
       wanted.push(m);
     }
     if (wanted.length === 0) return;
@@ -393,7 +367,7 @@ export class LazyDisk {
     const read: { chunk: number; after: number }[] = [];
     for (const [hex, g] of this.guesses) {
       try {
-        const st = statSync(this.cache.disk.chunkPath(hex));
+        const st = statSync(this.cache.chunkPath(hex));
         if (st.atimeMs > st.mtimeMs) read.push({ chunk: g.chunk, after: g.at });
       } catch {
         // evicted, or never stored: not known to be read
@@ -414,25 +388,12 @@ export class LazyDisk {
 
   /** The fast path of a read inside one chunk that is local: a copy from memory, or one pread of a verified file. */
   private readWithinChunkLocally(n: number, at: number, length: number): Buffer | undefined {
-    const { index } = this.artifact;
-    const e = index.map[n] as number;
+    const e = this.artifact.index.map[n] as number;
     if (e === HOLE) {
       this.stats.zeroChunks++;
       return Buffer.alloc(length);
     }
-    const hex = this.hexOf(e);
-    const mem = this.cache.memory.get(hex);
-    if (mem) {
-      this.stats.tier0Chunks++;
-      this.cache.counters.memoryHits++;
-      return Buffer.from(mem.subarray(at, at + length));
-    }
-    const part = this.cache.disk.readRange(hex, at, length);
-    if (part) {
-      this.stats.tier1Chunks++;
-      this.cache.counters.diskHits++;
-    }
-    return part;
+    return this.cache.readLocal(this.hexOf(e), at, length, this.stats);
   }
 
   /** One whole chunk's bytes (zeros for a hole), verified. */
@@ -443,19 +404,17 @@ export class LazyDisk {
   }
 
   /**
-   * The chunks' bytes, each from the nearest tier. Chunks nobody is fetching yet are fetched
-   * together: grouped by pack into coalesced Range requests, one in-flight promise per chunk. A
-   * chunk already being fetched at a lower priority (a queued prefetch) is waited for, and its
-   * fetch raised to `priority`.
+   * The chunks' bytes: zeros for holes, the rest asked of the cache, which gets each from the
+   * nearest tier with one fetch per chunk (see ChunkCache.getChunks). A demand read notes the
+   * chunks it reads for a profile being recorded, the ones it had to fetch for a profile being
+   * refined, and speculates around the last chunk it had to fetch, once its own fetch is asked for.
    */
   async getChunks(numbers: number[], priority: Priority, intoMemory: boolean, maxRunBytes?: number): Promise<Buffer[]> {
     if (this.closed) throw new SlipwayError('ABORTED', `disk ${this.reference} is closed`);
     const { index } = this.artifact;
-    const results: (Buffer | undefined)[] = new Array(numbers.length);
-    const waits: Promise<void>[] = [];
-    const mine = new Map<number, Owned>();
-    /** the last chunk of this demand read that had to come from a registry (-1: none) */
-    let missed = -1;
+    const results: Buffer[] = new Array(numbers.length);
+    const wanted: ChunkWant[] = [];
+    const at: number[] = [];
     for (let i = 0; i < numbers.length; i++) {
       const n = numbers[i] as number;
       const e = index.map[n] as number;
@@ -468,163 +427,32 @@ export class LazyDisk {
         this.profileSeen.add(n);
         this.profileOrder?.push(n);
       }
-      const hex = this.hexOf(e);
-      const own = mine.get(e);
-      if (own) {
-        waits.push(own.d.promise.then((b) => void (results[i] = b)));
-        continue;
-      }
-      const local = this.cache.lookupLocal(hex, intoMemory);
-      if (local) {
-        results[i] = local.data;
-        if (local.tier === 0) this.stats.tier0Chunks++;
-        else this.stats.tier1Chunks++;
-        continue;
-      }
-      if (priority === 'demand') {
-        this.noteFetched(n);
-        // a chunk of the profile this disk opened with is on its way already: no speculation for it
-        if (this.speculation && !this.inBaseProfile(n)) missed = Math.max(missed, n);
-      }
-      const pending = this.cache.inflight.get(hex);
-      if (pending) {
-        this.stats.inflightJoins++;
-        this.cache.counters.inflightJoins++;
-        pending.urgency.raise(priority);
-        waits.push(pending.promise.then((b) => void (results[i] = b)));
-        continue;
-      }
-      const d = deferred();
-      const flight: InflightChunk = { promise: d.promise, urgency: new Urgency(priority) };
-      this.cache.inflight.set(hex, flight);
-      mine.set(e, { wanted: { entry: e, chunk: n }, hex, d, flight });
-      waits.push(d.promise.then((b) => void (results[i] = b)));
+      wanted.push({ entry: e, chunk: n, hex: this.hexOf(e) });
+      at.push(i);
     }
-    if (mine.size > 0) this.fetchOwned([...mine.values()], intoMemory, false, maxRunBytes);
+    if (wanted.length === 0) return results;
+    /** the last chunk of this demand read that had to come from a registry (-1: none) */
+    let missed = -1;
+    const got = this.cache.getChunks(wanted, {
+      index,
+      sources: this.sources,
+      what: `disk ${this.reference}`,
+      priority,
+      intoMemory,
+      maxRunBytes,
+      tally: this.stats,
+      track: (p) => this.track(p),
+      onMiss: priority !== 'demand' ? undefined : (w) => {
+        this.noteFetched(w.chunk);
+        // a chunk of the profile this disk opened with is on its way already: no speculation for it
+        if (this.speculation && !this.inBaseProfile(w.chunk)) missed = Math.max(missed, w.chunk);
+      },
+    });
     // the demand fetch goes first (it holds its connection before speculation asks for one)
     if (missed >= 0) this.speculate(missed);
-    await Promise.all(waits);
-    return results as Buffer[];
-  }
-
-  /**
-   * Fetch chunks this reader registered as in flight; settle each one's promise, whatever happens.
-   * Each coalesced run gets one `Urgency`, shared by its chunks' in-flight entries: whoever joins
-   * any of them raises the whole request.
-   */
-  private fetchOwned(all: Owned[], intoMemory: boolean, takeOver = false, maxRunBytes?: number): void {
-    const { index } = this.artifact;
-    // another process sharing the cache directory may be fetching some of these: wait for its files
-    const owned = all.filter((o) => {
-      if (takeOver) this.cache.disk.takeOverFetch(o.hex);
-      else if (!this.cache.disk.claimFetch(o.hex)) {
-        this.track(this.waitForOtherProcess(o, intoMemory));
-        return false;
-      }
-      // the claim may have been released by a process that has just stored the chunk
-      const local = this.cache.disk.has(o.hex) ? this.cache.lookupLocal(o.hex, intoMemory) : undefined;
-      if (local) {
-        this.cache.disk.releaseFetch(o.hex);
-        this.cache.inflight.delete(o.hex);
-        this.stats.tier1Chunks++;
-        o.d.resolve(local.data);
-        return false;
-      }
-      return true;
-    });
-    const byEntry = new Map(owned.map((o) => [o.wanted.entry, o] as const));
-    for (const run of planRuns(index, owned.map((o) => o.wanted), maxRunBytes)) {
-      const urgency = new Urgency('background');
-      for (const w of run.chunks) {
-        const o = byEntry.get(w.entry) as Owned;
-        urgency.raise(o.flight.urgency.priority);
-        o.flight.urgency = urgency;
-      }
-      const p = this.cache.remote.fetchRun(index, run, this.sources, urgency, `disk ${this.reference}`, (pack, blob) => this.keepWholePack(pack, blob))
-        .then(async (got) => {
-          await Promise.all(run.chunks.map(async (w) => {
-            const o = byEntry.get(w.entry) as Owned;
-            const chunk = got.get(w.entry) as Decoded;
-            const data = chunk.data;
-            try {
-              await this.cache.store(o.hex, chunk, intoMemory);
-            } catch (err) {
-              // A chunk that cannot be kept is still served: the read must not fail or hang for it.
-              this.cache.logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
-            } finally {
-              this.cache.disk.releaseFetch(o.hex);
-              this.cache.inflight.delete(o.hex);
-              this.stats.tier2Chunks++;
-              o.d.resolve(data);
-            }
-          }));
-        }, (err: unknown) => {
-          for (const w of run.chunks) {
-            const o = byEntry.get(w.entry) as Owned;
-            this.cache.inflight.delete(o.hex);
-            this.cache.disk.releaseFetch(o.hex);
-            o.d.reject(err);
-          }
-        });
-      this.track(p);
-    }
-  }
-
-  /**
-   * Another live claimer (see DiskTier.claimHolder) claimed this chunk: poll tier 1 for its file.
-   * If the claim goes away without a file (that process failed or died), fetch the chunk; if the
-   * claim is still there after `fetchDeadlineMs`, its claimer is not getting the chunk to us in
-   * time (it may not be fetching at all): take the claim over and fetch regardless.
-   */
-  private async waitForOtherProcess(o: Owned, intoMemory: boolean): Promise<void> {
-    const deadline = Date.now() + this.cache.config.fetchDeadlineMs;
-    for (;;) {
-      await new Promise((r) => setTimeout(r, 10));
-      const local = this.cache.lookupLocal(o.hex, intoMemory);
-      if (local) {
-        this.cache.inflight.delete(o.hex);
-        this.stats.tier1Chunks++;
-        o.d.resolve(local.data);
-        return;
-      }
-      if (!this.cache.disk.fetchClaimedElsewhere(o.hex)) {
-        this.fetchOwned([o], intoMemory);
-        return;
-      }
-      if (Date.now() > deadline) {
-        this.cache.logger.warn('a fetch claimed by another process did not finish within the fetch deadline; fetching regardless', { digest: o.hex, deadlineMs: this.cache.config.fetchDeadlineMs });
-        this.fetchOwned([o], intoMemory, true);
-        return;
-      }
-    }
-  }
-
-  /** A server ignored Range and sent a whole pack (already verified): keep the disk's other chunks in it. */
-  private keepWholePack(pack: Descriptor, blob: Buffer): void {
-    const { index } = this.artifact;
-    if (!this.entriesByPack || !this.firstChunkOfEntry) {
-      const byPack = new Map<string, number[]>();
-      index.entries.forEach((e, i) => {
-        const digest = (index.packs[e.pack] as Descriptor).digest;
-        const list = byPack.get(digest);
-        if (list) list.push(i);
-        else byPack.set(digest, [i]);
-      });
-      const first = new Int32Array(index.entries.length).fill(-1);
-      for (let n = index.chunkCount - 1; n >= 0; n--) if (index.map[n] !== HOLE) first[index.map[n] as number] = n;
-      this.entriesByPack = byPack;
-      this.firstChunkOfEntry = first;
-    }
-    const firstChunkOf = this.firstChunkOfEntry;
-    const work = (this.entriesByPack.get(pack.digest) ?? []).filter((e) => {
-      const hex = (index.entries[e] as IndexEntry).digest.toString('hex');
-      return !this.cache.disk.has(hex) && !this.cache.inflight.has(hex) && (firstChunkOf[e] as number) >= 0;
-    });
-    this.track(forEachBounded(work, 4, async (e) => {
-      const entry = index.entries[e] as IndexEntry;
-      const chunk = await this.cache.decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `disk ${this.reference} pack ${pack.digest}`, 'background');
-      await this.cache.store(entry.digest.toString('hex'), chunk, false);
-    }).catch((err: unknown) => this.cache.logger.warn('could not keep a whole pack a server sent', { pack: pack.digest, error: (err as Error).message })));
+    const chunks = await got;
+    for (let k = 0; k < chunks.length; k++) results[at[k] as number] = chunks[k] as Buffer;
+    return results;
   }
 
   /**
@@ -639,7 +467,7 @@ export class LazyDisk {
     for (const n of numbers) {
       const e = index.map[n];
       if (e === undefined || e === HOLE || firstOfEntry.has(e)) continue;
-      if (this.cache.disk.has((index.entries[e] as IndexEntry).digest.toString('hex'))) continue;
+      if (this.cache.has((index.entries[e] as IndexEntry).digest.toString('hex'))) continue;
       firstOfEntry.set(e, n);
     }
     let runs = planRuns(index, [...firstOfEntry].map(([entry, chunk]) => ({ entry, chunk })), opts.chunks ? PROFILE_RUN_BYTES : undefined);
@@ -683,7 +511,7 @@ export class LazyDisk {
     // chunks already local count as arrived
     this.profileArrived(profile.chunks.filter((n) => {
       const e = this.artifact.index.map[n] as number;
-      return e === HOLE || this.cache.disk.has(this.hexOf(e));
+      return e === HOLE || this.cache.has(this.hexOf(e));
     }));
     return this.track(this.prefetch({ priority: 'prefetch', chunks: profile.chunks, concurrency: 64, onRunDone: (chunks) => this.profileArrived(chunks) }).then(
       (r) => ({ ms: performance.now() - t0, fetchedChunks: r.fetchedChunks }),
@@ -756,51 +584,52 @@ export class LazyDisk {
     this.stopping = true;
     await this.settle();
     this.closed = true;
-    if (this.pinHolder) this.cache.disk.unpin(this.pinHolder);
+    if (this.pinHolder) this.cache.unpin(this.pinHolder);
     for (const fn of this.closeHooks) fn();
   }
 }
 
 /** Manifests by tag come from the origin (then mirrors); when all are away, from the last digest seen. */
-async function resolveManifest(cache: ChunkCache, ref: ImageRef, sources: Source[]): Promise<{ fetched: FetchedManifest; offline: boolean }> {
+async function resolveManifest(deps: DiskOpening, ref: ImageRef, sources: Source[]): Promise<{ fetched: FetchedManifest; offline: boolean }> {
+  const { meta, tags, cache } = deps;
   const reference = refReference(ref);
-  if (isDigest(reference) && (await cache.meta.blobExists(reference))) {
-    return { fetched: await cache.meta.fetchManifest(reference), offline: false };
+  if (isDigest(reference) && (await meta.blobExists(reference))) {
+    return { fetched: await meta.fetchManifest(reference), offline: false };
   }
   const ordered = [sources[sources.length - 1] as Source, ...sources.slice(0, -1)];
   let firstError: unknown;
   for (const s of ordered) {
     try {
       const fetched = await s.target.fetchManifest(reference);
-      if (!(await cache.meta.blobExists(fetched.descriptor.digest))) await cache.meta.pushBlob(fetched.descriptor, fetched.body);
-      if (!isDigest(reference)) cache.disk.recordTag(formatRef(ref), fetched.descriptor);
+      if (!(await meta.blobExists(fetched.descriptor.digest))) await meta.pushBlob(fetched.descriptor, fetched.body);
+      if (!isDigest(reference)) tags.recordTag(formatRef(ref), fetched.descriptor);
       return { fetched, offline: false };
     } catch (err) {
       firstError ??= err;
       if (!registryAway(err)) throw err;
     }
   }
-  const seen = isDigest(reference) ? undefined : cache.disk.lastSeenTag(formatRef(ref));
-  if (seen && (await cache.meta.blobExists(seen.digest))) {
+  const seen = isDigest(reference) ? undefined : tags.lastSeenTag(formatRef(ref));
+  if (seen && (await meta.blobExists(seen.digest))) {
     cache.logger.warn('registry unreachable; using the digest last seen for this tag', {
       reference: formatRef(ref), digest: seen.digest, seenAt: new Date(seen.seen).toISOString(), error: (firstError as Error).message,
     });
-    return { fetched: await cache.meta.fetchManifest(seen.digest), offline: true };
+    return { fetched: await meta.fetchManifest(seen.digest), offline: true };
   }
   throw firstError;
 }
 
 /** Blob reads for opening a disk: the metadata cache first, then each source; what is fetched is kept. */
-function cachingBlobReader(cache: ChunkCache, sources: Source[], name: string): BlobReader {
+function cachingBlobReader(meta: OciLayoutStore, sources: Source[], name: string): BlobReader {
   return {
     name,
     async fetchBlob(desc: Descriptor): Promise<Buffer> {
-      if (await cache.meta.blobExists(desc.digest)) return cache.meta.fetchBlob(desc);
+      if (await meta.blobExists(desc.digest)) return meta.fetchBlob(desc);
       let lastError: unknown;
       for (const s of [sources[sources.length - 1] as Source, ...sources.slice(0, -1)]) {
         try {
           const data = await s.target.fetchBlob(desc);
-          await cache.meta.pushBlob(desc, data);
+          await meta.pushBlob(desc, data);
           return data;
         } catch (err) {
           lastError = err;
@@ -811,22 +640,31 @@ function cachingBlobReader(cache: ChunkCache, sources: Source[], name: string): 
   };
 }
 
-export async function openLazyDisk(cache: ChunkCache, refText: string, opts: OpenDiskOptions): Promise<LazyDisk> {
+/** What opening a disk needs of the cache: its chunks, the stores, and its metadata (manifests, configs and indexes by digest; tags seen). */
+export interface DiskOpening {
+  cache: DiskChunkCache;
+  targets: Targets;
+  meta: OciLayoutStore;
+  tags: TagRecords;
+}
+
+export async function openLazyDisk(deps: DiskOpening, refText: string, opts: OpenDiskOptions): Promise<LazyDisk> {
+  const { cache, targets } = deps;
   const ref = parseRef(refText);
-  const origin = await cache.targets.open(ref);
+  const origin = await targets.open(ref);
   const sources: Source[] = [];
   if (ref.kind === 'registry') {
     for (const mirror of cache.config.mirrors[ref.registry] ?? []) {
-      sources.push({ target: await cache.targets.open({ kind: 'registry', registry: mirror, repository: ref.repository }), host: mirror });
+      sources.push({ target: await targets.open({ kind: 'registry', registry: mirror, repository: ref.repository }), host: mirror });
     }
   }
   sources.push({ target: origin, host: ref.kind === 'registry' ? ref.registry : 'local' });
-  const { fetched, offline } = await resolveManifest(cache, ref, sources);
+  const { fetched, offline } = await resolveManifest(deps, ref, sources);
   // the boot profile (a registry round trip or two) is fetched while the config and index are
   const wantProfile = (opts.useProfile !== false || opts.recordProfileIfMissing === true) && !offline;
   const profileFetch = wantProfile ? fetchBootProfile(origin, fetched.descriptor.digest) : Promise.resolve(undefined);
   profileFetch.catch(() => undefined);
-  const artifact = await openDiskFromManifest(cachingBlobReader(cache, sources, origin.name), refReference(ref), fetched.descriptor, fetched.body);
+  const artifact = await openDiskFromManifest(cachingBlobReader(deps.meta, sources, origin.name), refReference(ref), fetched.descriptor, fetched.body);
   const disk = new LazyDisk(cache, formatRef(ref), artifact, origin, sources, offline);
   if (opts.pin !== false) disk.pin();
   if (opts.recordProfile) disk.startProfile();

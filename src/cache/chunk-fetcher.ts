@@ -1,0 +1,265 @@
+/**
+ * Single flight: every chunk the cache does not hold is fetched once, however many readers want it.
+ * In this process, one in-flight entry per chunk digest (later readers wait on the first one's
+ * fetch and raise it to their priority); between processes sharing the cache directory, a fetch
+ * claim in tier 1 (DiskTier.claimFetch), which a reader that finds it waits on instead of fetching,
+ * and takes over when its claimer fails, dies or does not deliver within the fetch deadline.
+ * The chunk cache owns one `ChunkFetcher`; nothing else touches its in-flight map or the claims.
+ */
+import { chunkLength, HOLE, type ChunkIndex, type IndexEntry } from '../disk/format.js';
+import type { Descriptor } from '../oci/types.js';
+import { forEachBounded } from '../util/concurrency.js';
+import type { Logger } from '../util/log.js';
+import { Urgency, type Priority } from '../util/semaphore.js';
+import type { Decoded } from '../workers/pool.js';
+import type { ChunkWant, GetChunksOptions } from './cache-types.js';
+import type { DiskTier } from './disk-tier.js';
+import { planRuns, type RemoteTier, type WantedChunk } from './remote-tier.js';
+
+/**
+ * A chunk being fetched by a reader in this process: its bytes when they come (or the fetch's
+ * error), and the urgency of the request that fetches it, which a more urgent reader that joins
+ * raises (one `Urgency` per coalesced request, shared by its chunks).
+ */
+interface InflightChunk {
+  promise: Promise<Buffer>;
+  urgency: Urgency;
+}
+
+interface Deferred {
+  promise: Promise<Buffer>;
+  resolve: (b: Buffer) => void;
+  reject: (e: unknown) => void;
+}
+
+/** A chunk a call fetches: what it is, its promise to settle, and its in-flight entry. */
+interface Owned {
+  wanted: WantedChunk;
+  hex: string;
+  d: Deferred;
+  flight: InflightChunk;
+}
+
+function deferred(): Deferred {
+  let resolve!: (b: Buffer) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<Buffer>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => undefined); // a fetch nobody else waits for must not be an unhandled rejection
+  return { promise, resolve, reject };
+}
+
+/** Per index: the entries of each pack, and the first chunk that uses each entry (-1: none). */
+interface PackMap {
+  entriesByPack: Map<string, number[]>;
+  firstChunkOfEntry: Int32Array;
+}
+
+export interface ChunkFetcherDeps {
+  /** tier 1: its fetch claims, and whether it holds a chunk */
+  disk: DiskTier;
+  remote: RemoteTier;
+  logger: Logger;
+  /** the fetch deadline (ms): how long a claim another process holds is waited on */
+  deadlineMs: number;
+  /** a chunk from tier 0 or tier 1 (counted in the cache's hits), or undefined */
+  lookupLocal: (hex: string, promote: boolean) => { data: Buffer; tier: 0 | 1 } | undefined;
+  /** keep a verified chunk in tier 1 (and tier 0 when `intoMemory`) */
+  store: (hex: string, chunk: Decoded, intoMemory: boolean) => Promise<void>;
+  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority: Priority) => Promise<Decoded>;
+}
+
+export class ChunkFetcher {
+  /** one entry per chunk digest being fetched in this process */
+  readonly #inflight = new Map<string, InflightChunk>();
+  #joins = 0;
+  readonly #packMaps = new WeakMap<ChunkIndex, PackMap>();
+  readonly #deps: ChunkFetcherDeps;
+
+  constructor(deps: ChunkFetcherDeps) {
+    this.#deps = deps;
+  }
+
+  /** Look-ups that waited on a fetch another reader had started, since this cache opened. */
+  get joins(): number {
+    return this.#joins;
+  }
+
+  /** Chunks being fetched in this process now. */
+  get size(): number {
+    return this.#inflight.size;
+  }
+
+  isFetching(hex: string): boolean {
+    return this.#inflight.has(hex);
+  }
+
+  /**
+   * The chunks' bytes, each from the nearest tier. Chunks nobody is fetching yet are fetched
+   * together: grouped by pack into coalesced Range requests, one in-flight promise per chunk. A
+   * chunk already being fetched at a lower priority (a queued prefetch) is waited for, and its
+   * fetch raised to `priority`. Look-ups, joins and the first requests happen before this returns.
+   */
+  getChunks(wanted: ChunkWant[], opts: GetChunksOptions): Promise<Buffer[]> {
+    const results: (Buffer | undefined)[] = new Array(wanted.length);
+    const waits: Promise<void>[] = [];
+    const mine = new Map<number, Owned>();
+    for (let i = 0; i < wanted.length; i++) {
+      const w = wanted[i] as ChunkWant;
+      const own = mine.get(w.entry);
+      if (own) {
+        waits.push(own.d.promise.then((b) => void (results[i] = b)));
+        continue;
+      }
+      const local = this.#deps.lookupLocal(w.hex, opts.intoMemory);
+      if (local) {
+        results[i] = local.data;
+        if (local.tier === 0) opts.tally.tier0Chunks++;
+        else opts.tally.tier1Chunks++;
+        continue;
+      }
+      opts.onMiss?.(w);
+      const pending = this.#inflight.get(w.hex);
+      if (pending) {
+        opts.tally.inflightJoins++;
+        this.#joins++;
+        pending.urgency.raise(opts.priority);
+        waits.push(pending.promise.then((b) => void (results[i] = b)));
+        continue;
+      }
+      const d = deferred();
+      const flight: InflightChunk = { promise: d.promise, urgency: new Urgency(opts.priority) };
+      this.#inflight.set(w.hex, flight);
+      mine.set(w.entry, { wanted: { entry: w.entry, chunk: w.chunk }, hex: w.hex, d, flight });
+      waits.push(d.promise.then((b) => void (results[i] = b)));
+    }
+    if (mine.size > 0) this.#fetchOwned(opts, [...mine.values()], false, opts.maxRunBytes);
+    return Promise.all(waits).then(() => results as Buffer[]);
+  }
+
+  /**
+   * Fetch chunks this call registered as in flight; settle each one's promise, whatever happens.
+   * Each coalesced run gets one `Urgency`, shared by its chunks' in-flight entries: whoever joins
+   * any of them raises the whole request.
+   */
+  #fetchOwned(call: GetChunksOptions, all: Owned[], takeOver: boolean, maxRunBytes?: number): void {
+    const { disk, remote, logger, lookupLocal, store } = this.#deps;
+    const { index, intoMemory } = call;
+    // another process sharing the cache directory may be fetching some of these: wait for its files
+    const owned = all.filter((o) => {
+      if (takeOver) disk.takeOverFetch(o.hex);
+      else if (!disk.claimFetch(o.hex)) {
+        call.track(this.#waitForOtherProcess(call, o));
+        return false;
+      }
+      // the claim may have been released by a process that has just stored the chunk
+      const local = disk.has(o.hex) ? lookupLocal(o.hex, intoMemory) : undefined;
+      if (local) {
+        disk.releaseFetch(o.hex);
+        this.#inflight.delete(o.hex);
+        call.tally.tier1Chunks++;
+        o.d.resolve(local.data);
+        return false;
+      }
+      return true;
+    });
+    const byEntry = new Map(owned.map((o) => [o.wanted.entry, o] as const));
+    for (const run of planRuns(index, owned.map((o) => o.wanted), maxRunBytes)) {
+      const urgency = new Urgency('background');
+      for (const w of run.chunks) {
+        const o = byEntry.get(w.entry) as Owned;
+        urgency.raise(o.flight.urgency.priority);
+        o.flight.urgency = urgency;
+      }
+      const p = remote.fetchRun(index, run, call.sources, urgency, call.what, (pack, blob) => this.#keepWholePack(call, pack, blob))
+        .then(async (got) => {
+          await Promise.all(run.chunks.map(async (w) => {
+            const o = byEntry.get(w.entry) as Owned;
+            const chunk = got.get(w.entry) as Decoded;
+            const data = chunk.data;
+            try {
+              await store(o.hex, chunk, intoMemory);
+            } catch (err) {
+              // A chunk that cannot be kept is still served: the read must not fail or hang for it.
+              logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
+            } finally {
+              disk.releaseFetch(o.hex);
+              this.#inflight.delete(o.hex);
+              call.tally.tier2Chunks++;
+              o.d.resolve(data);
+            }
+          }));
+        }, (err: unknown) => {
+          for (const w of run.chunks) {
+            const o = byEntry.get(w.entry) as Owned;
+            this.#inflight.delete(o.hex);
+            disk.releaseFetch(o.hex);
+            o.d.reject(err);
+          }
+        });
+      call.track(p);
+    }
+  }
+
+  /**
+   * Another live claimer (see DiskTier.claimHolder) claimed this chunk: poll tier 1 for its file.
+   * If the claim goes away without a file (that process failed or died), fetch the chunk; if the
+   * claim is still there after the fetch deadline, its claimer is not getting the chunk to us in
+   * time (it may not be fetching at all): take the claim over and fetch regardless.
+   */
+  async #waitForOtherProcess(call: GetChunksOptions, o: Owned): Promise<void> {
+    const { disk, logger, lookupLocal, deadlineMs } = this.#deps;
+    const deadline = Date.now() + deadlineMs;
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 10));
+      const local = lookupLocal(o.hex, call.intoMemory);
+      if (local) {
+        this.#inflight.delete(o.hex);
+        call.tally.tier1Chunks++;
+        o.d.resolve(local.data);
+        return;
+      }
+      if (!disk.fetchClaimedElsewhere(o.hex)) {
+        this.#fetchOwned(call, [o], false);
+        return;
+      }
+      if (Date.now() > deadline) {
+        logger.warn('a fetch claimed by another process did not finish within the fetch deadline; fetching regardless', { digest: o.hex, deadlineMs });
+        this.#fetchOwned(call, [o], true);
+        return;
+      }
+    }
+  }
+
+  /** A server ignored Range and sent a whole pack (already verified): keep the disk's other chunks in it. */
+  #keepWholePack(call: GetChunksOptions, pack: Descriptor, blob: Buffer): void {
+    const { disk, logger, decode, store } = this.#deps;
+    const { index } = call;
+    let maps = this.#packMaps.get(index);
+    if (!maps) {
+      const byPack = new Map<string, number[]>();
+      index.entries.forEach((e, i) => {
+        const digest = (index.packs[e.pack] as Descriptor).digest;
+        const list = byPack.get(digest);
+        if (list) list.push(i);
+        else byPack.set(digest, [i]);
+      });
+      const first = new Int32Array(index.entries.length).fill(-1);
+      for (let n = index.chunkCount - 1; n >= 0; n--) if (index.map[n] !== HOLE) first[index.map[n] as number] = n;
+      maps = { entriesByPack: byPack, firstChunkOfEntry: first };
+      this.#packMaps.set(index, maps);
+    }
+    const firstChunkOf = maps.firstChunkOfEntry;
+    const work = (maps.entriesByPack.get(pack.digest) ?? []).filter((e) => {
+      const hex = (index.entries[e] as IndexEntry).digest.toString('hex');
+      return !disk.has(hex) && !this.#inflight.has(hex) && (firstChunkOf[e] as number) >= 0;
+    });
+    call.track(forEachBounded(work, 4, async (e) => {
+      const entry = index.entries[e] as IndexEntry;
+      const chunk = await decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `${call.what} pack ${pack.digest}`, 'background');
+      await store(entry.digest.toString('hex'), chunk, false);
+    }).catch((err: unknown) => logger.warn('could not keep a whole pack a server sent', { pack: pack.digest, error: (err as Error).message })));
+  }
+}

@@ -19,7 +19,8 @@ import { ChunkCodec } from '../disk/chunk-codec.js';
 import type { ChunkWant, DiskChunkCache, GetChunksOptions, TierTally } from './cache-types.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
 import { DiskTier, type DiskTierStats } from './disk-tier.js';
-import { openLazyDisk, type LazyDisk, type OpenDiskOptions } from './lazy-disk.js';
+import type { LazyDisk, OpenDiskOptions } from './lazy-disk.js';
+import { openLazyDisk } from './open-disk.js';
 import { RemoteTier, type RemoteStats } from './remote-tier.js';
 
 /** Of each registry host's connections, how many only demand reads may use. */

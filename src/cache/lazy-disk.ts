@@ -1,24 +1,20 @@
 /**
- * A lazily fetched disk: `openLazyDisk` resolves the manifest, config and index once (cached by
- * digest, so a disk already seen opens without its registry), then `read(offset, length)` fetches
- * only the chunks it touches, through the cache's tiers.
+ * A lazily fetched disk: opened by `ChunkCache.openDisk` (open-disk.ts, which resolves the
+ * manifest, config and index once, cached by digest, so a disk already seen opens without its
+ * registry), then `read(offset, length)` fetches only the chunks it touches, through the cache's tiers.
  */
 import { statSync } from 'node:fs';
-import { SlipwayError, isSlipwayError } from '../errors.js';
-import { openDiskFromManifest, type BlobReader, type DiskArtifact } from '../disk/artifact.js';
+import { SlipwayError } from '../errors.js';
+import type { DiskArtifact } from '../disk/artifact.js';
 import { chunkLength, HOLE, type IndexEntry } from '../disk/format.js';
-import { isDigest } from '../oci/digest.js';
-import type { OciLayoutStore } from '../oci/layout/layout-store.js';
-import type { Targets } from '../oci/open.js';
-import { formatRef, parseRef, refReference, type ImageRef } from '../oci/ref.js';
-import type { FetchedManifest, Target } from '../oci/store.js';
+import type { Target } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 import type { ProgressFn } from '../util/progress.js';
 import type { Priority } from '../util/semaphore.js';
 import { forEachBounded } from '../util/concurrency.js';
-import type { ChunkWant, DiskChunkCache, TagRecords } from './cache-types.js';
+import type { ChunkWant, DiskChunkCache } from './cache-types.js';
 import { planRuns, type Source } from './remote-tier.js';
-import { checkBootProfile, fetchBootProfile, pushBootProfile, readLocalProfile, refineProfile, writeLocalProfile, type BootProfile } from './boot-profile.js';
+import { pushBootProfile, refineProfile, writeLocalProfile, type BootProfile } from './boot-profile.js';
 
 /** Chunks fetched ahead of a sequential reader: the window starts at 16 (8 MiB at the default chunk size) and doubles while reads stay sequential. */
 const READAHEAD_MIN_CHUNKS = 16;
@@ -92,11 +88,6 @@ export interface DiskReadStats {
   speculatedChunks: number;
   /** speculated chunks the boot read, known when a recorded profile is saved (see `guessesRead`) */
   speculatedRead: number;
-}
-
-/** Errors worth falling back to a cached tag for: the registry is away, not saying no. */
-function registryAway(err: unknown): boolean {
-  return isSlipwayError(err) && ['REGISTRY_UNREACHABLE', 'REGISTRY_ERROR', 'TOOMANYREQUESTS'].includes(err.code);
 }
 
 export class LazyDisk {
@@ -587,104 +578,4 @@ export class LazyDisk {
     if (this.pinHolder) this.cache.unpin(this.pinHolder);
     for (const fn of this.closeHooks) fn();
   }
-}
-
-/** Manifests by tag come from the origin (then mirrors); when all are away, from the last digest seen. */
-async function resolveManifest(deps: DiskOpening, ref: ImageRef, sources: Source[]): Promise<{ fetched: FetchedManifest; offline: boolean }> {
-  const { meta, tags, cache } = deps;
-  const reference = refReference(ref);
-  if (isDigest(reference) && (await meta.blobExists(reference))) {
-    return { fetched: await meta.fetchManifest(reference), offline: false };
-  }
-  const ordered = [sources[sources.length - 1] as Source, ...sources.slice(0, -1)];
-  let firstError: unknown;
-  for (const s of ordered) {
-    try {
-      const fetched = await s.target.fetchManifest(reference);
-      if (!(await meta.blobExists(fetched.descriptor.digest))) await meta.pushBlob(fetched.descriptor, fetched.body);
-      if (!isDigest(reference)) tags.recordTag(formatRef(ref), fetched.descriptor);
-      return { fetched, offline: false };
-    } catch (err) {
-      firstError ??= err;
-      if (!registryAway(err)) throw err;
-    }
-  }
-  const seen = isDigest(reference) ? undefined : tags.lastSeenTag(formatRef(ref));
-  if (seen && (await meta.blobExists(seen.digest))) {
-    cache.logger.warn('registry unreachable; using the digest last seen for this tag', {
-      reference: formatRef(ref), digest: seen.digest, seenAt: new Date(seen.seen).toISOString(), error: (firstError as Error).message,
-    });
-    return { fetched: await meta.fetchManifest(seen.digest), offline: true };
-  }
-  throw firstError;
-}
-
-/** Blob reads for opening a disk: the metadata cache first, then each source; what is fetched is kept. */
-function cachingBlobReader(meta: OciLayoutStore, sources: Source[], name: string): BlobReader {
-  return {
-    name,
-    async fetchBlob(desc: Descriptor): Promise<Buffer> {
-      if (await meta.blobExists(desc.digest)) return meta.fetchBlob(desc);
-      let lastError: unknown;
-      for (const s of [sources[sources.length - 1] as Source, ...sources.slice(0, -1)]) {
-        try {
-          const data = await s.target.fetchBlob(desc);
-          await meta.pushBlob(desc, data);
-          return data;
-        } catch (err) {
-          lastError = err;
-        }
-      }
-      throw lastError;
-    },
-  };
-}
-
-/** What opening a disk needs of the cache: its chunks, the stores, and its metadata (manifests, configs and indexes by digest; tags seen). */
-export interface DiskOpening {
-  cache: DiskChunkCache;
-  targets: Targets;
-  meta: OciLayoutStore;
-  tags: TagRecords;
-}
-
-export async function openLazyDisk(deps: DiskOpening, refText: string, opts: OpenDiskOptions): Promise<LazyDisk> {
-  const { cache, targets } = deps;
-  const ref = parseRef(refText);
-  const origin = await targets.open(ref);
-  const sources: Source[] = [];
-  if (ref.kind === 'registry') {
-    for (const mirror of cache.config.mirrors[ref.registry] ?? []) {
-      sources.push({ target: await targets.open({ kind: 'registry', registry: mirror, repository: ref.repository }), host: mirror });
-    }
-  }
-  sources.push({ target: origin, host: ref.kind === 'registry' ? ref.registry : 'local' });
-  const { fetched, offline } = await resolveManifest(deps, ref, sources);
-  // the boot profile (a registry round trip or two) is fetched while the config and index are
-  const wantProfile = (opts.useProfile !== false || opts.recordProfileIfMissing === true) && !offline;
-  const profileFetch = wantProfile ? fetchBootProfile(origin, fetched.descriptor.digest) : Promise.resolve(undefined);
-  profileFetch.catch(() => undefined);
-  const artifact = await openDiskFromManifest(cachingBlobReader(deps.meta, sources, origin.name), refReference(ref), fetched.descriptor, fetched.body);
-  const disk = new LazyDisk(cache, formatRef(ref), artifact, origin, sources, offline);
-  if (opts.pin !== false) disk.pin();
-  if (opts.recordProfile) disk.startProfile();
-  disk.setSpeculation(opts.speculate === true);
-  if (opts.useProfile !== false || opts.recordProfileIfMissing === true) {
-    // the registry's profile, else one this host kept because it could not push it
-    let from: 'registry' | 'local' = 'registry';
-    const raw = await profileFetch.then(async (r) => {
-      if (r !== undefined) return r;
-      from = 'local';
-      return readLocalProfile(cache.config.cacheDir, fetched.descriptor.digest);
-    });
-    const profile = await Promise.resolve(raw).then((r) => (r === undefined ? undefined : checkBootProfile(r, artifact))).catch((err: unknown) => {
-      cache.logger.warn('could not read the boot profile; opening without it', { disk: formatRef(ref), error: (err as Error).message });
-      return null;
-    });
-    if (profile) disk.useBaseProfile(profile, from, opts.recordProfileIfMissing === true && !opts.recordProfile);
-    if (profile && opts.useProfile !== false) void disk.prefetchProfile(profile);
-    if (profile === undefined && opts.recordProfileIfMissing) disk.startProfile();
-  }
-  if (opts.fill) void disk.fillInBackground();
-  return disk;
 }

@@ -1,0 +1,58 @@
+/**
+ * Opening a disk by reference (`ChunkCache.openDisk`): its sources, its manifest, config and
+ * index (disk-manifest.ts: kept by digest, so a disk already seen opens without its registry),
+ * its boot profile (the registry's, else one this host kept), then a `LazyDisk` set up as the
+ * options ask: pinned, recording or refining a profile, speculating, prefetching.
+ */
+import { openDiskFromManifest } from '../disk/artifact.js';
+import type { OciLayoutStore } from '../oci/layout/layout-store.js';
+import type { Targets } from '../oci/open.js';
+import { formatRef, parseRef, refReference } from '../oci/ref.js';
+import { checkBootProfile, fetchBootProfile, readLocalProfile } from './boot-profile.js';
+import type { DiskChunkCache, TagRecords } from './cache-types.js';
+import { cachingBlobReader, diskSources, resolveDiskManifest } from './disk-manifest.js';
+import { LazyDisk, type OpenDiskOptions } from './lazy-disk.js';
+import type { Source } from './remote-tier.js';
+
+/** What opening a disk needs of the cache: its chunks, the stores, and its metadata (manifests, configs and indexes by digest; tags seen). */
+export interface DiskOpening {
+  cache: DiskChunkCache;
+  targets: Targets;
+  meta: OciLayoutStore;
+  tags: TagRecords;
+}
+
+export async function openLazyDisk(deps: DiskOpening, refText: string, opts: OpenDiskOptions): Promise<LazyDisk> {
+  const { cache, meta } = deps;
+  const ref = parseRef(refText);
+  const sources = await diskSources(deps.targets, cache.config.mirrors, ref);
+  const origin = (sources[sources.length - 1] as Source).target;
+  const { fetched, offline } = await resolveDiskManifest(meta, deps.tags, cache.logger, ref, sources);
+  // the boot profile (a registry round trip or two) is fetched while the config and index are
+  const wantProfile = (opts.useProfile !== false || opts.recordProfileIfMissing === true) && !offline;
+  const profileFetch = wantProfile ? fetchBootProfile(origin, fetched.descriptor.digest) : Promise.resolve(undefined);
+  profileFetch.catch(() => undefined);
+  const artifact = await openDiskFromManifest(cachingBlobReader(meta, sources, origin.name), refReference(ref), fetched.descriptor, fetched.body);
+  const disk = new LazyDisk(cache, formatRef(ref), artifact, origin, sources, offline);
+  if (opts.pin !== false) disk.pin();
+  if (opts.recordProfile) disk.startProfile();
+  disk.setSpeculation(opts.speculate === true);
+  if (opts.useProfile !== false || opts.recordProfileIfMissing === true) {
+    // the registry's profile, else one this host kept because it could not push it
+    let from: 'registry' | 'local' = 'registry';
+    const raw = await profileFetch.then(async (r) => {
+      if (r !== undefined) return r;
+      from = 'local';
+      return readLocalProfile(cache.config.cacheDir, fetched.descriptor.digest);
+    });
+    const profile = await Promise.resolve(raw).then((r) => (r === undefined ? undefined : checkBootProfile(r, artifact))).catch((err: unknown) => {
+      cache.logger.warn('could not read the boot profile; opening without it', { disk: formatRef(ref), error: (err as Error).message });
+      return null;
+    });
+    if (profile) disk.useBaseProfile(profile, from, opts.recordProfileIfMissing === true && !opts.recordProfile);
+    if (profile && opts.useProfile !== false) void disk.prefetchProfile(profile);
+    if (profile === undefined && opts.recordProfileIfMissing) disk.startProfile();
+  }
+  if (opts.fill) void disk.fillInBackground();
+  return disk;
+}

@@ -30,7 +30,7 @@ import {
   hybridVsockConnect,
   useFwCfg,
 } from '../src/vmm/cloud-hypervisor.js';
-import type { RunningVm, VmSpec } from '../src/vmm/driver.js';
+import type { AdoptTarget, RunningVm, VmSpec } from '../src/vmm/driver.js';
 import { bootVm } from '../src/vmm/boot.js';
 import { inspectKvm, kvmDeviceUsable, loadedKvmModules } from '../src/vmm/accel.js';
 import { processesWithArgument } from '../src/util/process.js';
@@ -428,9 +428,10 @@ describe('the driver against a FAKE Cloud Hypervisor (test/helpers/fake-cloud-hy
     // its output goes to a file in the work directory, not to pipes of the process that started it
     expect(existsSync(join(workDir, 'cloud-hypervisor.log'))).toBe(true);
     const later = new CloudHypervisorDriver({ binary });
+    const target = (pid: number): AdoptTarget => ({ pid, workDir, accel: 'kvm', agent: started.agentEndpoint });
     // a pid that is not this VM's (this test process) is refused
-    expect(later.adopt(process.pid, s)).toBeUndefined();
-    const adopted = later.adopt(started.pid, s);
+    expect(later.adopt(target(process.pid))).toBeUndefined();
+    const adopted = later.adopt(target(started.pid));
     expect(adopted?.pid).toBe(started.pid);
     expect(adopted?.agentEndpoint).toEqual({ transport: 'hybrid-vsock', socket: join(workDir, 'vsock.sock') });
     const agent = await agentOf(adopted as RunningVm);
@@ -439,7 +440,7 @@ describe('the driver against a FAKE Cloud Hypervisor (test/helpers/fake-cloud-hy
     await (adopted as RunningVm).kill(2000);
     await adopted?.exited;
     expect(pidAlive(started.pid)).toBe(false);
-    expect(later.adopt(started.pid, s)).toBeUndefined();
+    expect(later.adopt(target(started.pid))).toBeUndefined();
   });
 
   it('boots (ping, create, boot), reaches the agent over hybrid vsock, runs echo hi, and stops', async () => {

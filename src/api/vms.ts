@@ -20,7 +20,7 @@ import { adoptDisk, serveDisk, type ServedDisk } from '../serve/backend.js';
 import type { Logger } from '../util/log.js';
 import { logProgress } from '../util/progress.js';
 import { processesWithArgument, terminateProcess } from '../util/process.js';
-import type { AgentEndpoint, NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
+import type { NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { driverFor } from '../vmm/drivers.js';
 import { checkShape } from '../disk/memory-snapshot.js';
 import { createRamFile, prepareRestore, ramFileOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
@@ -551,7 +551,7 @@ export class VmManager {
       try {
         if (r.status === 'running' && r.vmmPid && r.backendPid && r.agent && r.accel && r.digest) {
           served = await adoptDisk({ cache: this.deps.cache, ref: digestRef(r.image, r.digest), socket: join(r.workDir, 'blk.sock'), workDir: r.workDir, pid: r.backendPid, overlayDir: join(r.workDir, 'overlay') });
-          if (served) vm = this.adoptVmm(r, r.agent, guest.vsockConnect);
+          if (served) vm = this.driver(r.vmm).adopt({ pid: r.vmmPid, workDir: r.workDir, accel: r.accel, agent: r.agent, vsockConnect: guest.vsockConnect });
         }
       } catch (err) {
         this.deps.logger.warn('could not adopt a vm', { vm: r.id, error: (err as Error).message });
@@ -584,11 +584,6 @@ export class VmManager {
       this.deps.logger.warn('vm left by an earlier daemon could not be adopted; removed', { vm: r.id, status: r.status });
     }
     return { adopted, removed };
-  }
-
-  private adoptVmm(r: VmRecord, endpoint: AgentEndpoint, vsockConnect: string): RunningVm | undefined {
-    const spec = { id: r.id, workDir: r.workDir, vsockConnect, console: true } as VmSpec;
-    return this.driver(r.vmm).adopt(r.vmmPid as number, spec, r.accel as 'kvm' | 'tcg', endpoint);
   }
 
   /** Stop serving (the daemon is going away): VMs and backends keep running, to be adopted again. */

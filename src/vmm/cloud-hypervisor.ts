@@ -20,24 +20,23 @@
  * as `slipway.config=<base64>` on the kernel command line.
  */
 import { envVar } from '../config.js';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { SlipwayError } from '../errors.js';
+import { guestKernelCmdline } from '../guest/abi.js';
 import { FW_CFG_NAME, checkKernelCmdline } from '../guest/boot-config.js';
-import type { AgentEndpoint, BootFailure, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
-import { kernelCmdline } from './qemu.js';
+import type { AdoptTarget, AgentEndpoint, BootFailure, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import { connectAgentEndpoint } from './agent-connect.js';
 import { classifyEnd } from './boot-failure.js';
 import { fileTail } from '../util/file-tail.js';
-import { processExit, processHasArgument, processRunning } from '../util/process.js';
+import { VmmProcess } from './vmm-process.js';
+
+export { hybridVsockConnect } from './agent-connect.js';
 
 export const CH_API_BASE = '/api/v1';
-/** The vsock port slipway-agent listens on (docs/agent-protocol.md). */
-export const AGENT_VSOCK_PORT = 1024;
 /** The guest's vsock context id: 3 is the first one free for guests (0-2 are reserved). */
 export const GUEST_CID = 3;
 
@@ -91,8 +90,7 @@ export function fwCfgConfig(bootConfigPath: string): { e820: boolean; kernel: bo
 
 /** The kernel command line: the shared quiet line with KVM hints, plus the config when not in fw_cfg. */
 export function chKernelCmdline(spec: VmSpec, opts: { fwCfg: boolean }): string {
-  const extra = [spec.cmdline, opts.fwCfg ? undefined : `slipway.config=${Buffer.from(spec.bootConfig).toString('base64')}`].filter(Boolean).join(' ');
-  const line = kernelCmdline('kvm', extra || undefined);
+  const line = guestKernelCmdline({ accel: 'kvm', extra: spec.cmdline, bootConfig: opts.fwCfg ? undefined : spec.bootConfig });
   checkKernelCmdline(line);
   return line;
 }
@@ -219,68 +217,6 @@ export async function chPing(socketPath: string, timeoutMs?: number): Promise<Vm
   return { ...p, version: p.version, features };
 }
 
-// ---- hybrid vsock ----
-
-/**
- * The host side of CH's hybrid vsock: connect to the device's Unix socket, ask for a guest port,
- * wait for `OK <n>`, and hand back the socket with any bytes that came after that line pushed back
- * in front of the stream. CH closes the connection when nothing in the guest listens on the port
- * (yet): that rejects, and the caller tries again.
- */
-export function hybridVsockConnect(socketPath: string, port: number, timeoutMs = 5000): Promise<Duplex> {
-  return new Promise((resolve, reject) => {
-    const sock = connect(socketPath);
-    let buf = Buffer.alloc(0);
-    let done = false;
-    const fail = (message: string, cause?: unknown): void => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      sock.destroy();
-      reject(new SlipwayError('VMM_ERROR', `hybrid vsock ${socketPath} port ${port}: ${message}`, { context: { socket: socketPath, port }, ...(cause === undefined ? {} : { cause }) }));
-    };
-    const timer = setTimeout(() => fail(`no answer to CONNECT within ${timeoutMs} ms`), timeoutMs);
-    const onReadable = (): void => {
-      let chunk: Buffer | null;
-      while (!done && (chunk = sock.read() as Buffer | null) !== null) {
-        buf = Buffer.concat([buf, chunk]);
-        const nl = buf.indexOf(0x0a);
-        if (nl < 0) {
-          if (buf.length > 64) fail(`the answer to CONNECT is not a line: ${JSON.stringify(buf.subarray(0, 64).toString('latin1'))}`);
-          continue;
-        }
-        const line = buf.subarray(0, nl).toString('latin1').replace(/\r$/, '');
-        if (!/^OK \d+$/.test(line)) {
-          fail(`unexpected answer to CONNECT: ${JSON.stringify(line)}`);
-          return;
-        }
-        done = true;
-        clearTimeout(timer);
-        cleanup();
-        // Removing the last 'readable' listener returns the stream to its initial mode, so the
-        // caller's 'data' listener starts the flow, beginning with the bytes pushed back here.
-        const rest = buf.subarray(nl + 1);
-        if (rest.length > 0) sock.unshift(rest);
-        resolve(sock);
-        return;
-      }
-    };
-    const onEnd = (): void => fail('the connection closed before OK (is the guest agent listening yet?)');
-    const onError = (err: Error): void => fail(err.message, err);
-    const cleanup = (): void => {
-      sock.removeListener('readable', onReadable);
-      sock.removeListener('end', onEnd);
-      sock.removeListener('close', onEnd);
-      sock.removeListener('error', onError);
-    };
-    sock.on('readable', onReadable);
-    sock.once('end', onEnd);
-    sock.once('close', onEnd);
-    sock.once('error', onError);
-    sock.once('connect', () => sock.write(`CONNECT ${port}\n`));
-  });
-}
-
 // ---- the running VM ----
 
 /** `state` of a vm.info answer (VmInfo in CH's OpenAPI document), undefined when malformed. */
@@ -296,19 +232,32 @@ function vmState(body: string): string | undefined {
 /** How often a booting VM's state and console are looked at (CH has no event stream on its API). */
 const BOOT_POLL_MS = 100;
 
+/** What a CH VM needs besides its process: the same for one started and one adopted. */
+interface ChVmContext {
+  workDir: string;
+  /** the serial console is in workDir/console.log */
+  console: boolean;
+}
+
 class CloudHypervisorVm implements RunningVm {
   readonly accel = 'kvm' as const;
-  readonly exited: Promise<VmExit>;
+  readonly agentEndpoint: AgentEndpoint;
   private failureWatch: Promise<BootFailure> | undefined;
-  private exitInfo: VmExit | undefined;
   private killing: Promise<VmExit> | undefined;
   private watching = true;
-  readonly agentEndpoint: AgentEndpoint;
+  private readonly paths: ReturnType<typeof chPaths>;
 
-  /** `child` is the CH we started; a pid alone is one adopted after a daemon restart. */
-  constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, private readonly output: () => string) {
-    this.agentEndpoint = { transport: 'hybrid-vsock', socket: chPaths(spec.workDir).vsockSocket };
-    this.exited = processExit(child, spec.workDir).then((e) => (this.exitInfo = e));
+  constructor(private readonly proc: VmmProcess, private readonly ctx: ChVmContext) {
+    this.paths = chPaths(ctx.workDir);
+    this.agentEndpoint = { transport: 'hybrid-vsock', socket: this.paths.vsockSocket };
+  }
+
+  get pid(): number {
+    return this.proc.pid;
+  }
+
+  get exited(): Promise<VmExit> {
+    return this.proc.exited;
   }
 
   /** Watched from the first time it is asked for (a boot asks; an adopted VM seldom does). */
@@ -329,17 +278,15 @@ class CloudHypervisorVm implements RunningVm {
         resolve(end.code === 'VMM_EXITED' && exit.code === 0 ? { code: 'GUEST_POWERED_OFF', detail: 'cloud-hypervisor ended as it does when its guest powers off' } : end);
       });
       const poll = async (): Promise<void> => {
-        while (this.watching && !this.exitInfo) {
+        while (this.watching && !this.proc.exit) {
           await new Promise((r) => setTimeout(r, BOOT_POLL_MS).unref());
-          const console = this.consoleTail();
-          const panic = classifyEnd({ console });
+          const panic = classifyEnd({ console: this.consoleTail() });
           if (panic.code === 'GUEST_PANICKED') return resolve(panic);
-          const api = chPaths(this.spec.workDir).apiSocket;
-          const info = await chApiRequest(api, 'GET', 'vm.info', undefined, 1000).catch(() => undefined);
+          const info = await chApiRequest(this.paths.apiSocket, 'GET', 'vm.info', undefined, 1000).catch(() => undefined);
           if (info?.status === 200 && vmState(info.body) === 'Shutdown') return resolve({ code: 'GUEST_POWERED_OFF', detail: 'vm.info state Shutdown' });
         }
       };
-      if (typeof this.child !== 'number') void poll();
+      if (!this.proc.adopted) void poll();
     });
   }
 
@@ -347,79 +294,36 @@ class CloudHypervisorVm implements RunningVm {
     this.watching = false;
   }
 
-  get pid(): number {
-    return typeof this.child === 'number' ? this.child : (this.child.pid ?? -1);
-  }
-
-  private signal(sig: NodeJS.Signals): void {
-    if (typeof this.child !== 'number') {
-      this.child.kill(sig);
-      return;
-    }
-    // an adopted pid is signalled only while it still is this VM's (it may be reused)
-    if (!processHasArgument(this.child, this.spec.workDir)) return;
-    try {
-      process.kill(this.child, sig);
-    } catch {
-      // gone already
-    }
-  }
-
-  get hasExited(): VmExit | undefined {
-    return this.exitInfo;
-  }
-
   connectAgent(): Promise<Duplex> {
-    return hybridVsockConnect(chPaths(this.spec.workDir).vsockSocket, AGENT_VSOCK_PORT);
+    return connectAgentEndpoint(this.agentEndpoint);
   }
 
   consoleTail(bytes = 4000): string {
-    let text = '';
-    if (this.spec.console) {
-      try {
-        const path = chPaths(this.spec.workDir).console;
-        const size = statSync(path).size;
-        const fd = openSync(path, 'r');
-        try {
-          const buf = Buffer.alloc(Math.min(bytes, size));
-          readSync(fd, buf, 0, buf.length, size - buf.length);
-          text = buf.toString('utf8');
-        } finally {
-          closeSync(fd);
-        }
-      } catch {
-        // no console file (yet)
-      }
-    }
-    const out = this.output().trim();
+    const text = this.ctx.console ? fileTail(this.paths.console, bytes) : '';
+    const out = this.proc.output().trim();
     return out ? `${text}\n[cloud-hypervisor] ${out}` : text;
   }
 
   /** Ask CH to stop the VM and itself; then SIGTERM, then SIGKILL, `graceMs` apart. */
   kill(graceMs = 2000): Promise<VmExit> {
     this.watching = false;
-    if (this.exitInfo) return Promise.resolve(this.exitInfo);
+    if (this.proc.exit) return Promise.resolve(this.proc.exit);
     this.killing ??= this.stop(graceMs);
     return this.killing;
   }
 
   private async stop(graceMs: number): Promise<VmExit> {
-    const api = chPaths(this.spec.workDir).apiSocket;
-    const waitExit = (ms: number): Promise<VmExit | undefined> => Promise.race([this.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), ms).unref())]);
+    const api = this.paths.apiSocket;
     const apiMs = Math.max(200, Math.min(graceMs, 2000));
-    if (existsSync(api)) {
+    // only a CH that is still this VM's is asked (an adopted pid may have been reused, its socket stale)
+    if (existsSync(api) && this.proc.isOurs()) {
       // vm.shutdown answers an error when no VM was booted: that is fine, vmm.shutdown follows.
       await chApiRequest(api, 'PUT', 'vm.shutdown', undefined, apiMs).catch(() => undefined);
-      if (!this.exitInfo) await chApiRequest(api, 'PUT', 'vmm.shutdown', undefined, apiMs).catch(() => undefined);
-      const exit = await waitExit(graceMs);
+      if (!this.proc.exit) await chApiRequest(api, 'PUT', 'vmm.shutdown', undefined, apiMs).catch(() => undefined);
+      const exit = await this.proc.exitWithin(graceMs);
       if (exit) return exit;
     }
-    if (this.exitInfo) return this.exitInfo;
-    this.signal('SIGTERM');
-    const exit = await waitExit(graceMs);
-    if (exit) return exit;
-    this.signal('SIGKILL');
-    return this.exited;
+    return this.proc.terminate(graceMs);
   }
 }
 
@@ -444,29 +348,13 @@ export class CloudHypervisorDriver implements VmmDriver {
     checkSpec(spec);
     const paths = chPaths(spec.workDir);
     await writeFile(paths.bootConfig, spec.bootConfig);
-    const args = cloudHypervisorArgs(spec);
-    // detached: its own session, its output in a file, so that it outlives this process
-    const outFd = spec.detached ? openSync(paths.output, 'a', 0o600) : undefined;
-    const child = spawn(this.binary, args, { stdio: ['ignore', outFd ?? 'pipe', outFd ?? 'pipe'], detached: spec.detached === true });
-    if (outFd !== undefined) {
-      closeSync(outFd);
-      child.unref();
-    }
-    let piped = '';
-    const keep = (d: Buffer): void => {
-      piped = (piped + d.toString()).slice(-4000);
-    };
-    child.stdout?.on('data', keep);
-    child.stderr?.on('data', keep);
-    const outputOf = (): string => (outFd !== undefined ? fileTail(paths.output, 4000) : piped);
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', () => resolve());
-      child.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot start ${this.binary}: ${err.message} (install Cloud Hypervisor, or set SLIPWAY_CLOUD_HYPERVISOR to its binary)`, { context: { binary: this.binary }, cause: err })));
+    const proc = await VmmProcess.spawn({
+      binary: this.binary, args: cloudHypervisorArgs(spec), workDir: spec.workDir, detached: spec.detached === true, outputFile: paths.output,
+      output: 'stdout+stderr', installHint: 'install Cloud Hypervisor, or set SLIPWAY_CLOUD_HYPERVISOR to its binary',
     });
-    const vm = new CloudHypervisorVm(child, spec, outputOf);
-    const output = (): string => outputOf();
+    const vm = new CloudHypervisorVm(proc, { workDir: spec.workDir, console: spec.console === true });
     try {
-      const ping = await this.waitForApi(vm, paths.apiSocket, output);
+      const ping = await this.waitForApi(proc, paths.apiSocket);
       const fwCfg = useFwCfg(spec, ping.features);
       const config = buildVmConfig(spec, { fwCfg });
       await writeFile(paths.vmConfig, `${JSON.stringify(config, null, 2)}\n`);
@@ -474,7 +362,7 @@ export class CloudHypervisorDriver implements VmmDriver {
       await chApi(paths.apiSocket, 'PUT', 'vm.boot');
     } catch (err) {
       await vm.kill(500);
-      const text = output().trim();
+      const text = proc.output().trim();
       if (err instanceof SlipwayError && text && !err.message.includes(text)) {
         throw new SlipwayError(err.code, `${err.message}\n[cloud-hypervisor] ${text}`, { context: err.context, cause: err });
       }
@@ -484,34 +372,34 @@ export class CloudHypervisorDriver implements VmmDriver {
   }
 
   /**
-   * A Cloud Hypervisor started detached by an earlier daemon, found running again: `pid` must still
-   * be a process with `spec.workDir` in its arguments (else it is someone else's, after pid reuse).
+   * A Cloud Hypervisor started detached by an earlier daemon, found running again: `target.pid`
+   * must still be a process with the work directory among its arguments (else it is someone
+   * else's, after pid reuse). Its agent is the hybrid vsock socket of that directory; its console
+   * is read when there is one.
    */
-  adopt(pid: number, spec: VmSpec): RunningVm | undefined {
-    if (!processRunning(pid) || !processHasArgument(pid, spec.workDir)) return undefined;
-    return new CloudHypervisorVm(pid, spec, () => fileTail(chPaths(spec.workDir).output, 4000));
+  adopt(target: AdoptTarget): RunningVm | undefined {
+    const proc = VmmProcess.adopt(target.pid, target.workDir, chPaths(target.workDir).output);
+    return proc ? new CloudHypervisorVm(proc, { workDir: target.workDir, console: true }) : undefined;
   }
 
   /** Wait for CH to serve its API socket (or to exit trying); resolves with its ping. */
-  private async waitForApi(vm: CloudHypervisorVm, socket: string, output: () => string): Promise<VmmPing> {
-    const deadline = Date.now() + this.apiTimeoutMs;
+  private async waitForApi(proc: VmmProcess, socket: string): Promise<VmmPing> {
     let last: unknown;
-    for (;;) {
-      const exited = vm.hasExited;
-      if (exited) throw new SlipwayError('VMM_EXITED', `${this.binary} exited at start (${exited.signal ? `signal ${exited.signal}` : `exit code ${exited.code}`}): ${output().trim() || 'it said nothing'}`, { context: { binary: this.binary } });
-      if (existsSync(socket)) {
-        try {
-          return await chPing(socket, 2000);
-        } catch (err) {
-          last = err;
-          // a 4xx/5xx answer or a malformed ping will not get better by waiting
-          if (err instanceof SlipwayError && (typeof err.context.status === 'number' || /not JSON|no version/.test(err.message))) throw err;
-        }
+    const started = await proc.waitForSocket(socket, this.apiTimeoutMs, async (path) => {
+      try {
+        return await chPing(path, 2000);
+      } catch (err) {
+        last = err;
+        // a 4xx/5xx answer or a malformed ping will not get better by waiting
+        if (err instanceof SlipwayError && (typeof err.context.status === 'number' || /not JSON|no version/.test(err.message))) throw err;
+        return undefined;
       }
-      if (Date.now() > deadline) {
-        throw new SlipwayError('VMM_ERROR', `${this.binary} did not answer on its API socket ${socket} within ${this.apiTimeoutMs} ms${last instanceof Error ? ` (last: ${last.message})` : ''}: ${output().trim()}`, { context: { binary: this.binary }, ...(last === undefined ? {} : { cause: last }) });
-      }
-      await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 20))]);
+    });
+    if ('ready' in started) return started.ready;
+    if ('exited' in started) {
+      const { exited } = started;
+      throw new SlipwayError('VMM_EXITED', `${this.binary} exited at start (${exited.signal ? `signal ${exited.signal}` : `exit code ${exited.code}`}): ${proc.output().trim() || 'it said nothing'}`, { context: { binary: this.binary } });
     }
+    throw new SlipwayError('VMM_ERROR', `${this.binary} did not answer on its API socket ${socket} within ${this.apiTimeoutMs} ms${last instanceof Error ? ` (last: ${last.message})` : ''}: ${proc.output().trim()}`, { context: { binary: this.binary }, ...(last === undefined ? {} : { cause: last }) });
   }
 }

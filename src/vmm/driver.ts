@@ -1,7 +1,9 @@
 /**
- * One interface for virtual machine monitors: QEMU (src/vmm/qemu.ts) and, later, Cloud
- * Hypervisor. A driver turns a `VmSpec` into a running VM process and hands back a way to reach
- * the guest agent; everything else (config, agent protocol, teardown) is shared.
+ * One interface for virtual machine monitors: QEMU (src/vmm/qemu.ts) and Cloud Hypervisor
+ * (src/vmm/cloud-hypervisor.ts). A driver turns a `VmSpec` into a running VM process and hands
+ * back a way to reach the guest agent; everything else is shared: the process (vmm-process.ts),
+ * the guest ABI (src/guest/abi.ts), the agent's transports (agent-connect.ts), booting and
+ * failure codes (boot.ts, boot-failure.ts). test/vmm-contract.test.ts runs one suite against both.
  */
 import type { Duplex } from 'node:stream';
 import type { Accel, AccelVerdict } from './accel.js';
@@ -115,14 +117,31 @@ export interface RunningVm {
   kill(graceMs?: number): Promise<VmExit>;
 }
 
+/**
+ * What taking a detached VMM back needs, all of it recorded when it started (the daemon's state
+ * row): no more than this, so an adopted VM is never half a `VmSpec`.
+ */
+export interface AdoptTarget {
+  /** the VMM's pid */
+  pid: number;
+  /** the VM's work directory: among the VMM's arguments (how the pid is known to be still this VM's), and where its sockets and logs are */
+  workDir: string;
+  /** the accelerator it was started under */
+  accel: Accel;
+  /** how its agent was reached */
+  agent: AgentEndpoint;
+  /** the host's slipway-vsock-connect helper, for an agent over vhost-vsock */
+  vsockConnect?: string;
+}
+
 export interface VmmDriver {
   readonly name: 'qemu' | 'cloud-hypervisor';
   start(spec: VmSpec): Promise<RunningVm>;
   /**
    * A VMM started detached by an earlier process, found running again; undefined when `pid` is
-   * gone or is no longer that VM's (its arguments do not name `spec.workDir`).
+   * gone or is no longer that VM's (its arguments do not name the work directory).
    */
-  adopt(pid: number, spec: VmSpec, accel: Accel, endpoint: AgentEndpoint): RunningVm | undefined;
+  adopt(target: AdoptTarget): RunningVm | undefined;
   /**
    * A VM started with an automatically chosen accelerator died of it (VMM_INTERNAL_ERROR):
    * remember not to choose it again on this host. Drivers without a choice leave this out.

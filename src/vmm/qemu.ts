@@ -6,23 +6,23 @@
  * the slipway-vsock-connect helper, Node having no AF_VSOCK) or a virtio-serial port on a Unix
  * socket otherwise.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, openSync, closeSync, statSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { join } from 'node:path';
-import { Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { SlipwayError } from '../errors.js';
+import { AGENT_SERIAL_PORT_NAME, guestKernelCmdline } from '../guest/abi.js';
 import { FW_CFG_NAME, checkKernelCmdline } from '../guest/boot-config.js';
-import type { AgentEndpoint, BootFailure, MemorySnapshotOps, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import type { AdoptTarget, AgentEndpoint, BootFailure, MemorySnapshotOps, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { fileTail } from '../util/file-tail.js';
-import { processExit, processHasArgument, processRunning, terminateProcess } from '../util/process.js';
 import { envVar, loadConfig } from '../config.js';
 import { chooseAccel, recordFallback, type Accel, type AccelVerdict } from './accel.js';
+import { connectAgentEndpoint } from './agent-connect.js';
 import { classifyEnd } from './boot-failure.js';
 import { QmpClient } from './qmp.js';
 import { QemuMemoryOps } from './qemu-migration.js';
+import { VmmProcess } from './vmm-process.js';
 
 /** The QEMU binary: $SLIPWAY_QEMU, else qemu-system-x86_64 on PATH (read when asked, not at import). */
 export function qemuBinary(env: NodeJS.ProcessEnv = process.env): string {
@@ -30,25 +30,20 @@ export function qemuBinary(env: NodeJS.ProcessEnv = process.env): string {
 }
 /** qboot: a minimal firmware that jumps straight to the kernel (SeaBIOS spends far longer). */
 const QBOOT = '/usr/share/qemu/qboot.rom';
-export const AGENT_PORT_NAME = 'org.slipway.agent';
+/** The agent's virtio-serial port: the guest ABI's (src/guest/abi.ts). */
+export const AGENT_PORT_NAME = AGENT_SERIAL_PORT_NAME;
 
-/**
- * The kernel command line: the seed's quiet line, with the KVM clock hints only under KVM.
- * `loglevel=1`, not the seed's 0: the console then shows only KERN_EMERG lines, which a normal
- * boot has none of, but a panic can raise the level to print itself (console_verbose() leaves a
- * level of 0 at 0, so under loglevel=0 a panic is silent and looks like a bare reset).
- */
-export function kernelCmdline(accel: Accel, extra?: string): string {
-  // no_timer_check everywhere: under TCG on a loaded host the kernel's IO-APIC timer check can see
-  // too few ticks and panic ("IO-APIC + timer doesn't work!"), seen with ten guests on two cores
-  const parts = ['console=ttyS0', 'quiet', 'loglevel=1', 'panic=-1', 'reboot=t', 'no_timer_check'];
-  if (accel === 'kvm') parts.push('tsc=reliable', 'clocksource=kvm-clock');
-  if (extra) parts.push(extra);
-  return parts.join(' ');
+/** Where QEMU keeps its files in the VM's work directory. */
+export function qemuPaths(workDir: string): { qmp: string; agent: string; console: string; bootConfig: string; args: string; stderr: string } {
+  return {
+    qmp: join(workDir, 'qmp.sock'),
+    agent: join(workDir, 'agent.sock'),
+    console: join(workDir, 'console.log'),
+    bootConfig: join(workDir, 'boot-config'),
+    args: join(workDir, 'qemu.args'),
+    stderr: join(workDir, 'qemu.stderr'),
+  };
 }
-
-/** The vsock port slipway-agent listens on (docs/agent-protocol.md). */
-const AGENT_VSOCK_PORT = 1024;
 
 export type AgentTransport = 'vsock' | 'virtio-serial';
 
@@ -84,7 +79,8 @@ export interface QemuOptions {
 
 export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guestCid?: number } = {}): string[] {
   const mem = `${spec.memoryMiB}M`;
-  const cmdline = kernelCmdline(accel, [spec.cmdline, spec.bootConfigVia === 'cmdline' ? `slipway.config=${Buffer.from(spec.bootConfig).toString('base64')}` : undefined].filter(Boolean).join(' ') || undefined);
+  const paths = qemuPaths(spec.workDir);
+  const cmdline = guestKernelCmdline({ accel, extra: spec.cmdline, bootConfig: spec.bootConfigVia === 'cmdline' ? spec.bootConfig : undefined });
   checkKernelCmdline(cmdline);
   const backend = spec.hugepages
     ? `memory-backend-file,id=mem,size=${mem},mem-path=/dev/hugepages,share=on,prealloc=off`
@@ -102,8 +98,8 @@ export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guest
     '-kernel', spec.kernel.bzImage,
     '-initrd', spec.initramfs,
     '-append', cmdline,
-    '-serial', spec.console === false ? 'none' : `file:${join(spec.workDir, 'console.log')}`,
-    '-qmp', `unix:${join(spec.workDir, 'qmp.sock')},server=on,wait=off`,
+    '-serial', spec.console === false ? 'none' : `file:${paths.console}`,
+    '-qmp', `unix:${paths.qmp},server=on,wait=off`,
   ];
   if ((opts.agentTransport ?? 'virtio-serial') === 'vsock') {
     if (opts.guestCid === undefined) throw new SlipwayError('INVALID_ARGUMENT', 'the vsock agent transport needs a guest CID');
@@ -111,11 +107,11 @@ export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guest
   } else {
     args.push(
       '-device', 'virtio-serial-pci,id=vser',
-      '-chardev', `socket,id=agent,path=${join(spec.workDir, 'agent.sock')},server=on,wait=off`,
+      '-chardev', `socket,id=agent,path=${paths.agent},server=on,wait=off`,
       '-device', `virtserialport,bus=vser.0,chardev=agent,name=${AGENT_PORT_NAME}`,
     );
   }
-  if (spec.bootConfigVia !== 'cmdline') args.push('-fw_cfg', `name=${FW_CFG_NAME},file=${join(spec.workDir, 'boot-config')}`);
+  if (spec.bootConfigVia !== 'cmdline') args.push('-fw_cfg', `name=${FW_CFG_NAME},file=${paths.bootConfig}`);
   // qboot cannot run QEMU's ACPI table loader commands that vmgenid needs (the guest hangs before
   // its kernel prints anything): a VM with vmgenid boots through SeaBIOS
   if ((opts.firmware ?? 'qboot') === 'qboot' && !spec.vmgenid && existsSync(QBOOT)) args.push('-bios', QBOOT);
@@ -148,21 +144,44 @@ function kvmUnusable(stderr: string): boolean {
 /** QMP run states that a VM does not leave by itself (qapi/run-state.json). */
 const DEAD_STATES: Record<string, BootFailure['code']> = { 'internal-error': 'VMM_INTERNAL_ERROR', 'guest-panicked': 'GUEST_PANICKED', shutdown: 'GUEST_POWERED_OFF' };
 
+/** What a QEMU VM needs besides its process: the same for one started and one adopted. */
+interface QemuVmContext {
+  workDir: string;
+  accel: Accel;
+  agentEndpoint: AgentEndpoint;
+  /** the host's slipway-vsock-connect, for an agent over vhost-vsock */
+  vsockConnect?: string | undefined;
+  /** the guest's RAM file (VmSpec.memoryFile): memory snapshots */
+  memoryFile?: string | undefined;
+  accelVerdict?: AccelVerdict | undefined;
+}
+
 class QemuVm implements RunningVm {
-  readonly exited: Promise<VmExit>;
   readonly failure: Promise<BootFailure>;
-  private exitInfo: VmExit | undefined;
+  readonly accel: Accel;
+  readonly accelVerdict?: AccelVerdict;
   readonly agentEndpoint: AgentEndpoint;
+  readonly memory: MemorySnapshotOps | undefined;
+  private readonly paths: ReturnType<typeof qemuPaths>;
   private qmp: QmpClient | undefined;
   private qmpConnecting: Promise<QmpClient> | undefined;
-  readonly memory: MemorySnapshotOps | undefined;
 
-  /** `child` is the QEMU we started; a pid alone is one adopted after a daemon restart. */
-  constructor(private readonly child: ChildProcess | number, private readonly spec: VmSpec, readonly accel: Accel, private readonly stderr: () => string, private readonly guestCid?: number, readonly accelVerdict?: AccelVerdict) {
-    this.agentEndpoint = guestCid !== undefined ? { transport: 'vsock', cid: guestCid } : { transport: 'virtio-serial', socket: join(spec.workDir, 'agent.sock') };
-    this.exited = processExit(child, spec.workDir).then((e) => (this.exitInfo = e));
-    this.failure = typeof child === 'number' ? this.exited.then((exit) => classifyEnd({ console: this.consoleTail(), exit })) : this.watch();
-    this.memory = spec.memoryFile ? new QemuMemoryOps(() => this.monitor()) : undefined;
+  /** A QEMU we started is watched over QMP while it boots; an adopted one only by its exit. */
+  constructor(private readonly proc: VmmProcess, private readonly ctx: QemuVmContext) {
+    this.accel = ctx.accel;
+    if (ctx.accelVerdict) this.accelVerdict = ctx.accelVerdict;
+    this.agentEndpoint = ctx.agentEndpoint;
+    this.paths = qemuPaths(ctx.workDir);
+    this.failure = proc.adopted ? this.exited.then((exit) => classifyEnd({ console: this.consoleTail(), exit })) : this.watch();
+    this.memory = ctx.memoryFile ? new QemuMemoryOps(() => this.monitor()) : undefined;
+  }
+
+  get pid(): number {
+    return this.proc.pid;
+  }
+
+  get exited(): Promise<VmExit> {
+    return this.proc.exited;
   }
 
   /**
@@ -172,7 +191,7 @@ class QemuVm implements RunningVm {
   private async monitor(): Promise<QmpClient> {
     const current = await this.qmpConnecting?.catch(() => undefined);
     if (current && !current.isClosed) return current;
-    this.qmpConnecting = QmpClient.connect(join(this.spec.workDir, 'qmp.sock'));
+    this.qmpConnecting = QmpClient.connect(this.paths.qmp);
     this.qmp = await this.qmpConnecting;
     return this.qmp;
   }
@@ -186,7 +205,6 @@ class QemuVm implements RunningVm {
   private watch(): Promise<BootFailure> {
     return new Promise<BootFailure>((resolve) => {
       let shutdownReason: string | undefined;
-      const qmpPath = join(this.spec.workDir, 'qmp.sock');
       const check = async (qmp: QmpClient): Promise<void> => {
         const s = await qmp.execute<{ status: string }>('query-status');
         const code = DEAD_STATES[s.status];
@@ -194,7 +212,7 @@ class QemuVm implements RunningVm {
         else if (code === 'GUEST_PANICKED') resolve(classifyEnd({ console: this.consoleTail(), shutdownReason: 'guest-panic' }));
       };
       let client: QmpClient | undefined;
-      this.qmpConnecting = QmpClient.connect(qmpPath, {
+      this.qmpConnecting = QmpClient.connect(this.paths.qmp, {
         onEvent: (e) => {
           if (e.event === 'SHUTDOWN' && typeof e.data.reason === 'string') shutdownReason = e.data.reason;
           else if (e.event === 'GUEST_PANICKED') resolve(classifyEnd({ console: this.consoleTail(), shutdownReason: 'guest-panic' }));
@@ -213,73 +231,32 @@ class QemuVm implements RunningVm {
         if (qmp) await Promise.race([qmp.closed, new Promise((r) => setTimeout(r, 500).unref())]);
         const end = classifyEnd({ console: this.consoleTail(), shutdownReason, exit });
         // QEMU that could not use KVM at all ("Could not access KVM kernel module")
-        resolve(end.code === 'VMM_EXITED' && this.accel === 'kvm' && kvmUnusable(this.stderr()) ? { ...end, accelFault: true, detail: `${end.detail}: ${this.stderr().trim().split('\n').at(-1) ?? ''}` } : end);
+        const said = this.proc.output();
+        resolve(end.code === 'VMM_EXITED' && this.accel === 'kvm' && kvmUnusable(said) ? { ...end, accelFault: true, detail: `${end.detail}: ${said.trim().split('\n').at(-1) ?? ''}` } : end);
       });
     });
   }
 
   /** QEMU's first stderr line about a KVM failure ("KVM internal error. Suberror: 1"), if any. */
   private kvmErrorLine(): string {
-    const line = this.stderr().split('\n').find((l) => /KVM/i.test(l));
+    const line = this.proc.output().split('\n').find((l) => /KVM/i.test(l));
     return line ? ` (${line.trim()})` : '';
   }
 
-  get pid(): number {
-    return typeof this.child === 'number' ? this.child : (this.child.pid ?? -1);
-  }
-
   connectAgent(): Promise<Duplex> {
-    if (this.guestCid !== undefined) return this.connectVsock(this.guestCid);
-    return new Promise((resolve, reject) => {
-      const sock = connect(join(this.spec.workDir, 'agent.sock'));
-      sock.once('connect', () => {
-        sock.removeListener('error', reject);
-        resolve(sock);
-      });
-      sock.once('error', reject);
-    });
-  }
-
-  /**
-   * The agent over vhost-vsock: slipway-vsock-connect relays the guest's port to its stdio. While
-   * the guest is not listening yet the helper's connect fails and it exits; the stream then ends,
-   * and the caller connects again (waitForAgent).
-   */
-  private connectVsock(cid: number): Promise<Duplex> {
-    const helper = this.spec.vsockConnect;
-    if (!helper) return Promise.reject(new SlipwayError('VMM_ERROR', 'no slipway-vsock-connect helper given for the vsock agent transport'));
-    return new Promise((resolve, reject) => {
-      const child = spawn(helper, [String(cid), String(AGENT_VSOCK_PORT)], { stdio: ['pipe', 'pipe', 'ignore'] });
-      child.once('error', (e) => reject(new SlipwayError('VMM_ERROR', `cannot run ${helper}: ${e.message}`, { cause: e })));
-      child.once('spawn', () => {
-        const stream = Duplex.from({ readable: child.stdout, writable: child.stdin });
-        // when the helper exits its stdout ends, and so does the stream
-        stream.on('close', () => child.kill());
-        resolve(stream);
-      });
-    });
+    return connectAgentEndpoint(this.agentEndpoint, this.ctx.vsockConnect);
   }
 
   consoleTail(bytes = 4000): string {
-    const text = fileTail(join(this.spec.workDir, 'console.log'), bytes);
-    const err = this.stderr().trim();
+    const text = fileTail(this.paths.console, bytes);
+    const err = this.proc.output().trim();
     return err ? `${text}\n[qemu] ${err}` : text;
   }
 
   async kill(graceMs = 2000): Promise<VmExit> {
     this.qmp?.close();
-    if (this.exitInfo) return this.exitInfo;
-    if (typeof this.child === 'number') {
-      // an adopted pid is signalled only while it still is this VM's QEMU (it may be reused)
-      if (processHasArgument(this.child, this.spec.workDir)) await terminateProcess(this.child, graceMs);
-      return this.exited;
-    }
-    const child = this.child;
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-    const exit = await this.exited;
-    clearTimeout(timer);
-    return exit;
+    // only while the pid is still this VM's QEMU (an adopted pid may have been reused)
+    return this.proc.terminate(graceMs);
   }
 }
 
@@ -291,6 +268,9 @@ export interface QemuDriverOptions extends QemuOptions {
   /** called once per process with a verdict that was decided rather than read from the cache */
   onAccelDecided?: (verdict: AccelVerdict) => void;
 }
+
+/** How long QEMU has to create its QMP socket. */
+const START_TIMEOUT_MS = 10_000;
 
 export class QemuDriver implements VmmDriver {
   readonly name = 'qemu' as const;
@@ -320,54 +300,43 @@ export class QemuDriver implements VmmDriver {
   async start(spec: VmSpec): Promise<RunningVm> {
     const verdict = await this.accelFor(spec);
     const accel = verdict.accel;
-    await writeFile(join(spec.workDir, 'boot-config'), spec.bootConfig);
+    const paths = qemuPaths(spec.workDir);
+    await writeFile(paths.bootConfig, spec.bootConfig);
     // a socket left by an earlier QEMU in this directory (a boot again under TCG) is not ours
-    await rm(join(spec.workDir, 'qmp.sock'), { force: true });
+    await rm(paths.qmp, { force: true });
     const transport = this.options.agentTransport ?? detectAgentTransport();
     const guestCid = transport === 'vsock' ? randomGuestCid() : undefined;
     const args = qemuArgs(spec, accel, { ...this.options, agentTransport: transport, ...(guestCid !== undefined ? { guestCid } : {}) });
-    await writeFile(join(spec.workDir, 'qemu.args'), `${this.binary} ${args.map((a) => JSON.stringify(a)).join(' ')}\n`);
-    // detached: its own session, stderr in a file, so that it outlives this process
-    const stderrPath = join(spec.workDir, 'qemu.stderr');
-    const errFd = spec.detached ? openSync(stderrPath, 'a', 0o600) : undefined;
-    const child = spawn(this.binary, args, { stdio: ['ignore', 'ignore', errFd ?? 'pipe'], detached: spec.detached === true });
-    if (errFd !== undefined) {
-      closeSync(errFd);
-      child.unref();
-    }
-    let stderrText = '';
-    child.stderr?.on('data', (d: Buffer) => {
-      stderrText = (stderrText + d.toString()).slice(-4000);
-    });
-    const stderr = (): string => (errFd !== undefined ? fileTail(stderrPath, 4000) : stderrText);
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', () => resolve());
-      child.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot start ${this.binary}: ${err.message} (install qemu-system-x86)`, { cause: err })));
+    await writeFile(paths.args, `${this.binary} ${args.map((a) => JSON.stringify(a)).join(' ')}\n`);
+    const proc = await VmmProcess.spawn({
+      binary: this.binary, args, workDir: spec.workDir, detached: spec.detached === true, outputFile: paths.stderr, output: 'stderr', installHint: 'install qemu-system-x86',
     });
     // QEMU creates its QMP socket while it starts; wait for it, or for QEMU to give up.
-    const deadline = Date.now() + 10_000;
-    const exitedEarly = processExit(child, spec.workDir);
-    while (!existsSync(join(spec.workDir, 'qmp.sock'))) {
-      const exited = await Promise.race([exitedEarly, new Promise<undefined>((r) => setTimeout(() => r(undefined), 20))]);
-      if (exited) {
-        const said = stderr().trim();
-        throw new SlipwayError('VMM_EXITED', `qemu exited at start (${exited.signal ? `signal ${exited.signal}` : `exit code ${exited.code}`}): ${said || 'it said nothing'}`, { context: { accel, accelSource: verdict.source, accelFault: accel === 'kvm' && kvmUnusable(said) } });
-      }
-      if (Date.now() > deadline) {
-        child.kill('SIGKILL');
-        await exitedEarly;
-        throw new SlipwayError('VMM_ERROR', `qemu did not create its sockets within 10 s: ${stderr().trim()}`);
-      }
+    const started = await proc.waitForSocket(paths.qmp, START_TIMEOUT_MS);
+    if ('exited' in started) {
+      const { exited } = started;
+      const said = proc.output().trim();
+      throw new SlipwayError('VMM_EXITED', `qemu exited at start (${exited.signal ? `signal ${exited.signal}` : `exit code ${exited.code}`}): ${said || 'it said nothing'}`, { context: { accel, accelSource: verdict.source, accelFault: accel === 'kvm' && kvmUnusable(said) } });
     }
-    return new QemuVm(child, spec, accel, stderr, guestCid, verdict);
+    if ('timedOut' in started) {
+      proc.signal('SIGKILL');
+      await proc.exited;
+      throw new SlipwayError('VMM_ERROR', `qemu did not create its sockets within 10 s: ${proc.output().trim()}`);
+    }
+    const agentEndpoint: AgentEndpoint = guestCid !== undefined ? { transport: 'vsock', cid: guestCid } : { transport: 'virtio-serial', socket: paths.agent };
+    return new QemuVm(proc, { workDir: spec.workDir, accel, agentEndpoint, vsockConnect: spec.vsockConnect, memoryFile: spec.memoryFile, accelVerdict: verdict });
   }
 
   /**
-   * A QEMU started detached by an earlier daemon, found running again: `pid` must still be a
-   * QEMU with `spec.workDir` in its arguments (else it is someone else's, after pid reuse).
+   * A QEMU started detached by an earlier daemon, found running again: `target.pid` must still be
+   * a process with the work directory among its arguments (else it is someone else's, after pid
+   * reuse). Its agent is reached as recorded: over vsock by CID, else the virtio-serial socket.
    */
-  adopt(pid: number, spec: VmSpec, accel: Accel, endpoint: AgentEndpoint): RunningVm | undefined {
-    if (!processRunning(pid) || !processHasArgument(pid, spec.workDir)) return undefined;
-    return new QemuVm(pid, spec, accel, () => fileTail(join(spec.workDir, 'qemu.stderr'), 4000), endpoint.transport === 'vsock' ? endpoint.cid : undefined);
+  adopt(target: AdoptTarget): RunningVm | undefined {
+    const paths = qemuPaths(target.workDir);
+    const proc = VmmProcess.adopt(target.pid, target.workDir, paths.stderr);
+    if (!proc) return undefined;
+    const agentEndpoint: AgentEndpoint = target.agent.transport === 'vsock' ? target.agent : { transport: 'virtio-serial', socket: paths.agent };
+    return new QemuVm(proc, { workDir: target.workDir, accel: target.accel, agentEndpoint, vsockConnect: target.vsockConnect });
   }
 }

@@ -1,7 +1,7 @@
 /**
  * The Cloud Hypervisor driver. CH is started bare (`--api-socket` only) and configured over its
  * REST API (HTTP/1.1 on that Unix socket, base path /api/v1; the OpenAPI description is
- * shared/reference/cloud-hypervisor/cloud-hypervisor.yaml):
+ * vendor/cloud-hypervisor/cloud-hypervisor.yaml):
  *
  *   GET  vmm.ping       version and compiled-in features ("fw_cfg" decides how the config travels)
  *   PUT  vm.create      the whole VmConfig (buildVmConfig)
@@ -12,8 +12,9 @@
  * The guest boots its PVH entry point (vmlinux) directly, with shared memory (vhost-user backends
  * map it), virtio-blk disks (files, or vhost-user sockets), an optional TAP, virtio-rng, and a
  * virtio-vsock device whose host side is CH's "hybrid vsock": a Unix socket on which the host
- * writes `CONNECT <port>\n` and CH answers `OK <host port>\n` once the guest accepted; the agent
- * listens on vsock port 1024 (docs/agent-protocol.md).
+ * writes `CONNECT <port>\n` and CH answers `OK <host port>\n` once the guest accepted
+ * (agent-connect.ts); the agent listens on the guest ABI's vsock port (src/guest/abi.ts). The
+ * process itself (spawned detached or not, adopted, signalled) is vmm-process.ts's, as QEMU's is.
  *
  * The boot config goes in the fw_cfg item `opt/slipway/config` (`payload.fw_cfg_config`, present
  * only in CH builds with the `fw_cfg` cargo feature and not described in the OpenAPI file), else

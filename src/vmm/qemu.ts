@@ -4,7 +4,9 @@
  * otherwise (src/vmm/accel.ts), the VM watched over QMP while it boots, the boot config as
  * fw_cfg item `opt/slipway/config`, and the agent over vhost-vsock where the host has it (through
  * the slipway-vsock-connect helper, Node having no AF_VSOCK) or a virtio-serial port on a Unix
- * socket otherwise.
+ * socket otherwise (agent-connect.ts). The process itself (spawned detached or not, adopted,
+ * signalled) is vmm-process.ts's; the kernel command line and port names are the guest ABI's
+ * (src/guest/abi.ts).
  */
 import { existsSync, openSync, closeSync, statSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
@@ -30,9 +32,6 @@ export function qemuBinary(env: NodeJS.ProcessEnv = process.env): string {
 }
 /** qboot: a minimal firmware that jumps straight to the kernel (SeaBIOS spends far longer). */
 const QBOOT = '/usr/share/qemu/qboot.rom';
-/** The agent's virtio-serial port: the guest ABI's (src/guest/abi.ts). */
-export const AGENT_PORT_NAME = AGENT_SERIAL_PORT_NAME;
-
 /** Where QEMU keeps its files in the VM's work directory. */
 export function qemuPaths(workDir: string): { qmp: string; agent: string; console: string; bootConfig: string; args: string; stderr: string } {
   return {
@@ -108,7 +107,7 @@ export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guest
     args.push(
       '-device', 'virtio-serial-pci,id=vser',
       '-chardev', `socket,id=agent,path=${paths.agent},server=on,wait=off`,
-      '-device', `virtserialport,bus=vser.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+      '-device', `virtserialport,bus=vser.0,chardev=agent,name=${AGENT_SERIAL_PORT_NAME}`,
     );
   }
   if (spec.bootConfigVia !== 'cmdline') args.push('-fw_cfg', `name=${FW_CFG_NAME},file=${paths.bootConfig}`);

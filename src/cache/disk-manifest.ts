@@ -5,7 +5,7 @@
  * to resolve to (docs/cache.md, "Opening a disk").
  */
 import type { SlipwayConfig } from '../config.js';
-import { isSlipwayError } from '../errors.js';
+import { isTransient } from '../errors.js';
 import type { BlobReader } from '../disk/artifact.js';
 import { isDigest } from '../oci/digest.js';
 import type { OciLayoutStore } from '../oci/layout/layout-store.js';
@@ -30,11 +30,6 @@ export async function diskSources(targets: Targets, mirrors: SlipwayConfig['mirr
   return sources;
 }
 
-/** Errors worth falling back to a cached tag for: the registry is away, not saying no. */
-function registryAway(err: unknown): boolean {
-  return isSlipwayError(err) && ['REGISTRY_UNREACHABLE', 'REGISTRY_ERROR', 'TOOMANYREQUESTS'].includes(err.code);
-}
-
 /** The origin first, then the mirrors: manifests by tag and metadata blobs are asked of the origin first. */
 function originFirst(sources: Source[]): Source[] {
   return [sources[sources.length - 1] as Source, ...sources.slice(0, -1)];
@@ -42,8 +37,8 @@ function originFirst(sources: Source[]): Source[] {
 
 /**
  * A disk's manifest. By digest: the cache's copy if it has one. Otherwise from the origin (then
- * the mirrors), kept by digest, and a tag's digest recorded; when every source is away
- * (`registryAway`), a tag resolves to the digest last seen for it,
+ * the mirrors), kept by digest, and a tag's digest recorded; when every source is away (a
+ * transient error, errors.ts's `isTransient`), a tag resolves to the digest last seen for it,
  * with a warning, if the cache has that manifest. Anything else (the registry saying no) is thrown.
  */
 export async function resolveDiskManifest(meta: OciLayoutStore, tags: TagRecords, logger: Logger, ref: ImageRef, sources: Source[]): Promise<{ fetched: FetchedManifest; offline: boolean }> {
@@ -61,7 +56,7 @@ export async function resolveDiskManifest(meta: OciLayoutStore, tags: TagRecords
     } catch (err) {
       firstError ??= err;
       // the registry is away, not saying no: try the next source, then the tag last seen
-      if (!registryAway(err)) throw err;
+      if (!isTransient(err)) throw err;
     }
   }
   const seen = isDigest(reference) ? undefined : tags.lastSeenTag(formatRef(ref));

@@ -104,7 +104,8 @@ export class ChunkCache implements DiskChunkCache {
       hostLimit: (host) => this.hostLimit(host),
     });
     this.#fetcher = new ChunkFetcher({
-      disk,
+      cacheDir: opts.config.cacheDir,
+      has: (hex) => disk.has(hex),
       remote: this.#remote,
       logger: opts.logger,
       deadlineMs: opts.config.fetchDeadlineMs,
@@ -190,6 +191,7 @@ export class ChunkCache implements DiskChunkCache {
     try {
       await cache.#meta.init();
     } catch (err) {
+      cache.#fetcher.close();
       cache.#disk.close();
       throw new SlipwayError('IO_ERROR', `cache directory ${opts.config.cacheDir}: ${(err as Error).message}`, { cause: err });
     }
@@ -314,6 +316,7 @@ export class ChunkCache implements DiskChunkCache {
 
   async close(): Promise<void> {
     for (const d of [...this.#openDisks]) await d.close();
+    this.#fetcher.close();
     this.#disk.close();
     if (this.#ownsTargets) await this.targets.close();
     if (this.#ownsPool) await this.#poolInstance?.close();

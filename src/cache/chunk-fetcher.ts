@@ -2,9 +2,9 @@
  * Single flight: every chunk the cache does not hold is fetched once, however many readers want it.
  * In this process, one in-flight entry per chunk digest (later readers wait on the first one's
  * fetch and raise it to their priority); between processes sharing the cache directory, a fetch
- * claim in tier 1 (DiskTier.claimFetch), which a reader that finds it waits on instead of fetching,
- * and takes over when its claimer fails, dies or does not deliver within the fetch deadline.
- * The chunk cache owns one `ChunkFetcher`; nothing else touches its in-flight map or the claims.
+ * claim (fetch-claims.ts), which a reader that finds it waits on instead of fetching, and takes
+ * over when its claimer fails, dies or does not deliver within the fetch deadline. The chunk
+ * cache owns one `ChunkFetcher`, which owns its claims; nothing else touches either.
  */
 import { chunkLength, HOLE, type ChunkIndex, type IndexEntry } from '../disk/format.js';
 import type { Descriptor } from '../oci/types.js';
@@ -13,7 +13,7 @@ import type { Logger } from '../util/log.js';
 import { Urgency, type Priority } from '../util/semaphore.js';
 import type { Decoded } from '../workers/pool.js';
 import type { ChunkWant, GetChunksOptions } from './cache-types.js';
-import type { DiskTier } from './disk-tier.js';
+import { FetchClaims } from './fetch-claims.js';
 import { planRuns, type RemoteTier, type WantedChunk } from './remote-tier.js';
 
 /**
@@ -58,8 +58,10 @@ interface PackMap {
 }
 
 export interface ChunkFetcherDeps {
-  /** tier 1: its fetch claims, and whether it holds a chunk */
-  disk: DiskTier;
+  /** the cache directory, where fetch claims are made (`<cacheDir>/inflight`) */
+  cacheDir: string;
+  /** whether tier 1 holds a chunk */
+  has: (hex: string) => boolean;
   remote: RemoteTier;
   logger: Logger;
   /** the fetch deadline (ms): how long a claim another process holds is waited on */
@@ -77,9 +79,16 @@ export class ChunkFetcher {
   #joins = 0;
   readonly #packMaps = new WeakMap<ChunkIndex, PackMap>();
   readonly #deps: ChunkFetcherDeps;
+  readonly #claims: FetchClaims;
 
   constructor(deps: ChunkFetcherDeps) {
     this.#deps = deps;
+    this.#claims = new FetchClaims(deps.cacheDir);
+  }
+
+  /** Claims this fetcher makes stop being live (the cache is closing). */
+  close(): void {
+    this.#claims.close();
   }
 
   /** Look-ups that waited on a fetch another reader had started, since this cache opened. */
@@ -145,19 +154,20 @@ export class ChunkFetcher {
    * any of them raises the whole request.
    */
   #fetchOwned(call: GetChunksOptions, all: Owned[], takeOver: boolean, maxRunBytes?: number): void {
-    const { disk, remote, logger, lookupLocal, store } = this.#deps;
+    const { has, remote, logger, lookupLocal, store } = this.#deps;
+    const claims = this.#claims;
     const { index, intoMemory } = call;
     // another process sharing the cache directory may be fetching some of these: wait for its files
     const owned = all.filter((o) => {
-      if (takeOver) disk.takeOverFetch(o.hex);
-      else if (!disk.claimFetch(o.hex)) {
+      if (takeOver) claims.takeOver(o.hex);
+      else if (!claims.claim(o.hex)) {
         call.track(this.#waitForOtherProcess(call, o));
         return false;
       }
       // the claim may have been released by a process that has just stored the chunk
-      const local = disk.has(o.hex) ? lookupLocal(o.hex, intoMemory) : undefined;
+      const local = has(o.hex) ? lookupLocal(o.hex, intoMemory) : undefined;
       if (local) {
-        disk.releaseFetch(o.hex);
+        claims.release(o.hex);
         this.#inflight.delete(o.hex);
         call.tally.tier1Chunks++;
         o.d.resolve(local.data);
@@ -185,7 +195,7 @@ export class ChunkFetcher {
               // A chunk that cannot be kept is still served: the read must not fail or hang for it.
               logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
             } finally {
-              disk.releaseFetch(o.hex);
+              claims.release(o.hex);
               this.#inflight.delete(o.hex);
               call.tally.tier2Chunks++;
               o.d.resolve(data);
@@ -195,7 +205,7 @@ export class ChunkFetcher {
           for (const w of run.chunks) {
             const o = byEntry.get(w.entry) as Owned;
             this.#inflight.delete(o.hex);
-            disk.releaseFetch(o.hex);
+            claims.release(o.hex);
             o.d.reject(err);
           }
         });
@@ -204,13 +214,13 @@ export class ChunkFetcher {
   }
 
   /**
-   * Another live claimer (see DiskTier.claimHolder) claimed this chunk: poll tier 1 for its file.
+   * Another live claimer (see FetchClaims) claimed this chunk: poll tier 1 for its file.
    * If the claim goes away without a file (that process failed or died), fetch the chunk; if the
    * claim is still there after the fetch deadline, its claimer is not getting the chunk to us in
    * time (it may not be fetching at all): take the claim over and fetch regardless.
    */
   async #waitForOtherProcess(call: GetChunksOptions, o: Owned): Promise<void> {
-    const { disk, logger, lookupLocal, deadlineMs } = this.#deps;
+    const { logger, lookupLocal, deadlineMs } = this.#deps;
     const deadline = Date.now() + deadlineMs;
     for (;;) {
       await new Promise((r) => setTimeout(r, 10));
@@ -221,7 +231,7 @@ export class ChunkFetcher {
         o.d.resolve(local.data);
         return;
       }
-      if (!disk.fetchClaimedElsewhere(o.hex)) {
+      if (!this.#claims.claimedElsewhere(o.hex)) {
         this.#fetchOwned(call, [o], false);
         return;
       }
@@ -235,7 +245,7 @@ export class ChunkFetcher {
 
   /** A server ignored Range and sent a whole pack (already verified): keep the disk's other chunks in it. */
   #keepWholePack(call: GetChunksOptions, pack: Descriptor, blob: Buffer): void {
-    const { disk, logger, decode, store } = this.#deps;
+    const { has, logger, decode, store } = this.#deps;
     const { index } = call;
     let maps = this.#packMaps.get(index);
     if (!maps) {
@@ -254,7 +264,7 @@ export class ChunkFetcher {
     const firstChunkOf = maps.firstChunkOfEntry;
     const work = (maps.entriesByPack.get(pack.digest) ?? []).filter((e) => {
       const hex = (index.entries[e] as IndexEntry).digest.toString('hex');
-      return !disk.has(hex) && !this.#inflight.has(hex) && (firstChunkOf[e] as number) >= 0;
+      return !has(hex) && !this.#inflight.has(hex) && (firstChunkOf[e] as number) >= 0;
     });
     call.track(forEachBounded(work, 4, async (e) => {
       const entry = index.entries[e] as IndexEntry;

@@ -10,17 +10,17 @@
  * Several processes share one cache directory: SQLite serialises the index (busy timeout), file
  * writes are atomic and idempotent (same name, same bytes), and an eviction racing a reader only
  * ever produces a miss. Pins name a holder (a process and a disk); pins of holders whose process
- * has died are ignored and cleared.
+ * has died are ignored and cleared. Which process fetches a chunk is not tier 1's business:
+ * fetch-claims.ts decides that, for the chunk fetcher.
  */
 import Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, readSync, renameSync, rmSync, unlinkSync, openSync, writeFileSync, writeSync, closeSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, readSync, rmSync, unlinkSync, openSync, closeSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SlipwayError } from '../errors.js';
 import { CHUNK_FILE_BACKDATE_MS, writeAtomic } from '../util/atomic-file.js';
 import type { Logger } from '../util/log.js';
 import { processAlive } from '../util/process.js';
-import { processStartTime } from '../util/process-identity.js';
 
 export interface DiskTierOptions {
   cacheDir: string;
@@ -43,16 +43,6 @@ function isDiskFull(err: unknown): boolean {
   return code === 'ENOSPC' || code === 'SQLITE_FULL';
 }
 
-
-/**
- * Fetch claimers (DiskTier instances) open in this process. A claim naming this process (same pid
- * and start time) is live only while the tier that made it is open: a claim left by a tier that
- * has closed, or by an earlier process that ran under this pid, never blocks us.
- */
-const openClaimers = new Set<string>();
-
-/** This process's start time (ticks since boot), or '-' where /proc cannot tell. */
-const OWN_START = processStartTime(process.pid) ?? '-';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS chunks (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access INTEGER NOT NULL) WITHOUT ROWID;
@@ -78,20 +68,11 @@ export class DiskTier {
   /** chunk files whose bytes this process has checked: later partial reads trust them */
   private readonly verified = new Set<string>();
 
-  private readonly inflightDir: string;
-  /**
-   * Who this tier is in fetch claims: `<pid>:<start time>:<id>`, the pid and its start time from
-   * /proc (so a reused pid is told apart) and an id per instance (so one process's tiers are).
-   */
-  private readonly claimer = `${process.pid}:${OWN_START}:${randomBytes(4).toString('hex')}`;
-
   constructor(private readonly opts: DiskTierOptions) {
     this.chunkDir = join(opts.cacheDir, 'chunks');
     this.tmpDir = join(opts.cacheDir, 'tmp');
-    this.inflightDir = join(opts.cacheDir, 'inflight');
     mkdirSync(this.chunkDir, { recursive: true });
     mkdirSync(this.tmpDir, { recursive: true });
-    mkdirSync(this.inflightDir, { recursive: true });
     try {
       this.db = new Database(join(opts.cacheDir, 'index.db'), { timeout: 10_000 });
       this.db.pragma('journal_mode = WAL');
@@ -118,7 +99,6 @@ export class DiskTier {
       setTag: this.db.prepare<[string, string, string, number, number]>('INSERT OR REPLACE INTO tags (ref, digest, media_type, size, seen) VALUES (?, ?, ?, ?, ?)'),
     };
     this.clearDeadHolders();
-    openClaimers.add(this.claimer);
   }
 
   chunkPath(digestHex: string): string {
@@ -442,94 +422,7 @@ export class DiskTier {
     return { strayFiles, lostRows };
   }
 
-  /**
-   * Cross-process single flight: claim the fetch of a chunk with an O_EXCL marker file naming us
-   * (`<pid>:<start time>:<id>`). False when a live claimer holds it (wait for its file instead, up
-   * to the fetch deadline, then `takeOverFetch`); a claim whose claimer is gone (see `claimHolder`)
-   * is taken over at once.
-   */
-  claimFetch(digestHex: string): boolean {
-    const marker = join(this.inflightDir, digestHex);
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        const fd = openSync(marker, 'wx', 0o600);
-        writeSync(fd, this.claimer);
-        closeSync(fd);
-        return true;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return true; // cannot coordinate: fetch anyway
-        const holder = this.claimHolder(marker);
-        if (holder === this.claimer) return true;
-        if (holder !== undefined) return false;
-        rmSync(marker, { force: true });
-      }
-    }
-    return true;
-  }
-
-  /**
-   * The live claimer named in a marker, or undefined: no marker, or a claimer that is gone. A
-   * claimer is live when its pid runs with the start time the claim recorded (a reused pid, such
-   * as PID 1 in a restarted container, has another) and, when that is this very process, when the
-   * tier that claimed is still open. A claim that does not say its start time (an older slipway)
-   * is not trusted: the cost of that is at most one fetch done twice. Where /proc cannot tell
-   * start times, a running pid is taken at its word.
-   */
-  private claimHolder(marker: string): string | undefined {
-    let text: string;
-    try {
-      text = readFileSync(marker, 'utf8');
-    } catch {
-      return undefined;
-    }
-    if (text === '') {
-      // created but not yet written by its claimer (O_EXCL create, then write): held, unless stale
-      try {
-        return Date.now() - statSync(marker).mtimeMs < 5000 ? 'being-written' : undefined;
-      } catch {
-        return undefined;
-      }
-    }
-    const [pidText, start, id] = text.split(':');
-    const pid = Number(pidText);
-    if (!Number.isSafeInteger(pid) || pid <= 0 || start === undefined || id === undefined || !processAlive(pid)) return undefined;
-    const actual = processStartTime(pid);
-    if (actual !== undefined && actual !== start) return undefined;
-    if (pid === process.pid && start === OWN_START && !openClaimers.has(text)) return undefined;
-    return text;
-  }
-
-  /**
-   * Claim the fetch of a chunk whoever holds the claim now: a claimer that has not stored the
-   * chunk within the fetch deadline may be alive and not fetching at all. The marker is replaced
-   * atomically (rename), so other waiters then wait on us; the old claimer, if it ever finishes,
-   * finds the claim is no longer its own and leaves it.
-   */
-  takeOverFetch(digestHex: string): void {
-    const marker = join(this.inflightDir, digestHex);
-    const tmp = `${marker}.${process.pid}.${randomBytes(4).toString('hex')}`;
-    try {
-      writeFileSync(tmp, this.claimer, { mode: 0o600 });
-      renameSync(tmp, marker);
-    } catch {
-      // cannot coordinate (a full disk): fetch anyway, as claimFetch does
-      rmSync(tmp, { force: true });
-    }
-  }
-
-  releaseFetch(digestHex: string): void {
-    const marker = join(this.inflightDir, digestHex);
-    if (this.claimHolder(marker) === this.claimer) rmSync(marker, { force: true });
-  }
-
-  /** Whether another live claimer (another process, or another cache in this one) fetches this chunk. */
-  fetchClaimedElsewhere(digestHex: string): boolean {
-    const holder = this.claimHolder(join(this.inflightDir, digestHex));
-    return holder !== undefined && holder !== this.claimer;
-  }
-
   close(): void {
-    openClaimers.delete(this.claimer);
     this.flushAccess();
     for (const h of [...this.holders]) this.unpin(h);
     this.db.close();

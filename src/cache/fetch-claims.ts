@@ -1,0 +1,130 @@
+/**
+ * Cross-process single flight: processes sharing a cache directory fetch each chunk once between
+ * them. Before fetching, a process claims the chunk with an O_EXCL marker file
+ * `<cacheDir>/inflight/<sha256 hex>` naming it as `<pid>:<start time>:<id>` (the start time from
+ * /proc, so a reused pid is told apart; the id one per open cache, so one process's caches are);
+ * another that finds a live claim waits for the chunk file instead, and takes the fetch over when
+ * the claim goes away without a file, or its claimer is gone or does not deliver in time
+ * (docs/cache.md, "Tier 1 on disk"). The chunk fetcher (chunk-fetcher.ts) is the only user.
+ */
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { processAlive } from '../util/process.js';
+import { processStartTime } from '../util/process-identity.js';
+
+/**
+ * Fetch claimers (FetchClaims instances) open in this process. A claim naming this process (same
+ * pid and start time) is live only while the claimer that made it is open: a claim left by one
+ * that has closed, or by an earlier process that ran under this pid, never blocks us.
+ */
+const openClaimers = new Set<string>();
+
+/** This process's start time (ticks since boot), or '-' where /proc cannot tell. */
+const OWN_START = processStartTime(process.pid) ?? '-';
+
+export class FetchClaims {
+  readonly #dir: string;
+  /**
+   * Who this claimer is in fetch claims: `<pid>:<start time>:<id>`, the pid and its start time from
+   * /proc (so a reused pid is told apart) and an id per instance (so one process's caches are).
+   */
+  readonly #claimer = `${process.pid}:${OWN_START}:${randomBytes(4).toString('hex')}`;
+
+  constructor(cacheDir: string) {
+    this.#dir = join(cacheDir, 'inflight');
+    mkdirSync(this.#dir, { recursive: true });
+    openClaimers.add(this.#claimer);
+  }
+
+  /**
+   * Claim the fetch of a chunk with an O_EXCL marker file naming us. False when a live claimer
+   * holds it (wait for its file instead, up to the fetch deadline, then `takeOver`); a claim whose
+   * claimer is gone (see `#holder`) is taken over at once.
+   */
+  claim(digestHex: string): boolean {
+    const marker = join(this.#dir, digestHex);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const fd = openSync(marker, 'wx', 0o600);
+        writeSync(fd, this.#claimer);
+        closeSync(fd);
+        return true;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return true; // cannot coordinate: fetch anyway
+        const holder = this.#holder(marker);
+        if (holder === this.#claimer) return true;
+        if (holder !== undefined) return false;
+        rmSync(marker, { force: true });
+      }
+    }
+    return true;
+  }
+
+  /**
+   * The live claimer named in a marker, or undefined: no marker, or a claimer that is gone. A
+   * claimer is live when its pid runs with the start time the claim recorded (a reused pid, such
+   * as PID 1 in a restarted container, has another) and, when that is this very process, when the
+   * claimer is still open. A claim that does not say its start time (an older slipway) is not
+   * trusted: the cost of that is at most one fetch done twice. Where /proc cannot tell start
+   * times, a running pid is taken at its word.
+   */
+  #holder(marker: string): string | undefined {
+    let text: string;
+    try {
+      text = readFileSync(marker, 'utf8');
+    } catch {
+      return undefined;
+    }
+    if (text === '') {
+      // created but not yet written by its claimer (O_EXCL create, then write): held, unless stale
+      try {
+        return Date.now() - statSync(marker).mtimeMs < 5000 ? 'being-written' : undefined;
+      } catch {
+        return undefined;
+      }
+    }
+    const [pidText, start, id] = text.split(':');
+    const pid = Number(pidText);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || start === undefined || id === undefined || !processAlive(pid)) return undefined;
+    const actual = processStartTime(pid);
+    if (actual !== undefined && actual !== start) return undefined;
+    if (pid === process.pid && start === OWN_START && !openClaimers.has(text)) return undefined;
+    return text;
+  }
+
+  /**
+   * Claim the fetch of a chunk whoever holds the claim now: a claimer that has not stored the
+   * chunk within the fetch deadline may be alive and not fetching at all. The marker is replaced
+   * atomically (rename), so other waiters then wait on us; the old claimer, if it ever finishes,
+   * finds the claim is no longer its own and leaves it.
+   */
+  takeOver(digestHex: string): void {
+    const marker = join(this.#dir, digestHex);
+    const tmp = `${marker}.${process.pid}.${randomBytes(4).toString('hex')}`;
+    try {
+      writeFileSync(tmp, this.#claimer, { mode: 0o600 });
+      renameSync(tmp, marker);
+    } catch {
+      // cannot coordinate (a full disk): fetch anyway, as claim does
+      rmSync(tmp, { force: true });
+    }
+  }
+
+  /** Drop our claim on a chunk, if it is still ours. */
+  release(digestHex: string): void {
+    const marker = join(this.#dir, digestHex);
+    if (this.#holder(marker) === this.#claimer) rmSync(marker, { force: true });
+  }
+
+  /** Whether another live claimer (another process, or another cache in this one) fetches this chunk. */
+  claimedElsewhere(digestHex: string): boolean {
+    const holder = this.#holder(join(this.#dir, digestHex));
+    return holder !== undefined && holder !== this.#claimer;
+  }
+
+  /** Our claims are no longer live (in this process; a marker left behind is then nobody's). */
+  close(): void {
+    openClaimers.delete(this.#claimer);
+  }
+}

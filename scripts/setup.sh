@@ -16,6 +16,8 @@ DEB_PACKAGES=(
   linux-source-6.1 bc bison flex libelf-dev libssl-dev xz-utils cpio
   # images and guests
   zstd e2fsprogs erofs-utils busybox-static qemu-system-x86 qemu-utils debootstrap util-linux
+  # lazy memory: slipway-ramfs serves a restored RAM image over FUSE
+  libfuse3-dev fuse3 pkg-config
 )
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

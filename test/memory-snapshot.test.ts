@@ -158,9 +158,12 @@ describe('memory snapshots', () => {
       bytes[bytes.length >> 1] = (bytes[bytes.length >> 1] as number) ^ 0xff;
       writeFileSync(path, bytes);
     }
+    const mountsBefore = ramMounts();
     const err = await d.client.createVm({ image: snapshotRef }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: expect.stringMatching(/DIGEST_MISMATCH|CORRUPT_INDEX/) });
     expect(await d.client.listVms()).toEqual([]);
+    // a lazy restore leaves no RAM server or mount behind
+    expect(ramMounts()).toEqual(mountsBefore);
     expect(readdirSync('/dev/shm').filter((n) => n.startsWith('slipway-') && n.endsWith('.ram')).sort()).toEqual(ramFilesBefore);
   }, 300_000);
 
@@ -180,6 +183,11 @@ describe('memory snapshots', () => {
     }
   }, 300_000);
 });
+
+/** FUSE mounts of slipway-ramfs (lazy memory) on this host */
+function ramMounts(): string[] {
+  return readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.startsWith('slipway-ram ')).sort();
+}
 
 function blobPath(digest: string): string {
   const hex = digest.slice('sha256:'.length);

@@ -28,11 +28,13 @@ import {
   type LoadedMemorySnapshot, type MemorySnapshotConfig, type VmShape,
 } from '../disk/memory-snapshot.js';
 import { pushDisk } from '../disk/push.js';
-import { pushSnapshot, readDirtyBitmap, removeStaging, stageDirtyChunks } from '../disk/snapshot.js';
+import { pushSnapshot, readDirtyBitmap, removeStaging, stageDirtyChunks, type DirtyBitmap } from '../disk/snapshot.js';
 import { SlipwayError, fromFsError } from '../errors.js';
 import { formatRef, refReference, type ImageRef } from '../oci/ref.js';
 import type { Target } from '../oci/store.js';
 import type { ServedDisk } from '../serve/backend.js';
+import { lazyMemorySupport, serveRam, type ServedRam } from '../serve/ram-backend.js';
+import { pushBootProfile } from '../cache/boot-profile.js';
 import type { Logger } from '../util/log.js';
 import { logProgress } from '../util/progress.js';
 import { guestKernelDigest } from '../vmm/accel.js';
@@ -71,6 +73,8 @@ export interface SnapshotVm {
   spec: VmSpec;
   /** the memory snapshot this VM was restored from, or last snapshotted into (its RAM is the dedup base) */
   parent?: { target: Target; config: MemorySnapshotConfig; digest: string };
+  /** lazy memory: the server of the VM's RAM; its overlay holds what changed since the restore */
+  ram?: ServedRam;
 }
 
 /**
@@ -92,6 +96,7 @@ export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logg
   const diskStaging = `${stem}.disk`;
   const stateFile = `${stem}.state`;
   const ramCopy = `/dev/shm/slipway-staging-${v.id}-${randomBytes(4).toString('hex')}.ram`;
+  let ramDirty: DirtyBitmap | undefined;
   const t0 = performance.now();
   try {
     await ops.pause();
@@ -101,8 +106,16 @@ export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logg
       dirty = await readDirtyBitmap(join(overlayDir, 'dirty'), base.index);
       await stageDirtyChunks(join(overlayDir, 'data'), dirty, diskStaging);
       await ops.saveDeviceState(stateFile);
-      // sparse: only the pages the guest has touched are copied (SEEK_DATA/SEEK_HOLE on tmpfs)
-      await run('cp', ['--sparse=always', '--reflink=never', ramFile, ramCopy]);
+      if (v.ram) {
+        // lazy memory: dirty pages written back into the overlay, whose dirty chunks are the
+        // RAM changed since the restore (the rest is the restored image's, unchanged)
+        await v.ram.flush();
+        ramDirty = await readDirtyBitmap(join(v.ram.overlayDir, 'dirty'), v.ram.disk.artifact.index);
+        await stageDirtyChunks(join(v.ram.overlayDir, 'data'), ramDirty, ramCopy);
+      } else {
+        // sparse: only the pages the guest has touched are copied (SEEK_DATA/SEEK_HOLE on tmpfs)
+        await run('cp', ['--sparse=always', '--reflink=never', ramFile, ramCopy]);
+      }
     } finally {
       await ops.resume();
       tResumed = performance.now();
@@ -113,13 +126,27 @@ export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logg
       base, baseTarget: v.served.disk.origin, staging: diskStaging, dirty, target, tag: diskTag(parsed.tag), pool: deps.cache.pool,
       onProgress: logProgress((m, f) => log.info(m, f)),
     });
+    let ramPush;
     const parentRam = v.parent ? await openRamArtifact(deps.cache, v.parent.target, v.parent.config).catch(() => undefined) : undefined;
-    const ramPush = await pushDisk({
-      file: ramCopy, target, tag: ramTag(parsed.tag), pool: deps.cache.pool, chunkSizeBytes: RAM_CHUNK_BYTES,
-      ...(parentRam ? { dedupFrom: [parentRam.artifact] } : {}),
-      onProgress: logProgress((m, f) => log.info(m, f)),
-    });
-    await parentRam?.close();
+    try {
+    if (v.ram && ramDirty) {
+      // a delta of the image the VM was restored from, as a disk snapshot is of its base; what
+      // changed since is deduplicated against the last snapshot and the repository
+      ramPush = await pushSnapshot({
+        base: v.ram.disk.artifact, baseTarget: v.ram.disk.origin, staging: ramCopy, dirty: ramDirty, target, tag: ramTag(parsed.tag), pool: deps.cache.pool,
+        repositoryDedup: true, ...(parentRam ? { dedupFrom: [parentRam.artifact] } : {}),
+        onProgress: logProgress((m, f) => log.info(m, f)),
+      });
+    } else {
+      ramPush = await pushDisk({
+        file: ramCopy, target, tag: ramTag(parsed.tag), pool: deps.cache.pool, chunkSizeBytes: RAM_CHUNK_BYTES,
+        ...(parentRam ? { dedupFrom: [parentRam.artifact] } : {}),
+        onProgress: logProgress((m, f) => log.info(m, f)),
+      });
+    }
+    } finally {
+      await parentRam?.close();
+    }
     const deviceState = await readFile(stateFile);
     const config: MemorySnapshotConfig = {
       formatVersion: 1, shape, disk: diskPush.manifest, ram: ramPush.manifest, createdAt: new Date().toISOString(),
@@ -136,7 +163,7 @@ export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logg
     log.info('memory snapshot pushed', { ...out, parent: undefined });
     return out;
   } finally {
-    await Promise.all([removeStaging(diskStaging), rm(stateFile, { force: true }), rm(ramCopy, { force: true })]);
+    await Promise.all([removeStaging(diskStaging), rm(stateFile, { force: true }), removeStaging(ramCopy)]);
   }
 }
 
@@ -152,26 +179,52 @@ export interface RestorePlan {
   diskRef: string;
   /** the device state, written to the VM's work directory */
   stateFile: string;
+  /** the file QEMU maps as guest RAM: a FUSE file served lazily, or a tmpfs file loaded whole */
   ramFile: string;
+  /** lazy memory: the server behind ramFile (undefined when the RAM was loaded whole) */
+  ram?: ServedRam;
+  /** whether the working set was prefetched from a recorded profile (else this restore records one) */
+  workingSetProfile: boolean;
   target: Target;
 }
 
+/** How a restore loads RAM: `lazy` (on demand over FUSE, where the host allows it), `eager` (whole, before resuming). */
+export type MemoryLoading = 'lazy' | 'eager';
+
 /**
- * Fetch what a restore needs: the snapshot (checked), its device state into `workDir`, and its RAM
- * through the chunk cache into a fresh sparse RAM file (zero chunks are left as holes).
- * Errors: NOT_A_SLIPWAY_DISK, CORRUPT_INDEX, DIGEST_MISMATCH (a corrupted RAM pack), the registry's.
- * On an error nothing is left behind (the RAM file is removed).
+ * Fetch what a restore needs: the snapshot (checked), its device state into `workDir`, and its RAM.
+ * Lazy (the default where `lazyMemorySupport()` holds): the RAM image is served on demand by
+ * slipway-ramfs, its working-set profile (if the snapshot has one) fetched first in profile order;
+ * eager: every chunk fetched through the chunk cache and written into a fresh sparse tmpfs file
+ * before QEMU starts. Errors: NOT_A_SLIPWAY_DISK, CORRUPT_INDEX, DIGEST_MISMATCH (a corrupted RAM
+ * pack: eager at once; lazy when the guest touches it, failing the restore before its first exec),
+ * the registry's. On an error nothing is left behind.
  */
-export async function prepareRestore(cache: ChunkCache, parsed: ImageRef, vmId: string, workDir: string, log: Logger): Promise<RestorePlan> {
+export async function prepareRestore(cache: ChunkCache, parsed: ImageRef, vmId: string, workDir: string, log: Logger, loading?: MemoryLoading): Promise<RestorePlan> {
   const target = await cache.targets.open(parsed);
   const snapshot = await loadMemorySnapshot(target, refReference(parsed));
   const stateFile = join(workDir, 'device-state');
+  const lazy = loading === 'lazy' || (loading === undefined && lazyMemorySupport().ok);
+  const ramRef = `${target.name}@${snapshot.config.ram.digest}`;
+  const want = snapshot.config.shape.memoryMiB * (1 << 20);
+  const base = { snapshot, diskRef: `${target.name}@${snapshot.config.disk.digest}`, stateFile, target };
+  await writeFile(stateFile, await target.fetchBlob(snapshot.deviceState));
+  if (lazy) {
+    const ram = await cache.openDisk(ramRef, { useProfile: true, speculate: false });
+    try {
+      if (ram.artifact.index.sizeBytes !== want) throw new SlipwayError('CORRUPT_INDEX', `memory snapshot ${snapshot.manifest.digest}: its RAM image is ${ram.artifact.index.sizeBytes} bytes, its shape says ${want}`);
+      const served = await serveRam({ cache, disk: ram, workDir, overlayDir: ramOverlayOf(vmId) });
+      log.info('restore: RAM served on demand', { chunks: ram.artifact.index.chunkCount, workingSet: ram.openedWithProfile?.chunks ?? 0 });
+      return { ...base, ramFile: served.file, ram: served, workingSetProfile: ram.openedWithProfile !== undefined };
+    } catch (err) {
+      await ram.close();
+      throw err;
+    }
+  }
   const ramFile = ramFileOf(vmId);
   try {
-    await writeFile(stateFile, await target.fetchBlob(snapshot.deviceState));
-    const ram = await cache.openDisk(`${target.name}@${snapshot.config.ram.digest}`, { useProfile: false });
+    const ram = await cache.openDisk(ramRef, { useProfile: false });
     try {
-      const want = snapshot.config.shape.memoryMiB * (1 << 20);
       if (ram.artifact.index.sizeBytes !== want) throw new SlipwayError('CORRUPT_INDEX', `memory snapshot ${snapshot.manifest.digest}: its RAM image is ${ram.artifact.index.sizeBytes} bytes, its shape says ${want}`);
       const t0 = performance.now();
       await ram.prefetch({ priority: 'demand', concurrency: 8 });
@@ -184,7 +237,36 @@ export async function prepareRestore(cache: ChunkCache, parsed: ImageRef, vmId: 
     await rm(ramFile, { force: true });
     throw err;
   }
-  return { snapshot, diskRef: `${target.name}@${snapshot.config.disk.digest}`, stateFile, ramFile, target };
+  return { ...base, ramFile, workingSetProfile: false };
+}
+
+/**
+ * After a lazy restore's first exec: store the chunks it touched as the snapshot's working-set
+ * profile (a boot profile of its RAM image, docs/cache.md), unless it restored with one; then load
+ * the rest of the RAM into tier 1 at background priority, so the VM no longer needs the registry
+ * (or this daemon) to touch a page. Failures are logged, never thrown: the VM runs on.
+ */
+export function afterLazyRestore(plan: RestorePlan, log: Logger): void {
+  const ram = plan.ram;
+  if (!ram) return;
+  const work = async (): Promise<void> => {
+    if (!plan.workingSetProfile) {
+      const { index } = ram.disk.artifact;
+      // zero chunks are holes: nothing to fetch
+      const chunks = (await ram.touched()).filter((n) => n < index.chunkCount && index.map[n] !== HOLE);
+      if (chunks.length > 0) {
+        await pushBootProfile(plan.target, ram.disk.artifact.manifestDescriptor, { formatVersion: 1, disk: ram.disk.digest, chunkSizeBytes: index.chunkSizeBytes, chunks });
+        log.info('restore: working-set profile stored with the snapshot', { chunks: chunks.length, bytes: chunks.length * index.chunkSizeBytes });
+      }
+    }
+    await ram.disk.fillInBackground();
+  };
+  void work().catch((err: unknown) => log.warn('after a lazy restore: storing the working set or loading the rest of the RAM failed', { error: (err as Error).message }));
+}
+
+/** Where a lazily restored VM's RAM overlay lives: tmpfs, mode 0700 (guest memory). */
+export function ramOverlayOf(vmId: string): string {
+  return `/dev/shm/slipway-${vmId}.ram.d`;
 }
 
 /**

@@ -25,6 +25,7 @@ export const CreateVmBody = z
     vmm: z.enum(['qemu', 'cloud-hypervisor']).optional(),
     net: z.enum(['none', 'user']).optional(),
     prefetch: z.enum(['all', 'profile', 'none']).optional().describe('what the disk backend fetches besides the guest\'s misses: the boot profile (default), the whole disk at low priority, or nothing'),
+    memoryLoading: z.enum(['lazy', 'eager']).optional().describe('restoring a memory snapshot: load RAM on demand over FUSE (the default where the host allows it) or whole before resuming'),
   })
   .strict();
 

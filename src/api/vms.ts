@@ -23,7 +23,8 @@ import { processesWithArgument, terminateProcess } from '../util/process.js';
 import type { NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { driverFor } from '../vmm/drivers.js';
 import { checkShape } from '../disk/memory-snapshot.js';
-import { createRamFile, prepareRestore, ramFileOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
+import { stopLeftoverRam, type ServedRam } from '../serve/ram-backend.js';
+import { afterLazyRestore, createRamFile, prepareRestore, ramFileOf, ramOverlayOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
 import type { Histogram, Counter } from './metrics.js';
 import type { CreateVmRequest, ExecRequest, MemorySnapshotResult, SnapshotResult, VmInfo } from './schemas.js';
 import type { StateStore, VmRecord } from './state.js';
@@ -64,6 +65,8 @@ interface LiveVm {
   spec?: VmSpec;
   /** the memory snapshot it was restored from or last snapshotted into: the next one's RAM dedup base */
   memoryParent?: SnapshotVm['parent'];
+  /** lazy memory: the server of this VM's RAM (a restore) */
+  ram?: ServedRam;
 }
 
 const GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -214,7 +217,7 @@ export class VmManager {
       } catch (err) {
         // not a disk: a memory snapshot (docs/snapshots.md) is restored; anything else fails as it did
         if (!isSlipwayError(err, 'NOT_A_SLIPWAY_DISK')) throw err;
-        restore = await prepareRestore(this.deps.cache, parseRef(image), id, workDir, log).catch((again: unknown) => {
+        restore = await prepareRestore(this.deps.cache, parseRef(image), id, workDir, log, req.memoryLoading).catch((again: unknown) => {
           throw isSlipwayError(again, 'NOT_A_SLIPWAY_DISK') ? err : again;
         });
         const shape = restore.snapshot.config.shape;
@@ -235,7 +238,7 @@ export class VmManager {
       const spec: VmSpec = {
         id, workDir, cpus: record.cpus, memoryMiB: record.memoryMiB, kernel, initramfs: guest.initramfs, disks: [{ kind: 'vhost-user', socket: served.socket }],
         bootConfig: renderBootConfig(bootConfig as BootConfig), net, console: true, detached: true, vsockConnect: guest.vsockConnect,
-        memoryFile: ramFileOf(id), vmgenid: true, ...(restore ? { incoming: true } : {}),
+        memoryFile: restore?.ramFile ?? ramFileOf(id), vmgenid: true, ...(restore ? { incoming: true } : {}),
       };
       if (!restore) await createRamFile(ramFileOf(id));
       if (restore) {
@@ -266,6 +269,8 @@ export class VmManager {
         // a clone is its own VM: its own host name (vmgenid has already made its kernel reseed its RNG)
         await withTimeout(agent.exec(['hostname', `vm-${id}`]), AGENT_TIMEOUTS.spawnMs, 'EXEC hostname');
         phase('identity');
+        // lazy memory: the working set so far becomes the snapshot's profile; the rest loads in the background
+        afterLazyRestore(plan, log);
       }
       // the guest's own marks (ms since its kernel started), as `slipway run --timings` shows them
       const pong = await withTimeout(agent.ping(), AGENT_TIMEOUTS.spawnMs, 'PING').catch(() => undefined);
@@ -277,7 +282,7 @@ export class VmManager {
       record.status = 'running';
       record.timings = timings;
       this.deps.state.update(id, { status: 'running', timings });
-      const l: LiveVm = { record, vm, served, agent, connecting: undefined, busy: undefined, spec, ...(plan ? { memoryParent: { target: plan.target, config: plan.snapshot.config, digest: plan.snapshot.manifest.digest } } : {}) };
+      const l: LiveVm = { record, vm, served, agent, connecting: undefined, busy: undefined, spec, ...(plan?.ram ? { ram: plan.ram } : {}), ...(plan ? { memoryParent: { target: plan.target, config: plan.snapshot.config, digest: plan.snapshot.manifest.digest } } : {}) };
       this.live.set(id, l);
       this.watch(l);
       this.deps.metrics.boots.inc({ result: 'ok' });
@@ -289,12 +294,18 @@ export class VmManager {
         throw new SlipwayError('ABORTED', 'the client went away during the boot');
       }
       return toInfo(record);
-    } catch (err) {
+    } catch (caught) {
+      // a restore whose guest touched RAM that could not be loaded (a corrupted pack, the registry
+      // gone) stops its VMM: the reason is the RAM's, not the VMM's exit
+      const ramError = restore?.ram?.miss.lastError;
+      const err = isSlipwayError(ramError) ? ramError : caught;
       this.deps.metrics.boots.inc({ result: 'failed' });
       log.warn('vm boot failed', { image, error: (err as Error).message });
       agent?.close();
       await vm?.kill(500).catch(() => undefined);
       await served?.close().catch(() => undefined);
+      await restore?.ram?.close().catch(() => undefined);
+      await restore?.ram?.disk.close().catch(() => undefined);
       await rm(workDir, { recursive: true, force: true });
       await rm(ramFileOf(id), { force: true });
       this.deps.state.delete(id);
@@ -459,7 +470,7 @@ export class VmManager {
     l.busy = 'snapshot';
     try {
       await mkdir(this.stagingDir, { recursive: true, mode: 0o700 });
-      const v: SnapshotVm = { id, vm: l.vm, served: l.served, spec: l.spec, ...(l.memoryParent ? { parent: l.memoryParent } : {}) };
+      const v: SnapshotVm = { id, vm: l.vm, served: l.served, spec: l.spec, ...(l.ram ? { ram: l.ram } : {}), ...(l.memoryParent ? { parent: l.memoryParent } : {}) };
       const { parent, ...out } = await takeMemorySnapshot({ cache: this.deps.cache, logger: this.deps.logger, stagingDir: this.stagingDir }, v, parsed);
       l.memoryParent = parent;
       this.deps.metrics.snapshots.inc({ result: 'ok' });
@@ -511,6 +522,9 @@ export class VmManager {
       l.agent?.close();
       this.missFailuresOfRemoved += l.served.miss.stats.failures;
       await l.served.close().catch((err: unknown) => this.deps.logger.warn('stopping a disk backend', { vm: id, error: (err as Error).message }));
+      await l.ram?.close().catch((err: unknown) => this.deps.logger.warn('stopping a RAM server', { vm: id, error: (err as Error).message }));
+      await l.ram?.disk.close().catch(() => undefined);
+      await stopLeftoverRam(l.record.workDir, ramOverlayOf(id)).catch(() => undefined);
       await rm(l.record.workDir, { recursive: true, force: true }).catch((err: unknown) => this.deps.logger.warn('removing a vm work directory', { vm: id, error: (err as Error).message }));
       await rm(ramFileOf(id), { force: true });
       this.live.delete(id);
@@ -526,6 +540,7 @@ export class VmManager {
   /** A VM an earlier daemon left that this one could not adopt: its own processes stopped, its files and row removed. */
   private async removeUnadopted(r: VmRecord): Promise<void> {
     for (const pid of processesWithArgument(r.workDir)) await terminateProcess(pid, 1000);
+    await stopLeftoverRam(r.workDir, ramOverlayOf(r.id)).catch(() => undefined);
     await rm(r.workDir, { recursive: true, force: true });
     await rm(ramFileOf(r.id), { force: true });
     this.deps.state.delete(r.id);

@@ -113,6 +113,10 @@ export interface PushSnapshotOptions {
   tag: string;
   pool: WorkerPool;
   annotations?: Record<string, string>;
+  /** more disks to deduplicate against (their packs must be in `target`), as pushDisk's */
+  dedupFrom?: DiskArtifact[];
+  /** deduplicate against the repository's recent disks too (pushDisk's repositoryDedup; off for deltas by default) */
+  repositoryDedup?: boolean;
   onProgress?: ProgressFn;
 }
 
@@ -134,6 +138,8 @@ export async function pushSnapshot(opts: PushSnapshotOptions): Promise<PushResul
     chunkSizeBytes: opts.base.index.chunkSizeBytes, compression: opts.base.config.compression,
     changed: (n) => dirty[n] === 1,
     ...(opts.annotations ? { annotations: opts.annotations } : {}),
+    ...(opts.dedupFrom ? { dedupFrom: opts.dedupFrom } : {}),
+    ...(opts.repositoryDedup !== undefined ? { repositoryDedup: opts.repositoryDedup } : {}),
     ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
   });
   return { ...result, dirtyChunks: opts.dirty.chunks.length, baseBlobsCopied };

@@ -25,6 +25,8 @@ export interface MissServerStats {
 
 export interface MissServer {
   readonly stats: MissServerStats;
+  /** why the last failed fetch failed (a DIGEST_MISMATCH from a corrupted pack, the registry's error) */
+  readonly lastError: unknown;
   close(): Promise<void>;
 }
 
@@ -39,6 +41,7 @@ function reply(sock: Socket, status: number, chunk: bigint): void {
 /** `onRequest` is called with the chunk number of every well-formed FETCH, as it arrives. */
 export async function startMissServer(path: string, disk: LazyDisk, logger: Logger, cacheHas: (hex: string) => boolean, cachePut: (hex: string, data: Buffer) => Promise<boolean>, onRequest?: (chunk: number) => void): Promise<MissServer> {
   const stats: MissServerStats = { requests: 0, failures: 0, lastRequestAt: 0 };
+  let lastError: unknown;
   const sockets = new Set<Socket>();
   const { index } = disk.artifact;
   const fetchChunk = async (n: number): Promise<number> => {
@@ -71,6 +74,7 @@ export async function startMissServer(path: string, disk: LazyDisk, logger: Logg
           (status) => reply(sock, status, chunk),
           (err: unknown) => {
             stats.failures++;
+            lastError = err;
             logger.warn('chunk fetch for the backend failed', { disk: disk.reference, chunk: Number(chunk), error: (err as Error).message });
             reply(sock, -EIO, chunk);
           },
@@ -87,6 +91,9 @@ export async function startMissServer(path: string, disk: LazyDisk, logger: Logg
   });
   return {
     stats,
+    get lastError() {
+      return lastError;
+    },
     async close() {
       for (const s of sockets) s.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -1,0 +1,167 @@
+/**
+ * Lazy memory (docs/snapshots.md): a memory snapshot's RAM image served by slipway-ramfs
+ * (vhost-user-blk/ramfs.c) as the file `<workDir>/ram/ram` on FUSE. QEMU maps it shared as guest
+ * RAM and passes it on to slipway-blk; every page either touches first is loaded from the image's
+ * chunks (tier 1, or fetched and verified through this process's miss server), so a restore resumes
+ * before the RAM is downloaded. Guest writes come back (page-cache write-back) into a copy-on-write
+ * overlay on tmpfs, whose dirty bitmap is what the guest changed since the restore. slipway-ramfs
+ * appends every chunk it reads for the first time to a trace: the restore's working set.
+ */
+import { spawn } from 'node:child_process';
+import { accessSync, closeSync, constants, existsSync, openSync } from 'node:fs';
+import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import type { ChunkCache } from '../cache/chunk-cache.js';
+import type { LazyDisk } from '../cache/lazy-disk.js';
+import { SlipwayError } from '../errors.js';
+import { PROJECT_ROOT } from '../guest/build.js';
+import { fileTail } from '../util/file-tail.js';
+import { processesWithArgument, terminateProcess } from '../util/process.js';
+import { writeDiskMap } from './disk-map.js';
+import { startMissServer, type MissServer } from './miss-server.js';
+
+const run = promisify(execFile);
+const READY_TIMEOUT_MS = 15_000;
+
+export function ramfsBinary(): string {
+  return join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'slipway-ramfs');
+}
+
+/**
+ * Whether this host can serve RAM lazily: the slipway-ramfs binary (libfuse3), `/dev/fuse`, and
+ * either root or fusermount3 for the mount. `why` says what is missing (a restore then loads the
+ * whole RAM before resuming).
+ */
+export function lazyMemorySupport(): { ok: true } | { ok: false; why: string } {
+  if (!existsSync(ramfsBinary())) return { ok: false, why: `${ramfsBinary()} is not built (make -C vhost-user-blk; it needs libfuse3-dev)` };
+  try {
+    accessSync('/dev/fuse', constants.R_OK | constants.W_OK);
+  } catch {
+    return { ok: false, why: '/dev/fuse is missing or not usable by this user' };
+  }
+  if (process.getuid?.() !== 0 && !['/usr/bin/fusermount3', '/bin/fusermount3'].some((p) => existsSync(p))) return { ok: false, why: 'not root and no fusermount3 (Debian: fuse3)' };
+  return { ok: true };
+}
+
+export interface ServedRam {
+  /** the file QEMU maps as guest RAM */
+  file: string;
+  /** the image, opened through the chunk cache (its artifact is the next snapshot's delta base) */
+  disk: LazyDisk;
+  /** the copy-on-write overlay: `data` and the dirty bitmap `dirty` (docs/vhost-user-blk.md) */
+  overlayDir: string;
+  pid: number;
+  miss: MissServer;
+  running(): boolean;
+  log(): string;
+  /**
+   * The chunks read so far, in the order they were first read (the working set). Errors: the
+   * trace file's read errors.
+   */
+  touched(): Promise<number[]>;
+  /** Write every dirty page back into the overlay and make the overlay durable (before reading it). */
+  flush(): Promise<void>;
+  /** Stop serving: the VMM must be gone. Unmounts, stops slipway-ramfs, removes the overlay. */
+  close(): Promise<void>;
+}
+
+/**
+ * Serve `disk` (a RAM image) under `workDir/ram`, its overlay in `overlayDir` (on tmpfs: it holds
+ * guest memory; mode 0700). Detached, in its own session, so a VM outlives a daemon restart.
+ * Errors: IO_ERROR when slipway-ramfs cannot start or mount (its log in the message).
+ */
+export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDir: string; overlayDir: string }): Promise<ServedRam> {
+  const { workDir, overlayDir, disk } = opts;
+  const mount = join(workDir, 'ram');
+  const mapPath = join(workDir, 'ram.map');
+  const missPath = join(workDir, 'ram-miss.sock');
+  const tracePath = join(workDir, 'ram.trace');
+  const outPath = join(workDir, 'ramfs.out');
+  const logPath = join(workDir, 'ramfs.log');
+  await mkdir(mount, { recursive: true, mode: 0o700 });
+  await mkdir(overlayDir, { recursive: true, mode: 0o700 });
+  await writeDiskMap(disk.artifact, mapPath);
+  const miss = await startMissServer(missPath, disk, opts.cache.logger, (hex) => opts.cache.disk.has(hex), (hex, data) => opts.cache.disk.put(hex, data));
+  const args = ['--mount', mount, '--map', mapPath, '--chunk-dir', opts.cache.disk.chunkDir, '--overlay', overlayDir, '--daemon-socket', missPath, '--trace', tracePath];
+  const fds = [openSync(outPath, 'w', 0o600), openSync(logPath, 'a', 0o600)];
+  const child = spawn(ramfsBinary(), args, { stdio: ['ignore', fds[0] as number, fds[1] as number], detached: true });
+  for (const fd of fds) closeSync(fd);
+  child.unref();
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const running = (): boolean => child.exitCode === null && child.signalCode === null;
+  const log = (): string => fileTail(logPath, 64_000);
+  const unmount = async (): Promise<void> => {
+    await run('umount', ['-l', mount]).catch(() => undefined);
+  };
+  let poll: NodeJS.Timeout | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.once('error', (err) => reject(new SlipwayError('IO_ERROR', `cannot start slipway-ramfs: ${err.message}`)));
+      void exited.then((code) => reject(new SlipwayError('IO_ERROR', `slipway-ramfs exited at start (${code}): ${log().trim()}`)));
+      timer = setTimeout(() => reject(new SlipwayError('IO_ERROR', `slipway-ramfs did not mount within ${READY_TIMEOUT_MS} ms: ${log().trim()}`)), READY_TIMEOUT_MS);
+      poll = setInterval(() => {
+        if (fileTail(outPath, 64).includes('ready\n')) resolve();
+      }, 5);
+    });
+  } catch (err) {
+    child.kill('SIGKILL');
+    await unmount();
+    await miss.close();
+    await rm(overlayDir, { recursive: true, force: true });
+    throw err;
+  } finally {
+    clearInterval(poll);
+    clearTimeout(timer);
+  }
+  // chunk files stay pinned in slipway-ramfs's name while it runs, even with no daemon
+  const pin = child.pid ? disk.pinFor(child.pid, 'ramfs') : undefined;
+  const file = join(mount, 'ram');
+  let closed = false;
+  return {
+    file, disk, overlayDir, pid: child.pid ?? -1, miss, running, log,
+    async touched() {
+      const b = await readFile(tracePath);
+      const out: number[] = [];
+      for (let at = 0; at + 8 <= b.byteLength; at += 8) out.push(Number(b.readBigUInt64LE(at)));
+      return out;
+    },
+    async flush() {
+      const fh = await open(file, 'r+');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      if (running()) {
+        child.kill('SIGTERM');
+        const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+        await exited;
+        clearTimeout(t);
+      }
+      await unmount();
+      await miss.close();
+      if (pin) opts.cache.disk.unpin(pin);
+      await rm(overlayDir, { recursive: true, force: true });
+      await rm(mapPath, { force: true });
+    },
+  };
+}
+
+/**
+ * What a lazily restored VM may leave when nobody holds its ServedRam (a VM adopted after a daemon
+ * restart, or one that could not be adopted): its slipway-ramfs stopped, the mount gone, the
+ * overlay removed. Harmless when there is nothing. Call it only once the VMM has exited.
+ */
+export async function stopLeftoverRam(workDir: string, overlayDir: string): Promise<void> {
+  const mount = join(workDir, 'ram');
+  for (const pid of processesWithArgument(mount)) await terminateProcess(pid, 2000);
+  if (existsSync(join(workDir, 'ram.map'))) await run('umount', ['-l', mount]).catch(() => undefined);
+  await rm(overlayDir, { recursive: true, force: true });
+}

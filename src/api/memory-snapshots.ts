@@ -39,7 +39,7 @@ import type { Logger } from '../util/log.js';
 import { logProgress } from '../util/progress.js';
 import { guestKernelDigest } from '../vmm/accel.js';
 import type { RunningVm, VmSpec } from '../vmm/driver.js';
-import type { MemorySnapshotResult } from './schemas.js';
+import type { MemorySnapshotResult, RestoreFigures } from './schemas.js';
 import { detectAgentTransport, qemuArgs, qemuBinary } from '../vmm/qemu.js';
 
 const run = promisify(execFile);
@@ -185,14 +185,25 @@ export interface RestorePlan {
   ram?: ServedRam;
   /** whether the working set was prefetched from a recorded profile (else this restore records one) */
   workingSetProfile: boolean;
+  /** eager: the RAM chunks fetched from the registry, and their size */
+  eagerFetched?: { chunks: number; chunkBytes: number };
   target: Target;
+}
+
+/** A memory snapshot's manifest and config, checked, where it lives, and the disk it names (by digest). */
+export interface OpenedMemorySnapshot {
+  target: Target;
+  snapshot: LoadedMemorySnapshot;
+  diskRef: string;
 }
 
 /** How a restore loads RAM: `lazy` (on demand over FUSE, where the host allows it), `eager` (whole, before resuming). */
 export type MemoryLoading = 'lazy' | 'eager';
 
 /**
- * Fetch what a restore needs: the snapshot (checked), its device state into `workDir`, and its RAM.
+ * A memory snapshot, checked (openMemorySnapshot: NOT_A_SLIPWAY_DISK when `parsed` is not one,
+ * CORRUPT_INDEX, the registry's errors); then what a restore needs (prepareRestore): its device
+ * state into `workDir`, and its RAM.
  * Lazy (the default where `lazyMemorySupport()` holds): the RAM image is served on demand by
  * slipway-ramfs, its working-set profile (if the snapshot has one) fetched first in profile order;
  * eager: every chunk fetched through the chunk cache and written into a fresh sparse tmpfs file
@@ -200,14 +211,19 @@ export type MemoryLoading = 'lazy' | 'eager';
  * pack: eager at once; lazy when the guest touches it, failing the restore before its first exec),
  * the registry's. On an error nothing is left behind.
  */
-export async function prepareRestore(cache: ChunkCache, parsed: ImageRef, vmId: string, workDir: string, log: Logger, loading?: MemoryLoading): Promise<RestorePlan> {
+export async function openMemorySnapshot(cache: ChunkCache, parsed: ImageRef): Promise<OpenedMemorySnapshot> {
   const target = await cache.targets.open(parsed);
   const snapshot = await loadMemorySnapshot(target, refReference(parsed));
+  return { target, snapshot, diskRef: `${target.name}@${snapshot.config.disk.digest}` };
+}
+
+export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnapshot, vmId: string, workDir: string, log: Logger, loading?: MemoryLoading): Promise<RestorePlan> {
+  const { target, snapshot } = opened;
   const stateFile = join(workDir, 'device-state');
   const lazy = loading === 'lazy' || (loading === undefined && lazyMemorySupport().ok);
   const ramRef = `${target.name}@${snapshot.config.ram.digest}`;
   const want = snapshot.config.shape.memoryMiB * (1 << 20);
-  const base = { snapshot, diskRef: `${target.name}@${snapshot.config.disk.digest}`, stateFile, target };
+  const base = { snapshot, diskRef: opened.diskRef, stateFile, target };
   await writeFile(stateFile, await target.fetchBlob(snapshot.deviceState));
   if (lazy) {
     const ram = await cache.openDisk(ramRef, { useProfile: true, speculate: false });
@@ -222,6 +238,7 @@ export async function prepareRestore(cache: ChunkCache, parsed: ImageRef, vmId: 
     }
   }
   const ramFile = ramFileOf(vmId);
+  let eagerFetched: RestorePlan['eagerFetched'];
   try {
     const ram = await cache.openDisk(ramRef, { useProfile: false });
     try {
@@ -230,6 +247,7 @@ export async function prepareRestore(cache: ChunkCache, parsed: ImageRef, vmId: 
       await ram.prefetch({ priority: 'demand', concurrency: 8 });
       await writeRamFile(ram, ramFile);
       log.info('restore: RAM image written', { ms: Math.round(performance.now() - t0), chunks: ram.artifact.index.chunkCount, fetched: ram.stats.tier2Chunks });
+      eagerFetched = { chunks: ram.stats.tier2Chunks, chunkBytes: ram.artifact.index.chunkSizeBytes };
     } finally {
       await ram.close();
     }
@@ -237,7 +255,7 @@ export async function prepareRestore(cache: ChunkCache, parsed: ImageRef, vmId: 
     await rm(ramFile, { force: true });
     throw err;
   }
-  return { ...base, ramFile, workingSetProfile: false };
+  return { ...base, ramFile, workingSetProfile: false, ...(eagerFetched ? { eagerFetched } : {}) };
 }
 
 /**
@@ -262,6 +280,16 @@ export function afterLazyRestore(plan: RestorePlan, log: Logger): void {
     await ram.disk.fillInBackground();
   };
   void work().catch((err: unknown) => log.warn('after a lazy restore: storing the working set or loading the rest of the RAM failed', { error: (err as Error).message }));
+}
+
+/** What a restore had loaded by now (its first exec): the create answer's `restore`. */
+export async function restoreFigures(plan: RestorePlan): Promise<RestoreFigures> {
+  if (!plan.ram) return { memoryLoading: 'eager', workingSetChunks: 0, ramChunksFetched: plan.eagerFetched?.chunks ?? 0, ramChunkBytes: plan.eagerFetched?.chunkBytes ?? RAM_CHUNK_BYTES };
+  const { index } = plan.ram.disk.artifact;
+  return {
+    memoryLoading: 'lazy', workingSetChunks: plan.ram.disk.openedWithProfile?.chunks ?? 0, ramChunksFetched: plan.ram.disk.stats.tier2Chunks,
+    ramChunkBytes: index.chunkSizeBytes, ramChunksTouched: (await plan.ram.touched().catch(() => [])).length,
+  };
 }
 
 /** Where a lazily restored VM's RAM overlay lives: tmpfs, mode 0700 (guest memory). */

@@ -38,6 +38,10 @@ export function openApiDocument(version: string): Record<string, unknown> {
             createdAt: { type: 'string', format: 'date-time' }, cpus: { type: 'integer' }, memoryMiB: { type: 'integer' }, vmm: { enum: ['qemu', 'cloud-hypervisor'] },
             accel: { enum: ['kvm', 'tcg', null] }, timings: { type: 'object', additionalProperties: { type: 'number' }, description: 'boot phases in ms: backend_up, vmm_started, agent_ready' },
             guestTimings: { type: 'object', additionalProperties: { type: 'number' }, description: 'the guest\'s marks from slipway-init, ms since its kernel started: init_start, root_mounted, agent_started, ...' },
+            restore: {
+              type: 'object', description: 'a memory snapshot restore (create answer only): how its RAM was loaded by its first exec',
+              properties: { memoryLoading: { enum: ['lazy', 'eager'] }, workingSetChunks: { type: 'integer' }, ramChunksFetched: { type: 'integer' }, ramChunkBytes: { type: 'integer' }, ramChunksTouched: { type: 'integer' } },
+            },
           },
         },
         SnapshotResult: {

@@ -67,6 +67,20 @@ export interface VmInfo {
   timings: Record<string, number>;
   /** the guest's marks from slipway-init, ms since its kernel started (init_start, root_mounted, agent_started, ...) */
   guestTimings: Record<string, number>;
+  /** a memory snapshot's restore (in the create answer only): how its RAM was loaded by its first exec */
+  restore?: RestoreFigures;
+}
+
+/** What a restore had loaded by its first exec (docs/snapshots.md). */
+export interface RestoreFigures {
+  memoryLoading: 'lazy' | 'eager';
+  /** chunks in the working-set profile it restored with (0: none; this restore recorded one) */
+  workingSetChunks: number;
+  /** RAM chunks fetched from the registry by the first exec, and their size (bytes each) */
+  ramChunksFetched: number;
+  ramChunkBytes: number;
+  /** RAM chunks the guest (and slipway-blk) had touched by the first exec (lazy only) */
+  ramChunksTouched?: number;
 }
 
 /** A memory snapshot: `<ref>` (device state), `<ref>.disk` and `<ref>.ram` (docs/snapshots.md). */

@@ -24,9 +24,9 @@ import type { NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { driverFor } from '../vmm/drivers.js';
 import { checkShape } from '../disk/memory-snapshot.js';
 import { stopLeftoverRam, type ServedRam } from '../serve/ram-backend.js';
-import { afterLazyRestore, createRamFile, prepareRestore, ramFileOf, ramOverlayOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
+import { afterLazyRestore, createRamFile, openMemorySnapshot, restoreFigures, prepareRestore, ramFileOf, ramOverlayOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
 import type { Histogram, Counter } from './metrics.js';
-import type { CreateVmRequest, ExecRequest, MemorySnapshotResult, SnapshotResult, VmInfo } from './schemas.js';
+import type { CreateVmRequest, ExecRequest, MemorySnapshotResult, RestoreFigures, SnapshotResult, VmInfo } from './schemas.js';
 import type { StateStore, VmRecord } from './state.js';
 
 export interface VmLimits {
@@ -206,6 +206,7 @@ export class VmManager {
     let vm: RunningVm | undefined;
     let agent: AgentClient | undefined;
     let restore: RestorePlan | undefined;
+    let figures: RestoreFigures | undefined;
     try {
       await mkdir(workDir, { recursive: true, mode: 0o700 });
       this.deps.state.insert(record);
@@ -217,15 +218,21 @@ export class VmManager {
       } catch (err) {
         // not a disk: a memory snapshot (docs/snapshots.md) is restored; anything else fails as it did
         if (!isSlipwayError(err, 'NOT_A_SLIPWAY_DISK')) throw err;
-        restore = await prepareRestore(this.deps.cache, parseRef(image), id, workDir, log, req.memoryLoading).catch((again: unknown) => {
+        const opened = await openMemorySnapshot(this.deps.cache, parseRef(image)).catch((again: unknown) => {
           throw isSlipwayError(again, 'NOT_A_SLIPWAY_DISK') ? err : again;
         });
-        const shape = restore.snapshot.config.shape;
+        const shape = opened.snapshot.config.shape;
         record.cpus = req.cpus ?? shape.cpus;
         record.memoryMiB = req.memoryMiB ?? shape.memoryMiB;
         this.deps.state.update(id, { cpus: record.cpus, memoryMiB: record.memoryMiB });
+        // the RAM and the disk are made ready side by side
+        const [ram, disk] = await Promise.allSettled([prepareRestore(this.deps.cache, opened, id, workDir, log, req.memoryLoading), serve(opened.diskRef)]);
+        // (what did start is stopped by the failure path below)
+        if (ram.status === 'fulfilled') restore = ram.value;
+        if (disk.status === 'rejected') throw disk.reason;
+        served = disk.value;
+        if (ram.status === 'rejected') throw ram.reason;
         phase('memory_fetched');
-        served = await serve(restore.diskRef);
       }
       const shape = restore?.snapshot.config.shape;
       record.digest = served.disk.digest;
@@ -269,11 +276,13 @@ export class VmManager {
         // a clone is its own VM: its own host name (vmgenid has already made its kernel reseed its RNG)
         await withTimeout(agent.exec(['hostname', `vm-${id}`]), AGENT_TIMEOUTS.spawnMs, 'EXEC hostname');
         phase('identity');
+        figures = await restoreFigures(plan);
         // lazy memory: the working set so far becomes the snapshot's profile; the rest loads in the background
         afterLazyRestore(plan, log);
       }
       // the guest's own marks (ms since its kernel started), as `slipway run --timings` shows them
-      const pong = await withTimeout(agent.ping(), AGENT_TIMEOUTS.spawnMs, 'PING').catch(() => undefined);
+      // (a restore's guest marks are those of the boot it was snapshotted after: not asked)
+      const pong = plan ? undefined : await withTimeout(agent.ping(), AGENT_TIMEOUTS.spawnMs, 'PING').catch(() => undefined);
       for (const [k, ns] of Object.entries(pong?.phases ?? {})) timings[`${GUEST_MARK}${k}`] = Math.round(ns / 1e4) / 100;
       // the first boot of a disk leaves its boot profile next to it, for every later cold boot
       if (served.disk.recordingProfile) {
@@ -293,7 +302,7 @@ export class VmManager {
         await this.remove(l);
         throw new SlipwayError('ABORTED', 'the client went away during the boot');
       }
-      return toInfo(record);
+      return { ...toInfo(record), ...(figures ? { restore: figures } : {}) };
     } catch (caught) {
       // a restore whose guest touched RAM that could not be loaded (a corrupted pack, the registry
       // gone) stops its VMM: the reason is the RAM's, not the VMM's exit

@@ -134,7 +134,33 @@ describe('memory snapshots', () => {
     const second = await d.client.snapshot(vm.id, `${registry.host}/mem/idle:v2`, { memory: true });
     expect(second.ramUploadedBytes).toBeLessThan(first.ramUploadedBytes);
     expect(second.ramUploadedBytes).toBeLessThan(0.05 * 256 * (1 << 20));
+    // the VM was restored lazily: its snapshots' RAM is a delta of the image it was restored from;
+    // restored again, the chained snapshot is where it was
+    const again = await d.client.createVm({ image: `${registry.host}/mem/idle:v2` });
+    expect(await sh(d, again.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
+    expect(await sh(d, again.id, 'kill -0 $(cat /tmp/t/pid) && echo alive')).toBe('alive\n');
     await d.client.deleteVm(vm.id);
+    await d.client.deleteVm(again.id);
+  }, 600_000);
+
+  it('restores are lazy here: a later restore on an empty cache fetches the recorded working set first, and little else; eager loading still restores', async () => {
+    const d = await daemon();
+    const vm = await d.client.createVm({ image: snapshotRef });
+    const r = vm.restore;
+    expect(r?.memoryLoading).toBe('lazy');
+    // the first restore (the first test's) recorded the chunks it touched before its first exec
+    expect(r?.workingSetChunks).toBeGreaterThan(0);
+    expect(r?.ramChunksFetched).toBeGreaterThan(0);
+    expect(r?.ramChunksFetched).toBeLessThanOrEqual(Math.ceil(1.5 * (r?.workingSetChunks ?? 0)));
+    // a guest page is never seen before its chunk is loaded: what the guest wrote before the snapshot is there
+    expect(await sh(d, vm.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
+    expect(await sh(d, vm.id, 'md5sum /root/data | cut -d" " -f1')).toBe(dataSum);
+    const eager = await d.client.createVm({ image: snapshotRef, memoryLoading: 'eager' });
+    expect(eager.restore?.memoryLoading).toBe('eager');
+    expect(await sh(d, eager.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
+    await d.client.deleteVm(vm.id);
+    await d.client.deleteVm(eager.id);
+    expect(ramFiles([vm.id, eager.id])).toEqual([]);
   }, 600_000);
 
   it('another shape is refused: a restore asking for more memory fails with what differs, and nothing is left', async () => {

@@ -6,6 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import { pushSnapshot, readDirtyBitmap, removeStaging, seedChunks, stageDirtyChunks } from '../disk/snapshot.js';
@@ -23,7 +24,7 @@ import { processesWithArgument, terminateProcess } from '../util/process.js';
 import type { NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { driverFor } from '../vmm/drivers.js';
 import { checkShape } from '../disk/memory-snapshot.js';
-import { stopLeftoverRam, type ServedRam } from '../serve/ram-backend.js';
+import { adoptRam, stopLeftoverRam, type ServedRam } from '../serve/ram-backend.js';
 import { afterLazyRestore, createRamFile, openMemorySnapshot, restoreFigures, prepareRestore, ramFileOf, ramOverlayOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
 import type { Histogram, Counter } from './metrics.js';
 import type { CreateVmRequest, ExecRequest, MemorySnapshotResult, RestoreFigures, SnapshotResult, VmInfo } from './schemas.js';
@@ -580,8 +581,13 @@ export class VmManager {
       } catch (err) {
         this.deps.logger.warn('could not adopt a vm', { vm: r.id, error: (err as Error).message });
       }
+      // a lazily restored VM's RAM server gets its miss server back
+      const ram = served && vm ? await adoptRam({ cache: this.deps.cache, workDir: r.workDir, overlayDir: ramOverlayOf(r.id) }).catch((err: unknown) => {
+        this.deps.logger.warn('could not serve the RAM of an adopted vm again; it runs on from tier 1', { vm: r.id, error: (err as Error).message });
+        return undefined;
+      }) : undefined;
       if (served && vm) {
-        const l: LiveVm = { record: r, vm, served, agent: undefined, connecting: undefined, busy: undefined, thawOnConnect: true };
+        const l: LiveVm = { record: r, vm, served, agent: undefined, connecting: undefined, busy: undefined, thawOnConnect: true, ...(ram ? { ram } : {}) };
         this.live.set(r.id, l);
         this.watch(l);
         adopted.push(r.id);
@@ -594,7 +600,8 @@ export class VmManager {
       // recorded pids: a daemon that died mid-boot had not recorded them yet, and after a reboot
       // a recorded pid may be anyone's
       const own = processesWithArgument(r.workDir);
-      if (r.status === 'running' && own.length === 2) {
+      // (the VMM and the disk backend, and a lazily restored VM's RAM server)
+      if (r.status === 'running' && own.length === (existsSync(join(r.workDir, 'ram.ref')) ? 3 : 2)) {
         // both still run, but adopting them failed (the disk could not be reopened, say): the
         // guest and its overlay are kept; a DELETE stops them, a later daemon may adopt them
         this.unadopted.add(r.id);

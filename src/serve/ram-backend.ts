@@ -9,7 +9,7 @@
  */
 import { spawn } from 'node:child_process';
 import { accessSync, closeSync, constants, existsSync, openSync } from 'node:fs';
-import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -18,7 +18,7 @@ import type { LazyDisk } from '../cache/lazy-disk.js';
 import { SlipwayError } from '../errors.js';
 import { PROJECT_ROOT } from '../guest/build.js';
 import { fileTail } from '../util/file-tail.js';
-import { processesWithArgument, terminateProcess } from '../util/process.js';
+import { processesWithArgument, processHasArgument, processRunning, terminateProcess } from '../util/process.js';
 import { writeDiskMap } from './disk-map.js';
 import { startMissServer, type MissServer } from './miss-server.js';
 
@@ -118,12 +118,54 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
   }
   // chunk files stay pinned in slipway-ramfs's name while it runs, even with no daemon
   const pin = child.pid ? disk.pinFor(child.pid, 'ramfs') : undefined;
+  // what an adopting daemon needs to serve its misses again (adoptRam)
+  await writeFile(join(workDir, RAM_REF_FILE), disk.reference, { mode: 0o600 });
+  return servedRam({
+    ...opts, miss, pid: child.pid ?? -1, running,
+    stop: async () => {
+      if (!running()) return;
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(t);
+    },
+    unpin: () => {
+      if (pin) opts.cache.disk.unpin(pin);
+    },
+  });
+}
+
+/** The file in a VM's work directory naming the RAM image it serves (for adoptRam). */
+const RAM_REF_FILE = 'ram.ref';
+
+/**
+ * After a daemon restart: the slipway-ramfs of a lazily restored VM, found running again, gets its
+ * miss server back (it reconnects on its next miss; misses failed while no daemon answered) and the
+ * rest of its RAM is loaded into tier 1 at background priority again. Undefined when the VM has no
+ * lazy RAM or its server is gone.
+ */
+export async function adoptRam(opts: { cache: ChunkCache; workDir: string; overlayDir: string }): Promise<ServedRam | undefined> {
+  const mount = join(opts.workDir, 'ram');
+  const ref = await readFile(join(opts.workDir, RAM_REF_FILE), 'utf8').catch(() => undefined);
+  const pid = processesWithArgument(mount)[0];
+  if (ref === undefined || pid === undefined) return undefined;
+  const disk = await opts.cache.openDisk(ref, { useProfile: false });
+  const miss = await startMissServer(join(opts.workDir, 'ram-miss.sock'), disk, opts.cache.logger, (hex) => opts.cache.disk.has(hex), (hex, data) => opts.cache.disk.put(hex, data));
+  void disk.fillInBackground();
+  const running = (): boolean => processRunning(pid) && processHasArgument(pid, mount);
+  // (its chunk pin, taken in its name by the daemon that started it, lasts as long as it runs)
+  return servedRam({ cache: opts.cache, disk, workDir: opts.workDir, overlayDir: opts.overlayDir, miss, pid, running, stop: () => terminateProcess(pid, 5000), unpin: () => undefined });
+}
+
+function servedRam(p: { cache: ChunkCache; disk: LazyDisk; workDir: string; overlayDir: string; miss: MissServer; pid: number; running: () => boolean; stop: () => Promise<void>; unpin: () => void }): ServedRam {
+  const mount = join(p.workDir, 'ram');
   const file = join(mount, 'ram');
   let closed = false;
   return {
-    file, disk, overlayDir, pid: child.pid ?? -1, miss, running, log,
+    file, disk: p.disk, overlayDir: p.overlayDir, pid: p.pid, miss: p.miss, running: p.running,
+    log: () => fileTail(join(p.workDir, 'ramfs.log'), 64_000),
     async touched() {
-      const b = await readFile(tracePath);
+      const b = await readFile(join(p.workDir, 'ram.trace'));
       const out: number[] = [];
       for (let at = 0; at + 8 <= b.byteLength; at += 8) out.push(Number(b.readBigUInt64LE(at)));
       return out;
@@ -139,17 +181,12 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
     async close() {
       if (closed) return;
       closed = true;
-      if (running()) {
-        child.kill('SIGTERM');
-        const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-        await exited;
-        clearTimeout(t);
-      }
-      await unmount();
-      await miss.close();
-      if (pin) opts.cache.disk.unpin(pin);
-      await rm(overlayDir, { recursive: true, force: true });
-      await rm(mapPath, { force: true });
+      await p.stop();
+      await run('umount', ['-l', mount]).catch(() => undefined);
+      await p.miss.close();
+      p.unpin();
+      await rm(p.overlayDir, { recursive: true, force: true });
+      await rm(join(p.workDir, 'ram.map'), { force: true });
     },
   };
 }

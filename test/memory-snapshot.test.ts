@@ -18,6 +18,7 @@ import { tempDir } from './helpers/images.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
 import { runCli } from './helpers/run-cli.js';
 import { lazyMemorySupport } from '../src/serve/ram-backend.js';
+import { processesWithArgument } from '../src/util/process.js';
 
 const work = tempDir('slipway-memsnap-');
 let registry: TestRegistry;
@@ -173,6 +174,27 @@ describe('memory snapshots', () => {
     expect((err as Error).message).toContain('memoryMiB: the snapshot has 256, this VM would have 512');
     expect(await d.client.listVms()).toEqual([]);
   }, 120_000);
+
+  it.skipIf(!lazy.ok)('a lazily restored VM outlives a daemon restart: the new daemon serves its RAM again, and stopping it leaves nothing', async () => {
+    const d = await daemon();
+    const vm = await d.client.createVm({ image: snapshotRef });
+    expect(vm.restore?.memoryLoading).toBe('lazy');
+    const procs = processesWithArgument(join('vms', vm.id));
+    expect(procs.length).toBe(3); // QEMU, slipway-blk, slipway-ramfs
+    await d.kill();
+    expect(processesWithArgument(join('vms', vm.id)).sort()).toEqual([...procs].sort());
+    const again = await startTestDaemon({ dir: tempDir('slipway-memsnap-d-'), stateDir: d.stateDir, cacheDir: d.cacheDir });
+    daemons.push(again);
+    expect((await again.client.getVm(vm.id)).status).toBe('running');
+    // all of its memory is readable: the process, the tmpfs file, the unwritten page cache's file
+    expect(await sh(again, vm.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
+    expect(await sh(again, vm.id, 'kill -0 $(cat /tmp/t/pid) && echo alive')).toBe('alive\n');
+    expect(await sh(again, vm.id, 'md5sum /root/data | cut -d" " -f1')).toBe(dataSum);
+    await again.client.deleteVm(vm.id);
+    expect(processesWithArgument(join('vms', vm.id))).toEqual([]);
+    expect(ramMounts().filter((m) => m.includes(vm.id))).toEqual([]);
+    expect(ramFiles([vm.id])).toEqual([]);
+  }, 600_000);
 
   it('a corrupted RAM pack in the registry: the restore is refused, nothing half restored is left running', async () => {
     const d = await daemon();

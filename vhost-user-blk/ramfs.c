@@ -19,7 +19,6 @@
 #include <fuse_lowlevel.h>
 #include <getopt.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,9 +27,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 #include "disk.h"
+#include "log.h"
 #include "miss_wire.h"
 
 #define RAM_INO 2
@@ -42,26 +41,7 @@ static struct {
 	const char *daemon_socket;
 	int trace_fd;
 	_Atomic uint8_t *seen; /* a byte per chunk: read once already (for the trace) */
-	int log_min;
-} g = { .trace_fd = -1, .log_min = 1 };
-
-static void ram_log(const char *level, const char *fmt, ...)
-{
-	int rank = level[0] == 'd' ? 0 : level[0] == 'i' ? 1 : 2;
-	if (rank < g.log_min)
-		return;
-	char msg[400];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	for (char *p = msg; *p; p++)
-		if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
-			*p = '\'';
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	fprintf(stderr, "{\"time\":%lld.%03ld,\"level\":\"%s\",\"component\":\"slipway-ramfs\",\"msg\":\"%s\"}\n", (long long)ts.tv_sec, ts.tv_nsec / 1000000, level, msg);
-}
+} g = { .trace_fd = -1 };
 
 /* One miss connection per FUSE worker thread: a FETCH waits for its own reply. */
 static __thread int miss_fd = -1;
@@ -118,7 +98,7 @@ static int fetch_chunk(uint64_t c)
 		int32_t status;
 		uint64_t chunk;
 		if (!miss_decode_reply(msg, &status, &chunk) || chunk != c) {
-			ram_log("warn", "malformed miss reply for chunk %llu; closing the connection", (unsigned long long)c);
+			vub_log("warn", "malformed miss reply for chunk %llu; closing the connection", (unsigned long long)c);
 			close(miss_fd);
 			miss_fd = -1;
 			return -EIO;
@@ -138,7 +118,7 @@ static void trace_range(uint64_t off, uint64_t len)
 		uint8_t le[8];
 		miss_put_le(le, c, 8);
 		if (write(g.trace_fd, le, sizeof le) != (ssize_t)sizeof le)
-			ram_log("warn", "trace write: %s", strerror(errno));
+			vub_log("warn", "trace write: %s", strerror(errno));
 	}
 }
 
@@ -157,7 +137,7 @@ static int with_fetch(int (*io)(struct vub_disk *, uint64_t, const struct iovec 
 		last = missing;
 		int f = fetch_chunk(missing);
 		if (f < 0) {
-			ram_log("warn", "chunk %llu could not be fetched: %s", (unsigned long long)missing, strerror(-f));
+			vub_log("warn", "chunk %llu could not be fetched: %s", (unsigned long long)missing, strerror(-f));
 			return -EIO;
 		}
 	}
@@ -345,6 +325,7 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
+	vub_log_component = "slipway-ramfs";
 	static const struct option longopts[] = {
 		{ "mount", required_argument, NULL, 'M' }, { "map", required_argument, NULL, 'm' },
 		{ "chunk-dir", required_argument, NULL, 'c' }, { "overlay", required_argument, NULL, 'o' },
@@ -361,7 +342,7 @@ int main(int argc, char **argv)
 		case 'o': overlay = optarg; break;
 		case 'd': g.daemon_socket = optarg; break;
 		case 't': trace = optarg; break;
-		case 'l': g.log_min = strcmp(optarg, "debug") == 0 ? 0 : strcmp(optarg, "info") == 0 ? 1 : 2; break;
+		case 'l': vub_log_min = strcmp(optarg, "debug") == 0 ? 0 : strcmp(optarg, "info") == 0 ? 1 : 2; break;
 		default: usage(); return 2;
 		}
 	}
@@ -396,7 +377,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "slipway-ramfs: cannot mount FUSE at %s (is /dev/fuse there, and may this user mount?)\n", mount);
 		return 1;
 	}
-	ram_log("info", "serving a %llu-byte RAM image in %llu chunks at %s/" RAM_NAME, (unsigned long long)g.disk.size, (unsigned long long)g.disk.nchunks, mount);
+	vub_log("info", "serving a %llu-byte RAM image in %llu chunks at %s/" RAM_NAME, (unsigned long long)g.disk.size, (unsigned long long)g.disk.nchunks, mount);
 	printf("ready\n");
 	fflush(stdout);
 	struct fuse_loop_config *cfg = fuse_loop_cfg_create();

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include "disk.h"
+#include "log.h"
 #include "virtq.h"
 #include "vub_dirty.h"
 
@@ -96,6 +97,5 @@ int vub_read_message(int sock, struct vhost_user_header *hdr, uint8_t *payload, 
  */
 int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *hdr, const uint8_t *payload, int *fds, unsigned nfds);
 
-void vub_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

@@ -1,11 +1,12 @@
-/* The backend's log: one JSON object per line on stderr (the daemon keeps it with the VM's logs). */
-#include "vub.h"
+/* The backends' log (log.h). */
+#include "log.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
 
 int vub_log_min = 1; /* 0 debug, 1 info, 2 warn */
+const char *vub_log_component = "slipway-blk";
 
 void vub_log(const char *level, const char *fmt, ...)
 {
@@ -32,5 +33,5 @@ void vub_log(const char *level, const char *fmt, ...)
 	escaped[o] = '\0';
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	fprintf(stderr, "{\"time\":%lld.%03ld,\"level\":\"%s\",\"component\":\"slipway-blk\",\"msg\":\"%s\"}\n", (long long)ts.tv_sec, ts.tv_nsec / 1000000, level, escaped);
+	fprintf(stderr, "{\"time\":%lld.%03ld,\"level\":\"%s\",\"component\":\"%s\",\"msg\":\"%s\"}\n", (long long)ts.tv_sec, ts.tv_nsec / 1000000, level, vub_log_component, escaped);
 }

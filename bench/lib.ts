@@ -2,6 +2,7 @@
 import { execFileSync, execSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 export const BENCH_DIR = process.env.SLIPWAY_BENCH_DIR ?? '/var/tmp/slipway-bench';
 
@@ -77,4 +78,14 @@ export function vubFrontend(binary: string, args: string[]): Promise<Record<stri
     });
     child.once('close', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').at(-1) as string) as Record<string, number>) : reject(new Error(`${binary} ${args.join(' ')} exited ${code}`))));
   });
+}
+
+/** The registry behind a delaying proxy in its own process (the network is not the daemon's CPU). */
+export async function startDelayProxy(target: string, delayMs: number): Promise<{ host: string; stop(): void }> {
+  const child = spawn('node', [fileURLToPath(new URL('./delay-proxy.mjs', import.meta.url)), target, String(delayMs)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<string>((resolve, reject) => {
+    child.stdout?.once('data', (d: Buffer) => resolve(d.toString().trim()));
+    child.once('exit', (code) => reject(new Error(`delay proxy exited (${code})`)));
+  });
+  return { host: `127.0.0.1:${port}`, stop: () => child.kill() };
 }

@@ -11,20 +11,18 @@
  *  - a second memory snapshot of the same idle VM: bytes uploaded against its RAM size.
  * Medians of SLIPWAY_BENCH_RUNS (default 3); RAM SLIPWAY_BENCH_MEMORY_MIB (default 512).
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDaemon, type RunningDaemon } from '../src/api/daemon.js';
 import type { RestoreFigures } from '../src/api/schemas.js';
 import { SlipwayClient } from '../src/client/index.js';
-import { PROJECT_ROOT } from '../src/guest/build.js';
 import { loadConfig } from '../src/config.js';
 import { buildRootfs } from '../src/guest/rootfs.js';
 import { createLogger } from '../src/util/log.js';
 import { main as cli } from '../src/cli/main.js';
 import { startRegistry } from '../test/helpers/registry.js';
-import { BENCH_DIR, median, report, timed } from './lib.js';
+import { BENCH_DIR, median, report, startDelayProxy, timed } from './lib.js';
 
 const RUNS = Number(process.env.SLIPWAY_BENCH_RUNS ?? 3);
 const MEMORY_MIB = Number(process.env.SLIPWAY_BENCH_MEMORY_MIB ?? 512);
@@ -57,16 +55,6 @@ async function toFirstExec(d: Daemon, image: string, opts: { memoryMiB?: number;
     return vm;
   });
   return { ms, id: value.id, restore: value.restore };
-}
-
-/** The registry behind a delaying proxy in its own process (the network is not the daemon's CPU). */
-async function startDelayProxy(target: string, delayMs: number): Promise<{ host: string; stop(): void }> {
-  const child = spawn('node', [join(PROJECT_ROOT, 'bench', 'delay-proxy.mjs'), target, String(delayMs)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const port = await new Promise<string>((resolve, reject) => {
-    child.stdout?.once('data', (d: Buffer) => resolve(d.toString().trim()));
-    child.once('exit', (code) => reject(new Error(`delay proxy exited (${code})`)));
-  });
-  return { host: `127.0.0.1:${port}`, stop: () => child.kill() };
 }
 
 async function main(): Promise<void> {

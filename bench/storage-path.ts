@@ -36,7 +36,7 @@ import { serveDisk, type PrefetchMode } from '../src/serve/backend.js';
 import { silentLogger } from '../src/util/log.js';
 import { QemuDriver } from '../src/vmm/qemu.js';
 import { startRegistry } from '../test/helpers/registry.js';
-import { BENCH_DIR, report, type Row, vubFrontend } from './lib.js';
+import { BENCH_DIR, report, startDelayProxy, type Row, vubFrontend } from './lib.js';
 
 const FRONTEND = join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'vub-frontend');
 const SYSTEMD_IMAGE = join(BENCH_DIR, 'debian-systemd-v2.img');
@@ -53,16 +53,6 @@ async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
 
 function qsd(args: string[], sock: string): ChildProcess {
   return spawn('qemu-storage-daemon', [...args, '--export', `type=vhost-user-blk,id=e,node-name=top,addr.type=unix,addr.path=${sock},writable=off,num-queues=1`], { stdio: ['ignore', 'ignore', 'inherit'] });
-}
-
-/** The registry behind a delaying proxy in its own process (the network is not the daemon's CPU). */
-async function startDelayProxy(target: string, delayMs: number): Promise<{ host: string; stop(): void }> {
-  const child = spawn('node', [join(PROJECT_ROOT, 'bench', 'delay-proxy.mjs'), target, String(delayMs)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const port = await new Promise<string>((resolve, reject) => {
-    child.stdout?.once('data', (d: Buffer) => resolve(d.toString().trim()));
-    child.once('exit', (code) => reject(new Error(`delay proxy exited (${code})`)));
-  });
-  return { host: `127.0.0.1:${port}`, stop: () => child.kill() };
 }
 
 /** Record the reads of one systemd boot (cached in BENCH_DIR). */

@@ -161,7 +161,7 @@ describe('boot profiles', () => {
     const again = await cold.openDisk(ref());
     expect(again.stats.profileChunks).toBe(order.length);
     await again.settle();
-    for (const n of order) expect(cold.disk.has((index.entries[index.map[n] as number]?.digest as Buffer).toString('hex'))).toBe(true);
+    for (const n of order) expect(cold.has((index.entries[index.map[n] as number]?.digest as Buffer).toString('hex'))).toBe(true);
     const requestsAfterPrefetch = cold.stats().remote.requests;
     for (const n of order) await again.read(n * CHUNK, 512);
     expect(cold.stats().remote.requests).toBe(requestsAfterPrefetch);

@@ -166,7 +166,7 @@ describe('slipway-blk under QEMU', () => {
     expect(await new Promise((resolve) => verify.once('exit', resolve))).toBe(0);
     const map = join(serveDir, 'disk.map');
     const digest = readFileSync(map).subarray(32 + chunk * 33 + 1, 32 + (chunk + 1) * 33).toString('hex');
-    const chunkFile = join(cache.disk.chunkDir, digest.slice(0, 2), digest);
+    const chunkFile = join(cache.chunkDir, digest.slice(0, 2), digest);
     const aside = join(work, 'tail-chunk');
     renameSync(chunkFile, aside);
     // a daemon that takes FETCH requests and never answers; it says when the one for our chunk came
@@ -182,7 +182,7 @@ describe('slipway-blk under QEMU', () => {
     const missSocket = join(work, 'tail-miss.sock');
     await new Promise<void>((resolve) => silent.listen(missSocket, resolve));
     const socket = join(work, 'tail.sock');
-    const args = ['--socket', socket, '--map', map, '--chunk-dir', cache.disk.chunkDir, '--daemon-socket', missSocket, '--overlay', join(work, 'tail-overlay')];
+    const args = ['--socket', socket, '--map', map, '--chunk-dir', cache.chunkDir, '--daemon-socket', missSocket, '--overlay', join(work, 'tail-overlay')];
     const logs: string[] = [];
     const start = async (): Promise<{ kill: (sig: NodeJS.Signals) => void; exited: Promise<unknown>; log: () => string }> => {
       const child = spawn(ASAN_BACKEND, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...ASAN_ENV } });

@@ -233,7 +233,7 @@ describe('slipway-blk through the test frontend', () => {
     // chunk 5 goes missing until the backend is restarted, and the daemon takes its FETCH and never answers
     const map = join(work, 'restart-warm', 'disk.map');
     const digest = readFileSync(map).subarray(32 + 5 * 33 + 1, 32 + 6 * 33).toString('hex');
-    const chunkFile = join(cache.disk.chunkDir, digest.slice(0, 2), digest);
+    const chunkFile = join(cache.chunkDir, digest.slice(0, 2), digest);
     const aside = join(work, 'restart-chunk5');
     renameSync(chunkFile, aside);
     const missSocket = join(work, 'restart-miss.sock');
@@ -241,7 +241,7 @@ describe('slipway-blk through the test frontend', () => {
     const silent = createServer((c) => held.push(c.on('data', () => undefined)));
     await new Promise<void>((resolve) => silent.listen(missSocket, resolve));
     const socket = join(work, 'restart.sock');
-    const args = ['--socket', socket, '--map', map, '--chunk-dir', cache.disk.chunkDir, '--daemon-socket', missSocket, '--overlay', join(work, 'restart-overlay')];
+    const args = ['--socket', socket, '--map', map, '--chunk-dir', cache.chunkDir, '--daemon-socket', missSocket, '--overlay', join(work, 'restart-overlay')];
     const first = await startBackend(args);
     // the read of chunk 5 parks; two reads behind it complete first
     const fe = spawn(FRONTEND, ['restart', socket, file, String(5 * 65536), '--inflight'], { stdio: ['pipe', 'pipe', 'pipe'] });

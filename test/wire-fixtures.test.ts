@@ -177,7 +177,7 @@ describe('the miss protocol (test/fixtures/miss-*.bin)', () => {
     const disk = { reference: 'fixture', artifact: { index } as DiskArtifact, readChunk: async () => Buffer.alloc(16) } as Pick<LazyDisk, 'reference' | 'artifact' | 'readChunk'> as LazyDisk;
     const puts = [true, false]; // the first put fits tier 1, the second finds it full: ENOSPC
     const sockPath = join(work, 'miss.sock');
-    const server = await startMissServer(sockPath, disk, silentLogger, () => false, async () => puts.shift() ?? false);
+    const server = await startMissServer(sockPath, disk, { logger: silentLogger, has: () => false, putChunk: async () => puts.shift() ?? false });
     try {
       const sock = connect(sockPath);
       await once(sock, 'connect');

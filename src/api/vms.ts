@@ -459,7 +459,7 @@ export class VmManager {
       // after the answer: the snapshot's own chunks go into this host's tier 1, so booting it here
       // fetches nothing (the staging file goes when that is done)
       const cache = this.deps.cache;
-      seeding = seedChunks(staging, dirty, cache.pool, (hex, data) => cache.disk.put(hex, data))
+      seeding = seedChunks(staging, dirty, cache.pool, (hex, data) => cache.putChunk(hex, data))
         .then((n) => log.info('snapshot chunks kept in the host cache', { chunks: n }), (err: unknown) => log.warn('could not keep the snapshot chunks in the host cache', { error: (err as Error).message }))
         .finally(() => removeStaging(staging));
       return out;

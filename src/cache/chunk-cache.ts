@@ -40,18 +40,6 @@ export interface CacheStats {
   inflightJoins: number;
 }
 
-/**
- * Tier 1 as code outside the cache may use it: the chunk files (which slipway-blk reads
- * directly), adding a verified chunk, and dropping a pin. Its fetch claims are the cache's alone.
- */
-export interface LocalChunks {
-  readonly chunkDir: string;
-  chunkPath(hex: string): string;
-  has(hex: string): boolean;
-  put(hex: string, data: Buffer): Promise<boolean>;
-  unpin(holder: string): void;
-}
-
 export interface ChunkCacheOptions {
   config: SlipwayConfig;
   logger: Logger;
@@ -83,7 +71,6 @@ export class ChunkCache implements DiskChunkCache {
   readonly #ownsPool: boolean;
   readonly #ownsTargets: boolean;
   readonly #openDisks = new Set<LazyDisk>();
-  readonly #local: LocalChunks;
 
   private constructor(opts: ChunkCacheOptions) {
     this.config = opts.config;
@@ -113,13 +100,6 @@ export class ChunkCache implements DiskChunkCache {
       store: (hex, chunk, intoMemory) => this.#store(hex, chunk, intoMemory),
       decode: (stored, flags, length, digest, what, priority) => this.#decode(stored, flags, length, digest, what, priority),
     });
-    this.#local = Object.freeze({
-      chunkDir: disk.chunkDir,
-      chunkPath: (hex: string) => disk.chunkPath(hex),
-      has: (hex: string) => disk.has(hex),
-      put: (hex: string, data: Buffer) => disk.put(hex, data),
-      unpin: (holder: string) => disk.unpin(holder),
-    });
   }
 
   /** Hashing and decompression threads, started on first use (a warm disk never needs them). */
@@ -132,14 +112,6 @@ export class ChunkCache implements DiskChunkCache {
       this.#poolWarm.catch(() => undefined);
     }
     return this.#poolInstance;
-  }
-
-  /**
-   * Tier 1's chunk files, for code that hands them to slipway-blk or adds chunks it verified
-   * itself (src/serve, snapshots). The same as `chunkDir`, `chunkPath`, `has`, `putChunk` and `unpin`.
-   */
-  get disk(): LocalChunks {
-    return this.#local;
   }
 
   /** Tier 1's chunk directory: `<chunkDir>/<first two hex>/<hex>`, the files slipway-blk reads. */

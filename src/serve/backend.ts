@@ -126,9 +126,9 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
     clearTimeout(quiet);
     quiet = setTimeout(() => void saveProfile(), quietMs);
   };
-  const miss = await startMissServer(missPath, disk, opts.cache.logger, (hex) => opts.cache.disk.has(hex), (hex, data) => opts.cache.disk.put(hex, data), onMiss);
+  const miss = await startMissServer(missPath, disk, opts.cache, onMiss);
   const overlayDir = opts.readWrite ? (opts.overlayDir ?? join(opts.workDir, 'overlay')) : undefined;
-  const args = ['--socket', opts.socket, '--map', mapPath, '--chunk-dir', opts.cache.disk.chunkDir, '--daemon-socket', missPath, '--queues', String(opts.queues ?? 1), '--serial', disk.digest.slice(7, 27)];
+  const args = ['--socket', opts.socket, '--map', mapPath, '--chunk-dir', opts.cache.chunkDir, '--daemon-socket', missPath, '--queues', String(opts.queues ?? 1), '--serial', disk.digest.slice(7, 27)];
   if (overlayDir) args.push('--overlay', overlayDir);
   else args.push('--read-only');
   // detached: its own session, output in files, so that it keeps serving when the daemon is away
@@ -187,7 +187,7 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   if (!backendPin) return served;
   return { ...served, close: async () => {
     await served.close();
-    opts.cache.disk.unpin(backendPin);
+    opts.cache.unpin(backendPin);
   } };
 }
 
@@ -200,7 +200,7 @@ export async function adoptDisk(opts: { cache: ChunkCache; ref: string; socket: 
   if (!processRunning(opts.pid) || !processHasArgument(opts.pid, opts.workDir)) return undefined;
   const disk = await opts.cache.openDisk(opts.ref, { useProfile: false, ...opts.openOptions });
   const missPath = join(opts.workDir, 'miss.sock');
-  const miss = await startMissServer(missPath, disk, opts.cache.logger, (hex) => opts.cache.disk.has(hex), (hex, data) => opts.cache.disk.put(hex, data));
+  const miss = await startMissServer(missPath, disk, opts.cache);
   const pid = opts.pid;
   return servedDisk({
     disk, socket: opts.socket, overlayDir: opts.overlayDir, miss, mapPath: join(opts.workDir, 'disk.map'), pid,

@@ -38,8 +38,22 @@ function reply(sock: Socket, status: number, chunk: bigint): void {
   if (!sock.destroyed) sock.write(b);
 }
 
-/** `onRequest` is called with the chunk number of every well-formed FETCH, as it arrives. */
-export async function startMissServer(path: string, disk: LazyDisk, logger: Logger, cacheHas: (hex: string) => boolean, cachePut: (hex: string, data: Buffer) => Promise<boolean>, onRequest?: (chunk: number) => void): Promise<MissServer> {
+/** What the miss server needs of the host chunk cache: tier 1's files (ChunkCache fits). */
+export interface MissChunks {
+  logger: Logger;
+  /** whether chunk `hex` has its file in tier 1 */
+  has(hex: string): boolean;
+  /** give a verified chunk its tier-1 file; false when tier 1 is full */
+  putChunk(hex: string, data: Buffer): Promise<boolean>;
+}
+
+/**
+ * Serve the miss protocol for `disk` on the Unix socket `path` (replacing a stale one): every FETCH
+ * brings its chunk into tier 1 through the cache's tiers and answers with its status.
+ * `onRequest` is called with the chunk number of every well-formed FETCH, as it arrives.
+ */
+export async function startMissServer(path: string, disk: LazyDisk, chunks: MissChunks, onRequest?: (chunk: number) => void): Promise<MissServer> {
+  const logger = chunks.logger;
   const stats: MissServerStats = { requests: 0, failures: 0, lastRequestAt: 0 };
   let lastError: unknown;
   const sockets = new Set<Socket>();
@@ -50,7 +64,7 @@ export async function startMissServer(path: string, disk: LazyDisk, logger: Logg
     const hex = (index.entries[e] as IndexEntry).digest.toString('hex');
     const data = await disk.readChunk(n);
     // a chunk that came from memory may have no file (tier 1 was full): the backend reads files
-    if (!cacheHas(hex) && !(await cachePut(hex, data))) return -ENOSPC;
+    if (!chunks.has(hex) && !(await chunks.putChunk(hex, data))) return -ENOSPC;
     return 0;
   };
   const server: Server = createServer((sock) => {

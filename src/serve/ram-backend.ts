@@ -83,8 +83,8 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
   await mkdir(mount, { recursive: true, mode: 0o700 });
   await mkdir(overlayDir, { recursive: true, mode: 0o700 });
   await writeDiskMap(disk.artifact, mapPath);
-  const miss = await startMissServer(missPath, disk, opts.cache.logger, (hex) => opts.cache.disk.has(hex), (hex, data) => opts.cache.disk.put(hex, data));
-  const args = ['--mount', mount, '--map', mapPath, '--chunk-dir', opts.cache.disk.chunkDir, '--overlay', overlayDir, '--daemon-socket', missPath, '--trace', tracePath];
+  const miss = await startMissServer(missPath, disk, opts.cache);
+  const args = ['--mount', mount, '--map', mapPath, '--chunk-dir', opts.cache.chunkDir, '--overlay', overlayDir, '--daemon-socket', missPath, '--trace', tracePath];
   const fds = [openSync(outPath, 'w', 0o600), openSync(logPath, 'a', 0o600)];
   const child = spawn(ramfsBinary(), args, { stdio: ['ignore', fds[0] as number, fds[1] as number], detached: true });
   for (const fd of fds) closeSync(fd);
@@ -130,7 +130,7 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
       clearTimeout(t);
     },
     unpin: () => {
-      if (pin) opts.cache.disk.unpin(pin);
+      if (pin) opts.cache.unpin(pin);
     },
   });
 }
@@ -150,7 +150,7 @@ export async function adoptRam(opts: { cache: ChunkCache; workDir: string; overl
   const pid = processesWithArgument(mount)[0];
   if (ref === undefined || pid === undefined) return undefined;
   const disk = await opts.cache.openDisk(ref, { useProfile: false });
-  const miss = await startMissServer(join(opts.workDir, 'ram-miss.sock'), disk, opts.cache.logger, (hex) => opts.cache.disk.has(hex), (hex, data) => opts.cache.disk.put(hex, data));
+  const miss = await startMissServer(join(opts.workDir, 'ram-miss.sock'), disk, opts.cache);
   void disk.fillInBackground();
   const running = (): boolean => processRunning(pid) && processHasArgument(pid, mount);
   // (its chunk pin, taken in its name by the daemon that started it, lasts as long as it runs)

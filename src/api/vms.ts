@@ -213,7 +213,11 @@ export class VmManager {
       this.deps.state.insert(record);
       unreserve(); // the row counts from here
       const { kernel, guest } = await guestArtifacts();
-      const serve = (ref: string): Promise<ServedDisk> => serveDisk({ cache: this.deps.cache, ref, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4), openOptions: { recordProfileIfMissing: !restore }, ...(req.prefetch ? { prefetch: req.prefetch } : {}) });
+      // a restore's disk is not booted: no boot profile is fetched or recorded for it
+      const serve = (ref: string, restoring = false): Promise<ServedDisk> => serveDisk({
+        cache: this.deps.cache, ref, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4),
+        openOptions: restoring ? { useProfile: false, recordProfileIfMissing: false } : { recordProfileIfMissing: true }, ...(req.prefetch ? { prefetch: req.prefetch } : {}),
+      });
       try {
         served = await serve(image);
       } catch (err) {
@@ -227,7 +231,7 @@ export class VmManager {
         record.memoryMiB = req.memoryMiB ?? shape.memoryMiB;
         this.deps.state.update(id, { cpus: record.cpus, memoryMiB: record.memoryMiB });
         // the RAM and the disk are made ready side by side
-        const [ram, disk] = await Promise.allSettled([prepareRestore(this.deps.cache, opened, id, workDir, log, req.memoryLoading), serve(opened.diskRef)]);
+        const [ram, disk] = await Promise.allSettled([prepareRestore(this.deps.cache, opened, id, workDir, log, req.memoryLoading), serve(opened.diskRef, true)]);
         // (what did start is stopped by the failure path below)
         if (ram.status === 'fulfilled') restore = ram.value;
         if (disk.status === 'rejected') throw disk.reason;

@@ -13,11 +13,16 @@
  * shared between VMs) into a fresh sparse RAM file, start QEMU paused with `-incoming defer` and
  * the same machine, load the device state, continue. The disk is the snapshot's disk through
  * slipway-blk as for any boot.
+ *
+ * Cloud Hypervisor (src/vmm/ch-snapshot.ts) goes through the same steps with its own state: its
+ * vm.snapshot writes the device state (state.json, config.json) and the RAM image (memory-ranges)
+ * into the staging directory, so the RAM is not copied while paused; a restore writes
+ * memory-ranges whole into the VM's directory and CH loads it, on demand where it can.
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { open, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ChunkCache } from '../cache/chunk-cache.js';
@@ -38,7 +43,9 @@ import { pushBootProfile } from '../cache/boot-profile.js';
 import type { Logger } from '../util/log.js';
 import { logProgress } from '../util/progress.js';
 import { guestKernelDigest } from '../vmm/accel.js';
-import type { RunningVm, VmSpec } from '../vmm/driver.js';
+import { CloudHypervisorDriver } from '../vmm/cloud-hypervisor.js';
+import { CH_SNAPSHOT_FILES } from '../vmm/ch-snapshot.js';
+import type { RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import type { MemorySnapshotResult, RestoreFigures } from './schemas.js';
 import { detectAgentTransport, qemuArgs, qemuBinary } from '../vmm/qemu.js';
 
@@ -54,8 +61,13 @@ export function ramFileOf(vmId: string): string {
 
 let qemuVersion: Promise<string> | undefined;
 
-/** The VM's shape as a restore must match it: machine, vCPUs, RAM, devices in order, VMM, kernel, initramfs. */
-export async function vmShape(spec: VmSpec): Promise<VmShape> {
+/**
+ * The VM's shape as a restore must match it: machine, vCPUs, RAM, devices in order, VMM, kernel,
+ * initramfs. Cloud Hypervisor's driver says its own (CloudHypervisorDriver.shape); QEMU's is read
+ * from the arguments QEMU would get.
+ */
+export async function vmShape(spec: VmSpec, driver?: VmmDriver): Promise<VmShape> {
+  if (driver instanceof CloudHypervisorDriver) return driver.shape(spec);
   qemuVersion ??= run(qemuBinary(), ['--version']).then((r) => /version (\S+)/.exec(r.stdout)?.[1] ?? 'unknown');
   const args = qemuArgs(spec, 'tcg', { agentTransport: detectAgentTransport(), guestCid: 3 });
   const devices = args.flatMap((a, i) => (args[i - 1] === '-device' ? [a.split(',')[0] as string] : []));
@@ -75,27 +87,33 @@ export interface SnapshotVm {
   parent?: { target: Target; config: MemorySnapshotConfig; digest: string };
   /** lazy memory: the server of the VM's RAM; its overlay holds what changed since the restore */
   ram?: ServedRam;
+  /** the driver that started it (its shape: vmShape); absent: QEMU's */
+  driver?: VmmDriver;
 }
 
 /**
- * Take a memory snapshot of a running VM into `ref` (a tag). Errors: CONFLICT when the VM's RAM
- * is not a file (booted by an older daemon) or its disk is read-only; VMM_ERROR from QEMU; the
- * registry's errors (the tag is then as it was, the VM running).
+ * Take a memory snapshot of a running VM into `ref` (a tag). Errors: CONFLICT when the VM's VMM
+ * offers no memory operations (a QEMU whose RAM is not a file, booted by an older daemon) or its
+ * disk is read-only; VMM_ERROR from the VMM; the registry's errors (the tag is then as it was, the
+ * VM running).
  */
 export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logger; stagingDir: string }, v: SnapshotVm, parsed: ImageRef & { tag: string }): Promise<MemorySnapshotResult & { parent: NonNullable<SnapshotVm['parent']> }> {
   checkMemorySnapshotTag(parsed.tag);
   const ops = v.vm.memory;
-  const ramFile = v.spec.memoryFile;
-  if (!ops || !ramFile) throw new SlipwayError('CONFLICT', `VM ${v.id} keeps its RAM in anonymous memory (booted before memory snapshots): snapshot its disk only`);
+  if (!ops) throw new SlipwayError('CONFLICT', `VM ${v.id} keeps its RAM in anonymous memory (booted before memory snapshots): snapshot its disk only`);
   const overlayDir = v.served.overlayDir;
   if (!overlayDir) throw new SlipwayError('CONFLICT', `VM ${v.id} has a read-only disk`);
   const log = deps.logger.child({ vm: v.id, snapshot: formatRef(parsed) });
   const base = v.served.disk.artifact;
-  const shape = await vmShape(v.spec);
+  const shape = await vmShape(v.spec, v.driver);
+  if (shape.vmm !== ops.vmm) throw new SlipwayError('VMM_ERROR', `VM ${v.id} runs under ${ops.vmm}, but its shape was read for ${shape.vmm}`);
   const stem = join(deps.stagingDir, `${v.id}-${randomBytes(4).toString('hex')}`);
   const diskStaging = `${stem}.disk`;
-  const stateFile = `${stem}.state`;
+  // the VMM's saved state (QEMU: its device state; Cloud Hypervisor: its RAM image too)
+  const stateDir = `${stem}.state`;
   const ramCopy = `/dev/shm/slipway-staging-${v.id}-${randomBytes(4).toString('hex')}.ram`;
+  let ramImage = ramCopy;
+  let stateFiles: string[] = [];
   let ramDirty: DirtyBitmap | undefined;
   const t0 = performance.now();
   try {
@@ -105,8 +123,13 @@ export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logg
     try {
       dirty = await readDirtyBitmap(join(overlayDir, 'dirty'), base.index);
       await stageDirtyChunks(join(overlayDir, 'data'), dirty, diskStaging);
-      await ops.saveDeviceState(stateFile);
-      if (v.ram) {
+      await mkdir(stateDir, { mode: 0o700 });
+      const saved = await ops.save(stateDir);
+      stateFiles = saved.files;
+      if (!saved.ram.live) {
+        // written by the VMM (Cloud Hypervisor's memory-ranges): the VM's no more, nothing to copy
+        ramImage = saved.ram.file;
+      } else if (v.ram) {
         // lazy memory: dirty pages written back into the overlay, whose dirty chunks are the
         // RAM changed since the restore (the rest is the restored image's, unchanged)
         await v.ram.flush();
@@ -114,13 +137,15 @@ export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logg
         await stageDirtyChunks(join(v.ram.overlayDir, 'data'), ramDirty, ramCopy);
       } else {
         // sparse: only the pages the guest has touched are copied (SEEK_DATA/SEEK_HOLE on tmpfs)
-        await run('cp', ['--sparse=always', '--reflink=never', ramFile, ramCopy]);
+        await run('cp', ['--sparse=always', '--reflink=never', saved.ram.file, ramCopy]);
       }
     } finally {
       await ops.resume();
       tResumed = performance.now();
     }
     log.info('memory snapshot staged; vm running again', { pausedMs: Math.round(tResumed - t0), dirtyChunks: dirty.chunks.length });
+    const ramBytes = (await stat(ramImage)).size;
+    if (!v.ram && ramBytes !== shape.memoryMiB * (1 << 20)) throw new SlipwayError('VMM_ERROR', `VM ${v.id}: its RAM image is ${ramBytes} bytes, not the ${shape.memoryMiB} MiB it has (hotplugged memory or memory zones are not snapshotted)`);
     const target = await deps.cache.targets.open(parsed);
     const diskPush = await pushSnapshot({
       base, baseTarget: v.served.disk.origin, staging: diskStaging, dirty, target, tag: diskTag(parsed.tag), pool: deps.cache.pool,
@@ -139,7 +164,7 @@ export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logg
       });
     } else {
       ramPush = await pushDisk({
-        file: ramCopy, target, tag: ramTag(parsed.tag), pool: deps.cache.pool, chunkSizeBytes: RAM_CHUNK_BYTES,
+        file: ramImage, target, tag: ramTag(parsed.tag), pool: deps.cache.pool, chunkSizeBytes: RAM_CHUNK_BYTES,
         ...(parentRam ? { dedupFrom: [parentRam.artifact] } : {}),
         onProgress: logProgress((m, f) => log.info(m, f)),
       });
@@ -147,7 +172,7 @@ export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logg
     } finally {
       await parentRam?.close();
     }
-    const deviceState = await readFile(stateFile);
+    const deviceState = await Promise.all(stateFiles.map((f) => readFile(f)));
     const config: MemorySnapshotConfig = {
       formatVersion: 1, shape, disk: diskPush.manifest, ram: ramPush.manifest, createdAt: new Date().toISOString(),
       ...(v.parent ? { parent: v.parent.digest } : {}),
@@ -156,14 +181,14 @@ export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logg
     const tDone = performance.now();
     const out = {
       ref: formatRef(parsed), digest: manifest.digest, disk: diskPush.manifest.digest, ram: ramPush.manifest.digest,
-      ramUploadedBytes: ramPush.uploadedBytes, diskUploadedBytes: diskPush.uploadedBytes, deviceStateBytes: deviceState.byteLength,
+      ramUploadedBytes: ramPush.uploadedBytes, diskUploadedBytes: diskPush.uploadedBytes, deviceStateBytes: deviceState.reduce((n, b) => n + b.byteLength, 0),
       timings: { pausedMs: Math.round(tResumed - t0), pushMs: Math.round(tDone - tResumed), totalMs: Math.round(tDone - t0) },
       parent: { target, config, digest: manifest.digest },
     };
     log.info('memory snapshot pushed', { ...out, parent: undefined });
     return out;
   } finally {
-    await Promise.all([removeStaging(diskStaging), rm(stateFile, { force: true }), removeStaging(ramCopy)]);
+    await Promise.all([removeStaging(diskStaging), rm(stateDir, { recursive: true, force: true }), removeStaging(ramCopy)]);
   }
 }
 
@@ -177,9 +202,12 @@ export interface RestorePlan {
   snapshot: LoadedMemorySnapshot;
   /** the disk to serve: the snapshot's disk manifest, by digest */
   diskRef: string;
-  /** the device state, written to the VM's work directory */
-  stateFile: string;
-  /** the file QEMU maps as guest RAM: a FUSE file served lazily, or a tmpfs file loaded whole */
+  /** the saved state for MemorySnapshotOps.restore: the state layers' files, written to the VM's work directory */
+  stateDir: string;
+  /**
+   * QEMU: the file it maps as guest RAM, a FUSE file served lazily or a tmpfs file loaded whole;
+   * Cloud Hypervisor: its memory-ranges in `stateDir`, written whole, which CH loads itself
+   */
   ramFile: string;
   /** lazy memory: the server behind ramFile (undefined when the RAM was loaded whole) */
   ram?: ServedRam;
@@ -207,9 +235,12 @@ export type MemoryLoading = 'lazy' | 'eager';
  * Lazy (the default where `lazyMemorySupport()` holds): the RAM image is served on demand by
  * slipway-ramfs, its working-set profile (if the snapshot has one) fetched first in profile order;
  * eager: every chunk fetched through the chunk cache and written into a fresh sparse tmpfs file
- * before QEMU starts. Errors: NOT_A_SLIPWAY_DISK, CORRUPT_INDEX, DIGEST_MISMATCH (a corrupted RAM
- * pack: eager at once; lazy when the guest touches it, failing the restore before its first exec),
- * the registry's. On an error nothing is left behind.
+ * before QEMU starts. A Cloud Hypervisor snapshot is always loaded whole, into memory-ranges in
+ * `workDir`: CH reads it itself, on demand where it can (its `OnDemand` restore mode), so slipway's
+ * lazy memory does not apply. Errors: NOT_A_SLIPWAY_DISK, CORRUPT_INDEX, DIGEST_MISMATCH (a
+ * corrupted RAM pack: eager at once; lazy when the guest touches it, failing the restore before
+ * its first exec), INVALID_ARGUMENT (`lazy` asked of a Cloud Hypervisor snapshot), the registry's.
+ * On an error nothing is left behind.
  */
 export async function openMemorySnapshot(cache: ChunkCache, parsed: ImageRef): Promise<OpenedMemorySnapshot> {
   const target = await cache.targets.open(parsed);
@@ -219,12 +250,14 @@ export async function openMemorySnapshot(cache: ChunkCache, parsed: ImageRef): P
 
 export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnapshot, vmId: string, workDir: string, log: Logger, loading?: MemoryLoading): Promise<RestorePlan> {
   const { target, snapshot } = opened;
-  const stateFile = join(workDir, 'device-state');
-  const lazy = loading === 'lazy' || (loading === undefined && lazyMemorySupport().ok);
+  const ch = snapshot.config.shape.vmm === 'cloud-hypervisor';
+  if (ch && loading === 'lazy') throw new SlipwayError('INVALID_ARGUMENT', "memoryLoading: 'lazy' is slipway-ramfs under QEMU; a Cloud Hypervisor snapshot's RAM is fetched whole and Cloud Hypervisor loads it on demand itself", { context: { field: 'memoryLoading' } });
+  const stateDir = workDir;
+  const lazy = !ch && (loading === 'lazy' || (loading === undefined && lazyMemorySupport().ok));
   const ramRef = `${target.name}@${snapshot.config.ram.digest}`;
   const want = snapshot.config.shape.memoryMiB * (1 << 20);
-  const base = { snapshot, diskRef: opened.diskRef, stateFile, target };
-  await writeFile(stateFile, await target.fetchBlob(snapshot.deviceState));
+  const base = { snapshot, diskRef: opened.diskRef, stateDir, target };
+  for (const layer of snapshot.state) await writeFile(join(stateDir, layer.file), await target.fetchBlob(layer.descriptor), { mode: 0o600 });
   if (lazy) {
     const ram = await cache.openDisk(ramRef, { useProfile: true, speculate: false });
     try {
@@ -237,7 +270,7 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
       throw err;
     }
   }
-  const ramFile = ramFileOf(vmId);
+  const ramFile = ch ? join(stateDir, CH_SNAPSHOT_FILES.memory) : ramFileOf(vmId);
   let eagerFetched: RestorePlan['eagerFetched'];
   try {
     const ram = await cache.openDisk(ramRef, { useProfile: false });

@@ -78,7 +78,7 @@ export class StateStore {
   }
 
   update(id: string, patch: Partial<Omit<VmRecord, 'id'>>): void {
-    const cols: Record<string, string> = { image: 'image', digest: 'digest', status: 'status', vmmPid: 'vmm_pid', backendPid: 'backend_pid', accel: 'accel', agent: 'agent', timings: 'timings', cpus: 'cpus', memoryMiB: 'memory_mib' };
+    const cols: Record<string, string> = { image: 'image', digest: 'digest', status: 'status', vmmPid: 'vmm_pid', backendPid: 'backend_pid', accel: 'accel', agent: 'agent', timings: 'timings', cpus: 'cpus', memoryMiB: 'memory_mib', vmm: 'vmm' };
     const sets: string[] = [];
     const values: Record<string, unknown> = { id };
     for (const [k, v] of Object.entries(patch)) {

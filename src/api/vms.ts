@@ -229,7 +229,9 @@ export class VmManager {
         const shape = opened.snapshot.config.shape;
         record.cpus = req.cpus ?? shape.cpus;
         record.memoryMiB = req.memoryMiB ?? shape.memoryMiB;
-        this.deps.state.update(id, { cpus: record.cpus, memoryMiB: record.memoryMiB });
+        // the VMM it was taken with, unless asked otherwise (then the shape check refuses it)
+        record.vmm = req.vmm ?? shape.vmm;
+        this.deps.state.update(id, { cpus: record.cpus, memoryMiB: record.memoryMiB, vmm: record.vmm });
         // the RAM and the disk are made ready side by side
         const [ram, disk] = await Promise.allSettled([prepareRestore(this.deps.cache, opened, id, workDir, log, req.memoryLoading), serve(opened.diskRef, true)]);
         // (what did start is stopped by the failure path below)
@@ -253,10 +255,7 @@ export class VmManager {
         memoryFile: restore?.ramFile ?? ramFileOf(id), vmgenid: true, ...(restore ? { incoming: true } : {}),
       };
       if (!restore) await createRamFile(ramFileOf(id));
-      if (restore) {
-        if (record.vmm !== 'qemu') throw new SlipwayError('INVALID_ARGUMENT', 'vmm: memory snapshots restore on qemu (the VMM they were taken with)', { context: { field: 'vmm' } });
-        checkShape(restore.snapshot.config.shape, await vmShape(spec));
-      }
+      if (restore) checkShape(restore.snapshot.config.shape, await vmShape(spec, this.driver(record.vmm)));
       const plan = restore;
       const booted = await bootVm(this.driver(record.vmm), spec, {
         agentDeadlineMs: this.deps.limits.bootTimeoutMs,
@@ -270,8 +269,9 @@ export class VmManager {
         },
         notice: (message) => log.warn(message, {}),
         ...(plan ? { afterStart: async (started: RunningVm) => {
-          if (!started.memory) throw new SlipwayError('VMM_ERROR', 'this VMM cannot load device state');
-          await started.memory.loadDeviceState(plan.stateFile);
+          if (!started.memory) throw new SlipwayError('VMM_ERROR', `${record.vmm} cannot restore a memory snapshot here`);
+          const restored = await started.memory.restore(plan.stateDir);
+          log.info('restore: device state loaded', { vmm: record.vmm, memory: restored.memory });
         } } : {}),
       });
       vm = booted.vm;
@@ -484,7 +484,7 @@ export class VmManager {
     l.busy = 'snapshot';
     try {
       await mkdir(this.stagingDir, { recursive: true, mode: 0o700 });
-      const v: SnapshotVm = { id, vm: l.vm, served: l.served, spec: l.spec, ...(l.ram ? { ram: l.ram } : {}), ...(l.memoryParent ? { parent: l.memoryParent } : {}) };
+      const v: SnapshotVm = { id, vm: l.vm, served: l.served, spec: l.spec, driver: this.driver(l.record.vmm), ...(l.ram ? { ram: l.ram } : {}), ...(l.memoryParent ? { parent: l.memoryParent } : {}) };
       const { parent, ...out } = await takeMemorySnapshot({ cache: this.deps.cache, logger: this.deps.logger, stagingDir: this.stagingDir }, v, parsed);
       l.memoryParent = parent;
       this.deps.metrics.snapshots.inc({ result: 'ok' });

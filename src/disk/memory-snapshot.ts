@@ -7,8 +7,16 @@
  *   artifact of RAM size: zero chunks elided, sha256, zstd, packs, dedup within the image, against
  *   the repository's recent RAM images and the parent snapshot's);
  * - `<tag>`: artifactType `application/vnd.slipway.memory-snapshot.v1`, `subject` the disk
- *   manifest, one layer holding QEMU's device state (RAM left out: x-ignore-shared), and a config
- *   naming the disk and RAM manifests and the VM's shape. A restore refuses any other shape.
+ *   manifest, the VMM's device state as layers (STATE_LAYERS), and a config naming the disk and
+ *   RAM manifests and the VM's shape. A restore refuses any other shape.
+ *
+ * The state layers by VMM (`shape.vmm`), each one file of the saved state's directory:
+ * - QEMU: one layer, its migration stream with RAM left out (x-ignore-shared), `device-state`;
+ * - Cloud Hypervisor: two layers, what `vm.snapshot` writes besides the RAM: `state.json` (vCPU
+ *   and device state), then `config.json` (the VmConfig it restores from). Its `memory-ranges`
+ *   (the guest RAM, concatenated ranges) is the `<tag>.ram` image. Two plain layers rather than a
+ *   tar: each is one JSON file CH reads as is, content-addressed on its own (an unchanged
+ *   config.json is not uploaded again), and nothing has to be unpacked or checked for paths.
  */
 import { SlipwayError } from '../errors.js';
 import { sha256Digest } from '../oci/digest.js';
@@ -18,21 +26,34 @@ import { MEDIA_TYPE_OCI_MANIFEST, type Descriptor, type ImageManifest } from '..
 export const ARTIFACT_TYPE_MEMORY_SNAPSHOT = 'application/vnd.slipway.memory-snapshot.v1';
 export const MEDIA_TYPE_MEMORY_SNAPSHOT_CONFIG = 'application/vnd.slipway.memory-snapshot.config.v1+json';
 export const MEDIA_TYPE_QEMU_DEVICE_STATE = 'application/vnd.slipway.qemu-device-state.v1';
-/** Device state over this is refused (QEMU's is a few hundred KB with RAM left out). */
+/** Cloud Hypervisor's `state.json` and `config.json` from `vm.snapshot` */
+export const MEDIA_TYPE_CH_STATE = 'application/vnd.slipway.cloud-hypervisor.state.v1+json';
+export const MEDIA_TYPE_CH_CONFIG = 'application/vnd.slipway.cloud-hypervisor.config.v1+json';
+
+/** The VMMs whose memory snapshots slipway stores. */
+export type SnapshotVmm = 'qemu' | 'cloud-hypervisor';
+
+/** The device-state layers of each VMM's snapshot, in order, and the file each is in a saved state's directory. */
+export const STATE_LAYERS: Readonly<Record<SnapshotVmm, readonly { mediaType: string; file: string }[]>> = {
+  qemu: [{ mediaType: MEDIA_TYPE_QEMU_DEVICE_STATE, file: 'device-state' }],
+  'cloud-hypervisor': [{ mediaType: MEDIA_TYPE_CH_STATE, file: 'state.json' }, { mediaType: MEDIA_TYPE_CH_CONFIG, file: 'config.json' }],
+};
+/** A device-state layer over this is refused (QEMU's is a few hundred KB with RAM left out, CH's state.json about as much). */
 export const MAX_DEVICE_STATE_BYTES = 64 << 20;
 const MAX_CONFIG_BYTES = 1 << 20;
 
 /** What a restore must match exactly: the machine the memory image and device state came from. */
 export interface VmShape {
-  vmm: 'qemu';
-  /** `qemu-system-x86_64 --version`'s version */
+  vmm: SnapshotVmm;
+  /** `qemu-system-x86_64 --version`'s version, `cloud-hypervisor --version`'s */
   vmmVersion: string;
+  /** QEMU's machine type (q35); Cloud Hypervisor has one machine per architecture: `x86_64` */
   machine: string;
   cpus: number;
   memoryMiB: number;
-  /** the device set, in QEMU's order (what the device state describes) */
+  /** the device set, in the VMM's order (what the device state describes) */
   devices: string[];
-  /** sha256 of the guest kernel (bzImage) and initramfs the VM booted */
+  /** sha256 of the guest kernel the VM booted (QEMU: the bzImage; Cloud Hypervisor: the vmlinux) and of its initramfs */
   kernel: string;
   initramfs: string;
 }
@@ -63,20 +84,27 @@ export function checkMemorySnapshotTag(tag: string): void {
 
 /**
  * Push the memory snapshot's own manifest (device state, config, subject the disk), tagged `tag`.
- * The disk and RAM manifests must be in `target` already.
+ * `state`: the contents of the state layers, in STATE_LAYERS order for `config.shape.vmm`. The
+ * disk and RAM manifests must be in `target` already. Errors: INVALID_ARGUMENT when `state` is
+ * not as many layers as the VMM has; the store's.
  */
-export async function pushMemorySnapshot(target: Target, tag: string, config: MemorySnapshotConfig, deviceState: Buffer): Promise<Descriptor> {
-  const stateDesc: Descriptor = { mediaType: MEDIA_TYPE_QEMU_DEVICE_STATE, digest: sha256Digest(deviceState), size: deviceState.byteLength };
+export async function pushMemorySnapshot(target: Target, tag: string, config: MemorySnapshotConfig, state: Buffer[]): Promise<Descriptor> {
+  const kinds = STATE_LAYERS[config.shape.vmm];
+  if (state.length !== kinds.length) throw new SlipwayError('INVALID_ARGUMENT', `a ${config.shape.vmm} memory snapshot has ${kinds.length} state layer(s), not ${state.length}`);
+  const layers = state.map((data, i): Descriptor => ({ mediaType: kinds[i]?.mediaType ?? '', digest: sha256Digest(data), size: data.byteLength }));
   const configBody = Buffer.from(JSON.stringify(config));
   const configDesc: Descriptor = { mediaType: MEDIA_TYPE_MEMORY_SNAPSHOT_CONFIG, digest: sha256Digest(configBody), size: configBody.byteLength };
-  if (!(await target.blobExists(stateDesc.digest))) await target.pushBlob(stateDesc, deviceState);
+  for (const [i, desc] of layers.entries()) {
+    const data = state[i];
+    if (data && !(await target.blobExists(desc.digest))) await target.pushBlob(desc, data);
+  }
   if (!(await target.blobExists(configDesc.digest))) await target.pushBlob(configDesc, configBody);
   const manifest: ImageManifest = {
     schemaVersion: 2,
     mediaType: MEDIA_TYPE_OCI_MANIFEST,
     artifactType: ARTIFACT_TYPE_MEMORY_SNAPSHOT,
     config: configDesc,
-    layers: [stateDesc],
+    layers,
     subject: config.disk,
     annotations: { 'org.opencontainers.image.created': config.createdAt },
   };
@@ -86,7 +114,8 @@ export async function pushMemorySnapshot(target: Target, tag: string, config: Me
 export interface LoadedMemorySnapshot {
   manifest: Descriptor;
   config: MemorySnapshotConfig;
-  deviceState: Descriptor;
+  /** the state layers, checked against STATE_LAYERS for the shape's VMM, with the file each goes into */
+  state: { descriptor: Descriptor; file: string }[];
 }
 
 function isDescriptor(d: unknown): d is Descriptor {
@@ -112,17 +141,28 @@ export async function loadMemorySnapshot(target: Target, reference: string): Pro
   const fetched = await target.fetchManifest(reference);
   const m = JSON.parse(fetched.body.toString('utf8')) as ImageManifest;
   if (m.artifactType !== ARTIFACT_TYPE_MEMORY_SNAPSHOT) throw new SlipwayError('NOT_A_SLIPWAY_DISK', `${target.name}:${reference} is not a slipway memory snapshot (artifactType ${JSON.stringify(m.artifactType)})`);
-  const state = m.layers?.[0];
   const bad = (why: string): SlipwayError => new SlipwayError('CORRUPT_INDEX', `memory snapshot ${target.name}@${fetched.descriptor.digest}: ${why}`);
   if (!isDescriptor(m.config) || m.config.mediaType !== MEDIA_TYPE_MEMORY_SNAPSHOT_CONFIG || m.config.size > MAX_CONFIG_BYTES) throw bad('its config descriptor is malformed');
-  if (!isDescriptor(state) || state.mediaType !== MEDIA_TYPE_QEMU_DEVICE_STATE || state.size > MAX_DEVICE_STATE_BYTES) throw bad('its device-state layer is malformed');
+  // the layers are checked against the VMM the config names, so a layer of one VMM's state
+  // never reaches another VMM (a CH config.json is not QEMU's migration stream, nor the reverse)
+  const layers: unknown[] = Array.isArray(m.layers) ? m.layers : [];
+  if (!layers.every((l) => isDescriptor(l) && l.size <= MAX_DEVICE_STATE_BYTES)) throw bad('its device-state layer is malformed');
   const config = JSON.parse((await target.fetchBlob(m.config)).toString('utf8')) as MemorySnapshotConfig;
   const s = config?.shape;
   if (config?.formatVersion !== 1 || !isDescriptor(config.disk) || !isDescriptor(config.ram) || m.subject?.digest !== config.disk.digest) throw bad('its config does not name its disk and RAM manifests');
-  if (s?.vmm !== 'qemu' || typeof s.vmmVersion !== 'string' || typeof s.machine !== 'string' || !Number.isSafeInteger(s.cpus) || s.cpus < 1 || s.cpus > 64
+  if ((s?.vmm !== 'qemu' && s?.vmm !== 'cloud-hypervisor') || typeof s.vmmVersion !== 'string' || typeof s.machine !== 'string' || !Number.isSafeInteger(s.cpus) || s.cpus < 1 || s.cpus > 64
     || !Number.isSafeInteger(s.memoryMiB) || s.memoryMiB < 64 || s.memoryMiB > 1024 * 1024 || !Array.isArray(s.devices) || !s.devices.every((d) => typeof d === 'string')
     || typeof s.kernel !== 'string' || typeof s.initramfs !== 'string') throw bad('its VM shape is malformed');
-  return { manifest: fetched.descriptor, config, deviceState: state };
+  const kinds = STATE_LAYERS[s.vmm];
+  const wrongLayers = (): SlipwayError => bad(`its device-state layers are not those of a ${s.vmm} snapshot (${kinds.map((k) => k.mediaType).join(', ')})`);
+  if (layers.length !== kinds.length) throw wrongLayers();
+  const state: LoadedMemorySnapshot['state'] = [];
+  for (const [i, kind] of kinds.entries()) {
+    const descriptor = layers[i];
+    if (!isDescriptor(descriptor) || descriptor.mediaType !== kind.mediaType) throw wrongLayers();
+    state.push({ descriptor, file: kind.file });
+  }
+  return { manifest: fetched.descriptor, config, state };
 }
 
 /**

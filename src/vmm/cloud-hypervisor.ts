@@ -8,6 +8,8 @@
  *   PUT  vm.boot
  *   ...
  *   PUT  vm.shutdown, PUT vmm.shutdown   (kill), then signals if CH does not leave
+ *   PUT  vm.pause, vm.snapshot, vm.resume; vm.restore into a CH started with no VM (a restore,
+ *        VmSpec.incoming): memory snapshots, in ch-snapshot.ts
  *
  * The guest boots its PVH entry point (vmlinux) directly, with shared memory (vhost-user backends
  * map it), virtio-blk disks (files, or vhost-user sockets), an optional TAP, virtio-rng, and a
@@ -23,21 +25,23 @@
 import { envVar } from '../config.js';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { SlipwayError } from '../errors.js';
 import { guestKernelCmdline } from '../guest/abi.js';
 import { FW_CFG_NAME, checkKernelCmdline } from '../guest/boot-config.js';
-import type { AdoptTarget, AgentEndpoint, BootFailure, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import type { AdoptTarget, AgentEndpoint, BootFailure, MemorySnapshotOps, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
+import type { VmShape } from '../disk/memory-snapshot.js';
 import { connectAgentEndpoint } from './agent-connect.js';
 import { classifyEnd } from './boot-failure.js';
 import { fileTail } from '../util/file-tail.js';
 import { VmmProcess } from './vmm-process.js';
+import { chApi, chApiRequest, chPing, type VmmPing } from './ch-api.js';
+import { ChMemoryOps, chBinaryVersion, chShape, type ChMemoryRestoreChoice } from './ch-snapshot.js';
 
 export { hybridVsockConnect } from './agent-connect.js';
+export { CH_API_BASE, chApi, chApiRequest, chPing, type ChResponse, type VmmPing } from './ch-api.js';
 
-export const CH_API_BASE = '/api/v1';
 /** The guest's vsock context id: 3 is the first one free for guests (0-2 are reserved). */
 export const GUEST_CID = 3;
 
@@ -139,85 +143,6 @@ export function buildVmConfig(spec: VmSpec, opts: { fwCfg: boolean }): Record<st
   return config;
 }
 
-// ---- the REST API over the Unix socket ----
-
-export interface ChResponse {
-  status: number;
-  body: string;
-}
-
-/**
- * One request to CH's API. CH's HTTP server (micro_http) wants a Content-Length and no chunked
- * encoding, so the body is always sent whole with its length (0 when there is none).
- */
-export function chApiRequest(socketPath: string, method: 'GET' | 'PUT', endpoint: string, body?: unknown, timeoutMs = 10_000): Promise<ChResponse> {
-  const data = body === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(body));
-  const path = `${CH_API_BASE}/${endpoint}`;
-  return new Promise((resolve, reject) => {
-    const headers: Record<string, string | number> = { Accept: 'application/json', 'Content-Length': data.length };
-    if (body !== undefined) headers['Content-Type'] = 'application/json';
-    const req = httpRequest({ socketPath, path, method, headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        clearTimeout(timer);
-        resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') });
-      });
-      res.on('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-    });
-    const timer = setTimeout(() => req.destroy(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-    req.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    req.end(data);
-  });
-}
-
-function vmmError(method: string, endpoint: string, detail: string, context: Record<string, string | number> = {}, cause?: unknown): SlipwayError {
-  const request = `${method} ${CH_API_BASE}/${endpoint}`;
-  return new SlipwayError('VMM_ERROR', `cloud-hypervisor ${request} ${detail}`, { context: { request, ...context }, ...(cause === undefined ? {} : { cause }) });
-}
-
-/** A request that must succeed with 2xx; anything else is a VMM_ERROR naming the request, status and CH's answer. */
-export async function chApi(socketPath: string, method: 'GET' | 'PUT', endpoint: string, body?: unknown, timeoutMs?: number): Promise<string> {
-  let res: ChResponse;
-  try {
-    res = await chApiRequest(socketPath, method, endpoint, body, timeoutMs);
-  } catch (err) {
-    throw vmmError(method, endpoint, `failed: ${(err as Error).message}`, {}, err);
-  }
-  if (res.status < 200 || res.status > 299) {
-    const text = res.body.trim();
-    throw vmmError(method, endpoint, `-> ${res.status}${text ? `: ${text}` : ' (no error body)'}`, { status: res.status });
-  }
-  return res.body;
-}
-
-export interface VmmPing {
-  version: string;
-  build_version?: string;
-  pid?: number;
-  features: string[];
-}
-
-export async function chPing(socketPath: string, timeoutMs?: number): Promise<VmmPing> {
-  const text = await chApi(socketPath, 'GET', 'vmm.ping', undefined, timeoutMs);
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    throw vmmError('GET', 'vmm.ping', `-> 200 but the answer is not JSON: ${text.slice(0, 200)}`);
-  }
-  const p = parsed as Partial<VmmPing> | null;
-  if (!p || typeof p !== 'object' || typeof p.version !== 'string') throw vmmError('GET', 'vmm.ping', `-> 200 but the answer has no version: ${text.slice(0, 200)}`);
-  const features = Array.isArray(p.features) ? p.features.filter((f): f is string => typeof f === 'string') : [];
-  return { ...p, version: p.version, features };
-}
-
 // ---- the running VM ----
 
 /** `state` of a vm.info answer (VmInfo in CH's OpenAPI document), undefined when malformed. */
@@ -247,6 +172,7 @@ class CloudHypervisorVm implements RunningVm {
   private killing: Promise<VmExit> | undefined;
   private watching = true;
   private readonly paths: ReturnType<typeof chPaths>;
+  private memoryOps: MemorySnapshotOps | undefined;
 
   constructor(private readonly proc: VmmProcess, private readonly ctx: ChVmContext) {
     this.paths = chPaths(ctx.workDir);
@@ -259,6 +185,16 @@ class CloudHypervisorVm implements RunningVm {
 
   get exited(): Promise<VmExit> {
     return this.proc.exited;
+  }
+
+  /** Memory snapshots (ch-snapshot.ts): for a VM this driver started, once its API answered; not for an adopted one. */
+  get memory(): MemorySnapshotOps | undefined {
+    return this.memoryOps;
+  }
+
+  /** Called by the driver once CH's API answered (its ping and the VmConfig built for the VM). */
+  enableMemory(ops: MemorySnapshotOps): void {
+    this.memoryOps = ops;
   }
 
   /** Watched from the first time it is asked for (a boot asks; an adopted VM seldom does). */
@@ -333,16 +269,35 @@ export interface CloudHypervisorDriverOptions {
   binary?: string;
   /** how long to wait for the API socket to answer (default 10 s) */
   apiTimeoutMs?: number;
+  /** how a restore loads RAM (default `auto`: OnDemand where the binary's version has it, else Copy; ch-snapshot.ts) */
+  memoryRestoreMode?: ChMemoryRestoreChoice;
 }
 
 export class CloudHypervisorDriver implements VmmDriver {
   readonly name = 'cloud-hypervisor' as const;
   readonly binary: string;
   private readonly apiTimeoutMs: number;
+  private readonly memoryRestoreMode: ChMemoryRestoreChoice;
+  private binaryVersion: Promise<string> | undefined;
 
   constructor(opts: CloudHypervisorDriverOptions = {}) {
     this.binary = opts.binary ?? defaultCloudHypervisorBinary();
     this.apiTimeoutMs = opts.apiTimeoutMs ?? 10_000;
+    this.memoryRestoreMode = opts.memoryRestoreMode ?? 'auto';
+  }
+
+  /**
+   * The shape a memory snapshot of `spec` records and a restore must match (VmShape): this
+   * binary's version (`--version`), the devices of the VmConfig built for `spec`, its kernel
+   * (vmlinux) and initramfs by digest. Errors: VMM_ERROR when the binary says no version.
+   */
+  async shape(spec: VmSpec): Promise<VmShape> {
+    this.binaryVersion ??= chBinaryVersion(this.binary);
+    const version = await this.binaryVersion.catch((err: unknown) => {
+      this.binaryVersion = undefined;
+      throw err;
+    });
+    return chShape(spec, buildVmConfig(spec, { fwCfg: false }), version);
   }
 
   async start(spec: VmSpec): Promise<RunningVm> {
@@ -358,9 +313,13 @@ export class CloudHypervisorDriver implements VmmDriver {
       const ping = await this.waitForApi(proc, paths.apiSocket);
       const fwCfg = useFwCfg(spec, ping.features);
       const config = buildVmConfig(spec, { fwCfg });
-      await writeFile(paths.vmConfig, `${JSON.stringify(config, null, 2)}\n`);
-      await chApi(paths.apiSocket, 'PUT', 'vm.create', config);
-      await chApi(paths.apiSocket, 'PUT', 'vm.boot');
+      vm.enableMemory(new ChMemoryOps({ apiSocket: paths.apiSocket, ping, config, restoreMode: this.memoryRestoreMode }));
+      // a restore: no VM yet; vm.restore creates it from the snapshot's config (MemorySnapshotOps.restore)
+      if (!spec.incoming) {
+        await writeFile(paths.vmConfig, `${JSON.stringify(config, null, 2)}\n`);
+        await chApi(paths.apiSocket, 'PUT', 'vm.create', config);
+        await chApi(paths.apiSocket, 'PUT', 'vm.boot');
+      }
     } catch (err) {
       await vm.kill(500);
       const text = proc.output().trim();

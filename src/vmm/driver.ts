@@ -42,7 +42,11 @@ export interface VmSpec {
   memoryFile?: string;
   /** a vmgenid device (the guest reseeds its RNG when the generation ID changes, as it does on a restore) */
   vmgenid?: boolean;
-  /** start paused, waiting for device state (QEMU `-incoming defer`): a restore */
+  /**
+   * A restore: start waiting for saved state (MemorySnapshotOps.restore) instead of booting. QEMU
+   * starts paused with `-incoming defer`; Cloud Hypervisor starts with no VM (no vm.create, no
+   * vm.boot): vm.restore creates it from the snapshot's config.
+   */
   incoming?: boolean;
   /** the host helper that connects to a guest's vsock port (guest/vsock-connect.c), for QEMU's vhost-vsock */
   vsockConnect?: string;
@@ -81,15 +85,51 @@ export interface BootFailure {
   accelFault?: boolean;
 }
 
-/** What a VMM offers for memory snapshots (QEMU: src/vmm/qemu-migration.ts). */
+/**
+ * A paused VM's state, as `MemorySnapshotOps.save` left it in a directory: what a memory snapshot
+ * stores (docs/snapshots.md).
+ */
+export interface SavedVmState {
+  /**
+   * The device-state files, in the order the memory-snapshot artifact keeps them as layers
+   * (src/disk/memory-snapshot.ts, STATE_LAYERS): QEMU `device-state` (its migration stream, RAM
+   * left out); Cloud Hypervisor `state.json`, then `config.json`.
+   */
+  files: string[];
+  /**
+   * The RAM image, as many bytes as the VM has RAM. `live`: the VM's own memory (QEMU's shared
+   * memory file, VmSpec.memoryFile), to be copied before the VM resumes; not live: a file the VMM
+   * wrote into the directory (Cloud Hypervisor's `memory-ranges`), no longer the VM's.
+   */
+  ram: { file: string; live: boolean };
+}
+
+/** How a restored VM's RAM is loaded: mapped from the memory file (QEMU), or by the VMM from its memory image, whole before it runs (`copy`) or page by page on first touch (`on-demand`: Cloud Hypervisor's userfaultfd restore). */
+export type RestoredMemory = 'shared-file' | 'copy' | 'on-demand';
+
+/**
+ * What a VMM offers for memory snapshots, the same for every driver (QEMU:
+ * src/vmm/qemu-migration.ts over QMP; Cloud Hypervisor: src/vmm/ch-snapshot.ts over its REST API).
+ * Taking one: `pause`, `save` into an empty directory, copy what must be copied while paused (a
+ * live RAM image, the disk's overlay), `resume`. Restoring one: start a VM with `VmSpec.incoming`
+ * (QEMU: paused, waiting for device state, its RAM the memory file already written; Cloud
+ * Hypervisor: the VMM with no VM), put the saved files back into a directory, `restore` it.
+ */
 export interface MemorySnapshotOps {
+  /** the VMM whose state this is: a restore needs the same one (VmShape.vmm) */
+  readonly vmm: 'qemu' | 'cloud-hypervisor';
   /** stop the vCPUs; I/O in flight completes first */
   pause(): Promise<void>;
   resume(): Promise<void>;
-  /** a paused VM's device state (RAM left out: it is the memory file) into `file`; its size in bytes */
-  saveDeviceState(file: string): Promise<{ bytes: number }>;
-  /** load device state into a VM started with `incoming`, then run it */
-  loadDeviceState(file: string): Promise<void>;
+  /** a paused VM's state into `dir` (an existing empty directory); the VM stays paused */
+  save(dir: string): Promise<SavedVmState>;
+  /**
+   * Load the state saved in `dir` into a VM started with `incoming`, then run it. QEMU reads
+   * `dir/device-state` (its RAM is VmSpec.memoryFile); Cloud Hypervisor reads `config.json`,
+   * `state.json` and `memory-ranges` (its RAM image) from `dir`, `config.json` first made to
+   * name this VM's files instead of the snapshotted VM's.
+   */
+  restore(dir: string): Promise<{ memory: RestoredMemory }>;
 }
 
 export interface RunningVm {
@@ -107,7 +147,7 @@ export interface RunningVm {
    * internal error, panicked, powered off, reset, or its VMM gone. Pending while it runs.
    */
   readonly failure: Promise<BootFailure>;
-  /** memory snapshots, where the VMM and this VM's RAM (VmSpec.memoryFile) allow them */
+  /** memory snapshots, where the VMM and this VM allow them (QEMU: RAM in VmSpec.memoryFile; Cloud Hypervisor: a VM this driver started) */
   readonly memory?: MemorySnapshotOps;
   /** The agent answered: watching that only a boot needs (polling) may stop. */
   bootDone?(): void;

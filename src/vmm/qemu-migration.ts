@@ -10,8 +10,13 @@
  * (qemu/qemu docs/devel/migration; qapi/migration.json for the commands and states.)
  */
 import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { SlipwayError } from '../errors.js';
+import type { MemorySnapshotOps, SavedVmState } from './driver.js';
 import type { QmpClient } from './qmp.js';
+
+/** The device-state file in a saved state's directory (the artifact's one state layer). */
+export const QEMU_DEVICE_STATE_FILE = 'device-state';
 
 interface MigrationInfo {
   status?: string;
@@ -43,8 +48,10 @@ async function waitForMigration(qmp: QmpClient, what: string, timeoutMs: number)
 }
 
 /** Memory-snapshot operations on one QEMU VM (its RAM must be a shared file: VmSpec.memoryFile). */
-export class QemuMemoryOps {
-  constructor(private readonly qmp: () => Promise<QmpClient>) {}
+export class QemuMemoryOps implements MemorySnapshotOps {
+  readonly vmm = 'qemu' as const;
+
+  constructor(private readonly qmp: () => Promise<QmpClient>, private readonly memoryFile: string) {}
 
   /** Stop the vCPUs (QMP `stop`); I/O in flight completes first (vhost-user GET_VRING_BASE). */
   async pause(): Promise<void> {
@@ -54,6 +61,19 @@ export class QemuMemoryOps {
   /** Run again after a pause or a save (`cont`). */
   async resume(): Promise<void> {
     await (await this.qmp()).execute('cont');
+  }
+
+  /** A paused VM's device state into `dir/device-state`; its RAM is the memory file itself (live). */
+  async save(dir: string): Promise<SavedVmState> {
+    const file = join(dir, QEMU_DEVICE_STATE_FILE);
+    await this.saveDeviceState(file);
+    return { files: [file], ram: { file: this.memoryFile, live: true } };
+  }
+
+  /** Load `dir/device-state` into a VM started with `incoming` (its RAM the memory file, already written), then run it. */
+  async restore(dir: string): Promise<{ memory: 'shared-file' }> {
+    await this.loadDeviceState(join(dir, QEMU_DEVICE_STATE_FILE));
+    return { memory: 'shared-file' };
   }
 
   /**

@@ -172,7 +172,7 @@ class QemuVm implements RunningVm {
     this.agentEndpoint = ctx.agentEndpoint;
     this.paths = qemuPaths(ctx.workDir);
     this.failure = proc.adopted ? this.exited.then((exit) => classifyEnd({ console: this.consoleTail(), exit })) : this.watch();
-    this.memory = ctx.memoryFile ? new QemuMemoryOps(() => this.monitor()) : undefined;
+    this.memory = ctx.memoryFile ? new QemuMemoryOps(() => this.monitor(), ctx.memoryFile) : undefined;
   }
 
   get pid(): number {

@@ -17,3 +17,5 @@ export function validateSchema(doc: ChApiSpec, schema: string | Record<string, u
 export function validateFwCfgConfig(v: unknown, path?: string): string[];
 export function chSemanticErrors(c: unknown): string[];
 export function validateVmConfigBody(doc: ChApiSpec, body: unknown, opts?: { fwCfgFeature?: boolean; strict?: boolean }): string[];
+/** Errors of one request's body against its endpoint's requestBody in the document (strict unless told); empty when valid. */
+export function validateRequestBody(doc: ChApiSpec, method: string, endpoint: string, body: unknown, opts?: { fwCfgFeature?: boolean; strict?: boolean }): string[];

@@ -253,3 +253,22 @@ export function validateVmConfigBody(doc, body, opts = {}) {
   return errors;
 }
 
+
+/**
+ * Errors of one request's body against what the document says of its endpoint: no body where it
+ * has no requestBody, a body where it is required, else the body against the requestBody's JSON
+ * schema (strict unless `strict: false`); vm.create bodies go through validateVmConfigBody.
+ */
+export function validateRequestBody(doc, method, endpoint, body, opts = {}) {
+  const op = doc.paths?.[`/${endpoint}`]?.[String(method).toLowerCase()];
+  const what = `${method} /${endpoint}`;
+  if (!op) return [`${what}: not in the OpenAPI document`];
+  const rb = op.requestBody;
+  if (body === undefined) return rb?.required ? [`${what}: a request body is required`] : [];
+  if (!rb) return [`${what}: takes no request body`];
+  const schema = rb.content?.['application/json']?.schema;
+  if (!schema) return [`${what}: the document gives no application/json schema for its body`];
+  if (endpoint === 'vm.create') return validateVmConfigBody(doc, body, opts);
+  const m = typeof schema.$ref === 'string' ? /^#\/components\/schemas\/([A-Za-z0-9_.-]+)$/.exec(schema.$ref) : null;
+  return validateSchema(doc, m ? m[1] : schema, body, { strict: opts.strict !== false });
+}

@@ -57,8 +57,16 @@ export interface FakeChLogEntry {
   endpoint?: string;
   status?: number;
   body?: unknown;
+  /** the error body it answered (status 400 and up) */
+  error?: string;
   event?: string;
   pid?: number;
+  /** a snapshot or a restore: the RAM's nonce, the memory file's sha256 and size, the directory; a restore's memory_restore_mode */
+  nonce?: string;
+  sha256?: string;
+  size?: number;
+  dir?: string;
+  mode?: string;
 }
 
 export function readFakeChLog(path: string): FakeChLogEntry[] {

@@ -5,32 +5,14 @@
  * test/wire-fixtures.test.ts. Usage: wire-test FIXTURES_DIR; exit status 0 when all match.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "agent_proto.h"
 
-static int failures;
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stderr, "wire-test: ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, "\n");
-	va_end(ap);
-	failures++;
-}
-
-#define CHECK(cond, ...)                  \
-	do {                              \
-		if (!(cond))              \
-			fail(__VA_ARGS__); \
-	} while (0)
+#define TEST_NAME "wire-test"
+#include "test-check.h"
 
 struct file {
 	uint8_t bytes[4096];
@@ -146,8 +128,5 @@ int main(int argc, char **argv)
 	expect_end(&r, "agent-read-file-request.bin");
 	expect_reply(dir, "agent-data-reply.bin", REP_DATA, 0x106, NULL, 0);
 
-	if (failures)
-		return 1;
-	printf("wire-test: every agent fixture matches\n");
-	return 0;
+	return test_result("every agent fixture matches");
 }

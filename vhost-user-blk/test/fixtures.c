@@ -11,7 +11,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,30 +20,13 @@
 #include "../disk.h"
 #include "../miss_wire.h"
 
+#define TEST_NAME "vub-fixtures"
+#include "test-check.h"
+
 #define CHUNK_BYTES 65536u
 #define NCHUNKS 11u
 #define DISK_BYTES (10u * CHUNK_BYTES + 4096u)
 #define MISS_CHUNK 0x0000000100000203ull
-
-static int failures;
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stderr, "vub-fixtures: ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, "\n");
-	va_end(ap);
-	failures++;
-}
-
-#define CHECK(cond, ...)                  \
-	do {                              \
-		if (!(cond))              \
-			fail(__VA_ARGS__); \
-	} while (0)
 
 static void die(const char *what, const char *path)
 {
@@ -182,8 +164,5 @@ int main(int argc, char **argv)
 	snprintf(rm, sizeof rm, "rm -rf '%s'", work);
 	if (system(rm) != 0)
 		fprintf(stderr, "vub-fixtures: could not remove %s\n", work);
-	if (failures)
-		return 1;
-	printf("vub-fixtures: every slipway-blk fixture matches\n");
-	return 0;
+	return test_result("every slipway-blk fixture matches");
 }

@@ -34,7 +34,7 @@ import { qemuArgs, QemuDriver } from '../src/vmm/qemu.js';
 import { processesWithArgument, terminateProcess } from '../src/util/process.js';
 import { captureIO } from './helpers/cli.js';
 import { tempDir } from './helpers/images.js';
-import { loadChApiSpec, validateVmConfigBody } from './helpers/ch-openapi.mjs';
+import { loadChApiSpec, validateRequestBody } from './helpers/ch-openapi.mjs';
 import { fakeCloudHypervisorBinary, type FakeCloudHypervisor, fakeQemuBinary, NO_SUCH_DEVICE, qemuThatExits, readFakeChLog } from './helpers/vmm-stand-ins.js';
 
 /** every VM's work directory is under here, so that nothing a failed test left can outlive the file */
@@ -148,7 +148,7 @@ const cloudHypervisor: Subject = {
     for (const r of requests) {
       expect(r.status, `${r.method} ${r.endpoint}`).toBeGreaterThanOrEqual(200);
       expect(r.status, `${r.method} ${r.endpoint}`).toBeLessThan(300);
-      if (r.endpoint === 'vm.create') expect(validateVmConfigBody(doc, r.body, { fwCfgFeature: true })).toEqual([]);
+      expect(validateRequestBody(doc, r.method ?? '', r.endpoint ?? '', r.body, { fwCfgFeature: true }), `${r.method} ${r.endpoint}`).toEqual([]);
     }
   },
   agentDeadlineMs: 30_000,

@@ -56,6 +56,10 @@ function isObject(v: unknown): v is Json {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+function arrayOf(v: unknown): unknown[] {
+  return Array.isArray(v) ? v : [];
+}
+
 function fileUrl(dir: string): string {
   if (!isAbsolute(dir)) throw new SlipwayError('INVALID_ARGUMENT', `a Cloud Hypervisor snapshot directory must be an absolute path (got ${JSON.stringify(dir)})`);
   // CH takes the path after file:// as it is (no percent-decoding)
@@ -102,7 +106,7 @@ export async function chBinaryVersion(binary: string): Promise<string> {
 
 /** The devices of a VmConfig in CH's order (what state.json describes), for the VM's shape. */
 export function chDevices(config: Json): string[] {
-  const list = (v: unknown): Json[] => (Array.isArray(v) ? v.filter(isObject) : []);
+  const list = (v: unknown): Json[] => arrayOf(v).filter(isObject);
   const devices: string[] = list(config.disks).map((d) => (d.vhost_user === true ? 'vhost-user-blk' : 'virtio-blk'));
   devices.push(...list(config.net).map(() => 'virtio-net'));
   if (isObject(config.rng)) devices.push('virtio-rng');
@@ -159,8 +163,8 @@ export function relocateChConfig(saved: unknown, fresh: Json): Json {
     }
   }
   for (const key of ['disks', 'net'] as const) {
-    const was = Array.isArray(out[key]) ? (out[key] as unknown[]) : [];
-    const now = Array.isArray(fresh[key]) ? (fresh[key] as unknown[]) : [];
+    const was = arrayOf(out[key]);
+    const now = arrayOf(fresh[key]);
     if (was.length !== now.length) throw refuse(`the snapshot has ${was.length} ${key === 'disks' ? 'disk(s)' : 'network device(s)'}, this VM ${now.length}`);
     was.forEach((w, i) => {
       const n = now[i];

@@ -53,10 +53,8 @@ static size_t append_boot_phases(struct agent *a, char *text, size_t cap)
 	char buf[MAX_BOOT_TIMES_BYTES + 1];
 	size_t len = 0;
 	while (len < sizeof buf - 1) {
-		ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+		ssize_t n = TEMP_FAILURE_RETRY(read(fd, buf + len, sizeof buf - 1 - len));
 		if (n < 0) {
-			if (errno == EINTR)
-				continue;
 			log_errno("read %s", a->boot_times_path);
 			break;
 		}
@@ -144,40 +142,29 @@ static void handle_shutdown(struct conn *c, const struct frame *f)
 	send_ok(c, f->id);
 }
 
+typedef void (*request_handler)(struct conn *c, const struct frame *f);
+
+static const request_handler request_handlers[] = {
+	[REQ_PING] = handle_ping,
+	[REQ_EXEC] = handle_exec,
+	[REQ_STDIN] = handle_stdin,
+	[REQ_SIGNAL] = handle_signal,
+	[REQ_WRITE_FILE] = handle_write_file,
+	[REQ_READ_FILE] = handle_read_file,
+	[REQ_SYNC] = handle_sync,
+	[REQ_FSFREEZE] = handle_fsfreeze,
+	[REQ_SHUTDOWN] = handle_shutdown,
+};
+
 void dispatch_request(struct conn *c, const struct frame *f)
 {
-	switch (f->type) {
-	case REQ_PING:
-		handle_ping(c, f);
-		break;
-	case REQ_EXEC:
-		handle_exec(c, f);
-		break;
-	case REQ_STDIN:
-		handle_stdin(c, f);
-		break;
-	case REQ_SIGNAL:
-		handle_signal(c, f);
-		break;
-	case REQ_WRITE_FILE:
-		handle_write_file(c, f);
-		break;
-	case REQ_READ_FILE:
-		handle_read_file(c, f);
-		break;
-	case REQ_SYNC:
-		handle_sync(c, f);
-		break;
-	case REQ_FSFREEZE:
-		handle_fsfreeze(c, f);
-		break;
-	case REQ_SHUTDOWN:
-		handle_shutdown(c, f);
-		break;
-	default:
+	size_t n = sizeof request_handlers / sizeof request_handlers[0];
+	request_handler handle = f->type < n ? request_handlers[f->type] : NULL;
+	if (!handle) {
 		send_error(c, f->id, EINVAL, "unknown request type %u", (unsigned)f->type);
-		break;
+		return;
 	}
+	handle(c, f);
 }
 
 /* ---- the loop ---- */
@@ -186,10 +173,8 @@ static void on_signals(struct agent *a)
 {
 	for (;;) {
 		struct signalfd_siginfo info;
-		ssize_t n = read(a->signal_fd, &info, sizeof info);
+		ssize_t n = TEMP_FAILURE_RETRY(read(a->signal_fd, &info, sizeof info));
 		if (n < 0) {
-			if (errno == EINTR)
-				continue;
 			if (errno != EAGAIN)
 				log_errno("read signalfd");
 			break;
@@ -257,10 +242,8 @@ static void run_loop(struct agent *a)
 {
 	struct epoll_event events[MAX_EVENTS];
 	while (!a->stopping) {
-		int n = epoll_wait(a->epoll_fd, events, MAX_EVENTS, -1);
+		int n = TEMP_FAILURE_RETRY(epoll_wait(a->epoll_fd, events, MAX_EVENTS, -1));
 		if (n < 0) {
-			if (errno == EINTR)
-				continue;
 			log_errno("epoll_wait");
 			return;
 		}

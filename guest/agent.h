@@ -241,10 +241,13 @@ void conn_update_flow(struct conn *c);
 bool conn_send(struct conn *c, uint16_t type, uint32_t id, const void *payload, size_t len);
 void send_ok(struct conn *c, uint32_t id);
 void send_error(struct conn *c, uint32_t id, int err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-/* Answer ERROR EINVAL and return false when the request has flags outside `allowed`, or when its
- * payload is not empty. */
+/* send_error for a failed call: the message gets ": strerror(err)" appended */
+void send_errno(struct conn *c, uint32_t id, int err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* Answer ERROR EINVAL and return false when the request has flags outside `allowed`, when its
+ * payload is not empty, or when reading its fields failed (the reader's message). */
 bool check_flags(struct conn *c, const struct frame *f, uint16_t allowed, const char *name);
 bool check_empty(struct conn *c, const struct frame *f, const char *name);
+bool check_read(struct conn *c, const struct frame *f, const struct reader *r, const char *name);
 
 /* ---- agent_listen.c ---- */
 

@@ -86,10 +86,8 @@ static void conn_flush(struct conn *c)
 			iov[n].iov_base = ch->bytes + ch->sent;
 			iov[n].iov_len = ch->len - ch->sent;
 		}
-		ssize_t written = writev(c->fd, iov, n);
+		ssize_t written = TEMP_FAILURE_RETRY(writev(c->fd, iov, n));
 		if (written < 0) {
-			if (errno == EINTR)
-				continue;
 			if (errno == EAGAIN)
 				break;
 			/* the host going away mid-reply is an ordinary end, not worth a log line */
@@ -162,6 +160,17 @@ void send_error(struct conn *c, uint32_t id, int err, const char *fmt, ...)
 	uint8_t errno_le[4];
 	put_u32(errno_le, (uint32_t)err);
 	conn_send2(c, REP_ERROR, id, errno_le, sizeof errno_le, message, len);
+}
+
+void send_errno(struct conn *c, uint32_t id, int err, const char *fmt, ...)
+{
+	/* as long as send_error's message: what does not fit is cut off the same way */
+	char what[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof what, fmt, ap);
+	va_end(ap);
+	send_error(c, id, err, "%s: %s", what, strerror(err));
 }
 
 void conn_update_flow(struct conn *c)
@@ -323,10 +332,8 @@ static void conn_read(struct conn *c, uint32_t events)
 			conn_close(c, "out of memory for the input buffer");
 			return;
 		}
-		ssize_t n = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
+		ssize_t n = TEMP_FAILURE_RETRY(read(c->fd, c->in + c->in_len, c->in_cap - c->in_len));
 		if (n < 0) {
-			if (errno == EINTR)
-				continue;
 			if (errno == EAGAIN)
 				break;
 			char why[128];
@@ -372,6 +379,15 @@ bool check_empty(struct conn *c, const struct frame *f, const char *name)
 {
 	if (f->len != 0) {
 		send_error(c, f->id, EINVAL, "%s: payload must be empty, has %u bytes", name, f->len);
+		return false;
+	}
+	return true;
+}
+
+bool check_read(struct conn *c, const struct frame *f, const struct reader *r, const char *name)
+{
+	if (r->error) {
+		send_error(c, f->id, EINVAL, "%s: %s", name, r->error);
 		return false;
 	}
 	return true;

@@ -103,10 +103,8 @@ void proc_read_output(struct proc *p, struct output_pipe *pipe)
 		/* sending may have paused this pipe (queue over the high mark) */
 		if (p->dead || pipe->fd < 0 || !pipe->registered)
 			return;
-		ssize_t n = read(pipe->fd, a->scratch, sizeof a->scratch);
+		ssize_t n = TEMP_FAILURE_RETRY(read(pipe->fd, a->scratch, sizeof a->scratch));
 		if (n < 0) {
-			if (errno == EINTR)
-				continue;
 			if (errno == EAGAIN)
 				return;
 			log_errno("read output of process %d", (int)p->pid);
@@ -126,10 +124,8 @@ void proc_write_stdin(struct proc *p)
 	struct byte_queue *q = &p->stdin_queue;
 	while (q->head && p->stdin_fd >= 0) {
 		struct chunk *ch = q->head;
-		ssize_t n = write(p->stdin_fd, ch->bytes + ch->sent, ch->len - ch->sent);
+		ssize_t n = TEMP_FAILURE_RETRY(write(p->stdin_fd, ch->bytes + ch->sent, ch->len - ch->sent));
 		if (n < 0) {
-			if (errno == EINTR)
-				continue;
 			if (errno == EAGAIN)
 				break;
 			/* EPIPE: the process closed its stdin or exited; what it did not read is dropped,
@@ -233,7 +229,7 @@ static bool make_pipe(int fds[2], const char *what, struct conn *c, uint32_t id)
 	if (pipe2(fds, O_CLOEXEC) < 0) {
 		int err = errno;
 		log_errno("pipe2 for %s", what);
-		send_error(c, id, err, "EXEC: pipe2 for %s: %s", what, strerror(err));
+		send_errno(c, id, err, "EXEC: pipe2 for %s", what);
 		return false;
 	}
 	return true;
@@ -259,10 +255,8 @@ void handle_exec(struct conn *c, const struct frame *f)
 	int null_fd = -1;
 	struct proc *p = NULL;
 
-	if (r.error) {
-		send_error(c, f->id, EINVAL, "EXEC: %s", r.error);
+	if (!check_read(c, f, &r, "EXEC"))
 		goto out;
-	}
 	if (argc == 0) {
 		send_error(c, f->id, EINVAL, "EXEC: argv is empty");
 		goto out;
@@ -288,7 +282,7 @@ void handle_exec(struct conn *c, const struct frame *f)
 		if (null_fd < 0) {
 			int err = errno;
 			log_errno("open /dev/null");
-			send_error(c, f->id, err, "EXEC: open /dev/null: %s", strerror(err));
+			send_errno(c, f->id, err, "EXEC: open /dev/null");
 			goto out;
 		}
 	}
@@ -308,7 +302,7 @@ void handle_exec(struct conn *c, const struct frame *f)
 	if (pid < 0) {
 		int err = errno;
 		log_errno("fork");
-		send_error(c, f->id, err, "EXEC: fork: %s", strerror(err));
+		send_errno(c, f->id, err, "EXEC: fork");
 		goto out;
 	}
 	if (pid == 0)
@@ -324,9 +318,7 @@ void handle_exec(struct conn *c, const struct frame *f)
 	size_t got = 0;
 	/* blocking, but only for as long as the child takes to reach execve */
 	while (got < sizeof failure) {
-		ssize_t n = read(fds[STATUS][0], (char *)&failure + got, sizeof failure - got);
-		if (n < 0 && errno == EINTR)
-			continue;
+		ssize_t n = TEMP_FAILURE_RETRY(read(fds[STATUS][0], (char *)&failure + got, sizeof failure - got));
 		if (n < 0)
 			log_errno("read exec status of process %d", (int)pid);
 		if (n <= 0)
@@ -335,15 +327,11 @@ void handle_exec(struct conn *c, const struct frame *f)
 	}
 	if (got == sizeof failure) {
 		/* reap it here, so the SIGCHLD handler never sees a pid it does not know */
-		while (waitpid(pid, NULL, 0) < 0) {
-			if (errno != EINTR) {
-				log_errno("waitpid %d", (int)pid);
-				break;
-			}
-		}
+		if (TEMP_FAILURE_RETRY(waitpid(pid, NULL, 0)) < 0)
+			log_errno("waitpid %d", (int)pid);
 		const char *step = failure.step >= 0 && failure.step <= STEP_EXECVE ? step_names[failure.step] : "exec";
 		const char *subject = failure.step == STEP_CHDIR ? setup.cwd : argv[0];
-		send_error(c, f->id, failure.err, "EXEC: %s %s: %s", step, subject, strerror(failure.err));
+		send_errno(c, f->id, failure.err, "EXEC: %s %s", step, subject);
 		goto out;
 	}
 
@@ -430,10 +418,8 @@ void handle_signal(struct conn *c, const struct frame *f)
 	struct reader r = { .p = f->payload, .left = f->len };
 	int32_t sig = (int32_t)read_u32(&r, "signal");
 	reader_expect_end(&r, "SIGNAL");
-	if (r.error) {
-		send_error(c, f->id, EINVAL, "SIGNAL: %s", r.error);
+	if (!check_read(c, f, &r, "SIGNAL"))
 		return;
-	}
 	struct proc *p = find_proc(c->agent, c, f->id);
 	if (!p) {
 		send_error(c, f->id, ESRCH, "SIGNAL: no process with id %u", f->id);
@@ -452,7 +438,7 @@ void handle_signal(struct conn *c, const struct frame *f)
 		if (err == ESRCH && p->reaped)
 			send_error(c, f->id, ESRCH, "SIGNAL: process %u and its process group have exited", f->id);
 		else
-			send_error(c, f->id, err, "SIGNAL: kill -%d: %s", (int)p->pid, strerror(err));
+			send_errno(c, f->id, err, "SIGNAL: kill -%d", (int)p->pid);
 		return;
 	}
 	send_ok(c, f->id);
@@ -468,12 +454,10 @@ void reap_children(struct agent *a)
 {
 	for (;;) {
 		int status;
-		pid_t pid = waitpid(-1, &status, WNOHANG);
+		pid_t pid = TEMP_FAILURE_RETRY(waitpid(-1, &status, WNOHANG));
 		if (pid == 0)
 			return;
 		if (pid < 0) {
-			if (errno == EINTR)
-				continue;
 			if (errno != ECHILD)
 				log_errno("waitpid");
 			return;

@@ -28,11 +28,7 @@ void handle_write_file(struct conn *c, const struct frame *f)
 	const uint8_t *data = r.p;
 	size_t data_len = r.left;
 	int fd = -1;
-	if (r.error) {
-		send_error(c, f->id, EINVAL, "WRITE_FILE: %s", r.error);
-		goto out;
-	}
-	if (!check_path(c, f, path, "WRITE_FILE"))
+	if (!check_read(c, f, &r, "WRITE_FILE") || !check_path(c, f, path, "WRITE_FILE"))
 		goto out;
 	if (mode & ~07777u) {
 		send_error(c, f->id, EINVAL, "WRITE_FILE: mode 0%o has bits other than permissions", mode);
@@ -46,33 +42,27 @@ void handle_write_file(struct conn *c, const struct frame *f)
 	/* O_NONBLOCK: a FIFO or a device must answer ENXIO or EAGAIN, not hang the whole agent */
 	fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (create ? O_CREAT | O_TRUNC : 0), (mode_t)mode);
 	if (fd < 0) {
-		int err = errno;
-		send_error(c, f->id, err, "WRITE_FILE: open %s: %s", path, strerror(err));
+		send_errno(c, f->id, errno, "WRITE_FILE: open %s", path);
 		goto out;
 	}
 	/* the mode given is the mode wanted: neither the umask nor an existing file's mode wins */
 	if (create && fchmod(fd, (mode_t)mode) < 0) {
-		int err = errno;
-		send_error(c, f->id, err, "WRITE_FILE: fchmod %s: %s", path, strerror(err));
+		send_errno(c, f->id, errno, "WRITE_FILE: fchmod %s", path);
 		goto out;
 	}
 	size_t done = 0;
 	while (done < data_len) {
-		ssize_t n = pwrite(fd, data + done, data_len - done, (off_t)(offset + done));
-		if (n < 0 && errno == EINTR)
-			continue;
+		ssize_t n = TEMP_FAILURE_RETRY(pwrite(fd, data + done, data_len - done, (off_t)(offset + done)));
 		if (n <= 0) {
-			int err = n < 0 ? errno : EIO;
-			send_error(c, f->id, err, "WRITE_FILE: write %s: %s", path, strerror(err));
+			send_errno(c, f->id, n < 0 ? errno : EIO, "WRITE_FILE: write %s", path);
 			goto out;
 		}
 		done += (size_t)n;
 	}
 	if (close(fd) < 0) {
 		/* a deferred write error (NFS, quota) shows up here, and the host must hear of it */
-		int err = errno;
 		fd = -1;
-		send_error(c, f->id, err, "WRITE_FILE: close %s: %s", path, strerror(err));
+		send_errno(c, f->id, errno, "WRITE_FILE: close %s", path);
 		goto out;
 	}
 	fd = -1;
@@ -93,10 +83,8 @@ void handle_read_file(struct conn *c, const struct frame *f)
 	reader_expect_end(&r, "READ_FILE");
 	int fd = -1;
 	uint8_t *data = NULL;
-	if (r.error) {
-		send_error(c, f->id, EINVAL, "READ_FILE: %s", r.error);
+	if (!check_read(c, f, &r, "READ_FILE"))
 		goto out;
-	}
 	if (max_len > MAX_READ_FILE_BYTES) {
 		send_error(c, f->id, EINVAL, "READ_FILE: max length %u exceeds %u", max_len, MAX_READ_FILE_BYTES);
 		goto out;
@@ -108,8 +96,7 @@ void handle_read_file(struct conn *c, const struct frame *f)
 	/* O_NONBLOCK: opening a FIFO must not wait for a writer (pread on it then fails, ESPIPE) */
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
-		int err = errno;
-		send_error(c, f->id, err, "READ_FILE: open %s: %s", path, strerror(err));
+		send_errno(c, f->id, errno, "READ_FILE: open %s", path);
 		goto out;
 	}
 	data = malloc(max_len ? max_len : 1);
@@ -120,12 +107,9 @@ void handle_read_file(struct conn *c, const struct frame *f)
 	/* fill the buffer: a short DATA means end of file, and pread may return less before it */
 	size_t got = 0;
 	while (got < max_len) {
-		ssize_t n = pread(fd, data + got, max_len - got, (off_t)(offset + got));
-		if (n < 0 && errno == EINTR)
-			continue;
+		ssize_t n = TEMP_FAILURE_RETRY(pread(fd, data + got, max_len - got, (off_t)(offset + got)));
 		if (n < 0) {
-			int err = errno;
-			send_error(c, f->id, err, "READ_FILE: read %s: %s", path, strerror(err));
+			send_errno(c, f->id, errno, "READ_FILE: read %s", path);
 			goto out;
 		}
 		if (n == 0)
@@ -157,21 +141,15 @@ void handle_fsfreeze(struct conn *c, const struct frame *f)
 	bool thaw = f->flags & FSFREEZE_FLAG_THAW;
 	const char *op = thaw ? "FITHAW" : "FIFREEZE";
 	int fd = -1;
-	if (r.error) {
-		send_error(c, f->id, EINVAL, "FSFREEZE: %s", r.error);
-		goto out;
-	}
-	if (!check_path(c, f, mountpoint, "FSFREEZE"))
+	if (!check_read(c, f, &r, "FSFREEZE") || !check_path(c, f, mountpoint, "FSFREEZE"))
 		goto out;
 	fd = open(mountpoint, O_RDONLY | O_CLOEXEC | O_DIRECTORY);
 	if (fd < 0) {
-		int err = errno;
-		send_error(c, f->id, err, "FSFREEZE: open %s: %s", mountpoint, strerror(err));
+		send_errno(c, f->id, errno, "FSFREEZE: open %s", mountpoint);
 		goto out;
 	}
 	if (ioctl(fd, thaw ? FITHAW : FIFREEZE, 0) < 0) {
-		int err = errno;
-		send_error(c, f->id, err, "FSFREEZE: %s %s: %s", op, mountpoint, strerror(err));
+		send_errno(c, f->id, errno, "FSFREEZE: %s %s", op, mountpoint);
 		goto out;
 	}
 	log_msg("%s %s", op, mountpoint);

@@ -92,13 +92,11 @@ uint64_t read_u64(struct reader *r, const char *field)
 
 char *read_string(struct reader *r, const char *field)
 {
+	/* a length over the limit fails the reader, and read_bytes fails after it (as after any
+	 * earlier failure, which keeps its message) */
 	uint32_t len = read_u32(r, field);
-	if (r->error)
-		return NULL;
-	if (len > MAX_STRING_BYTES) {
+	if (len > MAX_STRING_BYTES)
 		reader_fail(r, "%s: string of %u bytes (at most %u)", field, len, MAX_STRING_BYTES);
-		return NULL;
-	}
 	const uint8_t *bytes;
 	if (!read_bytes(r, len, &bytes, field))
 		return NULL;
@@ -127,19 +125,16 @@ void free_string_list(char **list)
 
 char **read_string_list(struct reader *r, const char *field, uint32_t *count_out)
 {
+	/* the first failure, here or earlier, is the one kept: one check once both are made */
 	uint32_t count = read_u32(r, field);
-	if (r->error)
-		return NULL;
-	if (count > MAX_STRING_COUNT) {
+	if (count > MAX_STRING_COUNT)
 		reader_fail(r, "%s: %u strings (at most %u)", field, count, MAX_STRING_COUNT);
-		return NULL;
-	}
 	/* each string takes at least its 4-byte length: refuse a count the payload cannot hold
 	 * before allocating for it */
-	if ((size_t)count * 4 > r->left) {
+	if ((size_t)count * 4 > r->left)
 		reader_fail(r, "%s: %u strings cannot fit in the %zu bytes left", field, count, r->left);
+	if (r->error)
 		return NULL;
-	}
 	char **list = calloc((size_t)count + 1, sizeof *list);
 	if (!list) {
 		reader_fail(r, "%s: out of memory", field);

@@ -127,6 +127,16 @@ static void copy_field(char *dst, size_t cap, const char *src, size_t len, const
 	dst[len] = '\0';
 }
 
+/* Append to a list of at most `max` entries of `cap` bytes each, `*n` of them in use: a config
+ * with more entries than that, or a longer one, is refused. */
+static void add_entry(char *list, size_t cap, int *n, int max, const char *src, size_t len, const char *what)
+{
+	if (*n >= max)
+		die("config: more than %d %s entries", max, what);
+	copy_field(list + (size_t)*n * cap, cap, src, len, what);
+	(*n)++;
+}
+
 /* "dev:mountpoint[:fstype[:options]]" */
 static int parse_disk(struct disk *d, const char *v)
 {
@@ -245,23 +255,15 @@ static void config_line(struct config *c, const char *line, size_t len)
 			die("config: bad net entry '%s' (want: name address/prefix [gateway])", v);
 		c->nifaces++;
 	} else if (strcmp(key, "dns") == 0) {
-		if (c->ndns >= MAX_DNS)
-			die("config: more than %d dns entries", MAX_DNS);
-		copy_field(c->dns[c->ndns++], sizeof c->dns[0], v, vlen, "dns");
+		add_entry((char *)c->dns, sizeof c->dns[0], &c->ndns, MAX_DNS, v, vlen, "dns");
 	} else if (strcmp(key, "sysctl") == 0) {
-		if (c->nsysctls >= MAX_SYSCTLS)
-			die("config: more than %d sysctl entries", MAX_SYSCTLS);
-		copy_field(c->sysctls[c->nsysctls++], sizeof c->sysctls[0], v, vlen, "sysctl");
+		add_entry((char *)c->sysctls, sizeof c->sysctls[0], &c->nsysctls, MAX_SYSCTLS, v, vlen, "sysctl");
 	} else if (strcmp(key, "service") == 0) {
-		if (c->nservices >= MAX_SERVICES)
-			die("config: more than %d service entries", MAX_SERVICES);
-		copy_field(c->services[c->nservices++], sizeof c->services[0], v, vlen, "service");
+		add_entry((char *)c->services, sizeof c->services[0], &c->nservices, MAX_SERVICES, v, vlen, "service");
 	} else if (strcmp(key, "env") == 0) {
-		if (c->nenv >= MAX_ENV)
-			die("config: more than %d env entries", MAX_ENV);
 		if (!strchr(v, '='))
 			die("config: env entry '%.60s' is not NAME=value", v);
-		copy_field(c->env[c->nenv++], sizeof c->env[0], v, vlen, "env");
+		add_entry((char *)c->env, sizeof c->env[0], &c->nenv, MAX_ENV, v, vlen, "env");
 	} else if (strcmp(key, "verbose") == 0) {
 		c->verbose = strcmp(v, "1") == 0;
 	} else {

@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,16 +36,27 @@ static int parse_u32(const char *text, uint32_t *out)
 static int write_all(int fd, const char *buf, size_t len)
 {
 	while (len > 0) {
-		ssize_t n = write(fd, buf, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
+		ssize_t n = TEMP_FAILURE_RETRY(write(fd, buf, len));
+		if (n < 0)
 			return -1;
-		}
 		buf += n;
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+/* Say on stderr what failed, with strerror(errno); the exit status for a failed or broken connection. */
+static int broken(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int broken(const char *fmt, ...)
+{
+	int err = errno;
+	char what[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof what, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "slipway-vsock-connect: %s: %s\n", what, strerror(err));
+	return 1;
 }
 
 int main(int argc, char **argv)
@@ -56,48 +68,35 @@ int main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 	int sock = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (sock < 0) {
-		fprintf(stderr, "slipway-vsock-connect: socket(AF_VSOCK): %s\n", strerror(errno));
-		return 1;
-	}
+	if (sock < 0)
+		return broken("socket(AF_VSOCK)");
 	struct sockaddr_vm addr = { .svm_family = AF_VSOCK, .svm_cid = cid, .svm_port = port };
-	if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0) {
-		fprintf(stderr, "slipway-vsock-connect: connect to %u:%u: %s\n", cid, port, strerror(errno));
-		return 1;
-	}
+	if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
+		return broken("connect to %u:%u", cid, port);
 	struct pollfd fds[2] = { { .fd = STDIN_FILENO, .events = POLLIN }, { .fd = sock, .events = POLLIN } };
 	char buf[65536];
 	for (;;) {
-		if (poll(fds, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			fprintf(stderr, "slipway-vsock-connect: poll: %s\n", strerror(errno));
-			return 1;
-		}
+		if (TEMP_FAILURE_RETRY(poll(fds, 2, -1)) < 0)
+			return broken("poll");
 		if (fds[0].revents) {
-			ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
-			if (n < 0 && errno != EINTR) {
-				fprintf(stderr, "slipway-vsock-connect: reading stdin: %s\n", strerror(errno));
-				return 1;
-			}
+			ssize_t n = TEMP_FAILURE_RETRY(read(STDIN_FILENO, buf, sizeof buf));
+			if (n < 0)
+				return broken("reading stdin");
 			if (n == 0) {
 				/* the host side is done sending: half-close, keep reading the guest's answers */
 				shutdown(sock, SHUT_WR);
 				fds[0].fd = -1;
-			} else if (n > 0 && write_all(sock, buf, (size_t)n) < 0) {
-				fprintf(stderr, "slipway-vsock-connect: writing to the guest: %s\n", strerror(errno));
-				return 1;
+			} else if (write_all(sock, buf, (size_t)n) < 0) {
+				return broken("writing to the guest");
 			}
 		}
 		if (fds[1].revents) {
-			ssize_t n = read(sock, buf, sizeof buf);
-			if (n < 0 && errno != EINTR) {
-				fprintf(stderr, "slipway-vsock-connect: reading from the guest: %s\n", strerror(errno));
-				return 1;
-			}
+			ssize_t n = TEMP_FAILURE_RETRY(read(sock, buf, sizeof buf));
+			if (n < 0)
+				return broken("reading from the guest");
 			if (n == 0)
 				return 0;
-			if (n > 0 && write_all(STDOUT_FILENO, buf, (size_t)n) < 0)
+			if (write_all(STDOUT_FILENO, buf, (size_t)n) < 0)
 				return 0; /* our reader went away: nothing left to relay to */
 		}
 	}

@@ -254,4 +254,14 @@ static int cmd_discard_zeroes(int argc, char **argv, uint32_t type)
 	return check_status(type == VIRTIO_BLK_T_DISCARD ? "discard" : "write zeroes", status);
 }
 
+static int cmd_discard(int argc, char **argv)
+{
+	return cmd_discard_zeroes(argc, argv, VIRTIO_BLK_T_DISCARD);
+}
+
+static int cmd_zeroes(int argc, char **argv)
+{
+	return cmd_discard_zeroes(argc, argv, VIRTIO_BLK_T_WRITE_ZEROES);
+}
+
 #endif

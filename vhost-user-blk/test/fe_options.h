@@ -71,6 +71,11 @@ static void parse_opts(int argc, char **argv, int first, struct opts *o)
 	o->qd = 1;
 	o->seconds = 5;
 	o->chunk_bytes = 512 * 1024;
+	/* the options that take no value */
+	const struct {
+		const char *name;
+		bool *set;
+	} flags[] = { { "--indirect", &o->indirect }, { "--unmap", &o->unmap }, { "--adjacent", &o->adjacent }, { "--inflight", &o->inflight } };
 	for (int i = first; i < argc; i++) {
 		const char *name = argv[i];
 		const char *value = NULL;
@@ -89,26 +94,24 @@ static void parse_opts(int argc, char **argv, int first, struct opts *o)
 			name = namebuf;
 			value = eq + 1;
 		}
-		bool is_flag = strcmp(name, "--indirect") == 0 || strcmp(name, "--unmap") == 0 || strcmp(name, "--adjacent") == 0 || strcmp(name, "--inflight") == 0;
-		if (!is_flag && !value) {
+		bool *flag = NULL;
+		for (size_t k = 0; k < sizeof flags / sizeof flags[0]; k++)
+			if (strcmp(name, flags[k].name) == 0)
+				flag = flags[k].set;
+		if (flag) {
+			*flag = true;
+			continue;
+		}
+		if (!value) {
 			if (i + 1 >= argc)
 				die("option %s needs a value", name);
 			value = argv[++i];
 		}
-		if (strcmp(name, "--indirect") == 0)
-			o->indirect = true;
-		else if (strcmp(name, "--unmap") == 0)
-			o->unmap = true;
-		else if (strcmp(name, "--adjacent") == 0)
-			o->adjacent = true;
-		else if (strcmp(name, "--inflight") == 0)
-			o->inflight = true;
-		else if (strcmp(name, "--seg") == 0) {
+		if (strcmp(name, "--seg") == 0) {
 			o->seg_bytes = arg_u64("--seg", value, SECTOR_BYTES, SLOT_DATA_BYTES);
 			if (o->seg_bytes % SECTOR_BYTES)
 				die("--seg must be a multiple of 512");
-		}
-		else if (strcmp(name, "--queues") == 0)
+		} else if (strcmp(name, "--queues") == 0)
 			o->queues = (unsigned)arg_u64("--queues", value, 1, MAX_QUEUES);
 		else if (strcmp(name, "--regions") == 0)
 			o->regions = (unsigned)arg_u64("--regions", value, 1, MAX_REGIONS);

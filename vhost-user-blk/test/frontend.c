@@ -28,6 +28,27 @@
 #include "fe_malformed.h"
 #include "fe_restart.h"
 
+/* the subcommands, by name */
+static const struct {
+	const char *name;
+	int (*run)(int argc, char **argv);
+} commands[] = {
+	{ "info", cmd_info },
+	{ "read", cmd_read },
+	{ "write", cmd_write },
+	{ "flush", cmd_flush },
+	{ "getid", cmd_getid },
+	{ "discard", cmd_discard },
+	{ "zeroes", cmd_zeroes },
+	{ "verify", cmd_verify },
+	{ "bench", cmd_bench },
+	{ "malformed", cmd_malformed },
+	{ "reconnect", cmd_reconnect },
+	{ "race", cmd_race },
+	{ "replay", cmd_replay },
+	{ "restart", cmd_restart },
+};
+
 int main(int argc, char **argv)
 {
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -38,34 +59,9 @@ int main(int argc, char **argv)
 	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
 		die("signal(SIGPIPE): %s", strerror(errno));
 	const char *cmd = argv[1];
-	if (strcmp(cmd, "info") == 0)
-		return cmd_info(argc, argv);
-	if (strcmp(cmd, "read") == 0)
-		return cmd_read(argc, argv);
-	if (strcmp(cmd, "write") == 0)
-		return cmd_write(argc, argv);
-	if (strcmp(cmd, "flush") == 0)
-		return cmd_flush(argc, argv);
-	if (strcmp(cmd, "getid") == 0)
-		return cmd_getid(argc, argv);
-	if (strcmp(cmd, "discard") == 0)
-		return cmd_discard_zeroes(argc, argv, VIRTIO_BLK_T_DISCARD);
-	if (strcmp(cmd, "zeroes") == 0)
-		return cmd_discard_zeroes(argc, argv, VIRTIO_BLK_T_WRITE_ZEROES);
-	if (strcmp(cmd, "verify") == 0)
-		return cmd_verify(argc, argv);
-	if (strcmp(cmd, "bench") == 0)
-		return cmd_bench(argc, argv);
-	if (strcmp(cmd, "malformed") == 0)
-		return cmd_malformed(argc, argv);
-	if (strcmp(cmd, "reconnect") == 0)
-		return cmd_reconnect(argc, argv);
-	if (strcmp(cmd, "race") == 0)
-		return cmd_race(argc, argv);
-	if (strcmp(cmd, "replay") == 0)
-		return cmd_replay(argc, argv);
-	if (strcmp(cmd, "restart") == 0)
-		return cmd_restart(argc, argv);
+	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+		if (strcmp(cmd, commands[i].name) == 0)
+			return commands[i].run(argc, argv);
 	usage();
 	die("unknown command '%s'", cmd);
 }

@@ -15,8 +15,9 @@
 #include "fe_device.h"
 
 /* Run fn on each of the n workers (an array of `size`-byte elements), one thread each, until all
- * have returned: one thread per queue. */
-static void run_workers(unsigned n, void *(*fn)(void *), void *workers, size_t size)
+ * have returned: one thread per queue. A worker that fails returns why (a string it owns), and
+ * once all have returned the command (`what`, on the backend at `path`) dies with the first. */
+static void run_workers(unsigned n, void *(*fn)(void *), void *workers, size_t size, const char *path, const char *what)
 {
 	pthread_t *th = xcalloc(n, sizeof *th);
 	for (unsigned i = 0; i < n; i++) {
@@ -24,12 +25,18 @@ static void run_workers(unsigned n, void *(*fn)(void *), void *workers, size_t s
 		if (rc)
 			die("pthread_create: %s", strerror(rc));
 	}
+	const char *failed = NULL;
 	for (unsigned i = 0; i < n; i++) {
-		int rc = pthread_join(th[i], NULL);
+		void *why;
+		int rc = pthread_join(th[i], &why);
 		if (rc)
 			die("pthread_join: %s", strerror(rc));
+		if (why && !failed)
+			failed = why;
 	}
 	free(th);
+	if (failed)
+		die("%s: %s: %s", path, what, failed);
 }
 
 struct vreq {
@@ -49,7 +56,7 @@ struct verify_worker {
 	uint64_t first_mismatch; /* UINT64_MAX: none */
 	uint64_t first_bad_status;
 	char err[256];
-	bool failed;
+	bool failed; /* reading the image failed (verify_check; err says why) */
 };
 
 static void verify_check(struct verify_worker *w, struct slot *s, uint32_t used_len)
@@ -154,17 +161,14 @@ static void *verify_thread(void *arg)
 			memset(s->data, 0xa5, r->len);
 			if (blk_submit(d, q, s, VIRTIO_BLK_T_IN, r->off / SECTOR_BYTES, r->len, &sh) < 0) {
 				snprintf(w->err, sizeof w->err, "queue %u: no room in the ring", w->qi);
-				w->failed = true;
-				return NULL;
+				return w->err;
 			}
 			s->tag = next;
 			next += w->stride;
 			inflight++;
 		}
-		if (!queue_kick(q, w->err, sizeof w->err) || !queue_reap(d, w->qi, &inflight, w->err, sizeof w->err, verify_done, w)) {
-			w->failed = true;
-			return NULL;
-		}
+		if (!queue_kick(q, w->err, sizeof w->err) || !queue_reap(d, w->qi, &inflight, w->err, sizeof w->err, verify_done, w))
+			return w->err;
 	}
 	return NULL;
 }
@@ -203,11 +207,9 @@ static int cmd_verify(int argc, char **argv)
 		w[i] = (struct verify_worker){ .d = &d, .qi = i, .reqs = reqs, .nreq = nreq, .stride = d.nq, .image_fd = fd,
 					       .expect = xcalloc(1, SLOT_DATA_BYTES), .first_mismatch = UINT64_MAX, .first_bad_status = UINT64_MAX };
 	}
-	run_workers(d.nq, verify_thread, w, sizeof *w);
+	run_workers(d.nq, verify_thread, w, sizeof *w, path, "verify");
 	uint64_t bytes = 0, mism = 0, bad = 0, requests = 0, short_used = 0, first_mismatch = UINT64_MAX, first_bad = UINT64_MAX;
 	for (unsigned i = 0; i < d.nq; i++) {
-		if (w[i].failed)
-			die("%s: verify: %s", path, w[i].err);
 		bytes += w[i].bytes;
 		mism += w[i].mismatched_sectors;
 		bad += w[i].bad_status;
@@ -261,7 +263,6 @@ struct bench_worker {
 	uint32_t *lat_ns;
 	size_t nlat, cap;
 	char err[256];
-	bool failed;
 };
 
 static uint64_t bench_next_offset(struct bench_worker *w)
@@ -308,21 +309,16 @@ static void *bench_thread(void *arg)
 			struct slot *s = &q->slots[q->free_slots[--q->nfree_slots]];
 			if (blk_submit(d, q, s, VIRTIO_BLK_T_IN, bench_next_offset(w) / SECTOR_BYTES, w->bs, &sh) < 0) {
 				snprintf(w->err, sizeof w->err, "queue %u: no room in the ring", w->qi);
-				w->failed = true;
-				return NULL;
+				return w->err;
 			}
 			inflight++;
 		}
-		if (!queue_kick(q, w->err, sizeof w->err)) {
-			w->failed = true;
-			return NULL;
-		}
+		if (!queue_kick(q, w->err, sizeof w->err))
+			return w->err;
 		if (inflight == 0)
 			break;
-		if (!queue_reap(d, w->qi, &inflight, w->err, sizeof w->err, bench_done, w)) {
-			w->failed = true;
-			return NULL;
-		}
+		if (!queue_reap(d, w->qi, &inflight, w->err, sizeof w->err, bench_done, w))
+			return w->err;
 	}
 	w->end_ns = now_ns();
 	return NULL;
@@ -362,12 +358,10 @@ static int cmd_bench(int argc, char **argv)
 		w[i] = (struct bench_worker){ .d = &d, .qi = i, .random = random, .bs = (uint32_t)o.bs, .qd = o.qd, .deadline_ns = deadline,
 					      .rng = o.seed + i * 0x1000193ull, .span_start = start, .span_end = end, .seq_next = start };
 	}
-	run_workers(d.nq, bench_thread, w, sizeof *w);
+	run_workers(d.nq, bench_thread, w, sizeof *w, path, "bench");
 	uint64_t requests = 0, errors = 0, first = UINT64_MAX, last = 0;
 	size_t nlat = 0;
 	for (unsigned i = 0; i < d.nq; i++) {
-		if (w[i].failed)
-			die("%s: bench: %s", path, w[i].err);
 		requests += w[i].requests;
 		errors += w[i].errors;
 		nlat += w[i].nlat;

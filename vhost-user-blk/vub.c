@@ -185,6 +185,15 @@ static bool fd_count_is(const struct vhost_user_header *h, unsigned nfds, unsign
 	return true;
 }
 
+/* A payload of exactly `len` bytes and no file descriptor, copied to `out`. */
+static bool payload_take(const struct vhost_user_header *h, const uint8_t *payload, unsigned nfds, void *out, size_t len)
+{
+	if (!payload_is(h, len) || !fd_count_is(h, nfds, 0))
+		return false;
+	memcpy(out, payload, len);
+	return true;
+}
+
 static struct vub_queue *queue_at(struct vub_dev *dev, uint32_t index, const struct vhost_user_header *h)
 {
 	if (index >= dev->nqueues) {
@@ -304,9 +313,8 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 		replied = true;
 		break;
 	case VHOST_USER_SET_FEATURES:
-		if (!payload_is(h, 8) || !fd_count_is(h, nfds, 0))
+		if (!payload_take(h, payload, nfds, &u64, sizeof u64))
 			goto malformed;
-		memcpy(&u64, payload, 8);
 		if (u64 & ~vub_offered_features(dev)) {
 			vub_log("warn", "SET_FEATURES: 0x%llx asks for features not offered", (unsigned long long)u64);
 			goto malformed;
@@ -321,9 +329,8 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 		replied = true;
 		break;
 	case VHOST_USER_SET_PROTOCOL_FEATURES:
-		if (!payload_is(h, 8) || !fd_count_is(h, nfds, 0))
+		if (!payload_take(h, payload, nfds, &u64, sizeof u64))
 			goto malformed;
-		memcpy(&u64, payload, 8);
 		if (u64 & ~vub_offered_protocol_features())
 			goto malformed;
 		dev->protocol_features = u64;
@@ -352,9 +359,8 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 		break;
 	}
 	case VHOST_USER_SET_VRING_NUM:
-		if (!payload_is(h, sizeof state) || !fd_count_is(h, nfds, 0))
+		if (!payload_take(h, payload, nfds, &state, sizeof state))
 			goto malformed;
-		memcpy(&state, payload, sizeof state);
 		if (!(q = queue_at(dev, state.index, h)) || q->started || state.num == 0 || state.num > VUB_MAX_RING || (state.num & (state.num - 1))) {
 			vub_log("warn", "SET_VRING_NUM: size %u for queue %u refused", state.num, state.index);
 			goto malformed;
@@ -362,9 +368,8 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 		q->num = state.num;
 		break;
 	case VHOST_USER_SET_VRING_ADDR:
-		if (!payload_is(h, sizeof addr) || !fd_count_is(h, nfds, 0))
+		if (!payload_take(h, payload, nfds, &addr, sizeof addr))
 			goto malformed;
-		memcpy(&addr, payload, sizeof addr);
 		if (!(q = queue_at(dev, addr.index, h)) || q->started)
 			goto malformed;
 		q->desc_uva = addr.desc_user_addr;
@@ -373,17 +378,15 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 		q->addr_set = true;
 		break;
 	case VHOST_USER_SET_VRING_BASE:
-		if (!payload_is(h, sizeof state) || !fd_count_is(h, nfds, 0))
+		if (!payload_take(h, payload, nfds, &state, sizeof state))
 			goto malformed;
-		memcpy(&state, payload, sizeof state);
 		if (!(q = queue_at(dev, state.index, h)) || q->started || state.num > 0xffff)
 			goto malformed;
 		q->ring.last_avail = (uint16_t)state.num;
 		break;
 	case VHOST_USER_GET_VRING_BASE:
-		if (!payload_is(h, sizeof state) || !fd_count_is(h, nfds, 0))
+		if (!payload_take(h, payload, nfds, &state, sizeof state))
 			goto malformed;
-		memcpy(&state, payload, sizeof state);
 		if (!(q = queue_at(dev, state.index, h)))
 			goto malformed;
 		vub_queue_stop(q);
@@ -424,9 +427,8 @@ int vub_handle_message(struct vub_dev *dev, const struct vhost_user_header *h, c
 		break;
 	}
 	case VHOST_USER_SET_VRING_ENABLE:
-		if (!payload_is(h, sizeof state) || !fd_count_is(h, nfds, 0))
+		if (!payload_take(h, payload, nfds, &state, sizeof state))
 			goto malformed;
-		memcpy(&state, payload, sizeof state);
 		if (!(q = queue_at(dev, state.index, h)) || state.num > 1)
 			goto malformed;
 		q->enabled = state.num == 1;

@@ -9,17 +9,15 @@ import { mkdir, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChunkCache } from '../cache/chunk-cache.js';
-import { pushSnapshot, readDirtyBitmap, removeStaging, seedChunks, stageDirtyChunks } from '../disk/snapshot.js';
 import { SlipwayError, isSlipwayError } from '../errors.js';
 import { AgentClient, waitForAgent } from '../guest/agent-client.js';
 import { bootVm } from '../vmm/boot.js';
 import { GUEST_MARK, checkRequestRef, digestRef, toInfo } from './vm-records.js';
 import { renderBootConfig, type BootConfig } from '../guest/boot-config.js';
 import { guestArtifacts } from '../guest/build.js';
-import { formatRef, parseRef } from '../oci/ref.js';
+import { parseRef } from '../oci/ref.js';
 import { adoptDisk, serveDisk, type ServedDisk } from '../serve/backend.js';
 import type { Logger } from '../util/log.js';
-import { logProgress } from '../util/progress.js';
 import { processesWithArgument, terminateProcess } from '../util/process.js';
 import type { NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { driverFor } from '../vmm/drivers.js';
@@ -27,6 +25,8 @@ import { checkShape } from '../disk/memory-snapshot.js';
 import { adoptRam, stopLeftoverRam, type ServedRam } from '../serve/ram-backend.js';
 import { afterLazyRestore, createRamFile, openMemorySnapshot, restoreFigures, prepareRestore, ramFileOf, ramOverlayOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
 import type { Histogram, Counter } from './metrics.js';
+import { snapshotDisk } from './disk-snapshot.js';
+import { BootAdmission } from './vm-admission.js';
 import type { CreateVmRequest, ExecRequest, MemorySnapshotResult, RestoreFigures, SnapshotResult, VmInfo } from './schemas.js';
 import type { StateStore, VmRecord } from './state.js';
 
@@ -90,18 +90,17 @@ export class VmManager {
   private readonly live = new Map<string, LiveVm>();
   /** VMs left running by an earlier daemon that this one could not adopt */
   private readonly unadopted = new Set<string>();
-  private booting = 0;
-  /** creates past the VM-count check whose row is not written yet */
-  private reserved = 0;
   /** failed backend chunk fetches of VMs already removed */
   private missFailuresOfRemoved = 0;
-  private readonly bootQueue: (() => void)[] = [];
+  private readonly admission: BootAdmission;
 
   private get stagingDir(): string {
     return join(this.deps.stateDir, 'staging');
   }
 
-  constructor(private readonly deps: { cache: ChunkCache; state: StateStore; logger: Logger; metrics: VmMetrics; limits: VmLimits; stateDir: string; cacheDir: string; drivers?: Partial<Record<VmRecord['vmm'], VmmDriver>> }) {}
+  constructor(private readonly deps: { cache: ChunkCache; state: StateStore; logger: Logger; metrics: VmMetrics; limits: VmLimits; stateDir: string; cacheDir: string; drivers?: Partial<Record<VmRecord['vmm'], VmmDriver>> }) {
+    this.admission = new BootAdmission(deps.limits);
+  }
 
   private readonly drivers = new Map<VmRecord['vmm'], VmmDriver>();
 
@@ -117,40 +116,7 @@ export class VmManager {
   }
 
   get counts(): { running: number; booting: number; queued: number } {
-    return { running: [...this.live.values()].filter((l) => l.record.status === 'running').length, booting: this.booting, queued: this.bootQueue.length };
-  }
-
-  /**
-   * A boot slot: at most maxConcurrentBoots at once, first come first served. A released slot is
-   * handed straight to the next waiter (never free for a moment, for a newcomer to take).
-   */
-  private async bootSlot(signal?: AbortSignal): Promise<() => void> {
-    if (this.booting >= this.deps.limits.maxConcurrentBoots) {
-      if (this.bootQueue.length >= this.deps.limits.maxQueuedBoots) throw new SlipwayError('LIMIT_EXCEEDED', `${this.booting} VMs are booting and ${this.bootQueue.length} wait: over the limit of ${this.deps.limits.maxQueuedBoots} queued boots`);
-      await new Promise<void>((resolve, reject) => {
-        const waiter = (): void => {
-          signal?.removeEventListener('abort', onAbort);
-          resolve();
-        };
-        const onAbort = (): void => {
-          const i = this.bootQueue.indexOf(waiter);
-          if (i >= 0) this.bootQueue.splice(i, 1);
-          reject(new SlipwayError('ABORTED', 'the client went away while its boot waited'));
-        };
-        signal?.addEventListener('abort', onAbort, { once: true });
-        this.bootQueue.push(waiter);
-      });
-    } else {
-      this.booting++;
-    }
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const next = this.bootQueue.shift();
-      if (next) next();
-      else this.booting--;
-    };
+    return { running: [...this.live.values()].filter((l) => l.record.status === 'running').length, ...this.admission.counts };
   }
 
   /** Chunk fetches for backends that failed (each one an I/O error in a guest), over the daemon's life. */
@@ -173,17 +139,10 @@ export class VmManager {
   /** Boot a VM and answer when its agent is ready, with the phase timings. */
   async create(req: CreateVmRequest, signal?: AbortSignal): Promise<VmInfo> {
     const image = checkRequestRef(req.image, 'image');
-    // counted and reserved at once, so concurrent creates cannot all slip under the limit
-    if (this.deps.state.all().length + this.reserved >= this.deps.limits.maxVms) throw new SlipwayError('LIMIT_EXCEEDED', `this daemon runs at most ${this.deps.limits.maxVms} VMs`);
-    this.reserved++;
-    let reserved = true;
-    const unreserve = (): void => {
-      if (reserved) this.reserved--;
-      reserved = false;
-    };
+    const unreserve = this.admission.reserve(this.deps.state.all().length);
     let release: () => void;
     try {
-      release = await this.bootSlot(signal);
+      release = await this.admission.slot(signal);
     } catch (err) {
       unreserve();
       throw err;
@@ -414,65 +373,22 @@ export class VmManager {
     if (l.busy) throw new SlipwayError('CONFLICT', `VM ${id} is busy (${l.busy} in progress)`);
     if (opts.memory) return this.memorySnapshot(l, { ...parsed, tag });
     l.busy = 'snapshot';
-    const log = this.deps.logger.child({ vm: id, snapshot: ref });
-    const t0 = performance.now();
-    // outside the VM's work directory: the copy outlives a delete that follows the snapshot
-    const staging = join(this.stagingDir, `${id}-${randomBytes(4).toString('hex')}.staging`);
-    let seeding: Promise<unknown> | undefined;
     try {
-      await mkdir(this.stagingDir, { recursive: true, mode: 0o700 });
-      const overlayDir = l.served.overlayDir;
-      if (!overlayDir) throw new SlipwayError('CONFLICT', `VM ${id} has a read-only disk: nothing to snapshot`);
-      const agent = await this.agentOf(l);
-      const base = l.served.disk.artifact;
-      await agent.sync({ timeoutMs: AGENT_TIMEOUTS.syncMs });
-      let tFrozen = performance.now();
-      let dirty;
-      try {
-        // inside the try: a freeze whose answer is lost may still have frozen the guest
-        await agent.fsfreeze('/', false, { timeoutMs: AGENT_TIMEOUTS.freezeMs });
-        tFrozen = performance.now();
-        dirty = await readDirtyBitmap(join(overlayDir, 'dirty'), base.index);
-        await stageDirtyChunks(join(overlayDir, 'data'), dirty, staging);
-      } finally {
-        await agent.fsfreeze('/', true, { timeoutMs: AGENT_TIMEOUTS.freezeMs }).catch((err: unknown) => {
-          // thawing something not frozen fails harmlessly; anything else: thaw on the next connection
-          log.error('could not thaw the guest file system; will again on the next agent connection', { error: (err as Error).message });
+      const out = await snapshotDisk({ cache: this.deps.cache, logger: this.deps.logger, stagingDir: this.stagingDir, timeouts: AGENT_TIMEOUTS }, {
+        id, served: l.served, agent: () => this.agentOf(l),
+        thawLater: () => {
           l.thawOnConnect = true;
           l.agent?.close();
           l.agent = undefined;
-        });
-      }
-      const tThawed = performance.now();
-      log.info('snapshot staged', { dirtyChunks: dirty.chunks.length, frozenMs: Math.round(tThawed - tFrozen) });
-      const target = await this.deps.cache.targets.open(parsed);
-      const baseTarget = l.served.disk.origin;
-      const result = await pushSnapshot({
-        base, baseTarget, staging, dirty, target, tag, pool: this.deps.cache.pool,
-        annotations: { 'org.opencontainers.image.created': new Date().toISOString() },
-        onProgress: logProgress((m, f) => log.info(m, f)),
-      });
-      const tDone = performance.now();
+        },
+      }, { ...parsed, tag });
       this.deps.metrics.snapshots.inc({ result: 'ok' });
-      this.deps.metrics.snapshotBytes.inc({}, result.uploadedBytes);
-      const out: SnapshotResult = {
-        ref: formatRef(parsed), digest: result.manifest.digest, base: base.manifestDescriptor.digest, dirtyChunks: result.dirtyChunks, newChunks: result.newChunks, uploadedBytes: result.uploadedBytes,
-        timings: { quiesceMs: Math.round(tFrozen - t0), stageMs: Math.round(tThawed - tFrozen), pushMs: Math.round(tDone - tThawed), totalMs: Math.round(tDone - t0) },
-      };
-      log.info('snapshot pushed', { ...out });
-      // after the answer: the snapshot's own chunks go into this host's tier 1, so booting it here
-      // fetches nothing (the staging file goes when that is done)
-      const cache = this.deps.cache;
-      seeding = seedChunks(staging, dirty, cache.pool, (hex, data) => cache.putChunk(hex, data))
-        .then((n) => log.info('snapshot chunks kept in the host cache', { chunks: n }), (err: unknown) => log.warn('could not keep the snapshot chunks in the host cache', { error: (err as Error).message }))
-        .finally(() => removeStaging(staging));
+      this.deps.metrics.snapshotBytes.inc({}, out.uploadedBytes);
       return out;
     } catch (err) {
       this.deps.metrics.snapshots.inc({ result: 'failed' });
-      log.warn('snapshot failed', { error: (err as Error).message });
       throw err;
     } finally {
-      if (!seeding) await removeStaging(staging);
       if (l.busy === 'snapshot') l.busy = undefined;
     }
   }

@@ -39,7 +39,7 @@ import { formatRef, refReference, type ImageRef } from '../oci/ref.js';
 import type { Target } from '../oci/store.js';
 import type { ServedDisk } from '../serve/backend.js';
 import { lazyMemorySupport, serveRam, type ServedRam } from '../serve/ram-backend.js';
-import { pushBootProfile } from '../cache/boot-profile.js';
+import { pushBootProfile, writeLocalProfile } from '../cache/boot-profile.js';
 import type { Logger } from '../util/log.js';
 import { logProgress } from '../util/progress.js';
 import { guestKernelDigest } from '../vmm/accel.js';
@@ -293,11 +293,12 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
 
 /**
  * After a lazy restore's first exec: store the chunks it touched as the snapshot's working-set
- * profile (a boot profile of its RAM image, docs/cache.md), unless it restored with one; then load
+ * profile (a boot profile of its RAM image, docs/cache.md; kept on this host where the registry
+ * refuses it), unless it restored with one; then load
  * the rest of the RAM into tier 1 at background priority, so the VM no longer needs the registry
  * (or this daemon) to touch a page. Failures are logged, never thrown: the VM runs on.
  */
-export function afterLazyRestore(plan: RestorePlan, log: Logger): void {
+export function afterLazyRestore(plan: RestorePlan, cacheDir: string, log: Logger): void {
   const ram = plan.ram;
   if (!ram) return;
   const work = async (): Promise<void> => {
@@ -306,8 +307,15 @@ export function afterLazyRestore(plan: RestorePlan, log: Logger): void {
       // zero chunks are holes: nothing to fetch
       const chunks = (await ram.touched()).filter((n) => n < index.chunkCount && index.map[n] !== HOLE);
       if (chunks.length > 0) {
-        await pushBootProfile(plan.target, ram.disk.artifact.manifestDescriptor, { formatVersion: 1, disk: ram.disk.digest, chunkSizeBytes: index.chunkSizeBytes, chunks });
-        log.info('restore: working-set profile stored with the snapshot', { chunks: chunks.length, bytes: chunks.length * index.chunkSizeBytes });
+        const profile = { formatVersion: 1 as const, disk: ram.disk.digest, chunkSizeBytes: index.chunkSizeBytes, chunks };
+        try {
+          await pushBootProfile(plan.target, ram.disk.artifact.manifestDescriptor, profile);
+          log.info('restore: working-set profile stored with the snapshot', { chunks: chunks.length, bytes: chunks.length * index.chunkSizeBytes });
+        } catch (err) {
+          // a registry that refuses it (read-only credentials): this host keeps it, as for boot profiles
+          const path = await writeLocalProfile(cacheDir, profile);
+          log.warn('could not store the working-set profile in the registry; keeping it on this host, where later restores use it', { path, error: (err as Error).message });
+        }
       }
     }
     await ram.disk.fillInBackground();

@@ -242,7 +242,7 @@ export class VmManager {
         phase('identity');
         figures = await restoreFigures(plan);
         // lazy memory: the working set so far becomes the snapshot's profile; the rest loads in the background
-        afterLazyRestore(plan, log);
+        afterLazyRestore(plan, this.deps.cacheDir, log);
       }
       // the guest's own marks (ms since its kernel started), as `slipway run --timings` shows them
       // (a restore's guest marks are those of the boot it was snapshotted after: not asked)

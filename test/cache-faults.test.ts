@@ -10,6 +10,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { ChunkCache } from '../src/cache/chunk-cache.js';
 import type { LazyDisk } from '../src/cache/lazy-disk.js';
 import { HOLE, type IndexEntry } from '../src/disk/format.js';
 import { pushDisk } from '../src/disk/push.js';
@@ -54,6 +55,14 @@ beforeAll(async () => {
 const refVia = (host: string): string => `${host}/${REPO}:${TAG}`;
 
 /** Chunk numbers of the disk that are not holes. */
+/** A cold cache (a directory of its own) and the disk opened in it through a new chaos proxy. */
+async function diskViaChaos(overrides: Parameters<typeof openCache>[0] = {}): Promise<{ proxy: ChaosProxy; cache: ChunkCache; disk: LazyDisk }> {
+  const proxy = await chaos();
+  const { cache } = await openCache({ cacheDir: freshDir(), ...overrides });
+  const disk = await cache.openDisk(refVia(proxy.host));
+  return { proxy, cache, disk };
+}
+
 function dataChunks(disk: LazyDisk): number[] {
   const out: number[] = [];
   disk.artifact.index.map.forEach((e, n) => {
@@ -161,9 +170,7 @@ describe('registry outage', () => {
 
 describe('5xx in the middle of reads', () => {
   it('N 503s then recovery: the read succeeds and the remote retries are counted', async () => {
-    const proxy = await chaos();
-    const { cache } = await openCache({ cacheDir: freshDir(), fetchDeadlineMs: 10_000 });
-    const disk = await cache.openDisk(refVia(proxy.host));
+    const { proxy, cache, disk } = await diskViaChaos({ fetchDeadlineMs: 10_000 });
     const n = dataChunks(disk)[10] as number;
     proxy.clearLog();
     // 7 > the transport's 5 attempts: one whole remote-tier round fails, the next gets through
@@ -181,10 +188,8 @@ describe('5xx in the middle of reads', () => {
   });
 
   it('503s forever: the read fails after fetchDeadlineMs, leaving no chunk or temp file behind', async () => {
-    const proxy = await chaos();
     const deadline = 1500;
-    const { cache } = await openCache({ cacheDir: freshDir(), fetchDeadlineMs: deadline });
-    const disk = await cache.openDisk(refVia(proxy.host));
+    const { proxy, cache, disk } = await diskViaChaos({ fetchDeadlineMs: deadline });
     const chunks = dataChunks(disk);
     const wanted = [chunks[5] as number, chunks[6] as number];
     proxy.fail('all', { match: 'blobs', retryAfter: '0' });
@@ -212,10 +217,8 @@ describe('5xx in the middle of reads', () => {
   });
 
   it('a registry that accepts a request and never answers: the read fails about fetchDeadlineMs later', async () => {
-    const proxy = await chaos();
     const deadline = 1500;
-    const { cache } = await openCache({ cacheDir: freshDir(), fetchDeadlineMs: deadline });
-    const disk = await cache.openDisk(refVia(proxy.host));
+    const { proxy, cache, disk } = await diskViaChaos({ fetchDeadlineMs: deadline });
     const n = dataChunks(disk)[33] as number;
     proxy.stall('all', 'blobs');
     try {
@@ -235,9 +238,7 @@ describe('5xx in the middle of reads', () => {
 
 describe('connection dropped mid-body', () => {
   it('a retried read returns the right bytes; endless drops store nothing half-written', async () => {
-    const proxy = await chaos();
-    const { cache } = await openCache({ cacheDir: freshDir(), fetchDeadlineMs: 1500 });
-    const disk = await cache.openDisk(refVia(proxy.host));
+    const { proxy, cache, disk } = await diskViaChaos({ fetchDeadlineMs: 1500 });
     const chunks = dataChunks(disk);
     const n = chunks[16] as number;
     proxy.dropMidBody(2);
@@ -258,9 +259,7 @@ describe('connection dropped mid-body', () => {
 
 describe('corrupted blobs in the registry', () => {
   it('the read fails with DIGEST_MISMATCH and nothing corrupted is stored or served', async () => {
-    const proxy = await chaos();
-    const { cache } = await openCache({ cacheDir: freshDir(), fetchDeadlineMs: 5000 });
-    const disk = await cache.openDisk(refVia(proxy.host));
+    const { proxy, cache, disk } = await diskViaChaos({ fetchDeadlineMs: 5000 });
     const n = dataChunks(disk)[8] as number;
     proxy.corrupt();
     const t0 = Date.now();
@@ -353,9 +352,7 @@ describe('corrupted or lost chunk files in tier 1', () => {
 
 describe('a server that ignores Range', () => {
   it('reads are right and the rest of the pack it sent is kept in tier 1', async () => {
-    const proxy = await chaos();
-    const { cache } = await openCache({ cacheDir: freshDir() });
-    const disk = await cache.openDisk(refVia(proxy.host));
+    const { proxy, cache, disk } = await diskViaChaos();
     const { index } = disk.artifact;
     // a chunk whose pack holds several chunks
     const byPack = new Map<number, number[]>();

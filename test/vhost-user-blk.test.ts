@@ -71,6 +71,18 @@ async function bootOn(socket: string): Promise<{ vm: RunningVm; client: AgentCli
   return { vm, client, workDir };
 }
 
+/** A chunk cache of its own, empty. */
+function freshCache(): Promise<ChunkCache> {
+  return ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-vub-cache-') }), logger: silentLogger });
+}
+
+/** The image served read-only from `cache` by the sanitizer build of slipway-blk, on work/NAME.sock. */
+async function serveReadOnly(cache: ChunkCache, name: string): Promise<{ socket: string; served: ServedDisk }> {
+  const socket = join(work, `${name}.sock`);
+  const served = await serveDisk({ cache, ref, socket, workDir: join(work, `serve-${name}`), readWrite: false, binary: ASAN_BACKEND, env: ASAN_ENV });
+  return { socket, served };
+}
+
 async function sh(client: AgentClient, script: string): Promise<string> {
   const r = await client.exec(['sh', '-c', script]);
   expect(r.exitCode, r.stderr.toString()).toBe(0);
@@ -125,9 +137,8 @@ describe('slipway-blk under QEMU', () => {
   });
 
   it('1 MiB O_DIRECT reads of the whole disk (requests of up to seg_max scattered pages) read what the image holds', async () => {
-    const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-vub-cache-') }), logger: silentLogger });
-    const socket = join(work, 'segmax.sock');
-    const served = await serveDisk({ cache, ref, socket, workDir: join(work, 'serve-segmax'), readWrite: false, binary: ASAN_BACKEND, env: ASAN_ENV });
+    const cache = await freshCache();
+    const { socket, served } = await serveReadOnly(cache, 'segmax');
     let booted: { vm: RunningVm; client: AgentClient } | undefined;
     try {
       booted = await bootOn(socket);
@@ -157,7 +168,7 @@ describe('slipway-blk under QEMU', () => {
     const io = captureIO();
     expect(await main(['push', file, tailRef, '--chunk-size', '64K', '--progress=none'], io), io.err).toBe(0);
     const chunk = statSync(file).size / 65536 - 4; // in the random tail
-    const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-vub-cache-') }), logger: silentLogger });
+    const cache = await freshCache();
     const serveDir = join(work, 'serve-tail');
     // every chunk local (the test frontend reads the disk through a first backend), then one goes missing
     const warm = await serveDisk({ cache, ref: tailRef, socket: join(work, 'tail-warm.sock'), workDir: serveDir, readWrite: false, binary: ASAN_BACKEND, env: ASAN_ENV });
@@ -228,9 +239,8 @@ describe('slipway-blk under QEMU', () => {
   });
 
   it('a read-only disk refuses writes: the guest sees an I/O error', async () => {
-    const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-vub-cache-') }), logger: silentLogger });
-    const socket = join(work, 'ro.sock');
-    const served = await serveDisk({ cache, ref, socket, workDir: join(work, 'serve-ro'), readWrite: false, binary: ASAN_BACKEND, env: ASAN_ENV });
+    const cache = await freshCache();
+    const { socket, served } = await serveReadOnly(cache, 'ro');
     try {
       const { vm, client } = await bootOn(socket);
       // init falls back to a read-only mount; a raw write to the device must fail

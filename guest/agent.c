@@ -144,6 +144,7 @@ static void handle_shutdown(struct conn *c, const struct frame *f)
 
 typedef void (*request_handler)(struct conn *c, const struct frame *f);
 
+/* each request type's handler, by type; a type without one is answered ERROR EINVAL */
 static const request_handler request_handlers[] = {
 	[REQ_PING] = handle_ping,
 	[REQ_EXEC] = handle_exec,

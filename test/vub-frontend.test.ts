@@ -16,6 +16,7 @@ import { loadConfig } from '../src/config.js';
 import { main } from '../src/cli/main.js';
 import { PROJECT_ROOT } from '../src/guest/build.js';
 import { serveDisk, type ServedDisk } from '../src/serve/backend.js';
+import { startMissServer } from '../src/serve/miss-server.js';
 import { silentLogger } from '../src/util/log.js';
 import { captureIO } from './helpers/cli.js';
 import { makeExt4, tempDir } from './helpers/images.js';
@@ -276,6 +277,49 @@ describe('slipway-blk through the test frontend', () => {
     expect(code).toBe(0);
     expect(second.log()).toMatch(/1 requests were in flight/);
     expect(first.log() + second.log()).not.toMatch(/ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer/);
+  });
+
+  it('a miss while the daemon is away (a restart) waits for it: a write into part of a missing chunk completes once a daemon answers again, nothing lost', async () => {
+    const { file, ref } = await randomDisk('away');
+    const cache = await newCache();
+    const warm = await serve('away-warm', { readWrite: false, queues: 1, cache, ref });
+    expect((await frontend(['verify', warm.socket, file])).json.mismatches).toBe(0);
+    // chunk 5 is not local, and no daemon listens on the miss socket yet
+    const map = join(work, 'away-warm', 'disk.map');
+    const digest = readFileSync(map).subarray(32 + 5 * 33 + 1, 32 + 6 * 33).toString('hex');
+    const chunkFile = join(cache.chunkDir, digest.slice(0, 2), digest);
+    const aside = join(work, 'away-chunk5');
+    renameSync(chunkFile, aside);
+    const missSocket = join(work, 'away-miss.sock');
+    const socket = join(work, 'away.sock');
+    const backend = await startBackend(['--socket', socket, '--map', map, '--chunk-dir', cache.chunkDir, '--daemon-socket', missSocket, '--overlay', join(work, 'away-overlay')]);
+    // 4 KiB into the middle of chunk 5: its old bytes are needed (copy-up), so the write waits
+    const patch = randomBytes(4096);
+    const patchFile = join(work, 'away-patch');
+    writeFileSync(patchFile, patch);
+    const at = 5 * 65536 + 8192;
+    const write = frontend(['write', socket, String(at), patchFile]);
+    for (let i = 0; i < 400 && !backend.log().includes('the daemon is away'); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(backend.log()).toContain('the daemon is away');
+    // the daemon is back: the chunk can be had, and the backend asks again on its own
+    renameSync(aside, chunkFile);
+    const miss = await startMissServer(missSocket, warm.disk, cache);
+    try {
+      const w = await write;
+      expect(w.json, w.stderr).toMatchObject({ status: 0, bytes: 4096 });
+      const out = join(work, 'away-read');
+      const r = await frontend(['read', socket, String(5 * 65536), String(65536), out]);
+      expect(r.json).toMatchObject({ status: 0 });
+      const want = readFileSync(file).subarray(5 * 65536, 6 * 65536);
+      patch.copy(want, 8192);
+      expect(readFileSync(out).equals(want)).toBe(true);
+      expect(backend.log()).toContain('the daemon answers again');
+    } finally {
+      await miss.close();
+      backend.child.kill('SIGTERM');
+      await backend.exited;
+    }
+    expect(backend.log()).not.toMatch(/ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer/);
   });
 
   it('survives every malformed request and message, and keeps serving', async () => {

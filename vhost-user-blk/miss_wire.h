@@ -16,6 +16,11 @@
 #define MISS_MAGIC_REP 0x534C4652u /* 'SLFR' */
 #define MISS_OP_FETCH 1u
 
+/* How long a backend's misses wait for a daemon that is away (restarting) before they fail, and
+ * how often it tries to reach the daemon again meanwhile (docs/vhost-user-blk.md). */
+#define MISS_AWAY_MS 30000
+#define MISS_RETRY_MS 100
+
 static inline void miss_put_le(uint8_t *p, uint64_t v, unsigned bytes)
 {
 	for (unsigned i = 0; i < bytes; i++)

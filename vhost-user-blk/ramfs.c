@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 #include "disk.h"
 #include "log.h"
@@ -76,36 +77,55 @@ static int full_rw(int fd, uint8_t *buf, size_t len, bool write_)
 	return 0;
 }
 
-/* Ask the daemon to bring chunk c into tier 1: 0 when it says it did, a negative errno otherwise. */
+/*
+ * Ask the daemon to bring chunk c into tier 1: 0 when it says it did, a negative errno otherwise.
+ * A daemon that cannot be reached is away (restarting): asked again every MISS_RETRY_MS for up
+ * to MISS_AWAY_MS (miss_wire.h), as slipway-blk does, since failing would lose the guest page
+ * (a fault is SIGBUS in the VMM; a failed write-back drops what the guest wrote).
+ */
 static int fetch_chunk(uint64_t c)
 {
-	for (int attempt = 0; attempt < 2; attempt++) {
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	bool said = false;
+	for (;;) {
 		if (miss_fd < 0)
 			miss_fd = miss_connect();
-		if (miss_fd < 0)
-			return -EIO;
-		uint8_t msg[MISS_MSG_BYTES];
-		miss_encode_fetch(msg, c);
-		int r = full_rw(miss_fd, msg, sizeof msg, true);
-		if (r == 0)
-			r = full_rw(miss_fd, msg, sizeof msg, false);
-		if (r < 0) {
-			/* the daemon restarted: connect again once */
+		if (miss_fd >= 0) {
+			uint8_t msg[MISS_MSG_BYTES];
+			miss_encode_fetch(msg, c);
+			int r = full_rw(miss_fd, msg, sizeof msg, true);
+			if (r == 0)
+				r = full_rw(miss_fd, msg, sizeof msg, false);
+			if (r == 0) {
+				int32_t status;
+				uint64_t chunk;
+				if (!miss_decode_reply(msg, &status, &chunk) || chunk != c) {
+					vub_log("warn", "malformed miss reply for chunk %llu; closing the connection", (unsigned long long)c);
+					close(miss_fd);
+					miss_fd = -1;
+					return -EIO;
+				}
+				if (said)
+					vub_log("info", "the daemon answers again");
+				return status;
+			}
 			close(miss_fd);
 			miss_fd = -1;
-			continue;
 		}
-		int32_t status;
-		uint64_t chunk;
-		if (!miss_decode_reply(msg, &status, &chunk) || chunk != c) {
-			vub_log("warn", "malformed miss reply for chunk %llu; closing the connection", (unsigned long long)c);
-			close(miss_fd);
-			miss_fd = -1;
+		if (!g.daemon_socket)
 			return -EIO;
-		}
-		return status;
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long long waited = (now.tv_sec - t0.tv_sec) * 1000LL + (now.tv_nsec - t0.tv_nsec) / 1000000;
+		if (waited >= MISS_AWAY_MS)
+			return -EIO;
+		if (!said)
+			vub_log("warn", "the daemon is away; chunk %llu waits for it (up to %d s)", (unsigned long long)c, MISS_AWAY_MS / 1000);
+		said = true;
+		struct timespec pause = { 0, MISS_RETRY_MS * 1000000L };
+		nanosleep(&pause, NULL);
 	}
-	return -EIO;
 }
 
 static void trace_range(uint64_t off, uint64_t len)

@@ -38,6 +38,9 @@ struct vub_queue {
 	unsigned reply_have;
 	struct vub_parked *parked;
 	unsigned parked_count;
+	/* when the daemon stopped answering (CLOCK_MONOTONIC ms; 0: it answers): parked requests wait
+	 * for it to come back (a daemon restart), up to VUB_MISS_AWAY_MS */
+	uint64_t away_since;
 	/* in-flight tracking (vub_inflight.c): this queue's part of the VMM's shared region */
 	struct vub_inflight_queue *inflight;
 	bool tracking; /* inflight is in use on the running ring */

@@ -3,6 +3,12 @@
  * chunks into the chunk directory (the protocol in docs/vhost-user-blk.md). The connection is
  * registered in its queue thread's epoll set for as long as it is open, and only that thread
  * opens, reads and closes it (stop_queue closes it once the thread has ended).
+ *
+ * A daemon that cannot be reached, or closes the connection, is away (restarting, say): requests
+ * waiting for chunks stay parked and the thread tries to reach it again every MISS_RETRY_MS,
+ * asking again for every parked chunk once it answers; only after MISS_AWAY_MS do they fail.
+ * A guest write that needs its chunk's old bytes would otherwise fail while a daemon restarts, and
+ * the guest lose what it wrote back. A malformed reply is not absence: it fails them at once.
  */
 #include "vub_queue.h"
 #include "miss_wire.h"
@@ -25,6 +31,17 @@ void vub_miss_close(struct vub_queue *q)
 	close(q->daemon_fd);
 	q->daemon_fd = -1;
 	q->reply_have = 0;
+}
+
+/* The daemon does not answer: true while parked requests may still wait for it. */
+static bool wait_for_daemon(struct vub_queue *q)
+{
+	uint64_t now = vub_now_ms();
+	if (q->away_since == 0) {
+		q->away_since = now ? now : 1;
+		vub_log("warn", "queue %u: the daemon is away; %u requests wait for it (up to %d s)", q->index, q->parked_count, MISS_AWAY_MS / 1000);
+	}
+	return now - q->away_since < MISS_AWAY_MS;
 }
 
 static int daemon_connect(struct vub_queue *q)
@@ -57,13 +74,15 @@ static int daemon_connect(struct vub_queue *q)
 	}
 	q->daemon_fd = fd;
 	q->reply_have = 0;
+	if (q->away_since) {
+		vub_log("info", "queue %u: the daemon answers again", q->index);
+		q->away_since = 0;
+	}
 	return 1;
 }
 
-int vub_miss_fetch(struct vub_queue *q, uint64_t chunk)
+static int send_fetch(struct vub_queue *q, uint64_t chunk)
 {
-	if (daemon_connect(q) < 0)
-		return -1;
 	uint8_t msg[MISS_MSG_BYTES];
 	miss_encode_fetch(msg, chunk);
 	for (size_t sent = 0; sent < sizeof msg;) {
@@ -77,6 +96,42 @@ int vub_miss_fetch(struct vub_queue *q, uint64_t chunk)
 	return 0;
 }
 
+int vub_miss_fetch(struct vub_queue *q, uint64_t chunk)
+{
+	if (!q->dev->daemon_socket)
+		return -1;
+	if (daemon_connect(q) >= 0 && send_fetch(q, chunk) == 0)
+		return 0;
+	vub_miss_close(q);
+	/* parked by the caller, asked for again when the daemon is back */
+	return wait_for_daemon(q) ? 0 : -1;
+}
+
+int vub_miss_retry(struct vub_queue *q)
+{
+	if (q->away_since == 0 || q->parked_count == 0)
+		return -1;
+	if (daemon_connect(q) > 0) {
+		/* every parked chunk once: its replies resume all the requests parked on it */
+		for (struct vub_parked *p = q->parked; p; p = p->next) {
+			bool first = true;
+			for (const struct vub_parked *e = q->parked; e != p; e = e->next)
+				first = first && e->chunk != p->chunk;
+			if (first && send_fetch(q, p->chunk) < 0) {
+				vub_miss_close(q);
+				break;
+			}
+		}
+		if (q->daemon_fd >= 0)
+			return -1;
+	}
+	if (wait_for_daemon(q))
+		return MISS_RETRY_MS;
+	vub_log("warn", "queue %u: the daemon has been away for %d s; failing %u waiting requests", q->index, MISS_AWAY_MS / 1000, q->parked_count);
+	vub_queue_resume(q, 0, -ECONNRESET);
+	return -1;
+}
+
 void vub_miss_read(struct vub_queue *q)
 {
 	while (q->daemon_fd >= 0) {
@@ -86,9 +141,12 @@ void vub_miss_read(struct vub_queue *q)
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			return;
 		if (n <= 0) {
-			vub_log("warn", "queue %u: the daemon closed the miss connection; failing %u waiting requests", q->index, q->parked_count);
 			vub_miss_close(q);
-			vub_queue_resume(q, 0, -ECONNRESET);
+			/* its requests wait for it to come back (vub_miss_retry asks again) */
+			if (!wait_for_daemon(q)) {
+				vub_log("warn", "queue %u: the daemon closed the miss connection; failing %u waiting requests", q->index, q->parked_count);
+				vub_queue_resume(q, 0, -ECONNRESET);
+			}
 			return;
 		}
 		q->reply_have += (unsigned)n;

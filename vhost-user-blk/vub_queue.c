@@ -16,15 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 #include "blk.h"
+#include "miss_wire.h"
 
 /* how long a stopping queue waits for requests parked on misses before it fails them */
 #define STOP_DRAIN_MS 5000
-
-struct vub_parked {
-	struct vub_parked *next;
-	uint64_t chunk;
-	struct vub_chain chain;
-};
 
 static void notify(struct vub_queue *q, uint16_t old_used)
 {
@@ -158,7 +153,7 @@ void vub_queue_resume(struct vub_queue *q, uint64_t chunk, int status)
 	notify(q, old_used);
 }
 
-static uint64_t now_ms(void)
+uint64_t vub_now_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -171,9 +166,10 @@ static void *queue_thread(void *arg)
 	struct vub_queue *q = arg;
 	bool stopping = false;
 	uint64_t stop_deadline = 0;
+	uint64_t next_retry = 0;
 	process_ring(q); /* the driver may have queued requests before the kick fd arrived */
 	for (;;) {
-		if (stopping && (q->parked_count == 0 || now_ms() >= stop_deadline)) {
+		if (stopping && (q->parked_count == 0 || vub_now_ms() >= stop_deadline)) {
 			if (q->parked_count > 0) {
 				vub_log("warn", "queue %u: stopping with %u requests still waiting for chunks; failing them", q->index, q->parked_count);
 				vub_queue_resume(q, 0, -ECONNRESET);
@@ -181,7 +177,10 @@ static void *queue_thread(void *arg)
 			break;
 		}
 		struct epoll_event events[4];
-		int n = epoll_wait(q->ep, events, 4, stopping ? 50 : -1);
+		int timeout = stopping ? 50 : -1;
+		if (q->away_since && q->parked_count && (timeout < 0 || timeout > MISS_RETRY_MS))
+			timeout = MISS_RETRY_MS;
+		int n = epoll_wait(q->ep, events, 4, timeout);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
@@ -198,7 +197,7 @@ static void *queue_thread(void *arg)
 			if (fd == q->stop_fd) {
 				if (eventfd_read(q->stop_fd, &v) == 0 && !stopping) {
 					stopping = true;
-					stop_deadline = now_ms() + STOP_DRAIN_MS;
+					stop_deadline = vub_now_ms() + STOP_DRAIN_MS;
 				}
 			} else if (fd == q->kick_fd) {
 				if (eventfd_read(q->kick_fd, &v) == 0 && !stopping)
@@ -206,6 +205,11 @@ static void *queue_thread(void *arg)
 			} else if (fd == q->daemon_fd) {
 				vub_miss_read(q);
 			}
+		}
+		/* the daemon away (restarting): try it again, at most every MISS_RETRY_MS */
+		if (q->away_since && q->parked_count && vub_now_ms() >= next_retry) {
+			vub_miss_retry(q);
+			next_retry = vub_now_ms() + MISS_RETRY_MS;
 		}
 	}
 	vub_miss_close(q);

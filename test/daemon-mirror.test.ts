@@ -5,15 +5,14 @@
  * is then served by the mirror: none of the disk's packs is fetched from the origin again.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { join } from 'node:path';
 import { main } from '../src/cli/main.js';
 import { openDiskArtifact } from '../src/disk/artifact.js';
-import { buildGuest, buildKernel } from '../src/guest/build.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import { startChaosProxy, type ChaosProxy } from './helpers/chaos-proxy.js';
 import { captureIO } from './helpers/cli.js';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
+import { busyboxGuest } from './helpers/guest-root.js';
 import { tempDir } from './helpers/images.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
 
@@ -26,10 +25,7 @@ let image: string;
 let packs: string[];
 
 beforeAll(async () => {
-  await buildKernel();
-  await buildGuest();
-  const disk = join(work, 'root.img');
-  expect(await main(['rootfs', 'build', '--from', 'busybox', '-o', disk], captureIO())).toBe(0);
+  const disk = await busyboxGuest(work);
   origin = await startRegistry();
   // the origin as every host and the mirror see it, with each request recorded
   originFront = await startChaosProxy({ target: origin.host });

@@ -16,13 +16,14 @@ import { waitForAgent } from '../src/guest/agent-client.js';
 import { SlipwayClient } from '../src/client/index.js';
 import { openDiskArtifact } from '../src/disk/artifact.js';
 import { main } from '../src/cli/main.js';
-import { buildGuest, buildKernel, PROJECT_ROOT } from '../src/guest/build.js';
+import { PROJECT_ROOT } from '../src/guest/build.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import { captureIO } from './helpers/cli.js';
 import { startTestDaemon, processesWith, type TestDaemon } from './helpers/daemon.js';
 import { startChaosProxy } from './helpers/chaos-proxy.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
+import { busyboxGuest } from './helpers/guest-root.js';
 import { tempDir } from './helpers/images.js';
 import { manifestDigest } from './helpers/oci-http.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
@@ -59,10 +60,7 @@ async function raw(d: TestDaemon, method: 'GET' | 'POST' | 'DELETE', path: strin
 }
 
 beforeAll(async () => {
-  await buildKernel();
-  await buildGuest();
-  const disk = join(work, 'root.img');
-  expect(await main(['rootfs', 'build', '--from', 'busybox', '-o', disk], captureIO())).toBe(0);
+  const disk = await busyboxGuest(work);
   registry = await startRegistry();
   image = `${registry.host}/daemon/root:v1`;
   expect(await main(['push', disk, image, '--progress=none'], captureIO())).toBe(0);

@@ -5,17 +5,16 @@
  * cache) asks the registry for the profile's chunks before any other chunk.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { join } from 'node:path';
 import { fetchBootProfile, type BootProfile } from '../src/cache/boot-profile.js';
 import { planRuns } from '../src/cache/remote-tier.js';
 import { main } from '../src/cli/main.js';
 import { openDiskArtifact, type DiskArtifact } from '../src/disk/artifact.js';
-import { buildGuest, buildKernel } from '../src/guest/build.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import { startChaosProxy, type ChaosProxy } from './helpers/chaos-proxy.js';
 import { captureIO } from './helpers/cli.js';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
+import { busyboxGuest } from './helpers/guest-root.js';
 import { tempDir } from './helpers/images.js';
 import { runCli } from './helpers/run-cli.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
@@ -60,10 +59,7 @@ function chunkRequests(artifact: DiskArtifact): string[] {
 }
 
 beforeAll(async () => {
-  await buildKernel();
-  await buildGuest();
-  disk = join(work, 'root.img');
-  expect(await main(['rootfs', 'build', '--from', 'busybox', '-o', disk], captureIO())).toBe(0);
+  disk = await busyboxGuest(work);
   registry = await startRegistry();
   proxy = await startChaosProxy({ target: registry.host });
 }, 1_800_000);

@@ -8,8 +8,8 @@ import { createServer, type Server } from 'node:http';
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { main } from '../src/cli/main.js';
-import { buildGuest, buildKernel } from '../src/guest/build.js';
 import { captureIO } from './helpers/cli.js';
+import { busyboxGuest } from './helpers/guest-root.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
 import { tempDir } from './helpers/images.js';
 import { runCli } from './helpers/run-cli.js';
@@ -34,10 +34,7 @@ async function run(args: string[], env: Record<string, string> = {}): Promise<{ 
 }
 
 beforeAll(async () => {
-  await buildKernel();
-  await buildGuest();
-  const disk = join(work, 'root.img');
-  expect(await main(['rootfs', 'build', '--from', 'busybox', '-o', disk], captureIO())).toBe(0);
+  const disk = await busyboxGuest(work);
   osRelease = 'NAME="slipway busybox"\nID=slipway-busybox\nPRETTY_NAME="slipway busybox root"\nVERSION_ID=1\n';
   registry = await startRegistry();
   ref = `${registry.host}/run/root:v1`;

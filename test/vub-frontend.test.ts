@@ -76,6 +76,23 @@ async function randomDisk(name: string): Promise<{ file: string; ref: string }> 
 }
 
 /** slipway-blk (the sanitizer build) started directly: its process, its log, and its exit. */
+/**
+ * A random disk served read-only as NAME-warm and read through once (every chunk local), then
+ * chunk 5's file moved aside (to `aside`): a backend started on `map` misses that chunk.
+ */
+async function diskMissingChunk5(name: string): Promise<{ file: string; cache: ChunkCache; warm: ServedDisk; map: string; chunkFile: string; aside: string }> {
+  const { file, ref } = await randomDisk(name);
+  const cache = await newCache();
+  const warm = await serve(`${name}-warm`, { readWrite: false, queues: 1, cache, ref });
+  expect((await frontend(['verify', warm.socket, file])).json.mismatches).toBe(0);
+  const map = join(work, `${name}-warm`, 'disk.map');
+  const digest = readFileSync(map).subarray(32 + 5 * 33 + 1, 32 + 6 * 33).toString('hex');
+  const chunkFile = join(cache.chunkDir, digest.slice(0, 2), digest);
+  const aside = join(work, `${name}-chunk5`);
+  renameSync(chunkFile, aside);
+  return { file, cache, warm, map, chunkFile, aside };
+}
+
 async function startBackend(args: string[]): Promise<{ child: ChildProcess; log: () => string; exited: Promise<number | null> }> {
   const child = spawn(ASAN_BACKEND, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...ASAN_ENV } });
   let log = '';
@@ -227,16 +244,8 @@ describe('slipway-blk through the test frontend', () => {
   });
 
   it('completes every request exactly once across a backend restart (SIGKILL with one read parked on a missing chunk)', async () => {
-    const { file, ref } = await randomDisk('restart');
-    const cache = await newCache();
-    const warm = await serve('restart-warm', { readWrite: false, queues: 1, cache, ref });
-    expect((await frontend(['verify', warm.socket, file])).json.mismatches).toBe(0);
     // chunk 5 goes missing until the backend is restarted, and the daemon takes its FETCH and never answers
-    const map = join(work, 'restart-warm', 'disk.map');
-    const digest = readFileSync(map).subarray(32 + 5 * 33 + 1, 32 + 6 * 33).toString('hex');
-    const chunkFile = join(cache.chunkDir, digest.slice(0, 2), digest);
-    const aside = join(work, 'restart-chunk5');
-    renameSync(chunkFile, aside);
+    const { file, cache, map, chunkFile, aside } = await diskMissingChunk5('restart');
     const missSocket = join(work, 'restart-miss.sock');
     const held: Socket[] = [];
     const silent = createServer((c) => held.push(c.on('data', () => undefined)));
@@ -280,16 +289,8 @@ describe('slipway-blk through the test frontend', () => {
   });
 
   it('a miss while the daemon is away (a restart) waits for it: a write into part of a missing chunk completes once a daemon answers again, nothing lost', async () => {
-    const { file, ref } = await randomDisk('away');
-    const cache = await newCache();
-    const warm = await serve('away-warm', { readWrite: false, queues: 1, cache, ref });
-    expect((await frontend(['verify', warm.socket, file])).json.mismatches).toBe(0);
     // chunk 5 is not local, and no daemon listens on the miss socket yet
-    const map = join(work, 'away-warm', 'disk.map');
-    const digest = readFileSync(map).subarray(32 + 5 * 33 + 1, 32 + 6 * 33).toString('hex');
-    const chunkFile = join(cache.chunkDir, digest.slice(0, 2), digest);
-    const aside = join(work, 'away-chunk5');
-    renameSync(chunkFile, aside);
+    const { file, cache, warm, map, chunkFile, aside } = await diskMissingChunk5('away');
     const missSocket = join(work, 'away-miss.sock');
     const socket = join(work, 'away.sock');
     const backend = await startBackend(['--socket', socket, '--map', map, '--chunk-dir', cache.chunkDir, '--daemon-socket', missSocket, '--overlay', join(work, 'away-overlay')]);

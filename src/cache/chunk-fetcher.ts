@@ -144,16 +144,17 @@ export class ChunkFetcher {
       mine.set(w.entry, { wanted: { entry: w.entry, chunk: w.chunk }, hex: w.hex, d, flight });
       waits.push(d.promise.then((b) => void (results[i] = b)));
     }
-    if (mine.size > 0) this.#fetchOwned(opts, [...mine.values()], false, opts.maxRunBytes);
+    if (mine.size > 0) this.#fetchOwned(opts, [...mine.values()], false);
     return Promise.all(waits).then(() => results as Buffer[]);
   }
 
   /**
-   * Fetch chunks this call registered as in flight; settle each one's promise, whatever happens.
-   * Each coalesced run gets one `Urgency`, shared by its chunks' in-flight entries: whoever joins
-   * any of them raises the whole request.
+   * Fetch chunks this call registered as in flight; settle each one's promise, whatever happens,
+   * as soon as that chunk is verified (not when its whole run is). Each coalesced run's request
+   * has one `Urgency`, raised with any of its chunks' own: whoever joins one chunk raises the whole
+   * request, and that chunk's decode too (so it is decoded before its neighbours).
    */
-  #fetchOwned(call: GetChunksOptions, all: Owned[], takeOver: boolean, maxRunBytes?: number): void {
+  #fetchOwned(call: GetChunksOptions, all: Owned[], takeOver: boolean): void {
     const { has, remote, logger, lookupLocal, store } = this.#deps;
     const claims = this.#claims;
     const { index, intoMemory } = call;
@@ -176,39 +177,50 @@ export class ChunkFetcher {
       return true;
     });
     const byEntry = new Map(owned.map((o) => [o.wanted.entry, o] as const));
-    for (const run of planRuns(index, owned.map((o) => o.wanted), maxRunBytes)) {
+    const asked = new Map(owned.map((o, i) => [o.wanted.entry, i] as const));
+    for (const run of planRuns(index, owned.map((o) => o.wanted), call.maxRunBytes)) {
+      // a run's chunks are decoded in the order the caller asked for them (a profile's order)
+      run.chunks.sort((a, b) => (asked.get(a.entry) as number) - (asked.get(b.entry) as number));
+      // the request goes at the most urgent of its chunks' priorities, raised whenever one of them
+      // is (a reader joining any chunk of it); each chunk keeps its own urgency for its decode
       const urgency = new Urgency('background');
       for (const w of run.chunks) {
         const o = byEntry.get(w.entry) as Owned;
         urgency.raise(o.flight.urgency.priority);
-        o.flight.urgency = urgency;
+        const own = o.flight.urgency;
+        own.onRaise(() => urgency.raise(own.priority));
       }
-      const p = remote.fetchRun(index, run, call.sources, urgency, call.what, (pack, blob) => this.#keepWholePack(call, pack, blob))
-        .then(async (got) => {
-          await Promise.all(run.chunks.map(async (w) => {
-            const o = byEntry.get(w.entry) as Owned;
-            const chunk = got.get(w.entry) as Decoded;
-            const data = chunk.data;
-            try {
-              await store(o.hex, chunk, intoMemory);
-            } catch (err) {
-              // A chunk that cannot be kept is still served: the read must not fail or hang for it.
-              logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
-            } finally {
-              claims.release(o.hex);
-              this.#inflight.delete(o.hex);
-              call.tally.tier2Chunks++;
-              o.d.resolve(data);
-            }
-          }));
-        }, (err: unknown) => {
-          for (const w of run.chunks) {
-            const o = byEntry.get(w.entry) as Owned;
-            this.#inflight.delete(o.hex);
-            claims.release(o.hex);
-            o.d.reject(err);
-          }
-        });
+      /** each chunk is kept and its readers answered as soon as it is verified, not when the run is */
+      const settled: Promise<void>[] = [];
+      const handed = new Set<number>();
+      const deliver = (w: WantedChunk, chunk: Decoded): void => {
+        const o = byEntry.get(w.entry) as Owned;
+        handed.add(w.entry);
+        settled.push(store(o.hex, chunk, intoMemory).catch((err: unknown) => {
+          // A chunk that cannot be kept is still served: the read must not fail or hang for it.
+          logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
+        }).finally(() => {
+          claims.release(o.hex);
+          this.#inflight.delete(o.hex);
+          call.tally.tier2Chunks++;
+          o.d.resolve(chunk.data);
+        }));
+      };
+      const p = remote.fetchRun(index, run, call.sources, urgency, call.what, {
+        onChunk: deliver,
+        priorityOf: (w) => (byEntry.get(w.entry) as Owned).flight.urgency,
+        onWholeBlob: (pack, blob) => this.#keepWholePack(call, pack, blob),
+      }).then(() => Promise.all(settled), (err: unknown) => {
+        // the chunks not handed over fail; those that were are already answered
+        for (const w of run.chunks) {
+          if (handed.has(w.entry)) continue;
+          const o = byEntry.get(w.entry) as Owned;
+          this.#inflight.delete(o.hex);
+          claims.release(o.hex);
+          o.d.reject(err);
+        }
+        return Promise.all(settled);
+      });
       call.track(p);
     }
   }

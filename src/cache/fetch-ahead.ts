@@ -2,8 +2,11 @@
  * What a lazy disk fetches before it is asked for: the next chunks of a sequential reader
  * (`ReadAhead`), and the chunks around a demand miss (`Speculation`, the backend path). Both only
  * plan chunk numbers; the disk leaves out holes and chunks already local or in flight, and
- * fetches the rest at prefetch priority.
+ * fetches the rest at prefetch priority. And how a boot profile's chunks are fetched
+ * (`planProfileRuns`).
  */
+import type { ChunkIndex } from '../disk/format.js';
+import { planRuns, type Run, type WantedChunk } from './remote-tier.js';
 
 /** Chunks fetched ahead of a sequential reader: the window starts at 16 (8 MiB at the default chunk size) and doubles while reads stay sequential. */
 const READAHEAD_MIN_CHUNKS = 16;
@@ -98,4 +101,27 @@ export class Speculation {
     if (fresh) for (let m = Math.max(0, n - SPECULATE_BACK_CHUNKS); m < n; m++) candidates.push(m);
     return candidates;
   }
+}
+
+/**
+ * A boot profile's chunks are fetched in requests of at most this many bytes (`planProfileRuns`):
+ * small, so that the chunks the boot needs first arrive first and a demand read that joins one
+ * waits for little. (Runs of 4 MiB with gaps of up to 256 KiB made 41 requests of the 54 these
+ * make for the Debian boot's profile and cost the host about 12% less CPU, but did not measurably
+ * speed the boot up on a loaded 2-core host.)
+ */
+export const PROFILE_RUN_BYTES = 1 << 20;
+
+/**
+ * The requests that fetch a boot profile: `wanted` in the profile's order (first use), one per
+ * entry, coalesced into runs of at most PROFILE_RUN_BYTES, sent in the order of their first-used
+ * chunk, each run's chunks listed in profile order: the order they are decoded in, so that the
+ * chunk the boot needs first in a run is not decoded after its neighbours.
+ */
+export function planProfileRuns(index: ChunkIndex, wanted: WantedChunk[]): Run[] {
+  const position = new Map(wanted.map((w, i) => [w.entry, i] as const));
+  const at = (w: WantedChunk): number => position.get(w.entry) as number;
+  return planRuns(index, wanted, PROFILE_RUN_BYTES)
+    .map((run) => ({ ...run, chunks: [...run.chunks].sort((a, b) => at(a) - at(b)) }))
+    .sort((a, b) => at(a.chunks[0] as WantedChunk) - at(b.chunks[0] as WantedChunk));
 }

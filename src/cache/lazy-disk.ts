@@ -14,12 +14,12 @@ import type { Priority } from '../util/semaphore.js';
 import { forEachBounded } from '../util/concurrency.js';
 import { pushBootProfile, writeLocalProfile, type BootProfile } from './boot-profile.js';
 import type { ChunkWant, DiskChunkCache } from './cache-types.js';
-import { ReadAhead, Speculation } from './fetch-ahead.js';
+import { planProfileRuns, PROFILE_RUN_BYTES, ReadAhead, Speculation } from './fetch-ahead.js';
 import { ProfileRecorder } from './profile-recorder.js';
 import { planRuns, type Source } from './remote-tier.js';
 
-/** Coalesced requests of a boot-profile prefetch (and of speculation) stay small so the first chunks come back first. */
-const PROFILE_RUN_BYTES = 1 << 20;
+/** Coalesced requests of speculation stay small: a demand read that joins one waits for little. */
+const SPECULATION_RUN_BYTES = 1 << 20;
 
 export interface OpenDiskOptions {
   /** Pin the disk's chunks in tier 1 while it is open (default true). */
@@ -222,7 +222,7 @@ export class LazyDisk {
     this.stats.speculatedChunks += wanted.length;
     if (this.recordingProfile) this.recorder.noteGuesses(wanted.map((m) => ({ hex: this.hexOf(index.map[m] as number), chunk: m })));
     // small requests (as for a profile): a demand read that joins one waits for little
-    this.track(this.getChunks(wanted, 'prefetch', false, PROFILE_RUN_BYTES).catch(() => undefined));
+    this.track(this.getChunks(wanted, 'prefetch', false, SPECULATION_RUN_BYTES).catch(() => undefined));
   }
 
   /** Hex digest of an entry, computed once (it keys tier 0 and tier 1). */
@@ -316,14 +316,13 @@ export class LazyDisk {
       if (this.cache.has((index.entries[e] as IndexEntry).digest.toString('hex'))) continue;
       firstOfEntry.set(e, n);
     }
-    let runs = planRuns(index, [...firstOfEntry].map(([entry, chunk]) => ({ entry, chunk })), opts.chunks ? PROFILE_RUN_BYTES : undefined);
-    if (opts.chunks) {
-      // a boot profile is an order: fetch in that order, in small runs, so that the chunks the
-      // boot needs first arrive first (a demand read that joins a queued prefetch waits for it)
-      const position = new Map(opts.chunks.map((n, i) => [n, i] as const));
-      const key = (r: (typeof runs)[number]) => Math.min(...r.chunks.map((w) => position.get(w.chunk) ?? Number.MAX_SAFE_INTEGER));
-      runs = runs.map((r) => ({ r, k: key(r) })).sort((a, b) => a.k - b.k).map((x) => x.r);
-    }
+    const wanted = [...firstOfEntry].map(([entry, chunk]) => ({ entry, chunk }));
+    // a boot profile is an order: requests go in the order of their first-used chunk, and each
+    // one's chunks are decoded in profile order (see planProfileRuns; a demand read that joins a
+    // queued prefetch raises it)
+    const runs = opts.chunks ? planProfileRuns(index, wanted) : planRuns(index, wanted);
+    // the fetcher plans the same runs again from each run's chunks, with the same bound
+    const runBytes = opts.chunks ? PROFILE_RUN_BYTES : undefined;
     const totalBytes = firstOfEntry.size * this.chunkSizeBytes;
     let doneBytes = 0;
     let fetchedChunks = 0;
@@ -332,7 +331,7 @@ export class LazyDisk {
       // a disk being closed takes no new work (a whole-disk fill must not hold its close up)
       if (this.stopping) return;
       const numbersOfRun = run.chunks.map((w) => w.chunk);
-      await this.getChunks(numbersOfRun, priority, priority !== 'background');
+      await this.getChunks(numbersOfRun, priority, priority !== 'background', runBytes);
       opts.onRunDone?.(numbersOfRun);
       fetchedChunks += run.chunks.length;
       doneBytes += run.chunks.length * this.chunkSizeBytes;

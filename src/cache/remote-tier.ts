@@ -101,6 +101,16 @@ function worthRetrying(err: unknown): boolean {
   return !isSlipwayError(err) || isTransient(err);
 }
 
+/** How the chunks of a run are handed over (`RemoteTier.fetchRun`). */
+export interface RunDelivery {
+  /** each chunk's verified bytes, as soon as that chunk is decoded (once per chunk, whatever retries it took) */
+  onChunk?: (w: WantedChunk, chunk: Decoded) => void;
+  /** the priority a chunk's decode waits at (default: the run's): a chunk a demand read waits for goes first */
+  priorityOf?: (w: WantedChunk) => Priority | Urgency;
+  /** a pack a server sent whole (Range ignored), already verified against its digest */
+  onWholeBlob?: (pack: Descriptor, blob: Buffer) => void;
+}
+
 /** When a run's fetch deadline passes: unset until its first request is sent. */
 interface WireClock {
   deadline: number | undefined;
@@ -112,8 +122,9 @@ export class RemoteTier {
   constructor(private readonly deps: RemoteTierDeps) {}
 
   /**
-   * Fetch one run and return each wanted chunk's verified bytes (by entry ordinal). `onWholeBlob`
-   * receives a pack a server sent whole (Range ignored), already verified against its digest.
+   * Fetch one run and return each wanted chunk's verified bytes (by entry ordinal); `opts.onChunk`
+   * gets each one as soon as it is verified. `opts.onWholeBlob` receives a pack a server sent whole
+   * (Range ignored), already verified against its digest.
    *
    * `priority` orders the run's requests in the per-host queue; an `Urgency` may be raised while
    * the run waits there (a demand read joining a queued prefetch). The fetch deadline
@@ -123,8 +134,10 @@ export class RemoteTier {
    * failures only, and the last source's error (DIGEST_MISMATCH, BLOB_UNKNOWN, ...) when every
    * source has failed for good.
    */
-  async fetchRun(index: ChunkIndex, run: Run, sources: Source[], priority: Priority | Urgency, what: string, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Decoded>> {
+  async fetchRun(index: ChunkIndex, run: Run, sources: Source[], priority: Priority | Urgency, what: string, opts: RunDelivery = {}): Promise<Map<number, Decoded>> {
     const clock: WireClock = { deadline: undefined };
+    /** chunks verified and handed over (`onChunk`) by an earlier attempt: a retry does not decode them again */
+    const delivered = new Map<number, Decoded>();
     const bad = new Set<number>();
     let lastError: unknown;
     for (let round = 0; ; round++) {
@@ -132,7 +145,7 @@ export class RemoteTier {
         if (bad.has(s)) continue;
         const source = sources[s] as Source;
         try {
-          return await this.tryOnce(index, run, source, priority, what, clock, onWholeBlob);
+          return await this.tryOnce(index, run, source, priority, what, clock, opts, delivered);
         } catch (err) {
           lastError = err;
           if (!worthRetrying(err)) {
@@ -169,7 +182,7 @@ export class RemoteTier {
     return Promise.race([attempt, expired]).finally(() => clearTimeout(timer));
   }
 
-  private async tryOnce(index: ChunkIndex, run: Run, source: Source, priority: Priority | Urgency, what: string, clock: WireClock, onWholeBlob?: (pack: Descriptor, blob: Buffer) => void): Promise<Map<number, Decoded>> {
+  private async tryOnce(index: ChunkIndex, run: Run, source: Source, priority: Priority | Urgency, what: string, clock: WireClock, opts: RunDelivery, delivered: Map<number, Decoded>): Promise<Map<number, Decoded>> {
     const release = await this.deps.hostLimit(source.host).acquire(priority);
     // the deadline starts with the run's first request on the wire, not while it queued for a slot
     clock.deadline ??= Date.now() + this.deps.deadlineMs;
@@ -188,17 +201,26 @@ export class RemoteTier {
     if (whole) {
       this.stats.wholeBlobResponses++;
       this.stats.bytes += (whole as Buffer).byteLength;
-      onWholeBlob?.(run.pack, whole);
+      opts.onWholeBlob?.(run.pack, whole);
     } else {
       this.stats.bytes += bytes.byteLength;
     }
-    const out = new Map<number, Decoded>();
+    // each chunk is handed over as soon as it is verified, not when the whole run is: a read
+    // waiting for one chunk of a long run waits for its own decode only (each decode queues at its
+    // chunk's priority, so a chunk a demand read waits for is decoded before its neighbours)
+    const out = new Map<number, Decoded>(delivered);
     await Promise.all(run.chunks.map(async (w) => {
+      if (delivered.has(w.entry)) return;
       const e = index.entries[w.entry] as IndexEntry;
       const stored = bytes.subarray(e.offset - run.start, e.offset - run.start + e.storedLength);
-      out.set(w.entry, await this.deps.decode(stored, e.flags, chunkLength(index, w.chunk), e.digest, `${what} chunk ${w.chunk} from ${source.target.name}`, priority));
+      const chunk = await this.deps.decode(stored, e.flags, chunkLength(index, w.chunk), e.digest, `${what} chunk ${w.chunk} from ${source.target.name}`, opts.priorityOf?.(w) ?? priority);
+      out.set(w.entry, chunk);
+      // a decode of a failed attempt may finish while a retry decodes the same chunk: one hand-over
+      if (delivered.has(w.entry)) return;
+      delivered.set(w.entry, chunk);
+      this.stats.chunks++;
+      opts.onChunk?.(w, chunk);
     }));
-    this.stats.chunks += run.chunks.length;
     return out;
   }
 }

@@ -1,0 +1,181 @@
+/**
+ * How fetched chunks are handed over: each chunk of a coalesced request as soon as it is verified
+ * (not when the whole request is), decoded at its own priority (a chunk a demand read waits for
+ * before its neighbours), once however many retries it took; and a boot profile's requests in the
+ * order of first use. The remote tier and the fetcher are driven with a fake source and a decode
+ * the test releases chunk by chunk, so nothing here depends on timing.
+ */
+import { describe, expect, it } from 'vitest';
+import { createHash, randomBytes } from 'node:crypto';
+import { ChunkFetcher } from '../src/cache/chunk-fetcher.js';
+import type { ChunkWant, GetChunksOptions } from '../src/cache/cache-types.js';
+import { planProfileRuns, PROFILE_RUN_BYTES } from '../src/cache/fetch-ahead.js';
+import { planRuns, RemoteTier, type Run, type Source } from '../src/cache/remote-tier.js';
+import { ChunkCodec } from '../src/disk/chunk-codec.js';
+import type { ChunkIndex } from '../src/disk/format.js';
+import type { Target } from '../src/oci/store.js';
+import type { Descriptor } from '../src/oci/types.js';
+import { silentLogger } from '../src/util/log.js';
+import { PrioritySemaphore, Urgency, type Priority } from '../src/util/semaphore.js';
+import type { Decoded } from '../src/workers/pool.js';
+import { within } from './helpers/cache-checks.js';
+import { tempDir } from './helpers/images.js';
+
+const CHUNK = 4096;
+
+/** A one-pack disk of `count` raw (uncompressed) chunks, each `CHUNK` random bytes, back to back in its pack. */
+function fakeDisk(count: number): { index: ChunkIndex; pack: Buffer; chunks: Buffer[] } {
+  const chunks = Array.from({ length: count }, () => randomBytes(CHUNK));
+  const pack = Buffer.concat(chunks);
+  const desc: Descriptor = { mediaType: 'application/octet-stream', digest: `sha256:${createHash('sha256').update(pack).digest('hex')}`, size: pack.length };
+  const index: ChunkIndex = {
+    sizeBytes: count * CHUNK, chunkSizeBytes: CHUNK, chunkCount: count, packs: [desc],
+    entries: chunks.map((c, i) => ({ digest: createHash('sha256').update(c).digest(), pack: 0, offset: i * CHUNK, storedLength: CHUNK, flags: 0 })),
+    map: Uint32Array.from(chunks.keys()),
+  };
+  return { index, pack, chunks };
+}
+
+/** A source that serves ranges of `pack`, as `alter` leaves them. */
+function fakeSource(name: string, pack: Buffer, alter: (bytes: Buffer, offset: number) => Buffer = (b) => b): Source {
+  const target = { name, fetchBlobRange: async (_: Descriptor, offset: number, length: number) => alter(Buffer.from(pack.subarray(offset, offset + length)), offset) };
+  return { target: target as unknown as Target, host: name };
+}
+
+/** A decode the test releases one chunk at a time (by chunk byte offset in the pack); it records the priority each waited at. */
+function heldDecode(): { decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority?: Priority | Urgency) => Promise<Decoded>; calls: { what: string; priority: Priority | Urgency | undefined }[]; release: (what: string) => void } {
+  const codec = new ChunkCodec();
+  const waiting = new Map<string, () => void>();
+  const released = new Set<string>();
+  const calls: { what: string; priority: Priority | Urgency | undefined }[] = [];
+  return {
+    calls,
+    decode: async (stored, flags, length, digest, what, priority) => {
+      const key = /chunk (\d+)/.exec(what)?.[1] as string;
+      calls.push({ what: key, priority });
+      if (!released.has(key)) await new Promise<void>((go) => waiting.set(key, go));
+      return { data: codec.decode(stored, flags, length, digest, what), persisted: false };
+    },
+    release: (key) => {
+      released.add(key);
+      waiting.get(key)?.();
+    },
+  };
+}
+
+const runOf = (index: ChunkIndex, chunks: number[]): Run => planRuns(index, chunks.map((n) => ({ entry: n, chunk: n })))[0] as Run;
+const levelOf = (p: Priority | Urgency | undefined): Priority | undefined => (p instanceof Urgency ? p.priority : p);
+/** Let promise callbacks run (the fake source answers at once). */
+const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 20));
+
+describe('the remote tier hands chunks over one by one', () => {
+  it('each chunk of a coalesced request as soon as it is verified, not when the whole request is', async () => {
+    const { index, pack, chunks } = fakeDisk(4);
+    const held = heldDecode();
+    const remote = new RemoteTier({ decode: held.decode, logger: silentLogger, deadlineMs: 10_000, hostLimit: () => new PrioritySemaphore(8, 2) });
+    const got: number[] = [];
+    const run = runOf(index, [0, 1, 2, 3]);
+    expect(run.chunks).toHaveLength(4);
+    const whole = remote.fetchRun(index, run, [fakeSource('a', pack)], 'prefetch', 'disk', { onChunk: (w, c) => {
+      expect(c.data.equals(chunks[w.chunk] as Buffer)).toBe(true);
+      got.push(w.chunk);
+    } });
+    let done = false;
+    void whole.then(() => (done = true));
+    await settle();
+    held.release('2');
+    await settle();
+    // chunk 2 is handed over while the other three are still being decoded
+    expect(got).toEqual([2]);
+    expect(done).toBe(false);
+    for (const n of ['0', '1', '3']) held.release(n);
+    const all = await whole;
+    expect(got.sort()).toEqual([0, 1, 2, 3]);
+    expect([...all.keys()].sort()).toEqual([0, 1, 2, 3]);
+    expect(remote.stats.chunks).toBe(4);
+  });
+
+  it('a chunk verified before a retry is handed over once, and not decoded again', async () => {
+    const { index, pack, chunks } = fakeDisk(4);
+    const codec = new ChunkCodec();
+    const decoded: number[] = [];
+    const remote = new RemoteTier({
+      decode: async (stored, flags, length, digest, what) => {
+        decoded.push(Number(/chunk (\d+)/.exec(what)?.[1]));
+        return { data: codec.decode(stored, flags, length, digest, what), persisted: false };
+      },
+      logger: silentLogger, deadlineMs: 10_000, hostLimit: () => new PrioritySemaphore(8, 2),
+    });
+    // the first source sends chunk 3 wrong (a complete answer that fails verification): the
+    // second is asked for the run again, and only chunk 3 is decoded again
+    const bad = fakeSource('bad', pack, (b, offset) => {
+      b.writeUInt8(b.readUInt8(3 * CHUNK - offset) ^ 0xff, 3 * CHUNK - offset);
+      return b;
+    });
+    const handed: number[] = [];
+    await remote.fetchRun(index, runOf(index, [0, 1, 2, 3]), [bad, fakeSource('good', pack)], 'demand', 'disk', { onChunk: (w, c) => {
+      expect(c.data.equals(chunks[w.chunk] as Buffer)).toBe(true);
+      handed.push(w.chunk);
+    } });
+    expect(handed.sort()).toEqual([0, 1, 2, 3]);
+    expect(decoded.sort()).toEqual([0, 1, 2, 3, 3]);
+    expect(remote.stats.badSources).toBe(1);
+    expect(remote.stats.chunks).toBe(4);
+  });
+});
+
+describe('the fetcher answers each reader as soon as its chunk is in', () => {
+  it('a demand read joining a prefetch of four chunks raises that chunk\'s decode, not its neighbours\', and is answered before them', async () => {
+    const { index, pack } = fakeDisk(4);
+    const held = heldDecode();
+    const sem = new PrioritySemaphore(8, 2);
+    const remote = new RemoteTier({ decode: held.decode, logger: silentLogger, deadlineMs: 10_000, hostLimit: () => sem });
+    const fetcher = new ChunkFetcher({
+      cacheDir: tempDir('slipway-delivery-'), has: () => false, remote, logger: silentLogger, deadlineMs: 10_000,
+      lookupLocal: () => undefined, store: async () => undefined, decode: held.decode,
+    });
+    const want = (n: number): ChunkWant => ({ entry: n, chunk: n, hex: (index.entries[n]?.digest as Buffer).toString('hex') });
+    const call = (priority: Priority): GetChunksOptions => ({
+      index, sources: [fakeSource('a', pack)], what: 'disk', priority, intoMemory: false,
+      tally: { tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, inflightJoins: 0 }, track: () => undefined,
+    });
+    const prefetch = fetcher.getChunks([0, 1, 2, 3].map(want), call('prefetch'));
+    const demandCall = call('demand');
+    const demand = fetcher.getChunks([want(2)], demandCall);
+    expect(demandCall.tally.inflightJoins).toBe(1);
+    await settle();
+    // one request for the four, each chunk decoded at its own priority: chunk 2 at demand
+    expect(held.calls.map((c) => c.what).sort()).toEqual(['0', '1', '2', '3']);
+    for (const c of held.calls) expect(levelOf(c.priority)).toBe(c.what === '2' ? 'demand' : 'prefetch');
+    held.release('2');
+    const [two] = await within(5_000, demand, 'the demand read of chunk 2');
+    expect(two?.length).toBe(CHUNK);
+    let prefetched = false;
+    void prefetch.then(() => (prefetched = true));
+    await settle();
+    expect(prefetched).toBe(false);
+    for (const n of ['0', '1', '3']) held.release(n);
+    expect(await within(5_000, prefetch, 'the prefetch')).toHaveLength(4);
+    fetcher.close();
+  });
+});
+
+describe('boot-profile requests', () => {
+  it('go in order of first use, each run\'s chunks in profile order, coalescing only neighbours', () => {
+    // twelve 100 kB chunks back to back in one pack
+    const size = 100_000;
+    const index: ChunkIndex = {
+      sizeBytes: 12 * CHUNK, chunkSizeBytes: CHUNK, chunkCount: 12, packs: [{ mediaType: 'x', digest: `sha256:${'0'.repeat(64)}`, size: 12 * size }],
+      entries: Array.from({ length: 12 }, (_, i) => ({ digest: Buffer.alloc(32, i), pack: 0, offset: i * size, storedLength: size, flags: 0 })),
+      map: Uint32Array.from({ length: 12 }, (_, i) => i),
+    };
+    const profile = [7, 1, 0, 9, 3, 11, 6];
+    const runs = planProfileRuns(index, profile.map((n) => ({ entry: n, chunk: n })));
+    // 6 and 7 are neighbours (one request, its chunks in profile order); 0 and 1 too; the rest alone
+    expect(runs.map((r) => r.chunks.map((w) => w.chunk))).toEqual([[7, 6], [1, 0], [9], [3], [11]]);
+    expect(runs.map((r) => [r.start, r.length])).toEqual([[6 * size, 2 * size], [0, 2 * size], [9 * size, size], [3 * size, size], [11 * size, size]]);
+    // the same requests as plain coalescing would make: only their order and the decode order differ
+    const plain = planRuns(index, profile.map((n) => ({ entry: n, chunk: n })), PROFILE_RUN_BYTES);
+    expect(runs.map((r) => `${r.start}+${r.length}`).sort()).toEqual(plain.map((r) => `${r.start}+${r.length}`).sort());
+  });
+});

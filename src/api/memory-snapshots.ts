@@ -257,10 +257,13 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
   const ramRef = `${target.name}@${snapshot.config.ram.digest}`;
   const want = snapshot.config.shape.memoryMiB * (1 << 20);
   const base = { snapshot, diskRef: opened.diskRef, stateDir, target };
-  for (const layer of snapshot.state) await writeFile(join(stateDir, layer.file), await target.fetchBlob(layer.descriptor), { mode: 0o600 });
+  // the device state is fetched while the RAM is made ready
+  const state = Promise.all(snapshot.state.map(async (layer) => writeFile(join(stateDir, layer.file), await target.fetchBlob(layer.descriptor), { mode: 0o600 })));
+  state.catch(() => undefined);
   if (lazy) {
     const ram = await cache.openDisk(ramRef, { useProfile: true, speculate: false });
     try {
+      await state;
       if (ram.artifact.index.sizeBytes !== want) throw new SlipwayError('CORRUPT_INDEX', `memory snapshot ${snapshot.manifest.digest}: its RAM image is ${ram.artifact.index.sizeBytes} bytes, its shape says ${want}`);
       const served = await serveRam({ cache, disk: ram, workDir, overlayDir: ramOverlayOf(vmId) });
       log.info('restore: RAM served on demand', { chunks: ram.artifact.index.chunkCount, workingSet: ram.openedWithProfile?.chunks ?? 0 });
@@ -273,6 +276,7 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
   const ramFile = ch ? join(stateDir, CH_SNAPSHOT_FILES.memory) : ramFileOf(vmId);
   let eagerFetched: RestorePlan['eagerFetched'];
   try {
+    await state;
     const ram = await cache.openDisk(ramRef, { useProfile: false });
     try {
       if (ram.artifact.index.sizeBytes !== want) throw new SlipwayError('CORRUPT_INDEX', `memory snapshot ${snapshot.manifest.digest}: its RAM image is ${ram.artifact.index.sizeBytes} bytes, its shape says ${want}`);

@@ -1,18 +1,27 @@
 /**
  * How fetched chunks are handed over: each chunk of a coalesced request as soon as it is verified
  * (not when the whole request is), decoded at its own priority (a chunk a demand read waits for
- * before its neighbours), once however many retries it took; and a boot profile's requests in the
- * order of first use. The remote tier and the fetcher are driven with a fake source and a decode
- * the test releases chunk by chunk, so nothing here depends on timing.
+ * before its neighbours), once however many retries it took; a boot profile's requests in the
+ * order of first use; and a disk served to slipway-blk keeps nothing in memory (tier 0). The
+ * remote tier and the fetcher are driven with a fake source and a decode the test releases chunk
+ * by chunk, so nothing there depends on timing.
  */
 import { describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ChunkCache } from '../src/cache/chunk-cache.js';
 import { ChunkFetcher } from '../src/cache/chunk-fetcher.js';
+import type { LazyDisk } from '../src/cache/lazy-disk.js';
 import type { ChunkWant, GetChunksOptions } from '../src/cache/cache-types.js';
 import { planProfileRuns, PROFILE_RUN_BYTES } from '../src/cache/fetch-ahead.js';
 import { planRuns, RemoteTier, type Run, type Source } from '../src/cache/remote-tier.js';
+import { loadConfig } from '../src/config.js';
 import { ChunkCodec } from '../src/disk/chunk-codec.js';
 import type { ChunkIndex } from '../src/disk/format.js';
+import { pushDisk } from '../src/disk/push.js';
+import { parseRef } from '../src/oci/ref.js';
+import { serveDisk } from '../src/serve/backend.js';
 import type { Target } from '../src/oci/store.js';
 import type { Descriptor } from '../src/oci/types.js';
 import { silentLogger } from '../src/util/log.js';
@@ -20,6 +29,7 @@ import { PrioritySemaphore, Urgency, type Priority } from '../src/util/semaphore
 import type { Decoded } from '../src/workers/pool.js';
 import { within } from './helpers/cache-checks.js';
 import { tempDir } from './helpers/images.js';
+import { registryBed } from './helpers/registry-bed.js';
 
 const CHUNK = 4096;
 
@@ -177,5 +187,44 @@ describe('boot-profile requests', () => {
     // the same requests as plain coalescing would make: only their order and the decode order differ
     const plain = planRuns(index, profile.map((n) => ({ entry: n, chunk: n })), PROFILE_RUN_BYTES);
     expect(runs.map((r) => `${r.start}+${r.length}`).sort()).toEqual(plain.map((r) => `${r.start}+${r.length}`).sort());
+  });
+});
+
+describe('a disk served to slipway-blk', () => {
+  const bed = registryBed();
+
+  it('keeps no chunk in memory (tier 0): the backend reads tier-1 files; a disk opened for reads does', async () => {
+    const work = tempDir('slipway-delivery-mem-');
+    const file = join(work, 'disk.img');
+    writeFileSync(file, randomBytes(4 * 65536));
+    const ref = `${bed.registry.host}/delivery/mem:v1`;
+    await pushDisk({ file, target: await bed.targets.open(parseRef(ref)), tag: 'v1', pool: bed.pool, chunkSizeBytes: 65536 });
+    const openCache = (): Promise<ChunkCache> => ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-delivery-cache-') }), logger: silentLogger, pool: bed.pool, targets: bed.targets });
+    // what the miss server does for a miss, and a boot profile's prefetch
+    const missAndPrefetch = async (disk: LazyDisk): Promise<void> => {
+      await disk.readChunk(1);
+      await disk.prefetch({ priority: 'prefetch', chunks: [2, 3] });
+    };
+    const served = await openCache();
+    try {
+      const s = await serveDisk({ cache: served, ref, socket: join(work, 'blk.sock'), workDir: join(work, 'serve'), readWrite: false, prefetch: 'none' });
+      try {
+        await missAndPrefetch(s.disk);
+        expect(served.stats().disk.chunks).toBe(3);
+        expect(served.stats().memory.chunks).toBe(0);
+      } finally {
+        await s.close();
+      }
+    } finally {
+      await served.close();
+    }
+    const reading = await openCache();
+    try {
+      await missAndPrefetch(await reading.openDisk(ref, { useProfile: false }));
+      expect(reading.stats().disk.chunks).toBe(3);
+      expect(reading.stats().memory.chunks).toBe(3);
+    } finally {
+      await reading.close();
+    }
   });
 });

@@ -42,6 +42,12 @@ export interface OpenDiskOptions {
   speculate?: boolean;
   /** Once open, fill tier 1 with the rest of the disk at background priority (`--prefetch all`); stops when the disk closes. */
   fill?: boolean;
+  /**
+   * Keep the chunks reads fetch or find in tier 1 in tier 0 (memory) too (default true). The
+   * backend path (`serveDisk`) turns it off: slipway-blk reads tier-1 files, so copies in memory
+   * would only cost the daemon memory and garbage collection.
+   */
+  memoryTier?: boolean;
 }
 
 /** Where a saved boot profile went. */
@@ -82,6 +88,7 @@ export class LazyDisk {
   /** set when close starts: background fills stop taking new work */
   private stopping = false;
   private speculation = false;
+  private memoryTier = true;
   /** the boot-profile prefetch started at open, if any: resolves with its time (ms) and chunks fetched, undefined if it failed */
   profilePrefetch: Promise<{ ms: number; fetchedChunks: number } | undefined> | undefined;
 
@@ -124,6 +131,11 @@ export class LazyDisk {
   /** Turn speculation on demand misses on or off (see OpenDiskOptions.speculate). */
   setSpeculation(on: boolean): void {
     this.speculation = on;
+  }
+
+  /** Keep what reads fetch in tier 0 too, or not (see OpenDiskOptions.memoryTier). */
+  setMemoryTier(on: boolean): void {
+    this.memoryTier = on;
   }
 
   /** The boot profile this disk opened with, if any, and where it came from. */
@@ -284,7 +296,7 @@ export class LazyDisk {
       sources: this.sources,
       what: `disk ${this.reference}`,
       priority,
-      intoMemory,
+      intoMemory: intoMemory && this.memoryTier,
       maxRunBytes,
       tally: this.stats,
       track: (p) => this.track(p),

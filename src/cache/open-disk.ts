@@ -37,6 +37,7 @@ export async function openLazyDisk(deps: DiskOpening, refText: string, opts: Ope
   if (opts.pin !== false) disk.pin();
   if (opts.recordProfile) disk.startProfile();
   disk.setSpeculation(opts.speculate === true);
+  disk.setMemoryTier(opts.memoryTier !== false);
   if (opts.useProfile !== false || opts.recordProfileIfMissing === true) {
     // the registry's profile, else one this host kept because it could not push it
     let from: 'registry' | 'local' = 'registry';

@@ -107,7 +107,8 @@ export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<
 export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   const binary = opts.binary ?? (await ensureBackendBuilt());
   await mkdir(opts.workDir, { recursive: true });
-  const disk = await opts.cache.openDisk(opts.ref, { ...prefetchOpenOptions(opts.prefetch ?? DEFAULT_PREFETCH), ...opts.openOptions });
+  // slipway-blk reads tier-1 files: chunks are not kept in memory as well (OpenDiskOptions.memoryTier)
+  const disk = await opts.cache.openDisk(opts.ref, { memoryTier: false, ...prefetchOpenOptions(opts.prefetch ?? DEFAULT_PREFETCH), ...opts.openOptions });
   const mapPath = join(opts.workDir, 'disk.map');
   const missPath = join(opts.workDir, 'miss.sock');
   await writeDiskMap(disk.artifact, mapPath);
@@ -198,7 +199,7 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
  */
 export async function adoptDisk(opts: { cache: ChunkCache; ref: string; socket: string; workDir: string; pid: number; overlayDir?: string; openOptions?: OpenDiskOptions }): Promise<ServedDisk | undefined> {
   if (!processRunning(opts.pid) || !processHasArgument(opts.pid, opts.workDir)) return undefined;
-  const disk = await opts.cache.openDisk(opts.ref, { useProfile: false, ...opts.openOptions });
+  const disk = await opts.cache.openDisk(opts.ref, { useProfile: false, memoryTier: false, ...opts.openOptions });
   const missPath = join(opts.workDir, 'miss.sock');
   const miss = await startMissServer(missPath, disk, opts.cache);
   const pid = opts.pid;

@@ -261,7 +261,7 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
   const state = Promise.all(snapshot.state.map(async (layer) => writeFile(join(stateDir, layer.file), await target.fetchBlob(layer.descriptor), { mode: 0o600 })));
   state.catch(() => undefined);
   if (lazy) {
-    const ram = await cache.openDisk(ramRef, { useProfile: true, speculate: false });
+    const ram = await cache.openDisk(ramRef, { useProfile: true, speculate: false, memoryTier: false });
     try {
       await state;
       if (ram.artifact.index.sizeBytes !== want) throw new SlipwayError('CORRUPT_INDEX', `memory snapshot ${snapshot.manifest.digest}: its RAM image is ${ram.artifact.index.sizeBytes} bytes, its shape says ${want}`);

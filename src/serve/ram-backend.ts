@@ -149,7 +149,7 @@ export async function adoptRam(opts: { cache: ChunkCache; workDir: string; overl
   const ref = await readFile(join(opts.workDir, RAM_REF_FILE), 'utf8').catch(() => undefined);
   const pid = processesWithArgument(mount)[0];
   if (ref === undefined || pid === undefined) return undefined;
-  const disk = await opts.cache.openDisk(ref, { useProfile: false });
+  const disk = await opts.cache.openDisk(ref, { useProfile: false, memoryTier: false });
   const miss = await startMissServer(join(opts.workDir, 'ram-miss.sock'), disk, opts.cache);
   void disk.fillInBackground();
   const running = (): boolean => processRunning(pid) && processHasArgument(pid, mount);

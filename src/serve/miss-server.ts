@@ -4,17 +4,15 @@
  * Requests from a connection are served concurrently; replies carry the chunk number.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { constants } from 'node:os';
 import { rm } from 'node:fs/promises';
 import { HOLE, type IndexEntry } from '../disk/format.js';
 import type { LazyDisk } from '../cache/lazy-disk.js';
 import type { Logger } from '../util/log.js';
 
-const REQ_MAGIC = 0x534c4651;
-const REP_MAGIC = 0x534c4652;
-const OP_FETCH = 1;
-const EIO = 5;
-const EINVAL = 22;
-const ENOSPC = 28;
+/** The protocol's words, as vhost-user-blk/miss_wire.h has them (docs/vhost-user-blk.md). */
+const WIRE = { requestMagic: 0x534c4651, replyMagic: 0x534c4652, opFetch: 1 } as const;
+const { EIO, EINVAL, ENOSPC } = constants.errno;
 
 export interface MissServerStats {
   requests: number;
@@ -32,7 +30,7 @@ export interface MissServer {
 
 function reply(sock: Socket, status: number, chunk: bigint): void {
   const b = Buffer.alloc(16);
-  b.writeUInt32LE(REP_MAGIC, 0);
+  b.writeUInt32LE(WIRE.replyMagic, 0);
   b.writeInt32LE(status, 4);
   b.writeBigUInt64LE(chunk, 8);
   if (!sock.destroyed) sock.write(b);
@@ -76,7 +74,7 @@ export async function startMissServer(path: string, disk: LazyDisk, chunks: Miss
         const msg = pending.subarray(0, 16);
         pending = pending.subarray(16);
         const chunk = msg.readBigUInt64LE(8);
-        if (msg.readUInt32LE(0) !== REQ_MAGIC || msg.readUInt32LE(4) !== OP_FETCH || chunk >= BigInt(index.chunkCount)) {
+        if (msg.readUInt32LE(0) !== WIRE.requestMagic || msg.readUInt32LE(4) !== WIRE.opFetch || chunk >= BigInt(index.chunkCount)) {
           logger.warn('malformed miss request from the backend; closing its connection');
           sock.destroy();
           return;

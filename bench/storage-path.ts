@@ -17,11 +17,13 @@
  *  - an upper bound: a profile built from the trace itself (the chunks the boot reads, in order)
  *    and pushed by hand; no user gets a profile that way;
  * and warm: slipway-blk with every chunk cached against qemu-storage-daemon on a local copy of
- * the file. Bytes fetched are the registry bytes of chunk requests, against the bytes the boot read.
+ * the file. Bytes fetched are the registry bytes of chunk requests, against the bytes the boot read;
+ * requests are those chunk requests (docker-registry spends about 7 ms of CPU on each, on the same
+ * 2 cores). SLIPWAY_BENCH_RUNS=n repeats the cold rows n times (medians, and each run's ratio).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChunkCache } from '../src/cache/chunk-cache.js';
 import { pushBootProfile } from '../src/cache/boot-profile.js';
@@ -87,6 +89,29 @@ async function recordTrace(work: string): Promise<string> {
   return TRACE;
 }
 
+/**
+ * The rows of several runs as one: each numeric column's median, the ratio as the median of the
+ * runs' ratios (each to the peer of its own run), and every run's ratio in `ratios`.
+ */
+function mergeRuns(perRun: Row[][]): Row[] {
+  if (perRun.length <= 1) return perRun[0] ?? [];
+  const mid = (xs: number[]): number => {
+    const s = [...xs].sort((a, b) => a - b);
+    return s.length % 2 ? (s[s.length >> 1] as number) : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
+  };
+  return (perRun[0] as Row[]).map((first, i) => {
+    const same = perRun.map((rs) => rs[i] as Row);
+    const out: Row = { name: first.name.replace(/\(\d+ chunks\)/, '(recorded per run)') };
+    for (const [k, v] of Object.entries(first)) {
+      if (k === 'name') continue;
+      const xs = same.map((r) => Number(r[k]));
+      out[k] = typeof v === 'number' || (v !== '' && xs.every(Number.isFinite)) ? (k === 'ratio' ? mid(xs).toFixed(3) : Math.round(mid(xs) * 10) / 10) : v;
+    }
+    out.ratios = same.map((r) => r.ratio).join(' / ');
+    return out;
+  });
+}
+
 async function main(): Promise<void> {
   execFileSync('make', ['-s', '-C', join(PROJECT_ROOT, 'vhost-user-blk'), 'all', 'test-frontend']);
   const work = mkdtempSync(join(tmpdir(), 'slipway-storagebench-'));
@@ -123,7 +148,7 @@ async function main(): Promise<void> {
      * closes. Bytes fetched are counted once the replay is done and background work has settled
      * (for `all`, only what was fetched by then: the fill is stopped by the close).
      */
-    const slipwayCold = async (host: string, repo: string, prefetch: PrefetchMode, record: boolean): Promise<{ ms: number; fetched: number; profileChunks: number; speculated: number; speculatedRead: number | string; stored: number; cpuMs: number }> => {
+    const slipwayCold = async (host: string, repo: string, prefetch: PrefetchMode, record: boolean): Promise<{ ms: number; fetched: number; requests: number; profileChunks: number; speculated: number; speculatedRead: number | string; stored: number; cpuMs: number; load: string }> => {
       const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'cache-')) }), logger: silentLogger });
       // the daemon and `slipway serve` start their decode threads (and make tier 1's directories)
       // when they start, not when the first disk opens
@@ -138,22 +163,25 @@ async function main(): Promise<void> {
         },
       });
       try {
-        // CPU time of this process (its decode threads included) over the replay
+        // CPU time of this process (its decode threads included) over the replay, and how busy
+        // the machine was (the 1-minute load average as the replay starts)
+        const load = loadavg()[0]?.toFixed(1) ?? '';
         const cpu0 = process.cpuUsage();
         const r = await frontend(['replay', served.socket, trace]);
         const cpu = process.cpuUsage(cpu0);
         if (prefetch !== 'all') await served.disk.settle();
         const st = served.disk.stats;
-        const fetched = cache.stats().remote.bytes;
+        const { bytes: fetched, requests } = cache.stats().remote;
         // storing the profile (at close) tells which guesses the boot read
         if (record) await served.close();
-        return { ms: r.ms as number, fetched, profileChunks: st.profileChunks, speculated: st.speculatedChunks, speculatedRead: record ? st.speculatedRead : '', cpuMs: (cpu.user + cpu.system) / 1000, stored };
+        return { ms: r.ms as number, fetched, requests, profileChunks: st.profileChunks, speculated: st.speculatedChunks, speculatedRead: record ? st.speculatedRead : '', cpuMs: (cpu.user + cpu.system) / 1000, stored, load };
       } finally {
         await served.close();
         await cache.close();
       }
     };
-    const peerCold = async (host: string): Promise<number> => {
+    const peerCold = async (host: string): Promise<{ ms: number; load: string }> => {
+      const load = loadavg()[0]?.toFixed(1) ?? '';
       const ovl = join(work, `ovl-${Date.now()}.qcow2`);
       execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', ovl, String(statSync(SYSTEMD_IMAGE).size)]);
       const sock = join(work, `p-${Date.now()}.sock`);
@@ -162,7 +190,7 @@ async function main(): Promise<void> {
         '--blockdev', 'driver=copy-on-read,node-name=top,file=ovl'], sock);
       try {
         await waitForSocket(sock, d);
-        return (await frontend(['replay', sock, trace])).ms as number;
+        return { ms: (await frontend(['replay', sock, trace])).ms as number, load };
       } finally {
         d.kill();
       }
@@ -172,11 +200,16 @@ async function main(): Promise<void> {
     // while recording, twice at each delay (what speculation and recording cost); =recording one
     // recording replay at 0 ms
     const only = process.env.SLIPWAY_BENCH_ONLY;
-    const row = (name: string, r: { ms: number; fetched: number; speculated: number; speculatedRead: number | string; cpuMs: number }, peer: number): Row => ({
-      name, ms: Math.round(r.ms), ratio: (r.ms / peer).toFixed(3), fetchedBytes: r.fetched, fetchedPerRead: (r.fetched / bootBytes).toFixed(2),
-      speculatedChunks: r.speculated, speculatedRead: r.speculatedRead, hostCpuMs: Math.round(r.cpuMs),
+    const row = (name: string, r: { ms: number; fetched: number; requests: number; speculated: number; speculatedRead: number | string; cpuMs: number; load: string }, peer: number): Row => ({
+      name, ms: Math.round(r.ms), ratio: (r.ms / peer).toFixed(3), fetchedBytes: r.fetched, fetchedPerRead: (r.fetched / bootBytes).toFixed(2), requests: r.requests,
+      speculatedChunks: r.speculated, speculatedRead: r.speculatedRead, hostCpuMs: Math.round(r.cpuMs), load: r.load,
     });
-    for (const delayMs of only === 'profile' || only === 'recording' ? [0] : [0, 20]) {
+    // SLIPWAY_BENCH_RUNS=n: the cold rows n times over (each run on fresh copies of the disk); each
+    // row then reports its median time and its median ratio to the peer of the same run, and the
+    // ratio of every run (a loaded machine moves whole runs by 1.5x)
+    const runs = only === undefined || only === 'cold' ? Math.max(1, Number(process.env.SLIPWAY_BENCH_RUNS ?? 1)) : 1;
+    const perRun: Row[][] = [];
+    for (let run = 0; run < runs; run++) for (const delayMs of only === 'profile' || only === 'recording' ? [0] : [0, 20]) {
       const proxy = await startDelayProxy(registry.host, delayMs);
       try {
         if (only === 'profile') {
@@ -184,8 +217,8 @@ async function main(): Promise<void> {
           rows.push({ name: 'slipway-blk, empty cache, boot profile', ms: Math.round(prof.ms), ratio: '', fetchedBytes: prof.fetched });
           continue;
         }
-        // each delay has its own copy of the disk: host 1's first boot finds no profile there
-        const repo = `debian-${delayMs}`;
+        // each delay (and run) has its own copy of the disk: host 1's first boot finds no profile there
+        const repo = `debian-${delayMs}-r${run}`;
         for (const r of [repo, `${repo}-all`]) execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'copy', ref, `${registry.host}/bench/${r}:v1`, '--progress=none']);
         if (only === 'recording') {
           const recording = await slipwayCold(proxy.host, repo, 'profile', true);
@@ -204,7 +237,7 @@ async function main(): Promise<void> {
           }
           continue;
         }
-        const peer = await peerCold(proxy.host);
+        const { ms: peer, load: peerLoad } = await peerCold(proxy.host);
         const none = await slipwayCold(proxy.host, repo, 'none', false);
         const first = await slipwayCold(proxy.host, repo, 'profile', true);
         if (first.stored === 0) throw new Error('host 1 stored no boot profile');
@@ -214,8 +247,8 @@ async function main(): Promise<void> {
         // last: the whole-disk fill leaves 100+ MB of chunk files being written back, which slows
         // whatever runs next (it ran second once and slowed host 1 by 1.5x)
         const all = await slipwayCold(proxy.host, `${repo}-all`, 'all', false);
-        rows.push(
-          { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '', fetchedPerRead: '', speculatedChunks: '', speculatedRead: '', hostCpuMs: '' },
+        (perRun[run] ??= []).push(
+          { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '', fetchedPerRead: '', requests: '', speculatedChunks: '', speculatedRead: '', hostCpuMs: '', load: peerLoad },
           row(`${delayMs} ms: slipway-blk, no profile, --prefetch none (demand only)`, none, peer),
           row(`${delayMs} ms: slipway-blk, no profile, --prefetch profile (default; host 1, records the profile)`, first, peer),
           row(`${delayMs} ms: slipway-blk, no profile, --prefetch all`, all, peer),
@@ -226,6 +259,7 @@ async function main(): Promise<void> {
         proxy.stop();
       }
     }
+    rows.push(...mergeRuns(perRun));
     if (only === 'profile') return report('profiled cold replay only', rows, 'storage-path-profile');
     if (only === 'speculation' || only === 'recording') return report('speculation alone', rows, 'storage-path-speculation');
     if (only === 'cold') return report(`cold replays only (${lines.length} reads, ${bootBytes} bytes)`, rows, 'storage-path-cold');

@@ -14,7 +14,7 @@ import { ChunkCache } from '../src/cache/chunk-cache.js';
 import { ChunkFetcher } from '../src/cache/chunk-fetcher.js';
 import type { LazyDisk } from '../src/cache/lazy-disk.js';
 import type { ChunkWant, GetChunksOptions } from '../src/cache/cache-types.js';
-import { planProfileRuns, PROFILE_RUN_BYTES } from '../src/cache/fetch-ahead.js';
+import { planProfileRuns, PROFILE_GAP_BYTES, PROFILE_RUN_BYTES } from '../src/cache/fetch-ahead.js';
 import { planRuns, RemoteTier, type Run, type Source } from '../src/cache/remote-tier.js';
 import { loadConfig } from '../src/config.js';
 import { ChunkCodec } from '../src/disk/chunk-codec.js';
@@ -171,22 +171,39 @@ describe('the fetcher answers each reader as soon as its chunk is in', () => {
 });
 
 describe('boot-profile requests', () => {
-  it('go in order of first use, each run\'s chunks in profile order, coalescing only neighbours', () => {
-    // twelve 100 kB chunks back to back in one pack
-    const size = 100_000;
-    const index: ChunkIndex = {
-      sizeBytes: 12 * CHUNK, chunkSizeBytes: CHUNK, chunkCount: 12, packs: [{ mediaType: 'x', digest: `sha256:${'0'.repeat(64)}`, size: 12 * size }],
-      entries: Array.from({ length: 12 }, (_, i) => ({ digest: Buffer.alloc(32, i), pack: 0, offset: i * size, storedLength: size, flags: 0 })),
-      map: Uint32Array.from({ length: 12 }, (_, i) => i),
-    };
-    const profile = [7, 1, 0, 9, 3, 11, 6];
-    const runs = planProfileRuns(index, profile.map((n) => ({ entry: n, chunk: n })));
-    // 6 and 7 are neighbours (one request, its chunks in profile order); 0 and 1 too; the rest alone
-    expect(runs.map((r) => r.chunks.map((w) => w.chunk))).toEqual([[7, 6], [1, 0], [9], [3], [11]]);
-    expect(runs.map((r) => [r.start, r.length])).toEqual([[6 * size, 2 * size], [0, 2 * size], [9 * size, size], [3 * size, size], [11 * size, size]]);
-    // the same requests as plain coalescing would make: only their order and the decode order differ
-    const plain = planRuns(index, profile.map((n) => ({ entry: n, chunk: n })), PROFILE_RUN_BYTES);
-    expect(runs.map((r) => `${r.start}+${r.length}`).sort()).toEqual(plain.map((r) => `${r.start}+${r.length}`).sort());
+  /** `count` chunks of 100 kB back to back in one pack */
+  const onePack = (count: number): ChunkIndex => ({
+    sizeBytes: count * CHUNK, chunkSizeBytes: CHUNK, chunkCount: count, packs: [{ mediaType: 'x', digest: `sha256:${'0'.repeat(64)}`, size: count * 100_000 }],
+    entries: Array.from({ length: count }, (_, i) => ({ digest: Buffer.alloc(32, i), pack: 0, offset: i * 100_000, storedLength: 100_000, flags: 0 })),
+    map: Uint32Array.from({ length: count }, (_, i) => i),
+  });
+  const wants = (chunks: number[]) => chunks.map((n) => ({ entry: n, chunk: n }));
+
+  it('go in order of first use, each request\'s chunks in profile order', () => {
+    const index = onePack(60);
+    // 0..11 lie within 512 KiB of each other (one request), 50 and 55 too; the two are 3.8 MB apart
+    const runs = planProfileRuns(index, wants([50, 1, 0, 9, 3, 11, 55]));
+    expect(runs.map((r) => r.chunks.map((w) => w.chunk))).toEqual([[50, 55], [1, 0, 9, 3, 11]]);
+    expect(runs.map((r) => [r.start, r.length])).toEqual([[5_000_000, 600_000], [0, 1_200_000]]);
+    // with the small bounds a prefetch of chunks in a given order uses, only neighbours share a request
+    const small = planProfileRuns(index, wants([7, 1, 0, 9, 3, 11, 6]), 1 << 20, 64 << 10);
+    expect(small.map((r) => r.chunks.map((w) => w.chunk))).toEqual([[7, 6], [1, 0], [9], [3], [11]]);
+    // the same requests as plain coalescing makes: only their order and the decode order differ
+    expect(small.map((r) => `${r.start}+${r.length}`).sort()).toEqual(planRuns(index, wants([7, 1, 0, 9, 3, 11, 6]), 1 << 20).map((r) => `${r.start}+${r.length}`).sort());
+  });
+
+  it('are coalesced across gaps of up to PROFILE_GAP_BYTES, never longer than PROFILE_RUN_BYTES', () => {
+    const index = onePack(100);
+    // every other chunk of the first 80: 100 kB gaps, one request per 4 MiB
+    const profile = Array.from({ length: 40 }, (_, i) => 2 * i);
+    const runs = planProfileRuns(index, wants(profile));
+    expect(runs.length).toBe(2);
+    for (const r of runs) expect(r.length).toBeLessThanOrEqual(PROFILE_RUN_BYTES);
+    expect(runs.flatMap((r) => r.chunks.map((w) => w.chunk))).toEqual(profile);
+    // a gap wider than PROFILE_GAP_BYTES splits
+    const gap = Math.ceil(PROFILE_GAP_BYTES / 100_000) + 1;
+    expect(planProfileRuns(index, wants([0, 1 + gap])).length).toBe(2);
+    expect(planProfileRuns(index, wants([0, gap - 1])).length).toBe(1);
   });
 });
 

@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fetchBootProfile, type BootProfile } from '../src/cache/boot-profile.js';
-import { planRuns } from '../src/cache/remote-tier.js';
+import { planProfileRuns } from '../src/cache/fetch-ahead.js';
 import { main } from '../src/cli/main.js';
 import { openDiskArtifact, type DiskArtifact } from '../src/disk/artifact.js';
 import { Targets } from '../src/oci/open.js';
@@ -44,12 +44,12 @@ async function profileOf(direct: string, artifact: DiskArtifact): Promise<BootPr
   return (await fetchBootProfile(await targets.open(parseRef(direct)), artifact.manifestDescriptor.digest)) as BootProfile | undefined;
 }
 
-/** The Range headers of the requests that fetch a profile's chunks, as LazyDisk plans them (runs of at most 1 MiB). */
+/** The Range headers of the requests that fetch a profile's chunks, as LazyDisk plans them (planProfileRuns). */
 function profileRanges(artifact: DiskArtifact, profile: BootProfile): string[] {
   const { index } = artifact;
   const firstOfEntry = new Map<number, number>();
   for (const n of profile.chunks) if (!firstOfEntry.has(index.map[n] as number)) firstOfEntry.set(index.map[n] as number, n);
-  return planRuns(index, [...firstOfEntry].map(([entry, chunk]) => ({ entry, chunk })), 1 << 20).map((r) => `bytes=${r.start}-${r.start + r.length - 1}`);
+  return planProfileRuns(index, [...firstOfEntry].map(([entry, chunk]) => ({ entry, chunk }))).map((r) => `bytes=${r.start}-${r.start + r.length - 1}`);
 }
 
 /** The ranged chunk requests the proxy saw for this disk's packs, in arrival order. */

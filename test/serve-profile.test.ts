@@ -12,7 +12,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fetchBootProfile, localProfilePath, pushBootProfile, type BootProfile } from '../src/cache/boot-profile.js';
-import { planRuns } from '../src/cache/remote-tier.js';
+import { planProfileRuns } from '../src/cache/fetch-ahead.js';
 import { main } from '../src/cli/main.js';
 import { openDiskArtifact, type DiskArtifact } from '../src/disk/artifact.js';
 import { HOLE } from '../src/disk/format.js';
@@ -189,8 +189,8 @@ describe('slipway serve: boot profiles', () => {
     expect((await second.line('serving')).profile).toMatchObject({ chunks: profile.chunks.length, from: 'registry' });
     const prefetched = await within(30_000, second.line('boot profile prefetched'), 'the profile prefetch');
     expect(prefetched.fetchedChunks).toBe(new Set(profile.chunks.map((n) => artifact.index.map[n])).size);
-    // in as many requests as the profile's chunks make runs of at most 1 MiB, and nothing else
-    const runs = planRuns(artifact.index, [...new Map(profile.chunks.map((n) => [artifact.index.map[n] as number, n])).entries()].map(([entry, chunk]) => ({ entry, chunk })), 1 << 20);
+    // in as many requests as the profile's chunks make runs as a boot profile's are planned, and nothing else
+    const runs = planProfileRuns(artifact.index, [...new Map(profile.chunks.map((n) => [artifact.index.map[n] as number, n])).entries()].map(([entry, chunk]) => ({ entry, chunk })));
     expect(blobGets(proxy)).toBe(runs.length);
     await replay(second.socket);
     // the boot found every chunk it read already local: no miss, no further request

@@ -42,6 +42,8 @@ export interface GetChunksOptions {
   intoMemory: boolean;
   /** bound on one coalesced request (default: remote-tier's MAX_RUN_BYTES) */
   maxRunBytes?: number;
+  /** wanted chunks this close in a pack share a request (default: remote-tier's MAX_COALESCE_GAP_BYTES) */
+  maxGapBytes?: number;
   tally: TierTally;
   /**
    * Called at once, in order, for each wanted chunk that is not local (it is fetched, or a fetch

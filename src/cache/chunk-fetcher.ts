@@ -178,7 +178,7 @@ export class ChunkFetcher {
     });
     const byEntry = new Map(owned.map((o) => [o.wanted.entry, o] as const));
     const asked = new Map(owned.map((o, i) => [o.wanted.entry, i] as const));
-    for (const run of planRuns(index, owned.map((o) => o.wanted), call.maxRunBytes)) {
+    for (const run of planRuns(index, owned.map((o) => o.wanted), call.maxRunBytes, call.maxGapBytes)) {
       // a run's chunks are decoded in the order the caller asked for them (a profile's order)
       run.chunks.sort((a, b) => (asked.get(a.entry) as number) - (asked.get(b.entry) as number));
       // the request goes at the most urgent of its chunks' priorities, raised whenever one of them

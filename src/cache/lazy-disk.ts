@@ -14,12 +14,15 @@ import type { Priority } from '../util/semaphore.js';
 import { forEachBounded } from '../util/concurrency.js';
 import { pushBootProfile, writeLocalProfile, type BootProfile } from './boot-profile.js';
 import type { ChunkWant, DiskChunkCache } from './cache-types.js';
-import { planProfileRuns, PROFILE_RUN_BYTES, ReadAhead, Speculation } from './fetch-ahead.js';
+import { planProfileRuns, PROFILE_GAP_BYTES, PROFILE_RUN_BYTES, ReadAhead, Speculation } from './fetch-ahead.js';
 import { ProfileRecorder } from './profile-recorder.js';
-import { planRuns, type Source } from './remote-tier.js';
+import { MAX_COALESCE_GAP_BYTES, planRuns, type Source } from './remote-tier.js';
 
-/** Coalesced requests of speculation stay small: a demand read that joins one waits for little. */
-const SPECULATION_RUN_BYTES = 1 << 20;
+/**
+ * Coalesced requests of speculation, and of a prefetch of chunks in a given order (but a boot
+ * profile's own, see PROFILE_RUN_BYTES), stay small: a demand read that joins one waits for little.
+ */
+const SMALL_RUN_BYTES = 1 << 20;
 
 export interface OpenDiskOptions {
   /** Pin the disk's chunks in tier 1 while it is open (default true). */
@@ -234,7 +237,7 @@ export class LazyDisk {
     this.stats.speculatedChunks += wanted.length;
     if (this.recordingProfile) this.recorder.noteGuesses(wanted.map((m) => ({ hex: this.hexOf(index.map[m] as number), chunk: m })));
     // small requests (as for a profile): a demand read that joins one waits for little
-    this.track(this.getChunks(wanted, 'prefetch', false, SPECULATION_RUN_BYTES).catch(() => undefined));
+    this.track(this.getChunks(wanted, 'prefetch', false, SMALL_RUN_BYTES).catch(() => undefined));
   }
 
   /** Hex digest of an entry, computed once (it keys tier 0 and tier 1). */
@@ -270,7 +273,7 @@ export class LazyDisk {
    * chunks it reads for a profile being recorded, the ones it had to fetch for a profile being
    * refined, and speculates around the last chunk it had to fetch, once its own fetch is asked for.
    */
-  async getChunks(numbers: number[], priority: Priority, intoMemory: boolean, maxRunBytes?: number): Promise<Buffer[]> {
+  async getChunks(numbers: number[], priority: Priority, intoMemory: boolean, maxRunBytes?: number, maxGapBytes?: number): Promise<Buffer[]> {
     if (this.closed) throw new SlipwayError('ABORTED', `disk ${this.reference} is closed`);
     const { index } = this.artifact;
     const results: Buffer[] = new Array(numbers.length);
@@ -298,6 +301,7 @@ export class LazyDisk {
       priority,
       intoMemory: intoMemory && this.memoryTier,
       maxRunBytes,
+      maxGapBytes,
       tally: this.stats,
       track: (p) => this.track(p),
       onMiss: priority !== 'demand' ? undefined : (w) => {
@@ -314,10 +318,11 @@ export class LazyDisk {
   }
 
   /**
-   * Fill tier 1 with every chunk of the disk not already there, at low priority by default, a
-   * few coalesced requests at a time. Resolves when the whole disk is local.
+   * Fill tier 1 with every chunk of the disk not already there (or of `chunks`, fetched in their
+   * order), at low priority by default, a few coalesced requests at a time (`runBytes`, `gapBytes`:
+   * bounds on a request of `chunks`, see planProfileRuns). Resolves when they are all local.
    */
-  async prefetch(opts: { priority?: Priority; onProgress?: ProgressFn; concurrency?: number; chunks?: number[]; onRunDone?: (chunks: number[]) => void } = {}): Promise<{ chunks: number; fetchedChunks: number }> {
+  async prefetch(opts: { priority?: Priority; onProgress?: ProgressFn; concurrency?: number; chunks?: number[]; onRunDone?: (chunks: number[]) => void; runBytes?: number; gapBytes?: number } = {}): Promise<{ chunks: number; fetchedChunks: number }> {
     const { index } = this.artifact;
     const priority = opts.priority ?? 'background';
     const numbers = opts.chunks ?? [...index.map.keys()];
@@ -329,12 +334,13 @@ export class LazyDisk {
       firstOfEntry.set(e, n);
     }
     const wanted = [...firstOfEntry].map(([entry, chunk]) => ({ entry, chunk }));
-    // a boot profile is an order: requests go in the order of their first-used chunk, and each
-    // one's chunks are decoded in profile order (see planProfileRuns; a demand read that joins a
-    // queued prefetch raises it)
-    const runs = opts.chunks ? planProfileRuns(index, wanted) : planRuns(index, wanted);
-    // the fetcher plans the same runs again from each run's chunks, with the same bound
-    const runBytes = opts.chunks ? PROFILE_RUN_BYTES : undefined;
+    // chunks given are an order (a boot profile's): requests go in the order of their first chunk,
+    // each one's chunks decoded in that order (see planProfileRuns; a demand read that joins a
+    // queued request raises it); small ones unless asked for larger (the boot profile's prefetch)
+    const runBytes = opts.chunks ? (opts.runBytes ?? SMALL_RUN_BYTES) : undefined;
+    const gapBytes = opts.chunks ? (opts.gapBytes ?? MAX_COALESCE_GAP_BYTES) : undefined;
+    const runs = opts.chunks ? planProfileRuns(index, wanted, runBytes, gapBytes) : planRuns(index, wanted);
+    // the fetcher plans the same runs again from each run's chunks, with the same bounds
     const totalBytes = firstOfEntry.size * this.chunkSizeBytes;
     let doneBytes = 0;
     let fetchedChunks = 0;
@@ -343,7 +349,7 @@ export class LazyDisk {
       // a disk being closed takes no new work (a whole-disk fill must not hold its close up)
       if (this.stopping) return;
       const numbersOfRun = run.chunks.map((w) => w.chunk);
-      await this.getChunks(numbersOfRun, priority, priority !== 'background', runBytes);
+      await this.getChunks(numbersOfRun, priority, priority !== 'background', runBytes, gapBytes);
       opts.onRunDone?.(numbersOfRun);
       fetchedChunks += run.chunks.length;
       doneBytes += run.chunks.length * this.chunkSizeBytes;
@@ -370,7 +376,7 @@ export class LazyDisk {
       const e = this.artifact.index.map[n] as number;
       return e === HOLE || this.cache.has(this.hexOf(e));
     }));
-    return this.track(this.prefetch({ priority: 'prefetch', chunks: profile.chunks, concurrency: 64, onRunDone: (chunks) => this.recorder.arrived(chunks) }).then(
+    return this.track(this.prefetch({ priority: 'prefetch', chunks: profile.chunks, concurrency: 64, runBytes: PROFILE_RUN_BYTES, gapBytes: PROFILE_GAP_BYTES, onRunDone: (chunks) => this.recorder.arrived(chunks) }).then(
       (r) => ({ ms: performance.now() - t0, fetchedChunks: r.fetchedChunks }),
       (err: unknown) => {
         this.cache.logger.warn('boot-profile prefetch failed; reads go on on demand', { disk: this.reference, error: (err as Error).message });

@@ -34,8 +34,11 @@ export interface Run {
   chunks: WantedChunk[];
 }
 
-/** Group wanted chunks by pack, sort by offset, and merge neighbours into runs. */
-export function planRuns(index: ChunkIndex, wanted: WantedChunk[], maxRunBytes = MAX_RUN_BYTES): Run[] {
+/**
+ * Group wanted chunks by pack, sort by offset, and merge neighbours (at most `maxGapBytes` apart;
+ * the gap is fetched and dropped) into runs of at most `maxRunBytes`.
+ */
+export function planRuns(index: ChunkIndex, wanted: WantedChunk[], maxRunBytes = MAX_RUN_BYTES, maxGapBytes = MAX_COALESCE_GAP_BYTES): Run[] {
   const byPack = new Map<number, WantedChunk[]>();
   for (const w of wanted) {
     const e = index.entries[w.entry] as IndexEntry;
@@ -50,7 +53,7 @@ export function planRuns(index: ChunkIndex, wanted: WantedChunk[], maxRunBytes =
     for (const w of list) {
       const e = index.entries[w.entry] as IndexEntry;
       const end = e.offset + e.storedLength;
-      if (run && e.offset >= run.start && e.offset - (run.start + run.length) <= MAX_COALESCE_GAP_BYTES && end - run.start <= maxRunBytes) {
+      if (run && e.offset >= run.start && e.offset - (run.start + run.length) <= maxGapBytes && end - run.start <= maxRunBytes) {
         run.length = Math.max(run.length, end - run.start);
         run.chunks.push(w);
       } else {

@@ -135,7 +135,7 @@ describe('the remote tier hands chunks over one by one', () => {
 });
 
 describe('the fetcher answers each reader as soon as its chunk is in', () => {
-  it('a demand read joining a prefetch of four chunks raises that chunk\'s decode, not its neighbours\', and is answered before them', async () => {
+  it.each(['prefetch', 'background'] as const)('a demand read joining a %s of four chunks decodes that chunk first (its neighbours at prefetch priority) and is answered before them', async (fill) => {
     const { index, pack } = fakeDisk(4);
     const held = heldDecode();
     const sem = new PrioritySemaphore(8, 2);
@@ -149,12 +149,13 @@ describe('the fetcher answers each reader as soon as its chunk is in', () => {
       index, sources: [fakeSource('a', pack)], what: 'disk', priority, intoMemory: false,
       tally: { tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, inflightJoins: 0 }, track: () => undefined,
     });
-    const prefetch = fetcher.getChunks([0, 1, 2, 3].map(want), call('prefetch'));
+    const prefetch = fetcher.getChunks([0, 1, 2, 3].map(want), call(fill));
     const demandCall = call('demand');
     const demand = fetcher.getChunks([want(2)], demandCall);
     expect(demandCall.tally.inflightJoins).toBe(1);
     await settle();
-    // one request for the four, each chunk decoded at its own priority: chunk 2 at demand
+    // one request for the four, each chunk decoded at its own priority: chunk 2 at demand, its
+    // neighbours (likely read next) at prefetch priority, however low the fill's was
     expect(held.calls.map((c) => c.what).sort()).toEqual(['0', '1', '2', '3']);
     for (const c of held.calls) expect(levelOf(c.priority)).toBe(c.what === '2' ? 'demand' : 'prefetch');
     held.release('2');

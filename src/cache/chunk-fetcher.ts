@@ -182,13 +182,17 @@ export class ChunkFetcher {
       // a run's chunks are decoded in the order the caller asked for them (a profile's order)
       run.chunks.sort((a, b) => (asked.get(a.entry) as number) - (asked.get(b.entry) as number));
       // the request goes at the most urgent of its chunks' priorities, raised whenever one of them
-      // is (a reader joining any chunk of it); each chunk keeps its own urgency for its decode
+      // is (a reader joining any chunk of it); each chunk keeps its own urgency for its decode. A
+      // demand read of one chunk makes its neighbours in the run likely next: a background fill's
+      // are then decoded at prefetch priority, as speculation's are
       const urgency = new Urgency('background');
-      for (const w of run.chunks) {
-        const o = byEntry.get(w.entry) as Owned;
-        urgency.raise(o.flight.urgency.priority);
-        const own = o.flight.urgency;
-        own.onRaise(() => urgency.raise(own.priority));
+      const own = run.chunks.map((w) => (byEntry.get(w.entry) as Owned).flight.urgency);
+      for (const u of own) {
+        urgency.raise(u.priority);
+        u.onRaise(() => {
+          urgency.raise(u.priority);
+          if (u.priority === 'demand') for (const sibling of own) sibling.raise('prefetch');
+        });
       }
       /** each chunk is kept and its readers answered as soon as it is verified, not when the run is */
       const settled: Promise<void>[] = [];

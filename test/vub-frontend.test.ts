@@ -294,18 +294,19 @@ describe('slipway-blk through the test frontend', () => {
     const missSocket = join(work, 'away-miss.sock');
     const socket = join(work, 'away.sock');
     const backend = await startBackend(['--socket', socket, '--map', map, '--chunk-dir', cache.chunkDir, '--daemon-socket', missSocket, '--overlay', join(work, 'away-overlay')]);
-    // 4 KiB into the middle of chunk 5: its old bytes are needed (copy-up), so the write waits
-    const patch = randomBytes(4096);
-    const patchFile = join(work, 'away-patch');
-    writeFileSync(patchFile, patch);
-    const at = 5 * 65536 + 8192;
-    const write = frontend(['write', socket, String(at), patchFile]);
-    for (let i = 0; i < 400 && !backend.log().includes('the daemon is away'); i++) await new Promise((r) => setTimeout(r, 25));
-    expect(backend.log()).toContain('the daemon is away');
-    // the daemon is back: the chunk can be had, and the backend asks again on its own
-    renameSync(aside, chunkFile);
-    const miss = await startMissServer(missSocket, warm.disk, cache);
+    let miss: Awaited<ReturnType<typeof startMissServer>> | undefined;
     try {
+      // 4 KiB into the middle of chunk 5: its old bytes are needed (copy-up), so the write waits
+      const patch = randomBytes(4096);
+      const patchFile = join(work, 'away-patch');
+      writeFileSync(patchFile, patch);
+      const at = 5 * 65536 + 8192;
+      const write = frontend(['write', socket, String(at), patchFile]);
+      for (let i = 0; i < 400 && !backend.log().includes('the daemon is away'); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(backend.log()).toContain('the daemon is away');
+      // the daemon is back: the chunk can be had, and the backend asks again on its own
+      renameSync(aside, chunkFile);
+      miss = await startMissServer(missSocket, warm.disk, cache);
       const w = await write;
       expect(w.json, w.stderr).toMatchObject({ status: 0, bytes: 4096 });
       const out = join(work, 'away-read');
@@ -316,7 +317,7 @@ describe('slipway-blk through the test frontend', () => {
       expect(readFileSync(out).equals(want)).toBe(true);
       expect(backend.log()).toContain('the daemon answers again');
     } finally {
-      await miss.close();
+      await miss?.close();
       backend.child.kill('SIGTERM');
       await backend.exited;
     }

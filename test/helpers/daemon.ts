@@ -3,8 +3,8 @@
  * with its own socket, state directory and cache directory, optionally on TCP with a token. It
  * prints one JSON line on stdout when it listens; its JSON logs go to a file kept for failures.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { SlipwayClient } from '../../src/client/index.js';
@@ -92,8 +92,14 @@ export async function startTestDaemon(opts: DaemonStartOptions): Promise<TestDae
         for (const vm of await client.listVms().catch(() => [])) await client.deleteVm(vm.id).catch(() => undefined);
       }
       await daemon.stop().catch(() => undefined);
-      // VMMs and backends run detached: a failed test may leave some with no daemon to own them
+      // VMMs and backends run detached: a failed test may leave some with no daemon to own them,
+      // and a lazily restored VM's RAM mount and overlay (docs/snapshots.md)
       for (const pid of processesWithArgument(stateDir)) process.kill(pid, 'SIGKILL');
+      for (const line of readFileSync('/proc/mounts', 'utf8').split('\n')) {
+        const mount = line.split(' ')[1];
+        if (mount?.startsWith(`${stateDir}/`)) spawnSync('umount', ['-l', mount]);
+      }
+      for (const id of existsSync(join(stateDir, 'vms')) ? readdirSync(join(stateDir, 'vms')) : []) rmSync(`/dev/shm/slipway-${id}.ram.d`, { recursive: true, force: true });
     },
   };
   return daemon;

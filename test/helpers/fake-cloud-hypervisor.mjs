@@ -274,22 +274,23 @@ function main() {
   /** Read and check a snapshot directory as a restore does; the error as CH would answer it, or the restored VM. */
   const readSnapshot = (dir) => {
     const fail = (why) => ({ error: `Error from API: The VM could not be restored: ${why}` });
-    let saved;
-    let st;
-    for (const name of ['config.json', 'state.json']) {
+    // the two JSON files, or why not (in CH's words)
+    const json = (name) => {
+      const path = join(dir, name);
       let text;
       try {
-        text = readFileSync(join(dir, name), 'utf8');
+        text = readFileSync(path, 'utf8');
+        return { value: JSON.parse(text) };
       } catch (err) {
-        return fail(`Failed to read ${join(dir, name)}: ${osError(err)}`);
+        return { why: text === undefined ? `Failed to read ${path}: ${osError(err)}` : `Failed to deserialize ${name}: ${err.message}` };
       }
-      try {
-        if (name === 'config.json') saved = JSON.parse(text);
-        else st = JSON.parse(text);
-      } catch (err) {
-        return fail(`Failed to deserialize ${name}: ${err.message}`);
-      }
-    }
+    };
+    const config = json('config.json');
+    if (config.why) return fail(config.why);
+    const state = json('state.json');
+    if (state.why) return fail(state.why);
+    const saved = config.value;
+    const st = state.value;
     if (st?.fake !== FAKE_STATE_MARK || typeof st.ram?.nonce !== 'string' || !Array.isArray(st.ram.markers)) return fail('state.json is not a snapshot this FAKE wrote');
     const errors = validateVmConfigBody(doc, saved, { fwCfgFeature: features.includes('fw_cfg') });
     if (errors.length > 0) return fail(`config.json is not a valid VmConfig: ${errors.join('; ')}`);

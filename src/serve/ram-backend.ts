@@ -92,9 +92,6 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const running = (): boolean => child.exitCode === null && child.signalCode === null;
   const log = (): string => fileTail(logPath, 64_000);
-  const unmount = async (): Promise<void> => {
-    await run('umount', ['-l', mount]).catch(() => undefined);
-  };
   let poll: NodeJS.Timeout | undefined;
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -108,7 +105,7 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
     });
   } catch (err) {
     child.kill('SIGKILL');
-    await unmount();
+    await unmountLazily(mount);
     await miss.close();
     await rm(overlayDir, { recursive: true, force: true });
     throw err;
@@ -135,13 +132,18 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
   });
 }
 
+/** Detach a FUSE mount even while something still has it open (a server that died leaves one). */
+async function unmountLazily(mount: string): Promise<void> {
+  await run('umount', ['-l', mount]).catch(() => undefined);
+}
+
 /** The file in a VM's work directory naming the RAM image it serves (for adoptRam). */
 const RAM_REF_FILE = 'ram.ref';
 
 /**
  * After a daemon restart: the slipway-ramfs of a lazily restored VM, found running again, gets its
- * miss server back (it reconnects on its next miss; misses failed while no daemon answered) and the
- * rest of its RAM is loaded into tier 1 at background priority again. Undefined when the VM has no
+ * miss server back (misses wait for it while no daemon answers, up to 30 s, then reconnect) and
+ * the rest of its RAM is loaded into tier 1 at background priority again. Undefined when the VM has no
  * lazy RAM or its server is gone.
  */
 export async function adoptRam(opts: { cache: ChunkCache; workDir: string; overlayDir: string }): Promise<ServedRam | undefined> {
@@ -182,7 +184,7 @@ function servedRam(p: { cache: ChunkCache; disk: LazyDisk; workDir: string; over
       if (closed) return;
       closed = true;
       await p.stop();
-      await run('umount', ['-l', mount]).catch(() => undefined);
+      await unmountLazily(mount);
       await p.miss.close();
       p.unpin();
       await rm(p.overlayDir, { recursive: true, force: true });
@@ -199,6 +201,6 @@ function servedRam(p: { cache: ChunkCache; disk: LazyDisk; workDir: string; over
 export async function stopLeftoverRam(workDir: string, overlayDir: string): Promise<void> {
   const mount = join(workDir, 'ram');
   for (const pid of processesWithArgument(mount)) await terminateProcess(pid, 2000);
-  if (existsSync(join(workDir, 'ram.map'))) await run('umount', ['-l', mount]).catch(() => undefined);
+  if (existsSync(join(workDir, 'ram.map'))) await unmountLazily(mount);
   await rm(overlayDir, { recursive: true, force: true });
 }

@@ -107,10 +107,10 @@ int vub_miss_fetch(struct vub_queue *q, uint64_t chunk)
 	return wait_for_daemon(q) ? 0 : -1;
 }
 
-int vub_miss_retry(struct vub_queue *q)
+void vub_miss_retry(struct vub_queue *q)
 {
 	if (q->away_since == 0 || q->parked_count == 0)
-		return -1;
+		return;
 	if (daemon_connect(q) > 0) {
 		/* every parked chunk once: its replies resume all the requests parked on it */
 		for (struct vub_parked *p = q->parked; p; p = p->next) {
@@ -123,13 +123,12 @@ int vub_miss_retry(struct vub_queue *q)
 			}
 		}
 		if (q->daemon_fd >= 0)
-			return -1;
+			return;
 	}
 	if (wait_for_daemon(q))
-		return MISS_RETRY_MS;
+		return;
 	vub_log("warn", "queue %u: the daemon has been away for %d s; failing %u waiting requests", q->index, MISS_AWAY_MS / 1000, q->parked_count);
 	vub_queue_resume(q, 0, -ECONNRESET);
-	return -1;
 }
 
 void vub_miss_read(struct vub_queue *q)

@@ -26,9 +26,8 @@ void vub_queue_resume(struct vub_queue *q, uint64_t chunk, int status);
  * the daemon has been away for MISS_AWAY_MS, or there is none). */
 int vub_miss_fetch(struct vub_queue *q, uint64_t chunk);
 /* While the daemon is away: connect again; once connected, ask again for every parked chunk; past
- * MISS_AWAY_MS, fail the parked requests. Returns the ms until the next try, or -1 when there
- * is nothing to wait for. */
-int vub_miss_retry(struct vub_queue *q);
+ * MISS_AWAY_MS, fail the parked requests. The queue thread calls it every MISS_RETRY_MS. */
+void vub_miss_retry(struct vub_queue *q);
 /* Read the replies that have arrived and resume their requests. */
 void vub_miss_read(struct vub_queue *q);
 /* Close the miss connection (out of the epoll set first). */

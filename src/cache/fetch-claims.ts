@@ -114,7 +114,15 @@ export class FetchClaims {
   /** Drop our claim on a chunk, if it is still ours. */
   release(digestHex: string): void {
     const marker = join(this.#dir, digestHex);
-    if (this.#holder(marker) === this.#claimer) rmSync(marker, { force: true });
+    // a marker that names this claimer is ours (this claimer is open and its process is us): no
+    // need to ask /proc whether we are alive, on every chunk a fetch delivers
+    let text: string;
+    try {
+      text = readFileSync(marker, 'utf8');
+    } catch {
+      return;
+    }
+    if (text === this.#claimer) rmSync(marker, { force: true });
   }
 
   /** Whether another live claimer (another process, or another cache in this one) fetches this chunk. */

@@ -18,6 +18,13 @@ export interface BlobStore {
    * Range sends the whole blob: it is verified, handed to `onWholeBlob`, and sliced.
    */
   fetchBlobRange(desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Promise<Buffer>;
+  /**
+   * The same range handed over as its bytes arrive (in order, in pieces of any size), for stores
+   * whose bytes take time to come (a registry): a reader can use the first bytes before the last
+   * have come. The iterable ends early on a short answer (the caller counts) and throws when the
+   * transfer fails. Stores that read local files need not offer it.
+   */
+  fetchBlobRangeStream?(desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Promise<AsyncIterable<Buffer> | Iterable<Buffer>>;
   /** Store a blob; the store checks `data` against `desc` before it becomes visible. */
   pushBlob(desc: Descriptor, data: Buffer): Promise<void>;
   /** Store a blob from a stream of known descriptor (large blobs, copy). */

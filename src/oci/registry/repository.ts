@@ -103,6 +103,33 @@ export class RegistryRepository implements Target {
     return body.byteLength === length ? body : body.subarray(0, length);
   }
 
+  /**
+   * One Range GET whose body is handed over as it arrives: the bytes `offset`..`offset+length` of
+   * the blob, in order, in pieces of whatever size the connection delivers. The iterable throws
+   * when the connection drops mid-body (a transient error); a body shorter than asked for ends
+   * early, which the caller must check (see `fetchBlobRange` for the 200 and longer cases: a whole
+   * blob is read, verified, handed to `onWholeBlob`, and its slice is the one piece).
+   */
+  async fetchBlobRangeStream(desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Promise<AsyncIterable<Buffer> | Iterable<Buffer>> {
+    if (offset < 0 || length <= 0 || offset + length > desc.size) {
+      throw new SlipwayError('INVALID_ARGUMENT', `range ${offset}+${length} is outside blob ${desc.digest} of ${desc.size} bytes`);
+    }
+    const what = `fetching bytes ${offset}+${length} of blob ${desc.digest} from ${this.name}`;
+    const res = await this.client.send({
+      method: 'GET', url: this.path('blobs', desc.digest), headers: { range: `bytes=${offset}-${offset + length - 1}` },
+      scopes: this.pullScope, expect: [200, 206], read: 'stream', notFound: 'BLOB_UNKNOWN', followRedirects: true, what,
+    });
+    if (!res.stream) throw new SlipwayError('REGISTRY_ERROR', `${what}: no body`);
+    if (res.status === 206) return res.stream;
+    const pieces: Buffer[] = [];
+    for await (const piece of res.stream) pieces.push(piece as Buffer);
+    const body = Buffer.concat(pieces);
+    if (body.byteLength !== desc.size) throw new RegistryError('SIZE_INVALID', `${what}: short read: the whole blob (Range ignored) has ${body.byteLength} of ${desc.size} bytes`, { method: 'GET', url: res.url, status: 200 });
+    verifyContent(body, desc, `blob ${desc.digest} from ${this.name} (sent whole, Range ignored)`);
+    onWholeBlob?.(body);
+    return [body.subarray(offset, offset + length)];
+  }
+
   private async startUpload(what: string): Promise<string> {
     const res = await this.client.send({
       method: 'POST', url: `/v2/${this.repository}/blobs/uploads/`, scopes: this.pushScope, expect: [202], read: 'none', what,

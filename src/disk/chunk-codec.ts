@@ -98,12 +98,14 @@ export class ChunkCodec {
 
   /**
    * Decompress into exactly `length` bytes (never more: the bytes come from an untrusted
-   * registry) and check the sha256. Throws DIGEST_MISMATCH when anything is off.
+   * registry) and check the sha256. Throws DIGEST_MISMATCH when anything is off. `into`, when
+   * given and large enough, receives the bytes (a buffer its owner reuses: the result is a view of
+   * it); otherwise a buffer of their own is allocated.
    */
-  decode(stored: Uint8Array, flags: number, length: number, digest: Buffer, what: string): Buffer {
+  decode(stored: Uint8Array, flags: number, length: number, digest: Buffer, what: string, into?: Buffer): Buffer {
     let out: Buffer;
     if (flags & FLAG_ZSTD) {
-      out = Buffer.allocUnsafeSlow(length);
+      out = into && into.byteLength >= length ? into.subarray(0, length) : Buffer.allocUnsafeSlow(length);
       let n: number;
       try {
         n = this.dctx.decompress(out, stored);

@@ -5,6 +5,8 @@ import type { WorkerRequest, WorkerResponse } from './pool.js';
 import { CHUNK_FILE_BACKDATE_MS } from '../util/atomic-file.js';
 
 const codec = new ChunkCodec();
+/** where chunks only written to their file are decoded: reused, so no fresh memory per chunk */
+let scratch = Buffer.alloc(0);
 
 /**
  * Write a verified chunk to its cache file (util/atomic-file.ts, as the disk tier writes one) on
@@ -32,10 +34,20 @@ parentPort?.on('message', (req: WorkerRequest) => {
       res = { id: req.id, ok: true, digest: enc.digest, zero: enc.zero, stored: enc.stored, flags: enc.flags };
       if (enc.stored.byteLength > 0) transfer.push(enc.stored.buffer as ArrayBuffer);
     } else {
-      const out = codec.decode(req.stored, req.flags, req.length, Buffer.from(req.digest), req.what);
+      const fileOnly = req.fileOnly === true && req.persist !== undefined;
+      if (fileOnly && scratch.byteLength < req.length) scratch = Buffer.allocUnsafeSlow(req.length);
+      let out = codec.decode(req.stored, req.flags, req.length, Buffer.from(req.digest), req.what, fileOnly ? scratch : undefined);
       const persistError = req.persist ? persistChunk(out, req.persist.tmpPath, req.persist.finalPath) : undefined;
+      // only the file was wanted and it is written: no bytes go back
+      if (fileOnly && persistError === undefined) out = Buffer.alloc(0);
+      else if (out.buffer === scratch.buffer) out = Buffer.from(out);
       res = { id: req.id, ok: true, data: out, ...(persistError ? { persistError } : {}) };
-      if (out.byteLength > 0) transfer.push(out.buffer as ArrayBuffer);
+      if (out.byteLength > 0 && out.byteOffset === 0 && out.byteLength === out.buffer.byteLength) transfer.push(out.buffer as ArrayBuffer);
+      // a recycled buffer of stored bytes goes back (unless the bytes are the answer: a raw chunk)
+      if (req.giveBack === true && out.buffer !== req.stored.buffer) {
+        res.storedBack = req.stored;
+        transfer.push(req.stored.buffer as ArrayBuffer);
+      }
     }
   } catch (err) {
     const e = err as { code?: string; message?: string };

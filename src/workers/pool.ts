@@ -4,15 +4,16 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { ChunkCoder } from '../disk/chunk-codec.js';
 import { SlipwayError, type ErrorCode } from '../errors.js';
+import { storedBuffers } from './stored-buffers.js';
 
 export type WorkerRequest =
   | { id: number; op: 'encode'; data: Uint8Array; level: number }
-  | { id: number; op: 'decode'; stored: Uint8Array; flags: number; length: number; digest: Uint8Array; what: string; persist?: PersistTo }
+  | { id: number; op: 'decode'; stored: Uint8Array; flags: number; length: number; digest: Uint8Array; what: string; persist?: PersistTo; fileOnly?: boolean; giveBack?: boolean }
   | { id: number; op: 'ping' };
 
 export type WorkerResponse =
   | { id: number; ok: true; digest: Uint8Array; zero: boolean; stored: Uint8Array; flags: number }
-  | { id: number; ok: true; data: Uint8Array; persistError?: string }
+  | { id: number; ok: true; data: Uint8Array; persistError?: string; storedBack?: Uint8Array }
   | { id: number; ok: true; pong: true }
   | { id: number; ok: false; code: string; message: string };
 
@@ -22,9 +23,14 @@ export interface PersistTo {
   finalPath: string;
 }
 
-/** A decoded chunk; `persisted` when the worker wrote its cache file, `persistError` (an errno code) when that failed. */
+/**
+ * A decoded chunk of `length` bytes; `persisted` when the worker wrote its cache file,
+ * `persistError` (an errno code) when that failed. `data` is empty when only the file was asked
+ * for (`fileOnly`) and the file was written.
+ */
 export interface Decoded {
   data: Buffer;
+  length: number;
   persisted: boolean;
   persistError?: string;
 }
@@ -115,13 +121,21 @@ export class WorkerPool implements ChunkCoder {
     return { digest: toBuffer(res.digest), zero: res.zero, stored: toBuffer(res.stored), flags: res.flags };
   }
 
-  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string, persist?: PersistTo): Promise<Decoded> {
+  /**
+   * Decompress and verify a chunk on a worker, which writes its tier-1 file when `persist` says
+   * where. `fileOnly` (with `persist`): the caller needs the file, not the bytes; the worker
+   * decodes into a buffer it reuses and hands no bytes back, unless the file could not be written.
+   */
+  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string, persist?: PersistTo, fileOnly = false): Promise<Decoded> {
     // Structured clone of a view copies its whole ArrayBuffer (a slice of an 8 MiB pack would
-    // copy the pack): give the worker a buffer of its own, transferred, not cloned.
-    const own = ownsBuffer(stored) ? stored : Buffer.from(stored.buffer.slice(stored.byteOffset, stored.byteOffset + stored.byteLength));
-    const res = await this.run({ op: 'decode', stored: own, flags, length, digest: Uint8Array.from(digest), what, ...(persist ? { persist } : {}) }, own.byteLength > 0 ? [own.buffer as ArrayBuffer] : []);
+    // copy the pack): give the worker a buffer of its own, transferred, not cloned. A recycled
+    // one (stored-buffers.ts) goes whole and comes back with the answer.
+    const giveBack = storedBuffers.owns(stored);
+    const own = giveBack || ownsBuffer(stored) ? stored : Buffer.from(stored.buffer.slice(stored.byteOffset, stored.byteOffset + stored.byteLength));
+    const res = await this.run({ op: 'decode', stored: own, flags, length, digest: Uint8Array.from(digest), what, giveBack, ...(persist ? { persist, fileOnly } : {}) }, own.byteLength > 0 ? [own.buffer as ArrayBuffer] : []);
     if (!('data' in res)) throw new SlipwayError('IO_ERROR', 'worker answered decode with the wrong shape');
-    return { data: toBuffer(res.data), persisted: persist !== undefined && res.persistError === undefined, ...(res.persistError ? { persistError: res.persistError } : {}) };
+    if (res.storedBack) storedBuffers.give(res.storedBack.buffer as ArrayBuffer);
+    return { data: toBuffer(res.data), length, persisted: persist !== undefined && res.persistError === undefined, ...(res.persistError ? { persistError: res.persistError } : {}) };
   }
 
 

@@ -252,8 +252,11 @@ describe('connection dropped mid-body', () => {
     proxy.dropMidBody('all');
     const err = await rejection(within(20_000, disk.read(m * CHUNK, 2 * CHUNK), 'read against endless drops'));
     expect(err.code).toBe('REGISTRY_UNREACHABLE');
-    expect(existsSync(cache.chunkPath(chunkHex(disk, m)))).toBe(false);
-    expect(expectTier1Consistent(cache).chunks).toBe(3);
+    // the answer is cut halfway, after chunk m's bytes: m is kept (whole and verified, as every
+    // file is), m + 1 never came and has no file, half-written or other
+    expect(existsSync(cache.chunkPath(chunkHex(disk, m)))).toBe(true);
+    expect(existsSync(cache.chunkPath(chunkHex(disk, m + 1)))).toBe(false);
+    expect(expectTier1Consistent(cache).chunks).toBe(4);
   });
 });
 

@@ -64,7 +64,7 @@ function heldDecode(): { decode: (stored: Buffer, flags: number, length: number,
       const key = /chunk (\d+)/.exec(what)?.[1] as string;
       calls.push({ what: key, priority });
       if (!released.has(key)) await new Promise<void>((go) => waiting.set(key, go));
-      return { data: codec.decode(stored, flags, length, digest, what), persisted: false };
+      return { data: codec.decode(stored, flags, length, digest, what), length, persisted: false };
     },
     release: (key) => {
       released.add(key);
@@ -112,7 +112,7 @@ describe('the remote tier hands chunks over one by one', () => {
     const remote = new RemoteTier({
       decode: async (stored, flags, length, digest, what) => {
         decoded.push(Number(/chunk (\d+)/.exec(what)?.[1]));
-        return { data: codec.decode(stored, flags, length, digest, what), persisted: false };
+        return { data: codec.decode(stored, flags, length, digest, what), length, persisted: false };
       },
       logger: silentLogger, deadlineMs: 10_000, hostLimit: () => new PrioritySemaphore(8, 2),
     });
@@ -147,7 +147,7 @@ describe('the fetcher answers each reader as soon as its chunk is in', () => {
     const want = (n: number): ChunkWant => ({ entry: n, chunk: n, hex: (index.entries[n]?.digest as Buffer).toString('hex') });
     const call = (priority: Priority): GetChunksOptions => ({
       index, sources: [fakeSource('a', pack)], what: 'disk', priority, intoMemory: false,
-      tally: { tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, inflightJoins: 0 }, track: () => undefined,
+      tally: { tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, guessChunks: 0, inflightJoins: 0 }, track: () => undefined,
     });
     const prefetch = fetcher.getChunks([0, 1, 2, 3].map(want), call(fill));
     const demandCall = call('demand');

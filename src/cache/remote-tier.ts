@@ -14,6 +14,7 @@ import type { Logger } from '../util/log.js';
 import type { PrioritySemaphore, Priority, Urgency } from '../util/semaphore.js';
 import { backoffDelayMs, type RetryPolicy } from '../util/retry.js';
 import type { Decoded } from '../workers/pool.js';
+import { storedBuffers } from '../workers/stored-buffers.js';
 
 /** Two wanted chunks this close in a pack are fetched in one request (the gap is read and dropped). */
 export const MAX_COALESCE_GAP_BYTES = 64 << 10;
@@ -65,10 +66,55 @@ export function planRuns(index: ChunkIndex, wanted: WantedChunk[], maxRunBytes =
   return runs;
 }
 
+/**
+ * Cut each wanted chunk's stored bytes out of a run's body as the body arrives (`pieces`, in
+ * order, from the run's first byte), each into a buffer of its own (which the decode thread then
+ * takes without a copy), and hand each chunk over (`onStored`) as soon as its last byte is in. A
+ * body is never concatenated: a run of several MiB costs one copy of each wanted chunk's bytes.
+ * Returns the bytes of the body consumed, at most the run's length (fewer: a short answer, whose
+ * incomplete chunks were not handed over).
+ */
+export async function cutChunks(pieces: AsyncIterable<Buffer> | Iterable<Buffer>, index: ChunkIndex, run: Run, onStored: (w: WantedChunk, stored: Buffer) => void): Promise<number> {
+  const order = [...run.chunks].sort((a, b) => (index.entries[a.entry] as IndexEntry).offset - (index.entries[b.entry] as IndexEntry).offset);
+  const span = (i: number): [number, number] => {
+    const e = index.entries[(order[i] as WantedChunk).entry] as IndexEntry;
+    return [e.offset - run.start, e.offset - run.start + e.storedLength];
+  };
+  const parts: (Buffer | undefined)[] = new Array(order.length);
+  /** the first chunk (in pack order) not yet handed over */
+  let first = 0;
+  let pos = 0;
+  for await (const piece of pieces) {
+    const p0 = pos;
+    const p1 = Math.min(run.length, p0 + piece.byteLength);
+    if (piece.byteLength === 0) continue;
+    if (p1 <= p0) break; // more than was asked for: the rest is not ours
+    pos = p1;
+    for (let i = first; i < order.length; i++) {
+      const [c0, c1] = span(i);
+      if (c0 >= p1) break;
+      if (c1 <= p0) continue; // handed over with an earlier piece
+      const from = Math.max(c0, p0);
+      const to = Math.min(c1, p1);
+      const part = (parts[i] ??= storedBuffers.take(c1 - c0));
+      piece.copy(part, from - c0, from - p0, to - p0);
+      if (to === c1) {
+        parts[i] = undefined;
+        onStored(order[i] as WantedChunk, part);
+      }
+    }
+    while (first < order.length && span(first)[1] <= pos) first++;
+  }
+  return pos;
+}
+
 export interface RemoteStats {
   requests: number;
   bytes: number;
+  /** chunks fetched and verified */
   chunks: number;
+  /** chunks fetched as guesses and kept undecoded (verified only if a reader asks for them) */
+  guesses: number;
   retries: number;
   badSources: number;
   wholeBlobResponses: number;
@@ -82,7 +128,8 @@ export interface Source {
 
 export interface RemoteTierDeps {
   /** `priority`: the run's, read when the decode would wait for a thread (demand first) */
-  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority?: Priority | Urgency) => Promise<Decoded>;
+  /** `fileOnly`: the chunk's tier-1 file is wanted, not its bytes (see WorkerPool.decode) */
+  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority?: Priority | Urgency, fileOnly?: boolean) => Promise<Decoded>;
   logger: Logger;
   deadlineMs: number;
   hostLimit: (host: string) => PrioritySemaphore;
@@ -108,10 +155,18 @@ function worthRetrying(err: unknown): boolean {
 export interface RunDelivery {
   /** each chunk's verified bytes, as soon as that chunk is decoded (once per chunk, whatever retries it took) */
   onChunk?: (w: WantedChunk, chunk: Decoded) => void;
+  /** whether only a chunk's tier-1 file is wanted, not its bytes (default: its bytes) */
+  fileOnlyOf?: (w: WantedChunk) => boolean;
   /** the priority a chunk's decode waits at (default: the run's): a chunk a demand read waits for goes first */
   priorityOf?: (w: WantedChunk) => Priority | Urgency;
   /** a pack a server sent whole (Range ignored), already verified against its digest */
   onWholeBlob?: (pack: Descriptor, blob: Buffer) => void;
+  /**
+   * A chunk's stored bytes as they come, before any decode: true keeps them as they are (a guess
+   * nobody waits for: whoever reads it later decodes and verifies it), and the chunk is then not
+   * decoded (nor `onChunk`ed) here; false decodes it as usual.
+   */
+  park?: (w: WantedChunk, stored: Buffer) => boolean;
 }
 
 /** When a run's fetch deadline passes: unset until its first request is sent. */
@@ -120,7 +175,7 @@ interface WireClock {
 }
 
 export class RemoteTier {
-  readonly stats: RemoteStats = { requests: 0, bytes: 0, chunks: 0, retries: 0, badSources: 0, wholeBlobResponses: 0 };
+  readonly stats: RemoteStats = { requests: 0, bytes: 0, chunks: 0, guesses: 0, retries: 0, badSources: 0, wholeBlobResponses: 0 };
 
   constructor(private readonly deps: RemoteTierDeps) {}
 
@@ -141,6 +196,8 @@ export class RemoteTier {
     const clock: WireClock = { deadline: undefined };
     /** chunks verified and handed over (`onChunk`) by an earlier attempt: a retry does not decode them again */
     const delivered = new Map<number, Decoded>();
+    /** chunks kept undecoded (`opts.park`) by an earlier attempt: a retry leaves them be */
+    const parked = new Set<number>();
     const bad = new Set<number>();
     let lastError: unknown;
     for (let round = 0; ; round++) {
@@ -148,7 +205,7 @@ export class RemoteTier {
         if (bad.has(s)) continue;
         const source = sources[s] as Source;
         try {
-          return await this.tryOnce(index, run, source, priority, what, clock, opts, delivered);
+          return await this.tryOnce(index, run, source, priority, what, clock, opts, delivered, parked);
         } catch (err) {
           lastError = err;
           if (!worthRetrying(err)) {
@@ -185,7 +242,7 @@ export class RemoteTier {
     return Promise.race([attempt, expired]).finally(() => clearTimeout(timer));
   }
 
-  private async tryOnce(index: ChunkIndex, run: Run, source: Source, priority: Priority | Urgency, what: string, clock: WireClock, opts: RunDelivery, delivered: Map<number, Decoded>): Promise<Map<number, Decoded>> {
+  private async tryOnce(index: ChunkIndex, run: Run, source: Source, priority: Priority | Urgency, what: string, clock: WireClock, opts: RunDelivery, delivered: Map<number, Decoded>, parked: Set<number>): Promise<Map<number, Decoded>> {
     const release = await this.deps.hostLimit(source.host).acquire(priority);
     // the deadline starts with the run's first request on the wire, not while it queued for a slot
     clock.deadline ??= Date.now() + this.deps.deadlineMs;
@@ -195,35 +252,58 @@ export class RemoteTier {
     }
     this.stats.requests++;
     let whole: Buffer | undefined;
-    const request = source.target.fetchBlobRange(run.pack, run.start, run.length, (b) => {
+    const onWholeBlob = (b: Buffer): void => {
       whole = b;
-    });
-    // the host slot is held for as long as the request is on the wire, even past the deadline
-    request.then(release, release);
-    const bytes = await this.withinDeadline(request, clock.deadline, source, what);
-    if (whole) {
-      this.stats.wholeBlobResponses++;
-      this.stats.bytes += (whole as Buffer).byteLength;
-      opts.onWholeBlob?.(run.pack, whole);
-    } else {
-      this.stats.bytes += bytes.byteLength;
-    }
-    // each chunk is handed over as soon as it is verified, not when the whole run is: a read
-    // waiting for one chunk of a long run waits for its own decode only (each decode queues at its
-    // chunk's priority, so a chunk a demand read waits for is decoded before its neighbours)
+    };
+    // each chunk is cut out of the body, decoded and handed over as soon as its own bytes are in,
+    // not when the whole run is: a read waiting for one chunk of a long run waits for its bytes and
+    // its decode only (each decode queues at its chunk's priority, so a chunk a demand read waits
+    // for is decoded before its neighbours)
     const out = new Map<number, Decoded>(delivered);
-    await Promise.all(run.chunks.map(async (w) => {
+    const decodes: Promise<void>[] = [];
+    const decodeOne = async (w: WantedChunk, stored: Buffer): Promise<void> => {
       if (delivered.has(w.entry)) return;
-      const e = index.entries[w.entry] as IndexEntry;
-      const stored = bytes.subarray(e.offset - run.start, e.offset - run.start + e.storedLength);
-      const chunk = await this.deps.decode(stored, e.flags, chunkLength(index, w.chunk), e.digest, `${what} chunk ${w.chunk} from ${source.target.name}`, opts.priorityOf?.(w) ?? priority);
+      const chunk = await this.deps.decode(stored, (index.entries[w.entry] as IndexEntry).flags, chunkLength(index, w.chunk), (index.entries[w.entry] as IndexEntry).digest, `${what} chunk ${w.chunk} from ${source.target.name}`, opts.priorityOf?.(w) ?? priority, opts.fileOnlyOf?.(w) === true);
       out.set(w.entry, chunk);
       // a decode of a failed attempt may finish while a retry decodes the same chunk: one hand-over
       if (delivered.has(w.entry)) return;
       delivered.set(w.entry, chunk);
       this.stats.chunks++;
       opts.onChunk?.(w, chunk);
-    }));
+    };
+    const receive = async (): Promise<number> => {
+      const { target } = source;
+      const body = target.fetchBlobRangeStream
+        ? await target.fetchBlobRangeStream(run.pack, run.start, run.length, onWholeBlob)
+        : [await target.fetchBlobRange(run.pack, run.start, run.length, onWholeBlob)];
+      return cutChunks(body, index, run, (w, stored) => {
+        if (delivered.has(w.entry) || parked.has(w.entry)) return;
+        if (opts.park?.(w, stored)) {
+          parked.add(w.entry);
+          this.stats.guesses++;
+          return;
+        }
+        const p = decodeOne(w, stored);
+        p.catch(() => undefined); // awaited below, unless the transfer failed first
+        decodes.push(p);
+      });
+    };
+    const request = receive();
+    // the host slot is held for as long as the request is on the wire, even past the deadline
+    request.then(release, release);
+    const received = await this.withinDeadline(request, clock.deadline, source, what);
+    if (whole) {
+      this.stats.wholeBlobResponses++;
+      this.stats.bytes += (whole as Buffer).byteLength;
+      opts.onWholeBlob?.(run.pack, whole);
+    } else {
+      this.stats.bytes += received;
+    }
+    await Promise.all(decodes);
+    if (received < run.length) {
+      // the chunks that came whole are kept (a retry asks again, and decodes only the others)
+      throw new SlipwayError('SIZE_INVALID', `${what}: short read: ${received} of ${run.length} bytes at ${run.start} of pack ${run.pack.digest} from ${source.target.name}`);
+    }
     return out;
   }
 }

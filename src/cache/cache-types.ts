@@ -19,13 +19,15 @@ export interface ChunkWant {
 /**
  * Where a reader's chunk look-ups were served from, counted by the cache as it serves them (a
  * LazyDisk passes its `stats`): tier 0, tier 1 (including chunks another reader or process was
- * already fetching into tier 1 when this one claimed them), tier 2 (fetched by this reader), and
- * look-ups that joined a fetch another reader in this process had started.
+ * already fetching into tier 1 when this one claimed them), tier 2 (fetched by this reader),
+ * guesses (fetched earlier by speculation and held undecoded, decoded when first read: no request),
+ * and look-ups that joined a fetch another reader in this process had started.
  */
 export interface TierTally {
   tier0Chunks: number;
   tier1Chunks: number;
   tier2Chunks: number;
+  guessChunks: number;
   inflightJoins: number;
 }
 
@@ -40,6 +42,12 @@ export interface GetChunksOptions {
   priority: Priority;
   /** keep what is fetched or read from tier 1 in tier 0 too (demand reads; not prefetch) */
   intoMemory: boolean;
+  /**
+   * The caller needs each chunk in tier 1 (its file), not its bytes (a prefetch; the backend's
+   * miss, which reads the file): chunks fetched for it are decoded straight into their files, and
+   * its promise's buffers may be empty. Ignored with `intoMemory`.
+   */
+  fileOnly?: boolean;
   /** bound on one coalesced request (default: remote-tier's MAX_RUN_BYTES) */
   maxRunBytes?: number;
   /** wanted chunks this close in a pack share a request (default: remote-tier's MAX_COALESCE_GAP_BYTES) */
@@ -50,6 +58,13 @@ export interface GetChunksOptions {
    * of it in flight is joined), before any request is made for it.
    */
   onMiss?: (want: ChunkWant) => void;
+  /**
+   * Called once, after the look-ups, with the chunks this call is about to fetch itself (not
+   * those it joins): more chunks to fetch in the same requests, at prefetch priority, which the
+   * call does not wait for (speculation around a demand miss: one request instead of two, the
+   * missed chunk decoded first). Chunks among them that are local or in flight are left out.
+   */
+  alongside?: (fetching: ChunkWant[]) => ChunkWant[];
   /** Background work of this call (fetches, waits on other processes, whole packs kept): a disk's close waits for it. */
   track: (work: Promise<unknown>) => void;
 }

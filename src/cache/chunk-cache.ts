@@ -17,6 +17,7 @@ import { PrioritySemaphore, type Priority, type Urgency } from '../util/semaphor
 import { WorkerPool, type Decoded } from '../workers/pool.js';
 import { ChunkCodec } from '../disk/chunk-codec.js';
 import type { ChunkWant, DiskChunkCache, GetChunksOptions, TierTally } from './cache-types.js';
+import type { ParkedStats } from './parked-guesses.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
 import { DiskTier, type DiskTierStats } from './disk-tier.js';
 import type { LazyDisk, OpenDiskOptions } from './lazy-disk.js';
@@ -38,6 +39,8 @@ export interface CacheStats {
   disk: DiskTierStats & { hits: number; corruptions: number };
   remote: RemoteStats;
   inflightJoins: number;
+  /** speculation's guesses kept undecoded until read (parked-guesses.ts) */
+  guesses: ParkedStats;
 }
 
 export interface ChunkCacheOptions {
@@ -85,7 +88,7 @@ export class ChunkCache implements DiskChunkCache {
     this.#disk = disk;
     this.#meta = new OciLayoutStore(join(opts.config.cacheDir, 'meta'));
     this.#remote = new RemoteTier({
-      decode: (stored, flags, length, digest, what, priority) => this.#decode(stored, flags, length, digest, what, priority),
+      decode: (stored, flags, length, digest, what, priority, fileOnly) => this.#decode(stored, flags, length, digest, what, priority, fileOnly),
       logger: opts.logger,
       deadlineMs: opts.config.fetchDeadlineMs,
       hostLimit: (host) => this.hostLimit(host),
@@ -98,7 +101,7 @@ export class ChunkCache implements DiskChunkCache {
       deadlineMs: opts.config.fetchDeadlineMs,
       lookupLocal: (hex, promote) => this.#lookupLocal(hex, promote),
       store: (hex, chunk, intoMemory) => this.#store(hex, chunk, intoMemory),
-      decode: (stored, flags, length, digest, what, priority) => this.#decode(stored, flags, length, digest, what, priority),
+      decode: (stored, flags, length, digest, what, priority, fileOnly) => this.#decode(stored, flags, length, digest, what, priority, fileOnly),
     });
   }
 
@@ -133,16 +136,17 @@ export class ChunkCache implements DiskChunkCache {
   /**
    * Decompress and verify a chunk. The worker threads start after the first INLINE_DECODES
    * decodes (or at `warmUp`); until they have booted (~100 ms of module loading each), decodes run
-   * inline, so no chunk ever waits for threads.
+   * inline, so no chunk ever waits for threads. `fileOnly`: the caller needs the tier-1 file, not
+   * the bytes (see WorkerPool.decode); inline decodes hand the bytes back regardless.
    */
-  async #decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency = 'demand'): Promise<Decoded> {
+  async #decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency = 'demand', fileOnly = false): Promise<Decoded> {
     // a small cold boot needs a few chunks: decoded inline, without starting threads that would
     // take CPU from the booting VM; past that the threads start, and until they answer decodes
     // still run inline
     if (!this.#poolReady && (this.#poolInstance || ++this.#inlineDecodes > INLINE_DECODES)) void this.pool;
     if (!this.#poolReady) {
       this.#inlineCodec ??= new ChunkCodec();
-      return { data: this.#inlineCodec.decode(stored, flags, length, digest, what), persisted: false };
+      return { data: this.#inlineCodec.decode(stored, flags, length, digest, what), length, persisted: false };
     }
     const pool = this.pool;
     // the threads take decodes in turn, demand first: a guest's miss is never decoded after
@@ -152,7 +156,7 @@ export class ChunkCache implements DiskChunkCache {
     // the worker also writes the chunk's tier-1 file, so the event loop does no file I/O for it
     const hex = digest.toString('hex');
     try {
-      return await pool.decode(stored, flags, length, digest, what, { tmpPath: this.#disk.tempPath(hex), finalPath: this.#disk.chunkPath(hex) });
+      return await pool.decode(stored, flags, length, digest, what, { tmpPath: this.#disk.tempPath(hex), finalPath: this.#disk.chunkPath(hex) }, fileOnly);
     } finally {
       release();
     }
@@ -266,7 +270,7 @@ export class ChunkCache implements DiskChunkCache {
    */
   async #store(digestHex: string, chunk: Decoded, intoMemory: boolean): Promise<void> {
     if (intoMemory) this.#memory.set(digestHex, chunk.data);
-    if (chunk.persisted) this.#disk.adopt(digestHex, chunk.data.byteLength);
+    if (chunk.persisted) this.#disk.adopt(digestHex, chunk.length);
     else await this.#disk.put(digestHex, chunk.data);
   }
 
@@ -276,6 +280,7 @@ export class ChunkCache implements DiskChunkCache {
       disk: { ...this.#disk.stats(), hits: this.#counters.diskHits, corruptions: this.#counters.corruptions },
       remote: { ...this.#remote.stats },
       inflightJoins: this.#fetcher.joins,
+      guesses: this.#fetcher.parked.stats(),
     };
   }
 

@@ -7,6 +7,7 @@
  * cache owns one `ChunkFetcher`, which owns its claims; nothing else touches either.
  */
 import { chunkLength, HOLE, type ChunkIndex, type IndexEntry } from '../disk/format.js';
+import { SlipwayError } from '../errors.js';
 import type { Descriptor } from '../oci/types.js';
 import { forEachBounded } from '../util/concurrency.js';
 import type { Logger } from '../util/log.js';
@@ -14,6 +15,7 @@ import { Urgency, type Priority } from '../util/semaphore.js';
 import type { Decoded } from '../workers/pool.js';
 import type { ChunkWant, GetChunksOptions } from './cache-types.js';
 import { FetchClaims } from './fetch-claims.js';
+import { ParkedGuesses, type ParkedGuess } from './parked-guesses.js';
 import { planRuns, type RemoteTier, type WantedChunk } from './remote-tier.js';
 
 /**
@@ -24,6 +26,10 @@ import { planRuns, type RemoteTier, type WantedChunk } from './remote-tier.js';
 interface InflightChunk {
   promise: Promise<Buffer>;
   urgency: Urgency;
+  /** whether a reader other than the one that started the fetch waits for it */
+  joined?: true;
+  /** whether a reader wants the bytes (not only the tier-1 file, see GetChunksOptions.fileOnly) */
+  needsBytes: boolean;
 }
 
 interface Deferred {
@@ -38,7 +44,16 @@ interface Owned {
   hex: string;
   d: Deferred;
   flight: InflightChunk;
+  /** fetched alongside the call's own chunks (a guess): kept in tier 1 only, never tier 0 */
+  guess?: true;
 }
+
+/**
+ * What an in-flight promise settles with when no bytes came back: a guess kept undecoded (nobody
+ * waits for it), or a chunk decoded into its tier-1 file only. A reader that wants bytes and gets
+ * this reads the file.
+ */
+const NO_BYTES = Buffer.alloc(0);
 
 function deferred(): Deferred {
   let resolve!: (b: Buffer) => void;
@@ -70,7 +85,8 @@ export interface ChunkFetcherDeps {
   lookupLocal: (hex: string, promote: boolean) => { data: Buffer; tier: 0 | 1 } | undefined;
   /** keep a verified chunk in tier 1 (and tier 0 when `intoMemory`) */
   store: (hex: string, chunk: Decoded, intoMemory: boolean) => Promise<void>;
-  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority: Priority) => Promise<Decoded>;
+  /** `fileOnly`: the chunk's tier-1 file is wanted, not its bytes (see WorkerPool.decode) */
+  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority: Priority, fileOnly?: boolean) => Promise<Decoded>;
 }
 
 export class ChunkFetcher {
@@ -80,6 +96,8 @@ export class ChunkFetcher {
   readonly #packMaps = new WeakMap<ChunkIndex, PackMap>();
   readonly #deps: ChunkFetcherDeps;
   readonly #claims: FetchClaims;
+  /** guesses fetched alongside demand misses and not yet asked for, undecoded */
+  readonly parked = new ParkedGuesses();
 
   constructor(deps: ChunkFetcherDeps) {
     this.#deps = deps;
@@ -89,6 +107,7 @@ export class ChunkFetcher {
   /** Claims this fetcher makes stop being live (the cache is closing). */
   close(): void {
     this.#claims.close();
+    this.parked.clear();
   }
 
   /** Look-ups that waited on a fetch another reader had started, since this cache opened. */
@@ -101,8 +120,9 @@ export class ChunkFetcher {
     return this.#inflight.size;
   }
 
+  /** Whether the chunk is being fetched in this process, or held as a guess: not worth asking for. */
   isFetching(hex: string): boolean {
-    return this.#inflight.has(hex);
+    return this.#inflight.has(hex) || this.parked.has(hex);
   }
 
   /**
@@ -115,9 +135,30 @@ export class ChunkFetcher {
     const results: (Buffer | undefined)[] = new Array(wanted.length);
     const waits: Promise<void>[] = [];
     const mine = new Map<number, Owned>();
+    // tier 0 keeps bytes: a call that fills it wants them
+    const fileOnly = opts.fileOnly === true && !opts.intoMemory;
+    /** where a chunk's bytes go once they come (from its tier-1 file when only that was written) */
+    const settle = (i: number, w: ChunkWant) => (b: Buffer): Promise<void> | void => {
+      if (b !== NO_BYTES || fileOnly) {
+        results[i] = b;
+        return;
+      }
+      const local = this.#deps.lookupLocal(w.hex, opts.intoMemory);
+      if (local) {
+        results[i] = local.data;
+        return;
+      }
+      // written and gone already (evicted under pressure): ask again, once
+      return this.getChunks([w], opts).then(([again]) => {
+        if (again === undefined || again === NO_BYTES) throw new SlipwayError('IO_ERROR', `${opts.what}: chunk ${w.chunk} was written to tier 1 and could not be read back`);
+        results[i] = again;
+      });
+    };
+    /** guesses this call found held and decodes itself */
+    const unparked = new Map<number, Owned>();
     for (let i = 0; i < wanted.length; i++) {
       const w = wanted[i] as ChunkWant;
-      const own = mine.get(w.entry);
+      const own = mine.get(w.entry) ?? unparked.get(w.entry);
       if (own) {
         waits.push(own.d.promise.then((b) => void (results[i] = b)));
         continue;
@@ -129,20 +170,46 @@ export class ChunkFetcher {
         else opts.tally.tier1Chunks++;
         continue;
       }
+      const guess = this.parked.take(w.hex);
+      if (guess) {
+        // fetched by speculation, never decoded: decode it now (a fetch if it fails to verify)
+        const d = deferred();
+        const flight: InflightChunk = { promise: d.promise, urgency: new Urgency(opts.priority), needsBytes: !fileOnly };
+        this.#inflight.set(w.hex, flight);
+        const o: Owned = { wanted: { entry: w.entry, chunk: w.chunk }, hex: w.hex, d, flight };
+        unparked.set(w.entry, o);
+        waits.push(d.promise.then(settle(i, w)));
+        // another process sharing the cache may be fetching it meanwhile: its file, then
+        if (this.#claims.claim(w.hex)) opts.track(this.#decodeGuess(opts, o, guess));
+        else opts.track(this.#waitForOtherProcess(opts, o));
+        continue;
+      }
       opts.onMiss?.(w);
       const pending = this.#inflight.get(w.hex);
       if (pending) {
+        pending.joined = true;
+        pending.needsBytes ||= !fileOnly;
         opts.tally.inflightJoins++;
         this.#joins++;
         pending.urgency.raise(opts.priority);
-        waits.push(pending.promise.then((b) => void (results[i] = b)));
+        waits.push(pending.promise.then(settle(i, w)));
         continue;
       }
       const d = deferred();
-      const flight: InflightChunk = { promise: d.promise, urgency: new Urgency(opts.priority) };
+      const flight: InflightChunk = { promise: d.promise, urgency: new Urgency(opts.priority), needsBytes: !fileOnly };
       this.#inflight.set(w.hex, flight);
       mine.set(w.entry, { wanted: { entry: w.entry, chunk: w.chunk }, hex: w.hex, d, flight });
-      waits.push(d.promise.then((b) => void (results[i] = b)));
+      waits.push(d.promise.then(settle(i, w)));
+    }
+    if (mine.size > 0 && opts.alongside) {
+      // guesses ride along in the same requests, at prefetch priority; nobody here waits for them
+      for (const w of opts.alongside([...mine.values()].map((o) => ({ entry: o.wanted.entry, chunk: o.wanted.chunk, hex: o.hex })))) {
+        if (mine.has(w.entry) || this.#inflight.has(w.hex) || this.#deps.has(w.hex)) continue;
+        const d = deferred();
+        const flight: InflightChunk = { promise: d.promise, urgency: new Urgency('prefetch'), needsBytes: false };
+        this.#inflight.set(w.hex, flight);
+        mine.set(w.entry, { wanted: { entry: w.entry, chunk: w.chunk }, hex: w.hex, d, flight, guess: true });
+      }
     }
     if (mine.size > 0) this.#fetchOwned(opts, [...mine.values()], false);
     return Promise.all(waits).then(() => results as Buffer[]);
@@ -200,18 +267,34 @@ export class ChunkFetcher {
       const deliver = (w: WantedChunk, chunk: Decoded): void => {
         const o = byEntry.get(w.entry) as Owned;
         handed.add(w.entry);
-        settled.push(store(o.hex, chunk, intoMemory).catch((err: unknown) => {
+        settled.push(store(o.hex, chunk, intoMemory && o.guess !== true).catch((err: unknown) => {
           // A chunk that cannot be kept is still served: the read must not fail or hang for it.
           logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
         }).finally(() => {
           claims.release(o.hex);
           this.#inflight.delete(o.hex);
           call.tally.tier2Chunks++;
-          o.d.resolve(chunk.data);
+          o.d.resolve(chunk.data.byteLength === chunk.length ? chunk.data : NO_BYTES);
         }));
       };
       const p = remote.fetchRun(index, run, call.sources, urgency, call.what, {
         onChunk: deliver,
+        fileOnlyOf: (w) => {
+          const o = byEntry.get(w.entry) as Owned;
+          return !o.flight.needsBytes && !(intoMemory && o.guess !== true);
+        },
+        // a guess nobody has joined is kept as it came, undecoded, until someone reads it
+        park: (w, stored) => {
+          const o = byEntry.get(w.entry) as Owned;
+          if (o.guess !== true || o.flight.joined === true || o.flight.urgency.priority !== 'prefetch' || this.#inflight.get(o.hex) !== o.flight) return false;
+          const e = index.entries[w.entry] as IndexEntry;
+          this.parked.park(o.hex, { stored, flags: e.flags, length: chunkLength(index, w.chunk), digest: e.digest });
+          handed.add(w.entry);
+          this.#inflight.delete(o.hex);
+          claims.release(o.hex);
+          o.d.resolve(NO_BYTES);
+          return true;
+        },
         priorityOf: (w) => (byEntry.get(w.entry) as Owned).flight.urgency,
         onWholeBlob: (pack, blob) => this.#keepWholePack(call, pack, blob),
       }).then(() => Promise.all(settled), (err: unknown) => {
@@ -227,6 +310,31 @@ export class ChunkFetcher {
       });
       call.track(p);
     }
+  }
+
+  /**
+   * Decode, verify and keep a guess a reader has asked for (taken out of `parked`). A guess whose
+   * bytes do not verify (a source sent wrong bytes) is fetched again, as a miss is.
+   */
+  async #decodeGuess(call: GetChunksOptions, o: Owned, guess: ParkedGuess): Promise<void> {
+    const { decode, store, logger } = this.#deps;
+    let chunk: Decoded;
+    try {
+      chunk = await decode(guess.stored, guess.flags, guess.length, guess.digest, `${call.what} chunk ${o.wanted.chunk} (a guess)`, call.priority, !o.flight.needsBytes && !call.intoMemory);
+    } catch (err) {
+      logger.warn('a guess fetched alongside a miss did not verify; fetching it again', { digest: o.hex, error: (err as Error).message });
+      this.#fetchOwned(call, [o], true);
+      return;
+    }
+    try {
+      await store(o.hex, chunk, call.intoMemory);
+    } catch (err) {
+      logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
+    }
+    this.#claims.release(o.hex);
+    this.#inflight.delete(o.hex);
+    call.tally.guessChunks++;
+    o.d.resolve(chunk.data.byteLength === chunk.length ? chunk.data : NO_BYTES);
   }
 
   /**
@@ -284,7 +392,7 @@ export class ChunkFetcher {
     });
     call.track(forEachBounded(work, 4, async (e) => {
       const entry = index.entries[e] as IndexEntry;
-      const chunk = await decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `${call.what} pack ${pack.digest}`, 'background');
+      const chunk = await decode(blob.subarray(entry.offset, entry.offset + entry.storedLength), entry.flags, chunkLength(index, firstChunkOf[e] as number), entry.digest, `${call.what} pack ${pack.digest}`, 'background', true);
       await store(entry.digest.toString('hex'), chunk, false);
     }).catch((err: unknown) => logger.warn('could not keep a whole pack a server sent', { pack: pack.digest, error: (err as Error).message })));
   }

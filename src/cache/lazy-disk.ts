@@ -63,6 +63,8 @@ export interface DiskReadStats {
   tier0Chunks: number;
   tier1Chunks: number;
   tier2Chunks: number;
+  /** guesses speculation had fetched, decoded when first read (no request of their own) */
+  guessChunks: number;
   zeroChunks: number;
   /** look-ups that waited on a fetch another reader had started */
   inflightJoins: number;
@@ -75,7 +77,7 @@ export interface DiskReadStats {
 }
 
 export class LazyDisk {
-  readonly stats: DiskReadStats = { reads: 0, bytesRead: 0, tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, zeroChunks: 0, inflightJoins: 0, profileChunks: 0, speculatedChunks: 0, speculatedRead: 0 };
+  readonly stats: DiskReadStats = { reads: 0, bytesRead: 0, tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, guessChunks: 0, zeroChunks: 0, inflightJoins: 0, profileChunks: 0, speculatedChunks: 0, speculatedRead: 0 };
   readonly sizeBytes: number;
   readonly chunkSizeBytes: number;
   readonly digest: string;
@@ -215,16 +217,15 @@ export class LazyDisk {
   }
 
   /**
-   * A demand read had to go to a registry for chunk `n` (a miss, or a join on a fetch in flight):
-   * fetch the chunks around it that `Speculation` guesses, those of the same pack not yet local
-   * or in flight, at prefetch priority (under the per-host bound that keeps connections for
-   * demand, so this never delays a demand miss).
+   * A demand read had to go to a registry for chunk `n`: the chunks around it that `Speculation`
+   * guesses, those of the same pack not yet local or in flight, counted (and noted for a profile
+   * being recorded).
    */
-  private speculate(n: number): void {
-    if (this.stopping) return;
+  private guessesAround(n: number): number[] {
+    if (this.stopping) return [];
     const { index } = this.artifact;
     const e0 = index.map[n] as number;
-    if (e0 === HOLE) return;
+    if (e0 === HOLE) return [];
     const pack = (index.entries[e0] as IndexEntry).pack;
     const wanted: number[] = [];
     for (const m of this.speculationPlan.onMiss(n, index.chunkCount)) {
@@ -233,11 +234,21 @@ export class LazyDisk {
       if (this.cache.isLocalOrFetching(this.hexOf(e))) continue;
       wanted.push(m);
     }
-    if (wanted.length === 0) return;
     this.stats.speculatedChunks += wanted.length;
-    if (this.recordingProfile) this.recorder.noteGuesses(wanted.map((m) => ({ hex: this.hexOf(index.map[m] as number), chunk: m })));
+    if (this.recordingProfile && wanted.length > 0) this.recorder.noteGuesses(wanted.map((m) => ({ hex: this.hexOf(index.map[m] as number), chunk: m })));
+    return wanted;
+  }
+
+  /**
+   * A demand read joined a fetch in flight for chunk `n` (its request is on the wire already):
+   * fetch the guesses around it in a request of their own, at prefetch priority (under the
+   * per-host bound that keeps connections for demand, so this never delays a demand miss).
+   */
+  private speculate(n: number): void {
+    const wanted = this.guessesAround(n);
+    if (wanted.length === 0) return;
     // small requests (as for a profile): a demand read that joins one waits for little
-    this.track(this.getChunks(wanted, 'prefetch', false, SMALL_RUN_BYTES).catch(() => undefined));
+    this.track(this.getChunks(wanted, 'prefetch', false, SMALL_RUN_BYTES, undefined, true).catch(() => undefined));
   }
 
   /** Hex digest of an entry, computed once (it keys tier 0 and tier 1). */
@@ -260,10 +271,13 @@ export class LazyDisk {
     return this.cache.readLocal(this.hexOf(e), at, length, this.stats);
   }
 
-  /** One whole chunk's bytes (zeros for a hole), verified. */
-  async readChunk(n: number, priority: Priority = 'demand'): Promise<Buffer> {
+  /**
+   * One whole chunk's bytes (zeros for a hole), verified. `fileOnly`: the caller wants the chunk
+   * in tier 1 and reads its file itself; the bytes returned may then be empty.
+   */
+  async readChunk(n: number, priority: Priority = 'demand', fileOnly = false): Promise<Buffer> {
     if (!Number.isSafeInteger(n) || n < 0 || n >= this.artifact.index.chunkCount) throw new SlipwayError('INVALID_ARGUMENT', `chunk ${n} is outside disk ${this.reference}`);
-    const [data] = await this.getChunks([n], priority, true);
+    const [data] = await this.getChunks([n], priority, true, undefined, undefined, fileOnly);
     return data === this.zero ? Buffer.alloc(chunkLength(this.artifact.index, n)) : (data as Buffer);
   }
 
@@ -273,7 +287,7 @@ export class LazyDisk {
    * chunks it reads for a profile being recorded, the ones it had to fetch for a profile being
    * refined, and speculates around the last chunk it had to fetch, once its own fetch is asked for.
    */
-  async getChunks(numbers: number[], priority: Priority, intoMemory: boolean, maxRunBytes?: number, maxGapBytes?: number): Promise<Buffer[]> {
+  async getChunks(numbers: number[], priority: Priority, intoMemory: boolean, maxRunBytes?: number, maxGapBytes?: number, fileOnly = false): Promise<Buffer[]> {
     if (this.closed) throw new SlipwayError('ABORTED', `disk ${this.reference} is closed`);
     const { index } = this.artifact;
     const results: Buffer[] = new Array(numbers.length);
@@ -294,12 +308,16 @@ export class LazyDisk {
     if (wanted.length === 0) return results;
     /** the last chunk of this demand read that had to come from a registry (-1: none) */
     let missed = -1;
+    /** whether the guesses rode along with this read's own fetch */
+    let folded = false;
+    const speculating = priority === 'demand' && this.speculation;
     const got = this.cache.getChunks(wanted, {
       index,
       sources: this.sources,
       what: `disk ${this.reference}`,
       priority,
       intoMemory: intoMemory && this.memoryTier,
+      fileOnly,
       maxRunBytes,
       maxGapBytes,
       tally: this.stats,
@@ -307,11 +325,23 @@ export class LazyDisk {
       onMiss: priority !== 'demand' ? undefined : (w) => {
         this.recorder.noteFetched(w.chunk);
         // a chunk of the profile this disk opened with is on its way already: no speculation for it
-        if (this.speculation && !this.recorder.inBase(w.chunk)) missed = Math.max(missed, w.chunk);
+        if (speculating && !this.recorder.inBase(w.chunk)) missed = Math.max(missed, w.chunk);
+      },
+      // a miss this read fetches itself takes the guesses around it along in its own requests:
+      // one request, not two, and the missed chunk is decoded first (it is demand, they prefetch)
+      alongside: !speculating ? undefined : (fetching) => {
+        const own = fetching.filter((w) => !this.recorder.inBase(w.chunk));
+        if (own.length === 0) return [];
+        folded = true;
+        return this.guessesAround(Math.max(...own.map((w) => w.chunk))).map((m) => {
+          const e = index.map[m] as number;
+          return { entry: e, chunk: m, hex: this.hexOf(e) };
+        });
       },
     });
-    // the demand fetch goes first (it holds its connection before speculation asks for one)
-    if (missed >= 0) this.speculate(missed);
+    // a miss that only joined fetches in flight: the guesses go in requests of their own, after
+    // the demand fetch (which holds its connection before speculation asks for one)
+    if (missed >= 0 && !folded) this.speculate(missed);
     const chunks = await got;
     for (let k = 0; k < chunks.length; k++) results[at[k] as number] = chunks[k] as Buffer;
     return results;
@@ -349,7 +379,7 @@ export class LazyDisk {
       // a disk being closed takes no new work (a whole-disk fill must not hold its close up)
       if (this.stopping) return;
       const numbersOfRun = run.chunks.map((w) => w.chunk);
-      await this.getChunks(numbersOfRun, priority, priority !== 'background', runBytes, gapBytes);
+      await this.getChunks(numbersOfRun, priority, priority !== 'background', runBytes, gapBytes, true);
       opts.onRunDone?.(numbersOfRun);
       fetchedChunks += run.chunks.length;
       doneBytes += run.chunks.length * this.chunkSizeBytes;

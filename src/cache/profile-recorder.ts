@@ -129,18 +129,20 @@ export class ProfileRecorder {
    */
   finish(disk: { digest: string; chunkSizeBytes: number }, chunkPath: (hex: string) => string): { profile: BootProfile | undefined; guessesRead: number } {
     this.#stored = true;
-    // the guesses the backend read go in where they were guessed
+    // the guesses the backend read go in where they were guessed; those read through this disk
+    // (a guess kept undecoded is decoded by the read that asks for it) are in the order already
     const read = this.#guessesRead(chunkPath);
+    const readHere = [...this.#guesses.values()].filter((g) => this.#seen?.has(g.chunk) === true).length;
     let profile: BootProfile;
     if (this.#order) {
       profile = refineProfile({ formatVersion: 1, disk: disk.digest, chunkSizeBytes: disk.chunkSizeBytes, chunks: this.order() }, read);
     } else {
       const base = this.#base as { profile: BootProfile };
       const extra = [...(this.#refine?.extra ?? []), ...read.filter((g) => !base.profile.chunks.includes(g.chunk))];
-      if (extra.length === 0) return { profile: undefined, guessesRead: read.length };
+      if (extra.length === 0) return { profile: undefined, guessesRead: read.length + readHere };
       profile = refineProfile(base.profile, extra);
     }
-    return { profile: profile.chunks.length === 0 ? undefined : profile, guessesRead: read.length };
+    return { profile: profile.chunks.length === 0 ? undefined : profile, guessesRead: read.length + readHere };
   }
 
   /**
@@ -154,6 +156,7 @@ export class ProfileRecorder {
   #guessesRead(chunkPath: (hex: string) => string): { chunk: number; after: number }[] {
     const read: { chunk: number; after: number }[] = [];
     for (const [hex, g] of this.#guesses) {
+      if (this.#seen?.has(g.chunk) === true) continue;
       try {
         const st = statSync(chunkPath(hex));
         if (st.atimeMs > st.mtimeMs) read.push({ chunk: g.chunk, after: g.at });

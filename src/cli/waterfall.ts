@@ -82,7 +82,7 @@ export function renderWaterfall(t: TimingRecord, width = 40): string {
   const c = t.chunks;
   if (c?.disk) {
     const d = c.disk;
-    const tiers = [['memory', d.tier0Chunks], ['host disk', d.tier1Chunks], ['fetched', d.tier2Chunks], ['zero', d.zeroChunks]]
+    const tiers = [['memory', d.tier0Chunks], ['host disk', d.tier1Chunks], ['fetched', d.tier2Chunks], ['guessed', d.guessChunks], ['zero', d.zeroChunks]]
       .filter(([, n]) => typeof n === 'number')
       .map(([name, n]) => `${name} ${n}`);
     lines.push(`chunks: ${tiers.join(', ')}${d.profileChunks ? ` (${d.profileChunks} from the boot profile)` : ''}`);

@@ -60,9 +60,10 @@ export async function startMissServer(path: string, disk: LazyDisk, chunks: Miss
     const e = index.map[n];
     if (e === undefined || e === HOLE) return -EINVAL;
     const hex = (index.entries[e] as IndexEntry).digest.toString('hex');
-    const data = await disk.readChunk(n);
+    // the backend reads the chunk's file: its bytes need not come back here
+    const got = await disk.readChunk(n, 'demand', true);
     // a chunk that came from memory may have no file (tier 1 was full): the backend reads files
-    if (!chunks.has(hex) && !(await chunks.putChunk(hex, data))) return -ENOSPC;
+    if (!chunks.has(hex) && !(await chunks.putChunk(hex, got.byteLength > 0 ? got : await disk.readChunk(n)))) return -ENOSPC;
     return 0;
   };
   const server: Server = createServer((sock) => {

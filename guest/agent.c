@@ -142,6 +142,43 @@ static void handle_shutdown(struct conn *c, const struct frame *f)
 	send_ok(c, f->id);
 }
 
+/* a host name as sethostname(2) takes it and RFC 1123 allows: letters, digits, '-' and '.' */
+static bool valid_hostname(const char *name)
+{
+	size_t len = strlen(name);
+	if (len == 0 || len > 64)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char ch = name[i];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '.'))
+			return false;
+	}
+	return true;
+}
+
+/* SET_HOSTNAME: a restored clone takes its own name without a process started for it */
+static void handle_set_hostname(struct conn *c, const struct frame *f)
+{
+	if (!check_flags(c, f, 0, "SET_HOSTNAME"))
+		return;
+	struct reader r = { .p = f->payload, .left = f->len };
+	char *name = read_string(&r, "host name");
+	reader_expect_end(&r, "SET_HOSTNAME");
+	if (!check_read(c, f, &r, "SET_HOSTNAME"))
+		goto out;
+	if (!valid_hostname(name)) {
+		send_error(c, f->id, EINVAL, "SET_HOSTNAME: not a host name (1-64 letters, digits, '-' or '.')");
+		goto out;
+	}
+	if (sethostname(name, strlen(name)) < 0) {
+		send_errno(c, f->id, errno, "SET_HOSTNAME: sethostname");
+		goto out;
+	}
+	send_ok(c, f->id);
+out:
+	free(name);
+}
+
 typedef void (*request_handler)(struct conn *c, const struct frame *f);
 
 /* each request type's handler, by type; a type without one is answered ERROR EINVAL */
@@ -155,6 +192,7 @@ static const request_handler request_handlers[] = {
 	[REQ_SYNC] = handle_sync,
 	[REQ_FSFREEZE] = handle_fsfreeze,
 	[REQ_SHUTDOWN] = handle_shutdown,
+	[REQ_SET_HOSTNAME] = handle_set_hostname,
 };
 
 void dispatch_request(struct conn *c, const struct frame *f)

@@ -29,6 +29,7 @@ enum request_type {
 	REQ_SYNC = 7,
 	REQ_FSFREEZE = 8,
 	REQ_SHUTDOWN = 9,
+	REQ_SET_HOSTNAME = 10,
 };
 
 enum reply_type {

@@ -237,8 +237,13 @@ export class VmManager {
       agent = booted.client;
       phase('agent_ready');
       if (plan) {
-        // a clone is its own VM: its own host name (vmgenid has already made its kernel reseed its RNG)
-        await withTimeout(agent.exec(['hostname', `vm-${id}`]), AGENT_TIMEOUTS.spawnMs, 'EXEC hostname');
+        // a clone is its own VM: its own host name (vmgenid has already made its kernel reseed its
+        // RNG), set by the agent itself (a process started in a TCG guest costs about 100 ms); an
+        // agent older than SET_HOSTNAME (a snapshot taken before it) runs `hostname` instead
+        await withTimeout(agent.setHostname(`vm-${id}`).catch((err: unknown) => {
+          if (!isSlipwayError(err, 'AGENT_ERROR') || !/unknown request type/.test((err as Error).message)) throw err;
+          return agent?.exec(['hostname', `vm-${id}`]);
+        }), AGENT_TIMEOUTS.spawnMs, 'SET_HOSTNAME');
         phase('identity');
         figures = await restoreFigures(plan);
         // lazy memory: the working set so far becomes the snapshot's profile; the rest loads in the background

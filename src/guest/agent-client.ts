@@ -203,6 +203,15 @@ export class AgentClient {
     expectType(await this.request(MessageType.FSFREEZE, thaw ? 1 : 0, encodeString(mountpoint, 'mount point'), opts), MessageType.OK, 'FSFREEZE');
   }
 
+  /**
+   * Set the guest's host name (sethostname(2) in the agent: no process is started). Rejects with
+   * AGENT_ERROR EINVAL for a name that is not 1-64 letters, digits, '-' or '.', and from an agent
+   * older than this request ("unknown request type").
+   */
+  async setHostname(name: string, opts: RequestOptions = {}): Promise<void> {
+    expectType(await this.request(MessageType.SET_HOSTNAME, 0, encodeString(name, 'host name'), opts), MessageType.OK, 'SET_HOSTNAME');
+  }
+
   /** Ask the guest to power off (or reboot); resolves when the agent has accepted. */
   async shutdown(reboot = false, opts: RequestOptions = {}): Promise<void> {
     expectType(await this.request(MessageType.SHUTDOWN, reboot ? 1 : 0, Buffer.alloc(0), opts), MessageType.OK, 'SHUTDOWN');

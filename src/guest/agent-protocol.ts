@@ -26,6 +26,7 @@ export const MessageType = {
   SYNC: 7,
   FSFREEZE: 8,
   SHUTDOWN: 9,
+  SET_HOSTNAME: 10,
   PONG: 0x81,
   STARTED: 0x82,
   STDOUT: 0x83,

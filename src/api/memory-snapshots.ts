@@ -263,9 +263,15 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
   if (lazy) {
     const ram = await cache.openDisk(ramRef, { useProfile: true, speculate: false, memoryTier: false });
     try {
-      await state;
       if (ram.artifact.index.sizeBytes !== want) throw new SlipwayError('CORRUPT_INDEX', `memory snapshot ${snapshot.manifest.digest}: its RAM image is ${ram.artifact.index.sizeBytes} bytes, its shape says ${want}`);
-      const served = await serveRam({ cache, disk: ram, workDir, overlayDir: ramOverlayOf(vmId) });
+      // slipway-ramfs starts and mounts while the device state comes
+      const [up, stateIn] = await Promise.allSettled([serveRam({ cache, disk: ram, workDir, overlayDir: ramOverlayOf(vmId) }), state]);
+      if (stateIn.status === 'rejected') {
+        if (up.status === 'fulfilled') await up.value.close();
+        throw stateIn.reason;
+      }
+      if (up.status === 'rejected') throw up.reason;
+      const served = up.value;
       log.info('restore: RAM served on demand', { chunks: ram.artifact.index.chunkCount, workingSet: ram.openedWithProfile?.chunks ?? 0 });
       return { ...base, ramFile: served.file, ram: served, workingSetProfile: ram.openedWithProfile !== undefined };
     } catch (err) {

@@ -132,20 +132,21 @@ describe('speculative fetch', () => {
     // one request, not one for the miss and more for its guesses: none was held
     expect(gate.requests).toHaveLength(1);
     expect(gate.requests[0]?.held).toBe(false);
-    // it carried the guesses (a new stream: one chunk back, two ahead), now local
-    expect(disk.stats.speculatedChunks).toBe(3);
+    // it carried the guesses (a new stream: the four chunks after it), the missed chunk first
+    expect(disk.stats.speculatedChunks).toBe(4);
     const [from, to] = bounds(gate.requests[0] as GatedRequest);
-    expect(from).toBeLessThanOrEqual(span(m - 1).start);
-    expect(to).toBeGreaterThanOrEqual(span(m + 2).end);
+    expect(from).toBe(want.start);
+    expect(to).toBeGreaterThanOrEqual(span(m + 4).end);
     // kept as they came, undecoded, until read: no file yet
-    expect(cache.stats().guesses).toMatchObject({ held: 3, parked: 3, taken: 0 });
-    for (const n of [m - 1, m + 1, m + 2]) expect(existsSync(cache.chunkPath(chunkHexOf(disk, n)))).toBe(false);
+    const guesses = [m + 1, m + 2, m + 3, m + 4];
+    expect(cache.stats().guesses).toMatchObject({ held: 4, parked: 4, taken: 0 });
+    for (const n of guesses) expect(existsSync(cache.chunkPath(chunkHexOf(disk, n)))).toBe(false);
     const remote = cache.stats().remote.requests;
     const image = readFileSync(join(work, 'disk.img'));
-    for (const n of [m - 1, m + 1, m + 2]) expect((await disk.readChunk(n)).equals(image.subarray(n * CHUNK, (n + 1) * CHUNK))).toBe(true);
+    for (const n of guesses) expect((await disk.readChunk(n)).equals(image.subarray(n * CHUNK, (n + 1) * CHUNK))).toBe(true);
     // each decoded (and verified) when read, and kept in tier 1 then; no request more
-    expect(cache.stats().guesses).toMatchObject({ held: 0, taken: 3 });
-    for (const n of [m - 1, m + 1, m + 2]) expect(existsSync(cache.chunkPath(chunkHexOf(disk, n)))).toBe(true);
+    expect(cache.stats().guesses).toMatchObject({ held: 0, taken: 4 });
+    for (const n of guesses) expect(existsSync(cache.chunkPath(chunkHexOf(disk, n)))).toBe(true);
     expect(cache.stats().remote.requests).toBe(remote);
     expect(gate.requests).toHaveLength(1);
   }, 60_000);
@@ -162,12 +163,12 @@ describe('speculative fetch', () => {
       if (disk.stats.tier0Chunks + disk.stats.tier1Chunks + disk.stats.guessChunks === local) missed.push(n);
       await disk.settle();
     }
-    // each miss past a window doubles it (2, 4, 8, then 8 at most): far fewer misses than reads
-    expect(missed).toEqual([0, 3, 8, 17, 26, 35, 44, 53, 62]);
+    // each miss past a window doubles it (4, 8, 16, then 16 at most): far fewer misses than reads
+    expect(missed).toEqual([0, 5, 14, 31, 48]);
     // what was fetched beyond the reads is at most one window
     const fetched = cache.stats().remote.chunks + cache.stats().remote.guesses;
     expect(fetched).toBeGreaterThan(64);
-    expect(fetched).toBeLessThanOrEqual(64 + 8);
+    expect(fetched).toBeLessThanOrEqual(64 + 16);
     // the profile is what was read, in order: the guesses past chunk 63, never read, are not in it
     const saved = await disk.saveProfile();
     expect(saved?.chunks).toBe(64);

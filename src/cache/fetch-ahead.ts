@@ -44,20 +44,21 @@ export class ReadAhead {
 }
 
 /**
- * Speculation on a demand miss: the chunks around the missed one in the same pack are
- * fetched at prefetch priority. A miss starts a stream: SPECULATE_BACK_CHUNKS before it and a
- * window of SPECULATE_MIN_CHUNKS after it (1 MiB at the default 512 KiB chunk); a miss at or just
- * past where a stream's speculation ended (the guest read on through it) doubles that stream's
- * window, up to SPECULATE_MAX_CHUNKS. Chosen on the Debian systemd boot trace (bench/storage-path.ts, 126 data
- * chunks read) by simulation, then measured: 55 misses in sequence instead of 126 for about 220
- * chunks speculated; (4, 16, 2 back) took 37 misses but speculated 360 chunks, 2.3x the bytes the
- * boot read, and was slower on a loaded 2-core host, where every chunk decoded costs as much CPU as
- * a miss costs waiting.
+ * Speculation on a demand miss: the chunks around the missed one in the same pack, fetched in the
+ * miss's own request and kept undecoded until read (chunk-fetcher.ts). A miss starts a stream: a
+ * window of SPECULATE_MIN_CHUNKS after it (2 MiB at the default 512 KiB chunk) and
+ * SPECULATE_BACK_CHUNKS before it; a miss at or just past where a stream's speculation ended (the
+ * guest read on through it) doubles that stream's window, up to SPECULATE_MAX_CHUNKS. Chosen on
+ * the Debian systemd boot trace (bench/storage-path.ts, 126 data chunks read) by simulation, then
+ * measured side by side at 0 and 20 ms per request, once guesses rode along and stayed undecoded:
+ * (4, 16, none back) took about 63 misses for 1.6x the bytes the boot read and was about 8% faster
+ * at both delays than (2, 8, 1 back: 67 misses, 1.4x) and (8, 8, none back: 61 misses, 1.7x). No
+ * chunk before the miss: it would come first in the request's body, ahead of the missed chunk.
  */
-const SPECULATE_MIN_CHUNKS = 2;
-const SPECULATE_MAX_CHUNKS = 8;
-/** A new stream also fetches this many chunks before the missed one (a boot reads a region in no set order). */
-const SPECULATE_BACK_CHUNKS = 1;
+const SPECULATE_MIN_CHUNKS = 4;
+const SPECULATE_MAX_CHUNKS = 16;
+/** A new stream also fetches this many chunks before the missed one. */
+const SPECULATE_BACK_CHUNKS = 0;
 /** Streams of speculation followed at once (a boot reads several files in turn); the oldest is forgotten. */
 const SPECULATE_STREAMS = 8;
 

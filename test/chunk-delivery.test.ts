@@ -171,6 +171,52 @@ describe('the fetcher answers each reader as soon as its chunk is in', () => {
   });
 });
 
+describe('guesses riding along with a miss', () => {
+  it('are kept undecoded; one that does not verify when read is fetched again, from a source that has it right', async () => {
+    const { index, pack, chunks } = fakeDisk(4);
+    const codec = new ChunkCodec();
+    const decoded: string[] = [];
+    const decode = async (stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Decoded> => {
+      decoded.push(what);
+      return { data: codec.decode(stored, flags, length, digest, what), length, persisted: false };
+    };
+    const remote = new RemoteTier({ decode, logger: silentLogger, deadlineMs: 10_000, hostLimit: () => new PrioritySemaphore(8, 2) });
+    const kept = new Map<string, Buffer>();
+    const fetcher = new ChunkFetcher({
+      cacheDir: tempDir('slipway-guess-'), has: (hex) => kept.has(hex), remote, logger: silentLogger, deadlineMs: 10_000,
+      lookupLocal: (hex) => (kept.has(hex) ? { data: kept.get(hex) as Buffer, tier: 1 } : undefined),
+      store: async (hex, chunk) => void kept.set(hex, chunk.data), decode,
+    });
+    const want = (n: number): ChunkWant => ({ entry: n, chunk: n, hex: (index.entries[n]?.digest as Buffer).toString('hex') });
+    // the first source sends chunk 2 wrong: a complete answer whose chunk 2 fails verification
+    const bad = fakeSource('bad', pack, (b, offset) => {
+      if (offset <= 2 * CHUNK && offset + b.length > 2 * CHUNK) b.writeUInt8(b.readUInt8(2 * CHUNK - offset) ^ 0xff, 2 * CHUNK - offset);
+      return b;
+    });
+    const tally = { tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, guessChunks: 0, inflightJoins: 0 };
+    const call = (alongside?: GetChunksOptions['alongside']): GetChunksOptions => ({
+      index, sources: [bad, fakeSource('good', pack)], what: 'disk', priority: 'demand', intoMemory: false, tally, track: () => undefined, ...(alongside ? { alongside } : {}),
+    });
+    // a miss of chunk 0 takes 1..3 along: one request, chunk 0 decoded, the guesses kept as they came
+    const [zero] = await within(5_000, fetcher.getChunks([want(0)], call(() => [1, 2, 3].map(want))), 'the miss of chunk 0');
+    expect(zero?.equals(chunks[0] as Buffer)).toBe(true);
+    expect(remote.stats).toMatchObject({ requests: 1, chunks: 1, guesses: 3 });
+    expect(fetcher.parked.stats()).toMatchObject({ held: 3, parked: 3 });
+    expect(decoded).toHaveLength(1);
+    // read, each guess is decoded then; chunk 2's wrong bytes are found and it is fetched again
+    for (const n of [1, 2, 3]) {
+      const [got] = await within(5_000, fetcher.getChunks([want(n)], call()), `the read of guess ${n}`);
+      expect(got?.equals(chunks[n] as Buffer), `chunk ${n}`).toBe(true);
+    }
+    expect(tally.guessChunks).toBe(2);
+    expect(remote.stats.requests).toBeGreaterThanOrEqual(2);
+    expect(remote.stats.badSources).toBe(1);
+    expect(fetcher.parked.stats()).toMatchObject({ held: 0, taken: 3 });
+    for (const n of [0, 1, 2, 3]) expect(kept.get(want(n).hex)?.equals(chunks[n] as Buffer)).toBe(true);
+    fetcher.close();
+  });
+});
+
 describe('boot-profile requests', () => {
   /** `count` chunks of 100 kB back to back in one pack */
   const onePack = (count: number): ChunkIndex => ({

@@ -16,7 +16,7 @@ import type { Decoded } from '../workers/pool.js';
 import type { ChunkWant, GetChunksOptions } from './cache-types.js';
 import { FetchClaims } from './fetch-claims.js';
 import { ParkedGuesses, type ParkedGuess } from './parked-guesses.js';
-import { planRuns, type RemoteTier, type WantedChunk } from './remote-tier.js';
+import { gatherStored, planRuns, type RemoteTier, type WantedChunk } from './remote-tier.js';
 
 /**
  * A chunk being fetched by a reader in this process: its bytes when they come (or the fetch's
@@ -320,7 +320,7 @@ export class ChunkFetcher {
     const { decode, store, logger } = this.#deps;
     let chunk: Decoded;
     try {
-      chunk = await decode(guess.stored, guess.flags, guess.length, guess.digest, `${call.what} chunk ${o.wanted.chunk} (a guess)`, call.priority, !o.flight.needsBytes && !call.intoMemory);
+      chunk = await decode(gatherStored(guess.stored), guess.flags, guess.length, guess.digest, `${call.what} chunk ${o.wanted.chunk} (a guess)`, call.priority, !o.flight.needsBytes && !call.intoMemory);
     } catch (err) {
       logger.warn('a guess fetched alongside a miss did not verify; fetching it again', { digest: o.hex, error: (err as Error).message });
       this.#fetchOwned(call, [o], true);

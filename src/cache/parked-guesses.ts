@@ -8,9 +8,12 @@
  * a restart forgets them, which costs at most their fetch again.
  */
 
-/** A guess: what decoding it needs (the index entry's stored bytes, flags, length and digest). */
+/**
+ * A guess: what decoding it needs (the index entry's stored bytes, as views of the response's
+ * pieces they came in, not copied; flags, length and digest).
+ */
 export interface ParkedGuess {
-  stored: Buffer;
+  stored: Buffer[];
   flags: number;
   length: number;
   digest: Buffer;
@@ -25,6 +28,10 @@ export interface ParkedStats {
   taken: number;
   /** guesses dropped unread (past the budget) */
   dropped: number;
+}
+
+function storedBytes(g: ParkedGuess): number {
+  return g.stored.reduce((n, p) => n + p.byteLength, 0);
 }
 
 /** Stored bytes of guesses kept at most (the oldest are dropped past it). */
@@ -45,12 +52,12 @@ export class ParkedGuesses {
   park(hex: string, guess: ParkedGuess): void {
     if (this.#held.has(hex)) return;
     this.#held.set(hex, guess);
-    this.#bytes += guess.stored.byteLength;
+    this.#bytes += storedBytes(guess);
     this.#stats.parked++;
     for (const [old, g] of this.#held) {
       if (this.#bytes <= this.budgetBytes) break;
       this.#held.delete(old);
-      this.#bytes -= g.stored.byteLength;
+      this.#bytes -= storedBytes(g);
       this.#stats.dropped++;
     }
   }
@@ -60,7 +67,7 @@ export class ParkedGuesses {
     const g = this.#held.get(hex);
     if (!g) return undefined;
     this.#held.delete(hex);
-    this.#bytes -= g.stored.byteLength;
+    this.#bytes -= storedBytes(g);
     this.#stats.taken++;
     return g;
   }

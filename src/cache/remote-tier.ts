@@ -68,19 +68,19 @@ export function planRuns(index: ChunkIndex, wanted: WantedChunk[], maxRunBytes =
 
 /**
  * Cut each wanted chunk's stored bytes out of a run's body as the body arrives (`pieces`, in
- * order, from the run's first byte), each into a buffer of its own (which the decode thread then
- * takes without a copy), and hand each chunk over (`onStored`) as soon as its last byte is in. A
- * body is never concatenated: a run of several MiB costs one copy of each wanted chunk's bytes.
- * Returns the bytes of the body consumed, at most the run's length (fewer: a short answer, whose
- * incomplete chunks were not handed over).
+ * order, from the run's first byte), and hand each chunk over (`onStored`) as soon as its last
+ * byte is in, as views of the pieces it lies in (no copy: a guess kept undecoded costs none; see
+ * `gatherStored` for the copy a decode takes). A body is never concatenated. Returns the bytes of
+ * the body consumed, at most the run's length (fewer: a short answer, whose incomplete chunks were
+ * not handed over).
  */
-export async function cutChunks(pieces: AsyncIterable<Buffer> | Iterable<Buffer>, index: ChunkIndex, run: Run, onStored: (w: WantedChunk, stored: Buffer) => void): Promise<number> {
+export async function cutChunks(pieces: AsyncIterable<Buffer> | Iterable<Buffer>, index: ChunkIndex, run: Run, onStored: (w: WantedChunk, stored: Buffer[]) => void): Promise<number> {
   const order = [...run.chunks].sort((a, b) => (index.entries[a.entry] as IndexEntry).offset - (index.entries[b.entry] as IndexEntry).offset);
   const span = (i: number): [number, number] => {
     const e = index.entries[(order[i] as WantedChunk).entry] as IndexEntry;
     return [e.offset - run.start, e.offset - run.start + e.storedLength];
   };
-  const parts: (Buffer | undefined)[] = new Array(order.length);
+  const parts: (Buffer[] | undefined)[] = new Array(order.length);
   /** the first chunk (in pack order) not yet handed over */
   let first = 0;
   let pos = 0;
@@ -96,8 +96,8 @@ export async function cutChunks(pieces: AsyncIterable<Buffer> | Iterable<Buffer>
       if (c1 <= p0) continue; // handed over with an earlier piece
       const from = Math.max(c0, p0);
       const to = Math.min(c1, p1);
-      const part = (parts[i] ??= storedBuffers.take(c1 - c0));
-      piece.copy(part, from - c0, from - p0, to - p0);
+      const part = (parts[i] ??= []);
+      part.push(piece.subarray(from - p0, to - p0));
       if (to === c1) {
         parts[i] = undefined;
         onStored(order[i] as WantedChunk, part);
@@ -106,6 +106,17 @@ export async function cutChunks(pieces: AsyncIterable<Buffer> | Iterable<Buffer>
     while (first < order.length && span(first)[1] <= pos) first++;
   }
   return pos;
+}
+
+/**
+ * A chunk's stored bytes (views of the pieces `cutChunks` handed over) in one recycled buffer of
+ * their own (workers/stored-buffers.ts), which a decode thread takes without another copy.
+ */
+export function gatherStored(pieces: Buffer[]): Buffer {
+  const out = storedBuffers.take(pieces.reduce((n, p) => n + p.byteLength, 0));
+  let at = 0;
+  for (const p of pieces) at += p.copy(out, at);
+  return out;
 }
 
 export interface RemoteStats {
@@ -166,7 +177,7 @@ export interface RunDelivery {
    * nobody waits for: whoever reads it later decodes and verifies it), and the chunk is then not
    * decoded (nor `onChunk`ed) here; false decodes it as usual.
    */
-  park?: (w: WantedChunk, stored: Buffer) => boolean;
+  park?: (w: WantedChunk, stored: Buffer[]) => boolean;
 }
 
 /** When a run's fetch deadline passes: unset until its first request is sent. */
@@ -283,7 +294,7 @@ export class RemoteTier {
           this.stats.guesses++;
           return;
         }
-        const p = decodeOne(w, stored);
+        const p = decodeOne(w, gatherStored(stored));
         p.catch(() => undefined); // awaited below, unless the transfer failed first
         decodes.push(p);
       });

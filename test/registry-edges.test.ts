@@ -198,3 +198,39 @@ describe('a registry error body', () => {
     }
   });
 });
+
+describe('a Range GET answered with the whole blob (Range ignored)', () => {
+  it('is verified whole before its slice is used; a body running past the blob is refused without being kept', async () => {
+    const blob = randomBytes(64 << 10);
+    const { createHash } = await import('node:crypto');
+    const desc = { mediaType: 'application/octet-stream', digest: `sha256:${createHash('sha256').update(blob).digest('hex')}`, size: blob.length };
+    let extra = 0;
+    const server = createServer((_req, res) => {
+      // Range ignored: 200 and the whole blob, then (when asked) more bytes than the blob has
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      res.write(blob);
+      if (extra > 0) res.write(randomBytes(extra));
+      res.end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as { port: number };
+    const targets = new Targets();
+    try {
+      const target = await targets.open(parseRef(`127.0.0.1:${port}/x/y:z`));
+      let whole: Buffer | undefined;
+      const body = await (target.fetchBlobRangeStream as NonNullable<typeof target.fetchBlobRangeStream>).call(target, desc, 1000, 5000, (b) => (whole = b));
+      const pieces: Buffer[] = [];
+      for await (const p of body) pieces.push(p);
+      expect(Buffer.concat(pieces).equals(blob.subarray(1000, 6000))).toBe(true);
+      expect(whole?.equals(blob)).toBe(true);
+      extra = 10 << 20;
+      const err = await (target.fetchBlobRangeStream as NonNullable<typeof target.fetchBlobRangeStream>).call(target, desc, 1000, 5000).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(RegistryError);
+      expect((err as RegistryError).code).toBe('DIGEST_MISMATCH');
+      expect((err as RegistryError).message).toMatch(/runs past its 65536 bytes/);
+    } finally {
+      await targets.close();
+      server.close();
+    }
+  });
+});

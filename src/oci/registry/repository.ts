@@ -122,7 +122,13 @@ export class RegistryRepository implements Target {
     if (!res.stream) throw new SlipwayError('REGISTRY_ERROR', `${what}: no body`);
     if (res.status === 206) return res.stream;
     const pieces: Buffer[] = [];
-    for await (const piece of res.stream) pieces.push(piece as Buffer);
+    let got = 0;
+    for await (const piece of res.stream) {
+      got += (piece as Buffer).byteLength;
+      // a body past the blob's size is not this blob (and must not fill memory)
+      if (got > desc.size) throw new RegistryError('DIGEST_MISMATCH', `${what}: the whole blob (Range ignored) runs past its ${desc.size} bytes`, { method: 'GET', url: res.url, status: 200 });
+      pieces.push(piece as Buffer);
+    }
     const body = Buffer.concat(pieces);
     if (body.byteLength !== desc.size) throw new RegistryError('SIZE_INVALID', `${what}: short read: the whole blob (Range ignored) has ${body.byteLength} of ${desc.size} bytes`, { method: 'GET', url: res.url, status: 200 });
     verifyContent(body, desc, `blob ${desc.digest} from ${this.name} (sent whole, Range ignored)`);

@@ -24,6 +24,7 @@ import { parseRef } from '../src/oci/ref.js';
 import { serveDisk } from '../src/serve/backend.js';
 import type { Target } from '../src/oci/store.js';
 import type { Descriptor } from '../src/oci/types.js';
+import { SlipwayError } from '../src/errors.js';
 import { silentLogger } from '../src/util/log.js';
 import { PrioritySemaphore, Urgency, type Priority } from '../src/util/semaphore.js';
 import type { Decoded } from '../src/workers/pool.js';
@@ -213,6 +214,44 @@ describe('guesses riding along with a miss', () => {
     expect(remote.stats.badSources).toBe(1);
     expect(fetcher.parked.stats()).toMatchObject({ held: 0, taken: 3 });
     for (const n of [0, 1, 2, 3]) expect(kept.get(want(n).hex)?.equals(chunks[n] as Buffer)).toBe(true);
+    fetcher.close();
+  });
+});
+
+describe('a run given up on at its deadline', () => {
+  it('delivers late without touching a newer fetch of the same chunk', async () => {
+    const { index, pack, chunks } = fakeDisk(1);
+    const codec = new ChunkCodec();
+    const decode = async (stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Decoded> => ({ data: codec.decode(stored, flags, length, digest, what), length, persisted: false });
+    const remote = new RemoteTier({ decode, logger: silentLogger, deadlineMs: 300, hostLimit: () => new PrioritySemaphore(8, 2) });
+    const kept = new Map<string, Buffer>();
+    const fetcher = new ChunkFetcher({
+      cacheDir: tempDir('slipway-late-'), has: (hex) => kept.has(hex), remote, logger: silentLogger, deadlineMs: 300,
+      lookupLocal: () => undefined, store: async (hex, chunk) => void kept.set(hex, chunk.data), decode,
+    });
+    // every answer is held until the test lets it go, then sent right
+    const gates: (() => void)[] = [];
+    const held: Source = { host: 'slow', target: { name: 'slow', fetchBlobRange: async (_: Descriptor, offset: number, length: number) => {
+      await new Promise<void>((go) => gates.push(go));
+      return Buffer.from(pack.subarray(offset, offset + length));
+    } } as unknown as Target };
+    const want: ChunkWant = { entry: 0, chunk: 0, hex: (index.entries[0]?.digest as Buffer).toString('hex') };
+    const call = (): GetChunksOptions => ({
+      index, sources: [held], what: 'disk', priority: 'demand', intoMemory: false, tally: { tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, guessChunks: 0, inflightJoins: 0 }, track: () => undefined,
+    });
+    // the first fetch gives up at its deadline (its request is still out); a second one starts
+    const first = await fetcher.getChunks([want], call()).then(() => undefined, (e: unknown) => e);
+    expect((first as SlipwayError).code).toBe('REGISTRY_UNREACHABLE');
+    const second = fetcher.getChunks([want], call());
+    await within(5_000, (async () => { while (gates.length < 2) await settle(); })(), 'the second request');
+    // the first request's answer comes now: its chunk is kept, and the second fetch is still in flight
+    (gates.shift() as () => void)();
+    await within(5_000, (async () => { while (!kept.has(want.hex)) await settle(); })(), 'the late delivery');
+    expect(fetcher.isFetching(want.hex)).toBe(true);
+    (gates.shift() as () => void)();
+    const [got] = await within(5_000, second, 'the second fetch');
+    expect(got?.equals(chunks[0] as Buffer)).toBe(true);
+    expect(fetcher.isFetching(want.hex)).toBe(false);
     fetcher.close();
   });
 });

@@ -58,6 +58,8 @@ export interface GetChunksOptions {
    * of it in flight is joined), before any request is made for it.
    */
   onMiss?: (want: ChunkWant) => void;
+  /** Called at once for each wanted chunk found among the guesses held undecoded (no request is made for it). */
+  onGuessRead?: (want: ChunkWant) => void;
   /**
    * Called once, after the look-ups, with the chunks this call is about to fetch itself (not
    * those it joins): more chunks to fetch in the same requests, at prefetch priority, which the

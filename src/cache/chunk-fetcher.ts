@@ -86,7 +86,7 @@ export interface ChunkFetcherDeps {
   /** keep a verified chunk in tier 1 (and tier 0 when `intoMemory`) */
   store: (hex: string, chunk: Decoded, intoMemory: boolean) => Promise<void>;
   /** `fileOnly`: the chunk's tier-1 file is wanted, not its bytes (see WorkerPool.decode) */
-  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority: Priority, fileOnly?: boolean) => Promise<Decoded>;
+  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency, fileOnly?: boolean) => Promise<Decoded>;
 }
 
 export class ChunkFetcher {
@@ -182,6 +182,7 @@ export class ChunkFetcher {
         // another process sharing the cache may be fetching it meanwhile: its file, then
         if (this.#claims.claim(w.hex)) opts.track(this.#decodeGuess(opts, o, guess));
         else opts.track(this.#waitForOtherProcess(opts, o));
+        opts.onGuessRead?.(w);
         continue;
       }
       opts.onMiss?.(w);
@@ -271,8 +272,12 @@ export class ChunkFetcher {
           // A chunk that cannot be kept is still served: the read must not fail or hang for it.
           logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
         }).finally(() => {
-          claims.release(o.hex);
-          this.#inflight.delete(o.hex);
+          // a run given up on (its deadline passed) may still deliver late: the entry and the
+          // claim are then a newer fetch's, not ours to drop
+          if (this.#inflight.get(o.hex) === o.flight) {
+            this.#inflight.delete(o.hex);
+            claims.release(o.hex);
+          }
           call.tally.tier2Chunks++;
           o.d.resolve(chunk.data.byteLength === chunk.length ? chunk.data : NO_BYTES);
         }));
@@ -302,8 +307,10 @@ export class ChunkFetcher {
         for (const w of run.chunks) {
           if (handed.has(w.entry)) continue;
           const o = byEntry.get(w.entry) as Owned;
-          this.#inflight.delete(o.hex);
-          claims.release(o.hex);
+          if (this.#inflight.get(o.hex) === o.flight) {
+            this.#inflight.delete(o.hex);
+            claims.release(o.hex);
+          }
           o.d.reject(err);
         }
         return Promise.all(settled);
@@ -320,7 +327,8 @@ export class ChunkFetcher {
     const { decode, store, logger } = this.#deps;
     let chunk: Decoded;
     try {
-      chunk = await decode(gatherStored(guess.stored), guess.flags, guess.length, guess.digest, `${call.what} chunk ${o.wanted.chunk} (a guess)`, call.priority, !o.flight.needsBytes && !call.intoMemory);
+      // at the flight's urgency: a demand read joining a fill's decode of a guess raises it
+      chunk = await decode(gatherStored(guess.stored), guess.flags, guess.length, guess.digest, `${call.what} chunk ${o.wanted.chunk} (a guess)`, o.flight.urgency, !o.flight.needsBytes && !call.intoMemory);
     } catch (err) {
       logger.warn('a guess fetched alongside a miss did not verify; fetching it again', { digest: o.hex, error: (err as Error).message });
       this.#fetchOwned(call, [o], true);

@@ -122,7 +122,13 @@ export class FetchClaims {
     } catch {
       return;
     }
-    if (text === this.#claimer) rmSync(marker, { force: true });
+    if (text !== this.#claimer) return;
+    try {
+      rmSync(marker, { force: true });
+    } catch {
+      // cannot remove it (a read-only or failing disk): a claim left behind is taken over after
+      // the fetch deadline; a release must never throw into the reader it is part of answering
+    }
   }
 
   /** Whether another live claimer (another process, or another cache in this one) fetches this chunk. */

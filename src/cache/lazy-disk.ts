@@ -327,6 +327,9 @@ export class LazyDisk {
         // a chunk of the profile this disk opened with is on its way already: no speculation for it
         if (speculating && !this.recorder.inBase(w.chunk)) missed = Math.max(missed, w.chunk);
       },
+      // a guess read here was fetched outside any profile this disk opened with: a profile being
+      // refined gains it (one being recorded has it from noteRead already)
+      onGuessRead: priority !== 'demand' ? undefined : (w) => this.recorder.noteFetched(w.chunk),
       // a miss this read fetches itself takes the guesses around it along in its own requests:
       // one request, not two, and the missed chunk is decoded first (it is demand, they prefetch)
       alongside: !speculating ? undefined : (fetching) => {

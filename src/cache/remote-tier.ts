@@ -289,7 +289,9 @@ export class RemoteTier {
         : [await target.fetchBlobRange(run.pack, run.start, run.length, onWholeBlob)];
       return cutChunks(body, index, run, (w, stored) => {
         if (delivered.has(w.entry) || parked.has(w.entry)) return;
-        if (opts.park?.(w, stored)) {
+        // (not out of a whole pack a server sent: its views would keep the pack in memory, and
+        // onWholeBlob keeps the pack's chunks anyway)
+        if (whole === undefined && opts.park?.(w, stored)) {
           parked.add(w.entry);
           this.stats.guesses++;
           return;

@@ -173,12 +173,9 @@ export class ChunkFetcher {
       const guess = this.parked.take(w.hex);
       if (guess) {
         // fetched by speculation, never decoded: decode it now (a fetch if it fails to verify)
-        const d = deferred();
-        const flight: InflightChunk = { promise: d.promise, urgency: new Urgency(opts.priority), needsBytes: !fileOnly };
-        this.#inflight.set(w.hex, flight);
-        const o: Owned = { wanted: { entry: w.entry, chunk: w.chunk }, hex: w.hex, d, flight };
+        const o = this.#startFlight(w, opts.priority, !fileOnly);
         unparked.set(w.entry, o);
-        waits.push(d.promise.then(settle(i, w)));
+        waits.push(o.d.promise.then(settle(i, w)));
         // another process sharing the cache may be fetching it meanwhile: its file, then
         if (this.#claims.claim(w.hex)) opts.track(this.#decodeGuess(opts, o, guess));
         else opts.track(this.#waitForOtherProcess(opts, o));
@@ -196,24 +193,27 @@ export class ChunkFetcher {
         waits.push(pending.promise.then(settle(i, w)));
         continue;
       }
-      const d = deferred();
-      const flight: InflightChunk = { promise: d.promise, urgency: new Urgency(opts.priority), needsBytes: !fileOnly };
-      this.#inflight.set(w.hex, flight);
-      mine.set(w.entry, { wanted: { entry: w.entry, chunk: w.chunk }, hex: w.hex, d, flight });
-      waits.push(d.promise.then(settle(i, w)));
+      const o = this.#startFlight(w, opts.priority, !fileOnly);
+      mine.set(w.entry, o);
+      waits.push(o.d.promise.then(settle(i, w)));
     }
     if (mine.size > 0 && opts.alongside) {
       // guesses ride along in the same requests, at prefetch priority; nobody here waits for them
       for (const w of opts.alongside([...mine.values()].map((o) => ({ entry: o.wanted.entry, chunk: o.wanted.chunk, hex: o.hex })))) {
         if (mine.has(w.entry) || this.#inflight.has(w.hex) || this.#deps.has(w.hex)) continue;
-        const d = deferred();
-        const flight: InflightChunk = { promise: d.promise, urgency: new Urgency('prefetch'), needsBytes: false };
-        this.#inflight.set(w.hex, flight);
-        mine.set(w.entry, { wanted: { entry: w.entry, chunk: w.chunk }, hex: w.hex, d, flight, guess: true });
+        mine.set(w.entry, { ...this.#startFlight(w, 'prefetch', false), guess: true });
       }
     }
     if (mine.size > 0) this.#fetchOwned(opts, [...mine.values()], false);
     return Promise.all(waits).then(() => results as Buffer[]);
+  }
+
+  /** Register a chunk as in flight in this process, at `priority`; its promise settles when it is in. */
+  #startFlight(w: ChunkWant, priority: Priority, needsBytes: boolean): Owned {
+    const d = deferred();
+    const flight: InflightChunk = { promise: d.promise, urgency: new Urgency(priority), needsBytes };
+    this.#inflight.set(w.hex, flight);
+    return { wanted: { entry: w.entry, chunk: w.chunk }, hex: w.hex, d, flight };
   }
 
   /**

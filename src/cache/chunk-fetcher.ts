@@ -160,7 +160,9 @@ export class ChunkFetcher {
       const w = wanted[i] as ChunkWant;
       const own = mine.get(w.entry) ?? unparked.get(w.entry);
       if (own) {
-        waits.push(own.d.promise.then((b) => void (results[i] = b)));
+        // the same chunk twice in one call: its bytes as for the first (read back from its file
+        // when only the file was written)
+        waits.push(own.d.promise.then(settle(i, w)));
         continue;
       }
       const local = this.#deps.lookupLocal(w.hex, opts.intoMemory);

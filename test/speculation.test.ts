@@ -64,7 +64,8 @@ async function gatedDisk(a: number, opts: { alsoPass?: number[]; speculate?: boo
   const want = rangeOf(probe, a);
   const passing = new Set((opts.alsoPass ?? []).map((n) => JSON.stringify(rangeOf(probe, n))));
   await probeCache.close();
-  const isA = (r: GatedRequest): boolean => r.path.endsWith(want.pack) && r.range === want.range;
+  // chunk A's request: A alone, or A and the guesses after it riding along (the same first byte)
+  const isA = (r: GatedRequest): boolean => r.path.endsWith(want.pack) && (r.range ?? '').startsWith(want.range.slice(0, want.range.indexOf('-') + 1));
   const gate = await startGateProxy(registry.host, (r) => isA(r) || passing.has(JSON.stringify({ pack: r.path.split('/').at(-1), range: r.range })));
   const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-cache-') }), logger: silentLogger });
   const disk = await cache.openDisk(`${gate.host}/spec/disk:v1`, { useProfile: false, speculate: opts.speculate === true });
@@ -149,6 +150,34 @@ describe('speculative fetch', () => {
     for (const n of guesses) expect(existsSync(cache.chunkPath(chunkHexOf(disk, n)))).toBe(true);
     expect(cache.stats().remote.requests).toBe(remote);
     expect(gate.requests).toHaveLength(1);
+  }, 60_000);
+
+  it('in requests of its own (after a read that joined a fetch on the wire) never delays a demand miss', async () => {
+    const a = 250;
+    const { cache, disk, gate, isA } = await gatedDisk(a, { speculate: true });
+    const limit = cache.config.connectionsPerHost;
+    const sem = cache.hostLimit(gate.host);
+    // a prefetch of chunks far apart (one request each) holds every connection it may, held at the gate
+    const far = Array.from({ length: limit }, (_, i) => 10 + 20 * i);
+    const prefetch = disk.prefetch({ priority: 'prefetch', chunks: far, concurrency: limit });
+    await heldRequests(gate, limit - 2);
+    const onWire = far.filter((n) => gate.requests.some((r) => r.held && JSON.stringify({ pack: r.path.split('/').at(-1), range: r.range }) === JSON.stringify(rangeOf(disk, n))));
+    expect(onWire.length).toBe(limit - 2);
+    // demand reads of three of them join those fetches; the guesses after each go in requests of
+    // their own, at prefetch priority: they queue, as the rest of the prefetch does
+    const queuedBefore = sem.queued;
+    const joins = onWire.slice(0, 3).map((n) => disk.readChunk(n));
+    expect(disk.stats.inflightJoins).toBe(3);
+    expect(disk.stats.speculatedChunks).toBeGreaterThan(0);
+    expect(sem.queued).toBeGreaterThan(queuedBefore);
+    // A's request goes out at once, on a connection kept for demand
+    const read = disk.readChunk(a);
+    expect((await within(10_000, gate.arrived(isA), "chunk A's request")).held).toBe(false);
+    expect((await within(10_000, read, 'the read of chunk A')).byteLength).toBe(CHUNK);
+    gate.open();
+    for (const j of joins) expect((await within(10_000, j, 'a joined read')).byteLength).toBe(CHUNK);
+    await prefetch;
+    await disk.settle();
   }, 60_000);
 
   it('follows a sequential reader with a growing window; a recorded profile lists the guesses the reader read, not the others', async () => {

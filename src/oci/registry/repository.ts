@@ -84,20 +84,9 @@ export class RegistryRepository implements Target {
    * only a complete whole blob that does not match its digest is DIGEST_MISMATCH.
    */
   async fetchBlobRange(desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Promise<Buffer> {
-    if (offset < 0 || length <= 0 || offset + length > desc.size) {
-      throw new SlipwayError('INVALID_ARGUMENT', `range ${offset}+${length} is outside blob ${desc.digest} of ${desc.size} bytes`);
-    }
-    const res = await this.client.send({
-      method: 'GET', url: this.path('blobs', desc.digest), headers: { range: `bytes=${offset}-${offset + length - 1}` },
-      scopes: this.pullScope, expect: [200, 206], read: 'buffer', expectBytes: { 200: desc.size, 206: length }, notFound: 'BLOB_UNKNOWN', followRedirects: true,
-      what: `fetching bytes ${offset}+${length} of blob ${desc.digest} from ${this.name}`,
-    });
+    const { res } = await this.rangeGet(desc, offset, length, 'buffer');
     const body = res.body ?? Buffer.alloc(0);
-    if (res.status === 200) {
-      verifyContent(body, desc, `blob ${desc.digest} from ${this.name} (sent whole, Range ignored)`);
-      onWholeBlob?.(body);
-      return body.subarray(offset, offset + length);
-    }
+    if (res.status === 200) return this.sliceOfWhole(body, desc, offset, length, onWholeBlob);
     // never shorter (the transport retries short reads); longer only from a server that sent more
     // than asked: the bytes asked for are its first ones, and every chunk in them is verified
     return body.byteLength === length ? body : body.subarray(0, length);
@@ -111,14 +100,7 @@ export class RegistryRepository implements Target {
    * blob is read, verified, handed to `onWholeBlob`, and its slice is the one piece).
    */
   async fetchBlobRangeStream(desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Promise<AsyncIterable<Buffer> | Iterable<Buffer>> {
-    if (offset < 0 || length <= 0 || offset + length > desc.size) {
-      throw new SlipwayError('INVALID_ARGUMENT', `range ${offset}+${length} is outside blob ${desc.digest} of ${desc.size} bytes`);
-    }
-    const what = `fetching bytes ${offset}+${length} of blob ${desc.digest} from ${this.name}`;
-    const res = await this.client.send({
-      method: 'GET', url: this.path('blobs', desc.digest), headers: { range: `bytes=${offset}-${offset + length - 1}` },
-      scopes: this.pullScope, expect: [200, 206], read: 'stream', notFound: 'BLOB_UNKNOWN', followRedirects: true, what,
-    });
+    const { res, what } = await this.rangeGet(desc, offset, length, 'stream');
     if (!res.stream) throw new SlipwayError('REGISTRY_ERROR', `${what}: no body`);
     if (res.status === 206) return res.stream;
     const pieces: Buffer[] = [];
@@ -131,9 +113,27 @@ export class RegistryRepository implements Target {
     }
     const body = Buffer.concat(pieces);
     if (body.byteLength !== desc.size) throw new RegistryError('SIZE_INVALID', `${what}: short read: the whole blob (Range ignored) has ${body.byteLength} of ${desc.size} bytes`, { method: 'GET', url: res.url, status: 200 });
+    return [this.sliceOfWhole(body, desc, offset, length, onWholeBlob)];
+  }
+
+  /** The Range GET of both range reads: the range checked against the blob, then sent. */
+  private async rangeGet(desc: Descriptor, offset: number, length: number, read: 'buffer' | 'stream'): Promise<{ res: Awaited<ReturnType<RegistryClient['send']>>; what: string }> {
+    if (offset < 0 || length <= 0 || offset + length > desc.size) {
+      throw new SlipwayError('INVALID_ARGUMENT', `range ${offset}+${length} is outside blob ${desc.digest} of ${desc.size} bytes`);
+    }
+    const what = `fetching bytes ${offset}+${length} of blob ${desc.digest} from ${this.name}`;
+    const res = await this.client.send({
+      method: 'GET', url: this.path('blobs', desc.digest), headers: { range: `bytes=${offset}-${offset + length - 1}` },
+      scopes: this.pullScope, expect: [200, 206], read, ...(read === 'buffer' ? { expectBytes: { 200: desc.size, 206: length } } : {}), notFound: 'BLOB_UNKNOWN', followRedirects: true, what,
+    });
+    return { res, what };
+  }
+
+  /** A whole blob a server sent for a Range GET (Range ignored): verified, handed to `onWholeBlob`, and sliced. */
+  private sliceOfWhole(body: Buffer, desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Buffer {
     verifyContent(body, desc, `blob ${desc.digest} from ${this.name} (sent whole, Range ignored)`);
     onWholeBlob?.(body);
-    return [body.subarray(offset, offset + length)];
+    return body.subarray(offset, offset + length);
   }
 
   private async startUpload(what: string): Promise<string> {

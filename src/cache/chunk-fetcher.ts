@@ -225,7 +225,7 @@ export class ChunkFetcher {
    * request, and that chunk's decode too (so it is decoded before its neighbours).
    */
   #fetchOwned(call: GetChunksOptions, all: Owned[], takeOver: boolean): void {
-    const { has, remote, logger, lookupLocal, store } = this.#deps;
+    const { has, remote, lookupLocal } = this.#deps;
     const claims = this.#claims;
     const { index, intoMemory } = call;
     // another process sharing the cache directory may be fetching some of these: wait for its files
@@ -270,19 +270,7 @@ export class ChunkFetcher {
       const deliver = (w: WantedChunk, chunk: Decoded): void => {
         const o = byEntry.get(w.entry) as Owned;
         handed.add(w.entry);
-        settled.push(store(o.hex, chunk, intoMemory && o.guess !== true).catch((err: unknown) => {
-          // A chunk that cannot be kept is still served: the read must not fail or hang for it.
-          logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
-        }).finally(() => {
-          // a run given up on (its deadline passed) may still deliver late: the entry and the
-          // claim are then a newer fetch's, not ours to drop
-          if (this.#inflight.get(o.hex) === o.flight) {
-            this.#inflight.delete(o.hex);
-            claims.release(o.hex);
-          }
-          call.tally.tier2Chunks++;
-          o.d.resolve(chunk.data.byteLength === chunk.length ? chunk.data : NO_BYTES);
-        }));
+        settled.push(this.#keepAndAnswer(o, chunk, intoMemory && o.guess !== true, () => call.tally.tier2Chunks++));
       };
       const p = remote.fetchRun(index, run, call.sources, urgency, call.what, {
         onChunk: deliver,
@@ -326,7 +314,7 @@ export class ChunkFetcher {
    * bytes do not verify (a source sent wrong bytes) is fetched again, as a miss is.
    */
   async #decodeGuess(call: GetChunksOptions, o: Owned, guess: ParkedGuess): Promise<void> {
-    const { decode, store, logger } = this.#deps;
+    const { decode, logger } = this.#deps;
     let chunk: Decoded;
     try {
       // at the flight's urgency: a demand read joining a fill's decode of a guess raises it
@@ -336,14 +324,27 @@ export class ChunkFetcher {
       this.#fetchOwned(call, [o], true);
       return;
     }
+    await this.#keepAndAnswer(o, chunk, call.intoMemory, () => call.tally.guessChunks++);
+  }
+
+  /**
+   * A verified chunk this process fetched: kept in tier 1 (and tier 0 when `intoMemory`), its
+   * in-flight entry and claim dropped, counted (`count`), and its readers answered. A chunk that
+   * cannot be kept is still served: the read must not fail or hang for it.
+   */
+  async #keepAndAnswer(o: Owned, chunk: Decoded, intoMemory: boolean, count: () => void): Promise<void> {
     try {
-      await store(o.hex, chunk, call.intoMemory);
+      await this.#deps.store(o.hex, chunk, intoMemory);
     } catch (err) {
-      logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
+      this.#deps.logger.warn('could not keep a chunk in the cache; serving it uncached', { digest: o.hex, error: (err as Error).message });
     }
-    this.#claims.release(o.hex);
-    this.#inflight.delete(o.hex);
-    call.tally.guessChunks++;
+    // a run given up on (its deadline passed) may still deliver late: the entry and the claim are
+    // then a newer fetch's, not ours to drop
+    if (this.#inflight.get(o.hex) === o.flight) {
+      this.#inflight.delete(o.hex);
+      this.#claims.release(o.hex);
+    }
+    count();
     o.d.resolve(chunk.data.byteLength === chunk.length ? chunk.data : NO_BYTES);
   }
 

@@ -1,5 +1,5 @@
 /**
- * Fetch claims (`<cacheDir>/inflight/<digest>`, one process fetches a chunk, the others wait for
+ * Fetch claims (`<claims dir>/<digest>`, claimsDirOf, one process fetches a chunk, the others wait for
  * its file) never block a read for good: a claim whose pid now belongs to another process (PID 1
  * in a restarted container, a reused pid, this very process) is not honoured at all, and a claim
  * by a live process that is not fetching is honoured only until the fetch deadline. Through the
@@ -8,8 +8,9 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { claimsDirOf } from '../src/cache/fetch-claims.js';
 import { pushDisk } from '../src/disk/push.js';
 import { parseRef } from '../src/oci/ref.js';
 import { processStartTime } from '../src/util/process-identity.js';
@@ -36,7 +37,9 @@ beforeAll(async () => {
 
 /** Leave a fetch claim on chunk `n` of the disk in `cacheDir`, as a claimer would, naming `claimer`. */
 function leaveClaim(cacheDir: string, hex: string, claimer: string): string {
-  const marker = join(cacheDir, 'inflight', hex);
+  // (the directory goes with the last cache that closes)
+  mkdirSync(claimsDirOf(cacheDir), { recursive: true, mode: 0o700 });
+  const marker = join(claimsDirOf(cacheDir), hex);
   writeFileSync(marker, claimer);
   return marker;
 }

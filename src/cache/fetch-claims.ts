@@ -1,14 +1,14 @@
 /**
  * Cross-process single flight: processes sharing a cache directory fetch each chunk once between
  * them. Before fetching, a process claims the chunk with an O_EXCL marker file
- * `<cacheDir>/inflight/<sha256 hex>` naming it as `<pid>:<start time>:<id>` (the start time from
+ * `<claims dir>/<sha256 hex>` (`claimsDirOf`) naming it as `<pid>:<start time>:<id>` (the start time from
  * /proc, so a reused pid is told apart; the id one per open cache, so one process's caches are);
  * another that finds a live claim waits for the chunk file instead, and takes the fetch over when
  * the claim goes away without a file, or its claimer is gone or does not deliver in time
  * (docs/cache.md, "Tier 1 on disk"). The chunk fetcher (chunk-fetcher.ts) is the only user.
  */
-import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { processAlive } from '../util/process.js';
 import { processStartTime } from '../util/process-identity.js';
@@ -23,8 +23,35 @@ const openClaimers = new Set<string>();
 /** This process's start time (ticks since boot), or '-' where /proc cannot tell. */
 const OWN_START = processStartTime(process.pid) ?? '-';
 
+/** Where claims live when the host has a shared-memory file system (docs/cache.md). */
+const SHM = '/dev/shm';
+
+/**
+ * The directory of a cache directory's fetch claims: on tmpfs (`/dev/shm/slipway-claims-<id>`,
+ * `<id>` from the cache directory's device and inode, so every process that opens the same
+ * directory, by any path, finds the same claims) where the host has `/dev/shm`, else
+ * `<cacheDir>/inflight`. Claims are host-local and short-lived (one per chunk being fetched, gone
+ * when it is stored): on a disk file system their create-and-unlink churn costs an inode
+ * allocation each, and ext4 searches past recently freed inodes on every later create, the chunk
+ * files' included. A reboot empties tmpfs, which is right for claims of processes it ended.
+ */
+export function claimsDirOf(cacheDir: string): string {
+  let shm = false;
+  try {
+    shm = statSync(SHM).isDirectory();
+  } catch {
+    // no /dev/shm: claims go next to the cache
+  }
+  if (!shm) return join(cacheDir, 'inflight');
+  const st = statSync(cacheDir, { bigint: true });
+  const id = createHash('sha256').update(`${st.dev}:${st.ino}`).digest('hex').slice(0, 20);
+  return join(SHM, `slipway-claims-${id}`);
+}
+
 export class FetchClaims {
-  readonly #dir: string;
+  #dir: string;
+  /** the markers this claimer made and has not released: chunk digest (hex) to the marker's inode */
+  readonly #mine = new Map<string, number>();
   /**
    * Who this claimer is in fetch claims: `<pid>:<start time>:<id>`, the pid and its start time from
    * /proc (so a reused pid is told apart) and an id per instance (so one process's caches are).
@@ -32,8 +59,18 @@ export class FetchClaims {
   readonly #claimer = `${process.pid}:${OWN_START}:${randomBytes(4).toString('hex')}`;
 
   constructor(cacheDir: string) {
-    this.#dir = join(cacheDir, 'inflight');
-    mkdirSync(this.#dir, { recursive: true });
+    this.#dir = claimsDirOf(cacheDir);
+    try {
+      mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
+      // /dev/shm is everyone's: a directory of that name that is not ours alone (made by another
+      // user, a symlink) is not trusted with claims
+      const st = lstatSync(this.#dir);
+      if (!st.isDirectory() || st.uid !== process.getuid?.() || (st.mode & 0o077) !== 0) throw new Error('not ours alone');
+    } catch {
+      // claims next to the cache, as on a host without /dev/shm
+      this.#dir = join(cacheDir, 'inflight');
+      mkdirSync(this.#dir, { recursive: true });
+    }
     openClaimers.add(this.#claimer);
   }
 
@@ -47,13 +84,28 @@ export class FetchClaims {
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const fd = openSync(marker, 'wx', 0o600);
-        writeSync(fd, this.#claimer);
-        closeSync(fd);
+        try {
+          writeSync(fd, this.#claimer);
+          this.#mine.set(digestHex, fstatSync(fd).ino);
+        } finally {
+          closeSync(fd);
+        }
         return true;
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return true; // cannot coordinate: fetch anyway
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT' && attempt === 0) {
+          // the directory went with the last claimer that closed (see close): made again
+          mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
+          continue;
+        }
+        if (code !== 'EEXIST') return true; // cannot coordinate: fetch anyway
         const holder = this.#holder(marker);
-        if (holder === this.#claimer) return true;
+        if (holder === this.#claimer) {
+          // ours already (claimed again before it was released): released as one
+          const st = statSync(marker, { throwIfNoEntry: false });
+          if (st) this.#mine.set(digestHex, st.ino);
+          return true;
+        }
         if (holder !== undefined) return false;
         rmSync(marker, { force: true });
       }
@@ -104,7 +156,9 @@ export class FetchClaims {
     const tmp = `${marker}.${process.pid}.${randomBytes(4).toString('hex')}`;
     try {
       writeFileSync(tmp, this.#claimer, { mode: 0o600 });
+      const { ino } = statSync(tmp);
       renameSync(tmp, marker);
+      this.#mine.set(digestHex, ino);
     } catch {
       // cannot coordinate (a full disk): fetch anyway, as claim does
       rmSync(tmp, { force: true });
@@ -113,18 +167,16 @@ export class FetchClaims {
 
   /** Drop our claim on a chunk, if it is still ours. */
   release(digestHex: string): void {
+    const ino = this.#mine.get(digestHex);
+    this.#mine.delete(digestHex);
     const marker = join(this.#dir, digestHex);
-    // a marker that names this claimer is ours (this claimer is open and its process is us): no
-    // need to ask /proc whether we are alive, on every chunk a fetch delivers
-    let text: string;
+    // the marker is still the file this claimer made (its inode) unless another took the claim
+    // over (a rename puts another file there): no read of it, nor a question to /proc, on every
+    // chunk a fetch delivers
+    if (ino === undefined) return;
     try {
-      text = readFileSync(marker, 'utf8');
-    } catch {
-      return;
-    }
-    if (text !== this.#claimer) return;
-    try {
-      rmSync(marker, { force: true });
+      if (statSync(marker, { throwIfNoEntry: false })?.ino !== ino) return;
+      unlinkSync(marker);
     } catch {
       // cannot remove it (a read-only or failing disk): a claim left behind is taken over after
       // the fetch deadline; a release must never throw into the reader it is part of answering
@@ -140,5 +192,11 @@ export class FetchClaims {
   /** Our claims are no longer live (in this process; a marker left behind is then nobody's). */
   close(): void {
     openClaimers.delete(this.#claimer);
+    // the last claimer of a cache leaves no empty directory behind on tmpfs
+    try {
+      rmdirSync(this.#dir);
+    } catch {
+      // not empty (another claimer's, or a claim left behind), or already gone
+    }
   }
 }

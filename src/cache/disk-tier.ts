@@ -57,6 +57,9 @@ CREATE TRIGGER IF NOT EXISTS chunks_ins AFTER INSERT ON chunks BEGIN UPDATE tota
 CREATE TRIGGER IF NOT EXISTS chunks_del AFTER DELETE ON chunks BEGIN UPDATE totals SET bytes = bytes - OLD.size, chunks = chunks - 1 WHERE id = 1; END;
 `;
 
+/** adopt checks the budget each time this fraction of it has been adopted (docs/cache.md) */
+const BUDGET_CHECK_FRACTION = 64;
+
 export class DiskTier {
   readonly chunkDir: string;
   private readonly tmpDir: string;
@@ -67,6 +70,11 @@ export class DiskTier {
   private readonly holders = new Set<string>();
   /** chunk files whose bytes this process has checked: later partial reads trust them */
   private readonly verified = new Set<string>();
+  /** tempPath's names: this instance's id, and a counter */
+  private readonly instance = randomBytes(4).toString('hex');
+  private tempSeq = 0;
+  /** bytes adopted since the budget was last checked */
+  private adoptedSinceCheck = 0;
 
   constructor(private readonly opts: DiskTierOptions) {
     this.chunkDir = join(opts.cacheDir, 'chunks');
@@ -244,7 +252,9 @@ export class DiskTier {
 
   /** A temp path in this cache's tmp directory for a chunk file written elsewhere (a worker thread). */
   tempPath(digestHex: string): string {
-    return join(this.tmpDir, `${digestHex}.${process.pid}.${randomBytes(4).toString('hex')}`);
+    // unique between processes (the pid) and within one (a counter; this tier's instance id for
+    // two tiers open on one directory): no random bytes per chunk
+    return join(this.tmpDir, `${digestHex}.${process.pid}.${this.instance}.${++this.tempSeq}`);
   }
 
   /**
@@ -268,7 +278,14 @@ export class DiskTier {
       this.opts.logger.warn('cache index full; serving without caching', { digest: digestHex, error: (err as Error).message });
       return false;
     }
-    if (this.totals().bytes > this.opts.budgetBytes) this.evictTo(Math.floor(this.opts.budgetBytes * this.opts.lowWatermark));
+    // the budget is checked every BUDGET_CHECK_FRACTION of it adopted here (at most every 4 MiB),
+    // not on every chunk: tier 1 may pass its budget by that much (and what other processes
+    // sharing the directory added since) before this process evicts
+    this.adoptedSinceCheck += size;
+    if (this.adoptedSinceCheck >= Math.min(4 << 20, this.opts.budgetBytes / BUDGET_CHECK_FRACTION)) {
+      this.adoptedSinceCheck = 0;
+      if (this.totals().bytes > this.opts.budgetBytes) this.evictTo(Math.floor(this.opts.budgetBytes * this.opts.lowWatermark));
+    }
     return true;
   }
 

@@ -54,7 +54,10 @@ function fakeSource(name: string, pack: Buffer, alter: (bytes: Buffer, offset: n
 }
 
 /** A decode the test releases one chunk at a time (by chunk byte offset in the pack); it records the priority each waited at. */
-function heldDecode(): { decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority?: Priority | Urgency) => Promise<Decoded>; calls: { what: string; priority: Priority | Urgency | undefined }[]; release: (what: string) => void } {
+/** A chunk's stored bytes in one buffer (the remote tier hands them over as the pieces they came in). */
+const whole = (stored: Buffer | readonly Buffer[]): Buffer => (Buffer.isBuffer(stored) ? stored : Buffer.concat(stored));
+
+function heldDecode(): { decode: (stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string, priority?: Priority | Urgency) => Promise<Decoded>; calls: { what: string; priority: Priority | Urgency | undefined }[]; release: (what: string) => void } {
   const codec = new ChunkCodec();
   const waiting = new Map<string, () => void>();
   const released = new Set<string>();
@@ -65,7 +68,7 @@ function heldDecode(): { decode: (stored: Buffer, flags: number, length: number,
       const key = /chunk (\d+)/.exec(what)?.[1] as string;
       calls.push({ what: key, priority });
       if (!released.has(key)) await new Promise<void>((go) => waiting.set(key, go));
-      return { data: codec.decode(stored, flags, length, digest, what), length, persisted: false };
+      return { data: codec.decode(whole(stored), flags, length, digest, what), length, persisted: false };
     },
     release: (key) => {
       released.add(key);
@@ -113,7 +116,7 @@ describe('the remote tier hands chunks over one by one', () => {
     const remote = new RemoteTier({
       decode: async (stored, flags, length, digest, what) => {
         decoded.push(Number(/chunk (\d+)/.exec(what)?.[1]));
-        return { data: codec.decode(stored, flags, length, digest, what), length, persisted: false };
+        return { data: codec.decode(whole(stored), flags, length, digest, what), length, persisted: false };
       },
       logger: silentLogger, deadlineMs: 10_000, hostLimit: () => new PrioritySemaphore(8, 2),
     });
@@ -177,9 +180,9 @@ describe('guesses riding along with a miss', () => {
     const { index, pack, chunks } = fakeDisk(4);
     const codec = new ChunkCodec();
     const decoded: string[] = [];
-    const decode = async (stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Decoded> => {
+    const decode = async (stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string): Promise<Decoded> => {
       decoded.push(what);
-      return { data: codec.decode(stored, flags, length, digest, what), length, persisted: false };
+      return { data: codec.decode(whole(stored), flags, length, digest, what), length, persisted: false };
     };
     const remote = new RemoteTier({ decode, logger: silentLogger, deadlineMs: 10_000, hostLimit: () => new PrioritySemaphore(8, 2) });
     const kept = new Map<string, Buffer>();
@@ -222,7 +225,7 @@ describe('a run given up on at its deadline', () => {
   it('delivers late without touching a newer fetch of the same chunk', async () => {
     const { index, pack, chunks } = fakeDisk(1);
     const codec = new ChunkCodec();
-    const decode = async (stored: Buffer, flags: number, length: number, digest: Buffer, what: string): Promise<Decoded> => ({ data: codec.decode(stored, flags, length, digest, what), length, persisted: false });
+    const decode = async (stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string): Promise<Decoded> => ({ data: codec.decode(whole(stored), flags, length, digest, what), length, persisted: false });
     const remote = new RemoteTier({ decode, logger: silentLogger, deadlineMs: 300, hostLimit: () => new PrioritySemaphore(8, 2) });
     const kept = new Map<string, Buffer>();
     const fetcher = new ChunkFetcher({

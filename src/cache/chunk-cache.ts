@@ -22,7 +22,7 @@ import { ChunkFetcher } from './chunk-fetcher.js';
 import { DiskTier, type DiskTierStats } from './disk-tier.js';
 import type { LazyDisk, OpenDiskOptions } from './lazy-disk.js';
 import { openLazyDisk } from './open-disk.js';
-import { RemoteTier, type RemoteStats } from './remote-tier.js';
+import { gatherStored, RemoteTier, type RemoteStats } from './remote-tier.js';
 
 /** Of each registry host's connections, how many only demand reads may use. */
 const DEMAND_RESERVED_SLOTS = 2;
@@ -139,14 +139,14 @@ export class ChunkCache implements DiskChunkCache {
    * inline, so no chunk ever waits for threads. `fileOnly`: the caller needs the tier-1 file, not
    * the bytes (see WorkerPool.decode); inline decodes hand the bytes back regardless.
    */
-  async #decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency = 'demand', fileOnly = false): Promise<Decoded> {
+  async #decode(stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency = 'demand', fileOnly = false): Promise<Decoded> {
     // a small cold boot needs a few chunks: decoded inline, without starting threads that would
     // take CPU from the booting VM; past that the threads start, and until they answer decodes
     // still run inline
     if (!this.#poolReady && (this.#poolInstance || ++this.#inlineDecodes > INLINE_DECODES)) void this.pool;
     if (!this.#poolReady) {
       this.#inlineCodec ??= new ChunkCodec();
-      return { data: this.#inlineCodec.decode(stored, flags, length, digest, what), length, persisted: false };
+      return { data: this.#inlineCodec.decode(Buffer.isBuffer(stored) ? stored : Buffer.concat(stored), flags, length, digest, what), length, persisted: false };
     }
     const pool = this.pool;
     // the threads take decodes in turn, demand first: a guest's miss is never decoded after
@@ -156,7 +156,9 @@ export class ChunkCache implements DiskChunkCache {
     // the worker also writes the chunk's tier-1 file, so the event loop does no file I/O for it
     const hex = digest.toString('hex');
     try {
-      return await pool.decode(stored, flags, length, digest, what, { tmpPath: this.#disk.tempPath(hex), finalPath: this.#disk.chunkPath(hex) }, fileOnly);
+      // the stored bytes are copied out of the answer's pieces only now, when a thread takes them:
+      // into one of a few recycled buffers, not fresh memory for every chunk of a run waiting here
+      return await pool.decode(Buffer.isBuffer(stored) ? stored : gatherStored(stored), flags, length, digest, what, { tmpPath: this.#disk.tempPath(hex), finalPath: this.#disk.chunkPath(hex) }, fileOnly);
     } finally {
       release();
     }

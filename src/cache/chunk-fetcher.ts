@@ -16,7 +16,7 @@ import type { Decoded } from '../workers/pool.js';
 import type { ChunkWant, GetChunksOptions } from './cache-types.js';
 import { FetchClaims } from './fetch-claims.js';
 import { ParkedGuesses, type ParkedGuess } from './parked-guesses.js';
-import { gatherStored, planRuns, type RemoteTier, type WantedChunk } from './remote-tier.js';
+import { planRuns, type RemoteTier, type WantedChunk } from './remote-tier.js';
 
 /**
  * A chunk being fetched by a reader in this process: its bytes when they come (or the fetch's
@@ -86,7 +86,7 @@ export interface ChunkFetcherDeps {
   /** keep a verified chunk in tier 1 (and tier 0 when `intoMemory`) */
   store: (hex: string, chunk: Decoded, intoMemory: boolean) => Promise<void>;
   /** `fileOnly`: the chunk's tier-1 file is wanted, not its bytes (see WorkerPool.decode) */
-  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency, fileOnly?: boolean) => Promise<Decoded>;
+  decode: (stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency, fileOnly?: boolean) => Promise<Decoded>;
 }
 
 export class ChunkFetcher {
@@ -318,7 +318,7 @@ export class ChunkFetcher {
     let chunk: Decoded;
     try {
       // at the flight's urgency: a demand read joining a fill's decode of a guess raises it
-      chunk = await decode(gatherStored(guess.stored), guess.flags, guess.length, guess.digest, `${call.what} chunk ${o.wanted.chunk} (a guess)`, o.flight.urgency, !o.flight.needsBytes && !call.intoMemory);
+      chunk = await decode(guess.stored, guess.flags, guess.length, guess.digest, `${call.what} chunk ${o.wanted.chunk} (a guess)`, o.flight.urgency, !o.flight.needsBytes && !call.intoMemory);
     } catch (err) {
       logger.warn('a guess fetched alongside a miss did not verify; fetching it again', { digest: o.hex, error: (err as Error).message });
       this.#fetchOwned(call, [o], true);

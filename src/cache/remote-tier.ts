@@ -112,7 +112,7 @@ export async function cutChunks(pieces: AsyncIterable<Buffer> | Iterable<Buffer>
  * A chunk's stored bytes (views of the pieces `cutChunks` handed over) in one recycled buffer of
  * their own (workers/stored-buffers.ts), which a decode thread takes without another copy.
  */
-export function gatherStored(pieces: Buffer[]): Buffer {
+export function gatherStored(pieces: readonly Buffer[]): Buffer {
   const out = storedBuffers.take(pieces.reduce((n, p) => n + p.byteLength, 0));
   let at = 0;
   for (const p of pieces) at += p.copy(out, at);
@@ -140,7 +140,8 @@ export interface Source {
 export interface RemoteTierDeps {
   /** `priority`: the run's, read when the decode would wait for a thread (demand first) */
   /** `fileOnly`: the chunk's tier-1 file is wanted, not its bytes (see WorkerPool.decode) */
-  decode: (stored: Buffer, flags: number, length: number, digest: Buffer, what: string, priority?: Priority | Urgency, fileOnly?: boolean) => Promise<Decoded>;
+  /** `stored`: the chunk's stored bytes, whole or as the pieces of the answer they came in (gathered when a thread takes them) */
+  decode: (stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string, priority?: Priority | Urgency, fileOnly?: boolean) => Promise<Decoded>;
   logger: Logger;
   deadlineMs: number;
   hostLimit: (host: string) => PrioritySemaphore;
@@ -272,7 +273,7 @@ export class RemoteTier {
     // for is decoded before its neighbours)
     const out = new Map<number, Decoded>(delivered);
     const decodes: Promise<void>[] = [];
-    const decodeOne = async (w: WantedChunk, stored: Buffer): Promise<void> => {
+    const decodeOne = async (w: WantedChunk, stored: Buffer[]): Promise<void> => {
       if (delivered.has(w.entry)) return;
       const chunk = await this.deps.decode(stored, (index.entries[w.entry] as IndexEntry).flags, chunkLength(index, w.chunk), (index.entries[w.entry] as IndexEntry).digest, `${what} chunk ${w.chunk} from ${source.target.name}`, opts.priorityOf?.(w) ?? priority, opts.fileOnlyOf?.(w) === true);
       out.set(w.entry, chunk);
@@ -296,7 +297,7 @@ export class RemoteTier {
           this.stats.guesses++;
           return;
         }
-        const p = decodeOne(w, gatherStored(stored));
+        const p = decodeOne(w, stored);
         p.catch(() => undefined); // awaited below, unless the transfer failed first
         decodes.push(p);
       });

@@ -328,7 +328,9 @@ export function afterLazyRestore(plan: RestorePlan, cacheDir: string, log: Logge
         }
       }
     }
-    await ram.disk.fillInBackground();
+    // one request at a time: the VM runs meanwhile, and its next pages come from this host's
+    // CPU too (each chunk is decoded, verified and written), which a wider fill would take
+    await ram.disk.fillInBackground({ concurrency: 1 });
   };
   void work().catch((err: unknown) => log.warn('after a lazy restore: storing the working set or loading the rest of the RAM failed', { error: (err as Error).message }));
 }

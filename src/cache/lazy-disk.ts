@@ -422,8 +422,8 @@ export class LazyDisk {
    * Fill tier 1 with the rest of the disk at background priority while the VM runs (`--prefetch
    * all`), after its boot profile's chunks; stops taking new work when the disk closes.
    */
-  fillInBackground(): Promise<unknown> {
-    return this.track(this.prefetch({ priority: 'background' }).catch((err: unknown) => {
+  fillInBackground(opts: { concurrency?: number } = {}): Promise<unknown> {
+    return this.track(this.prefetch({ priority: 'background', ...opts }).catch((err: unknown) => {
       if (!this.stopping) this.cache.logger.warn('background fill of the disk failed; reads go on on demand', { disk: this.reference, error: (err as Error).message });
     }));
   }

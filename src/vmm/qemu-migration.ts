@@ -6,11 +6,15 @@
  * `x-ignore-shared` capability: the migration stream then carries only device state (a few
  * hundred KB) and the RAM file is the memory image. Saving: `stop`, `migrate` to `exec:cat > F`,
  * wait for `completed`. Loading: a QEMU started with `-S -incoming defer` and the same machine,
- * devices and RAM size, `migrate-incoming` from `exec:cat F`, wait for `completed`, `cont`.
+ * devices and RAM size, `migrate-incoming` on a unix socket the file is streamed into, wait until
+ * the state is in, `cont`.
  * (qemu/qemu docs/devel/migration; qapi/migration.json for the commands and states.)
  */
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { createReadStream } from 'node:fs';
+import { rm, stat } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { dirname, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { SlipwayError } from '../errors.js';
 import type { MemorySnapshotOps, SavedVmState } from './driver.js';
 import type { QmpClient } from './qmp.js';
@@ -45,6 +49,16 @@ async function waitForMigration(qmp: QmpClient, what: string, timeoutMs: number)
     if (Date.now() > deadline) throw new SlipwayError('VMM_ERROR', `${what}: migration still ${info.status ?? 'not started'} after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 2));
   }
+}
+
+/** Stream `file` into the unix socket at `sock` (a migration stream to a QEMU listening there). */
+async function sendFile(file: string, sock: string): Promise<void> {
+  const conn = connect(sock);
+  await new Promise<void>((resolve, reject) => {
+    conn.once('connect', resolve);
+    conn.once('error', reject);
+  });
+  await pipeline(createReadStream(file), conn);
 }
 
 /** Memory-snapshot operations on one QEMU VM (its RAM must be a shared file: VmSpec.memoryFile). */
@@ -95,7 +109,15 @@ export class QemuMemoryOps implements MemorySnapshotOps {
   async loadDeviceState(file: string, timeoutMs = 60_000): Promise<void> {
     const qmp = await this.qmp();
     await enableIgnoreShared(qmp);
-    await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellSafePath(file)}` });
+    // the state goes in over a unix socket QEMU listens on (no shell and no `cat` forked by a QEMU
+    // whose page tables span the guest's RAM and its translation buffer)
+    const sock = join(dirname(file), 'incoming.sock');
+    await rm(sock, { force: true });
+    await qmp.execute('migrate-incoming', { uri: `unix:${sock}` });
+    await sendFile(file, sock).catch((err: unknown) => {
+      // QEMU went away or closed the stream: its exit (and what it said) is the boot watch's to report
+      throw new SlipwayError('VMM_ERROR', `loading device state: sending ${file} to QEMU: ${(err as Error).message}`);
+    });
     // the destination is `inmigrate` until the state is in, then `paused` (it was started with -S);
     // a state QEMU cannot load ends the process, which the boot watch reports
     const deadline = Date.now() + timeoutMs;

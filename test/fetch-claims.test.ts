@@ -1,0 +1,111 @@
+/**
+ * Fetch claims (src/cache/fetch-claims.ts) on real files: where they live (tmpfs, one directory
+ * per cache directory whatever path opens it; next to the cache where the tmpfs directory is not
+ * the user's alone), and that a release removes only the claimer's own marker. The claims' part
+ * in fetching (one process fetches, the others wait) is test/cache-claims.test.ts's.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { claimsDirOf, FetchClaims } from '../src/cache/fetch-claims.js';
+import { tempDir } from './helpers/images.js';
+
+const HEX = 'ab'.repeat(32);
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const c of cleanups.splice(0).reverse()) c();
+});
+
+/** A cache directory of its own, removed after the test with its claims directory. */
+function cacheDir(): string {
+  const dir = tempDir('slipway-claims-unit-');
+  const claims = claimsDirOf(dir);
+  cleanups.push(() => {
+    rmSync(claims, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return dir;
+}
+
+function open(dir: string): FetchClaims {
+  const c = new FetchClaims(dir);
+  cleanups.push(() => c.close());
+  return c;
+}
+
+describe('where fetch claims live', () => {
+  it.runIf(existsSync('/dev/shm'))('on tmpfs, one directory per cache directory, whatever path opens it', () => {
+    const dir = cacheDir();
+    const link = join(tempDir('slipway-claims-link-'), 'cache');
+    symlinkSync(dir, link);
+    cleanups.push(() => rmSync(join(link, '..'), { recursive: true, force: true }));
+    expect(claimsDirOf(dir).startsWith('/dev/shm/slipway-claims-')).toBe(true);
+    expect(claimsDirOf(link)).toBe(claimsDirOf(dir));
+    expect(claimsDirOf(cacheDir())).not.toBe(claimsDirOf(dir));
+    // a claim made through one path is seen through the other
+    const a = open(dir);
+    const b = open(link);
+    expect(a.claim(HEX)).toBe(true);
+    expect(b.claim(HEX)).toBe(false);
+    expect(b.claimedElsewhere(HEX)).toBe(true);
+    expect(existsSync(join(dir, 'inflight'))).toBe(false);
+  });
+
+  it.runIf(existsSync('/dev/shm'))('next to the cache when the tmpfs directory is not the user\'s alone', () => {
+    const dir = cacheDir();
+    const shared = claimsDirOf(dir);
+    mkdirSync(shared, { recursive: true });
+    chmodSync(shared, 0o777);
+    const c = open(dir);
+    expect(c.claim(HEX)).toBe(true);
+    expect(readdirSync(shared)).toEqual([]);
+    expect(readdirSync(join(dir, 'inflight'))).toEqual([HEX]);
+  });
+
+  it.runIf(existsSync('/dev/shm'))('the last claimer to close leaves no empty directory on tmpfs, and a claimer still open makes it again', () => {
+    const dir = cacheDir();
+    const a = open(dir);
+    const b = open(dir);
+    b.close();
+    expect(existsSync(claimsDirOf(dir))).toBe(false);
+    // a claimer open on the directory claims on regardless
+    expect(a.claim(HEX)).toBe(true);
+    expect(existsSync(join(claimsDirOf(dir), HEX))).toBe(true);
+  });
+});
+
+describe('releasing a claim', () => {
+  it('removes the claimer\'s own marker', () => {
+    const dir = cacheDir();
+    const a = open(dir);
+    const b = open(dir);
+    expect(a.claim(HEX)).toBe(true);
+    a.release(HEX);
+    expect(existsSync(join(claimsDirOf(dir), HEX))).toBe(false);
+    expect(b.claim(HEX)).toBe(true);
+  });
+
+  it('leaves a marker another claimer took over (the slow claimer finishing late)', () => {
+    const dir = cacheDir();
+    const slow = open(dir);
+    const other = open(dir);
+    expect(slow.claim(HEX)).toBe(true);
+    other.takeOver(HEX);
+    const marker = join(claimsDirOf(dir), HEX);
+    const taken = readFileSync(marker, 'utf8');
+    slow.release(HEX);
+    expect(readFileSync(marker, 'utf8')).toBe(taken);
+    expect(slow.claimedElsewhere(HEX)).toBe(true);
+    other.release(HEX);
+    expect(existsSync(marker)).toBe(false);
+  });
+
+  it('of a chunk never claimed does nothing', () => {
+    const dir = cacheDir();
+    const a = open(dir);
+    const b = open(dir);
+    expect(b.claim(HEX)).toBe(true);
+    a.release(HEX);
+    expect(a.claimedElsewhere(HEX)).toBe(true);
+  });
+});

@@ -74,8 +74,21 @@ interface SpeculationStream {
  * the disk's next chunks, in the same blob, where one Range request gets several. The window per
  * stream grows while the guest keeps reading on through it.
  */
+/** A speculation policy's windows, in chunks: the first after a miss, the most, and how many before a new stream's first miss. */
+export interface SpeculationWindows {
+  min: number;
+  max: number;
+  back: number;
+}
+
+/** The windows a disk speculates with (see above for how they were chosen). */
+export const SPECULATION_WINDOWS: SpeculationWindows = { min: SPECULATE_MIN_CHUNKS, max: SPECULATE_MAX_CHUNKS, back: SPECULATE_BACK_CHUNKS };
+
 export class Speculation {
   #streams: SpeculationStream[] = [];
+
+  /** `windows`: another policy than the disks' own (bench/miss-model.ts compares them) */
+  constructor(private readonly windows: SpeculationWindows = SPECULATION_WINDOWS) {}
 
   /**
    * A demand read had to go to a registry for chunk `n`: the chunks to guess, in order (after it,
@@ -87,9 +100,9 @@ export class Speculation {
     let stream = this.#streams.find((s) => n >= s.from && n <= s.until + s.window);
     if (stream) {
       this.#streams.splice(this.#streams.indexOf(stream), 1);
-      stream.window = Math.min(SPECULATE_MAX_CHUNKS, stream.window * 2);
+      stream.window = Math.min(this.windows.max, stream.window * 2);
     } else {
-      stream = { from: n, until: n, window: SPECULATE_MIN_CHUNKS };
+      stream = { from: n, until: n, window: this.windows.min };
     }
     this.#streams.unshift(stream);
     this.#streams.length = Math.min(this.#streams.length, SPECULATE_STREAMS);
@@ -99,7 +112,7 @@ export class Speculation {
     stream.until = Math.max(stream.until, end - 1);
     const candidates: number[] = [];
     for (let m = start; m < end; m++) candidates.push(m);
-    if (fresh) for (let m = Math.max(0, n - SPECULATE_BACK_CHUNKS); m < n; m++) candidates.push(m);
+    if (fresh) for (let m = Math.max(0, n - this.windows.back); m < n; m++) candidates.push(m);
     return candidates;
   }
 }

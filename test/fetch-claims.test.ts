@@ -1,11 +1,13 @@
 /**
  * Fetch claims (src/cache/fetch-claims.ts) on real files: where they live (tmpfs, one directory
  * per cache directory whatever path opens it; next to the cache where the tmpfs directory is not
- * the user's alone), and that a release removes only the claimer's own marker. The claims' part
+ * the user's alone, checked again when it has to be made again), that a marker that is not a
+ * regular file does not stall a claim, and that a release removes only the claimer's own marker. The claims' part
  * in fetching (one process fetches, the others wait) is test/cache-claims.test.ts's.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { claimsDirOf, FetchClaims } from '../src/cache/fetch-claims.js';
 import { tempDir } from './helpers/images.js';
@@ -62,15 +64,27 @@ describe('where fetch claims live', () => {
     expect(readdirSync(join(dir, 'inflight'))).toEqual([HEX]);
   });
 
-  it.runIf(existsSync('/dev/shm'))('the last claimer to close leaves no empty directory on tmpfs, and a claimer still open makes it again', () => {
+  it.runIf(existsSync('/dev/shm'))('a directory removed under an open claimer is made and checked again: one another user could have made is not used', () => {
     const dir = cacheDir();
     const a = open(dir);
-    const b = open(dir);
-    b.close();
-    expect(existsSync(claimsDirOf(dir))).toBe(false);
-    // a claimer open on the directory claims on regardless
+    const shared = claimsDirOf(dir);
+    rmSync(shared, { recursive: true });
+    // what another local user could put there in the meantime
+    mkdirSync(shared);
+    chmodSync(shared, 0o777);
     expect(a.claim(HEX)).toBe(true);
-    expect(existsSync(join(claimsDirOf(dir), HEX))).toBe(true);
+    expect(readdirSync(shared)).toEqual([]);
+    expect(readdirSync(join(dir, 'inflight'))).toEqual([HEX]);
+  });
+
+  it('a marker that is not a regular file (a FIFO) neither stalls nor blocks a claim', () => {
+    const dir = cacheDir();
+    const a = open(dir);
+    const marker = join(claimsDirOf(dir), HEX);
+    execFileSync('mkfifo', [marker]);
+    expect(a.claimedElsewhere(HEX)).toBe(false);
+    expect(a.claim(HEX)).toBe(true);
+    expect(statSync(marker).isFile()).toBe(true);
   });
 });
 

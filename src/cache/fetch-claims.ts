@@ -7,7 +7,7 @@
  * the claim goes away without a file, or its claimer is gone or does not deliver in time
  * (docs/cache.md, "Tier 1 on disk"). The chunk fetcher (chunk-fetcher.ts) is the only user.
  */
-import { closeSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync, type BigIntStats } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { processAlive } from '../util/process.js';
@@ -48,10 +48,47 @@ export function claimsDirOf(cacheDir: string): string {
   return join(SHM, `slipway-claims-${id}`);
 }
 
+/** A file's identity for a release: its inode and change time (ns). */
+function identity(st: BigIntStats): string {
+  return `${st.ino}:${st.ctimeNs}`;
+}
+
+/**
+ * A marker's text, or undefined when there is none. Opened without following a symlink and
+ * without blocking, and read only when it is a regular file: on /dev/shm a marker's name is
+ * guessable, and a FIFO or a link put there must not stall or redirect the reader.
+ */
+function readMarker(marker: string): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(marker, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.size > 256) return undefined;
+    const buf = Buffer.alloc(Number(st.size));
+    const n = readSync(fd, buf, 0, buf.byteLength, 0);
+    return buf.subarray(0, n).toString('utf8');
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
 export class FetchClaims {
+  readonly #cacheDir: string;
   #dir: string;
-  /** the markers this claimer made and has not released: chunk digest (hex) to the marker's inode */
-  readonly #mine = new Map<string, number>();
+  /** the inode of the tmpfs claims directory as checked (undefined: claims are next to the cache) */
+  #dirIno: number | undefined;
+  /**
+   * The markers this claimer made and has not released: chunk digest (hex) to the marker's inode
+   * and change time (ns), which a marker another claimer put there (a rename) does not share, even
+   * where a file system reuses the inode number.
+   */
+  readonly #mine = new Map<string, string>();
   /**
    * Who this claimer is in fetch claims: `<pid>:<start time>:<id>`, the pid and its start time from
    * /proc (so a reused pid is told apart) and an id per instance (so one process's caches are).
@@ -59,19 +96,39 @@ export class FetchClaims {
   readonly #claimer = `${process.pid}:${OWN_START}:${randomBytes(4).toString('hex')}`;
 
   constructor(cacheDir: string) {
+    this.#cacheDir = cacheDir;
     this.#dir = claimsDirOf(cacheDir);
-    try {
-      mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
-      // /dev/shm is everyone's: a directory of that name that is not ours alone (made by another
-      // user, a symlink) is not trusted with claims
-      const st = lstatSync(this.#dir);
-      if (!st.isDirectory() || st.uid !== process.getuid?.() || (st.mode & 0o077) !== 0) throw new Error('not ours alone');
-    } catch {
-      // claims next to the cache, as on a host without /dev/shm
-      this.#dir = join(cacheDir, 'inflight');
-      mkdirSync(this.#dir, { recursive: true });
-    }
+    this.#makeDir();
     openClaimers.add(this.#claimer);
+  }
+
+  /**
+   * Make the claims directory if it is not there, and check it: on /dev/shm, which every local
+   * user may write to, a directory of that name that is not ours alone (another user's, open to
+   * others, a symlink) is not trusted with claims, and this claimer's go next to the cache from
+   * then on. Checked again whenever the directory has to be made again (something removed it).
+   */
+  #makeDir(): void {
+    const fallback = join(this.#cacheDir, 'inflight');
+    if (this.#dir !== fallback) {
+      try {
+        try {
+          mkdirSync(this.#dir, { mode: 0o700 });
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        }
+        const st = lstatSync(this.#dir);
+        if (st.isDirectory() && st.uid === process.getuid?.() && (st.mode & 0o077) === 0) {
+          this.#dirIno = st.ino;
+          return;
+        }
+      } catch {
+        // (no room on tmpfs, or no /dev/shm after all): as below
+      }
+      this.#dir = fallback;
+      this.#dirIno = undefined;
+    }
+    mkdirSync(fallback, { recursive: true });
   }
 
   /**
@@ -80,13 +137,16 @@ export class FetchClaims {
    * claimer is gone (see `#holder`) is taken over at once.
    */
   claim(digestHex: string): boolean {
+    // the directory this claimer checked, still (on tmpfs, something may have removed it and
+    // another user made one of that name since): else made and checked again
+    if (this.#dirIno !== undefined && lstatSync(this.#dir, { throwIfNoEntry: false })?.ino !== this.#dirIno) this.#makeDir();
     const marker = join(this.#dir, digestHex);
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const fd = openSync(marker, 'wx', 0o600);
         try {
           writeSync(fd, this.#claimer);
-          this.#mine.set(digestHex, fstatSync(fd).ino);
+          this.#mine.set(digestHex, identity(fstatSync(fd, { bigint: true })));
         } finally {
           closeSync(fd);
         }
@@ -94,16 +154,16 @@ export class FetchClaims {
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code === 'ENOENT' && attempt === 0) {
-          // the directory went with the last claimer that closed (see close): made again
-          mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
+          // the directory was removed (a tmpfs cleaner): made and checked again
+          this.#makeDir();
           continue;
         }
         if (code !== 'EEXIST') return true; // cannot coordinate: fetch anyway
         const holder = this.#holder(marker);
         if (holder === this.#claimer) {
           // ours already (claimed again before it was released): released as one
-          const st = statSync(marker, { throwIfNoEntry: false });
-          if (st) this.#mine.set(digestHex, st.ino);
+          const st = statSync(marker, { bigint: true, throwIfNoEntry: false });
+          if (st) this.#mine.set(digestHex, identity(st));
           return true;
         }
         if (holder !== undefined) return false;
@@ -122,12 +182,8 @@ export class FetchClaims {
    * times, a running pid is taken at its word.
    */
   #holder(marker: string): string | undefined {
-    let text: string;
-    try {
-      text = readFileSync(marker, 'utf8');
-    } catch {
-      return undefined;
-    }
+    const text = readMarker(marker);
+    if (text === undefined) return undefined;
     if (text === '') {
       // created but not yet written by its claimer (O_EXCL create, then write): held, unless stale
       try {
@@ -156,9 +212,10 @@ export class FetchClaims {
     const tmp = `${marker}.${process.pid}.${randomBytes(4).toString('hex')}`;
     try {
       writeFileSync(tmp, this.#claimer, { mode: 0o600 });
-      const { ino } = statSync(tmp);
       renameSync(tmp, marker);
-      this.#mine.set(digestHex, ino);
+      // (renaming a file changes its ctime: its identity is taken after)
+      const st = statSync(marker, { bigint: true, throwIfNoEntry: false });
+      if (st) this.#mine.set(digestHex, identity(st));
     } catch {
       // cannot coordinate (a full disk): fetch anyway, as claim does
       rmSync(tmp, { force: true });
@@ -167,15 +224,16 @@ export class FetchClaims {
 
   /** Drop our claim on a chunk, if it is still ours. */
   release(digestHex: string): void {
-    const ino = this.#mine.get(digestHex);
+    const mine = this.#mine.get(digestHex);
     this.#mine.delete(digestHex);
     const marker = join(this.#dir, digestHex);
-    // the marker is still the file this claimer made (its inode) unless another took the claim
-    // over (a rename puts another file there): no read of it, nor a question to /proc, on every
-    // chunk a fetch delivers
-    if (ino === undefined) return;
+    // the marker is still the file this claimer made (its inode and change time) unless another
+    // took the claim over (a rename puts another file there): no read of it, nor a question to
+    // /proc, on every chunk a fetch delivers
+    if (mine === undefined) return;
     try {
-      if (statSync(marker, { throwIfNoEntry: false })?.ino !== ino) return;
+      const st = statSync(marker, { bigint: true, throwIfNoEntry: false });
+      if (st === undefined || identity(st) !== mine) return;
       unlinkSync(marker);
     } catch {
       // cannot remove it (a read-only or failing disk): a claim left behind is taken over after
@@ -191,12 +249,8 @@ export class FetchClaims {
 
   /** Our claims are no longer live (in this process; a marker left behind is then nobody's). */
   close(): void {
+    // (the directory stays: removing it would leave a moment in which another local user could
+    // make one of that name for a claimer still open to find)
     openClaimers.delete(this.#claimer);
-    // the last claimer of a cache leaves no empty directory behind on tmpfs
-    try {
-      rmdirSync(this.#dir);
-    } catch {
-      // not empty (another claimer's, or a claim left behind), or already gone
-    }
   }
 }

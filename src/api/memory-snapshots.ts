@@ -38,7 +38,7 @@ import { SlipwayError, fromFsError } from '../errors.js';
 import { formatRef, refReference, type ImageRef } from '../oci/ref.js';
 import type { Target } from '../oci/store.js';
 import type { ServedDisk } from '../serve/backend.js';
-import { lazyMemorySupport, serveRam, type ServedRam } from '../serve/ram-backend.js';
+import { lazyMemorySupport, RAM_FILL_CONCURRENCY, serveRam, type ServedRam } from '../serve/ram-backend.js';
 import { pushBootProfile, writeLocalProfile } from '../cache/boot-profile.js';
 import type { Logger } from '../util/log.js';
 import { logProgress } from '../util/progress.js';
@@ -328,9 +328,7 @@ export function afterLazyRestore(plan: RestorePlan, cacheDir: string, log: Logge
         }
       }
     }
-    // one request at a time: the VM runs meanwhile, and its next pages come from this host's
-    // CPU too (each chunk is decoded, verified and written), which a wider fill would take
-    await ram.disk.fillInBackground({ concurrency: 1 });
+    await ram.disk.fillInBackground({ concurrency: RAM_FILL_CONCURRENCY });
   };
   void work().catch((err: unknown) => log.warn('after a lazy restore: storing the working set or loading the rest of the RAM failed', { error: (err as Error).message }));
 }

@@ -73,8 +73,8 @@ export class DiskTier {
   /** tempPath's names: this instance's id, and a counter */
   private readonly instance = randomBytes(4).toString('hex');
   private tempSeq = 0;
-  /** bytes adopted since the budget was last checked */
-  private adoptedSinceCheck = 0;
+  /** bytes adopted since the budget was last checked (the first adopt of a process checks it) */
+  private adoptedSinceCheck = Number.POSITIVE_INFINITY;
 
   constructor(private readonly opts: DiskTierOptions) {
     this.chunkDir = join(opts.cacheDir, 'chunks');

@@ -23,6 +23,13 @@ import { writeDiskMap } from './disk-map.js';
 import { startMissServer, type MissServer } from './miss-server.js';
 
 const run = promisify(execFile);
+
+/**
+ * Requests at a time that load the rest of a lazily restored VM's RAM into tier 1 in the
+ * background: one. The VM runs meanwhile, and each chunk costs this host's CPU (decoded, verified,
+ * written), which the VM's own next pages need too.
+ */
+export const RAM_FILL_CONCURRENCY = 1;
 const READY_TIMEOUT_MS = 15_000;
 
 export function ramfsBinary(): string {
@@ -153,7 +160,7 @@ export async function adoptRam(opts: { cache: ChunkCache; workDir: string; overl
   if (ref === undefined || pid === undefined) return undefined;
   const disk = await opts.cache.openDisk(ref, { useProfile: false, memoryTier: false });
   const miss = await startMissServer(join(opts.workDir, 'ram-miss.sock'), disk, opts.cache);
-  void disk.fillInBackground();
+  void disk.fillInBackground({ concurrency: RAM_FILL_CONCURRENCY });
   const running = (): boolean => processRunning(pid) && processHasArgument(pid, mount);
   // (its chunk pin, taken in its name by the daemon that started it, lasts as long as it runs)
   return servedRam({ cache: opts.cache, disk, workDir: opts.workDir, overlayDir: opts.overlayDir, miss, pid, running, stop: () => terminateProcess(pid, 5000), unpin: () => undefined });

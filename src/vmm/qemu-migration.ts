@@ -51,14 +51,24 @@ async function waitForMigration(qmp: QmpClient, what: string, timeoutMs: number)
   }
 }
 
-/** Stream `file` into the unix socket at `sock` (a migration stream to a QEMU listening there). */
-async function sendFile(file: string, sock: string): Promise<void> {
+/**
+ * Stream `file` into the unix socket at `sock` (a migration stream to a QEMU listening there),
+ * within `timeoutMs`: a QEMU that takes the connection and stops reading fails the send (the
+ * connection is destroyed) instead of holding it for good.
+ */
+async function sendFile(file: string, sock: string, timeoutMs: number): Promise<void> {
   const conn = connect(sock);
-  await new Promise<void>((resolve, reject) => {
-    conn.once('connect', resolve);
-    conn.once('error', reject);
-  });
-  await pipeline(createReadStream(file), conn);
+  const timer = setTimeout(() => conn.destroy(new Error(`QEMU did not take the device state within ${timeoutMs} ms`)), timeoutMs);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      conn.once('connect', resolve);
+      conn.once('error', reject);
+    });
+    await pipeline(createReadStream(file), conn);
+  } finally {
+    clearTimeout(timer);
+    conn.destroy();
+  }
 }
 
 /** Memory-snapshot operations on one QEMU VM (its RAM must be a shared file: VmSpec.memoryFile). */
@@ -111,16 +121,17 @@ export class QemuMemoryOps implements MemorySnapshotOps {
     await enableIgnoreShared(qmp);
     // the state goes in over a unix socket QEMU listens on (no shell and no `cat` forked by a QEMU
     // whose page tables span the guest's RAM and its translation buffer)
-    const sock = join(dirname(file), 'incoming.sock');
+    // (a name no longer than the agent's socket's: the work directory's limit stays the boot's)
+    const sock = join(dirname(file), 'state.sock');
     await rm(sock, { force: true });
+    const deadline = Date.now() + timeoutMs;
     await qmp.execute('migrate-incoming', { uri: `unix:${sock}` });
-    await sendFile(file, sock).catch((err: unknown) => {
+    await sendFile(file, sock, timeoutMs).catch((err: unknown) => {
       // QEMU went away or closed the stream: its exit (and what it said) is the boot watch's to report
       throw new SlipwayError('VMM_ERROR', `loading device state: sending ${file} to QEMU: ${(err as Error).message}`);
-    });
+    }).finally(() => rm(sock, { force: true }));
     // the destination is `inmigrate` until the state is in, then `paused` (it was started with -S);
     // a state QEMU cannot load ends the process, which the boot watch reports
-    const deadline = Date.now() + timeoutMs;
     for (;;) {
       const { status } = await qmp.execute<{ status: string }>('query-status');
       if (status === 'paused' || status === 'prelaunch') break;

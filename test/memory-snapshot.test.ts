@@ -162,6 +162,16 @@ describe('memory snapshots', () => {
     expect(r?.workingSetChunks).toBeGreaterThan(0);
     expect(r?.ramChunksFetched).toBeGreaterThan(0);
     expect(r?.ramChunksFetched).toBeLessThanOrEqual(Math.ceil(1.5 * (r?.workingSetChunks ?? 0)));
+    // QEMU maps the RAM slipway-ramfs serves without MADV_HUGEPAGE (which makes the kernel read
+    // 4 MiB around every fault: libslipway-nohugepage.so), and its other memory as QEMU advises
+    const qemu = processesWithArgument(join('vms', vm.id)).find((pid) => readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith('qemu'));
+    expect(qemu).toBeDefined();
+    const maps = readFileSync(`/proc/${qemu}/smaps`, 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/);
+    const flagsOf = (m: string): string[] => (/^VmFlags:(.*)$/m.exec(m)?.[1] ?? '').trim().split(/\s+/);
+    const ramMap = maps.find((m) => (m.split('\n')[0] ?? '').endsWith(join('vms', vm.id, 'ram', 'ram')));
+    expect(ramMap, 'the RAM file mapping in QEMU').toBeDefined();
+    expect(flagsOf(ramMap as string)).not.toContain('hg');
+    expect(maps.some((m) => flagsOf(m).includes('hg')), 'QEMU still advises huge pages elsewhere (its TCG buffer)').toBe(true);
     // a guest page is never seen before its chunk is loaded: what the guest wrote before the snapshot is there
     expect(await sh(d, vm.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
     expect(await sh(d, vm.id, 'md5sum /root/data | cut -d" " -f1')).toBe(dataSum);

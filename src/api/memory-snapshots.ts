@@ -302,16 +302,31 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
 }
 
 /**
- * After a lazy restore's first exec: store the chunks it touched as the snapshot's working-set
- * profile (a boot profile of its RAM image, docs/cache.md; kept on this host where the registry
- * refuses it), unless it restored with one; then load
- * the rest of the RAM into tier 1 at background priority, so the VM no longer needs the registry
- * (or this daemon) to touch a page. Failures are logged, never thrown: the VM runs on.
+ * How long a lazily restored VM's working set is recorded when no exec comes: the chunks it
+ * touched in that time are its working set, and the rest of its RAM then loads.
  */
-export function afterLazyRestore(plan: RestorePlan, cacheDir: string, log: Logger): void {
+export const WORKING_SET_WINDOW_MS = 10_000;
+
+/**
+ * After a lazy restore's first exec (`firstExec` resolves 'exec' when it has answered, 'gone' when
+ * the VM went first; WORKING_SET_WINDOW_MS without either counts as an exec): store the chunks it
+ * touched as the snapshot's working-set profile (a boot profile of its RAM image, docs/cache.md;
+ * kept on this host where the registry refuses it), unless it restored with one; then load the
+ * rest of the RAM into tier 1 at background priority, so the VM no longer needs the registry (or
+ * this daemon) to touch a page. Failures are logged, never thrown: the VM runs on.
+ */
+export function afterLazyRestore(plan: RestorePlan, cacheDir: string, log: Logger, firstExec: Promise<'exec' | 'gone'>): void {
   const ram = plan.ram;
   if (!ram) return;
   const work = async (): Promise<void> => {
+    let timer: NodeJS.Timeout | undefined;
+    const window = new Promise<'window'>((r) => {
+      timer = setTimeout(() => r('window'), WORKING_SET_WINDOW_MS);
+      timer.unref();
+    });
+    const why = await Promise.race([firstExec, window]);
+    clearTimeout(timer);
+    if (why === 'gone') return;
     if (!plan.workingSetProfile) {
       const { index } = ram.disk.artifact;
       // zero chunks are holes: nothing to fetch

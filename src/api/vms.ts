@@ -68,6 +68,8 @@ interface LiveVm {
   memoryParent?: SnapshotVm['parent'];
   /** lazy memory: the server of this VM's RAM (a restore) */
   ram?: ServedRam;
+  /** a lazy restore records its working set until its first exec has answered: told here */
+  firstExecDone?: (why: 'exec' | 'gone') => void;
 }
 
 const GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -167,6 +169,7 @@ export class VmManager {
     let agent: AgentClient | undefined;
     let restore: RestorePlan | undefined;
     let figures: RestoreFigures | undefined;
+    let firstExecDone: ((why: 'exec' | 'gone') => void) | undefined;
     try {
       await mkdir(workDir, { recursive: true, mode: 0o700 });
       this.deps.state.insert(record);
@@ -211,7 +214,7 @@ export class VmManager {
       const spec: VmSpec = {
         id, workDir, cpus: record.cpus, memoryMiB: record.memoryMiB, kernel, initramfs: guest.initramfs, disks: [{ kind: 'vhost-user', socket: served.socket }],
         bootConfig: renderBootConfig(bootConfig as BootConfig), net, console: true, detached: true, vsockConnect: guest.vsockConnect,
-        memoryFile: restore?.ramFile ?? ramFileOf(id), vmgenid: true, ...(restore ? { incoming: true } : {}),
+        memoryFile: restore?.ramFile ?? ramFileOf(id), vmgenid: true, ...(restore ? { incoming: true } : {}), ...(restore?.ram ? { memoryOnDemand: true } : {}),
       };
       if (!restore) await createRamFile(ramFileOf(id));
       if (restore) checkShape(restore.snapshot.config.shape, await vmShape(spec, this.driver(record.vmm)));
@@ -246,8 +249,10 @@ export class VmManager {
         }), AGENT_TIMEOUTS.spawnMs, 'SET_HOSTNAME');
         phase('identity');
         figures = await restoreFigures(plan);
-        // lazy memory: the working set so far becomes the snapshot's profile; the rest loads in the background
-        afterLazyRestore(plan, this.deps.cacheDir, log);
+        // lazy memory: the working set until the first exec becomes the snapshot's profile; the
+        // rest of the RAM loads in the background after it
+        const firstExec = new Promise<'exec' | 'gone'>((r) => (firstExecDone = r));
+        afterLazyRestore(plan, this.deps.cacheDir, log, firstExec);
       }
       // the guest's own marks (ms since its kernel started), as `slipway run --timings` shows them
       // (a restore's guest marks are those of the boot it was snapshotted after: not asked)
@@ -260,7 +265,7 @@ export class VmManager {
       record.status = 'running';
       record.timings = timings;
       this.deps.state.update(id, { status: 'running', timings });
-      const l: LiveVm = { record, vm, served, agent, connecting: undefined, busy: undefined, spec, ...(plan?.ram ? { ram: plan.ram } : {}), ...(plan ? { memoryParent: { target: plan.target, config: plan.snapshot.config, digest: plan.snapshot.manifest.digest } } : {}) };
+      const l: LiveVm = { record, vm, served, agent, connecting: undefined, busy: undefined, spec, ...(plan?.ram ? { ram: plan.ram } : {}), ...(firstExecDone ? { firstExecDone } : {}), ...(plan ? { memoryParent: { target: plan.target, config: plan.snapshot.config, digest: plan.snapshot.manifest.digest } } : {}) };
       this.live.set(id, l);
       this.watch(l);
       this.deps.metrics.boots.inc({ result: 'ok' });
@@ -278,6 +283,7 @@ export class VmManager {
       const ramError = restore?.ram?.miss.lastError;
       const err = isSlipwayError(ramError) ? ramError : caught;
       this.deps.metrics.boots.inc({ result: 'failed' });
+      firstExecDone?.('gone');
       log.warn('vm boot failed', { image, error: (err as Error).message });
       agent?.close();
       await vm?.kill(500).catch(() => undefined);
@@ -361,6 +367,7 @@ export class VmManager {
     } finally {
       if (timer) clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
+      l.firstExecDone?.('exec');
     }
   }
 
@@ -443,6 +450,7 @@ export class VmManager {
 
   private async removeNow(l: LiveVm): Promise<void> {
     l.busy = 'delete';
+    l.firstExecDone?.('gone');
     const id = l.record.id;
     try {
       this.deps.state.update(id, { status: 'stopping' });

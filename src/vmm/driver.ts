@@ -40,6 +40,11 @@ export interface VmSpec {
    * writes. Without it QEMU's RAM is an anonymous memfd.
    */
   memoryFile?: string;
+  /**
+   * `memoryFile` is served on demand (slipway-ramfs, a lazy restore): the VMM must not have the
+   * kernel read huge pages' worth around every fault of it (QEMU: libslipway-nohugepage.so)
+   */
+  memoryOnDemand?: boolean;
   /** a vmgenid device (the guest reseeds its RNG when the generation ID changes, as it does on a restore) */
   vmgenid?: boolean;
   /**

@@ -8,7 +8,7 @@
  * signalled) is vmm-process.ts's; the kernel command line and port names are the guest ABI's
  * (src/guest/abi.ts).
  */
-import { existsSync, openSync, closeSync, statSync } from 'node:fs';
+import { existsSync, openSync, closeSync, realpathSync, statSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { SlipwayError } from '../errors.js';
 import { AGENT_SERIAL_PORT_NAME, guestKernelCmdline } from '../guest/abi.js';
 import { FW_CFG_NAME, checkKernelCmdline } from '../guest/boot-config.js';
+import { PROJECT_ROOT } from '../guest/build.js';
 import type { AdoptTarget, AgentEndpoint, BootFailure, MemorySnapshotOps, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { fileTail } from '../util/file-tail.js';
 import { envVar, loadConfig } from '../config.js';
@@ -271,6 +272,24 @@ export interface QemuDriverOptions extends QemuOptions {
 /** How long QEMU has to create its QMP socket. */
 const START_TIMEOUT_MS = 10_000;
 
+/**
+ * What keeps QEMU from advising huge pages on a RAM file served on demand (VmSpec.memoryOnDemand):
+ * libslipway-nohugepage.so preloaded (vhost-user-blk/nohugepage.c), told the file's path as the
+ * kernel shows it in /proc/<pid>/maps. Without the library built, nothing: the restore works, and
+ * every fault of the RAM reads 4 MiB around it.
+ */
+export function noHugepageEnv(memoryFile: string): Record<string, string> {
+  const lib = join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'libslipway-nohugepage.so');
+  if (!existsSync(lib)) return {};
+  let path = memoryFile;
+  try {
+    path = realpathSync(memoryFile);
+  } catch {
+    // not there yet: as given
+  }
+  return { LD_PRELOAD: [lib, process.env.LD_PRELOAD].filter((p) => p !== undefined && p !== '').join(' '), SLIPWAY_NO_HUGEPAGE_FILE: path };
+}
+
 export class QemuDriver implements VmmDriver {
   readonly name = 'qemu' as const;
 
@@ -309,6 +328,7 @@ export class QemuDriver implements VmmDriver {
     await writeFile(paths.args, `${this.binary} ${args.map((a) => JSON.stringify(a)).join(' ')}\n`);
     const proc = await VmmProcess.spawn({
       binary: this.binary, args, workDir: spec.workDir, detached: spec.detached === true, outputFile: paths.stderr, output: 'stderr', installHint: 'install qemu-system-x86',
+      ...(spec.memoryOnDemand && spec.memoryFile ? { env: noHugepageEnv(spec.memoryFile) } : {}),
     });
     // QEMU creates its QMP socket while it starts; wait for it, or for QEMU to give up.
     const started = await proc.waitForSocket(paths.qmp, START_TIMEOUT_MS);

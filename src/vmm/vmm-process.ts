@@ -37,6 +37,8 @@ export interface VmmSpawnOptions {
   output: 'stderr' | 'stdout+stderr';
   /** the words after "cannot start <binary>: <why>" when it cannot be run at all (how to install it) */
   installHint: string;
+  /** variables added to this process's environment for it */
+  env?: Record<string, string>;
 }
 
 /** How a wait for a VMM's socket ended. */
@@ -65,7 +67,7 @@ export class VmmProcess {
   static async spawn(opts: VmmSpawnOptions): Promise<VmmProcess> {
     const fd = opts.detached ? openSync(opts.outputFile, 'a', 0o600) : undefined;
     const kept = fd ?? 'pipe';
-    const child = spawn(opts.binary, opts.args, { stdio: ['ignore', opts.output === 'stderr' ? 'ignore' : kept, kept], detached: opts.detached });
+    const child = spawn(opts.binary, opts.args, { stdio: ['ignore', opts.output === 'stderr' ? 'ignore' : kept, kept], detached: opts.detached, ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}) });
     if (fd !== undefined) {
       closeSync(fd);
       child.unref();

@@ -211,8 +211,6 @@ export interface RestorePlan {
   ramFile: string;
   /** lazy memory: the server behind ramFile (undefined when the RAM was loaded whole) */
   ram?: ServedRam;
-  /** whether the working set was prefetched from a recorded profile (else this restore records one) */
-  workingSetProfile: boolean;
   /** eager: the RAM chunks fetched from the registry, and their size */
   eagerFetched?: { chunks: number; chunkBytes: number };
   target: Target;
@@ -261,7 +259,8 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
   const state = Promise.all(snapshot.state.map(async (layer) => writeFile(join(stateDir, layer.file), await target.fetchBlob(layer.descriptor), { mode: 0o600 })));
   state.catch(() => undefined);
   if (lazy) {
-    const ram = await cache.openDisk(ramRef, { useProfile: true, speculate: false, memoryTier: false });
+    // (the working-set profile is looked up while slipway-ramfs starts)
+    const ram = await cache.openDisk(ramRef, { useProfile: true, speculate: false, memoryTier: false, profileInBackground: true });
     try {
       if (ram.artifact.index.sizeBytes !== want) throw new SlipwayError('CORRUPT_INDEX', `memory snapshot ${snapshot.manifest.digest}: its RAM image is ${ram.artifact.index.sizeBytes} bytes, its shape says ${want}`);
       // slipway-ramfs starts and mounts while the device state comes
@@ -272,8 +271,8 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
       }
       if (up.status === 'rejected') throw up.reason;
       const served = up.value;
-      log.info('restore: RAM served on demand', { chunks: ram.artifact.index.chunkCount, workingSet: ram.openedWithProfile?.chunks ?? 0 });
-      return { ...base, ramFile: served.file, ram: served, workingSetProfile: ram.openedWithProfile !== undefined };
+      log.info('restore: RAM served on demand', { chunks: ram.artifact.index.chunkCount });
+      return { ...base, ramFile: served.file, ram: served };
     } catch (err) {
       await ram.close();
       throw err;
@@ -298,7 +297,7 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
     await rm(ramFile, { force: true });
     throw err;
   }
-  return { ...base, ramFile, workingSetProfile: false, ...(eagerFetched ? { eagerFetched } : {}) };
+  return { ...base, ramFile, ...(eagerFetched ? { eagerFetched } : {}) };
 }
 
 /**
@@ -327,7 +326,9 @@ export function afterLazyRestore(plan: RestorePlan, cacheDir: string, log: Logge
     const why = await Promise.race([firstExec, window]);
     clearTimeout(timer);
     if (why === 'gone') return;
-    if (!plan.workingSetProfile) {
+    // a restore that had a working-set profile to start with records none
+    await ram.disk.profileSettled;
+    if (ram.disk.openedWithProfile === undefined) {
       const { index } = ram.disk.artifact;
       // zero chunks are holes: nothing to fetch
       const chunks = (await ram.touched()).filter((n) => n < index.chunkCount && index.map[n] !== HOLE);
@@ -352,6 +353,7 @@ export function afterLazyRestore(plan: RestorePlan, cacheDir: string, log: Logge
 export async function restoreFigures(plan: RestorePlan): Promise<RestoreFigures> {
   if (!plan.ram) return { memoryLoading: 'eager', workingSetChunks: 0, ramChunksFetched: plan.eagerFetched?.chunks ?? 0, ramChunkBytes: plan.eagerFetched?.chunkBytes ?? RAM_CHUNK_BYTES };
   const { index } = plan.ram.disk.artifact;
+  await plan.ram.disk.profileSettled;
   return {
     memoryLoading: 'lazy', workingSetChunks: plan.ram.disk.openedWithProfile?.chunks ?? 0, ramChunksFetched: plan.ram.disk.stats.tier2Chunks,
     ramChunkBytes: index.chunkSizeBytes, ramChunksTouched: (await plan.ram.touched().catch(() => [])).length,

@@ -46,6 +46,13 @@ export interface OpenDiskOptions {
   /** Once open, fill tier 1 with the rest of the disk at background priority (`--prefetch all`); stops when the disk closes. */
   fill?: boolean;
   /**
+   * Open without waiting for the boot profile (its registry round trips): it is looked up, and
+   * its prefetch started, once it arrives; `profileSettled` says when (a memory restore's RAM,
+   * whose server starts meanwhile). Not with `recordProfile` or `recordProfileIfMissing`, which
+   * must know before the first read.
+   */
+  profileInBackground?: boolean;
+  /**
    * Keep the chunks reads fetch or find in tier 1 in tier 0 (memory) too (default true). The
    * backend path (`serveDisk`) turns it off: slipway-blk reads tier-1 files, so copies in memory
    * would only cost the daemon memory and garbage collection.
@@ -96,6 +103,8 @@ export class LazyDisk {
   private memoryTier = true;
   /** the boot-profile prefetch started at open, if any: resolves with its time (ms) and chunks fetched, undefined if it failed */
   profilePrefetch: Promise<{ ms: number; fetchedChunks: number } | undefined> | undefined;
+  /** Resolves once the boot profile has been looked up (and its prefetch started, if there is one); never rejects. */
+  profileSettled: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly cache: DiskChunkCache,

@@ -5,6 +5,7 @@
  * options ask: pinned, recording or refining a profile, speculating, prefetching.
  */
 import { openDiskFromManifest } from '../disk/artifact.js';
+import { SlipwayError } from '../errors.js';
 import type { OciLayoutStore } from '../oci/layout/layout-store.js';
 import type { Targets } from '../oci/open.js';
 import { formatRef, parseRef, refReference } from '../oci/ref.js';
@@ -39,20 +40,30 @@ export async function openLazyDisk(deps: DiskOpening, refText: string, opts: Ope
   disk.setSpeculation(opts.speculate === true);
   disk.setMemoryTier(opts.memoryTier !== false);
   if (opts.useProfile !== false || opts.recordProfileIfMissing === true) {
-    // the registry's profile, else one this host kept because it could not push it
-    let from: 'registry' | 'local' = 'registry';
-    const raw = await profileFetch.then(async (r) => {
-      if (r !== undefined) return r;
-      from = 'local';
-      return readLocalProfile(cache.config.cacheDir, fetched.descriptor.digest);
-    });
-    const profile = await Promise.resolve(raw).then((r) => (r === undefined ? undefined : checkBootProfile(r, artifact))).catch((err: unknown) => {
-      cache.logger.warn('could not read the boot profile; opening without it', { disk: formatRef(ref), error: (err as Error).message });
-      return null;
-    });
-    if (profile) disk.useBaseProfile(profile, from, opts.recordProfileIfMissing === true && !opts.recordProfile);
-    if (profile && opts.useProfile !== false) void disk.prefetchProfile(profile);
-    if (profile === undefined && opts.recordProfileIfMissing) disk.startProfile();
+    if (opts.profileInBackground && (opts.recordProfile || opts.recordProfileIfMissing)) throw new SlipwayError('INVALID_ARGUMENT', 'profileInBackground cannot be combined with recording a profile');
+    const applyProfile = async (): Promise<void> => {
+      // the registry's profile, else one this host kept because it could not push it
+      let from: 'registry' | 'local' = 'registry';
+      const raw = await profileFetch.then(async (r) => {
+        if (r !== undefined) return r;
+        from = 'local';
+        return readLocalProfile(cache.config.cacheDir, fetched.descriptor.digest);
+      });
+      const profile = await Promise.resolve(raw).then((r) => (r === undefined ? undefined : checkBootProfile(r, artifact))).catch((err: unknown) => {
+        cache.logger.warn('could not read the boot profile; opening without it', { disk: formatRef(ref), error: (err as Error).message });
+        return null;
+      });
+      if (profile) disk.useBaseProfile(profile, from, opts.recordProfileIfMissing === true && !opts.recordProfile);
+      if (profile && opts.useProfile !== false) void disk.prefetchProfile(profile);
+      if (profile === undefined && opts.recordProfileIfMissing) disk.startProfile();
+    };
+    if (opts.profileInBackground) {
+      disk.profileSettled = applyProfile().catch((err: unknown) => {
+        cache.logger.warn('could not look up the boot profile; going on without it', { disk: formatRef(ref), error: (err as Error).message });
+      });
+    } else {
+      await applyProfile();
+    }
   }
   if (opts.fill) void disk.fillInBackground();
   return disk;

@@ -10,11 +10,9 @@
  * the state is in, `cont`.
  * (qemu/qemu docs/devel/migration; qapi/migration.json for the commands and states.)
  */
-import { createReadStream } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
+import { readFile, rm, stat } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { SlipwayError } from '../errors.js';
 import type { MemorySnapshotOps, SavedVmState } from './driver.js';
 import type { QmpClient } from './qmp.js';
@@ -52,22 +50,32 @@ async function waitForMigration(qmp: QmpClient, what: string, timeoutMs: number)
 }
 
 /**
- * Stream `file` into the unix socket at `sock` (a migration stream to a QEMU listening there),
- * within `timeoutMs`: a QEMU that takes the connection and stops reading fails the send (the
- * connection is destroyed) instead of holding it for good.
+ * Send `file` into the unix socket at `sock` (a migration stream to a QEMU listening there), within
+ * `timeoutMs`. Resolves once the bytes are written or the connection has ended, whichever first:
+ * QEMU closes its end as soon as it has read the stream's end, which may be before this side's
+ * shutdown completes, and whether the state loaded is QEMU's to say (the caller asks it; a QEMU
+ * that fails the load exits). Rejects when QEMU cannot be reached, or does not take the bytes or
+ * close in time (the connection is then destroyed).
  */
 async function sendFile(file: string, sock: string, timeoutMs: number): Promise<void> {
+  const data = await readFile(file);
   const conn = connect(sock);
-  const timer = setTimeout(() => conn.destroy(new Error(`QEMU did not take the device state within ${timeoutMs} ms`)), timeoutMs);
+  conn.on('data', () => undefined); // QEMU sends nothing back; nothing is kept
+  let timer: NodeJS.Timeout | undefined;
+  let connected = false;
   try {
     await new Promise<void>((resolve, reject) => {
-      conn.once('connect', resolve);
-      conn.once('error', reject);
+      timer = setTimeout(() => reject(new Error(`QEMU did not take the device state within ${timeoutMs} ms`)), timeoutMs);
+      conn.on('error', (err) => (connected ? resolve() : reject(err)));
+      conn.once('close', () => resolve());
+      conn.once('connect', () => {
+        connected = true;
+        conn.end(data, () => resolve());
+      });
     });
-    await pipeline(createReadStream(file), conn);
   } finally {
     clearTimeout(timer);
-    conn.destroy();
+    conn.destroySoon();
   }
 }
 

@@ -240,9 +240,11 @@ export type MemoryLoading = 'lazy' | 'eager';
  * its first exec), INVALID_ARGUMENT (`lazy` asked of a Cloud Hypervisor snapshot), the registry's.
  * On an error nothing is left behind.
  */
-export async function openMemorySnapshot(cache: ChunkCache, parsed: ImageRef): Promise<OpenedMemorySnapshot> {
+export async function openMemorySnapshot(cache: ChunkCache, parsed: ImageRef, resolvedSince?: number): Promise<OpenedMemorySnapshot> {
   const target = await cache.targets.open(parsed);
-  const snapshot = await loadMemorySnapshot(target, refReference(parsed));
+  // a tag this request has just resolved (trying it as a disk) is not asked for again
+  const manifest = resolvedSince !== undefined && !parsed.digest ? await cache.recentManifest(formatRef(parsed), resolvedSince) : undefined;
+  const snapshot = await loadMemorySnapshot(target, refReference(parsed), manifest);
   return { target, snapshot, diskRef: `${target.name}@${snapshot.config.disk.digest}` };
 }
 

@@ -180,12 +180,13 @@ export class VmManager {
         cache: this.deps.cache, ref, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4),
         openOptions: restoring ? { useProfile: false, recordProfileIfMissing: false } : { recordProfileIfMissing: true }, ...(req.prefetch ? { prefetch: req.prefetch } : {}),
       });
+      const asked = Date.now();
       try {
         served = await serve(image);
       } catch (err) {
         // not a disk: a memory snapshot (docs/snapshots.md) is restored; anything else fails as it did
         if (!isSlipwayError(err, 'NOT_A_SLIPWAY_DISK')) throw err;
-        const opened = await openMemorySnapshot(this.deps.cache, parseRef(image)).catch((again: unknown) => {
+        const opened = await openMemorySnapshot(this.deps.cache, parseRef(image), asked).catch((again: unknown) => {
           throw isSlipwayError(again, 'NOT_A_SLIPWAY_DISK') ? err : again;
         });
         const shape = opened.snapshot.config.shape;

@@ -20,7 +20,7 @@
  */
 import { SlipwayError } from '../errors.js';
 import { sha256Digest } from '../oci/digest.js';
-import type { Target } from '../oci/store.js';
+import type { FetchedManifest, Target } from '../oci/store.js';
 import { MEDIA_TYPE_OCI_MANIFEST, type Descriptor, type ImageManifest } from '../oci/types.js';
 
 export const ARTIFACT_TYPE_MEMORY_SNAPSHOT = 'application/vnd.slipway.memory-snapshot.v1';
@@ -134,11 +134,12 @@ export function isMemorySnapshotManifest(body: Buffer): boolean {
 
 /**
  * A memory snapshot's manifest and config, checked (the registry is not trusted: every descriptor
- * and number is validated, sizes bounded). Errors: NOT_A_SLIPWAY_DISK when `reference` is not a
- * memory snapshot, CORRUPT_INDEX when its config is malformed, the store's errors.
+ * and number is validated, sizes bounded). `manifest`: the manifest `reference` names, already
+ * fetched (it is checked the same). Errors: NOT_A_SLIPWAY_DISK when `reference` is not a memory
+ * snapshot, CORRUPT_INDEX when its config is malformed, the store's errors.
  */
-export async function loadMemorySnapshot(target: Target, reference: string): Promise<LoadedMemorySnapshot> {
-  const fetched = await target.fetchManifest(reference);
+export async function loadMemorySnapshot(target: Target, reference: string, manifest?: FetchedManifest): Promise<LoadedMemorySnapshot> {
+  const fetched = manifest ?? (await target.fetchManifest(reference));
   const m = JSON.parse(fetched.body.toString('utf8')) as ImageManifest;
   if (m.artifactType !== ARTIFACT_TYPE_MEMORY_SNAPSHOT) throw new SlipwayError('NOT_A_SLIPWAY_DISK', `${target.name}:${reference} is not a slipway memory snapshot (artifactType ${JSON.stringify(m.artifactType)})`);
   const bad = (why: string): SlipwayError => new SlipwayError('CORRUPT_INDEX', `memory snapshot ${target.name}@${fetched.descriptor.digest}: ${why}`);

@@ -37,6 +37,7 @@ export const ENV_VARS = {
   SLIPWAY_ACCEL: 'the accelerator: kvm, tcg or auto',
   SLIPWAY_AGENT_TRANSPORT: 'the guest agent\'s transport: vsock or virtio-serial',
   SLIPWAY_BLK: 'the slipway-blk (vhost-user-blk backend) binary',
+  SLIPWAY_NO_HUGEPAGE_FILE: 'not for users: set by the daemon for QEMU on a lazy memory restore, the RAM file libslipway-nohugepage.so keeps MADV_HUGEPAGE off (docs/snapshots.md)',
 } as const;
 
 export type EnvVar = keyof typeof ENV_VARS;

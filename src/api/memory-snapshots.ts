@@ -36,7 +36,7 @@ import { pushDisk } from '../disk/push.js';
 import { pushSnapshot, readDirtyBitmap, removeStaging, stageDirtyChunks, type DirtyBitmap } from '../disk/snapshot.js';
 import { SlipwayError, fromFsError } from '../errors.js';
 import { formatRef, refReference, type ImageRef } from '../oci/ref.js';
-import type { Target } from '../oci/store.js';
+import type { FetchedManifest, Target } from '../oci/store.js';
 import type { ServedDisk } from '../serve/backend.js';
 import { lazyMemorySupport, RAM_FILL_CONCURRENCY, serveRam, type ServedRam } from '../serve/ram-backend.js';
 import { pushBootProfile, writeLocalProfile } from '../cache/boot-profile.js';
@@ -47,7 +47,7 @@ import { CloudHypervisorDriver } from '../vmm/cloud-hypervisor.js';
 import { CH_SNAPSHOT_FILES } from '../vmm/ch-snapshot.js';
 import type { RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import type { MemorySnapshotResult, RestoreFigures } from './schemas.js';
-import { detectAgentTransport, qemuArgs, qemuBinary } from '../vmm/qemu.js';
+import { detectAgentTransport, noHugepageEnv, noHugepageLibrary, qemuArgs, qemuBinary } from '../vmm/qemu.js';
 
 const run = promisify(execFile);
 
@@ -240,13 +240,15 @@ export type MemoryLoading = 'lazy' | 'eager';
  * its first exec), INVALID_ARGUMENT (`lazy` asked of a Cloud Hypervisor snapshot), the registry's.
  * On an error nothing is left behind.
  */
-export async function openMemorySnapshot(cache: ChunkCache, parsed: ImageRef, resolvedSince?: number): Promise<OpenedMemorySnapshot> {
+export async function openMemorySnapshot(cache: ChunkCache, parsed: ImageRef, manifest?: FetchedManifest): Promise<OpenedMemorySnapshot> {
   const target = await cache.targets.open(parsed);
-  // a tag this request has just resolved (trying it as a disk) is not asked for again
-  const manifest = resolvedSince !== undefined && !parsed.digest ? await cache.recentManifest(formatRef(parsed), resolvedSince) : undefined;
+  // `manifest`: the one an attempt to open the reference as a disk resolved (not asked for again)
   const snapshot = await loadMemorySnapshot(target, refReference(parsed), manifest);
   return { target, snapshot, diskRef: `${target.name}@${snapshot.config.disk.digest}` };
 }
+
+/** Whether this process has said that QEMU gets no libslipway-nohugepage.so (once is enough). */
+let noHugepageWarned = false;
 
 export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnapshot, vmId: string, workDir: string, log: Logger, loading?: MemoryLoading): Promise<RestorePlan> {
   const { target, snapshot } = opened;
@@ -274,6 +276,10 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
       if (up.status === 'rejected') throw up.reason;
       const served = up.value;
       log.info('restore: RAM served on demand', { chunks: ram.artifact.index.chunkCount });
+      if (!noHugepageWarned && Object.keys(noHugepageEnv(served.file)).length === 0) {
+        noHugepageWarned = true;
+        log.warn('QEMU will read 4 MiB around every fault of restored RAM: libslipway-nohugepage.so is not built, or its path has a space or colon (make -C vhost-user-blk; docs/snapshots.md)', { library: noHugepageLibrary() });
+      }
       return { ...base, ramFile: served.file, ram: served };
     } catch (err) {
       await ram.close();

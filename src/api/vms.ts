@@ -9,6 +9,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChunkCache } from '../cache/chunk-cache.js';
+import { manifestRefusedAsDisk } from '../cache/open-disk.js';
 import { SlipwayError, isSlipwayError } from '../errors.js';
 import { AgentClient, waitForAgent } from '../guest/agent-client.js';
 import { bootVm } from '../vmm/boot.js';
@@ -180,13 +181,12 @@ export class VmManager {
         cache: this.deps.cache, ref, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4),
         openOptions: restoring ? { useProfile: false, recordProfileIfMissing: false } : { recordProfileIfMissing: true }, ...(req.prefetch ? { prefetch: req.prefetch } : {}),
       });
-      const asked = Date.now();
       try {
         served = await serve(image);
       } catch (err) {
         // not a disk: a memory snapshot (docs/snapshots.md) is restored; anything else fails as it did
         if (!isSlipwayError(err, 'NOT_A_SLIPWAY_DISK')) throw err;
-        const opened = await openMemorySnapshot(this.deps.cache, parseRef(image), asked).catch((again: unknown) => {
+        const opened = await openMemorySnapshot(this.deps.cache, parseRef(image), manifestRefusedAsDisk(err)).catch((again: unknown) => {
           throw isSlipwayError(again, 'NOT_A_SLIPWAY_DISK') ? err : again;
         });
         const shape = opened.snapshot.config.shape;
@@ -555,6 +555,7 @@ export class VmManager {
   async detachAll(): Promise<void> {
     for (const l of this.live.values()) {
       l.busy = 'delete'; // no clean-up from the watchers from here on
+      l.firstExecDone?.('gone'); // (its working set is not stored by a daemon going away)
       l.agent?.close();
       await l.served.miss.close().catch(() => undefined);
       await l.served.disk.close().catch(() => undefined);

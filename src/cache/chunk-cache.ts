@@ -12,7 +12,6 @@ import type { SlipwayConfig } from '../config.js';
 import { SlipwayError } from '../errors.js';
 import { OciLayoutStore } from '../oci/layout/layout-store.js';
 import { Targets } from '../oci/open.js';
-import type { FetchedManifest } from '../oci/store.js';
 import type { Logger } from '../util/log.js';
 import { PrioritySemaphore, type Priority, type Urgency } from '../util/semaphore.js';
 import { WorkerPool, type Decoded } from '../workers/pool.js';
@@ -190,18 +189,6 @@ export class ChunkCache implements DiskChunkCache {
       this.#hostLimits.set(host, sem);
     }
     return sem;
-  }
-
-  /**
-   * The manifest a tag named when it was resolved at or after `since` (ms since the epoch) by
-   * this cache (opening a disk records it, and keeps the manifest by digest), or undefined: what
-   * a caller that just resolved the tag, and found it was not a disk, reads instead of asking the
-   * registry again.
-   */
-  async recentManifest(ref: string, since: number): Promise<FetchedManifest | undefined> {
-    const seen = this.#disk.lastSeenTag(ref);
-    if (!seen || seen.seen < since || !(await this.#meta.blobExists(seen.digest))) return undefined;
-    return this.#meta.fetchManifest(seen.digest);
   }
 
   /** Open a disk by reference for lazy reads through the tiers. */

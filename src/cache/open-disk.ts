@@ -5,7 +5,8 @@
  * options ask: pinned, recording or refining a profile, speculating, prefetching.
  */
 import { openDiskFromManifest } from '../disk/artifact.js';
-import { SlipwayError } from '../errors.js';
+import { isSlipwayError, SlipwayError } from '../errors.js';
+import type { FetchedManifest } from '../oci/store.js';
 import type { OciLayoutStore } from '../oci/layout/layout-store.js';
 import type { Targets } from '../oci/open.js';
 import { formatRef, parseRef, refReference } from '../oci/ref.js';
@@ -23,8 +24,21 @@ export interface DiskOpening {
   tags: TagRecords;
 }
 
+/** The manifests of references refused as not a disk, by the refusal (see `manifestRefusedAsDisk`). */
+const refused = new WeakMap<object, FetchedManifest>();
+
+/**
+ * The manifest a NOT_A_SLIPWAY_DISK refusal from opening a disk was about (resolved, and kept by
+ * digest, by that attempt), or undefined for any other error: what a caller that goes on to read
+ * the reference as another artifact (a memory snapshot) reads instead of resolving it again.
+ */
+export function manifestRefusedAsDisk(err: unknown): FetchedManifest | undefined {
+  return typeof err === 'object' && err !== null ? refused.get(err) : undefined;
+}
+
 export async function openLazyDisk(deps: DiskOpening, refText: string, opts: OpenDiskOptions): Promise<LazyDisk> {
   const { cache, meta } = deps;
+  if (opts.profileInBackground && (opts.recordProfile || opts.recordProfileIfMissing)) throw new SlipwayError('INVALID_ARGUMENT', 'profileInBackground cannot be combined with recording a profile');
   const ref = parseRef(refText);
   const sources = await diskSources(deps.targets, cache.config.mirrors, ref);
   const origin = (sources[sources.length - 1] as Source).target;
@@ -33,14 +47,16 @@ export async function openLazyDisk(deps: DiskOpening, refText: string, opts: Ope
   const wantProfile = (opts.useProfile !== false || opts.recordProfileIfMissing === true) && !offline;
   const profileFetch = wantProfile ? fetchBootProfile(origin, fetched.descriptor.digest) : Promise.resolve(undefined);
   profileFetch.catch(() => undefined);
-  const artifact = await openDiskFromManifest(cachingBlobReader(meta, sources, origin.name), refReference(ref), fetched.descriptor, fetched.body);
+  const artifact = await openDiskFromManifest(cachingBlobReader(meta, sources, origin.name), refReference(ref), fetched.descriptor, fetched.body).catch((err: unknown) => {
+    if (isSlipwayError(err, 'NOT_A_SLIPWAY_DISK')) refused.set(err, fetched);
+    throw err;
+  });
   const disk = new LazyDisk(cache, formatRef(ref), artifact, origin, sources, offline);
   if (opts.pin !== false) disk.pin();
   if (opts.recordProfile) disk.startProfile();
   disk.setSpeculation(opts.speculate === true);
   disk.setMemoryTier(opts.memoryTier !== false);
   if (opts.useProfile !== false || opts.recordProfileIfMissing === true) {
-    if (opts.profileInBackground && (opts.recordProfile || opts.recordProfileIfMissing)) throw new SlipwayError('INVALID_ARGUMENT', 'profileInBackground cannot be combined with recording a profile');
     const applyProfile = async (): Promise<void> => {
       // the registry's profile, else one this host kept because it could not push it
       let from: 'registry' | 'local' = 'registry';

@@ -88,11 +88,9 @@ export interface ServedDisk {
   close(): Promise<void>;
 }
 
-export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<string> {
-  const binary = backendBinary();
-  if (existsSync(binary)) return binary;
-  onLine?.('backend: building slipway-blk');
-  await new Promise<void>((resolve, reject) => {
+/** `make -C vhost-user-blk` (its default target: slipway-blk, slipway-ramfs, libslipway-nohugepage.so). */
+function makeBackend(): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
     const child = spawn('make', ['-s', '-C', join(PROJECT_ROOT, 'vhost-user-blk')], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr.on('data', (d: Buffer) => {
@@ -101,6 +99,29 @@ export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<
     child.on('error', reject);
     child.on('close', (code) => (code === 0 ? resolve() : reject(new SlipwayError('BUILD_FAILED', `building slipway-blk failed: ${err.slice(-2000)}`))));
   });
+}
+
+/** Whether this process has tried to build what slipway-blk's build leaves out (see ensureBackendBuilt). */
+let restTried = false;
+
+/**
+ * The slipway-blk binary, built first when it is missing (BUILD_FAILED when that fails). Where it
+ * is there but the rest of its build is not (slipway-ramfs, libslipway-nohugepage.so: a checkout
+ * built before they existed), the build is tried once per process, and its failure (no libfuse3
+ * here) is not this function's: what needs them says so.
+ */
+export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<string> {
+  const binary = backendBinary();
+  const built = join(PROJECT_ROOT, 'vhost-user-blk', 'build');
+  if (existsSync(binary)) {
+    if (!restTried && !['slipway-ramfs', 'libslipway-nohugepage.so'].every((f) => existsSync(join(built, f)))) {
+      restTried = true;
+      await makeBackend().catch(() => undefined);
+    }
+    return binary;
+  }
+  onLine?.('backend: building slipway-blk');
+  await makeBackend();
   return binary;
 }
 

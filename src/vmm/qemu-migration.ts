@@ -73,6 +73,9 @@ async function sendFile(file: string, sock: string, timeoutMs: number): Promise<
         conn.end(data, () => resolve());
       });
     });
+  } catch (err) {
+    conn.destroy();
+    throw err;
   } finally {
     clearTimeout(timer);
     conn.destroySoon();

@@ -272,6 +272,11 @@ export interface QemuDriverOptions extends QemuOptions {
 /** How long QEMU has to create its QMP socket. */
 const START_TIMEOUT_MS = 10_000;
 
+/** libslipway-nohugepage.so, built with slipway-blk (vhost-user-blk/Makefile). */
+export function noHugepageLibrary(): string {
+  return join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'libslipway-nohugepage.so');
+}
+
 /**
  * What keeps QEMU from advising huge pages on a RAM file served on demand (VmSpec.memoryOnDemand):
  * libslipway-nohugepage.so preloaded (vhost-user-blk/nohugepage.c), told the file's path as the
@@ -279,8 +284,9 @@ const START_TIMEOUT_MS = 10_000;
  * every fault of the RAM reads 4 MiB around it.
  */
 export function noHugepageEnv(memoryFile: string): Record<string, string> {
-  const lib = join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'libslipway-nohugepage.so');
-  if (!existsSync(lib)) return {};
+  const lib = noHugepageLibrary();
+  // (LD_PRELOAD splits its list at spaces and colons: a path with one is not preloaded)
+  if (!existsSync(lib) || /[\s:]/.test(lib)) return {};
   let path = memoryFile;
   try {
     path = realpathSync(memoryFile);

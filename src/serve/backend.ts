@@ -101,20 +101,21 @@ function makeBackend(): Promise<void> {
   });
 }
 
-/** Whether this process has tried to build what slipway-blk's build leaves out (see ensureBackendBuilt). */
+/** Whether this process has tried to build libslipway-nohugepage.so (see ensureBackendBuilt). */
 let restTried = false;
 
 /**
  * The slipway-blk binary, built first when it is missing (BUILD_FAILED when that fails). Where it
- * is there but the rest of its build is not (slipway-ramfs, libslipway-nohugepage.so: a checkout
- * built before they existed), the build is tried once per process, and its failure (no libfuse3
- * here) is not this function's: what needs them says so.
+ * and slipway-ramfs are there but libslipway-nohugepage.so is not (a checkout built before it
+ * existed), the build is tried once per process, and its failure is not this function's (a lazy
+ * restore says it runs without the library). A host that could not build slipway-ramfs (no
+ * libfuse3) is not asked again on every start.
  */
 export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<string> {
   const binary = backendBinary();
   const built = join(PROJECT_ROOT, 'vhost-user-blk', 'build');
   if (existsSync(binary)) {
-    if (!restTried && !['slipway-ramfs', 'libslipway-nohugepage.so'].every((f) => existsSync(join(built, f)))) {
+    if (!restTried && existsSync(join(built, 'slipway-ramfs')) && !existsSync(join(built, 'libslipway-nohugepage.so'))) {
       restTried = true;
       await makeBackend().catch(() => undefined);
     }

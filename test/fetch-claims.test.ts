@@ -77,6 +77,19 @@ describe('where fetch claims live', () => {
     expect(readdirSync(join(dir, 'inflight'))).toEqual([HEX]);
   });
 
+  it.runIf(existsSync('/dev/shm'))('the last claimer to close leaves no empty directory on tmpfs; one still open makes and checks it again', () => {
+    const dir = cacheDir();
+    const a = open(dir);
+    const b = open(dir);
+    b.close();
+    expect(existsSync(claimsDirOf(dir))).toBe(false);
+    expect(a.claim(HEX)).toBe(true);
+    expect(existsSync(join(claimsDirOf(dir), HEX))).toBe(true);
+    // not empty: left for the claim's release
+    a.close();
+    expect(existsSync(claimsDirOf(dir))).toBe(true);
+  });
+
   it('a marker that is not a regular file (a FIFO) neither stalls nor blocks a claim', () => {
     const dir = cacheDir();
     const a = open(dir);

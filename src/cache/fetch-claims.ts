@@ -7,7 +7,7 @@
  * the claim goes away without a file, or its claimer is gone or does not deliver in time
  * (docs/cache.md, "Tier 1 on disk"). The chunk fetcher (chunk-fetcher.ts) is the only user.
  */
-import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync, type BigIntStats } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync, type BigIntStats } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { processAlive } from '../util/process.js';
@@ -111,19 +111,24 @@ export class FetchClaims {
   #makeDir(): void {
     const fallback = join(this.#cacheDir, 'inflight');
     if (this.#dir !== fallback) {
-      try {
+      // twice: another claimer of the directory may remove it, empty, between the two steps
+      for (let attempt = 0; attempt < 2; attempt++) {
         try {
-          mkdirSync(this.#dir, { mode: 0o700 });
+          try {
+            mkdirSync(this.#dir, { mode: 0o700 });
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          }
+          const st = lstatSync(this.#dir);
+          if (st.isDirectory() && st.uid === process.getuid?.() && (st.mode & 0o077) === 0) {
+            this.#dirIno = st.ino;
+            return;
+          }
+          break;
         } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          // (gone again: once more; no room on tmpfs, or no /dev/shm after all: as below)
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') break;
         }
-        const st = lstatSync(this.#dir);
-        if (st.isDirectory() && st.uid === process.getuid?.() && (st.mode & 0o077) === 0) {
-          this.#dirIno = st.ino;
-          return;
-        }
-      } catch {
-        // (no room on tmpfs, or no /dev/shm after all): as below
       }
       this.#dir = fallback;
       this.#dirIno = undefined;
@@ -249,8 +254,14 @@ export class FetchClaims {
 
   /** Our claims are no longer live (in this process; a marker left behind is then nobody's). */
   close(): void {
-    // (the directory stays: removing it would leave a moment in which another local user could
-    // make one of that name for a claimer still open to find)
     openClaimers.delete(this.#claimer);
+    // the last claimer of a cache leaves no empty directory on tmpfs (a claimer still open checks
+    // the directory on every claim, so one another user makes in its place is never used)
+    if (this.#dirIno === undefined) return;
+    try {
+      rmdirSync(this.#dir);
+    } catch {
+      // not empty (another claimer's claims, or one left behind), or gone already
+    }
   }
 }

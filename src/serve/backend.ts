@@ -14,8 +14,10 @@ import { SlipwayError } from '../errors.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { LazyDisk, OpenDiskOptions, SavedProfile } from '../cache/lazy-disk.js';
 import { PROJECT_ROOT } from '../guest/build.js';
+import { noHugepageLibrary } from '../vmm/qemu.js';
 import { writeDiskMap } from './disk-map.js';
 import { startMissServer, type MissServer } from './miss-server.js';
+import { ramfsBinary } from './ram-backend.js';
 
 /**
  * What is fetched besides the guest's own misses (`slipway serve --prefetch`):
@@ -113,9 +115,8 @@ let restTried = false;
  */
 export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<string> {
   const binary = backendBinary();
-  const built = join(PROJECT_ROOT, 'vhost-user-blk', 'build');
   if (existsSync(binary)) {
-    if (!restTried && existsSync(join(built, 'slipway-ramfs')) && !existsSync(join(built, 'libslipway-nohugepage.so'))) {
+    if (!restTried && existsSync(ramfsBinary()) && !existsSync(noHugepageLibrary())) {
       restTried = true;
       await makeBackend().catch(() => undefined);
     }

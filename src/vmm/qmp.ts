@@ -77,18 +77,28 @@ export class QmpClient {
 
   /**
    * Connect to a QMP socket, read the greeting and leave capabilities negotiation mode; `onEvent`
- * hears every event from the start.
+   * hears every event from the start. A refused connection is tried again every 10 ms for
+   * `refusedRetryMs` (default 2000): a VMM binds its socket (the file appears) a moment before it
+   * listens on it, and a caller that saw the file may come in between.
    * Errors: VMM_ERROR when the socket cannot be reached or closes first.
    */
-  static async connect(path: string, opts: { onEvent?: (e: QmpEvent) => void } = {}): Promise<QmpClient> {
-    const socket = connect(path);
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', () => {
-        socket.removeListener('error', reject);
-        resolve();
+  static async connect(path: string, opts: { onEvent?: (e: QmpEvent) => void; refusedRetryMs?: number } = {}): Promise<QmpClient> {
+    const deadline = Date.now() + (opts.refusedRetryMs ?? 2000);
+    let socket: Socket;
+    for (;;) {
+      socket = connect(path);
+      const err = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+        socket.once('connect', () => {
+          socket.removeAllListeners('error');
+          resolve(undefined);
+        });
+        socket.once('error', resolve);
       });
-      socket.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot reach QMP at ${path}: ${err.message}`, { cause: err })));
-    });
+      if (!err) break;
+      socket.destroy();
+      if (err.code !== 'ECONNREFUSED' || Date.now() >= deadline) throw new SlipwayError('VMM_ERROR', `cannot reach QMP at ${path}: ${err.message}`, { cause: err });
+      await new Promise((r) => setTimeout(r, 10));
+    }
     const client = new QmpClient(socket);
     // listening from the first byte: an event may come in the same read as the negotiation's answer
     if (opts.onEvent) client.onEvent(opts.onEvent);

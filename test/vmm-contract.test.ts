@@ -194,6 +194,19 @@ describe('the guest ABI (src/guest/abi.ts)', () => {
     expect(qemuArgs({ ...s, bootConfigVia: 'fw_cfg' }, 'tcg').join(' ')).toContain(`-fw_cfg name=${FW_CFG_NAME},file=`);
     expect(guestKernelCmdline({ accel: 'tcg' })).toBe(`console=${GUEST_SERIAL_CONSOLE} quiet loglevel=1 panic=-1 reboot=t no_timer_check`);
   });
+
+  it('a QEMU restore reads no kernel, initramfs or boot config (its guest runs from its RAM), and has the boot\'s devices', () => {
+    const s = { ...cloudHypervisor.spec('/w'), memoryFile: '/dev/shm/ram', vmgenid: true };
+    const boot = qemuArgs(s, 'tcg', { agentTransport: 'virtio-serial' });
+    const restore = qemuArgs({ ...s, incoming: true }, 'tcg', { agentTransport: 'virtio-serial' });
+    for (const flag of ['-kernel', '-initrd', '-append', '-fw_cfg']) {
+      expect(boot).toContain(flag);
+      expect(restore).not.toContain(flag);
+    }
+    expect(restore.join(' ')).toContain('-S -incoming defer');
+    const devices = (args: string[]): string[] => args.filter((_, i) => args[i - 1] === '-device' || args[i - 1] === '-object' || args[i - 1] === '-machine');
+    expect(devices(restore)).toEqual(devices(boot));
+  });
 });
 
 for (const subject of [qemu, cloudHypervisor]) {

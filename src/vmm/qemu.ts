@@ -95,9 +95,9 @@ export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guest
     '-m', mem,
     '-object', backend,
     '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
-    '-kernel', spec.kernel.bzImage,
-    '-initrd', spec.initramfs,
-    '-append', cmdline,
+    // a restore's guest is already running its kernel, in its RAM: QEMU need not read the
+    // kernel and initramfs (their fw_cfg entries are read by the firmware at boot only)
+    ...(spec.incoming ? [] : ['-kernel', spec.kernel.bzImage, '-initrd', spec.initramfs, '-append', cmdline]),
     '-serial', spec.console === false ? 'none' : `file:${paths.console}`,
     '-qmp', `unix:${paths.qmp},server=on,wait=off`,
   ];
@@ -111,7 +111,7 @@ export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guest
       '-device', `virtserialport,bus=vser.0,chardev=agent,name=${AGENT_SERIAL_PORT_NAME}`,
     );
   }
-  if (spec.bootConfigVia !== 'cmdline') args.push('-fw_cfg', `name=${FW_CFG_NAME},file=${paths.bootConfig}`);
+  if (spec.bootConfigVia !== 'cmdline' && !spec.incoming) args.push('-fw_cfg', `name=${FW_CFG_NAME},file=${paths.bootConfig}`);
   // qboot cannot run QEMU's ACPI table loader commands that vmgenid needs (the guest hangs before
   // its kernel prints anything): a VM with vmgenid boots through SeaBIOS
   if ((opts.firmware ?? 'qboot') === 'qboot' && !spec.vmgenid && existsSync(QBOOT)) args.push('-bios', QBOOT);

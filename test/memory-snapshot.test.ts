@@ -175,7 +175,19 @@ describe('memory snapshots', () => {
     // a guest page is never seen before its chunk is loaded: what the guest wrote before the snapshot is there
     expect(await sh(d, vm.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
     expect(await sh(d, vm.id, 'md5sum /root/data | cut -d" " -f1')).toBe(dataSum);
-    const eager = await d.client.createVm({ image: snapshotRef, memoryLoading: 'eager' });
+    // a second restore on this host reads the snapshot's config and device state from its cache
+    // (through a proxy that logs what reaches the registry)
+    const manifest = await fetch(`http://${registry.host}/v2/mem/snap/manifests/v1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } }).then((res) => res.json() as Promise<{ config: { digest: string }; layers: { digest: string }[] }>);
+    const metadata = [manifest.config.digest, ...manifest.layers.map((l) => l.digest)];
+    const proxy = await startFaultProxy({ target: registry.host, mode: '500', passBlobPuts: 1_000_000 });
+    let eager;
+    try {
+      eager = await d.client.createVm({ image: snapshotRef.replace(registry.host, proxy.host), memoryLoading: 'eager' });
+      expect(proxy.requests.filter((q) => q.method === 'GET' && metadata.some((m) => q.path.endsWith(`/blobs/${m}`)))).toEqual([]);
+      expect(proxy.requests.some((q) => q.path.endsWith('/manifests/v1')), 'the tag is still resolved at the registry').toBe(true);
+    } finally {
+      await proxy.stop();
+    }
     expect(eager.restore?.memoryLoading).toBe('eager');
     expect(await sh(d, eager.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
     await d.client.deleteVm(vm.id);

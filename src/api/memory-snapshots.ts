@@ -243,7 +243,7 @@ export type MemoryLoading = 'lazy' | 'eager';
 export async function openMemorySnapshot(cache: ChunkCache, parsed: ImageRef, manifest?: FetchedManifest): Promise<OpenedMemorySnapshot> {
   const target = await cache.targets.open(parsed);
   // `manifest`: the one an attempt to open the reference as a disk resolved (not asked for again)
-  const snapshot = await loadMemorySnapshot(target, refReference(parsed), manifest);
+  const snapshot = await loadMemorySnapshot(target, refReference(parsed), manifest, cache.blobReader(target));
   return { target, snapshot, diskRef: `${target.name}@${snapshot.config.disk.digest}` };
 }
 
@@ -260,7 +260,8 @@ export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnap
   const want = snapshot.config.shape.memoryMiB * (1 << 20);
   const base = { snapshot, diskRef: opened.diskRef, stateDir, target };
   // the device state is fetched while the RAM is made ready
-  const state = Promise.all(snapshot.state.map(async (layer) => writeFile(join(stateDir, layer.file), await target.fetchBlob(layer.descriptor), { mode: 0o600 })));
+  const blobs = cache.blobReader(target);
+  const state = Promise.all(snapshot.state.map(async (layer) => writeFile(join(stateDir, layer.file), await blobs.fetchBlob(layer.descriptor), { mode: 0o600 })));
   state.catch(() => undefined);
   if (lazy) {
     // (the working-set profile is looked up while slipway-ramfs starts)

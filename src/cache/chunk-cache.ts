@@ -11,6 +11,9 @@ import { join } from 'node:path';
 import type { SlipwayConfig } from '../config.js';
 import { SlipwayError } from '../errors.js';
 import { OciLayoutStore } from '../oci/layout/layout-store.js';
+import type { Target } from '../oci/store.js';
+import type { BlobReader } from '../disk/artifact.js';
+import { cachingBlobReader } from './disk-manifest.js';
 import { Targets } from '../oci/open.js';
 import type { Logger } from '../util/log.js';
 import { PrioritySemaphore, type Priority, type Urgency } from '../util/semaphore.js';
@@ -197,6 +200,15 @@ export class ChunkCache implements DiskChunkCache {
     this.#openDisks.add(disk);
     disk.onClose(() => this.#openDisks.delete(disk));
     return disk;
+  }
+
+  /**
+   * Blobs of `target` read through this cache's copy of content-addressed metadata (verified
+   * against their descriptors either way): what a second restore of a memory snapshot on this host
+   * reads from disk rather than the registry (its config, its device state).
+   */
+  blobReader(target: Target): BlobReader {
+    return cachingBlobReader(this.#meta, [{ target, host: target.name }], target.name);
   }
 
   getChunks(wanted: ChunkWant[], opts: GetChunksOptions): Promise<Buffer[]> {

@@ -21,6 +21,7 @@
 import { SlipwayError } from '../errors.js';
 import { sha256Digest } from '../oci/digest.js';
 import type { FetchedManifest, Target } from '../oci/store.js';
+import type { BlobReader } from './artifact.js';
 import { MEDIA_TYPE_OCI_MANIFEST, type Descriptor, type ImageManifest } from '../oci/types.js';
 
 export const ARTIFACT_TYPE_MEMORY_SNAPSHOT = 'application/vnd.slipway.memory-snapshot.v1';
@@ -135,10 +136,11 @@ export function isMemorySnapshotManifest(body: Buffer): boolean {
 /**
  * A memory snapshot's manifest and config, checked (the registry is not trusted: every descriptor
  * and number is validated, sizes bounded). `manifest`: the manifest `reference` names, already
- * fetched (it is checked the same). Errors: NOT_A_SLIPWAY_DISK when `reference` is not a memory
+ * fetched (it is checked the same); `blobs`: where its config is read (a cache's copy, else the
+ * registry; verified by digest either way). Errors: NOT_A_SLIPWAY_DISK when `reference` is not a memory
  * snapshot, CORRUPT_INDEX when its config is malformed, the store's errors.
  */
-export async function loadMemorySnapshot(target: Target, reference: string, manifest?: FetchedManifest): Promise<LoadedMemorySnapshot> {
+export async function loadMemorySnapshot(target: Target, reference: string, manifest?: FetchedManifest, blobs: BlobReader = target): Promise<LoadedMemorySnapshot> {
   const fetched = manifest ?? (await target.fetchManifest(reference));
   const m = JSON.parse(fetched.body.toString('utf8')) as ImageManifest;
   if (m.artifactType !== ARTIFACT_TYPE_MEMORY_SNAPSHOT) throw new SlipwayError('NOT_A_SLIPWAY_DISK', `${target.name}:${reference} is not a slipway memory snapshot (artifactType ${JSON.stringify(m.artifactType)})`);
@@ -148,7 +150,7 @@ export async function loadMemorySnapshot(target: Target, reference: string, mani
   // never reaches another VMM (a CH config.json is not QEMU's migration stream, nor the reverse)
   const layers: unknown[] = Array.isArray(m.layers) ? m.layers : [];
   if (!layers.every((l) => isDescriptor(l) && l.size <= MAX_DEVICE_STATE_BYTES)) throw bad('its device-state layer is malformed');
-  const config = JSON.parse((await target.fetchBlob(m.config)).toString('utf8')) as MemorySnapshotConfig;
+  const config = JSON.parse((await blobs.fetchBlob(m.config)).toString('utf8')) as MemorySnapshotConfig;
   const s = config?.shape;
   if (config?.formatVersion !== 1 || !isDescriptor(config.disk) || !isDescriptor(config.ram) || m.subject?.digest !== config.disk.digest) throw bad('its config does not name its disk and RAM manifests');
   if ((s?.vmm !== 'qemu' && s?.vmm !== 'cloud-hypervisor') || typeof s.vmmVersion !== 'string' || typeof s.machine !== 'string' || !Number.isSafeInteger(s.cpus) || s.cpus < 1 || s.cpus > 64

@@ -1,12 +1,13 @@
 /**
  * Which failures of a manifest fetch let a tag open at the digest last seen for it: the transient
- * ones of errors.ts (`isTransient`: the registry is away, not saying no), and nothing else.
+ * ones of errors.ts (`isTransient`: the registry is away, not saying no), and nothing else. And
+ * the metadata cache's copies, written without fsync: one torn by a crash is fetched again.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TagRecords } from '../src/cache/cache-types.js';
-import { resolveDiskManifest } from '../src/cache/disk-manifest.js';
+import { cachingBlobReader, resolveDiskManifest } from '../src/cache/disk-manifest.js';
 import type { Source } from '../src/cache/remote-tier.js';
 import { SlipwayError } from '../src/errors.js';
 import { sha256Digest } from '../src/oci/digest.js';
@@ -71,5 +72,48 @@ describe('a tag whose registry fails', () => {
   ])('fails with the registry\'s answer when it says no: %s', async (code, err) => {
     const { meta, tags } = await seenBefore();
     await expect(resolveDiskManifest(meta, tags, silentLogger, ref, failing(err))).rejects.toMatchObject({ code });
+  });
+});
+
+describe('a copy in the metadata cache torn by a crash', () => {
+  /** A source that serves the manifest (and it as a blob), counting what it was asked. */
+  function serving(): { sources: Source[]; asked: string[] } {
+    const asked: string[] = [];
+    const target = {
+      name: 'registry.invalid:5000/disks/ci',
+      fetchManifest: (r: string) => (asked.push(`manifest ${r}`), Promise.resolve({ descriptor, body })),
+      fetchBlob: (d: { digest: string }) => (asked.push(`blob ${d.digest}`), Promise.resolve(body)),
+    } as unknown as Target;
+    return { sources: [{ target, host: 'registry.invalid:5000' }], asked };
+  }
+  const tear = (meta: OciLayoutStore): void => truncateSync(join(meta.dir, 'blobs', 'sha256', descriptor.digest.slice(7)), 10);
+  const kept = (meta: OciLayoutStore): Buffer => readFileSync(join(meta.dir, 'blobs', 'sha256', descriptor.digest.slice(7)));
+
+  it('a manifest opened by digest is fetched again, and kept whole', async () => {
+    const { meta, tags } = await seenBefore();
+    const byDigest = parseRef(`registry.invalid:5000/disks/ci@${descriptor.digest}`);
+    const { sources, asked } = serving();
+    expect((await resolveDiskManifest(meta, tags, silentLogger, byDigest, sources)).fetched.body).toEqual(body);
+    expect(asked).toEqual([]);
+    tear(meta);
+    expect((await resolveDiskManifest(meta, tags, silentLogger, byDigest, sources)).fetched.body).toEqual(body);
+    expect(asked).toEqual([`manifest ${descriptor.digest}`]);
+    expect(kept(meta)).toEqual(body);
+  });
+
+  it('a blob read through the cache is fetched again, and kept whole', async () => {
+    const { meta } = await seenBefore();
+    const { sources, asked } = serving();
+    tear(meta);
+    expect(await cachingBlobReader(meta, sources, 'ci').fetchBlob(descriptor)).toEqual(body);
+    expect(asked).toEqual([`blob ${descriptor.digest}`]);
+    expect(kept(meta)).toEqual(body);
+  });
+
+  it('with the registry away, a torn last-seen manifest is no fallback: the registry\'s error, and the copy is gone', async () => {
+    const { meta, tags } = await seenBefore();
+    tear(meta);
+    await expect(resolveDiskManifest(meta, tags, silentLogger, ref, failing(new SlipwayError('REGISTRY_UNREACHABLE')))).rejects.toMatchObject({ code: 'REGISTRY_UNREACHABLE' });
+    expect(await meta.blobExists(descriptor.digest)).toBe(false);
   });
 });

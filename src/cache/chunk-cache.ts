@@ -89,7 +89,8 @@ export class ChunkCache implements DiskChunkCache {
     this.#memory = new LRUCache<string, Buffer>({ maxSize: Math.max(1, opts.config.memoryBudgetBytes), sizeCalculation: (b) => Math.max(1, b.byteLength) });
     const disk = new DiskTier({ cacheDir: opts.config.cacheDir, budgetBytes: opts.config.diskBudgetBytes, lowWatermark: opts.config.diskLowWatermark, logger: opts.logger });
     this.#disk = disk;
-    this.#meta = new OciLayoutStore(join(opts.config.cacheDir, 'meta'));
+    // manifests, configs and indexes: verified on every read, fetched again when torn by a crash
+    this.#meta = new OciLayoutStore(join(opts.config.cacheDir, 'meta'), { durable: false });
     this.#remote = new RemoteTier({
       decode: (stored, flags, length, digest, what, priority, fileOnly) => this.#decode(stored, flags, length, digest, what, priority, fileOnly),
       logger: opts.logger,

@@ -5,7 +5,7 @@
  * to resolve to (docs/cache.md, "Opening a disk").
  */
 import type { SlipwayConfig } from '../config.js';
-import { isTransient } from '../errors.js';
+import { isSlipwayError, isTransient } from '../errors.js';
 import type { BlobReader } from '../disk/artifact.js';
 import { isDigest } from '../oci/digest.js';
 import type { OciLayoutStore } from '../oci/layout/layout-store.js';
@@ -43,9 +43,8 @@ function originFirst(sources: Source[]): Source[] {
  */
 export async function resolveDiskManifest(meta: OciLayoutStore, tags: TagRecords, logger: Logger, ref: ImageRef, sources: Source[]): Promise<{ fetched: FetchedManifest; offline: boolean }> {
   const reference = refReference(ref);
-  if (isDigest(reference) && (await meta.blobExists(reference))) {
-    return { fetched: await meta.fetchManifest(reference), offline: false };
-  }
+  const kept = isDigest(reference) ? await cachedCopy(meta, reference, () => meta.fetchManifest(reference)) : undefined;
+  if (kept) return { fetched: kept, offline: false };
   let firstError: unknown;
   for (const s of originFirst(sources)) {
     try {
@@ -60,13 +59,30 @@ export async function resolveDiskManifest(meta: OciLayoutStore, tags: TagRecords
     }
   }
   const seen = isDigest(reference) ? undefined : tags.lastSeenTag(formatRef(ref));
-  if (seen && (await meta.blobExists(seen.digest))) {
+  const last = seen ? await cachedCopy(meta, seen.digest, () => meta.fetchManifest(seen.digest)) : undefined;
+  if (seen && last) {
     logger.warn('registry unreachable; using the digest last seen for this tag', {
       reference: formatRef(ref), digest: seen.digest, seenAt: new Date(seen.seen).toISOString(), error: (firstError as Error).message,
     });
-    return { fetched: await meta.fetchManifest(seen.digest), offline: true };
+    return { fetched: last, offline: true };
   }
   throw firstError;
+}
+
+/**
+ * The metadata cache's copy of `digest` as `read` returns it (verified by digest), or undefined
+ * when there is none or it is bad: the cache does not fsync (OciLayoutStore's `durable: false`),
+ * so a crash may leave a torn file, which is removed here and fetched again by the caller.
+ */
+async function cachedCopy<T>(meta: OciLayoutStore, digest: string, read: () => Promise<T>): Promise<T | undefined> {
+  if (!(await meta.blobExists(digest))) return undefined;
+  try {
+    return await read();
+  } catch (err) {
+    if (!isSlipwayError(err, 'DIGEST_MISMATCH')) throw err;
+    await meta.removeBlob(digest);
+    return undefined;
+  }
 }
 
 /** Blob reads for opening a disk: the metadata cache first, then each source; what is fetched is kept. */
@@ -74,7 +90,8 @@ export function cachingBlobReader(meta: OciLayoutStore, sources: Source[], name:
   return {
     name,
     async fetchBlob(desc: Descriptor): Promise<Buffer> {
-      if (await meta.blobExists(desc.digest)) return meta.fetchBlob(desc);
+      const kept = await cachedCopy(meta, desc.digest, () => meta.fetchBlob(desc));
+      if (kept) return kept;
       let lastError: unknown;
       for (const s of originFirst(sources)) {
         try {

@@ -22,6 +22,13 @@ export interface AtomicWriteOptions {
    * harmless (the chunk cache: a missing file is a miss, fetched again) may leave it out.
    */
   syncDir?: boolean;
+  /**
+   * Make the write durable (default true): fsync the file, and the directory after the rename.
+   * Without, the write is still atomic (a reader sees the old file or the whole new one) but a
+   * crash may leave an empty or torn file: only a cache whose every read is verified, and fetched
+   * again when bad, may do without (the metadata cache: src/cache/disk-manifest.ts).
+   */
+  durable?: boolean;
   /** what to throw when the temporary file cannot be created (default: the system error) */
   openFailed?: (err: unknown) => unknown;
   /**
@@ -78,13 +85,13 @@ export async function writeAtomic(finalPath: string, fill: (handle: FileHandle) 
     try {
       await fill(handle);
       if (opts.timesMs !== undefined) await handle.utimes(opts.timesMs / 1000, opts.timesMs / 1000);
-      await (opts.dataOnly ? handle.datasync() : handle.sync());
+      if (opts.durable !== false) await (opts.dataOnly ? handle.datasync() : handle.sync());
     } finally {
       await handle.close();
     }
     await renameIntoPlace(tmp, finalPath);
     renamed = true;
-    if (opts.syncDir !== false) await fsyncDir(dirname(finalPath));
+    if (opts.syncDir !== false && opts.durable !== false) await fsyncDir(dirname(finalPath));
   } finally {
     if (!renamed) await rm(tmp, { force: true });
   }
@@ -125,9 +132,9 @@ export function writeAtomicSync(finalPath: string, data: Uint8Array, opts: Omit<
 }
 
 /** A whole buffer or string written crash-safely; the directory is made when missing. */
-export async function writeFileAtomic(finalPath: string, data: Uint8Array | string): Promise<void> {
+export async function writeFileAtomic(finalPath: string, data: Uint8Array | string, opts: Pick<AtomicWriteOptions, 'durable'> = {}): Promise<void> {
   await mkdir(dirname(finalPath), { recursive: true });
-  await writeAtomic(finalPath, (handle) => handle.writeFile(data));
+  await writeAtomic(finalPath, (handle) => handle.writeFile(data), opts);
 }
 
 /**

@@ -153,7 +153,8 @@ export function readVerdict(cacheDir: string, host: HostIdentity): StoredVerdict
 
 async function storeVerdict(cacheDir: string, host: HostIdentity, accel: Accel, reason: string, source: StoredVerdict['source']): Promise<void> {
   const v: StoredVerdict = { version: 1, host, guestKernelSha256: await guestKernelDigest(host.guestKernel.path), accel, reason, source, decidedAt: new Date().toISOString() };
-  await writeFileAtomic(verdictPath(cacheDir), `${JSON.stringify(v, null, 2)}\n`);
+  // not fsynced: a verdict torn by a crash reads as none, and is reached again
+  await writeFileAtomic(verdictPath(cacheDir), `${JSON.stringify(v, null, 2)}\n`, { durable: false });
 }
 
 /** What inspection alone says: a reason to use TCG, or undefined when KVM may work (probe it). */

@@ -20,7 +20,11 @@ const LAYOUT_VERSION = '1.0.0';
 export class OciLayoutStore implements Target {
   readonly name: string;
 
-  constructor(readonly dir: string) {
+  /**
+   * `durable: false` (a cache's metadata, every read of it verified and fetched again when bad):
+   * blobs are written atomically but not fsynced (writeAtomic's `durable`).
+   */
+  constructor(readonly dir: string, private readonly opts: { durable?: boolean } = {}) {
     this.name = `oci:${dir}`;
   }
 
@@ -146,7 +150,7 @@ export class OciLayoutStore implements Target {
   async pushBlob(desc: Descriptor, data: Buffer): Promise<void> {
     verifyContent(data, desc, `blob pushed to ${this.name}`);
     if (await this.blobExists(desc.digest)) return;
-    await writeFileAtomic(this.blobPath(desc.digest), data);
+    await writeFileAtomic(this.blobPath(desc.digest), data, { durable: this.opts.durable !== false });
   }
 
   async pushBlobStream(desc: Descriptor, data: Readable): Promise<void> {

@@ -42,10 +42,14 @@ export async function openLazyDisk(deps: DiskOpening, refText: string, opts: Ope
   const ref = parseRef(refText);
   const sources = await diskSources(deps.targets, cache.config.mirrors, ref);
   const origin = (sources[sources.length - 1] as Source).target;
+  // the boot profile (a registry round trip or two) is fetched while the config and index are;
+  // by digest, while the manifest is too
+  const wantProfile = opts.useProfile !== false || opts.recordProfileIfMissing === true;
+  const early = wantProfile && ref.digest !== undefined ? fetchBootProfile(origin, ref.digest) : undefined;
+  early?.catch(() => undefined);
   const { fetched, offline } = await resolveDiskManifest(meta, deps.tags, cache.logger, ref, sources);
-  // the boot profile (a registry round trip or two) is fetched while the config and index are
-  const wantProfile = (opts.useProfile !== false || opts.recordProfileIfMissing === true) && !offline;
-  const profileFetch = wantProfile ? fetchBootProfile(origin, fetched.descriptor.digest) : Promise.resolve(undefined);
+  const profileFetch = !wantProfile || offline ? Promise.resolve(undefined)
+    : early !== undefined && ref.digest === fetched.descriptor.digest ? early : fetchBootProfile(origin, fetched.descriptor.digest);
   profileFetch.catch(() => undefined);
   const artifact = await openDiskFromManifest(cachingBlobReader(meta, sources, origin.name), refReference(ref), fetched.descriptor, fetched.body).catch((err: unknown) => {
     if (isSlipwayError(err, 'NOT_A_SLIPWAY_DISK')) refused.set(err, fetched);

@@ -172,6 +172,12 @@ describe('memory snapshots', () => {
     expect(ramMap, 'the RAM file mapping in QEMU').toBeDefined();
     expect(flagsOf(ramMap as string)).not.toContain('hg');
     expect(maps.some((m) => flagsOf(m).includes('hg')), 'QEMU still advises huge pages elsewhere (its TCG buffer)').toBe(true);
+    // QEMU was started while its RAM and disk were made ready, waiting for that file and that
+    // socket (libslipway-restore-wait.so; its waits: test/restore-wait.test.ts)
+    const environ = readFileSync(`/proc/${qemu}/environ`, 'utf8').split('\0');
+    expect(environ).toContain(`SLIPWAY_WAIT_FILE=${join(d.stateDir, 'vms', vm.id, 'ram', 'ram')}`);
+    expect(environ).toContain(`SLIPWAY_WAIT_SOCKET=${join(d.stateDir, 'vms', vm.id, 'blk.sock')}`);
+    expect(environ.find((e) => e.startsWith('LD_PRELOAD='))).toContain('libslipway-restore-wait.so');
     // a guest page is never seen before its chunk is loaded: what the guest wrote before the snapshot is there
     expect(await sh(d, vm.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
     expect(await sh(d, vm.id, 'md5sum /root/data | cut -d" " -f1')).toBe(dataSum);
@@ -246,6 +252,27 @@ describe('memory snapshots', () => {
     expect(ramMounts().filter((m) => m.includes(d.stateDir))).toEqual([]);
     expect(processesWithArgument(join(d.stateDir, 'vms'))).toEqual([]);
     expect(ramFiles(tried)).toEqual([]);
+  }, 300_000);
+
+  it('a corrupted disk index: a restore whose QEMU started while its disk was being served is refused, and nothing is left', async () => {
+    const d = await daemon();
+    const disk = JSON.parse(readFileSync(blobPath(await manifestDigestOf('mem/snap', 'v1.disk')), 'utf8')) as { layers: { digest: string; mediaType: string }[] };
+    const index = disk.layers.find((l) => l.mediaType.includes('index'));
+    expect(index).toBeDefined();
+    const path = blobPath((index as { digest: string }).digest);
+    const good = readFileSync(path);
+    const bad = Buffer.from(good);
+    bad[bad.length >> 1] = (bad[bad.length >> 1] as number) ^ 0xff;
+    writeFileSync(path, bad);
+    try {
+      const err = await d.client.createVm({ image: snapshotRef }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: expect.stringMatching(/DIGEST_MISMATCH|CORRUPT_INDEX/) });
+    } finally {
+      writeFileSync(path, good);
+    }
+    expect(await d.client.listVms()).toEqual([]);
+    expect(ramMounts().filter((m) => m.includes(d.stateDir))).toEqual([]);
+    expect(processesWithArgument(join(d.stateDir, 'vms'))).toEqual([]);
   }, 300_000);
 
   it('a snapshot push the registry refuses leaves the tag as it was and the VM running', async () => {

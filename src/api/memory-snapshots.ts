@@ -250,12 +250,20 @@ export async function openMemorySnapshot(cache: ChunkCache, parsed: ImageRef, ma
 /** Whether this process has said that QEMU gets no libslipway-nohugepage.so (once is enough). */
 let noHugepageWarned = false;
 
+/**
+ * Whether `opened` restores with lazy memory (slipway-ramfs) when `loading` is asked: QEMU
+ * snapshots, `lazy` asked or nothing asked where the host allows it (lazyMemorySupport).
+ */
+export function restoresLazily(opened: OpenedMemorySnapshot, loading?: MemoryLoading): boolean {
+  return opened.snapshot.config.shape.vmm !== 'cloud-hypervisor' && (loading === 'lazy' || (loading === undefined && lazyMemorySupport().ok));
+}
+
 export async function prepareRestore(cache: ChunkCache, opened: OpenedMemorySnapshot, vmId: string, workDir: string, log: Logger, loading?: MemoryLoading): Promise<RestorePlan> {
   const { target, snapshot } = opened;
   const ch = snapshot.config.shape.vmm === 'cloud-hypervisor';
   if (ch && loading === 'lazy') throw new SlipwayError('INVALID_ARGUMENT', "memoryLoading: 'lazy' is slipway-ramfs under QEMU; a Cloud Hypervisor snapshot's RAM is fetched whole and Cloud Hypervisor loads it on demand itself", { context: { field: 'memoryLoading' } });
   const stateDir = workDir;
-  const lazy = !ch && (loading === 'lazy' || (loading === undefined && lazyMemorySupport().ok));
+  const lazy = restoresLazily(opened, loading);
   const ramRef = `${target.name}@${snapshot.config.ram.digest}`;
   const want = snapshot.config.shape.memoryMiB * (1 << 20);
   const base = { snapshot, diskRef: opened.diskRef, stateDir, target };

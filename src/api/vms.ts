@@ -22,9 +22,10 @@ import type { Logger } from '../util/log.js';
 import { processesWithArgument, terminateProcess } from '../util/process.js';
 import type { NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
 import { driverFor } from '../vmm/drivers.js';
+import { canWaitForBackends } from '../vmm/qemu.js';
 import { checkShape } from '../disk/memory-snapshot.js';
-import { adoptRam, stopLeftoverRam, type ServedRam } from '../serve/ram-backend.js';
-import { afterLazyRestore, createRamFile, openMemorySnapshot, restoreFigures, prepareRestore, ramFileOf, ramOverlayOf, takeMemorySnapshot, vmShape, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
+import { adoptRam, servedRamFile, stopLeftoverRam, type ServedRam } from '../serve/ram-backend.js';
+import { afterLazyRestore, createRamFile, openMemorySnapshot, restoreFigures, prepareRestore, ramFileOf, ramOverlayOf, restoresLazily, takeMemorySnapshot, vmShape, type OpenedMemorySnapshot, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
 import type { Histogram, Counter } from './metrics.js';
 import { snapshotDisk } from './disk-snapshot.js';
 import { BootAdmission } from './vm-admission.js';
@@ -171,6 +172,10 @@ export class VmManager {
     let restore: RestorePlan | undefined;
     let figures: RestoreFigures | undefined;
     let firstExecDone: ((why: 'exec' | 'gone') => void) | undefined;
+    /** a restore's RAM and disk being made ready (served and restore set when it settles) */
+    let settling: Promise<void> | undefined;
+    /** a lazy QEMU restore started while they are (VmSpec.waitForBackends) */
+    let early = false;
     try {
       await mkdir(workDir, { recursive: true, mode: 0o700 });
       this.deps.state.insert(record);
@@ -181,12 +186,14 @@ export class VmManager {
         cache: this.deps.cache, ref, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4),
         openOptions: restoring ? { useProfile: false, recordProfileIfMissing: false } : { recordProfileIfMissing: true }, ...(req.prefetch ? { prefetch: req.prefetch } : {}),
       });
+      const diskSocket = join(workDir, 'blk.sock');
+      let opened: OpenedMemorySnapshot | undefined;
       try {
         served = await serve(image);
       } catch (err) {
         // not a disk: a memory snapshot (docs/snapshots.md) is restored; anything else fails as it did
         if (!isSlipwayError(err, 'NOT_A_SLIPWAY_DISK')) throw err;
-        const opened = await openMemorySnapshot(this.deps.cache, parseRef(image), manifestRefusedAsDisk(err)).catch((again: unknown) => {
+        opened = await openMemorySnapshot(this.deps.cache, parseRef(image), manifestRefusedAsDisk(err)).catch((again: unknown) => {
           throw isSlipwayError(again, 'NOT_A_SLIPWAY_DISK') ? err : again;
         });
         const shape = opened.snapshot.config.shape;
@@ -195,31 +202,41 @@ export class VmManager {
         // the VMM it was taken with, unless asked otherwise (then the shape check refuses it)
         record.vmm = req.vmm ?? shape.vmm;
         this.deps.state.update(id, { cpus: record.cpus, memoryMiB: record.memoryMiB, vmm: record.vmm });
-        // the RAM and the disk are made ready side by side
-        const [ram, disk] = await Promise.allSettled([prepareRestore(this.deps.cache, opened, id, workDir, log, req.memoryLoading), serve(opened.diskRef, true)]);
-        // (what did start is stopped by the failure path below)
-        if (ram.status === 'fulfilled') restore = ram.value;
-        if (disk.status === 'rejected') throw disk.reason;
-        served = disk.value;
-        if (ram.status === 'rejected') throw ram.reason;
-        phase('memory_fetched');
+        // the RAM and the disk are made ready side by side; a lazy QEMU restore starts QEMU
+        // meanwhile (it waits for them: VmSpec.waitForBackends), anything else after them
+        const making = Promise.allSettled([prepareRestore(this.deps.cache, opened, id, workDir, log, req.memoryLoading), serve(opened.diskRef, true)]);
+        settling = (async () => {
+          const [ram, disk] = await making;
+          // (what did start is stopped by the failure path below)
+          if (ram.status === 'fulfilled') restore = ram.value;
+          if (disk.status === 'fulfilled') served = disk.value;
+          if (disk.status === 'rejected') throw disk.reason;
+          if (ram.status === 'rejected') throw ram.reason;
+          phase('memory_fetched');
+        })();
+        settling.catch(() => undefined);
+        early = record.vmm === 'qemu' && restoresLazily(opened, req.memoryLoading) && canWaitForBackends();
+        if (!early) await settling;
       }
-      const shape = restore?.snapshot.config.shape;
-      record.digest = served.disk.digest;
-      this.deps.state.update(id, { digest: record.digest, backendPid: served.pid });
-      phase('backend_up');
+      const backendUp = (disk: ServedDisk): void => {
+        record.digest = disk.disk.digest;
+        this.deps.state.update(id, { digest: record.digest, backendPid: disk.pid });
+        phase('backend_up');
+      };
+      if (served && !early) backendUp(served);
+      const shape = opened?.snapshot.config.shape;
       // a restored VM keeps the network it was snapshotted with (the device set must match)
       const wantNet = shape ? (shape.devices.includes('virtio-net-pci') ? 'user' : 'none') : req.net;
       const net: NetSpec = wantNet === 'user' ? { mode: 'user' } : { mode: 'none' };
       const bootConfig: Partial<BootConfig> = { hostname: `vm-${id}`, ...(req.env ? { env: req.env } : {}), ...(wantNet === 'user' ? { net: [{ name: 'eth0', address: '10.0.2.15/24', gateway: '10.0.2.2' }], dns: ['10.0.2.3'] } : {}) };
       const spec: VmSpec = {
-        id, workDir, cpus: record.cpus, memoryMiB: record.memoryMiB, kernel, initramfs: guest.initramfs, disks: [{ kind: 'vhost-user', socket: served.socket }],
+        id, workDir, cpus: record.cpus, memoryMiB: record.memoryMiB, kernel, initramfs: guest.initramfs, disks: [{ kind: 'vhost-user', socket: diskSocket }],
         bootConfig: renderBootConfig(bootConfig as BootConfig), net, console: true, detached: true, vsockConnect: guest.vsockConnect,
-        memoryFile: restore?.ramFile ?? ramFileOf(id), vmgenid: true, ...(restore ? { incoming: true } : {}), ...(restore?.ram ? { memoryOnDemand: true } : {}),
+        memoryFile: early ? servedRamFile(workDir) : restore?.ramFile ?? ramFileOf(id), vmgenid: true, ...(opened ? { incoming: true } : {}),
+        ...(early || restore?.ram ? { memoryOnDemand: true } : {}), ...(early ? { waitForBackends: true } : {}),
       };
-      if (!restore) await createRamFile(ramFileOf(id));
-      if (restore) checkShape(restore.snapshot.config.shape, await vmShape(spec, this.driver(record.vmm)));
-      const plan = restore;
+      if (!opened) await createRamFile(ramFileOf(id));
+      if (opened) checkShape(opened.snapshot.config.shape, await vmShape(spec, this.driver(record.vmm)));
       const booted = await bootVm(this.driver(record.vmm), spec, {
         agentDeadlineMs: this.deps.limits.bootTimeoutMs,
         onStarted: (started) => {
@@ -231,12 +248,20 @@ export class VmManager {
           if (!('vmm_started' in timings)) phase('vmm_started');
         },
         notice: (message) => log.warn(message, {}),
-        ...(plan ? { afterStart: async (started: RunningVm) => {
+        ...(opened ? { afterStart: async (started: RunningVm) => {
           if (!started.memory) throw new SlipwayError('VMM_ERROR', `${record.vmm} cannot restore a memory snapshot here`);
-          const restored = await started.memory.restore(plan.stateDir);
-          log.info('restore: device state loaded', { vmm: record.vmm, memory: restored.memory });
+          // started early: the RAM and the disk are ready before the device state goes in
+          if (early) {
+            await settling;
+            if (served) backendUp(served);
+          }
+          if (!restore) throw new SlipwayError('VMM_ERROR', 'the restore was not prepared');
+          const restored = await started.memory.restore(restore.stateDir);
+          log.info('restore: device state loaded', { vmm: record.vmm, memory: restored.memory, startedEarly: early });
         } } : {}),
       });
+      if (!served) throw new SlipwayError('VMM_ERROR', 'the VM started without its disk served');
+      const plan = restore;
       vm = booted.vm;
       agent = booted.client;
       phase('agent_ready');
@@ -281,6 +306,8 @@ export class VmManager {
     } catch (caught) {
       // a restore whose guest touched RAM that could not be loaded (a corrupted pack, the registry
       // gone) stops its VMM: the reason is the RAM's, not the VMM's exit
+      // (a restore started early may have its RAM and disk still coming: they are stopped too)
+      await settling?.catch(() => undefined);
       const ramError = restore?.ram?.miss.lastError;
       const err = isSlipwayError(ramError) ? ramError : caught;
       this.deps.metrics.boots.inc({ result: 'failed' });

@@ -14,7 +14,7 @@ import { SlipwayError } from '../errors.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { LazyDisk, OpenDiskOptions, SavedProfile } from '../cache/lazy-disk.js';
 import { PROJECT_ROOT } from '../guest/build.js';
-import { noHugepageLibrary } from '../vmm/qemu.js';
+import { noHugepageLibrary, restoreWaitLibrary } from '../vmm/qemu.js';
 import { writeDiskMap } from './disk-map.js';
 import { startMissServer, type MissServer } from './miss-server.js';
 import { ramfsBinary } from './ram-backend.js';
@@ -103,20 +103,21 @@ function makeBackend(): Promise<void> {
   });
 }
 
-/** Whether this process has tried to build libslipway-nohugepage.so (see ensureBackendBuilt). */
+/** Whether this process has tried to build the preload libraries (see ensureBackendBuilt). */
 let restTried = false;
 
 /**
  * The slipway-blk binary, built first when it is missing (BUILD_FAILED when that fails). Where it
- * and slipway-ramfs are there but libslipway-nohugepage.so is not (a checkout built before it
- * existed), the build is tried once per process, and its failure is not this function's (a lazy
- * restore says it runs without the library). A host that could not build slipway-ramfs (no
- * libfuse3) is not asked again on every start.
+ * and slipway-ramfs are there but a preload library (libslipway-nohugepage.so,
+ * libslipway-restore-wait.so) is not (a checkout built before it existed), the build is tried
+ * once per process, and its failure is not this function's (a lazy restore runs without the
+ * libraries, and says so). A host that could not build slipway-ramfs (no libfuse3) is not asked
+ * again on every start.
  */
 export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<string> {
   const binary = backendBinary();
   if (existsSync(binary)) {
-    if (!restTried && existsSync(ramfsBinary()) && !existsSync(noHugepageLibrary())) {
+    if (!restTried && existsSync(ramfsBinary()) && (!existsSync(noHugepageLibrary()) || !existsSync(restoreWaitLibrary()))) {
       restTried = true;
       await makeBackend().catch(() => undefined);
     }

@@ -166,9 +166,14 @@ export async function adoptRam(opts: { cache: ChunkCache; workDir: string; overl
   return servedRam({ cache: opts.cache, disk, workDir: opts.workDir, overlayDir: opts.overlayDir, miss, pid, running, stop: () => terminateProcess(pid, 5000), unpin: () => undefined });
 }
 
+/** The file serveRam serves a RAM image as, in `workDir` (ServedRam.file): known before it is there. */
+export function servedRamFile(workDir: string): string {
+  return join(workDir, 'ram', 'ram');
+}
+
 function servedRam(p: { cache: ChunkCache; disk: LazyDisk; workDir: string; overlayDir: string; miss: MissServer; pid: number; running: () => boolean; stop: () => Promise<void>; unpin: () => void }): ServedRam {
   const mount = join(p.workDir, 'ram');
-  const file = join(mount, 'ram');
+  const file = servedRamFile(p.workDir);
   let closed = false;
   return {
     file, disk: p.disk, overlayDir: p.overlayDir, pid: p.pid, miss: p.miss, running: p.running,

@@ -45,6 +45,12 @@ export interface VmSpec {
    * kernel read huge pages' worth around every fault of it (QEMU: libslipway-nohugepage.so)
    */
   memoryOnDemand?: boolean;
+  /**
+   * Start the VMM before `memoryFile` and the vhost-user disk's socket are there: it waits for
+   * them (QEMU: libslipway-restore-wait.so, `restoreWaitLibrary()`; a lazy restore whose RAM and
+   * disk are made ready while QEMU starts). One vhost-user disk at most.
+   */
+  waitForBackends?: boolean;
   /** a vmgenid device (the guest reseeds its RNG when the generation ID changes, as it does on a restore) */
   vmgenid?: boolean;
   /**

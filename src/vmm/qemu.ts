@@ -10,7 +10,7 @@
  */
 import { existsSync, openSync, closeSync, realpathSync, statSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { SlipwayError } from '../errors.js';
@@ -285,15 +285,57 @@ export function noHugepageLibrary(): string {
  */
 export function noHugepageEnv(memoryFile: string): Record<string, string> {
   const lib = noHugepageLibrary();
-  // (LD_PRELOAD splits its list at spaces and colons: a path with one is not preloaded)
-  if (!existsSync(lib) || /[\s:]/.test(lib)) return {};
+  if (!preloadable(lib)) return {};
   let path = memoryFile;
   try {
     path = realpathSync(memoryFile);
   } catch {
-    // not there yet: as given
+    // not there yet (QEMU started before it, waitForBackends): its directory's real path
+    try {
+      path = join(realpathSync(dirname(memoryFile)), basename(memoryFile));
+    } catch {
+      // as given
+    }
   }
-  return { LD_PRELOAD: [lib, process.env.LD_PRELOAD].filter((p) => p !== undefined && p !== '').join(' '), SLIPWAY_NO_HUGEPAGE_FILE: path };
+  return { LD_PRELOAD: lib, SLIPWAY_NO_HUGEPAGE_FILE: path };
+}
+
+/** libslipway-restore-wait.so, built with slipway-blk (vhost-user-blk/Makefile). */
+export function restoreWaitLibrary(): string {
+  return join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'libslipway-restore-wait.so');
+}
+
+/** Whether a library can be preloaded from its path (built; LD_PRELOAD splits its list at spaces and colons). */
+function preloadable(lib: string): boolean {
+  return existsSync(lib) && !/[\s:]/.test(lib);
+}
+
+/** Whether QEMU can be started before its RAM file and disk socket are there (VmSpec.waitForBackends). */
+export function canWaitForBackends(): boolean {
+  return preloadable(restoreWaitLibrary());
+}
+
+/**
+ * The environment of a QEMU for `spec`: the preloaded libraries its RAM and start need
+ * (noHugepageEnv; libslipway-restore-wait.so told the RAM file and the vhost-user socket to wait
+ * for, vhost-user-blk/restore-wait.c), after any LD_PRELOAD of the daemon's own.
+ */
+function qemuEnv(spec: VmSpec): Record<string, string> | undefined {
+  const preload: string[] = [];
+  const env: Record<string, string> = {};
+  if (spec.memoryOnDemand && spec.memoryFile) {
+    const nohuge = noHugepageEnv(spec.memoryFile);
+    if (nohuge.LD_PRELOAD) preload.push(nohuge.LD_PRELOAD);
+    Object.assign(env, nohuge);
+  }
+  if (spec.waitForBackends) {
+    const socket = spec.disks.find((d) => d.kind === 'vhost-user');
+    if (!canWaitForBackends()) throw new SlipwayError('INVALID_ARGUMENT', `waitForBackends needs ${restoreWaitLibrary()} (make -C vhost-user-blk)`);
+    preload.push(restoreWaitLibrary());
+    Object.assign(env, spec.memoryFile ? { SLIPWAY_WAIT_FILE: spec.memoryFile } : {}, socket?.kind === 'vhost-user' ? { SLIPWAY_WAIT_SOCKET: socket.socket } : {});
+  }
+  if (preload.length === 0) return undefined;
+  return { ...env, LD_PRELOAD: [...preload, process.env.LD_PRELOAD].filter((p) => p !== undefined && p !== '').join(' ') };
 }
 
 export class QemuDriver implements VmmDriver {
@@ -332,9 +374,10 @@ export class QemuDriver implements VmmDriver {
     const guestCid = transport === 'vsock' ? randomGuestCid() : undefined;
     const args = qemuArgs(spec, accel, { ...this.options, agentTransport: transport, ...(guestCid !== undefined ? { guestCid } : {}) });
     await writeFile(paths.args, `${this.binary} ${args.map((a) => JSON.stringify(a)).join(' ')}\n`);
+    const env = qemuEnv(spec);
     const proc = await VmmProcess.spawn({
       binary: this.binary, args, workDir: spec.workDir, detached: spec.detached === true, outputFile: paths.stderr, output: 'stderr', installHint: 'install qemu-system-x86',
-      ...(spec.memoryOnDemand && spec.memoryFile ? { env: noHugepageEnv(spec.memoryFile) } : {}),
+      ...(env ? { env } : {}),
     });
     // QEMU creates its QMP socket while it starts; wait for it, or for QEMU to give up.
     const started = await proc.waitForSocket(paths.qmp, START_TIMEOUT_MS);

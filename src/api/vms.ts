@@ -304,10 +304,10 @@ export class VmManager {
       }
       return { ...toInfo(record), ...(figures ? { restore: figures } : {}) };
     } catch (caught) {
-      // a restore whose guest touched RAM that could not be loaded (a corrupted pack, the registry
-      // gone) stops its VMM: the reason is the RAM's, not the VMM's exit
       // (a restore started early may have its RAM and disk still coming: they are stopped too)
       await settling?.catch(() => undefined);
+      // a restore whose guest touched RAM that could not be loaded (a corrupted pack, the registry
+      // gone) stops its VMM: the reason is the RAM's, not the VMM's exit
       const ramError = restore?.ram?.miss.lastError;
       const err = isSlipwayError(ramError) ? ramError : caught;
       this.deps.metrics.boots.inc({ result: 'failed' });

@@ -40,7 +40,7 @@ export const ENV_VARS = {
   SLIPWAY_NO_HUGEPAGE_FILE: 'not for users: set by the daemon for QEMU on a lazy memory restore, the RAM file libslipway-nohugepage.so keeps MADV_HUGEPAGE off (docs/snapshots.md)',
   SLIPWAY_WAIT_FILE: 'not for users: set by the daemon for a QEMU started before its RAM file is served, the file libslipway-restore-wait.so waits for (docs/snapshots.md)',
   SLIPWAY_WAIT_SOCKET: 'not for users: set by the daemon for a QEMU started before slipway-blk listens, the vhost-user socket libslipway-restore-wait.so waits for (docs/snapshots.md)',
-  SLIPWAY_WAIT_MS: 'not for users: how long libslipway-restore-wait.so waits, in ms (default 30000)',
+  SLIPWAY_WAIT_MS: 'not for users: how long libslipway-restore-wait.so waits, in ms (default 600000)',
 } as const;
 
 export type EnvVar = keyof typeof ENV_VARS;

@@ -1,17 +1,18 @@
 /**
  * libslipway-restore-wait.so (vhost-user-blk/restore-wait.c) in a real QEMU: started before its
  * memory backend's file and a client chardev's socket exist, QEMU waits for them instead of
- * creating a plain file in the RAM's place (what it does unaided) or sleeping a reconnect interval.
+ * creating a plain file in the RAM's place (what it does unaided) or sleeping a reconnect interval;
+ * past the wait it fails rather than run on a file of its own.
  * The daemon's use of it (a lazy restore started early) is test/memory-snapshot.test.ts's.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, renameSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { ensureBackendBuilt } from '../src/serve/backend.js';
 import { QmpClient } from '../src/vmm/qmp.js';
-import { qemuBinary, restoreWaitLibrary } from '../src/vmm/qemu.js';
+import { noHugepageEnv, qemuBinary, restoreWaitLibrary } from '../src/vmm/qemu.js';
 import { tempDir } from './helpers/images.js';
 
 const children: ChildProcess[] = [];
@@ -89,11 +90,22 @@ describe('libslipway-restore-wait.so in QEMU', () => {
     expect(existsSync(q.ram)).toBe(true);
   });
 
-  it('gives up after SLIPWAY_WAIT_MS, and QEMU does what it would have done', async () => {
+  it('gives up after SLIPWAY_WAIT_MS without making the file: QEMU exits, saying it cannot open its RAM', async () => {
     const dir = tempDir('slipway-restore-wait-');
     const q = startQemu(dir, { LD_PRELOAD: restoreWaitLibrary(), SLIPWAY_WAIT_FILE: join(dir, 'ram'), SLIPWAY_WAIT_MS: '100' });
     listen(q.socket);
-    expect(await statusOf(q.qmp)).toBe('prelaunch');
-    expect(existsSync(q.ram)).toBe(true);
+    const code = await new Promise<number | null>((r) => q.proc.once('exit', (c) => r(c)));
+    expect(code).not.toBe(0);
+    expect(q.stderr()).toMatch(/can't open backing store .*ram.*timed out/i);
+    expect(existsSync(q.ram)).toBe(false);
+  });
+
+  it('the early-started QEMU\'s RAM file is named to libslipway-nohugepage.so by the path the kernel will show, symbolic links resolved', () => {
+    const real = tempDir('slipway-restore-wait-');
+    mkdirSync(join(real, 'vms'));
+    const link = join(tempDir('slipway-restore-wait-'), 'state');
+    symlinkSync(real, link);
+    // the VM's work directory and its mount point do not exist yet either
+    expect(noHugepageEnv(join(link, 'vms', 'abc', 'ram', 'ram')).SLIPWAY_NO_HUGEPAGE_FILE).toBe(join(real, 'vms', 'abc', 'ram', 'ram'));
   });
 });

@@ -72,13 +72,15 @@ export async function resolveDiskManifest(meta: OciLayoutStore, tags: TagRecords
 /**
  * The metadata cache's copy of `digest` as `read` returns it (verified by digest), or undefined
  * when there is none or it is bad: the cache does not fsync (OciLayoutStore's `durable: false`),
- * so a crash may leave a torn file, which is removed here and fetched again by the caller.
+ * so a crash may leave a torn file, which is removed here and fetched again by the caller (and a
+ * copy another reader removed that way between the look and the read is none).
  */
 async function cachedCopy<T>(meta: OciLayoutStore, digest: string, read: () => Promise<T>): Promise<T | undefined> {
   if (!(await meta.blobExists(digest))) return undefined;
   try {
     return await read();
   } catch (err) {
+    if (isSlipwayError(err, 'BLOB_UNKNOWN') || isSlipwayError(err, 'MANIFEST_UNKNOWN')) return undefined;
     if (!isSlipwayError(err, 'DIGEST_MISMATCH')) throw err;
     await meta.removeBlob(digest);
     return undefined;

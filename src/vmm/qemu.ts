@@ -286,18 +286,24 @@ export function noHugepageLibrary(): string {
 export function noHugepageEnv(memoryFile: string): Record<string, string> {
   const lib = noHugepageLibrary();
   if (!preloadable(lib)) return {};
-  let path = memoryFile;
-  try {
-    path = realpathSync(memoryFile);
-  } catch {
-    // not there yet (QEMU started before it, waitForBackends): its directory's real path
+  return { LD_PRELOAD: lib, SLIPWAY_NO_HUGEPAGE_FILE: realPathSoFar(memoryFile) };
+}
+
+/**
+ * `path` with the real path of its deepest part that exists: what /proc/<pid>/maps will show for
+ * it once it is there (a RAM file QEMU is started before, waitForBackends, under a directory
+ * reached through a symbolic link).
+ */
+function realPathSoFar(path: string): string {
+  const rest: string[] = [];
+  for (let at = path; ; at = dirname(at)) {
     try {
-      path = join(realpathSync(dirname(memoryFile)), basename(memoryFile));
+      return join(realpathSync(at), ...rest);
     } catch {
-      // as given
+      if (dirname(at) === at) return path;
+      rest.unshift(basename(at));
     }
   }
-  return { LD_PRELOAD: lib, SLIPWAY_NO_HUGEPAGE_FILE: path };
 }
 
 /** libslipway-restore-wait.so, built with slipway-blk (vhost-user-blk/Makefile). */

@@ -14,7 +14,7 @@ import { SlipwayError } from '../errors.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { LazyDisk, OpenDiskOptions, SavedProfile } from '../cache/lazy-disk.js';
 import { PROJECT_ROOT } from '../guest/build.js';
-import { noHugepageLibrary, restoreWaitLibrary } from '../vmm/qemu.js';
+import { qemuPreloadLibraries } from '../vmm/qemu.js';
 import { writeDiskMap } from './disk-map.js';
 import { startMissServer, type MissServer } from './miss-server.js';
 import { ramfsBinary } from './ram-backend.js';
@@ -117,7 +117,7 @@ let restTried = false;
 export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<string> {
   const binary = backendBinary();
   if (existsSync(binary)) {
-    if (!restTried && existsSync(ramfsBinary()) && (!existsSync(noHugepageLibrary()) || !existsSync(restoreWaitLibrary()))) {
+    if (!restTried && existsSync(ramfsBinary()) && qemuPreloadLibraries().some((lib) => !existsSync(lib))) {
       restTried = true;
       await makeBackend().catch(() => undefined);
     }

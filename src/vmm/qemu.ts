@@ -311,6 +311,11 @@ export function restoreWaitLibrary(): string {
   return join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'libslipway-restore-wait.so');
 }
 
+/** Every library a QEMU may be given preloaded (noHugepageLibrary, restoreWaitLibrary). */
+export function qemuPreloadLibraries(): string[] {
+  return [noHugepageLibrary(), restoreWaitLibrary()];
+}
+
 /** Whether a library can be preloaded from its path (built; LD_PRELOAD splits its list at spaces and colons). */
 function preloadable(lib: string): boolean {
   return existsSync(lib) && !/[\s:]/.test(lib);

@@ -54,7 +54,11 @@ export function tmpFiles(cacheDir: string): string[] {
   return existsSync(dir) ? readdirSync(dir) : [];
 }
 
-/** Tier 1 as the index sees it agrees with the files: same count, same bytes, every file intact, no temp file. */
+/**
+ * Tier 1 as the index sees it agrees with the files: same count, same bytes, every file intact, no
+ * temp file. Settle the open disks first (`disk.settle()`): a chunk still being kept (readahead,
+ * the rest of a pack) has its file renamed into place a moment before its row is written.
+ */
 export function expectTier1Consistent(cache: ChunkCache): { chunks: number; bytes: number } {
   const files = chunkFiles(cache.config.cacheDir);
   const stats = cache.stats().disk;

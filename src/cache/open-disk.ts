@@ -5,6 +5,7 @@
  * options ask: pinned, recording or refining a profile, speculating, prefetching.
  */
 import { openDiskFromManifest } from '../disk/artifact.js';
+import { parseDiskManifest } from '../disk/format.js';
 import { isSlipwayError, SlipwayError } from '../errors.js';
 import type { FetchedManifest } from '../oci/store.js';
 import type { OciLayoutStore } from '../oci/layout/layout-store.js';
@@ -36,6 +37,16 @@ export function manifestRefusedAsDisk(err: unknown): FetchedManifest | undefined
   return typeof err === 'object' && err !== null ? refused.get(err) : undefined;
 }
 
+/** Whether a manifest body passes as a disk's (what `openDiskFromManifest` checks first). */
+function looksLikeDisk(body: Buffer): boolean {
+  try {
+    parseDiskManifest(body, 'manifest');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export async function openLazyDisk(deps: DiskOpening, refText: string, opts: OpenDiskOptions): Promise<LazyDisk> {
   const { cache, meta } = deps;
   if (opts.profileInBackground && (opts.recordProfile || opts.recordProfileIfMissing)) throw new SlipwayError('INVALID_ARGUMENT', 'profileInBackground cannot be combined with recording a profile');
@@ -48,7 +59,8 @@ export async function openLazyDisk(deps: DiskOpening, refText: string, opts: Ope
   const early = wantProfile && ref.digest !== undefined ? fetchBootProfile(origin, ref.digest) : undefined;
   early?.catch(() => undefined);
   const { fetched, offline } = await resolveDiskManifest(meta, deps.tags, cache.logger, ref, sources);
-  const profileFetch = !wantProfile || offline ? Promise.resolve(undefined)
+  // a manifest that is no disk (a memory snapshot opened as one first) has no profile to look up
+  const profileFetch = !wantProfile || offline || !looksLikeDisk(fetched.body) ? Promise.resolve(undefined)
     : early !== undefined && ref.digest === fetched.descriptor.digest ? early : fetchBootProfile(origin, fetched.descriptor.digest);
   profileFetch.catch(() => undefined);
   const artifact = await openDiskFromManifest(cachingBlobReader(meta, sources, origin.name), refReference(ref), fetched.descriptor, fetched.body).catch((err: unknown) => {

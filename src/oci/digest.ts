@@ -35,6 +35,28 @@ export function verifyContent(data: Uint8Array, expected: { digest: string; size
   }
 }
 
+/** Content up to this size is embedded in its descriptor by `withEmbeddedData` (about 87 KiB of base64). */
+export const MAX_EMBEDDED_BYTES = 64 << 10;
+
+/**
+ * `desc` with `data` set to `content` (base64, image-spec v1.1) when it is at most
+ * MAX_EMBEDDED_BYTES, else `desc` as it is: a reader then saves the blob's round trip.
+ */
+export function withEmbeddedData<D extends { digest: string; size: number; data?: string }>(desc: D, content: Uint8Array): D {
+  return content.byteLength <= MAX_EMBEDDED_BYTES ? { ...desc, data: Buffer.from(content).toString('base64') } : desc;
+}
+
+/**
+ * The content a descriptor embeds (`data`, base64), or undefined when it embeds none or what it
+ * embeds is not the content its digest and size name (then the reader fetches the blob, which is
+ * verified as any blob is: a manifest's `data` is never trusted over its digest).
+ */
+export function embeddedContent(desc: { digest: string; size: number; data?: unknown }): Buffer | undefined {
+  if (typeof desc.data !== 'string' || desc.data.length > Math.ceil(MAX_EMBEDDED_BYTES / 3) * 4 + 4) return undefined;
+  const content = Buffer.from(desc.data, 'base64');
+  return content.byteLength === desc.size && sha256Digest(content) === desc.digest ? content : undefined;
+}
+
 /** Pass a stream through, failing it at its end when its bytes do not match `expected`. */
 export function verifyingStream(source: Readable, expected: { digest: string; size: number }, what: string): Readable {
   const hash = createHash('sha256');

@@ -24,6 +24,13 @@ export interface Descriptor {
   artifactType?: string;
   urls?: string[];
   platform?: { architecture: string; os: string; variant?: string };
+  /**
+   * The content itself, base64 (image-spec v1.1 descriptor.md, "data"): a reader may use it
+   * instead of fetching the blob, once it matches `digest` and `size` (oci/digest.ts's
+   * `embeddedContent`). slipway embeds small metadata it reads on a restore's or boot's critical
+   * path (a memory snapshot's config, a boot profile) and still pushes the blob.
+   */
+  data?: string;
 }
 
 export interface ImageManifest {

@@ -219,6 +219,8 @@ export class VmManager {
         if (!early) await settling;
       }
       const backendUp = (disk: ServedDisk): void => {
+        // once: a restore started early gets here from each start it tries (KVM, then TCG)
+        if ('backend_up' in timings) return;
         record.digest = disk.disk.digest;
         this.deps.state.update(id, { digest: record.digest, backendPid: disk.pid });
         phase('backend_up');

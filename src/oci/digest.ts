@@ -42,7 +42,7 @@ export const MAX_EMBEDDED_BYTES = 64 << 10;
  * `desc` with `data` set to `content` (base64, image-spec v1.1) when it is at most
  * MAX_EMBEDDED_BYTES, else `desc` as it is: a reader then saves the blob's round trip.
  */
-export function withEmbeddedData<D extends { digest: string; size: number; data?: string }>(desc: D, content: Uint8Array): D {
+export function withEmbeddedData<D extends { digest: string; size: number; data?: string }>(desc: D, content: Uint8Array): D & { data?: string } {
   return content.byteLength <= MAX_EMBEDDED_BYTES ? { ...desc, data: Buffer.from(content).toString('base64') } : desc;
 }
 

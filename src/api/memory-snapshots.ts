@@ -36,6 +36,7 @@ import { pushDisk } from '../disk/push.js';
 import { pushSnapshot, readDirtyBitmap, removeStaging, stageDirtyChunks, type DirtyBitmap } from '../disk/snapshot.js';
 import { SlipwayError, fromFsError } from '../errors.js';
 import { formatRef, refReference, type ImageRef } from '../oci/ref.js';
+import { withEmbeddedData } from '../oci/digest.js';
 import type { FetchedManifest, Target } from '../oci/store.js';
 import type { ServedDisk } from '../serve/backend.js';
 import { lazyMemorySupport, RAM_FILL_CONCURRENCY, serveRam, type ServedRam } from '../serve/ram-backend.js';
@@ -174,7 +175,9 @@ export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logg
     }
     const deviceState = await Promise.all(stateFiles.map((f) => readFile(f)));
     const config: MemorySnapshotConfig = {
-      formatVersion: 1, shape, disk: diskPush.manifest, ram: ramPush.manifest, createdAt: new Date().toISOString(),
+      // the disk and RAM manifests ride in the config (which rides in the snapshot's manifest): a
+      // restore has them with its first round trip
+      formatVersion: 1, shape, disk: withEmbeddedData(diskPush.manifest, diskPush.manifestBody), ram: withEmbeddedData(ramPush.manifest, ramPush.manifestBody), createdAt: new Date().toISOString(),
       ...(v.parent ? { parent: v.parent.digest } : {}),
     };
     const manifest = await pushMemorySnapshot(target, parsed.tag, config, deviceState);
@@ -244,6 +247,9 @@ export async function openMemorySnapshot(cache: ChunkCache, parsed: ImageRef, ma
   const target = await cache.targets.open(parsed);
   // `manifest`: the one an attempt to open the reference as a disk resolved (not asked for again)
   const snapshot = await loadMemorySnapshot(target, refReference(parsed), manifest, cache.blobReader(target));
+  // the disk and RAM manifests the config embeds go into the metadata cache, where opening them
+  // by digest finds them
+  await cache.keepEmbedded([snapshot.config.disk, snapshot.config.ram]);
   return { target, snapshot, diskRef: `${target.name}@${snapshot.config.disk.digest}` };
 }
 

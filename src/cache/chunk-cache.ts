@@ -11,6 +11,8 @@ import { join } from 'node:path';
 import type { SlipwayConfig } from '../config.js';
 import { SlipwayError } from '../errors.js';
 import { OciLayoutStore } from '../oci/layout/layout-store.js';
+import { embeddedContent } from '../oci/digest.js';
+import type { Descriptor } from '../oci/types.js';
 import type { Target } from '../oci/store.js';
 import type { BlobReader } from '../disk/artifact.js';
 import { cachingBlobReader } from './disk-manifest.js';
@@ -208,6 +210,18 @@ export class ChunkCache implements DiskChunkCache {
    * against their descriptors either way): what a second restore of a memory snapshot on this host
    * reads from disk rather than the registry (its config, its device state).
    */
+  /**
+   * Keep in the metadata cache the content these descriptors embed (`data`, image-spec 1.1), where
+   * it is checked against each one's digest and size first: what does not match, or is not
+   * embedded, is left to be fetched. A copy that cannot be written is only a later fetch.
+   */
+  async keepEmbedded(descs: Descriptor[]): Promise<void> {
+    await Promise.all(descs.map(async (d) => {
+      const content = embeddedContent(d);
+      if (content) await this.#meta.pushBlob(d, content).catch(() => undefined);
+    }));
+  }
+
   blobReader(target: Target): BlobReader {
     return cachingBlobReader(this.#meta, [{ target, host: target.name }], target.name);
   }

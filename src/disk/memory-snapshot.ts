@@ -19,7 +19,7 @@
  *   config.json is not uploaded again), and nothing has to be unpacked or checked for paths.
  */
 import { SlipwayError } from '../errors.js';
-import { embeddedContent, sha256Digest, withEmbeddedData } from '../oci/digest.js';
+import { embeddedContent, MAX_EMBEDDED_BYTES, sha256Digest, withEmbeddedData } from '../oci/digest.js';
 import type { FetchedManifest, Target } from '../oci/store.js';
 import type { BlobReader } from './artifact.js';
 import { MEDIA_TYPE_OCI_MANIFEST, type Descriptor, type ImageManifest } from '../oci/types.js';
@@ -84,6 +84,20 @@ export function checkMemorySnapshotTag(tag: string): void {
 }
 
 /**
+ * The config as pushed: the disk and RAM manifests it embeds (`data`) dropped, the disk's first,
+ * until it fits in its own descriptor's `data` (MAX_EMBEDDED_BYTES), which saves a restore more.
+ */
+function fitted(config: MemorySnapshotConfig): MemorySnapshotConfig {
+  let c = config;
+  for (const key of ['disk', 'ram'] as const) {
+    if (Buffer.byteLength(JSON.stringify(c)) <= MAX_EMBEDDED_BYTES) break;
+    const { data: _dropped, ...plain } = c[key];
+    c = { ...c, [key]: plain };
+  }
+  return c;
+}
+
+/**
  * Push the memory snapshot's own manifest (device state, config, subject the disk), tagged `tag`.
  * `state`: the contents of the state layers, in STATE_LAYERS order for `config.shape.vmm`. The
  * disk and RAM manifests must be in `target` already. Errors: INVALID_ARGUMENT when `state` is
@@ -93,7 +107,7 @@ export async function pushMemorySnapshot(target: Target, tag: string, config: Me
   const kinds = STATE_LAYERS[config.shape.vmm];
   if (state.length !== kinds.length) throw new SlipwayError('INVALID_ARGUMENT', `a ${config.shape.vmm} memory snapshot has ${kinds.length} state layer(s), not ${state.length}`);
   const layers = state.map((data, i): Descriptor => ({ mediaType: kinds[i]?.mediaType ?? '', digest: sha256Digest(data), size: data.byteLength }));
-  const configBody = Buffer.from(JSON.stringify(config));
+  const configBody = Buffer.from(JSON.stringify(fitted(config)));
   const configDesc: Descriptor = { mediaType: MEDIA_TYPE_MEMORY_SNAPSHOT_CONFIG, digest: sha256Digest(configBody), size: configBody.byteLength };
   // the config rides in the manifest too (a restore reads it without a round trip); the blob is
   // still pushed, for registries that check a manifest's blobs and readers that ignore `data`
@@ -108,7 +122,8 @@ export async function pushMemorySnapshot(target: Target, tag: string, config: Me
     artifactType: ARTIFACT_TYPE_MEMORY_SNAPSHOT,
     config: withEmbeddedData(configDesc, configBody),
     layers,
-    subject: config.disk,
+    // (the subject without the disk manifest the config embeds)
+    subject: { mediaType: config.disk.mediaType, digest: config.disk.digest, size: config.disk.size },
     annotations: { 'org.opencontainers.image.created': config.createdAt },
   };
   return target.pushManifest(Buffer.from(JSON.stringify(manifest)), MEDIA_TYPE_OCI_MANIFEST, tag);

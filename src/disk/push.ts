@@ -1,6 +1,6 @@
 import { open, stat } from 'node:fs/promises';
 import { SlipwayError, fromFsError, isSlipwayError } from '../errors.js';
-import { sha256Digest } from '../oci/digest.js';
+import { sha256Digest, withEmbeddedData } from '../oci/digest.js';
 import type { Target } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 import type { ProgressFn } from '../util/progress.js';
@@ -54,6 +54,8 @@ export interface PushOptions {
 
 export interface PushResult {
   manifest: Descriptor;
+  /** the manifest's bytes as pushed */
+  manifestBody: Buffer;
   config: DiskConfig;
   /** packs written by this push (the rest were already in the store) */
   uploadedPacks: number;
@@ -319,9 +321,11 @@ export async function pushDisk(opts: PushOptions): Promise<PushResult> {
   const configDesc: Descriptor = { mediaType: MEDIA_TYPE_DISK_CONFIG, digest: sha256Digest(configBlob), size: configBlob.byteLength };
   if (!(await target.blobExists(configDesc.digest))) await target.pushBlob(configDesc, configBlob);
 
+  // a small config and index ride in the manifest too (image-spec 1.1 `data`): a disk then opens in
+  // the manifest's round trip; the blobs stay pushed
   const manifest = buildDiskManifest({
-    config: configDesc,
-    index: indexDesc,
+    config: withEmbeddedData(configDesc, configBlob),
+    index: withEmbeddedData(indexDesc, indexBlob),
     packs: packs as Descriptor[],
     ...(opts.base ? { subject: opts.base.manifestDescriptor } : {}),
     ...(opts.annotations ? { annotations: opts.annotations } : {}),
@@ -329,5 +333,5 @@ export async function pushDisk(opts: PushOptions): Promise<PushResult> {
   const manifestBody = Buffer.from(JSON.stringify(manifest));
   const manifestDesc = await target.pushManifest(manifestBody, manifest.mediaType as string, opts.tag);
   report('done');
-  return { manifest: manifestDesc, config, uploadedPacks, uploadedBytes, reusedChunks, newChunks };
+  return { manifest: manifestDesc, manifestBody, config, uploadedPacks, uploadedBytes, reusedChunks, newChunks };
 }

@@ -59,6 +59,8 @@ function fromRow(r: Row): VmRecord {
 
 export class StateStore {
   private readonly db: Database.Database;
+  /** statements by their SQL, prepared once (an update's SQL depends on the columns it sets) */
+  private readonly statements = new Map<string, Database.Statement>();
 
   constructor(readonly dir: string) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -71,8 +73,17 @@ export class StateStore {
       vmm_pid INTEGER, backend_pid INTEGER, accel TEXT, agent TEXT, timings TEXT NOT NULL DEFAULT '{}', env TEXT NOT NULL DEFAULT '{}')`);
   }
 
+  private statement(sql: string): Database.Statement {
+    let st = this.statements.get(sql);
+    if (!st) {
+      st = this.db.prepare(sql);
+      this.statements.set(sql, st);
+    }
+    return st;
+  }
+
   insert(r: VmRecord): void {
-    this.db.prepare(`INSERT INTO vms (id, image, digest, status, created_at, cpus, memory_mib, vmm, work_dir, vmm_pid, backend_pid, accel, agent, timings, env)
+    this.statement(`INSERT INTO vms (id, image, digest, status, created_at, cpus, memory_mib, vmm, work_dir, vmm_pid, backend_pid, accel, agent, timings, env)
       VALUES (@id, @image, @digest, @status, @createdAt, @cpus, @memoryMiB, @vmm, @workDir, @vmmPid, @backendPid, @accel, @agent, @timings, @env)`)
       .run({ ...r, agent: r.agent ? JSON.stringify(r.agent) : null, timings: JSON.stringify(r.timings), env: JSON.stringify(r.env) });
   }
@@ -87,20 +98,20 @@ export class StateStore {
       sets.push(`${col} = @${k}`);
       values[k] = k === 'agent' || k === 'timings' ? (v === null ? null : JSON.stringify(v)) : v;
     }
-    if (sets.length > 0) this.db.prepare(`UPDATE vms SET ${sets.join(', ')} WHERE id = @id`).run(values);
+    if (sets.length > 0) this.statement(`UPDATE vms SET ${sets.join(', ')} WHERE id = @id`).run(values);
   }
 
   get(id: string): VmRecord | undefined {
-    const r = this.db.prepare<[string], Row>('SELECT * FROM vms WHERE id = ?').get(id);
+    const r = this.statement('SELECT * FROM vms WHERE id = ?').get(id) as Row | undefined;
     return r ? fromRow(r) : undefined;
   }
 
   all(): VmRecord[] {
-    return this.db.prepare<[], Row>('SELECT * FROM vms ORDER BY created_at').all().map(fromRow);
+    return (this.statement('SELECT * FROM vms ORDER BY created_at').all() as Row[]).map(fromRow);
   }
 
   delete(id: string): void {
-    this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
+    this.statement('DELETE FROM vms WHERE id = ?').run(id);
   }
 
   close(): void {

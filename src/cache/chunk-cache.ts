@@ -299,7 +299,7 @@ export class ChunkCache implements DiskChunkCache {
    */
   async #store(digestHex: string, chunk: Decoded, intoMemory: boolean): Promise<void> {
     if (intoMemory) this.#memory.set(digestHex, chunk.data);
-    if (chunk.persisted) this.#disk.adopt(digestHex, chunk.length);
+    if (chunk.persisted) await this.#disk.adoptSoon(digestHex, chunk.length);
     else await this.#disk.put(digestHex, chunk.data);
   }
 

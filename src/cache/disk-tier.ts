@@ -57,6 +57,9 @@ CREATE TRIGGER IF NOT EXISTS chunks_ins AFTER INSERT ON chunks BEGIN UPDATE tota
 CREATE TRIGGER IF NOT EXISTS chunks_del AFTER DELETE ON chunks BEGIN UPDATE totals SET bytes = bytes - OLD.size, chunks = chunks - 1 WHERE id = 1; END;
 `;
 
+/** `pin` writes this many rows at once, the rest a batch a turn of the event loop */
+export const PIN_BATCH = 512;
+
 /** adopt checks the budget each time this fraction of it has been adopted (docs/cache.md) */
 const BUDGET_CHECK_FRACTION = 64;
 
@@ -75,6 +78,8 @@ export class DiskTier {
   private tempSeq = 0;
   /** bytes adopted since the budget was last checked (the first adopt of a process checks it) */
   private adoptedSinceCheck = Number.POSITIVE_INFINITY;
+  /** pins whose rows are still being written, a batch a turn: the digests left, by holder */
+  private readonly pinJobs = new Map<string, string[]>();
   /** adoptSoon's chunks waiting for this turn's transaction */
   private adoptQueue: { digest: string; size: number; done: (ok: boolean) => void; fail: (err: unknown) => void }[] = [];
 
@@ -420,15 +425,43 @@ export class DiskTier {
    */
   pin(label: string, digestsHex: Iterable<string>, pid = process.pid): string {
     const holder = `${pid}-${randomBytes(6).toString('hex')}`;
+    const all = [...digestsHex];
+    // the first PIN_BATCH rows now, the rest a batch a turn (a RAM image has thousands of chunks,
+    // and a restore waits on the event loop): until they are in, eviction may take one of those
+    // chunks, which costs its reader a fetch, as any eviction racing a reader does
     this.db.transaction(() => {
       this.stmts.addHolder.run(holder, pid, label, Date.now());
-      for (const d of digestsHex) this.stmts.pin.run(holder, d);
+      for (const d of all.slice(0, PIN_BATCH)) this.stmts.pin.run(holder, d);
     })();
     if (pid === process.pid) this.holders.add(holder);
+    if (all.length > PIN_BATCH) {
+      this.pinJobs.set(holder, all.slice(PIN_BATCH));
+      setImmediate(() => this.pinMore(holder));
+    }
     return holder;
   }
 
+  /** The next batch of a pin's rows (see `pin`). */
+  private pinMore(holder: string): void {
+    const rest = this.pinJobs.get(holder);
+    if (!rest) return; // unpinned, or the tier closed
+    const batch = rest.splice(0, PIN_BATCH);
+    try {
+      this.db.transaction(() => {
+        for (const d of batch) this.stmts.pin.run(holder, d);
+      })();
+    } catch (err) {
+      // (from a timer) a busy or full index: those chunks stay unpinned, which costs at most a fetch
+      this.pinJobs.delete(holder);
+      this.opts.logger.warn("could not pin all of a disk's chunks", { holder, error: (err as Error).message });
+      return;
+    }
+    if (rest.length > 0) setImmediate(() => this.pinMore(holder));
+    else this.pinJobs.delete(holder);
+  }
+
   unpin(holder: string): void {
+    this.pinJobs.delete(holder);
     this.db.transaction(() => {
       this.stmts.dropPinsOf.run(holder);
       this.stmts.dropHolder.run(holder);
@@ -488,6 +521,14 @@ export class DiskTier {
   }
 
   close(): void {
+    // pins held for other processes outlive this one: their rows still to come are written now
+    for (const [holder, rest] of this.pinJobs) {
+      if (this.holders.has(holder)) continue;
+      this.db.transaction(() => {
+        for (const d of rest) this.stmts.pin.run(holder, d);
+      })();
+    }
+    this.pinJobs.clear();
     this.flushAdopts();
     this.flushAccess();
     for (const h of [...this.holders]) this.unpin(h);

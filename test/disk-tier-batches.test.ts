@@ -1,13 +1,16 @@
 /**
- * Tier 1's batched adopt (`DiskTier.adoptSoon`): chunk files a worker thread has put in place get
- * their rows in one transaction per turn of the event loop; each caller learns its own result, and
- * closing the tier writes the rows still waiting. Real files and a real SQLite index.
+ * Tier 1's index writes done in batches, a batch a turn of the event loop:
+ * - `adoptSoon`: chunk files a worker thread has put in place get their rows in one transaction
+ *   per turn; each caller learns its own result, and closing the tier writes the rows still waiting;
+ * - `pin`: a disk with thousands of chunks has its first PIN_BATCH pins at once, the rest a batch a
+ *   turn; an unpin stops them, and closing the tier writes those held for other processes.
+ * Real files and a real SQLite index.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DiskTier } from '../src/cache/disk-tier.js';
+import { DiskTier, PIN_BATCH } from '../src/cache/disk-tier.js';
 import { createLogger } from '../src/util/log.js';
 import { tempDir } from './helpers/images.js';
 
@@ -54,6 +57,45 @@ describe('adoptSoon', () => {
     expect(await Promise.all(pending)).toEqual(chunks.map(() => true));
     const again = tier(dir);
     expect(again.stats().chunks).toBe(5);
+    again.close();
+  });
+});
+
+/** Let the event loop turn until `done` holds (at most `turns` turns): no timers, no sleeps. */
+async function turnsUntil(done: () => boolean, turns = 1000): Promise<void> {
+  for (let i = 0; i < turns && !done(); i++) await new Promise((r) => setImmediate(r));
+}
+
+describe('pin', () => {
+  const digests = (n: number): string[] => Array.from({ length: n }, () => randomBytes(32).toString('hex'));
+
+  it('pins the first batch at once and the rest a batch a turn; an unpin stops it', async () => {
+    const t = tier(join(work, `c${++dirs}`));
+    const n = 4 * PIN_BATCH + 7;
+    const holder = t.pin('a big disk', digests(n));
+    expect(t.stats().pinnedChunks).toBe(PIN_BATCH);
+    await turnsUntil(() => t.stats().pinnedChunks === n);
+    expect(t.stats().pinnedChunks).toBe(n);
+    t.unpin(holder);
+    expect(t.stats().pinnedChunks).toBe(0);
+
+    const other = t.pin('another', digests(n));
+    await new Promise((r) => setImmediate(r));
+    t.unpin(other);
+    await turnsUntil(() => false, 10);
+    expect(t.stats()).toMatchObject({ pinnedChunks: 0, holders: 0 });
+    t.close();
+  });
+
+  it("closing the tier writes the rest of a pin held for another process, and drops its own", async () => {
+    const dir = join(work, `c${++dirs}`);
+    const t = tier(dir);
+    const n = 3 * PIN_BATCH;
+    t.pin("a backend's disk", digests(n), process.ppid);
+    t.pin('its own', digests(n));
+    t.close();
+    const again = tier(dir);
+    expect(again.stats()).toMatchObject({ pinnedChunks: n, holders: 1 });
     again.close();
   });
 });

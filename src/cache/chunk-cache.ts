@@ -210,6 +210,10 @@ export class ChunkCache implements DiskChunkCache {
    * against their descriptors either way): what a second restore of a memory snapshot on this host
    * reads from disk rather than the registry (its config, its device state).
    */
+  blobReader(target: Target): BlobReader {
+    return cachingBlobReader(this.#meta, [{ target, host: target.name }], target.name);
+  }
+
   /**
    * Keep in the metadata cache the content these descriptors embed (`data`, image-spec 1.1), where
    * it is checked against each one's digest and size first: what does not match, or is not
@@ -220,10 +224,6 @@ export class ChunkCache implements DiskChunkCache {
       const content = embeddedContent(d);
       if (content) await this.#meta.pushBlob(d, content).catch(() => undefined);
     }));
-  }
-
-  blobReader(target: Target): BlobReader {
-    return cachingBlobReader(this.#meta, [{ target, host: target.name }], target.name);
   }
 
   getChunks(wanted: ChunkWant[], opts: GetChunksOptions): Promise<Buffer[]> {

@@ -109,8 +109,6 @@ export async function pushMemorySnapshot(target: Target, tag: string, config: Me
   const layers = state.map((data, i): Descriptor => ({ mediaType: kinds[i]?.mediaType ?? '', digest: sha256Digest(data), size: data.byteLength }));
   const configBody = Buffer.from(JSON.stringify(fitted(config)));
   const configDesc: Descriptor = { mediaType: MEDIA_TYPE_MEMORY_SNAPSHOT_CONFIG, digest: sha256Digest(configBody), size: configBody.byteLength };
-  // the config rides in the manifest too (a restore reads it without a round trip); the blob is
-  // still pushed, for registries that check a manifest's blobs and readers that ignore `data`
   for (const [i, desc] of layers.entries()) {
     const data = state[i];
     if (data && !(await target.blobExists(desc.digest))) await target.pushBlob(desc, data);
@@ -120,6 +118,8 @@ export async function pushMemorySnapshot(target: Target, tag: string, config: Me
     schemaVersion: 2,
     mediaType: MEDIA_TYPE_OCI_MANIFEST,
     artifactType: ARTIFACT_TYPE_MEMORY_SNAPSHOT,
+    // the config rides in the manifest too (a restore reads it without a round trip); its blob is
+    // still pushed, for registries that check a manifest's blobs and readers that ignore `data`
     config: withEmbeddedData(configDesc, configBody),
     layers,
     // (the subject without the disk manifest the config embeds)

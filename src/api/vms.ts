@@ -182,11 +182,11 @@ export class VmManager {
       unreserve(); // the row counts from here
       const { kernel, guest } = await guestArtifacts();
       // a restore's disk is not booted: no boot profile is fetched or recorded for it
+      const diskSocket = join(workDir, 'blk.sock');
       const serve = (ref: string, restoring = false): Promise<ServedDisk> => serveDisk({
-        cache: this.deps.cache, ref, socket: join(workDir, 'blk.sock'), workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4),
+        cache: this.deps.cache, ref, socket: diskSocket, workDir, readWrite: true, detached: true, queues: Math.min(record.cpus, 4),
         openOptions: restoring ? { useProfile: false, recordProfileIfMissing: false } : { recordProfileIfMissing: true }, ...(req.prefetch ? { prefetch: req.prefetch } : {}),
       });
-      const diskSocket = join(workDir, 'blk.sock');
       let opened: OpenedMemorySnapshot | undefined;
       try {
         served = await serve(image);

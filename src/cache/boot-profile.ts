@@ -11,7 +11,7 @@ import { dirname, join } from 'node:path';
 import { SlipwayError, isSlipwayError } from '../errors.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import type { DiskArtifact } from '../disk/artifact.js';
-import { embeddedContent, sha256Digest, withEmbeddedData } from '../oci/digest.js';
+import { describedContent, sha256Digest, withEmbeddedData } from '../oci/digest.js';
 import type { Target } from '../oci/store.js';
 import { ANNOTATION_TITLE, MEDIA_TYPE_OCI_EMPTY, MEDIA_TYPE_OCI_MANIFEST, type Descriptor, type ImageManifest } from '../oci/types.js';
 
@@ -66,7 +66,7 @@ export async function fetchBootProfile(target: Target, diskDigest: string): Prom
   if (manifest.artifactType !== ARTIFACT_TYPE_BOOT_PROFILE || manifest.subject?.digest !== diskDigest || !layer || layer.size > 16 << 20) {
     throw new SlipwayError('INVALID_ARGUMENT', `boot profile for ${diskDigest} is not a slipway boot profile of this disk`);
   }
-  return JSON.parse((embeddedContent(layer) ?? (await target.fetchBlob(layer))).toString('utf8')) as unknown;
+  return JSON.parse((await describedContent(layer, target)).toString('utf8')) as unknown;
 }
 
 /** Check a fetched profile against the disk it is for. */

@@ -1,5 +1,5 @@
 import { SlipwayError } from '../errors.js';
-import { embeddedContent } from '../oci/digest.js';
+import { describedContent } from '../oci/digest.js';
 import type { Target } from '../oci/store.js';
 import type { Descriptor, ImageManifest } from '../oci/types.js';
 import { decompressIndex, maxStoredChunkBytes } from './chunk-codec.js';
@@ -52,10 +52,9 @@ export async function openDiskFromManifest(target: BlobReader, reference: string
   const manifest = parseDiskManifest(body, `${target.name}:${reference}`);
   // config and index in parallel (the index is checked against the config once both are here);
   // either one the manifest embeds (and that matches its digest) is not fetched
-  const read = async (desc: Descriptor): Promise<Buffer> => embeddedContent(desc) ?? target.fetchBlob(desc);
-  const indexBlob = read(manifest.layers[0] as Descriptor);
+  const indexBlob = describedContent(manifest.layers[0] as Descriptor, target);
   indexBlob.catch(() => undefined);
-  const configBlob = await read(manifest.config);
+  const configBlob = await describedContent(manifest.config, target);
   const config = parseDiskConfig(configBlob, manifest, `${target.name}:${reference}`);
   const index = await loadIndex(target, manifest, config, `${target.name}:${reference}`, indexBlob);
   return { reference, manifestDescriptor: descriptor, manifest, config, index };

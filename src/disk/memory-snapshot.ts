@@ -19,7 +19,7 @@
  *   config.json is not uploaded again), and nothing has to be unpacked or checked for paths.
  */
 import { SlipwayError } from '../errors.js';
-import { embeddedContent, MAX_EMBEDDED_BYTES, sha256Digest, withEmbeddedData } from '../oci/digest.js';
+import { describedContent, MAX_EMBEDDED_BYTES, sha256Digest, withEmbeddedData } from '../oci/digest.js';
 import type { FetchedManifest, Target } from '../oci/store.js';
 import type { BlobReader } from './artifact.js';
 import { MEDIA_TYPE_OCI_MANIFEST, type Descriptor, type ImageManifest } from '../oci/types.js';
@@ -168,7 +168,7 @@ export async function loadMemorySnapshot(target: Target, reference: string, mani
   const layers: unknown[] = Array.isArray(m.layers) ? m.layers : [];
   if (!layers.every((l) => isDescriptor(l) && l.size <= MAX_DEVICE_STATE_BYTES)) throw bad('its device-state layer is malformed');
   // embedded in the manifest (checked against its digest), else its blob
-  const config = JSON.parse((embeddedContent(m.config) ?? (await blobs.fetchBlob(m.config))).toString('utf8')) as MemorySnapshotConfig;
+  const config = JSON.parse((await describedContent(m.config, blobs)).toString('utf8')) as MemorySnapshotConfig;
   const s = config?.shape;
   if (config?.formatVersion !== 1 || !isDescriptor(config.disk) || !isDescriptor(config.ram) || m.subject?.digest !== config.disk.digest) throw bad('its config does not name its disk and RAM manifests');
   if ((s?.vmm !== 'qemu' && s?.vmm !== 'cloud-hypervisor') || typeof s.vmmVersion !== 'string' || typeof s.machine !== 'string' || !Number.isSafeInteger(s.cpus) || s.cpus < 1 || s.cpus > 64

@@ -57,6 +57,15 @@ export function embeddedContent(desc: { digest: string; size: number; data?: unk
   return content.byteLength === desc.size && sha256Digest(content) === desc.digest ? content : undefined;
 }
 
+/**
+ * A descriptor's content: what it embeds (`embeddedContent`), else `reader`'s fetch of its blob
+ * (verified by the reader, as any blob): how a disk's config and index, a memory snapshot's config
+ * and a boot profile are read.
+ */
+export async function describedContent<D extends { digest: string; size: number; data?: string }>(desc: D, reader: { fetchBlob(d: D): Promise<Buffer> }): Promise<Buffer> {
+  return embeddedContent(desc) ?? reader.fetchBlob(desc);
+}
+
 /** Pass a stream through, failing it at its end when its bytes do not match `expected`. */
 export function verifyingStream(source: Readable, expected: { digest: string; size: number }, what: string): Readable {
   const hash = createHash('sha256');

@@ -1,0 +1,225 @@
+/**
+ * Detached children (slipway-blk, slipway-ramfs, a detached VMM) started without forking the
+ * daemon: through slipway-spawn (vhost-user-blk/spawn.c), a small process started once, which
+ * starts each child with posix_spawn and reports its exit. A fork of the daemon write-protects
+ * every page of it, and each page the daemon writes afterwards takes a fault: with a few hundred
+ * MB resident that was 100-200 ms of CPU per restore on this project's hosts (docs/vmm.md,
+ * "Starting processes"). libuv forks for every `child_process.spawn` (libuv/libuv#1715; the fix
+ * it recommends, madvise(MADV_DONTFORK), is out of a JavaScript program's reach).
+ *
+ * Where slipway-spawn is not built, or cannot be started, a child is started by
+ * `child_process.spawn` as before (detached, unref'd): the same DetachedChild either way.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { constants as osConstants } from 'node:os';
+import { processRunning, whenProcessGone } from './process.js';
+
+/** Where a child's stdout or stderr goes: a file (truncated, or appended to), or nowhere. */
+export type OutputTarget = { path: string; append?: boolean } | 'ignore';
+
+export interface DetachedSpawnOptions {
+  /** the child's whole environment (default: this process's) */
+  env?: NodeJS.ProcessEnv;
+  stdout: OutputTarget;
+  stderr: OutputTarget;
+  /** the helper to start children with; false: child_process.spawn (default: slipway-spawn where built) */
+  helper?: string | false;
+}
+
+/** How a child ended: its exit code, or the signal that ended it. */
+export interface ChildExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/** A child in its own session, stdin on /dev/null, that may outlive this process. */
+export interface DetachedChild {
+  readonly pid: number;
+  /** settles when the child has ended (and was reaped by its parent) */
+  readonly exited: Promise<ChildExit>;
+  /** how it ended, once it has */
+  readonly exit: ChildExit | undefined;
+  running(): boolean;
+  /** send `sig` while it runs; whether it was sent */
+  kill(sig?: NodeJS.Signals): boolean;
+  /** which way it was started (for tests and logs) */
+  readonly via: 'slipway-spawn' | 'node';
+}
+
+/** slipway-spawn as `make -C vhost-user-blk` builds it. */
+export function spawnHelperBinary(): string {
+  return fileURLToPath(new URL('../../vhost-user-blk/build/slipway-spawn', import.meta.url));
+}
+
+/**
+ * Start `file` (looked up in PATH as child_process.spawn does) with `args`, detached.
+ * Resolves once it runs. Errors: the Error child_process.spawn would give (`code` ENOENT,
+ * EACCES, ...; message "spawn <file> <code>") when it cannot be started.
+ */
+export async function spawnDetached(file: string, args: readonly string[], opts: DetachedSpawnOptions): Promise<DetachedChild> {
+  const helperPath = opts.helper === undefined ? spawnHelperBinary() : opts.helper;
+  const helper = helperPath !== false && existsSync(helperPath) ? helperFor(helperPath) : undefined;
+  if (helper && !helper.failed) return helper.spawn(file, args, opts);
+  return spawnWithNode(file, args, opts);
+}
+
+function spawnWithNode(file: string, args: readonly string[], opts: DetachedSpawnOptions): Promise<DetachedChild> {
+  const open = (t: OutputTarget): number | 'ignore' => (t === 'ignore' ? 'ignore' : openSync(t.path, t.append ? 'a' : 'w', 0o600));
+  const out = open(opts.stdout);
+  const err = open(opts.stderr);
+  const child = spawn(file, args, { stdio: ['ignore', out, err], detached: true, env: opts.env ?? process.env });
+  for (const fd of [out, err]) if (typeof fd === 'number') closeSync(fd);
+  child.unref();
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('spawn', () => resolve(nodeChild(child)));
+  });
+}
+
+function nodeChild(child: ChildProcess): DetachedChild {
+  let exit: ChildExit | undefined;
+  const exited = new Promise<ChildExit>((resolve) => child.once('exit', (code, signal) => resolve((exit = { code, signal }))));
+  return {
+    pid: child.pid ?? -1, exited, via: 'node',
+    get exit() {
+      return exit;
+    },
+    running: () => child.exitCode === null && child.signalCode === null,
+    kill: (sig = 'SIGTERM') => child.kill(sig),
+  };
+}
+
+/**
+ * Start slipway-spawn now, where it is built (a daemon calls this at start, while it is small:
+ * starting it is the one fork this module makes). Later spawns start it when it is not running.
+ */
+export function startSpawnHelper(path: string = spawnHelperBinary()): void {
+  if (existsSync(path)) helperFor(path);
+}
+
+/** One slipway-spawn per helper path for this process (started on first use, again after it died). */
+const helpers = new Map<string, Helper>();
+
+function helperFor(path: string): Helper {
+  let h = helpers.get(path);
+  if (!h || h.gone) {
+    h = new Helper(path);
+    helpers.set(path, h);
+  }
+  return h;
+}
+
+const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(Object.entries(osConstants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
+const ERRNO_NAMES = new Map<number, string>(Object.entries(osConstants.errno).map(([name, n]) => [n, name]));
+
+/** The other end of vhost-user-blk/spawn.c's protocol (see there). */
+class Helper {
+  /** it could not be started: children go through child_process.spawn */
+  failed = false;
+  /** it has exited: the next spawn starts another */
+  gone = false;
+  private readonly proc: ChildProcess;
+  private nextId = 1;
+  private readonly pending = new Map<string, { resolve: (child: DetachedChild) => void; reject: (err: Error) => void; file: string }>();
+  private readonly children = new Map<number, (e: ChildExit | 'unknown') => void>();
+  private partial = '';
+  private readonly started: Promise<void>;
+
+  constructor(path: string) {
+    // the one fork this module makes, of a daemon that is usually still small
+    this.proc = spawn(path, [], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.started = new Promise((resolve) => {
+      this.proc.once('spawn', () => resolve());
+      this.proc.once('error', () => {
+        this.failed = true;
+        resolve();
+      });
+    });
+    this.proc.stdout?.setEncoding('latin1').on('data', (d: string) => this.onData(d));
+    this.proc.stdin?.on('error', () => undefined); // its exit is handled below
+    this.proc.once('exit', () => this.onGone());
+    // it does not keep this process alive, as the detached children it starts do not
+    this.proc.unref();
+    (this.proc.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+    (this.proc.stdout as unknown as { unref?: () => void } | null)?.unref?.();
+  }
+
+  async spawn(file: string, args: readonly string[], opts: DetachedSpawnOptions): Promise<DetachedChild> {
+    await this.started;
+    if (this.failed || this.gone) return spawnWithNode(file, args, opts);
+    const id = String(this.nextId++);
+    const target = (t: OutputTarget): string => (t === 'ignore' ? '-' : `${t.append ? 'a' : 'w'}:${t.path}`);
+    const env = Object.entries(opts.env ?? process.env).filter((e): e is [string, string] => e[1] !== undefined).map(([k, v]) => `${k}=${v}`);
+    const strings = [id, target(opts.stdout), target(opts.stderr), String(args.length + 1), file, ...args, String(env.length), ...env];
+    if (strings.some((s) => s.includes('\0'))) throw Object.assign(new Error(`spawn ${file} EINVAL: an argument or variable holds a NUL byte`), { code: 'EINVAL' });
+    const body = Buffer.from(`${strings.join('\0')}\0`);
+    const frame = Buffer.alloc(4 + body.length);
+    frame.writeUInt32LE(body.length, 0);
+    body.copy(frame, 4);
+    return new Promise<DetachedChild>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, file });
+      this.proc.stdin?.write(frame);
+    });
+  }
+
+  /** A child the helper says it started: its exit is listened for at once (it may be in the same read). */
+  private child(pid: number): DetachedChild {
+    let exit: ChildExit | undefined;
+    const exited = new Promise<ChildExit>((resolve) => {
+      this.children.set(pid, (e) => {
+        // the helper went away: the child is init's now, and its end is seen by polling
+        if (e === 'unknown') void whenProcessGone(pid).then(() => resolve((exit = { code: null, signal: null })));
+        else resolve((exit = e));
+      });
+    });
+    return {
+      pid, exited, via: 'slipway-spawn',
+      get exit() {
+        return exit;
+      },
+      running: () => exit === undefined && processRunning(pid),
+      kill: (sig = 'SIGTERM') => {
+        if (exit !== undefined) return false;
+        try {
+          process.kill(pid, sig);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+    };
+  }
+
+  private onData(d: string): void {
+    const lines = (this.partial + d).split('\n');
+    this.partial = lines.pop() ?? '';
+    for (const line of lines) {
+      const [kind, a, b, c] = line.split(' ');
+      if (kind === 'ok' && a !== undefined) {
+        const p = this.pending.get(a);
+        this.pending.delete(a);
+        if (p) p.resolve(this.child(Number(b)));
+      } else if (kind === 'err' && a !== undefined) {
+        const p = this.pending.get(a);
+        this.pending.delete(a);
+        const code = ERRNO_NAMES.get(Number(b)) ?? `errno ${b}`;
+        p?.reject(Object.assign(new Error(`spawn ${p.file} ${code}`), { code, errno: -Number(b), syscall: `spawn ${p.file}` }));
+      } else if (kind === 'exit') {
+        const pid = Number(a);
+        const done = this.children.get(pid);
+        this.children.delete(pid);
+        done?.(b === 'signal' ? { code: null, signal: SIGNAL_NAMES.get(Number(c)) ?? null } : { code: Number(c), signal: null });
+      }
+    }
+  }
+
+  private onGone(): void {
+    this.gone = true;
+    for (const p of this.pending.values()) p.reject(Object.assign(new Error(`spawn ${p.file} EPIPE: slipway-spawn exited`), { code: 'EPIPE' }));
+    this.pending.clear();
+    for (const done of this.children.values()) done('unknown');
+    this.children.clear();
+  }
+}

@@ -15,6 +15,7 @@ import type { SlipwayConfig } from '../config.js';
 import { SlipwayError } from '../errors.js';
 import { buildGuest, buildKernel, guestArtifacts } from '../guest/build.js';
 import { ensureBackendBuilt } from '../serve/backend.js';
+import { startSpawnHelper } from '../util/spawner.js';
 import type { Logger } from '../util/log.js';
 import { buildApp, requireBearerToken } from './app.js';
 import { Counter, Gauge, Histogram, Registry } from './metrics.js';
@@ -65,6 +66,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   await buildGuest({ onLine: (l) => logger.info('guest build', { line: l }) });
   await guestArtifacts();
   await ensureBackendBuilt((l) => logger.info('backend build', { line: l }));
+  startSpawnHelper();
 
   // one daemon per state directory: a second would adopt (and fight over) the first one's VMs
   const pidFile = join(opts.stateDir, 'daemon.pid');

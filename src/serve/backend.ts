@@ -4,12 +4,12 @@
  */
 import { envVar } from '../config.js';
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { fileTail } from '../util/file-tail.js';
 import { processHasArgument, processRunning, whenProcessGone } from '../util/process.js';
+import { spawnDetached, spawnHelperBinary } from '../util/spawner.js';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { SlipwayError } from '../errors.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { LazyDisk, OpenDiskOptions, SavedProfile } from '../cache/lazy-disk.js';
@@ -68,7 +68,10 @@ export interface ServeOptions {
   saveProfileWhenQuietMs?: number;
   /** called with where the profile went (undefined: nothing to store) or the error */
   onProfileSaved?: (saved: SavedProfile | undefined, err?: unknown) => void;
-  /** run the backend in its own session with its output in workDir, so it outlives this process */
+  /**
+   * the backend outlives this process (the daemon's VMs): its chunk files are pinned in its name.
+   * Every backend runs in its own session with its output in workDir (backend.out, backend.log).
+   */
   detached?: boolean;
   /** extra environment for the backend (e.g. ASAN_OPTIONS in tests) */
   env?: NodeJS.ProcessEnv;
@@ -109,7 +112,7 @@ let restTried = false;
 /**
  * The slipway-blk binary, built first when it is missing (BUILD_FAILED when that fails). Where it
  * and slipway-ramfs are there but a preload library (libslipway-nohugepage.so,
- * libslipway-restore-wait.so) is not (a checkout built before it existed), the build is tried
+ * libslipway-restore-wait.so) or slipway-spawn is not (a checkout built before it existed), the build is tried
  * once per process, and its failure is not this function's (a lazy restore runs without the
  * libraries, and says so). A host that could not build slipway-ramfs (no libfuse3) is not asked
  * again on every start.
@@ -117,7 +120,7 @@ let restTried = false;
 export async function ensureBackendBuilt(onLine?: (l: string) => void): Promise<string> {
   const binary = backendBinary();
   if (existsSync(binary)) {
-    if (!restTried && existsSync(ramfsBinary()) && qemuPreloadLibraries().some((lib) => !existsSync(lib))) {
+    if (!restTried && existsSync(ramfsBinary()) && [...qemuPreloadLibraries(), spawnHelperBinary()].some((f) => !existsSync(f))) {
       restTried = true;
       await makeBackend().catch(() => undefined);
     }
@@ -156,40 +159,31 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   const args = ['--socket', opts.socket, '--map', mapPath, '--chunk-dir', opts.cache.chunkDir, '--daemon-socket', missPath, '--queues', String(opts.queues ?? 1), '--serial', disk.digest.slice(7, 27)];
   if (overlayDir) args.push('--overlay', overlayDir);
   else args.push('--read-only');
-  // detached: its own session, output in files, so that it keeps serving when the daemon is away
+  // its own session, its output in files, started without forking this process (src/util/spawner.ts);
+  // detached, it keeps serving when the daemon is away (its chunk files pinned in its name)
   const outPath = join(opts.workDir, 'backend.out');
   const logPath = join(opts.workDir, 'backend.log');
-  const fds = opts.detached ? [openSync(outPath, 'w', 0o600), openSync(logPath, 'a', 0o600)] : undefined;
-  const backend = spawn(binary, args, { stdio: ['ignore', fds?.[0] ?? 'pipe', fds?.[1] ?? 'pipe'], env: { ...process.env, ...opts.env }, detached: opts.detached === true });
-  if (fds) {
-    for (const fd of fds) closeSync(fd);
-    backend.unref();
-  }
-  let log = '';
-  backend.stderr?.on('data', (d: Buffer) => {
-    log = (log + d.toString()).slice(-64_000);
+  const backend = await spawnDetached(binary, args, { env: { ...process.env, ...opts.env }, stdout: { path: outPath }, stderr: { path: logPath, append: true } }).catch(async (err: Error) => {
+    clearTimeout(quiet);
+    await miss.close();
+    await disk.close();
+    throw new SlipwayError('IO_ERROR', `cannot start ${binary}: ${err.message}`);
   });
-  const readLog = (): string => (fds ? fileTail(logPath, 64_000) : log);
-  const exited = new Promise<number | null>((resolve) => backend.once('exit', (code) => resolve(code)));
+  const readLog = (): string => fileTail(logPath, 64_000);
+  const exited = backend.exited.then((e) => e.code);
   let poll: NodeJS.Timeout | undefined;
   let timer: NodeJS.Timeout | undefined;
   try {
     await new Promise<void>((resolve, reject) => {
-      backend.once('error', (err) => reject(new SlipwayError('IO_ERROR', `cannot start ${binary}: ${err.message}`)));
       void exited.then((code) => reject(new SlipwayError('IO_ERROR', `slipway-blk exited at start (${code}): ${readLog().trim()}`)));
       timer = setTimeout(() => {
         backend.kill('SIGKILL');
         reject(new SlipwayError('IO_ERROR', `slipway-blk did not get ready within ${READY_TIMEOUT_MS} ms: ${readLog().trim()}`));
       }, READY_TIMEOUT_MS);
-      if (fds) {
-        // the ready line lands in backend.out
-        poll = setInterval(() => {
-          if (fileTail(outPath, 4096).includes('\n')) resolve();
-        }, 10);
-      } else {
-        const lines = createInterface({ input: backend.stdout as NodeJS.ReadableStream });
-        lines.once('line', () => resolve());
-      }
+      // the ready line lands in backend.out
+      poll = setInterval(() => {
+        if (fileTail(outPath, 4096).includes('\n')) resolve();
+      }, 10);
     });
   } catch (err) {
     clearTimeout(quiet);
@@ -201,8 +195,8 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
     clearTimeout(timer);
   }
   // a detached backend reads chunk files while no daemon holds the disk open: pin them in its name
-  const backendPin = opts.detached && backend.pid ? disk.pinFor(backend.pid, 'backend') : undefined;
-  const plain = servedDisk({ disk, socket: opts.socket, overlayDir, miss, mapPath, pid: backend.pid ?? -1, exited, log: readLog, kill: (sig) => backend.kill(sig), running: () => backend.exitCode === null && backend.signalCode === null });
+  const backendPin = opts.detached ? disk.pinFor(backend.pid, 'backend') : undefined;
+  const plain = servedDisk({ disk, socket: opts.socket, overlayDir, miss, mapPath, pid: backend.pid, exited, log: readLog, kill: (sig) => backend.kill(sig), running: () => backend.running() });
   // with saveProfileWhenQuietMs, the export's close stores a profile not stored yet
   const served: ServedDisk = quietMs === undefined ? plain : { ...plain, close: async () => {
     clearTimeout(quiet);

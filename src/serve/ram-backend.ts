@@ -7,8 +7,7 @@
  * overlay on tmpfs, whose dirty bitmap is what the guest changed since the restore. slipway-ramfs
  * appends every chunk it reads for the first time to a trace: the restore's working set.
  */
-import { spawn } from 'node:child_process';
-import { accessSync, closeSync, constants, existsSync, openSync } from 'node:fs';
+import { accessSync, constants, existsSync } from 'node:fs';
 import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
@@ -19,6 +18,7 @@ import { SlipwayError } from '../errors.js';
 import { PROJECT_ROOT } from '../guest/build.js';
 import { fileTail } from '../util/file-tail.js';
 import { processesWithArgument, processHasArgument, processRunning, terminateProcess } from '../util/process.js';
+import { spawnDetached } from '../util/spawner.js';
 import { writeDiskMap } from './disk-map.js';
 import { startMissServer, type MissServer } from './miss-server.js';
 
@@ -92,18 +92,18 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
   await writeDiskMap(disk.artifact, mapPath);
   const miss = await startMissServer(missPath, disk, opts.cache);
   const args = ['--mount', mount, '--map', mapPath, '--chunk-dir', opts.cache.chunkDir, '--overlay', overlayDir, '--daemon-socket', missPath, '--trace', tracePath];
-  const fds = [openSync(outPath, 'w', 0o600), openSync(logPath, 'a', 0o600)];
-  const child = spawn(ramfsBinary(), args, { stdio: ['ignore', fds[0] as number, fds[1] as number], detached: true });
-  for (const fd of fds) closeSync(fd);
-  child.unref();
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const running = (): boolean => child.exitCode === null && child.signalCode === null;
+  const child = await spawnDetached(ramfsBinary(), args, { stdout: { path: outPath }, stderr: { path: logPath, append: true } }).catch(async (err: Error) => {
+    await miss.close();
+    await rm(overlayDir, { recursive: true, force: true });
+    throw new SlipwayError('IO_ERROR', `cannot start slipway-ramfs: ${err.message}`);
+  });
+  const exited = child.exited.then((e) => e.code);
+  const running = (): boolean => child.running();
   const log = (): string => fileTail(logPath, 64_000);
   let poll: NodeJS.Timeout | undefined;
   let timer: NodeJS.Timeout | undefined;
   try {
     await new Promise<void>((resolve, reject) => {
-      child.once('error', (err) => reject(new SlipwayError('IO_ERROR', `cannot start slipway-ramfs: ${err.message}`)));
       void exited.then((code) => reject(new SlipwayError('IO_ERROR', `slipway-ramfs exited at start (${code}): ${log().trim()}`)));
       timer = setTimeout(() => reject(new SlipwayError('IO_ERROR', `slipway-ramfs did not mount within ${READY_TIMEOUT_MS} ms: ${log().trim()}`)), READY_TIMEOUT_MS);
       poll = setInterval(() => {
@@ -121,11 +121,11 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
     clearTimeout(timer);
   }
   // chunk files stay pinned in slipway-ramfs's name while it runs, even with no daemon
-  const pin = child.pid ? disk.pinFor(child.pid, 'ramfs') : undefined;
+  const pin = disk.pinFor(child.pid, 'ramfs');
   // what an adopting daemon needs to serve its misses again (adoptRam)
   await writeFile(join(workDir, RAM_REF_FILE), disk.reference, { mode: 0o600 });
   return servedRam({
-    ...opts, miss, pid: child.pid ?? -1, running,
+    ...opts, miss, pid: child.pid, running,
     stop: async () => {
       if (!running()) return;
       child.kill('SIGTERM');
@@ -133,9 +133,7 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
       await exited;
       clearTimeout(t);
     },
-    unpin: () => {
-      if (pin) opts.cache.unpin(pin);
-    },
+    unpin: () => opts.cache.unpin(pin),
   });
 }
 

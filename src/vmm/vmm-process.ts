@@ -12,11 +12,12 @@
  *   the start time it had when adopted (src/util/process-identity.ts: a reused pid has another).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { SlipwayError } from '../errors.js';
 import { fileTail } from '../util/file-tail.js';
 import { processExit, processHasArgument, processRunning } from '../util/process.js';
 import { processStartTime } from '../util/process-identity.js';
+import { spawnDetached, type DetachedChild } from '../util/spawner.js';
 import type { VmExit } from './driver.js';
 
 /** How much of a VMM's output is kept (and read back from its file). */
@@ -49,14 +50,14 @@ export class VmmProcess {
   private exitInfo: VmExit | undefined;
 
   private constructor(
-    /** the child we started, or the pid of one adopted */
-    private readonly handle: ChildProcess | number,
+    /** the child we started (attached, or detached through the spawner), or the pid of one adopted */
+    private readonly handle: ChildProcess | DetachedChild | number,
     readonly workDir: string,
     /** /proc's start time of the pid, when it was started or adopted (undefined without /proc) */
     private readonly startTime: string | undefined,
     private readonly outputOf: () => string,
   ) {
-    const exit = typeof handle === 'number' ? this.adoptedExit(handle) : processExit(handle, workDir);
+    const exit = typeof handle === 'number' ? this.adoptedExit(handle) : 'via' in handle ? handle.exited : processExit(handle, workDir);
     this.exited = exit.then((e) => (this.exitInfo = e));
   }
 
@@ -65,13 +66,17 @@ export class VmmProcess {
    * run (missing, not executable), with `installHint`.
    */
   static async spawn(opts: VmmSpawnOptions): Promise<VmmProcess> {
-    const fd = opts.detached ? openSync(opts.outputFile, 'a', 0o600) : undefined;
-    const kept = fd ?? 'pipe';
-    const child = spawn(opts.binary, opts.args, { stdio: ['ignore', opts.output === 'stderr' ? 'ignore' : kept, kept], detached: opts.detached, ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}) });
-    if (fd !== undefined) {
-      closeSync(fd);
-      child.unref();
+    const cannot = (err: Error): SlipwayError => new SlipwayError('VMM_ERROR', `cannot start ${opts.binary}: ${err.message} (${opts.installHint})`, { context: { binary: opts.binary }, cause: err });
+    const env = opts.env ? { ...process.env, ...opts.env } : process.env;
+    if (opts.detached) {
+      // its own session, its output in the file (Cloud Hypervisor's stdout too), started without forking this process
+      const file = { path: opts.outputFile, append: true };
+      const child = await spawnDetached(opts.binary, opts.args, { env, stdout: opts.output === 'stderr' ? 'ignore' : file, stderr: file }).catch((err: Error) => {
+        throw cannot(err);
+      });
+      return new VmmProcess(child, opts.workDir, processStartTime(child.pid), () => fileTail(opts.outputFile, OUTPUT_BYTES));
     }
+    const child = spawn(opts.binary, opts.args, { stdio: ['ignore', opts.output === 'stderr' ? 'ignore' : 'pipe', 'pipe'], env });
     let piped = '';
     const keep = (d: Buffer): void => {
       piped = (piped + d.toString()).slice(-OUTPUT_BYTES);
@@ -80,10 +85,9 @@ export class VmmProcess {
     child.stderr?.on('data', keep);
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', () => resolve());
-      child.once('error', (err) => reject(new SlipwayError('VMM_ERROR', `cannot start ${opts.binary}: ${err.message} (${opts.installHint})`, { context: { binary: opts.binary }, cause: err })));
+      child.once('error', (err) => reject(cannot(err)));
     });
-    const output = fd !== undefined ? (): string => fileTail(opts.outputFile, OUTPUT_BYTES) : (): string => piped;
-    return new VmmProcess(child, opts.workDir, child.pid === undefined ? undefined : processStartTime(child.pid), output);
+    return new VmmProcess(child, opts.workDir, child.pid === undefined ? undefined : processStartTime(child.pid), () => piped);
   }
 
   /**
@@ -118,7 +122,7 @@ export class VmmProcess {
   /** Whether the pid is still this VMM's: see the module's comment. */
   isOurs(): boolean {
     if (this.exitInfo) return false;
-    if (typeof this.handle !== 'number') return this.handle.exitCode === null && this.handle.signalCode === null;
+    if (typeof this.handle !== 'number') return 'via' in this.handle ? this.handle.exit === undefined : this.handle.exitCode === null && this.handle.signalCode === null;
     const pid = this.handle;
     if (!processRunning(pid) || !processHasArgument(pid, this.workDir)) return false;
     return this.startTime === undefined || processStartTime(pid) === this.startTime;

@@ -1,8 +1,10 @@
 /** Shared pieces of the benchmarks: timing, medians, the 1 GiB test image, a JSON+table report. */
 import { execFileSync, execSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { spawnDetached } from '../src/util/spawner.js';
 
 export const BENCH_DIR = process.env.SLIPWAY_BENCH_DIR ?? '/var/tmp/slipway-bench';
 
@@ -69,15 +71,20 @@ export function report(title: string, rows: Row[], outName: string): void {
 }
 
 /** Run the C test frontend (vhost-user-blk/test) and parse the JSON object it prints. */
-export function vubFrontend(binary: string, args: string[]): Promise<Record<string, number>> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-    });
-    child.once('close', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').at(-1) as string) as Record<string, number>) : reject(new Error(`${binary} ${args.join(' ')} exited ${code}`))));
-  });
+export async function vubFrontend(binary: string, args: string[]): Promise<Record<string, number>> {
+  // started through slipway-spawn, as the daemon starts a VMM: a fork of this process (which
+  // serves the disk) would tax every page it writes during the replay (docs/vmm.md)
+  const dir = mkdtempSync(join(tmpdir(), 'slipway-frontend-'));
+  try {
+    const out = join(dir, 'out');
+    const err = join(dir, 'err');
+    const child = await spawnDetached(binary, args, { stdout: { path: out }, stderr: { path: err } });
+    const { code } = await child.exited;
+    if (code !== 0) throw new Error(`${binary} ${args.join(' ')} exited ${code}: ${readFileSync(err, 'utf8').slice(-2000)}`);
+    return JSON.parse(readFileSync(out, 'utf8').trim().split('\n').at(-1) as string) as Record<string, number>;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** The registry behind a delaying proxy in its own process (the network is not the daemon's CPU). */

@@ -156,8 +156,11 @@ export class ChunkCache implements DiskChunkCache {
     }
     const pool = this.pool;
     // the threads take decodes in turn, demand first: a guest's miss is never decoded after
-    // speculation or prefetch that arrived before it (each thread has one decode and one waiting)
-    this.#decodeSlots ??= new PrioritySemaphore(pool.size * 2);
+    // speculation or prefetch that arrived before it. A slot is held until the chunk's file is in
+    // place, and a thread decodes its next chunk while the last one's file is made durable
+    // (writeAtomicOverlapped): four a thread, so that a thread has a decode, one waiting, and two
+    // files waiting on the disk
+    this.#decodeSlots ??= new PrioritySemaphore(pool.size * 4);
     const release = await this.#decodeSlots.acquire(priority);
     // the worker also writes the chunk's tier-1 file, so the event loop does no file I/O for it
     const hex = digest.toString('hex');

@@ -3,10 +3,11 @@
  * otherwise, always on its file system), are fsynced, and are renamed into place; the directory
  * is then fsynced so that the rename survives a crash. A reader sees the old content or the new,
  * never a part. The temporary file is removed on any failure. `writeAtomic` takes a function that
- * fills the file; `writeAtomicSync` is the same for a worker thread's synchronous code.
+ * fills the file; `writeAtomicSync` is the same for a worker thread's synchronous code, and
+ * `writeAtomicOverlapped` the same with its wait for the disk off that thread.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, fdatasyncSync, fsyncSync, futimesSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { close, closeSync, fdatasync, fdatasyncSync, fsyncSync, futimesSync, mkdirSync, openSync, rename as renameCb, renameSync, rmSync, writeSync } from 'node:fs';
 import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -129,6 +130,47 @@ export function writeAtomicSync(finalPath: string, data: Uint8Array, opts: Omit<
   } finally {
     if (!renamed) rmSync(tmp, { force: true });
   }
+}
+
+/**
+ * `writeAtomicSync` (data only, no directory fsync: the chunk cache's write) with only the write
+ * on the calling thread: the fdatasync, close and rename go through libuv's thread pool, so the
+ * thread goes on (a decode thread decodes its next chunk) while the disk catches up, and fsyncs
+ * of several files wait on the journal's commits together. Resolves once the file is in place
+ * (durable before its rename, as always); rejects with the system error, the temporary file
+ * removed.
+ */
+export function writeAtomicOverlapped(finalPath: string, data: Uint8Array, opts: { tmpPath: string; timesMs?: number }): Promise<void> {
+  const tmp = opts.tmpPath;
+  let fd: number;
+  try {
+    fd = openSync(tmp, 'wx', 0o644);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  try {
+    for (let off = 0; off < data.byteLength; ) off += writeSync(fd, data, off, data.byteLength - off);
+    if (opts.timesMs !== undefined) futimesSync(fd, opts.timesMs / 1000, opts.timesMs / 1000);
+  } catch (err) {
+    closeSync(fd);
+    rmSync(tmp, { force: true });
+    return Promise.reject(err);
+  }
+  return new Promise<void>((resolve, reject) => {
+    const fail = (err: unknown): void => {
+      rm(tmp, { force: true }).finally(() => reject(err));
+    };
+    fdatasync(fd, (syncErr) => {
+      close(fd, (closeErr) => {
+        if (syncErr || closeErr) return fail(syncErr ?? closeErr);
+        renameCb(tmp, finalPath, (err) => {
+          if (!err) return resolve();
+          if (!isMissing(err)) return fail(err);
+          mkdir(dirname(finalPath), { recursive: true }).then(() => rename(tmp, finalPath)).then(resolve, fail);
+        });
+      });
+    });
+  });
 }
 
 /** A whole buffer or string written crash-safely; the directory is made when missing. */

@@ -1,6 +1,6 @@
 import { parentPort } from 'node:worker_threads';
 import { ChunkCodec } from '../disk/chunk-codec.js';
-import { writeAtomicSync } from '../util/atomic-file.js';
+import { writeAtomicOverlapped } from '../util/atomic-file.js';
 import type { WorkerRequest, WorkerResponse } from './pool.js';
 import { CHUNK_FILE_BACKDATE_MS } from '../util/atomic-file.js';
 
@@ -9,49 +9,62 @@ const codec = new ChunkCodec();
 let scratch = Buffer.alloc(0);
 
 /**
- * Write a verified chunk to its cache file (util/atomic-file.ts, as the disk tier writes one) on
- * this thread, so the daemon's event loop does no file I/O for it. Returns the errno code on
- * failure (ENOSPC is the caller's to handle), or undefined.
+ * Write a verified chunk to its cache file (util/atomic-file.ts, as the disk tier writes one) from
+ * this thread, so the daemon's event loop does no file I/O for it; the wait for the disk is off
+ * this thread, which decodes the next chunk meanwhile. Resolves with the errno code on failure
+ * (ENOSPC is the caller's to handle), or undefined once the file is in place.
  */
-function persistChunk(data: Uint8Array, tmpPath: string, finalPath: string): string | undefined {
-  try {
-    writeAtomicSync(finalPath, data, { tmpPath, dataOnly: true, syncDir: false, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS });
-    return undefined;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? 'EIO';
+function persistChunk(data: Uint8Array, tmpPath: string, finalPath: string): Promise<string | undefined> {
+  return writeAtomicOverlapped(finalPath, data, { tmpPath, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS }).then(
+    () => undefined,
+    (err: unknown) => (err as NodeJS.ErrnoException).code ?? 'EIO',
+  );
+}
+
+function failure(id: number, err: unknown): WorkerResponse {
+  const e = err as { code?: string; message?: string };
+  return { id, ok: false, code: e.code ?? 'IO_ERROR', message: e.message ?? String(err) };
+}
+
+/** The answer to a decode: the bytes (none when only the file was wanted and written), and the stored bytes given back. */
+function decoded(req: Extract<WorkerRequest, { op: 'decode' }>, out: Uint8Array, persistError: string | undefined): { res: WorkerResponse; transfer: ArrayBuffer[] } {
+  const transfer: ArrayBuffer[] = [];
+  const res: WorkerResponse = { id: req.id, ok: true, data: out, ...(persistError ? { persistError } : {}) };
+  if (out.byteLength > 0 && out.byteOffset === 0 && out.byteLength === out.buffer.byteLength) transfer.push(out.buffer as ArrayBuffer);
+  // a recycled buffer of stored bytes goes back (unless the bytes are the answer: a raw chunk)
+  if (req.giveBack === true && out.buffer !== req.stored.buffer) {
+    res.storedBack = req.stored;
+    transfer.push(req.stored.buffer as ArrayBuffer);
   }
+  return { res, transfer };
 }
 
 parentPort?.on('message', (req: WorkerRequest) => {
-  let res: WorkerResponse;
-  const transfer: ArrayBuffer[] = [];
+  const post = (r: { res: WorkerResponse; transfer: ArrayBuffer[] }): void => parentPort?.postMessage(r.res, r.transfer);
   try {
-    if (req.op === 'ping') {
-      res = { id: req.id, ok: true, pong: true };
-    } else if (req.op === 'encode') {
+    if (req.op === 'ping') return post({ res: { id: req.id, ok: true, pong: true }, transfer: [] });
+    if (req.op === 'encode') {
       const data = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
       const enc = codec.encode(data, req.level);
-      res = { id: req.id, ok: true, digest: enc.digest, zero: enc.zero, stored: enc.stored, flags: enc.flags };
-      if (enc.stored.byteLength > 0) transfer.push(enc.stored.buffer as ArrayBuffer);
-    } else {
-      const fileOnly = req.fileOnly === true && req.persist !== undefined;
-      if (fileOnly && scratch.byteLength < req.length) scratch = Buffer.allocUnsafeSlow(req.length);
-      let out = codec.decode(req.stored, req.flags, req.length, Buffer.from(req.digest), req.what, fileOnly ? scratch : undefined);
-      const persistError = req.persist ? persistChunk(out, req.persist.tmpPath, req.persist.finalPath) : undefined;
-      // only the file was wanted and it is written: no bytes go back
-      if (fileOnly && persistError === undefined) out = Buffer.alloc(0);
-      else if (out.buffer === scratch.buffer) out = Buffer.from(out);
-      res = { id: req.id, ok: true, data: out, ...(persistError ? { persistError } : {}) };
-      if (out.byteLength > 0 && out.byteOffset === 0 && out.byteLength === out.buffer.byteLength) transfer.push(out.buffer as ArrayBuffer);
-      // a recycled buffer of stored bytes goes back (unless the bytes are the answer: a raw chunk)
-      if (req.giveBack === true && out.buffer !== req.stored.buffer) {
-        res.storedBack = req.stored;
-        transfer.push(req.stored.buffer as ArrayBuffer);
-      }
+      return post({ res: { id: req.id, ok: true, digest: enc.digest, zero: enc.zero, stored: enc.stored, flags: enc.flags }, transfer: enc.stored.byteLength > 0 ? [enc.stored.buffer as ArrayBuffer] : [] });
     }
+    const fileOnly = req.fileOnly === true && req.persist !== undefined;
+    if (fileOnly && scratch.byteLength < req.length) scratch = Buffer.allocUnsafeSlow(req.length);
+    const out = codec.decode(req.stored, req.flags, req.length, Buffer.from(req.digest), req.what, fileOnly ? scratch : undefined);
+    if (!req.persist) return post(decoded(req, out, undefined));
+    // the bytes are in the file's page cache when this returns: scratch is free for the next decode
+    const written = persistChunk(out, req.persist.tmpPath, req.persist.finalPath);
+    void written.then((persistError) => {
+      try {
+        // only the file was wanted and it is written: no bytes go back; when it could not be
+        // written the caller writes it, and scratch has been reused since: decoded again
+        if (persistError === undefined) return post(decoded(req, fileOnly ? Buffer.alloc(0) : out, undefined));
+        return post(decoded(req, fileOnly ? codec.decode(req.stored, req.flags, req.length, Buffer.from(req.digest), req.what) : out, persistError));
+      } catch (err) {
+        return post({ res: failure(req.id, err), transfer: [] });
+      }
+    });
   } catch (err) {
-    const e = err as { code?: string; message?: string };
-    res = { id: req.id, ok: false, code: e.code ?? 'IO_ERROR', message: e.message ?? String(err) };
+    post({ res: failure(req.id, err), transfer: [] });
   }
-  parentPort?.postMessage(res, transfer);
 });

@@ -1,0 +1,96 @@
+/**
+ * A decode thread's chunk files: written on the thread, made durable and renamed into place off
+ * it (writeAtomicOverlapped), while the thread decodes the next chunk into the same reused buffer.
+ * Real worker threads and real files.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ChunkCodec } from '../src/disk/chunk-codec.js';
+import { writeAtomicOverlapped } from '../src/util/atomic-file.js';
+import { WorkerPool } from '../src/workers/pool.js';
+
+const work = mkdtempSync(join(tmpdir(), 'slipway-persist-'));
+const pool = new WorkerPool(2);
+const codec = new ChunkCodec();
+
+afterAll(async () => {
+  await pool.close();
+  rmSync(work, { recursive: true, force: true });
+});
+
+/** A chunk of `n` bytes, half random (so it compresses, but not to nothing), encoded. */
+function chunk(n = 256 * 1024): { data: Buffer; stored: Buffer; flags: number; digest: Buffer } {
+  const data = Buffer.concat([randomBytes(n / 2), Buffer.alloc(n / 2, 7)]);
+  const enc = codec.encode(data, 3);
+  return { data, stored: Buffer.from(enc.stored), flags: enc.flags, digest: Buffer.from(enc.digest) };
+}
+
+describe('writeAtomicOverlapped', () => {
+  it('puts the whole content in place and leaves no temporary file', async () => {
+    const dir = mkdtempSync(join(work, 'w-'));
+    const data = randomBytes(100_000);
+    await writeAtomicOverlapped(join(dir, 'sub', 'final'), data, { tmpPath: join(dir, '.tmp-1') });
+    expect(readFileSync(join(dir, 'sub', 'final')).equals(data)).toBe(true);
+    expect(readdirSync(dir).sort()).toEqual(['sub']);
+  });
+
+  it('rejects when the rename fails (the target is a directory), removing the temporary file', async () => {
+    const dir = mkdtempSync(join(work, 'w-'));
+    mkdirSync(join(dir, 'final', 'inside'), { recursive: true });
+    const err = await writeAtomicOverlapped(join(dir, 'final'), randomBytes(10), { tmpPath: join(dir, '.tmp-2') }).then(() => undefined, (e: unknown) => e as NodeJS.ErrnoException);
+    expect(['EISDIR', 'ENOTEMPTY', 'EEXIST']).toContain(err?.code);
+    expect(existsSync(join(dir, '.tmp-2'))).toBe(false);
+  });
+
+  it('rejects at once when the temporary file exists (it is created exclusively)', async () => {
+    const dir = mkdtempSync(join(work, 'w-'));
+    await writeAtomicOverlapped(join(dir, 'a'), randomBytes(10), { tmpPath: join(dir, 'a') }).catch(() => undefined);
+    const err = await writeAtomicOverlapped(join(dir, 'b'), randomBytes(10), { tmpPath: join(dir, 'a') }).then(() => undefined, (e: unknown) => e as NodeJS.ErrnoException);
+    expect(err?.code).toBe('EEXIST');
+  });
+});
+
+describe('decode threads writing chunk files', () => {
+  it('many file-only decodes at once: each file holds its own chunk (the reused buffer is not written over a pending file)', async () => {
+    const dir = mkdtempSync(join(work, 'd-'));
+    const chunks = Array.from({ length: 24 }, () => chunk());
+    const results = await Promise.all(chunks.map((c, i) => pool.decode(c.stored, c.flags, c.data.length, c.digest, `chunk ${i}`, { tmpPath: join(dir, `.tmp-${i}`), finalPath: join(dir, `c${i}`) }, true)));
+    for (const [i, r] of results.entries()) {
+      expect(r.persisted).toBe(true);
+      expect(r.data.length).toBe(0);
+      expect(readFileSync(join(dir, `c${i}`)).equals((chunks[i] as { data: Buffer }).data)).toBe(true);
+    }
+    expect(readdirSync(dir).filter((f) => f.startsWith('.tmp'))).toEqual([]);
+  });
+
+  it('a file that cannot be put in place: the bytes come back (decoded again) with the error, for the caller to store', async () => {
+    const dir = mkdtempSync(join(work, 'd-'));
+    const c = chunk();
+    mkdirSync(join(dir, 'taken', 'inside'), { recursive: true });
+    // a file-only decode followed at once by another on the same thread, which reuses its buffer
+    const other = chunk();
+    const single = new WorkerPool(1);
+    const [failed, ok] = await Promise.all([
+      single.decode(c.stored, c.flags, c.data.length, c.digest, 'failing', { tmpPath: join(dir, '.tmp-a'), finalPath: join(dir, 'taken') }, true),
+      single.decode(other.stored, other.flags, other.data.length, other.digest, 'next', { tmpPath: join(dir, '.tmp-b'), finalPath: join(dir, 'next') }, true),
+    ]).finally(() => single.close());
+    expect(failed.persisted).toBe(false);
+    expect(failed.persistError).toBeDefined();
+    expect(failed.data.equals(c.data)).toBe(true);
+    expect(ok.persisted).toBe(true);
+    expect(readFileSync(join(dir, 'next')).equals(other.data)).toBe(true);
+    expect(existsSync(join(dir, '.tmp-a'))).toBe(false);
+  });
+
+  it('a decode that also returns its bytes gets them with the file in place', async () => {
+    const dir = mkdtempSync(join(work, 'd-'));
+    const c = chunk();
+    const r = await pool.decode(c.stored, c.flags, c.data.length, c.digest, 'both', { tmpPath: join(dir, '.tmp'), finalPath: join(dir, 'f') }, false);
+    expect(r.persisted).toBe(true);
+    expect(r.data.equals(c.data)).toBe(true);
+    expect(readFileSync(join(dir, 'f')).equals(c.data)).toBe(true);
+  });
+});

@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -108,6 +108,43 @@ describe('spawnDetached through slipway-spawn', () => {
     expect(helperPids()).not.toContain(helper);
   });
 
+  it('finds the program in the child\'s PATH and takes relative paths from this process\'s working directory, as spawn does', async () => {
+    const bin = join(work, 'bin');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(join(bin, 'slipway-test-tool'), '#!/bin/sh\necho "tool in $(pwd)"\nexit 42\n', { mode: 0o755 });
+    const cwd = process.cwd();
+    process.chdir(work);
+    try {
+      const child = await spawnDetached('slipway-test-tool', [], { helper: HELPER, env: { ...ASAN_ENV, PATH: `${bin}:${process.env.PATH ?? ''}` }, stdout: { path: 'relative-out.txt' }, stderr: 'ignore' });
+      expect(child.via).toBe('slipway-spawn');
+      expect(await child.exited).toEqual({ code: 42, signal: null });
+    } finally {
+      process.chdir(cwd);
+    }
+    expect(readFileSync(join(work, 'relative-out.txt'), 'utf8')).toBe(`tool in ${work}\n`);
+  });
+
+  it('a request past the helper\'s bounds goes to child_process.spawn rather than failing', async () => {
+    const child = await spawnDetached('sh', ['-c', 'exit $(( $# % 200 ))', 'sh', ...Array.from({ length: 9000 }, () => 'x')], { helper: HELPER, stdout: 'ignore', stderr: 'ignore' });
+    expect(child.via).toBe('node');
+    expect(await child.exited).toEqual({ code: 9000 % 200, signal: null });
+  });
+
+  it('an answer the helper wrote just before it exited is read, not lost to its exit', async () => {
+    // a stand-in helper that answers the first request with its own pid and exits at once
+    const fake = join(work, 'fake-helper.sh');
+    writeFileSync(fake, '#!/bin/sh\necho "ok 1 $$"\nexit 0\n', { mode: 0o755 });
+    for (let i = 0; i < 5; i++) {
+      const copy = join(work, `fake-helper-${i}.sh`);
+      writeFileSync(copy, readFileSync(fake), { mode: 0o755 });
+      const child = await spawnDetached('true', [], { helper: copy, stdout: 'ignore', stderr: 'ignore' });
+      expect(child.via).toBe('slipway-spawn');
+      expect(child.pid).toBeGreaterThan(0);
+      // its exit is then seen by polling the pid, the helper being gone
+      expect(await child.exited).toEqual({ code: null, signal: null });
+    }
+  });
+
   it('falls back to child_process.spawn where the helper is not built', async () => {
     const out = join(work, 'fallback.txt');
     const child = await spawnDetached('sh', ['-c', 'echo fallback; exit 4'], { helper: join(work, 'not-built'), stdout: { path: out }, stderr: 'ignore' });
@@ -139,31 +176,51 @@ describe('slipway-spawn refuses malformed requests', () => {
 
   it('answers EINVAL to bad counts, bad outputs and unterminated strings, and goes on serving', async () => {
     const r = await talk([
-      frame(['1', '-', '-', '5', 'true']), // argc past the end
-      frame(['2', '-', '-', '0', '0']), // no argv[0]
-      frame(['3', '-', '-', '1', 'true', '1']), // envc past the end
-      frame(['4', '-', '-', '1', 'true', '0', 'EXTRA']), // strings after the environment
-      frame(['5', 'x:/tmp/out', '-', '1', 'true', '0']), // not "-", "w:" or "a:"
-      frame(['6', '-', '-', '-1', 'true', '0']),
-      frame([], Buffer.from('7\x00-\x00-\x001\x00true\x000')), // the last string not NUL-terminated
+      frame(['1', '/', '-', '-', '5', 'true']), // argc past the end
+      frame(['2', '/', '-', '-', '0', '0']), // no argv[0]
+      frame(['3', '/', '-', '-', '1', 'true', '1']), // envc past the end
+      frame(['4', '/', '-', '-', '1', 'true', '0', 'EXTRA']), // strings after the environment
+      frame(['5', '/', 'x:/tmp/out', '-', '1', 'true', '0']), // not "-", "w:" or "a:"
+      frame(['6', '/', '-', '-', '-1', 'true', '0']),
+      frame([], Buffer.from('7\x00/\x00-\x00-\x001\x00true\x000')), // the last string not NUL-terminated
       frame([], Buffer.alloc(0)),
-      frame(['not-a-number', '-', '-', '9', 'true']),
-      frame(['8', '-', '-', '1', 'true', '0']), // a good one after all that
+      frame(['not-a-number', '/', '-', '-', '9', 'true']),
+      frame(['10', 'relative', '-', '-', '1', 'true', '0']), // a working directory that is not absolute
+      frame(['11', '/', '-', '-', String(8193), ...Array.from({ length: 8193 }, () => 'x'), '0']), // more strings than its bound
+      frame(['8', '/', '-', '-', '1', 'true', '0']), // a good one after all that
     ]);
     expect(r.code).toBe(0);
     expect(r.stderr).toBe('');
     const einval = 22;
     expect(r.answers.filter((a) => a.startsWith('err '))).toEqual([
-      `err 1 ${einval}`, `err 2 ${einval}`, `err 3 ${einval}`, `err 4 ${einval}`, `err 5 ${einval}`, `err 6 ${einval}`, `err ? ${einval}`, `err ? ${einval}`, `err ? ${einval}`,
+      `err 1 ${einval}`, `err 2 ${einval}`, `err 3 ${einval}`, `err 4 ${einval}`, `err 5 ${einval}`, `err 6 ${einval}`, `err 7 ${einval}`, `err ? ${einval}`, `err ? ${einval}`, `err 10 ${einval}`, `err 11 ${einval}`,
     ]);
     expect(r.answers.some((a) => /^ok 8 \d+$/.test(a))).toBe(true);
   });
 
-  it('stops on a frame longer than its bound rather than reading a stream out of step', async () => {
-    const huge = Buffer.alloc(4);
-    huge.writeUInt32LE(0xffffffff);
-    const r = await talk([huge]);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/a request of 4294967295 bytes/);
+  it('refuses a frame longer than its bound with E2BIG, reads past it, and goes on serving', async () => {
+    const huge = Buffer.alloc(4 + 64);
+    huge.writeUInt32LE((1 << 20) + 1);
+    huge.write('12\0', 4);
+    const rest = Buffer.alloc((1 << 20) + 1 - 64, 0x61);
+    const r = await talk([huge, rest, frame(['13', '/', '-', '-', '1', 'true', '0'])]);
+    expect(r.code).toBe(0);
+    expect(r.answers[0]).toBe('err 12 7');
+    expect(r.answers.some((a) => /^ok 13 \d+$/.test(a))).toBe(true);
+  });
+
+  it('ignores SIGINT, SIGTERM and SIGHUP (a terminal\'s Ctrl-C is for the daemon) and ends with its stdin', async () => {
+    const proc = spawn(HELPER, [], { stdio: ['pipe', 'pipe', 'inherit'], env: ASAN_ENV });
+    let out = '';
+    proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise((r) => proc.once('exit', (code, signal) => r(signal ?? code)));
+    // once it has answered a request its handlers are in place
+    proc.stdin.write(frame(['1', '/', '-', '-', '1', 'true', '0']));
+    await expect.poll(() => out, { timeout: 10_000 }).toMatch(/^ok 1 \d+/);
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) proc.kill(sig);
+    proc.stdin.write(frame(['2', '/', '-', '-', '1', 'true', '0']));
+    await expect.poll(() => out, { timeout: 10_000 }).toMatch(/\nok 2 \d+/);
+    proc.stdin.end();
+    expect(await exited).toBe(0);
   });
 });

@@ -9,15 +9,19 @@
  *
  * Protocol (src/util/spawner.ts is the other end), over stdin (requests) and stdout (answers):
  *   request: a 32-bit little-endian length, then that many bytes of NUL-terminated strings:
- *     id, stdout, stderr, argc, argv[0..argc), envc, env[0..envc)
+ *     id, cwd, stdout, stderr, argc, argv[0..argc), envc, env[0..envc)
  *     where stdout and stderr are "-" (/dev/null), "w:<path>" (created or truncated, mode 0600)
- *     or "a:<path>" (created or appended to); argv[0] is looked up in PATH (posix_spawnp).
+ *     or "a:<path>" (created or appended to); argv[0] is looked up in this process's PATH
+ *     (posix_spawnp: the caller resolves it against the child's), a script needs its "#!" line.
  *   answers, one line each:
  *     "ok <id> <pid>"        the child runs (its own session: it outlives the daemon)
- *     "err <id> <errno>"     it could not be started (a malformed request is EINVAL)
+ *     "err <id> <errno>"     it could not be started (a malformed request is EINVAL, one over
+ *                            MAX_REQUEST bytes E2BIG, skipped; an id that cannot be read is "?")
  *     "exit <pid> code <n>" or "exit <pid> signal <n>"   a child ended (reaped here)
- * A child starts with stdin on /dev/null, every signal at its default and none blocked.
- * End of stdin (the daemon went away) ends this process; its children keep running.
+ * A child starts in cwd with stdin on /dev/null, no signal blocked and every signal at its
+ * default, except glibc's two internal ones (32 and 33), which glibc's posix_spawn leaves ignored.
+ * SIGINT, SIGTERM and SIGHUP are ignored here (a terminal's Ctrl-C is for the daemon, which ends
+ * this process by closing its stdin); end of stdin ends this process; its children keep running.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -89,7 +93,7 @@ static int output_to(posix_spawn_file_actions_t *fa, int fd, const char *spec)
 }
 
 /* Start one child from a request's strings; the errno, or 0 with *pid set. */
-static int start(char **s, int n, const char **id, pid_t *pid)
+static int start(char **s, int n, pid_t *pid)
 {
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
@@ -97,10 +101,9 @@ static int start(char **s, int n, const char **id, pid_t *pid)
 	int argc, envc, err;
 	char **argv, **envp;
 
-	*id = n > 0 ? s[0] : "?";
-	if (n < 5 || (argc = count(s[3], MAX_STRINGS)) < 1 || n < 5 + argc)
+	if (n < 6 || (argc = count(s[4], MAX_STRINGS)) < 1 || n < 6 + argc)
 		return EINVAL;
-	if ((envc = count(s[4 + argc], MAX_STRINGS)) < 0 || n != 5 + argc + envc)
+	if ((envc = count(s[5 + argc], MAX_STRINGS)) < 0 || n != 6 + argc + envc)
 		return EINVAL;
 	/* argv and envp end with NULL: each is copied into an array one longer */
 	argv = calloc((size_t)argc + 1, sizeof(char *));
@@ -110,17 +113,19 @@ static int start(char **s, int n, const char **id, pid_t *pid)
 		free(envp);
 		return ENOMEM;
 	}
-	memcpy(argv, s + 4, (size_t)argc * sizeof(char *));
-	memcpy(envp, s + 5 + argc, (size_t)envc * sizeof(char *));
+	memcpy(argv, s + 5, (size_t)argc * sizeof(char *));
+	memcpy(envp, s + 6 + argc, (size_t)envc * sizeof(char *));
 	sigemptyset(&none);
 	sigfillset(&all);
 	posix_spawn_file_actions_init(&fa);
 	posix_spawnattr_init(&attr);
-	err = posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+	err = s[1][0] == '/' ? posix_spawn_file_actions_addchdir_np(&fa, s[1]) : EINVAL;
 	if (!err)
-		err = output_to(&fa, STDOUT_FILENO, s[1]);
+		err = posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
 	if (!err)
-		err = output_to(&fa, STDERR_FILENO, s[2]);
+		err = output_to(&fa, STDOUT_FILENO, s[2]);
+	if (!err)
+		err = output_to(&fa, STDERR_FILENO, s[3]);
 	if (!err)
 		err = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 	if (!err)
@@ -136,23 +141,34 @@ static int start(char **s, int n, const char **id, pid_t *pid)
 	return err;
 }
 
+/* The request id at the start of `buf` (`len` bytes): the daemon's counter, else "?". */
+static const char *request_id(const char *buf, size_t len)
+{
+	size_t n = strnlen(buf, len < 21 ? len : 21);
+	if (n == 0 || n > 20 || n == len || strspn(buf, "0123456789") != n)
+		return "?";
+	return buf;
+}
+
+/* Answer `err` (or ok with `pid`) for the request whose id is `id`. */
+static void answer_request(const char *id, int err, pid_t pid)
+{
+	char line[128];
+	if (err)
+		snprintf(line, sizeof(line), "err %.20s %d\n", id, err);
+	else
+		snprintf(line, sizeof(line), "ok %.20s %d\n", id, (int)pid);
+	answer(line);
+}
+
 /* Handle one request of `len` bytes. */
 static void request(char *buf, size_t len)
 {
 	static char *strings[MAX_STRINGS * 2 + 8];
-	char line[128];
-	const char *id = "?";
+	const char *id = request_id(buf, len);
 	pid_t pid = -1;
 	int n = split(buf, len, strings, (int)(sizeof(strings) / sizeof(strings[0])));
-	int err = n < 0 ? EINVAL : start(strings, n, &id, &pid);
-	/* an id is the daemon's counter: anything else is answered as "?" */
-	if (strlen(id) > 20 || strspn(id, "0123456789") != strlen(id) || *id == '\0')
-		id = "?";
-	if (err)
-		snprintf(line, sizeof(line), "err %s %d\n", id, err);
-	else
-		snprintf(line, sizeof(line), "ok %s %d\n", id, (int)pid);
-	answer(line);
+	answer_request(id, n < 0 ? EINVAL : start(strings, n, &pid), pid);
 }
 
 /* Reap every child that has ended and say so. */
@@ -176,10 +192,14 @@ int main(void)
 {
 	static char buf[4 + MAX_REQUEST];
 	size_t have = 0;
+	uint64_t skip = 0; /* bytes of an oversized request still to be read past */
 	sigset_t chld;
 	int sfd;
 
 	signal(SIGPIPE, SIG_IGN);
+	signal(SIGINT, SIG_IGN);
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
 	if (sigprocmask(SIG_BLOCK, &chld, NULL) != 0 || (sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
@@ -209,12 +229,22 @@ int main(void)
 			have += (size_t)n;
 			for (;;) {
 				uint32_t len;
+				if (skip > 0) {
+					size_t k = skip < have ? (size_t)skip : have;
+					skip -= k;
+					have -= k;
+					memmove(buf, buf + k, have);
+					if (skip > 0)
+						break;
+				}
 				if (have < 4)
 					break;
 				len = (uint32_t)(unsigned char)buf[0] | (uint32_t)(unsigned char)buf[1] << 8 | (uint32_t)(unsigned char)buf[2] << 16 | (uint32_t)(unsigned char)buf[3] << 24;
 				if (len > MAX_REQUEST) {
-					fprintf(stderr, "slipway-spawn: a request of %u bytes (at most %u): stream out of step, stopping\n", len, MAX_REQUEST);
-					return 1;
+					/* refused, and read past: its id is answered when it came with the length */
+					answer_request(request_id(buf + 4, have - 4), E2BIG, -1);
+					skip = 4 + (uint64_t)len;
+					continue;
 				}
 				if (have < 4 + (size_t)len)
 					break;

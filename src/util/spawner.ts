@@ -11,7 +11,8 @@
  * `child_process.spawn` as before (detached, unref'd): the same DetachedChild either way.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, openSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { constants as osConstants } from 'node:os';
 import { processRunning, whenProcessGone } from './process.js';
@@ -99,6 +100,28 @@ export function startSpawnHelper(path: string = spawnHelperBinary()): void {
   if (existsSync(path)) helperFor(path);
 }
 
+/** vhost-user-blk/spawn.c's bounds on a request: strings in argv (or the environment), and bytes. */
+const MAX_STRINGS = 8192;
+const MAX_REQUEST_BYTES = 1 << 20;
+
+/**
+ * `file` as execvp would find it in `env`'s PATH (the first executable regular file), or as given
+ * when it names a path or is found nowhere (the helper then answers ENOENT, as spawn would).
+ */
+function lookUp(file: string, env: NodeJS.ProcessEnv): string {
+  if (file.includes('/')) return resolve(file);
+  for (const dir of (env.PATH ?? '/usr/local/bin:/usr/bin:/bin').split(':')) {
+    const candidate = resolve(dir || '.', file);
+    try {
+      accessSync(candidate, constants.X_OK);
+      if (statSync(candidate).isFile()) return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return file;
+}
+
 /** One slipway-spawn per helper path for this process (started on first use, again after it died). */
 const helpers = new Map<string, Helper>();
 
@@ -129,7 +152,8 @@ class Helper {
 
   constructor(path: string) {
     // the one fork this module makes, of a daemon that is usually still small
-    this.proc = spawn(path, [], { stdio: ['pipe', 'pipe', 'inherit'] });
+    // its own process group: a terminal's Ctrl-C is for the daemon (which closes its stdin)
+    this.proc = spawn(path, [], { stdio: ['pipe', 'pipe', 'inherit'], detached: true });
     this.started = new Promise((resolve) => {
       this.proc.once('spawn', () => resolve());
       this.proc.once('error', () => {
@@ -139,27 +163,41 @@ class Helper {
     });
     this.proc.stdout?.setEncoding('latin1').on('data', (d: string) => this.onData(d));
     this.proc.stdin?.on('error', () => undefined); // its exit is handled below
-    this.proc.once('exit', () => this.onGone());
-    // it does not keep this process alive, as the detached children it starts do not
-    this.proc.unref();
-    (this.proc.stdin as unknown as { unref?: () => void } | null)?.unref?.();
-    (this.proc.stdout as unknown as { unref?: () => void } | null)?.unref?.();
+    // 'close', not 'exit': the answers it wrote before it exited are read first
+    this.proc.once('close', () => this.onGone());
+    this.hold(false);
+  }
+
+  /**
+   * Keep this process alive while an answer is awaited; otherwise the helper does not, as the
+   * detached children it starts do not.
+   */
+  private hold(on: boolean): void {
+    for (const h of [this.proc, this.proc.stdin, this.proc.stdout] as ({ ref?: () => void; unref?: () => void } | null)[]) {
+      if (on) h?.ref?.();
+      else h?.unref?.();
+    }
   }
 
   async spawn(file: string, args: readonly string[], opts: DetachedSpawnOptions): Promise<DetachedChild> {
     await this.started;
     if (this.failed || this.gone) return spawnWithNode(file, args, opts);
-    const id = String(this.nextId++);
-    const target = (t: OutputTarget): string => (t === 'ignore' ? '-' : `${t.append ? 'a' : 'w'}:${t.path}`);
     const env = Object.entries(opts.env ?? process.env).filter((e): e is [string, string] => e[1] !== undefined).map(([k, v]) => `${k}=${v}`);
-    const strings = [id, target(opts.stdout), target(opts.stderr), String(args.length + 1), file, ...args, String(env.length), ...env];
+    // what child_process.spawn would do: the program looked up in the child's PATH, paths taken
+    // from this process's working directory, which is the child's too
+    const target = (t: OutputTarget): string => (t === 'ignore' ? '-' : `${t.append ? 'a' : 'w'}:${resolve(t.path)}`);
+    const id = String(this.nextId++);
+    const strings = [id, process.cwd(), target(opts.stdout), target(opts.stderr), String(args.length + 1), lookUp(file, opts.env ?? process.env), ...args, String(env.length), ...env];
     if (strings.some((s) => s.includes('\0'))) throw Object.assign(new Error(`spawn ${file} EINVAL: an argument or variable holds a NUL byte`), { code: 'EINVAL' });
     const body = Buffer.from(`${strings.join('\0')}\0`);
+    // past the helper's bounds, child_process.spawn answers as the system does (E2BIG or a start)
+    if (args.length + 1 > MAX_STRINGS || env.length > MAX_STRINGS || body.length > MAX_REQUEST_BYTES) return spawnWithNode(file, args, opts);
     const frame = Buffer.alloc(4 + body.length);
     frame.writeUInt32LE(body.length, 0);
     body.copy(frame, 4);
     return new Promise<DetachedChild>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, file });
+      this.hold(true);
       this.proc.stdin?.write(frame);
     });
   }
@@ -198,12 +236,10 @@ class Helper {
     for (const line of lines) {
       const [kind, a, b, c] = line.split(' ');
       if (kind === 'ok' && a !== undefined) {
-        const p = this.pending.get(a);
-        this.pending.delete(a);
+        const p = this.take(a);
         if (p) p.resolve(this.child(Number(b)));
       } else if (kind === 'err' && a !== undefined) {
-        const p = this.pending.get(a);
-        this.pending.delete(a);
+        const p = this.take(a);
         const code = ERRNO_NAMES.get(Number(b)) ?? `errno ${b}`;
         p?.reject(Object.assign(new Error(`spawn ${p.file} ${code}`), { code, errno: -Number(b), syscall: `spawn ${p.file}` }));
       } else if (kind === 'exit') {
@@ -213,6 +249,14 @@ class Helper {
         done?.(b === 'signal' ? { code: null, signal: SIGNAL_NAMES.get(Number(c)) ?? null } : { code: Number(c), signal: null });
       }
     }
+  }
+
+  /** The request `id` waits for, no longer pending. */
+  private take(id: string): { resolve: (child: DetachedChild) => void; reject: (err: Error) => void; file: string } | undefined {
+    const p = this.pending.get(id);
+    this.pending.delete(id);
+    if (this.pending.size === 0) this.hold(false);
+    return p;
   }
 
   private onGone(): void {

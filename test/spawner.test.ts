@@ -145,6 +145,27 @@ describe('spawnDetached through slipway-spawn', () => {
     }
   });
 
+  it('the build the daemon uses (not only the sanitizer build) answers with the child\'s own pid', async () => {
+    execFileSync('make', ['-s', '-C', VUB], { stdio: 'inherit' });
+    const child = await spawnDetached('sleep', ['30'], { helper: join(VUB, 'build', 'slipway-spawn'), stdout: 'ignore', stderr: 'ignore' });
+    try {
+      expect(child.pid).toBeGreaterThan(0);
+      expect(readFileSync(`/proc/${child.pid}/cmdline`, 'latin1').split('\0').slice(0, 2)).toEqual([expect.stringMatching(/sleep$/), '30']);
+    } finally {
+      child.kill('SIGKILL');
+    }
+    expect(await child.exited).toEqual({ code: null, signal: 'SIGKILL' });
+  });
+
+  it('refuses an answer whose pid is not a positive integer (kill() must never signal a group or every process)', async () => {
+    for (const [i, pid] of ['-1', '0', 'x'].entries()) {
+      const fake = join(work, `bad-pid-helper-${i}.sh`);
+      writeFileSync(fake, `#!/bin/sh\necho "ok 1 ${pid}"\nexec sleep 5\n`, { mode: 0o755 });
+      const err = await spawnDetached('true', [], { helper: fake, stdout: 'ignore', stderr: 'ignore' }).then(() => undefined, (e: unknown) => e as NodeJS.ErrnoException);
+      expect(err?.code).toBe('EPROTO');
+    }
+  });
+
   it('falls back to child_process.spawn where the helper is not built', async () => {
     const out = join(work, 'fallback.txt');
     const child = await spawnDetached('sh', ['-c', 'echo fallback; exit 4'], { helper: join(work, 'not-built'), stdout: { path: out }, stderr: 'ignore' });

@@ -168,7 +168,9 @@ static void request(char *buf, size_t len)
 	const char *id = request_id(buf, len);
 	pid_t pid = -1;
 	int n = split(buf, len, strings, (int)(sizeof(strings) / sizeof(strings[0])));
-	answer_request(id, n < 0 ? EINVAL : start(strings, n, &pid), pid);
+	/* (its own statement: an argument list's order of evaluation is unspecified, and pid is set by start) */
+	int err = n < 0 ? EINVAL : start(strings, n, &pid);
+	answer_request(id, err, pid);
 }
 
 /* Reap every child that has ended and say so. */

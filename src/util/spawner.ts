@@ -219,7 +219,7 @@ class Helper {
       },
       running: () => exit === undefined && processRunning(pid),
       kill: (sig = 'SIGTERM') => {
-        if (exit !== undefined) return false;
+        if (exit !== undefined || pid <= 0) return false;
         try {
           process.kill(pid, sig);
           return true;
@@ -237,7 +237,10 @@ class Helper {
       const [kind, a, b, c] = line.split(' ');
       if (kind === 'ok' && a !== undefined) {
         const p = this.take(a);
-        if (p) p.resolve(this.child(Number(b)));
+        const pid = Number(b);
+        // a pid that is not a positive integer would make kill() signal a process group, or every process
+        if (p && Number.isSafeInteger(pid) && pid > 0) p.resolve(this.child(pid));
+        else p?.reject(Object.assign(new Error(`spawn ${p.file} EPROTO: slipway-spawn answered ${JSON.stringify(line)}`), { code: 'EPROTO' }));
       } else if (kind === 'err' && a !== undefined) {
         const p = this.take(a);
         const code = ERRNO_NAMES.get(Number(b)) ?? `errno ${b}`;

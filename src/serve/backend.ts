@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileTail } from '../util/file-tail.js';
 import { processHasArgument, processRunning, whenProcessGone } from '../util/process.js';
-import { spawnDetached, spawnHelperBinary } from '../util/spawner.js';
+import { spawnDetached, spawnHelperBinary, type DetachedChild } from '../util/spawner.js';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SlipwayError } from '../errors.js';
@@ -163,17 +163,16 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   // detached, it keeps serving when the daemon is away (its chunk files pinned in its name)
   const outPath = join(opts.workDir, 'backend.out');
   const logPath = join(opts.workDir, 'backend.log');
-  const backend = await spawnDetached(binary, args, { env: { ...process.env, ...opts.env }, stdout: { path: outPath }, stderr: { path: logPath, append: true } }).catch(async (err: Error) => {
-    clearTimeout(quiet);
-    await miss.close();
-    await disk.close();
-    throw new SlipwayError('IO_ERROR', `cannot start ${binary}: ${err.message}`);
-  });
   const readLog = (): string => fileTail(logPath, 64_000);
-  const exited = backend.exited.then((e) => e.code);
+  let backend: DetachedChild;
+  let exited: Promise<number | null>;
   let poll: NodeJS.Timeout | undefined;
   let timer: NodeJS.Timeout | undefined;
   try {
+    backend = await spawnDetached(binary, args, { env: { ...process.env, ...opts.env }, stdout: { path: outPath }, stderr: { path: logPath, append: true } }).catch((err: Error) => {
+      throw new SlipwayError('IO_ERROR', `cannot start ${binary}: ${err.message}`);
+    });
+    exited = backend.exited.then((e) => e.code);
     await new Promise<void>((resolve, reject) => {
       void exited.then((code) => reject(new SlipwayError('IO_ERROR', `slipway-blk exited at start (${code}): ${readLog().trim()}`)));
       timer = setTimeout(() => {

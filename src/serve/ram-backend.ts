@@ -18,7 +18,7 @@ import { SlipwayError } from '../errors.js';
 import { PROJECT_ROOT } from '../guest/build.js';
 import { fileTail } from '../util/file-tail.js';
 import { processesWithArgument, processHasArgument, processRunning, terminateProcess } from '../util/process.js';
-import { spawnDetached } from '../util/spawner.js';
+import { spawnDetached, type DetachedChild } from '../util/spawner.js';
 import { writeDiskMap } from './disk-map.js';
 import { startMissServer, type MissServer } from './miss-server.js';
 
@@ -92,17 +92,16 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
   await writeDiskMap(disk.artifact, mapPath);
   const miss = await startMissServer(missPath, disk, opts.cache);
   const args = ['--mount', mount, '--map', mapPath, '--chunk-dir', opts.cache.chunkDir, '--overlay', overlayDir, '--daemon-socket', missPath, '--trace', tracePath];
-  const child = await spawnDetached(ramfsBinary(), args, { stdout: { path: outPath }, stderr: { path: logPath, append: true } }).catch(async (err: Error) => {
-    await miss.close();
-    await rm(overlayDir, { recursive: true, force: true });
-    throw new SlipwayError('IO_ERROR', `cannot start slipway-ramfs: ${err.message}`);
-  });
-  const exited = child.exited.then((e) => e.code);
-  const running = (): boolean => child.running();
   const log = (): string => fileTail(logPath, 64_000);
+  let child: DetachedChild | undefined;
+  let exited: Promise<number | null>;
   let poll: NodeJS.Timeout | undefined;
   let timer: NodeJS.Timeout | undefined;
   try {
+    child = await spawnDetached(ramfsBinary(), args, { stdout: { path: outPath }, stderr: { path: logPath, append: true } }).catch((err: Error) => {
+      throw new SlipwayError('IO_ERROR', `cannot start slipway-ramfs: ${err.message}`);
+    });
+    exited = child.exited.then((e) => e.code);
     await new Promise<void>((resolve, reject) => {
       void exited.then((code) => reject(new SlipwayError('IO_ERROR', `slipway-ramfs exited at start (${code}): ${log().trim()}`)));
       timer = setTimeout(() => reject(new SlipwayError('IO_ERROR', `slipway-ramfs did not mount within ${READY_TIMEOUT_MS} ms: ${log().trim()}`)), READY_TIMEOUT_MS);
@@ -111,7 +110,7 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
       }, 5);
     });
   } catch (err) {
-    child.kill('SIGKILL');
+    child?.kill('SIGKILL');
     await unmountLazily(mount);
     await miss.close();
     await rm(overlayDir, { recursive: true, force: true });
@@ -120,16 +119,18 @@ export async function serveRam(opts: { cache: ChunkCache; disk: LazyDisk; workDi
     clearInterval(poll);
     clearTimeout(timer);
   }
+  const started = child;
+  const running = (): boolean => started.running();
   // chunk files stay pinned in slipway-ramfs's name while it runs, even with no daemon
-  const pin = disk.pinFor(child.pid, 'ramfs');
+  const pin = disk.pinFor(started.pid, 'ramfs');
   // what an adopting daemon needs to serve its misses again (adoptRam)
   await writeFile(join(workDir, RAM_REF_FILE), disk.reference, { mode: 0o600 });
   return servedRam({
-    ...opts, miss, pid: child.pid, running,
+    ...opts, miss, pid: started.pid, running,
     stop: async () => {
       if (!running()) return;
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+      started.kill('SIGTERM');
+      const t = setTimeout(() => started.kill('SIGKILL'), 5000);
       await exited;
       clearTimeout(t);
     },

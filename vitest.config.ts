@@ -3,6 +3,8 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    // every test file's temp dirs go when the file ends (test/helpers/temp-dirs.ts)
+    setupFiles: ['test/helpers/temp-dirs-setup.ts'],
     testTimeout: 120_000,
     hookTimeout: 60_000,
     pool: 'forks',

@@ -10,10 +10,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, renameSync, statSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, readFileSync, renameSync, statSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChunkCache } from '../src/cache/chunk-cache.js';
 import { loadConfig } from '../src/config.js';
@@ -59,7 +58,7 @@ function noSanitizerReports(log: string): void {
 async function bootOn(socket: string): Promise<{ vm: RunningVm; client: AgentClient; workDir: string }> {
   const kernel = await buildKernel();
   const guest = await buildGuest();
-  const workDir = mkdtempSync(join(tmpdir(), 'slipway-vub-vm-'));
+  const workDir = tempDir('slipway-vub-vm-');
   const vm = await new QemuDriver().start({
     id: 'vub', workDir, cpus: 1, memoryMiB: 256, kernel, initramfs: guest.initramfs,
     disks: [{ kind: 'vhost-user', socket }], bootConfig: renderBootConfig({ hostname: 'vub' }), net: { mode: 'none' }, console: true,
@@ -259,7 +258,7 @@ describe('slipway-blk under QEMU', () => {
 describe('fuzzing slipway-blk', () => {
   it.each(['fuzz_message', 'fuzz_virtq'])('%s runs clean for 15 s from its seed corpus', (target) => {
     execFileSync('make', ['-s', '-C', VUB, 'fuzz'], { stdio: 'inherit' });
-    const corpus = mkdtempSync(join(tmpdir(), `slipway-${target}-`));
+    const corpus = tempDir(`slipway-${target}-`);
     const seeds = join(VUB, 'fuzz', 'corpus', target === 'fuzz_message' ? 'message' : 'virtq');
     const out = execFileSync(join(VUB, 'build', 'fuzz', target), ['-max_total_time=15', '-print_final_stats=1', `-artifact_prefix=${corpus}/`, corpus, seeds], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).toString();
     expect(out).not.toMatch(/ERROR:|runtime error/);

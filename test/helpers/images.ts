@@ -1,13 +1,9 @@
 /** Real disk images for tests: ext4 filesystems made by mke2fs from real directories, and sparse files. */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, openSync, writeSync, closeSync, readFileSync } from 'node:fs';
+import { writeFileSync, openSync, writeSync, closeSync, readFileSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 
-export function tempDir(prefix = 'slipway-test-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
-}
+export { tempDir } from './temp-dirs.js';
 
 /** An ext4 image of `sizeMiB` holding a copy of `fromDir`. */
 export function makeExt4(path: string, sizeMiB: number, fromDir: string): string {

@@ -8,6 +8,21 @@
 #include <unistd.h>
 #include "disk.h"
 
+/* The disks' directories, removed when the fuzzer exits (libFuzzer ends with exit(), so atexit runs). */
+static char fuzz_dirs[2][32];
+
+static void fuzz_remove_dirs(void)
+{
+	for (int i = 0; i < 2; i++) {
+		if (fuzz_dirs[i][0] == '\0')
+			continue;
+		char cmd[64];
+		snprintf(cmd, sizeof cmd, "rm -rf %s", fuzz_dirs[i]);
+		if (system(cmd) != 0)
+			fprintf(stderr, "fuzz disk: could not remove %s\n", fuzz_dirs[i]);
+	}
+}
+
 /* A 1 MiB disk of 64 KiB chunks: chunk 0 and 1 have data files, chunk 2 is missing, the rest are holes. */
 static struct vub_disk *fuzz_disk(bool read_only)
 {
@@ -19,6 +34,9 @@ static struct vub_disk *fuzz_disk(bool read_only)
 	char dir[] = "/tmp/slipway-fuzz-XXXXXX";
 	if (!mkdtemp(dir))
 		abort();
+	if (fuzz_dirs[0][0] == '\0' && fuzz_dirs[1][0] == '\0')
+		atexit(fuzz_remove_dirs);
+	memcpy(fuzz_dirs[read_only], dir, sizeof dir);
 	char path[512];
 	snprintf(path, sizeof path, "%s/chunks/aa", dir);
 	char cmd[600];

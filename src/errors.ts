@@ -183,3 +183,14 @@ export function fromFsError(err: unknown, path: string, what: string): SlipwayEr
   if (sysCode === 'ENOENT') return new SlipwayError('FILE_NOT_FOUND', `${what}: ${path} does not exist`, { context: { path }, cause: err });
   return new SlipwayError('IO_ERROR', `${what}: ${path}: ${(err as Error)?.message ?? String(err)}`, { context: { path, errno: sysCode }, cause: err });
 }
+
+/**
+ * A Node.js system error that reached a boundary unnamed (one with an errno code such as ENOSPC and
+ * the syscall that failed) as IO_ERROR, its message kept; undefined for any other error (a bug,
+ * whose stack is then worth showing).
+ */
+export function fromSystemError(err: unknown): SlipwayError | undefined {
+  const e = err as NodeJS.ErrnoException | undefined;
+  if (!(err instanceof Error) || typeof e?.code !== 'string' || !/^E[A-Z0-9]+$/.test(e.code) || typeof e.syscall !== 'string') return undefined;
+  return new SlipwayError('IO_ERROR', err.message, { context: { errno: e.code, syscall: e.syscall, ...(e.path ? { path: e.path } : {}) }, cause: err });
+}

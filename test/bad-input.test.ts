@@ -346,3 +346,39 @@ describe('a push that fails part-way leaves the tag as it was', () => {
     expect(sha256File(out)).not.toBe(sha256File(imageB));
   });
 });
+
+describe('a push to an OCI layout on a full file system (a 1 MiB tmpfs)', () => {
+  const mnt = join(work, 'full-tmpfs');
+  let mountError = '';
+  beforeAll(() => {
+    mkdirSync(mnt, { recursive: true });
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt], { stdio: 'pipe' });
+    } catch (err) {
+      mountError = String((err as { stderr?: Buffer }).stderr ?? err);
+    }
+  });
+  afterAll(() => {
+    if (mountError === '') execFileSync('umount', ['-l', mnt], { stdio: 'pipe' });
+  });
+
+  it('IO_ERROR naming ENOSPC and the blob it was writing, no stack trace, and the tag as it was', async (ctx) => {
+    if (mountError !== '') {
+      ctx.skip(`cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): ${mountError}`);
+      return;
+    }
+    const layout = `oci:${join(mnt, 'layout')}:t`;
+    const small = makeSparse(join(work, 'enospc-small.img'), 1 << 20, [{ offset: 0, length: 64 << 10 }]);
+    jsonOut(await runCli(['push', small, layout]));
+    const index = readFileSync(join(mnt, 'layout', 'index.json'), 'utf8');
+    // 3 MiB of random data cannot fit in what is left of 1 MiB
+    const r = await runCli(['push', disk('enospc-big.img'), layout]);
+    expectError(r, 'IO_ERROR');
+    expect(r.stderr).toMatch(/writing blob: .*\/blobs\/sha256\/[0-9a-f]{64}: ENOSPC: no space left on device/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+    expect(readFileSync(join(mnt, 'layout', 'index.json'), 'utf8')).toBe(index);
+    const out = join(work, 'enospc-pulled.img');
+    jsonOut(await runCli(['pull', layout, out]));
+    expect(sha256File(out)).toBe(sha256File(small));
+  });
+});

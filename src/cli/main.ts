@@ -2,7 +2,7 @@
  * The CLI's entry: one table of commands (each module's `CommandSpec`s), dispatch, error
  * reporting, and `--help` made from the table (each form's usage is the one its errors print).
  */
-import { SlipwayError } from '../errors.js';
+import { SlipwayError, fromSystemError } from '../errors.js';
 import type { CommandIO, CommandSpec } from './args.js';
 import { CACHE_COMMANDS } from './cache-commands.js';
 import { DAEMON_COMMANDS } from './daemon-commands.js';
@@ -55,9 +55,10 @@ export async function main(argv: string[], io: CommandIO = { stdout: process.std
   try {
     return await command.run(rest, io);
   } catch (err) {
-    if (err instanceof SlipwayError) {
-      io.stderr.write(`slipway ${name}: error ${err.code}: ${err.message}\n`);
-      return err.code === 'USAGE' ? 2 : 1;
+    const known = err instanceof SlipwayError ? err : fromSystemError(err);
+    if (known) {
+      io.stderr.write(`slipway ${name}: error ${known.code}: ${known.message}\n`);
+      return known.code === 'USAGE' ? 2 : 1;
     }
     throw err;
   }

@@ -150,7 +150,8 @@ export class OciLayoutStore implements Target {
   async pushBlob(desc: Descriptor, data: Buffer): Promise<void> {
     verifyContent(data, desc, `blob pushed to ${this.name}`);
     if (await this.blobExists(desc.digest)) return;
-    await writeFileAtomic(this.blobPath(desc.digest), data, { durable: this.opts.durable !== false });
+    const path = this.blobPath(desc.digest);
+    await layoutWrite(path, 'writing blob', () => writeFileAtomic(path, data, { durable: this.opts.durable !== false }));
   }
 
   async pushBlobStream(desc: Descriptor, data: Readable): Promise<void> {
@@ -158,7 +159,8 @@ export class OciLayoutStore implements Target {
       data.destroy();
       return;
     }
-    await writeStreamAtomicVerified(this.blobPath(desc.digest), data, desc, `blob pushed to ${this.name}`);
+    const path = this.blobPath(desc.digest);
+    await layoutWrite(path, 'writing blob', () => writeStreamAtomicVerified(path, data, desc, `blob pushed to ${this.name}`));
   }
 
   async resolve(reference: string): Promise<Descriptor | undefined> {
@@ -204,9 +206,15 @@ export class OciLayoutStore implements Target {
       if (tag !== undefined) entry.annotations = { [ANNOTATION_REF_NAME]: tag };
       kept.push(entry);
       index.manifests = kept;
-      await writeFileAtomic(join(this.dir, 'index.json'), JSON.stringify(index, null, 2));
+      await this.writeIndex(index);
     });
     return descriptor;
+  }
+
+  /** index.json replaced crash-safely (the caller holds its lock). */
+  private async writeIndex(index: ImageIndex): Promise<void> {
+    const path = join(this.dir, 'index.json');
+    await layoutWrite(path, 'writing layout index', () => writeFileAtomic(path, JSON.stringify(index, null, 2)));
   }
 
   /** The layout's tags (its `org.opencontainers.image.ref.name` annotations), at most `limit`, in index.json order. */
@@ -224,7 +232,7 @@ export class OciLayoutStore implements Target {
     await withDirLock(join(this.dir, 'index.json.lock'), async () => {
       const index = await this.readIndex();
       index.manifests = index.manifests.filter((m) => m.annotations?.[ANNOTATION_REF_NAME] !== tag);
-      await writeFileAtomic(join(this.dir, 'index.json'), JSON.stringify(index, null, 2));
+      await this.writeIndex(index);
     });
   }
 
@@ -242,4 +250,16 @@ function stripRefName(desc: Descriptor): Descriptor {
   const out: Descriptor = { mediaType: desc.mediaType, digest: desc.digest, size: desc.size };
   if (desc.artifactType) out.artifactType = desc.artifactType;
   return out;
+}
+
+/**
+ * A write into a layout, a system error of which (ENOSPC, EACCES, EROFS...) becomes IO_ERROR naming
+ * the file; SlipwayErrors (a blob that does not match its digest) pass as they are.
+ */
+async function layoutWrite(path: string, what: string, write: () => Promise<void>): Promise<void> {
+  try {
+    await write();
+  } catch (err) {
+    throw err instanceof SlipwayError ? err : fromFsError(err, path, what);
+  }
 }

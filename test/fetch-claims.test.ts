@@ -7,7 +7,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { claimsDirOf, FetchClaims } from '../src/cache/fetch-claims.js';
 import { tempDir } from './helpers/images.js';
@@ -134,5 +134,27 @@ describe('releasing a claim', () => {
     expect(b.claim(HEX)).toBe(true);
     a.release(HEX);
     expect(a.claimedElsewhere(HEX)).toBe(true);
+  });
+});
+
+describe('claims directories left behind', () => {
+  it.runIf(existsSync('/dev/shm'))('a process opening its first cache removes the empty ones that are the user\'s alone; one with a marker, or open to others, stays', () => {
+    const name = (what: string): string => `/dev/shm/slipway-claims-test-${what}-${process.pid}-${Date.now()}`;
+    const empty = name('empty');
+    const held = name('held');
+    const shared = name('shared');
+    for (const d of [empty, held, shared]) {
+      mkdirSync(d, { mode: 0o700 });
+      cleanups.push(() => rmSync(d, { recursive: true, force: true }));
+    }
+    writeFileSync(join(held, HEX), '1:1:left');
+    chmodSync(shared, 0o777);
+    // a fresh process: the sweep runs once per process, and this one has opened caches already
+    const dir = cacheDir();
+    const script = `import { FetchClaims } from ${JSON.stringify(join(process.cwd(), 'src', 'cache', 'fetch-claims.ts'))}; new FetchClaims(${JSON.stringify(dir)}).close();`;
+    execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: 'pipe' });
+    expect(existsSync(empty)).toBe(false);
+    expect(readdirSync(held)).toEqual([HEX]);
+    expect(existsSync(shared)).toBe(true);
   });
 });

@@ -7,7 +7,7 @@
  * the claim goes away without a file, or its claimer is gone or does not deliver in time
  * (docs/cache.md, "Tier 1 on disk"). The chunk fetcher (chunk-fetcher.ts) is the only user.
  */
-import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync, type BigIntStats } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync, type BigIntStats } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { processAlive } from '../util/process.js';
@@ -46,6 +46,37 @@ export function claimsDirOf(cacheDir: string): string {
   const st = statSync(cacheDir, { bigint: true });
   const id = createHash('sha256').update(`${st.dev}:${st.ino}`).digest('hex').slice(0, 20);
   return join(SHM, `slipway-claims-${id}`);
+}
+
+let swept = false;
+
+/**
+ * Once per process: the empty claims directories on tmpfs that are this user's alone, another
+ * cache's included, removed. A process that ends without closing its caches (killed, say) leaves
+ * its directory behind, one per cache directory it opened, and tmpfs keeps them until a reboot. An
+ * empty directory holds no claim, and a claimer whose directory goes makes it again (`#makeDir`,
+ * checked on every claim), as when the last claimer of a cache removes it on close. A directory
+ * with a marker in it stays: its claims are for their claimer, live or not, to settle.
+ */
+function sweepEmptyClaimDirs(keep: string): void {
+  if (swept) return;
+  swept = true;
+  let names: string[];
+  try {
+    names = readdirSync(SHM);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const dir = join(SHM, name);
+    if (!name.startsWith('slipway-claims-') || dir === keep) continue;
+    try {
+      const st = lstatSync(dir);
+      if (st.isDirectory() && st.uid === process.getuid?.() && (st.mode & 0o077) === 0) rmdirSync(dir);
+    } catch {
+      // not empty, gone already, or not ours to remove
+    }
+  }
 }
 
 /** A file's identity for a release: its inode and change time (ns). */
@@ -99,6 +130,7 @@ export class FetchClaims {
     this.#cacheDir = cacheDir;
     this.#dir = claimsDirOf(cacheDir);
     this.#makeDir();
+    if (this.#dirIno !== undefined) sweepEmptyClaimDirs(this.#dir);
     openClaimers.add(this.#claimer);
   }
 

@@ -33,7 +33,7 @@ import {
 import type { AdoptTarget, RunningVm, VmSpec } from '../src/vmm/driver.js';
 import { bootVm } from '../src/vmm/boot.js';
 import { inspectKvm, kvmDeviceUsable, loadedKvmModules } from '../src/vmm/accel.js';
-import { processesWithArgument } from '../src/util/process.js';
+import { processesWithArgument, processRunning } from '../src/util/process.js';
 import { CH_OPENAPI_PATH, loadChApiSpec, parseYaml, validateFwCfgConfig, validateSchema, validateVmConfigBody } from './helpers/ch-openapi.mjs';
 import { FAKE_HOST_PORT } from './helpers/fake-cloud-hypervisor.mjs';
 
@@ -344,13 +344,12 @@ interface LogEntry {
   code?: number;
 }
 
+/**
+ * Whether the process runs. A zombie does not: a detached VMM's parent is slipway-spawn, which
+ * reaps it a moment after it exits, and until then `kill(pid, 0)` still finds it.
+ */
 function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
+  return processRunning(pid);
 }
 
 describe('the driver against a FAKE Cloud Hypervisor (test/helpers/fake-cloud-hypervisor.mjs)', () => {

@@ -11,10 +11,12 @@ npx tsc -p tsconfig.test.json
 # that is interrupted, cannot fill the host's /tmp over many runs. What a run left there is named first.
 suite_tmp=$(mktemp -d "${TMPDIR:-/tmp}/swt-XXXXXX")
 end_suite_tmp() {
-  local left
+  local rc=$? left
+  set +e
   left=$(find "$suite_tmp" -mindepth 1 -maxdepth 1 ! -name 'tsx-*' -printf '%f\n' 2>/dev/null | sort | head -20)
   [ -z "$left" ] || printf 'test: these were left in the temp dir and are now removed:\n%s\n' "$left" >&2
-  rm -rf "$suite_tmp"
+  rm -rf "$suite_tmp" || echo "test: could not remove $suite_tmp (a mount left inside?)" >&2
+  exit "$rc"
 }
 trap end_suite_tmp EXIT
 TMPDIR=$suite_tmp npx vitest run "$@"

@@ -184,13 +184,19 @@ export function fromFsError(err: unknown, path: string, what: string): SlipwayEr
   return new SlipwayError('IO_ERROR', `${what}: ${path}: ${(err as Error)?.message ?? String(err)}`, { context: { path, errno: sysCode }, cause: err });
 }
 
+/** System errors that say something of the host (its disks, its limits, its permissions), not of a bug. */
+const HOST_ERRNOS = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM', 'EIO', 'EMFILE', 'ENFILE', 'EBUSY', 'ENOTDIR', 'EISDIR', 'ELOOP', 'ENAMETOOLONG', 'EXDEV']);
+
 /**
- * A Node.js system error that reached a boundary unnamed (one with an errno code such as ENOSPC and
- * the syscall that failed) as IO_ERROR, its message kept; undefined for any other error (a bug,
- * whose stack is then worth showing).
+ * A Node.js system error that reached a boundary unnamed, when it says something of the host: a
+ * full disk, a read-only file system, a permission refused (`HOST_ERRNOS`) is IO_ERROR with the
+ * system's words, a missing file with its path FILE_NOT_FOUND. Undefined for anything else (EINVAL,
+ * EBADF, a network error: a bug or a caller's own to name, whose stack is then worth showing).
  */
 export function fromSystemError(err: unknown): SlipwayError | undefined {
   const e = err as NodeJS.ErrnoException | undefined;
-  if (!(err instanceof Error) || typeof e?.code !== 'string' || !/^E[A-Z0-9]+$/.test(e.code) || typeof e.syscall !== 'string') return undefined;
+  if (!(err instanceof Error) || typeof e?.code !== 'string' || typeof e.syscall !== 'string') return undefined;
+  if (e.code === 'ENOENT' && e.path !== undefined) return fromFsError(err, e.path, e.syscall);
+  if (!HOST_ERRNOS.has(e.code)) return undefined;
   return new SlipwayError('IO_ERROR', err.message, { context: { errno: e.code, syscall: e.syscall, ...(e.path ? { path: e.path } : {}) }, cause: err });
 }

@@ -371,7 +371,7 @@ describe('a push to an OCI layout on a full file system (a 1 MiB tmpfs)', () => 
     const small = makeSparse(join(work, 'enospc-small.img'), 1 << 20, [{ offset: 0, length: 64 << 10 }]);
     jsonOut(await runCli(['push', small, layout]));
     const index = readFileSync(join(mnt, 'layout', 'index.json'), 'utf8');
-    // 3 MiB of random data cannot fit in what is left of 1 MiB
+    // 1.5 MiB of random data cannot fit in what is left of 1 MiB
     const r = await runCli(['push', disk('enospc-big.img'), layout]);
     expectError(r, 'IO_ERROR');
     expect(r.stderr).toMatch(/writing blob: .*\/blobs\/sha256\/[0-9a-f]{64}: ENOSPC: no space left on device/);

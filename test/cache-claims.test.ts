@@ -37,11 +37,18 @@ beforeAll(async () => {
 
 /** Leave a fetch claim on chunk `n` of the disk in `cacheDir`, as a claimer would, naming `claimer`. */
 function leaveClaim(cacheDir: string, hex: string, claimer: string): string {
-  // (the directory goes with the last cache that closes)
-  mkdirSync(claimsDirOf(cacheDir), { recursive: true, mode: 0o700 });
+  // (the directory goes with the last cache that closes, and another process's first cache open
+  // removes it while empty: made again until the marker is in it)
   const marker = join(claimsDirOf(cacheDir), hex);
-  writeFileSync(marker, claimer);
-  return marker;
+  for (;;) {
+    mkdirSync(claimsDirOf(cacheDir), { recursive: true, mode: 0o700 });
+    try {
+      writeFileSync(marker, claimer);
+      return marker;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
 }
 
 describe('a fetch claim that nobody is working on never blocks a read', () => {

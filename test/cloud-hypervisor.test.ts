@@ -480,6 +480,7 @@ describe('the driver against a FAKE Cloud Hypervisor (test/helpers/fake-cloud-hy
     expect(readFileSync(item.file, 'utf8')).toBe(BOOT_CONFIG);
     expect(JSON.parse(readFileSync(join(workDir, 'ch-vm-config.json'), 'utf8'))).toEqual(create);
     const agentPid = entries.find((e) => e.event === 'agent')?.pid ?? 0;
+    expect(agentPid).toBeGreaterThan(0);
     // the fake stops its agent when it exits; allow a loaded machine a few seconds for that
     for (let waited = 0; pidAlive(agentPid) && waited < 5000; waited += 50) await new Promise((r) => setTimeout(r, 50));
     expect(pidAlive(agentPid)).toBe(false);

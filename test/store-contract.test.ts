@@ -11,7 +11,7 @@ import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import type { Target } from '../src/oci/store.js';
 import { MEDIA_TYPE_OCI_MANIFEST, type Descriptor } from '../src/oci/types.js';
-import { isSlipwayError } from '../src/errors.js';
+import { isSlipwayError, isTransient } from '../src/errors.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
 import { tempDir } from './helpers/images.js';
 
@@ -100,5 +100,21 @@ describe.each(stores)('store contract: %s', (_name, open) => {
     const store = await open();
     const err = await store.fetchManifest('nope').catch((e: unknown) => e);
     expect(isSlipwayError(err, 'TAG_UNKNOWN')).toBe(true);
+  });
+});
+
+describe('an OCI layout fed by a stream that fails', () => {
+  it('passes the source\'s own error on as it is (a cut connection stays transient), and stores nothing', async () => {
+    const store = await stores[0]![1]();
+    const data = randomBytes(2 << 20);
+    const desc = blob(data);
+    const cut = Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET', syscall: 'read', errno: -104 });
+    const source = new Readable({ read() {} });
+    source.push(data.subarray(0, 1 << 20));
+    setImmediate(() => source.destroy(cut));
+    const err = await store.pushBlobStream(desc, source).catch((e: unknown) => e);
+    expect(err).toBe(cut);
+    expect(isTransient(err)).toBe(true);
+    expect(await store.blobExists(desc.digest)).toBe(false);
   });
 });

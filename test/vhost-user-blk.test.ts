@@ -10,7 +10,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { appendFileSync, copyFileSync, existsSync, readFileSync, renameSync, statSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, statSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
@@ -259,8 +259,11 @@ describe('fuzzing slipway-blk', () => {
   it.each(['fuzz_message', 'fuzz_virtq'])('%s runs clean for 15 s from its seed corpus', (target) => {
     execFileSync('make', ['-s', '-C', VUB, 'fuzz'], { stdio: 'inherit' });
     const corpus = tempDir(`slipway-${target}-`);
+    // a crash input is kept where the build is (the corpus goes with the test's temp dirs)
+    const artifacts = join(VUB, 'build', 'fuzz', 'artifacts');
+    mkdirSync(artifacts, { recursive: true });
     const seeds = join(VUB, 'fuzz', 'corpus', target === 'fuzz_message' ? 'message' : 'virtq');
-    const out = execFileSync(join(VUB, 'build', 'fuzz', target), ['-max_total_time=15', '-print_final_stats=1', `-artifact_prefix=${corpus}/`, corpus, seeds], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+    const out = execFileSync(join(VUB, 'build', 'fuzz', target), ['-max_total_time=15', '-print_final_stats=1', `-artifact_prefix=${artifacts}/${target}-`, corpus, seeds], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).toString();
     expect(out).not.toMatch(/ERROR:|runtime error/);
   }, 120_000);
 });

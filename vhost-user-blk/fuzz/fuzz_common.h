@@ -8,15 +8,18 @@
 #include <unistd.h>
 #include "disk.h"
 
-/* The disks' directories, removed when the fuzzer exits (libFuzzer ends with exit(), so atexit runs). */
-static char fuzz_dirs[2][32];
+/*
+ * The disks' directories (in $TMPDIR, else /tmp), removed when the fuzzer ends its run with exit();
+ * after a crash (libFuzzer's _Exit) they stay, with the input that crashed it.
+ */
+static char fuzz_dirs[2][256];
 
 static void fuzz_remove_dirs(void)
 {
 	for (int i = 0; i < 2; i++) {
 		if (fuzz_dirs[i][0] == '\0')
 			continue;
-		char cmd[64];
+		char cmd[300];
 		snprintf(cmd, sizeof cmd, "rm -rf %s", fuzz_dirs[i]);
 		if (system(cmd) != 0)
 			fprintf(stderr, "fuzz disk: could not remove %s\n", fuzz_dirs[i]);
@@ -31,12 +34,14 @@ static struct vub_disk *fuzz_disk(bool read_only)
 	struct vub_disk *d = &disks[read_only];
 	if (made[read_only])
 		return d;
-	char dir[] = "/tmp/slipway-fuzz-XXXXXX";
+	const char *tmp = getenv("TMPDIR");
+	char dir[200];
+	snprintf(dir, sizeof dir, "%s/slipway-fuzz-XXXXXX", tmp && tmp[0] == '/' && strlen(tmp) < 160 && !strpbrk(tmp, " '\"$`\\;&|") ? tmp : "/tmp");
 	if (!mkdtemp(dir))
 		abort();
 	if (fuzz_dirs[0][0] == '\0' && fuzz_dirs[1][0] == '\0')
 		atexit(fuzz_remove_dirs);
-	memcpy(fuzz_dirs[read_only], dir, sizeof dir);
+	snprintf(fuzz_dirs[read_only], sizeof fuzz_dirs[read_only], "%s", dir);
 	char path[512];
 	snprintf(path, sizeof path, "%s/chunks/aa", dir);
 	char cmd[600];

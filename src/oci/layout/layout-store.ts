@@ -160,7 +160,8 @@ export class OciLayoutStore implements Target {
       return;
     }
     const path = this.blobPath(desc.digest);
-    await layoutWrite(path, 'writing blob', () => writeStreamAtomicVerified(path, data, desc, `blob pushed to ${this.name}`));
+    // the source's own error (a registry connection cut, a source file unreadable) passes as it is
+    await layoutWrite(path, 'writing blob', () => writeStreamAtomicVerified(path, data, desc, `blob pushed to ${this.name}`), () => data.errored);
   }
 
   async resolve(reference: string): Promise<Descriptor | undefined> {
@@ -253,13 +254,15 @@ function stripRefName(desc: Descriptor): Descriptor {
 }
 
 /**
- * A write into a layout, a system error of which (ENOSPC, EACCES, EROFS...) becomes IO_ERROR naming
- * the file; SlipwayErrors (a blob that does not match its digest) pass as they are.
+ * A write into a layout, a system error of which (ENOSPC, EACCES, EROFS...: one with a `syscall`)
+ * becomes IO_ERROR naming the file. SlipwayErrors (a blob that does not match its digest), errors
+ * that are not the system's, and the source's own error (`sourceError`) pass as they are.
  */
-async function layoutWrite(path: string, what: string, write: () => Promise<void>): Promise<void> {
+async function layoutWrite(path: string, what: string, write: () => Promise<void>, sourceError: () => unknown = () => undefined): Promise<void> {
   try {
     await write();
   } catch (err) {
-    throw err instanceof SlipwayError ? err : fromFsError(err, path, what);
+    const system = typeof (err as NodeJS.ErrnoException | undefined)?.syscall === 'string';
+    throw err instanceof SlipwayError || !system || err === sourceError() ? err : fromFsError(err, path, what);
   }
 }

@@ -109,9 +109,14 @@ describe('an OCI layout fed by a stream that fails', () => {
     const data = randomBytes(2 << 20);
     const desc = blob(data);
     const cut = Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET', syscall: 'read', errno: -104 });
-    const source = new Readable({ read() {} });
-    source.push(data.subarray(0, 1 << 20));
-    setImmediate(() => source.destroy(cut));
+    // cut once the store is reading it (its reader then listens for the error), after the first MiB
+    let reads = 0;
+    const source = new Readable({
+      read() {
+        if (reads++ === 0) this.push(data.subarray(0, 1 << 20));
+        else this.destroy(cut);
+      },
+    });
     const err = await store.pushBlobStream(desc, source).catch((e: unknown) => e);
     expect(err).toBe(cut);
     expect(isTransient(err)).toBe(true);

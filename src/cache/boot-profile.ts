@@ -27,6 +27,8 @@ export interface BootProfile {
   chunkSizeBytes: number;
   /** chunk numbers in first-read order */
   chunks: number[];
+  /** set when the profile was inherited at push from an earlier version's (profile-inheritance.ts): that disk's manifest digest */
+  inheritedFrom?: string;
 }
 
 export function profileTag(diskDigest: string): string {

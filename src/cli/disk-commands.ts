@@ -1,6 +1,7 @@
 import { SlipwayError } from '../errors.js';
 import { describeDisk, openDiskArtifact, type DiskArtifact } from '../disk/artifact.js';
 import { checkImageFile, pushDisk } from '../disk/push.js';
+import { inheritBootProfile } from '../cache/profile-inheritance.js';
 import { checkChunkSize } from '../disk/format.js';
 import { pullDisk } from '../disk/pull.js';
 import { copyImage } from '../oci/copy.js';
@@ -55,19 +56,27 @@ export async function pushCommand(argv: string[], io: CommandIO): Promise<number
       const dref = parseRef(d);
       dedupFrom.push(await openDiskArtifact(await targets.open(dref), refReference(dref)));
     }
-    return withPool((pool) => pushDisk({
+    const pushed = await withPool((pool) => pushDisk({
       file, target, tag: ref.tag ?? DEFAULT_TAG, pool, compression, dedupFrom,
       ...(chunkSizeBytes !== undefined ? { chunkSizeBytes } : {}),
       ...(packSizeBytes !== undefined ? { packSizeBytes } : {}),
       ...(zstdLevel !== undefined ? { zstdLevel } : {}),
       ...(progress.onProgress ? { onProgress: progress.onProgress } : {}),
     }));
+    // the new version boots with the profile of the version it shares its chunks with
+    const inherited = await inheritBootProfile(target, pushed, pushed.dedupedAgainst).catch((err: unknown) => {
+      io.stderr.write(`slipway push: warning: the disk is pushed, but giving it the boot profile of an earlier version failed: ${(err as Error).message}\n`);
+      return undefined;
+    });
+    return { ...pushed, inherited };
   });
   progress.finish();
+  const { inherited } = result;
   io.stdout.write(`${JSON.stringify({
     reference: formatRef({ ...ref, tag: ref.tag ?? DEFAULT_TAG }), digest: result.manifest.digest, sizeBytes: result.config.sizeBytes,
     chunks: result.config.chunkCount, zeroChunks: result.config.stats.zeroChunks, newChunks: result.newChunks, reusedChunks: result.reusedChunks,
     uploadedPacks: result.uploadedPacks, uploadedBytes: result.uploadedBytes, storedBytes: result.config.stats.storedBytes,
+    ...(inherited ? { bootProfile: { inheritedFrom: inherited.from, chunks: inherited.chunks, unchangedChunks: inherited.unchangedChunks } } : {}),
   })}\n`);
   return 0;
 }

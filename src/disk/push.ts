@@ -57,12 +57,20 @@ export interface PushResult {
   /** the manifest's bytes as pushed */
   manifestBody: Buffer;
   config: DiskConfig;
+  /** the disk's chunk index as pushed */
+  index: ChunkIndex;
   /** packs written by this push (the rest were already in the store) */
   uploadedPacks: number;
   uploadedBytes: number;
   /** chunks found in the target's or a base's packs */
   reusedChunks: number;
   newChunks: number;
+  /**
+   * The disks of the target this push deduplicated against, most related first: its base (a
+   * delta), the tag's previous disk, then the repository's newest-looking tags (what a boot
+   * profile may be inherited from: cache/profile-inheritance.ts).
+   */
+  dedupedAgainst: DiskArtifact[];
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -333,5 +341,6 @@ export async function pushDisk(opts: PushOptions): Promise<PushResult> {
   const manifestBody = Buffer.from(JSON.stringify(manifest));
   const manifestDesc = await target.pushManifest(manifestBody, manifest.mediaType as string, opts.tag);
   report('done');
-  return { manifest: manifestDesc, manifestBody, config, uploadedPacks, uploadedBytes, reusedChunks, newChunks };
+  const dedupedAgainst = [...(opts.base ? [opts.base] : []), ...(previous ? [previous] : []), ...repositoryDisks];
+  return { manifest: manifestDesc, manifestBody, config, index, uploadedPacks, uploadedBytes, reusedChunks, newChunks, dedupedAgainst };
 }

@@ -1,0 +1,150 @@
+/**
+ * A new version of a disk inherits the boot profile of the version it was deduplicated against
+ * (src/cache/profile-inheritance.ts): `slipway push` of a rebuilt image under a new tag stores a
+ * profile for it, and a host that has never seen the new version opens it with that profile.
+ * Real files, a real OCI layout, the real CLI.
+ */
+import { closeSync, copyFileSync, openSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { fetchBootProfile, pushBootProfile, type BootProfile } from '../src/cache/boot-profile.js';
+import { ChunkCache } from '../src/cache/chunk-cache.js';
+import { loadConfig } from '../src/config.js';
+import { openDiskArtifact } from '../src/disk/artifact.js';
+import { pushDisk } from '../src/disk/push.js';
+import { inheritBootProfile } from '../src/cache/profile-inheritance.js';
+import { WorkerPool } from '../src/workers/pool.js';
+import { Targets } from '../src/oci/open.js';
+import { parseRef } from '../src/oci/ref.js';
+import { silentLogger } from '../src/util/log.js';
+import { makeSparse, tempDir } from './helpers/images.js';
+import { jsonOut, runCli } from './helpers/run-cli.js';
+
+const work = tempDir();
+const targets = new Targets();
+const pool = new WorkerPool(1);
+afterAll(async () => {
+  await targets.close();
+  await pool.close();
+});
+const KiB = 1024;
+const CHUNK = 64 * KiB;
+
+interface PushOut { digest: string; bootProfile?: { inheritedFrom: string; chunks: number; unchangedChunks: number } }
+
+/** A 4 MiB image whose first 2 MiB (32 chunks of 64 KiB) are random, the rest a hole. */
+function baseImage(name: string): string {
+  return makeSparse(join(work, name), 4 << 20, [{ offset: 0, length: 2 << 20 }]);
+}
+
+/** `src` copied to `name` with `writes` applied (a buffer at a byte offset). */
+function changed(src: string, name: string, writes: { offset: number; data: Buffer }[]): string {
+  const path = join(work, name);
+  copyFileSync(src, path);
+  const fd = openSync(path, 'r+');
+  try {
+    for (const w of writes) writeSync(fd, w.data, 0, w.data.length, w.offset);
+  } finally {
+    closeSync(fd);
+  }
+  return path;
+}
+
+async function push(file: string, ref: string): Promise<PushOut> {
+  return jsonOut<PushOut>(await runCli(['push', file, ref, '--chunk-size', '64K', '--progress=none']));
+}
+
+/** Store `chunks` as the boot profile of the disk at `ref` (as a first boot of it would). */
+async function giveProfile(ref: string, chunks: number[]): Promise<void> {
+  const parsed = parseRef(ref);
+  const target = await targets.open(parsed);
+  const disk = await openDiskArtifact(target, parsed.tag as string);
+  await pushBootProfile(target, disk.manifestDescriptor, { formatVersion: 1, disk: disk.manifestDescriptor.digest, chunkSizeBytes: CHUNK, chunks });
+}
+
+async function storedProfile(ref: string, digest: string): Promise<BootProfile | undefined> {
+  return (await fetchBootProfile(await targets.open(parseRef(ref)), digest)) as BootProfile | undefined;
+}
+
+describe('boot profiles inherited at push', () => {
+  it('a rebuilt image under a new tag gets its parent\'s profile, less the chunks that became holes; a fresh host opens it with that profile', async () => {
+    const layout = join(work, 'rebuilt');
+    const v1img = baseImage('v1.img');
+    const v1 = await push(v1img, `oci:${layout}:v1`);
+    expect(v1.bootProfile).toBeUndefined();
+    const parentChunks = [5, 3, 0, 20, 31, 7];
+    await giveProfile(`oci:${layout}:v1`, parentChunks);
+
+    // v2: one 4 KiB block of chunk 3 changed, chunk 31 zeroed (a hole now)
+    const v2img = changed(v1img, 'v2.img', [{ offset: 3 * CHUNK + 8 * KiB, data: randomBytes(4 * KiB) }, { offset: 31 * CHUNK, data: Buffer.alloc(CHUNK) }]);
+    const v2 = await push(v2img, `oci:${layout}:v2`);
+    expect(v2.bootProfile).toEqual({ inheritedFrom: v1.digest, chunks: 5, unchangedChunks: 4 });
+    const stored = await storedProfile(`oci:${layout}:v2`, v2.digest);
+    expect(stored).toEqual({ formatVersion: 1, disk: v2.digest, chunkSizeBytes: CHUNK, chunks: [5, 3, 0, 20, 7], inheritedFrom: v1.digest });
+
+    // a host that has never seen v2 opens it with the inherited profile and prefetches its chunks
+    const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-cache-') }), logger: silentLogger, targets });
+    try {
+      const disk = await cache.openDisk(`oci:${layout}:v2`, { recordProfileIfMissing: true });
+      expect(disk.openedWithProfile).toEqual({ chunks: 5, from: 'registry' });
+      await disk.settle();
+      expect(cache.stats().remote.chunks).toBe(5);
+      await disk.close();
+    } finally {
+      await cache.close();
+    }
+
+    // the same image pushed again (same digest) keeps the profile it has
+    const again = await push(v2img, `oci:${layout}:v2-again`);
+    expect(again.digest).toBe(v2.digest);
+    expect(again.bootProfile).toBeUndefined();
+    expect((await storedProfile(`oci:${layout}:v2`, v2.digest))?.chunks).toEqual([5, 3, 0, 20, 7]);
+  });
+
+  it('an image laid out anew (fewer than half its parent profile\'s chunks unchanged) inherits nothing', async () => {
+    const layout = join(work, 'anew');
+    const v1img = baseImage('anew-v1.img');
+    await push(v1img, `oci:${layout}:v1`);
+    await giveProfile(`oci:${layout}:v1`, [0, 1, 2, 3]);
+    // chunks 0-2 rewritten, chunk 3 kept: 1 of 4 unchanged; chunks 4+ keep dedup going
+    const v2img = changed(v1img, 'anew-v2.img', [{ offset: 0, data: randomBytes(3 * CHUNK) }]);
+    const v2 = await push(v2img, `oci:${layout}:v2`);
+    expect(v2.bootProfile).toBeUndefined();
+    expect(await storedProfile(`oci:${layout}:v2`, v2.digest)).toBeUndefined();
+  });
+
+  it('a malformed parent profile (a chunk outside the disk) is passed over; the newer tag with a good one is chosen', async () => {
+    const layout = join(work, 'hostile');
+    const img = baseImage('hostile-v1.img');
+    await push(img, `oci:${layout}:v1`);
+    const v2img = changed(img, 'hostile-v2.img', [{ offset: 9 * CHUNK, data: randomBytes(4 * KiB) }]);
+    await push(v2img, `oci:${layout}:v2`);
+    // v1's profile is good, v2's names chunk 9999 of a 64-chunk disk
+    await giveProfile(`oci:${layout}:v1`, [1, 2]);
+    const parsed = parseRef(`oci:${layout}:v2`);
+    const target = await targets.open(parsed);
+    const v2disk = await openDiskArtifact(target, 'v2');
+    await pushBootProfile(target, v2disk.manifestDescriptor, { formatVersion: 1, disk: v2disk.manifestDescriptor.digest, chunkSizeBytes: CHUNK, chunks: [1, 9999] });
+    const v3img = changed(v2img, 'hostile-v3.img', [{ offset: 10 * CHUNK, data: randomBytes(4 * KiB) }]);
+    const v1digest = (await openDiskArtifact(target, 'v1')).manifestDescriptor.digest;
+    const v3 = await push(v3img, `oci:${layout}:v3`);
+    expect(v3.bootProfile).toEqual({ inheritedFrom: v1digest, chunks: 2, unchangedChunks: 2 });
+  });
+
+  it('a snapshot (a delta of its base) inherits its base\'s profile', async () => {
+    const layout = join(work, 'delta');
+    const img = baseImage('delta-base.img');
+    await push(img, `oci:${layout}:base`);
+    await giveProfile(`oci:${layout}:base`, [2, 1]);
+    const target = await targets.open(parseRef(`oci:${layout}:base`));
+    const base = await openDiskArtifact(target, 'base');
+    // the staging file a snapshot pushes: the base's size, only the dirty chunk (2) written
+    const staging = makeSparse(join(work, 'delta-staging'), 4 << 20, [{ offset: 2 * CHUNK, length: CHUNK }]);
+    const snap = await pushDisk({ file: staging, target, tag: 's1', pool, base, changed: (n) => n === 2, chunkSizeBytes: CHUNK });
+    expect(snap.dedupedAgainst[0]?.manifestDescriptor.digest).toBe(base.manifestDescriptor.digest);
+    const inherited = await inheritBootProfile(target, snap, snap.dedupedAgainst);
+    expect(inherited).toMatchObject({ from: base.manifestDescriptor.digest, chunks: 2, unchangedChunks: 1 });
+    expect((await storedProfile(`oci:${layout}:s1`, snap.manifest.digest))?.chunks).toEqual([2, 1]);
+  });
+});

@@ -14,6 +14,9 @@
  *    when the export closes, exactly as `slipway serve` does;
  *  - slipway-blk, no profile, `--prefetch all`: the same plus the whole disk at background priority;
  *  - slipway-blk, the profile host 1 recorded, on host 2 (a fresh cache);
+ *  - slipway-blk, a new version of the disk (v2: 16 chunks changed, 8 of them on the boot's path)
+ *    pushed under a new tag after host 1's boot, booted on host 3 (a fresh cache): a disk never
+ *    booted before, with the profile it inherited from v1 at push;
  *  - an upper bound: a profile built from the trace itself (the chunks the boot reads, in order)
  *    and pushed by hand; no user gets a profile that way;
  * and warm: slipway-blk with every chunk cached against qemu-storage-daemon on a local copy of
@@ -22,13 +25,15 @@
  * 2 cores). SLIPWAY_BENCH_RUNS=n repeats the cold rows n times (medians, and each run's ratio).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChunkCache } from '../src/cache/chunk-cache.js';
 import { pushBootProfile } from '../src/cache/boot-profile.js';
 import { loadConfig } from '../src/config.js';
 import { openDiskArtifact } from '../src/disk/artifact.js';
+import { HOLE } from '../src/disk/format.js';
 import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
 import { renderBootConfig } from '../src/guest/boot-config.js';
 import { buildGuest, PROJECT_ROOT } from '../src/guest/build.js';
@@ -141,6 +146,15 @@ async function main(): Promise<void> {
     execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'copy', ref, profiled, '--progress=none']);
     const profiledTarget = await targets.open(parseRef(profiled));
     await pushBootProfile(profiledTarget, (await openDiskArtifact(profiledTarget, 'v1')).manifestDescriptor, { formatVersion: 1, disk: artifact.manifestDescriptor.digest, chunkSizeBytes: cs, chunks: order });
+    // v2, a new version of the disk: 4 KiB rewritten in 16 chunks, every 16th chunk of the boot's
+    // (8) and 8 spread over the rest of the data
+    const v2img = join(work, 'debian-v2.img');
+    execFileSync('cp', ['--sparse=always', SYSTEMD_IMAGE, v2img]);
+    const onPath = order.filter((_, i) => i % 16 === 8).slice(0, 8);
+    const offPath = [...artifact.index.map.keys()].filter((n) => artifact.index.map[n] !== HOLE && !order.includes(n)).filter((_, i, all) => i % Math.floor(all.length / 8) === 0).slice(0, 8);
+    const v2fd = openSync(v2img, 'r+');
+    for (const n of [...onPath, ...offPath]) writeSync(v2fd, randomBytes(4096), 0, 4096, n * cs + 8192);
+    closeSync(v2fd);
 
     /**
      * One boot on a host that has never seen the disk (an empty cache), served as `slipway serve`
@@ -148,14 +162,14 @@ async function main(): Promise<void> {
      * closes. Bytes fetched are counted once the replay is done and background work has settled
      * (for `all`, only what was fetched by then: the fill is stopped by the close).
      */
-    const slipwayCold = async (host: string, repo: string, prefetch: PrefetchMode, record: boolean): Promise<{ ms: number; fetched: number; requests: number; profileChunks: number; speculated: number; speculatedRead: number | string; stored: number; cpuMs: number; load: string }> => {
+    const slipwayCold = async (host: string, repo: string, prefetch: PrefetchMode, record: boolean, tag = 'v1'): Promise<{ ms: number; fetched: number; requests: number; profileChunks: number; speculated: number; speculatedRead: number | string; stored: number; cpuMs: number; load: string }> => {
       const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'cache-')) }), logger: silentLogger });
       // the daemon and `slipway serve` start their decode threads (and make tier 1's directories)
       // when they start, not when the first disk opens
       await cache.warmUp();
       let stored = 0;
       const served = await serveDisk({
-        cache, ref: `${host}/bench/${repo}:v1`, socket: join(work, `s-${Date.now()}.sock`), workDir: mkdtempSync(join(work, 'serve-')), readWrite: false, prefetch,
+        cache, ref: `${host}/bench/${repo}:${tag}`, socket: join(work, `s-${Date.now()}.sock`), workDir: mkdtempSync(join(work, 'serve-')), readWrite: false, prefetch,
         ...(record ? { openOptions: { recordProfileIfMissing: true }, saveProfileWhenQuietMs: 600_000 } : { openOptions: { recordProfileIfMissing: false } }),
         onProfileSaved: (saved, err) => {
           if (err) console.error(`storing the boot profile failed: ${(err as Error).message}`);
@@ -244,6 +258,11 @@ async function main(): Promise<void> {
         const second = await slipwayCold(proxy.host, repo, 'profile', false);
         if (second.profileChunks !== first.stored) throw new Error(`host 2 opened with ${second.profileChunks} profile chunks, host 1 stored ${first.stored}`);
         const bound = await slipwayCold(proxy.host, 'debian-profiled', 'profile', false);
+        // v2 pushed as a user would, after host 1's boot stored v1's profile: it inherits that
+        const pushedV2 = JSON.parse(execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'push', v2img, `${registry.host}/bench/${repo}:v2`, '--progress=none'], { encoding: 'utf8' })) as { bootProfile?: { chunks: number } };
+        if (!pushedV2.bootProfile) throw new Error('v2 inherited no boot profile from v1');
+        const third = await slipwayCold(proxy.host, repo, 'profile', true, 'v2');
+        if (third.profileChunks !== pushedV2.bootProfile.chunks) throw new Error(`host 3 opened v2 with ${third.profileChunks} profile chunks, v2 inherited ${pushedV2.bootProfile.chunks}`);
         // last: the whole-disk fill leaves 100+ MB of chunk files being written back, which slows
         // whatever runs next (it ran second once and slowed host 1 by 1.5x)
         const all = await slipwayCold(proxy.host, `${repo}-all`, 'all', false);
@@ -254,6 +273,7 @@ async function main(): Promise<void> {
           row(`${delayMs} ms: slipway-blk, no profile, --prefetch all`, all, peer),
           row(`${delayMs} ms: slipway-blk, profile recorded by host 1 (${first.stored} chunks), host 2`, second, peer),
           row(`${delayMs} ms: upper bound: slipway-blk, profile built from the trace (${order.length} chunks)`, bound, peer),
+          row(`${delayMs} ms: slipway-blk, new version v2 never booted (16 chunks changed, 8 on the boot's path), profile inherited from v1 at push, host 3`, third, peer),
         );
       } finally {
         proxy.stop();

@@ -87,6 +87,27 @@ describe('bad local input', () => {
     expect(existsSync(layout2)).toBe(false);
   });
 
+  it('a mistyped name in the embedded store, or a missing oci: directory: NAME_UNKNOWN naming the directory and the names the store holds', async () => {
+    const store = join(work, 'named-store');
+    const env = { SLIPWAY_STORE: store };
+    jsonOut(await runCli(['push', disk('named.img'), 'ci-runner:v1', '--progress=none'], env));
+    const r = await runCli(['inspect', 'ci-runer:v1'], env);
+    expectError(r, 'NAME_UNKNOWN');
+    expect(r.stderr).toContain(join(store, 'ci-runer'));
+    expect(r.stderr).toContain(`${store} holds: ci-runner`);
+    const missing = join(work, 'no-such-layout');
+    const o = await runCli(['inspect', `oci:${missing}:v1`]);
+    expectError(o, 'NAME_UNKNOWN');
+    expect(o.stderr).toContain(`no image layout at ${missing}`);
+  });
+
+  it('run --disk with a missing file: FILE_NOT_FOUND before any VMM starts', async () => {
+    const missing = join(work, 'no-such-root.img');
+    const r = await runCli(['run', '--disk', missing, '--', 'true']);
+    expectError(r, 'FILE_NOT_FOUND');
+    expect(r.stderr).toContain(missing);
+  });
+
   it('an image whose size is not a multiple of 512: INVALID_DISK_IMAGE with the size', async () => {
     const odd = join(work, 'odd.img');
     writeFileSync(odd, randomBytes(512 * 8 + 100));

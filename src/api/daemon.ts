@@ -161,13 +161,14 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
           s.closeAllConnections();
         });
         await Promise.all([stop(unixServer), stop(tcpServer)]);
+        let left = 0;
         if (closeOpts.stopVms) await vms.deleteAll();
-        else await vms.detachAll();
+        else left = await vms.detachAll();
         await cache.close();
         state.close();
         rmSync(opts.socketPath, { force: true });
         rmSync(pidFile, { force: true });
-        logger.info('daemon stopped', { vmsLeftRunning: !closeOpts.stopVms });
+        logger.info('daemon stopped', { vmsLeftRunning: left });
       })();
       return closing;
     },

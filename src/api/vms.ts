@@ -580,8 +580,9 @@ export class VmManager {
     return { adopted, removed };
   }
 
-  /** Stop serving (the daemon is going away): VMs and backends keep running, to be adopted again. */
-  async detachAll(): Promise<void> {
+  /** Stop serving (the daemon is going away): VMs and backends keep running, to be adopted again; resolves with how many. */
+  async detachAll(): Promise<number> {
+    const count = this.live.size;
     for (const l of this.live.values()) {
       l.busy = 'delete'; // no clean-up from the watchers from here on
       l.firstExecDone?.('gone'); // (its working set is not stored by a daemon going away)
@@ -590,6 +591,7 @@ export class VmManager {
       await l.served.disk.close().catch(() => undefined);
     }
     this.live.clear();
+    return count;
   }
 
   /** Stop and remove every VM. */

@@ -34,7 +34,8 @@ export function usageText(commands: readonly CommandSpec[] = COMMANDS): string {
   }
   lines.push(
     '',
-    'references: oci:<dir>[:tag|@digest] (an OCI image layout) or host[:port]/repo[:tag|@digest]',
+    'references: name[:tag|@digest] (the embedded store, $SLIPWAY_STORE), oci:<dir>[:tag|@digest] (an OCI image layout)',
+    '  or host[:port]/repo[:tag|@digest] (a registry)',
     'common options: --plain-http, --progress=auto|json|tty|none, --cache-dir DIR (or SLIPWAY_CACHE_DIR)',
     '',
   );

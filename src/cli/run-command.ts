@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { checkImageFile } from '../disk/push.js';
 import { SlipwayError, isSlipwayError } from '../errors.js';
 import { loadMemorySnapshot } from '../disk/memory-snapshot.js';
 import { parseRef, refReference } from '../oci/ref.js';
@@ -86,6 +87,8 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   const driver: VmmDriver = driverFor(vmm, { cacheDir: config.cacheDir, onAccelDecided: (v) => io.stderr.write(`slipway run: accel: ${v.accel} (${v.reason})\n`) });
   const ref = positionals[0];
   if (!ref === !values.disk) throw new SlipwayError('USAGE', `run: name either an image reference or --disk <raw-file>\nusage: ${USAGE}`);
+  // a raw disk is checked before anything starts (a missing file is FILE_NOT_FOUND, not a VMM that exits)
+  if (values.disk !== undefined) await checkImageFile(values.disk);
   const cpus = values.cpus ? parseNonNegativeInt(values.cpus, '--cpus') : 1;
   if (cpus < 1 || cpus > 64) throw new SlipwayError('INVALID_ARGUMENT', `--cpus must be 1 to 64 (got ${cpus})`);
   const memoryMiB = values.memory ? parseMemoryMiB(values.memory) : 512;

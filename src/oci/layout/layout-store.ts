@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { SlipwayError, fromFsError } from '../../errors.js';
 import { parseDigest, sha256Digest, verifyContent, verifyingStream, isDigest } from '../digest.js';
@@ -73,6 +73,10 @@ export class OciLayoutStore implements Target {
       text = await readFile(path, 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        if (!(await stat(this.dir).then(() => true, () => false))) {
+          // a name mistyped: say so, and what the directory above holds
+          throw new SlipwayError('NAME_UNKNOWN', `no image layout at ${this.dir}: the directory does not exist${await layoutsBeside(this.dir)}`, { context: { dir: this.dir } });
+        }
         throw new SlipwayError('LAYOUT_INVALID', `${this.dir} is not an OCI image layout (no index.json)`, { context: { dir: this.dir } });
       }
       throw fromFsError(err, path, 'reading layout index');
@@ -221,7 +225,7 @@ export class OciLayoutStore implements Target {
   /** The layout's tags (its `org.opencontainers.image.ref.name` annotations), at most `limit`, in index.json order. */
   async listTags(limit: number): Promise<string[]> {
     const index = await this.readIndex().catch((err: unknown) => {
-      if (err instanceof SlipwayError && err.code === 'LAYOUT_INVALID') return emptyIndex();
+      if (err instanceof SlipwayError && (err.code === 'LAYOUT_INVALID' || err.code === 'NAME_UNKNOWN')) return emptyIndex();
       throw err;
     });
     const tags = index.manifests.map((m) => m.annotations?.[ANNOTATION_REF_NAME]).filter((t): t is string => t !== undefined);
@@ -264,5 +268,24 @@ async function layoutWrite(path: string, what: string, write: () => Promise<void
   } catch (err) {
     const system = typeof (err as NodeJS.ErrnoException | undefined)?.syscall === 'string';
     throw err instanceof SlipwayError || !system || err === sourceError() ? err : fromFsError(err, path, what);
+  }
+}
+
+/**
+ * For an error about a layout directory that does not exist: the layouts in the directory above
+ * it (the names of the embedded store, say), as ` (<parent> holds: a, b)`, at most 12; empty when
+ * there are none or the parent cannot be read.
+ */
+async function layoutsBeside(dir: string): Promise<string> {
+  const parent = dirname(dir);
+  try {
+    const names: string[] = [];
+    for (const e of await readdir(parent, { withFileTypes: true })) {
+      if (e.isDirectory() && e.name !== basename(dir) && (await stat(join(parent, e.name, 'index.json')).then(() => true, () => false))) names.push(e.name);
+      if (names.length === 12) break;
+    }
+    return names.length > 0 ? ` (${parent} holds: ${names.sort().join(', ')})` : '';
+  } catch {
+    return '';
   }
 }

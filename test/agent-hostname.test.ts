@@ -5,17 +5,17 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { hostname, tmpdir } from 'node:os';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
 import { MessageType, encodeString, u32 } from '../src/guest/agent-protocol.js';
 import { SlipwayError } from '../src/errors.js';
+import { tempDir } from './helpers/temp-dirs.js';
 
 const GUEST_DIR = fileURLToPath(new URL('../guest/', import.meta.url));
 const AGENT_BIN = join(GUEST_DIR, 'build', 'asan', 'slipway-agent');
-const work = mkdtempSync(join(tmpdir(), 'slipway-agent-uts-'));
+const work = tempDir('slipway-agent-uts-');
 const sock = join(work, 'agent.sock');
 let proc: ChildProcess;
 let stderr = '';
@@ -33,7 +33,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await client?.close().catch(() => undefined);
   proc?.kill('SIGTERM');
-  rmSync(work, { recursive: true, force: true });
 });
 
 async function agentError(p: Promise<unknown>): Promise<SlipwayError> {

@@ -8,9 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
 import { MAX_PAYLOAD, MessageType, encodeFrame, encodeString, encodeStringList, u32, u64 } from '../src/guest/agent-protocol.js';
 import { SlipwayError } from '../src/errors.js';
+import { tempDir } from './helpers/temp-dirs.js';
 
 const GUEST_DIR = fileURLToPath(new URL('../guest/', import.meta.url));
 const AGENT_BIN = join(GUEST_DIR, 'build', 'asan', 'slipway-agent');
@@ -87,7 +87,7 @@ async function expectAgentError(p: Promise<unknown>, errnoName: string, message?
   return se;
 }
 
-const work = mkdtempSync(join(tmpdir(), 'slipway-agent-'));
+const work = tempDir('slipway-agent-');
 const bootTimes = join(work, 'boot-times');
 const agentSock = join(work, 'agent.sock');
 let agent: TestAgent;
@@ -111,7 +111,6 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const c of [client, ...extraClients]) await c?.close().catch(() => {});
   if (agent) await stopAgent(agent);
-  rmSync(work, { recursive: true, force: true });
 });
 
 describe('slipway-agent over a Unix socket', () => {

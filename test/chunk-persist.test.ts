@@ -5,20 +5,19 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChunkCodec } from '../src/disk/chunk-codec.js';
 import { writeAtomicOverlapped } from '../src/util/atomic-file.js';
 import { WorkerPool } from '../src/workers/pool.js';
+import { tempDir } from './helpers/temp-dirs.js';
 
-const work = mkdtempSync(join(tmpdir(), 'slipway-persist-'));
+const work = tempDir('slipway-persist-');
 const pool = new WorkerPool(2);
 const codec = new ChunkCodec();
 
 afterAll(async () => {
   await pool.close();
-  rmSync(work, { recursive: true, force: true });
 });
 
 /** A chunk of `n` bytes, half random (so it compresses, but not to nothing), encoded. */

@@ -12,9 +12,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -36,6 +35,7 @@ import { inspectKvm, kvmDeviceUsable, loadedKvmModules } from '../src/vmm/accel.
 import { processesWithArgument, processRunning } from '../src/util/process.js';
 import { CH_OPENAPI_PATH, loadChApiSpec, parseYaml, validateFwCfgConfig, validateSchema, validateVmConfigBody } from './helpers/ch-openapi.mjs';
 import { FAKE_HOST_PORT } from './helpers/fake-cloud-hypervisor.mjs';
+import { tempDir } from './helpers/temp-dirs.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const FAKE_CH = join(ROOT, 'test', 'helpers', 'fake-cloud-hypervisor.mjs');
@@ -45,8 +45,7 @@ const AGENT_BIN = join(ROOT, 'guest', 'build', 'slipway-agent');
 type Doc = any;
 type Body = Record<string, any>;
 
-const work = mkdtempSync(join(tmpdir(), 'slipway-ch-test-'));
-afterAll(() => rmSync(work, { recursive: true, force: true }));
+const work = tempDir('slipway-ch-test-');
 
 const BOOT_CONFIG = renderBootConfig({ hostname: 'ch-test', env: { GREETING: 'hello world' } });
 
@@ -594,7 +593,7 @@ describe('the real Cloud Hypervisor', () => {
     const { buildRootfs } = await import('../src/guest/rootfs.js');
     const kernel = await buildKernel({ onLine: (l) => process.stderr.write(`${l}\n`) });
     const guest = await buildGuest();
-    const dir = mkdtempSync(join(tmpdir(), 'slipway-ch-real-'));
+    const dir = tempDir('slipway-ch-real-');
     const workDir = join(dir, 'vm');
     mkdirSync(workDir);
     const { output: root } = await buildRootfs({ from: 'busybox', output: join(dir, 'busybox.img') });

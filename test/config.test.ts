@@ -2,15 +2,14 @@
  * Configuration in one place: the config file is checked by a strict schema, the environment
  * overrides it, and every SLIPWAY_* variable is named in config.ts's ENV_VARS and read through it.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ENV_VARS, loadConfig } from '../src/config.js';
 import { isSlipwayError } from '../src/errors.js';
+import { tempDir } from './helpers/temp-dirs.js';
 
-const work = mkdtempSync(join(tmpdir(), 'slipway-config-'));
-afterAll(() => rmSync(work, { recursive: true, force: true }));
+const work = tempDir('slipway-config-');
 
 let files = 0;
 function withFile(settings: unknown): NodeJS.ProcessEnv {

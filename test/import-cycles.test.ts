@@ -3,10 +3,10 @@
  * still two modules that cannot be understood apart), and none between src/'s folders either.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { tempDir } from './helpers/temp-dirs.js';
 
 interface DpdmOutput {
   tree: Record<string, { id: string | null }[] | null>;
@@ -19,7 +19,7 @@ interface DpdmOutput {
  */
 const KNOWN_CYCLES: Record<string, string> = {};
 
-const work = mkdtempSync(join(tmpdir(), 'slipway-dpdm-'));
+const work = tempDir('slipway-dpdm-');
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 function analyse(): DpdmOutput {

@@ -5,23 +5,22 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { spawnDetached, type DetachedChild } from '../src/util/spawner.js';
+import { tempDir } from './helpers/temp-dirs.js';
 
 const VUB = fileURLToPath(new URL('../vhost-user-blk/', import.meta.url));
 const HELPER = join(VUB, 'build', 'asan', 'slipway-spawn');
 const ASAN_ENV = { ...process.env, ASAN_OPTIONS: 'detect_leaks=1:abort_on_error=0:halt_on_error=1', UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' };
-const work = mkdtempSync(join(tmpdir(), 'slipway-spawner-'));
+const work = tempDir('slipway-spawner-');
 
 beforeAll(() => {
   execFileSync('make', ['-s', '-C', VUB, 'asan'], { stdio: 'inherit' });
 });
 
 afterAll(() => {
-  rmSync(work, { recursive: true, force: true });
 });
 
 /** /proc/<pid>/stat's fields after the command name: [state, ppid, pgrp, session, ...] */

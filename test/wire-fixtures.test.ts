@@ -13,9 +13,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FrameDecoder, MessageType, agentError, encodeFrame, encodeString, encodeStringList, i32, u32, u64 } from '../src/guest/agent-protocol.js';
@@ -27,13 +26,13 @@ import type { DiskArtifact } from '../src/disk/artifact.js';
 import type { LazyDisk } from '../src/cache/lazy-disk.js';
 import { silentLogger } from '../src/util/log.js';
 import { isSlipwayError } from '../src/errors.js';
+import { tempDir } from './helpers/temp-dirs.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const FIXTURES = join(ROOT, 'test', 'fixtures');
 const fixture = (name: string): Buffer => readFileSync(join(FIXTURES, name));
-const work = mkdtempSync(join(tmpdir(), 'slipway-fixtures-'));
+const work = tempDir('slipway-fixtures-');
 
-afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 /** The agent fixtures: each request as the host encodes it, and the reply the agent gives. */
 const AGENT_EXCHANGES = [

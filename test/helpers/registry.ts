@@ -4,12 +4,12 @@
  * pull-through proxy mode. Fails loudly when the binary is missing.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import { writeFileSync, rmSync, existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { listenOnLoopback } from './listen.js';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { tempDir } from './temp-dirs.js';
 
 const REGISTRY_BIN = '/usr/bin/docker-registry';
 
@@ -48,7 +48,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<TestReg
   if (!existsSync(REGISTRY_BIN)) {
     throw new Error(`${REGISTRY_BIN} not found: install Debian's docker-registry package (the README's test command does)`);
   }
-  const dir = mkdtempSync(join(tmpdir(), 'slipway-registry-'));
+  const dir = tempDir('slipway-registry-');
   const storageDir = join(dir, 'storage');
   const port = await freePort();
   const lines = [

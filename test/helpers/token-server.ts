@@ -10,11 +10,11 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createPrivateKey, randomBytes, sign, X509Certificate, type KeyObject } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { listenOnLoopback } from './listen.js';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { tempDir } from './temp-dirs.js';
 
 export interface TokenAccess {
   type: string;
@@ -93,7 +93,7 @@ function parseBasic(header: string | undefined): { username: string; password: s
 }
 
 export async function startTokenServer(opts: TokenServerOptions): Promise<TokenServer & TokenServerControl> {
-  const dir = mkdtempSync(join(tmpdir(), 'slipway-token-'));
+  const dir = tempDir('slipway-token-');
   const keyPath = join(dir, 'key.pem');
   const certPath = join(dir, 'cert.pem');
   execFileSync('openssl', [

@@ -147,4 +147,20 @@ describe('boot profiles inherited at push', () => {
     expect(inherited).toMatchObject({ from: base.manifestDescriptor.digest, chunks: 2, unchangedChunks: 1 });
     expect((await storedProfile(`oci:${layout}:s1`, snap.manifest.digest))?.chunks).toEqual([2, 1]);
   });
+
+  it('slipway copy takes a disk\'s boot profile along; a disk without one copies without one', async () => {
+    const from = join(work, 'copy-from');
+    const img = baseImage('copy.img');
+    const pushed = await push(img, `oci:${from}:v1`);
+    await giveProfile(`oci:${from}:v1`, [4, 2]);
+    const to = join(work, 'copy-to');
+    const copied = jsonOut<{ digest: string; bootProfile: boolean }>(await runCli(['copy', `oci:${from}:v1`, `oci:${to}:v1`, '--progress=none']));
+    expect(copied).toMatchObject({ digest: pushed.digest, bootProfile: true });
+    expect((await storedProfile(`oci:${to}:v1`, pushed.digest))?.chunks).toEqual([4, 2]);
+    const bare = baseImage('copy-bare.img');
+    const bareDigest = (await push(bare, `oci:${from}:bare`)).digest;
+    const copiedBare = jsonOut<{ bootProfile: boolean }>(await runCli(['copy', `oci:${from}:bare`, `oci:${to}:bare`, '--progress=none']));
+    expect(copiedBare.bootProfile).toBe(false);
+    expect(await storedProfile(`oci:${to}:bare`, bareDigest)).toBeUndefined();
+  });
 });

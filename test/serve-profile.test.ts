@@ -17,6 +17,7 @@ import { main } from '../src/cli/main.js';
 import { openDiskArtifact, type DiskArtifact } from '../src/disk/artifact.js';
 import { HOLE } from '../src/disk/format.js';
 import { PROJECT_ROOT } from '../src/guest/build.js';
+import { copyImage } from '../src/oci/copy.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import { startChaosProxy, type ChaosProxy } from './helpers/chaos-proxy.js';
@@ -229,9 +230,9 @@ describe('slipway serve: boot profiles', () => {
 
   it('stores the profile once the guest has been quiet, while the export stays open', async () => {
     const ref = `${registry.host}/serve/disk:v1`;
-    // a fresh tag of the same disk has the same digest and so the same profile: use a copy under another name
-    const io = captureIO();
-    expect(await main(['copy', ref, `${registry.host}/serve/quiet:v1`, '--progress=none'], io), io.err).toBe(0);
+    // a fresh tag of the same disk has the same digest and so the same profile, and `slipway copy`
+    // takes the profile along: the disk alone, copied under another name
+    await copyImage({ src: await targets.open(parseRef(ref)), srcReference: 'v1', dst: await targets.open(parseRef(`${registry.host}/serve/quiet:v1`)), dstTag: 'v1' });
     const s = await serve('quiet', `${registry.host}/serve/quiet:v1`, tempDir('slipway-serveprof-q-'), ['--profile-quiet-ms', '300']);
     await replay(s.socket);
     const stored = await within(30_000, s.line('boot profile stored'), 'the profile stored after the guest went quiet');
@@ -242,9 +243,8 @@ describe('slipway serve: boot profiles', () => {
 
   it('a profile that lacks chunks the boot read is replaced by one with them; a profile that covers the boot is kept', async () => {
     const direct = `${registry.host}/serve/refine:v1`;
-    const io = captureIO();
-    expect(await main(['copy', `${registry.host}/serve/disk:v1`, direct, '--progress=none'], io), io.err).toBe(0);
     const origin = await targets.open(parseRef(direct));
+    await copyImage({ src: await targets.open(parseRef(`${registry.host}/serve/disk:v1`)), srcReference: 'v1', dst: origin, dstTag: 'v1' });
     const artifact = await openDiskArtifact(origin, 'v1');
     const read = traceChunks(artifact);
     // a worse profile: the first half of what the boot reads (a recording cut short)

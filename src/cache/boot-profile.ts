@@ -12,6 +12,7 @@ import { SlipwayError, isSlipwayError } from '../errors.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import type { DiskArtifact } from '../disk/artifact.js';
 import { describedContent, sha256Digest, withEmbeddedData } from '../oci/digest.js';
+import { copyImage } from '../oci/copy.js';
 import type { Target } from '../oci/store.js';
 import { ANNOTATION_TITLE, MEDIA_TYPE_OCI_EMPTY, MEDIA_TYPE_OCI_MANIFEST, type Descriptor, type ImageManifest } from '../oci/types.js';
 
@@ -69,6 +70,24 @@ export async function fetchBootProfile(target: Target, diskDigest: string): Prom
     throw new SlipwayError('INVALID_ARGUMENT', `boot profile for ${diskDigest} is not a slipway boot profile of this disk`);
   }
   return JSON.parse((await describedContent(layer, target)).toString('utf8')) as unknown;
+}
+
+/**
+ * Copy the boot profile of the disk `diskDigest` from `src` to `dst` (where the disk has just been
+ * copied), under the same referrers-style tag, with `copyImage`: a disk promoted from one
+ * repository or registry to another keeps its fast first boot. Resolves with whether there was a
+ * profile to copy.
+ */
+export async function copyBootProfile(src: Target, dst: Target, diskDigest: string): Promise<boolean> {
+  const tag = profileTag(diskDigest);
+  try {
+    await src.fetchManifest(tag);
+  } catch (err) {
+    if (isSlipwayError(err, 'TAG_UNKNOWN') || isSlipwayError(err, 'MANIFEST_UNKNOWN') || isSlipwayError(err, 'NAME_UNKNOWN')) return false;
+    throw err;
+  }
+  await copyImage({ src, srcReference: tag, dst, dstTag: tag });
+  return true;
 }
 
 /** Check a fetched profile against the disk it is for. */

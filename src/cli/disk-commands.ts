@@ -1,6 +1,7 @@
 import { SlipwayError } from '../errors.js';
 import { describeDisk, openDiskArtifact, type DiskArtifact } from '../disk/artifact.js';
 import { checkImageFile, pushDisk } from '../disk/push.js';
+import { copyBootProfile } from '../cache/boot-profile.js';
 import { inheritBootProfile } from '../cache/profile-inheritance.js';
 import { checkChunkSize } from '../disk/format.js';
 import { pullDisk } from '../disk/pull.js';
@@ -114,14 +115,16 @@ export async function copyCommand(argv: string[], io: CommandIO): Promise<number
     const srcTarget = await targets.open(src);
     const dstTarget = await targets.open(dst, { createLayout: true });
     const dstTag = dst.tag ?? (dst.digest ? undefined : (src.tag ?? DEFAULT_TAG));
-    return copyImage({
+    const copied = await copyImage({
       src: srcTarget, srcReference: refReference(src), dst: dstTarget,
       ...(dstTag !== undefined ? { dstTag } : {}),
       ...(progress.onProgress ? { onProgress: progress.onProgress } : {}),
     });
+    // a disk's boot profile goes with it (a referrer the copy of the disk alone would leave behind)
+    return { ...copied, bootProfile: await copyBootProfile(srcTarget, dstTarget, copied.descriptor.digest) };
   });
   progress.finish();
-  io.stdout.write(`${JSON.stringify({ digest: result.descriptor.digest, copiedBlobs: result.copiedBlobs, mountedBlobs: result.mountedBlobs, skippedBlobs: result.skippedBlobs, copiedBytes: result.copiedBytes })}\n`);
+  io.stdout.write(`${JSON.stringify({ digest: result.descriptor.digest, copiedBlobs: result.copiedBlobs, mountedBlobs: result.mountedBlobs, skippedBlobs: result.skippedBlobs, copiedBytes: result.copiedBytes, bootProfile: result.bootProfile })}\n`);
   return 0;
 }
 

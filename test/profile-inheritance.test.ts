@@ -8,7 +8,7 @@ import { closeSync, copyFileSync, openSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { fetchBootProfile, pushBootProfile, type BootProfile } from '../src/cache/boot-profile.js';
+import { fetchBootProfile, profileTag, pushBootProfile, type BootProfile } from '../src/cache/boot-profile.js';
 import { ChunkCache } from '../src/cache/chunk-cache.js';
 import { loadConfig } from '../src/config.js';
 import { openDiskArtifact } from '../src/disk/artifact.js';
@@ -114,22 +114,54 @@ describe('boot profiles inherited at push', () => {
     expect(await storedProfile(`oci:${layout}:v2`, v2.digest)).toBeUndefined();
   });
 
-  it('a malformed parent profile (a chunk outside the disk) is passed over; the newer tag with a good one is chosen', async () => {
-    const layout = join(work, 'hostile');
-    const img = baseImage('hostile-v1.img');
-    await push(img, `oci:${layout}:v1`);
-    const v2img = changed(img, 'hostile-v2.img', [{ offset: 9 * CHUNK, data: randomBytes(4 * KiB) }]);
-    await push(v2img, `oci:${layout}:v2`);
-    // v1's profile is good, v2's names chunk 9999 of a 64-chunk disk
-    await giveProfile(`oci:${layout}:v1`, [1, 2]);
-    const parsed = parseRef(`oci:${layout}:v2`);
-    const target = await targets.open(parsed);
-    const v2disk = await openDiskArtifact(target, 'v2');
-    await pushBootProfile(target, v2disk.manifestDescriptor, { formatVersion: 1, disk: v2disk.manifestDescriptor.digest, chunkSizeBytes: CHUNK, chunks: [1, 9999] });
-    const v3img = changed(v2img, 'hostile-v3.img', [{ offset: 10 * CHUNK, data: randomBytes(4 * KiB) }]);
-    const v1digest = (await openDiskArtifact(target, 'v1')).manifestDescriptor.digest;
-    const v3 = await push(v3img, `oci:${layout}:v3`);
-    expect(v3.bootProfile).toEqual({ inheritedFrom: v1digest, chunks: 2, unchangedChunks: 2 });
+  it('the parent is the candidate whose profile is most unchanged; malformed, duplicated and all-hole profiles are passed over', async () => {
+    const layout = join(work, 'choose');
+    const base = baseImage('choose-base.img');
+    const tagged = async (tag: string, chunk: number | undefined): Promise<{ digest: string; ref: string }> => {
+      const img = chunk === undefined ? base : changed(base, `choose-${tag}.img`, [{ offset: chunk * CHUNK, data: randomBytes(4 * KiB) }]);
+      const ref = `oci:${layout}:${tag}`;
+      return { digest: (await push(img, ref)).digest, ref };
+    };
+    const eight = [1, 2, 3, 4, 5, 6, 7, 8];
+    const good = await tagged('a-good', undefined);
+    await giveProfile(good.ref, eight);
+    // 10 chunks, 6 unchanged in the new disk (chunks 9-12 rewritten there): 0.6 < good's 1.0
+    const partial = await tagged('b-partial', 31);
+    await giveProfile(partial.ref, [1, 2, 3, 4, 5, 6, 9, 10, 11, 12]);
+    // one chunk a thousand times: one chunk, not a thousand
+    const dup = await tagged('c-dup', 30);
+    await giveProfile(dup.ref, new Array<number>(1000).fill(20));
+    // holes in every disk here: nothing to inherit, and no reason to pass the good one over
+    const holes = await tagged('d-holes', 29);
+    await giveProfile(holes.ref, Array.from({ length: 24 }, (_, i) => 40 + i));
+    // more unchanged chunks than the good one, and one outside the disk: refused as a whole
+    const bad = await tagged('e-bad', 28);
+    await giveProfile(bad.ref, [...eight, 13, 14, 15, 9999]);
+    // a profile manifest that is JSON null
+    const nul = await tagged('f-null', 27);
+    const target = await targets.open(parseRef(nul.ref));
+    await target.pushManifest(Buffer.from('null'), 'application/vnd.oci.image.manifest.v1+json', profileTag(nul.digest));
+
+    const img = changed(base, 'choose-new.img', [9, 10, 11, 12].map((n) => ({ offset: n * CHUNK, data: randomBytes(4 * KiB) })));
+    const pushed = await push(img, `oci:${layout}:z-new`);
+    expect(pushed.bootProfile).toEqual({ inheritedFrom: good.digest, chunks: 8, unchangedChunks: 8 });
+    expect((await storedProfile(`oci:${layout}:z-new`, pushed.digest))?.chunks).toEqual(eight);
+  });
+
+  it('profile tags do not crowd disks out of the tags a push looks at', async () => {
+    const layout = join(work, 'crowded');
+    const img = baseImage('crowded-1.img');
+    await push(img, `oci:${layout}:build-1`);
+    await giveProfile(`oci:${layout}:build-1`, [1, 2]);
+    // 40 more profiles (of other disks' digests), whose sha256-... tags sort before build-N
+    const target = await targets.open(parseRef(`oci:${layout}:build-1`));
+    const v1 = await openDiskArtifact(target, 'build-1');
+    for (let i = 0; i < 40; i++) {
+      const subject = { ...v1.manifestDescriptor, digest: `sha256:${randomBytes(32).toString('hex')}` };
+      await pushBootProfile(target, subject, { formatVersion: 1, disk: subject.digest, chunkSizeBytes: CHUNK, chunks: [1] });
+    }
+    const next = await push(changed(img, 'crowded-2.img', [{ offset: 5 * CHUNK, data: randomBytes(4 * KiB) }]), `oci:${layout}:build-2`);
+    expect(next.bootProfile).toEqual({ inheritedFrom: v1.manifestDescriptor.digest, chunks: 2, unchangedChunks: 2 });
   });
 
   it('a snapshot (a delta of its base) inherits its base\'s profile', async () => {

@@ -4,10 +4,11 @@
  */
 import { describe, expect, it } from 'vitest';
 import { copyFileSync, openSync, statSync, writeSync, closeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { openDiskArtifact } from '../src/disk/artifact.js';
-import { pushDisk } from '../src/disk/push.js';
+import { checkImageFile, pushDisk } from '../src/disk/push.js';
 import { pullDisk } from '../src/disk/pull.js';
 import { parseRef, refReference } from '../src/oci/ref.js';
 import { registryBed } from './helpers/registry-bed.js';
@@ -143,5 +144,26 @@ describe('progress', () => {
     const quiet = captureIO();
     expect(await main(['pull', ref, join(work, 'progress-out2.img')], quiet)).toBe(0);
     expect(quiet.err).toBe('');
+  });
+});
+
+describe('a block device', () => {
+  it('a loop device pushes with its size from sysfs and pulls back byte for byte', async (ctx) => {
+    const img = makeSparse(join(work, 'blockdev.img'), 4 << 20, [{ offset: 0, length: 1 << 20 }, { offset: 3 << 20, length: 512 << 10 }]);
+    let dev: string;
+    try {
+      dev = execFileSync('losetup', ['--find', '--show', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+    } catch (err) {
+      ctx.skip(`cannot attach a loop device here (needs root and /dev/loop-control): ${(err as Error).message.split('\n')[0]}`);
+      return;
+    }
+    try {
+      expect(await checkImageFile(dev)).toBe(4 << 20);
+      const { out, pushed } = await roundTrip(dev, `oci:${join(work, 'blockdev-layout')}:v1`);
+      expect(pushed.config.sizeBytes).toBe(4 << 20);
+      expect(sha256File(out)).toBe(sha256File(img));
+    } finally {
+      execFileSync('losetup', ['--detach', dev]);
+    }
   });
 });

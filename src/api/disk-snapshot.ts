@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChunkCache } from '../cache/chunk-cache.js';
+import { copyBootProfile } from '../cache/boot-profile.js';
 import { inheritBootProfile } from '../cache/profile-inheritance.js';
 import { pushSnapshot, readDirtyBitmap, removeStaging, seedChunks, stageDirtyChunks } from '../disk/snapshot.js';
 import { SlipwayError } from '../errors.js';
@@ -83,9 +84,15 @@ export async function snapshotDisk(deps: DiskSnapshotDeps, vm: DiskSnapshotVm, p
     log.info('snapshot pushed', { ...out });
     // the snapshot boots with its base's boot profile (its chunks are where the base's are), in
     // the background: the answer does not wait for two more registry round trips
-    void inheritBootProfile(target, result, result.dedupedAgainst).then(
+    // (a snapshot pushed to another repository than its base's reads the base's profile there:
+    // it is copied along, as the base's blobs were)
+    const baseOrigin = vm.served.disk.origin;
+    void (async () => {
+      if (baseOrigin.name !== target.name) await copyBootProfile(baseOrigin, target, base.manifestDescriptor.digest);
+      return inheritBootProfile(target, result, result.dedupedAgainst);
+    })().then(
       (p) => { if (p) log.info('snapshot given its base\'s boot profile', { from: p.from, chunks: p.chunks, unchangedChunks: p.unchangedChunks }); },
-      (err: unknown) => log.warn('could not give the snapshot its base\'s boot profile; its first boot records one', { error: (err as Error).message }),
+      (err: unknown) => log.warn('could not give the snapshot its base\'s boot profile; its first boot records one', { error: err instanceof Error ? err.message : String(err) }),
     );
     // after the answer: the snapshot's own chunks go into this host's tier 1, so booting it here
     // fetches nothing (the staging file goes when that is done)

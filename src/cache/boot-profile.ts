@@ -11,7 +11,7 @@ import { dirname, join } from 'node:path';
 import { SlipwayError, isSlipwayError } from '../errors.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import type { DiskArtifact } from '../disk/artifact.js';
-import { describedContent, sha256Digest, withEmbeddedData } from '../oci/digest.js';
+import { describedContent, isDigest, sha256Digest, withEmbeddedData } from '../oci/digest.js';
 import { copyImage } from '../oci/copy.js';
 import type { Target } from '../oci/store.js';
 import { ANNOTATION_TITLE, MEDIA_TYPE_OCI_EMPTY, MEDIA_TYPE_OCI_MANIFEST, type Descriptor, type ImageManifest } from '../oci/types.js';
@@ -64,12 +64,27 @@ export async function fetchBootProfile(target: Target, diskDigest: string): Prom
     if (isSlipwayError(err, 'TAG_UNKNOWN') || isSlipwayError(err, 'MANIFEST_UNKNOWN') || isSlipwayError(err, 'NAME_UNKNOWN')) return undefined;
     throw err;
   }
-  const manifest = JSON.parse(fetched.body.toString('utf8')) as ImageManifest;
-  const layer = manifest.layers?.[0];
-  if (manifest.artifactType !== ARTIFACT_TYPE_BOOT_PROFILE || manifest.subject?.digest !== diskDigest || !layer || layer.size > 16 << 20) {
-    throw new SlipwayError('INVALID_ARGUMENT', `boot profile for ${diskDigest} is not a slipway boot profile of this disk`);
+  // registry content: every field checked before it is used
+  const notProfile = (why: string): SlipwayError => new SlipwayError('INVALID_ARGUMENT', `boot profile for ${diskDigest} is not a slipway boot profile of this disk (${why})`);
+  const manifest = parseJson(fetched.body) as Partial<ImageManifest> | null | undefined;
+  if (typeof manifest !== 'object' || manifest === null) throw notProfile('its manifest is not a JSON object');
+  const layer = Array.isArray(manifest.layers) ? (manifest.layers[0] as unknown) : undefined;
+  if (manifest.artifactType !== ARTIFACT_TYPE_BOOT_PROFILE || manifest.subject?.digest !== diskDigest) throw notProfile('another artifact type or subject');
+  if (typeof layer !== 'object' || layer === null || !isDigest((layer as Descriptor).digest) || !Number.isSafeInteger((layer as Descriptor).size) || (layer as Descriptor).size > 16 << 20) {
+    throw notProfile('no profile layer of at most 16 MiB');
   }
-  return JSON.parse((await describedContent(layer, target)).toString('utf8')) as unknown;
+  const profile = parseJson(await describedContent(layer as Descriptor, target));
+  if (profile === undefined) throw notProfile('its layer is not JSON');
+  return profile;
+}
+
+/** `body` parsed as JSON, or undefined when it is not JSON. */
+function parseJson(body: Buffer): unknown {
+  try {
+    return JSON.parse(body.toString('utf8')) as unknown;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

@@ -4,16 +4,16 @@
  * sandbox) far more often than it makes new ones; a rebuild pushed under a new tag has never been
  * booted, but its boot reads the same places of the same file system as the last version's did.
  * At push, the new disk gets a profile derived from the best-matching profiled disk among those
- * the push deduplicated against (the tag's previous disk, then the repository's newest-looking
- * tags); its first boot then prefetches that profile and refines it with what it still had to
+ * the push deduplicated against (a snapshot's base, the tag's previous disk, then the repository's
+ * newest-looking tags); its first boot then prefetches that profile and refines it with what it still had to
  * fetch (`refineProfile`), as any boot with a profile does.
  *
- * "Best-matching": the most profile chunks whose content at the same chunk number is unchanged.
- * A candidate where fewer than half of its profile's chunks are unchanged is not used: the file
- * system was laid out anew (a rebuild from scratch that dedup barely matched), and the profile
- * would prefetch the wrong places.
+ * "Best-matching": the largest fraction of the parent profile's chunks (those that are data in the
+ * new disk) whose content at the same chunk number is unchanged. A candidate where fewer than half
+ * are unchanged is not used: the file system was laid out anew (a rebuild from scratch that dedup
+ * barely matched), and the profile would prefetch the wrong places.
  */
-import { isSlipwayError } from '../errors.js';
+import { isSlipwayError, isTransient } from '../errors.js';
 import type { DiskArtifact } from '../disk/artifact.js';
 import { HOLE, type ChunkIndex } from '../disk/format.js';
 import type { Target } from '../oci/store.js';
@@ -27,40 +27,59 @@ export interface InheritedProfile {
   from: string;
   /** chunks in the new disk's profile */
   chunks: number;
-  /** of the parent profile's chunks, how many hold the same content at the same chunk number */
+  /** of those chunks, how many hold the same content as in the parent */
   unchangedChunks: number;
   descriptor: Descriptor;
 }
 
-/** A parent profile's chunks whose content is unchanged at the same chunk number in `index`. */
-function unchangedAt(profile: BootProfile, parent: ChunkIndex, index: ChunkIndex): number {
-  let same = 0;
-  for (const n of profile.chunks) {
-    if (n >= index.chunkCount) continue;
+/**
+ * A parent profile's distinct chunks that are data in the new disk (`index`), and how many of
+ * those hold the same content there as in the parent.
+ */
+function overlap(profile: BootProfile, parent: ChunkIndex, index: ChunkIndex): { chunks: number[]; unchanged: number } {
+  const chunks: number[] = [];
+  let unchanged = 0;
+  for (const n of new Set(profile.chunks)) {
+    if (n >= index.chunkCount || index.map[n] === HOLE) continue;
+    chunks.push(n);
     const a = parent.map[n] as number;
-    const b = index.map[n] as number;
-    if (a === HOLE || b === HOLE) {
-      if (a === b) same++;
-      continue;
-    }
-    if ((parent.entries[a]?.digest as Buffer).equals(index.entries[b]?.digest as Buffer)) same++;
+    if (a !== HOLE && (parent.entries[a]?.digest as Buffer).equals(index.entries[index.map[n] as number]?.digest as Buffer)) unchanged++;
   }
-  return same;
+  return { chunks, unchanged };
+}
+
+/** Errors of a store (network, auth) that end an inheritance; anything else only rules a candidate out. */
+function storeError(err: unknown): boolean {
+  return isTransient(err) || isSlipwayError(err, 'UNAUTHORIZED') || isSlipwayError(err, 'DENIED');
+}
+
+interface Candidate {
+  parent: DiskArtifact;
+  chunks: number[];
+  unchanged: number;
 }
 
 /**
  * Push a boot profile for the disk `disk` (its manifest descriptor and index, just pushed to
- * `target`: a `PushResult` will do; its `dedupedAgainst` are the natural candidates) inherited from the best-matching profiled disk of `candidates` (see the module
- * comment); at most 4 profile lookups in flight. Resolves undefined when the disk has a profile
- * already (the same image pushed again) or no candidate qualifies. A candidate whose profile is
- * missing or malformed is passed over; a store error (network, auth) rejects, and the caller
- * decides what that costs (the disk's push is complete by then).
+ * `target`: a `PushResult` will do; its `dedupedAgainst` are the natural candidates, most related
+ * first) inherited from one of `candidates` (see the module comment), at most 4 profile lookups
+ * in flight. The parent is the candidate whose profile's chunks (those that are data in the new
+ * disk, each once) are the largest fraction unchanged, at least half; a tie goes to the one with
+ * more such chunks, then to the earlier candidate. Resolves undefined when the disk has a usable
+ * profile already (the same image pushed again) or no candidate qualifies. A candidate whose
+ * profile is missing or malformed is passed over; a store error (network, auth) rejects, and the
+ * caller decides what that costs (the disk's push is complete by then).
  */
 export async function inheritBootProfile(target: Target, disk: { manifest: Descriptor; index: ChunkIndex }, candidates: readonly DiskArtifact[]): Promise<InheritedProfile | undefined> {
-  if ((await fetchBootProfile(target, disk.manifest.digest)) !== undefined) return undefined;
+  const own = await fetchBootProfile(target, disk.manifest.digest).catch((err: unknown) => {
+    // a malformed profile of the disk's own is replaced
+    if (storeError(err)) throw err;
+    return undefined;
+  });
+  if (own !== undefined) return undefined;
   const unique = candidates.filter((c, i) => c.manifestDescriptor.digest !== disk.manifest.digest
     && c.index.chunkSizeBytes === disk.index.chunkSizeBytes && candidates.findIndex((o) => o.manifestDescriptor.digest === c.manifestDescriptor.digest) === i);
-  const found: ({ parent: DiskArtifact; profile: BootProfile; unchanged: number } | undefined)[] = new Array<undefined>(unique.length);
+  const found: (Candidate | undefined)[] = new Array<undefined>(unique.length);
   await forEachBounded(unique, 4, async (parent, i) => {
     let profile: BootProfile;
     try {
@@ -68,18 +87,20 @@ export async function inheritBootProfile(target: Target, disk: { manifest: Descr
       if (raw === undefined) return;
       profile = checkBootProfile(raw, parent);
     } catch (err) {
-      if (isSlipwayError(err, 'INVALID_ARGUMENT') || err instanceof SyntaxError) return;
-      throw err;
+      if (storeError(err)) throw err;
+      return;
     }
-    found[i] = { parent, profile, unchanged: unchangedAt(profile, parent.index, disk.index) };
+    found[i] = { parent, ...overlap(profile, parent.index, disk.index) };
   });
-  // the most unchanged chunks wins; candidates come newest first, so a tie goes to the newer
-  let best: { parent: DiskArtifact; profile: BootProfile; unchanged: number } | undefined;
-  for (const f of found) if (f && f.unchanged * 2 >= f.profile.chunks.length && f.unchanged > (best?.unchanged ?? 0)) best = f;
+  let best: Candidate | undefined;
+  for (const f of found) {
+    if (!f || f.chunks.length === 0 || f.unchanged * 2 < f.chunks.length) continue;
+    // fractions compared without division: f.unchanged / f.chunks.length against best's
+    const cmp = best ? f.unchanged * best.chunks.length - best.unchanged * f.chunks.length : 1;
+    if (cmp > 0 || (cmp === 0 && best && f.chunks.length > best.chunks.length)) best = f;
+  }
   if (!best) return undefined;
-  const chunks = best.profile.chunks.filter((n) => n < disk.index.chunkCount && disk.index.map[n] !== HOLE);
-  if (chunks.length === 0) return undefined;
-  const profile: BootProfile = { formatVersion: 1, disk: disk.manifest.digest, chunkSizeBytes: disk.index.chunkSizeBytes, chunks, inheritedFrom: best.parent.manifestDescriptor.digest };
+  const profile: BootProfile = { formatVersion: 1, disk: disk.manifest.digest, chunkSizeBytes: disk.index.chunkSizeBytes, chunks: best.chunks, inheritedFrom: best.parent.manifestDescriptor.digest };
   const descriptor = await pushBootProfile(target, disk.manifest, profile);
-  return { from: best.parent.manifestDescriptor.digest, chunks: chunks.length, unchangedChunks: best.unchanged, descriptor };
+  return { from: best.parent.manifestDescriptor.digest, chunks: best.chunks.length, unchangedChunks: best.unchanged, descriptor };
 }

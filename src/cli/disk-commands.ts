@@ -66,7 +66,7 @@ export async function pushCommand(argv: string[], io: CommandIO): Promise<number
     }));
     // the new version boots with the profile of the version it shares its chunks with
     const inherited = await inheritBootProfile(target, pushed, pushed.dedupedAgainst).catch((err: unknown) => {
-      io.stderr.write(`slipway push: warning: the disk is pushed, but giving it the boot profile of an earlier version failed: ${(err as Error).message}\n`);
+      io.stderr.write(`slipway push: warning: the disk is pushed, but giving it the boot profile of an earlier version failed: ${err instanceof Error ? err.message : String(err)}\n`);
       return undefined;
     });
     return { ...pushed, inherited };

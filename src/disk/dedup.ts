@@ -32,6 +32,9 @@ export const DEFAULT_REPOSITORY_DEDUP: RepositoryDedupLimits = { maxTags: 10_000
 
 const IN_FLIGHT = 4;
 
+/** A tag of the referrers tag schema (distribution-spec, "Referrers Tag Schema"): `<alg>-<hex>`, with any suffix. */
+const REFERRER_TAG = /^sha256-[0-9a-f]{64}(?:\..*)?$/;
+
 /** Natural order of tags, newest-looking first: digit runs compare as numbers. */
 export function newestTagsFirst(tags: readonly string[]): string[] {
   const collator = new Intl.Collator('en', { numeric: true, sensitivity: 'variant' });
@@ -47,7 +50,9 @@ export function newestTagsFirst(tags: readonly string[]): string[] {
  */
 export async function recentRepositoryDisks(target: Target, chunkSizeBytes: number, skip: ReadonlySet<string>, limits: RepositoryDedupLimits = DEFAULT_REPOSITORY_DEDUP): Promise<DiskArtifact[]> {
   if (!target.listTags || limits.maxDisks <= 0) return [];
-  const tags = newestTagsFirst(await target.listTags(limits.maxTags)).slice(0, limits.maxManifests);
+  // referrers-schema tags (`sha256-<hex>` and suffixed forms: boot profiles, signatures) name
+  // artifacts about a disk, never a disk: left out before the bound, or they would crowd disks out
+  const tags = newestTagsFirst((await target.listTags(limits.maxTags)).filter((t) => !REFERRER_TAG.test(t))).slice(0, limits.maxManifests);
   // manifests in parallel, kept in tag order
   const manifests: ({ tag: string; descriptor: Descriptor; body: Buffer } | undefined)[] = new Array<undefined>(tags.length);
   await forEachBounded(tags.map((tag, i) => ({ tag, i })), IN_FLIGHT, async ({ tag, i }) => {

@@ -1,4 +1,4 @@
-import { open, stat } from 'node:fs/promises';
+import { open, readFile, stat } from 'node:fs/promises';
 import { SlipwayError, fromFsError, isSlipwayError } from '../errors.js';
 import { sha256Digest, withEmbeddedData } from '../oci/digest.js';
 import type { Target } from '../oci/store.js';
@@ -91,11 +91,33 @@ export async function checkImageFile(file: string): Promise<number> {
     throw fromFsError(err, file, 'disk image');
   }
   if (!info.isFile() && !info.isBlockDevice()) throw new SlipwayError('INVALID_DISK_IMAGE', `${file} is not a regular file or block device`);
-  if (info.size === 0) throw new SlipwayError('INVALID_DISK_IMAGE', `${file} is empty`);
-  if (info.size % SECTOR_BYTES !== 0) {
-    throw new SlipwayError('INVALID_DISK_IMAGE', `${file} is ${info.size} bytes, not a multiple of ${SECTOR_BYTES} (a raw disk image is whole sectors)`, { context: { file, sizeBytes: info.size } });
+  // a block device's stat size is 0: its size is in sysfs, in 512-byte sectors
+  const size = info.isBlockDevice() ? await blockDeviceBytes(file, info.rdev) : info.size;
+  if (size === 0) throw new SlipwayError('INVALID_DISK_IMAGE', `${file} is empty`);
+  if (size % SECTOR_BYTES !== 0) {
+    throw new SlipwayError('INVALID_DISK_IMAGE', `${file} is ${size} bytes, not a multiple of ${SECTOR_BYTES} (a raw disk image is whole sectors)`, { context: { file, sizeBytes: size } });
   }
-  return info.size;
+  return size;
+}
+
+/**
+ * The size in bytes of the block device `file` whose device number is `rdev`: Linux's
+ * `/sys/dev/block/<major>:<minor>/size`, in 512-byte sectors whatever the device's block size.
+ */
+async function blockDeviceBytes(file: string, rdev: number): Promise<number> {
+  // glibc's gnu_dev_major/minor for the 32 low bits (the high ones are 0 for any device seen)
+  const major = (rdev >>> 8) & 0xfff;
+  const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
+  const sysfs = `/sys/dev/block/${major}:${minor}/size`;
+  let text: string;
+  try {
+    text = await readFile(sysfs, 'utf8');
+  } catch (err) {
+    throw new SlipwayError('INVALID_DISK_IMAGE', `${file}: cannot read the block device's size from ${sysfs}: ${(err as Error).message}`, { cause: err });
+  }
+  const sectors = Number(text.trim());
+  if (!Number.isSafeInteger(sectors) || sectors < 0) throw new SlipwayError('INVALID_DISK_IMAGE', `${file}: ${sysfs} says ${JSON.stringify(text.trim())}, not a sector count`);
+  return sectors * SECTOR_BYTES;
 }
 
 function knownChunksOf(disks: DiskArtifact[], chunkSizeBytes: number): Map<string, KnownChunk> {

@@ -273,14 +273,16 @@ async function layoutWrite(path: string, what: string, write: () => Promise<void
 
 /**
  * For an error about a layout directory that does not exist: the layouts in the directory above
- * it (the names of the embedded store, say), as ` (<parent> holds: a, b)`, at most 12; empty when
- * there are none or the parent cannot be read.
+ * it (the names of the embedded store, say), as ` (<parent> holds: a, b)`, at most 12 among its
+ * first 256 entries; empty when there are none or the parent cannot be read. (The daemon answers
+ * with this too: a client it lets in may boot any of those names anyway.)
  */
 async function layoutsBeside(dir: string): Promise<string> {
   const parent = dirname(dir);
   try {
     const names: string[] = [];
-    for (const e of await readdir(parent, { withFileTypes: true })) {
+    // at most 256 entries looked at (`oci:/tmp/typo` must not stat all of /tmp)
+    for (const e of (await readdir(parent, { withFileTypes: true })).slice(0, 256)) {
       if (e.isDirectory() && e.name !== basename(dir) && (await stat(join(parent, e.name, 'index.json')).then(() => true, () => false))) names.push(e.name);
       if (names.length === 12) break;
     }

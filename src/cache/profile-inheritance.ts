@@ -5,8 +5,8 @@
  * booted, but its boot reads the same places of the same file system as the last version's did.
  * At push, the new disk gets a profile derived from the best-matching profiled disk among those
  * the push deduplicated against (a snapshot's base, the tag's previous disk, then the repository's
- * newest-looking tags); its first boot then prefetches that profile and refines it with what it still had to
- * fetch (`refineProfile`), as any boot with a profile does.
+ * newest-looking tags); its first boot then prefetches that profile and refines it with what it
+ * still had to fetch (`refineProfile`), as any boot with a profile does.
  *
  * "Best-matching": the largest fraction of the parent profile's chunks (those that are data in the
  * new disk) whose content at the same chunk number is unchanged. A candidate where fewer than half

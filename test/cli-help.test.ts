@@ -31,4 +31,23 @@ describe('slipway --help', () => {
     expect(io.out).toBe(help);
     expect(await main([], captureIO())).toBe(2);
   });
+
+  it.each(COMMANDS.map((c) => [c.name, c] as const))('%s --help and help %s print that command\'s usage on stdout, exit 0', async (name, command) => {
+    for (const argv of [[name, '--help'], [name, '-h'], ['help', name]]) {
+      const io = captureIO();
+      expect(await main(argv, io), `${argv.join(' ')}: ${io.err}`).toBe(0);
+      expect(io.err).toBe('');
+      for (const { usage, summary } of command.help) {
+        for (const line of usage.split('\n')) expect(io.out).toContain(line.trim());
+        expect(io.out).toContain(summary);
+      }
+    }
+  });
+
+  it('a --help after -- belongs to the guest command, not to slipway', async () => {
+    const io = captureIO();
+    // reaches the run command, which fails on the missing disk file before anything starts
+    expect(await main(['run', '--disk', '/nonexistent/slipway-help.img', '--', 'ls', '--help'], io)).toBe(1);
+    expect(io.err).toMatch(/FILE_NOT_FOUND/);
+  });
 });

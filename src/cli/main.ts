@@ -23,6 +23,11 @@ export const COMMANDS: readonly CommandSpec[] = [
   ...DISK_COMMANDS, ...CACHE_COMMANDS, ...GUEST_COMMANDS, DOCTOR_COMMAND, RUN_COMMAND, SERVE_COMMAND, ...DAEMON_COMMANDS,
 ];
 
+const REFERENCE_LINES = [
+  'references: name[:tag|@digest] (the embedded store, $SLIPWAY_STORE), oci:<dir>[:tag|@digest] (an OCI image layout)',
+  '  or host[:port]/repo[:tag|@digest] (a registry)',
+];
+
 /** `slipway --help`: every form of every command, its usage line(s) then what it does. */
 export function usageText(commands: readonly CommandSpec[] = COMMANDS): string {
   const lines = ['slipway: OCI-backed disks for microVMs', '', 'usage: slipway <command> [options]', ''];
@@ -34,16 +39,32 @@ export function usageText(commands: readonly CommandSpec[] = COMMANDS): string {
   }
   lines.push(
     '',
-    'references: name[:tag|@digest] (the embedded store, $SLIPWAY_STORE), oci:<dir>[:tag|@digest] (an OCI image layout)',
-    '  or host[:port]/repo[:tag|@digest] (a registry)',
+    ...REFERENCE_LINES,
     'common options: --plain-http, --progress=auto|json|tty|none, --cache-dir DIR (or SLIPWAY_CACHE_DIR)',
     '',
   );
   return lines.join('\n');
 }
 
+/** One command's help: its forms' usage lines and summaries, then the reference forms. */
+function commandHelp(command: CommandSpec): string {
+  const lines: string[] = [];
+  for (const { usage, summary } of command.help) {
+    for (const line of usage.split('\n')) lines.push(`usage: ${line.trim()}`);
+    lines.push(`    ${summary}`);
+  }
+  lines.push('', ...REFERENCE_LINES, '');
+  return lines.join('\n');
+}
+
 export async function main(argv: string[], io: CommandIO = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
   const [name, ...rest] = argv;
+  // `slipway help <command>`: that command's help
+  const helpFor = name === 'help' && rest[0] !== undefined ? COMMANDS.find((c) => c.name === rest[0]) : undefined;
+  if (helpFor) {
+    io.stdout.write(commandHelp(helpFor));
+    return 0;
+  }
   if (!name || name === '--help' || name === '-h' || name === 'help') {
     io.stdout.write(usageText());
     return name ? 0 : 2;
@@ -52,6 +73,12 @@ export async function main(argv: string[], io: CommandIO = { stdout: process.std
   if (!command) {
     io.stderr.write(`slipway: unknown command ${JSON.stringify(name)}\n\n${usageText()}`);
     return 2;
+  }
+  // `<command> ... --help` (before a `--`, after which the words are a guest command's)
+  const own = rest.indexOf('--') < 0 ? rest : rest.slice(0, rest.indexOf('--'));
+  if (own.includes('--help') || own.includes('-h')) {
+    io.stdout.write(commandHelp(command));
+    return 0;
   }
   try {
     return await command.run(rest, io);

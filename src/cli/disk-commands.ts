@@ -1,13 +1,15 @@
-import { SlipwayError } from '../errors.js';
-import { describeDisk, openDiskArtifact, type DiskArtifact } from '../disk/artifact.js';
+import { SlipwayError, isSlipwayError } from '../errors.js';
+import { describeDisk, openDiskArtifact, openDiskFromManifest, type DiskArtifact } from '../disk/artifact.js';
+import { ARTIFACT_TYPE_MEMORY_SNAPSHOT, diskTag, isMemorySnapshotManifest, loadMemorySnapshot, type LoadedMemorySnapshot } from '../disk/memory-snapshot.js';
 import { checkImageFile, pushDisk } from '../disk/push.js';
-import { copyBootProfile } from '../cache/boot-profile.js';
+import { checkBootProfile, copyBootProfile, fetchBootProfile } from '../cache/boot-profile.js';
 import { inheritBootProfile } from '../cache/profile-inheritance.js';
 import { checkChunkSize } from '../disk/format.js';
 import { pullDisk } from '../disk/pull.js';
 import { copyImage } from '../oci/copy.js';
 import { withTargets } from '../oci/open.js';
-import { DEFAULT_TAG, formatRef, parseRef, refReference } from '../oci/ref.js';
+import { DEFAULT_TAG, formatRef, parseRef, refReference, type ImageRef } from '../oci/ref.js';
+import type { Target } from '../oci/store.js';
 import { createProgress } from '../util/progress.js';
 import { WorkerPool } from '../workers/pool.js';
 import { parseCommand, parseNonNegativeInt, parseSize, progressMode, STORE_OPTIONS, type CommandIO, type CommandSpec } from './args.js';
@@ -89,7 +91,7 @@ export async function pullCommand(argv: string[], io: CommandIO): Promise<number
   const progress = createProgress(progressMode(values.progress), io.stderr);
   const result = await withTargets({ plainHttp: values['plain-http'] === true }, async (targets) => {
     const target = await targets.open(ref);
-    const disk = await openDiskArtifact(target, refReference(ref));
+    const disk = await openDiskArtifact(target, refReference(ref)).catch((err: unknown) => explainNotADisk(err, target, ref));
     return withPool((pool) => pullDisk({ target, disk, outFile, pool, ...(progress.onProgress ? { onProgress: progress.onProgress } : {}) }));
   });
   progress.finish();
@@ -100,9 +102,50 @@ export async function pullCommand(argv: string[], io: CommandIO): Promise<number
 export async function inspectCommand(argv: string[], io: CommandIO): Promise<number> {
   const { values, positionals } = parseCommand('inspect', argv, { 'plain-http': { type: 'boolean' } }, { min: 1, max: 1, usage: USAGE.inspect });
   const ref = parseRef(positionals[0] as string);
-  const summary = await withTargets({ plainHttp: values['plain-http'] === true }, async (targets) => describeDisk(await openDiskArtifact(await targets.open(ref), refReference(ref))));
+  const summary = await withTargets({ plainHttp: values['plain-http'] === true }, async (targets) => {
+    const target = await targets.open(ref);
+    const reference = refReference(ref);
+    const fetched = await target.fetchManifest(reference);
+    if (isMemorySnapshotManifest(fetched.body)) return describeMemorySnapshot(await loadMemorySnapshot(target, reference, fetched));
+    const disk = await openDiskFromManifest(target, reference, fetched.descriptor, fetched.body);
+    // its boot profile, as a boot would find it: absent (null), or how many chunks and from where
+    const bootProfile = await fetchBootProfile(target, disk.manifestDescriptor.digest).then(
+      (raw) => {
+        if (raw === undefined) return null;
+        const p = checkBootProfile(raw, disk);
+        return { chunks: p.chunks.length, ...(p.inheritedFrom ? { inheritedFrom: p.inheritedFrom } : {}) };
+      },
+      (err: unknown) => ({ error: err instanceof Error ? err.message : String(err) }),
+    );
+    return { ...describeDisk(disk), bootProfile };
+  });
   io.stdout.write(`${JSON.stringify({ ...summary, reference: formatRef(ref) }, null, 2)}\n`);
   return 0;
+}
+
+/** `inspect` of a memory snapshot: what it is, the VM shape it restores into, its disk and RAM. */
+function describeMemorySnapshot(s: LoadedMemorySnapshot): Record<string, unknown> {
+  return {
+    digest: s.manifest.digest, artifactType: ARTIFACT_TYPE_MEMORY_SNAPSHOT, createdAt: s.config.createdAt, shape: s.config.shape,
+    disk: s.config.disk.digest, ram: s.config.ram.digest, parent: s.config.parent ?? null,
+    deviceStateBytes: s.state.reduce((n, l) => n + l.descriptor.size, 0),
+  };
+}
+
+/**
+ * A NOT_A_SLIPWAY_DISK refusal of `ref` made clearer when `ref` is a memory snapshot: it names the
+ * snapshot's disk (its `<tag>.disk`, a disk like any other) and how the snapshot itself is used.
+ */
+async function explainNotADisk(err: unknown, target: Target, ref: ImageRef): Promise<never> {
+  if (isSlipwayError(err, 'NOT_A_SLIPWAY_DISK')) {
+    const body = await target.fetchManifest(refReference(ref)).then((m) => m.body, () => undefined);
+    if (body && isMemorySnapshotManifest(body)) {
+      const { digest: _digest, ...named } = ref;
+      const disk = ref.tag ? `; its disk is ${formatRef({ ...named, tag: diskTag(ref.tag) })}` : '';
+      throw new SlipwayError('NOT_A_SLIPWAY_DISK', `${formatRef(ref)} is a memory snapshot, not a disk${disk}; \`slipway run\` or \`vm create\` resumes it, \`slipway inspect\` describes it`);
+    }
+  }
+  throw err;
 }
 
 export async function copyCommand(argv: string[], io: CommandIO): Promise<number> {

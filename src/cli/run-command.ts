@@ -196,6 +196,6 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
 
 export const RUN_COMMAND: CommandSpec = {
   name: 'run',
-  help: [{ usage: USAGE, summary: 'boot a VM from a disk, run a command in it, exit with its status (through the daemon when one runs)' }],
+  help: [{ usage: USAGE, summary: 'boot a VM from a disk, run a command in it, exit with its status (through the daemon when one runs); a --disk file is written to in place' }],
   run: runCommand,
 };

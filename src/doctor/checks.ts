@@ -252,11 +252,11 @@ export async function runDoctor(opts: { cacheDir: string; env?: NodeJS.ProcessEn
   const checks: Check[] = [];
   checks.push(...(await qemuChecks()));
   const kvmModules = loadedKvmModules();
-  const device = kvmDeviceUsable();
+  const device = kvmDeviceUsable('/dev/kvm', kvmModules);
   const inspected = inspectKvm(kvmModules, device);
   checks.push(device.ok
     ? { id: 'kvm.device', what: '/dev/kvm', status: 'ok', value: `opens read-write; modules: ${kvmModules.join(', ') || 'none listed'}` }
-    : { id: 'kvm.device', what: '/dev/kvm', status: 'no', value: device.why, consequence: 'guests run under TCG (emulation: boots take seconds, not milliseconds)', fix: 'load kvm_intel or kvm_amd; on a VM, enable nested virtualisation' });
+    : { id: 'kvm.device', what: '/dev/kvm', status: 'no', value: device.why, consequence: 'guests run under TCG (emulation: boots take seconds, not milliseconds)', fix: kvmModules.length > 0 ? 'give this host (or container) the /dev/kvm device node (character device 10:232)' : 'load kvm_intel or kvm_amd; on a VM, enable nested virtualisation' });
   const kernel = cachedKernel(env);
   const initramfs = cachedInitramfs();
   let accel: DoctorReport['accel'];

@@ -80,15 +80,19 @@ export function loadedKvmModules(sysRoot = '/sys'): string[] {
   return KNOWN_KVM_MODULES.filter((m) => existsSync(join(sysRoot, 'module', m))).sort();
 }
 
-/** Whether /dev/kvm is a character device this process can open read-write. */
-export function kvmDeviceUsable(path = '/dev/kvm'): { ok: true } | { ok: false; why: string } {
+/**
+ * Whether /dev/kvm is a character device this process can open read-write; `modules`, the KVM
+ * modules loaded (`loadedKvmModules`), tell a missing device node apart from a missing module.
+ */
+export function kvmDeviceUsable(path = '/dev/kvm', modules: string[] = loadedKvmModules()): { ok: true } | { ok: false; why: string } {
   try {
     if (!statSync(path).isCharacterDevice()) return { ok: false, why: `${path} is not a character device` };
     closeSync(openSync(path, 'r+'));
     return { ok: true };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    return { ok: false, why: code === 'ENOENT' ? `${path} does not exist (no KVM module loaded, or nested virtualisation off)` : `${path} cannot be opened read-write (${code ?? (err as Error).message})` };
+    if (code !== 'ENOENT') return { ok: false, why: `${path} cannot be opened read-write (${code ?? (err as Error).message})` };
+    return { ok: false, why: modules.length > 0 ? `${path} does not exist although ${modules.join(', ')} is loaded (no device node: a container started without it?)` : `${path} does not exist (no KVM module loaded, or nested virtualisation off)` };
   }
 }
 
@@ -269,7 +273,7 @@ async function decide(opts: ChooseOptions): Promise<AccelVerdict> {
   const host = hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot);
   const cached = readVerdict(opts.cacheDir, host);
   if (cached) return { accel: cached.accel, reason: cached.reason, source: 'cache', decideMs: Math.round(performance.now() - t0) };
-  const rejected = inspectKvm(host.kvmModules, kvmDeviceUsable(opts.kvmDevice));
+  const rejected = inspectKvm(host.kvmModules, kvmDeviceUsable(opts.kvmDevice, host.kvmModules));
   let verdict: Omit<AccelVerdict, 'decideMs'>;
   if (rejected) verdict = { accel: 'tcg', reason: rejected, source: 'inspection' };
   else {

@@ -23,6 +23,7 @@ import { parseRef } from '../src/oci/ref.js';
 import { startChaosProxy, type ChaosProxy } from './helpers/chaos-proxy.js';
 import { captureIO } from './helpers/cli.js';
 import { within } from './helpers/cache-checks.js';
+import { processRunning } from '../src/util/process.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { tempDir } from './helpers/images.js';
 import { startRegistry, type TestRegistry } from './helpers/registry.js';
@@ -227,6 +228,18 @@ describe('slipway serve: boot profiles', () => {
       await refusing.stop();
     }
   }, 120_000);
+
+  it('a backend does not outlive its slipway serve, even one killed with SIGKILL', async () => {
+    const s = await serve('orphan', `${registry.host}/serve/ro:v1`, tempDir('slipway-serveprof-o-'), ['--prefetch', 'none']);
+    const pid = (await s.line('serving')).backendPid as number;
+    expect(Number.isSafeInteger(pid) && processRunning(pid)).toBe(true);
+    // `tail --pid` exits when that process has (it is no child of ours to wait for)
+    const watch = spawn('tail', [`--pid=${pid}`, '-s', '0.05', '-f', '/dev/null'], { stdio: 'ignore' });
+    const gone = new Promise<void>((resolve) => watch.once('exit', () => resolve()));
+    s.child.kill('SIGKILL');
+    await within(15_000, gone, 'the backend\'s exit after its owner was killed');
+    expect(processRunning(pid)).toBe(false);
+  }, 60_000);
 
   it('stores the profile once the guest has been quiet, while the export stays open', async () => {
     const ref = `${registry.host}/serve/disk:v1`;

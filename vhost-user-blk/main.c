@@ -1,7 +1,10 @@
 /*
  * slipway-blk: serve one slipway disk to a VMM over vhost-user (docs/vhost-user-blk.md).
  * The main thread owns the vhost-user connection; queue threads serve the virtqueues. When the
- * VMM disconnects, the backend listens again: the overlay and the disk stay.
+ * VMM disconnects, the backend listens again: the overlay and the disk stay. It stops on SIGTERM,
+ * SIGINT or SIGHUP, and with `--owner-pid`, when that process has exited (a pidfd): a backend
+ * started for `slipway serve` or `slipway run` does not outlive them, even killed with SIGKILL;
+ * the daemon's backends, which outlive a daemon restart, are started without it.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -14,6 +17,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include "vub.h"
@@ -29,11 +33,13 @@ struct options {
 	const char *serial;
 	bool read_only;
 	unsigned queues;
+	/* 0: none */
+	pid_t owner_pid;
 };
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: slipway-blk --socket PATH --map FILE --chunk-dir DIR [--daemon-socket PATH] [--overlay DIR] [--read-only] [--queues N] [--serial ID] [--log-level debug|info|warn]\n");
+	fprintf(stderr, "usage: slipway-blk --socket PATH --map FILE --chunk-dir DIR [--daemon-socket PATH] [--overlay DIR] [--read-only] [--queues N] [--serial ID] [--owner-pid PID] [--log-level debug|info|warn]\n");
 }
 
 static int parse_args(int argc, char **argv, struct options *o)
@@ -43,7 +49,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "chunk-dir", required_argument, NULL, 'c' }, { "daemon-socket", required_argument, NULL, 'd' },
 		{ "overlay", required_argument, NULL, 'o' }, { "read-only", no_argument, NULL, 'r' },
 		{ "queues", required_argument, NULL, 'q' }, { "serial", required_argument, NULL, 'i' },
-		{ "log-level", required_argument, NULL, 'l' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+		{ "owner-pid", required_argument, NULL, 'p' }, { "log-level", required_argument, NULL, 'l' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
 	};
 	memset(o, 0, sizeof *o);
 	o->queues = 1;
@@ -66,6 +72,17 @@ static int parse_args(int argc, char **argv, struct options *o)
 				return -1;
 			}
 			o->queues = (unsigned)v;
+			break;
+		}
+		case 'p': {
+			char *end = NULL;
+			errno = 0;
+			long v = strtol(optarg, &end, 10);
+			if (errno || !end || *end || v < 1 || v > 0x7fffffff) {
+				fprintf(stderr, "slipway-blk: --owner-pid must be a process id\n");
+				return -1;
+			}
+			o->owner_pid = (pid_t)v;
 			break;
 		}
 		case 'l':
@@ -105,20 +122,23 @@ static int listen_on(const char *path)
 	return fd;
 }
 
-/* Serve one VMM connection until it closes, breaks the protocol, or a signal asks us to stop. */
-static bool serve_connection(struct vub_dev *dev, int conn, int sigfd)
+/*
+ * Serve one VMM connection until it closes, breaks the protocol, or a signal or the owner's exit
+ * (`ownerfd`, a pidfd, or -1: poll ignores it) asks us to stop.
+ */
+static bool serve_connection(struct vub_dev *dev, int conn, int sigfd, int ownerfd)
 {
 	static uint8_t payload[VUB_PAYLOAD_MAX];
 	dev->sock = conn;
 	for (;;) {
-		struct pollfd p[2] = { { .fd = conn, .events = POLLIN }, { .fd = sigfd, .events = POLLIN } };
-		if (poll(p, 2, -1) < 0) {
+		struct pollfd p[3] = { { .fd = conn, .events = POLLIN }, { .fd = sigfd, .events = POLLIN }, { .fd = ownerfd, .events = POLLIN } };
+		if (poll(p, 3, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			vub_log("warn", "poll: %s", strerror(errno));
 			return false;
 		}
-		if (p[1].revents & POLLIN)
+		if ((p[1].revents | p[2].revents) & POLLIN)
 			return true;
 		struct vhost_user_header hdr;
 		int fds[VUB_MAX_FDS];
@@ -169,6 +189,15 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	int sigfd = signalfd(-1, &mask, SFD_CLOEXEC);
+	/* the owner's pidfd turns readable when it exits; one already gone is refused at once */
+	int ownerfd = -1;
+	if (o.owner_pid > 0) {
+		ownerfd = (int)syscall(SYS_pidfd_open, o.owner_pid, 0);
+		if (ownerfd < 0) {
+			fprintf(stderr, "slipway-blk: --owner-pid %d: %s\n", (int)o.owner_pid, strerror(errno));
+			return 1;
+		}
+	}
 	int lfd = listen_on(o.socket_path);
 	if (sigfd < 0 || lfd < 0)
 		return 1;
@@ -180,13 +209,13 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	bool stop = false;
 	while (!stop) {
-		struct pollfd p[2] = { { .fd = lfd, .events = POLLIN }, { .fd = sigfd, .events = POLLIN } };
-		if (poll(p, 2, -1) < 0) {
+		struct pollfd p[3] = { { .fd = lfd, .events = POLLIN }, { .fd = sigfd, .events = POLLIN }, { .fd = ownerfd, .events = POLLIN } };
+		if (poll(p, 3, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
-		if (p[1].revents & POLLIN)
+		if ((p[1].revents | p[2].revents) & POLLIN)
 			break;
 		int conn = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 		if (conn < 0 && errno == EMFILE) {
@@ -199,10 +228,12 @@ int main(int argc, char **argv)
 			continue;
 		}
 		vub_log("info", "VMM connected");
-		stop = serve_connection(&dev, conn, sigfd);
+		stop = serve_connection(&dev, conn, sigfd, ownerfd);
 		vub_dev_reset(&dev);
 		close(conn);
 	}
+	if (ownerfd >= 0 && poll(&(struct pollfd){ .fd = ownerfd, .events = POLLIN }, 1, 0) == 1)
+		vub_log("info", "its owner (pid %d) has exited", (int)o.owner_pid);
 	vub_log("info", "stopping: %llu requests, %llu misses, %llu bad chains, %llu broken rings", (unsigned long long)dev.stats.requests,
 		(unsigned long long)dev.stats.misses, (unsigned long long)dev.stats.bad_chains, (unsigned long long)dev.stats.broken_rings);
 	vub_disk_close(&disk);

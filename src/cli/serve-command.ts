@@ -54,7 +54,7 @@ export async function serveCommand(argv: string[], io: CommandIO): Promise<numbe
     });
     const disk = served.disk;
     logger.info('serving', {
-      disk: disk.reference, digest: disk.digest, socket: values.socket, overlay: served.overlayDir ?? null, queues, prefetch,
+      disk: disk.reference, digest: disk.digest, socket: values.socket, backendPid: served.pid, overlay: served.overlayDir ?? null, queues, prefetch,
       profile: disk.openedWithProfile ?? null, recordingProfile: disk.recordingProfile,
     });
     void disk.profilePrefetch?.then((r) => {

@@ -70,6 +70,7 @@ export interface ServeOptions {
   onProfileSaved?: (saved: SavedProfile | undefined, err?: unknown) => void;
   /**
    * the backend outlives this process (the daemon's VMs): its chunk files are pinned in its name.
+   * Otherwise it stops when this process has exited, however it went (slipway-blk `--owner-pid`).
    * Every backend runs in its own session with its output in workDir (backend.out, backend.log).
    */
   detached?: boolean;
@@ -159,6 +160,8 @@ export async function serveDisk(opts: ServeOptions): Promise<ServedDisk> {
   const args = ['--socket', opts.socket, '--map', mapPath, '--chunk-dir', opts.cache.chunkDir, '--daemon-socket', missPath, '--queues', String(opts.queues ?? 1), '--serial', disk.digest.slice(7, 27)];
   if (overlayDir) args.push('--overlay', overlayDir);
   else args.push('--read-only');
+  // attached, it stops when this process has gone, however it went (SIGKILL, the OOM killer)
+  if (!opts.detached) args.push('--owner-pid', String(process.pid));
   // its own session, its output in files, started without forking this process (src/util/spawner.ts);
   // detached, it keeps serving when the daemon is away (its chunk files pinned in its name)
   const outPath = join(opts.workDir, 'backend.out');

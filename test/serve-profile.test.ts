@@ -90,7 +90,8 @@ interface Serve {
 async function serve(name: string, ref: string, cacheDir: string, extra: string[] = []): Promise<Serve> {
   const socket = join(work, `${name}.sock`);
   const child = spawn(process.execPath, [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'serve', ref, '--socket', socket, '--cache-dir', cacheDir, ...extra], {
-    stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, HOME: work, DOCKER_CONFIG: join(work, 'no-docker'), XDG_CONFIG_HOME: join(work, 'no-config') },
+    // its work directory under this file's own: one a killed serve leaves goes with the file's
+    stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, HOME: work, TMPDIR: work, DOCKER_CONFIG: join(work, 'no-docker'), XDG_CONFIG_HOME: join(work, 'no-config') },
   });
   children.push(child);
   const lines: Record<string, unknown>[] = [];

@@ -41,7 +41,17 @@ describe('slipway --help', () => {
         for (const line of usage.split('\n')) expect(io.out).toContain(line.trim());
         expect(io.out).toContain(summary);
       }
+      // that command's, not everyone's
+      for (const other of COMMANDS.filter((c) => c !== command)) {
+        for (const { summary } of other.help) if (!command.help.some((h) => h.summary === summary)) expect(io.out).not.toContain(summary);
+      }
     }
+  });
+
+  it('help of an unknown command says so (exit 2)', async () => {
+    const io = captureIO();
+    expect(await main(['help', 'no-such-command'], io)).toBe(2);
+    expect(io.err).toMatch(/unknown command "no-such-command"/);
   });
 
   it('a --help after -- belongs to the guest command, not to slipway', async () => {

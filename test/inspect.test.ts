@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { pushBootProfile } from '../src/cache/boot-profile.js';
 import { openDiskArtifact } from '../src/disk/artifact.js';
+import { sha256Digest } from '../src/oci/digest.js';
 import { ARTIFACT_TYPE_MEMORY_SNAPSHOT, diskTag, pushMemorySnapshot, ramTag, type VmShape } from '../src/disk/memory-snapshot.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
@@ -32,6 +33,9 @@ describe('slipway inspect', () => {
     const disk = await openDiskArtifact(target, 'v1');
     await pushBootProfile(target, disk.manifestDescriptor, { formatVersion: 1, disk: pushed.digest, chunkSizeBytes: CHUNK, chunks: [2, 0, 1] });
     expect(jsonOut(await runCli(['inspect', ref]))).toMatchObject({ digest: pushed.digest, bootProfile: { chunks: 3 } });
+    // a profile naming a chunk outside the disk: said, and the disk still described
+    await pushBootProfile(target, disk.manifestDescriptor, { formatVersion: 1, disk: pushed.digest, chunkSizeBytes: CHUNK, chunks: [99999] });
+    expect(jsonOut(await runCli(['inspect', ref]))).toMatchObject({ digest: pushed.digest, bootProfile: { error: expect.stringMatching(/malformed/) } });
   });
 
   it('a memory snapshot: what it is and its VM shape; pull refuses it naming its disk', async () => {
@@ -46,6 +50,17 @@ describe('slipway inspect', () => {
 
     const described = jsonOut(await runCli(['inspect', `oci:${layout}:warm`]));
     expect(described).toMatchObject({ digest: snap.digest, artifactType: ARTIFACT_TYPE_MEMORY_SNAPSHOT, shape, disk: diskPush.digest, ram: ramPush.digest, parent: null, deviceStateBytes: 1000 });
+
+    // a snapshot whose config is not JSON: CORRUPT_INDEX, no stack trace
+    const junk = Buffer.from('not json{');
+    const junkDesc = { mediaType: 'application/vnd.slipway.memory-snapshot.config.v1+json', digest: sha256Digest(junk), size: junk.length };
+    await target.pushBlob(junkDesc, junk);
+    const manifest = JSON.parse((await target.fetchManifest('warm')).body.toString('utf8')) as { config: unknown };
+    manifest.config = junkDesc;
+    await target.pushManifest(Buffer.from(JSON.stringify(manifest)), 'application/vnd.oci.image.manifest.v1+json', 'junk');
+    const bad = await runCli(['inspect', `oci:${layout}:junk`]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/^slipway inspect: error CORRUPT_INDEX: .*config is not JSON/);
 
     const pulled = await runCli(['pull', `oci:${layout}:warm`, join(work, 'warm.img')]);
     expect(pulled.code).toBe(1);

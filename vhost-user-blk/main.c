@@ -22,6 +22,10 @@
 #include <unistd.h>
 #include "vub.h"
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* the same number on every architecture (Linux 5.3) */
+#endif
+
 extern int vub_log_min;
 
 struct options {
@@ -77,9 +81,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case 'p': {
 			char *end = NULL;
 			errno = 0;
-			long v = strtol(optarg, &end, 10);
-			if (errno || !end || *end || v < 1 || v > 0x7fffffff) {
-				fprintf(stderr, "slipway-blk: --owner-pid must be a process id\n");
+			long v = optarg[0] >= '0' && optarg[0] <= '9' ? strtol(optarg, &end, 10) : 0;
+			if (errno || !end || *end || v < 2 || v > 0x7fffffff) {
+				fprintf(stderr, "slipway-blk: --owner-pid must be a process id (2 or more)\n");
 				return -1;
 			}
 			o->owner_pid = (pid_t)v;
@@ -160,6 +164,21 @@ int main(int argc, char **argv)
 	struct options o;
 	if (parse_args(argc, argv, &o) < 0)
 		return 2;
+	/*
+	 * The owner's pidfd, opened first (the owner started us and waits for "ready", so its pid is
+	 * its own), turns readable when it exits; an owner already gone is refused at once. A kernel
+	 * without pidfd_open (before 5.3) or a seccomp policy refusing it: served without the watch.
+	 */
+	int ownerfd = -1;
+	if (o.owner_pid > 0) {
+		ownerfd = (int)syscall(SYS_pidfd_open, o.owner_pid, 0);
+		if (ownerfd < 0 && errno != ENOSYS && errno != EPERM) {
+			fprintf(stderr, "slipway-blk: --owner-pid %d: %s\n", (int)o.owner_pid, strerror(errno));
+			return 1;
+		}
+		if (ownerfd < 0)
+			vub_log("warn", "cannot watch the owner (pid %d): pidfd_open: %s; this backend does not stop when it exits", (int)o.owner_pid, strerror(errno));
+	}
 	/* one descriptor per open chunk file: ask for as many as the hard limit allows */
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -189,15 +208,6 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	int sigfd = signalfd(-1, &mask, SFD_CLOEXEC);
-	/* the owner's pidfd turns readable when it exits; one already gone is refused at once */
-	int ownerfd = -1;
-	if (o.owner_pid > 0) {
-		ownerfd = (int)syscall(SYS_pidfd_open, o.owner_pid, 0);
-		if (ownerfd < 0) {
-			fprintf(stderr, "slipway-blk: --owner-pid %d: %s\n", (int)o.owner_pid, strerror(errno));
-			return 1;
-		}
-	}
 	int lfd = listen_on(o.socket_path);
 	if (sigfd < 0 || lfd < 0)
 		return 1;

@@ -109,14 +109,15 @@ export async function inspectCommand(argv: string[], io: CommandIO): Promise<num
     if (isMemorySnapshotManifest(fetched.body)) return describeMemorySnapshot(await loadMemorySnapshot(target, reference, fetched));
     const disk = await openDiskFromManifest(target, reference, fetched.descriptor, fetched.body);
     // its boot profile, as a boot would find it: absent (null), or how many chunks and from where
-    const bootProfile = await fetchBootProfile(target, disk.manifestDescriptor.digest).then(
-      (raw) => {
-        if (raw === undefined) return null;
-        const p = checkBootProfile(raw, disk);
-        return { chunks: p.chunks.length, ...(p.inheritedFrom ? { inheritedFrom: p.inheritedFrom } : {}) };
-      },
-      (err: unknown) => ({ error: err instanceof Error ? err.message : String(err) }),
-    );
+    let bootProfile: Record<string, unknown> | null;
+    try {
+      const raw = await fetchBootProfile(target, disk.manifestDescriptor.digest);
+      const p = raw === undefined ? undefined : checkBootProfile(raw, disk);
+      bootProfile = p ? { chunks: p.chunks.length, ...(typeof p.inheritedFrom === 'string' ? { inheritedFrom: p.inheritedFrom } : {}) } : null;
+    } catch (err) {
+      // a profile that cannot be used is said, not fatal: the disk is described all the same
+      bootProfile = { error: err instanceof Error ? err.message : String(err) };
+    }
     return { ...describeDisk(disk), bootProfile };
   });
   io.stdout.write(`${JSON.stringify({ ...summary, reference: formatRef(ref) }, null, 2)}\n`);
@@ -141,7 +142,7 @@ async function explainNotADisk(err: unknown, target: Target, ref: ImageRef): Pro
     const body = await target.fetchManifest(refReference(ref)).then((m) => m.body, () => undefined);
     if (body && isMemorySnapshotManifest(body)) {
       const { digest: _digest, ...named } = ref;
-      const disk = ref.tag ? `; its disk is ${formatRef({ ...named, tag: diskTag(ref.tag) })}` : '';
+      const disk = ref.digest === undefined ? `; its disk is ${formatRef({ ...named, tag: diskTag(ref.tag ?? DEFAULT_TAG) })}` : '';
       throw new SlipwayError('NOT_A_SLIPWAY_DISK', `${formatRef(ref)} is a memory snapshot, not a disk${disk}; \`slipway run\` or \`vm create\` resumes it, \`slipway inspect\` describes it`);
     }
   }
@@ -174,6 +175,6 @@ export async function copyCommand(argv: string[], io: CommandIO): Promise<number
 export const DISK_COMMANDS: CommandSpec[] = [
   { name: 'push', help: [{ usage: USAGE.push, summary: 'push a raw disk image as a chunked, compressed OCI artifact' }], run: pushCommand },
   { name: 'pull', help: [{ usage: USAGE.pull, summary: 'pull a disk into a sparse raw file' }], run: pullCommand },
-  { name: 'inspect', help: [{ usage: USAGE.inspect, summary: 'describe a disk artifact (JSON)' }], run: inspectCommand },
+  { name: 'inspect', help: [{ usage: USAGE.inspect, summary: 'describe a disk artifact (with its boot profile) or a memory snapshot (JSON)' }], run: inspectCommand },
   { name: 'copy', help: [{ usage: USAGE.copy, summary: 'copy an artifact between registries and layouts' }], run: copyCommand },
 ];

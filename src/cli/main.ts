@@ -23,6 +23,7 @@ export const COMMANDS: readonly CommandSpec[] = [
   ...DISK_COMMANDS, ...CACHE_COMMANDS, ...GUEST_COMMANDS, DOCTOR_COMMAND, RUN_COMMAND, SERVE_COMMAND, ...DAEMON_COMMANDS,
 ];
 
+const COMMON_OPTIONS = 'common options: --plain-http, --progress=auto|json|tty|none, --cache-dir DIR (or SLIPWAY_CACHE_DIR)';
 const REFERENCE_LINES = [
   'references: name[:tag|@digest] (the embedded store, $SLIPWAY_STORE), oci:<dir>[:tag|@digest] (an OCI image layout)',
   '  or host[:port]/repo[:tag|@digest] (a registry)',
@@ -40,7 +41,7 @@ export function usageText(commands: readonly CommandSpec[] = COMMANDS): string {
   lines.push(
     '',
     ...REFERENCE_LINES,
-    'common options: --plain-http, --progress=auto|json|tty|none, --cache-dir DIR (or SLIPWAY_CACHE_DIR)',
+    COMMON_OPTIONS,
     '',
   );
   return lines.join('\n');
@@ -50,18 +51,22 @@ export function usageText(commands: readonly CommandSpec[] = COMMANDS): string {
 function commandHelp(command: CommandSpec): string {
   const lines: string[] = [];
   for (const { usage, summary } of command.help) {
-    for (const line of usage.split('\n')) lines.push(`usage: ${line.trim()}`);
+    for (const line of usage.split('\n')) lines.push(line.trim().startsWith('slipway ') ? `usage: ${line.trim()}` : `  ${line.trim()}`);
     lines.push(`    ${summary}`);
   }
-  lines.push('', ...REFERENCE_LINES, '');
+  lines.push('', ...REFERENCE_LINES, COMMON_OPTIONS, '');
   return lines.join('\n');
 }
 
 export async function main(argv: string[], io: CommandIO = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
   const [name, ...rest] = argv;
   // `slipway help <command>`: that command's help
-  const helpFor = name === 'help' && rest[0] !== undefined ? COMMANDS.find((c) => c.name === rest[0]) : undefined;
-  if (helpFor) {
+  if (name === 'help' && rest[0] !== undefined) {
+    const helpFor = COMMANDS.find((c) => c.name === rest[0]);
+    if (!helpFor) {
+      io.stderr.write(`slipway: unknown command ${JSON.stringify(rest[0])}\n\n${usageText()}`);
+      return 2;
+    }
     io.stdout.write(commandHelp(helpFor));
     return 0;
   }

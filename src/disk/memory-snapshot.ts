@@ -159,8 +159,13 @@ export function isMemorySnapshotManifest(body: Buffer): boolean {
  */
 export async function loadMemorySnapshot(target: Target, reference: string, manifest?: FetchedManifest, blobs: BlobReader = target): Promise<LoadedMemorySnapshot> {
   const fetched = manifest ?? (await target.fetchManifest(reference));
-  const m = JSON.parse(fetched.body.toString('utf8')) as ImageManifest;
-  if (m.artifactType !== ARTIFACT_TYPE_MEMORY_SNAPSHOT) throw new SlipwayError('NOT_A_SLIPWAY_DISK', `${target.name}:${reference} is not a slipway memory snapshot (artifactType ${JSON.stringify(m.artifactType)})`);
+  let m: ImageManifest;
+  try {
+    m = (JSON.parse(fetched.body.toString('utf8')) as ImageManifest | null) ?? ({} as ImageManifest);
+  } catch {
+    m = {} as ImageManifest;
+  }
+  if (typeof m !== 'object' || m.artifactType !== ARTIFACT_TYPE_MEMORY_SNAPSHOT) throw new SlipwayError('NOT_A_SLIPWAY_DISK', `${target.name}:${reference} is not a slipway memory snapshot (artifactType ${JSON.stringify(m.artifactType)})`);
   const bad = (why: string): SlipwayError => new SlipwayError('CORRUPT_INDEX', `memory snapshot ${target.name}@${fetched.descriptor.digest}: ${why}`);
   if (!isDescriptor(m.config) || m.config.mediaType !== MEDIA_TYPE_MEMORY_SNAPSHOT_CONFIG || m.config.size > MAX_CONFIG_BYTES) throw bad('its config descriptor is malformed');
   // the layers are checked against the VMM the config names, so a layer of one VMM's state
@@ -168,12 +173,19 @@ export async function loadMemorySnapshot(target: Target, reference: string, mani
   const layers: unknown[] = Array.isArray(m.layers) ? m.layers : [];
   if (!layers.every((l) => isDescriptor(l) && l.size <= MAX_DEVICE_STATE_BYTES)) throw bad('its device-state layer is malformed');
   // embedded in the manifest (checked against its digest), else its blob
-  const config = JSON.parse((await describedContent(m.config, blobs)).toString('utf8')) as MemorySnapshotConfig;
+  let config: MemorySnapshotConfig;
+  try {
+    config = JSON.parse((await describedContent(m.config, blobs)).toString('utf8')) as MemorySnapshotConfig;
+  } catch (err) {
+    if (err instanceof SyntaxError) throw bad('its config is not JSON');
+    throw err;
+  }
   const s = config?.shape;
   if (config?.formatVersion !== 1 || !isDescriptor(config.disk) || !isDescriptor(config.ram) || m.subject?.digest !== config.disk.digest) throw bad('its config does not name its disk and RAM manifests');
   if ((s?.vmm !== 'qemu' && s?.vmm !== 'cloud-hypervisor') || typeof s.vmmVersion !== 'string' || typeof s.machine !== 'string' || !Number.isSafeInteger(s.cpus) || s.cpus < 1 || s.cpus > 64
     || !Number.isSafeInteger(s.memoryMiB) || s.memoryMiB < 64 || s.memoryMiB > 1024 * 1024 || !Array.isArray(s.devices) || !s.devices.every((d) => typeof d === 'string')
     || typeof s.kernel !== 'string' || typeof s.initramfs !== 'string') throw bad('its VM shape is malformed');
+  if (typeof config.createdAt !== 'string' || (config.parent !== undefined && typeof config.parent !== 'string')) throw bad('its creation time or parent is malformed');
   const kinds = STATE_LAYERS[s.vmm];
   const wrongLayers = (): SlipwayError => bad(`its device-state layers are not those of a ${s.vmm} snapshot (${kinds.map((k) => k.mediaType).join(', ')})`);
   if (layers.length !== kinds.length) throw wrongLayers();

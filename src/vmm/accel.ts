@@ -29,6 +29,7 @@ import { SlipwayError } from '../errors.js';
 import { GUEST_SERIAL_CONSOLE } from '../guest/abi.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { fileTail } from '../util/file-tail.js';
+import { attachedCommand, whichBinary } from '../util/which.js';
 import { QmpClient } from './qmp.js';
 
 export type Accel = 'kvm' | 'tcg';
@@ -92,7 +93,7 @@ export function kvmDeviceUsable(path = '/dev/kvm', modules: string[] = loadedKvm
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOENT') return { ok: false, why: `${path} cannot be opened read-write (${code ?? (err as Error).message})` };
-    return { ok: false, why: modules.length > 0 ? `${path} does not exist although ${modules.join(', ')} is loaded (no device node: a container started without it?)` : `${path} does not exist (no KVM module loaded, or nested virtualisation off)` };
+    return { ok: false, why: modules.length > 0 ? `${path} does not exist although ${modules.join(', ')} ${modules.length > 1 ? 'are' : 'is'} loaded (no device node: a container started without it?)` : `${path} does not exist (no KVM module loaded, or nested virtualisation off)` };
   }
 }
 
@@ -110,19 +111,6 @@ export async function guestKernelDigest(bzImage: string): Promise<string> {
   return d;
 }
 
-/** Find an executable on PATH (or a path given as is); undefined when there is none. */
-export function whichBinary(name: string): string | undefined {
-  if (name.includes('/')) return existsSync(name) ? name : undefined;
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
-    const p = join(dir || '.', name);
-    try {
-      if (statSync(p).isFile()) return p;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
 
 function fileIdentity(path: string): FileIdentity {
   const st = statSync(path);
@@ -186,12 +174,14 @@ export async function probeBoot(qemuBinary: string, bzImage: string, accel: Acce
   const dir = await mkdtemp(join(tmpdir(), 'slipway-accel-probe-'));
   const consolePath = join(dir, 'console.log');
   const qmpPath = join(dir, 'qmp.sock');
-  const child = spawn(qemuBinary, [
+  // attached: a probe whose starter is killed goes with it
+  const [file, argv] = attachedCommand(qemuBinary, [
     '-machine', `q35,accel=${accel}`, '-cpu', accel === 'kvm' ? 'host' : 'max', '-m', '128', '-smp', '1',
     '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
     '-kernel', bzImage, '-append', `console=${GUEST_SERIAL_CONSOLE} panic=-1 loglevel=3 no_timer_check`,
     '-serial', `file:${consolePath}`, '-qmp', `unix:${qmpPath},server=on,wait=off`,
-  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  ]);
+  const child = spawn(file, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-2000);

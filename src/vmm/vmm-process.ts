@@ -18,7 +18,7 @@ import { fileTail } from '../util/file-tail.js';
 import { processExit, processHasArgument, processRunning } from '../util/process.js';
 import { processStartTime } from '../util/process-identity.js';
 import { spawnDetached, type DetachedChild } from '../util/spawner.js';
-import { whichBinary } from './accel.js';
+import { attachedCommand, whichBinary } from '../util/which.js';
 import type { VmExit } from './driver.js';
 
 /** How much of a VMM's output is kept (and read back from its file). */
@@ -80,10 +80,9 @@ export class VmmProcess {
     // attached: it dies with this process, however this process goes (SIGKILL, the OOM killer),
     // through util-linux's setpriv --pdeathsig where the host has it (PR_SET_PDEATHSIG, set
     // between fork and exec, where Node cannot); a binary that cannot be found is refused here
-    const binary = whichBinary(opts.binary);
-    if (binary === undefined) throw cannot(Object.assign(new Error(`${opts.binary} not found (spawn ENOENT)`), { code: 'ENOENT' }));
-    const setpriv = whichBinary('setpriv');
-    const [file, argv] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', binary, ...opts.args]] : [binary, opts.args];
+    const binary = whichBinary(opts.binary, env.PATH);
+    if (binary === undefined) throw cannot(Object.assign(new Error(`no executable ${opts.binary} (spawn ENOENT)`), { code: 'ENOENT' }));
+    const [file, argv] = attachedCommand(binary, opts.args);
     const child = spawn(file, argv, { stdio: ['ignore', opts.output === 'stderr' ? 'ignore' : 'pipe', 'pipe'], env });
     let piped = '';
     const keep = (d: Buffer): void => {

@@ -177,6 +177,11 @@ export function isSlipwayError(err: unknown, code?: ErrorCode): err is SlipwayEr
   return err instanceof SlipwayError && (code === undefined || err.code === code);
 }
 
+/** Whether a manifest lookup found nothing there: no such tag, manifest or repository (an absent layout). */
+export function isManifestMissing(err: unknown): boolean {
+  return isSlipwayError(err, 'TAG_UNKNOWN') || isSlipwayError(err, 'MANIFEST_UNKNOWN') || isSlipwayError(err, 'NAME_UNKNOWN');
+}
+
 /** Turn a Node.js system error on a path into a SlipwayError naming the path. */
 export function fromFsError(err: unknown, path: string, what: string): SlipwayError {
   const sysCode = (err as NodeJS.ErrnoException | undefined)?.code;

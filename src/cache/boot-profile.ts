@@ -8,7 +8,7 @@
  */
 import { mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { SlipwayError, isSlipwayError } from '../errors.js';
+import { SlipwayError, isManifestMissing } from '../errors.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import type { DiskArtifact } from '../disk/artifact.js';
 import { describedContent, isDigest, sha256Digest, withEmbeddedData } from '../oci/digest.js';
@@ -61,7 +61,7 @@ export async function fetchBootProfile(target: Target, diskDigest: string): Prom
   try {
     fetched = await target.fetchManifest(profileTag(diskDigest));
   } catch (err) {
-    if (isSlipwayError(err, 'TAG_UNKNOWN') || isSlipwayError(err, 'MANIFEST_UNKNOWN') || isSlipwayError(err, 'NAME_UNKNOWN')) return undefined;
+    if (isManifestMissing(err)) return undefined;
     throw err;
   }
   // registry content: every field checked before it is used
@@ -96,13 +96,13 @@ function parseJson(body: Buffer): unknown {
 export async function copyBootProfile(src: Target, dst: Target, diskDigest: string): Promise<boolean> {
   const tag = profileTag(diskDigest);
   try {
-    await src.fetchManifest(tag);
+    // the profile's manifest is the copy's first read: a disk without one fails there
+    await copyImage({ src, srcReference: tag, dst, dstTag: tag });
+    return true;
   } catch (err) {
-    if (isSlipwayError(err, 'TAG_UNKNOWN') || isSlipwayError(err, 'MANIFEST_UNKNOWN') || isSlipwayError(err, 'NAME_UNKNOWN')) return false;
+    if (isManifestMissing(err)) return false;
     throw err;
   }
-  await copyImage({ src, srcReference: tag, dst, dstTag: tag });
-  return true;
 }
 
 /** Check a fetched profile against the disk it is for. */

@@ -10,7 +10,7 @@
  * add up to `maxIndexBytes`. Registries list no push times, and a timestamp in the manifest would
  * make the same image pushed twice two different manifests, so tag order stands in for recency.
  */
-import { isSlipwayError } from '../errors.js';
+import { isManifestMissing, isSlipwayError } from '../errors.js';
 import type { Target } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 import { forEachBounded } from '../util/concurrency.js';
@@ -60,7 +60,7 @@ export async function recentRepositoryDisks(target: Target, chunkSizeBytes: numb
       const m = await target.fetchManifest(tag);
       manifests[i] = { tag, ...m };
     } catch (err) {
-      if (isSlipwayError(err, 'TAG_UNKNOWN') || isSlipwayError(err, 'MANIFEST_UNKNOWN') || isSlipwayError(err, 'NAME_UNKNOWN')) return;
+      if (isManifestMissing(err)) return;
       throw err;
     }
   });

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { buildKernel } from '../src/guest/build.js';
 import { renderChecks } from '../src/cli/doctor-command.js';
 import type { Check, DoctorReport } from '../src/doctor/checks.js';
+import { kvmDeviceUsable } from '../src/vmm/accel.js';
 import { tempDir } from './helpers/images.js';
 import { runCli } from './helpers/run-cli.js';
 
@@ -93,4 +94,19 @@ describe('slipway doctor', () => {
       '',
     ].join('\n'));
   }, 120_000);
+});
+
+describe('a missing /dev/kvm, said for what it is', () => {
+  it('with a KVM module loaded it is a missing device node; with none, a missing module', () => {
+    const dir = tempDir('slipway-kvm-node-');
+    const missing = join(dir, 'kvm');
+    const loaded = kvmDeviceUsable(missing, ['kvm_pvm']);
+    expect(loaded).toEqual({ ok: false, why: `${missing} does not exist although kvm_pvm is loaded (no device node: a container started without it?)` });
+    const two = kvmDeviceUsable(missing, ['kvm_amd', 'kvm_intel']);
+    expect(two.ok ? '' : two.why).toMatch(/although kvm_amd, kvm_intel are loaded/);
+    expect(kvmDeviceUsable(missing, [])).toEqual({ ok: false, why: `${missing} does not exist (no KVM module loaded, or nested virtualisation off)` });
+    // a regular file is no device
+    writeFileSync(missing, '');
+    expect(kvmDeviceUsable(missing, ['kvm_intel'])).toEqual({ ok: false, why: `${missing} is not a character device` });
+  });
 });

@@ -142,6 +142,8 @@ function kvmUnusable(stderr: string): boolean {
 }
 
 /** QMP run states that a VM does not leave by itself (qapi/run-state.json). */
+/** How long a VM stopped with internal-error waits for QEMU's KVM error line on stderr. */
+const KVM_LINE_WAIT_MS = 250;
 const DEAD_STATES: Record<string, BootFailure['code']> = { 'internal-error': 'VMM_INTERNAL_ERROR', 'guest-panicked': 'GUEST_PANICKED', shutdown: 'GUEST_POWERED_OFF' };
 
 /** What a QEMU VM needs besides its process: the same for one started and one adopted. */
@@ -208,7 +210,7 @@ class QemuVm implements RunningVm {
       const check = async (qmp: QmpClient): Promise<void> => {
         const s = await qmp.execute<{ status: string }>('query-status');
         const code = DEAD_STATES[s.status];
-        if (code === 'VMM_INTERNAL_ERROR') resolve({ code, detail: `QMP status internal-error${this.kvmErrorLine()}`, accelFault: this.accel === 'kvm' });
+        if (code === 'VMM_INTERNAL_ERROR') resolve({ code, detail: `QMP status internal-error${await this.kvmErrorLineWithin(KVM_LINE_WAIT_MS)}`, accelFault: this.accel === 'kvm' });
         else if (code === 'GUEST_PANICKED') resolve(classifyEnd({ console: this.consoleTail(), shutdownReason: 'guest-panic' }));
       };
       let client: QmpClient | undefined;
@@ -237,10 +239,19 @@ class QemuVm implements RunningVm {
     });
   }
 
-  /** QEMU's first stderr line about a KVM failure ("KVM internal error. Suberror: 1"), if any. */
-  private kvmErrorLine(): string {
-    const line = this.proc.output().split('\n').find((l) => /KVM/i.test(l));
-    return line ? ` (${line.trim()})` : '';
+  /**
+   * QEMU's first stderr line about a KVM failure ("KVM internal error. Suberror: 1"), as
+   * ` (<line>)`, or '' when none has come within `ms`. QEMU writes it before it stops the VM, but
+   * the line (its stderr) and the STOP (QMP) come over different descriptors, read in either order.
+   */
+  private async kvmErrorLineWithin(ms: number): Promise<string> {
+    const deadline = performance.now() + ms;
+    for (;;) {
+      const line = this.proc.output().split('\n').find((l) => /KVM/i.test(l));
+      if (line) return ` (${line.trim()})`;
+      if (performance.now() >= deadline) return '';
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 
   connectAgent(): Promise<Duplex> {

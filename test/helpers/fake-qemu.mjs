@@ -76,9 +76,11 @@ const server = createServer((conn) => {
 function act(event) {
   switch (scenario) {
     case 'internal-error':
-      process.stderr.write('KVM internal error. Suberror: 1 (FAKE)\n');
+      // the harder order for the watch: the STOP over QMP first, the stderr line a little after
+      // (QEMU writes the line first, but the two come over different descriptors)
       status = 'internal-error';
       event('STOP', {});
+      setTimeout(() => process.stderr.write('KVM internal error. Suberror: 1 (FAKE)\n'), 50);
       break;
     case 'guest-panicked':
       say('Kernel panic - not syncing: FAKE stand-in panic');

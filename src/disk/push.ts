@@ -193,8 +193,10 @@ export async function pushDisk(opts: PushOptions): Promise<PushResult> {
   const previous = await currentDiskAt(target, opts.tag);
   const repoDedup = opts.repositoryDedup ?? !opts.changed;
   const repositoryDisks = repoDedup === false ? [] : await recentRepositoryDisks(target, chunkSizeBytes, new Set(previous ? [previous.manifestDescriptor.digest] : []), repoDedup === true ? DEFAULT_REPOSITORY_DEDUP : repoDedup);
-  // base and repository disks are in the target by construction; another store's disk only where the target has its packs
-  const known = knownChunksOf([...(opts.base ? [opts.base] : []), ...(previous ? [previous] : []), ...repositoryDisks, ...(await packsInTarget(target, opts.dedupFrom ?? []))], chunkSizeBytes);
+  // the target's own disks, most related first (the result's dedupedAgainst), are in the target by
+  // construction; another store's disk lends chunks only where the target has its packs
+  const dedupedAgainst = [...(opts.base ? [opts.base] : []), ...(previous ? [previous] : []), ...repositoryDisks];
+  const known = knownChunksOf([...dedupedAgainst, ...(await packsInTarget(target, opts.dedupFrom ?? []))], chunkSizeBytes);
 
   const packs: (Descriptor | undefined)[] = [];
   const packOrdinal = new Map<string, number>();
@@ -363,6 +365,5 @@ export async function pushDisk(opts: PushOptions): Promise<PushResult> {
   const manifestBody = Buffer.from(JSON.stringify(manifest));
   const manifestDesc = await target.pushManifest(manifestBody, manifest.mediaType as string, opts.tag);
   report('done');
-  const dedupedAgainst = [...(opts.base ? [opts.base] : []), ...(previous ? [previous] : []), ...repositoryDisks];
   return { manifest: manifestDesc, manifestBody, config, index, uploadedPacks, uploadedBytes, reusedChunks, newChunks, dedupedAgainst };
 }

@@ -7,27 +7,21 @@
  * "Ready" is the agent answering a PING on its virtio-serial port; the clock starts before QEMU is spawned.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
 import { renderBootConfig } from '../src/guest/boot-config.js';
 import { buildGuest, buildKernel, initramfsImage } from '../src/guest/build.js';
-import { buildRootfs, makeExt4 } from '../src/guest/rootfs.js';
+import { buildRootfs } from '../src/guest/rootfs.js';
 import { qemuBinary, QemuDriver } from '../src/vmm/qemu.js';
 import { chooseAccel, type Accel } from '../src/vmm/accel.js';
 import { loadConfig } from '../src/config.js';
 import { BENCH_DIR, median, report, timed, type Row } from './lib.js';
+import { debianCloudKernel, systemdRoot } from './debian-root.js';
 
 const RUNS = Number(process.env.SLIPWAY_BENCH_RUNS ?? 5);
 const SYSTEMD_RUNS = Number(process.env.SLIPWAY_BENCH_SYSTEMD_RUNS ?? 3);
-
-function debianCloudKernel(): { version: string; vmlinuz: string; initrd: string } {
-  const v = readdirSync('/boot').find((f) => /^vmlinuz-.*-cloud-amd64$/.test(f));
-  if (!v) throw new Error('Debian cloud kernel not installed: apt-get install linux-image-cloud-amd64');
-  const version = v.slice('vmlinuz-'.length);
-  return { version, vmlinuz: join('/boot', v), initrd: join('/boot', `initrd.img-${version}`) };
-}
 
 /** The modules' files with their dependencies first, as modprobe would load them. */
 function moduleFiles(version: string, names: string[]): string[] {
@@ -40,28 +34,6 @@ function moduleFiles(version: string, names: string[]): string[] {
     }
   }
   return out;
-}
-
-async function systemdRoot(agent: string): Promise<string> {
-  const img = join(BENCH_DIR, 'debian-systemd-v2.img');
-  if (existsSync(img)) return img;
-  const root = join(BENCH_DIR, 'debian-systemd-root');
-  rmSync(root, { recursive: true, force: true });
-  console.error('boot bench: debootstrap bookworm with systemd (a few minutes, once)');
-  execFileSync('debootstrap', ['--variant=minbase', '--include=systemd,systemd-sysv,udev,iproute2', 'bookworm', root, 'http://deb.debian.org/debian'], { stdio: ['ignore', 'ignore', 'inherit'] });
-  execFileSync('cp', [agent, join(root, 'usr/local/bin/slipway-agent')]);
-  // the kernel's modules, as its Debian package would install them (udev loads virtio_console from here)
-  const { version } = debianCloudKernel();
-  mkdirSync(join(root, 'lib/modules'), { recursive: true });
-  execFileSync('cp', ['-a', `/lib/modules/${version}`, join(root, 'lib/modules/')]);
-  writeFileSync(join(root, 'etc/systemd/system/slipway-agent.service'), '[Unit]\nDescription=slipway agent\n\n[Service]\nExecStart=/usr/local/bin/slipway-agent\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n');
-  mkdirSync(join(root, 'etc/systemd/system/multi-user.target.wants'), { recursive: true });
-  execFileSync('ln', ['-sf', '/etc/systemd/system/slipway-agent.service', join(root, 'etc/systemd/system/multi-user.target.wants/slipway-agent.service')]);
-  writeFileSync(join(root, 'etc/fstab'), '/dev/vda / ext4 rw,relatime 0 1\n');
-  writeFileSync(join(root, 'etc/hostname'), 'debian\n');
-  await makeExt4(root, img, 1 << 30);
-  rmSync(root, { recursive: true, force: true });
-  return img;
 }
 
 interface Boot {

@@ -44,10 +44,12 @@ import { silentLogger } from '../src/util/log.js';
 import { QemuDriver } from '../src/vmm/qemu.js';
 import { startRegistry } from '../test/helpers/registry.js';
 import { BENCH_DIR, report, startDelayProxy, type Row, vubFrontend } from './lib.js';
+import { debianCloudKernel, systemdRoot } from './debian-root.js';
 
 const FRONTEND = join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'vub-frontend');
-const SYSTEMD_IMAGE = join(BENCH_DIR, 'debian-systemd-v2.img');
 const TRACE = join(BENCH_DIR, 'debian-boot-reads.txt');
+/** The Debian systemd root whose boot is replayed (built once, as bench/boot.ts builds it). */
+const SYSTEMD_IMAGE = await systemdRoot((await buildGuest()).agent);
 
 const frontend = (args: string[]): Promise<Record<string, number>> => vubFrontend(FRONTEND, args);
 
@@ -65,7 +67,6 @@ function qsd(args: string[], sock: string): ChildProcess {
 /** Record the reads of one systemd boot (cached in BENCH_DIR). */
 async function recordTrace(work: string): Promise<string> {
   if (existsSync(TRACE)) return TRACE;
-  if (!existsSync(SYSTEMD_IMAGE)) throw new Error(`${SYSTEMD_IMAGE} missing: run bench/boot.ts first (it builds the debootstrap systemd root)`);
   const disk = join(work, 'trace-disk.img');
   execFileSync('cp', ['--sparse=always', SYSTEMD_IMAGE, disk]);
   const sock = join(work, 'trace.sock');
@@ -73,14 +74,12 @@ async function recordTrace(work: string): Promise<string> {
   const daemon = spawn('qemu-storage-daemon', ['--blockdev', `driver=file,node-name=top,filename=${disk}`, '--trace', `enable=blk_co_preadv,file=${log}`,
     '--export', `type=vhost-user-blk,id=e,node-name=top,addr.type=unix,addr.path=${sock},writable=on,num-queues=1`], { stdio: ['ignore', 'ignore', 'inherit'] });
   await waitForSocket(sock, daemon);
-  const kernelVersion = execFileSync('sh', ['-c', 'ls /boot | sed -n "s/^vmlinuz-\\(.*-cloud-amd64\\)$/\\1/p" | head -1'], { encoding: 'utf8' }).trim();
-  const guest = await buildGuest();
+  const debian = debianCloudKernel();
   const vmDir = mkdtempSync(join(tmpdir(), 'slipway-trace-vm-'));
   const vm = await new QemuDriver().start({
-    id: 'trace', workDir: vmDir, cpus: 1, memoryMiB: 1024, kernel: { bzImage: `/boot/vmlinuz-${kernelVersion}`, vmlinux: '' }, initramfs: `/boot/initrd.img-${kernelVersion}`,
+    id: 'trace', workDir: vmDir, cpus: 1, memoryMiB: 1024, kernel: { bzImage: debian.vmlinuz, vmlinux: '' }, initramfs: debian.initrd,
     cmdline: 'root=/dev/vda rw', disks: [{ kind: 'vhost-user', socket: sock }], bootConfig: renderBootConfig({}), net: { mode: 'none' }, console: true,
   });
-  void guest;
   try {
     const client = await waitForAgent(async () => new AgentClient(await vm.connectAgent()), 300_000);
     client.close();
@@ -120,7 +119,10 @@ function mergeRuns(perRun: Row[][]): Row[] {
 async function main(): Promise<void> {
   execFileSync('make', ['-s', '-C', join(PROJECT_ROOT, 'vhost-user-blk'), 'all', 'test-frontend']);
   const work = mkdtempSync(join(tmpdir(), 'slipway-storagebench-'));
-  const trace = await recordTrace(work);
+  const trace = await recordTrace(work).catch((err: unknown) => {
+    rmSync(work, { recursive: true, force: true });
+    throw err;
+  });
   const lines = readFileSync(trace, 'utf8').trim().split('\n').map((l) => l.split(' ').map(Number) as [number, number]);
   const bootBytes = lines.reduce((s, [, b]) => s + b, 0);
   const registry = await startRegistry();

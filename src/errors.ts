@@ -64,6 +64,8 @@ export const ERROR_TABLE = {
   GUEST_RESET: { meaning: 'the guest reset (a triple fault or a reboot) before its agent answered', httpStatus: 500 },
   AGENT_ERROR: { meaning: 'the guest agent reported an error', httpStatus: 500 },
   AGENT_PROTOCOL: { meaning: 'the guest agent sent a malformed frame', httpStatus: 500 },
+  COMMAND_NOT_FOUND: { meaning: 'the guest has no such program (a shell\'s exit status 127)', httpStatus: 400 },
+  COMMAND_NOT_EXECUTABLE: { meaning: 'the guest cannot execute that program (a shell\'s exit status 126)', httpStatus: 400 },
   // the daemon and its VMs
   OVERLAY_INVALID: { meaning: 'a copy-on-write overlay file is malformed', httpStatus: 500 },
   VM_NOT_FOUND: { meaning: 'no VM has that id', httpStatus: 404 },

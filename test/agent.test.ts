@@ -16,7 +16,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
 import { MAX_PAYLOAD, MessageType, encodeFrame, encodeString, encodeStringList, u32, u64 } from '../src/guest/agent-protocol.js';
-import { SlipwayError } from '../src/errors.js';
+import { SlipwayError, type ErrorCode } from '../src/errors.js';
 import { tempDir } from './helpers/temp-dirs.js';
 
 const GUEST_DIR = fileURLToPath(new URL('../guest/', import.meta.url));
@@ -72,16 +72,16 @@ function procState(pid: number): string | undefined {
   }
 }
 
-async function expectAgentError(p: Promise<unknown>, errnoName: string, message?: RegExp): Promise<SlipwayError> {
+async function expectAgentError(p: Promise<unknown>, errnoName: string, message?: RegExp, code: ErrorCode = 'AGENT_ERROR'): Promise<SlipwayError> {
   const err = await p.then(
     () => {
-      throw new Error(`expected AGENT_ERROR ${errnoName}, got success`);
+      throw new Error(`expected ${code} ${errnoName}, got success`);
     },
     (e: unknown) => e,
   );
   expect(err).toBeInstanceOf(SlipwayError);
   const se = err as SlipwayError;
-  expect(se.code, se.message).toBe('AGENT_ERROR');
+  expect(se.code, se.message).toBe(code);
   expect(se.context.errnoName, se.message).toBe(errnoName);
   if (message) expect(se.message).toMatch(message);
   return se;
@@ -209,11 +209,14 @@ describe('slipway-agent over a Unix socket', () => {
     expect(d.stdout.toString()).toBe('inherited\n/\n');
   });
 
-  it('reports a program that cannot start as AGENT_ERROR with the errno', async () => {
-    await expectAgentError(client.exec(['/nonexistent/program']), 'ENOENT', /execve \/nonexistent\/program/);
-    await expectAgentError(client.exec(['no-such-program-on-path']), 'ENOENT');
+  it('reports a program that cannot start with the errno: COMMAND_NOT_FOUND, COMMAND_NOT_EXECUTABLE (as a shell tells them apart), AGENT_ERROR for other steps', async () => {
+    await expectAgentError(client.exec(['/nonexistent/program']), 'ENOENT', /^command not found in the guest: .*execve \/nonexistent\/program/, 'COMMAND_NOT_FOUND');
+    await expectAgentError(client.exec(['no-such-program-on-path']), 'ENOENT', /execve no-such-program-on-path/, 'COMMAND_NOT_FOUND');
     await expectAgentError(client.exec(['true'], { cwd: '/nonexistent/dir' }), 'ENOENT', /chdir \/nonexistent\/dir/);
-    await expectAgentError(client.exec([GUEST_DIR]), 'EACCES');
+    await expectAgentError(client.exec([GUEST_DIR]), 'EACCES', /^the guest cannot execute the command: /, 'COMMAND_NOT_EXECUTABLE');
+    const script = join(work, 'not-executable.sh');
+    writeFileSync(script, '#!/bin/sh\nexit 0\n', { mode: 0o644 });
+    await expectAgentError(client.exec([script]), 'EACCES', undefined, 'COMMAND_NOT_EXECUTABLE');
     await client.ping();
   });
 

@@ -401,6 +401,11 @@ describe('the daemon', () => {
     // the daemon names its VMs vm-<12 hex digits> (a local run: vm-<8>)
     expect(io.out).toMatch(/^vm-[0-9a-f]{12}\n$/);
     expect(await d1.client.listVms()).toEqual([]);
+    // a program the guest lacks: 127, as a shell exits (the code travels in the exec stream's error line)
+    const missing = captureIO();
+    expect(await main(['run', image, '--daemon', d1.socket, '--', '/no/such/program'], missing)).toBe(127);
+    expect(missing.err).toMatch(/error COMMAND_NOT_FOUND: .*execve \/no\/such\/program/);
+    expect(await d1.client.listVms()).toEqual([]);
   });
 
   it('the slipway vm commands drive it through the client', async () => {

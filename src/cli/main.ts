@@ -2,7 +2,7 @@
  * The CLI's entry: one table of commands (each module's `CommandSpec`s), dispatch, error
  * reporting, and `--help` made from the table (each form's usage is the one its errors print).
  */
-import { SlipwayError, fromSystemError } from '../errors.js';
+import { SlipwayError, fromSystemError, type ErrorCode } from '../errors.js';
 import type { CommandIO, CommandSpec } from './args.js';
 import { CACHE_COMMANDS } from './cache-commands.js';
 import { DAEMON_COMMANDS } from './daemon-commands.js';
@@ -45,6 +45,24 @@ export function usageText(commands: readonly CommandSpec[] = COMMANDS): string {
     '',
   );
   return lines.join('\n');
+}
+
+/**
+ * The exit status a failed command ends with: 2 for a usage error; for a guest command that could
+ * not start, what a shell exits with (127: no such program, 126: it cannot be executed), so that
+ * `slipway run ... -- cmd` reads like running `cmd`; 1 for anything else.
+ */
+export function exitStatusOf(code: ErrorCode): number {
+  switch (code) {
+    case 'USAGE':
+      return 2;
+    case 'COMMAND_NOT_FOUND':
+      return 127;
+    case 'COMMAND_NOT_EXECUTABLE':
+      return 126;
+    default:
+      return 1;
+  }
 }
 
 /** One command's help: its forms' usage lines and summaries, then the reference forms. */
@@ -91,7 +109,7 @@ export async function main(argv: string[], io: CommandIO = { stdout: process.std
     const known = err instanceof SlipwayError ? err : fromSystemError(err);
     if (known) {
       io.stderr.write(`slipway ${name}: error ${known.code}: ${known.message}\n`);
-      return known.code === 'USAGE' ? 2 : 1;
+      return exitStatusOf(known.code);
     }
     throw err;
   }

@@ -5,7 +5,7 @@
 import { constants as osConstants } from 'node:os';
 import type { Readable } from 'node:stream';
 import { SlipwayError } from '../errors.js';
-import { MessageType, agentError, expectLength, expectType, protocolError, typeName, type Frame } from './agent-protocol.js';
+import { MessageType, agentError, execStartError, expectLength, expectType, protocolError, typeName, type Frame } from './agent-protocol.js';
 
 export interface ExecResult {
   /** the exit status, -1 when killed by a signal */
@@ -121,7 +121,7 @@ export class ExecRequest implements PendingRequest {
   #handle(frame: Frame): void {
     if (this.pid === undefined) {
       if (frame.type === MessageType.ERROR) {
-        const err = agentError(frame, 'EXEC');
+        const err = execStartError(frame);
         this.#finish();
         this.started.reject(err);
         this.done.reject(err);

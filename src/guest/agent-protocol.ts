@@ -166,6 +166,27 @@ export function agentError(frame: Frame, request: string): SlipwayError {
   });
 }
 
+/** execve errnos a shell reports as "not found" (exit status 127) and "cannot execute" (126). */
+const EXEC_NOT_FOUND = new Set(['ENOENT', 'ENOTDIR']);
+const EXEC_NOT_EXECUTABLE = new Set(['EACCES', 'EPERM', 'ENOEXEC', 'EISDIR', 'ETXTBSY', 'ELIBBAD']);
+
+/**
+ * The error for an `ERROR` answering an `EXEC` (docs/agent-protocol.md): when the agent's step
+ * was execve (guest/agent_exec.c names it: `EXEC: execve <program>`), COMMAND_NOT_FOUND for
+ * ENOENT or ENOTDIR and COMMAND_NOT_EXECUTABLE for EACCES, EPERM, ENOEXEC, EISDIR, ETXTBSY or
+ * ELIBBAD, as a shell tells them apart (exit status 127 and 126, which `slipway run` and `exec`
+ * exit with); any other failure (setsid, dup2, chdir, fork, a pipe) stays AGENT_ERROR. The
+ * context is agentError's either way.
+ */
+export function execStartError(frame: Frame): SlipwayError {
+  const err = agentError(frame, 'EXEC');
+  const errnoName = err.context.errnoName;
+  if (typeof errnoName !== 'string' || !frame.payload.subarray(4).toString('utf8').startsWith('EXEC: execve ')) return err;
+  if (EXEC_NOT_FOUND.has(errnoName)) return new SlipwayError('COMMAND_NOT_FOUND', `command not found in the guest: ${err.message}`, { context: err.context });
+  if (EXEC_NOT_EXECUTABLE.has(errnoName)) return new SlipwayError('COMMAND_NOT_EXECUTABLE', `the guest cannot execute the command: ${err.message}`, { context: err.context });
+  return err;
+}
+
 export function expectType(frame: Frame, type: number, request: string): void {
   if (frame.type !== type) throw protocolError('malformed', `the guest agent answered ${request} with ${typeName(frame.type)}, expected ${typeName(type)}`);
 }

@@ -5,8 +5,8 @@
  * layer (app.ts) only validates and translates; everything a VM is lives here and in state.ts.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import { manifestRefusedAsDisk } from '../cache/open-disk.js';
@@ -367,9 +367,7 @@ export class VmManager {
       }
       l.agent = c;
       return c;
-    }).finally(() => {
-      l.connecting = undefined;
-    });
+    }).finally(() => void (l.connecting = undefined));
     return l.connecting;
   }
 
@@ -580,9 +578,9 @@ export class VmManager {
     return { adopted, removed };
   }
 
-  /** Stop serving (the daemon is going away): VMs and backends keep running, to be adopted again; resolves with how many. */
+  /** Stop serving (the daemon is going away): VMs and backends keep running, to be adopted again; resolves with how many (not those being removed). */
   async detachAll(): Promise<number> {
-    const count = this.live.size;
+    const count = [...this.live.values()].filter((l) => !l.removing).length;
     for (const l of this.live.values()) {
       l.busy = 'delete'; // no clean-up from the watchers from here on
       l.firstExecDone?.('gone'); // (its working set is not stored by a daemon going away)

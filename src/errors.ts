@@ -58,7 +58,7 @@ export const ERROR_TABLE = {
   VM_BOOT_FAILED: { meaning: 'the virtual machine did not boot to its agent', httpStatus: 500 },
   VMM_ERROR: { meaning: 'the virtual machine monitor failed', httpStatus: 500 },
   VMM_EXITED: { meaning: 'the virtual machine monitor exited before the guest agent answered', httpStatus: 500 },
-  VMM_INTERNAL_ERROR: { meaning: 'the virtual machine monitor stopped the VM with an internal error (KVM could not run the guest)', httpStatus: 500 },
+  VMM_INTERNAL_ERROR: { meaning: 'the virtual machine monitor could not run the guest (it stopped with an internal error, or made no progress under KVM)', httpStatus: 500 },
   GUEST_PANICKED: { meaning: 'the guest kernel panicked while booting', httpStatus: 500 },
   GUEST_POWERED_OFF: { meaning: 'the guest powered off before its agent answered', httpStatus: 500 },
   GUEST_RESET: { meaning: 'the guest reset (a triple fault or a reboot) before its agent answered', httpStatus: 500 },

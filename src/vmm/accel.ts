@@ -14,8 +14,9 @@
  * A boot that dies with an internal error under an automatic KVM choice records `tcg` (source
  * `fallback`, see recordFallback), so the next boot goes straight to TCG.
  *
- * The host identity is the host kernel release, the loaded KVM modules, the QEMU binary and the
- * guest kernel (each by path, size and mtime): a change of any of them decides again. The guest
+ * The host identity is the host kernel release, the loaded KVM modules, whether /dev/kvm opens
+ * read-write (a container given the device node later), the QEMU binary and the guest kernel (each
+ * by path, size and mtime): a change of any of them decides again. The guest
  * kernel's sha256 is recorded with a decision (hashing 10 MB on every boot would cost ~25 ms).
  */
 import { envVar } from '../config.js';
@@ -30,6 +31,7 @@ import { GUEST_SERIAL_CONSOLE } from '../guest/abi.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { fileTail } from '../util/file-tail.js';
 import { attachedCommand, whichBinary } from '../util/which.js';
+import { KVM_PROGRESS_MS, watchKvmProgress } from './kvm-progress.js';
 import { QmpClient } from './qmp.js';
 
 export type Accel = 'kvm' | 'tcg';
@@ -39,6 +41,8 @@ export interface HostIdentity {
   hostKernel: string;
   /** KVM modules loaded (kvm_intel, kvm_amd, kvm_pvm), sorted; empty without KVM */
   kvmModules: string[];
+  /** whether /dev/kvm opened read-write (a device node given to a container later decides again) */
+  kvmDevice: boolean;
   qemu: FileIdentity;
   guestKernel: FileIdentity;
 }
@@ -117,11 +121,15 @@ function fileIdentity(path: string): FileIdentity {
   return { path, size: st.size, mtimeMs: st.mtimeMs };
 }
 
-/** This host as the verdict is keyed. Errors: VMM_ERROR when QEMU is missing; IO_ERROR-like fs errors for a missing kernel. */
-export function hostIdentity(qemuBinary: string, bzImage: string, sysRoot = '/sys'): HostIdentity {
+/**
+ * This host as the verdict is keyed (`sysRoot` and `kvmDevice` for tests). Errors: VMM_ERROR when
+ * QEMU is missing; IO_ERROR-like fs errors for a missing kernel.
+ */
+export function hostIdentity(qemuBinary: string, bzImage: string, sysRoot = '/sys', kvmDevice = '/dev/kvm'): HostIdentity {
   const path = whichBinary(qemuBinary);
   if (!path) throw new SlipwayError('VMM_ERROR', `cannot find ${qemuBinary} (install qemu-system-x86)`);
-  return { hostKernel: release(), kvmModules: loadedKvmModules(sysRoot), qemu: fileIdentity(path), guestKernel: fileIdentity(bzImage) };
+  const kvmModules = loadedKvmModules(sysRoot);
+  return { hostKernel: release(), kvmModules, kvmDevice: kvmDeviceUsable(kvmDevice, kvmModules).ok, qemu: fileIdentity(path), guestKernel: fileIdentity(bzImage) };
 }
 
 function sameHost(a: HostIdentity, b: HostIdentity): boolean {
@@ -205,6 +213,11 @@ export async function probeBoot(qemuBinary: string, bzImage: string, accel: Acce
         if (e.event === 'STOP') void check().catch(() => undefined);
       });
       await check();
+      // a KVM that leaves the guest in its early code without an error (kvm-progress.ts)
+      if (accel === 'kvm') {
+        const stuck = await watchKvmProgress(qmp, Math.min(KVM_PROGRESS_MS, timeoutMs));
+        if (stuck) resolve(`no progress under KVM: ${stuck}`);
+      }
     };
     attach().catch(() => undefined);
   });
@@ -218,7 +231,8 @@ export async function probeBoot(qemuBinary: string, bzImage: string, accel: Acce
       return { ok: false, detail: `qemu exited (code ${outcome.code}) before the guest kernel reached its root-mount panic: ${(stderr.trim() || console.trim()).slice(-300)}`, ms };
     }
     if (outcome === 'timeout') return { ok: false, detail: `the guest kernel did not reach its root-mount panic within ${timeoutMs} ms`, ms };
-    return { ok: false, detail: `${outcome.why}: ${stderr.trim().split('\n')[0] ?? ''}`.trim(), ms };
+    const said = stderr.trim().split('\n')[0] ?? '';
+    return { ok: false, detail: said ? `${outcome.why}: ${said}` : outcome.why, ms };
   } finally {
     qmp?.close();
     child.kill('SIGKILL');
@@ -260,7 +274,7 @@ export async function chooseAccel(opts: ChooseOptions): Promise<AccelVerdict> {
 
 async function decide(opts: ChooseOptions): Promise<AccelVerdict> {
   const t0 = performance.now();
-  const host = hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot);
+  const host = hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot, opts.kvmDevice);
   const cached = readVerdict(opts.cacheDir, host);
   if (cached) return { accel: cached.accel, reason: cached.reason, source: 'cache', decideMs: Math.round(performance.now() - t0) };
   const rejected = inspectKvm(host.kvmModules, kvmDeviceUsable(opts.kvmDevice, host.kvmModules));
@@ -279,7 +293,7 @@ async function decide(opts: ChooseOptions): Promise<AccelVerdict> {
  * so that later boots go straight to it.
  */
 export async function recordFallback(opts: ChooseOptions, detail: string): Promise<AccelVerdict> {
-  const host = hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot);
+  const host = hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot, opts.kvmDevice);
   const reason = `a guest died under kvm (${detail})`;
   await storeVerdict(opts.cacheDir, host, 'tcg', reason, 'fallback');
   return { accel: 'tcg', reason, source: 'fallback', decideMs: 0 };

@@ -6,7 +6,7 @@ import { SlipwayError } from '../errors.js';
 import type { BootFailure, RunningVm, VmExit } from './driver.js';
 
 const WHAT: Record<BootFailure['code'], string> = {
-  VMM_INTERNAL_ERROR: 'the VMM stopped the VM with an internal error',
+  VMM_INTERNAL_ERROR: 'the VMM could not run the guest',
   GUEST_PANICKED: 'the guest kernel panicked',
   GUEST_POWERED_OFF: 'the guest powered off before its agent answered',
   GUEST_RESET: 'the guest reset before its agent answered',

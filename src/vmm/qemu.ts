@@ -21,6 +21,7 @@ import type { AdoptTarget, AgentEndpoint, BootFailure, MemorySnapshotOps, Runnin
 import { fileTail } from '../util/file-tail.js';
 import { envVar, loadConfig } from '../config.js';
 import { chooseAccel, recordFallback, type Accel, type AccelVerdict } from './accel.js';
+import { watchKvmProgress } from './kvm-progress.js';
 import { connectAgentEndpoint } from './agent-connect.js';
 import { classifyEnd } from './boot-failure.js';
 import { QmpClient } from './qmp.js';
@@ -156,6 +157,8 @@ interface QemuVmContext {
   /** the guest's RAM file (VmSpec.memoryFile): memory snapshots */
   memoryFile?: string | undefined;
   accelVerdict?: AccelVerdict | undefined;
+  /** a fresh boot under KVM: watched until it is past the kernel's early code (kvm-progress.ts) */
+  watchKvmProgress?: boolean;
 }
 
 class QemuVm implements RunningVm {
@@ -227,6 +230,13 @@ class QemuVm implements RunningVm {
         await check(qmp);
         return qmp;
       }).catch(() => undefined);
+      // a KVM that leaves the guest where it started, without an error (kvm-progress.ts)
+      if (this.ctx.watchKvmProgress) {
+        void attached.then(async (qmp) => {
+          const stuck = qmp ? await watchKvmProgress(qmp) : undefined;
+          if (stuck) resolve({ code: 'VMM_INTERNAL_ERROR', detail: `no progress under KVM: ${stuck}`, accelFault: true });
+        });
+      }
       void this.exited.then(async (exit) => {
         // the SHUTDOWN event may still be in flight when the exit is seen: wait for QMP to close
         const qmp = await attached;
@@ -414,7 +424,7 @@ export class QemuDriver implements VmmDriver {
       throw new SlipwayError('VMM_ERROR', `qemu did not create its sockets within 10 s: ${proc.output().trim()}`);
     }
     const agentEndpoint: AgentEndpoint = guestCid !== undefined ? { transport: 'vsock', cid: guestCid } : { transport: 'virtio-serial', socket: paths.agent };
-    return new QemuVm(proc, { workDir: spec.workDir, accel, agentEndpoint, vsockConnect: spec.vsockConnect, memoryFile: spec.memoryFile, accelVerdict: verdict });
+    return new QemuVm(proc, { workDir: spec.workDir, accel, agentEndpoint, vsockConnect: spec.vsockConnect, memoryFile: spec.memoryFile, accelVerdict: verdict, watchKvmProgress: accel === 'kvm' && spec.incoming !== true });
   }
 
   /**

@@ -10,7 +10,10 @@
  *   guest-panicked        console panic line, GUEST_PANICKED event, STOP; status guest-panicked
  *   guest-reset           SHUTDOWN {guest: true, reason: guest-reset}, then exits 0 (-no-reboot)
  *   guest-shutdown        SHUTDOWN {guest: true, reason: guest-shutdown}, then exits 0
- *   running               does nothing: the guest "runs" until killed
+ *   running               the guest "runs" until killed: HMP `info registers` shows its boot
+ *                         processor in the kernel's decompressor for 600 ms, then in the kernel proper
+ *   kvm-stuck             the guest "runs" but `info registers` shows it in the decompressor for
+ *                         ever, as kvm_pvm leaves an ordinary kernel on some hosts
  */
 import { appendFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -36,6 +39,14 @@ const say = (line) => consolePath && appendFileSync(consolePath, `${line}\n`);
 let status = scenario === 'internal-error-early' ? 'internal-error' : 'running';
 if (scenario === 'internal-error-early') process.stderr.write('KVM internal error. Suberror: 1 (FAKE)\n');
 const timestamp = () => ({ seconds: Math.floor(Date.now() / 1000), microseconds: 0 });
+const started = Date.now();
+/** HMP `info registers` as QEMU 7.2 prints it for x86-64 (its first lines) */
+const registers = () => {
+  const early = scenario === 'kvm-stuck' || Date.now() - started < 600;
+  return early
+    ? 'RAX=0000000000000000 RBX=0000000000000000 RCX=0000000000000000 RDX=0000000000000000\r\nRIP=000000000220aa0d RFL=00000087 [--S--PC] CPL=0 II=0 A20=1 SMM=0 HLT=0\r\n'
+    : 'RAX=0000000000000000 RBX=0000000000000000 RCX=0000000000000000 RDX=0000000000000000\r\nRIP=ffffffff81c3a2be RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\r\n';
+};
 
 const server = createServer((conn) => {
   const send = (obj) => conn.write(`${JSON.stringify(obj)}\n`);
@@ -64,6 +75,7 @@ const server = createServer((conn) => {
           setImmediate(() => act(event));
         }
       } else if (cmd.execute === 'query-status') send({ return: { status, running: status === 'running', singlestep: false } });
+      else if (cmd.execute === 'human-monitor-command' && cmd.arguments?.['command-line'] === 'info registers') send({ return: registers() });
       else if (cmd.execute === 'quit') {
         send({ return: {} });
         process.exit(0);

@@ -179,6 +179,32 @@ out:
 	free(name);
 }
 
+/* SET_TIME refuses times before 2000-01-01 (a zero or garbage is no clock to step to) */
+#define EARLIEST_TIME_NS (946684800ull * 1000000000ull)
+
+/* SET_TIME: a restored VM's clock is where it was when the snapshot was taken; the host steps it
+ * to its own (u64 nanoseconds since the Unix epoch, CLOCK_REALTIME) */
+static void handle_set_time(struct conn *c, const struct frame *f)
+{
+	if (!check_flags(c, f, 0, "SET_TIME"))
+		return;
+	struct reader r = { .p = f->payload, .left = f->len };
+	uint64_t ns = read_u64(&r, "time");
+	reader_expect_end(&r, "SET_TIME");
+	if (!check_read(c, f, &r, "SET_TIME"))
+		return;
+	if (ns < EARLIEST_TIME_NS || ns / 1000000000ull > (uint64_t)INT32_MAX * 4) {
+		send_error(c, f->id, EINVAL, "SET_TIME: %llu ns since the epoch is not a time to set", (unsigned long long)ns);
+		return;
+	}
+	struct timespec ts = { .tv_sec = (time_t)(ns / 1000000000ull), .tv_nsec = (long)(ns % 1000000000ull) };
+	if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
+		send_errno(c, f->id, errno, "SET_TIME: clock_settime");
+		return;
+	}
+	send_ok(c, f->id);
+}
+
 typedef void (*request_handler)(struct conn *c, const struct frame *f);
 
 /* each request type's handler, by type; a type without one is answered ERROR EINVAL */
@@ -193,6 +219,7 @@ static const request_handler request_handlers[] = {
 	[REQ_FSFREEZE] = handle_fsfreeze,
 	[REQ_SHUTDOWN] = handle_shutdown,
 	[REQ_SET_HOSTNAME] = handle_set_hostname,
+	[REQ_SET_TIME] = handle_set_time,
 };
 
 void dispatch_request(struct conn *c, const struct frame *f)

@@ -1,6 +1,6 @@
 /*
  * slipway-agent's state and the functions its files share. The files, one job each:
- *   agent.c         the program: options, setup, the event loop, dispatch, PING, SHUTDOWN, SET_HOSTNAME
+ *   agent.c         the program: options, setup, the event loop, dispatch, PING, SHUTDOWN, SET_HOSTNAME, SET_TIME
  *   agent_proto.c   the wire format (agent_proto.h), no I/O
  *   agent_sys.c     logging, descriptors, epoll and timers
  *   agent_conn.c    a connection: its input, its output queue, flow control, replies

@@ -30,6 +30,7 @@ enum request_type {
 	REQ_FSFREEZE = 8,
 	REQ_SHUTDOWN = 9,
 	REQ_SET_HOSTNAME = 10,
+	REQ_SET_TIME = 11,
 };
 
 enum reply_type {

@@ -1,7 +1,9 @@
 /**
  * SET_HOSTNAME, the request a restored clone takes its own name with: the ASan+UBSan agent on the
  * host, in a UTS namespace of its own (`unshare --uts`, as root: the test command runs as root), so
- * the name it sets is the namespace's and the host's stays as it was.
+ * the name it sets is the namespace's and the host's stays as it was. SET_TIME (a restored VM's
+ * clock) only where it refuses: no namespace keeps CLOCK_REALTIME apart from the host's, so the
+ * time it sets is checked in a real guest (memory-snapshot.test.ts).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -9,7 +11,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentClient, waitForAgent } from '../src/guest/agent-client.js';
-import { MessageType, encodeString, u32 } from '../src/guest/agent-protocol.js';
+import { MessageType, encodeString, u32, u64 } from '../src/guest/agent-protocol.js';
 import { SlipwayError } from '../src/errors.js';
 import { tempDir } from './helpers/temp-dirs.js';
 
@@ -62,6 +64,24 @@ describe('SET_HOSTNAME', () => {
     expect((await agentError(client.request(MessageType.SET_HOSTNAME, 0, Buffer.concat([u32(5), Buffer.from('nul\0x')])))).context.errnoName).toBe('EINVAL');
     const r = await client.exec(['cat', '/proc/sys/kernel/hostname']);
     expect(r.stdout.toString()).toBe('vm-clone-7.example\n');
+    expect(stderr).not.toMatch(/ERROR: (AddressSanitizer|LeakSanitizer)|runtime error/);
+  });
+});
+
+describe('SET_TIME', () => {
+  it('refuses a time before 2000, flags and malformed payloads with EINVAL, and leaves the clock alone; the agent goes on', async () => {
+    const before = Date.now();
+    for (const ns of [0n, 946_684_799_999_999_999n]) {
+      const err = await agentError(client.setTime(ns));
+      expect(err.context.errnoName, String(ns)).toBe('EINVAL');
+      expect(err.message).toContain('is not a time to set');
+    }
+    expect((await agentError(client.request(MessageType.SET_TIME, 1, u64(BigInt(before) * 1_000_000n)))).context.errnoName).toBe('EINVAL');
+    expect((await agentError(client.request(MessageType.SET_TIME, 0, Buffer.alloc(4)))).context.errnoName).toBe('EINVAL');
+    expect((await agentError(client.request(MessageType.SET_TIME, 0, Buffer.concat([u64(BigInt(before) * 1_000_000n), Buffer.from('x')])))).context.errnoName).toBe('EINVAL');
+    expect((await agentError(client.request(MessageType.SET_TIME, 0, Buffer.alloc(8, 0xff)))).context.errnoName).toBe('EINVAL');
+    expect(Math.abs(Date.now() - before)).toBeLessThan(60_000);
+    await client.ping();
     expect(stderr).not.toMatch(/ERROR: (AddressSanitizer|LeakSanitizer)|runtime error/);
   });
 });

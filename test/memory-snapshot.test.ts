@@ -67,6 +67,8 @@ describe('memory snapshots', () => {
     // guest memory is the daemon's alone
     expect(statSync(`/dev/shm/slipway-${vm.id}.ram`).mode & 0o777).toBe(0o600);
     dataSum = await sh(d1, vm.id, [
+      // a clock far behind: the restore must step it to the host's, as it would after a long wait
+      'date -s @1000000000 >/dev/null',
       'mkdir -p /tmp/t && echo kept-in-tmpfs > /tmp/t/f',
       'sleep 100000 </dev/null >/dev/null 2>&1 & echo $! > /tmp/t/pid',
       // written but not synced: in the guest's page cache only, when the snapshot is taken
@@ -89,6 +91,11 @@ describe('memory snapshots', () => {
     expect(await sh(d2, restored.id, 'cat /tmp/t/f')).toBe('kept-in-tmpfs\n');
     expect(await sh(d2, restored.id, 'kill -0 $(cat /tmp/t/pid) && echo alive')).toBe('alive\n');
     expect(await sh(d2, restored.id, 'hostname')).toBe(`vm-${restored.id}\n`);
+    // the host's time, not the one it was paused with (2001 in the source VM)
+    const before = Math.floor(Date.now() / 1000);
+    const guestNow = Number(await sh(d2, restored.id, 'date +%s'));
+    expect(guestNow).toBeGreaterThanOrEqual(before - 2);
+    expect(guestNow).toBeLessThanOrEqual(Math.ceil(Date.now() / 1000) + 2);
     // the page cache written back after the restore lands on the disk intact, and a write after
     // the restore persists into the next (chained) snapshot
     await sh(d2, restored.id, 'sync; echo after-restore > /root/after; sync');

@@ -34,7 +34,8 @@ import {
 } from '../disk/memory-snapshot.js';
 import { pushDisk } from '../disk/push.js';
 import { pushSnapshot, readDirtyBitmap, removeStaging, stageDirtyChunks, type DirtyBitmap } from '../disk/snapshot.js';
-import { SlipwayError, fromFsError } from '../errors.js';
+import { SlipwayError, fromFsError, isSlipwayError } from '../errors.js';
+import type { AgentClient } from '../guest/agent-client.js';
 import { formatRef, refReference, type ImageRef } from '../oci/ref.js';
 import { withEmbeddedData } from '../oci/digest.js';
 import type { FetchedManifest, Target } from '../oci/store.js';
@@ -416,4 +417,29 @@ async function writeRamFile(ram: Awaited<ReturnType<ChunkCache['openDisk']>>, pa
   } finally {
     await fh.close();
   }
+}
+
+/** An agent's answer to a request it predates (a snapshot taken with an older agent). */
+function unknownRequest(err: unknown): boolean {
+  return isSlipwayError(err, 'AGENT_ERROR') && /unknown request type/.test((err as Error).message);
+}
+
+/**
+ * Make a restored VM its own: its host name (`hostname`), and this host's time (it wakes with the
+ * clock it was paused with, behind by however long the snapshot waited). vmgenid has already made
+ * its kernel reseed its RNG. Both are set by the agent itself (a process started in a TCG guest
+ * costs about 100 ms), in one round trip; an agent older than SET_HOSTNAME or SET_TIME (a snapshot
+ * taken before them) runs `hostname` or `date -s` instead. Errors: the agent's.
+ */
+export async function applyRestoredIdentity(agent: AgentClient, hostname: string): Promise<void> {
+  await Promise.all([
+    agent.setHostname(hostname).catch((err: unknown) => {
+      if (!unknownRequest(err)) throw err;
+      return agent.exec(['hostname', hostname]);
+    }),
+    agent.setTime().catch((err: unknown) => {
+      if (!unknownRequest(err)) throw err;
+      return agent.exec(['date', '-s', `@${Math.round(Date.now() / 1000)}`]);
+    }),
+  ]);
 }

@@ -25,7 +25,7 @@ import { driverFor } from '../vmm/drivers.js';
 import { canWaitForBackends } from '../vmm/qemu.js';
 import { checkShape } from '../disk/memory-snapshot.js';
 import { adoptRam, servedRamFile, stopLeftoverRam, type ServedRam } from '../serve/ram-backend.js';
-import { afterLazyRestore, createRamFile, openMemorySnapshot, restoreFigures, prepareRestore, ramFileOf, ramOverlayOf, restoresLazily, takeMemorySnapshot, vmShape, type OpenedMemorySnapshot, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
+import { afterLazyRestore, applyRestoredIdentity, createRamFile, openMemorySnapshot, restoreFigures, prepareRestore, ramFileOf, ramOverlayOf, restoresLazily, takeMemorySnapshot, vmShape, type OpenedMemorySnapshot, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
 import type { Histogram, Counter } from './metrics.js';
 import { snapshotDisk } from './disk-snapshot.js';
 import { BootAdmission } from './vm-admission.js';
@@ -268,13 +268,8 @@ export class VmManager {
       agent = booted.client;
       phase('agent_ready');
       if (plan) {
-        // a clone is its own VM: its own host name (vmgenid has already made its kernel reseed its
-        // RNG), set by the agent itself (a process started in a TCG guest costs about 100 ms); an
-        // agent older than SET_HOSTNAME (a snapshot taken before it) runs `hostname` instead
-        await withTimeout(agent.setHostname(`vm-${id}`).catch((err: unknown) => {
-          if (!isSlipwayError(err, 'AGENT_ERROR') || !/unknown request type/.test((err as Error).message)) throw err;
-          return agent?.exec(['hostname', `vm-${id}`]);
-        }), AGENT_TIMEOUTS.spawnMs, 'SET_HOSTNAME');
+        // a clone is its own VM: its own host name, and the time now
+        await withTimeout(applyRestoredIdentity(agent, `vm-${id}`), AGENT_TIMEOUTS.spawnMs, 'SET_HOSTNAME and SET_TIME');
         phase('identity');
         figures = await restoreFigures(plan);
         // lazy memory: the working set until the first exec becomes the snapshot's profile; the

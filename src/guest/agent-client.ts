@@ -212,6 +212,17 @@ export class AgentClient {
     expectType(await this.request(MessageType.SET_HOSTNAME, 0, encodeString(name, 'host name'), opts), MessageType.OK, 'SET_HOSTNAME');
   }
 
+  /**
+   * Step the guest's clock (CLOCK_REALTIME, clock_settime(2) in the agent) to `ns` nanoseconds
+   * since the Unix epoch, by default this host's time now: a VM restored from a memory snapshot
+   * wakes with the clock it was paused with. Rejects with AGENT_ERROR EINVAL for a time before
+   * 2000, EPERM where the agent may not set the clock, and from an agent older than this request
+   * ("unknown request type").
+   */
+  async setTime(ns: bigint = BigInt(Date.now()) * 1_000_000n, opts: RequestOptions = {}): Promise<void> {
+    expectType(await this.request(MessageType.SET_TIME, 0, u64(ns), opts), MessageType.OK, 'SET_TIME');
+  }
+
   /** Ask the guest to power off (or reboot); resolves when the agent has accepted. */
   async shutdown(reboot = false, opts: RequestOptions = {}): Promise<void> {
     expectType(await this.request(MessageType.SHUTDOWN, reboot ? 1 : 0, Buffer.alloc(0), opts), MessageType.OK, 'SHUTDOWN');

@@ -27,6 +27,7 @@ export const MessageType = {
   FSFREEZE: 8,
   SHUTDOWN: 9,
   SET_HOSTNAME: 10,
+  SET_TIME: 11,
   PONG: 0x81,
   STARTED: 0x82,
   STDOUT: 0x83,

@@ -132,7 +132,7 @@ describe('bad local input', () => {
   });
 
   it.each([
-    ['abc', /"abc" is not a size/],
+    ['abc', /"abc" is not a size \(e\.g\. 4096, 512K, 1M\)/],
     ['1000', /chunk size 1000 must be a power of two/],
     ['128M', /chunk size 134217728 must be a power of two between 4096 and 67108864/],
     ['2K', /chunk size 2048/],
@@ -194,6 +194,10 @@ describe('bad local input', () => {
     const accel = await runCli(['doctor', '--json'], { SLIPWAY_ACCEL: 'hvf', SLIPWAY_CACHE_DIR: tempDir('slipway-bad-accel-') });
     expectError(accel, 'INVALID_ARGUMENT', 1);
     expect(accel.stderr).toMatch(/SLIPWAY_ACCEL must be kvm, tcg or auto \(got "hvf"\)/);
+    // a VM's memory: the examples are sizes a VM takes, and a bare number is MiB
+    const memory = await runCli(['run', `${registry.host}/bad/x:v1`, '--local', '--memory', 'lots', '--', 'true']);
+    expectError(memory, 'INVALID_ARGUMENT', 1);
+    expect(memory.stderr).toContain('--memory: "lots" is not a size (e.g. 512M, 2G; a bare number is MiB)');
   });
 });
 

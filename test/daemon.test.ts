@@ -419,6 +419,14 @@ describe('the daemon', () => {
       const io2 = captureIO();
       expect(await main(['vm', 'exec', vm.id, '--', 'sh', '-c', 'echo hi; exit 3'], io2)).toBe(3);
       expect(io2.out).toBe('hi\n');
+      // a command killed at --timeout says so (its status alone looks like any SIGKILL)
+      const slow = captureIO();
+      expect(await main(['vm', 'exec', vm.id, '--timeout', '1', '--', 'sleep', '30'], slow)).toBe(137);
+      expect(slow.err).toBe('slipway vm exec: the command ran past --timeout 1 s and was killed (SIGKILL)\n');
+      // and one the guest does not have exits 127, as a shell does
+      const missing = captureIO();
+      expect(await main(['vm', 'exec', vm.id, '--', 'no-such-command'], missing)).toBe(127);
+      expect(missing.err).toMatch(/^slipway vm: error COMMAND_NOT_FOUND: /);
       expect(await main(['vm', 'rm', vm.id], captureIO())).toBe(0);
       const io3 = captureIO();
       expect(await main(['vm', 'show', vm.id], io3)).toBe(1);

@@ -24,10 +24,10 @@ export interface CommandSpec {
   run(argv: string[], io: CommandIO): Promise<number>;
 }
 
-/** Parse `4096`, `512K`, `512KiB`, `1M`, `2G` into bytes (binary units). */
-export function parseSize(text: string, what: string): number {
+/** Parse `4096`, `512K`, `512KiB`, `1M`, `2G` into bytes (binary units); `examples` for the error. */
+export function parseSize(text: string, what: string, examples = '4096, 512K, 1M'): number {
   const m = /^(\d+)\s*([KMGT]?)(i?B)?$/i.exec(text.trim());
-  if (!m) throw new SlipwayError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(text)} is not a size (e.g. 4096, 512K, 1M)`);
+  if (!m) throw new SlipwayError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(text)} is not a size (e.g. ${examples})`);
   const unit = (m[2] ?? '').toUpperCase();
   const mult = unit === '' ? 1 : 1024 ** ('KMGT'.indexOf(unit) + 1);
   const value = Number(m[1]) * mult;
@@ -66,7 +66,7 @@ export const STORE_OPTIONS = {
 
 /** `--memory`: a size, plain numbers in MiB (`512` is 512 MiB); the result in MiB. */
 export function parseMemoryMiB(text: string, what = '--memory'): number {
-  return Math.floor(parseSize(/^\d+$/.test(text) ? `${text}M` : text, what) / (1 << 20));
+  return Math.floor(parseSize(/^\d+$/.test(text) ? `${text}M` : text, what, '512M, 2G; a bare number is MiB') / (1 << 20));
 }
 
 /** `--env K=V`, repeated; undefined when none is given. */

@@ -182,6 +182,11 @@ describe('bad local input', () => {
     const missing = await runCli(['pull', `${registry.host}/bad/x:v1`]);
     expectError(missing, 'USAGE', 2);
     expect(missing.stderr).toMatch(/expected 2 argument\(s\), got 1/);
+    for (const group of ['vm', 'cache']) {
+      const bare = await runCli([group]);
+      expectError(bare, 'USAGE', 2);
+      expect(bare.stderr).toContain(`${group}: give a subcommand\nusage: slipway ${group} `);
+    }
   });
 
   it('run: a bad --prefetch, --timings or SLIPWAY_ACCEL names the value and what it may be', async () => {

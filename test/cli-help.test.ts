@@ -3,6 +3,7 @@
  * usage is the very usage that command prints when it is used wrongly.
  */
 import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
 import { COMMANDS, main, usageText } from '../src/cli/main.js';
 import { captureIO } from './helpers/cli.js';
 
@@ -52,6 +53,15 @@ describe('slipway --help', () => {
     const io = captureIO();
     expect(await main(['help', 'no-such-command'], io)).toBe(2);
     expect(io.err).toMatch(/unknown command "no-such-command"/);
+  });
+
+  it('--version and version print slipway and package.json\'s version, exit 0', async () => {
+    const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+    for (const flag of ['--version', 'version']) {
+      const io = captureIO();
+      expect(await main([flag], io)).toBe(0);
+      expect(io.out).toBe(`slipway ${version}\n`);
+    }
   });
 
   it('a --help after -- belongs to the guest command, not to slipway', async () => {

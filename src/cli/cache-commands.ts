@@ -77,7 +77,7 @@ export async function cacheCommand(argv: string[], io: CommandIO): Promise<numbe
       });
     }
     default:
-      throw new SlipwayError('USAGE', `cache: unknown subcommand ${JSON.stringify(sub ?? '')}\nusage: ${CACHE_USAGE}`);
+      throw new SlipwayError('USAGE', `cache: ${sub ? `unknown subcommand ${JSON.stringify(sub)}` : 'give a subcommand'}\nusage: ${CACHE_USAGE}`);
   }
 }
 

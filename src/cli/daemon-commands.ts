@@ -136,7 +136,7 @@ export async function vmCommand(argv: string[], io: CommandIO): Promise<number> 
         return r.signal ? 128 + r.signal : r.exitCode;
       }
       default:
-        throw new SlipwayError('USAGE', `vm: unknown subcommand ${JSON.stringify(sub ?? '')}\nusage: ${VM_USAGE}`);
+        throw new SlipwayError('USAGE', `vm: ${sub ? `unknown subcommand ${JSON.stringify(sub)}` : 'give a subcommand'}\nusage: ${VM_USAGE}`);
     }
   } finally {
     await client.close();

@@ -2,6 +2,7 @@
  * The CLI's entry: one table of commands (each module's `CommandSpec`s), dispatch, error
  * reporting, and `--help` made from the table (each form's usage is the one its errors print).
  */
+import { readFileSync } from 'node:fs';
 import { SlipwayError, fromSystemError, type ErrorCode } from '../errors.js';
 import type { CommandIO, CommandSpec } from './args.js';
 import { CACHE_COMMANDS } from './cache-commands.js';
@@ -42,6 +43,7 @@ export function usageText(commands: readonly CommandSpec[] = COMMANDS): string {
     '',
     ...REFERENCE_LINES,
     COMMON_OPTIONS,
+    'slipway help <command> (or <command> --help) prints one command\'s usage; slipway --version its version',
     '',
   );
   return lines.join('\n');
@@ -76,6 +78,12 @@ function commandHelp(command: CommandSpec): string {
   return lines.join('\n');
 }
 
+/** This slipway's version: package.json's (dist/cli and src/cli are both two levels below it). */
+function slipwayVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+  return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+}
+
 export async function main(argv: string[], io: CommandIO = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
   const [name, ...rest] = argv;
   // `slipway help <command>`: that command's help
@@ -86,6 +94,10 @@ export async function main(argv: string[], io: CommandIO = { stdout: process.std
       return 2;
     }
     io.stdout.write(commandHelp(helpFor));
+    return 0;
+  }
+  if (name === '--version' || name === 'version') {
+    io.stdout.write(`slipway ${slipwayVersion()}\n`);
     return 0;
   }
   if (!name || name === '--help' || name === '-h' || name === 'help') {

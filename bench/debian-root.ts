@@ -18,21 +18,36 @@ export function debianCloudKernel(): { version: string; vmlinuz: string; initrd:
   return { version, vmlinuz: join('/boot', v), initrd: join('/boot', `initrd.img-${version}`) };
 }
 
+/** Files recorded from the image (bench/storage-path.ts's trace): they go when the image is built anew. */
+export const SYSTEMD_IMAGE_DERIVED = ['debian-boot-reads.txt'];
+
 /**
  * The debootstrap root as a 1 GiB ext4 image (built once, a few minutes, from deb.debian.org),
- * with `agent` (slipway-agent's path) started by systemd and the cloud kernel's modules.
+ * with `agent` (slipway-agent's path) started by systemd and the cloud kernel's modules. Building
+ * it removes what was recorded from an earlier image (SYSTEMD_IMAGE_DERIVED).
  */
 export async function systemdRoot(agent: string): Promise<string> {
   const img = join(BENCH_DIR, 'debian-systemd-v2.img');
   if (existsSync(img)) return img;
+  // the kernel's modules go into the root: fail before minutes of debootstrap, not after
+  const { version } = debianCloudKernel();
   mkdirSync(BENCH_DIR, { recursive: true });
+  for (const f of SYSTEMD_IMAGE_DERIVED) rmSync(join(BENCH_DIR, f), { force: true });
   const root = join(BENCH_DIR, 'debian-systemd-root');
   rmSync(root, { recursive: true, force: true });
+  try {
+    await buildRoot(root, agent, version, img);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+  return img;
+}
+
+async function buildRoot(root: string, agent: string, version: string, img: string): Promise<void> {
   console.error('bench: debootstrap bookworm with systemd (a few minutes, once)');
   execFileSync('debootstrap', ['--variant=minbase', '--include=systemd,systemd-sysv,udev,iproute2', 'bookworm', root, 'http://deb.debian.org/debian'], { stdio: ['ignore', 'ignore', 'inherit'] });
   execFileSync('cp', [agent, join(root, 'usr/local/bin/slipway-agent')]);
   // the kernel's modules, as its Debian package would install them (udev loads virtio_console from here)
-  const { version } = debianCloudKernel();
   mkdirSync(join(root, 'lib/modules'), { recursive: true });
   execFileSync('cp', ['-a', `/lib/modules/${version}`, join(root, 'lib/modules/')]);
   writeFileSync(join(root, 'etc/systemd/system/slipway-agent.service'), '[Unit]\nDescription=slipway agent\n\n[Service]\nExecStart=/usr/local/bin/slipway-agent\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n');
@@ -41,6 +56,4 @@ export async function systemdRoot(agent: string): Promise<string> {
   writeFileSync(join(root, 'etc/fstab'), '/dev/vda / ext4 rw,relatime 0 1\n');
   writeFileSync(join(root, 'etc/hostname'), 'debian\n');
   await makeExt4(root, img, 1 << 30);
-  rmSync(root, { recursive: true, force: true });
-  return img;
 }

@@ -210,7 +210,7 @@ describe('slipway-agent over a Unix socket', () => {
   });
 
   it('reports a program that cannot start with the errno: COMMAND_NOT_FOUND, COMMAND_NOT_EXECUTABLE (as a shell tells them apart), AGENT_ERROR for other steps', async () => {
-    await expectAgentError(client.exec(['/nonexistent/program']), 'ENOENT', /^command not found in the guest: .*execve \/nonexistent\/program/, 'COMMAND_NOT_FOUND');
+    await expectAgentError(client.exec(['/nonexistent/program']), 'ENOENT', /^command not found in the guest \(no such program, or its #! interpreter or ELF loader is missing\): .*execve \/nonexistent\/program/, 'COMMAND_NOT_FOUND');
     await expectAgentError(client.exec(['no-such-program-on-path']), 'ENOENT', /execve no-such-program-on-path/, 'COMMAND_NOT_FOUND');
     await expectAgentError(client.exec(['true'], { cwd: '/nonexistent/dir' }), 'ENOENT', /chdir \/nonexistent\/dir/);
     await expectAgentError(client.exec([GUEST_DIR]), 'EACCES', /^the guest cannot execute the command: /, 'COMMAND_NOT_EXECUTABLE');

@@ -65,7 +65,7 @@ describe('slipway run <ref>', () => {
   it('exits 127 for a command the guest does not have, naming it, as a shell does', async () => {
     const r = await run([ref, '--', 'no-such-command', '--flag']);
     expect(r.code, r.err).toBe(127);
-    expect(r.err).toMatch(/error COMMAND_NOT_FOUND: command not found in the guest: .*execve no-such-command: .*\(ENOENT\)/);
+    expect(r.err).toMatch(/error COMMAND_NOT_FOUND: command not found in the guest \(.*\): .*execve no-such-command: .*\(ENOENT\)/);
   });
 
   it('with --net user the guest fetches a page from an HTTP server on the host\'s loopback', async () => {

@@ -425,21 +425,31 @@ function unknownRequest(err: unknown): boolean {
 }
 
 /**
+ * For an agent older than a request: run `argv` in the guest instead. That the guest's own
+ * program failed (or is missing) is logged, not thrown: the VM runs, only not quite as asked.
+ */
+async function runInstead(agent: Pick<AgentClient, 'exec'>, argv: string[], log: Logger): Promise<void> {
+  const r = await agent.exec(argv).catch((err: unknown) => ({ exitCode: -1, signal: 0, stderr: Buffer.from((err as Error).message) }));
+  if (r.exitCode !== 0 || r.signal !== 0) log.warn(`after a restore: the guest's agent predates this request, and ${argv[0]} failed`, { argv, exitCode: r.exitCode, signal: r.signal, stderr: r.stderr.toString().slice(0, 500) });
+}
+
+/**
  * Make a restored VM its own: its host name (`hostname`), and this host's time (it wakes with the
  * clock it was paused with, behind by however long the snapshot waited). vmgenid has already made
  * its kernel reseed its RNG. Both are set by the agent itself (a process started in a TCG guest
  * costs about 100 ms), in one round trip; an agent older than SET_HOSTNAME or SET_TIME (a snapshot
- * taken before them) runs `hostname` or `date -s` instead. Errors: the agent's.
+ * taken before them) runs `hostname` or `date -s @<seconds>` instead, and a failure of those is
+ * logged on `log`. Errors: the agent's, for the requests themselves.
  */
-export async function applyRestoredIdentity(agent: AgentClient, hostname: string): Promise<void> {
+export async function applyRestoredIdentity(agent: Pick<AgentClient, 'setHostname' | 'setTime' | 'exec'>, hostname: string, log: Logger): Promise<void> {
   await Promise.all([
     agent.setHostname(hostname).catch((err: unknown) => {
       if (!unknownRequest(err)) throw err;
-      return agent.exec(['hostname', hostname]);
+      return runInstead(agent, ['hostname', hostname], log);
     }),
     agent.setTime().catch((err: unknown) => {
       if (!unknownRequest(err)) throw err;
-      return agent.exec(['date', '-s', `@${Math.round(Date.now() / 1000)}`]);
+      return runInstead(agent, ['date', '-s', `@${Math.round(Date.now() / 1000)}`], log);
     }),
   ]);
 }

@@ -269,7 +269,7 @@ export class VmManager {
       phase('agent_ready');
       if (plan) {
         // a clone is its own VM: its own host name, and the time now
-        await withTimeout(applyRestoredIdentity(agent, `vm-${id}`), AGENT_TIMEOUTS.spawnMs, 'SET_HOSTNAME and SET_TIME');
+        await withTimeout(applyRestoredIdentity(agent, `vm-${id}`, log), AGENT_TIMEOUTS.spawnMs, 'SET_HOSTNAME and SET_TIME');
         phase('identity');
         figures = await restoreFigures(plan);
         // lazy memory: the working set until the first exec becomes the snapshot's profile; the
@@ -378,7 +378,11 @@ export class VmManager {
       onStdout: out.stdout, onStderr: out.stderr, collectOutput: false,
     }), AGENT_TIMEOUTS.spawnMs, 'EXEC');
     let timedOut = false;
+    // timed out: the command had not ended (its output included) when the time came
+    let ended = false;
+    void proc.done.finally(() => (ended = true)).catch(() => undefined);
     const timer = req.timeoutMs ? setTimeout(() => {
+      if (ended) return;
       timedOut = true;
       void proc.kill('SIGKILL').catch(() => undefined);
     }, req.timeoutMs) : undefined;

@@ -132,7 +132,11 @@ export async function vmCommand(argv: string[], io: CommandIO): Promise<number> 
           ...(values.cwd ? { cwd: values.cwd } : {}),
           ...(values.timeout ? { timeoutMs: parseNonNegativeInt(values.timeout, '--timeout') * 1000 } : {}),
         }, { onStdout: (b) => io.stdout.write(b), onStderr: (b) => io.stderr.write(b), collect: false });
-        if (r.timedOut) io.stderr.write(`slipway vm exec: the command ran past --timeout ${values.timeout} s and was killed (SIGKILL)\n`);
+        // (its first process may have exited 0 while a background job kept its output open)
+        if (r.timedOut) {
+          io.stderr.write(`slipway vm exec: the command ran past --timeout ${values.timeout} s and was killed (SIGKILL)\n`);
+          return 128 + 9;
+        }
         return r.signal ? 128 + r.signal : r.exitCode;
       }
       default:

@@ -4,8 +4,10 @@
  * The wire format is agent-protocol.ts; one EXEC's state is agent-exec.ts.
  *
  * Errors: an `ERROR` frame becomes `SlipwayError('AGENT_ERROR')` with the guest's errno in its
- * context; a frame that breaks the protocol, a connection that ends before its answer, or an answer
- * that does not come in time becomes `AGENT_PROTOCOL` (context `reason`: malformed, closed, timeout).
+ * context (an EXEC whose execve failed: COMMAND_NOT_FOUND or COMMAND_NOT_EXECUTABLE, see
+ * execStartError); a frame that breaks the protocol, a connection that ends before its answer, or
+ * an answer that does not come in time becomes `AGENT_PROTOCOL` (context `reason`: malformed,
+ * closed, timeout).
  */
 import { connect } from 'node:net';
 import { constants as osConstants } from 'node:os';
@@ -85,7 +87,10 @@ export class AgentClient {
     return proc.done;
   }
 
-  /** Start a program; resolves once it is running (rejects with AGENT_ERROR if it cannot start). */
+  /**
+   * Start a program; resolves once it is running. Rejects when it cannot start: COMMAND_NOT_FOUND
+   * or COMMAND_NOT_EXECUTABLE when execve failed (execStartError), else AGENT_ERROR.
+   */
   async spawn(argv: readonly string[], opts: SpawnOptions = {}): Promise<AgentProcess> {
     if (argv.length === 0) throw new SlipwayError('INVALID_ARGUMENT', 'exec needs a program to run');
     const payload = Buffer.concat([encodeStringList(argv, 'argv'), encodeStringList(envList(opts.env), 'env'), encodeString(opts.cwd ?? '', 'cwd')]);

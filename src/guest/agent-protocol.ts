@@ -183,7 +183,7 @@ export function execStartError(frame: Frame): SlipwayError {
   const err = agentError(frame, 'EXEC');
   const errnoName = err.context.errnoName;
   if (typeof errnoName !== 'string' || !frame.payload.subarray(4).toString('utf8').startsWith('EXEC: execve ')) return err;
-  if (EXEC_NOT_FOUND.has(errnoName)) return new SlipwayError('COMMAND_NOT_FOUND', `command not found in the guest: ${err.message}`, { context: err.context });
+  if (EXEC_NOT_FOUND.has(errnoName)) return new SlipwayError('COMMAND_NOT_FOUND', `command not found in the guest (no such program, or its #! interpreter or ELF loader is missing): ${err.message}`, { context: err.context });
   if (EXEC_NOT_EXECUTABLE.has(errnoName)) return new SlipwayError('COMMAND_NOT_EXECUTABLE', `the guest cannot execute the command: ${err.message}`, { context: err.context });
   return err;
 }

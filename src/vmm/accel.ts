@@ -22,7 +22,7 @@
 import { envVar } from '../config.js';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants as fsConstants, existsSync, openSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -41,7 +41,7 @@ export interface HostIdentity {
   hostKernel: string;
   /** KVM modules loaded (kvm_intel, kvm_amd, kvm_pvm), sorted; empty without KVM */
   kvmModules: string[];
-  /** whether /dev/kvm opened read-write (a device node given to a container later decides again) */
+  /** whether /dev/kvm is a character device this process may open read-write, by its mode (a device node given to a container later decides again) */
   kvmDevice: boolean;
   qemu: FileIdentity;
   guestKernel: FileIdentity;
@@ -80,6 +80,22 @@ const KVM_MODULES_WITHOUT_ORDINARY_GUESTS: Record<string, string> = {
 
 const KNOWN_KVM_MODULES = ['kvm_intel', 'kvm_amd', 'kvm_pvm'];
 
+const TRANSIENT_OPEN_ERRORS = new Set(['EMFILE', 'ENFILE', 'EINTR', 'EAGAIN', 'ENOMEM']);
+
+/**
+ * Whether `path` is a character device this process may open read-write, by its mode alone (no
+ * descriptor taken, so no transient failure): the verdict's key. kvmDeviceUsable opens it.
+ */
+function kvmDeviceAccessible(path: string): boolean {
+  try {
+    if (!statSync(path).isCharacterDevice()) return false;
+    accessSync(path, fsConstants.R_OK | fsConstants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The KVM modules this host has loaded, from /sys/module (`sysRoot` for tests). */
 export function loadedKvmModules(sysRoot = '/sys'): string[] {
   return KNOWN_KVM_MODULES.filter((m) => existsSync(join(sysRoot, 'module', m))).sort();
@@ -89,13 +105,15 @@ export function loadedKvmModules(sysRoot = '/sys'): string[] {
  * Whether /dev/kvm is a character device this process can open read-write; `modules`, the KVM
  * modules loaded (`loadedKvmModules`), tell a missing device node apart from a missing module.
  */
-export function kvmDeviceUsable(path = '/dev/kvm', modules: string[] = loadedKvmModules()): { ok: true } | { ok: false; why: string } {
+export function kvmDeviceUsable(path = '/dev/kvm', modules: string[] = loadedKvmModules()): { ok: true } | { ok: false; why: string; transient?: true } {
   try {
     if (!statSync(path).isCharacterDevice()) return { ok: false, why: `${path} is not a character device` };
     closeSync(openSync(path, 'r+'));
     return { ok: true };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
+    // out of descriptors or memory, interrupted: says nothing about the device
+    if (code && TRANSIENT_OPEN_ERRORS.has(code)) return { ok: false, why: `${path} could not be opened just now (${code})`, transient: true };
     if (code !== 'ENOENT') return { ok: false, why: `${path} cannot be opened read-write (${code ?? (err as Error).message})` };
     return { ok: false, why: modules.length > 0 ? `${path} does not exist although ${modules.join(', ')} ${modules.length > 1 ? 'are' : 'is'} loaded (no device node: a container started without it?)` : `${path} does not exist (no KVM module loaded, or nested virtualisation off)` };
   }
@@ -129,7 +147,7 @@ export function hostIdentity(qemuBinary: string, bzImage: string, sysRoot = '/sy
   const path = whichBinary(qemuBinary);
   if (!path) throw new SlipwayError('VMM_ERROR', `cannot find ${qemuBinary} (install qemu-system-x86)`);
   const kvmModules = loadedKvmModules(sysRoot);
-  return { hostKernel: release(), kvmModules, kvmDevice: kvmDeviceUsable(kvmDevice, kvmModules).ok, qemu: fileIdentity(path), guestKernel: fileIdentity(bzImage) };
+  return { hostKernel: release(), kvmModules, kvmDevice: kvmDeviceAccessible(kvmDevice), qemu: fileIdentity(path), guestKernel: fileIdentity(bzImage) };
 }
 
 function sameHost(a: HostIdentity, b: HostIdentity): boolean {
@@ -174,10 +192,12 @@ export interface ProbeResult {
 /**
  * Boot the guest kernel under `accel` with no initramfs and no disk: a kernel that runs reaches
  * its "VFS: Unable to mount root fs" panic and, with panic=-1 and -no-reboot, QEMU exits. A VM
- * that stops (QMP status internal-error, say), or does not get there within `timeoutMs`, fails.
- * Nothing is left running.
+ * that stops (QMP status internal-error, say), or does not get there within `timeoutMs`, fails;
+ * under KVM, so does one still in its early code after KVM_PROGRESS_MS (kvm-progress.ts), unless
+ * `watchProgress` is false (the confirmation of a boot that made no progress: the whole
+ * `timeoutMs` then). Nothing is left running.
  */
-export async function probeBoot(qemuBinary: string, bzImage: string, accel: Accel, timeoutMs = 20_000): Promise<ProbeResult> {
+export async function probeBoot(qemuBinary: string, bzImage: string, accel: Accel, timeoutMs = 20_000, opts: { watchProgress?: boolean } = {}): Promise<ProbeResult> {
   const t0 = performance.now();
   const dir = await mkdtemp(join(tmpdir(), 'slipway-accel-probe-'));
   const consolePath = join(dir, 'console.log');
@@ -214,8 +234,8 @@ export async function probeBoot(qemuBinary: string, bzImage: string, accel: Acce
       });
       await check();
       // a KVM that leaves the guest in its early code without an error (kvm-progress.ts)
-      if (accel === 'kvm') {
-        const stuck = await watchKvmProgress(qmp, Math.min(KVM_PROGRESS_MS, timeoutMs));
+      if (accel === 'kvm' && opts.watchProgress !== false) {
+        const stuck = await watchKvmProgress(qmp, Math.min(KVM_PROGRESS_MS, timeoutMs), undefined, t0);
         if (stuck) resolve(`no progress under KVM: ${stuck}`);
       }
     };
@@ -277,7 +297,10 @@ async function decide(opts: ChooseOptions): Promise<AccelVerdict> {
   const host = hostIdentity(opts.qemuBinary, opts.bzImage, opts.sysRoot, opts.kvmDevice);
   const cached = readVerdict(opts.cacheDir, host);
   if (cached) return { accel: cached.accel, reason: cached.reason, source: 'cache', decideMs: Math.round(performance.now() - t0) };
-  const rejected = inspectKvm(host.kvmModules, kvmDeviceUsable(opts.kvmDevice, host.kvmModules));
+  const device = kvmDeviceUsable(opts.kvmDevice, host.kvmModules);
+  // a device that could not be opened just now: TCG for this boot, nothing kept
+  if (!device.ok && device.transient) return { accel: 'tcg', reason: `${device.why}; not kept`, source: 'inspection', decideMs: Math.round(performance.now() - t0) };
+  const rejected = inspectKvm(host.kvmModules, device);
   let verdict: Omit<AccelVerdict, 'decideMs'>;
   if (rejected) verdict = { accel: 'tcg', reason: rejected, source: 'inspection' };
   else {

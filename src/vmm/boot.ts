@@ -77,7 +77,8 @@ function kvmFailedAutomatically(err: unknown): boolean {
  * VMM_EXITED as the driver saw them, within moments of the failure; VM_BOOT_FAILED when the
  * agent is silent until `agentDeadlineMs`; ABORTED on `signal`; the driver's start errors.
  * Under an automatically chosen KVM that fails the guest (see kvmFailedAutomatically), the VM is
- * booted once more under TCG and the driver records TCG for this host.
+ * booted once more under TCG and the driver records TCG for this host (unless it finds KVM sound
+ * after all: QemuDriver.accelFailed).
  */
 export async function bootVm(driver: VmmDriver, spec: VmSpec, opts: BootOptions): Promise<{ vm: RunningVm; client: AgentClient }> {
   let vm: RunningVm | undefined;
@@ -89,8 +90,8 @@ export async function bootVm(driver: VmmDriver, spec: VmSpec, opts: BootOptions)
   } catch (err) {
     if (!kvmFailedAutomatically(err) || !driver.accelFailed) throw err;
     const detail = (err as Error).message.split('\n')[0] ?? '';
-    await driver.accelFailed(spec, detail);
-    opts.notice?.(`accel: kvm${vm?.accelVerdict ? ` (${vm.accelVerdict.reason})` : ''} failed: ${detail}; booting again under tcg, and tcg from now on for this host`);
+    const recorded = await driver.accelFailed(spec, detail);
+    opts.notice?.(`accel: kvm${vm?.accelVerdict ? ` (${vm.accelVerdict.reason})` : ''} failed: ${detail}; booting again under tcg, ${recorded ? 'and tcg from now on for this host' : 'once (a probe boot under kvm passed: the host keeps kvm)'}`);
     const again = await driver.start({ ...spec, accel: 'tcg' });
     opts.onStarted?.(again);
     await afterStart(again, opts);

@@ -195,7 +195,8 @@ export interface VmmDriver {
   adopt(target: AdoptTarget): RunningVm | undefined;
   /**
    * A VM started with an automatically chosen accelerator died of it (VMM_INTERNAL_ERROR):
-   * remember not to choose it again on this host. Drivers without a choice leave this out.
+   * remember not to choose it again on this host, unless the driver finds the accelerator sound
+   * after all. Resolves with whether it was remembered. Drivers without a choice leave this out.
    */
-  accelFailed?(spec: VmSpec, detail: string): Promise<void>;
+  accelFailed?(spec: VmSpec, detail: string): Promise<boolean>;
 }

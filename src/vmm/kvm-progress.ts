@@ -8,9 +8,11 @@
  * init in about a second, and under a working KVM leaves the decompressor in milliseconds.
  *
  * So a boot under KVM is watched until its boot processor is past the kernel's early code: in the
- * kernel proper (RIP in the upper canonical half, where x86-64 Linux maps its text), in user space
- * (CPL 3) or idle (HLT). Still short of that after KVM_PROGRESS_MS is a KVM that cannot run the
- * guest, as an internal error is.
+ * kernel proper (RIP in the upper canonical half, where x86-64 Linux maps its text) or in user
+ * space (CPL 3). Still short of that KVM_PROGRESS_MS after the VMM's start is a KVM that cannot run
+ * the guest, as an internal error is. A guest merely very slow in its early code (a starved host)
+ * looks the same from here: under a forced KVM the boot fails all the same, and an automatic
+ * choice is only turned to TCG for the host once a probe boot confirms it (QemuDriver.accelFailed).
  */
 import type { QmpClient } from './qmp.js';
 
@@ -41,19 +43,23 @@ export function parseRegisters(text: string): BootProcessor | undefined {
   return { rip: BigInt(`0x${rip}`), cpl: Number(cpl), halted: hlt === '1' };
 }
 
-/** Past the kernel's early code: the kernel proper, user space, or idle. */
+/**
+ * Past the kernel's early code: the kernel proper or user space. A halt elsewhere is not (the
+ * decompressor's error() and dead firmware halt at low addresses; the kernel idles in its own text).
+ */
 export function pastEarlyBoot(p: BootProcessor): boolean {
-  return p.rip >= KERNEL_HALF || p.cpl === 3 || p.halted;
+  return p.rip >= KERNEL_HALF || p.cpl === 3;
 }
 
 /**
  * Read the registers over `qmp` (`human-monitor-command`) every 250 ms until the boot processor
  * is past the kernel's early code. Resolves with undefined then, or as soon as the registers
  * cannot be read (a VMM without HMP, QMP closed: no verdict), or on `signal`; with what was last
- * seen (`RIP=0x... CPL 0`) when `ms` pass without it.
+ * seen (`RIP=0x... CPL 0`) when `ms` have passed since `startedAt` (performance.now() ms: the
+ * VMM's start) without it.
  */
-export async function watchKvmProgress(qmp: Pick<QmpClient, 'execute'>, ms = KVM_PROGRESS_MS, signal?: AbortSignal): Promise<string | undefined> {
-  const deadline = performance.now() + ms;
+export async function watchKvmProgress(qmp: Pick<QmpClient, 'execute'>, ms = KVM_PROGRESS_MS, signal?: AbortSignal, startedAt = performance.now()): Promise<string | undefined> {
+  const deadline = startedAt + ms;
   for (;;) {
     if (signal?.aborted) return undefined;
     let p: BootProcessor | undefined;
@@ -63,7 +69,8 @@ export async function watchKvmProgress(qmp: Pick<QmpClient, 'execute'>, ms = KVM
       return undefined;
     }
     if (!p || pastEarlyBoot(p)) return undefined;
-    if (performance.now() >= deadline) return `${ms} ms after the VMM's start the guest's boot processor is still at RIP=0x${p.rip.toString(16)} (CPL ${p.cpl}), short of the kernel proper: this KVM does not run the guest`;
+    const now = performance.now();
+    if (now >= deadline) return `${Math.round(now - startedAt)} ms after the VMM's start the guest's boot processor is still at RIP=0x${p.rip.toString(16)} (CPL ${p.cpl}${p.halted ? ', halted' : ''}), short of the kernel proper: this KVM does not run the guest (or runs it far too slowly)`;
     await new Promise((r) => setTimeout(r, POLL_MS));
   }
 }

@@ -20,8 +20,8 @@ import { PROJECT_ROOT } from '../guest/build.js';
 import type { AdoptTarget, AgentEndpoint, BootFailure, MemorySnapshotOps, RunningVm, VmExit, VmmDriver, VmSpec } from './driver.js';
 import { fileTail } from '../util/file-tail.js';
 import { envVar, loadConfig } from '../config.js';
-import { chooseAccel, recordFallback, type Accel, type AccelVerdict } from './accel.js';
-import { watchKvmProgress } from './kvm-progress.js';
+import { chooseAccel, probeBoot, recordFallback, type Accel, type AccelVerdict } from './accel.js';
+import { KVM_PROGRESS_MS, watchKvmProgress } from './kvm-progress.js';
 import { connectAgentEndpoint } from './agent-connect.js';
 import { classifyEnd } from './boot-failure.js';
 import { QmpClient } from './qmp.js';
@@ -208,6 +208,7 @@ class QemuVm implements RunningVm {
    * connecting, since events sent before the connection are lost.
    */
   private watch(): Promise<BootFailure> {
+    const startedAt = performance.now();
     return new Promise<BootFailure>((resolve) => {
       let shutdownReason: string | undefined;
       const check = async (qmp: QmpClient): Promise<void> => {
@@ -233,7 +234,7 @@ class QemuVm implements RunningVm {
       // a KVM that leaves the guest where it started, without an error (kvm-progress.ts)
       if (this.ctx.watchKvmProgress) {
         void attached.then(async (qmp) => {
-          const stuck = qmp ? await watchKvmProgress(qmp) : undefined;
+          const stuck = qmp ? await watchKvmProgress(qmp, KVM_PROGRESS_MS, undefined, startedAt) : undefined;
           if (stuck) resolve({ code: 'VMM_INTERNAL_ERROR', detail: `no progress under KVM: ${stuck}`, accelFault: true });
         });
       }
@@ -391,8 +392,18 @@ export class QemuDriver implements VmmDriver {
     return verdict;
   }
 
-  async accelFailed(spec: VmSpec, detail: string): Promise<void> {
+  /**
+   * An automatic KVM failed a guest. An internal error is KVM's for sure: TCG is recorded for this
+   * host. A guest with no progress may only have been starved (kvm-progress.ts): a probe boot
+   * under KVM, given its whole 20 s, decides; TCG is recorded only when it fails too.
+   */
+  async accelFailed(spec: VmSpec, detail: string): Promise<boolean> {
+    if (/no progress under KVM/.test(detail)) {
+      const probe = await probeBoot(this.binary, spec.kernel.bzImage, 'kvm', 20_000, { watchProgress: false });
+      if (probe.ok) return false;
+    }
     await recordFallback(this.accelOptions(spec), detail);
+    return true;
   }
 
   async start(spec: VmSpec): Promise<RunningVm> {

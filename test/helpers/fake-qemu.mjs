@@ -13,7 +13,10 @@
  *   running               the guest "runs" until killed: HMP `info registers` shows its boot
  *                         processor in the kernel's decompressor for 600 ms, then in the kernel proper
  *   kvm-stuck             the guest "runs" but `info registers` shows it in the decompressor for
- *                         ever, as kvm_pvm leaves an ordinary kernel on some hosts
+ *                         ever (its RIP moving), as kvm_pvm leaves an ordinary kernel on some hosts
+ * Started as slipway's accelerator probe starts QEMU (a kernel, no -initrd), FAKE_QEMU_PROBE says
+ * how the probe goes instead: `panic` (the kernel's root-mount panic on the console, exit 0, as a
+ * working KVM gives) or `fail` (exit 1 at once).
  */
 import { appendFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -35,16 +38,26 @@ if (!qmpPath) {
 }
 if (consolePath) writeFileSync(consolePath, 'fake-qemu: this is a FAKE serial console\n');
 const say = (line) => consolePath && appendFileSync(consolePath, `${line}\n`);
+const probe = !args.includes('-initrd') ? process.env.FAKE_QEMU_PROBE : undefined;
+if (probe === 'fail') {
+  process.stderr.write('fake-qemu: a FAKE probe that fails\n');
+  process.exit(1);
+}
+if (probe === 'panic') {
+  say('Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0) (FAKE)');
+  setTimeout(() => process.exit(0), 20);
+}
 
 let status = scenario === 'internal-error-early' ? 'internal-error' : 'running';
 if (scenario === 'internal-error-early') process.stderr.write('KVM internal error. Suberror: 1 (FAKE)\n');
 const timestamp = () => ({ seconds: Math.floor(Date.now() / 1000), microseconds: 0 });
 const started = Date.now();
-/** HMP `info registers` as QEMU 7.2 prints it for x86-64 (its first lines) */
+/** HMP `info registers` as QEMU 7.2 prints it for x86-64 (its first lines); early, RIP moves within the decompressor */
+let early = 0x220aa0d;
 const registers = () => {
-  const early = scenario === 'kvm-stuck' || Date.now() - started < 600;
-  return early
-    ? 'RAX=0000000000000000 RBX=0000000000000000 RCX=0000000000000000 RDX=0000000000000000\r\nRIP=000000000220aa0d RFL=00000087 [--S--PC] CPL=0 II=0 A20=1 SMM=0 HLT=0\r\n'
+  if (scenario === 'kvm-stuck' || Date.now() - started < 600) early = early === 0x220aa0d ? 0x220a6e1 : 0x220aa0d;
+  return scenario === 'kvm-stuck' || Date.now() - started < 600
+    ? `RAX=0000000000000000 RBX=0000000000000000 RCX=0000000000000000 RDX=0000000000000000\r\nRIP=${early.toString(16).padStart(16, '0')} RFL=00000087 [--S--PC] CPL=0 II=0 A20=1 SMM=0 HLT=0\r\n`
     : 'RAX=0000000000000000 RBX=0000000000000000 RCX=0000000000000000 RDX=0000000000000000\r\nRIP=ffffffff81c3a2be RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\r\n';
 };
 
@@ -75,7 +88,10 @@ const server = createServer((conn) => {
           setImmediate(() => act(event));
         }
       } else if (cmd.execute === 'query-status') send({ return: { status, running: status === 'running', singlestep: false } });
-      else if (cmd.execute === 'human-monitor-command' && cmd.arguments?.['command-line'] === 'info registers') send({ return: registers() });
+      else if (cmd.execute === 'human-monitor-command' && cmd.arguments?.['command-line'] === 'info registers') {
+        say('fake-qemu: info registers');
+        send({ return: registers() });
+      }
       else if (cmd.execute === 'quit') {
         send({ return: {} });
         process.exit(0);

@@ -423,6 +423,11 @@ describe('the daemon', () => {
       const slow = captureIO();
       expect(await main(['vm', 'exec', vm.id, '--timeout', '1', '--', 'sleep', '30'], slow)).toBe(137);
       expect(slow.err).toBe('slipway vm exec: the command ran past --timeout 1 s and was killed (SIGKILL)\n');
+      // ...also when its first process exited 0 and a background job kept its output open
+      const held = captureIO();
+      expect(await main(['vm', 'exec', vm.id, '--timeout', '1', '--', 'sh', '-c', 'sleep 30 & echo started'], held)).toBe(137);
+      expect(held.out).toBe('started\n');
+      expect(held.err).toContain('ran past --timeout 1 s');
       // and one the guest does not have exits 127, as a shell does
       const missing = captureIO();
       expect(await main(['vm', 'exec', vm.id, '--', 'no-such-command'], missing)).toBe(127);

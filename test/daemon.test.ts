@@ -231,6 +231,19 @@ describe('the daemon', () => {
     await again.client.deleteVm(vm.id);
   });
 
+  it('stopped right after a snapshot, lets the snapshot\'s chunks into its cache before it closes the cache', async () => {
+    const d = await daemon('stop-after-snapshot');
+    const vm = await d.client.createVm({ image });
+    // enough dirty chunks that keeping them in the cache outlasts the stop, were it not waited for
+    const wrote = await sh(d.client, vm.id, 'dd if=/dev/urandom of=/root/noise bs=1M count=20 && sync');
+    expect(wrote.code, wrote.err).toBe(0);
+    const snap = await d.client.snapshot(vm.id, `${registry.host}/daemon/root:stop-after`);
+    expect(snap.dirtyChunks).toBeGreaterThanOrEqual(40);
+    await d.stop();
+    expect(d.log()).not.toContain('could not keep the snapshot chunks in the host cache');
+    expect(d.log()).toMatch(/"msg":"snapshot chunks kept in the host cache".*"chunks":\d{2}/);
+  });
+
   it('a snapshot whose push fails leaves the target tag as it was and the VM running', async () => {
     const vm = await d1.client.createVm({ image });
     await sh(d1.client, vm.id, 'dd if=/dev/urandom of=/root/noise bs=64k count=16 2>/dev/null && sync');

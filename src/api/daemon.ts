@@ -21,6 +21,7 @@ import { buildApp, requireBearerToken } from './app.js';
 import { Counter, Gauge, Histogram, Registry } from './metrics.js';
 import { StateStore } from './state.js';
 import { DEFAULT_LIMITS, VmManager, type VmLimits } from './vms.js';
+import { BackgroundWork } from '../util/background.js';
 
 export interface DaemonOptions {
   config: SlipwayConfig;
@@ -95,7 +96,9 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     snapshotBytes: registry.register(new Counter('slipway_snapshot_uploaded_bytes_total', 'bytes uploaded by snapshots')),
     backendErrors: registry.register(new Counter('slipway_backend_errors_total', 'disk backends that exited under a running VM')),
   };
-  const vms = new VmManager({ cache, state, logger, metrics, limits, stateDir: opts.stateDir, cacheDir: opts.config.cacheDir });
+  // what a snapshot does after its answer: waited for before the cache closes
+  const background = new BackgroundWork();
+  const vms = new VmManager({ cache, state, logger, metrics, limits, stateDir: opts.stateDir, cacheDir: opts.config.cacheDir, background });
   registry.register(new Gauge('slipway_vms', 'VMs by state', () => {
     const c = vms.counts;
     return [{ labels: { state: 'running' }, value: c.running }, { labels: { state: 'booting' }, value: c.booting }, { labels: { state: 'queued' }, value: c.queued }];
@@ -164,6 +167,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
         let left = 0;
         if (closeOpts.stopVms) await vms.deleteAll();
         else left = await vms.detachAll();
+        await background.settled();
         await cache.close();
         state.close();
         rmSync(opts.socketPath, { force: true });

@@ -15,6 +15,7 @@ import { SlipwayError } from '../errors.js';
 import type { AgentClient } from '../guest/agent-client.js';
 import { formatRef, type ImageRef } from '../oci/ref.js';
 import type { ServedDisk } from '../serve/backend.js';
+import type { BackgroundWork } from '../util/background.js';
 import type { Logger } from '../util/log.js';
 import { logProgress } from '../util/progress.js';
 import type { SnapshotResult } from './schemas.js';
@@ -25,6 +26,8 @@ export interface DiskSnapshotDeps {
   /** where staged chunks wait for their push: outside the VM's work directory (a delete may follow) */
   stagingDir: string;
   timeouts: { syncMs: number; freezeMs: number };
+  /** where the work after the answer is kept, for the daemon to wait for when it closes */
+  background?: BackgroundWork;
 }
 
 export interface DiskSnapshotVm {
@@ -87,19 +90,20 @@ export async function snapshotDisk(deps: DiskSnapshotDeps, vm: DiskSnapshotVm, p
     // (a snapshot pushed to another repository than its base's reads the base's profile there:
     // it is copied along, as the base's blobs were)
     const baseOrigin = vm.served.disk.origin;
-    void (async () => {
+    deps.background?.add((async () => {
       if (baseOrigin.name !== target.name) await copyBootProfile(baseOrigin, target, base.manifestDescriptor.digest);
       return inheritBootProfile(target, result, result.dedupedAgainst);
     })().then(
       (p) => { if (p) log.info('snapshot given its base\'s boot profile', { from: p.from, chunks: p.chunks, unchangedChunks: p.unchangedChunks }); },
       (err: unknown) => log.warn('could not give the snapshot its base\'s boot profile; its first boot records one', { error: err instanceof Error ? err.message : String(err) }),
-    );
+    ));
     // after the answer: the snapshot's own chunks go into this host's tier 1, so booting it here
     // fetches nothing (the staging file goes when that is done)
     const cache = deps.cache;
     seeding = seedChunks(staging, dirty, cache.pool, (hex, data) => cache.putChunk(hex, data))
       .then((n) => log.info('snapshot chunks kept in the host cache', { chunks: n }), (err: unknown) => log.warn('could not keep the snapshot chunks in the host cache', { error: (err as Error).message }))
       .finally(() => removeStaging(staging));
+    deps.background?.add(seeding);
     return out;
   } catch (err) {
     log.warn('snapshot failed', { error: (err as Error).message });

@@ -18,6 +18,7 @@ import { renderBootConfig, type BootConfig } from '../guest/boot-config.js';
 import { guestArtifacts } from '../guest/build.js';
 import { parseRef } from '../oci/ref.js';
 import { adoptDisk, serveDisk, type ServedDisk } from '../serve/backend.js';
+import type { BackgroundWork } from '../util/background.js';
 import type { Logger } from '../util/log.js';
 import { processesWithArgument, terminateProcess } from '../util/process.js';
 import type { NetSpec, RunningVm, VmmDriver, VmSpec } from '../vmm/driver.js';
@@ -102,7 +103,7 @@ export class VmManager {
     return join(this.deps.stateDir, 'staging');
   }
 
-  constructor(private readonly deps: { cache: ChunkCache; state: StateStore; logger: Logger; metrics: VmMetrics; limits: VmLimits; stateDir: string; cacheDir: string; drivers?: Partial<Record<VmRecord['vmm'], VmmDriver>> }) {
+  constructor(private readonly deps: { cache: ChunkCache; state: StateStore; logger: Logger; metrics: VmMetrics; limits: VmLimits; stateDir: string; cacheDir: string; drivers?: Partial<Record<VmRecord['vmm'], VmmDriver>>; background?: BackgroundWork }) {
     this.admission = new BootAdmission(deps.limits);
   }
 
@@ -378,8 +379,7 @@ export class VmManager {
       onStdout: out.stdout, onStderr: out.stderr, collectOutput: false,
     }), AGENT_TIMEOUTS.spawnMs, 'EXEC');
     let timedOut = false;
-    // timed out: the command had not ended (its output included) when the time came
-    let ended = false;
+    let ended = false; // timed out: the command had not ended (its output included) when the time came
     void proc.done.finally(() => (ended = true)).catch(() => undefined);
     const timer = req.timeoutMs ? setTimeout(() => {
       if (ended) return;
@@ -413,7 +413,7 @@ export class VmManager {
     if (opts.memory) return this.memorySnapshot(l, { ...parsed, tag });
     l.busy = 'snapshot';
     try {
-      const out = await snapshotDisk({ cache: this.deps.cache, logger: this.deps.logger, stagingDir: this.stagingDir, timeouts: AGENT_TIMEOUTS }, {
+      const out = await snapshotDisk({ cache: this.deps.cache, logger: this.deps.logger, stagingDir: this.stagingDir, timeouts: AGENT_TIMEOUTS, ...(this.deps.background ? { background: this.deps.background } : {}) }, {
         id, served: l.served, agent: () => this.agentOf(l),
         thawLater: () => {
           l.thawOnConnect = true;
@@ -584,6 +584,7 @@ export class VmManager {
       l.busy = 'delete'; // no clean-up from the watchers from here on
       l.firstExecDone?.('gone'); // (its working set is not stored by a daemon going away)
       l.agent?.close();
+      l.vm.release?.(); // the VMM's monitor: the VM runs on, this process lets go
       await l.served.miss.close().catch(() => undefined);
       await l.served.disk.close().catch(() => undefined);
     }

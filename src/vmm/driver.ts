@@ -166,6 +166,11 @@ export interface RunningVm {
   consoleTail(bytes?: number): string;
   /** Stop the VMM process: SIGTERM, then SIGKILL after `graceMs`. */
   kill(graceMs?: number): Promise<VmExit>;
+  /**
+   * Let go of this process's connections to a VM that runs on (the daemon is going away, a later
+   * one adopts it): its VMM's monitor. The VM is not touched.
+   */
+  release?(): void;
 }
 
 /**

@@ -275,6 +275,11 @@ class QemuVm implements RunningVm {
     return err ? `${text}\n[qemu] ${err}` : text;
   }
 
+  release(): void {
+    this.qmp?.close();
+    void this.qmpConnecting?.then((q) => q.close(), () => undefined);
+  }
+
   async kill(graceMs = 2000): Promise<VmExit> {
     this.qmp?.close();
     // only while the pid is still this VM's QEMU (an adopted pid may have been reused)

@@ -12,11 +12,6 @@ export class BackgroundWork {
     this.#pending.add(kept);
   }
 
-  /** How many are still running. */
-  get size(): number {
-    return this.#pending.size;
-  }
-
   /** Resolves once everything added so far has settled (never rejects). */
   async settled(): Promise<void> {
     await Promise.all([...this.#pending]);

@@ -14,9 +14,9 @@
  * A boot that dies with an internal error under an automatic KVM choice records `tcg` (source
  * `fallback`, see recordFallback), so the next boot goes straight to TCG.
  *
- * The host identity is the host kernel release, the loaded KVM modules, whether /dev/kvm opens
- * read-write (a container given the device node later), the QEMU binary and the guest kernel (each
- * by path, size and mtime): a change of any of them decides again. The guest
+ * The host identity is the host kernel release, the loaded KVM modules, whether /dev/kvm may be
+ * opened read-write (a container given the device node later), the QEMU binary and the guest
+ * kernel (each by path, size and mtime): a change of any of them decides again. The guest
  * kernel's sha256 is recorded with a decision (hashing 10 MB on every boot would cost ~25 ms).
  */
 import { envVar } from '../config.js';
@@ -146,8 +146,7 @@ function fileIdentity(path: string): FileIdentity {
 export function hostIdentity(qemuBinary: string, bzImage: string, sysRoot = '/sys', kvmDevice = '/dev/kvm'): HostIdentity {
   const path = whichBinary(qemuBinary);
   if (!path) throw new SlipwayError('VMM_ERROR', `cannot find ${qemuBinary} (install qemu-system-x86)`);
-  const kvmModules = loadedKvmModules(sysRoot);
-  return { hostKernel: release(), kvmModules, kvmDevice: kvmDeviceAccessible(kvmDevice), qemu: fileIdentity(path), guestKernel: fileIdentity(bzImage) };
+  return { hostKernel: release(), kvmModules: loadedKvmModules(sysRoot), kvmDevice: kvmDeviceAccessible(kvmDevice), qemu: fileIdentity(path), guestKernel: fileIdentity(bzImage) };
 }
 
 function sameHost(a: HostIdentity, b: HostIdentity): boolean {

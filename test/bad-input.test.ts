@@ -199,6 +199,15 @@ describe('bad local input', () => {
     const accel = await runCli(['doctor', '--json'], { SLIPWAY_ACCEL: 'hvf', SLIPWAY_CACHE_DIR: tempDir('slipway-bad-accel-') });
     expectError(accel, 'INVALID_ARGUMENT', 1);
     expect(accel.stderr).toMatch(/SLIPWAY_ACCEL must be kvm, tcg or auto \(got "hvf"\)/);
+    // a VM's shape: run and vm create check it the same way, before any VM or daemon is asked
+    for (const cmd of [['run', `${registry.host}/bad/x:v1`, '--local'], ['vm', 'create', `${registry.host}/bad/x:v1`, '--daemon', join(work, 'no-daemon.sock')]]) {
+      const small = await runCli([...cmd, '--memory', '16M', ...(cmd[0] === 'run' ? ['--', 'true'] : [])]);
+      expectError(small, 'INVALID_ARGUMENT', 1);
+      expect(small.stderr).toContain('--memory must be 64M to 1024G (got 16M)');
+      const none = await runCli([...cmd, '--cpus', '0', ...(cmd[0] === 'run' ? ['--', 'true'] : [])]);
+      expectError(none, 'INVALID_ARGUMENT', 1);
+      expect(none.stderr).toContain('--cpus must be 1 to 64 (got 0)');
+    }
     // a VM's memory: the examples are sizes a VM takes, and a bare number is MiB
     const memory = await runCli(['run', `${registry.host}/bad/x:v1`, '--local', '--memory', 'lots', '--', 'true']);
     expectError(memory, 'INVALID_ARGUMENT', 1);

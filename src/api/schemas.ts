@@ -16,11 +16,14 @@ const envSchema = z
 
 const imageRef = z.string().min(1).max(512).describe('a registry reference (host/repo:tag or @sha256:...) or an embedded-store name (name:tag); never oci:<dir>');
 
+/** A VM's vCPUs and RAM (MiB) as the API takes them; the CLI checks its flags against the same. */
+export const VM_SHAPE_BOUNDS = { cpus: { min: 1, max: 64 }, memoryMiB: { min: 64, max: 1024 * 1024 } } as const;
+
 export const CreateVmBody = z
   .object({
     image: imageRef,
-    cpus: z.number().int().min(1).max(64).optional(),
-    memoryMiB: z.number().int().min(64).max(1024 * 1024).optional(),
+    cpus: z.number().int().min(VM_SHAPE_BOUNDS.cpus.min).max(VM_SHAPE_BOUNDS.cpus.max).optional(),
+    memoryMiB: z.number().int().min(VM_SHAPE_BOUNDS.memoryMiB.min).max(VM_SHAPE_BOUNDS.memoryMiB.max).optional(),
     env: envSchema.optional(),
     vmm: z.enum(['qemu', 'cloud-hypervisor']).optional(),
     net: z.enum(['none', 'user']).optional(),

@@ -4,6 +4,7 @@
  * `--env K=V`, `--net`, `--progress`).
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { VM_SHAPE_BOUNDS } from '../api/schemas.js';
 import { SlipwayError } from '../errors.js';
 import type { ProgressMode } from '../util/progress.js';
 import type { NetSpec } from '../vmm/driver.js';
@@ -67,6 +68,22 @@ export const STORE_OPTIONS = {
 /** `--memory`: a size, plain numbers in MiB (`512` is 512 MiB); the result in MiB. */
 export function parseMemoryMiB(text: string, what = '--memory'): number {
   return Math.floor(parseSize(/^\d+$/.test(text) ? `${text}M` : text, what, '512M, 2G; a bare number is MiB') / (1 << 20));
+}
+
+/** `--cpus`: 1 to 64 (VM_SHAPE_BOUNDS, as the API takes it). Errors: INVALID_ARGUMENT naming the flag. */
+export function parseCpus(text: string): number {
+  const { min, max } = VM_SHAPE_BOUNDS.cpus;
+  const cpus = parseNonNegativeInt(text, '--cpus');
+  if (cpus < min || cpus > max) throw new SlipwayError('INVALID_ARGUMENT', `--cpus must be ${min} to ${max} (got ${cpus})`);
+  return cpus;
+}
+
+/** `--memory` of a VM: a size (parseMemoryMiB) from 64M to 1024G (VM_SHAPE_BOUNDS); the result in MiB. */
+export function parseVmMemoryMiB(text: string): number {
+  const { min, max } = VM_SHAPE_BOUNDS.memoryMiB;
+  const mib = parseMemoryMiB(text);
+  if (mib < min || mib > max) throw new SlipwayError('INVALID_ARGUMENT', `--memory must be ${min}M to ${max / 1024}G (got ${text})`);
+  return mib;
 }
 
 /** `--env K=V`, repeated; undefined when none is given. */

@@ -10,7 +10,7 @@ import { SlipwayClient } from '../client/index.js';
 import { defaultSocketPath, defaultStateDir, envVar, loadConfig } from '../config.js';
 import { SlipwayError } from '../errors.js';
 import { createLogger } from '../util/log.js';
-import { parseCommand, parseEnv, parseListen, parseMemoryMiB, parseNonNegativeInt, type CommandIO, type CommandSpec } from './args.js';
+import { parseCommand, parseCpus, parseEnv, parseListen, parseNonNegativeInt, parseVmMemoryMiB, type CommandIO, type CommandSpec } from './args.js';
 
 const DAEMON_USAGE = 'slipway daemon [--socket PATH] [--listen HOST:PORT --token-file FILE] [--state-dir DIR] [--cache-dir DIR] [--max-boots N] [--max-vms N] [--stop-vms-on-exit]';
 const VM_USAGE = `slipway vm create <image> [--cpus N] [--memory 512M] [--env K=V]... [--net none|user] [--vmm qemu|cloud-hypervisor]
@@ -98,8 +98,8 @@ export async function vmCommand(argv: string[], io: CommandIO): Promise<number> 
         const env = parseEnv(values.env);
         const vm = await client.createVm({
           image: image as string,
-          ...(values.cpus ? { cpus: parseNonNegativeInt(values.cpus, '--cpus') } : {}),
-          ...(values.memory ? { memoryMiB: parseMemoryMiB(values.memory) } : {}),
+          ...(values.cpus ? { cpus: parseCpus(values.cpus) } : {}),
+          ...(values.memory ? { memoryMiB: parseVmMemoryMiB(values.memory) } : {}),
           ...(env ? { env } : {}),
           ...(values.net ? { net: values.net as 'none' | 'user' } : {}),
           ...(values.vmm ? { vmm: values.vmm as 'qemu' | 'cloud-hypervisor' } : {}),

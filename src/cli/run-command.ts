@@ -15,7 +15,7 @@ import { driverFor, parseVmmName } from '../vmm/drivers.js';
 import { renderWaterfall, type TimingRecord } from './waterfall.js';
 import type { VmmDriver } from '../vmm/driver.js';
 import type { DiskSpec } from '../vmm/driver.js';
-import { parseCommand, parseEnv, parseMemoryMiB, parseNet, parseNonNegativeInt, type CommandIO, type CommandSpec } from './args.js';
+import { parseCommand, parseCpus, parseEnv, parseNet, parseVmMemoryMiB, type CommandIO, type CommandSpec } from './args.js';
 import { daemonClient, daemonConfigured } from './daemon-commands.js';
 import type { CreateVm, SlipwayClient } from '../client/index.js';
 
@@ -89,10 +89,8 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
   if (!ref === !values.disk) throw new SlipwayError('USAGE', `run: name either an image reference or --disk <raw-file>\nusage: ${USAGE}`);
   // a raw disk is checked before anything starts (a missing file is FILE_NOT_FOUND, not a VMM that exits)
   if (values.disk !== undefined) await checkImageFile(values.disk);
-  const cpus = values.cpus ? parseNonNegativeInt(values.cpus, '--cpus') : 1;
-  if (cpus < 1 || cpus > 64) throw new SlipwayError('INVALID_ARGUMENT', `--cpus must be 1 to 64 (got ${cpus})`);
-  const memoryMiB = values.memory ? parseMemoryMiB(values.memory) : 512;
-  if (memoryMiB < 64) throw new SlipwayError('INVALID_ARGUMENT', `--memory must be at least 64M (got ${values.memory})`);
+  const cpus = values.cpus ? parseCpus(values.cpus) : 1;
+  const memoryMiB = values.memory ? parseVmMemoryMiB(values.memory) : 512;
   const env = parseEnv(values.env);
   const net = parseNet(values.net);
   // with a daemon running (or named), an image runs there: its cache is warm and shared

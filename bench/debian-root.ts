@@ -18,21 +18,23 @@ export function debianCloudKernel(): { version: string; vmlinuz: string; initrd:
   return { version, vmlinuz: join('/boot', v), initrd: join('/boot', `initrd.img-${version}`) };
 }
 
-/** Files recorded from the image (bench/storage-path.ts's trace): they go when the image is built anew. */
-export const SYSTEMD_IMAGE_DERIVED = ['debian-boot-reads.txt'];
+/** The debootstrap root's image (systemdRoot builds it). */
+export const SYSTEMD_IMAGE_PATH = join(BENCH_DIR, 'debian-systemd-v2.img');
+/** The reads of one boot of that image (bench/storage-path.ts records it): removed when the image is built anew. */
+export const SYSTEMD_TRACE_PATH = join(BENCH_DIR, 'debian-boot-reads.txt');
 
 /**
  * The debootstrap root as a 1 GiB ext4 image (built once, a few minutes, from deb.debian.org),
  * with `agent` (slipway-agent's path) started by systemd and the cloud kernel's modules. Building
- * it removes what was recorded from an earlier image (SYSTEMD_IMAGE_DERIVED).
+ * it removes the trace recorded from an earlier image (SYSTEMD_TRACE_PATH).
  */
 export async function systemdRoot(agent: string): Promise<string> {
-  const img = join(BENCH_DIR, 'debian-systemd-v2.img');
+  const img = SYSTEMD_IMAGE_PATH;
   if (existsSync(img)) return img;
   // the kernel's modules go into the root: fail before minutes of debootstrap, not after
   const { version } = debianCloudKernel();
   mkdirSync(BENCH_DIR, { recursive: true });
-  for (const f of SYSTEMD_IMAGE_DERIVED) rmSync(join(BENCH_DIR, f), { force: true });
+  rmSync(SYSTEMD_TRACE_PATH, { force: true });
   const root = join(BENCH_DIR, 'debian-systemd-root');
   rmSync(root, { recursive: true, force: true });
   try {

@@ -16,7 +16,6 @@
  * and docker-registry to push the image into, as the benchmarks do).
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { SPECULATION_WINDOWS, Speculation, type SpeculationWindows } from '../src/cache/fetch-ahead.js';
 import { planRuns } from '../src/cache/remote-tier.js';
 import { main as cli } from '../src/cli/main.js';
@@ -25,10 +24,10 @@ import { HOLE, type ChunkIndex, type IndexEntry } from '../src/disk/format.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import { startRegistry } from '../test/helpers/registry.js';
-import { BENCH_DIR } from './lib.js';
+import { SYSTEMD_IMAGE_PATH, SYSTEMD_TRACE_PATH } from './debian-root.js';
 
-const IMAGE = join(BENCH_DIR, 'debian-systemd-v2.img');
-const TRACE = join(BENCH_DIR, 'debian-boot-reads.txt');
+const IMAGE = SYSTEMD_IMAGE_PATH;
+const TRACE = SYSTEMD_TRACE_PATH;
 const pair = (name: string, dflt: [number, number]): [number, number] => {
   const v = process.env[name]?.split(',').map(Number);
   return v && v.length === 2 && v.every((x) => Number.isFinite(x) && x >= 0) ? [v[0] as number, v[1] as number] : dflt;

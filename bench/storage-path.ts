@@ -43,11 +43,11 @@ import { serveDisk, type PrefetchMode } from '../src/serve/backend.js';
 import { silentLogger } from '../src/util/log.js';
 import { QemuDriver } from '../src/vmm/qemu.js';
 import { startRegistry } from '../test/helpers/registry.js';
-import { BENCH_DIR, report, startDelayProxy, type Row, vubFrontend } from './lib.js';
-import { debianCloudKernel, systemdRoot } from './debian-root.js';
+import { report, startDelayProxy, type Row, vubFrontend } from './lib.js';
+import { debianCloudKernel, systemdRoot, SYSTEMD_TRACE_PATH } from './debian-root.js';
 
 const FRONTEND = join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'vub-frontend');
-const TRACE = join(BENCH_DIR, 'debian-boot-reads.txt');
+const TRACE = SYSTEMD_TRACE_PATH;
 /** The Debian systemd root whose boot is replayed (built once, as bench/boot.ts builds it). */
 const SYSTEMD_IMAGE = await systemdRoot((await buildGuest()).agent);
 

@@ -16,7 +16,7 @@
  * and docker-registry to push the image into, as the benchmarks do).
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { SPECULATION_WINDOWS, Speculation, type SpeculationWindows } from '../src/cache/fetch-ahead.js';
+import { DENSE_REGION_BOUNDS, DenseRegions, SPECULATION_WINDOWS, Speculation, type DenseRegionBounds, type SpeculationWindows } from '../src/cache/fetch-ahead.js';
 import { planRuns } from '../src/cache/remote-tier.js';
 import { main as cli } from '../src/cli/main.js';
 import { openDiskArtifact } from '../src/disk/artifact.js';
@@ -42,9 +42,19 @@ interface Outcome {
   storedBytes: number;
 }
 
-/** Replay `reads` ([offset, length] in bytes) against `index` with speculation windows `w`. */
-function replay(index: ChunkIndex, reads: [number, number][], w: SpeculationWindows): Outcome {
+/** The dense-region fill off: speculation windows alone. */
+const NO_DENSE: DenseRegionBounds = { misses: 0, reach: 0, margin: 0 };
+/** A dense region's guesses go in requests of at most this many bytes (lazy-disk.ts's SMALL_RUN_BYTES). */
+const FILL_RUN_BYTES = 1 << 20;
+
+/**
+ * Replay `reads` ([offset, length] in bytes) against `index` with speculation windows `w` and
+ * dense regions `dense` (whose guesses the model takes as local at once: an upper bound on what
+ * they save).
+ */
+function replay(index: ChunkIndex, reads: [number, number][], w: SpeculationWindows, dense: DenseRegionBounds): Outcome {
   const spec = new Speculation(w);
+  const regions = new DenseRegions(dense);
   const local = new Set<number>(); // entries
   const out: Outcome = { misses: 0, requests: 0, storedBytes: 0 };
   const cs = index.chunkSizeBytes;
@@ -65,6 +75,19 @@ function replay(index: ChunkIndex, reads: [number, number][], w: SpeculationWind
         out.storedBytes += run.length;
       }
       for (const x of wanted) local.add(x.entry);
+      const span = regions.onMiss(n, index.chunkCount);
+      if (!span) continue;
+      const fill: { entry: number; chunk: number }[] = [];
+      for (let m = span.from; m <= span.to; m++) {
+        const g = index.map[m] as number;
+        if (g === HOLE || local.has(g) || fill.some((x) => x.entry === g)) continue;
+        fill.push({ entry: g, chunk: m });
+      }
+      for (const run of planRuns(index, fill, FILL_RUN_BYTES)) {
+        out.requests++;
+        out.storedBytes += run.length;
+      }
+      for (const x of fill) local.add(x.entry);
     }
   }
   return out;
@@ -80,18 +103,24 @@ async function main(): Promise<void> {
     const ref = `${registry.host}/bench/model:v1`;
     if (await cli(['push', IMAGE, ref, '--progress=none'], { stdout: process.stderr, stderr: process.stderr }) !== 0) throw new Error('push failed');
     const { index } = await openDiskArtifact(await targets.open(parseRef(ref)), 'v1');
-    const policies: [string, SpeculationWindows][] = [
-      ['none (demand only)', { min: 0, max: 0, back: 0 }],
-      [`the disks' own: ${SPECULATION_WINDOWS.min} ahead doubling to ${SPECULATION_WINDOWS.max}, ${SPECULATION_WINDOWS.back} behind`, SPECULATION_WINDOWS],
+    const d = DENSE_REGION_BOUNDS;
+    const policies: [string, SpeculationWindows, DenseRegionBounds][] = [
+      ['none (demand only)', { min: 0, max: 0, back: 0 }, NO_DENSE],
+      [`the disks' own: ${SPECULATION_WINDOWS.min} ahead doubling to ${SPECULATION_WINDOWS.max}, ${SPECULATION_WINDOWS.back} behind; dense regions of ${d.misses} misses within ${d.reach} chunks, ${d.margin} of margin`, SPECULATION_WINDOWS, d],
+      [`the same windows, no dense regions`, SPECULATION_WINDOWS, NO_DENSE],
     ];
-    for (const [min, max, back] of [[2, 8, 1], [8, 16, 0], [8, 16, 1], [8, 32, 0], [8, 32, 1], [8, 32, 2], [12, 24, 1], [16, 32, 0], [16, 32, 1], [16, 64, 1]] as const) {
-      policies.push([`${min} ahead doubling to ${max}, ${back} behind`, { min, max, back }]);
+    for (const [min, max, back] of [[4, 16, 0], [2, 8, 1], [8, 32, 0], [8, 32, 1]] as const) {
+      policies.push([`${min} ahead doubling to ${max}, ${back} behind`, { min, max, back }, NO_DENSE]);
+      policies.push([`${min} ahead doubling to ${max}, ${back} behind; dense regions as the disks'`, { min, max, back }, d]);
+    }
+    for (const [misses, reach, margin] of [[2, 12, 4], [3, 12, 4], [3, 16, 8], [3, 24, 4], [4, 16, 4]] as const) {
+      policies.push([`the disks' windows; dense regions of ${misses} misses within ${reach} chunks, ${margin} of margin`, SPECULATION_WINDOWS, { misses, reach, margin }]);
     }
     console.log(`\n## first boot without a profile, modelled: ${reads.length} reads, ${bootBytes} bytes; a miss costs ${MISS_MS[0]} / ${MISS_MS[1]} ms over a replay of ${BASE_MS[0]} / ${BASE_MS[1]} ms (0 / 20 ms per request)\n`);
     console.log('| speculation | misses | requests | fetched / read | 0 ms: model ms | ratio | 20 ms: model ms | ratio |');
     console.log('|---|---|---|---|---|---|---|---|');
-    for (const [name, w] of policies) {
-      const o = replay(index, reads, w);
+    for (const [name, w, dense] of policies) {
+      const o = replay(index, reads, w, dense);
       const t = [0, 1].map((i) => (BASE_MS[i] as number) + o.misses * (MISS_MS[i] as number));
       const cells = t.flatMap((ms, i) => [String(Math.round(ms)), (ms / (PEER_MS[i] as number)).toFixed(3)]);
       console.log(`| ${name} | ${o.misses} | ${o.requests} | ${(o.storedBytes / bootBytes).toFixed(2)} | ${cells.join(' | ')} |`);

@@ -214,7 +214,7 @@ async function main(): Promise<void> {
     // SLIPWAY_BENCH_ONLY=profile runs just the trace-profiled cold replay at 0 ms (for profiling the
     // daemon); =cold the cold rows without the warm ones; =speculation none / speculation / speculation
     // while recording, twice at each delay (what speculation and recording cost); =recording one
-    // recording replay at 0 ms
+    // recording replay at 0 ms; =first the peer and the default first boot (host 1) alone, at each delay
     const only = process.env.SLIPWAY_BENCH_ONLY;
     const row = (name: string, r: { ms: number; fetched: number; requests: number; speculated: number; speculatedRead: number | string; cpuMs: number; load: string }, peer: number): Row => ({
       name, ms: Math.round(r.ms), ratio: (r.ms / peer).toFixed(3), fetchedBytes: r.fetched, fetchedPerRead: (r.fetched / bootBytes).toFixed(2), requests: r.requests,
@@ -223,7 +223,7 @@ async function main(): Promise<void> {
     // SLIPWAY_BENCH_RUNS=n: the cold rows n times over (each run on fresh copies of the disk); each
     // row then reports its median time and its median ratio to the peer of the same run, and the
     // ratio of every run (a loaded machine moves whole runs by 1.5x)
-    const runs = only === undefined || only === 'cold' ? Math.max(1, Number(process.env.SLIPWAY_BENCH_RUNS ?? 1)) : 1;
+    const runs = only === undefined || only === 'cold' || only === 'first' ? Math.max(1, Number(process.env.SLIPWAY_BENCH_RUNS ?? 1)) : 1;
     const perRun: Row[][] = [];
     for (let run = 0; run < runs; run++) for (const delayMs of only === 'profile' || only === 'recording' ? [0] : [0, 20]) {
       const proxy = await startDelayProxy(registry.host, delayMs);
@@ -254,6 +254,12 @@ async function main(): Promise<void> {
           continue;
         }
         const { ms: peer, load: peerLoad } = await peerCold(proxy.host);
+        const peerRow: Row = { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '', fetchedPerRead: '', requests: '', speculatedChunks: '', speculatedRead: '', hostCpuMs: '', load: peerLoad };
+        const defaultName = `${delayMs} ms: slipway-blk, no profile, --prefetch profile (default; host 1, records the profile)`;
+        if (only === 'first') {
+          (perRun[run] ??= []).push(peerRow, row(defaultName, await slipwayCold(proxy.host, repo, 'profile', true), peer));
+          continue;
+        }
         const none = await slipwayCold(proxy.host, repo, 'none', false);
         const first = await slipwayCold(proxy.host, repo, 'profile', true);
         if (first.stored === 0) throw new Error('host 1 stored no boot profile');
@@ -269,9 +275,9 @@ async function main(): Promise<void> {
         // whatever runs next (it ran second once and slowed host 1 by 1.5x)
         const all = await slipwayCold(proxy.host, `${repo}-all`, 'all', false);
         (perRun[run] ??= []).push(
-          { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '', fetchedPerRead: '', requests: '', speculatedChunks: '', speculatedRead: '', hostCpuMs: '', load: peerLoad },
+          peerRow,
           row(`${delayMs} ms: slipway-blk, no profile, --prefetch none (demand only)`, none, peer),
-          row(`${delayMs} ms: slipway-blk, no profile, --prefetch profile (default; host 1, records the profile)`, first, peer),
+          row(defaultName, first, peer),
           row(`${delayMs} ms: slipway-blk, no profile, --prefetch all`, all, peer),
           row(`${delayMs} ms: slipway-blk, profile recorded by host 1 (${first.stored} chunks), host 2`, second, peer),
           row(`${delayMs} ms: upper bound: slipway-blk, profile built from the trace (${order.length} chunks)`, bound, peer),
@@ -284,6 +290,7 @@ async function main(): Promise<void> {
     rows.push(...mergeRuns(perRun));
     if (only === 'profile') return report('profiled cold replay only', rows, 'storage-path-profile');
     if (only === 'speculation' || only === 'recording') return report('speculation alone', rows, 'storage-path-speculation');
+    if (only === 'first') return report(`first boots without a profile only (${lines.length} reads, ${bootBytes} bytes)`, rows, 'storage-path-first');
     if (only === 'cold') return report(`cold replays only (${lines.length} reads, ${bootBytes} bytes)`, rows, 'storage-path-cold');
     // warm: every chunk local, against a local file
     const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'warm-')) }), logger: silentLogger });

@@ -13,6 +13,7 @@ import type { LazyDisk } from '../src/cache/lazy-disk.js';
 import { main } from '../src/cli/main.js';
 import { loadConfig } from '../src/config.js';
 import type { IndexEntry } from '../src/disk/format.js';
+import { DENSE_REGION_BOUNDS, SPECULATION_WINDOWS } from '../src/cache/fetch-ahead.js';
 import { silentLogger } from '../src/util/log.js';
 import { captureIO } from './helpers/cli.js';
 import { within } from './helpers/cache-checks.js';
@@ -133,20 +134,21 @@ describe('speculative fetch', () => {
     // one request, not one for the miss and more for its guesses: none was held
     expect(gate.requests).toHaveLength(1);
     expect(gate.requests[0]?.held).toBe(false);
-    // it carried the guesses (a new stream: the four chunks after it), the missed chunk first
-    expect(disk.stats.speculatedChunks).toBe(4);
+    // it carried the guesses (a new stream: the first window's chunks after it), the missed chunk first
+    const w = SPECULATION_WINDOWS.min;
+    expect(disk.stats.speculatedChunks).toBe(w);
     const [from, to] = bounds(gate.requests[0] as GatedRequest);
     expect(from).toBe(want.start);
-    expect(to).toBeGreaterThanOrEqual(span(m + 4).end);
+    expect(to).toBeGreaterThanOrEqual(span(m + w).end);
     // kept as they came, undecoded, until read: no file yet
-    const guesses = [m + 1, m + 2, m + 3, m + 4];
-    expect(cache.stats().guesses).toMatchObject({ held: 4, parked: 4, taken: 0 });
+    const guesses = Array.from({ length: w }, (_, i) => m + 1 + i);
+    expect(cache.stats().guesses).toMatchObject({ held: w, parked: w, taken: 0 });
     for (const n of guesses) expect(existsSync(cache.chunkPath(chunkHexOf(disk, n)))).toBe(false);
     const remote = cache.stats().remote.requests;
     const image = readFileSync(join(work, 'disk.img'));
     for (const n of guesses) expect((await disk.readChunk(n)).equals(image.subarray(n * CHUNK, (n + 1) * CHUNK))).toBe(true);
     // each decoded (and verified) when read, and kept in tier 1 then; no request more
-    expect(cache.stats().guesses).toMatchObject({ held: 0, taken: 4 });
+    expect(cache.stats().guesses).toMatchObject({ held: 0, taken: w });
     for (const n of guesses) expect(existsSync(cache.chunkPath(chunkHexOf(disk, n)))).toBe(true);
     expect(cache.stats().remote.requests).toBe(remote);
     expect(gate.requests).toHaveLength(1);
@@ -192,15 +194,61 @@ describe('speculative fetch', () => {
       if (disk.stats.tier0Chunks + disk.stats.tier1Chunks + disk.stats.guessChunks === local) missed.push(n);
       await disk.settle();
     }
-    // each miss past a window doubles it (4, 8, 16, then 16 at most): far fewer misses than reads
-    expect(missed).toEqual([0, 5, 14, 31, 48]);
+    // each miss past a window doubles it (8, 16, then 16 at most): far fewer misses than reads
+    // (and too far apart for a dense region)
+    expect(missed).toEqual([0, 9, 26, 43, 60]);
     // what was fetched beyond the reads is at most one window
     const fetched = cache.stats().remote.chunks + cache.stats().remote.guesses;
     expect(fetched).toBeGreaterThan(64);
-    expect(fetched).toBeLessThanOrEqual(64 + 16);
+    expect(fetched).toBeLessThanOrEqual(64 + SPECULATION_WINDOWS.max);
     // the profile is what was read, in order: the guesses past chunk 63, never read, are not in it
     const saved = await disk.saveProfile();
     expect(saved?.chunks).toBe(64);
     expect(disk.stats.speculatedRead).toBe(64 - missed.length);
+  }, 60_000);
+
+  it('fetches a dense region as guesses once misses lie close together, in requests of their own that never delay a demand miss', async () => {
+    // three misses within the reach: 40, 60 (a new stream), 50 (in the first one's window)
+    const misses = [40, 60, 50];
+    const a = 200;
+    const probeCache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-dense-probe-') }), logger: silentLogger });
+    const probe = await probeCache.openDisk(`${registry.host}/spec/disk:v1`, { useProfile: false, pin: false });
+    const startOf = (n: number): string => `bytes=${(probe.artifact.index.entries[probe.artifact.index.map[n] as number] as IndexEntry).offset}-`;
+    const passing = [...misses, a].map(startOf);
+    const regionStart = startOf(40 - DENSE_REGION_BOUNDS.margin);
+    await probeCache.close();
+    // requests that start at a missed chunk (it and the guesses riding along) or at A pass; the rest are held
+    const gate = await startGateProxy(registry.host, (r) => passing.some((p) => (r.range ?? '').startsWith(p)));
+    const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-dense-') }), logger: silentLogger });
+    const disk = await cache.openDisk(`${gate.host}/spec/disk:v1`, { useProfile: false, speculate: true });
+    cleanups.push(async () => {
+      gate.open();
+      await cache.close();
+      await gate.stop();
+    });
+    for (const n of misses.slice(0, 2)) await within(10_000, disk.readChunk(n), `the read of chunk ${n}`);
+    // two misses: nothing but the misses and the guesses riding along with them
+    expect(gate.requests.filter((r) => r.held)).toHaveLength(0);
+    await within(10_000, disk.readChunk(misses[2] as number), 'the third read');
+    // the third makes the region dense: its chunks not yet local or in flight (the margin before
+    // the first miss among them) are asked for in requests of their own, held at the gate
+    const fill = await within(10_000, gate.arrived((r) => r.held && (r.range ?? '').startsWith(regionStart)), "the dense region's request");
+    expect(fill.held).toBe(true);
+    // a demand miss elsewhere goes out at once and is answered while the region is still held
+    const read = disk.readChunk(a);
+    const got = await within(10_000, gate.arrived((r) => (r.range ?? '').startsWith(startOf(a))), "chunk A's request");
+    expect(got.held).toBe(false);
+    expect((await within(10_000, read, 'the read of chunk A')).byteLength).toBe(CHUNK);
+    gate.open();
+    await disk.settle();
+    // the region's chunks came as guesses, undecoded (no file) until read; reading one makes no request
+    const before = cache.stats().remote.requests;
+    const m = 40 - DENSE_REGION_BOUNDS.margin;
+    expect(existsSync(cache.chunkPath(chunkHexOf(disk, m)))).toBe(false);
+    expect(cache.stats().guesses.held).toBeGreaterThanOrEqual(DENSE_REGION_BOUNDS.margin);
+    const image = readFileSync(join(work, 'disk.img'));
+    expect((await disk.readChunk(m)).equals(image.subarray(m * CHUNK, (m + 1) * CHUNK))).toBe(true);
+    expect(cache.stats().remote.requests).toBe(before);
+    expect(existsSync(cache.chunkPath(chunkHexOf(disk, m)))).toBe(true);
   }, 60_000);
 });

@@ -67,6 +67,12 @@ export interface GetChunksOptions {
    * missed chunk decoded first). Chunks among them that are local or in flight are left out.
    */
   alongside?: (fetching: ChunkWant[]) => ChunkWant[];
+  /**
+   * The chunks this call fetches itself are guesses (a dense region's, fetch-ahead.ts): kept as
+   * they come, undecoded, unless a reader joins one first; their buffers are empty. Only with
+   * priority 'prefetch' and `fileOnly`.
+   */
+  guesses?: boolean;
   /** Background work of this call (fetches, waits on other processes, whole packs kept): a disk's close waits for it. */
   track: (work: Promise<unknown>) => void;
 }

@@ -137,6 +137,8 @@ export class ChunkFetcher {
     const mine = new Map<number, Owned>();
     // tier 0 keeps bytes: a call that fills it wants them
     const fileOnly = opts.fileOnly === true && !opts.intoMemory;
+    if (opts.guesses && (!fileOnly || opts.priority !== 'prefetch')) throw new SlipwayError('INVALID_ARGUMENT', 'guesses are fetched at prefetch priority, for tier 1 only');
+    const guesses = opts.guesses === true;
     /** where a chunk's bytes go once they come (from its tier-1 file when only that was written) */
     const settle = (i: number, w: ChunkWant) => (b: Buffer): Promise<void> | void => {
       if (b !== NO_BYTES || fileOnly) {
@@ -196,7 +198,7 @@ export class ChunkFetcher {
         continue;
       }
       const o = this.#startFlight(w, opts.priority, !fileOnly);
-      mine.set(w.entry, o);
+      mine.set(w.entry, guesses ? { ...o, guess: true } : o);
       waits.push(o.d.promise.then(settle(i, w)));
     }
     if (mine.size > 0 && opts.alongside) {

@@ -46,16 +46,17 @@ export class ReadAhead {
 /**
  * Speculation on a demand miss: the chunks around the missed one in the same pack, fetched in the
  * miss's own request and kept undecoded until read (chunk-fetcher.ts). A miss starts a stream: a
- * window of SPECULATE_MIN_CHUNKS after it (2 MiB at the default 512 KiB chunk) and
+ * window of SPECULATE_MIN_CHUNKS after it (4 MiB at the default 512 KiB chunk) and
  * SPECULATE_BACK_CHUNKS before it; a miss at or just past where a stream's speculation ended (the
  * guest read on through it) doubles that stream's window, up to SPECULATE_MAX_CHUNKS. Chosen on
- * the Debian systemd boot trace (bench/storage-path.ts, 126 data chunks read) by simulation, then
- * measured side by side at 0 and 20 ms per request, once guesses rode along and stayed undecoded:
- * (4, 16, none back) took about 63 misses for 1.6x the bytes the boot read and was about 8% faster
- * at both delays than (2, 8, 1 back: 67 misses, 1.4x) and (8, 8, none back: 61 misses, 1.7x). No
- * chunk before the miss: it would come first in the request's body, ahead of the missed chunk.
+ * the Debian systemd boot trace (bench/storage-path.ts, 124 data chunks read) by simulation
+ * (bench/miss-model.ts), then measured side by side at 0 and 20 ms per request: alone, (4, 16,
+ * none back) took about 63 misses for 1.6x the bytes the boot read and was about 8% faster at both
+ * delays than (2, 8, 1 back: 67 misses, 1.4x) and (8, 8, none back: 61 misses, 1.7x); with dense
+ * regions (below), (8, 16, none back) takes 42 misses for 1.9x, and (4, 16) 48 for 1.9x. No chunk
+ * before the miss: it would come first in the request's body, ahead of the missed chunk.
  */
-const SPECULATE_MIN_CHUNKS = 4;
+const SPECULATE_MIN_CHUNKS = 8;
 const SPECULATE_MAX_CHUNKS = 16;
 /** A new stream also fetches this many chunks before the missed one. */
 const SPECULATE_BACK_CHUNKS = 0;
@@ -114,6 +115,60 @@ export class Speculation {
     for (let m = start; m < end; m++) candidates.push(m);
     if (fresh) for (let m = Math.max(0, n - this.windows.back); m < n; m++) candidates.push(m);
     return candidates;
+  }
+}
+
+/**
+ * Dense regions: a boot reads the files of a package, a directory or a library set, and a file
+ * system lays those out together, so where a first boot has missed several times close together
+ * it will miss again. When a demand miss at chunk `n` makes DENSE_MISSES misses (it included)
+ * within DENSE_REACH_CHUNKS of it, the whole span they cover, widened by DENSE_MARGIN_CHUNKS on
+ * each side, is fetched as guesses: in requests of their own, at prefetch priority (never ahead
+ * of a demand miss), kept undecoded until read (parked-guesses.ts). Each later miss in the region
+ * widens it the same way. Chosen on the Debian systemd boot trace (bench/storage-path.ts) with
+ * bench/miss-model.ts, together with the windows above: without dense regions (4 doubling to 16)
+ * the boot missed 63 times for 1.64x the bytes it read; with them and 8 doubling to 16, 42 misses
+ * for 1.88x (3 misses within 16 chunks, 4 chunks of margin; 2 within 12 gave 40 for 1.99x, 3
+ * within 24 gave 36 for 2.23x, past what speculation may cost). Measured, at 20 ms per request the
+ * first boot went from 0.31x the peer to 0.25x, at 0 ms from 0.68x to 0.63x (docs/benchmarks.md).
+ * A region's guesses go in requests of up to PROFILE_RUN_BYTES (4 MiB: fewer requests, each of
+ * which costs the registry CPU, were 7% faster at 0 ms than 1 MiB ones).
+ */
+const DENSE_MISSES = 3;
+const DENSE_REACH_CHUNKS = 16;
+const DENSE_MARGIN_CHUNKS = 4;
+/** Misses remembered for it (a boot misses a few dozen times; older ones are forgotten first). */
+const DENSE_HISTORY = 64;
+
+/** A dense-region policy's bounds, in misses and chunks (bench/miss-model.ts compares them). */
+export interface DenseRegionBounds {
+  misses: number;
+  reach: number;
+  margin: number;
+}
+
+/** The bounds a disk fills dense regions with (see above for how they were chosen); `misses: 0` turns it off. */
+export const DENSE_REGION_BOUNDS: DenseRegionBounds = { misses: DENSE_MISSES, reach: DENSE_REACH_CHUNKS, margin: DENSE_MARGIN_CHUNKS };
+
+/** Where the demand misses of one disk have been dense: the spans to fill as guesses. */
+export class DenseRegions {
+  #misses: number[] = [];
+
+  constructor(private readonly bounds: DenseRegionBounds = DENSE_REGION_BOUNDS) {}
+
+  /**
+   * A demand read had to go to a registry for chunk `n` (of `chunkCount`): the chunks
+   * [from, to] to fetch as guesses, or undefined when the misses near it are not dense yet. The
+   * caller leaves out holes and chunks local or in flight (a span asked for before is mostly
+   * either by now).
+   */
+  onMiss(n: number, chunkCount: number): { from: number; to: number } | undefined {
+    this.#misses.push(n);
+    if (this.#misses.length > DENSE_HISTORY) this.#misses.shift();
+    if (this.bounds.misses <= 0) return undefined;
+    const near = this.#misses.filter((m) => Math.abs(m - n) <= this.bounds.reach);
+    if (near.length < this.bounds.misses) return undefined;
+    return { from: Math.max(0, Math.min(...near) - this.bounds.margin), to: Math.min(chunkCount - 1, Math.max(...near) + this.bounds.margin) };
   }
 }
 

@@ -14,7 +14,7 @@ import type { Priority } from '../util/semaphore.js';
 import { forEachBounded } from '../util/concurrency.js';
 import { pushBootProfile, writeLocalProfile, type BootProfile } from './boot-profile.js';
 import type { ChunkWant, DiskChunkCache } from './cache-types.js';
-import { planProfileRuns, PROFILE_GAP_BYTES, PROFILE_RUN_BYTES, ReadAhead, Speculation } from './fetch-ahead.js';
+import { DenseRegions, planProfileRuns, PROFILE_GAP_BYTES, PROFILE_RUN_BYTES, ReadAhead, Speculation } from './fetch-ahead.js';
 import { ProfileRecorder } from './profile-recorder.js';
 import { MAX_COALESCE_GAP_BYTES, planRuns, type Source } from './remote-tier.js';
 
@@ -94,6 +94,7 @@ export class LazyDisk {
   private pinHolder: string | undefined;
   private readonly readAheadPlan = new ReadAhead();
   private readonly speculationPlan = new Speculation();
+  private readonly densePlan = new DenseRegions();
   private readonly recorder = new ProfileRecorder();
   private hexByEntry: (string | undefined)[] = [];
   private closed = false;
@@ -260,6 +261,29 @@ export class LazyDisk {
     this.track(this.getChunks(wanted, 'prefetch', false, SMALL_RUN_BYTES, undefined, true).catch(() => undefined));
   }
 
+  /**
+   * A demand read had to go to a registry for chunk `n`: if the misses around it are dense
+   * (`DenseRegions`), fetch the region's chunks not local or in flight as guesses, in requests
+   * of their own at prefetch priority (under the per-host bound that keeps connections for
+   * demand), kept undecoded until read; counted with speculation's.
+   */
+  private fillDenseRegion(n: number): void {
+    if (this.stopping) return;
+    const { index } = this.artifact;
+    const span = this.densePlan.onMiss(n, index.chunkCount);
+    if (!span) return;
+    const wanted: number[] = [];
+    for (let m = span.from; m <= span.to; m++) {
+      const e = index.map[m] as number;
+      if (e === HOLE || this.cache.isLocalOrFetching(this.hexOf(e))) continue;
+      wanted.push(m);
+    }
+    if (wanted.length === 0) return;
+    this.stats.speculatedChunks += wanted.length;
+    if (this.recordingProfile) this.recorder.noteGuesses(wanted.map((m) => ({ hex: this.hexOf(index.map[m] as number), chunk: m })));
+    this.track(this.getChunks(wanted, 'prefetch', false, PROFILE_RUN_BYTES, PROFILE_GAP_BYTES, true, true).catch(() => undefined));
+  }
+
   /** Hex digest of an entry, computed once (it keys tier 0 and tier 1). */
   private hexOf(e: number): string {
     let hex = this.hexByEntry[e];
@@ -296,7 +320,7 @@ export class LazyDisk {
    * chunks it reads for a profile being recorded, the ones it had to fetch for a profile being
    * refined, and speculates around the last chunk it had to fetch, once its own fetch is asked for.
    */
-  async getChunks(numbers: number[], priority: Priority, intoMemory: boolean, maxRunBytes?: number, maxGapBytes?: number, fileOnly = false): Promise<Buffer[]> {
+  async getChunks(numbers: number[], priority: Priority, intoMemory: boolean, maxRunBytes?: number, maxGapBytes?: number, fileOnly = false, guesses = false): Promise<Buffer[]> {
     if (this.closed) throw new SlipwayError('ABORTED', `disk ${this.reference} is closed`);
     const { index } = this.artifact;
     const results: Buffer[] = new Array(numbers.length);
@@ -329,6 +353,7 @@ export class LazyDisk {
       fileOnly,
       maxRunBytes,
       maxGapBytes,
+      guesses,
       tally: this.stats,
       track: (p) => this.track(p),
       onMiss: priority !== 'demand' ? undefined : (w) => {
@@ -354,6 +379,7 @@ export class LazyDisk {
     // a miss that only joined fetches in flight: the guesses go in requests of their own, after
     // the demand fetch (which holds its connection before speculation asks for one)
     if (missed >= 0 && !folded) this.speculate(missed);
+    if (missed >= 0) this.fillDenseRegion(missed);
     const chunks = await got;
     for (let k = 0; k < chunks.length; k++) results[at[k] as number] = chunks[k] as Buffer;
     return results;

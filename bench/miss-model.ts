@@ -8,9 +8,10 @@
  * the requests, the stored bytes fetched against the bytes the boot read (the issue's bound: at
  * most 2x), and the replay time the model predicts: the upper-bound replay's time (every chunk
  * prefetched in boot order) plus one round trip per miss, both measured by storage-path.ts:
- * `SLIPWAY_MODEL_BASE_MS` (default 675,769: the upper bound at 0 and 20 ms per request) and
- * `SLIPWAY_MODEL_MISS_MS` (default 20,40: (the default row's time - the upper bound) / its misses),
- * against `SLIPWAY_MODEL_PEER_MS` (default 3116,9024: the peer in the same run).
+ * `SLIPWAY_MODEL_BASE_MS` (default 324,363: the upper bound at 0 and 20 ms per request) and
+ * `SLIPWAY_MODEL_MISS_MS` (default 13,34: (the default row's time - the upper bound) / its misses),
+ * against `SLIPWAY_MODEL_PEER_MS` (default 1385,7102: the peer in the same run; storage-path's run
+ * of 2026-12-01 11:42 UTC, docs/benchmarks.md).
  *
  * `npx tsx bench/miss-model.ts` (needs the image and trace storage-path.ts recorded in BENCH_DIR,
  * and docker-registry to push the image into, as the benchmarks do).
@@ -32,9 +33,9 @@ const pair = (name: string, dflt: [number, number]): [number, number] => {
   const v = process.env[name]?.split(',').map(Number);
   return v && v.length === 2 && v.every((x) => Number.isFinite(x) && x >= 0) ? [v[0] as number, v[1] as number] : dflt;
 };
-const BASE_MS = pair('SLIPWAY_MODEL_BASE_MS', [675, 769]);
-const MISS_MS = pair('SLIPWAY_MODEL_MISS_MS', [20, 40]);
-const PEER_MS = pair('SLIPWAY_MODEL_PEER_MS', [3116, 9024]);
+const BASE_MS = pair('SLIPWAY_MODEL_BASE_MS', [324, 363]);
+const MISS_MS = pair('SLIPWAY_MODEL_MISS_MS', [13, 34]);
+const PEER_MS = pair('SLIPWAY_MODEL_PEER_MS', [1385, 7102]);
 
 interface Outcome {
   misses: number;

@@ -164,7 +164,7 @@ async function main(): Promise<void> {
      * closes. Bytes fetched are counted once the replay is done and background work has settled
      * (for `all`, only what was fetched by then: the fill is stopped by the close).
      */
-    const slipwayCold = async (host: string, repo: string, prefetch: PrefetchMode, record: boolean, tag = 'v1'): Promise<{ ms: number; fetched: number; requests: number; profileChunks: number; speculated: number; speculatedRead: number | string; stored: number; cpuMs: number; load: string }> => {
+    const slipwayCold = async (host: string, repo: string, prefetch: PrefetchMode, record: boolean, tag = 'v1'): Promise<{ ms: number; fetched: number; requests: number; profileChunks: number; speculated: number; speculatedRead: number | string; region: string; stored: number; cpuMs: number; load: string }> => {
       const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: mkdtempSync(join(work, 'cache-')) }), logger: silentLogger });
       // the daemon and `slipway serve` start their decode threads (and make tier 1's directories)
       // when they start, not when the first disk opens
@@ -190,7 +190,7 @@ async function main(): Promise<void> {
         const { bytes: fetched, requests } = cache.stats().remote;
         // storing the profile (at close) tells which guesses the boot read
         if (record) await served.close();
-        return { ms: r.ms as number, fetched, requests, profileChunks: st.profileChunks, speculated: st.speculatedChunks, speculatedRead: record ? st.speculatedRead : '', cpuMs: (cpu.user + cpu.system) / 1000, stored, load };
+        return { ms: r.ms as number, fetched, requests, profileChunks: st.profileChunks, speculated: st.speculatedChunks, speculatedRead: record ? st.speculatedRead : '', region: st.regionChunks ? `${st.regionRead}/${st.regionChunks}` : '', cpuMs: (cpu.user + cpu.system) / 1000, stored, load };
       } finally {
         await served.close();
         await cache.close();
@@ -216,9 +216,9 @@ async function main(): Promise<void> {
     // while recording, twice at each delay (what speculation and recording cost); =recording one
     // recording replay at 0 ms; =first the peer and the default first boot (host 1) alone, at each delay
     const only = process.env.SLIPWAY_BENCH_ONLY;
-    const row = (name: string, r: { ms: number; fetched: number; requests: number; speculated: number; speculatedRead: number | string; cpuMs: number; load: string }, peer: number): Row => ({
+    const row = (name: string, r: { ms: number; fetched: number; requests: number; speculated: number; speculatedRead: number | string; region: string; cpuMs: number; load: string }, peer: number): Row => ({
       name, ms: Math.round(r.ms), ratio: (r.ms / peer).toFixed(3), fetchedBytes: r.fetched, fetchedPerRead: (r.fetched / bootBytes).toFixed(2), requests: r.requests,
-      speculatedChunks: r.speculated, speculatedRead: r.speculatedRead, hostCpuMs: Math.round(r.cpuMs), load: r.load,
+      speculatedChunks: r.speculated, speculatedRead: r.speculatedRead, regionReadOfGuessed: r.region, hostCpuMs: Math.round(r.cpuMs), load: r.load,
     });
     // SLIPWAY_BENCH_RUNS=n: the cold rows n times over (each run on fresh copies of the disk); each
     // row then reports its median time and its median ratio to the peer of the same run, and the
@@ -254,7 +254,7 @@ async function main(): Promise<void> {
           continue;
         }
         const { ms: peer, load: peerLoad } = await peerCold(proxy.host);
-        const peerRow: Row = { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '', fetchedPerRead: '', requests: '', speculatedChunks: '', speculatedRead: '', hostCpuMs: '', load: peerLoad };
+        const peerRow: Row = { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '', fetchedPerRead: '', requests: '', speculatedChunks: '', speculatedRead: '', regionReadOfGuessed: '', hostCpuMs: '', load: peerLoad };
         const defaultName = `${delayMs} ms: slipway-blk, no profile, --prefetch profile (default; host 1, records the profile)`;
         if (only === 'first') {
           (perRun[run] ??= []).push(peerRow, row(defaultName, await slipwayCold(proxy.host, repo, 'profile', true), peer));

@@ -39,6 +39,30 @@ describe('DenseRegions', () => {
     expect(hi).toEqual({ from: 100 - misses - margin, to: 99 });
   });
 
+  it('stops once many chunks were guessed and few of them read, and goes on while enough are', () => {
+    const dense = (plan: DenseRegions, at: number): { from: number; to: number } | undefined => {
+      let span: { from: number; to: number } | undefined;
+      for (let i = 0; i < misses; i++) span = plan.onMiss(at + i, 1 << 20);
+      return span;
+    };
+    const wasted = new DenseRegions();
+    const useful = new DenseRegions();
+    // regions far apart, each span guessed whole; one in ten read against one in four
+    for (let r = 0; r < 40; r++) {
+      for (const [plan, readEvery] of [[wasted, 10], [useful, 4]] as const) {
+        const span = dense(plan, 10_000 * (r + 1));
+        if (!span) continue;
+        const n = span.to - span.from + 1;
+        plan.noteGuessed(n);
+        for (let i = 0; i < Math.floor(n / readEvery); i++) plan.noteRead();
+      }
+    }
+    expect(wasted.stopped).toBe(true);
+    expect(dense(wasted, 1 << 19)).toBeUndefined();
+    expect(useful.stopped).toBe(false);
+    expect(dense(useful, 1 << 19)).toBeDefined();
+  });
+
   it('is off with a bound of no misses', () => {
     const off = new DenseRegions({ misses: 0, reach, margin });
     for (let i = 0; i < 20; i++) expect(off.onMiss(i, 2048)).toBeUndefined();

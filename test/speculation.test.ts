@@ -247,8 +247,14 @@ describe('speculative fetch', () => {
     expect(existsSync(cache.chunkPath(chunkHexOf(disk, m)))).toBe(false);
     expect(cache.stats().guesses.held).toBeGreaterThanOrEqual(DENSE_REGION_BOUNDS.margin);
     const image = readFileSync(join(work, 'disk.img'));
+    const regionRead = disk.stats.regionRead;
+    expect(disk.stats.regionChunks).toBeGreaterThanOrEqual(DENSE_REGION_BOUNDS.margin);
     expect((await disk.readChunk(m)).equals(image.subarray(m * CHUNK, (m + 1) * CHUNK))).toBe(true);
     expect(cache.stats().remote.requests).toBe(before);
     expect(existsSync(cache.chunkPath(chunkHexOf(disk, m)))).toBe(true);
+    // counted as a region's guess read (what stops regions that do not pay), once
+    expect(disk.stats.regionRead).toBe(regionRead + 1);
+    await disk.readChunk(m);
+    expect(disk.stats.regionRead).toBe(regionRead + 1);
   }, 60_000);
 });

@@ -139,6 +139,14 @@ const DENSE_REACH_CHUNKS = 16;
 const DENSE_MARGIN_CHUNKS = 4;
 /** Misses remembered for it (a boot misses a few dozen times; older ones are forgotten first). */
 const DENSE_HISTORY = 64;
+/**
+ * A reader that dense regions do not help (random reads far apart in a large disk, a strided scan)
+ * would pay their bytes for nothing: once DENSE_PROBATION_CHUNKS chunks have been guessed this way,
+ * regions stop while fewer than one in DENSE_MIN_HIT_RATIO_INVERSE of them has been read. On the
+ * Debian boot 26 of the 66 chunks regions guessed were read (bench/storage-path.ts).
+ */
+const DENSE_PROBATION_CHUNKS = 128;
+const DENSE_MIN_HIT_RATIO_INVERSE = 8;
 
 /** A dense-region policy's bounds, in misses and chunks (bench/miss-model.ts compares them). */
 export interface DenseRegionBounds {
@@ -150,22 +158,43 @@ export interface DenseRegionBounds {
 /** The bounds a disk fills dense regions with (see above for how they were chosen); `misses: 0` turns it off. */
 export const DENSE_REGION_BOUNDS: DenseRegionBounds = { misses: DENSE_MISSES, reach: DENSE_REACH_CHUNKS, margin: DENSE_MARGIN_CHUNKS };
 
-/** Where the demand misses of one disk have been dense: the spans to fill as guesses. */
+/**
+ * Where the demand misses of one disk have been dense: the spans to fill as guesses. It also
+ * keeps count of the chunks guessed that way and of those read, and stops planning when too few
+ * are read (see DENSE_PROBATION_CHUNKS).
+ */
 export class DenseRegions {
   #misses: number[] = [];
+  #guessed = 0;
+  #read = 0;
 
   constructor(private readonly bounds: DenseRegionBounds = DENSE_REGION_BOUNDS) {}
 
+  /** `count` chunks of a span were asked for as guesses (those not local or in flight already). */
+  noteGuessed(count: number): void {
+    this.#guessed += count;
+  }
+
+  /** A reader read a chunk guessed for a region (its first read). */
+  noteRead(): void {
+    this.#read++;
+  }
+
+  /** Whether regions have stopped: enough guessed, too few of them read. */
+  get stopped(): boolean {
+    return this.#guessed >= DENSE_PROBATION_CHUNKS && this.#read * DENSE_MIN_HIT_RATIO_INVERSE < this.#guessed;
+  }
+
   /**
    * A demand read had to go to a registry for chunk `n` (of `chunkCount`): the chunks
-   * [from, to] to fetch as guesses, or undefined when the misses near it are not dense yet. The
-   * caller leaves out holes and chunks local or in flight (a span asked for before is mostly
-   * either by now).
+   * [from, to] to fetch as guesses, or undefined when the misses near it are not dense yet (or
+   * regions have stopped). The caller leaves out holes and chunks local or in flight (a span
+   * asked for before is mostly either by now), and tells `noteGuessed` how many it asked for.
    */
   onMiss(n: number, chunkCount: number): { from: number; to: number } | undefined {
     this.#misses.push(n);
     if (this.#misses.length > DENSE_HISTORY) this.#misses.shift();
-    if (this.bounds.misses <= 0) return undefined;
+    if (this.bounds.misses <= 0 || this.stopped) return undefined;
     const near = this.#misses.filter((m) => Math.abs(m - n) <= this.bounds.reach);
     if (near.length < this.bounds.misses) return undefined;
     return { from: Math.max(0, Math.min(...near) - this.bounds.margin), to: Math.min(chunkCount - 1, Math.max(...near) + this.bounds.margin) };

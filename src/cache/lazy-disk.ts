@@ -81,10 +81,13 @@ export interface DiskReadStats {
   speculatedChunks: number;
   /** speculated chunks the boot read, known when a recorded profile is saved (see ProfileRecorder.finish) */
   speculatedRead: number;
+  /** of the speculated chunks, those a dense region asked for (fetch-ahead.ts), and those of them read since */
+  regionChunks: number;
+  regionRead: number;
 }
 
 export class LazyDisk {
-  readonly stats: DiskReadStats = { reads: 0, bytesRead: 0, tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, guessChunks: 0, zeroChunks: 0, inflightJoins: 0, profileChunks: 0, speculatedChunks: 0, speculatedRead: 0 };
+  readonly stats: DiskReadStats = { reads: 0, bytesRead: 0, tier0Chunks: 0, tier1Chunks: 0, tier2Chunks: 0, guessChunks: 0, zeroChunks: 0, inflightJoins: 0, profileChunks: 0, speculatedChunks: 0, speculatedRead: 0, regionChunks: 0, regionRead: 0 };
   readonly sizeBytes: number;
   readonly chunkSizeBytes: number;
   readonly digest: string;
@@ -95,6 +98,8 @@ export class LazyDisk {
   private readonly readAheadPlan = new ReadAhead();
   private readonly speculationPlan = new Speculation();
   private readonly densePlan = new DenseRegions();
+  /** chunks a dense region asked for that no reader has asked for since */
+  private readonly regionUnread = new Set<number>();
   private readonly recorder = new ProfileRecorder();
   private hexByEntry: (string | undefined)[] = [];
   private closed = false;
@@ -280,8 +285,18 @@ export class LazyDisk {
     }
     if (wanted.length === 0) return;
     this.stats.speculatedChunks += wanted.length;
+    this.stats.regionChunks += wanted.length;
+    this.densePlan.noteGuessed(wanted.length);
+    for (const m of wanted) this.regionUnread.add(m);
     if (this.recordingProfile) this.recorder.noteGuesses(wanted.map((m) => ({ hex: this.hexOf(index.map[m] as number), chunk: m })));
     this.track(this.getChunks(wanted, 'prefetch', false, PROFILE_RUN_BYTES, PROFILE_GAP_BYTES, true, true).catch(() => undefined));
+  }
+
+  /** A demand read asked for chunk `n`, which was not local: if a dense region guessed it, count it read. */
+  private noteRegionRead(n: number): void {
+    if (!this.regionUnread.delete(n)) return;
+    this.stats.regionRead++;
+    this.densePlan.noteRead();
   }
 
   /** Hex digest of an entry, computed once (it keys tier 0 and tier 1). */
@@ -358,12 +373,17 @@ export class LazyDisk {
       track: (p) => this.track(p),
       onMiss: priority !== 'demand' ? undefined : (w) => {
         this.recorder.noteFetched(w.chunk);
+        // a region's guess still on the wire, joined
+        this.noteRegionRead(w.chunk);
         // a chunk of the profile this disk opened with is on its way already: no speculation for it
         if (speculating && !this.recorder.inBase(w.chunk)) missed = Math.max(missed, w.chunk);
       },
       // a guess read here was fetched outside any profile this disk opened with: a profile being
       // refined gains it (one being recorded has it from noteRead already)
-      onGuessRead: priority !== 'demand' ? undefined : (w) => this.recorder.noteFetched(w.chunk),
+      onGuessRead: priority !== 'demand' ? undefined : (w) => {
+        this.recorder.noteFetched(w.chunk);
+        this.noteRegionRead(w.chunk);
+      },
       // a miss this read fetches itself takes the guesses around it along in its own requests:
       // one request, not two, and the missed chunk is decoded first (it is demand, they prefetch)
       alongside: !speculating ? undefined : (fetching) => {

@@ -17,7 +17,7 @@
  * and docker-registry to push the image into, as the benchmarks do).
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { DENSE_REGION_BOUNDS, DenseRegions, SPECULATION_WINDOWS, Speculation, type DenseRegionBounds, type SpeculationWindows } from '../src/cache/fetch-ahead.js';
+import { DENSE_REGION_BOUNDS, DenseRegions, PROFILE_GAP_BYTES, PROFILE_RUN_BYTES, SPECULATION_WINDOWS, Speculation, type DenseRegionBounds, type SpeculationWindows } from '../src/cache/fetch-ahead.js';
 import { planRuns } from '../src/cache/remote-tier.js';
 import { main as cli } from '../src/cli/main.js';
 import { openDiskArtifact } from '../src/disk/artifact.js';
@@ -45,13 +45,11 @@ interface Outcome {
 
 /** The dense-region fill off: speculation windows alone. */
 const NO_DENSE: DenseRegionBounds = { misses: 0, reach: 0, margin: 0 };
-/** A dense region's guesses go in requests of at most this many bytes (lazy-disk.ts's SMALL_RUN_BYTES). */
-const FILL_RUN_BYTES = 1 << 20;
 
 /**
  * Replay `reads` ([offset, length] in bytes) against `index` with speculation windows `w` and
  * dense regions `dense` (whose guesses the model takes as local at once: an upper bound on what
- * they save).
+ * they save). The disk's GuessYield is left out: on this boot it never stops guessing.
  */
 function replay(index: ChunkIndex, reads: [number, number][], w: SpeculationWindows, dense: DenseRegionBounds): Outcome {
   const spec = new Speculation(w);
@@ -84,7 +82,8 @@ function replay(index: ChunkIndex, reads: [number, number][], w: SpeculationWind
         if (g === HOLE || local.has(g) || fill.some((x) => x.entry === g)) continue;
         fill.push({ entry: g, chunk: m });
       }
-      for (const run of planRuns(index, fill, FILL_RUN_BYTES)) {
+      // as the disk plans a region's requests (lazy-disk.ts's fillDenseRegion)
+      for (const run of planRuns(index, fill, PROFILE_RUN_BYTES, PROFILE_GAP_BYTES)) {
         out.requests++;
         out.storedBytes += run.length;
       }

@@ -4,14 +4,15 @@
  * that it never delays a demand miss, is in speculation.test.ts.
  */
 import { describe, expect, it } from 'vitest';
-import { DENSE_REGION_BOUNDS, DenseRegions, SPECULATION_WINDOWS, Speculation } from '../src/cache/fetch-ahead.js';
+import { DENSE_REGION_BOUNDS, DenseRegions, GuessYield, SPECULATION_WINDOWS, Speculation } from '../src/cache/fetch-ahead.js';
 
 describe('DenseRegions', () => {
   const { misses, reach, margin } = DENSE_REGION_BOUNDS;
 
   it('plans nothing until enough misses lie close together, then their span widened by the margin', () => {
     const plan = new DenseRegions();
-    const at = [500, 500 + reach, 500 + reach - 3].slice(0, misses);
+    // misses - 1 close together (too few), then one within the reach of all of them
+    const at = [...Array.from({ length: misses - 1 }, (_, i) => 500 + i * 2), 500 + reach];
     for (const n of at.slice(0, -1)) expect(plan.onMiss(n, 2048)).toBeUndefined();
     expect(plan.onMiss(at.at(-1) as number, 2048)).toEqual({ from: Math.min(...at) - margin, to: Math.max(...at) + margin });
   });
@@ -39,28 +40,9 @@ describe('DenseRegions', () => {
     expect(hi).toEqual({ from: 100 - misses - margin, to: 99 });
   });
 
-  it('stops once many chunks were guessed and few of them read, and goes on while enough are', () => {
-    const dense = (plan: DenseRegions, at: number): { from: number; to: number } | undefined => {
-      let span: { from: number; to: number } | undefined;
-      for (let i = 0; i < misses; i++) span = plan.onMiss(at + i, 1 << 20);
-      return span;
-    };
-    const wasted = new DenseRegions();
-    const useful = new DenseRegions();
-    // regions far apart, each span guessed whole; one in ten read against one in four
-    for (let r = 0; r < 40; r++) {
-      for (const [plan, readEvery] of [[wasted, 10], [useful, 4]] as const) {
-        const span = dense(plan, 10_000 * (r + 1));
-        if (!span) continue;
-        const n = span.to - span.from + 1;
-        plan.noteGuessed(n);
-        for (let i = 0; i < Math.floor(n / readEvery); i++) plan.noteRead();
-      }
-    }
-    expect(wasted.stopped).toBe(true);
-    expect(dense(wasted, 1 << 19)).toBeUndefined();
-    expect(useful.stopped).toBe(false);
-    expect(dense(useful, 1 << 19)).toBeDefined();
+  it('takes a chunk already among its misses (a read that joined a fetch of it) for no new miss', () => {
+    const plan = new DenseRegions();
+    for (let i = 0; i < misses + 2; i++) expect(plan.onMiss(500, 2048)).toBeUndefined();
   });
 
   it('is off with a bound of no misses', () => {
@@ -78,5 +60,51 @@ describe('Speculation', () => {
     const next = spec.onMiss(11 + SPECULATION_WINDOWS.min, 2048);
     expect(next.length).toBe(Math.min(SPECULATION_WINDOWS.max, 2 * SPECULATION_WINDOWS.min));
     expect(next[0]).toBe(12 + SPECULATION_WINDOWS.min);
+  });
+});
+
+describe('GuessYield', () => {
+  const guess = (y: GuessYield, from: number, count: number, kind: 'window' | 'region'): void => {
+    for (let i = 0; i < count; i++) y.noteGuessed(`c${from + i}`, kind);
+  };
+
+  it('goes on until 128 chunks were guessed, then while at least one in eight was read', () => {
+    const y = new GuessYield();
+    guess(y, 0, 127, 'window');
+    expect(y.stopped).toBe(false);
+    guess(y, 127, 1, 'region');
+    expect(y.stopped).toBe(true);
+    // 16 read of 128: exactly one in eight goes on
+    for (let i = 0; i < 16; i++) y.noteAsked(`c${i}`, true);
+    expect(y.read).toEqual({ window: 16, region: 0 });
+    expect(y.stopped).toBe(false);
+    guess(y, 128, 1, 'window');
+    expect(y.stopped).toBe(true);
+    y.noteAsked('c127', true);
+    expect(y.read.region).toBe(1);
+    expect(y.stopped).toBe(false);
+  });
+
+  it('counts a chunk once: guessed twice while unread, or asked for twice', () => {
+    const y = new GuessYield();
+    y.noteGuessed('a', 'region');
+    y.noteGuessed('a', 'window');
+    expect(y.guessed).toEqual({ window: 0, region: 1 });
+    y.noteAsked('a', true);
+    y.noteAsked('a', true);
+    expect(y.read).toEqual({ window: 0, region: 1 });
+  });
+
+  it('does not count a guess that was not there to take (its fetch failed, or it was dropped)', () => {
+    const y = new GuessYield();
+    y.noteGuessed('a', 'region');
+    y.noteAsked('a', false);
+    expect(y.read.region).toBe(0);
+    // no longer unread either: a later read of it is not a guess read
+    y.noteAsked('a', true);
+    expect(y.read.region).toBe(0);
+    // asked for without ever being guessed: nothing
+    y.noteAsked('b', true);
+    expect(y.read).toEqual({ window: 0, region: 0 });
   });
 });

@@ -13,7 +13,7 @@ import type { LazyDisk } from '../src/cache/lazy-disk.js';
 import { main } from '../src/cli/main.js';
 import { loadConfig } from '../src/config.js';
 import type { IndexEntry } from '../src/disk/format.js';
-import { DENSE_REGION_BOUNDS, SPECULATION_WINDOWS } from '../src/cache/fetch-ahead.js';
+import { DENSE_REGION_BOUNDS, GUESS_PROBATION, SPECULATION_WINDOWS } from '../src/cache/fetch-ahead.js';
 import { silentLogger } from '../src/util/log.js';
 import { captureIO } from './helpers/cli.js';
 import { within } from './helpers/cache-checks.js';
@@ -34,6 +34,8 @@ beforeAll(async () => {
   writeFileSync(file, randomBytes(DISK_BYTES));
   const io = captureIO();
   expect(await main(['push', file, `${registry.host}/spec/disk:v1`, '--chunk-size', '64K', '--progress=none'], io), io.err).toBe(0);
+  // the same bytes in 16 KiB chunks: 1024 of them, for a reader that guessing does not help
+  expect(await main(['push', file, `${registry.host}/spec/disk16:v1`, '--chunk-size', '16K', '--progress=none'], io), io.err).toBe(0);
 }, 60_000);
 
 afterAll(async () => {
@@ -226,21 +228,32 @@ describe('speculative fetch', () => {
       await cache.close();
       await gate.stop();
     });
+    // a prefetch of chunks far from all of these holds every connection prefetch may, held at the gate
+    const limit = cache.config.connectionsPerHost;
+    const sem = cache.hostLimit(gate.host);
+    const far = Array.from({ length: limit }, (_, i) => 130 + 8 * i);
+    const prefetch = disk.prefetch({ priority: 'prefetch', chunks: far, concurrency: limit });
+    await heldRequests(gate, limit - 2);
     for (const n of misses.slice(0, 2)) await within(10_000, disk.readChunk(n), `the read of chunk ${n}`);
-    // two misses: nothing but the misses and the guesses riding along with them
-    expect(gate.requests.filter((r) => r.held)).toHaveLength(0);
+    // two misses: nothing but the misses and the guesses riding along with them (on demand's connections)
+    expect(disk.stats.regionChunks).toBe(0);
+    const queuedBefore = sem.queued;
     await within(10_000, disk.readChunk(misses[2] as number), 'the third read');
     // the third makes the region dense: its chunks not yet local or in flight (the margin before
-    // the first miss among them) are asked for in requests of their own, held at the gate
-    const fill = await within(10_000, gate.arrived((r) => r.held && (r.range ?? '').startsWith(regionStart)), "the dense region's request");
-    expect(fill.held).toBe(true);
-    // a demand miss elsewhere goes out at once and is answered while the region is still held
+    // the first miss among them) are asked for in requests of their own, at prefetch priority:
+    // they queue behind the prefetch, and leave the connections kept for demand alone
+    expect(disk.stats.regionChunks).toBeGreaterThanOrEqual(DENSE_REGION_BOUNDS.margin);
+    expect(sem.queued).toBeGreaterThan(queuedBefore);
+    expect(gate.requests.some((r) => (r.range ?? '').startsWith(regionStart))).toBe(false);
+    // a demand miss elsewhere goes out at once and is answered while the region waits
     const read = disk.readChunk(a);
     const got = await within(10_000, gate.arrived((r) => (r.range ?? '').startsWith(startOf(a))), "chunk A's request");
     expect(got.held).toBe(false);
     expect((await within(10_000, read, 'the read of chunk A')).byteLength).toBe(CHUNK);
     gate.open();
+    await prefetch;
     await disk.settle();
+    expect(gate.requests.some((r) => (r.range ?? '').startsWith(regionStart))).toBe(true);
     // the region's chunks came as guesses, undecoded (no file) until read; reading one makes no request
     const before = cache.stats().remote.requests;
     const m = 40 - DENSE_REGION_BOUNDS.margin;
@@ -256,5 +269,33 @@ describe('speculative fetch', () => {
     expect(disk.stats.regionRead).toBe(regionRead + 1);
     await disk.readChunk(m);
     expect(disk.stats.regionRead).toBe(regionRead + 1);
+  }, 60_000);
+
+  it('stops guessing for a reader it does not help: reads far apart, none of the guesses read', async () => {
+    const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-yield-') }), logger: silentLogger });
+    cleanups.push(() => cache.close());
+    const disk = await cache.openDisk(`${registry.host}/spec/disk16:v1`, { useProfile: false, speculate: true });
+    // every 40th chunk: past each miss's window, too far apart for a dense region
+    const reads = Array.from({ length: 25 }, (_, i) => 40 * i);
+    const grew: number[] = [];
+    for (const n of reads) {
+      const before = disk.stats.speculatedChunks;
+      await disk.readChunk(n);
+      await disk.settle();
+      grew.push(disk.stats.speculatedChunks - before);
+    }
+    // each miss guessed a window until GUESS_PROBATION chunks were guessed, none read: then none
+    const guessing = GUESS_PROBATION / SPECULATION_WINDOWS.min;
+    expect(grew.slice(0, guessing)).toEqual(Array(guessing).fill(SPECULATION_WINDOWS.min));
+    expect(grew.slice(guessing)).toEqual(Array(reads.length - guessing).fill(0));
+    expect(disk.stats.regionChunks).toBe(0);
+    // once one in eight of the guesses has been read (each the chunk after one of the first
+    // misses, held undecoded: no request), a new miss is guessed for again
+    const requests = cache.stats().remote.requests;
+    for (const n of reads.slice(0, GUESS_PROBATION / 8)) await disk.readChunk(n + 1);
+    expect(cache.stats().remote.requests).toBe(requests);
+    const before = disk.stats.speculatedChunks;
+    await disk.readChunk(1010);
+    expect(disk.stats.speculatedChunks - before).toBe(SPECULATION_WINDOWS.min);
   }, 60_000);
 });

@@ -121,83 +121,113 @@ export class Speculation {
 /**
  * Dense regions: a boot reads the files of a package, a directory or a library set, and a file
  * system lays those out together, so where a first boot has missed several times close together
- * it will miss again. When a demand miss at chunk `n` makes DENSE_MISSES misses (it included)
- * within DENSE_REACH_CHUNKS of it, the whole span they cover, widened by DENSE_MARGIN_CHUNKS on
- * each side, is fetched as guesses: in requests of their own, at prefetch priority (never ahead
- * of a demand miss), kept undecoded until read (parked-guesses.ts). Each later miss in the region
- * widens it the same way. Chosen on the Debian systemd boot trace (bench/storage-path.ts) with
- * bench/miss-model.ts, together with the windows above: without dense regions (4 doubling to 16)
- * the boot missed 63 times for 1.64x the bytes it read; with them and 8 doubling to 16, 42 misses
- * for 1.88x (3 misses within 16 chunks, 4 chunks of margin; 2 within 12 gave 40 for 1.99x, 3
- * within 24 gave 36 for 2.23x, past what speculation may cost). Measured, at 20 ms per request the
- * first boot went from 0.31x the peer to 0.25x, at 0 ms from 0.68x to 0.63x (docs/benchmarks.md).
- * A region's guesses go in requests of up to PROFILE_RUN_BYTES (4 MiB: fewer requests, each of
- * which costs the registry CPU, were 7% faster at 0 ms than 1 MiB ones).
+ * it will miss again. When a demand miss at chunk `n` has DENSE_MISSES - 1 earlier misses within
+ * DENSE_REACH_CHUNKS of it (so those misses may lie up to twice the reach apart), the span from
+ * the lowest of them to the highest, widened by DENSE_MARGIN_CHUNKS on each side, is fetched as
+ * guesses: in requests of their own, at prefetch priority (never ahead of a demand miss), kept
+ * undecoded until read (parked-guesses.ts). Any later miss with enough misses within its reach
+ * plans its own span, which covers the earlier one's where they overlap. A chunk already among
+ * the misses (a read that joined a fetch of it) is not a new miss. Chosen on the Debian systemd
+ * boot trace (bench/storage-path.ts) with bench/miss-model.ts, together with the windows above:
+ * without dense regions (4 doubling to 16) the boot missed 63 times for 1.64x the bytes it read;
+ * with them and 8 doubling to 16, 42 misses for 1.88x (3 misses, a reach of 16 chunks, 4 chunks of
+ * margin; 2 within 12 gave 40 for 1.99x, 3 within 24 gave 36 for 2.23x, past what speculation may
+ * cost). Measured, at 20 ms per request the first boot went from 0.31x the peer to 0.25x, at 0 ms
+ * from 0.68x to 0.63x (docs/benchmarks.md). A region's guesses go in requests of up to
+ * PROFILE_RUN_BYTES with gaps of up to PROFILE_GAP_BYTES (fewer requests, each of which costs the
+ * registry CPU, were 7% faster at 0 ms than 1 MiB ones without gaps; the price: a demand read that
+ * joins one of them waits for the body up to its chunk, and bytes in a gap come again).
  */
 const DENSE_MISSES = 3;
 const DENSE_REACH_CHUNKS = 16;
 const DENSE_MARGIN_CHUNKS = 4;
 /** Misses remembered for it (a boot misses a few dozen times; older ones are forgotten first). */
 const DENSE_HISTORY = 64;
-/**
- * A reader that dense regions do not help (random reads far apart in a large disk, a strided scan)
- * would pay their bytes for nothing: once DENSE_PROBATION_CHUNKS chunks have been guessed this way,
- * regions stop while fewer than one in DENSE_MIN_HIT_RATIO_INVERSE of them has been read. On the
- * Debian boot 26 of the 66 chunks regions guessed were read (bench/storage-path.ts).
- */
-const DENSE_PROBATION_CHUNKS = 128;
-const DENSE_MIN_HIT_RATIO_INVERSE = 8;
 
-/** A dense-region policy's bounds, in misses and chunks (bench/miss-model.ts compares them). */
+/** A dense-region policy's bounds (bench/miss-model.ts compares them). */
 export interface DenseRegionBounds {
+  /** misses, the new one included, that make a region (0: never) */
   misses: number;
+  /** how far from the new miss the others may lie, in chunks */
   reach: number;
+  /** chunks added to the span on each side */
   margin: number;
 }
 
 /** The bounds a disk fills dense regions with (see above for how they were chosen); `misses: 0` turns it off. */
 export const DENSE_REGION_BOUNDS: DenseRegionBounds = { misses: DENSE_MISSES, reach: DENSE_REACH_CHUNKS, margin: DENSE_MARGIN_CHUNKS };
 
-/**
- * Where the demand misses of one disk have been dense: the spans to fill as guesses. It also
- * keeps count of the chunks guessed that way and of those read, and stops planning when too few
- * are read (see DENSE_PROBATION_CHUNKS).
- */
+/** Where the demand misses of one disk have been dense: the spans to fill as guesses. */
 export class DenseRegions {
   #misses: number[] = [];
-  #guessed = 0;
-  #read = 0;
 
   constructor(private readonly bounds: DenseRegionBounds = DENSE_REGION_BOUNDS) {}
 
-  /** `count` chunks of a span were asked for as guesses (those not local or in flight already). */
-  noteGuessed(count: number): void {
-    this.#guessed += count;
-  }
-
-  /** A reader read a chunk guessed for a region (its first read). */
-  noteRead(): void {
-    this.#read++;
-  }
-
-  /** Whether regions have stopped: enough guessed, too few of them read. */
-  get stopped(): boolean {
-    return this.#guessed >= DENSE_PROBATION_CHUNKS && this.#read * DENSE_MIN_HIT_RATIO_INVERSE < this.#guessed;
-  }
-
   /**
    * A demand read had to go to a registry for chunk `n` (of `chunkCount`): the chunks
-   * [from, to] to fetch as guesses, or undefined when the misses near it are not dense yet (or
-   * regions have stopped). The caller leaves out holes and chunks local or in flight (a span
-   * asked for before is mostly either by now), and tells `noteGuessed` how many it asked for.
+   * [from, to] to fetch as guesses, or undefined when the misses near it are not dense yet, or
+   * `n` is among the misses already. The caller leaves out holes and chunks local or in flight (a
+   * span asked for before is mostly either by now).
    */
   onMiss(n: number, chunkCount: number): { from: number; to: number } | undefined {
+    if (this.#misses.includes(n)) return undefined;
     this.#misses.push(n);
     if (this.#misses.length > DENSE_HISTORY) this.#misses.shift();
-    if (this.bounds.misses <= 0 || this.stopped) return undefined;
+    if (this.bounds.misses <= 0) return undefined;
     const near = this.#misses.filter((m) => Math.abs(m - n) <= this.bounds.reach);
     if (near.length < this.bounds.misses) return undefined;
     return { from: Math.max(0, Math.min(...near) - this.bounds.margin), to: Math.min(chunkCount - 1, Math.max(...near) + this.bounds.margin) };
+  }
+}
+
+/**
+ * A reader that guesses do not help (random reads far apart in a large disk, a strided scan that
+ * skips past each window) would pay their bytes for nothing: with speculation's windows, random
+ * reads over a large disk fetch about 9 times the bytes they read. So once GUESS_PROBATION chunks have been guessed (windows
+ * and regions together), a disk stops guessing while fewer than one in GUESS_MIN_READ_INVERSE of
+ * them has been read. On the Debian boot 82 of the 291 chunks guessed were read (26 of the 66 a
+ * region guessed), bench/storage-path.ts.
+ */
+export const GUESS_PROBATION = 128;
+const GUESS_MIN_READ_INVERSE = 8;
+
+/** What guessed a chunk: speculation's window after a miss, or a dense region. */
+export type GuessKind = 'window' | 'region';
+
+/**
+ * The guesses of one disk, by chunk digest (a chunk stored once is guessed once, whatever number
+ * of places it fills): how many were asked for and how many a demand read then took (from the
+ * guesses held undecoded, or by joining its fetch on the wire), per kind; and whether guessing has
+ * stopped (see GUESS_PROBATION).
+ */
+export class GuessYield {
+  readonly #unread = new Map<string, GuessKind>();
+  readonly guessed: Record<GuessKind, number> = { window: 0, region: 0 };
+  readonly read: Record<GuessKind, number> = { window: 0, region: 0 };
+
+  /** The chunk of digest `hex` was asked for as a guess (counted once while it stays unread). */
+  noteGuessed(hex: string, kind: GuessKind): void {
+    if (this.#unread.has(hex)) return;
+    this.#unread.set(hex, kind);
+    this.guessed[kind]++;
+  }
+
+  /**
+   * A demand read asked for the chunk of digest `hex`, which was not local. `taken`: a guess of it
+   * was there to take (held undecoded, or its fetch on the wire); otherwise its guess failed or was
+   * dropped, and it is no longer counted as unread, nor as read.
+   */
+  noteAsked(hex: string, taken: boolean): void {
+    const kind = this.#unread.get(hex);
+    if (kind === undefined) return;
+    this.#unread.delete(hex);
+    if (taken) this.read[kind]++;
+  }
+
+  /** Whether guessing has stopped for this disk: GUESS_PROBATION guessed, too few of them read. */
+  get stopped(): boolean {
+    const guessed = this.guessed.window + this.guessed.region;
+    return guessed >= GUESS_PROBATION && (this.read.window + this.read.region) * GUESS_MIN_READ_INVERSE < guessed;
   }
 }
 

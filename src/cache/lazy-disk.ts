@@ -14,7 +14,7 @@ import type { Priority } from '../util/semaphore.js';
 import { forEachBounded } from '../util/concurrency.js';
 import { pushBootProfile, writeLocalProfile, type BootProfile } from './boot-profile.js';
 import type { ChunkWant, DiskChunkCache } from './cache-types.js';
-import { DenseRegions, planProfileRuns, PROFILE_GAP_BYTES, PROFILE_RUN_BYTES, ReadAhead, Speculation } from './fetch-ahead.js';
+import { DenseRegions, GuessYield, type GuessKind, planProfileRuns, PROFILE_GAP_BYTES, PROFILE_RUN_BYTES, ReadAhead, Speculation } from './fetch-ahead.js';
 import { ProfileRecorder } from './profile-recorder.js';
 import { MAX_COALESCE_GAP_BYTES, planRuns, type Source } from './remote-tier.js';
 
@@ -81,8 +81,9 @@ export interface DiskReadStats {
   speculatedChunks: number;
   /** speculated chunks the boot read, known when a recorded profile is saved (see ProfileRecorder.finish) */
   speculatedRead: number;
-  /** of the speculated chunks, those a dense region asked for (fetch-ahead.ts), and those of them read since */
+  /** of the chunks speculated, those a dense region asked for (fetch-ahead.ts), counted once per stored chunk */
   regionChunks: number;
+  /** of those, the ones a demand read has taken since (held undecoded, or joined on the wire) */
   regionRead: number;
 }
 
@@ -98,8 +99,8 @@ export class LazyDisk {
   private readonly readAheadPlan = new ReadAhead();
   private readonly speculationPlan = new Speculation();
   private readonly densePlan = new DenseRegions();
-  /** chunks a dense region asked for that no reader has asked for since */
-  private readonly regionUnread = new Set<number>();
+  /** what guessing has fetched and what of it was read; it stops guessing that does not pay */
+  private readonly guessYield = new GuessYield();
   private readonly recorder = new ProfileRecorder();
   private hexByEntry: (string | undefined)[] = [];
   private closed = false;
@@ -237,19 +238,31 @@ export class LazyDisk {
    * being recorded).
    */
   private guessesAround(n: number): number[] {
-    if (this.stopping) return [];
+    if (this.stopping || this.guessYield.stopped) return [];
     const { index } = this.artifact;
     const e0 = index.map[n] as number;
     if (e0 === HOLE) return [];
     const pack = (index.entries[e0] as IndexEntry).pack;
+    return this.noteGuesses(this.speculationPlan.onMiss(n, index.chunkCount).filter((m) => (index.entries[index.map[m] as number] as IndexEntry | undefined)?.pack === pack), 'window');
+  }
+
+  /**
+   * Of chunks `candidates`, those worth asking for as guesses of `kind`: one per stored chunk,
+   * neither a hole nor local nor in flight. Counted (and noted for a profile being recorded).
+   */
+  private noteGuesses(candidates: Iterable<number>, kind: GuessKind): number[] {
+    const { index } = this.artifact;
     const wanted: number[] = [];
-    for (const m of this.speculationPlan.onMiss(n, index.chunkCount)) {
+    const entries = new Set<number>();
+    for (const m of candidates) {
       const e = index.map[m] as number;
-      if (e === HOLE || (index.entries[e] as IndexEntry).pack !== pack) continue;
-      if (this.cache.isLocalOrFetching(this.hexOf(e))) continue;
+      if (e === HOLE || entries.has(e) || this.cache.isLocalOrFetching(this.hexOf(e))) continue;
+      entries.add(e);
       wanted.push(m);
+      this.guessYield.noteGuessed(this.hexOf(e), kind);
     }
     this.stats.speculatedChunks += wanted.length;
+    this.stats.regionChunks = this.guessYield.guessed.region;
     if (this.recordingProfile && wanted.length > 0) this.recorder.noteGuesses(wanted.map((m) => ({ hex: this.hexOf(index.map[m] as number), chunk: m })));
     return wanted;
   }
@@ -262,8 +275,9 @@ export class LazyDisk {
   private speculate(n: number): void {
     const wanted = this.guessesAround(n);
     if (wanted.length === 0) return;
-    // small requests (as for a profile): a demand read that joins one waits for little
-    this.track(this.getChunks(wanted, 'prefetch', false, SMALL_RUN_BYTES, undefined, true).catch(() => undefined));
+    // small requests (as for a profile): a demand read that joins one waits for little; kept
+    // undecoded until read, as the guesses that ride along with a miss are
+    this.track(this.getChunks(wanted, 'prefetch', false, SMALL_RUN_BYTES, undefined, true, true).catch(() => undefined));
   }
 
   /**
@@ -274,29 +288,18 @@ export class LazyDisk {
    */
   private fillDenseRegion(n: number): void {
     if (this.stopping) return;
-    const { index } = this.artifact;
-    const span = this.densePlan.onMiss(n, index.chunkCount);
-    if (!span) return;
-    const wanted: number[] = [];
-    for (let m = span.from; m <= span.to; m++) {
-      const e = index.map[m] as number;
-      if (e === HOLE || this.cache.isLocalOrFetching(this.hexOf(e))) continue;
-      wanted.push(m);
-    }
+    const span = this.densePlan.onMiss(n, this.artifact.index.chunkCount);
+    if (!span || this.guessYield.stopped) return;
+    const wanted = this.noteGuesses(Array.from({ length: span.to - span.from + 1 }, (_, i) => span.from + i), 'region');
     if (wanted.length === 0) return;
-    this.stats.speculatedChunks += wanted.length;
-    this.stats.regionChunks += wanted.length;
-    this.densePlan.noteGuessed(wanted.length);
-    for (const m of wanted) this.regionUnread.add(m);
-    if (this.recordingProfile) this.recorder.noteGuesses(wanted.map((m) => ({ hex: this.hexOf(index.map[m] as number), chunk: m })));
+    // the runs of a boot profile's prefetch: fewer requests (see DenseRegions in fetch-ahead.ts)
     this.track(this.getChunks(wanted, 'prefetch', false, PROFILE_RUN_BYTES, PROFILE_GAP_BYTES, true, true).catch(() => undefined));
   }
 
-  /** A demand read asked for chunk `n`, which was not local: if a dense region guessed it, count it read. */
-  private noteRegionRead(n: number): void {
-    if (!this.regionUnread.delete(n)) return;
-    this.stats.regionRead++;
-    this.densePlan.noteRead();
+  /** A demand read asked for chunk `w`, which was not local; `taken`: from a guess (held, or on the wire). */
+  private noteAsked(w: ChunkWant, taken: boolean): void {
+    this.guessYield.noteAsked(w.hex, taken);
+    this.stats.regionRead = this.guessYield.read.region;
   }
 
   /** Hex digest of an entry, computed once (it keys tier 0 and tier 1). */
@@ -373,8 +376,8 @@ export class LazyDisk {
       track: (p) => this.track(p),
       onMiss: priority !== 'demand' ? undefined : (w) => {
         this.recorder.noteFetched(w.chunk);
-        // a region's guess still on the wire, joined
-        this.noteRegionRead(w.chunk);
+        // in flight now (before this read's own fetch starts): it joins a fetch, a guess's maybe
+        this.noteAsked(w, this.cache.isLocalOrFetching(w.hex));
         // a chunk of the profile this disk opened with is on its way already: no speculation for it
         if (speculating && !this.recorder.inBase(w.chunk)) missed = Math.max(missed, w.chunk);
       },
@@ -382,7 +385,7 @@ export class LazyDisk {
       // refined gains it (one being recorded has it from noteRead already)
       onGuessRead: priority !== 'demand' ? undefined : (w) => {
         this.recorder.noteFetched(w.chunk);
-        this.noteRegionRead(w.chunk);
+        this.noteAsked(w, true);
       },
       // a miss this read fetches itself takes the guesses around it along in its own requests:
       // one request, not two, and the missed chunk is decoded first (it is demand, they prefetch)

@@ -1,6 +1,7 @@
 /**
  * Guesses kept as they came: the stored (compressed, unverified) bytes of chunks that speculation
- * fetched alongside a demand miss and nobody has asked for yet. A guess costs its bytes on the
+ * fetched (alongside a demand miss, in a request of its own, or for a dense region: fetch-ahead.ts)
+ * and nobody has asked for yet. A guess costs its bytes on the
  * wire and a copy, not a decode: most of a boot's guesses are never read (on the Debian boot of
  * bench/storage-path.ts, about two in three), and on a busy host every chunk decoded costs as much
  * CPU as a miss costs waiting. A guess is decoded, verified and written to tier 1 when a reader

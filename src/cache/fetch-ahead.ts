@@ -133,7 +133,7 @@ export class Speculation {
  * with them and 8 doubling to 16, 42 misses for 1.88x (3 misses, a reach of 16 chunks, 4 chunks of
  * margin; 2 within 12 gave 40 for 1.99x, 3 within 24 gave 36 for 2.23x, past what speculation may
  * cost). Measured, at 20 ms per request the first boot went from 0.31x the peer to 0.25x, at 0 ms
- * from 0.68x to 0.63x (docs/benchmarks.md). A region's guesses go in requests of up to
+ * from about 0.68x to about 0.65x (docs/benchmarks.md). A region's guesses go in requests of up to
  * PROFILE_RUN_BYTES with gaps of up to PROFILE_GAP_BYTES (fewer requests, each of which costs the
  * registry CPU, were 7% faster at 0 ms than 1 MiB ones without gaps; the price: a demand read that
  * joins one of them waits for the body up to its chunk, and bytes in a gap come again).

@@ -26,6 +26,21 @@ describe('slipway --help', () => {
     expect(help).toContain((usage as string).replace(/^slipway /, ''));
   });
 
+  it('names an unknown option and the option it most likely meant', async () => {
+    for (const [argv, given, meant] of [
+      [['push', 'disk.img', 'oci:/tmp/x:v1', '--chunksize', '64K'], '--chunksize', '--chunk-size'],
+      [['serve', 'x:v1', '--socket', '/tmp/s', '--prefech', 'all'], '--prefech', '--prefetch'],
+      [['push', 'disk.img', 'oci:/tmp/x:v1', '--plain'], '--plain', '--plain-http'],
+    ] as const) {
+      const io = captureIO();
+      expect(await main([...argv], io)).toBe(2);
+      expect(io.err).toContain(`unknown option ${given} (did you mean ${meant}?)`);
+    }
+    const far = captureIO();
+    expect(await main(['push', 'disk.img', 'oci:/tmp/x:v1', '--frobnicate'], far)).toBe(2);
+    expect(far.err).toContain('unknown option --frobnicate\nusage: ');
+  });
+
   it('is printed by --help (exit 0) and with no command (exit 2)', async () => {
     const io = captureIO();
     expect(await main(['--help'], io)).toBe(0);

@@ -45,12 +45,45 @@ export function parseNonNegativeInt(text: string, what: string): number {
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
-/** node:util parseArgs with errors turned into USAGE errors that name the command. */
+/** Edit distance (insertions, deletions, substitutions) between two short strings. */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min((prev[j] as number) + 1, (row[j - 1] as number) + 1, (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length] as number;
+}
+
+/** The option of `names` an unknown `--given` most likely meant (at most 2 edits away, or a prefix of it), if any. */
+export function closestOption(given: string, names: string[]): string | undefined {
+  const bare = given.replace(/^-+/, '').split('=')[0] as string;
+  if (bare.length < 2) return undefined;
+  const prefixed = names.filter((n) => n.startsWith(bare));
+  if (prefixed.length === 1) return prefixed[0];
+  let best: { name: string; d: number } | undefined;
+  for (const name of names) {
+    const d = editDistance(bare, name);
+    if (d <= 2 && (!best || d < best.d)) best = { name, d };
+  }
+  return best?.name;
+}
+
+/**
+ * node:util parseArgs with errors turned into USAGE errors that name the command; an unknown
+ * option is named, with the option it most likely meant.
+ */
 export function parseCommand<O extends Options>(command: string, argv: string[], options: O, positionals: { min: number; max: number; usage: string }) {
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
   } catch (err) {
+    const unknown = (err as NodeJS.ErrnoException).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? /'(-[^']*)'/.exec((err as Error).message)?.[1] : undefined;
+    if (unknown !== undefined) {
+      const meant = closestOption(unknown, Object.keys(options));
+      throw new SlipwayError('USAGE', `${command}: unknown option ${unknown}${meant ? ` (did you mean --${meant}?)` : ''}\nusage: ${positionals.usage}`);
+    }
     throw new SlipwayError('USAGE', `${command}: ${(err as Error).message}\nusage: ${positionals.usage}`);
   }
   if (parsed.positionals.length < positionals.min || parsed.positionals.length > positionals.max) {

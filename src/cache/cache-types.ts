@@ -68,9 +68,9 @@ export interface GetChunksOptions {
    */
   alongside?: (fetching: ChunkWant[]) => ChunkWant[];
   /**
-   * The chunks this call fetches itself are guesses (a dense region's, fetch-ahead.ts): kept as
-   * they come, undecoded, unless a reader joins one first; their buffers are empty. Only with
-   * priority 'prefetch' and `fileOnly`.
+   * The chunks this call fetches itself are guesses (speculation's in a request of its own, or a
+   * dense region's: fetch-ahead.ts): kept as they come, undecoded, unless a reader joins one
+   * first; their buffers are empty. Only with priority 'prefetch' and `fileOnly`.
    */
   guesses?: boolean;
   /** Background work of this call (fetches, waits on other processes, whole packs kept): a disk's close waits for it. */

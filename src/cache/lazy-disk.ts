@@ -337,6 +337,7 @@ export class LazyDisk {
    * nearest tier with one fetch per chunk (see ChunkCache.getChunks). A demand read notes the
    * chunks it reads for a profile being recorded, the ones it had to fetch for a profile being
    * refined, and speculates around the last chunk it had to fetch, once its own fetch is asked for.
+   * `guesses`: the chunks are speculation's, kept undecoded until read (GetChunksOptions.guesses).
    */
   async getChunks(numbers: number[], priority: Priority, intoMemory: boolean, maxRunBytes?: number, maxGapBytes?: number, fileOnly = false, guesses = false): Promise<Buffer[]> {
     if (this.closed) throw new SlipwayError('ABORTED', `disk ${this.reference} is closed`);

@@ -263,17 +263,25 @@ describe('bad remote state', () => {
     expect(r.stderr).toContain(layout);
   });
 
-  it('a tag that does not exist: TAG_UNKNOWN naming the tag (registry repo, unknown repo, layout)', async () => {
+  it('a tag that does not exist: TAG_UNKNOWN naming the tag and the tags there are (registry repo, unknown repo, layout)', async () => {
     const img = disk('tag.img');
-    jsonOut(await runCli(['push', img, `${registry.host}/bad/tags:exists`]));
+    // a referrers-fallback tag (as a boot profile's, on a registry without the referrers API) is not listed
+    const fallback = `sha256-${'ab'.repeat(32)}`;
+    for (const tag of ['exists', 'v2', fallback]) jsonOut(await runCli(['push', img, `${registry.host}/bad/tags:${tag}`]));
     const layout = join(work, 'tags-layout');
     jsonOut(await runCli(['push', img, `oci:${layout}:exists`]));
-    for (const ref of [`${registry.host}/bad/tags:nope`, `${registry.host}/bad/never-pushed:nope`, `oci:${layout}:nope`]) {
+    for (const [ref, tags] of [[`${registry.host}/bad/tags:nope`, 'v2, exists'], [`${registry.host}/bad/never-pushed:nope`, undefined], [`oci:${layout}:nope`, 'exists']] as const) {
       const out = join(work, 'tag-unknown.img');
       const r = await runCli(['pull', ref, out]);
       expectError(r, 'TAG_UNKNOWN');
       expect(r.stderr).toMatch(/tag nope does not exist/);
+      if (tags) expect(r.stderr).toContain(`; its tags: ${tags}\n`);
+      else expect(r.stderr).not.toContain('its tags');
+      expect(r.stderr).not.toContain(fallback);
       expectNoOutput(out);
+      const inspected = await runCli(['inspect', ref]);
+      expectError(inspected, 'TAG_UNKNOWN');
+      if (tags) expect(inspected.stderr).toContain(`; its tags: ${tags}\n`);
     }
   });
 

@@ -5,6 +5,7 @@ import { checkImageFile, pushDisk } from '../disk/push.js';
 import { checkBootProfile, copyBootProfile, fetchBootProfile } from '../cache/boot-profile.js';
 import { inheritBootProfile } from '../cache/profile-inheritance.js';
 import { checkChunkSize } from '../disk/format.js';
+import { isImageTag, newestTagsFirst } from '../disk/dedup.js';
 import { pullDisk } from '../disk/pull.js';
 import { copyImage } from '../oci/copy.js';
 import { withTargets } from '../oci/open.js';
@@ -91,7 +92,7 @@ export async function pullCommand(argv: string[], io: CommandIO): Promise<number
   const progress = createProgress(progressMode(values.progress), io.stderr);
   const result = await withTargets({ plainHttp: values['plain-http'] === true }, async (targets) => {
     const target = await targets.open(ref);
-    const disk = await openDiskArtifact(target, refReference(ref)).catch((err: unknown) => explainNotADisk(err, target, ref));
+    const disk = await openDiskArtifact(target, refReference(ref)).catch((err: unknown) => explainUnreadable(err, target, ref));
     return withPool((pool) => pullDisk({ target, disk, outFile, pool, ...(progress.onProgress ? { onProgress: progress.onProgress } : {}) }));
   });
   progress.finish();
@@ -105,7 +106,7 @@ export async function inspectCommand(argv: string[], io: CommandIO): Promise<num
   const summary = await withTargets({ plainHttp: values['plain-http'] === true }, async (targets) => {
     const target = await targets.open(ref);
     const reference = refReference(ref);
-    const fetched = await target.fetchManifest(reference);
+    const fetched = await target.fetchManifest(reference).catch((err: unknown) => explainUnreadable(err, target, ref));
     if (isMemorySnapshotManifest(fetched.body)) return describeMemorySnapshot(await loadMemorySnapshot(target, reference, fetched));
     const disk = await openDiskFromManifest(target, reference, fetched.descriptor, fetched.body);
     // its boot profile, as a boot would find it: absent (null), or how many chunks and from where
@@ -137,7 +138,20 @@ function describeMemorySnapshot(s: LoadedMemorySnapshot): Record<string, unknown
  * A NOT_A_SLIPWAY_DISK refusal of `ref` made clearer when `ref` is a memory snapshot: it names the
  * snapshot's disk (its `<tag>.disk`, a disk like any other) and how the snapshot itself is used.
  */
-async function explainNotADisk(err: unknown, target: Target, ref: ImageRef): Promise<never> {
+/** Tags a missing tag's error lists at most. */
+const TAGS_LISTED = 10;
+
+/**
+ * Why `ref` could not be read, said better where it can: a missing tag with the tags the
+ * repository has (newest-looking first; one more request, made only here, for a person), a memory
+ * snapshot with the commands that take one. Rethrows `err` otherwise.
+ */
+async function explainUnreadable(err: unknown, target: Target, ref: ImageRef): Promise<never> {
+  if (isSlipwayError(err, 'TAG_UNKNOWN') && target.listTags) {
+    const tags = await target.listTags(1000).then((t) => newestTagsFirst(t.filter(isImageTag)), () => []);
+    const more = tags.length > TAGS_LISTED ? `, and ${tags.length - TAGS_LISTED} more` : '';
+    if (tags.length > 0) throw new SlipwayError('TAG_UNKNOWN', `${err.message}; its tags: ${tags.slice(0, TAGS_LISTED).join(', ')}${more}`, { context: err.context, cause: err });
+  }
   if (isSlipwayError(err, 'NOT_A_SLIPWAY_DISK')) {
     const body = await target.fetchManifest(refReference(ref)).then((m) => m.body, () => undefined);
     if (body && isMemorySnapshotManifest(body)) {

@@ -35,6 +35,11 @@ const IN_FLIGHT = 4;
 /** A tag of the referrers tag schema (distribution-spec, "Referrers Tag Schema"): `<alg>-<hex>`, with any suffix. */
 const REFERRER_TAG = /^sha256-[0-9a-f]{64}(?:\..*)?$/;
 
+/** Whether `tag` names an image a person pushed (not a referrers-fallback tag, `sha256-<hex>[.suffix]`). */
+export function isImageTag(tag: string): boolean {
+  return !REFERRER_TAG.test(tag);
+}
+
 /** Natural order of tags, newest-looking first: digit runs compare as numbers. */
 export function newestTagsFirst(tags: readonly string[]): string[] {
   const collator = new Intl.Collator('en', { numeric: true, sensitivity: 'variant' });
@@ -52,7 +57,7 @@ export async function recentRepositoryDisks(target: Target, chunkSizeBytes: numb
   if (!target.listTags || limits.maxDisks <= 0) return [];
   // referrers-schema tags (`sha256-<hex>` and suffixed forms: boot profiles, signatures) name
   // artifacts about a disk, never a disk: left out before the bound, or they would crowd disks out
-  const tags = newestTagsFirst((await target.listTags(limits.maxTags)).filter((t) => !REFERRER_TAG.test(t))).slice(0, limits.maxManifests);
+  const tags = newestTagsFirst((await target.listTags(limits.maxTags)).filter(isImageTag)).slice(0, limits.maxManifests);
   // manifests in parallel, kept in tag order
   const manifests: ({ tag: string; descriptor: Descriptor; body: Buffer } | undefined)[] = new Array<undefined>(tags.length);
   await forEachBounded(tags.map((tag, i) => ({ tag, i })), IN_FLIGHT, async ({ tag, i }) => {

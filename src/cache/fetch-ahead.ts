@@ -183,9 +183,9 @@ export class DenseRegions {
 /**
  * A reader that guesses do not help (random reads far apart in a large disk, a strided scan that
  * skips past each window) would pay their bytes for nothing: with speculation's windows, random
- * reads over a large disk fetch about 9 times the bytes they read. So once GUESS_PROBATION chunks have been guessed (windows
- * and regions together), a disk stops guessing while fewer than one in GUESS_MIN_READ_INVERSE of
- * them has been read. On the Debian boot 82 of the 291 chunks guessed were read (26 of the 66 a
+ * reads over a large disk fetch about 9 times the bytes they read. So once GUESS_PROBATION chunks
+ * have been guessed (windows and regions together), a disk stops guessing while fewer than one in
+ * GUESS_MIN_READ_INVERSE of them has been read. On the Debian boot 82 of the 291 chunks guessed were read (26 of the 66 a
  * region guessed), bench/storage-path.ts.
  */
 export const GUESS_PROBATION = 128;

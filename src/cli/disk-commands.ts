@@ -134,21 +134,19 @@ function describeMemorySnapshot(s: LoadedMemorySnapshot): Record<string, unknown
   };
 }
 
-/**
- * A NOT_A_SLIPWAY_DISK refusal of `ref` made clearer when `ref` is a memory snapshot: it names the
- * snapshot's disk (its `<tag>.disk`, a disk like any other) and how the snapshot itself is used.
- */
-/** Tags a missing tag's error lists at most. */
+/** Tags a missing tag's error looks at (one page of tags/list), and lists at most. */
+const TAGS_LOOKED_AT = 1000;
 const TAGS_LISTED = 10;
 
 /**
- * Why `ref` could not be read, said better where it can: a missing tag with the tags the
- * repository has (newest-looking first; one more request, made only here, for a person), a memory
- * snapshot with the commands that take one. Rethrows `err` otherwise.
+ * Why `ref` could not be read, said better where it can: a TAG_UNKNOWN with the tags the
+ * repository has (newest-looking first; one more request, made only here, for a person); a
+ * NOT_A_SLIPWAY_DISK of a memory snapshot naming the snapshot's disk (its `<tag>.disk`, a disk like
+ * any other) and how the snapshot itself is used. Rethrows `err` otherwise.
  */
 async function explainUnreadable(err: unknown, target: Target, ref: ImageRef): Promise<never> {
   if (isSlipwayError(err, 'TAG_UNKNOWN') && target.listTags) {
-    const tags = await target.listTags(1000).then((t) => newestTagsFirst(t.filter(isImageTag)), () => []);
+    const tags = await target.listTags(TAGS_LOOKED_AT).then((t) => newestTagsFirst(t.filter(isImageTag)), () => []);
     const more = tags.length > TAGS_LISTED ? `, and ${tags.length - TAGS_LISTED} more` : '';
     if (tags.length > 0) throw new SlipwayError('TAG_UNKNOWN', `${err.message}; its tags: ${tags.slice(0, TAGS_LISTED).join(', ')}${more}`, { context: err.context, cause: err });
   }

@@ -25,6 +25,7 @@
  * 2 cores). SLIPWAY_BENCH_RUNS=n repeats the cold rows n times (medians, and each run's ratio).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { closeSync, copyFileSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { loadavg, tmpdir } from 'node:os';
@@ -58,6 +59,17 @@ async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
     if (child.exitCode !== null) throw new Error(`qemu-storage-daemon exited (${child.exitCode})`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/**
+ * Before a replay is timed: the last run's processes gone and the machine's dirty pages written
+ * back. qemu-storage-daemon flushes its copy-on-read overlay (60+ MB) as it exits, and a run's
+ * chunk files are written back over the next 30 s; either, still under way, makes every fsync of
+ * the next replay wait behind it (slipway's tier-1 writes, the peer's qcow2 metadata flushes).
+ */
+async function quiesce(previous?: ChildProcess): Promise<void> {
+  if (previous && previous.exitCode === null && previous.signalCode === null) await once(previous, 'exit');
+  execFileSync('sync');
 }
 
 function qsd(args: string[], sock: string): ChildProcess {
@@ -179,6 +191,7 @@ async function main(): Promise<void> {
         },
       });
       try {
+        await quiesce();
         // CPU time of this process (its decode threads included) over the replay, and how busy
         // the machine was (the 1-minute load average as the replay starts)
         const load = loadavg()[0]?.toFixed(1) ?? '';
@@ -206,9 +219,11 @@ async function main(): Promise<void> {
         '--blockdev', 'driver=copy-on-read,node-name=top,file=ovl'], sock);
       try {
         await waitForSocket(sock, d);
+        await quiesce();
         return { ms: (await frontend(['replay', sock, trace])).ms as number, load };
       } finally {
         d.kill();
+        await quiesce(d);
       }
     };
     // SLIPWAY_BENCH_ONLY=profile runs just the trace-profiled cold replay at 0 ms (for profiling the

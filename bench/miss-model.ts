@@ -113,6 +113,10 @@ async function main(): Promise<void> {
       policies.push([`${min} ahead doubling to ${max}, ${back} behind`, { min, max, back }, NO_DENSE]);
       policies.push([`${min} ahead doubling to ${max}, ${back} behind; dense regions as the disks'`, { min, max, back }, d]);
     }
+    // the grid the disks' windows were picked from (src/cache/fetch-ahead.ts), with their dense regions
+    for (const min of [6, 8]) for (const max of [12, 16, 20]) for (const back of [0, 1, 2]) {
+      policies.push([`${min} ahead doubling to ${max}, ${back} behind; dense regions as the disks'`, { min, max, back }, d]);
+    }
     for (const [misses, reach, margin] of [[2, 12, 4], [3, 12, 4], [3, 16, 8], [3, 24, 4], [4, 16, 4]] as const) {
       policies.push([`the disks' windows; dense regions of ${misses} misses within ${reach} chunks, ${margin} of margin`, SPECULATION_WINDOWS, { misses, reach, margin }]);
     }

@@ -55,11 +55,20 @@ describe('Speculation', () => {
   it('starts a stream at its first window and doubles it while the reader goes on through it, up to the most', () => {
     const spec = new Speculation();
     const first = spec.onMiss(10, 2048);
-    expect(first).toEqual(Array.from({ length: SPECULATION_WINDOWS.min }, (_, i) => 11 + i));
-    // the next miss just past the window: the same stream, twice the window
+    // a new stream: the window after the miss, then the chunks just before it
+    const back = Array.from({ length: SPECULATION_WINDOWS.back }, (_, i) => 10 - SPECULATION_WINDOWS.back + i);
+    expect(first).toEqual([...Array.from({ length: SPECULATION_WINDOWS.min }, (_, i) => 11 + i), ...back]);
+    // the next miss just past the window: the same stream, twice the window, nothing behind
     const next = spec.onMiss(11 + SPECULATION_WINDOWS.min, 2048);
     expect(next.length).toBe(Math.min(SPECULATION_WINDOWS.max, 2 * SPECULATION_WINDOWS.min));
     expect(next[0]).toBe(12 + SPECULATION_WINDOWS.min);
+    // and again: up to the most
+    const third = spec.onMiss((next.at(-1) as number) + 1, 2048);
+    expect(third.length).toBe(Math.min(SPECULATION_WINDOWS.max, 4 * SPECULATION_WINDOWS.min));
+  });
+
+  it('guesses nothing before chunk 0', () => {
+    expect(new Speculation().onMiss(0, 2048)).toEqual(Array.from({ length: SPECULATION_WINDOWS.min }, (_, i) => 1 + i));
   });
 });
 

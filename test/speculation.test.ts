@@ -67,8 +67,14 @@ async function gatedDisk(a: number, opts: { alsoPass?: number[]; speculate?: boo
   const want = rangeOf(probe, a);
   const passing = new Set((opts.alsoPass ?? []).map((n) => JSON.stringify(rangeOf(probe, n))));
   await probeCache.close();
-  // chunk A's request: A alone, or A and the guesses after it riding along (the same first byte)
-  const isA = (r: GatedRequest): boolean => r.path.endsWith(want.pack) && (r.range ?? '').startsWith(want.range.slice(0, want.range.indexOf('-') + 1));
+  // chunk A's request: A alone, or A and the guesses riding along (those before it first): it
+  // covers A's bytes (and is no longer than a miss's own request may be)
+  const span = (range: string | undefined): [number, number] => (/^bytes=(\d+)-(\d+)$/.exec(range ?? '') ?? []).slice(1).map(Number) as [number, number];
+  const [aFrom, aTo] = span(want.range);
+  const isA = (r: GatedRequest): boolean => {
+    const [from, to] = span(r.range);
+    return r.path.endsWith(want.pack) && from <= aFrom && to >= aTo && to - from < (SPECULATION_WINDOWS.max + SPECULATION_WINDOWS.back + 1) * CHUNK;
+  };
   const gate = await startGateProxy(registry.host, (r) => isA(r) || passing.has(JSON.stringify({ pack: r.path.split('/').at(-1), range: r.range })));
   const cache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-cache-') }), logger: silentLogger });
   const disk = await cache.openDisk(`${gate.host}/spec/disk:v1`, { useProfile: false, speculate: opts.speculate === true });
@@ -136,14 +142,17 @@ describe('speculative fetch', () => {
     // one request, not one for the miss and more for its guesses: none was held
     expect(gate.requests).toHaveLength(1);
     expect(gate.requests[0]?.held).toBe(false);
-    // it carried the guesses (a new stream: the first window's chunks after it), the missed chunk first
-    const w = SPECULATION_WINDOWS.min;
+    // it carried the guesses (a new stream: the first window's chunks after it, and the chunks
+    // just before it, whose bytes come first)
+    const { min, back } = SPECULATION_WINDOWS;
+    const w = min + back;
     expect(disk.stats.speculatedChunks).toBe(w);
     const [from, to] = bounds(gate.requests[0] as GatedRequest);
-    expect(from).toBe(want.start);
-    expect(to).toBeGreaterThanOrEqual(span(m + w).end);
+    expect(span(m - back).pack).toBe(want.pack);
+    expect(from).toBe(span(m - back).start);
+    expect(to).toBeGreaterThanOrEqual(span(m + min).end);
     // kept as they came, undecoded, until read: no file yet
-    const guesses = Array.from({ length: w }, (_, i) => m + 1 + i);
+    const guesses = [...Array.from({ length: min }, (_, i) => m + 1 + i), ...Array.from({ length: back }, (_, i) => m - back + i)];
     expect(cache.stats().guesses).toMatchObject({ held: w, parked: w, taken: 0 });
     for (const n of guesses) expect(existsSync(cache.chunkPath(chunkHexOf(disk, n)))).toBe(false);
     const remote = cache.stats().remote.requests;
@@ -196,9 +205,12 @@ describe('speculative fetch', () => {
       if (disk.stats.tier0Chunks + disk.stats.tier1Chunks + disk.stats.guessChunks === local) missed.push(n);
       await disk.settle();
     }
-    // each miss past a window doubles it (8, 16, then 16 at most): far fewer misses than reads
+    // each miss past a window doubles it (8, 16, then 20 at most): far fewer misses than reads
     // (and too far apart for a dense region)
-    expect(missed).toEqual([0, 9, 26, 43, 60]);
+    const expected: number[] = [];
+    for (let n = 0, w = SPECULATION_WINDOWS.min; n < 64; n += 1 + w, w = Math.min(SPECULATION_WINDOWS.max, 2 * w)) expected.push(n);
+    expect(expected).toEqual([0, 9, 26, 47]);
+    expect(missed).toEqual(expected);
     // what was fetched beyond the reads is at most one window
     const fetched = cache.stats().remote.chunks + cache.stats().remote.guesses;
     expect(fetched).toBeGreaterThan(64);
@@ -216,8 +228,10 @@ describe('speculative fetch', () => {
     const probeCache = await ChunkCache.open({ config: loadConfig({}, { cacheDir: tempDir('slipway-spec-dense-probe-') }), logger: silentLogger });
     const probe = await probeCache.openDisk(`${registry.host}/spec/disk:v1`, { useProfile: false, pin: false });
     const startOf = (n: number): string => `bytes=${(probe.artifact.index.entries[probe.artifact.index.map[n] as number] as IndexEntry).offset}-`;
-    const passing = [...misses, a].map(startOf);
+    // a miss's request starts at the chunks before it when it starts a stream (40, 60 and A)
+    const passing = [...misses, a].flatMap((n) => [startOf(n), startOf(n - SPECULATION_WINDOWS.back)]);
     const regionStart = startOf(40 - DENSE_REGION_BOUNDS.margin);
+    expect(passing).not.toContain(regionStart);
     await probeCache.close();
     // requests that start at a missed chunk (it and the guesses riding along) or at A pass; the rest are held
     const gate = await startGateProxy(registry.host, (r) => passing.some((p) => (r.range ?? '').startsWith(p)));
@@ -247,7 +261,7 @@ describe('speculative fetch', () => {
     expect(gate.requests.some((r) => (r.range ?? '').startsWith(regionStart))).toBe(false);
     // a demand miss elsewhere goes out at once and is answered while the region waits
     const read = disk.readChunk(a);
-    const got = await within(10_000, gate.arrived((r) => (r.range ?? '').startsWith(startOf(a))), "chunk A's request");
+    const got = await within(10_000, gate.arrived((r) => (r.range ?? '').startsWith(startOf(a - SPECULATION_WINDOWS.back))), "chunk A's request");
     expect(got.held).toBe(false);
     expect((await within(10_000, read, 'the read of chunk A')).byteLength).toBe(CHUNK);
     gate.open();
@@ -284,18 +298,26 @@ describe('speculative fetch', () => {
       await disk.settle();
       grew.push(disk.stats.speculatedChunks - before);
     }
-    // each miss guessed a window until GUESS_PROBATION chunks were guessed, none read: then none
-    const guessing = GUESS_PROBATION / SPECULATION_WINDOWS.min;
-    expect(grew.slice(0, guessing)).toEqual(Array(guessing).fill(SPECULATION_WINDOWS.min));
-    expect(grew.slice(guessing)).toEqual(Array(reads.length - guessing).fill(0));
+    // each miss guessed a window (and the chunks before it, but before chunk 0) until
+    // GUESS_PROBATION chunks were guessed, none read: then none
+    let total = 0;
+    const expected = reads.map((n) => {
+      if (total >= GUESS_PROBATION) return 0;
+      const k = SPECULATION_WINDOWS.min + Math.min(SPECULATION_WINDOWS.back, n);
+      total += k;
+      return k;
+    });
+    expect(expected.filter((k) => k > 0).length).toBeLessThan(reads.length);
+    expect(grew).toEqual(expected);
     expect(disk.stats.regionChunks).toBe(0);
-    // once one in eight of the guesses has been read (each the chunk after one of the first
-    // misses, held undecoded: no request), a new miss is guessed for again
+    // once one in eight of the guesses has been read (the chunks after the first misses, held
+    // undecoded: no request), a new miss is guessed for again
     const requests = cache.stats().remote.requests;
-    for (const n of reads.slice(0, GUESS_PROBATION / 8)) await disk.readChunk(n + 1);
+    const guessed = reads.filter((_, i) => (expected[i] as number) > 0).flatMap((n) => [n + 1, n + 2]).slice(0, Math.ceil(total / 8));
+    for (const n of guessed) await disk.readChunk(n);
     expect(cache.stats().remote.requests).toBe(requests);
     const before = disk.stats.speculatedChunks;
     await disk.readChunk(1010);
-    expect(disk.stats.speculatedChunks - before).toBe(SPECULATION_WINDOWS.min);
+    expect(disk.stats.speculatedChunks - before).toBe(SPECULATION_WINDOWS.min + SPECULATION_WINDOWS.back);
   }, 60_000);
 });

@@ -44,6 +44,27 @@ describe('writeAtomicOverlapped', () => {
     expect(existsSync(join(dir, '.tmp-2'))).toBe(false);
   });
 
+  it('with onVisible: the file is in place, whole, when onVisible is called, before the write resolves (once durable)', async () => {
+    const dir = mkdtempSync(join(work, 'w-'));
+    const data = randomBytes(100_000);
+    const final = join(dir, 'sub', 'final');
+    let seen: Buffer | undefined;
+    let resolvedFirst: boolean | undefined;
+    let resolved = false;
+    await writeAtomicOverlapped(final, data, {
+      tmpPath: join(dir, '.tmp-v'),
+      onVisible: () => {
+        seen = readFileSync(final);
+        resolvedFirst = resolved;
+      },
+    }).then(() => {
+      resolved = true;
+    });
+    expect(resolvedFirst).toBe(false);
+    expect(seen?.equals(data)).toBe(true);
+    expect(readdirSync(dir).sort()).toEqual(['sub']);
+  });
+
   it('rejects at once when the temporary file exists (it is created exclusively)', async () => {
     const dir = mkdtempSync(join(work, 'w-'));
     await writeAtomicOverlapped(join(dir, 'a'), randomBytes(10), { tmpPath: join(dir, 'a') }).catch(() => undefined);
@@ -82,6 +103,27 @@ describe('decode threads writing chunk files', () => {
     expect(ok.persisted).toBe(true);
     expect(readFileSync(join(dir, 'next')).equals(other.data)).toBe(true);
     expect(existsSync(join(dir, '.tmp-a'))).toBe(false);
+  });
+
+  it('a file-only decode asked to say when its file is visible says so before it answers, the file whole', async () => {
+    const dir = mkdtempSync(join(work, 'd-'));
+    const c = chunk();
+    const finalPath = join(dir, 'f');
+    const order: string[] = [];
+    let seen: Buffer | undefined;
+    const r = await pool
+      .decode(c.stored, c.flags, c.data.length, c.digest, 'early', { tmpPath: join(dir, '.tmp'), finalPath }, true, () => {
+        order.push('visible');
+        seen = readFileSync(finalPath);
+      })
+      .then((res) => {
+        order.push('answer');
+        return res;
+      });
+    expect(order).toEqual(['visible', 'answer']);
+    expect(seen?.equals(c.data)).toBe(true);
+    expect(r.persisted).toBe(true);
+    expect(readdirSync(dir)).toEqual(['f']);
   });
 
   it('a decode that also returns its bytes gets them with the file in place', async () => {

@@ -1,5 +1,6 @@
 /**
- * Tier 1's index writes done in batches, a batch a turn of the event loop:
+ * Tier 1's index writes done in batches, a batch a turn of the event loop (and the sweep of files
+ * without rows on the first open after the host restarts):
  * - `adoptSoon`: chunk files a worker thread has put in place get their rows in one transaction
  *   per turn; each caller learns its own result, and closing the tier writes the rows still waiting;
  * - `pin`: a disk with thousands of chunks has its first PIN_BATCH pins at once, the rest a batch a
@@ -7,7 +8,7 @@
  * Real files and a real SQLite index.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DiskTier, PIN_BATCH } from '../src/cache/disk-tier.js';
@@ -97,5 +98,34 @@ describe('pin', () => {
     const again = tier(dir);
     expect(again.stats()).toMatchObject({ pinnedChunks: n, holders: 1 });
     again.close();
+  });
+});
+
+describe('the first open after the host restarts', () => {
+  it('removes chunk files without a row, however new (put in place before they were durable, they may be torn); within a boot they stay', async () => {
+    const dir = join(work, `c${++dirs}`);
+    const open = (bootId: string): DiskTier => new DiskTier({ cacheDir: dir, budgetBytes: 1 << 30, lowWatermark: 0.8, logger: createLogger({ level: 'error' }), bootId });
+    const t1 = open('boot-1');
+    expect(t1.visibleFirst).toBe(true);
+    const kept = placeChunk(t1);
+    expect(await t1.adoptSoon(kept.hex, kept.size)).toBe(true);
+    // in place, its row never written: the host went down before the file was durable
+    const torn = placeChunk(t1);
+    t1.close();
+    // another process of the same boot: a file without a row may be a write under way, left be
+    const t2 = open('boot-1');
+    expect(existsSync(t2.chunkPath(torn.hex))).toBe(true);
+    t2.close();
+    // the first open after a restart removes it, and keeps the chunk with a row
+    const t3 = open('boot-2');
+    expect(existsSync(t3.chunkPath(torn.hex))).toBe(false);
+    expect('data' in t3.get(kept.hex)).toBe(true);
+    const later = placeChunk(t3);
+    t3.close();
+    // the boot is recorded: the next open of it sweeps nothing
+    const t4 = open('boot-2');
+    expect(existsSync(t4.chunkPath(later.hex))).toBe(true);
+    expect(t4.stats().chunks).toBe(1);
+    t4.close();
   });
 });

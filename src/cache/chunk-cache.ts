@@ -94,7 +94,7 @@ export class ChunkCache implements DiskChunkCache {
     // manifests, configs and indexes: verified on every read, fetched again when torn by a crash
     this.#meta = new OciLayoutStore(join(opts.config.cacheDir, 'meta'), { durable: false });
     this.#remote = new RemoteTier({
-      decode: (stored, flags, length, digest, what, priority, fileOnly) => this.#decode(stored, flags, length, digest, what, priority, fileOnly),
+      decode: (stored, flags, length, digest, what, priority, fileOnly, onVisible) => this.#decode(stored, flags, length, digest, what, priority, fileOnly, onVisible),
       logger: opts.logger,
       deadlineMs: opts.config.fetchDeadlineMs,
       hostLimit: (host) => this.hostLimit(host),
@@ -107,7 +107,7 @@ export class ChunkCache implements DiskChunkCache {
       deadlineMs: opts.config.fetchDeadlineMs,
       lookupLocal: (hex, promote) => this.#lookupLocal(hex, promote),
       store: (hex, chunk, intoMemory) => this.#store(hex, chunk, intoMemory),
-      decode: (stored, flags, length, digest, what, priority, fileOnly) => this.#decode(stored, flags, length, digest, what, priority, fileOnly),
+      decode: (stored, flags, length, digest, what, priority, fileOnly, onVisible) => this.#decode(stored, flags, length, digest, what, priority, fileOnly, onVisible),
     });
   }
 
@@ -145,7 +145,7 @@ export class ChunkCache implements DiskChunkCache {
    * inline, so no chunk ever waits for threads. `fileOnly`: the caller needs the tier-1 file, not
    * the bytes (see WorkerPool.decode); inline decodes hand the bytes back regardless.
    */
-  async #decode(stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency = 'demand', fileOnly = false): Promise<Decoded> {
+  async #decode(stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency = 'demand', fileOnly = false, onVisible?: () => void): Promise<Decoded> {
     // a small cold boot needs a few chunks: decoded inline, without starting threads that would
     // take CPU from the booting VM; past that the threads start, and until they answer decodes
     // still run inline
@@ -167,7 +167,10 @@ export class ChunkCache implements DiskChunkCache {
     try {
       // the stored bytes are copied out of the answer's pieces only now, when a thread takes them:
       // into one of a few recycled buffers, not fresh memory for every chunk of a run waiting here
-      return await pool.decode(Buffer.isBuffer(stored) ? stored : gatherStored(stored), flags, length, digest, what, { tmpPath: this.#disk.tempPath(hex), finalPath: this.#disk.chunkPath(hex) }, fileOnly);
+      // a file wanted alone may be read before it is durable, where tier 1 can make that safe
+      // (DiskTier.visibleFirst): its reader does not wait for the fdatasync
+      const early = fileOnly && this.#disk.visibleFirst ? onVisible : undefined;
+      return await pool.decode(Buffer.isBuffer(stored) ? stored : gatherStored(stored), flags, length, digest, what, { tmpPath: this.#disk.tempPath(hex), finalPath: this.#disk.chunkPath(hex) }, fileOnly, early);
     } finally {
       release();
     }

@@ -25,6 +25,12 @@ import { planRuns, type RemoteTier, type WantedChunk } from './remote-tier.js';
  */
 interface InflightChunk {
   promise: Promise<Buffer>;
+  /**
+   * For a reader that wants the tier-1 file alone (GetChunksOptions.fileOnly): settles as soon as
+   * the file is in place, which may be before it is durable and kept (RunDelivery.onVisible);
+   * else with `promise`.
+   */
+  visible: Promise<Buffer>;
   urgency: Urgency;
   /** whether a reader other than the one that started the fetch waits for it */
   joined?: true;
@@ -43,6 +49,8 @@ interface Owned {
   wanted: WantedChunk;
   hex: string;
   d: Deferred;
+  /** settles `flight.visible` */
+  v: Deferred;
   flight: InflightChunk;
   /** fetched alongside the call's own chunks (a guess): kept in tier 1 only, never tier 0 */
   guess?: true;
@@ -85,8 +93,8 @@ export interface ChunkFetcherDeps {
   lookupLocal: (hex: string, promote: boolean) => { data: Buffer; tier: 0 | 1 } | undefined;
   /** keep a verified chunk in tier 1 (and tier 0 when `intoMemory`) */
   store: (hex: string, chunk: Decoded, intoMemory: boolean) => Promise<void>;
-  /** `fileOnly`: the chunk's tier-1 file is wanted, not its bytes (see WorkerPool.decode) */
-  decode: (stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency, fileOnly?: boolean) => Promise<Decoded>;
+  /** `fileOnly`: the chunk's tier-1 file is wanted, not its bytes (see WorkerPool.decode); `onVisible`: see RemoteTierDeps.decode */
+  decode: (stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string, priority: Priority | Urgency, fileOnly?: boolean, onVisible?: () => void) => Promise<Decoded>;
 }
 
 export class ChunkFetcher {
@@ -164,7 +172,7 @@ export class ChunkFetcher {
       if (own) {
         // the same chunk twice in one call: its bytes as for the first (read back from its file
         // when only the file was written)
-        waits.push(own.d.promise.then(settle(i, w)));
+        waits.push((fileOnly ? own.flight.visible : own.d.promise).then(settle(i, w)));
         continue;
       }
       const local = this.#deps.lookupLocal(w.hex, opts.intoMemory);
@@ -179,7 +187,7 @@ export class ChunkFetcher {
         // fetched by speculation, never decoded: decode it now (a fetch if it fails to verify)
         const o = this.#startFlight(w, opts.priority, !fileOnly);
         unparked.set(w.entry, o);
-        waits.push(o.d.promise.then(settle(i, w)));
+        waits.push((fileOnly ? o.flight.visible : o.d.promise).then(settle(i, w)));
         // another process sharing the cache may be fetching it meanwhile: its file, then
         if (this.#claims.claim(w.hex)) opts.track(this.#decodeGuess(opts, o, guess));
         else opts.track(this.#waitForOtherProcess(opts, o));
@@ -194,12 +202,12 @@ export class ChunkFetcher {
         opts.tally.inflightJoins++;
         this.#joins++;
         pending.urgency.raise(opts.priority);
-        waits.push(pending.promise.then(settle(i, w)));
+        waits.push((fileOnly ? pending.visible : pending.promise).then(settle(i, w)));
         continue;
       }
       const o = this.#startFlight(w, opts.priority, !fileOnly);
       mine.set(w.entry, guesses ? { ...o, guess: true } : o);
-      waits.push(o.d.promise.then(settle(i, w)));
+      waits.push((fileOnly ? o.flight.visible : o.d.promise).then(settle(i, w)));
     }
     if (mine.size > 0 && opts.alongside) {
       // guesses ride along in the same requests, at prefetch priority; nobody here waits for them
@@ -215,9 +223,11 @@ export class ChunkFetcher {
   /** Register a chunk as in flight in this process, at `priority`; its promise settles when it is in. */
   #startFlight(w: ChunkWant, priority: Priority, needsBytes: boolean): Owned {
     const d = deferred();
-    const flight: InflightChunk = { promise: d.promise, urgency: new Urgency(priority), needsBytes };
+    const v = deferred();
+    d.promise.then(v.resolve, v.reject);
+    const flight: InflightChunk = { promise: d.promise, visible: v.promise, urgency: new Urgency(priority), needsBytes };
     this.#inflight.set(w.hex, flight);
-    return { wanted: { entry: w.entry, chunk: w.chunk }, hex: w.hex, d, flight };
+    return { wanted: { entry: w.entry, chunk: w.chunk }, hex: w.hex, d, v, flight };
   }
 
   /**
@@ -280,6 +290,8 @@ export class ChunkFetcher {
           const o = byEntry.get(w.entry) as Owned;
           return !o.flight.needsBytes && !(intoMemory && o.guess !== true);
         },
+        // the file is in place: its file readers are answered now, the rest once it is kept
+        onVisible: (w) => (byEntry.get(w.entry) as Owned).v.resolve(NO_BYTES),
         // a guess nobody has joined is kept as it came, undecoded, until someone reads it
         park: (w, stored) => {
           const o = byEntry.get(w.entry) as Owned;
@@ -320,7 +332,7 @@ export class ChunkFetcher {
     let chunk: Decoded;
     try {
       // at the flight's urgency: a demand read joining a fill's decode of a guess raises it
-      chunk = await decode(guess.stored, guess.flags, guess.length, guess.digest, `${call.what} chunk ${o.wanted.chunk} (a guess)`, o.flight.urgency, !o.flight.needsBytes && !call.intoMemory);
+      chunk = await decode(guess.stored, guess.flags, guess.length, guess.digest, `${call.what} chunk ${o.wanted.chunk} (a guess)`, o.flight.urgency, !o.flight.needsBytes && !call.intoMemory, () => o.v.resolve(NO_BYTES));
     } catch (err) {
       logger.warn('a guess fetched alongside a miss did not verify; fetching it again', { digest: o.hex, error: (err as Error).message });
       this.#fetchOwned(call, [o], true);

@@ -3,8 +3,10 @@
  *
  * Files: `<cacheDir>/chunks/<first two hex>/<sha256 hex>`, the chunk's bytes uncompressed, so
  * that a backend can read them straight into guest memory. Rows: digest, size, last access. A row
- * is written only after its file is renamed into place, so a row without a file means the file
+ * is written only after its file is in place and durable, so a row without a file means the file
  * was lost, and a read then reports a miss (the row is dropped) and the chunk is fetched again.
+ * A file may be in place before it is durable (`visibleFirst`): after the host restarts, files
+ * without a row are removed before anything reads them.
  * A file's bytes are checked against its name before they are served.
  *
  * Several processes share one cache directory: SQLite serialises the index (busy timeout), file
@@ -27,6 +29,17 @@ export interface DiskTierOptions {
   budgetBytes: number;
   lowWatermark: number;
   logger: Logger;
+  /** this boot of the host (default: /proc/sys/kernel/random/boot_id; tests give their own) */
+  bootId?: string;
+}
+
+/** The host's boot id (proc(5)), or undefined where it cannot be read. */
+function hostBootId(): string | undefined {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export interface DiskTierStats {
@@ -52,6 +65,7 @@ CREATE TABLE IF NOT EXISTS pins (holder TEXT NOT NULL, digest TEXT NOT NULL, PRI
 CREATE INDEX IF NOT EXISTS pins_digest ON pins(digest);
 CREATE TABLE IF NOT EXISTS tags (ref TEXT PRIMARY KEY, digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, seen INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 1), bytes INTEGER NOT NULL, chunks INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS boot (id INTEGER PRIMARY KEY CHECK (id = 1), boot_id TEXT NOT NULL);
 INSERT OR IGNORE INTO totals (id, bytes, chunks) VALUES (1, 0, 0);
 CREATE TRIGGER IF NOT EXISTS chunks_ins AFTER INSERT ON chunks BEGIN UPDATE totals SET bytes = bytes + NEW.size, chunks = chunks + 1 WHERE id = 1; END;
 CREATE TRIGGER IF NOT EXISTS chunks_del AFTER DELETE ON chunks BEGIN UPDATE totals SET bytes = bytes - OLD.size, chunks = chunks - 1 WHERE id = 1; END;
@@ -65,6 +79,14 @@ const BUDGET_CHECK_FRACTION = 64;
 
 export class DiskTier {
   readonly chunkDir: string;
+  /**
+   * Whether a chunk file may be put in place before it is durable (a decode thread's, see
+   * util/atomic-file.ts, writeAtomicOverlapped's `onVisible`): its row is written only once it
+   * is, and the first process to open the cache after the host restarts removes every chunk
+   * file without a row (`sweepAfterRestart`), so that a file a crash left torn under its name is
+   * never read. False where the host's boot id cannot be read.
+   */
+  readonly visibleFirst: boolean;
   private readonly tmpDir: string;
   private readonly db: Database.Database;
   private readonly pendingAccess = new Map<string, number>();
@@ -114,6 +136,46 @@ export class DiskTier {
       setTag: this.db.prepare<[string, string, string, number, number]>('INSERT OR REPLACE INTO tags (ref, digest, media_type, size, seen) VALUES (?, ?, ?, ?, ?)'),
     };
     this.clearDeadHolders();
+    const bootId = opts.bootId ?? hostBootId();
+    this.visibleFirst = bootId !== undefined;
+    if (bootId !== undefined) this.sweepAfterRestart(bootId);
+  }
+
+  /**
+   * The first open of the cache since the host (re)started: chunk files without a row are
+   * removed, whatever their age (one put in place before it was durable may be torn: see
+   * `visibleFirst`), and this boot is recorded. One process sweeps, under SQLite's write lock;
+   * the others find the boot recorded. Every later open costs one SELECT.
+   */
+  private sweepAfterRestart(bootId: string): void {
+    const recorded = (): string | undefined => (this.db.prepare('SELECT boot_id FROM boot WHERE id = 1').get() as { boot_id: string } | undefined)?.boot_id;
+    if (recorded() === bootId) return;
+    const sweep = this.db.transaction(() => {
+      if (recorded() === bootId) return 0;
+      const rows = new Set((this.db.prepare('SELECT digest FROM chunks').all() as { digest: string }[]).map((r) => r.digest));
+      let removed = 0;
+      for (const sub of readdirSync(this.chunkDir)) {
+        let names: string[];
+        try {
+          names = readdirSync(join(this.chunkDir, sub));
+        } catch {
+          continue; // not a directory
+        }
+        for (const f of names) {
+          if (rows.has(f)) continue;
+          rmSync(join(this.chunkDir, sub, f), { force: true });
+          removed++;
+        }
+      }
+      this.db.prepare('INSERT OR REPLACE INTO boot (id, boot_id) VALUES (1, ?)').run(bootId);
+      return removed;
+    });
+    try {
+      const removed = sweep.immediate();
+      if (removed > 0) this.opts.logger.info('the host restarted: removed chunk files the cache has no record of', { removed });
+    } catch (err) {
+      throw new SlipwayError('IO_ERROR', `cache index ${join(this.opts.cacheDir, 'index.db')}: sweeping chunk files after the host restarted: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   chunkPath(digestHex: string): string {
@@ -492,7 +554,7 @@ export class DiskTier {
     let lostRows = 0;
     // Another process may be writing right now: only temp files of dead processes, and chunk
     // files without a row that are older than a minute (a writer adds the row right after its
-    // rename), are strays.
+    // rename, or after the fdatasync that follows it: visibleFirst), are strays.
     for (const f of readdirSync(this.tmpDir)) {
       const pid = Number(f.split('.')[1]);
       if (!Number.isInteger(pid) || !processAlive(pid)) rmSync(join(this.tmpDir, f), { force: true });

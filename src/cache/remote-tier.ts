@@ -141,7 +141,8 @@ export interface RemoteTierDeps {
   /** `priority`: the run's, read when the decode would wait for a thread (demand first) */
   /** `fileOnly`: the chunk's tier-1 file is wanted, not its bytes (see WorkerPool.decode) */
   /** `stored`: the chunk's stored bytes, whole or as the pieces of the answer they came in (gathered when a thread takes them) */
-  decode: (stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string, priority?: Priority | Urgency, fileOnly?: boolean) => Promise<Decoded>;
+  /** `onVisible`: called once the file alone wanted (`fileOnly`) is in place, before it is durable, where tier 1 allows it */
+  decode: (stored: Buffer | readonly Buffer[], flags: number, length: number, digest: Buffer, what: string, priority?: Priority | Urgency, fileOnly?: boolean, onVisible?: () => void) => Promise<Decoded>;
   logger: Logger;
   deadlineMs: number;
   hostLimit: (host: string) => PrioritySemaphore;
@@ -169,6 +170,11 @@ export interface RunDelivery {
   onChunk?: (w: WantedChunk, chunk: Decoded) => void;
   /** whether only a chunk's tier-1 file is wanted, not its bytes (default: its bytes) */
   fileOnlyOf?: (w: WantedChunk) => boolean;
+  /**
+   * A chunk whose file alone is wanted has its file in place, not yet durable (RemoteTierDeps'
+   * decode): its readers may be answered; `onChunk` follows once it is durable.
+   */
+  onVisible?: (w: WantedChunk) => void;
   /** the priority a chunk's decode waits at (default: the run's): a chunk a demand read waits for goes first */
   priorityOf?: (w: WantedChunk) => Priority | Urgency;
   /** a pack a server sent whole (Range ignored), already verified against its digest */
@@ -275,7 +281,9 @@ export class RemoteTier {
     const decodes: Promise<void>[] = [];
     const decodeOne = async (w: WantedChunk, stored: Buffer[]): Promise<void> => {
       if (delivered.has(w.entry)) return;
-      const chunk = await this.deps.decode(stored, (index.entries[w.entry] as IndexEntry).flags, chunkLength(index, w.chunk), (index.entries[w.entry] as IndexEntry).digest, `${what} chunk ${w.chunk} from ${source.target.name}`, opts.priorityOf?.(w) ?? priority, opts.fileOnlyOf?.(w) === true);
+      const fileOnly = opts.fileOnlyOf?.(w) === true;
+      const onVisible = fileOnly && opts.onVisible ? () => opts.onVisible?.(w) : undefined;
+      const chunk = await this.deps.decode(stored, (index.entries[w.entry] as IndexEntry).flags, chunkLength(index, w.chunk), (index.entries[w.entry] as IndexEntry).digest, `${what} chunk ${w.chunk} from ${source.target.name}`, opts.priorityOf?.(w) ?? priority, fileOnly, onVisible);
       out.set(w.entry, chunk);
       // a decode of a failed attempt may finish while a retry decodes the same chunk: one hand-over
       if (delivered.has(w.entry)) return;

@@ -39,7 +39,7 @@ function reply(sock: Socket, status: number, chunk: bigint): void {
 /** What the miss server needs of the host chunk cache: tier 1's files (ChunkCache fits). */
 export interface MissChunks {
   logger: Logger;
-  /** whether chunk `hex` has its file in tier 1 */
+  /** whether tier 1 has chunk `hex` (its row: its file, durable) */
   has(hex: string): boolean;
   /** give a verified chunk its tier-1 file; false when tier 1 is full */
   putChunk(hex: string, data: Buffer): Promise<boolean>;
@@ -62,8 +62,11 @@ export async function startMissServer(path: string, disk: LazyDisk, chunks: Miss
     const hex = (index.entries[e] as IndexEntry).digest.toString('hex');
     // the backend reads the chunk's file: its bytes need not come back here
     const got = await disk.readChunk(n, 'demand', true);
-    // a chunk that came from memory may have no file (tier 1 was full): the backend reads files
-    if (!chunks.has(hex) && !(await chunks.putChunk(hex, got.byteLength > 0 ? got : await disk.readChunk(n)))) return -ENOSPC;
+    // no bytes back: its file is in place (its row may follow: it is read before it is durable,
+    // see DiskTier.visibleFirst)
+    if (got.byteLength === 0) return 0;
+    // bytes: it came from memory, and may have no file (tier 1 was full): the backend reads files
+    if (!chunks.has(hex) && !(await chunks.putChunk(hex, got))) return -ENOSPC;
     return 0;
   };
   const server: Server = createServer((sock) => {

@@ -4,7 +4,8 @@
  * is then fsynced so that the rename survives a crash. A reader sees the old content or the new,
  * never a part. The temporary file is removed on any failure. `writeAtomic` takes a function that
  * fills the file; `writeAtomicSync` is the same for a worker thread's synchronous code, and
- * `writeAtomicOverlapped` the same with its wait for the disk off that thread.
+ * `writeAtomicOverlapped` the same with its wait for the disk off that thread (or, for the chunk
+ * cache, with the file in place before it is durable: see its `onVisible`).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { close, closeSync, fdatasync, fdatasyncSync, fsyncSync, futimesSync, mkdirSync, openSync, rename as renameCb, renameSync, rmSync, writeSync } from 'node:fs';
@@ -137,10 +138,17 @@ export function writeAtomicSync(finalPath: string, data: Uint8Array, opts: Omit<
  * on the calling thread: the fdatasync, close and rename go through libuv's thread pool, so the
  * thread goes on (a decode thread decodes its next chunk) while the disk catches up, and fsyncs
  * of several files wait on the journal's commits together. Resolves once the file is in place
- * (durable before its rename, as always); rejects with the system error, the temporary file
- * removed.
+ * (durable before its rename); rejects with the system error, the temporary file removed.
+ *
+ * `onVisible`: rename first, call `onVisible` once the file is in place under its name (complete
+ * for every reader on this host, not yet durable), then fdatasync; resolves once it is durable.
+ * A crash of the host in between may leave the file torn under its name: only a store that keeps
+ * a record of durable files, written after this resolves, and removes every file without one
+ * after the host restarts may ask for it (the chunk cache: src/cache/disk-tier.ts). If the
+ * fdatasync fails the promise rejects and the file stays, complete on this host but without that
+ * record (readers may have opened it already).
  */
-export function writeAtomicOverlapped(finalPath: string, data: Uint8Array, opts: { tmpPath: string; timesMs?: number }): Promise<void> {
+export function writeAtomicOverlapped(finalPath: string, data: Uint8Array, opts: { tmpPath: string; timesMs?: number; onVisible?: () => void }): Promise<void> {
   const tmp = opts.tmpPath;
   let fd: number;
   try {
@@ -156,6 +164,32 @@ export function writeAtomicOverlapped(finalPath: string, data: Uint8Array, opts:
     rmSync(tmp, { force: true });
     return Promise.reject(err);
   }
+  /** rename the written file into place (making its directory once, if it is missing) */
+  const place = (done: (err: unknown) => void): void => {
+    renameCb(tmp, finalPath, (err) => {
+      if (!err || !isMissing(err)) return done(err);
+      mkdir(dirname(finalPath), { recursive: true }).then(() => rename(tmp, finalPath)).then(() => done(null), done);
+    });
+  };
+  const onVisible = opts.onVisible;
+  if (onVisible) {
+    return new Promise<void>((resolve, reject) => {
+      place((err) => {
+        if (err) {
+          close(fd, () => rm(tmp, { force: true }).finally(() => reject(err)));
+          return;
+        }
+        onVisible();
+        fdatasync(fd, (syncErr) => {
+          close(fd, (closeErr) => {
+            const failed = syncErr ?? closeErr;
+            if (failed) reject(failed);
+            else resolve();
+          });
+        });
+      });
+    });
+  }
   return new Promise<void>((resolve, reject) => {
     const fail = (err: unknown): void => {
       rm(tmp, { force: true }).finally(() => reject(err));
@@ -163,11 +197,7 @@ export function writeAtomicOverlapped(finalPath: string, data: Uint8Array, opts:
     fdatasync(fd, (syncErr) => {
       close(fd, (closeErr) => {
         if (syncErr || closeErr) return fail(syncErr ?? closeErr);
-        renameCb(tmp, finalPath, (err) => {
-          if (!err) return resolve();
-          if (!isMissing(err)) return fail(err);
-          mkdir(dirname(finalPath), { recursive: true }).then(() => rename(tmp, finalPath)).then(resolve, fail);
-        });
+        place((err) => (err ? fail(err) : resolve()));
       });
     });
   });

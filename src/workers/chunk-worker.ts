@@ -12,10 +12,11 @@ let scratch = Buffer.alloc(0);
  * Write a verified chunk to its cache file (util/atomic-file.ts, as the disk tier writes one) from
  * this thread, so the daemon's event loop does no file I/O for it; the wait for the disk is off
  * this thread, which decodes the next chunk meanwhile. Resolves with the errno code on failure
- * (ENOSPC is the caller's to handle), or undefined once the file is in place.
+ * (ENOSPC is the caller's to handle), or undefined once the file is in place and durable;
+ * `onVisible`, when given, as soon as it is in place (util/atomic-file.ts).
  */
-function persistChunk(data: Uint8Array, tmpPath: string, finalPath: string): Promise<string | undefined> {
-  return writeAtomicOverlapped(finalPath, data, { tmpPath, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS }).then(
+function persistChunk(data: Uint8Array, tmpPath: string, finalPath: string, onVisible?: () => void): Promise<string | undefined> {
+  return writeAtomicOverlapped(finalPath, data, { tmpPath, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS, ...(onVisible ? { onVisible } : {}) }).then(
     () => undefined,
     (err: unknown) => (err as NodeJS.ErrnoException).code ?? 'EIO',
   );
@@ -53,7 +54,9 @@ parentPort?.on('message', (req: WorkerRequest) => {
     const out = codec.decode(req.stored, req.flags, req.length, Buffer.from(req.digest), req.what, fileOnly ? scratch : undefined);
     if (!req.persist) return post(decoded(req, out, undefined));
     // the bytes are in the file's page cache when this returns: scratch is free for the next decode
-    const written = persistChunk(out, req.persist.tmpPath, req.persist.finalPath);
+    // visibleFirst: the file is in place (and said to be) before it is durable
+    const visible = req.persist.visibleFirst === true ? () => parentPort?.postMessage({ id: req.id, ok: true, visible: true } satisfies WorkerResponse) : undefined;
+    const written = persistChunk(out, req.persist.tmpPath, req.persist.finalPath, visible);
     void written.then((persistError) => {
       try {
         // only the file was wanted and it is written: no bytes go back; when it could not be

@@ -15,12 +15,19 @@ export type WorkerResponse =
   | { id: number; ok: true; digest: Uint8Array; zero: boolean; stored: Uint8Array; flags: number }
   | { id: number; ok: true; data: Uint8Array; persistError?: string; storedBack?: Uint8Array }
   | { id: number; ok: true; pong: true }
+  /** a decode's file is in place, not yet durable (PersistTo.visibleFirst); its answer follows */
+  | { id: number; ok: true; visible: true }
   | { id: number; ok: false; code: string; message: string };
 
 /** Where a decoded chunk's cache file goes: written by the worker, temp file then rename. */
 export interface PersistTo {
   tmpPath: string;
   finalPath: string;
+  /**
+   * Rename before the fdatasync and say so at once (WorkerPool.decode's `onVisible`); the answer
+   * comes once the file is durable (util/atomic-file.ts, writeAtomicOverlapped's `onVisible`).
+   */
+  visibleFirst?: boolean;
 }
 
 /**
@@ -40,6 +47,8 @@ type DistributiveOmit<T, K extends keyof T> = T extends unknown ? Omit<T, K> : n
 interface Pending {
   resolve: (res: WorkerResponse) => void;
   reject: (err: Error) => void;
+  /** a decode's file is in place (PersistTo.visibleFirst), before its answer */
+  visible?: () => void;
 }
 
 /**
@@ -70,6 +79,10 @@ export class WorkerPool implements ChunkCoder {
       const worker = new Worker(url);
       const slot = { worker, inflight: 0 };
       worker.on('message', (res: WorkerResponse) => {
+        if ('visible' in res) {
+          this.pending.get(res.id)?.visible?.();
+          return;
+        }
         slot.inflight--;
         // an idle pool must not keep the process alive; a busy one must
         if (slot.inflight === 0) worker.unref();
@@ -93,7 +106,7 @@ export class WorkerPool implements ChunkCoder {
     this.pending.clear();
   }
 
-  run(req: DistributiveOmit<WorkerRequest, 'id'>, transfer: ArrayBuffer[] = []): Promise<WorkerResponse> {
+  run(req: DistributiveOmit<WorkerRequest, 'id'>, transfer: ArrayBuffer[] = [], visible?: () => void): Promise<WorkerResponse> {
     if (this.closed) return Promise.reject(new SlipwayError('ABORTED', 'worker pool is closed'));
     const id = this.nextId++;
     let best = this.workers[0];
@@ -102,7 +115,7 @@ export class WorkerPool implements ChunkCoder {
     if (best.inflight++ === 0) best.worker.ref();
     const slot = best;
     return new Promise<WorkerResponse>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve, reject, ...(visible ? { visible } : {}) });
       slot.worker.postMessage({ ...req, id }, transfer);
     }).then((res) => {
       if (!res.ok) throw new SlipwayError(res.code as ErrorCode, res.message);
@@ -125,14 +138,17 @@ export class WorkerPool implements ChunkCoder {
    * Decompress and verify a chunk on a worker, which writes its tier-1 file when `persist` says
    * where. `fileOnly` (with `persist`): the caller needs the file, not the bytes; the worker
    * decodes into a buffer it reuses and hands no bytes back, unless the file could not be written.
+   * `onVisible` (with `persist`): called as soon as the file is in place under its name, before it
+   * is durable; the promise resolves once it is (PersistTo.visibleFirst).
    */
-  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string, persist?: PersistTo, fileOnly = false): Promise<Decoded> {
+  async decode(stored: Buffer, flags: number, length: number, digest: Buffer, what: string, persist?: PersistTo, fileOnly = false, onVisible?: () => void): Promise<Decoded> {
     // Structured clone of a view copies its whole ArrayBuffer (a slice of an 8 MiB pack would
     // copy the pack): give the worker a buffer of its own, transferred, not cloned. A recycled
     // one (stored-buffers.ts) goes whole and comes back with the answer.
     const giveBack = storedBuffers.owns(stored);
     const own = giveBack || ownsBuffer(stored) ? stored : Buffer.from(stored.buffer.slice(stored.byteOffset, stored.byteOffset + stored.byteLength));
-    const res = await this.run({ op: 'decode', stored: own, flags, length, digest: Uint8Array.from(digest), what, giveBack, ...(persist ? { persist, fileOnly } : {}) }, own.byteLength > 0 ? [own.buffer as ArrayBuffer] : []);
+    const early = persist !== undefined && onVisible !== undefined;
+    const res = await this.run({ op: 'decode', stored: own, flags, length, digest: Uint8Array.from(digest), what, giveBack, ...(persist ? { persist: early ? { ...persist, visibleFirst: true } : persist, fileOnly } : {}) }, own.byteLength > 0 ? [own.buffer as ArrayBuffer] : [], early ? onVisible : undefined);
     if (!('data' in res)) throw new SlipwayError('IO_ERROR', 'worker answered decode with the wrong shape');
     if (res.storedBack) storedBuffers.give(res.storedBack.buffer as ArrayBuffer);
     return { data: toBuffer(res.data), length, persisted: persist !== undefined && res.persistError === undefined, ...(res.persistError ? { persistError: res.persistError } : {}) };

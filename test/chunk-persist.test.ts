@@ -5,10 +5,10 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChunkCodec } from '../src/disk/chunk-codec.js';
-import { writeAtomicOverlapped } from '../src/util/atomic-file.js';
+import { writeAtomic, writeAtomicOverlapped } from '../src/util/atomic-file.js';
 import { WorkerPool } from '../src/workers/pool.js';
 import { tempDir } from './helpers/temp-dirs.js';
 
@@ -63,6 +63,29 @@ describe('writeAtomicOverlapped', () => {
     expect(resolvedFirst).toBe(false);
     expect(seen?.equals(data)).toBe(true);
     expect(readdirSync(dir).sort()).toEqual(['sub']);
+  });
+
+  it('noReplace: a file of the same length already in place is kept (its inode, made durable), ours removed; one of another length is replaced', async () => {
+    const dir = mkdtempSync(join(work, 'w-'));
+    const final = join(dir, 'sub', 'final');
+    const first = randomBytes(5000);
+    await writeAtomicOverlapped(final, first, { tmpPath: join(dir, '.tmp-a'), noReplace: true });
+    const ino = statSync(final).ino;
+    // the same chunk again (a second writer), visible-first: kept, said to be visible all the same
+    let visible = false;
+    await writeAtomicOverlapped(final, Buffer.from(first), { tmpPath: join(dir, '.tmp-b'), noReplace: true, onVisible: () => (visible = true) });
+    expect(visible).toBe(true);
+    expect(statSync(final).ino).toBe(ino);
+    expect(readdirSync(dir)).toEqual(['sub']);
+    // a torn file (short) under the name is replaced
+    writeFileSync(final, first.subarray(0, 100));
+    await writeAtomicOverlapped(final, first, { tmpPath: join(dir, '.tmp-c'), noReplace: true });
+    expect(readFileSync(final).equals(first)).toBe(true);
+    // writeAtomic's noReplace (the main thread's chunk writes) keeps it too
+    const again = statSync(final).ino;
+    await writeAtomic(final, (h) => h.writeFile(first), { tmpPath: join(dir, '.tmp-d'), dataOnly: true, syncDir: false, noReplace: true });
+    expect(statSync(final).ino).toBe(again);
+    expect(readdirSync(dir)).toEqual(['sub']);
   });
 
   it('rejects at once when the temporary file exists (it is created exclusively)', async () => {

@@ -128,4 +128,15 @@ describe('the first open after the host restarts', () => {
     expect(t4.stats().chunks).toBe(1);
     t4.close();
   });
+
+  it('without a boot id to go by, files are durable before they are in place (visibleFirst off) and nothing is swept', () => {
+    const dir = join(work, `c${++dirs}`);
+    const t1 = new DiskTier({ cacheDir: dir, budgetBytes: 1 << 30, lowWatermark: 0.8, logger: createLogger({ level: 'error' }), bootId: null });
+    expect(t1.visibleFirst).toBe(false);
+    const stray = placeChunk(t1);
+    t1.close();
+    const t2 = new DiskTier({ cacheDir: dir, budgetBytes: 1 << 30, lowWatermark: 0.8, logger: createLogger({ level: 'error' }), bootId: null });
+    expect(existsSync(t2.chunkPath(stray.hex))).toBe(true);
+    t2.close();
+  });
 });

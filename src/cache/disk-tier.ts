@@ -23,24 +23,17 @@ import { SlipwayError } from '../errors.js';
 import { CHUNK_FILE_BACKDATE_MS, writeAtomic } from '../util/atomic-file.js';
 import type { Logger } from '../util/log.js';
 import { processAlive } from '../util/process.js';
+import { hostBootId, isDiskFull, sweepAfterRestart } from './restart-sweep.js';
 
 export interface DiskTierOptions {
   cacheDir: string;
   budgetBytes: number;
   lowWatermark: number;
   logger: Logger;
-  /** this boot of the host (default: /proc/sys/kernel/random/boot_id; tests give their own) */
-  bootId?: string;
+  /** this boot of the host (default: /proc/sys/kernel/random/boot_id; tests give their own, null: unknown) */
+  bootId?: string | null;
 }
 
-/** The host's boot id (proc(5)), or undefined where it cannot be read. */
-function hostBootId(): string | undefined {
-  try {
-    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 export interface DiskTierStats {
   chunks: number;
@@ -50,11 +43,6 @@ export interface DiskTierStats {
   holders: number;
 }
 
-/** The file system (or SQLite's WAL on it) has no room left. */
-function isDiskFull(err: unknown): boolean {
-  const code = (err as { code?: string } | undefined)?.code;
-  return code === 'ENOSPC' || code === 'SQLITE_FULL';
-}
 
 
 const SCHEMA = `
@@ -136,47 +124,27 @@ export class DiskTier {
       setTag: this.db.prepare<[string, string, string, number, number]>('INSERT OR REPLACE INTO tags (ref, digest, media_type, size, seen) VALUES (?, ?, ?, ?, ?)'),
     };
     this.clearDeadHolders();
-    const bootId = opts.bootId ?? hostBootId();
-    this.visibleFirst = bootId !== undefined;
-    if (bootId !== undefined) this.sweepAfterRestart(bootId);
+    const bootId = opts.bootId === undefined ? hostBootId() : (opts.bootId ?? undefined);
+    this.visibleFirst = bootId !== undefined && sweepAfterRestart(this.db, this.chunkDir, bootId, opts.logger);
   }
 
   /**
-   * The first open of the cache since the host (re)started: chunk files without a row are
-   * removed, whatever their age (one put in place before it was durable may be torn: see
-   * `visibleFirst`), and this boot is recorded. One process sweeps, under SQLite's write lock;
-   * the others find the boot recorded. Every later open costs one SELECT.
+   * Run `fn`, row deletions of files that are gone, with its commit synced (SQLite's synchronous
+   * FULL, not the NORMAL of the rest): a deletion a crash rolled back would vouch for whatever
+   * file a later fetch put under the name, not yet durable (visibleFirst), and the sweep after the
+   * restart would keep it.
    */
-  private sweepAfterRestart(bootId: string): void {
-    const recorded = (): string | undefined => (this.db.prepare('SELECT boot_id FROM boot WHERE id = 1').get() as { boot_id: string } | undefined)?.boot_id;
-    if (recorded() === bootId) return;
-    const sweep = this.db.transaction(() => {
-      if (recorded() === bootId) return 0;
-      const rows = new Set((this.db.prepare('SELECT digest FROM chunks').all() as { digest: string }[]).map((r) => r.digest));
-      let removed = 0;
-      for (const sub of readdirSync(this.chunkDir)) {
-        let names: string[];
-        try {
-          names = readdirSync(join(this.chunkDir, sub));
-        } catch {
-          continue; // not a directory
-        }
-        for (const f of names) {
-          if (rows.has(f)) continue;
-          rmSync(join(this.chunkDir, sub, f), { force: true });
-          removed++;
-        }
-      }
-      this.db.prepare('INSERT OR REPLACE INTO boot (id, boot_id) VALUES (1, ?)').run(bootId);
-      return removed;
-    });
+  private durably<T>(fn: () => T): T {
+    if (!this.visibleFirst) return fn();
+    this.db.pragma('synchronous = FULL');
     try {
-      const removed = sweep.immediate();
-      if (removed > 0) this.opts.logger.info('the host restarted: removed chunk files the cache has no record of', { removed });
-    } catch (err) {
-      throw new SlipwayError('IO_ERROR', `cache index ${join(this.opts.cacheDir, 'index.db')}: sweeping chunk files after the host restarted: ${(err as Error).message}`, { cause: err });
+      return fn();
+    } finally {
+      this.db.pragma('synchronous = NORMAL');
     }
   }
+
+
 
   chunkPath(digestHex: string): string {
     return join(this.chunkDir, digestHex.slice(0, 2), digestHex);
@@ -214,7 +182,7 @@ export class DiskTier {
       return { miss: 'lost' };
     }
     if (data.byteLength !== row.size || createHash('sha256').update(data).digest('hex') !== digestHex) {
-      this.stmts.del.run(digestHex);
+      this.durably(() => this.stmts.del.run(digestHex));
       rmSync(this.chunkPath(digestHex), { force: true });
       this.opts.logger.warn('cache chunk file corrupted; dropped, fetching it again', { digest: digestHex, path: this.chunkPath(digestHex) });
       return { miss: 'corrupt' };
@@ -342,8 +310,9 @@ export class DiskTier {
       }
     } catch (err) {
       if (!isDiskFull(err)) throw err;
-      // no room for the row: drop the file too (a file without a row is a stray) and serve uncached
-      rmSync(this.chunkPath(digestHex), { force: true });
+      // no room for the row: served uncached. The file stays, a stray (fsck removes it after a
+      // minute, the first open after a restart at once): a reader may have been told it is there
+      // before its row was due (visibleFirst)
       this.opts.logger.warn('cache index full; serving without caching', { digest: digestHex, error: (err as Error).message });
       return false;
     }
@@ -429,7 +398,7 @@ export class DiskTier {
    * rename lost in a crash leaves a row without its file, which is a miss, fetched again.
    */
   private writeFile(digestHex: string, data: Buffer): Promise<void> {
-    return writeAtomic(this.chunkPath(digestHex), (handle) => handle.writeFile(data), { tmpPath: this.tempPath(digestHex), dataOnly: true, syncDir: false, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS });
+    return writeAtomic(this.chunkPath(digestHex), (handle) => handle.writeFile(data), { tmpPath: this.tempPath(digestHex), dataOnly: true, syncDir: false, noReplace: true, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS });
   }
 
   totals(): { bytes: number; chunks: number } {
@@ -468,9 +437,11 @@ export class DiskTier {
           // already gone: another process evicted it too
         }
       }
-      this.db.transaction(() => {
-        for (const v of chosen) this.stmts.del.run(v.digest);
-      })();
+      this.durably(() =>
+        this.db.transaction(() => {
+          for (const v of chosen) this.stmts.del.run(v.digest);
+        })(),
+      );
       for (const v of chosen) {
         evictedChunks++;
         evictedBytes += v.size;

@@ -8,8 +8,9 @@
  * cache, with the file in place before it is durable: see its `onVisible`).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { close, closeSync, fdatasync, fdatasyncSync, fsyncSync, futimesSync, mkdirSync, openSync, rename as renameCb, renameSync, rmSync, writeSync } from 'node:fs';
-import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { close, closeSync, fdatasync, fdatasyncSync, fsyncSync, futimesSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { link, mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { SlipwayError } from '../errors.js';
@@ -31,6 +32,11 @@ export interface AtomicWriteOptions {
    * again when bad, may do without (the metadata cache: src/cache/disk-manifest.ts).
    */
   durable?: boolean;
+  /**
+   * Never replace a file already under the name (`placeWithoutReplacing`): a content-addressed
+   * store's (the chunk cache's), where a file under its name is the same bytes. Not with `syncDir`.
+   */
+  noReplace?: boolean;
   /** what to throw when the temporary file cannot be created (default: the system error) */
   openFailed?: (err: unknown) => unknown;
   /**
@@ -48,6 +54,9 @@ export const CHUNK_FILE_BACKDATE_MS = 2_000;
 function tempPathFor(finalPath: string): string {
   return join(dirname(finalPath), `.tmp-${basename(finalPath)}-${process.pid}-${randomBytes(6).toString('hex')}`);
 }
+
+const fdatasyncAsync = promisify(fdatasync);
+const closeAsync = promisify(close);
 
 function isMissing(err: unknown): boolean {
   return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
@@ -73,6 +82,48 @@ async function renameIntoPlace(tmp: string, finalPath: string): Promise<void> {
   }
 }
 
+/**
+ * Put `tmp` (of `bytes` bytes, written) in place under `finalPath` unless a file of that length is
+ * there already, in which case `tmp` is removed and the file there stays: true when `tmp` went in.
+ * A hard link, then the temporary name removed: unlike a rename it never replaces what is there,
+ * so a file another writer has made durable (and recorded as such) is never swapped for one that
+ * is not yet (see writeAtomicOverlapped's `onVisible`). A file of another length there (torn) is
+ * replaced. The target directory is made if missing.
+ */
+async function placeWithoutReplacing(tmp: string, finalPath: string, bytes: number): Promise<boolean> {
+  const linkOnce = async (): Promise<boolean> => {
+    try {
+      await link(tmp, finalPath);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      if ((await stat(finalPath)).size === bytes) return false;
+      await rename(tmp, finalPath);
+      return true;
+    }
+  };
+  let placed: boolean;
+  try {
+    placed = await linkOnce();
+  } catch (err) {
+    if (!isMissing(err)) throw err;
+    await mkdir(dirname(finalPath), { recursive: true });
+    placed = await linkOnce();
+  }
+  await rm(tmp, { force: true });
+  return placed;
+}
+
+/** fdatasync a file by name (one another writer put in place, that a record of ours will vouch for). */
+async function datasyncFile(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.datasync();
+  } finally {
+    await handle.close();
+  }
+}
+
 /** Write `finalPath` crash-safely with what `fill` writes to the temporary file's handle. */
 export async function writeAtomic(finalPath: string, fill: (handle: FileHandle) => Promise<void>, opts: AtomicWriteOptions = {}): Promise<void> {
   const tmp = opts.tmpPath ?? tempPathFor(finalPath);
@@ -91,7 +142,11 @@ export async function writeAtomic(finalPath: string, fill: (handle: FileHandle) 
     } finally {
       await handle.close();
     }
-    await renameIntoPlace(tmp, finalPath);
+    if (opts.noReplace) {
+      // what is there already was written by another writer: durable before our caller says so
+      const bytes = (await stat(tmp)).size;
+      if (!(await placeWithoutReplacing(tmp, finalPath, bytes)) && opts.durable !== false) await datasyncFile(finalPath);
+    } else await renameIntoPlace(tmp, finalPath);
     renamed = true;
     if (opts.syncDir !== false && opts.durable !== false) await fsyncDir(dirname(finalPath));
   } finally {
@@ -144,63 +199,63 @@ export function writeAtomicSync(finalPath: string, data: Uint8Array, opts: Omit<
  * for every reader on this host, not yet durable), then fdatasync; resolves once it is durable.
  * A crash of the host in between may leave the file torn under its name: only a store that keeps
  * a record of durable files, written after this resolves, and removes every file without one
- * after the host restarts may ask for it (the chunk cache: src/cache/disk-tier.ts). If the
- * fdatasync fails the promise rejects and the file stays, complete on this host but without that
- * record (readers may have opened it already).
+ * after the host restarts may ask for it (the chunk cache: src/cache/disk-tier.ts), and it also
+ * asks for `noReplace`, so that a file under a record is never swapped for one not yet durable.
+ * If the fdatasync fails the file is removed (its pages may be lost) and the promise rejects.
+ * `noReplace`: see AtomicWriteOptions; a file of the same length already there is kept (and made
+ * durable before this resolves) and ours removed.
  */
-export function writeAtomicOverlapped(finalPath: string, data: Uint8Array, opts: { tmpPath: string; timesMs?: number; onVisible?: () => void }): Promise<void> {
+export async function writeAtomicOverlapped(finalPath: string, data: Uint8Array, opts: { tmpPath: string; timesMs?: number; onVisible?: () => void; noReplace?: boolean }): Promise<void> {
   const tmp = opts.tmpPath;
-  let fd: number;
-  try {
-    fd = openSync(tmp, 'wx', 0o644);
-  } catch (err) {
-    return Promise.reject(err);
-  }
+  const fd = openSync(tmp, 'wx', 0o644);
   try {
     for (let off = 0; off < data.byteLength; ) off += writeSync(fd, data, off, data.byteLength - off);
     if (opts.timesMs !== undefined) futimesSync(fd, opts.timesMs / 1000, opts.timesMs / 1000);
   } catch (err) {
     closeSync(fd);
     rmSync(tmp, { force: true });
-    return Promise.reject(err);
+    throw err;
   }
-  /** rename the written file into place (making its directory once, if it is missing) */
-  const place = (done: (err: unknown) => void): void => {
-    renameCb(tmp, finalPath, (err) => {
-      if (!err || !isMissing(err)) return done(err);
-      mkdir(dirname(finalPath), { recursive: true }).then(() => rename(tmp, finalPath)).then(() => done(null), done);
-    });
-  };
+  /** in place under its name: true when ours went in (false: the same chunk was there, kept) */
+  const place = (): Promise<boolean> => (opts.noReplace ? placeWithoutReplacing(tmp, finalPath, data.byteLength) : renameIntoPlace(tmp, finalPath).then(() => true));
   const onVisible = opts.onVisible;
-  if (onVisible) {
-    return new Promise<void>((resolve, reject) => {
-      place((err) => {
-        if (err) {
-          close(fd, () => rm(tmp, { force: true }).finally(() => reject(err)));
-          return;
-        }
-        onVisible();
-        fdatasync(fd, (syncErr) => {
-          close(fd, (closeErr) => {
-            const failed = syncErr ?? closeErr;
-            if (failed) reject(failed);
-            else resolve();
-          });
-        });
-      });
-    });
+  if (!onVisible) {
+    try {
+      try {
+        await fdatasyncAsync(fd);
+      } finally {
+        await closeAsync(fd);
+      }
+      if (!(await place())) await datasyncFile(finalPath);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
+    return;
   }
-  return new Promise<void>((resolve, reject) => {
-    const fail = (err: unknown): void => {
-      rm(tmp, { force: true }).finally(() => reject(err));
-    };
-    fdatasync(fd, (syncErr) => {
-      close(fd, (closeErr) => {
-        if (syncErr || closeErr) return fail(syncErr ?? closeErr);
-        place((err) => (err ? fail(err) : resolve()));
-      });
-    });
-  });
+  let ours: boolean;
+  try {
+    ours = await place();
+  } catch (err) {
+    await closeAsync(fd).catch(() => undefined);
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  try {
+    onVisible();
+  } catch {
+    // the caller's own failure; the file is made durable regardless
+  }
+  try {
+    if (ours) await fdatasyncAsync(fd);
+    else await datasyncFile(finalPath);
+  } catch (err) {
+    // a file whose fdatasync failed may lose its pages: gone, it is fetched again
+    await rm(finalPath, { force: true });
+    throw err;
+  } finally {
+    await closeAsync(fd).catch(() => undefined);
+  }
 }
 
 /** A whole buffer or string written crash-safely; the directory is made when missing. */

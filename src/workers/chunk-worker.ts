@@ -16,7 +16,7 @@ let scratch = Buffer.alloc(0);
  * `onVisible`, when given, as soon as it is in place (util/atomic-file.ts).
  */
 function persistChunk(data: Uint8Array, tmpPath: string, finalPath: string, onVisible?: () => void): Promise<string | undefined> {
-  return writeAtomicOverlapped(finalPath, data, { tmpPath, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS, ...(onVisible ? { onVisible } : {}) }).then(
+  return writeAtomicOverlapped(finalPath, data, { tmpPath, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS, noReplace: true, ...(onVisible ? { onVisible } : {}) }).then(
     () => undefined,
     (err: unknown) => (err as NodeJS.ErrnoException).code ?? 'EIO',
   );

@@ -9,7 +9,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { close, closeSync, fdatasync, fdatasyncSync, fsyncSync, futimesSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { link, mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { link, mkdir, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -84,34 +84,32 @@ async function renameIntoPlace(tmp: string, finalPath: string): Promise<void> {
 
 /**
  * Put `tmp` (of `bytes` bytes, written) in place under `finalPath` unless a file of that length is
- * there already, in which case `tmp` is removed and the file there stays: true when `tmp` went in.
- * A hard link, then the temporary name removed: unlike a rename it never replaces what is there,
- * so a file another writer has made durable (and recorded as such) is never swapped for one that
- * is not yet (see writeAtomicOverlapped's `onVisible`). A file of another length there (torn) is
- * replaced. The target directory is made if missing.
+ * there already, which then stays: a hard link, which unlike a rename never replaces what is
+ * there, so a file another writer has made durable (and recorded as such) is never swapped for one
+ * that is not yet (see writeAtomicOverlapped's `onVisible`). A file of another length there (torn)
+ * is replaced by a rename. The target directory is made if missing. Returns how `tmp` went:
+ * 'linked' or 'kept' (the file there stays): its temporary name is the caller's to remove (once
+ * readers have been told: a thread-pool round trip); 'renamed': gone.
  */
-async function placeWithoutReplacing(tmp: string, finalPath: string, bytes: number): Promise<boolean> {
-  const linkOnce = async (): Promise<boolean> => {
+async function placeWithoutReplacing(tmp: string, finalPath: string, bytes: number): Promise<'linked' | 'kept' | 'renamed'> {
+  const linkOnce = async (): Promise<'linked' | 'kept' | 'renamed'> => {
     try {
       await link(tmp, finalPath);
-      return true;
+      return 'linked';
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      if ((await stat(finalPath)).size === bytes) return false;
+      if ((await stat(finalPath)).size === bytes) return 'kept';
       await rename(tmp, finalPath);
-      return true;
+      return 'renamed';
     }
   };
-  let placed: boolean;
   try {
-    placed = await linkOnce();
+    return await linkOnce();
   } catch (err) {
     if (!isMissing(err)) throw err;
     await mkdir(dirname(finalPath), { recursive: true });
-    placed = await linkOnce();
+    return linkOnce();
   }
-  await rm(tmp, { force: true });
-  return placed;
 }
 
 /** fdatasync a file by name (one another writer put in place, that a record of ours will vouch for). */
@@ -144,8 +142,9 @@ export async function writeAtomic(finalPath: string, fill: (handle: FileHandle) 
     }
     if (opts.noReplace) {
       // what is there already was written by another writer: durable before our caller says so
-      const bytes = (await stat(tmp)).size;
-      if (!(await placeWithoutReplacing(tmp, finalPath, bytes)) && opts.durable !== false) await datasyncFile(finalPath);
+      const how = await placeWithoutReplacing(tmp, finalPath, (await stat(tmp)).size);
+      if (how !== 'renamed') await unlink(tmp);
+      if (how === 'kept' && opts.durable !== false) await datasyncFile(finalPath);
     } else await renameIntoPlace(tmp, finalPath);
     renamed = true;
     if (opts.syncDir !== false && opts.durable !== false) await fsyncDir(dirname(finalPath));
@@ -216,8 +215,10 @@ export async function writeAtomicOverlapped(finalPath: string, data: Uint8Array,
     rmSync(tmp, { force: true });
     throw err;
   }
-  /** in place under its name: true when ours went in (false: the same chunk was there, kept) */
-  const place = (): Promise<boolean> => (opts.noReplace ? placeWithoutReplacing(tmp, finalPath, data.byteLength) : renameIntoPlace(tmp, finalPath).then(() => true));
+  /** in place under its name (see placeWithoutReplacing) */
+  const place = (): Promise<'linked' | 'kept' | 'renamed'> => (opts.noReplace ? placeWithoutReplacing(tmp, finalPath, data.byteLength) : renameIntoPlace(tmp, finalPath).then(() => 'renamed' as const));
+  /** the temporary name, when it still is one (linked, or the file there kept) */
+  const dropTmp = (how: 'linked' | 'kept' | 'renamed'): Promise<void> => (how === 'renamed' ? Promise.resolve() : unlink(tmp).catch(() => undefined));
   const onVisible = opts.onVisible;
   if (!onVisible) {
     try {
@@ -226,16 +227,18 @@ export async function writeAtomicOverlapped(finalPath: string, data: Uint8Array,
       } finally {
         await closeAsync(fd);
       }
-      if (!(await place())) await datasyncFile(finalPath);
+      const how = await place();
+      await dropTmp(how);
+      if (how === 'kept') await datasyncFile(finalPath);
     } catch (err) {
       await rm(tmp, { force: true });
       throw err;
     }
     return;
   }
-  let ours: boolean;
+  let how: 'linked' | 'kept' | 'renamed';
   try {
-    ours = await place();
+    how = await place();
   } catch (err) {
     await closeAsync(fd).catch(() => undefined);
     await rm(tmp, { force: true });
@@ -246,8 +249,9 @@ export async function writeAtomicOverlapped(finalPath: string, data: Uint8Array,
   } catch {
     // the caller's own failure; the file is made durable regardless
   }
+  const dropped = dropTmp(how);
   try {
-    if (ours) await fdatasyncAsync(fd);
+    if (how !== 'kept') await fdatasyncAsync(fd);
     else await datasyncFile(finalPath);
   } catch (err) {
     // a file whose fdatasync failed may lose its pages: gone, it is fetched again
@@ -255,6 +259,7 @@ export async function writeAtomicOverlapped(finalPath: string, data: Uint8Array,
     throw err;
   } finally {
     await closeAsync(fd).catch(() => undefined);
+    await dropped;
   }
 }
 

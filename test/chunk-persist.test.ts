@@ -88,6 +88,16 @@ describe('writeAtomicOverlapped', () => {
     expect(readdirSync(dir)).toEqual(['sub']);
   });
 
+  it('noReplace: a directory under the name is no file to keep: the write rejects, its temporary file removed', async () => {
+    const dir = mkdtempSync(join(work, 'w-'));
+    mkdirSync(join(dir, 'final', 'inside'), { recursive: true });
+    for (const onVisible of [undefined, () => undefined]) {
+      const err = await writeAtomicOverlapped(join(dir, 'final'), randomBytes(4096), { tmpPath: join(dir, '.tmp-x'), noReplace: true, ...(onVisible ? { onVisible } : {}) }).then(() => undefined, (e: unknown) => e as NodeJS.ErrnoException);
+      expect(['EISDIR', 'ENOTEMPTY', 'EEXIST']).toContain(err?.code);
+      expect(readdirSync(dir)).toEqual(['final']);
+    }
+  });
+
   it('rejects at once when the temporary file exists (it is created exclusively)', async () => {
     const dir = mkdtempSync(join(work, 'w-'));
     await writeAtomicOverlapped(join(dir, 'a'), randomBytes(10), { tmpPath: join(dir, 'a') }).catch(() => undefined);

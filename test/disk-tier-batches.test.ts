@@ -8,7 +8,7 @@
  * Real files and a real SQLite index.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DiskTier, PIN_BATCH } from '../src/cache/disk-tier.js';
@@ -111,6 +111,12 @@ describe('the first open after the host restarts', () => {
     expect(await t1.adoptSoon(kept.hex, kept.size)).toBe(true);
     // in place, its row never written: the host went down before the file was durable
     const torn = placeChunk(t1);
+    // and what is not a chunk file: left alone (a directory under a chunk's name would make a
+    // careless sweep throw, and every open of the boot with it)
+    const prefix = dirname(t1.chunkPath(torn.hex));
+    writeFileSync(join(prefix, 'notes.txt'), 'not a chunk');
+    mkdirSync(join(prefix, 'f'.repeat(64)));
+    expect(t1.linksWork).toBe(true);
     t1.close();
     // another process of the same boot: a file without a row may be a write under way, left be
     const t2 = open('boot-1');
@@ -119,6 +125,10 @@ describe('the first open after the host restarts', () => {
     // the first open after a restart removes it, and keeps the chunk with a row
     const t3 = open('boot-2');
     expect(existsSync(t3.chunkPath(torn.hex))).toBe(false);
+    expect(existsSync(join(prefix, 'notes.txt'))).toBe(true);
+    expect(existsSync(join(prefix, 'f'.repeat(64)))).toBe(true);
+    // the probe for hard links leaves nothing behind
+    expect(readdirSync(join(dir, 'tmp'))).toEqual([]);
     expect('data' in t3.get(kept.hex)).toBe(true);
     const later = placeChunk(t3);
     t3.close();

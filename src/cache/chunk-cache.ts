@@ -170,7 +170,7 @@ export class ChunkCache implements DiskChunkCache {
       // a file wanted alone may be read before it is durable, where tier 1 can make that safe
       // (DiskTier.visibleFirst): its reader does not wait for the fdatasync
       const early = fileOnly && this.#disk.visibleFirst ? onVisible : undefined;
-      return await pool.decode(Buffer.isBuffer(stored) ? stored : gatherStored(stored), flags, length, digest, what, { tmpPath: this.#disk.tempPath(hex), finalPath: this.#disk.chunkPath(hex) }, fileOnly, early);
+      return await pool.decode(Buffer.isBuffer(stored) ? stored : gatherStored(stored), flags, length, digest, what, { tmpPath: this.#disk.tempPath(hex), finalPath: this.#disk.chunkPath(hex), noReplace: this.#disk.linksWork }, fileOnly, early);
     } finally {
       release();
     }

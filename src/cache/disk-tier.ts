@@ -23,7 +23,7 @@ import { SlipwayError } from '../errors.js';
 import { CHUNK_FILE_BACKDATE_MS, writeAtomic } from '../util/atomic-file.js';
 import type { Logger } from '../util/log.js';
 import { processAlive } from '../util/process.js';
-import { hostBootId, isDiskFull, sweepAfterRestart } from './restart-sweep.js';
+import { hostBootId, isDiskFull, linksWork, sweepAfterRestart } from './restart-sweep.js';
 
 export interface DiskTierOptions {
   cacheDir: string;
@@ -75,6 +75,12 @@ export class DiskTier {
    * never read. False where the host's boot id cannot be read.
    */
   readonly visibleFirst: boolean;
+  /**
+   * Whether this file system makes hard links (checked at open): chunk files are then put in place
+   * without ever replacing one already there (util/atomic-file.ts, `noReplace`), which
+   * `visibleFirst` needs; else renamed, durable first.
+   */
+  readonly linksWork: boolean;
   private readonly tmpDir: string;
   private readonly db: Database.Database;
   private readonly pendingAccess = new Map<string, number>();
@@ -125,17 +131,20 @@ export class DiskTier {
     };
     this.clearDeadHolders();
     const bootId = opts.bootId === undefined ? hostBootId() : (opts.bootId ?? undefined);
-    this.visibleFirst = bootId !== undefined && sweepAfterRestart(this.db, this.chunkDir, bootId, opts.logger);
+    this.linksWork = linksWork(this.tmpDir, `linkprobe.${process.pid}.${this.instance}`);
+    this.visibleFirst = this.linksWork && bootId !== undefined && sweepAfterRestart(this.db, this.chunkDir, bootId, opts.logger);
   }
 
   /**
-   * Run `fn`, row deletions of files that are gone, with its commit synced (SQLite's synchronous
-   * FULL, not the NORMAL of the rest): a deletion a crash rolled back would vouch for whatever
-   * file a later fetch put under the name, not yet durable (visibleFirst), and the sweep after the
-   * restart would keep it.
+   * Run `fn`, row deletions of files that are gone (every one), with its commit synced (SQLite's
+   * synchronous FULL, not the NORMAL of the rest): a deletion a crash rolled back would vouch for
+   * whatever file a later fetch put under the name, not yet durable (visibleFirst, in this process
+   * or another sharing the cache), and the sweep after the restart would keep it. Deletions are
+   * rare: an eviction's batch, a lost or corrupt file.
    */
   private durably<T>(fn: () => T): T {
-    if (!this.visibleFirst) return fn();
+    // (SQLite cannot change it inside a transaction: none of the callers is in one)
+    if (this.db.inTransaction) return fn();
     this.db.pragma('synchronous = FULL');
     try {
       return fn();
@@ -177,7 +186,7 @@ export class DiskTier {
     try {
       data = readFileSync(this.chunkPath(digestHex));
     } catch {
-      this.stmts.del.run(digestHex);
+      this.durably(() => this.stmts.del.run(digestHex));
       this.opts.logger.warn('cache chunk file missing; fetching it again', { digest: digestHex });
       return { miss: 'lost' };
     }
@@ -203,7 +212,7 @@ export class DiskTier {
       fd = openSync(this.chunkPath(digestHex), 'r');
     } catch {
       this.verified.delete(digestHex);
-      this.stmts.del.run(digestHex);
+      this.durably(() => this.stmts.del.run(digestHex));
       return undefined;
     }
     try {
@@ -398,7 +407,7 @@ export class DiskTier {
    * rename lost in a crash leaves a row without its file, which is a miss, fetched again.
    */
   private writeFile(digestHex: string, data: Buffer): Promise<void> {
-    return writeAtomic(this.chunkPath(digestHex), (handle) => handle.writeFile(data), { tmpPath: this.tempPath(digestHex), dataOnly: true, syncDir: false, noReplace: true, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS });
+    return writeAtomic(this.chunkPath(digestHex), (handle) => handle.writeFile(data), { tmpPath: this.tempPath(digestHex), dataOnly: true, syncDir: false, noReplace: this.linksWork, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS });
   }
 
   totals(): { bytes: number; chunks: number } {
@@ -542,14 +551,16 @@ export class DiskTier {
         }
       }
     }
-    this.db.transaction(() => {
-      for (const d of rows) {
-        if (!seen.has(d)) {
-          this.stmts.del.run(d);
-          lostRows++;
+    this.durably(() =>
+      this.db.transaction(() => {
+        for (const d of rows) {
+          if (!seen.has(d)) {
+            this.stmts.del.run(d);
+            lostRows++;
+          }
         }
-      }
-    })();
+      })(),
+    );
     return { strayFiles, lostRows };
   }
 

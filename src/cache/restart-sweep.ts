@@ -7,10 +7,16 @@
  * reads tier 1 (slipway-blk reads chunk files by name, unverified).
  */
 import type Database from 'better-sqlite3';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { linkSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SlipwayError } from '../errors.js';
 import type { Logger } from '../util/log.js';
+
+/** Tier 1's names: `<2 hex>/<64 hex>` (DiskTier.chunkPath). */
+const PREFIX = /^[0-9a-f]{2}$/;
+const DIGEST = /^[0-9a-f]{64}$/;
+/** Busy timeouts (10 s each, DiskTier's) waited out for another process's sweep before giving up. */
+const SWEEP_BUSY_ATTEMPTS = 6;
 
 /** The file system (or SQLite's WAL on it) has no room left. */
 export function isDiskFull(err: unknown): boolean {
@@ -39,35 +45,60 @@ export function hostBootId(): string | undefined {
 export function sweepAfterRestart(db: Database.Database, chunkDir: string, bootId: string, logger: Logger): boolean {
   const recorded = (): string | undefined => (db.prepare('SELECT boot_id FROM boot WHERE id = 1').get() as { boot_id: string } | undefined)?.boot_id;
   if (recorded() === bootId) return true;
+  let failed = 0;
   const sweep = db.transaction((): number => {
     if (recorded() === bootId) return 0;
     const rows = new Set((db.prepare('SELECT digest FROM chunks').all() as { digest: string }[]).map((r) => r.digest));
     let removed = 0;
-    for (const sub of readdirSync(chunkDir)) {
-      let names: string[];
-      try {
-        names = readdirSync(join(chunkDir, sub));
-      } catch {
-        continue; // not a directory
-      }
-      for (const f of names) {
-        if (rows.has(f)) continue;
-        rmSync(join(chunkDir, sub, f), { force: true });
-        removed++;
+    for (const sub of readdirSync(chunkDir, { withFileTypes: true })) {
+      if (!sub.isDirectory() || !PREFIX.test(sub.name)) continue;
+      for (const f of readdirSync(join(chunkDir, sub.name), { withFileTypes: true })) {
+        // chunk files only: anything else there is not slipway's to remove (nor read by slipway-blk)
+        if (!f.isFile() || !DIGEST.test(f.name) || rows.has(f.name)) continue;
+        try {
+          rmSync(join(chunkDir, sub.name, f.name), { force: true });
+          removed++;
+        } catch (err) {
+          failed++;
+          logger.warn('could not remove a chunk file the cache has no record of', { path: join(chunkDir, sub.name, f.name), error: (err as Error).message });
+        }
       }
     }
     db.prepare('INSERT OR REPLACE INTO boot (id, boot_id) VALUES (1, ?)').run(bootId);
     return removed;
   });
-  try {
-    const removed = sweep.immediate();
-    if (removed > 0) logger.info('the host restarted: removed chunk files the cache has no record of', { removed });
-    return true;
-  } catch (err) {
-    if (isDiskFull(err)) {
-      logger.warn('cache index full: this boot is not recorded; chunk files are made durable before they are read', { error: (err as Error).message });
-      return false;
+  // another process sweeping a large cache may hold the write lock past the busy timeout: wait on
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const removed = sweep.immediate();
+      if (removed > 0 || failed > 0) logger.info('the host restarted: removed chunk files the cache has no record of', { removed, failed });
+      return true;
+    } catch (err) {
+      if ((err as { code?: string }).code === 'SQLITE_BUSY' && attempt < SWEEP_BUSY_ATTEMPTS) continue;
+      if (isDiskFull(err)) {
+        logger.warn('cache index full: this boot is not recorded; chunk files are made durable before they are read', { error: (err as Error).message });
+        return false;
+      }
+      throw new SlipwayError('IO_ERROR', `cache index in ${chunkDir}/..: sweeping chunk files after the host restarted: ${(err as Error).message}`, { cause: err });
     }
-    throw new SlipwayError('IO_ERROR', `cache index in ${chunkDir}/..: sweeping chunk files after the host restarted: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/**
+ * Whether the file system of `dir` makes hard links (a FAT or some FUSE file systems do not):
+ * tried once with a file of its own there, named from `name`, removed after.
+ */
+export function linksWork(dir: string, name: string): boolean {
+  const a = join(dir, `${name}.a`);
+  const b = join(dir, `${name}.b`);
+  try {
+    writeFileSync(a, '');
+    linkSync(a, b);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    rmSync(a, { force: true });
+    rmSync(b, { force: true });
   }
 }

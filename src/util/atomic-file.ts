@@ -9,7 +9,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { close, closeSync, fdatasync, fdatasyncSync, fsyncSync, futimesSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { link, mkdir, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { link, lstat, mkdir, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -83,24 +83,28 @@ async function renameIntoPlace(tmp: string, finalPath: string): Promise<void> {
 }
 
 /**
- * Put `tmp` (of `bytes` bytes, written) in place under `finalPath` unless a file of that length is
- * there already, which then stays: a hard link, which unlike a rename never replaces what is
- * there, so a file another writer has made durable (and recorded as such) is never swapped for one
- * that is not yet (see writeAtomicOverlapped's `onVisible`). A file of another length there (torn)
- * is replaced by a rename. The target directory is made if missing. Returns how `tmp` went:
- * 'linked' or 'kept' (the file there stays): its temporary name is the caller's to remove (once
- * readers have been told: a thread-pool round trip); 'renamed': gone.
+ * Put `tmp` (of `bytes` bytes, written) in place under `finalPath` unless a regular file of that
+ * length is there already, which then stays: a hard link, which unlike a rename never replaces
+ * what is there, so a file another writer has made durable (and recorded as such) is never
+ * swapped for one that is not yet (see writeAtomicOverlapped's `onVisible`). Anything else there
+ * (a torn file of another length) is replaced by a rename, once `beforeReplace` has made `tmp`
+ * durable. The target directory is made if missing. Returns how `tmp` went: 'linked' or 'kept'
+ * (the file there stays): its temporary name is the caller's to remove (once readers have been
+ * told: a thread-pool round trip); 'replaced': renamed, durable. A file system without hard links
+ * throws (EPERM, ENOTSUP): DiskTier checks for them when it opens.
  */
-async function placeWithoutReplacing(tmp: string, finalPath: string, bytes: number): Promise<'linked' | 'kept' | 'renamed'> {
-  const linkOnce = async (): Promise<'linked' | 'kept' | 'renamed'> => {
+async function placeWithoutReplacing(tmp: string, finalPath: string, bytes: number, beforeReplace: () => Promise<void>): Promise<'linked' | 'kept' | 'replaced'> {
+  const linkOnce = async (): Promise<'linked' | 'kept' | 'replaced'> => {
     try {
       await link(tmp, finalPath);
       return 'linked';
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      if ((await stat(finalPath)).size === bytes) return 'kept';
+      const there = await lstat(finalPath);
+      if (there.isFile() && there.size === bytes) return 'kept';
+      await beforeReplace();
       await rename(tmp, finalPath);
-      return 'renamed';
+      return 'replaced';
     }
   };
   try {
@@ -142,8 +146,8 @@ export async function writeAtomic(finalPath: string, fill: (handle: FileHandle) 
     }
     if (opts.noReplace) {
       // what is there already was written by another writer: durable before our caller says so
-      const how = await placeWithoutReplacing(tmp, finalPath, (await stat(tmp)).size);
-      if (how !== 'renamed') await unlink(tmp);
+      const how = await placeWithoutReplacing(tmp, finalPath, (await stat(tmp)).size, async () => undefined);
+      if (how !== 'replaced') await unlink(tmp).catch(() => undefined);
       if (how === 'kept' && opts.durable !== false) await datasyncFile(finalPath);
     } else await renameIntoPlace(tmp, finalPath);
     renamed = true;
@@ -215,28 +219,31 @@ export async function writeAtomicOverlapped(finalPath: string, data: Uint8Array,
     rmSync(tmp, { force: true });
     throw err;
   }
-  /** in place under its name (see placeWithoutReplacing) */
-  const place = (): Promise<'linked' | 'kept' | 'renamed'> => (opts.noReplace ? placeWithoutReplacing(tmp, finalPath, data.byteLength) : renameIntoPlace(tmp, finalPath).then(() => 'renamed' as const));
+  /** fdatasync `fd` once (our bytes durable), however many ask */
+  let synced: Promise<void> | undefined;
+  const syncOurs = (): Promise<void> => (synced ??= fdatasyncAsync(fd));
+  /** in place under its name (see placeWithoutReplacing; without noReplace, renamed once durable) */
+  const place = (): Promise<'linked' | 'kept' | 'replaced'> => (opts.noReplace ? placeWithoutReplacing(tmp, finalPath, data.byteLength, syncOurs) : syncOurs().then(() => renameIntoPlace(tmp, finalPath)).then(() => 'replaced' as const));
   /** the temporary name, when it still is one (linked, or the file there kept) */
-  const dropTmp = (how: 'linked' | 'kept' | 'renamed'): Promise<void> => (how === 'renamed' ? Promise.resolve() : unlink(tmp).catch(() => undefined));
+  const dropTmp = (how: 'linked' | 'kept' | 'replaced'): Promise<void> => (how === 'replaced' ? Promise.resolve() : unlink(tmp).catch(() => undefined));
   const onVisible = opts.onVisible;
   if (!onVisible) {
     try {
       try {
-        await fdatasyncAsync(fd);
+        await syncOurs();
+        const how = await place();
+        await dropTmp(how);
+        if (how === 'kept') await datasyncFile(finalPath);
       } finally {
         await closeAsync(fd);
       }
-      const how = await place();
-      await dropTmp(how);
-      if (how === 'kept') await datasyncFile(finalPath);
     } catch (err) {
       await rm(tmp, { force: true });
       throw err;
     }
     return;
   }
-  let how: 'linked' | 'kept' | 'renamed';
+  let how: 'linked' | 'kept' | 'replaced';
   try {
     how = await place();
   } catch (err) {
@@ -251,11 +258,12 @@ export async function writeAtomicOverlapped(finalPath: string, data: Uint8Array,
   }
   const dropped = dropTmp(how);
   try {
-    if (how !== 'kept') await fdatasyncAsync(fd);
-    else await datasyncFile(finalPath);
+    if (how === 'linked') await syncOurs();
+    else if (how === 'kept') await datasyncFile(finalPath);
   } catch (err) {
-    // a file whose fdatasync failed may lose its pages: gone, it is fetched again
-    await rm(finalPath, { force: true });
+    // ours, under its name, whose fdatasync failed: its pages may be lost; gone, it is fetched
+    // again (a file kept from another writer is that writer's to answer for)
+    if (how === 'linked') await rm(finalPath, { force: true });
     throw err;
   } finally {
     await closeAsync(fd).catch(() => undefined);

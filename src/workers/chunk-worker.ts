@@ -15,8 +15,8 @@ let scratch = Buffer.alloc(0);
  * (ENOSPC is the caller's to handle), or undefined once the file is in place and durable;
  * `onVisible`, when given, as soon as it is in place (util/atomic-file.ts).
  */
-function persistChunk(data: Uint8Array, tmpPath: string, finalPath: string, onVisible?: () => void): Promise<string | undefined> {
-  return writeAtomicOverlapped(finalPath, data, { tmpPath, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS, noReplace: true, ...(onVisible ? { onVisible } : {}) }).then(
+function persistChunk(data: Uint8Array, tmpPath: string, finalPath: string, noReplace: boolean, onVisible?: () => void): Promise<string | undefined> {
+  return writeAtomicOverlapped(finalPath, data, { tmpPath, timesMs: Date.now() - CHUNK_FILE_BACKDATE_MS, noReplace, ...(onVisible ? { onVisible } : {}) }).then(
     () => undefined,
     (err: unknown) => (err as NodeJS.ErrnoException).code ?? 'EIO',
   );
@@ -56,7 +56,7 @@ parentPort?.on('message', (req: WorkerRequest) => {
     // the bytes are in the file's page cache when this returns: scratch is free for the next decode
     // visibleFirst: the file is in place (and said to be) before it is durable
     const visible = req.persist.visibleFirst === true ? () => parentPort?.postMessage({ id: req.id, ok: true, visible: true } satisfies WorkerResponse) : undefined;
-    const written = persistChunk(out, req.persist.tmpPath, req.persist.finalPath, visible);
+    const written = persistChunk(out, req.persist.tmpPath, req.persist.finalPath, req.persist.noReplace === true, visible);
     void written.then((persistError) => {
       try {
         // only the file was wanted and it is written: no bytes go back; when it could not be

@@ -28,6 +28,8 @@ export interface PersistTo {
    * comes once the file is durable (util/atomic-file.ts, writeAtomicOverlapped's `onVisible`).
    */
   visibleFirst?: boolean;
+  /** put in place without replacing a file already there (util/atomic-file.ts, `noReplace`) */
+  noReplace?: boolean;
 }
 
 /**

@@ -13,7 +13,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -176,7 +176,7 @@ describe('the miss protocol (test/fixtures/miss-*.bin)', () => {
     const disk = { reference: 'fixture', artifact: { index } as DiskArtifact, readChunk: async () => Buffer.alloc(16) } as Pick<LazyDisk, 'reference' | 'artifact' | 'readChunk'> as LazyDisk;
     const puts = [true, false]; // the first put fits tier 1, the second finds it full: ENOSPC
     const sockPath = join(work, 'miss.sock');
-    const server = await startMissServer(sockPath, disk, { logger: silentLogger, has: () => false, putChunk: async () => puts.shift() ?? false });
+    const server = await startMissServer(sockPath, disk, { logger: silentLogger, has: () => false, putChunk: async () => puts.shift() ?? false, chunkPath: (hex) => join(work, 'no-chunks', hex) });
     try {
       const sock = connect(sockPath);
       await once(sock, 'connect');
@@ -207,6 +207,35 @@ describe('the miss protocol (test/fixtures/miss-*.bin)', () => {
       sock.destroy();
       expect(replies.map((r) => r.toString('hex'))).toEqual([fixture('miss-reply-ok.bin').toString('hex'), fixture('miss-reply-enospc.bin').toString('hex')]);
       expect(server.stats.requests).toBe(2);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('no bytes back is OK only while the file is there: one removed since (tier 1 had no room for its row) is written again, or ENOSPC', async () => {
+    const map = new Proxy(new Uint32Array(0), { get: (target, key) => (key === String(CHUNK) ? 0 : Reflect.get(target, key)) });
+    const index = { sizeBytes: 2 ** 40, chunkSizeBytes: 65536, chunkCount: 2 ** 33, packs: [], map, entries: [{ digest: Buffer.alloc(32, 7), pack: 0, offset: 0, storedLength: 1, flags: 0 }] } as ChunkIndex;
+    // a file-only read gets no bytes (its file was put in place), a read for bytes gets them
+    const disk = { reference: 'fixture', artifact: { index } as DiskArtifact, readChunk: async (_n: number, _p?: unknown, fileOnly?: boolean) => (fileOnly ? Buffer.alloc(0) : Buffer.alloc(16)) } as Pick<LazyDisk, 'reference' | 'artifact' | 'readChunk'> as LazyDisk;
+    const file = join(work, 'chunk-file');
+    const puts: Buffer[] = [];
+    const sockPath = join(work, 'miss-empty.sock');
+    const server = await startMissServer(sockPath, disk, { logger: silentLogger, has: () => false, putChunk: async (_hex, data) => (puts.push(data), false), chunkPath: () => file });
+    try {
+      const sock = connect(sockPath);
+      await once(sock, 'connect');
+      const reply = async (): Promise<string> => {
+        sock.write(fixture('miss-fetch-request.bin'));
+        const [d] = (await once(sock, 'data')) as [Buffer];
+        return d.toString('hex');
+      };
+      writeFileSync(file, 'a chunk');
+      expect(await reply()).toBe(fixture('miss-reply-ok.bin').toString('hex'));
+      expect(puts).toEqual([]);
+      rmSync(file);
+      expect(await reply()).toBe(fixture('miss-reply-enospc.bin').toString('hex'));
+      expect(puts.map((b) => b.length)).toEqual([16]);
+      sock.destroy();
     } finally {
       await server.close();
     }

@@ -168,8 +168,8 @@ export class ChunkCache implements DiskChunkCache {
       // the stored bytes are copied out of the answer's pieces only now, when a thread takes them:
       // into one of a few recycled buffers, not fresh memory for every chunk of a run waiting here
       // a file wanted alone may be read before it is durable, where tier 1 can make that safe
-      // (DiskTier.visibleFirst): its reader does not wait for the fdatasync
-      const early = fileOnly && this.#disk.visibleFirst ? onVisible : undefined;
+      // (DiskTier.visibleFirst) and has room for its row: its reader does not wait for the fdatasync
+      const early = fileOnly && this.#disk.visibleFirst && !this.#disk.recentlyFull ? onVisible : undefined;
       return await pool.decode(Buffer.isBuffer(stored) ? stored : gatherStored(stored), flags, length, digest, what, { tmpPath: this.#disk.tempPath(hex), finalPath: this.#disk.chunkPath(hex), noReplace: this.#disk.linksWork }, fileOnly, early);
     } finally {
       release();

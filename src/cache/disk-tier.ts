@@ -34,7 +34,6 @@ export interface DiskTierOptions {
   bootId?: string | null;
 }
 
-
 export interface DiskTierStats {
   chunks: number;
   bytes: number;
@@ -42,8 +41,6 @@ export interface DiskTierStats {
   pinnedChunks: number;
   holders: number;
 }
-
-
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS chunks (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access INTEGER NOT NULL) WITHOUT ROWID;
@@ -62,6 +59,9 @@ CREATE TRIGGER IF NOT EXISTS chunks_del AFTER DELETE ON chunks BEGIN UPDATE tota
 /** `pin` writes this many rows at once, the rest a batch a turn of the event loop */
 export const PIN_BATCH = 512;
 
+/** How long after tier 1 last found its disk full files are durable before they are read (`recentlyFull`). */
+const FULL_RECENTLY_MS = 60_000;
+
 /** adopt checks the budget each time this fraction of it has been adopted (docs/cache.md) */
 const BUDGET_CHECK_FRACTION = 64;
 
@@ -72,7 +72,8 @@ export class DiskTier {
    * util/atomic-file.ts, writeAtomicOverlapped's `onVisible`): its row is written only once it
    * is, and the first process to open the cache after the host restarts removes every chunk
    * file without a row (`sweepAfterRestart`), so that a file a crash left torn under its name is
-   * never read. False where the host's boot id cannot be read.
+   * never read. False where the host's boot id cannot be read, this boot could not be recorded (a
+   * full disk) or the file system makes no hard links (`linksWork`).
    */
   readonly visibleFirst: boolean;
   /**
@@ -81,6 +82,8 @@ export class DiskTier {
    * `visibleFirst` needs; else renamed, durable first.
    */
   readonly linksWork: boolean;
+  /** when tier 1 last found its disk or its index full (ms since the epoch; 0: never) */
+  private fullAt = 0;
   private readonly tmpDir: string;
   private readonly db: Database.Database;
   private readonly pendingAccess = new Map<string, number>();
@@ -153,7 +156,14 @@ export class DiskTier {
     }
   }
 
-
+  /**
+   * Whether tier 1 found its disk or its index full within the last FULL_RECENTLY_MS: files are
+   * then made durable before they are read (not `visibleFirst`), so that a reader is never told
+   * of a file whose row then cannot be written, and which is removed.
+   */
+  get recentlyFull(): boolean {
+    return Date.now() - this.fullAt < FULL_RECENTLY_MS;
+  }
 
   chunkPath(digestHex: string): string {
     return join(this.chunkDir, digestHex.slice(0, 2), digestHex);
@@ -269,6 +279,7 @@ export class DiskTier {
       await this.writeFile(digestHex, data);
     } catch (err) {
       if (!isDiskFull(err)) throw new SlipwayError('IO_ERROR', `writing cache chunk ${digestHex}: ${(err as Error).message}`, { cause: err });
+      this.fullAt = Date.now();
       const { bytes } = this.totals();
       this.opts.logger.warn('cache disk full; evicting', { usedBytes: bytes });
       this.makeRoom(bytes);
@@ -319,9 +330,11 @@ export class DiskTier {
       }
     } catch (err) {
       if (!isDiskFull(err)) throw err;
-      // no room for the row: served uncached. The file stays, a stray (fsck removes it after a
-      // minute, the first open after a restart at once): a reader may have been told it is there
-      // before its row was due (visibleFirst)
+      // no room for the row: drop the file too (a file without a row is a stray) and serve
+      // uncached. A reader told it was there before its row was due (visibleFirst) finds it gone
+      // and asks again: by then files are durable before they are read (`recentlyFull`)
+      this.fullAt = Date.now();
+      rmSync(this.chunkPath(digestHex), { force: true });
       this.opts.logger.warn('cache index full; serving without caching', { digest: digestHex, error: (err as Error).message });
       return false;
     }

@@ -5,6 +5,7 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { constants } from 'node:os';
+import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { HOLE, type IndexEntry } from '../disk/format.js';
 import type { LazyDisk } from '../cache/lazy-disk.js';
@@ -41,6 +42,8 @@ export interface MissChunks {
   logger: Logger;
   /** whether tier 1 has chunk `hex` (its row: its file, durable) */
   has(hex: string): boolean;
+  /** where tier 1 keeps chunk `hex`'s file (the backend reads it there) */
+  chunkPath(hex: string): string;
   /** give a verified chunk its tier-1 file; false when tier 1 is full */
   putChunk(hex: string, data: Buffer): Promise<boolean>;
 }
@@ -63,10 +66,11 @@ export async function startMissServer(path: string, disk: LazyDisk, chunks: Miss
     // the backend reads the chunk's file: its bytes need not come back here
     const got = await disk.readChunk(n, 'demand', true);
     // no bytes back: its file is in place (its row may follow: it is read before it is durable,
-    // see DiskTier.visibleFirst)
-    if (got.byteLength === 0) return 0;
-    // bytes: it came from memory, and may have no file (tier 1 was full): the backend reads files
-    if (!chunks.has(hex) && !(await chunks.putChunk(hex, got))) return -ENOSPC;
+    // see DiskTier.visibleFirst), unless tier 1 had no room for its row and removed it
+    if (got.byteLength === 0 && existsSync(chunks.chunkPath(hex))) return 0;
+    // a chunk that came from memory, or whose file could not be kept, may have no file: the
+    // backend reads files
+    if (!chunks.has(hex) && !(await chunks.putChunk(hex, got.byteLength > 0 ? got : await disk.readChunk(n)))) return -ENOSPC;
     return 0;
   };
   const server: Server = createServer((sock) => {

@@ -71,15 +71,20 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Rename into place; a target directory that does not exist yet is made (once) and the rename tried again. */
-async function renameIntoPlace(tmp: string, finalPath: string): Promise<void> {
+/** `place()`, tried again once the target's directory is made, when it was missing. */
+async function intoDirectory<T>(finalPath: string, place: () => Promise<T>): Promise<T> {
   try {
-    await rename(tmp, finalPath);
+    return await place();
   } catch (err) {
     if (!isMissing(err)) throw err;
     await mkdir(dirname(finalPath), { recursive: true });
-    await rename(tmp, finalPath);
+    return place();
   }
+}
+
+/** Rename into place; a target directory that does not exist yet is made (once) and the rename tried again. */
+function renameIntoPlace(tmp: string, finalPath: string): Promise<void> {
+  return intoDirectory(finalPath, () => rename(tmp, finalPath));
 }
 
 /**
@@ -107,13 +112,7 @@ async function placeWithoutReplacing(tmp: string, finalPath: string, bytes: numb
       return 'replaced';
     }
   };
-  try {
-    return await linkOnce();
-  } catch (err) {
-    if (!isMissing(err)) throw err;
-    await mkdir(dirname(finalPath), { recursive: true });
-    return linkOnce();
-  }
+  return intoDirectory(finalPath, linkOnce);
 }
 
 /** fdatasync a file by name (one another writer put in place, that a record of ours will vouch for). */

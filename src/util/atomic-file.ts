@@ -62,10 +62,14 @@ function isMissing(err: unknown): boolean {
   return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
+/**
+ * fsync (`dataOnly`: fdatasync) a file or directory by name: a directory after a rename in it, or a
+ * chunk file another writer put in place, that a record of ours will vouch for.
+ */
+async function syncByName(path: string, dataOnly: boolean): Promise<void> {
+  const handle = await open(path, 'r');
   try {
-    await handle.sync();
+    await (dataOnly ? handle.datasync() : handle.sync());
   } finally {
     await handle.close();
   }
@@ -115,15 +119,6 @@ async function placeWithoutReplacing(tmp: string, finalPath: string, bytes: numb
   return intoDirectory(finalPath, linkOnce);
 }
 
-/** fdatasync a file by name (one another writer put in place, that a record of ours will vouch for). */
-async function datasyncFile(path: string): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.datasync();
-  } finally {
-    await handle.close();
-  }
-}
 
 /** Write `finalPath` crash-safely with what `fill` writes to the temporary file's handle. */
 export async function writeAtomic(finalPath: string, fill: (handle: FileHandle) => Promise<void>, opts: AtomicWriteOptions = {}): Promise<void> {
@@ -147,10 +142,10 @@ export async function writeAtomic(finalPath: string, fill: (handle: FileHandle) 
       // what is there already was written by another writer: durable before our caller says so
       const how = await placeWithoutReplacing(tmp, finalPath, (await stat(tmp)).size, async () => undefined);
       if (how !== 'replaced') await unlink(tmp).catch(() => undefined);
-      if (how === 'kept' && opts.durable !== false) await datasyncFile(finalPath);
+      if (how === 'kept' && opts.durable !== false) await syncByName(finalPath, true);
     } else await renameIntoPlace(tmp, finalPath);
     renamed = true;
-    if (opts.syncDir !== false && opts.durable !== false) await fsyncDir(dirname(finalPath));
+    if (opts.syncDir !== false && opts.durable !== false) await syncByName(dirname(finalPath), false);
   } finally {
     if (!renamed) await rm(tmp, { force: true });
   }
@@ -232,7 +227,7 @@ export async function writeAtomicOverlapped(finalPath: string, data: Uint8Array,
         await syncOurs();
         const how = await place();
         await dropTmp(how);
-        if (how === 'kept') await datasyncFile(finalPath);
+        if (how === 'kept') await syncByName(finalPath, true);
       } finally {
         await closeAsync(fd);
       }
@@ -258,7 +253,7 @@ export async function writeAtomicOverlapped(finalPath: string, data: Uint8Array,
   const dropped = dropTmp(how);
   try {
     if (how === 'linked') await syncOurs();
-    else if (how === 'kept') await datasyncFile(finalPath);
+    else if (how === 'kept') await syncByName(finalPath, true);
   } catch (err) {
     // ours, under its name, whose fdatasync failed: its pages may be lost; gone, it is fetched
     // again (a file kept from another writer is that writer's to answer for)

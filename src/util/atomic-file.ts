@@ -8,7 +8,7 @@
  * cache, with the file in place before it is durable: see its `onVisible`).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { close, closeSync, fdatasync, fdatasyncSync, fsyncSync, futimesSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { close, closeSync, fdatasync, fdatasyncSync, fsyncSync, futimesSync, linkSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { link, lstat, mkdir, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { basename, dirname, join } from 'node:path';
@@ -239,7 +239,11 @@ export async function writeAtomicOverlapped(finalPath: string, data: Uint8Array,
   }
   let how: 'linked' | 'kept' | 'replaced';
   try {
-    how = await place();
+    // the link itself is tried at once, on this thread: a metadata operation of microseconds that,
+    // queued on the thread pool, would wait behind the fdatasyncs of earlier files there (the
+    // reader waits for it); anything but a plain success (a file there, no directory yet) goes
+    // the careful way
+    how = opts.noReplace && linkNow(tmp, finalPath) ? 'linked' : await place();
   } catch (err) {
     await closeAsync(fd).catch(() => undefined);
     await rm(tmp, { force: true });
@@ -262,6 +266,16 @@ export async function writeAtomicOverlapped(finalPath: string, data: Uint8Array,
   } finally {
     await closeAsync(fd).catch(() => undefined);
     await dropped;
+  }
+}
+
+/** Hard-link `tmp` to `finalPath` synchronously: false (nothing done) when that fails in any way. */
+function linkNow(tmp: string, finalPath: string): boolean {
+  try {
+    linkSync(tmp, finalPath);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -421,6 +421,30 @@ describe('the daemon', () => {
     expect(await d1.client.listVms()).toEqual([]);
   });
 
+  it('a tag that does not exist, through the daemon: run and vm create name the tags the repository has', async () => {
+    expect(await main(['copy', image, `${registry.host}/daemon/tags:exists`, '--progress=none'], captureIO())).toBe(0);
+    const missing = `${registry.host}/daemon/tags:nope`;
+    const ran = captureIO();
+    expect(await main(['run', missing, '--daemon', d1.socket, '--', 'true'], ran)).not.toBe(0);
+    expect(ran.err).toMatch(/error TAG_UNKNOWN: tag nope does not exist in \S*daemon\/tags\b.*; its tags: exists\n/);
+    const saved = process.env.SLIPWAY_DAEMON;
+    process.env.SLIPWAY_DAEMON = d1.socket;
+    try {
+      const created = captureIO();
+      expect(await main(['vm', 'create', missing], created)).not.toBe(0);
+      expect(created.err).toMatch(/error TAG_UNKNOWN: tag nope does not exist in \S*daemon\/tags\b.*; its tags: exists\n/);
+      // a repository that does not exist has no tags to name
+      const none = captureIO();
+      expect(await main(['vm', 'create', `${registry.host}/daemon/never-pushed:nope`], none)).not.toBe(0);
+      expect(none.err).toContain('error TAG_UNKNOWN');
+      expect(none.err).not.toContain('its tags');
+    } finally {
+      if (saved === undefined) delete process.env.SLIPWAY_DAEMON;
+      else process.env.SLIPWAY_DAEMON = saved;
+    }
+    expect(await d1.client.listVms()).toEqual([]);
+  });
+
   it('the slipway vm commands drive it through the client', async () => {
     const io = captureIO();
     const saved = process.env.SLIPWAY_DAEMON;

@@ -93,6 +93,14 @@ describe('slipway run <ref>', () => {
     expect(md5s.size).toBe(1);
   });
 
+  it('a tag that does not exist: TAG_UNKNOWN naming the tags the repository has, before any VM starts', async () => {
+    const before = slipwayTempDirs();
+    const r = await run([`${registry.host}/run/root:nope`, '--', 'true']);
+    expect(r.code).not.toBe(0);
+    expect(r.err).toMatch(/error TAG_UNKNOWN: tag nope does not exist in \S*run\/root\b.*; its tags: v1\n/);
+    expect(slipwayTempDirs()).toEqual(before);
+  });
+
   it('a VM that fails to boot reports why and leaves nothing behind', async () => {
     const before = slipwayTempDirs();
     const r = await run([`${registry.host}/run/broken:v1`, '--', 'true']);

@@ -10,6 +10,7 @@ import { SlipwayClient } from '../client/index.js';
 import { defaultSocketPath, defaultStateDir, envVar, loadConfig } from '../config.js';
 import { SlipwayError } from '../errors.js';
 import { createLogger } from '../util/log.js';
+import { withRepositoryTagsOf } from './explain-unreadable.js';
 import { parseCommand, parseCpus, parseEnv, parseListen, parseNonNegativeInt, parseVmMemoryMiB, type CommandIO, type CommandSpec } from './args.js';
 
 const DAEMON_USAGE = 'slipway daemon [--socket PATH] [--listen HOST:PORT --token-file FILE] [--state-dir DIR] [--cache-dir DIR] [--max-boots N] [--max-vms N] [--stop-vms-on-exit]';
@@ -103,6 +104,9 @@ export async function vmCommand(argv: string[], io: CommandIO): Promise<number> 
           ...(env ? { env } : {}),
           ...(values.net ? { net: values.net as 'none' | 'user' } : {}),
           ...(values.vmm ? { vmm: values.vmm as 'qemu' | 'cloud-hypervisor' } : {}),
+        }).catch(async (err: unknown) => {
+          // a missing tag: the tags there are, asked of the registry from here
+          throw await withRepositoryTagsOf(err, image as string, () => ({ plainHttpHosts: loadConfig(process.env).plainHttpRegistries }));
         });
         json(io, vm);
         return 0;

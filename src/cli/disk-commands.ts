@@ -1,16 +1,15 @@
-import { SlipwayError, isSlipwayError } from '../errors.js';
+import { SlipwayError } from '../errors.js';
 import { describeDisk, openDiskArtifact, openDiskFromManifest, type DiskArtifact } from '../disk/artifact.js';
-import { ARTIFACT_TYPE_MEMORY_SNAPSHOT, diskTag, isMemorySnapshotManifest, loadMemorySnapshot, type LoadedMemorySnapshot } from '../disk/memory-snapshot.js';
+import { ARTIFACT_TYPE_MEMORY_SNAPSHOT, isMemorySnapshotManifest, loadMemorySnapshot, type LoadedMemorySnapshot } from '../disk/memory-snapshot.js';
 import { checkImageFile, pushDisk } from '../disk/push.js';
 import { checkBootProfile, copyBootProfile, fetchBootProfile } from '../cache/boot-profile.js';
 import { inheritBootProfile } from '../cache/profile-inheritance.js';
 import { checkChunkSize } from '../disk/format.js';
-import { isImageTag, newestTagsFirst } from '../disk/dedup.js';
+import { explainUnreadable } from './explain-unreadable.js';
 import { pullDisk } from '../disk/pull.js';
 import { copyImage } from '../oci/copy.js';
 import { withTargets } from '../oci/open.js';
-import { DEFAULT_TAG, formatRef, parseRef, refReference, type ImageRef } from '../oci/ref.js';
-import type { Target } from '../oci/store.js';
+import { DEFAULT_TAG, formatRef, parseRef, refReference } from '../oci/ref.js';
 import { createProgress } from '../util/progress.js';
 import { WorkerPool } from '../workers/pool.js';
 import { parseCommand, parseNonNegativeInt, parseSize, progressMode, STORE_OPTIONS, type CommandIO, type CommandSpec } from './args.js';
@@ -132,33 +131,6 @@ function describeMemorySnapshot(s: LoadedMemorySnapshot): Record<string, unknown
     disk: s.config.disk.digest, ram: s.config.ram.digest, parent: s.config.parent ?? null,
     deviceStateBytes: s.state.reduce((n, l) => n + l.descriptor.size, 0),
   };
-}
-
-/** Tags a missing tag's error looks at (one page of tags/list), and lists at most. */
-const TAGS_LOOKED_AT = 1000;
-const TAGS_LISTED = 10;
-
-/**
- * Why `ref` could not be read, said better where it can: a TAG_UNKNOWN with the tags the
- * repository has (newest-looking first; one more request, made only here, for a person); a
- * NOT_A_SLIPWAY_DISK of a memory snapshot naming the snapshot's disk (its `<tag>.disk`, a disk like
- * any other) and how the snapshot itself is used. Rethrows `err` otherwise.
- */
-async function explainUnreadable(err: unknown, target: Target, ref: ImageRef): Promise<never> {
-  if (isSlipwayError(err, 'TAG_UNKNOWN') && target.listTags) {
-    const tags = await target.listTags(TAGS_LOOKED_AT).then((t) => newestTagsFirst(t.filter(isImageTag)), () => []);
-    const more = tags.length > TAGS_LISTED ? `, and ${tags.length - TAGS_LISTED} more` : '';
-    if (tags.length > 0) throw new SlipwayError('TAG_UNKNOWN', `${err.message}; its tags: ${tags.slice(0, TAGS_LISTED).join(', ')}${more}`, { context: err.context, cause: err });
-  }
-  if (isSlipwayError(err, 'NOT_A_SLIPWAY_DISK')) {
-    const body = await target.fetchManifest(refReference(ref)).then((m) => m.body, () => undefined);
-    if (body && isMemorySnapshotManifest(body)) {
-      const { digest: _digest, ...named } = ref;
-      const disk = ref.digest === undefined ? `; its disk is ${formatRef({ ...named, tag: diskTag(ref.tag ?? DEFAULT_TAG) })}` : '';
-      throw new SlipwayError('NOT_A_SLIPWAY_DISK', `${formatRef(ref)} is a memory snapshot, not a disk${disk}; \`slipway run\` or \`vm create\` resumes it, \`slipway inspect\` describes it`);
-    }
-  }
-  throw err;
 }
 
 export async function copyCommand(argv: string[], io: CommandIO): Promise<number> {

@@ -18,6 +18,7 @@ import type { DiskSpec } from '../vmm/driver.js';
 import { parseCommand, parseCpus, parseEnv, parseNet, parseVmMemoryMiB, type CommandIO, type CommandSpec } from './args.js';
 import { daemonClient, daemonConfigured } from './daemon-commands.js';
 import type { CreateVm, SlipwayClient } from '../client/index.js';
+import { withRepositoryTags, withRepositoryTagsOf } from './explain-unreadable.js';
 
 const USAGE = 'slipway run <ref> | --disk <raw-file> [--hostname H] [--env K=V]... [--cpus N] [--memory 512M] [--net none|user|tap:<ifname>] [--vmm qemu|cloud-hypervisor] [--hugepages] [--timings[=json|waterfall]] [--keep] [--kernel-args ARGS] [--prefetch all|profile|none] [--cache-dir DIR] [--local | --daemon <socket|url>] -- <cmd...>';
 
@@ -43,7 +44,12 @@ function printTimings(record: TimingRecord, mode: TimingsMode, io: CommandIO): v
   else if (mode === 'waterfall') io.stderr.write(renderWaterfall(record, Math.max(20, Math.min(60, (io.stderr.columns ?? 100) - 40))));
 }
 
-async function runThroughDaemon(client: SlipwayClient, req: CreateVm, argv: string[], cwd: string | undefined, timings: TimingsMode, io: CommandIO): Promise<number> {
+/**
+ * `slipway run` through a daemon: create the VM, exec `argv` in it (its output streamed to `io`),
+ * delete it; resolves with the command's exit status (128 + a signal). `plainHttpHosts`: the
+ * registries this host speaks plain HTTP to, for listing a missing tag's repository from here.
+ */
+async function runThroughDaemon(client: SlipwayClient, req: CreateVm, argv: string[], cwd: string | undefined, timings: TimingsMode, io: CommandIO, plainHttpHosts: readonly string[]): Promise<number> {
   let vmId: string | undefined;
   const stop = (): void => {
     if (vmId) void client.deleteVm(vmId).catch(() => undefined);
@@ -52,7 +58,10 @@ async function runThroughDaemon(client: SlipwayClient, req: CreateVm, argv: stri
   process.once('SIGTERM', stop);
   try {
     const t0 = Date.now();
-    const vm = await client.createVm(req);
+    const vm = await client.createVm(req).catch(async (err: unknown) => {
+      // a missing tag: the tags there are, asked of the registry from here
+      throw await withRepositoryTagsOf(err, req.image, () => ({ plainHttpHosts }));
+    });
     vmId = vm.id;
     const r = await client.exec(vm.id, { argv, ...(cwd ? { cwd } : {}) }, { onStdout: (b) => io.stdout.write(b), onStderr: (b) => io.stderr.write(b), collect: false });
     if (timings === 'json') io.stderr.write(`${JSON.stringify({ daemon: true, vm: vm.id, accel: vm.accel, hostMs: { ...vm.timings, create_and_exec: Date.now() - t0 } })}\n`);
@@ -99,7 +108,7 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
     // cpus and memory only when given: the daemon's defaults are the same, and a memory snapshot brings its own
     return runThroughDaemon(daemonClient(values.daemon, undefined), {
       image: ref, vmm, net: net.mode === 'user' ? 'user' : 'none', ...(values.cpus ? { cpus } : {}), ...(values.memory ? { memoryMiB } : {}), ...(env ? { env } : {}), ...(prefetch ? { prefetch } : {}),
-    }, command, values.cwd, timings.mode, io);
+    }, command, values.cwd, timings.mode, io, config.plainHttpRegistries);
   }
   const controller = new AbortController();
   const onSigint = (): void => controller.abort();
@@ -127,7 +136,8 @@ export async function runCommand(argv: string[], io: CommandIO): Promise<number>
         if (isSlipwayError(err, 'NOT_A_SLIPWAY_DISK') && await loadMemorySnapshot(await openedCache.targets.open(parseRef(ref)), refReference(parseRef(ref))).then(() => true, () => false)) {
           throw new SlipwayError('INVALID_ARGUMENT', `${ref} is a memory snapshot: it resumes through the daemon (start \`slipway daemon\`, then \`slipway run ${ref} -- ...\` or \`slipway vm create ${ref}\`)`);
         }
-        throw err;
+        const target = await openedCache.targets.open(parseRef(ref)).catch(() => undefined);
+        throw target ? await withRepositoryTags(err, target) : err;
       });
       hostPhases.resolve_and_backend = Date.now() - t0;
       disks = [{ kind: 'vhost-user', socket: served.socket }];

@@ -6,7 +6,7 @@
  * oversized requests; TCP without the token.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { request } from 'undici';
@@ -16,6 +16,7 @@ import { waitForAgent } from '../src/guest/agent-client.js';
 import { SlipwayClient } from '../src/client/index.js';
 import { openDiskArtifact } from '../src/disk/artifact.js';
 import { main } from '../src/cli/main.js';
+import { ramFileOf } from '../src/api/memory-snapshots.js';
 import { PROJECT_ROOT } from '../src/guest/build.js';
 import { Targets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
@@ -196,6 +197,25 @@ describe('the daemon', () => {
     expect((await sh(again.client, vm.id, 'cat /root/before.txt; echo after > /root/after.txt; cat /root/after.txt')).out).toBe('before\nafter\n');
     await again.client.deleteVm(vm.id);
     expect(processesWith(join('vms', vm.id))).toEqual([]);
+  });
+
+  it('killed (SIGKILL) with its VM\'s processes: the restarted daemon removes the VM and what it held on tmpfs', async () => {
+    const d = await daemon('lost');
+    const vm = await d.client.createVm({ image });
+    const ramFile = ramFileOf(vm.id);
+    expect(existsSync(ramFile)).toBe(true);
+    const procs = processesWith(join('vms', vm.id));
+    expect(procs.length).toBe(2); // QEMU and slipway-blk
+    await d.kill();
+    // as if the host's OOM killer had taken the VM too, and the daemon had died staging a memory snapshot's RAM
+    for (const pid of procs) process.kill(pid, 'SIGKILL');
+    for (let i = 0; i < 200 && processesWith(join('vms', vm.id)).length > 0; i++) await new Promise((r) => setTimeout(r, 25));
+    expect(processesWith(join('vms', vm.id))).toEqual([]);
+    const staged = `/dev/shm/slipway-staging-${vm.id}-0badc0de.ram`;
+    writeFileSync(staged, Buffer.alloc(4096, 1));
+    const again = await daemon('lost2', { stateDir: d.stateDir, cacheDir: d.cacheDir, args: [] });
+    await expect(again.client.getVm(vm.id)).rejects.toMatchObject({ code: 'VM_NOT_FOUND' });
+    expect([existsSync(ramFile), existsSync(staged), existsSync(join(d.stateDir, 'vms', vm.id))]).toEqual([false, false, false]);
   });
 
   it('killed in the middle of a snapshot (or with the guest frozen): the tag stays as it was, and after a restart the VM runs and writes', async () => {

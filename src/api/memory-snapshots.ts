@@ -22,7 +22,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ChunkCache } from '../cache/chunk-cache.js';
@@ -59,6 +59,22 @@ export const RAM_CHUNK_BYTES = 64 << 10;
 /** Where a daemon VM's RAM lives: tmpfs, mapped shared by QEMU and the vhost-user backend. */
 export function ramFileOf(vmId: string): string {
   return `/dev/shm/slipway-${vmId}.ram`;
+}
+
+/** A copy of VM `vmId`'s RAM that a memory snapshot stages (tmpfs: guest memory), one per snapshot. */
+function stagingRamCopyOf(vmId: string): string {
+  return `/dev/shm/slipway-staging-${vmId}-${randomBytes(4).toString('hex')}.ram`;
+}
+
+/**
+ * Remove the staged RAM copies of VM `vmId`'s memory snapshots (`stagingRamCopyOf`) that a daemon
+ * killed mid-snapshot left on tmpfs, where they would hold the guest's memory size until the host
+ * reboots. Only for a VM whose snapshot nobody is taking (a daemon starting). Never throws.
+ */
+export async function removeStagedRamCopies(vmId: string): Promise<void> {
+  const prefix = `slipway-staging-${vmId}-`;
+  const names = await readdir('/dev/shm').catch(() => [] as string[]);
+  for (const name of names) if (name.startsWith(prefix) && name.endsWith('.ram')) await rm(join('/dev/shm', name), { force: true }).catch(() => undefined);
 }
 
 let qemuVersion: Promise<string> | undefined;
@@ -113,7 +129,7 @@ export async function takeMemorySnapshot(deps: { cache: ChunkCache; logger: Logg
   const diskStaging = `${stem}.disk`;
   // the VMM's saved state (QEMU: its device state; Cloud Hypervisor: its RAM image too)
   const stateDir = `${stem}.state`;
-  const ramCopy = `/dev/shm/slipway-staging-${v.id}-${randomBytes(4).toString('hex')}.ram`;
+  const ramCopy = stagingRamCopyOf(v.id);
   let ramImage = ramCopy;
   let stateFiles: string[] = [];
   let ramDirty: DirtyBitmap | undefined;

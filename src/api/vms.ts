@@ -26,7 +26,7 @@ import { driverFor } from '../vmm/drivers.js';
 import { canWaitForBackends } from '../vmm/qemu.js';
 import { checkShape } from '../disk/memory-snapshot.js';
 import { adoptRam, servedRamFile, stopLeftoverRam, type ServedRam } from '../serve/ram-backend.js';
-import { afterLazyRestore, applyRestoredIdentity, createRamFile, openMemorySnapshot, restoreFigures, prepareRestore, ramFileOf, ramOverlayOf, restoresLazily, takeMemorySnapshot, vmShape, type OpenedMemorySnapshot, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
+import { afterLazyRestore, applyRestoredIdentity, createRamFile, openMemorySnapshot, restoreFigures, prepareRestore, ramFileOf, ramOverlayOf, removeStagedRamCopies, restoresLazily, takeMemorySnapshot, vmShape, type OpenedMemorySnapshot, type RestorePlan, type SnapshotVm } from './memory-snapshots.js';
 import type { Histogram, Counter } from './metrics.js';
 import { snapshotDisk } from './disk-snapshot.js';
 import { BootAdmission } from './vm-admission.js';
@@ -507,12 +507,17 @@ export class VmManager {
     }
   }
 
-  /** A VM an earlier daemon left that this one could not adopt: its own processes stopped, its files and row removed. */
-  private async removeUnadopted(r: VmRecord): Promise<void> {
-    for (const pid of processesWithArgument(r.workDir)) await terminateProcess(pid, 1000);
+  /** VM `r` of an earlier daemon, all but its row: processes (`own`, by their arguments) stopped, RAM overlay, work directory and RAM file (tmpfs) removed. */
+  private async removeLeftovers(r: VmRecord, own = processesWithArgument(r.workDir)): Promise<void> {
+    for (const pid of own) await terminateProcess(pid, 1000);
     await stopLeftoverRam(r.workDir, ramOverlayOf(r.id)).catch(() => undefined);
     await rm(r.workDir, { recursive: true, force: true });
     await rm(ramFileOf(r.id), { force: true });
+  }
+
+  /** A VM an earlier daemon left that this one could not adopt: its own processes stopped, its files and row removed. */
+  private async removeUnadopted(r: VmRecord): Promise<void> {
+    await this.removeLeftovers(r);
     this.deps.state.delete(r.id);
     this.unadopted.delete(r.id);
     this.deps.logger.info('vm removed', { vm: r.id, unadopted: true });
@@ -531,6 +536,7 @@ export class VmManager {
     await rm(this.stagingDir, { recursive: true, force: true });
     const { guest } = await guestArtifacts();
     for (const r of this.deps.state.all()) {
+      await removeStagedRamCopies(r.id); // (of memory snapshots it did not finish: on tmpfs)
       let served: ServedDisk | undefined;
       let vm: RunningVm | undefined;
       try {
@@ -568,8 +574,7 @@ export class VmManager {
         this.deps.logger.error('a running vm could not be adopted; left running (DELETE removes it)', { vm: r.id });
         continue;
       }
-      for (const pid of own) await terminateProcess(pid, 1000);
-      await rm(r.workDir, { recursive: true, force: true });
+      await this.removeLeftovers(r, own);
       this.deps.state.delete(r.id);
       removed.push(r.id);
       this.deps.logger.warn('vm left by an earlier daemon could not be adopted; removed', { vm: r.id, status: r.status });

@@ -99,7 +99,12 @@ export async function startTestDaemon(opts: DaemonStartOptions): Promise<TestDae
         const mount = line.split(' ')[1];
         if (mount?.startsWith(`${stateDir}/`)) spawnSync('umount', ['-l', mount]);
       }
-      for (const id of existsSync(join(stateDir, 'vms')) ? readdirSync(join(stateDir, 'vms')) : []) rmSync(`/dev/shm/slipway-${id}.ram.d`, { recursive: true, force: true });
+      // and what its VMs kept on tmpfs (their RAM, RAM overlays, RAM copies a snapshot staged),
+      // which would hold memory until the host reboots
+      const shm = readdirSync('/dev/shm');
+      for (const id of existsSync(join(stateDir, 'vms')) ? readdirSync(join(stateDir, 'vms')) : []) {
+        for (const name of shm.filter((n) => n === `slipway-${id}.ram` || n === `slipway-${id}.ram.d` || n.startsWith(`slipway-staging-${id}-`))) rmSync(join('/dev/shm', name), { recursive: true, force: true });
+      }
     },
   };
   return daemon;

@@ -18,6 +18,7 @@ export const ENV_VARS = {
   SLIPWAY_STORE: 'the embedded default store, an OCI layout per name (storeDir)',
   SLIPWAY_MEMORY_BUDGET: 'bytes of decompressed chunks kept in memory (memoryBudgetBytes)',
   SLIPWAY_DISK_BUDGET: 'bytes of chunk files on local disk before eviction (diskBudgetBytes)',
+  SLIPWAY_METADATA_BUDGET: 'bytes of cached manifests, indexes and device state before eviction (metadataBudgetBytes)',
   SLIPWAY_MIRRORS: 'pull-through mirrors per origin, origin=mirror[,mirror][;origin=...] (mirrors)',
   SLIPWAY_PLAIN_HTTP_REGISTRIES: 'registry hosts spoken to over plain HTTP, comma-separated (plainHttpRegistries)',
   SLIPWAY_FETCH_DEADLINE_MS: 'how long a chunk read retries a failing registry (fetchDeadlineMs)',
@@ -59,8 +60,10 @@ export interface SlipwayConfig {
   memoryBudgetBytes: number;
   /** Tier 1: eviction starts above this many bytes of chunk files... */
   diskBudgetBytes: number;
-  /** ...and stops below this share of the budget. */
+  /** ...and stops below this share of the budget (the metadata cache's too). */
   diskLowWatermark: number;
+  /** The metadata cache (manifests, configs, indexes, device state: `<cacheDir>/meta`): eviction starts above this many bytes. */
+  metadataBudgetBytes: number;
   /** Per origin registry host, mirrors (pull-through caches) tried in order before it. */
   mirrors: Record<string, string[]>;
   /** Registry hosts spoken to over plain HTTP besides loopback ones (SLIPWAY_PLAIN_HTTP_REGISTRIES=a,b). */
@@ -80,6 +83,7 @@ const ConfigFile = z.strictObject({
   memoryBudgetBytes: z.number().positive(),
   diskBudgetBytes: z.number().positive(),
   diskLowWatermark: z.number().positive().lt(1),
+  metadataBudgetBytes: z.number().positive(),
   mirrors: z.record(z.string(), z.array(z.string())),
   plainHttpRegistries: z.array(z.string()),
   connectionsPerHost: z.number().positive(),
@@ -198,6 +202,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     memoryBudgetBytes: 256 * MiB,
     diskBudgetBytes: 20 * 1024 * MiB,
     diskLowWatermark: 0.8,
+    metadataBudgetBytes: 256 * MiB,
     mirrors: {},
     plainHttpRegistries: [],
     connectionsPerHost: 8,
@@ -211,6 +216,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (memory) config.memoryBudgetBytes = positiveNumber(memory, 'SLIPWAY_MEMORY_BUDGET');
   const disk = envVar('SLIPWAY_DISK_BUDGET', env);
   if (disk) config.diskBudgetBytes = positiveNumber(disk, 'SLIPWAY_DISK_BUDGET');
+  const metadata = envVar('SLIPWAY_METADATA_BUDGET', env);
+  if (metadata) config.metadataBudgetBytes = positiveNumber(metadata, 'SLIPWAY_METADATA_BUDGET');
   const mirrors = envVar('SLIPWAY_MIRRORS', env);
   if (mirrors) config.mirrors = parseMirrors(mirrors);
   const plain = envVar('SLIPWAY_PLAIN_HTTP_REGISTRIES', env);

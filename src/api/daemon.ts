@@ -111,6 +111,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   registry.register(new Gauge('slipway_remote_fetched_bytes_total', 'bytes fetched from registries and mirrors', () => [{ value: cache.stats().remote.bytes }], 'counter'));
   registry.register(new Gauge('slipway_remote_requests_total', 'requests made to registries and mirrors', () => [{ value: cache.stats().remote.requests }], 'counter'));
   registry.register(new Gauge('slipway_cache_disk_bytes', 'bytes of chunk files in tier 1', () => [{ value: cache.stats().disk.bytes }]));
+  registry.register(new Gauge('slipway_cache_metadata_bytes', 'bytes of manifests, configs, indexes and device state in the metadata cache', () => [{ value: cache.stats().metadata.bytes }]));
   registry.register(new Gauge('slipway_cache_corruptions_total', 'tier-1 chunk files found corrupt and dropped', () => [{ value: cache.stats().disk.corruptions }], 'counter'));
 
   const adoption = await vms.adoptAll();

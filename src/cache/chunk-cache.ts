@@ -10,12 +10,12 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { SlipwayConfig } from '../config.js';
 import { SlipwayError } from '../errors.js';
-import { OciLayoutStore } from '../oci/layout/layout-store.js';
 import { embeddedContent } from '../oci/digest.js';
 import type { Descriptor } from '../oci/types.js';
 import type { Target } from '../oci/store.js';
 import type { BlobReader } from '../disk/artifact.js';
 import { cachingBlobReader } from './disk-manifest.js';
+import { MetadataCache, type MetadataUsage } from './metadata-cache.js';
 import { Targets } from '../oci/open.js';
 import type { Logger } from '../util/log.js';
 import { PrioritySemaphore, type Priority, type Urgency } from '../util/semaphore.js';
@@ -46,6 +46,8 @@ export interface CacheStats {
   inflightJoins: number;
   /** speculation's guesses kept undecoded until read (parked-guesses.ts) */
   guesses: ParkedStats;
+  /** the metadata cache (metadata-cache.ts), as this process counts it */
+  metadata: MetadataUsage;
 }
 
 export interface ChunkCacheOptions {
@@ -70,7 +72,7 @@ export class ChunkCache implements DiskChunkCache {
   readonly #disk: DiskTier;
   readonly #remote: RemoteTier;
   /** manifests, configs and indexes, by digest: disks already seen open without a registry */
-  readonly #meta: OciLayoutStore;
+  readonly #meta: MetadataCache;
   readonly #fetcher: ChunkFetcher;
   readonly #counters = { memoryHits: 0, diskHits: 0, corruptions: 0 };
   readonly #hostLimits = new Map<string, PrioritySemaphore>();
@@ -92,7 +94,7 @@ export class ChunkCache implements DiskChunkCache {
     const disk = new DiskTier({ cacheDir: opts.config.cacheDir, budgetBytes: opts.config.diskBudgetBytes, lowWatermark: opts.config.diskLowWatermark, logger: opts.logger });
     this.#disk = disk;
     // manifests, configs and indexes: verified on every read, fetched again when torn by a crash
-    this.#meta = new OciLayoutStore(join(opts.config.cacheDir, 'meta'), { durable: false });
+    this.#meta = new MetadataCache(join(opts.config.cacheDir, 'meta'), opts.config.metadataBudgetBytes, opts.config.diskLowWatermark);
     this.#remote = new RemoteTier({
       decode: (stored, flags, length, digest, what, priority, fileOnly, onVisible) => this.#decode(stored, flags, length, digest, what, priority, fileOnly, onVisible),
       logger: opts.logger,
@@ -316,14 +318,19 @@ export class ChunkCache implements DiskChunkCache {
       remote: { ...this.#remote.stats },
       inflightJoins: this.#fetcher.joins,
       guesses: this.#fetcher.parked.stats(),
+      metadata: this.#meta.usage(),
     };
   }
 
-  /** Evict tier 1 down to `maxBytes` (default: the low watermark of the budget) and reconcile files and rows. */
-  gc(maxBytes?: number): { evictedChunks: number; evictedBytes: number; strayFiles: number; lostRows: number } {
+  /**
+   * Evict tier 1 down to `maxBytes` (default: the low watermark of the budget) and reconcile files
+   * and rows; and the metadata cache down to the low watermark of its own budget.
+   */
+  gc(maxBytes?: number): { evictedChunks: number; evictedBytes: number; strayFiles: number; lostRows: number; evictedMetadataBlobs: number; evictedMetadataBytes: number } {
     const fsck = this.#disk.fsck();
     const ev = this.#disk.evictTo(maxBytes ?? Math.floor(this.config.diskBudgetBytes * this.config.diskLowWatermark));
-    return { ...ev, ...fsck };
+    const meta = this.#meta.evictTo(Math.floor(this.config.metadataBudgetBytes * this.config.diskLowWatermark));
+    return { ...ev, ...fsck, evictedMetadataBlobs: meta.evictedBlobs, evictedMetadataBytes: meta.evictedBytes };
   }
 
   async close(): Promise<void> {

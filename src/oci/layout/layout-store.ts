@@ -183,7 +183,9 @@ export class OciLayoutStore implements Target {
     let descriptor = await this.resolve(reference);
     if (!descriptor && isDigest(reference) && (await this.blobExists(reference))) {
       // A manifest stored only as a blob (e.g. a child of an index): its media type is in the body.
-      const body = await this.fetchBlob({ mediaType: '', digest: reference, size: (await stat(this.blobPath(reference))).size });
+      // (read once, its size from what was read: a blob removed since the look is BLOB_UNKNOWN)
+      const body = await this.readBlobFile(reference);
+      verifyContent(body, { digest: reference }, `blob ${reference} in ${this.name}`);
       const mediaType = (JSON.parse(body.toString('utf8')) as { mediaType?: string }).mediaType ?? '';
       return { descriptor: { mediaType, digest: reference, size: body.byteLength }, body };
     }

@@ -33,6 +33,9 @@ describe('the config file', () => {
     const env = withFile({ memoryBudgetBytes: 1024, mirrors: { 'r.example': ['m.example'] }, fetchDeadlineMs: 5000 });
     expect(loadConfig(env)).toMatchObject({ memoryBudgetBytes: 1024, mirrors: { 'r.example': ['m.example'] }, fetchDeadlineMs: 5000, connectionsPerHost: 8 });
     expect(loadConfig({ ...env, SLIPWAY_FETCH_DEADLINE_MS: '700', SLIPWAY_PLAIN_HTTP_REGISTRIES: 'a:5000, b' })).toMatchObject({ fetchDeadlineMs: 700, plainHttpRegistries: ['a:5000', 'b'] });
+    expect(loadConfig(withFile({})).metadataBudgetBytes).toBe(256 << 20);
+    expect(loadConfig({ ...withFile({ metadataBudgetBytes: 4096 }) }).metadataBudgetBytes).toBe(4096);
+    expect(loadConfig({ ...withFile({ metadataBudgetBytes: 4096 }), SLIPWAY_METADATA_BUDGET: '8192' }).metadataBudgetBytes).toBe(8192);
   });
 
   it('refuses an unknown setting, a wrong type and a number out of range, naming the setting', () => {
@@ -42,6 +45,8 @@ describe('the config file', () => {
     expect(refusal(withFile({ diskLowWatermark: 1.5 }))).toMatch(/diskLowWatermark/);
     expect(refusal(withFile({ connectionsPerHost: '8' }))).toMatch(/connectionsPerHost/);
     expect(refusal({ ...withFile({}), SLIPWAY_DISK_BUDGET: 'lots' })).toMatch(/SLIPWAY_DISK_BUDGET must be a positive number/);
+    expect(refusal(withFile({ metadataBudgetBytes: 0 }))).toMatch(/metadataBudgetBytes/);
+    expect(refusal({ ...withFile({}), SLIPWAY_METADATA_BUDGET: '-1' })).toMatch(/SLIPWAY_METADATA_BUDGET must be a positive number/);
   });
 });
 

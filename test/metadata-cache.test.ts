@@ -75,16 +75,20 @@ describe('the metadata cache', () => {
       const d1 = await openAndRead(cache, 1);
       // (disks' metadata differ by a few bytes: their packs' sizes are numbers in JSON)
       expect(Math.abs(bytesOf(blobsIn(dir)) - 2 * perDisk)).toBeLessThan(64);
-      // d0 used again (by digest: its manifest read from the cache) after d1 was kept
-      await openAndRead(cache, 0, `${bed.registry.host}/meta/d0@sha256:${d0}`);
+      // d0 used again (by tag: its manifest fetched, found kept) after d1 was kept
+      await openAndRead(cache, 0);
       const d2 = await openAndRead(cache, 2);
       const held = blobsIn(dir);
       expect(bytesOf(held)).toBeLessThanOrEqual(budget);
       expect({ d0: held.has(d0), d1: held.has(d1), d2: held.has(d2) }).toEqual({ d0: true, d1: false, d2: true });
       expect(cache.stats().metadata).toEqual({ blobs: held.size, bytes: bytesOf(held), budgetBytes: budget });
-      // d1's metadata went: it is fetched again, and the disk reads as before
+      // d1's metadata went: it is fetched again, and the disk reads as before (d0's goes now)
       expect(await openAndRead(cache, 1)).toBe(d1);
-      expect(blobsIn(dir).has(d1)).toBe(true);
+      expect([d0, d1, d2].map((d) => blobsIn(dir).has(d))).toEqual([false, true, true]);
+      // d2 used again by digest (its manifest read from the cache), then d0: d1 goes
+      await openAndRead(cache, 2, `${bed.registry.host}/meta/d2@sha256:${d2}`);
+      await openAndRead(cache, 0);
+      expect([d0, d1, d2].map((d) => blobsIn(dir).has(d))).toEqual([true, false, true]);
       expect(bytesOf(blobsIn(dir))).toBeLessThanOrEqual(budget);
     } finally {
       await cache.close();

@@ -67,14 +67,18 @@ function stagingRamCopyOf(vmId: string): string {
 }
 
 /**
- * Remove the staged RAM copies of VM `vmId`'s memory snapshots (`stagingRamCopyOf`) that a daemon
- * killed mid-snapshot left on tmpfs, where they would hold the guest's memory size until the host
- * reboots. Only for a VM whose snapshot nobody is taking (a daemon starting). Never throws.
+ * Remove the staged RAM copies of the memory snapshots of VMs `vmIds` (`stagingRamCopyOf`) that a
+ * daemon killed mid-snapshot left on tmpfs, where they would hold the guest's memory size until
+ * the host reboots. Only for VMs whose snapshots nobody is taking (a daemon starting). Never
+ * throws; a name that is not a plain file (another user's link, say) is only unlinked, never
+ * followed.
  */
-export async function removeStagedRamCopies(vmId: string): Promise<void> {
-  const prefix = `slipway-staging-${vmId}-`;
+export async function removeStagedRamCopies(vmIds: readonly string[]): Promise<void> {
+  const prefixes = vmIds.map((id) => `slipway-staging-${id}-`);
   const names = await readdir('/dev/shm').catch(() => [] as string[]);
-  for (const name of names) if (name.startsWith(prefix) && name.endsWith('.ram')) await rm(join('/dev/shm', name), { force: true }).catch(() => undefined);
+  for (const name of names) {
+    if (name.endsWith('.ram') && prefixes.some((p) => name.startsWith(p))) await rm(join('/dev/shm', name), { force: true }).catch(() => undefined);
+  }
 }
 
 let qemuVersion: Promise<string> | undefined;

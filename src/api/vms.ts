@@ -532,11 +532,11 @@ export class VmManager {
   async adoptAll(): Promise<{ adopted: string[]; removed: string[] }> {
     const adopted: string[] = [];
     const removed: string[] = [];
-    // copies of snapshots an earlier daemon did not finish
+    // copies of snapshots an earlier daemon did not finish (their RAM copies on tmpfs too)
     await rm(this.stagingDir, { recursive: true, force: true });
+    await removeStagedRamCopies(this.deps.state.all().map((r) => r.id));
     const { guest } = await guestArtifacts();
     for (const r of this.deps.state.all()) {
-      await removeStagedRamCopies(r.id); // (of memory snapshots it did not finish: on tmpfs)
       let served: ServedDisk | undefined;
       let vm: RunningVm | undefined;
       try {

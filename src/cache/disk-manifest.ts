@@ -49,7 +49,8 @@ export async function resolveDiskManifest(meta: OciLayoutStore, tags: TagRecords
   for (const s of originFirst(sources)) {
     try {
       const fetched = await s.target.fetchManifest(reference);
-      if (!(await meta.blobExists(fetched.descriptor.digest))) await meta.pushBlob(fetched.descriptor, fetched.body);
+      // kept, or marked used when it is (the metadata cache evicts the least recently used)
+      await meta.pushBlob(fetched.descriptor, fetched.body);
       if (!isDigest(reference)) tags.recordTag(formatRef(ref), fetched.descriptor);
       return { fetched, offline: false };
     } catch (err) {

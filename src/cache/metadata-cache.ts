@@ -34,6 +34,8 @@ export class MetadataCache extends OciLayoutStore {
   /** blobs and bytes as this process last counted them (a walk) and has written or removed since */
   #blobs = 0;
   #bytes = 0;
+  /** the last time a blob was marked used (ms since the epoch): each later mark is later still */
+  #lastUse = 0;
 
   /**
    * `budgetBytes`: eviction starts above it; `lowWatermark` (0-1): the share of the budget it
@@ -44,7 +46,7 @@ export class MetadataCache extends OciLayoutStore {
     this.#blobDir = join(dir, 'blobs', 'sha256');
   }
 
-  /** Create or check the layout, count what it holds, and bring it under its budget. */
+  /** Create or check the layout, count what it holds (a walk), and bring it under its budget. */
   override async init(): Promise<void> {
     await super.init();
     this.#count();
@@ -56,26 +58,43 @@ export class MetadataCache extends OciLayoutStore {
     return { blobs: this.#blobs, bytes: this.#bytes, budgetBytes: this.budgetBytes };
   }
 
+  /**
+   * Keep a blob (verified against `desc`: DIGEST_MISMATCH otherwise), or mark it used when it is
+   * kept already (a tag resolved again to the same manifest); past the budget, evict (synchronous:
+   * a walk of the directory, a few milliseconds for thousands of blobs).
+   */
   override async pushBlob(desc: Descriptor, data: Buffer): Promise<void> {
     const had = await this.blobExists(desc.digest);
     await super.pushBlob(desc, data);
-    if (had) return this.#touch(desc.digest);
+    // a new blob's time is set as a use's is: one clock orders them all
+    await this.#touch(desc.digest);
+    if (had) return;
     this.#blobs++;
     this.#bytes += data.byteLength;
-    // (synchronous: a walk of the directory, a few milliseconds for thousands of blobs)
     if (this.#bytes > this.budgetBytes) this.evictTo(this.#lowBytes());
   }
 
+  /** A kept blob's bytes, verified (BLOB_UNKNOWN when it is not kept, or no longer), marked used. */
   override async fetchBlob(desc: Descriptor): Promise<Buffer> {
     const data = await super.fetchBlob(desc);
     await this.#touch(desc.digest);
     return data;
   }
 
+  /** A kept manifest by digest (MANIFEST_UNKNOWN or BLOB_UNKNOWN when it is not kept), marked used. */
   override async fetchManifest(reference: string): Promise<FetchedManifest> {
     const fetched = await super.fetchManifest(reference);
     await this.#touch(fetched.descriptor.digest);
     return fetched;
+  }
+
+  /** Remove a blob (a torn copy), counted. */
+  override async removeBlob(digest: string): Promise<void> {
+    const st = statSync(join(this.#blobDir, parseDigest(digest).hex), { throwIfNoEntry: false });
+    await super.removeBlob(digest);
+    if (!st) return;
+    this.#blobs--;
+    this.#bytes -= st.size;
   }
 
   /**
@@ -92,11 +111,13 @@ export class MetadataCache extends OciLayoutStore {
       if (this.#bytes <= maxBytes) break;
       try {
         unlinkSync(join(this.#blobDir, b.name));
-      } catch {
-        continue; // gone already (another process), or not ours to remove
+        evictedBlobs++;
+        evictedBytes += b.size;
+      } catch (err) {
+        // removed since the walk (another process evicting too): gone all the same; anything
+        // else (not ours to remove) stays, and counts
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') continue;
       }
-      evictedBlobs++;
-      evictedBytes += b.size;
       this.#blobs--;
       this.#bytes -= b.size;
     }
@@ -127,10 +148,14 @@ export class MetadataCache extends OciLayoutStore {
     return blobs;
   }
 
-  /** Mark a blob used now (its modification time), so that eviction takes it last. */
+  /**
+   * Mark a blob used now (its modification time, by the wall clock), so that eviction takes it
+   * last: each mark of this process a millisecond past the one before at least, so that two in
+   * the same millisecond keep their order.
+   */
   async #touch(digest: string): Promise<void> {
-    // in seconds to the microsecond (a Date has milliseconds): a read just after a write is later
-    const now = (performance.timeOrigin + performance.now()) / 1000;
-    await utimes(join(this.#blobDir, parseDigest(digest).hex), now, now).catch(() => undefined);
+    this.#lastUse = Math.max(Date.now(), this.#lastUse + 1);
+    const at = this.#lastUse / 1000;
+    await utimes(join(this.#blobDir, parseDigest(digest).hex), at, at).catch(() => undefined);
   }
 }

@@ -52,7 +52,7 @@ export async function cacheCommand(argv: string[], io: CommandIO): Promise<numbe
       const { values } = parseCommand('cache stats', rest, { ...CACHE_OPTIONS }, { min: 0, max: 0, usage: USAGE.stats });
       return withCache(values['cache-dir'], io, async (cache) => {
         const s = cache.stats();
-        io.stdout.write(`${JSON.stringify({ cacheDir: cache.config.cacheDir, disk: s.disk, memoryBudgetBytes: s.memory.budgetBytes, mirrors: cache.config.mirrors }, null, 2)}\n`);
+        io.stdout.write(`${JSON.stringify({ cacheDir: cache.config.cacheDir, disk: s.disk, metadata: s.metadata, memoryBudgetBytes: s.memory.budgetBytes, mirrors: cache.config.mirrors }, null, 2)}\n`);
         return 0;
       });
     }

@@ -1,8 +1,9 @@
 /**
  * Why a disk could not be read, said better for a person where it can: a missing tag with the
- * tags its repository has (one more request, `GET /v2/<name>/tags/list`, made only on this error
- * path of the CLI, never by the daemon for a scheduler), a memory snapshot given where a disk is
- * read. Used by the disk commands, `run` (on its own or through a daemon) and `vm create`.
+ * tags its repository has (`GET /v2/<name>/tags/list`, following its pages up to TAGS_LOOKED_AT
+ * tags, made only on this error path of the CLI, never by the daemon for a scheduler), a memory
+ * snapshot given where a disk is read. Used by the disk commands, `run` (on its own or through a
+ * daemon) and `vm create`.
  */
 import { SlipwayError, isSlipwayError } from '../errors.js';
 import { isImageTag, newestTagsFirst } from '../disk/dedup.js';
@@ -30,15 +31,23 @@ export async function withRepositoryTags(err: unknown, target: Target): Promise<
   return new SlipwayError('TAG_UNKNOWN', `${err.message}; its tags: ${tags.slice(0, TAGS_LISTED).join(', ')}${more}`, { context: err.context, cause: err });
 }
 
+/** How long the CLI waits for a registry's tag list on another process's error (one attempt). */
+const TAGS_OF_ANSWER_MS = 3000;
+
 /**
  * The same for an error that came from elsewhere (a daemon's answer about the image `refText`):
- * its repository opened here, with the registry options `options()` gives, to list its tags. `err` unchanged when it is no
- * TAG_UNKNOWN or the repository cannot be opened from here. Never throws.
+ * its repository asked from here, with the registry options `options()` gives, in one attempt of
+ * at most TAGS_OF_ANSWER_MS (the error is not held up by a registry this host cannot reach). Only
+ * a registry reference: a layout or a name of the embedded store is the daemon's own, not this
+ * process's. `err` unchanged otherwise, or when the tags cannot be had. Never throws.
  */
 export async function withRepositoryTagsOf(err: unknown, refText: string, options: () => RegistryClientOptions): Promise<unknown> {
   if (!isSlipwayError(err, 'TAG_UNKNOWN')) return err;
   try {
-    return await withTargets(options(), async (targets) => withRepositoryTags(err, await targets.open(parseRef(refText))));
+    const ref = parseRef(refText);
+    if (ref.kind !== 'registry') return err;
+    const once: RegistryClientOptions = { ...options(), retry: { maxAttempts: 1 }, requestTimeoutMs: TAGS_OF_ANSWER_MS };
+    return await withTargets(once, async (targets) => withRepositoryTags(err, await targets.open(ref)));
   } catch {
     return err;
   }

@@ -8,7 +8,7 @@
  * appends every chunk it reads for the first time to a trace: the restore's working set.
  */
 import { accessSync, constants, existsSync } from 'node:fs';
-import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -207,11 +207,15 @@ function servedRam(p: { cache: ChunkCache; disk: LazyDisk; workDir: string; over
 /**
  * What a lazily restored VM may leave when nobody holds its ServedRam (a VM adopted after a daemon
  * restart, or one that could not be adopted): its slipway-ramfs stopped, the mount gone, the
- * overlay removed. Harmless when there is nothing. Call it only once the VMM has exited.
+ * overlay removed. Harmless when there is nothing. Call it only once the VMM has exited. The
+ * overlay lives under a predictable name in world-writable `/dev/shm`: it is removed only when it
+ * is a real directory of this user's (the sticky bit keeps others from swapping it after that);
+ * a name another user made first is left alone.
  */
 export async function stopLeftoverRam(workDir: string, overlayDir: string): Promise<void> {
   const mount = join(workDir, 'ram');
   for (const pid of processesWithArgument(mount)) await terminateProcess(pid, 2000);
   if (existsSync(join(workDir, 'ram.map'))) await unmountLazily(mount);
-  await rm(overlayDir, { recursive: true, force: true });
+  const st = await lstat(overlayDir).catch(() => undefined);
+  if (st?.isDirectory() && st.uid === process.getuid?.()) await rm(overlayDir, { recursive: true, force: true });
 }

@@ -266,6 +266,16 @@ export class DiskTier {
     })();
   }
 
+  /** `flushAccess`, but a full disk or index only loses the times (a hint for eviction), with a warning. */
+  private flushAccessUnlessFull(): void {
+    try {
+      this.flushAccess();
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+      this.opts.logger.warn('could not record cache access times: the cache disk is full', { error: (err as Error).message });
+    }
+  }
+
   /**
    * Store a verified chunk: temp file, fsync, rename, then the row. On a full disk, evict and try
    * once more; if that fails too the chunk is simply not cached (the read is still served).
@@ -429,11 +439,7 @@ export class DiskTier {
 
   /** Evict least-recently-used, unpinned chunks until at most `targetBytes` remain. */
   evictTo(targetBytes: number): { evictedChunks: number; evictedBytes: number } {
-    try {
-      this.flushAccess();
-    } catch (err) {
-      if (!isDiskFull(err)) throw err;
-    }
+    this.flushAccessUnlessFull();
     this.clearDeadHolders();
     let evictedChunks = 0;
     let evictedBytes = 0;
@@ -581,13 +587,19 @@ export class DiskTier {
     // pins held for other processes outlive this one: their rows still to come are written now
     for (const [holder, rest] of this.pinJobs) {
       if (this.holders.has(holder)) continue;
-      this.db.transaction(() => {
-        for (const d of rest) this.stmts.pin.run(holder, d);
-      })();
+      try {
+        this.db.transaction(() => {
+          for (const d of rest) this.stmts.pin.run(holder, d);
+        })();
+      } catch (err) {
+        if (!isDiskFull(err)) throw err;
+        // its backend reads on; a chunk evicted under it is fetched again through a daemon
+        this.opts.logger.error('could not record the pins of a running backend: the cache disk is full', { holder, chunks: rest.length, error: (err as Error).message });
+      }
     }
     this.pinJobs.clear();
     this.flushAdopts();
-    this.flushAccess();
+    this.flushAccessUnlessFull();
     for (const h of [...this.holders]) this.unpin(h);
     this.db.close();
   }

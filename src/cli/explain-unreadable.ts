@@ -13,7 +13,7 @@ import { DEFAULT_TAG, formatRef, parseRef, refReference, type ImageRef } from '.
 import type { Target } from '../oci/store.js';
 import type { RegistryClientOptions } from '../oci/registry/transport.js';
 
-/** Tags a missing tag's error looks at (one page of tags/list), and lists at most. */
+/** Tags a missing tag's error looks at (tags/list, its pages followed), and lists at most. */
 const TAGS_LOOKED_AT = 1000;
 const TAGS_LISTED = 10;
 

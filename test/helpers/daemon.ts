@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline';
 import { SlipwayClient } from '../../src/client/index.js';
 import { processesWithArgument } from '../../src/util/process.js';
 import { PROJECT_ROOT } from '../../src/guest/build.js';
+import { ramFileOf, ramOverlayOf, removeStagedRamCopies } from '../../src/api/memory-snapshots.js';
 
 export interface TestDaemon {
   proc: ChildProcess;
@@ -101,10 +102,9 @@ export async function startTestDaemon(opts: DaemonStartOptions): Promise<TestDae
       }
       // and what its VMs kept on tmpfs (their RAM, RAM overlays, RAM copies a snapshot staged),
       // which would hold memory until the host reboots
-      const shm = readdirSync('/dev/shm');
-      for (const id of existsSync(join(stateDir, 'vms')) ? readdirSync(join(stateDir, 'vms')) : []) {
-        for (const name of shm.filter((n) => n === `slipway-${id}.ram` || n === `slipway-${id}.ram.d` || n.startsWith(`slipway-staging-${id}-`))) rmSync(join('/dev/shm', name), { recursive: true, force: true });
-      }
+      const ids = existsSync(join(stateDir, 'vms')) ? readdirSync(join(stateDir, 'vms')) : [];
+      for (const id of ids) for (const path of [ramFileOf(id), ramOverlayOf(id)]) rmSync(path, { recursive: true, force: true });
+      await removeStagedRamCopies(ids);
     },
   };
   return daemon;

@@ -88,11 +88,18 @@ export async function vubFrontend(binary: string, args: string[]): Promise<Recor
 }
 
 /** The registry behind a delaying proxy in its own process (the network is not the daemon's CPU). */
-export async function startDelayProxy(target: string, delayMs: number): Promise<{ host: string; stop(): void }> {
+export async function startDelayProxy(target: string, delayMs: number): Promise<{ host: string; stop(): Promise<void> }> {
   const child = spawn('node', [fileURLToPath(new URL('./delay-proxy.mjs', import.meta.url)), target, String(delayMs)], { stdio: ['ignore', 'pipe', 'inherit'] });
   const port = await new Promise<string>((resolve, reject) => {
     child.stdout?.once('data', (d: Buffer) => resolve(d.toString().trim()));
     child.once('exit', (code) => reject(new Error(`delay proxy exited (${code})`)));
   });
-  return { host: `127.0.0.1:${port}`, stop: () => child.kill() };
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return {
+    host: `127.0.0.1:${port}`,
+    stop: async () => {
+      child.kill();
+      await exited;
+    },
+  };
 }

@@ -113,7 +113,7 @@ async function main(): Promise<void> {
         await closeDaemon(e);
       }
     } finally {
-      proxy20.stop();
+      await proxy20.stop();
     }
     const m = (k: string): number => median(runs[k] ?? []);
     const coldMs = m('cold');

@@ -3,8 +3,8 @@
  * makes of its root disk are recorded once (qemu-storage-daemon's blk_co_preadv trace event, the
  * guest booting under QEMU from that export until its agent answers), then replayed in order at
  * queue depth 1 by the C test frontend against, at 0 and 20 ms added to every registry request
- * (a delaying proxy in its own process), each slipway run on an empty cache (a host that has never
- * seen the disk) of its own repository copy of the disk:
+ * (a delaying proxy in its own process, a fresh one for every replay), each slipway run on an
+ * empty cache (a host that has never seen the disk) of its own repository copy of the disk:
  *  - the peer: the lazy set-up users build by hand, qemu-storage-daemon's http driver reading the
  *    same image as one raw blob from the same registry, copy-on-read into a local qcow2 overlay,
  *    exported as vhost-user-blk;
@@ -256,10 +256,18 @@ async function main(): Promise<void> {
     const runs = only === undefined || only === 'cold' || only === 'first' ? Math.max(1, Number(process.env.SLIPWAY_BENCH_RUNS ?? 1)) : 1;
     const perRun: Row[][] = [];
     for (let run = 0; run < runs; run++) for (const delayMs of only === 'profile' || only === 'recording' ? [0] : [0, 20]) {
-      const proxy = await startDelayProxy(registry.host, delayMs);
+      let proxy: Awaited<ReturnType<typeof startDelayProxy>> | undefined;
+      // every replay gets a proxy of its own: one that has just carried another replay's requests
+      // made the next replay 0.08 of the peer faster at 0 ms (docs/benchmarks.md, 15:30 UTC), so
+      // which run came before would otherwise decide a row's figure
+      const net = async (): Promise<string> => {
+        await proxy?.stop();
+        proxy = await startDelayProxy(registry.host, delayMs);
+        return proxy.host;
+      };
       try {
         if (only === 'profile') {
-          const prof = await slipwayCold(proxy.host, 'debian-profiled', 'profile', false);
+          const prof = await slipwayCold(await net(), 'debian-profiled', 'profile', false);
           rows.push({ name: 'slipway-blk, empty cache, boot profile', ms: Math.round(prof.ms), ratio: '', fetchedBytes: prof.fetched });
           continue;
         }
@@ -267,43 +275,43 @@ async function main(): Promise<void> {
         const repo = `debian-${delayMs}-r${run}`;
         for (const r of [repo, `${repo}-all`]) execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'copy', ref, `${registry.host}/bench/${r}:v1`, '--progress=none']);
         if (only === 'recording') {
-          const recording = await slipwayCold(proxy.host, repo, 'profile', true);
+          const recording = await slipwayCold(await net(), repo, 'profile', true);
           rows.push(row(`${delayMs} ms: speculation, recording`, recording, recording.ms));
           continue;
         }
         if (only === 'speculation') {
           // what speculation costs with and without staging (recording a profile), against none
           for (let i = 0; i < 2; i++) {
-            const none = await slipwayCold(proxy.host, repo, 'none', false);
-            const bare = await slipwayCold(proxy.host, repo, 'profile', false);
+            const none = await slipwayCold(await net(), repo, 'none', false);
+            const bare = await slipwayCold(await net(), repo, 'profile', false);
             const fresh = `${repo}-r${i}`;
             execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'copy', ref, `${registry.host}/bench/${fresh}:v1`, '--progress=none']);
-            const recording = await slipwayCold(proxy.host, fresh, 'profile', true);
+            const recording = await slipwayCold(await net(), fresh, 'profile', true);
             rows.push(row(`${delayMs} ms: none`, none, none.ms), row(`${delayMs} ms: speculation, not recording`, bare, none.ms), row(`${delayMs} ms: speculation, recording`, recording, none.ms));
           }
           continue;
         }
-        const { ms: peer, load: peerLoad } = await peerCold(proxy.host);
+        const { ms: peer, load: peerLoad } = await peerCold(await net());
         const peerRow: Row = { name: `${delayMs} ms: qemu-storage-daemon http + copy-on-read qcow2 (peer)`, ms: Math.round(peer), ratio: '1.00', fetchedBytes: '', fetchedPerRead: '', requests: '', speculatedChunks: '', speculatedRead: '', regionReadOfGuessed: '', hostCpuMs: '', load: peerLoad };
         const defaultName = `${delayMs} ms: slipway-blk, no profile, --prefetch profile (default; host 1, records the profile)`;
         if (only === 'first') {
-          (perRun[run] ??= []).push(peerRow, row(defaultName, await slipwayCold(proxy.host, repo, 'profile', true), peer));
+          (perRun[run] ??= []).push(peerRow, row(defaultName, await slipwayCold(await net(), repo, 'profile', true), peer));
           continue;
         }
-        const none = await slipwayCold(proxy.host, repo, 'none', false);
-        const first = await slipwayCold(proxy.host, repo, 'profile', true);
+        const none = await slipwayCold(await net(), repo, 'none', false);
+        const first = await slipwayCold(await net(), repo, 'profile', true);
         if (first.stored === 0) throw new Error('host 1 stored no boot profile');
-        const second = await slipwayCold(proxy.host, repo, 'profile', false);
+        const second = await slipwayCold(await net(), repo, 'profile', false);
         if (second.profileChunks !== first.stored) throw new Error(`host 2 opened with ${second.profileChunks} profile chunks, host 1 stored ${first.stored}`);
-        const bound = await slipwayCold(proxy.host, 'debian-profiled', 'profile', false);
+        const bound = await slipwayCold(await net(), 'debian-profiled', 'profile', false);
         // v2 pushed as a user would, after host 1's boot stored v1's profile: it inherits that
         const pushedV2 = JSON.parse(execFileSync('node', [join(PROJECT_ROOT, 'bin', 'slipway.js'), 'push', v2img, `${registry.host}/bench/${repo}:v2`, '--progress=none'], { encoding: 'utf8' })) as { bootProfile?: { chunks: number } };
         if (!pushedV2.bootProfile) throw new Error('v2 inherited no boot profile from v1');
-        const third = await slipwayCold(proxy.host, repo, 'profile', true, 'v2');
+        const third = await slipwayCold(await net(), repo, 'profile', true, 'v2');
         if (third.profileChunks !== pushedV2.bootProfile.chunks) throw new Error(`host 3 opened v2 with ${third.profileChunks} profile chunks, v2 inherited ${pushedV2.bootProfile.chunks}`);
         // last: the whole-disk fill leaves 100+ MB of chunk files being written back, which slows
         // whatever runs next (it ran second once and slowed host 1 by 1.5x)
-        const all = await slipwayCold(proxy.host, `${repo}-all`, 'all', false);
+        const all = await slipwayCold(await net(), `${repo}-all`, 'all', false);
         (perRun[run] ??= []).push(
           peerRow,
           row(`${delayMs} ms: slipway-blk, no profile, --prefetch none (demand only)`, none, peer),
@@ -314,7 +322,7 @@ async function main(): Promise<void> {
           row(`${delayMs} ms: slipway-blk, new version v2 never booted (16 chunks changed, 8 on the boot's path), profile inherited from v1 at push, host 3`, third, peer),
         );
       } finally {
-        proxy.stop();
+        await proxy?.stop();
       }
     }
     rows.push(...mergeRuns(perRun));

@@ -149,3 +149,39 @@ describe('the fetch deadline counts time on the wire, not time in a queue', () =
     expect(expectTier1Consistent(cache).chunks).toBe(40);
   });
 });
+
+describe('connections opened ahead of a cold disk\'s first reads', () => {
+  it('opening a disk this host has not read opens the host\'s connections, asking nothing on them; its first burst of reads opens no more', async () => {
+    const proxy = await chaos();
+    const { cache, config } = await openCache({ cacheDir: freshDir() });
+    const disk = await cache.openDisk(`${proxy.host}/${QUEUE_REPO}:${TAG}`, { useProfile: false });
+    const asked = proxy.requests.length;
+    expect(await disk.preconnected).toBeGreaterThan(0);
+    // (the client sees a connection open before this process's proxy has accepted it)
+    await within(10_000, proxy.accepted(config.connectionsPerHost), 'the connections opened ahead');
+    expect(proxy.requests.length).toBe(asked);
+    // as many reads as the host's bound, each of a chunk in a pack of its own, all on the wire at
+    // once (the registry holds every answer 300 ms): one connection each, every one already open
+    proxy.delay(300, 'blobs');
+    const chunks = Array.from({ length: config.connectionsPerHost }, (_, i) => i * 16);
+    const reads = await within(30_000, Promise.all(chunks.map((n) => disk.read(n * QUEUE_CHUNK, QUEUE_CHUNK))), 'the burst of reads');
+    reads.forEach((got, i) => expect(got.equals(queueImage.subarray((chunks[i] as number) * QUEUE_CHUNK, ((chunks[i] as number) + 1) * QUEUE_CHUNK))).toBe(true));
+    expect(proxy.requests.filter((r) => r.kind === 'blob').length).toBe(chunks.length);
+    expect(proxy.connectionsAccepted).toBe(config.connectionsPerHost);
+  });
+
+  it('a disk whose first chunks are all here opens none ahead', async () => {
+    const proxy = await chaos();
+    const cacheDir = freshDir();
+    const first = await openCache({ cacheDir });
+    const disk = await first.cache.openDisk(`${proxy.host}/${QUEUE_REPO}:${TAG}`, { useProfile: false });
+    expect((await within(30_000, disk.read(0, queueImage.byteLength), 'the whole disk')).equals(queueImage)).toBe(true);
+    await first.cache.close();
+    const before = proxy.connectionsAccepted;
+    const { cache } = await openCache({ cacheDir });
+    const again = await cache.openDisk(`${proxy.host}/${QUEUE_REPO}:${TAG}`, { useProfile: false });
+    expect(await again.preconnected).toBe(0);
+    // the tag's look-up, and nothing else
+    expect(proxy.connectionsAccepted).toBe(before + 1);
+  });
+});

@@ -112,6 +112,8 @@ export class LazyDisk {
   profilePrefetch: Promise<{ ms: number; fetchedChunks: number } | undefined> | undefined;
   /** Resolves once the boot profile has been looked up (and its prefetch started, if there is one); never rejects. */
   profileSettled: Promise<void> = Promise.resolve();
+  /** Resolves with how many connections were opened ahead of this disk's first reads (0: none were needed); never rejects. */
+  preconnected: Promise<number> = Promise.resolve(0);
 
   constructor(
     private readonly cache: DiskChunkCache,

@@ -16,6 +16,21 @@ import type { DiskChunkCache, TagRecords } from './cache-types.js';
 import { cachingBlobReader, diskSources, resolveDiskManifest } from './disk-manifest.js';
 import { LazyDisk, type OpenDiskOptions } from './lazy-disk.js';
 import type { Source } from './remote-tier.js';
+import type { DiskArtifact } from '../disk/artifact.js';
+
+/** How many of a disk's first chunks are looked up to tell whether it has chunks to fetch. */
+const PRECONNECT_PROBE_ENTRIES = 64;
+
+/**
+ * Open the connections a disk's first reads will use (`connectionsPerHost` of them) to the source
+ * those reads ask first, while the guest is still starting, unless its first chunks are all here
+ * already (a disk this host has read before). Resolves with how many were opened.
+ */
+function preconnect(cache: DiskChunkCache, artifact: DiskArtifact, first: Source): Promise<number> {
+  const entries = artifact.index.entries.slice(0, PRECONNECT_PROBE_ENTRIES);
+  if (!entries.some((e) => !cache.isLocalOrFetching(e.digest.toString('hex')))) return Promise.resolve(0);
+  return first.target.preconnect?.(cache.config.connectionsPerHost) ?? Promise.resolve(0);
+}
 
 /** What opening a disk needs of the cache: its chunks, the stores, and its metadata (manifests, configs and indexes by digest; tags seen). */
 export interface DiskOpening {
@@ -68,6 +83,7 @@ export async function openLazyDisk(deps: DiskOpening, refText: string, opts: Ope
     throw err;
   });
   const disk = new LazyDisk(cache, formatRef(ref), artifact, origin, sources, offline);
+  if (!offline) disk.preconnected = preconnect(cache, artifact, sources[0] as Source);
   if (opts.pin !== false) disk.pin();
   if (opts.recordProfile) disk.startProfile();
   disk.setSpeculation(opts.speculate === true);

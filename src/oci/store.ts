@@ -60,5 +60,11 @@ export interface Target extends BlobStore, ManifestStore {
    * repository does not exist yet.
    */
   listTags?(limit: number): Promise<string[]>;
+  /**
+   * Open up to `connections` connections to the store's server ahead of a burst of reads (a cold
+   * disk's first boot), so that no read of the burst waits for a handshake. Resolves with how many
+   * it opened; never rejects. Stores without connections (a local layout) leave it out.
+   */
+  preconnect?(connections: number): Promise<number>;
   close?(): Promise<void>;
 }

@@ -54,6 +54,10 @@ export interface ChaosProxy {
   host: string;
   port: number;
   requests: ChaosRequest[];
+  /** TCP connections accepted since the proxy started */
+  readonly connectionsAccepted: number;
+  /** Resolves once `count` TCP connections have been accepted since the proxy started. */
+  accepted(count: number): Promise<void>;
   /** Turn every fault off (connections are accepted again only by `accept()`). */
   passThrough(): void;
   /** Answer the next `count` matching requests (or all) with `status` and a distribution error body. */
@@ -230,7 +234,14 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
   const server: Server = createServer((req, res) => {
     handle(req, res).catch(() => res.destroy());
   });
+  let connectionsAccepted = 0;
+  const acceptWaits: { count: number; resolve: () => void }[] = [];
   server.on('connection', (s: Socket) => {
+    connectionsAccepted++;
+    for (const w of acceptWaits.filter((x) => x.count <= connectionsAccepted)) {
+      acceptWaits.splice(acceptWaits.indexOf(w), 1);
+      w.resolve();
+    }
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
   });
@@ -258,6 +269,13 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
     host: `127.0.0.1:${port}`,
     port,
     requests,
+    get connectionsAccepted() {
+      return connectionsAccepted;
+    },
+    accepted(count) {
+      if (connectionsAccepted >= count) return Promise.resolve();
+      return new Promise<void>((resolve) => acceptWaits.push({ count, resolve }));
+    },
     passThrough() {
       failing = undefined;
       dropping = undefined;

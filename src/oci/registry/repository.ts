@@ -40,6 +40,10 @@ export class RegistryRepository implements Target {
     this.pushScope = [repositoryScope(repository, 'pull,push')];
   }
 
+  preconnect(connections: number): Promise<number> {
+    return this.client.preconnect(connections);
+  }
+
   private path(kind: 'blobs' | 'manifests', reference: string): string {
     return `/v2/${this.repository}/${kind}/${reference}`;
   }

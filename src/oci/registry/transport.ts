@@ -5,6 +5,10 @@ import { DEFAULT_RETRY, RetryLater, withRetries, type RetryPolicy } from '../../
 import { AuthState, basicAuthHeader, parseChallenge, tokenRequest } from './auth.js';
 import { findCredentials, sameCredentials, type Credentials } from './credentials.js';
 import { isLoopbackRegistry } from '../ref.js';
+import { WarmSockets } from './warm-sockets.js';
+
+/** How long opening one connection to a registry may take (ms). */
+const CONNECT_TIMEOUT_MS = 10_000;
 
 /** After re-reading credentials on a 401 found nothing new, they are not read again for this long. */
 const CREDENTIAL_REREAD_QUIET_MS = 10_000;
@@ -93,7 +97,10 @@ export function header(headers: Record<string, string | string[] | undefined>, n
  */
 export class RegistryClient {
   readonly origin: string;
-  private readonly dispatcher: Dispatcher;
+  private readonly dispatcher: Agent;
+  /** connections opened ahead of requests (`preconnect`), which the pool takes as it grows */
+  private readonly warm: WarmSockets;
+  private readonly connections: number;
   private readonly auth = new AuthState();
   private credentials: Credentials | undefined;
   /** credentials given by the caller: never re-read */
@@ -112,17 +119,36 @@ export class RegistryClient {
     this.retry = { ...DEFAULT_RETRY, ...options.retry };
     this.userAgent = options.userAgent ?? 'slipway/0.1';
     const timeout = options.requestTimeoutMs ?? 120_000;
+    this.connections = options.connections ?? 8;
+    this.warm = new WarmSockets(this.origin, CONNECT_TIMEOUT_MS);
     this.dispatcher = new Agent({
-      connections: options.connections ?? 8,
+      connections: this.connections,
       keepAliveTimeout: 10_000,
       headersTimeout: timeout,
       bodyTimeout: timeout,
-      connect: { timeout: 10_000 },
+      connect: this.warm.connect,
     });
   }
 
   async close(): Promise<void> {
+    this.warm.close();
     await this.dispatcher.close();
+  }
+
+  /**
+   * Have `count` connections to the registry open (at most the pool's bound), opening the missing
+   * ones now without sending anything on them; the pool takes them as its requests need more
+   * connections (warm-sockets.ts). For a burst of requests about to come (a cold disk's first
+   * reads): none of them then waits for a handshake. Resolves with how many were opened; never rejects.
+   */
+  async preconnect(count: number): Promise<number> {
+    const connected = this.dispatcher.stats[this.origin]?.connected ?? 0;
+    return this.warm.open(Math.min(count, this.connections) - Number(connected) - this.warm.idle);
+  }
+
+  /** Connections `preconnect` opened that the pool has taken, since this client was made. */
+  get preconnectedTaken(): number {
+    return this.warm.taken;
   }
 
   resolveUrl(url: string): string {

@@ -13,7 +13,7 @@ import { loadConfig } from '../src/config.js';
 import { HOLE } from '../src/disk/format.js';
 import { silentLogger } from '../src/util/log.js';
 import { startRegistry } from '../test/helpers/registry.js';
-import { BENCH_DIR, dropCaches, halfFullImage, median, report, timed } from './lib.js';
+import { asSlipwayProcess, BENCH_DIR, dropCaches, halfFullImage, median, report, timed } from './lib.js';
 
 const READS = 20_000;
 const KiB = 1024;
@@ -126,4 +126,6 @@ async function main(): Promise<void> {
   }
 }
 
+// it serves disks in this process: as the `slipway` executable would
+asSlipwayProcess();
 await main();

@@ -1,5 +1,5 @@
 /** Shared pieces of the benchmarks: timing, medians, the 1 GiB test image, a JSON+table report. */
-import { execFileSync, execSync, spawn } from 'node:child_process';
+import { execFileSync, execSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +7,25 @@ import { fileURLToPath } from 'node:url';
 import { spawnDetached } from '../src/util/spawner.js';
 
 export const BENCH_DIR = process.env.SLIPWAY_BENCH_DIR ?? '/var/tmp/slipway-bench';
+
+/** The node flags the `slipway` executable runs with: those of bin/slipway.js's `#!/usr/bin/env -S node ...` line. */
+export function slipwayNodeFlags(): string[] {
+  const first = readFileSync(fileURLToPath(new URL('../bin/slipway.js', import.meta.url)), 'utf8').split('\n', 1)[0] ?? '';
+  const flags = /^#!\/usr\/bin\/env -S node(.*)$/.exec(first)?.[1] ?? '';
+  return flags.trim().split(/\s+/).filter((f) => f !== '');
+}
+
+/**
+ * A benchmark that serves disks in its own process runs as the `slipway` executable does, under
+ * its node flags (`slipwayNodeFlags`). Called first: when this process lacks them, runs the same
+ * command again with them, waits for it and exits with its status; else returns.
+ */
+export function asSlipwayProcess(): void {
+  const missing = slipwayNodeFlags().filter((f) => !process.execArgv.includes(f));
+  if (missing.length === 0) return;
+  const again = spawnSync(process.execPath, [...missing, ...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit' });
+  process.exit(again.status ?? 1);
+}
 
 export async function timed<T>(fn: () => Promise<T> | T): Promise<{ ms: number; value: T }> {
   const t0 = process.hrtime.bigint();

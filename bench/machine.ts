@@ -16,7 +16,7 @@ import { buildRootfs } from '../src/guest/rootfs.js';
 import { serveDisk } from '../src/serve/backend.js';
 import { silentLogger } from '../src/util/log.js';
 import { QemuDriver, type QemuOptions } from '../src/vmm/qemu.js';
-import { median, report, type Row } from './lib.js';
+import { asSlipwayProcess, median, report, type Row } from './lib.js';
 
 const RUNS = Number(process.env.SLIPWAY_BENCH_RUNS ?? 5);
 
@@ -61,4 +61,6 @@ async function main(): Promise<void> {
   report(`QEMU machine type and firmware, vhost-user disk, boot to agent-ready, medians of ${RUNS}`, rows, 'machine');
 }
 
+// it serves disks in this process: as the `slipway` executable would
+asSlipwayProcess();
 await main();

@@ -22,7 +22,7 @@ import { buildRootfs } from '../src/guest/rootfs.js';
 import { createLogger } from '../src/util/log.js';
 import { main as cli } from '../src/cli/main.js';
 import { startRegistry } from '../test/helpers/registry.js';
-import { BENCH_DIR, median, report, startDelayProxy, timed } from './lib.js';
+import { asSlipwayProcess, BENCH_DIR, median, report, startDelayProxy, timed } from './lib.js';
 
 const RUNS = Number(process.env.SLIPWAY_BENCH_RUNS ?? 3);
 const MEMORY_MIB = Number(process.env.SLIPWAY_BENCH_MEMORY_MIB ?? 512);
@@ -137,4 +137,6 @@ async function main(): Promise<void> {
   }
 }
 
+// it serves disks in this process: as the `slipway` executable would
+asSlipwayProcess();
 await main();

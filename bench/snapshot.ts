@@ -22,7 +22,7 @@ import { DEFAULT_CHUNK_BYTES } from '../src/disk/format.js';
 import { buildRootfs } from '../src/guest/rootfs.js';
 import { createLogger } from '../src/util/log.js';
 import { startRegistry, type TestRegistry } from '../test/helpers/registry.js';
-import { BENCH_DIR, median, report, type Row, timed } from './lib.js';
+import { asSlipwayProcess, BENCH_DIR, median, report, type Row, timed } from './lib.js';
 
 const RUNS = Number(process.env.SLIPWAY_BENCH_RUNS ?? 3);
 const MiB = 1 << 20;
@@ -188,4 +188,6 @@ async function main(): Promise<void> {
   }
 }
 
+// it serves disks in this process: as the `slipway` executable would
+asSlipwayProcess();
 await main();

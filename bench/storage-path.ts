@@ -44,7 +44,7 @@ import { serveDisk, type PrefetchMode } from '../src/serve/backend.js';
 import { silentLogger } from '../src/util/log.js';
 import { QemuDriver } from '../src/vmm/qemu.js';
 import { startRegistry } from '../test/helpers/registry.js';
-import { report, startDelayProxy, type Row, vubFrontend } from './lib.js';
+import { asSlipwayProcess, report, startDelayProxy, type Row, vubFrontend } from './lib.js';
 import { debianCloudKernel, systemdRoot, SYSTEMD_TRACE_PATH } from './debian-root.js';
 
 const FRONTEND = join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'vub-frontend');
@@ -362,4 +362,6 @@ async function main(): Promise<void> {
   report(`replay of a Debian 12 systemd boot's root-disk reads (${lines.length} reads, ${bootBytes} bytes) at queue depth 1`, rows, 'storage-path');
 }
 
+// it serves disks in this process: as the `slipway` executable would
+asSlipwayProcess();
 await main();

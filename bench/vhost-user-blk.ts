@@ -15,7 +15,7 @@ import { PROJECT_ROOT } from '../src/guest/build.js';
 import { serveDisk } from '../src/serve/backend.js';
 import { silentLogger } from '../src/util/log.js';
 import { startRegistry } from '../test/helpers/registry.js';
-import { halfFullImage, median, report, timed, type Row, vubFrontend } from './lib.js';
+import { asSlipwayProcess, halfFullImage, median, report, timed, type Row, vubFrontend } from './lib.js';
 
 const FRONTEND = join(PROJECT_ROOT, 'vhost-user-blk', 'build', 'vub-frontend');
 const SECONDS = Number(process.env.SLIPWAY_BENCH_SECONDS ?? 5);
@@ -98,4 +98,6 @@ async function main(): Promise<void> {
   ], 'vhost-user-blk-miss');
 }
 
+// it serves disks in this process: as the `slipway` executable would
+asSlipwayProcess();
 await main();

@@ -3,7 +3,10 @@
  * usage is the very usage that command prints when it is used wrongly.
  */
 import { describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tempDir } from './helpers/images.js';
 import { COMMANDS, main, usageText } from '../src/cli/main.js';
 import { captureIO } from './helpers/cli.js';
 
@@ -84,5 +87,21 @@ describe('slipway --help', () => {
     // reaches the run command, which fails on the missing disk file before anything starts
     expect(await main(['run', '--disk', '/nonexistent/slipway-help.img', '--', 'ls', '--help'], io)).toBe(1);
     expect(io.err).toMatch(/FILE_NOT_FOUND/);
+  });
+});
+
+describe('the slipway executable', () => {
+  it('runs by itself (its #! line) under the node flags that line names', () => {
+    const first = readFileSync('bin/slipway.js', 'utf8').split('\n', 1)[0] ?? '';
+    const flags = /^#!\/usr\/bin\/env -S node (.+)$/.exec(first)?.[1]?.split(' ') ?? [];
+    expect(flags).toContain('--initial-old-space-size=64');
+    // a preload that reports the flags node was started with, as the process sees them
+    const probe = join(tempDir('slipway-execargv-'), 'probe.cjs');
+    writeFileSync(probe, "process.stderr.write('execArgv ' + JSON.stringify(process.execArgv) + '\\n');\n");
+    const run = spawnSync('bin/slipway.js', ['--version'], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: `--require=${probe}` } });
+    expect(run.status, run.stderr).toBe(0);
+    expect(run.stdout).toMatch(/^slipway \d/);
+    const seen = JSON.parse(/^execArgv (.*)$/m.exec(run.stderr)?.[1] ?? '[]') as string[];
+    expect(seen).toEqual(flags);
   });
 });

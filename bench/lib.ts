@@ -1,7 +1,7 @@
 /** Shared pieces of the benchmarks: timing, medians, the 1 GiB test image, a JSON+table report. */
-import { execFileSync, execSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, execSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { spawnDetached } from '../src/util/spawner.js';
@@ -17,14 +17,20 @@ export function slipwayNodeFlags(): string[] {
 
 /**
  * A benchmark that serves disks in its own process runs as the `slipway` executable does, under
- * its node flags (`slipwayNodeFlags`). Called first: when this process lacks them, runs the same
- * command again with them, waits for it and exits with its status; else returns.
+ * its node flags (`slipwayNodeFlags`). Awaited first: when this process lacks them, runs the same
+ * command again with them (passing SIGINT, SIGTERM and SIGHUP on to it) and exits with its status;
+ * else resolves at once.
  */
-export function asSlipwayProcess(): void {
+export async function asSlipwayProcess(): Promise<void> {
   const missing = slipwayNodeFlags().filter((f) => !process.execArgv.includes(f));
   if (missing.length === 0) return;
-  const again = spawnSync(process.execPath, [...missing, ...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit' });
-  process.exit(again.status ?? 1);
+  const again = spawn(process.execPath, [...missing, ...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit' });
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => again.kill(signal));
+  const status = await new Promise<number>((resolve) => {
+    again.on('error', () => resolve(1));
+    again.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? (constants.signals[signal] ?? 0) : 1)));
+  });
+  process.exit(status);
 }
 
 export async function timed<T>(fn: () => Promise<T> | T): Promise<{ ms: number; value: T }> {

@@ -189,5 +189,5 @@ async function main(): Promise<void> {
 }
 
 // it serves disks in this process: as the `slipway` executable would
-asSlipwayProcess();
+await asSlipwayProcess();
 await main();

@@ -142,7 +142,8 @@ export class RegistryClient {
    * reads): none of them then waits for a handshake. Resolves with how many were opened; never rejects.
    */
   async preconnect(count: number): Promise<number> {
-    const connected = this.dispatcher.stats[this.origin]?.connected ?? 0;
+    // (the pool's stats are keyed by the origin as URL writes it: lower case, no default port)
+    const connected = this.dispatcher.stats[new URL(this.origin).origin]?.connected ?? 0;
     return this.warm.open(Math.min(count, this.connections) - Number(connected) - this.warm.idle);
   }
 

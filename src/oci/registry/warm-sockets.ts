@@ -9,17 +9,27 @@
 import type { Socket } from 'node:net';
 import { buildConnector } from 'undici';
 
-/** How long an opened connection that no request took is kept before it is closed (ms). */
-export const WARM_SOCKET_IDLE_MS = 10_000;
+/**
+ * How long an opened connection that no request took is kept before it is closed (ms): well under
+ * the idle limits servers and load balancers commonly put on a connection that has sent no request
+ * (HAProxy's `timeout http-request` is often 10 s), so that none is handed over as it is closed.
+ */
+export const WARM_SOCKET_IDLE_MS = 5_000;
+
+/** Run `fn` once the event loop has polled for I/O at least once more. */
+function after2Turns(fn: () => void): void {
+  setImmediate(() => setImmediate(fn));
+}
 
 export class WarmSockets {
   /** open sockets no request has taken, each with what stops watching it (insertion order: oldest first) */
   readonly #idle = new Map<Socket, () => void>();
+  /** connections being opened (destroyed by `close`) */
+  readonly #opening = new Set<Socket>();
   readonly #base: buildConnector.connector;
   readonly #origin: URL;
   /** the origin's host name as connections are made to it (an IPv6 address without its brackets) */
   readonly #hostname: string;
-  #opening = 0;
   #closed = false;
   /** sockets handed to the pool since this was made (for tests and timings) */
   taken = 0;
@@ -35,21 +45,40 @@ export class WarmSockets {
     this.#base = buildConnector({ timeout: connectTimeoutMs });
   }
 
-  /** Connections opened and not yet taken (or still opening). */
+  /** Connections opened and not yet taken, or still opening. */
   get idle(): number {
-    return this.#idle.size + this.#opening;
+    return this.#idle.size + this.#opening.size;
   }
 
   /**
    * The connector the pool opens connections with (undici's `connect` option): an idle socket to
-   * the same origin when one is open, else a new connection.
+   * the same origin when one is open, else a new connection. The youngest idle socket goes first,
+   * and only after the event loop has polled once more while it is still watched: what the server sent
+   * meanwhile (an early answer such as 408, a FIN, a reset) is read, and drops it, as undici checks
+   * its own idle sockets before it reuses one.
    */
   readonly connect: buildConnector.connector = (opts, callback) => {
     const sameOrigin = opts.protocol === this.#origin.protocol && opts.hostname === this.#hostname && String(opts.port || '') === this.#origin.port;
-    const socket = sameOrigin ? this.#takeOpen() : undefined;
-    if (!socket) return this.#base(opts, callback);
-    this.taken++;
-    queueMicrotask(() => callback(null, socket));
+    if (!sameOrigin) return this.#base(opts, callback);
+    const attempt = (): void => {
+      const youngest = [...this.#idle].at(-1);
+      if (!youngest) return this.#base(opts, callback);
+      const [socket, unwatch] = youngest;
+      this.#idle.delete(socket);
+      // two turns: called from an I/O callback, one setImmediate runs before the loop polls again
+      after2Turns(() => {
+        unwatch();
+        if (socket.destroyed || socket.readableEnded || !socket.writable || socket.readableLength > 0) {
+          socket.destroy();
+          return attempt();
+        }
+        // the pool's from here on: its to time out, keep alive and close
+        socket.ref();
+        this.taken++;
+        callback(null, socket);
+      });
+    };
+    attempt();
   };
 
   /**
@@ -57,13 +86,13 @@ export class WarmSockets {
    * connection that fails to open is one the pool would have failed on as well, and will report).
    */
   async open(count: number): Promise<number> {
-    if (this.#closed || count <= 0) return 0;
+    if (this.#closed || !(count > 0)) return 0;
     const { protocol, host, port } = this.#origin;
     const hostname = this.#hostname;
     const one = (): Promise<number> => new Promise<number>((resolve) => {
-      this.#opening++;
-      this.#base({ protocol, hostname, host, port }, (err, socket) => {
-        this.#opening--;
+      // undici's connector returns the socket it opens (its type says nothing)
+      const opening = this.#base({ protocol, hostname, host, port }, (err, socket) => {
+        if (opening) this.#opening.delete(opening);
         if (err || !socket) return resolve(0);
         if (this.#closed) {
           socket.destroy();
@@ -71,13 +100,14 @@ export class WarmSockets {
         }
         this.#keep(socket);
         resolve(1);
-      });
+      }) as unknown as Socket | undefined;
+      if (opening && !opening.destroyed) this.#opening.add(opening);
     });
-    const opened = await Promise.all(Array.from({ length: count }, one));
+    const opened = await Promise.all(Array.from({ length: Math.min(count, 1024) }, one));
     return opened.reduce((a, b) => a + b, 0);
   }
 
-  /** Close every connection not taken; later `open`s open nothing. */
+  /** Close every connection not taken, and those still opening; later `open`s open nothing. */
   close(): void {
     this.#closed = true;
     for (const [socket, unwatch] of this.#idle) {
@@ -85,6 +115,8 @@ export class WarmSockets {
       socket.destroy();
     }
     this.#idle.clear();
+    for (const socket of this.#opening) socket.destroy();
+    this.#opening.clear();
   }
 
   /** Keep an open socket until a request takes it, the server closes it or it has idled too long. */
@@ -106,20 +138,5 @@ export class WarmSockets {
     socket.unref();
     socket.on('data', drop).on('error', drop).on('end', drop).on('close', drop);
     this.#idle.set(socket, unwatch);
-  }
-
-  #takeOpen(): Socket | undefined {
-    for (const [socket, unwatch] of this.#idle) {
-      // the pool's from here on: its to time out, keep alive and close
-      this.#idle.delete(socket);
-      unwatch();
-      if (socket.destroyed || socket.readableEnded || !socket.writable) {
-        socket.destroy();
-        continue;
-      }
-      socket.ref();
-      return socket;
-    }
-    return undefined;
   }
 }

@@ -10,7 +10,8 @@ work=$(mktemp -d /tmp/slipway-demo.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export SLIPWAY_STORE="${SLIPWAY_STORE:-$work/store}"
 export SLIPWAY_CACHE_DIR="${SLIPWAY_CACHE_DIR:-$work/cache}"
-slipway() { node bin/slipway.js "$@"; }
+# the executable, as the README runs it: node with the flags its first line names
+slipway() { ./bin/slipway.js "$@"; }
 
 echo "== slipway rootfs build --from busybox -o $work/disk.img"
 slipway rootfs build --from busybox -o "$work/disk.img"

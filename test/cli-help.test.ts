@@ -90,6 +90,14 @@ describe('slipway --help', () => {
   });
 });
 
+describe('vm commands', () => {
+  it('name an empty argument (a VM id from a variable never set) instead of sending it', async () => {
+    const io = captureIO();
+    expect(await main(['vm', 'exec', '', '--daemon', '/nonexistent/slipway.sock', '--', 'true'], io)).toBe(2);
+    expect(io.err).toContain('vm exec: argument 1 is empty');
+  });
+});
+
 describe('the slipway executable', () => {
   it('runs by itself (its #! line) under the node flags that line names', () => {
     const first = readFileSync('bin/slipway.js', 'utf8').split('\n', 1)[0] ?? '';

@@ -90,6 +90,8 @@ export async function vmCommand(argv: string[], io: CommandIO): Promise<number> 
   const client = daemonClient(values.daemon, values['token-file']);
   const need = (n: number): string[] => {
     if (positionals.length !== n) throw new SlipwayError('USAGE', `vm ${sub}: expected ${n} argument(s)\nusage: ${VM_USAGE}`);
+    const empty = positionals.findIndex((p) => p.trim() === '');
+    if (empty >= 0) throw new SlipwayError('USAGE', `vm ${sub}: argument ${empty + 1} is empty (a shell variable that was never set?)\nusage: ${VM_USAGE}`);
     return positionals;
   };
   try {

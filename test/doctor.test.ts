@@ -8,7 +8,7 @@ import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildKernel } from '../src/guest/build.js';
 import { renderChecks } from '../src/cli/doctor-command.js';
-import type { Check, DoctorReport } from '../src/doctor/checks.js';
+import { hugepagesCheck, type Check, type DoctorReport } from '../src/doctor/checks.js';
 import { kvmDeviceUsable } from '../src/vmm/accel.js';
 import { tempDir } from './helpers/images.js';
 import { runCli } from './helpers/run-cli.js';
@@ -108,5 +108,19 @@ describe('a missing /dev/kvm, said for what it is', () => {
     // a regular file is no device
     writeFileSync(missing, '');
     expect(kvmDeviceUsable(missing, ['kvm_intel'])).toEqual({ ok: false, why: `${missing} is not a character device` });
+  });
+});
+
+describe('the hugepages check', () => {
+  const mountedLine = 'hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n';
+  it.each([
+    ['none reserved, not mounted', 'HugePages_Total: 0\nHugePages_Free: 0\n', '', 'no', 'sysctl vm.nr_hugepages=N and mount -t hugetlbfs none /dev/hugepages'],
+    ['none reserved, mounted', 'HugePages_Total: 0\nHugePages_Free: 0\n', mountedLine, 'no', 'sysctl vm.nr_hugepages=N'],
+    ['reserved, not mounted', 'HugePages_Total: 512\nHugePages_Free: 512\n', '', 'no', 'mount -t hugetlbfs none /dev/hugepages'],
+    ['reserved and mounted', 'HugePages_Total: 512\nHugePages_Free: 500\n', mountedLine, 'ok', undefined],
+  ] as const)('%s: %s, its fix names only what is missing', (_name, meminfo, mounts, status, fix) => {
+    const c = hugepagesCheck(meminfo, mounts);
+    expect(c.status).toBe(status);
+    expect(c.fix).toBe(fix);
   });
 });

@@ -100,26 +100,26 @@ function deviceCheck(id: string, what: string, path: string, consequence: string
   return usable.ok ? { id, what, status: 'ok', value: `${path} opens read-write` } : { id, what, status: 'no', value: usable.why, consequence, fix };
 }
 
-function hugepagesCheck(): Check {
-  const meminfo = (() => {
-    try {
-      return readFileSync('/proc/meminfo', 'utf8');
-    } catch {
-      return '';
-    }
-  })();
+/** A file's text, or '' when it cannot be read. */
+function textOf(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Whether `--hugepages` can work: pages reserved (`HugePages_Total` in /proc/meminfo) and
+ * hugetlbfs mounted on /dev/hugepages (/proc/mounts); the fix names only what is missing.
+ */
+export function hugepagesCheck(meminfo = textOf('/proc/meminfo'), mounts = textOf('/proc/mounts')): Check {
   const total = Number(/HugePages_Total:\s+(\d+)/.exec(meminfo)?.[1] ?? 0);
   const free = Number(/HugePages_Free:\s+(\d+)/.exec(meminfo)?.[1] ?? 0);
-  const mounted = (() => {
-    try {
-      return readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === '/dev/hugepages' && l.split(' ')[2] === 'hugetlbfs');
-    } catch {
-      return false;
-    }
-  })();
+  const mounted = mounts.split('\n').some((l) => l.split(' ')[1] === '/dev/hugepages' && l.split(' ')[2] === 'hugetlbfs');
   const value = `${total} reserved, ${free} free; /dev/hugepages ${mounted ? 'mounted' : 'not mounted'}`;
   if (total > 0 && mounted) return { id: 'hugepages', what: 'hugepages (--hugepages)', status: 'ok', value };
-  return { id: 'hugepages', what: 'hugepages (--hugepages)', status: 'no', value, consequence: '--hugepages fails; guest memory uses ordinary pages (the default)', fix: 'sysctl vm.nr_hugepages=N and mount hugetlbfs on /dev/hugepages' };
+  return { id: 'hugepages', what: 'hugepages (--hugepages)', status: 'no', value, consequence: '--hugepages fails; guest memory uses ordinary pages (the default)', fix: [total > 0 ? '' : 'sysctl vm.nr_hugepages=N', mounted ? '' : 'mount -t hugetlbfs none /dev/hugepages'].filter((f) => f !== '').join(' and ') };
 }
 
 function userfaultfdCheck(): Check {

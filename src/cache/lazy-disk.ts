@@ -64,6 +64,11 @@ export interface OpenDiskOptions {
 export type SavedProfile = { where: 'registry'; descriptor: Descriptor; chunks: number } | { where: 'local'; path: string; chunks: number };
 
 export interface DiskReadStats {
+  /**
+   * Byte-range reads through `read()` (`slipway read`, a snapshot's base) and their bytes. A
+   * served disk's backend reads tier-1 files itself and asks this disk only for the chunks it
+   * lacks (`readChunk`), which the tier counts below count: for a served disk these stay 0.
+   */
   reads: number;
   bytesRead: number;
   /** chunk look-ups served by each tier */

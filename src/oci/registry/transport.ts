@@ -147,11 +147,6 @@ export class RegistryClient {
     return this.warm.open(Math.min(count, this.connections) - Number(connected) - this.warm.idle);
   }
 
-  /** Connections `preconnect` opened that the pool has taken, since this client was made. */
-  get preconnectedTaken(): number {
-    return this.warm.taken;
-  }
-
   resolveUrl(url: string): string {
     return new URL(url, this.origin).toString();
   }

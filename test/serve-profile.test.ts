@@ -166,7 +166,13 @@ describe('slipway serve: boot profiles', () => {
 
     // host 1: an empty cache, no profile; the guest boots (the trace), then the export closes
     const first = await serve('first', ref, tempDir('slipway-serveprof-c1-'), ['--profile-quiet-ms', '600000']);
-    expect((await first.line('serving')).recordingProfile).toBe(true);
+    const serving = await first.line('serving');
+    expect(serving.recordingProfile).toBe(true);
+    // what a VMM adds to attach the export, naming this socket
+    expect(serving.connect).toEqual({
+      qemu: expect.stringContaining(`-chardev socket,id=slipway0,path=${first.socket},reconnect=1 -device vhost-user-blk-pci,chardev=slipway0`) as unknown,
+      cloudHypervisor: expect.stringContaining(`--disk vhost_user=true,socket=${first.socket},`) as unknown,
+    });
     await replay(first.socket);
     expect(await first.stop()).toBe(0);
     const stored = first.lines.find((l) => l.msg === 'boot profile stored');

@@ -55,7 +55,7 @@ export async function serveCommand(argv: string[], io: CommandIO): Promise<numbe
     const disk = served.disk;
     logger.info('serving', {
       disk: disk.reference, digest: disk.digest, socket: values.socket, backendPid: served.pid, overlay: served.overlayDir ?? null, queues, prefetch,
-      profile: disk.openedWithProfile ?? null, recordingProfile: disk.recordingProfile,
+      profile: disk.openedWithProfile ?? null, recordingProfile: disk.recordingProfile, connect: vmmArguments(values.socket, queues),
     });
     void disk.profilePrefetch?.then((r) => {
       if (r) logger.info('boot profile prefetched', { chunks: disk.stats.profileChunks, fetchedChunks: r.fetchedChunks, ms: Math.round(r.ms) });
@@ -73,4 +73,17 @@ export async function serveCommand(argv: string[], io: CommandIO): Promise<numbe
     await cache.close();
     await rm(workDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * How a VMM attaches the export, as the arguments to add to its command line (`<size>`: the
+ * guest's memory, which must be shared with the backend). QEMU: vhost-user-blk-pci on q35 with a
+ * shared memory backend, reconnecting when the backend restarts (docs/vmm.md); Cloud Hypervisor:
+ * `--disk vhost_user=true` and `--memory shared=on` (its docs/vhost-user-blk-testing.md).
+ */
+export function vmmArguments(socket: string, queues: number): { qemu: string; cloudHypervisor: string } {
+  return {
+    qemu: `-machine q35,memory-backend=mem -m <size> -object memory-backend-memfd,id=mem,size=<size>,share=on -chardev socket,id=slipway0,path=${socket},reconnect=1 -device vhost-user-blk-pci,chardev=slipway0,num-queues=${queues}`,
+    cloudHypervisor: `--memory size=<size>,shared=on --disk vhost_user=true,socket=${socket},num_queues=${queues},queue_size=128`,
+  };
 }

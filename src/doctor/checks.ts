@@ -124,12 +124,8 @@ export function hugepagesCheck(meminfo = textOf('/proc/meminfo'), mounts = textO
 
 function userfaultfdCheck(): Check {
   if (existsSync('/dev/userfaultfd')) return { id: 'userfaultfd', what: 'userfaultfd', status: 'ok', value: '/dev/userfaultfd' };
-  let unpriv = '';
-  try {
-    unpriv = readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim();
-  } catch {
-    // older kernels
-  }
+  // (absent on older kernels)
+  const unpriv = textOf('/proc/sys/vm/unprivileged_userfaultfd').trim();
   const root = process.getuid?.() === 0;
   if (root || unpriv === '1') return { id: 'userfaultfd', what: 'userfaultfd', status: 'ok', value: `the userfaultfd(2) system call (${root ? 'root' : 'vm.unprivileged_userfaultfd=1'})` };
   return { id: 'userfaultfd', what: 'userfaultfd', status: 'no', value: 'no /dev/userfaultfd and not root', consequence: 'memory of a restored VM cannot be loaded on demand through userfaultfd', fix: 'a kernel with /dev/userfaultfd (5.11+), or run as root' };

@@ -6,6 +6,7 @@ import { ChunkCache } from '../cache/chunk-cache.js';
 import { loadConfig } from '../config.js';
 import { DEFAULT_PREFETCH, PREFETCH_MODES, serveDisk, type PrefetchMode } from '../serve/backend.js';
 import { createLogger } from '../util/log.js';
+import { vhostUserBlkArgs } from '../vmm/qemu.js';
 import { parseCommand, parseNonNegativeInt } from './args.js';
 import type { CommandIO } from './args.js';
 
@@ -77,13 +78,13 @@ export async function serveCommand(argv: string[], io: CommandIO): Promise<numbe
 
 /**
  * How a VMM attaches the export, as the arguments to add to its command line (`<size>`: the
- * guest's memory, which must be shared with the backend). QEMU: vhost-user-blk-pci on q35 with a
- * shared memory backend, reconnecting when the backend restarts (docs/vmm.md); Cloud Hypervisor:
+ * guest's memory, which must be shared with the backend). QEMU: the QEMU driver's own
+ * vhost-user-blk arguments (`vhostUserBlkArgs`), on q35 with a shared memory backend; Cloud Hypervisor:
  * `--disk vhost_user=true` and `--memory shared=on` (its docs/vhost-user-blk-testing.md).
  */
 export function vmmArguments(socket: string, queues: number): { qemu: string; cloudHypervisor: string } {
   return {
-    qemu: `-machine q35,memory-backend=mem -m <size> -object memory-backend-memfd,id=mem,size=<size>,share=on -chardev socket,id=slipway0,path=${socket},reconnect=1 -device vhost-user-blk-pci,chardev=slipway0,num-queues=${queues}`,
+    qemu: `-machine q35,memory-backend=mem -m <size> -object memory-backend-memfd,id=mem,size=<size>,share=on ${vhostUserBlkArgs('slipway0', socket, queues).join(' ')}`,
     cloudHypervisor: `--memory size=<size>,shared=on --disk vhost_user=true,socket=${socket},num_queues=${queues},queue_size=128`,
   };
 }

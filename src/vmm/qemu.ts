@@ -78,6 +78,15 @@ export interface QemuOptions {
   agentTransport?: AgentTransport;
 }
 
+/**
+ * The arguments that attach the vhost-user-blk export at `socket` as device `id`: a chardev that
+ * reconnects when the backend restarts, and a vhost-user-blk-pci device with `queues` queues. QEMU
+ * 7.2 also needs q35 and guest memory shared with the backend, as `qemuArgs` sets them.
+ */
+export function vhostUserBlkArgs(id: string, socket: string, queues: number): string[] {
+  return ['-chardev', `socket,id=${id},path=${socket},reconnect=1`, '-device', `vhost-user-blk-pci,chardev=${id},num-queues=${queues}`];
+}
+
 export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guestCid?: number } = {}): string[] {
   const mem = `${spec.memoryMiB}M`;
   const paths = qemuPaths(spec.workDir);
@@ -124,8 +133,7 @@ export function qemuArgs(spec: VmSpec, accel: Accel, opts: QemuOptions & { guest
       args.push('-drive', `file=${d.path},if=none,id=disk${i},format=raw,cache=writeback,discard=unmap${d.readOnly ? ',readonly=on' : ''}`);
       args.push('-device', `virtio-blk-pci,drive=disk${i},num-queues=${Math.min(spec.cpus, 4)}`);
     } else {
-      args.push('-chardev', `socket,id=vu${i},path=${d.socket},reconnect=1`);
-      args.push('-device', `vhost-user-blk-pci,chardev=vu${i},num-queues=${Math.min(spec.cpus, 4)}`);
+      args.push(...vhostUserBlkArgs(`vu${i}`, d.socket, Math.min(spec.cpus, 4)));
     }
   });
   if (spec.net.mode === 'user') {

@@ -56,9 +56,9 @@ const refVia = (host: string): string => `${host}/${REPO}:${TAG}`;
 
 /** Chunk numbers of the disk that are not holes. */
 /** A cold cache (a directory of its own) and the disk opened in it through a new chaos proxy. */
-async function diskViaChaos(overrides: Parameters<typeof openCache>[0] = {}): Promise<{ proxy: ChaosProxy; cache: ChunkCache; disk: LazyDisk }> {
+async function diskViaChaos(overrides: Parameters<typeof openCache>[0] = {}, opts: Parameters<typeof openCache>[1] = {}): Promise<{ proxy: ChaosProxy; cache: ChunkCache; disk: LazyDisk }> {
   const proxy = await chaos();
-  const { cache } = await openCache({ cacheDir: freshDir(), ...overrides });
+  const { cache } = await openCache({ cacheDir: freshDir(), ...overrides }, opts);
   const disk = await cache.openDisk(refVia(proxy.host));
   return { proxy, cache, disk };
 }
@@ -213,12 +213,16 @@ describe('5xx in the middle of reads', () => {
     // the failure is not remembered: once the registry is back the same read works
     proxy.passThrough();
     expectImage(await disk.read((wanted[0] as number) * CHUNK, 2 * CHUNK), (wanted[0] as number) * CHUNK, 2 * CHUNK);
+    // one request for them: the failed read's retries stopped at its deadline (none came late)
+    expect(proxy.count({ kind: 'blob', status: 206 })).toBe(1);
+    await disk.settle();
     expect(expectTier1Consistent(cache).chunks).toBe(2);
   });
 
-  it('a registry that accepts a request and never answers: the read fails about fetchDeadlineMs later', async () => {
+  it('a registry that accepts a request and never answers: the read fails about fetchDeadlineMs later, and its requests are cut then', async () => {
     const deadline = 1500;
-    const { proxy, cache, disk } = await diskViaChaos({ fetchDeadlineMs: deadline });
+    // the transport's own timeout far past the deadline: what ends the hung requests is the deadline
+    const { proxy, cache, disk } = await diskViaChaos({ fetchDeadlineMs: deadline }, { requestTimeoutMs: 30_000 });
     const n = dataChunks(disk)[33] as number;
     proxy.stall('all', 'blobs');
     try {
@@ -227,9 +231,13 @@ describe('5xx in the middle of reads', () => {
       expect(err.code).toBe('REGISTRY_UNREACHABLE');
       expect(err.message).toContain(proxy.host);
       expect(Date.now() - t0).toBeLessThan(deadline + 3000);
-      expect(proxy.count({ fault: 'stall' })).toBeGreaterThanOrEqual(1);
+      const stalled = proxy.count({ fault: 'stall' });
+      expect(stalled).toBeGreaterThanOrEqual(1);
       expect(chunkFiles(cache.config.cacheDir)).toEqual([]);
       expect(cache.chunksInFlight()).toBe(0);
+      // the hung requests were cut at the deadline, not left to the transport's own timeout: an
+      // answer that came later would be decoded and written after its read had failed
+      await within(2000, proxy.stallsClosed(stalled), 'the client closing the hung connections');
     } finally {
       await proxy.refuse(); // cut the hung connections so that the cache can close
     }

@@ -218,7 +218,7 @@ describe('a Range GET answered with the whole blob (Range ignored)', () => {
     try {
       const target = await targets.open(parseRef(`127.0.0.1:${port}/x/y:z`));
       let whole: Buffer | undefined;
-      const body = await (target.fetchBlobRangeStream as NonNullable<typeof target.fetchBlobRangeStream>).call(target, desc, 1000, 5000, (b) => (whole = b));
+      const body = await (target.fetchBlobRangeStream as NonNullable<typeof target.fetchBlobRangeStream>).call(target, desc, 1000, 5000, { onWholeBlob: (b) => (whole = b) });
       const pieces: Buffer[] = [];
       for await (const p of body) pieces.push(p);
       expect(Buffer.concat(pieces).equals(blob.subarray(1000, 6000))).toBe(true);

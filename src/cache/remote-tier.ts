@@ -247,15 +247,19 @@ export class RemoteTier {
 
   /**
    * A request that has not answered by the deadline counts as failed (transient): a registry that
-   * accepts connections and then hangs must not hold a read past `deadlineMs`. The request itself
-   * is left to the transport's own timeout (it keeps its host slot until then); its late result is
-   * dropped.
+   * accepts connections and then hangs must not hold a read past `deadlineMs`. At the deadline the
+   * request is aborted (`abort`): its connection is cut and the transport starts no retry, so
+   * nothing of it arrives late (no chunk decoded and written after its read has failed).
    */
-  private withinDeadline<T>(attempt: Promise<T>, deadline: number, source: Source, what: string): Promise<T> {
+  private withinDeadline<T>(attempt: Promise<T>, deadline: number, abort: AbortController, source: Source, what: string): Promise<T> {
     attempt.catch(() => undefined);
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new SlipwayError('REGISTRY_UNREACHABLE', `${what}: ${source.target.name} did not answer within the ${this.deps.deadlineMs} ms fetch deadline`)), Math.max(0, deadline - Date.now()));
+      timer = setTimeout(() => {
+        const err = new SlipwayError('REGISTRY_UNREACHABLE', `${what}: ${source.target.name} did not answer within the ${this.deps.deadlineMs} ms fetch deadline`);
+        abort.abort(err);
+        reject(err);
+      }, Math.max(0, deadline - Date.now()));
     });
     return Promise.race([attempt, expired]).finally(() => clearTimeout(timer));
   }
@@ -291,13 +295,16 @@ export class RemoteTier {
       this.stats.chunks++;
       opts.onChunk?.(w, chunk);
     };
+    const abort = new AbortController();
     const receive = async (): Promise<number> => {
       const { target } = source;
+      const range = { onWholeBlob, signal: abort.signal };
       const body = target.fetchBlobRangeStream
-        ? await target.fetchBlobRangeStream(run.pack, run.start, run.length, onWholeBlob)
-        : [await target.fetchBlobRange(run.pack, run.start, run.length, onWholeBlob)];
+        ? await target.fetchBlobRangeStream(run.pack, run.start, run.length, range)
+        : [await target.fetchBlobRange(run.pack, run.start, run.length, range)];
       return cutChunks(body, index, run, (w, stored) => {
-        if (delivered.has(w.entry) || parked.has(w.entry)) return;
+        // (a store that ignores the signal may still answer: past the deadline, nothing is kept)
+        if (abort.signal.aborted || delivered.has(w.entry) || parked.has(w.entry)) return;
         // (not out of a whole pack a server sent: its views would keep the pack in memory, and
         // onWholeBlob keeps the pack's chunks anyway)
         if (whole === undefined && opts.park?.(w, stored)) {
@@ -311,9 +318,9 @@ export class RemoteTier {
       });
     };
     const request = receive();
-    // the host slot is held for as long as the request is on the wire, even past the deadline
+    // the host slot is held for as long as the request is on the wire (cut at the deadline)
     request.then(release, release);
-    const received = await this.withinDeadline(request, clock.deadline, source, what);
+    const received = await this.withinDeadline(request, clock.deadline, abort, source, what);
     if (whole) {
       this.stats.wholeBlobResponses++;
       this.stats.bytes += (whole as Buffer).byteLength;

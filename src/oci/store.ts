@@ -7,6 +7,18 @@ import type { Descriptor } from './types.js';
  * their digest by the implementation; a byte range of a blob cannot be, so its caller checks
  * what it reads out of it (slipway chunks carry their own digest).
  */
+/** How a range read goes: see `BlobStore.fetchBlobRange`. */
+export interface RangeReadOptions {
+  /** given the whole blob (verified) when a server ignored Range and sent it all */
+  onWholeBlob?: (blob: Buffer) => void;
+  /**
+   * The caller has given up on the answer (its deadline passed): the request is cut on the wire,
+   * no retry starts, and the read rejects with the signal's reason. Stores that read local files
+   * may ignore it.
+   */
+  signal?: AbortSignal;
+}
+
 export interface BlobStore {
   blobExists(digest: string): Promise<boolean>;
   /** The whole blob, verified against `desc.digest` and `desc.size`. */
@@ -15,16 +27,16 @@ export interface BlobStore {
   fetchBlobStream(desc: Descriptor): Promise<Readable>;
   /**
    * `length` bytes at `offset` of a blob: one Range request on a registry. A server that ignores
-   * Range sends the whole blob: it is verified, handed to `onWholeBlob`, and sliced.
+   * Range sends the whole blob: it is verified, handed to `opts.onWholeBlob`, and sliced.
    */
-  fetchBlobRange(desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Promise<Buffer>;
+  fetchBlobRange(desc: Descriptor, offset: number, length: number, opts?: RangeReadOptions): Promise<Buffer>;
   /**
    * The same range handed over as its bytes arrive (in order, in pieces of any size), for stores
    * whose bytes take time to come (a registry): a reader can use the first bytes before the last
    * have come. The iterable ends early on a short answer (the caller counts) and throws when the
    * transfer fails. Stores that read local files need not offer it.
    */
-  fetchBlobRangeStream?(desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Promise<AsyncIterable<Buffer> | Iterable<Buffer>>;
+  fetchBlobRangeStream?(desc: Descriptor, offset: number, length: number, opts?: RangeReadOptions): Promise<AsyncIterable<Buffer> | Iterable<Buffer>>;
   /** Store a blob; the store checks `data` against `desc` before it becomes visible. */
   pushBlob(desc: Descriptor, data: Buffer): Promise<void>;
   /** Store a blob from a stream of known descriptor (large blobs, copy). */

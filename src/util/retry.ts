@@ -46,15 +46,26 @@ export class RetryLater extends Error {
   }
 }
 
-/** Run `attempt` (given its number, from 1) until it returns, throws anything but `RetryLater`, or the attempts are spent. */
-export async function withRetries<T>(policy: RetryPolicy, attempt: (n: number) => Promise<T>): Promise<T> {
+/**
+ * Run `attempt` (given its number, from 1) until it returns, throws anything but `RetryLater`, or
+ * the attempts are spent. Once `signal` is aborted no attempt is started and no wait goes on: the
+ * loop throws the signal's reason (a caller that gave up on the answer must not keep retrying).
+ */
+export async function withRetries<T>(policy: RetryPolicy, attempt: (n: number) => Promise<T>, signal?: AbortSignal): Promise<T> {
   for (let n = 1; ; n++) {
+    signal?.throwIfAborted();
     try {
       return await attempt(n);
     } catch (err) {
+      signal?.throwIfAborted();
       if (!(err instanceof RetryLater)) throw err;
       if (n >= policy.maxAttempts) throw err.giveUp(n);
-      await sleep(backoffDelayMs(policy, n, err.retryAfter));
+      try {
+        await sleep(backoffDelayMs(policy, n, err.retryAfter), undefined, signal ? { signal } : undefined);
+      } catch (waitErr) {
+        signal?.throwIfAborted();
+        throw waitErr;
+      }
     }
   }
 }

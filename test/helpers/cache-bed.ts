@@ -13,6 +13,7 @@ import { ChunkCache } from '../../src/cache/chunk-cache.js';
 import type { LazyDisk } from '../../src/cache/lazy-disk.js';
 import { loadConfig, type SlipwayConfig } from '../../src/config.js';
 import { HOLE, type IndexEntry } from '../../src/disk/format.js';
+import { Targets } from '../../src/oci/open.js';
 import { createLogger } from '../../src/util/log.js';
 import { LogCapture, within } from './cache-checks.js';
 import { startChaosProxy, type ChaosProxy } from './chaos-proxy.js';
@@ -25,8 +26,12 @@ export interface ChunkCacheBed extends RegistryBed {
   readonly cleanups: (() => Promise<unknown> | unknown)[];
   /** a cache directory of its own for every use */
   freshDir(): string;
-  /** a cache with these settings (closed after the test; closing twice is harmless), logging at info into `logs` */
-  openCache(overrides: Partial<SlipwayConfig>): Promise<{ cache: ChunkCache; logs: LogCapture; config: SlipwayConfig }>;
+  /**
+   * A cache with these settings (closed after the test; closing twice is harmless), logging at
+   * info into `logs`. `requestTimeoutMs`: its registry requests' own timeout, where the cache's
+   * would be its fetch deadline (a test that tells the two apart).
+   */
+  openCache(overrides: Partial<SlipwayConfig>, opts?: { requestTimeoutMs?: number }): Promise<{ cache: ChunkCache; logs: LogCapture; config: SlipwayConfig }>;
   /** the chaos proxy in front of the registry (stopped after the test) */
   chaos(): Promise<ChaosProxy>;
 }
@@ -54,10 +59,16 @@ export function chunkCacheBed(prefix: string, opts: { cleanupBoundMs?: number } 
     work,
     cleanups,
     freshDir: () => join(work, `cache-${++dirs}`),
-    async openCache(overrides) {
+    async openCache(overrides, opts = {}) {
       const logs = new LogCapture();
       const config = loadConfig({ XDG_CONFIG_HOME: join(work, 'no-config'), XDG_CACHE_HOME: join(work, 'xdg-cache') }, overrides);
-      const cache = await ChunkCache.open({ config, logger: createLogger({ out: logs, level: 'info' }), pool: bed.pool });
+      let targets: Targets | undefined;
+      if (opts.requestTimeoutMs !== undefined) {
+        const own = new Targets({ connections: config.connectionsPerHost, requestTimeoutMs: opts.requestTimeoutMs, plainHttpHosts: config.plainHttpRegistries });
+        cleanups.push(() => own.close());
+        targets = own;
+      }
+      const cache = await ChunkCache.open({ config, logger: createLogger({ out: logs, level: 'info' }), pool: bed.pool, ...(targets ? { targets } : {}) });
       let closed = false;
       const close = cache.close.bind(cache);
       cache.close = async () => {

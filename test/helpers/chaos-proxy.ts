@@ -58,6 +58,8 @@ export interface ChaosProxy {
   readonly connectionsAccepted: number;
   /** Resolves once `count` TCP connections have been accepted since the proxy started. */
   accepted(count: number): Promise<void>;
+  /** Resolves once the connections of `count` stalled requests (see `stall`) have closed, by the client or by `refuse()`/`stop()`. */
+  stallsClosed(count: number): Promise<void>;
   /** Turn every fault off (connections are accepted again only by `accept()`). */
   passThrough(): void;
   /** Answer the next `count` matching requests (or all) with `status` and a distribution error body. */
@@ -118,6 +120,25 @@ function take(c: Counted | undefined, kind: ChaosRequest['kind']): boolean {
   return true;
 }
 
+/** A count that only grows, and promises that resolve once it has reached a number. */
+class Tally {
+  count = 0;
+  readonly #waits: { count: number; resolve: () => void }[] = [];
+
+  add(): void {
+    this.count++;
+    for (const w of this.#waits.filter((x) => x.count <= this.count)) {
+      this.#waits.splice(this.#waits.indexOf(w), 1);
+      w.resolve();
+    }
+  }
+
+  reached(count: number): Promise<void> {
+    if (this.count >= count) return Promise.resolve();
+    return new Promise<void>((resolve) => this.#waits.push({ count, resolve }));
+  }
+}
+
 export async function startChaosProxy(opts: { target: string }): Promise<ChaosProxy> {
   const [targetHost, targetPort] = opts.target.split(':') as [string, string];
   const agent = new Agent({ keepAlive: true, maxSockets: 32 });
@@ -131,6 +152,9 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
   let delayed: { ms: number; match: ChaosMatch } | undefined;
   let stalling: Counted | undefined;
   let port = 0;
+
+  const connectionsAccepted = new Tally();
+  const stallsClosed = new Tally();
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const path = req.url ?? '/';
@@ -147,6 +171,7 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
 
     if (take(stalling, kind)) {
       record.faults.push('stall');
+      req.socket.once('close', () => stallsClosed.add());
       req.resume();
       return; // no answer, ever: the socket stays open until the proxy refuses or stops
     }
@@ -234,14 +259,8 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
   const server: Server = createServer((req, res) => {
     handle(req, res).catch(() => res.destroy());
   });
-  let connectionsAccepted = 0;
-  const acceptWaits: { count: number; resolve: () => void }[] = [];
   server.on('connection', (s: Socket) => {
-    connectionsAccepted++;
-    for (const w of acceptWaits.filter((x) => x.count <= connectionsAccepted)) {
-      acceptWaits.splice(acceptWaits.indexOf(w), 1);
-      w.resolve();
-    }
+    connectionsAccepted.add();
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
   });
@@ -270,12 +289,10 @@ export async function startChaosProxy(opts: { target: string }): Promise<ChaosPr
     port,
     requests,
     get connectionsAccepted() {
-      return connectionsAccepted;
+      return connectionsAccepted.count;
     },
-    accepted(count) {
-      if (connectionsAccepted >= count) return Promise.resolve();
-      return new Promise<void>((resolve) => acceptWaits.push({ count, resolve }));
-    },
+    accepted: (count) => connectionsAccepted.reached(count),
+    stallsClosed: (count) => stallsClosed.reached(count),
     passThrough() {
       failing = undefined;
       dropping = undefined;

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { RegistryError, SlipwayError } from '../../errors.js';
 import { isDigest, sha256Digest, verifyContent, verifyingStream } from '../digest.js';
-import type { FetchedManifest, Target } from '../store.js';
+import type { FetchedManifest, RangeReadOptions, Target } from '../store.js';
 import { MANIFEST_MEDIA_TYPES, type Descriptor } from '../types.js';
 import { repositoryScope } from './auth.js';
 import { header, type RegistryClient } from './transport.js';
@@ -87,10 +87,10 @@ export class RegistryRepository implements Target {
    * 200) is a short read, retried by the transport and then thrown as SIZE_INVALID (transient);
    * only a complete whole blob that does not match its digest is DIGEST_MISMATCH.
    */
-  async fetchBlobRange(desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Promise<Buffer> {
-    const { res } = await this.rangeGet(desc, offset, length, 'buffer');
+  async fetchBlobRange(desc: Descriptor, offset: number, length: number, opts: RangeReadOptions = {}): Promise<Buffer> {
+    const { res } = await this.rangeGet(desc, offset, length, 'buffer', opts.signal);
     const body = res.body ?? Buffer.alloc(0);
-    if (res.status === 200) return this.sliceOfWhole(body, desc, offset, length, onWholeBlob);
+    if (res.status === 200) return this.sliceOfWhole(body, desc, offset, length, opts.onWholeBlob);
     // never shorter (the transport retries short reads); longer only from a server that sent more
     // than asked: the bytes asked for are its first ones, and every chunk in them is verified
     return body.byteLength === length ? body : body.subarray(0, length);
@@ -103,8 +103,8 @@ export class RegistryRepository implements Target {
    * early, which the caller must check (see `fetchBlobRange` for the 200 and longer cases: a whole
    * blob is read, verified, handed to `onWholeBlob`, and its slice is the one piece).
    */
-  async fetchBlobRangeStream(desc: Descriptor, offset: number, length: number, onWholeBlob?: (blob: Buffer) => void): Promise<AsyncIterable<Buffer> | Iterable<Buffer>> {
-    const { res, what } = await this.rangeGet(desc, offset, length, 'stream');
+  async fetchBlobRangeStream(desc: Descriptor, offset: number, length: number, opts: RangeReadOptions = {}): Promise<AsyncIterable<Buffer> | Iterable<Buffer>> {
+    const { res, what } = await this.rangeGet(desc, offset, length, 'stream', opts.signal);
     if (!res.stream) throw new SlipwayError('REGISTRY_ERROR', `${what}: no body`);
     if (res.status === 206) return res.stream;
     const pieces: Buffer[] = [];
@@ -117,11 +117,11 @@ export class RegistryRepository implements Target {
     }
     const body = Buffer.concat(pieces);
     if (body.byteLength !== desc.size) throw new RegistryError('SIZE_INVALID', `${what}: short read: the whole blob (Range ignored) has ${body.byteLength} of ${desc.size} bytes`, { method: 'GET', url: res.url, status: 200 });
-    return [this.sliceOfWhole(body, desc, offset, length, onWholeBlob)];
+    return [this.sliceOfWhole(body, desc, offset, length, opts.onWholeBlob)];
   }
 
   /** The Range GET of both range reads: the range checked against the blob, then sent. */
-  private async rangeGet(desc: Descriptor, offset: number, length: number, read: 'buffer' | 'stream'): Promise<{ res: Awaited<ReturnType<RegistryClient['send']>>; what: string }> {
+  private async rangeGet(desc: Descriptor, offset: number, length: number, read: 'buffer' | 'stream', signal: AbortSignal | undefined): Promise<{ res: Awaited<ReturnType<RegistryClient['send']>>; what: string }> {
     if (offset < 0 || length <= 0 || offset + length > desc.size) {
       throw new SlipwayError('INVALID_ARGUMENT', `range ${offset}+${length} is outside blob ${desc.digest} of ${desc.size} bytes`);
     }
@@ -129,6 +129,7 @@ export class RegistryRepository implements Target {
     const res = await this.client.send({
       method: 'GET', url: this.path('blobs', desc.digest), headers: { range: `bytes=${offset}-${offset + length - 1}` },
       scopes: this.pullScope, expect: [200, 206], read, ...(read === 'buffer' ? { expectBytes: { 200: desc.size, 206: length } } : {}), notFound: 'BLOB_UNKNOWN', followRedirects: true, what,
+      ...(signal ? { signal } : {}),
     });
     return { res, what };
   }

@@ -50,6 +50,11 @@ export interface RegistryRequest {
    */
   expectBytes?: Partial<Record<number, number>>;
   what: string;
+  /**
+   * Given up on by the caller: aborting it cuts the request on the wire (its connection is
+   * closed, a streamed body throws) and starts no retry; `send` then throws the signal's reason.
+   */
+  signal?: AbortSignal;
 }
 
 export interface RegistryResponse {
@@ -194,7 +199,7 @@ export class RegistryClient {
   /** One request, its retries (util/retry.ts) around `attempt`. */
   private sendOnce(req: RegistryRequest): Promise<RegistryResponse> {
     const state: RequestState = { url: this.resolveUrl(req.url), authRetried: false, redirects: 0 };
-    return withRetries(this.retry, (attempt) => this.attempt(req, state, attempt));
+    return withRetries(this.retry, (attempt) => this.attempt(req, state, attempt), req.signal);
   }
 
   /**
@@ -212,7 +217,7 @@ export class RegistryClient {
       }
       let res: Dispatcher.ResponseData;
       try {
-        res = await request(url, { method: req.method, headers, body: req.body, dispatcher: this.dispatcher });
+        res = await request(url, { method: req.method, headers, body: req.body, dispatcher: this.dispatcher, ...(req.signal ? { signal: req.signal } : {}) });
       } catch (err) {
         throw this.unreachable(req, url, err, attempt);
       }

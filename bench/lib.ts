@@ -19,11 +19,14 @@ export function slipwayNodeFlags(): string[] {
  * A benchmark that serves disks in its own process runs as the `slipway` executable does, under
  * its node flags (`slipwayNodeFlags`). Awaited first: when this process lacks them, runs the same
  * command again with them (passing SIGINT, SIGTERM and SIGHUP on to it) and exits with its status;
- * else resolves at once.
+ * else resolves at once. bench/run.sh starts node with the flags, so that no first process waits
+ * beside the benchmark: it has loaded the whole benchmark too, and V8 collects its heap while it
+ * is idle, 50 ms of CPU or more in the middle of a timed replay (seen with `perf record -a`).
  */
 export async function asSlipwayProcess(): Promise<void> {
   const missing = slipwayNodeFlags().filter((f) => !process.execArgv.includes(f));
   if (missing.length === 0) return;
+  console.error(`(running again under node ${missing.join(' ')}, the slipway executable's flags; \`node ${slipwayNodeFlags().join(' ')} --import tsx ${process.argv[1] ?? ''}\` or bench/run.sh runs without this waiting process)`);
   const again = spawn(process.execPath, [...missing, ...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit' });
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => again.kill(signal));
   const status = await new Promise<number>((resolve) => {

@@ -10,6 +10,11 @@ for p in linux-image-cloud-amd64 fio qemu-block-extra; do
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null; }
 done
 all=(chunk-size push-pull repo-dedup cache boot run-boot vhost-user-blk storage-path machine snapshot memory-snapshot)
+# each benchmark runs under the node flags of the `slipway` executable (its #! line), as node's own
+# process: run through `npx tsx`, a benchmark that serves disks starts itself again under them, and
+# the first process, idle meanwhile, collects its heap while replays are timed (bench/lib.ts)
+flags=$(sed -n '1s|^#!/usr/bin/env -S node||p' bin/slipway.js)
 for b in "${@:-${all[@]}}"; do
-  npx tsx "bench/$b.ts"
+  # shellcheck disable=SC2086 # the flags are words
+  node $flags --import tsx "bench/$b.ts"
 done

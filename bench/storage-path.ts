@@ -22,7 +22,7 @@
  * and warm: slipway-blk with every chunk cached against qemu-storage-daemon on a local copy of
  * the file. Bytes fetched are the registry bytes of chunk requests, against the bytes the boot read;
  * requests are those chunk requests (docker-registry spends about 7 ms of CPU on each, on the same
- * 2 cores). SLIPWAY_BENCH_RUNS=n repeats the cold rows n times (medians, and each run's ratio).
+ * 2 cores). SLIPWAY_BENCH_RUNS=n repeats the cold rows n times (default 3; medians, and each run's ratio).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -250,10 +250,12 @@ async function main(): Promise<void> {
       name, ms: Math.round(r.ms), ratio: (r.ms / peer).toFixed(3), fetchedBytes: r.fetched, fetchedPerRead: (r.fetched / bootBytes).toFixed(2), requests: r.requests,
       speculatedChunks: r.speculated, speculatedRead: r.speculatedRead, regionReadOfGuessed: r.region, hostCpuMs: Math.round(r.cpuMs), load: r.load,
     });
-    // SLIPWAY_BENCH_RUNS=n: the cold rows n times over (each run on fresh copies of the disk); each
-    // row then reports its median time and its median ratio to the peer of the same run, and the
-    // ratio of every run (a loaded machine moves whole runs by 1.5x)
-    const runs = only === undefined || only === 'cold' || only === 'first' ? Math.max(1, Number(process.env.SLIPWAY_BENCH_RUNS ?? 1)) : 1;
+    // SLIPWAY_BENCH_RUNS=n (default 3, as the other benchmarks take medians): the cold rows n times
+    // over (each run on fresh copies of the disk); each row then reports its median time and its
+    // median ratio to the peer of the same run, and the ratio of every run (one replay at 0 ms
+    // moves by 0.05 of the peer from run to run on this shared machine; a loaded one moves whole
+    // runs by 1.5x)
+    const runs = only === undefined || only === 'cold' || only === 'first' ? Math.max(1, Number(process.env.SLIPWAY_BENCH_RUNS ?? 3)) : 1;
     const perRun: Row[][] = [];
     for (let run = 0; run < runs; run++) for (const delayMs of only === 'profile' || only === 'recording' ? [0] : [0, 20]) {
       let proxy: Awaited<ReturnType<typeof startDelayProxy>> | undefined;

@@ -117,7 +117,7 @@ async function main(): Promise<void> {
     for (const min of [6, 8]) for (const max of [12, 16, 20]) for (const back of [0, 1, 2]) {
       policies.push([`${min} ahead doubling to ${max}, ${back} behind; dense regions as the disks'`, { min, max, back }, d]);
     }
-    for (const [misses, reach, margin] of [[2, 12, 4], [3, 12, 4], [3, 16, 8], [3, 24, 4], [4, 16, 4]] as const) {
+    for (const [misses, reach, margin] of [[2, 12, 4], [3, 12, 4], [3, 16, 8], [3, 24, 4], [4, 16, 4], [3, 16, 0], [3, 16, 1], [3, 16, 2], [3, 16, 3], [3, 14, 4], [3, 14, 2]] as const) {
       policies.push([`the disks' windows; dense regions of ${misses} misses within ${reach} chunks, ${margin} of margin`, SPECULATION_WINDOWS, { misses, reach, margin }]);
     }
     console.log(`\n## first boot without a profile, modelled: ${reads.length} reads, ${bootBytes} bytes; a miss costs ${MISS_MS[0]} / ${MISS_MS[1]} ms over a replay of ${BASE_MS[0]} / ${BASE_MS[1]} ms (0 / 20 ms per request)\n`);

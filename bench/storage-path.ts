@@ -132,9 +132,11 @@ function mergeRuns(perRun: Row[][]): Row[] {
     for (const [k, v] of Object.entries(first)) {
       if (k === 'name') continue;
       const xs = same.map((r) => Number(r[k]));
-      out[k] = typeof v === 'number' || (v !== '' && xs.every(Number.isFinite)) ? (k === 'ratio' ? mid(xs).toFixed(3) : Math.round(mid(xs) * 10) / 10) : v;
+      out[k] = typeof v === 'number' || (v !== '' && xs.every(Number.isFinite)) ? (k === 'ratio' ? mid(xs).toFixed(3) : k === 'fetchedPerRead' ? mid(xs).toFixed(2) : Math.round(mid(xs) * 10) / 10) : v;
     }
     out.ratios = same.map((r) => r.ratio).join(' / ');
+    // the bytes of every run too: speculation's bound (2x the bytes read) holds for each, or not
+    out.fetchedPerReadRuns = same.every((r) => r.fetchedPerRead !== '' && r.fetchedPerRead !== undefined) ? same.map((r) => r.fetchedPerRead).join(' / ') : '';
     return out;
   });
 }
@@ -209,11 +211,14 @@ async function main(): Promise<void> {
         // the machine was (the 1-minute load average as the replay starts)
         const load = loadavg()[0]?.toFixed(1) ?? '';
         const cpu0 = process.cpuUsage();
+        if (process.env.SCRATCH_TRACE) (globalThis as any).__scratchTrace = [];
+        const t0trace = performance.now();
         const r = await frontend(['replay', served.socket, trace]);
         const cpu = process.cpuUsage(cpu0);
         if (prefetch !== 'all') await served.disk.settle();
         const st = served.disk.stats;
         const { bytes: fetched, requests } = cache.stats().remote;
+        if (process.env.SCRATCH_TRACE) { writeFileSync(`${process.env.SCRATCH_TRACE}-${Date.now()}.json`, JSON.stringify({ t0: t0trace, fetched, ev: (globalThis as any).__scratchTrace })); (globalThis as any).__scratchTrace = undefined; }
         // storing the profile (at close) tells which guesses the boot read
         if (record) await served.close();
         return { ms: r.ms as number, fetched, requests, profileChunks: st.profileChunks, speculated: st.speculatedChunks, speculatedRead: record ? st.speculatedRead : '', region: st.regionChunks ? `${st.regionRead}/${st.regionChunks}` : '', cpuMs: (cpu.user + cpu.system) / 1000, stored, load };

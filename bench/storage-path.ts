@@ -211,14 +211,11 @@ async function main(): Promise<void> {
         // the machine was (the 1-minute load average as the replay starts)
         const load = loadavg()[0]?.toFixed(1) ?? '';
         const cpu0 = process.cpuUsage();
-        if (process.env.SCRATCH_TRACE) (globalThis as any).__scratchTrace = [];
-        const t0trace = performance.now();
         const r = await frontend(['replay', served.socket, trace]);
         const cpu = process.cpuUsage(cpu0);
         if (prefetch !== 'all') await served.disk.settle();
         const st = served.disk.stats;
         const { bytes: fetched, requests } = cache.stats().remote;
-        if (process.env.SCRATCH_TRACE) { writeFileSync(`${process.env.SCRATCH_TRACE}-${Date.now()}.json`, JSON.stringify({ t0: t0trace, fetched, ev: (globalThis as any).__scratchTrace })); (globalThis as any).__scratchTrace = undefined; }
         // storing the profile (at close) tells which guesses the boot read
         if (record) await served.close();
         return { ms: r.ms as number, fetched, requests, profileChunks: st.profileChunks, speculated: st.speculatedChunks, speculatedRead: record ? st.speculatedRead : '', region: st.regionChunks ? `${st.regionRead}/${st.regionChunks}` : '', cpuMs: (cpu.user + cpu.system) / 1000, stored, load };

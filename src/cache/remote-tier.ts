@@ -283,9 +283,6 @@ export class RemoteTier {
     // for is decoded before its neighbours)
     const out = new Map<number, Decoded>(delivered);
     const decodes: Promise<void>[] = [];
-    const T = (globalThis as any).__scratchTrace as any[] | undefined;
-    const rec: any = T ? { ev: 'req', pack: run.pack.digest.slice(7, 15), start: run.start, length: run.length, chunks: run.chunks.map((c) => c.chunk), prio: typeof priority === 'string' ? priority : priority.priority, tSend: performance.now() } : undefined;
-    if (rec) T?.push(rec);
     const decodeOne = async (w: WantedChunk, stored: Buffer[]): Promise<void> => {
       if (delivered.has(w.entry)) return;
       const fileOnly = opts.fileOnlyOf?.(w) === true;

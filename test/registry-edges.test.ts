@@ -13,11 +13,12 @@ import { openDiskArtifact } from '../src/disk/artifact.js';
 import { pullDisk } from '../src/disk/pull.js';
 import { pushDisk } from '../src/disk/push.js';
 import { pushSnapshot } from '../src/disk/snapshot.js';
-import { RegistryError } from '../src/errors.js';
+import { RegistryError, SlipwayError } from '../src/errors.js';
 import { copyImage } from '../src/oci/copy.js';
 import { Targets, withTargets } from '../src/oci/open.js';
 import { parseRef } from '../src/oci/ref.js';
 import { RegistryClient } from '../src/oci/registry/transport.js';
+import { within } from './helpers/cache-checks.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { makeSparse, sha256File, tempDir } from './helpers/images.js';
 import { startRedirectProxy } from './helpers/redirect-proxy.js';
@@ -230,6 +231,48 @@ describe('a Range GET answered with the whole blob (Range ignored)', () => {
       expect((err as RegistryError).message).toMatch(/runs past its 65536 bytes/);
     } finally {
       await targets.close();
+      server.close();
+    }
+  });
+});
+
+describe('a range read given up on (its signal aborted) while it waits for a bearer token', () => {
+  it.each([
+    ['never answers', 'hang'],
+    ['answers 503 with Retry-After: 30', '503'],
+  ] as const)('ends at once with the signal\'s reason when the token service %s: the token request is cut, not retried', async (_what, mode) => {
+    const tokenAsks: { closed: Promise<void> }[] = [];
+    const server = createServer((req, res) => {
+      const { port } = server.address() as { port: number };
+      if (req.url?.startsWith('/token')) {
+        tokenAsks.push({ closed: new Promise<void>((resolve) => req.socket.once('close', () => resolve())) });
+        if (mode === '503') {
+          res.writeHead(503, { 'retry-after': '30', 'content-type': 'application/json' });
+          res.end('{"errors":[{"code":"UNAVAILABLE","message":"token service unavailable"}]}');
+        }
+        return; // 'hang': no answer, ever
+      }
+      res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${port}/token",service="edges"`, 'content-type': 'application/json' });
+      res.end('{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as { port: number };
+    const targets = new Targets();
+    try {
+      const target = await targets.open(parseRef(`127.0.0.1:${port}/x/y:z`));
+      const desc = { mediaType: 'application/octet-stream', digest: `sha256:${'0'.repeat(64)}`, size: 1 << 20 };
+      const reason = new SlipwayError('REGISTRY_UNREACHABLE', 'the fetch deadline passed');
+      const abort = new AbortController();
+      // the caller's deadline, 300 ms on: the token service has its request by then
+      setTimeout(() => abort.abort(reason), 300);
+      const err = await within(3000, target.fetchBlobRange(desc, 0, 4096, { signal: abort.signal }).then(() => undefined, (e: unknown) => e), 'the aborted range read');
+      expect(err).toBe(reason);
+      expect(tokenAsks.length).toBe(1);
+      // the hung token request's connection is closed by the client, not left to its timeout
+      if (mode === 'hang') await within(2000, tokenAsks[0]?.closed ?? Promise.reject(new Error('no token request')), 'the token request being cut');
+    } finally {
+      await targets.close();
+      server.closeAllConnections();
       server.close();
     }
   });

@@ -212,7 +212,7 @@ export class RegistryClient {
       const sameOrigin = new URL(url).origin === this.origin;
       const headers: Record<string, string> = { 'user-agent': this.userAgent, ...req.headers };
       if (sameOrigin) {
-        const authorization = await this.authorization(req.scopes);
+        const authorization = await this.authorization(req.scopes, req.signal);
         if (authorization) headers.authorization = authorization;
       }
       let res: Dispatcher.ResponseData;
@@ -297,12 +297,13 @@ export class RegistryClient {
     return [...scopes].sort().join(' ');
   }
 
-  private async authorization(scopes: string[]): Promise<string | undefined> {
+  /** The Authorization header for `scopes` (a bearer token fetched when none is cached; `signal`: see RegistryRequest.signal). */
+  private async authorization(scopes: string[], signal?: AbortSignal): Promise<string | undefined> {
     if (this.auth.scheme === 'basic' && this.credentials) return basicAuthHeader(this.credentials);
     if (this.auth.scheme === 'bearer') {
       const key = this.scopeKey(scopes);
       let token = this.auth.cachedToken(key);
-      if (!token) token = await this.fetchToken(scopes, this.origin);
+      if (!token) token = await this.fetchToken(scopes, this.origin, scopes, signal);
       return `Bearer ${token}`;
     }
     return undefined;
@@ -322,11 +323,16 @@ export class RegistryClient {
     const wanted = new Set(scopes);
     if (challenge.params.scope) for (const s of challenge.params.scope.split(' ')) wanted.add(s);
     this.auth.forgetToken(this.scopeKey(scopes));
-    await this.fetchToken([...wanted], url, scopes);
+    await this.fetchToken([...wanted], url, scopes, req.signal);
   }
 
-  /** Distribution token spec: GET realm?service=&scope= (basic-authenticated when we have credentials), or the OAuth2 refresh-token grant (auth.ts `tokenRequest`). */
-  private async fetchToken(scopes: string[], forUrl: string, cacheUnder: string[] = scopes): Promise<string> {
+  /**
+   * Distribution token spec: GET realm?service=&scope= (basic-authenticated when we have
+   * credentials), or the OAuth2 refresh-token grant (auth.ts `tokenRequest`). `signal`: the request
+   * the token is for was given up on (RegistryRequest.signal): the token request is cut too and
+   * not retried, so that a token service that hangs holds nothing past the caller's deadline.
+   */
+  private async fetchToken(scopes: string[], forUrl: string, cacheUnder: string[] = scopes, signal?: AbortSignal): Promise<string> {
     const realm = this.auth.bearerParams.realm;
     if (!realm) throw new RegistryError('UNAUTHORIZED', `registry ${this.registry} sent a bearer challenge without a realm`, { method: 'GET', url: forUrl, status: 401 });
     const { method, url: tokenUrl, headers, body } = tokenRequest(this.auth.bearerParams, scopes, this.credentials, this.userAgent);
@@ -334,7 +340,7 @@ export class RegistryClient {
       let res: Dispatcher.ResponseData;
       let answerText: string;
       try {
-        res = await request(tokenUrl, { method, headers, body, dispatcher: this.dispatcher });
+        res = await request(tokenUrl, { method, headers, body, dispatcher: this.dispatcher, ...(signal ? { signal } : {}) });
         answerText = await res.body.text();
       } catch (err) {
         const unreachable = new SlipwayError('REGISTRY_UNREACHABLE', `token service ${tokenUrl.origin} for ${this.registry} could not be reached: ${netErrorCode(err) ?? (err as Error).message}`, { cause: err });
@@ -343,7 +349,7 @@ export class RegistryClient {
       const answer = { status: res.statusCode, text: answerText };
       if (isTransientStatus(answer.status)) throw new RetryLater(() => this.tokenRefusal(method, tokenUrl, answer.status, answer.text), header(res.headers, 'retry-after'));
       return answer;
-    });
+    }, signal);
     if (status !== 200) throw this.tokenRefusal(method, tokenUrl, status, text);
     let token: string | undefined;
     let expiresIn: number | undefined;

@@ -1,12 +1,6 @@
 import type { Readable } from 'node:stream';
 import type { Descriptor } from './types.js';
 
-/**
- * The capability interfaces every OCI store implements: the OCI image-layout directory
- * (src/oci/layout) and a registry repository (src/oci/registry). Reads are verified against
- * their digest by the implementation; a byte range of a blob cannot be, so its caller checks
- * what it reads out of it (slipway chunks carry their own digest).
- */
 /** How a range read goes: see `BlobStore.fetchBlobRange`. */
 export interface RangeReadOptions {
   /** given the whole blob (verified) when a server ignored Range and sent it all */
@@ -19,6 +13,12 @@ export interface RangeReadOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * The capability interfaces every OCI store implements: the OCI image-layout directory
+ * (src/oci/layout) and a registry repository (src/oci/registry). Reads are verified against
+ * their digest by the implementation; a byte range of a blob cannot be, so its caller checks
+ * what it reads out of it (slipway chunks carry their own digest).
+ */
 export interface BlobStore {
   blobExists(digest: string): Promise<boolean>;
   /** The whole blob, verified against `desc.digest` and `desc.size`. */

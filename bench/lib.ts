@@ -24,9 +24,10 @@ export function slipwayNodeFlags(): string[] {
  * is idle, 50 ms of CPU or more in the middle of a timed replay (seen with `perf record -a`).
  */
 export async function asSlipwayProcess(): Promise<void> {
-  const missing = slipwayNodeFlags().filter((f) => !process.execArgv.includes(f));
+  const flags = slipwayNodeFlags();
+  const missing = flags.filter((f) => !process.execArgv.includes(f));
   if (missing.length === 0) return;
-  console.error(`(running again under node ${missing.join(' ')}, the slipway executable's flags; \`node ${slipwayNodeFlags().join(' ')} --import tsx ${process.argv[1] ?? ''}\` or bench/run.sh runs without this waiting process)`);
+  console.error(`(running again under node ${missing.join(' ')}, the slipway executable's flags; \`node ${flags.join(' ')} --import tsx ${process.argv[1] ?? ''}\` or bench/run.sh runs without this waiting process)`);
   const again = spawn(process.execPath, [...missing, ...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit' });
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => again.kill(signal));
   const status = await new Promise<number>((resolve) => {
